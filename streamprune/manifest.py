@@ -1,0 +1,359 @@
+"""The dataset manifest: shards, sample counts, sizes, checksums, class names and totals.
+
+Format (``manifest.json``, UTF-8 JSON, version 1)::
+
+    {"format": "streamprune-manifest", "version": 1, "created": "<ISO time>",
+     "label_ext": "cls" | null, "classes": ["name", ...],
+     "num_samples": N, "total_bytes": B, "class_counts": [...],
+     "shards": [{"name": "shard-000000.tar", "index": "shard-000000.tar.index.json",
+                 "samples": n, "bytes": b, "sha256": "<hex or empty>",
+                 "index_sha256": "<hex>"}, ...]}
+
+Shard and index names are relative to the manifest's directory (absolute paths are kept as
+they are). Samples are numbered globally in manifest order: shard 0's samples first, in
+archive order, then shard 1's, and so on. Masks and scores use this order.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .atomic import atomic_write_json, file_sha256
+from .errors import DuplicateKeyError, IndexMismatchError, ManifestError
+from .indexfile import INDEX_SUFFIX, load_index, save_index
+from .tarindex import ShardIndex, index_tar
+
+__all__ = ["ShardEntry", "Manifest", "build_manifest", "index_shards", "MANIFEST_NAME"]
+
+MANIFEST_FORMAT = "streamprune-manifest"
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class ShardEntry:
+    """One shard as the manifest records it."""
+
+    name: str
+    index: str
+    samples: int
+    bytes: int
+    sha256: str
+    index_sha256: str
+
+    def to_json(self) -> dict:
+        """Return the JSON form."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class Manifest:
+    """A loaded manifest with lazy, cached access to the shard indexes.
+
+    Attributes:
+        root: Directory that relative shard and index names resolve against.
+        shards: Shard entries in manifest order.
+        classes: Class names by label id (may be empty for unlabelled data).
+        label_ext: Extension of the label member, or ``None``.
+        created: ISO creation time.
+        path: File the manifest was loaded from, if any.
+    """
+
+    root: str
+    shards: list[ShardEntry]
+    classes: list[str] = field(default_factory=list)
+    label_ext: str | None = "cls"
+    created: str = ""
+    path: str | None = None
+    class_counts: list[int] = field(default_factory=list)
+    _indexes: dict[int, ShardIndex] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Manifest":
+        """Load ``manifest.json`` (or a directory containing one).
+
+        Args:
+            path: Manifest file, or the directory that holds ``manifest.json``.
+
+        Returns:
+            The manifest.
+
+        Raises:
+            ManifestError: Missing or malformed manifest.
+        """
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, MANIFEST_NAME)
+        try:
+            with open(path, "rb") as fh:
+                obj = json.load(fh)
+        except FileNotFoundError:
+            raise ManifestError(f"{path}: manifest not found") from None
+        except ValueError as exc:
+            raise ManifestError(f"{path}: manifest is not valid JSON ({exc})") from None
+        if not isinstance(obj, dict) or obj.get("format") != MANIFEST_FORMAT:
+            raise ManifestError(f"{path}: not a streamprune manifest")
+        if obj.get("version") != MANIFEST_VERSION:
+            raise ManifestError(f"{path}: manifest version {obj.get('version')} is not supported")
+        try:
+            shards = [ShardEntry(**s) for s in obj["shards"]]
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"{path}: malformed shard entry ({exc})") from None
+        manifest = cls(
+            root=os.path.dirname(os.path.abspath(path)),
+            shards=shards,
+            classes=list(obj.get("classes") or []),
+            label_ext=obj.get("label_ext"),
+            created=obj.get("created", ""),
+            path=os.path.abspath(path),
+            class_counts=list(obj.get("class_counts") or []),
+        )
+        if obj.get("num_samples") != manifest.num_samples:
+            raise ManifestError(
+                f"{path}: num_samples {obj.get('num_samples')} disagrees with the shard counts "
+                f"({manifest.num_samples})"
+            )
+        return manifest
+
+    def save(self, path: str | os.PathLike | None = None) -> str:
+        """Write the manifest atomically.
+
+        Args:
+            path: Destination; defaults to ``root/manifest.json``.
+
+        Returns:
+            The path written.
+        """
+        path = os.fspath(path) if path is not None else os.path.join(self.root, MANIFEST_NAME)
+        obj = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "created": self.created or _now(),
+            "label_ext": self.label_ext,
+            "classes": self.classes,
+            "num_samples": self.num_samples,
+            "total_bytes": self.total_bytes,
+            "class_counts": self.class_counts,
+            "shards": [s.to_json() for s in self.shards],
+        }
+        atomic_write_json(path, obj)
+        self.path = os.path.abspath(path)
+        return path
+
+    @property
+    def num_samples(self) -> int:
+        """Total number of samples over all shards."""
+        return sum(s.samples for s in self.shards)
+
+    @property
+    def total_bytes(self) -> int:
+        """Total size of all shard files."""
+        return sum(s.bytes for s in self.shards)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (from the class names, else from the largest label)."""
+        if self.classes:
+            return len(self.classes)
+        return int(self.labels().max()) + 1 if self.num_samples else 0
+
+    @property
+    def shard_offsets(self) -> np.ndarray:
+        """Global index of each shard's first sample, plus the total at the end."""
+        return np.concatenate([[0], np.cumsum([s.samples for s in self.shards])]).astype(np.int64)
+
+    @property
+    def fingerprint(self) -> str:
+        """Digest identifying this exact set of shard indexes (what masks are bound to)."""
+        digest = hashlib.sha256()
+        for s in self.shards:
+            digest.update(f"{s.name}\0{s.samples}\0{s.index_sha256}\n".encode())
+        return digest.hexdigest()
+
+    def resolve(self, name: str) -> str:
+        """Absolute path of a shard or index name recorded in the manifest."""
+        return name if os.path.isabs(name) else os.path.join(self.root, name)
+
+    def shard_path(self, k: int) -> str:
+        """Absolute path of shard ``k``."""
+        return self.resolve(self.shards[k].name)
+
+    def index(self, k: int) -> ShardIndex:
+        """Load (and cache) shard ``k``'s index, checked against the manifest.
+
+        Args:
+            k: Shard number in manifest order.
+
+        Returns:
+            The shard's index.
+
+        Raises:
+            ManifestError: The index is missing or malformed.
+            IndexMismatchError: The index was rewritten, or it disagrees with the manifest.
+        """
+        cached = self._indexes.get(k)
+        if cached is not None:
+            return cached
+        entry = self.shards[k]
+        path = self.resolve(entry.index)
+        index = load_index(path, expected_sha256=entry.index_sha256)
+        if len(index) != entry.samples or index.shard_bytes != entry.bytes:
+            raise IndexMismatchError(
+                f"{path}: index has {len(index)} samples / {index.shard_bytes} bytes, manifest says "
+                f"{entry.samples} / {entry.bytes} for shard {entry.name}"
+            )
+        self._indexes[k] = index
+        return index
+
+    def labels(self) -> np.ndarray:
+        """Labels of all samples in manifest order (``-1`` where unlabelled)."""
+        if not self.shards:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([self.index(k).labels for k in range(len(self.shards))])
+
+    def keys(self) -> list[str]:
+        """Keys of all samples in manifest order."""
+        out: list[str] = []
+        for k in range(len(self.shards)):
+            out.extend(self.index(k).keys)
+        return out
+
+    def sample_bytes(self) -> np.ndarray:
+        """Bytes each sample occupies on disk, in manifest order."""
+        if not self.shards:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([self.index(k).data_bytes for k in range(len(self.shards))])
+
+    def drop_cache(self) -> None:
+        """Forget cached indexes (e.g. before handing the manifest to worker processes)."""
+        self._indexes = {}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_indexes"] = {}
+        return state
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def build_manifest(
+    root: str | os.PathLike,
+    entries: list[tuple[ShardIndex, str, str]],
+    classes: list[str] | None = None,
+    label_ext: str | None = "cls",
+) -> Manifest:
+    """Assemble a manifest from shard indexes that are already saved.
+
+    Args:
+        root: Directory the manifest will live in.
+        entries: Per shard, ``(index, shard_name, index_name)`` with names relative to
+            ``root`` (or absolute); the index must carry ``sha256`` when checksums are used.
+        classes: Class names by label id; default ``["0", ..., str(max label)]``.
+        label_ext: Label member extension, or ``None`` for unlabelled data.
+
+    Returns:
+        The manifest (not yet saved).
+
+    Raises:
+        DuplicateKeyError: A key occurs in two shards.
+    """
+    root = os.fspath(root)
+    seen: dict[str, str] = {}
+    shards: list[ShardEntry] = []
+    max_label = -1
+    for index, shard_name, index_name in entries:
+        for key in index.keys:
+            other = seen.get(key)
+            if other is not None:
+                raise DuplicateKeyError(f"sample key {key!r} occurs in both {other} and {shard_name}")
+            seen[key] = shard_name
+        if len(index):
+            max_label = max(max_label, int(index.labels.max()))
+        index_file = index_name if os.path.isabs(index_name) else os.path.join(root, index_name)
+        shards.append(
+            ShardEntry(
+                name=shard_name,
+                index=index_name,
+                samples=len(index),
+                bytes=int(index.shard_bytes),
+                sha256=index.sha256,
+                index_sha256=file_sha256(index_file),
+            )
+        )
+    if classes is None:
+        classes = [str(c) for c in range(max_label + 1)]
+    counts = np.zeros(len(classes), dtype=np.int64)
+    for index, _, _ in entries:
+        labels = index.labels[index.labels >= 0]
+        if len(labels) and labels.max() >= len(classes):
+            raise ManifestError(
+                f"shard {index.shard}: label {int(labels.max())} is out of range for {len(classes)} classes"
+            )
+        counts += np.bincount(labels, minlength=len(classes))
+    return Manifest(
+        root=root,
+        shards=shards,
+        classes=list(classes),
+        label_ext=label_ext,
+        created=_now(),
+        class_counts=counts.tolist(),
+    )
+
+
+def index_shards(
+    shards: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    label_ext: str | None = "cls",
+    checksum: bool = True,
+    classes: list[str] | None = None,
+    progress: bool = True,
+) -> Manifest:
+    """Index existing tar shards written by anyone and write their manifest.
+
+    Index sidecars go to ``out_dir`` as ``<shard basename>.index.json``; shard paths are
+    recorded relative to ``out_dir`` when possible.
+
+    Args:
+        shards: Tar files to index, in the order they should appear in the manifest.
+        out_dir: Where the sidecars and ``manifest.json`` are written.
+        label_ext: Extension of the integer label member, or ``None`` for unlabelled data.
+        checksum: Compute each shard's SHA-256 (reads every byte once).
+        classes: Class names by label id.
+        progress: Show a progress bar.
+
+    Returns:
+        The saved manifest.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    entries = []
+    names_seen: set[str] = set()
+    for path in tqdm(list(shards), desc="index", unit="shard", disable=not progress):
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise ManifestError(f"{path}: shard not found")
+        base = os.path.basename(path)
+        if base in names_seen:
+            raise ManifestError(f"{path}: two shards share the file name {base!r}; their index files would clash")
+        names_seen.add(base)
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
+        index = index_tar(path, label_ext=label_ext, name=rel)
+        if checksum:
+            index.sha256 = file_sha256(path)
+        index_name = base + INDEX_SUFFIX
+        save_index(index, os.path.join(out_dir, index_name))
+        entries.append((index, rel, index_name))
+    manifest = build_manifest(out_dir, entries, classes=classes, label_ext=label_ext)
+    manifest.save()
+    return manifest
+

@@ -1,0 +1,380 @@
+"""Keep masks: one bit per sample, stored per shard, bound to the index they were made for.
+
+On-disk format (``*.spmask``, version 1)::
+
+    bytes 0..7    magic  b"SPMASK01"
+    bytes 8..15   header length H, little-endian uint64
+    bytes 16..    header: UTF-8 JSON, H bytes
+    then          per-shard bitsets, each at the ``offset`` its header entry gives (relative to
+                  the first byte after the header, 8-byte aligned), ``numpy.packbits`` with
+                  ``bitorder="little"``: bit i of shard k set = sample i of shard k is kept.
+
+Header fields: ``format``, ``version``, ``manifest_fingerprint`` (see
+:attr:`Manifest.fingerprint`), ``num_samples``, ``kept``, ``provenance`` (method, ratio,
+level, seed, scores, created, ...), ``classes``, ``kept_per_class``, ``total_per_class``,
+``kept_bytes``, and ``shards``: per shard ``name``, ``samples``, ``kept``, ``kept_bytes``,
+``index_sha256``, ``offset``, ``nbytes``.
+
+A reader of shard k reads the header and then only shard k's bitset (one positioned read).
+A mask whose per-shard ``index_sha256`` or sample count differs from the manifest's is
+rejected with :class:`MaskMismatchError`: it was made for another or a rewritten shard.
+"Ratio" is always the fraction of samples (or classes) removed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from .atomic import atomic_open
+from .errors import MaskMismatchError, StreamPruneError
+from .manifest import Manifest
+
+__all__ = [
+    "KeepMask",
+    "MaskFile",
+    "check_ratio",
+    "random_mask",
+    "mask_from_bool",
+    "mask_from_keys",
+    "mask_from_classes",
+]
+
+MAGIC = b"SPMASK01"
+MASK_FORMAT = "streamprune-mask"
+MASK_VERSION = 1
+
+
+def check_ratio(ratio: float, name: str = "ratio") -> float:
+    """Validate a pruning ratio (fraction removed).
+
+    Args:
+        ratio: Fraction of samples or classes to remove.
+        name: Argument name for the error message.
+
+    Returns:
+        ``ratio`` as a float.
+
+    Raises:
+        ValueError: ``ratio`` is outside ``[0, 1)``.
+    """
+    ratio = float(ratio)
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"{name}={ratio}: must be in [0, 1) (it is the fraction removed; 1 would remove everything)")
+    return ratio
+
+
+@dataclass
+class KeepMask:
+    """A keep mask over a manifest's samples, in manifest order.
+
+    Attributes:
+        keep: Boolean array, one entry per sample, in manifest order.
+        manifest: The manifest the mask belongs to.
+        provenance: How the mask was made (method, ratio, level, seed, scores, ...).
+    """
+
+    keep: np.ndarray
+    manifest: Manifest
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.keep = np.asarray(self.keep, dtype=bool)
+        if self.keep.ndim != 1 or len(self.keep) != self.manifest.num_samples:
+            raise MaskMismatchError(
+                f"keep array has shape {self.keep.shape}; the manifest has {self.manifest.num_samples} samples"
+            )
+
+    @property
+    def kept(self) -> int:
+        """Number of kept samples."""
+        return int(self.keep.sum())
+
+    def shard(self, k: int) -> np.ndarray:
+        """Boolean keep array of shard ``k``."""
+        offsets = self.manifest.shard_offsets
+        return self.keep[offsets[k] : offsets[k + 1]]
+
+    def header(self) -> dict:
+        """Build the JSON header (counts, provenance, binding) for this mask."""
+        manifest = self.manifest
+        labels = manifest.labels()
+        sizes = manifest.sample_bytes()
+        n_classes = len(manifest.classes)
+        labelled = labels >= 0
+        total_per_class = np.bincount(labels[labelled], minlength=n_classes)
+        kept_per_class = np.bincount(labels[labelled & self.keep], minlength=n_classes)
+        shards = []
+        offset = 0
+        bounds = manifest.shard_offsets
+        for k, entry in enumerate(manifest.shards):
+            bits = self.keep[bounds[k] : bounds[k + 1]]
+            nbytes = (len(bits) + 7) // 8
+            shards.append(
+                {
+                    "name": entry.name,
+                    "samples": entry.samples,
+                    "kept": int(bits.sum()),
+                    "kept_bytes": int(sizes[bounds[k] : bounds[k + 1]][bits].sum()),
+                    "index_sha256": entry.index_sha256,
+                    "offset": offset,
+                    "nbytes": nbytes,
+                }
+            )
+            offset += (nbytes + 7) // 8 * 8
+        provenance = dict(self.provenance)
+        provenance.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        return {
+            "format": MASK_FORMAT,
+            "version": MASK_VERSION,
+            "manifest_fingerprint": manifest.fingerprint,
+            "num_samples": manifest.num_samples,
+            "kept": self.kept,
+            "kept_bytes": int(sizes[self.keep].sum()),
+            "total_bytes": int(sizes.sum()),
+            "provenance": provenance,
+            "classes": manifest.classes,
+            "kept_per_class": kept_per_class.tolist(),
+            "total_per_class": total_per_class.tolist(),
+            "shards": shards,
+        }
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the mask atomically and verify it by reading it back.
+
+        Args:
+            path: Destination file (conventionally ``*.spmask``).
+
+        Returns:
+            The path written.
+        """
+        path = os.fspath(path)
+        header = self.header()
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        bounds = self.manifest.shard_offsets
+        with atomic_open(path, "wb") as fh:
+            fh.write(MAGIC + struct.pack("<Q", len(raw)) + raw)
+            for k, entry in enumerate(header["shards"]):
+                packed = np.packbits(self.keep[bounds[k] : bounds[k + 1]], bitorder="little").tobytes()
+                fh.write(packed + bytes(-len(packed) % 8))
+        reread = MaskFile(path)
+        if reread.kept != self.kept or not np.array_equal(reread.to_bool(), self.keep):
+            raise StreamPruneError(f"{path}: mask read back differs from the mask written")
+        return path
+
+
+class MaskFile:
+    """A mask file opened lazily: the header now, each shard's bits on demand.
+
+    Args:
+        path: Mask file path.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        try:
+            with open(self.path, "rb") as fh:
+                head = fh.read(16)
+                if len(head) < 16 or head[:8] != MAGIC:
+                    raise MaskMismatchError(f"{self.path}: not a streamprune mask file (bad magic)")
+                (length,) = struct.unpack("<Q", head[8:16])
+                raw = fh.read(length)
+            if len(raw) != length:
+                raise MaskMismatchError(f"{self.path}: mask header is truncated")
+            self.header = json.loads(raw)
+        except FileNotFoundError:
+            raise MaskMismatchError(f"{self.path}: mask file not found") from None
+        except ValueError as exc:
+            raise MaskMismatchError(f"{self.path}: mask header is not valid JSON ({exc})") from None
+        if self.header.get("format") != MASK_FORMAT or self.header.get("version") != MASK_VERSION:
+            raise MaskMismatchError(f"{self.path}: unsupported mask format or version")
+        self._data_start = 16 + length
+        expected = self._data_start + sum((s["nbytes"] + 7) // 8 * 8 for s in self.header["shards"])
+        actual = os.path.getsize(self.path)
+        if actual != expected:
+            raise MaskMismatchError(f"{self.path}: mask file is {actual} bytes, header describes {expected}")
+
+    @property
+    def kept(self) -> int:
+        """Number of kept samples."""
+        return int(self.header["kept"])
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples the mask covers."""
+        return int(self.header["num_samples"])
+
+    @property
+    def provenance(self) -> dict:
+        """How the mask was made."""
+        return self.header["provenance"]
+
+    def shard_kept_counts(self) -> np.ndarray:
+        """Kept samples per shard, from the header alone."""
+        return np.asarray([s["kept"] for s in self.header["shards"]], dtype=np.int64)
+
+    def check(self, manifest: Manifest) -> None:
+        """Raise unless this mask was made for exactly ``manifest``'s shard indexes.
+
+        Args:
+            manifest: The manifest the mask is about to be used with.
+
+        Raises:
+            MaskMismatchError: Naming the first shard whose index or count differs.
+        """
+        shards = self.header["shards"]
+        if len(shards) != len(manifest.shards):
+            raise MaskMismatchError(
+                f"{self.path}: mask covers {len(shards)} shards, manifest {manifest.path} has {len(manifest.shards)}"
+            )
+        for k, (mine, theirs) in enumerate(zip(shards, manifest.shards)):
+            if mine["samples"] != theirs.samples or mine["index_sha256"] != theirs.index_sha256:
+                raise MaskMismatchError(
+                    f"{self.path}: mask was made for a different index of shard {k} ({theirs.name}): "
+                    f"mask has {mine['samples']} samples / index {mine['index_sha256'][:12]}, manifest has "
+                    f"{theirs.samples} / {theirs.index_sha256[:12]}; the shard was rewritten or re-indexed, "
+                    "make the mask again"
+                )
+
+    def shard(self, k: int) -> np.ndarray:
+        """Read only shard ``k``'s bits.
+
+        Args:
+            k: Shard number in manifest order.
+
+        Returns:
+            Boolean keep array for the shard's samples.
+        """
+        entry = self.header["shards"][k]
+        with open(self.path, "rb") as fh:
+            raw = os.pread(fh.fileno(), entry["nbytes"], self._data_start + entry["offset"])
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little", count=entry["samples"])
+        keep = bits.astype(bool)
+        if int(keep.sum()) != entry["kept"]:
+            raise MaskMismatchError(f"{self.path}: shard {k} bitset has {int(keep.sum())} bits set, header says {entry['kept']}")
+        return keep
+
+    def to_bool(self) -> np.ndarray:
+        """All bits in manifest order."""
+        parts = [self.shard(k) for k in range(len(self.header["shards"]))]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+    def load(self, manifest: Manifest) -> KeepMask:
+        """Check against ``manifest`` and return the in-memory :class:`KeepMask`."""
+        self.check(manifest)
+        return KeepMask(self.to_bool(), manifest, dict(self.provenance))
+
+
+def _provenance(method: str, ratio: float | None, **extra) -> dict:
+    out = {"method": method, "ratio": ratio}
+    out.update({k: v for k, v in extra.items() if v is not None})
+    return out
+
+
+def mask_from_bool(manifest: Manifest, keep: np.ndarray, method: str = "custom", **provenance) -> KeepMask:
+    """Build a mask from a boolean array in manifest order.
+
+    Args:
+        manifest: The dataset.
+        keep: One boolean per sample, manifest order.
+        method: Name recorded in the provenance.
+        **provenance: Further provenance fields (seed, scores, ...).
+
+    Returns:
+        The mask.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    ratio = 1.0 - keep.mean() if len(keep) else 0.0
+    return KeepMask(keep, manifest, _provenance(method, round(float(ratio), 6), level="sample", **provenance))
+
+
+def mask_from_keys(manifest: Manifest, keys: Iterable[str], method: str = "keys", strict: bool = True, **provenance) -> KeepMask:
+    """Build a mask that keeps exactly the samples with the given keys.
+
+    Args:
+        manifest: The dataset.
+        keys: Keys to keep.
+        method: Name recorded in the provenance.
+        strict: Raise if a key is not in the dataset.
+        **provenance: Further provenance fields.
+
+    Returns:
+        The mask.
+
+    Raises:
+        KeyError: ``strict`` and some key is unknown (the message names a few).
+    """
+    wanted = set(keys)
+    all_keys = manifest.keys()
+    keep = np.fromiter((k in wanted for k in all_keys), dtype=bool, count=len(all_keys))
+    if strict and int(keep.sum()) != len(wanted):
+        missing = sorted(wanted.difference(all_keys))[:5]
+        raise KeyError(f"{len(wanted) - int(keep.sum())} keys are not in {manifest.path}, e.g. {missing}")
+    return mask_from_bool(manifest, keep, method=method, **provenance)
+
+
+def mask_from_classes(manifest: Manifest, classes: Iterable[int | str], method: str = "classes", **provenance) -> KeepMask:
+    """Build a class-level mask: every sample of a kept class is kept.
+
+    Args:
+        manifest: The dataset.
+        classes: Kept class ids or class names.
+        method: Name recorded in the provenance.
+        **provenance: Further provenance fields.
+
+    Returns:
+        The mask.
+
+    Raises:
+        ValueError: A class name or id is unknown.
+    """
+    ids = []
+    for c in classes:
+        if isinstance(c, str) and not c.lstrip("-").isdigit():
+            if c not in manifest.classes:
+                raise ValueError(f"class {c!r} is not one of the manifest's classes")
+            ids.append(manifest.classes.index(c))
+        else:
+            ids.append(int(c))
+    n = manifest.num_classes
+    bad = [i for i in ids if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"class ids {bad} are outside 0..{n - 1}")
+    keep = np.isin(manifest.labels(), np.asarray(ids, dtype=np.int64))
+    ratio = 1.0 - len(set(ids)) / n if n else 0.0
+    return KeepMask(keep, manifest, _provenance(method, round(ratio, 6), level="class", kept_classes=sorted(set(ids)), **provenance))
+
+
+def random_mask(manifest: Manifest, ratio: float, level: str = "sample", seed: int = 0) -> KeepMask:
+    """Remove a random ``ratio`` of the samples, or of the classes.
+
+    Args:
+        manifest: The dataset.
+        ratio: Fraction removed, in ``[0, 1)``.
+        level: ``"sample"`` (remove round(N*ratio) samples) or ``"class"`` (remove
+            round(C*ratio) whole classes).
+        seed: Random seed.
+
+    Returns:
+        The mask.
+    """
+    ratio = check_ratio(ratio)
+    rng = np.random.default_rng(seed)
+    if level == "sample":
+        n = manifest.num_samples
+        n_keep = n - int(round(n * ratio))
+        keep = np.zeros(n, dtype=bool)
+        keep[rng.choice(n, size=n_keep, replace=False)] = True
+        return KeepMask(keep, manifest, _provenance("random", ratio, level="sample", seed=seed))
+    if level == "class":
+        c = manifest.num_classes
+        n_keep = c - int(round(c * ratio))
+        kept = np.sort(rng.choice(c, size=n_keep, replace=False))
+        return mask_from_classes(manifest, kept.tolist(), method="random", seed=seed, requested_ratio=ratio)
+    raise ValueError(f"level={level!r}: must be 'sample' or 'class'")

@@ -1,0 +1,152 @@
+"""Random access to kept samples, and a sampler, for training code built on samplers."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..manifest import Manifest
+from .byterange import ShardFile
+from .webdataset import ManifestLike, MaskLike, _distributed_rank_world, open_manifest, open_mask
+
+__all__ = ["PrunedMapDataset", "KeptSampler"]
+
+
+def _kept_global(manifest: Manifest, mask) -> np.ndarray:
+    if mask is None:
+        return np.arange(manifest.num_samples, dtype=np.int64)
+    bits = mask.to_bool() if hasattr(mask, "to_bool") else mask.keep
+    return np.flatnonzero(bits).astype(np.int64)
+
+
+class PrunedMapDataset(Dataset):
+    """Map-style dataset over the kept samples only: ``ds[i]`` is the i-th kept sample.
+
+    Each item is a webdataset sample dict (``__key__``, ``__url__``, extension -> bytes),
+    passed through ``transform`` if one is given. Shards are opened lazily, per process, so
+    the dataset is safe to use with DataLoader workers. Use any sampler with it (e.g.
+    ``DistributedSampler`` for DDP).
+
+    Args:
+        manifest: Manifest path or object.
+        mask: Keep mask, or ``None`` for every sample.
+        transform: Function applied to each sample dict.
+        max_open_files: Shard file descriptors kept open per process.
+    """
+
+    def __init__(
+        self,
+        manifest: ManifestLike,
+        mask: MaskLike = None,
+        transform: Callable[[dict], object] | None = None,
+        max_open_files: int = 64,
+    ) -> None:
+        self.manifest = open_manifest(manifest)
+        self.mask = open_mask(mask, self.manifest)
+        self.kept_global = _kept_global(self.manifest, self.mask)
+        offsets = self.manifest.shard_offsets
+        self._shard_of = (np.searchsorted(offsets, self.kept_global, side="right") - 1).astype(np.int64)
+        self._pos_in_shard = self.kept_global - offsets[self._shard_of]
+        self.transform = transform
+        self.max_open_files = max_open_files
+        self._files: dict[int, ShardFile] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.kept_global)
+
+    def _shard(self, k: int) -> ShardFile:
+        if self._pid != os.getpid():
+            self._files = {}  # descriptors inherited over fork share offsets; open our own
+            self._pid = os.getpid()
+        shard = self._files.get(k)
+        if shard is None:
+            if len(self._files) >= self.max_open_files:
+                oldest = next(iter(self._files))
+                self._files.pop(oldest).close()
+            shard = ShardFile(self.manifest.shard_path(k), self.manifest.index(k), fadvise=False)
+            self._files[k] = shard
+        return shard
+
+    def __getitem__(self, i: int):
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} kept samples")
+        k = int(self._shard_of[i])
+        pos = int(self._pos_in_shard[i])
+        shard = self._shard(k)
+        index = shard.index
+        sample: dict = {"__key__": index.keys[pos], "__url__": shard.path}
+        for ext, offset, size in index.members[pos]:
+            sample[ext] = os.pread(shard.fd, size, offset)
+        return self.transform(sample) if self.transform is not None else sample
+
+    def global_index(self, i: int) -> int:
+        """Manifest-order index of the i-th kept sample."""
+        return int(self.kept_global[i])
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_files"] = {}
+        return state
+
+
+class KeptSampler(Sampler[int]):
+    """Yields manifest-order indices of kept samples, for a full (unpruned) map dataset.
+
+    Shuffled per epoch from ``(seed, epoch)``; in a distributed job each rank gets an equal
+    share (padded by repeating, or dropped, like ``DistributedSampler``).
+
+    Args:
+        manifest: Manifest path or object.
+        mask: Keep mask, or ``None``.
+        shuffle: Shuffle each epoch.
+        seed: Base seed.
+        rank: Rank; default from ``torch.distributed`` or ``$RANK``.
+        world_size: World size; default from ``torch.distributed`` or ``$WORLD_SIZE``.
+        drop_last: Drop the tail instead of padding to equal shares.
+    """
+
+    def __init__(
+        self,
+        manifest: ManifestLike,
+        mask: MaskLike = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        manifest = open_manifest(manifest)
+        self.indices = _kept_global(manifest, open_mask(mask, manifest))
+        auto_rank, auto_world = _distributed_rank_world()
+        self.rank = auto_rank if rank is None else rank
+        self.world_size = auto_world if world_size is None else world_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        n = len(self.indices)
+        self.per_rank = n // self.world_size if drop_last else -(-n // self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the shuffle."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.indices
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed * 1_000_003 + self.epoch)
+            indices = indices[torch.randperm(len(indices), generator=g).numpy()]
+        total = self.per_rank * self.world_size
+        if len(indices) and total > len(indices):
+            indices = np.resize(indices, total)
+        share = indices[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
+        return iter(share.tolist())

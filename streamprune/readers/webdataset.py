@@ -1,0 +1,255 @@
+"""The pruned reader as webdataset pipeline pieces.
+
+* :class:`PrunedSource` is an ``IterableDataset`` of kept sample dicts; it splits the epoch
+  over ranks and DataLoader workers by kept counts (see :mod:`.plan`). Use it as the first
+  stage of any ``webdataset.DataPipeline``.
+* :class:`PrunedWebDataset` is that source with webdataset's fluent API (``.decode()``,
+  ``.to_tuple()``, ``.map()``, ``.shuffle()``, ``.batched()``, ...).
+* :func:`pruned_tarfile_samples` is a drop-in for ``wds.tarfile_to_samples()`` in an
+  existing pipeline that already lists and splits shard URLs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Iterator, Union
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..errors import MaskMismatchError
+from ..manifest import Manifest
+from ..masks import KeepMask, MaskFile
+from .byterange import ShardFile, read_runs
+from .plan import plan_epoch, within_shard_order
+
+__all__ = ["PrunedSource", "PrunedWebDataset", "pruned_tarfile_samples", "open_mask", "MaskLike", "ManifestLike"]
+
+MaskLike = Union[str, os.PathLike, MaskFile, KeepMask, None]
+ManifestLike = Union[str, os.PathLike, Manifest]
+
+
+def open_manifest(manifest: ManifestLike) -> Manifest:
+    """Return a :class:`Manifest`, loading it if a path is given."""
+    return manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+
+
+def open_mask(mask: MaskLike, manifest: Manifest) -> MaskFile | KeepMask | None:
+    """Open a mask (path, file or in-memory) and check it belongs to ``manifest``.
+
+    Args:
+        mask: A mask path, :class:`MaskFile`, :class:`KeepMask`, or ``None`` (keep all).
+        manifest: The dataset the mask will be used with.
+
+    Returns:
+        The opened mask, or ``None``.
+
+    Raises:
+        MaskMismatchError: The mask was made for another dataset or index.
+    """
+    if mask is None:
+        return None
+    if isinstance(mask, (str, os.PathLike)):
+        mask = MaskFile(mask)
+    if isinstance(mask, MaskFile):
+        mask.check(manifest)
+    elif isinstance(mask, KeepMask):
+        if mask.manifest.fingerprint != manifest.fingerprint:
+            raise MaskMismatchError("in-memory mask was made for a different manifest")
+    else:
+        raise TypeError(f"mask must be a path, MaskFile or KeepMask, not {type(mask).__name__}")
+    return mask
+
+
+def kept_counts(manifest: Manifest, mask: MaskFile | KeepMask | None) -> np.ndarray:
+    """Kept samples per shard, without loading any bitsets for mask files."""
+    if mask is None:
+        return np.asarray([s.samples for s in manifest.shards], dtype=np.int64)
+    if isinstance(mask, MaskFile):
+        return mask.shard_kept_counts()
+    return np.asarray([int(mask.shard(k).sum()) for k in range(len(manifest.shards))], dtype=np.int64)
+
+
+def _distributed_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class PrunedSource(IterableDataset):
+    """Kept samples of a sharded dataset, read by byte range.
+
+    Args:
+        manifest: Manifest path or object.
+        mask: Keep mask (path, :class:`MaskFile`, :class:`KeepMask`), or ``None`` for all.
+        shuffle: Shuffle shard order and sample order within shards, seeded by
+            ``(seed, epoch)``. Off by default: archive order reads sequentially.
+        seed: Base seed.
+        rank: Rank in a distributed job; default from ``torch.distributed`` or ``$RANK``.
+        world_size: Number of ranks; default from ``torch.distributed`` or ``$WORLD_SIZE``.
+        uneven: ``"pad"`` (every rank gets ceil(kept/world) samples, repeating a few) or
+            ``"drop"`` (floor, skipping a few) so all ranks get the same count.
+        fadvise: Switch off kernel read-ahead and prefetch exactly the kept ranges.
+        check_headers: Check each shard's first kept tar header against the index.
+        max_run_bytes: Largest single read when coalescing adjacent kept samples.
+    """
+
+    def __init__(
+        self,
+        manifest: ManifestLike,
+        mask: MaskLike = None,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        uneven: str = "pad",
+        fadvise: bool = True,
+        check_headers: bool = True,
+        max_run_bytes: int = 1 << 20,
+    ) -> None:
+        super().__init__()
+        self.manifest = open_manifest(manifest)
+        self.mask = open_mask(mask, self.manifest)
+        self.kept_counts = kept_counts(self.manifest, self.mask)
+        auto_rank, auto_world = _distributed_rank_world()
+        self.rank = auto_rank if rank is None else rank
+        self.world_size = auto_world if world_size is None else world_size
+        if uneven not in ("pad", "drop"):
+            raise ValueError(f"uneven={uneven!r}: must be 'pad' or 'drop'")
+        self.shuffle = shuffle
+        self.seed = seed
+        self.uneven = uneven
+        self.fadvise = fadvise
+        self.check_headers = check_headers
+        self.max_run_bytes = max_run_bytes
+        self.epoch = 0
+        self._kept_cache: dict[int, np.ndarray] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the shuffle (call before each epoch, as with DistributedSampler)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (the kept count split over ranks)."""
+        plan = plan_epoch(self.kept_counts, rank=self.rank, world_size=self.world_size, uneven=self.uneven)
+        return plan.per_rank
+
+    @property
+    def kept(self) -> int:
+        """Kept samples in the whole dataset."""
+        return int(self.kept_counts.sum())
+
+    def shard_kept_positions(self, k: int) -> np.ndarray:
+        """Positions (in shard ``k``) of its kept samples, ascending; loads only shard k's bits."""
+        cached = self._kept_cache.get(k)
+        if cached is None:
+            if self.mask is None:
+                cached = np.arange(self.manifest.shards[k].samples)
+            else:
+                cached = np.flatnonzero(self.mask.shard(k))
+            self._kept_cache = {k: cached}  # one shard at a time keeps memory flat
+        return cached
+
+    def _plan(self):
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return plan_epoch(
+            self.kept_counts,
+            seed=self.seed,
+            epoch=self.epoch,
+            shuffle=self.shuffle,
+            rank=self.rank,
+            world_size=self.world_size,
+            worker=worker,
+            num_workers=num_workers,
+            uneven=self.uneven,
+        )
+
+    def __iter__(self) -> Iterator[dict]:
+        plan = self._plan()
+        manifest = self.manifest
+        for segment in plan.segments:
+            order = within_shard_order(
+                self.shard_kept_positions(segment.shard), self.seed, self.epoch, segment.shard, self.shuffle
+            )[segment.begin : segment.end]
+            path = manifest.shard_path(segment.shard)
+            with ShardFile(path, manifest.index(segment.shard), fadvise=self.fadvise) as shard:
+                if self.check_headers and len(order):
+                    shard.check_sample(int(order[0]))
+                yield from read_runs(shard, order, path, max_run_bytes=self.max_run_bytes)
+            manifest.drop_cache()
+
+
+class PrunedWebDataset(wds.DataPipeline, wds.FluidInterface):
+    """A webdataset pipeline that yields only the kept samples, read by byte range.
+
+    ``PrunedWebDataset(manifest, mask)`` behaves like ``wds.WebDataset(urls)`` filtered to the
+    kept keys, and chains the same way::
+
+        ds = PrunedWebDataset("data/manifest.json", "lm-0.6.spmask", shuffle=True)
+        ds = ds.decode("pil").to_tuple("jpg", "cls").map_tuple(transform, int)
+        loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=4)
+        for epoch in range(epochs):
+            ds.set_epoch(epoch)
+            ...
+
+    Args:
+        manifest: Manifest path or object.
+        mask: Keep mask, or ``None`` to read everything.
+        **kwargs: Passed to :class:`PrunedSource` (shuffle, seed, rank, world_size, uneven, ...).
+    """
+
+    def __init__(self, manifest: ManifestLike, mask: MaskLike = None, **kwargs: Any) -> None:
+        super().__init__()
+        self.source = PrunedSource(manifest, mask, **kwargs)
+        self.append(self.source)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds shard and sample shuffling."""
+        self.source.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """Kept samples this rank yields per epoch (before any batching stage)."""
+        return len(self.source)
+
+
+def pruned_tarfile_samples(manifest: ManifestLike, mask: MaskLike = None, *, fadvise: bool = True):
+    """A stage that replaces ``wds.tarfile_to_samples()``: shard URLs in, kept samples out.
+
+    Drop it into an existing pipeline that lists and splits shards itself::
+
+        wds.DataPipeline(wds.SimpleShardList(urls), wds.split_by_worker,
+                         pruned_tarfile_samples(manifest, mask), wds.decode("pil"), ...)
+
+    Args:
+        manifest: Manifest path or object covering the URLs.
+        mask: Keep mask, or ``None``.
+        fadvise: Switch off read-ahead and prefetch kept ranges.
+
+    Returns:
+        A picklable callable taking an iterator of ``{"url": path}`` dicts (or path strings).
+    """
+    return _TarfileStage(open_manifest(manifest), mask, fadvise)
+
+
+class _TarfileStage:
+    def __init__(self, manifest: Manifest, mask: MaskLike, fadvise: bool) -> None:
+        self.manifest = manifest
+        self.mask = open_mask(mask, manifest)
+        self.fadvise = fadvise
+        self.by_path = {os.path.realpath(manifest.shard_path(k)): k for k in range(len(manifest.shards))}
+
+    def __call__(self, urls: Iterable[Any]) -> Iterator[dict]:
+        for item in urls:
+            url = item["url"] if isinstance(item, dict) else item
+            k = self.by_path.get(os.path.realpath(url))
+            if k is None:
+                raise MaskMismatchError(f"{url}: shard is not in manifest {self.manifest.path}")
+            keep = np.flatnonzero(self.mask.shard(k)) if self.mask is not None else np.arange(self.manifest.shards[k].samples)
+            with ShardFile(url, self.manifest.index(k), fadvise=self.fadvise) as shard:
+                if len(keep):
+                    shard.check_sample(int(keep[0]))
+                yield from read_runs(shard, keep, url)

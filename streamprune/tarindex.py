@@ -1,0 +1,355 @@
+"""Walk tar headers and group members into webdataset samples with their byte ranges.
+
+The walk reads only the 512-byte headers (and the payloads of PAX and GNU long-name
+headers), never member data, so indexing runs at header-parsing speed. Members are grouped
+into samples the way webdataset does it: the key is the path up to the first dot of the
+basename, the extension is the rest (``x.seg.png`` -> key ``x``, extension ``seg.png``),
+consecutive members with the same key form one sample, and ``__*__`` metadata members,
+directories, links and other non-regular entries are skipped.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .errors import CompressedShardError, DuplicateKeyError, LabelError, TarFormatError
+
+__all__ = ["TarMember", "ShardIndex", "iter_tar_members", "index_tar", "split_key_ext"]
+
+BLOCK = 512
+_GZIP_MAGIC = b"\x1f\x8b"
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+_META = re.compile(r"__[^/]*__($|/)")
+_REGULAR = (b"0", b"\0", b"7")
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """One regular file inside a tar.
+
+    Attributes:
+        name: Member path as stored (PAX ``path`` and GNU long names applied).
+        header_offset: Offset of the first header block that belongs to this member
+            (including any PAX or GNU long-name blocks before its own header).
+        data_offset: Offset of the first data byte.
+        size: Data size in bytes.
+    """
+
+    name: str
+    header_offset: int
+    data_offset: int
+    size: int
+
+
+def split_key_ext(name: str) -> tuple[str | None, str | None]:
+    """Split a member name into webdataset key and extension.
+
+    Args:
+        name: Member path inside the tar.
+
+    Returns:
+        ``(key, extension)``, or ``(None, None)`` when the name has no extension.
+    """
+    match = _KEY_EXT.match(name)
+    if not match:
+        return None, None
+    return match.group(1), match.group(2)
+
+
+def _parse_number(field_bytes: bytes, shard: str, offset: int) -> int:
+    if field_bytes[:1] in (b"\x80", b"\xff"):
+        # GNU base-256 encoding, used for members of 8 GiB and more.
+        value = int.from_bytes(field_bytes[1:], "big")
+        return -value if field_bytes[0] == 0xFF else value
+    text = field_bytes.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise TarFormatError(
+            f"{shard}: corrupt tar header at byte {offset}: size field {field_bytes!r} is not octal"
+        ) from None
+
+
+def _parse_pax(payload: bytes, shard: str, offset: int) -> dict[str, str]:
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(payload):
+        space = payload.find(b" ", pos)
+        if space < 0:
+            break
+        try:
+            length = int(payload[pos:space])
+        except ValueError:
+            raise TarFormatError(f"{shard}: corrupt PAX header at byte {offset}") from None
+        if length <= 0:
+            raise TarFormatError(f"{shard}: corrupt PAX header at byte {offset}")
+        record = payload[space + 1 : pos + length - 1]
+        key, _, value = record.partition(b"=")
+        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return records
+
+
+def _check_not_gzip(head: bytes, shard: str) -> None:
+    if head[:2] == _GZIP_MAGIC:
+        raise CompressedShardError(
+            f"{shard}: shard is gzip-compressed; compressed tars cannot be read by byte range, so "
+            "pruning would save no I/O. Decompress it first (e.g. `gunzip -k` or `zcat x.tar.gz > "
+            "x.tar`) and index the plain .tar."
+        )
+
+
+def iter_tar_members(path: str | os.PathLike) -> Iterator[TarMember]:
+    """Yield the regular members of an uncompressed tar file, reading headers only.
+
+    Handles ustar (with name prefix), GNU long names (``L``), PAX extended headers
+    (``x``; global ``g`` headers are skipped) and GNU base-256 sizes.
+
+    Args:
+        path: Path of the tar file.
+
+    Yields:
+        One :class:`TarMember` per regular file, in archive order.
+
+    Raises:
+        CompressedShardError: The file is gzip-compressed.
+        TarFormatError: The file is truncated or a header is corrupt.
+    """
+    shard = os.fspath(path)
+    file_size = os.path.getsize(shard)
+    if file_size == 0:
+        raise TarFormatError(f"{shard}: empty file, not a tar archive")
+    with open(shard, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        _check_not_gzip(mm[:2], shard)
+        yield from _walk(mm, file_size, shard)
+
+
+def _walk(mm: mmap.mmap, file_size: int, shard: str) -> Iterator[TarMember]:
+    pos = 0
+    long_name: str | None = None
+    pax: dict[str, str] = {}
+    pending_start: int | None = None
+    zero_block = bytes(BLOCK)
+    while pos + BLOCK <= file_size:
+        header = mm[pos : pos + BLOCK]
+        if header == zero_block:
+            if pending_start is not None:
+                raise TarFormatError(f"{shard}: extended header at byte {pending_start} has no member")
+            return
+        _verify_checksum(header, shard, pos)
+        size = _parse_number(header[124:136], shard, pos)
+        typeflag = header[156:157]
+        data_offset = pos + BLOCK
+        if pending_start is None:
+            pending_start = pos
+        if typeflag in (b"x", b"L", b"g", b"K"):
+            if data_offset + size > file_size:
+                raise TarFormatError(
+                    f"{shard}: truncated: extended header at byte {pos} needs {size} bytes, file "
+                    f"has {file_size - data_offset}"
+                )
+            payload = mm[data_offset : data_offset + size]
+            if typeflag == b"L":
+                long_name = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif typeflag == b"x":
+                pax = _parse_pax(payload, shard, pos)
+            elif typeflag == b"g":
+                pending_start = None  # a global header belongs to no member
+            pos = data_offset + (size + BLOCK - 1) // BLOCK * BLOCK
+            continue
+        if "size" in pax:
+            size = int(pax["size"])
+        if data_offset + size > file_size:
+            raise TarFormatError(
+                f"{shard}: truncated: member at byte {pos} needs {size} bytes, file has "
+                f"{max(file_size - data_offset, 0)}"
+            )
+        if typeflag in _REGULAR:
+            yield TarMember(_member_name(header, long_name, pax), pending_start, data_offset, size)
+        long_name = None
+        pax = {}
+        pending_start = None
+        pos = data_offset + (size + BLOCK - 1) // BLOCK * BLOCK
+    if pos < file_size or pending_start is not None:
+        raise TarFormatError(f"{shard}: truncated: incomplete tar header at byte {pos} (file size {file_size})")
+
+
+def _verify_checksum(header: bytes, shard: str, pos: int) -> None:
+    stored = _parse_number(header[148:156], shard, pos)
+    unsigned = sum(header) - sum(header[148:156]) + 8 * 32
+    if stored == unsigned:
+        return
+    # Some old writers used signed chars for the checksum.
+    signed = unsigned - 2 * sum(b for b in header if b > 127)
+    if stored != signed:
+        raise TarFormatError(
+            f"{shard}: corrupt tar header at byte {pos} (checksum {stored} != {unsigned}); "
+            "the file is damaged or not a tar archive"
+        )
+
+
+def _member_name(header: bytes, long_name: str | None, pax: dict[str, str]) -> str:
+    if "path" in pax:
+        return pax["path"]
+    if long_name is not None:
+        return long_name
+    name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    if header[257:263] == b"ustar\0":
+        prefix = header[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+    return name
+
+
+@dataclass
+class ShardIndex:
+    """Byte ranges of every sample in one tar shard.
+
+    Attributes:
+        shard: Shard file name (relative to the manifest directory when part of one).
+        shard_bytes: Size of the shard file.
+        keys: Sample keys in archive order.
+        labels: Integer label per sample (``-1`` when the dataset has no labels).
+        start: Offset of the first header byte of each sample.
+        end: Offset one past the last (padded) data byte of each sample.
+        members: Per sample, a list of ``(extension, data_offset, size)``.
+        sha256: Hex digest of the shard file, or ``""`` when not computed.
+    """
+
+    shard: str
+    shard_bytes: int
+    keys: list[str]
+    labels: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    members: list[list[tuple[str, int, int]]]
+    sha256: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def data_bytes(self) -> np.ndarray:
+        """Bytes each sample occupies in the shard, headers and padding included."""
+        return self.end - self.start
+
+
+def _group_samples(members: Iterator[TarMember], shard: str):
+    keys: list[str] = []
+    start: list[int] = []
+    end: list[int] = []
+    groups: list[list[tuple[str, int, int]]] = []
+    seen: set[str] = set()
+    current: str | None = None
+    for member in members:
+        name = member.name
+        if "/" not in name and name.startswith("__") and name.endswith("__"):
+            continue
+        if _META.match(name):
+            continue
+        key, ext = split_key_ext(name)
+        if key is None:
+            continue
+        ext = ext.lower()
+        if key != current:
+            if key in seen:
+                raise DuplicateKeyError(
+                    f"{shard}: duplicate sample key {key!r} (member {name!r} at byte "
+                    f"{member.header_offset}); members of one sample must be adjacent and keys unique"
+                )
+            seen.add(key)
+            current = key
+            keys.append(key)
+            start.append(member.header_offset)
+            end.append(0)
+            groups.append([])
+        group = groups[-1]
+        for other_ext, _, _ in group:
+            if other_ext == ext:
+                raise DuplicateKeyError(f"{shard}: sample {key!r} has member {name!r} twice")
+        group.append((ext, member.data_offset, member.size))
+        end[-1] = member.data_offset + (member.size + BLOCK - 1) // BLOCK * BLOCK
+    return keys, start, end, groups
+
+
+def index_tar(
+    path: str | os.PathLike,
+    label_ext: str | None = None,
+    name: str | None = None,
+) -> ShardIndex:
+    """Index one uncompressed tar shard.
+
+    Args:
+        path: Path of the tar file.
+        label_ext: Extension of the member that holds the integer label (e.g. ``"cls"``), or
+            ``None`` for an unlabelled dataset.
+        name: Name to record for the shard; defaults to the file's basename.
+
+    Returns:
+        The shard's :class:`ShardIndex` (``sha256`` left empty).
+
+    Raises:
+        TarFormatError: Truncated, corrupt or compressed tar.
+        DuplicateKeyError: A key occurs twice.
+        LabelError: ``label_ext`` is given and a sample lacks it or it is not an integer.
+    """
+    shard = os.fspath(path)
+    keys, start, end, groups = _group_samples(iter_tar_members(shard), shard)
+    labels = np.full(len(keys), -1, dtype=np.int64)
+    if label_ext is not None:
+        with open(shard, "rb") as fh:
+            fd = fh.fileno()
+            for i, group in enumerate(groups):
+                labels[i] = _read_label(fd, group, label_ext, shard, keys[i])
+    return ShardIndex(
+        shard=name or os.path.basename(shard),
+        shard_bytes=os.path.getsize(shard),
+        keys=keys,
+        labels=labels,
+        start=np.asarray(start, dtype=np.int64),
+        end=np.asarray(end, dtype=np.int64),
+        members=groups,
+    )
+
+
+def _read_label(fd: int, group: list[tuple[str, int, int]], label_ext: str, shard: str, key: str) -> int:
+    for ext, offset, size in group:
+        if ext == label_ext:
+            raw = os.pread(fd, size, offset)
+            return parse_label(raw, shard, key, label_ext)
+    raise LabelError(f"{shard}: sample {key!r} has no .{label_ext} member holding its label")
+
+
+def parse_label(raw: bytes, shard: str, key: str, label_ext: str) -> int:
+    """Parse a label member's bytes as a decimal integer.
+
+    Args:
+        raw: Member content.
+        shard: Shard name, for the error message.
+        key: Sample key, for the error message.
+        label_ext: Label extension, for the error message.
+
+    Returns:
+        The label.
+
+    Raises:
+        LabelError: The content is not a non-negative integer.
+    """
+    try:
+        value = int(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise LabelError(
+            f"{shard}: sample {key!r}: label member .{label_ext} is {raw[:40]!r}, not an integer"
+        ) from None
+    if value < 0:
+        raise LabelError(f"{shard}: sample {key!r}: label {value} is negative")
+    return value
