@@ -376,5 +376,5 @@ def random_mask(manifest: Manifest, ratio: float, level: str = "sample", seed: i
         c = manifest.num_classes
         n_keep = c - int(round(c * ratio))
         kept = np.sort(rng.choice(c, size=n_keep, replace=False))
-        return mask_from_classes(manifest, kept.tolist(), method="random", seed=seed, requested_ratio=ratio)
+        return mask_from_classes(manifest, kept.tolist(), method="random", seed=seed)
     raise ValueError(f"level={level!r}: must be 'sample' or 'class'")
