@@ -1,0 +1,37 @@
+import os
+
+import numpy as np
+from click.testing import CliRunner
+
+from streamprune.demo import run_demo
+from streamprune_cli.main import cli
+
+
+def _digits_npz(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    path = tmp_path / "digits.npz"
+    np.savez(path, images=(digits.images * 255 / 16).round().astype(np.uint8), labels=digits.target)
+    return str(path), len(digits.target)
+
+
+def test_demo_reads_exactly_the_kept_classes_and_reports_speedup(tmp_path):
+    src, n = _digits_npz(tmp_path)
+    result = run_demo(str(tmp_path / "demo"), source=src, ratio=0.6, workers=2, samples_per_shard=300, progress=False)
+    read = result["read"]
+    assert read["full_samples"] == n
+    from streamprune.masks import MaskFile
+
+    mask = MaskFile(result["mask"])
+    assert read["pruned_samples"] == mask.kept
+    assert sum(1 for c in mask.header["kept_per_class"] if c) == 4  # round(10 * 0.4) classes kept
+    assert "speed-up" in result["report"] and "kept" in result["report"]
+
+
+def test_demo_cli_prints_report(tmp_path):
+    src, _ = _digits_npz(tmp_path)
+    out = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "d"), "--source", src, "--ratio", "0.5", "--quiet"])
+    assert out.exit_code == 0, out.output
+    assert "measured speed-up" in out.output
+    assert os.path.exists(tmp_path / "d" / "shards" / "manifest.json")
