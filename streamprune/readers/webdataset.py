@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Iterable, Iterator, Union
 
@@ -111,7 +112,9 @@ class PrunedSource(IterableDataset):
         max_run_bytes: int = 1 << 20,
     ) -> None:
         super().__init__()
-        self.manifest = open_manifest(manifest)
+        # A private copy: iterating drops cached indexes, which must not touch the caller's object.
+        self.manifest = copy.copy(open_manifest(manifest))
+        self.manifest.drop_cache()
         self.mask = open_mask(mask, self.manifest)
         self.kept_counts = kept_counts(self.manifest, self.mask)
         auto_rank, auto_world = _distributed_rank_world()
@@ -125,12 +128,21 @@ class PrunedSource(IterableDataset):
         self.fadvise = fadvise
         self.check_headers = check_headers
         self.max_run_bytes = max_run_bytes
-        self.epoch = 0
+        # Shared memory, so set_epoch reaches persistent DataLoader workers too.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._kept_cache: dict[int, np.ndarray] = {}
 
+    @property
+    def epoch(self) -> int:
+        """The epoch that seeds the shuffle."""
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that seeds the shuffle (call before each epoch, as with DistributedSampler)."""
-        self.epoch = int(epoch)
+        """Set the epoch that seeds the shuffle (call before each epoch, as with DistributedSampler).
+
+        Works with ``persistent_workers=True``: the value lives in shared memory.
+        """
+        self._epoch[0] = int(epoch)
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (the kept count split over ranks)."""
@@ -171,9 +183,10 @@ class PrunedSource(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         plan = self._plan()
         manifest = self.manifest
+        epoch = self.epoch
         for segment in plan.segments:
             order = within_shard_order(
-                self.shard_kept_positions(segment.shard), self.seed, self.epoch, segment.shard, self.shuffle
+                self.shard_kept_positions(segment.shard), self.seed, epoch, segment.shard, self.shuffle
             )[segment.begin : segment.end]
             path = manifest.shard_path(segment.shard)
             with ShardFile(path, manifest.index(segment.shard), fadvise=self.fadvise) as shard:
