@@ -14,8 +14,8 @@ from typing import Mapping
 import numpy as np
 
 from ..atomic import file_sha256, temp_name
-from ..errors import DuplicateKeyError, StreamPruneError
-from ..tarindex import BLOCK, ShardIndex, index_tar
+from ..errors import DuplicateKeyError, LabelError, StreamPruneError
+from ..tarindex import BLOCK, ShardIndex, index_tar, parse_label
 
 __all__ = ["TarShardWriter"]
 
@@ -43,12 +43,11 @@ def _header(name: bytes, size: int, typeflag: bytes, mtime: int) -> bytes:
 
 def _pax_record(key: str, value: bytes) -> bytes:
     body = b" " + key.encode() + b"=" + value + b"\n"
-    length = len(body)
-    while True:
-        candidate = str(length + len(str(length))).encode() + body
-        if len(candidate) == length + len(str(length)):
-            return candidate
-        length += 1
+    # the record's length counts its own decimal digits: find the total T = len(body) + len(str(T))
+    total = len(body) + 1
+    while total != len(body) + len(str(total)):
+        total += 1
+    return str(total).encode() + body
 
 
 def _padding(size: int) -> bytes:
@@ -88,20 +87,31 @@ class TarShardWriter:
         Args:
             key: Sample key; must not contain a dot in its last path component.
             files: Extension -> content (e.g. ``{"jpg": b"..."}``); written in sorted order.
-            label: Integer label, stored as ``<key>.<label_ext>`` unless ``files`` has it.
+            label: Integer label, stored as ``<key>.<label_ext>`` unless ``files`` has it; when
+                ``files`` has it, the index records that member's value.
 
         Raises:
             ValueError: Bad key or extension.
+            LabelError: ``files`` holds a label member that is not an integer or disagrees
+                with ``label``.
             DuplicateKeyError: ``key`` was already written to this shard.
         """
         if not key or "." in key.rsplit("/", 1)[-1] or key.startswith("__"):
             raise ValueError(f"sample key {key!r}: keys must be non-empty, have no '.' in the last path part, and not start with '__'")
         if key in self._seen:
             raise DuplicateKeyError(f"{self.path}: sample key {key!r} written twice")
-        self._seen.add(key)
         items = {ext.lower(): bytes(data) for ext, data in files.items()}
-        if label is not None and self.label_ext is not None and self.label_ext not in items:
+        if self.label_ext is not None and self.label_ext in items:
+            # the index must record the label the shard holds (what `index_tar` would read back)
+            stored = parse_label(items[self.label_ext], self.path, key, self.label_ext)
+            if label is not None and int(label) != stored:
+                raise LabelError(
+                    f"{self.path}: sample {key!r}: label {label} disagrees with its .{self.label_ext} member ({stored})"
+                )
+            label = stored
+        elif label is not None and self.label_ext is not None:
             items[self.label_ext] = str(int(label)).encode()
+        self._seen.add(key)
         if not items:
             raise ValueError(f"sample {key!r} has no files")
         start = self._pos
