@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -27,6 +28,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 _META = re.compile(r"__[^/]*__($|/)")
 _REGULAR = (b"0", b"\0", b"7")
+_EXTENDED = (b"x", b"L", b"g", b"K")
+_BASE256 = (b"\x80", b"\xff")
 
 
 @dataclass(frozen=True)
@@ -133,24 +136,51 @@ def iter_tar_members(path: str | os.PathLike) -> Iterator[TarMember]:
 
 
 def _walk(mm: mmap.mmap, file_size: int, shard: str) -> Iterator[TarMember]:
+    # Hot loop: the common case (octal fields, unsigned checksum) is parsed inline; anything
+    # else (base-256 numbers, bad octal, signed or wrong checksums) goes through
+    # _parse_number / _verify_checksum, which accept or raise exactly as before.
     pos = 0
     long_name: str | None = None
     pax: dict[str, str] = {}
     pending_start: int | None = None
     zero_block = bytes(BLOCK)
+    adler32 = zlib.adler32
+    base256 = _BASE256
+    extended = _EXTENDED
+    regular = _REGULAR
     while pos + BLOCK <= file_size:
         header = mm[pos : pos + BLOCK]
         if header == zero_block:
             if pending_start is not None:
                 raise TarFormatError(f"{shard}: extended header at byte {pending_start} has no member")
             return
-        _verify_checksum(header, shard, pos)
-        size = _parse_number(header[124:136], shard, pos)
+        # Byte sum of the header: the low 16 bits of Adler-32 are 1 + the byte sum mod 65521,
+        # exact for 256 bytes (at most 65280), so two halves give the exact sum.
+        field = header[148:156]
+        stored = -1
+        if field[:1] not in base256:
+            text = field.split(b"\0", 1)[0].strip(b" ")
+            try:
+                stored = int(text, 8) if text else 0
+            except ValueError:
+                stored = -1
+        if stored < 0 or stored != (adler32(header[:256]) & 0xFFFF) + (adler32(header[256:]) & 0xFFFF) - 2 - sum(field) + 256:
+            _verify_checksum(header, shard, pos)
+        field = header[124:136]
+        size = -1
+        if field[:1] not in base256:
+            text = field.split(b"\0", 1)[0].strip(b" ")
+            try:
+                size = int(text, 8) if text else 0
+            except ValueError:
+                size = -1
+        if size < 0:
+            size = _parse_number(field, shard, pos)
         typeflag = header[156:157]
         data_offset = pos + BLOCK
         if pending_start is None:
             pending_start = pos
-        if typeflag in (b"x", b"L", b"g", b"K"):
+        if typeflag in extended:
             if data_offset + size > file_size:
                 raise TarFormatError(
                     f"{shard}: truncated: extended header at byte {pos} needs {size} bytes, file "
@@ -165,14 +195,14 @@ def _walk(mm: mmap.mmap, file_size: int, shard: str) -> Iterator[TarMember]:
                 pending_start = None  # a global header belongs to no member
             pos = data_offset + (size + BLOCK - 1) // BLOCK * BLOCK
             continue
-        if "size" in pax:
+        if pax and "size" in pax:
             size = int(pax["size"])
         if data_offset + size > file_size:
             raise TarFormatError(
                 f"{shard}: truncated: member at byte {pos} needs {size} bytes, file has "
                 f"{max(file_size - data_offset, 0)}"
             )
-        if typeflag in _REGULAR:
+        if typeflag in regular:
             yield TarMember(_member_name(header, long_name, pax), pending_start, data_offset, size)
         long_name = None
         pax = {}

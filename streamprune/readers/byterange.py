@@ -1,7 +1,9 @@
 """Read chosen samples of one tar shard by byte range, never touching the others' bytes.
 
 Runs of samples that are adjacent on disk and read in that order are fetched with one
-positioned read and sliced; a lone sample is read member by member. The kernel's read-ahead
+positioned read and sliced when their members are small (fewer system calls); a lone sample,
+or a run of large members (JPEG-sized, ``DIRECT_MEMBER_BYTES`` or more on average), is read
+member by member straight into each value (one copy instead of two). The kernel's read-ahead
 is switched off for the file (``POSIX_FADV_RANDOM``), since it would read pruned bytes, and
 instead the next kept runs are announced with ``POSIX_FADV_WILLNEED`` so the disk works
 ahead on exactly the bytes that will be used.
@@ -14,16 +16,24 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import IndexMismatchError
-from ..tarindex import BLOCK, ShardIndex
+from ..errors import IndexMismatchError, TarFormatError
+from ..tarindex import BLOCK, ShardIndex, _walk, split_key_ext
 
 __all__ = ["ShardFile", "read_runs", "plan_runs"]
 
 _HAS_FADVISE = hasattr(os, "posix_fadvise")
 
+# Runs whose members average this size or more are read member by member (see read_runs).
+DIRECT_MEMBER_BYTES = 32 << 10
+
 
 def plan_runs(index: ShardIndex, order: np.ndarray, max_run_bytes: int) -> list[tuple[int, int]]:
     """Group ``order`` into runs of samples that are contiguous on disk.
+
+    A run is a stretch of ``order`` whose samples follow each other on disk (each starts
+    where the previous one ends); it is cut where the next sample would take the run past
+    ``max_run_bytes`` counted from the run's first byte (a run always has at least one
+    sample, however big).
 
     Args:
         index: The shard's index.
@@ -36,19 +46,20 @@ def plan_runs(index: ShardIndex, order: np.ndarray, max_run_bytes: int) -> list[
     n = len(order)
     if n == 0:
         return []
-    starts = index.start[order]
-    ends = index.end[order]
-    # A new run begins where a sample does not start where the previous one ended.
-    breaks = np.flatnonzero(starts[1:] != ends[:-1]) + 1
-    bounds = np.concatenate([[0], breaks, [n]])
+    starts = index.start[order].tolist()
+    ends = index.end[order].tolist()
     runs: list[tuple[int, int]] = []
-    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        first = a
-        while first < b:
-            limit = starts[first] + max_run_bytes
-            last = first + 1 + int(np.searchsorted(ends[first + 1 : b], limit, side="right"))
-            runs.append((first, last))
-            first = last
+    first = 0
+    limit = starts[0] + max_run_bytes
+    prev_end = ends[0]
+    for j in range(1, n):
+        end = ends[j]
+        if starts[j] != prev_end or end > limit:
+            runs.append((first, j))
+            first = j
+            limit = starts[j] + max_run_bytes
+        prev_end = end
+    runs.append((first, n))
     return runs
 
 
@@ -83,22 +94,38 @@ class ShardFile:
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
 
     def check_sample(self, i: int) -> None:
-        """Check that the tar header before sample ``i``'s first member matches the index.
+        """Check that the tar headers of sample ``i``'s first member match the index.
+
+        The headers are parsed as the indexer parses them (PAX ``path``, GNU long names and
+        the ustar name prefix applied), so any valid tar indexed earlier passes.
 
         Raises:
             IndexMismatchError: Naming the shard, sample and what differs.
         """
         ext, offset, size = self.index.members[i][0]
-        header = os.pread(self.fd, BLOCK, offset - BLOCK)
         key = self.index.keys[i]
-        ok = len(header) == BLOCK and sum(header[:148]) + sum(header[156:]) + 256 == _octal(header[148:156])
-        stored_size = _octal(header[124:136]) if ok else -1
-        name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-        expected = f"{key}.{ext}"
-        if not ok or stored_size != size or not (expected == name or (len(name) == 100 and expected.startswith(name))):
+        start = int(self.index.start[i])
+        member = None
+        if 0 <= start <= offset - BLOCK:
+            try:
+                member = next(_walk(_FileView(self.fd, start), self.index.shard_bytes - start, self.path), None)
+            except TarFormatError:
+                member = None
+        name = member.name if member is not None else None
+        stored_size = member.size if member is not None else -1
+        got_key, got_ext = split_key_ext(name) if name is not None else (None, None)
+        ok = (
+            member is not None
+            and start + member.data_offset == offset
+            and stored_size == size
+            and got_key == key
+            and got_ext is not None
+            and got_ext.lower() == ext
+        )
+        if not ok:
             raise IndexMismatchError(
                 f"{self.path}: sample {key!r} (#{i}) does not match the index (header names {name!r} with "
-                f"{stored_size} bytes, index says {expected!r} with {size}); the shard was rewritten after indexing"
+                f"{stored_size} bytes, index says {key + '.' + ext!r} with {size}); the shard was rewritten after indexing"
             )
 
     def prefetch(self, start: int, end: int) -> None:
@@ -119,12 +146,15 @@ class ShardFile:
         self.close()
 
 
-def _octal(field: bytes) -> int:
-    text = field.split(b"\0", 1)[0].strip(b" ")
-    try:
-        return int(text, 8) if text else 0
-    except ValueError:
-        return -1
+class _FileView:
+    """Byte slices of an open file, relative to ``base`` (what the tar header walk reads)."""
+
+    def __init__(self, fd: int, base: int) -> None:
+        self.fd = fd
+        self.base = base
+
+    def __getitem__(self, span: slice) -> bytes:
+        return os.pread(self.fd, span.stop - span.start, self.base + span.start)
 
 
 def read_runs(
@@ -133,8 +163,14 @@ def read_runs(
     url: str,
     max_run_bytes: int = 1 << 20,
     prefetch_bytes: int = 16 << 20,
+    direct_member_bytes: int = DIRECT_MEMBER_BYTES,
 ) -> Iterator[dict]:
     """Yield webdataset sample dicts for ``order`` (positions in the shard), in that order.
+
+    A run of adjacent samples whose members average at least ``direct_member_bytes`` is read
+    member by member, each straight into its ``bytes`` value (one copy); a run of smaller
+    members is read with one positioned read and sliced (fewer system calls). A lone sample
+    is always read member by member. Either way only the kept samples' bytes are read.
 
     Args:
         shard: The open shard.
@@ -142,42 +178,48 @@ def read_runs(
         url: Value for each sample's ``__url__``.
         max_run_bytes: Largest single coalesced read.
         prefetch_bytes: How far ahead (in kept bytes) to announce reads to the kernel.
+        direct_member_bytes: Mean member size from which a run is read member by member.
 
     Yields:
         ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
     """
     index = shard.index
+    order = np.asarray(order)
     runs = plan_runs(index, order, max_run_bytes)
-    starts = index.start
-    ends = index.end
+    if not runs:
+        return
+    positions = order.tolist()
     keys = index.keys
     members = index.members
     fd = shard.fd
     pread = os.pread
+    run_lo = index.start[order[[a for a, _ in runs]]].tolist()
+    run_hi = index.end[order[[b - 1 for _, b in runs]]].tolist()
+    n_runs = len(runs)
+    fadvise = shard.fadvise
     announced = 0  # runs[:announced] have been announced to the kernel
     announced_end_bytes = 0
     consumed_bytes = 0
-    for r, (a, b) in enumerate(runs):
-        if shard.fadvise:
-            while announced < len(runs) and announced_end_bytes - consumed_bytes < prefetch_bytes:
-                pa, pb = runs[announced]
-                lo, hi = int(starts[order[pa]]), int(ends[order[pb - 1]])
+    for r in range(n_runs):
+        if fadvise:
+            while announced < n_runs and announced_end_bytes - consumed_bytes < prefetch_bytes:
+                lo, hi = run_lo[announced], run_hi[announced]
                 shard.prefetch(lo, hi)
                 announced_end_bytes += hi - lo
                 announced += 1
-        first = int(order[a])
-        lo = int(starts[first])
-        hi = int(ends[order[b - 1]])
+        a, b = runs[r]
+        lo = run_lo[r]
+        hi = run_hi[r]
         consumed_bytes += hi - lo
-        if b - a == 1:
-            sample = {"__key__": keys[first], "__url__": url}
-            for ext, offset, size in members[first]:
-                sample[ext] = pread(fd, size, offset)
-            yield sample
+        if b - a == 1 or (hi - lo) >= direct_member_bytes * sum(len(members[p]) for p in positions[a:b]):
+            for pos in positions[a:b]:
+                sample = {"__key__": keys[pos], "__url__": url}
+                for ext, offset, size in members[pos]:
+                    sample[ext] = pread(fd, size, offset)
+                yield sample
             continue
-        buf = pread(fd, hi - lo, lo)
-        view = memoryview(buf)
-        for pos in order[a:b].tolist():
+        view = memoryview(pread(fd, hi - lo, lo))
+        for pos in positions[a:b]:
             sample = {"__key__": keys[pos], "__url__": url}
             for ext, offset, size in members[pos]:
                 sample[ext] = bytes(view[offset - lo : offset - lo + size])
