@@ -1,0 +1,522 @@
+"""FFCV benchmark: pruned FFCV loading from keep masks, warm and cold page cache, two layouts.
+
+Writes an ImageNet-like JPEG dataset (random-texture RGB images 256-320 px, stored by FFCV as
+JPEG at quality 95, ~60 KB each, ~330 MB in all) as a ``.beton`` twice, with
+``streamprune.write_beton``:
+
+  default     the seeded shuffle (what ``streamprune shard --format beton`` writes)
+  page-aware  samples of a class together in FFCV pages (``--layout page-aware``)
+
+The dataset has 10 classes of ~520 images (~32 MB, ~4 FFCV pages of 8 MiB each), keeping the
+ImageNet property that matters here: a class spans several pages (ImageNet: ~1300 images of
+~110 KB, ~17 pages per class).
+
+Masks are made once on the default manifest (sample-level random, and class-level random:
+whole classes removed) and applied to the page-aware file by sample key
+(``translate_mask``), so both layouts load exactly the same samples. Each config builds one
+``streamprune.pruned_ffcv_loader`` (``indices=`` the kept samples) with decode
+(``CenterCropRGBImageDecoder((224, 224), 224/256)`` + ``ToTensor``; labels ``IntDecoder``),
+``batch_size`` 64, ``num_workers`` 2, ``drop_last=False``:
+
+  layout x order     default + RANDOM; page-aware + QUASI_RANDOM (page by page)
+  access             mmap: os_cache=True (FFCV memory-maps the file; the kernel reads around
+                     each page fault, read_ahead_kb of the device);
+                     mmap-random: os_cache=True, readahead=False (the map gets MADV_RANDOM: only
+                     faulted pages are read; cold runs only, warm it is the same as mmap);
+                     pages: os_cache=False (FFCV's process cache: whole pages read with pread)
+  cache              warm: the file is read into the page cache before the epoch;
+                     cold: the file is evicted (POSIX_FADV_DONTNEED) right before the epoch,
+                     and /proc/self/io read_bytes over the epoch is what came from storage
+                     (FFCV's decode and page-reader threads run in this process, so they count)
+
+Each loader is compiled and run once before timing (numba). The timed region is one epoch
+(iterating the loader). Rounds are interleaved (every config once per round, shuffled order);
+speed-up of ratio r = t(ratio 0) / t(ratio r) for the same layout, access and cache, paired
+within a round, median over rounds; ideal = 1/(1-r). For os_cache=False the bytes FFCV reads
+are predictable: pages touched by kept samples x page size, reported next to the measurement.
+
+Run:  python benchmarks/ffcv_bench.py            (full, ~10-15 min on 2 cores)
+      python benchmarks/ffcv_bench.py --quick    (smoke run on tiny data)
+
+``run(BenchConfig(...))`` returns the rows as a dict, for other scripts (io_bench.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+log = logging.getLogger("ffcv_bench")
+
+GENERATOR_VERSION = 1
+LAYOUT_ORDER = {"default": "random", "page-aware": "quasi_random"}
+# access mode -> (os_cache, readahead)
+ACCESS = {"mmap": (True, True), "mmap-random": (True, False), "pages": (False, True)}
+ACCESS_LABELS = {
+    "mmap": "os_cache on (FFCV memory map, kernel read-around)",
+    "mmap-random": "os_cache on, readahead=False (MADV_RANDOM)",
+    "pages": "os_cache off (FFCV reads whole pages)",
+}
+
+
+@dataclass
+class BenchConfig:
+    """What to run (defaults: the full benchmark)."""
+
+    data_dir: str = os.path.join(common.DEFAULT_DATA, "ffcv_jpeg")
+    out_dir: str = common.DEFAULT_RESULTS
+    samples: int = 5200
+    classes: int = 10
+    quality: int = 95
+    page_size: int = 1 << 23
+    ratios: tuple = (0.4, 0.6, 0.8)
+    levels: tuple = ("sample", "class")
+    layouts: tuple = ("default", "page-aware")
+    access_warm: tuple = ("mmap", "pages")
+    access_cold: tuple = ("mmap", "mmap-random", "pages")
+    caches: tuple = ("warm", "cold")
+    repeats: int = 3
+    batch_size: int = 64
+    num_workers: int = 2
+    seed: int = 0
+    write_workers: int = 2
+    plot: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+class BenchSource:
+    """``samples`` synthetic JPEGs (``common.make_jpeg``) over ``classes`` balanced classes."""
+
+    def __init__(self, samples: int, classes: int, seed: int) -> None:
+        self.samples = samples
+        self.seed = seed
+        self.labels = np.random.default_rng([seed, 11]).permutation(np.arange(samples) % classes)
+        self.class_names = [f"c{c:02d}" for c in range(classes)]
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def key_label(self, i: int) -> tuple[str, int]:
+        return f"img{i:08d}", int(self.labels[i])
+
+    def __getitem__(self, i: int):
+        key, label = self.key_label(i)
+        return key, {"jpg": common.make_jpeg(i, self.seed)}, label
+
+
+def prepare_betons(cfg: BenchConfig) -> dict:
+    """Write (or reuse) the dataset in each layout; returns ``{layout: Manifest}``."""
+    import streamprune as sp
+
+    out = {}
+    for layout in cfg.layouts:
+        directory = os.path.join(cfg.data_dir, layout)
+        params = {
+            "generator_version": GENERATOR_VERSION,
+            "samples": cfg.samples,
+            "classes": cfg.classes,
+            "quality": cfg.quality,
+            "page_size": cfg.page_size,
+            "seed": cfg.seed,
+            "layout": layout,
+        }
+        meta_path = os.path.join(directory, "bench_meta.json")
+        if os.path.exists(meta_path) and os.path.exists(os.path.join(directory, "manifest.json")):
+            with open(meta_path) as fh:
+                if json.load(fh).get("params") == params:
+                    log.info("reusing %s", directory)
+                    out[layout] = sp.Manifest.load(directory)
+                    continue
+        log.info("writing %d JPEG samples as a %s-layout .beton into %s ...", cfg.samples, layout, directory)
+        t0 = time.perf_counter()
+        manifest = sp.write_beton(
+            BenchSource(cfg.samples, cfg.classes, cfg.seed),
+            directory,
+            write_mode="jpg",
+            quality=cfg.quality,
+            layout=layout,
+            page_size=cfg.page_size,
+            workers=cfg.write_workers,
+            seed=cfg.seed,
+            progress=False,
+        )
+        os.sync()
+        with open(meta_path, "w") as fh:
+            json.dump({"params": params, "seconds": time.perf_counter() - t0}, fh)
+        log.info("  %.1f MB in %.1f s", manifest.total_bytes / 1e6, time.perf_counter() - t0)
+        out[layout] = manifest
+    return out
+
+
+def make_masks(manifest, cfg: BenchConfig) -> dict:
+    """``{(level, ratio): KeepMask}`` on ``manifest`` (ratio 0: ``None``, everything)."""
+    import streamprune as sp
+
+    masks = {("none", 0.0): None}
+    for level in cfg.levels:
+        for ratio in cfg.ratios:
+            masks[(level, ratio)] = sp.random_mask(manifest, ratio, level=level, seed=cfg.seed + 1)
+    return masks
+
+
+def pipelines():
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+    from ffcv.transforms import ToTensor
+
+    return {"image": [CenterCropRGBImageDecoder((224, 224), 224 / 256), ToTensor()], "label": [IntDecoder(), ToTensor()]}
+
+
+def page_stats(manifest, keep: np.ndarray | None) -> dict:
+    """Pages touched by the kept samples, and kept data bytes, from the file's own tables."""
+    from streamprune.betonindex import read_beton
+
+    info = read_beton(manifest.shard_path(0))
+    pages = info.sample_pages()
+    keep = np.ones(info.num_samples, dtype=bool) if keep is None else keep
+    data = manifest.sample_bytes()
+    all_pages = np.unique(pages[pages >= 0])
+    touched = np.unique(pages[keep & (pages >= 0)])
+    return {
+        "pages_total": int(len(all_pages)),
+        "pages_touched": int(len(touched)),
+        "page_fraction": len(touched) / max(len(all_pages), 1),
+        "predicted_page_read_bytes": int(len(touched) * info.page_size),
+        "kept_data_fraction": float(data[keep].sum() / max(data.sum(), 1)),
+    }
+
+
+def run_epoch(loader) -> tuple[float, int, int]:
+    """Iterate one epoch; returns seconds, samples and a label checksum."""
+    n = 0
+    total = 0
+    t0 = time.perf_counter()
+    for images, labels in loader:
+        n += int(labels.shape[0])
+        total += int(labels.sum())
+    return time.perf_counter() - t0, n, total
+
+
+def release_mmap(loader) -> None:
+    """Drop FFCV's memory map of the file (os_cache=True keeps one open across epochs).
+
+    Pages mapped into a process cannot be evicted with POSIX_FADV_DONTNEED, so a live map would
+    make every later "cold" epoch warm. FFCV maps the file again at the next epoch.
+    """
+    context = getattr(loader.memory_manager, "context", None)
+    if context is not None and getattr(context, "mmap", None) is not None:
+        context.mmap = None
+    gc.collect()
+
+
+def read_ahead_kb(path: str) -> int | None:
+    """The block device read-ahead (the mmap read-around window) for ``path``'s file system."""
+    try:
+        dev = os.stat(path).st_dev
+        base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
+        for candidate in (f"{base}/queue/read_ahead_kb", f"{base}/../queue/read_ahead_kb"):
+            if os.path.exists(candidate):
+                with open(candidate) as fh:
+                    return int(fh.read())
+    except OSError:
+        pass
+    return None
+
+
+def run(cfg: BenchConfig) -> dict:
+    """Run the benchmark; returns ``{"meta", "rows", "targets", "runs", "checks"}``."""
+    import streamprune as sp
+
+    t_start = time.perf_counter()
+    manifests = prepare_betons(cfg)
+    base = manifests[cfg.layouts[0]]
+    masks = make_masks(base, cfg)
+    paths = {layout: m.shard_path(0) for layout, m in manifests.items()}
+    sizes = {layout: os.path.getsize(p) for layout, p in paths.items()}
+    checks = {"eviction": common.check_eviction([paths[cfg.layouts[0]]], sizes[cfg.layouts[0]])}
+    log.info("eviction check: cold read %.2f of the file, warm %.4f -> %s",
+             checks["eviction"]["cold_fraction"], checks["eviction"]["warm_read_bytes"] / sizes[cfg.layouts[0]],
+             "ok" if checks["eviction"]["ok"] else "NOT OK")
+
+    configs = []
+    for layout in cfg.layouts:
+        manifest = manifests[layout]
+        for (level, ratio), mask in masks.items():
+            if layout == "page-aware" and level == "sample":
+                continue  # grouping by class cannot help a sample-level random mask
+            keep = None if mask is None else sp.translate_mask(mask, manifest).keep
+            stats = page_stats(manifest, keep)
+            for access in dict.fromkeys(cfg.access_warm + cfg.access_cold):
+                os_cache, readahead = ACCESS[access]
+                configs.append({
+                    "layout": layout, "order": LAYOUT_ORDER[layout], "level": level, "ratio": ratio,
+                    "access": access, "os_cache": os_cache, "readahead": readahead,
+                    "caches": tuple(c for c in cfg.caches if access in (cfg.access_warm if c == "warm" else cfg.access_cold)),
+                    "mask": mask, "kept": int(manifest.num_samples if keep is None else keep.sum()),
+                    "keep": keep, **stats,
+                })
+    log.info("%d loader configs; compiling and checking each once (warm cache) ...", len(configs))
+    loaders = {}
+    for i, c in enumerate(configs):
+        loader = sp.pruned_ffcv_loader(
+            manifests[c["layout"]], c["mask"], batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+            order=c["order"], os_cache=c["os_cache"], readahead=c["readahead"], pipelines=pipelines(),
+            seed=cfg.seed, drop_last=False,
+        )
+        common.warm([paths[c["layout"]]])
+        seconds, n, checksum = run_epoch(loader)
+        release_mmap(loader)
+        labels = manifests[c["layout"]].labels()
+        expected = labels if c["keep"] is None else labels[c["keep"]]
+        if n != c["kept"] or checksum != int(expected.sum()):
+            raise RuntimeError(f"config {i}: loaded {n} samples (label sum {checksum}), expected {c['kept']} ({int(expected.sum())})")
+        loaders[i] = loader
+    checks["same_samples"] = "every config loaded exactly its kept count with the kept labels' sum"
+
+    runs = []
+    rng = random.Random(cfg.seed)
+    for rnd in range(cfg.repeats):
+        for cache in cfg.caches:
+            order = [i for i, c in enumerate(configs) if cache in c["caches"]]
+            rng.shuffle(order)
+            for i in order:
+                c = configs[i]
+                path = paths[c["layout"]]
+                if cache == "warm":
+                    common.warm([path])
+                else:
+                    common.evict([path])
+                gc.collect()
+                rb0 = common.read_bytes()
+                seconds, n, _ = run_epoch(loaders[i])
+                read = common.read_bytes() - rb0
+                release_mmap(loaders[i])
+                runs.append({"round": rnd, "config": i, "cache": cache, "seconds": seconds, "samples": n, "read_bytes": read})
+        log.info("round %d/%d done (%.0f s elapsed)", rnd + 1, cfg.repeats, time.perf_counter() - t_start)
+
+    rows = summarize(configs, runs, sizes, cfg)
+    targets = evaluate_targets(rows, cfg)
+    meta = {
+        "command": common.command_line(),
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("extra",)},
+        "machine": common.machine_info(),
+        "ffcv": common.package_versions(["ffcv", "numba", "opencv-python"]),
+        "read_ahead_kb": read_ahead_kb(paths[cfg.layouts[0]]),
+        "files": {layout: {"path": paths[layout], "bytes": sizes[layout], "samples": manifests[layout].num_samples}
+                  for layout in cfg.layouts},
+        "seconds_total": time.perf_counter() - t_start,
+    }
+    described = [{k: v for k, v in c.items() if k not in ("mask", "keep")} for c in configs]
+    return {"meta": meta, "rows": rows, "targets": targets, "configs": described, "runs": runs, "checks": checks}
+
+
+def summarize(configs, runs, sizes, cfg: BenchConfig) -> list[dict]:
+    """One row per (config, cache): medians, paired speed-ups, bytes read."""
+    by = {(r["config"], r["cache"], r["round"]): r for r in runs}
+    baseline = {}
+    for i, c in enumerate(configs):
+        if c["ratio"] == 0.0:
+            baseline[(c["layout"], c["access"])] = i
+    rows = []
+    for i, c in enumerate(configs):
+        for cache in cfg.caches:
+            mine = [by[(i, cache, r)] for r in range(cfg.repeats) if (i, cache, r) in by]
+            if not mine:
+                continue
+            b = baseline[(c["layout"], c["access"])]
+            speedups = [by[(b, cache, r["round"])]["seconds"] / r["seconds"] for r in mine if (b, cache, r["round"]) in by]
+            seconds = common.median([r["seconds"] for r in mine])
+            read = common.median([r["read_bytes"] for r in mine])
+            ideal = 1.0 / (1.0 - c["ratio"])
+            speedup = common.median(speedups)
+            rows.append({
+                "layout": c["layout"], "order": c["order"], "level": c["level"], "ratio": c["ratio"],
+                "access": c["access"], "os_cache": c["os_cache"], "readahead": c["readahead"],
+                "cache": cache, "kept": c["kept"],
+                "seconds": seconds, "seconds_all": [r["seconds"] for r in mine],
+                "samples_per_s": c["kept"] / seconds,
+                "speedup_vs_r0": speedup, "ideal": ideal, "efficiency": speedup / ideal,
+                "read_bytes": int(read), "read_bytes_all": [r["read_bytes"] for r in mine],
+                "read_fraction": read / sizes[c["layout"]],
+                "pages_touched": c["pages_touched"], "pages_total": c["pages_total"],
+                "page_fraction": c["page_fraction"], "kept_data_fraction": c["kept_data_fraction"],
+                "predicted_page_read_fraction": c["predicted_page_read_bytes"] / sizes[c["layout"]],
+            })
+    return rows
+
+
+def find(rows, **kw) -> list[dict]:
+    return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
+
+
+def evaluate_targets(rows, cfg: BenchConfig) -> list[dict]:
+    """The issue's two targets, checked on every row they apply to."""
+    out = []
+    for r in rows:
+        if r["cache"] == "warm" and r["ratio"] in (0.4, 0.6, 0.8):
+            goal = 0.85 * r["ideal"]
+            out.append({
+                "target": "warm, decode: speed-up >= 0.85 x 1/(1-r)",
+                "layout": r["layout"], "level": r["level"], "access": r["access"], "ratio": r["ratio"],
+                "value": r["speedup_vs_r0"], "goal": goal, "met": bool(r["speedup_vs_r0"] >= goal),
+            })
+    for r in rows:
+        if r["cache"] == "cold" and r["ratio"] == 0.8 and r["level"] == "class":
+            goal = (1 - r["ratio"]) + 0.10
+            out.append({
+                "target": "cold, class-level r=0.8: bytes read <= (1-r) + 10% of the file (required of page-aware)",
+                "layout": r["layout"], "level": r["level"], "access": r["access"], "ratio": r["ratio"],
+                "value": r["read_fraction"], "goal": goal, "met": bool(r["read_fraction"] <= goal),
+            })
+    return out
+
+
+def _row_order(r):
+    return (r["cache"] != "warm", r["layout"], list(ACCESS).index(r["access"]), r["level"] != "none", r["level"], r["ratio"])
+
+
+def print_summary(result: dict) -> str:
+    rows = result["rows"]
+    meta = result["meta"]
+    lines = [
+        "files: " + ", ".join(f"{k} {v['bytes'] / 1e6:.0f} MB ({v['samples']} samples)" for k, v in meta["files"].items()),
+        f"read_ahead_kb: {meta['read_ahead_kb']}, FFCV page size {meta['config']['page_size'] >> 20} MiB; "
+        "access: " + "; ".join(f"{k} = {v}" for k, v in ACCESS_LABELS.items()),
+        "",
+    ]
+    headers = ["layout", "order", "access", "cache", "level", "ratio", "kept", "s/epoch", "img/s",
+               "speed-up", "ideal", "eff.", "read/file", "pages touched", "kept data"]
+    table = []
+    for r in sorted(rows, key=_row_order):
+        table.append([
+            r["layout"], r["order"], r["access"], r["cache"], r["level"], f"{r['ratio']:.1f}",
+            r["kept"], f"{r['seconds']:.2f}", f"{r['samples_per_s']:.0f}", f"{r['speedup_vs_r0']:.2f}",
+            f"{r['ideal']:.2f}", f"{r['efficiency']:.2f}", f"{r['read_fraction']:.3f}",
+            f"{r['pages_touched']}/{r['pages_total']}", f"{r['kept_data_fraction']:.3f}",
+        ])
+    lines.append(common.format_table(headers, table, "llllllrrrrrrrrr"))
+    lines += ["", "targets:"]
+    for t in result["targets"]:
+        op = ">=" if "speed" in t["target"] else "<="
+        lines.append(
+            f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['layout']}/{t['level']}/{t['access']} "
+            f"r={t['ratio']}: {t['value']:.3f} (goal {op} {t['goal']:.3f})"
+        )
+    return "\n".join(lines)
+
+
+_COLORS = {("default", "sample"): "tab:blue", ("default", "class"): "tab:orange", ("page-aware", "class"): "tab:green",
+           ("page-aware", "sample"): "tab:purple"}
+_STYLES = {"mmap": "-", "pages": "--", "mmap-random": ":"}
+_MARKERS = {"mmap": "o", "pages": "s", "mmap-random": "^"}
+
+
+def _series(rows, cache):
+    for layout in ("default", "page-aware"):
+        for access in ACCESS:
+            for level in ("sample", "class"):
+                pts = find(rows, layout=layout, access=access, cache=cache, level=level)
+                base = find(rows, layout=layout, access=access, cache=cache, level="none")
+                if pts:
+                    style = {"color": _COLORS[(layout, level)], "linestyle": _STYLES[access], "marker": _MARKERS[access]}
+                    yield f"{layout}, {level}, {access}", sorted(base + pts, key=lambda r: r["ratio"]), style
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
+    ratios = sorted({r["ratio"] for r in rows})
+    grid = np.linspace(0, max(ratios), 50)
+    ax1.plot(grid, 1 / (1 - grid), "k--", label="ideal 1/(1-r)")
+    ax1.plot(grid, 0.85 / (1 - grid), "k:", label="target 0.85 x ideal")
+    for label, pts, style in _series(rows, "warm"):
+        ax1.plot([p["ratio"] for p in pts], [p["speedup_vs_r0"] for p in pts], label=label, **style)
+    ax1.set_xlabel("ratio removed r")
+    ax1.set_ylabel("epoch speed-up vs r = 0 (warm cache, with decode)")
+    ax1.set_title("Pruned FFCV loading, warm page cache")
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+    ax2.plot(grid, 1 - grid, "k--", label="kept fraction 1-r")
+    ax2.plot(grid, 1.1 - grid, "k:", label="target (1-r) + 10%")
+    for label, pts, style in _series(rows, "cold"):
+        ax2.plot([p["ratio"] for p in pts], [p["read_fraction"] for p in pts], label=label, **style)
+    ax2.set_xlabel("ratio removed r")
+    ax2.set_ylabel("bytes read from storage / file size (cold cache)")
+    ax2.set_title(f"Cold cache: bytes FFCV reads (read_ahead_kb={result['meta']['read_ahead_kb']}, "
+                  f"page {result['meta']['config']['page_size'] >> 20} MiB)")
+    ax2.set_ylim(0, 1.15)
+    ax2.legend(fontsize=7)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv=None) -> BenchConfig:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=None, help="where the .beton files live (default benchmarks/data/ffcv_jpeg)")
+    p.add_argument("--out", default=None, help="results directory (default benchmarks/results, results/quick with --quick)")
+    p.add_argument("--samples", type=int, default=5200, help="images (default 5200: ~330 MB as FFCV JPEG q95)")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--ratios", default="0.4,0.6,0.8")
+    p.add_argument("--caches", default="warm,cold")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny data, 2 rounds: a smoke run, not a measurement")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--plot-only", metavar="JSON", help="only redraw the PNG (next to JSON) and print the table from an earlier run")
+    a = p.parse_args(argv)
+    cfg = BenchConfig(samples=a.samples, classes=a.classes, repeats=a.repeats, seed=a.seed, plot=not a.no_plot,
+                      ratios=tuple(float(x) for x in a.ratios.split(",") if x.strip()),
+                      caches=tuple(x.strip() for x in a.caches.split(",") if x.strip()))
+    if a.quick:
+        cfg.samples, cfg.repeats, cfg.page_size = min(cfg.samples, 600), min(cfg.repeats, 2), 1 << 21
+        cfg.data_dir = os.path.join(common.DEFAULT_DATA, "ffcv_jpeg_quick")
+        cfg.out_dir = os.path.join(common.DEFAULT_RESULTS, "quick")
+    if a.data_dir:
+        cfg.data_dir = a.data_dir
+    if a.out:
+        cfg.out_dir = a.out
+    cfg.extra["plot_only"] = a.plot_only
+    return cfg
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    cfg = parse_args(argv)
+    if cfg.extra.get("plot_only"):
+        with open(cfg.extra["plot_only"]) as fh:
+            result = json.load(fh)
+        sys.stdout.write(print_summary(result) + "\n")
+        plot(result, os.path.splitext(cfg.extra["plot_only"])[0] + ".png")
+        return 0
+    result = run(cfg)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    json_path = os.path.join(cfg.out_dir, "ffcv_bench.json")
+    common.write_json(json_path, result)
+    text = print_summary(result)
+    sys.stdout.write(text + "\n")
+    if cfg.plot:
+        plot(result, os.path.join(cfg.out_dir, "ffcv_bench.png"))
+    log.info("wrote %s (%.0f s in all)", json_path, result["meta"]["seconds_total"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
