@@ -1,0 +1,391 @@
+"""Per-shard feature cache: embed every sample once, resume after an interruption, read in chunks.
+
+Feature mapping (FM) and Moderate need the surrogate's penultimate feature of every source
+sample. :func:`embed_manifest` streams the (unfinished) shards through
+:class:`~streamprune.readers.PrunedWebDataset` and DataLoader workers, runs an ``embed``
+function on each batch and stores the result per shard::
+
+    DIR/<shard stem>.f16.npy    float16 [samples, D], a regular .npy (np.load(mmap_mode="r"))
+    DIR/<shard stem>.json       sidecar: format, version, shard, samples, dim, index_sha256,
+                                and the embedding identity (surrogate arch, checkpoint_sha256,
+                                input_size, seed for an untrained surrogate, ...)
+
+A shard's array is written under a temporary name and renamed when all of its rows are
+filled; the sidecar is written (atomically) after the rename. A shard counts as done only
+when both exist and the sidecar matches the shard's index and the identity, so an
+interrupted pass resumes at the first unfinished shard, and features computed by another
+surrogate or checkpoint are recomputed rather than reused. Clustering again (another K) reads
+the cache and embeds nothing.
+
+:class:`FeatureStore` reads the cache back in bounded chunks (at most ``chunk_rows`` rows as
+float32 at a time; one shard mapped at a time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import os
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..atomic import atomic_write_json, temp_name
+from ..errors import StreamPruneError
+from ..manifest import Manifest
+
+__all__ = [
+    "FEATURES_FORMAT",
+    "FEATURES_VERSION",
+    "EmbedFn",
+    "shard_stem",
+    "feature_paths",
+    "shard_is_complete",
+    "embed_manifest",
+    "FeatureStore",
+    "ArrayStore",
+]
+
+log = logging.getLogger(__name__)
+
+FEATURES_FORMAT = "streamprune-features"
+FEATURES_VERSION = 1
+#: ``embed(x) -> [B, D]`` features (torch tensor or numpy array) of a transformed batch.
+EmbedFn = Callable[[Any], Any]
+
+
+def shard_stem(name: str) -> str:
+    """File stem used for a shard's features: its manifest name without extension, ``/`` -> ``__``.
+
+    Args:
+        name: Shard name as the manifest records it.
+
+    Returns:
+        A flat file stem.
+    """
+    base = name[:-4] if name.endswith(".tar") else os.path.splitext(name)[0]
+    return base.replace(os.sep, "__").replace("/", "__")
+
+
+def feature_paths(cache_dir: str | os.PathLike, manifest: Manifest, k: int) -> tuple[str, str]:
+    """``(array path, sidecar path)`` of shard ``k``'s features in ``cache_dir``."""
+    stem = os.path.join(os.fspath(cache_dir), shard_stem(manifest.shards[k].name))
+    return stem + ".f16.npy", stem + ".json"
+
+
+def _expected_sidecar(manifest: Manifest, k: int, identity: dict[str, Any]) -> dict[str, Any]:
+    entry = manifest.shards[k]
+    return {
+        "format": FEATURES_FORMAT,
+        "version": FEATURES_VERSION,
+        "shard": entry.name,
+        "samples": int(entry.samples),
+        "index_sha256": entry.index_sha256,
+        "identity": json.loads(json.dumps(identity)),
+    }
+
+
+def _read_sidecar(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as fh:
+            obj = json.load(fh)
+    except (FileNotFoundError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def shard_is_complete(cache_dir: str | os.PathLike, manifest: Manifest, k: int, identity: dict[str, Any]) -> bool:
+    """Whether shard ``k``'s features exist, are complete, and belong to this shard and identity.
+
+    Args:
+        cache_dir: Feature directory.
+        manifest: The dataset.
+        k: Shard number.
+        identity: What produced the features (surrogate, checkpoint hash, input size, ...).
+
+    Returns:
+        ``True`` when the array and a matching sidecar exist and the array has the right rows.
+    """
+    if manifest.shards[k].samples == 0:
+        return True
+    array, sidecar = feature_paths(cache_dir, manifest, k)
+    obj = _read_sidecar(sidecar)
+    if obj is None or not os.path.isfile(array):
+        return False
+    expected = _expected_sidecar(manifest, k, identity)
+    if any(obj.get(key) != value for key, value in expected.items()):
+        return False
+    try:
+        arr = np.load(array, mmap_mode="r")
+    except (ValueError, OSError):
+        return False
+    ok = arr.dtype == np.float16 and arr.ndim == 2 and arr.shape == (expected["samples"], int(obj.get("dim", -1)))
+    del arr
+    return bool(ok)
+
+
+def _remove_stale_temps(cache_dir: str) -> None:
+    for path in glob.glob(os.path.join(cache_dir, "*.f16.npy.tmp-*")):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _to_numpy(out: Any) -> np.ndarray:
+    if hasattr(out, "detach"):
+        out = out.detach().float().cpu().numpy()
+    arr = np.asarray(out)
+    if arr.ndim != 2:
+        raise ValueError(f"embed function returned shape {arr.shape}; expected [batch, dim]")
+    return arr
+
+
+def embed_manifest(
+    manifest: str | os.PathLike | Manifest,
+    cache_dir: str | os.PathLike,
+    embed: EmbedFn,
+    identity: dict[str, Any],
+    *,
+    transform: Callable[[Any], Any] | None = None,
+    input_size: int = 32,
+    batch_size: int = 256,
+    workers: int = 0,
+    device: Any = None,
+    progress: bool = True,
+    desc: str = "embed",
+) -> "FeatureStore":
+    """Embed every sample of the unfinished shards and store float16 features per shard.
+
+    Shards whose complete features (matching ``identity``) are already in ``cache_dir`` are
+    skipped, so a pass that was interrupted resumes at the first unfinished shard and a second
+    pass embeds nothing. Samples are read in archive order through
+    :class:`~streamprune.readers.PrunedWebDataset` (a mask keeps only the unfinished shards)
+    with ``workers`` DataLoader processes decoding; ``embed`` runs in this process.
+
+    Args:
+        manifest: The dataset (path or object).
+        cache_dir: Directory of the per-shard feature files (created).
+        embed: ``embed(x) -> [B, D]`` on a batch of transformed images, under ``torch.no_grad``.
+        identity: JSON-able description of what produces the features (stored in each sidecar;
+            cached features with another identity are recomputed).
+        transform: Per-image transform (default :func:`~streamprune.models.surrogate_transform`).
+        input_size: Input side for the default transform.
+        batch_size: Samples per batch.
+        workers: DataLoader worker processes.
+        device: Torch device the batches are moved to (``None``: leave on the CPU).
+        progress: Show a progress bar.
+        desc: Progress bar label.
+
+    Returns:
+        A :class:`FeatureStore` over the complete cache.
+
+    Raises:
+        StreamPruneError: A shard did not yield all its samples.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..masks import mask_from_bool
+    from ..models import cpu_threads_beside_workers, resolve_device, surrogate_transform
+    from ..readers import PrunedWebDataset
+    from ..readers.webdataset import open_manifest
+
+    m = open_manifest(manifest)
+    cache_dir = os.fspath(cache_dir)
+    os.makedirs(cache_dir, exist_ok=True)
+    _remove_stale_temps(cache_dir)
+    todo = [k for k in range(len(m.shards)) if not shard_is_complete(cache_dir, m, k, identity)]
+    if not todo:
+        log.info("%s: features of all %d shards are cached in %s", m.path, len(m.shards), cache_dir)
+        return FeatureStore(cache_dir, m, identity)
+    offsets = m.shard_offsets
+    keep = np.zeros(m.num_samples, dtype=bool)
+    for k in todo:
+        keep[offsets[k] : offsets[k + 1]] = True
+    log.info("%s: embedding %d of %d shards (%d samples) into %s", m.path, len(todo), len(m.shards), int(keep.sum()), cache_dir)
+    mask = mask_from_bool(m, keep, method="embed")
+    ds = PrunedWebDataset(m, mask, shuffle=False, rank=0, world_size=1)
+    position_of = {key: i for i, key in enumerate(m.keys())}
+    transform = transform or surrogate_transform(input_size)
+    pipeline = ds.decode("pil").to_tuple("__key__", "jpg;png").map_tuple(str, transform)
+    loader = torch.utils.data.DataLoader(pipeline, batch_size=batch_size, num_workers=workers)
+    dev = resolve_device(device) if device is not None else torch.device("cpu")
+    open_arrays: dict[int, tuple[np.ndarray, str, list[int]]] = {}
+    dim: int | None = None
+
+    def finish(k: int) -> None:
+        arr, tmp, _ = open_arrays.pop(k)
+        arr.flush()
+        del arr
+        array_path, sidecar_path = feature_paths(cache_dir, m, k)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sidecar_path)  # a stale sidecar must never vouch for the new array
+        os.replace(tmp, array_path)
+        atomic_write_json(sidecar_path, {**_expected_sidecar(m, k, identity), "dim": int(dim)})
+
+    try:
+        with torch.no_grad(), cpu_threads_beside_workers(workers, dev), tqdm(
+            total=int(keep.sum()), desc=desc, unit="sample", disable=not progress
+        ) as bar:
+            for batch_keys, x in loader:
+                feats = _to_numpy(embed(x.to(dev)))
+                if dim is None:
+                    dim = int(feats.shape[1])
+                elif feats.shape[1] != dim:
+                    raise ValueError(f"embed function returned dim {feats.shape[1]}, earlier {dim}")
+                pos = np.fromiter((position_of[key] for key in batch_keys), dtype=np.int64, count=len(batch_keys))
+                shard_ids = np.searchsorted(offsets, pos, side="right") - 1
+                for k in np.unique(shard_ids).tolist():
+                    if k not in open_arrays:
+                        array_path, _ = feature_paths(cache_dir, m, k)
+                        tmp = temp_name(array_path)
+                        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(m.shards[k].samples, dim))
+                        open_arrays[k] = (arr, tmp, [0])
+                    arr, _, filled = open_arrays[k]
+                    sel = shard_ids == k
+                    arr[pos[sel] - offsets[k]] = feats[sel].astype(np.float16)
+                    filled[0] += int(sel.sum())
+                    if filled[0] == m.shards[k].samples:
+                        finish(k)
+                bar.update(len(batch_keys))
+    finally:
+        for k in list(open_arrays):  # interrupted: drop partial shards
+            arr, tmp, _ = open_arrays.pop(k)
+            del arr
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    missing = [m.shards[k].name for k in todo if not shard_is_complete(cache_dir, m, k, identity)]
+    if missing:
+        raise StreamPruneError(f"{m.path}: embedding did not complete shard(s) {missing[:3]} in {cache_dir}")
+    return FeatureStore(cache_dir, m, identity)
+
+
+class _ChunkSource:
+    """Common chunked-reading interface (``num_samples``, ``dim``, ``iter_chunks``, ``take``)."""
+
+    num_samples: int
+    dim: int
+    #: Largest chunk handed out so far, and how many chunks (for memory-bound checks).
+    max_chunk_rows: int = 0
+    chunks_read: int = 0
+
+    def _count(self, rows: int) -> None:
+        self.max_chunk_rows = max(self.max_chunk_rows, rows)
+        self.chunks_read += 1
+
+    def iter_chunks(self, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def take(self, rows: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def read_all(self) -> np.ndarray:
+        """All rows as one float32 array (for small sets, e.g. a target)."""
+        out = np.empty((self.num_samples, self.dim), dtype=np.float32)
+        for start, chunk in self.iter_chunks():
+            out[start : start + len(chunk)] = chunk
+        return out
+
+
+class ArrayStore(_ChunkSource):
+    """An in-memory ``[N, D]`` array behind the chunked-reading interface (tests, small data).
+
+    Args:
+        x: The features.
+    """
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = np.asarray(x)
+        if self.x.ndim != 2:
+            raise ValueError(f"features must be [N, D], got shape {self.x.shape}")
+        self.num_samples, self.dim = int(self.x.shape[0]), int(self.x.shape[1])
+
+    def iter_chunks(self, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start row, float32 chunk)`` of at most ``chunk_rows`` rows."""
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows={chunk_rows}: must be at least 1")
+        for start in range(0, self.num_samples, chunk_rows):
+            chunk = np.asarray(self.x[start : start + chunk_rows], dtype=np.float32)
+            self._count(len(chunk))
+            yield start, chunk
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (ascending) as float32."""
+        return np.asarray(self.x[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+
+
+class FeatureStore(_ChunkSource):
+    """The per-shard feature cache of one dataset, read back in bounded chunks.
+
+    Only one shard's file is memory-mapped at a time and each chunk is converted to float32
+    on its own, so reading N x D features needs about ``chunk_rows * D * 4`` bytes plus one
+    shard's mapped pages, not the whole matrix.
+
+    Args:
+        cache_dir: Directory written by :func:`embed_manifest`.
+        manifest: The dataset the features belong to.
+        identity: If given, every shard's sidecar must match it.
+
+    Raises:
+        StreamPruneError: A shard's features are missing, incomplete or stale (names the file).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, manifest: Manifest, identity: dict[str, Any] | None = None) -> None:
+        self.cache_dir = os.fspath(cache_dir)
+        self.manifest = manifest
+        self.offsets = manifest.shard_offsets
+        self.num_samples = int(manifest.num_samples)
+        dims = set()
+        self.paths: list[str | None] = []
+        for k, entry in enumerate(manifest.shards):
+            array, sidecar = feature_paths(self.cache_dir, manifest, k)
+            if entry.samples == 0:
+                self.paths.append(None)
+                continue
+            obj = _read_sidecar(sidecar)
+            ident = identity if identity is not None else (obj or {}).get("identity", {})
+            if not shard_is_complete(self.cache_dir, manifest, k, ident):
+                raise StreamPruneError(f"{array}: features of shard {entry.name} are missing, incomplete or stale; embed again")
+            dims.add(int(obj["dim"]))
+            self.paths.append(array)
+        if len(dims) > 1:
+            raise StreamPruneError(f"{self.cache_dir}: shards have different feature sizes {sorted(dims)}")
+        self.dim = dims.pop() if dims else 0
+
+    def shard(self, k: int) -> np.ndarray:
+        """Shard ``k``'s float16 features, memory-mapped read-only."""
+        path = self.paths[k]
+        if path is None:
+            return np.zeros((0, self.dim), dtype=np.float16)
+        return np.load(path, mmap_mode="r")
+
+    def iter_chunks(self, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(global start row, float32 chunk)`` in manifest order, at most ``chunk_rows`` rows each.
+
+        Args:
+            chunk_rows: Largest chunk (chunks never span two shards).
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows={chunk_rows}: must be at least 1")
+        for k in range(len(self.paths)):
+            arr = self.shard(k)
+            for lo in range(0, arr.shape[0], chunk_rows):
+                chunk = np.asarray(arr[lo : lo + chunk_rows], dtype=np.float32)
+                self._count(len(chunk))
+                yield int(self.offsets[k] + lo), chunk
+            del arr  # unmap: mapped pages of finished shards leave the resident set
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given global rows (any order) as float32 ``[len(rows), D]``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        shard_ids = np.searchsorted(self.offsets, rows, side="right") - 1
+        for k in np.unique(shard_ids).tolist():
+            sel = np.flatnonzero(shard_ids == k)
+            arr = self.shard(k)
+            local = rows[sel] - self.offsets[k]
+            order = np.argsort(local, kind="stable")
+            out[sel[order]] = np.asarray(arr[local[order]], dtype=np.float32)
+            del arr
+        return out

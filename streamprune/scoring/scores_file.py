@@ -1,0 +1,386 @@
+"""The scores file: what a scoring pass computed, and how to turn it into masks again.
+
+One scoring pass (``streamprune score``) writes ``scores.json``; masks for any further ratio
+are derived from it (``streamprune mask --scores scores.json --ratio R``) without rescoring,
+and give exactly the masks the pass itself wrote, because the file stores an explicit
+``ranking`` (most useful item first, ties already broken) next to the raw scores.
+
+Format (UTF-8 JSON, version 1)::
+
+    {"format": "streamprune-scores", "version": 1,
+     "method": "lm", "variant": "hard-vote", "level": "class",
+     "higher_is": "keep", "score_name": "votes",
+     "num_items": 10, "items": ["T-shirt/top", ...],
+     "scores": [0.0, ...], "extra": {"softmax_sum": [...]},
+     "ranking": [9, 7, 5, ...], "tiebreak": "votes desc, then softmax_sum desc, then id asc",
+     "manifest": "/abs/source/manifest.json", "manifest_fingerprint": "<hex>",
+     "num_samples": 60000,
+     "surrogate": {"arch": "resnet18", "checkpoint": "/abs/ckpt.pt",
+                   "checkpoint_sha256": "<hex>", "input_size": 32},
+     "target": {"manifest": "/abs/target/manifest.json", "fingerprint": "<hex>",
+                "num_samples": 3000, "description": "..."},
+     "seed": 0, "params": {...}, "created": "<ISO time>", "streamprune_version": "0.1.0"}
+
+``level`` is ``"class"`` (items are the source classes, ids = label ids), ``"cluster"``
+(items are clusters; ``assignments`` then holds each source sample's cluster id in manifest
+order) or ``"sample"`` (items are the source samples in manifest order). ``higher_is: "keep"``
+means a higher score marks a more useful item, kept first; ``ranking`` orders the items by
+that, and is what selection uses.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_write_json
+from ..errors import MaskMismatchError, StreamPruneError
+from ..manifest import Manifest
+from ..masks import KeepMask, check_ratio, mask_from_bool, mask_from_classes
+
+__all__ = [
+    "SCORES_FORMAT",
+    "SCORES_VERSION",
+    "LEVELS",
+    "ScoreFile",
+    "rank_items",
+    "kept_count",
+    "select_classes_from_scores",
+    "select_items",
+    "mask_from_scores",
+]
+
+SCORES_FORMAT = "streamprune-scores"
+SCORES_VERSION = 1
+LEVELS = ("class", "cluster", "sample")
+
+
+def rank_items(*keys: np.ndarray) -> np.ndarray:
+    """Order items by several keys, each "higher first", the item id breaking the last tie.
+
+    Args:
+        *keys: One or more equal-length arrays; the first is the primary key.
+
+    Returns:
+        ``int64`` item ids, most useful first.
+    """
+    if not keys:
+        raise ValueError("rank_items needs at least one key")
+    n = len(keys[0])
+    # np.lexsort sorts by the LAST key first, ascending: negate for "higher first".
+    columns = [np.arange(n)] + [-np.asarray(k, dtype=np.float64) for k in reversed(keys)]
+    return np.lexsort(columns).astype(np.int64)
+
+
+def kept_count(n: int, ratio: float) -> int:
+    """Items kept when a fraction ``ratio`` is removed: ``round(n * (1 - ratio))``, halves up.
+
+    Args:
+        n: Number of items (classes, clusters or samples).
+        ratio: Fraction removed, in ``[0, 1)``.
+
+    Returns:
+        The number kept.
+
+    Raises:
+        ValueError: ``ratio`` is out of range, or it would keep nothing.
+    """
+    ratio = check_ratio(ratio)
+    keep = int(math.floor(n * (1.0 - ratio) + 0.5 + 1e-9))
+    if keep < 1 and n > 0:
+        raise ValueError(f"ratio={ratio}: keeping round({n} * {1 - ratio:g}) = 0 of {n} items leaves nothing")
+    return keep
+
+
+@dataclass
+class ScoreFile:
+    """Scores over the items of a source dataset, bound to its manifest.
+
+    Attributes:
+        method: Scoring method name (the registry key, e.g. ``"lm"``).
+        level: ``"class"``, ``"cluster"`` or ``"sample"``.
+        scores: Primary score per item (``higher_is`` says which end is kept).
+        ranking: Item ids, most useful first (ties broken); selection uses this.
+        manifest_fingerprint: Fingerprint of the source manifest the scores belong to.
+        items: Item names (class names for class level), or empty.
+        higher_is: ``"keep"`` (higher = more useful, kept first) or ``"prune"``.
+        score_name: What ``scores`` measures (``"votes"``, ``"softmax_sum"``, ...).
+        variant: Method variant (e.g. ``"hard-vote"``).
+        extra: Further per-item arrays (e.g. the tie-break key).
+        tiebreak: How ties in ``scores`` were broken, in words.
+        assignments: Cluster level only: each source sample's cluster id, manifest order.
+        manifest: Source manifest path.
+        num_samples: Source sample count.
+        surrogate: Surrogate provenance (arch, checkpoint, checkpoint_sha256, input_size).
+        target: Target provenance (manifest, fingerprint, num_samples, description).
+        seed: Seed used.
+        params: Further method parameters.
+        created: ISO creation time.
+        path: File loaded from or saved to.
+    """
+
+    method: str
+    level: str
+    scores: np.ndarray
+    ranking: np.ndarray
+    manifest_fingerprint: str
+    items: list[str] = field(default_factory=list)
+    higher_is: str = "keep"
+    score_name: str = "score"
+    variant: str | None = None
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    tiebreak: str = "id asc"
+    assignments: np.ndarray | None = None
+    manifest: str | None = None
+    num_samples: int | None = None
+    surrogate: dict[str, Any] | None = None
+    target: dict[str, Any] | None = None
+    seed: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        self.scores = np.asarray(self.scores, dtype=np.float64)
+        self.ranking = np.asarray(self.ranking, dtype=np.int64)
+        self.extra = {k: np.asarray(v, dtype=np.float64) for k, v in self.extra.items()}
+        if self.assignments is not None:
+            self.assignments = np.asarray(self.assignments, dtype=np.int64)
+        self.validate()
+
+    @property
+    def num_items(self) -> int:
+        """Number of scored items."""
+        return int(len(self.scores))
+
+    def validate(self) -> None:
+        """Check the fields are consistent.
+
+        Raises:
+            StreamPruneError: Naming the file (when known) and the inconsistent field.
+        """
+        where = self.path or "scores"
+        n = self.num_items
+        if self.level not in LEVELS:
+            raise StreamPruneError(f"{where}: level {self.level!r} is not one of {LEVELS}")
+        if self.higher_is not in ("keep", "prune"):
+            raise StreamPruneError(f"{where}: higher_is {self.higher_is!r} must be 'keep' or 'prune'")
+        if self.scores.ndim != 1 or not np.all(np.isfinite(self.scores)):
+            raise StreamPruneError(f"{where}: scores must be a 1-D list of finite numbers")
+        if self.items and len(self.items) != n:
+            raise StreamPruneError(f"{where}: {len(self.items)} item names for {n} scores")
+        for name, values in self.extra.items():
+            if values.shape != (n,) or not np.all(np.isfinite(values)):
+                raise StreamPruneError(f"{where}: extra[{name!r}] must hold {n} finite numbers")
+        if self.ranking.shape != (n,) or not np.array_equal(np.sort(self.ranking), np.arange(n)):
+            raise StreamPruneError(f"{where}: ranking must be a permutation of the {n} item ids")
+        ordered = self.scores[self.ranking] * (1.0 if self.higher_is == "keep" else -1.0)
+        if n > 1 and np.any(np.diff(ordered) > 0):
+            raise StreamPruneError(f"{where}: ranking does not follow the scores (higher_is={self.higher_is!r})")
+        if self.level == "cluster":
+            if self.assignments is None:
+                raise StreamPruneError(f"{where}: cluster-level scores need 'assignments' (cluster id per sample)")
+            if len(self.assignments) and (self.assignments.min() < 0 or self.assignments.max() >= n):
+                raise StreamPruneError(f"{where}: assignments must be cluster ids in 0..{n - 1}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to disk."""
+        from .. import __version__
+
+        obj: dict[str, Any] = {
+            "format": SCORES_FORMAT,
+            "version": SCORES_VERSION,
+            "method": self.method,
+            "variant": self.variant,
+            "level": self.level,
+            "higher_is": self.higher_is,
+            "score_name": self.score_name,
+            "num_items": self.num_items,
+            "items": list(self.items),
+            "scores": self.scores.tolist(),
+            "extra": {k: v.tolist() for k, v in self.extra.items()},
+            "ranking": self.ranking.tolist(),
+            "tiebreak": self.tiebreak,
+            "manifest": self.manifest,
+            "manifest_fingerprint": self.manifest_fingerprint,
+            "num_samples": self.num_samples,
+            "surrogate": self.surrogate,
+            "target": self.target,
+            "seed": self.seed,
+            "params": self.params,
+            "created": self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "streamprune_version": __version__,
+        }
+        if self.assignments is not None:
+            obj["assignments"] = self.assignments.tolist()
+        return obj
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the file atomically (temporary name, then rename).
+
+        Args:
+            path: Destination (conventionally ``scores.json``).
+
+        Returns:
+            The path written.
+        """
+        path = os.fspath(path)
+        obj = self.to_json()
+        self.created = obj["created"]
+        atomic_write_json(path, obj)
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ScoreFile":
+        """Read and validate a scores file.
+
+        Args:
+            path: The file.
+
+        Returns:
+            The scores.
+
+        Raises:
+            StreamPruneError: Missing, malformed, unsupported version, or inconsistent.
+        """
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as fh:
+                obj = json.load(fh)
+        except FileNotFoundError:
+            raise StreamPruneError(f"{path}: scores file not found") from None
+        except ValueError as exc:
+            raise StreamPruneError(f"{path}: scores file is not valid JSON ({exc})") from None
+        if not isinstance(obj, dict) or obj.get("format") != SCORES_FORMAT:
+            raise StreamPruneError(f"{path}: not a streamprune scores file")
+        if obj.get("version") != SCORES_VERSION:
+            raise StreamPruneError(f"{path}: scores file version {obj.get('version')} is not supported")
+        try:
+            out = cls(
+                method=obj["method"],
+                level=obj["level"],
+                scores=obj["scores"],
+                ranking=obj["ranking"],
+                manifest_fingerprint=obj["manifest_fingerprint"],
+                items=list(obj.get("items") or []),
+                higher_is=obj.get("higher_is", "keep"),
+                score_name=obj.get("score_name", "score"),
+                variant=obj.get("variant"),
+                extra=dict(obj.get("extra") or {}),
+                tiebreak=obj.get("tiebreak", ""),
+                assignments=obj.get("assignments"),
+                manifest=obj.get("manifest"),
+                num_samples=obj.get("num_samples"),
+                surrogate=obj.get("surrogate"),
+                target=obj.get("target"),
+                seed=obj.get("seed"),
+                params=dict(obj.get("params") or {}),
+                created=obj.get("created", ""),
+                path=path,
+            )
+        except KeyError as exc:
+            raise StreamPruneError(f"{path}: scores file lacks the field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise StreamPruneError(f"{path}: malformed scores file ({exc})") from None
+        return out
+
+    def check(self, manifest: Manifest) -> None:
+        """Raise unless these scores were computed for exactly ``manifest``.
+
+        Args:
+            manifest: The source dataset masks will be made for.
+
+        Raises:
+            MaskMismatchError: The fingerprints differ.
+        """
+        if self.manifest_fingerprint != manifest.fingerprint:
+            raise MaskMismatchError(
+                f"{self.path or 'scores'}: scores were computed for another dataset or index "
+                f"(fingerprint {self.manifest_fingerprint[:12]}, manifest {manifest.path} has {manifest.fingerprint[:12]}); "
+                "score it again"
+            )
+
+
+def select_items(scores: ScoreFile, ratio: float) -> np.ndarray:
+    """Ids of the items kept when a fraction ``ratio`` of them is removed.
+
+    Takes the first ``kept_count(num_items, ratio)`` entries of the stored ranking, so the
+    tie-break is the one the scoring pass used.
+
+    Args:
+        scores: The scores.
+        ratio: Fraction of items removed.
+
+    Returns:
+        Kept item ids, ascending.
+    """
+    return np.sort(scores.ranking[: kept_count(scores.num_items, ratio)])
+
+
+def select_classes_from_scores(scores: ScoreFile, ratio: float) -> list[int]:
+    """Kept class ids for a class-level scores file (ties broken as the file records).
+
+    Args:
+        scores: Class-level scores.
+        ratio: Fraction of classes removed.
+
+    Returns:
+        Kept class ids, ascending.
+
+    Raises:
+        ValueError: The scores are not class-level.
+    """
+    if scores.level != "class":
+        raise ValueError(f"{scores.path or 'scores'}: level is {scores.level!r}, not 'class'")
+    return select_items(scores, ratio).tolist()
+
+
+def mask_from_scores(manifest: Manifest, scores: ScoreFile, ratio: float) -> KeepMask:
+    """The keep mask a scores file gives at ``ratio``.
+
+    Class level keeps every sample of the kept classes; cluster level every member of the
+    kept clusters; sample level the kept samples themselves.
+
+    Args:
+        manifest: The source dataset (must match the scores' fingerprint).
+        scores: The scores.
+        ratio: Fraction removed (of classes, clusters or samples, as the level says).
+
+    Returns:
+        The mask, with provenance naming the method, the ratio and the scores file.
+
+    Raises:
+        MaskMismatchError: The scores belong to another dataset.
+    """
+    scores.check(manifest)
+    ratio = check_ratio(ratio)
+    if scores.level == "sample" and scores.num_items != manifest.num_samples:
+        raise MaskMismatchError(f"{scores.path or 'scores'}: {scores.num_items} sample scores, {manifest.num_samples} samples")
+    if scores.level == "cluster" and len(scores.assignments) != manifest.num_samples:
+        raise MaskMismatchError(
+            f"{scores.path or 'scores'}: {len(scores.assignments)} cluster assignments, {manifest.num_samples} samples"
+        )
+    kept = select_items(scores, ratio)
+    provenance = {
+        "scores": os.path.abspath(scores.path) if scores.path else None,
+        "variant": scores.variant,
+        "seed": scores.seed,
+        "requested_ratio": ratio,
+    }
+    if scores.level == "class":
+        return mask_from_classes(manifest, kept.tolist(), method=scores.method, **provenance)
+    if scores.level == "cluster":
+        keep = np.isin(scores.assignments, kept)
+        out = mask_from_bool(manifest, keep, method=scores.method, **provenance)
+        out.provenance.update(level="cluster", ratio=ratio, kept_clusters=kept.tolist())
+        return out
+    keep = np.zeros(manifest.num_samples, dtype=bool)
+    keep[kept] = True
+    return mask_from_bool(manifest, keep, method=scores.method, **provenance)
