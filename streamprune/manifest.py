@@ -9,6 +9,8 @@ Format (``manifest.json``, UTF-8 JSON, version 1)::
                  "samples": n, "bytes": b, "sha256": "<hex or empty>",
                  "index_sha256": "<hex>"}, ...]}
 
+A shard entry may add ``"format": "beton"`` (an FFCV file); without it a shard is a tar.
+
 Shard and index names are relative to the manifest's directory (absolute paths are kept as
 they are). Samples are numbered globally in manifest order: shard 0's samples first, in
 archive order, then shard 1's, and so on. Masks and scores use this order.
@@ -34,11 +36,16 @@ __all__ = ["ShardEntry", "Manifest", "build_manifest", "index_shards", "MANIFEST
 MANIFEST_FORMAT = "streamprune-manifest"
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+SHARD_FORMATS = ("tar", "beton")
 
 
 @dataclass
 class ShardEntry:
-    """One shard as the manifest records it."""
+    """One shard as the manifest records it.
+
+    ``format`` is ``"tar"`` (webdataset tar, the default; omitted from the JSON, so manifests
+    written before the field existed load unchanged) or ``"beton"`` (an FFCV file).
+    """
 
     name: str
     index: str
@@ -46,10 +53,14 @@ class ShardEntry:
     bytes: int
     sha256: str
     index_sha256: str
+    format: str = "tar"
 
     def to_json(self) -> dict:
         """Return the JSON form."""
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if out.get("format") == "tar":
+            del out["format"]
+        return out
 
 
 @dataclass
@@ -105,6 +116,9 @@ class Manifest:
             shards = [ShardEntry(**s) for s in obj["shards"]]
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"{path}: malformed shard entry ({exc})") from None
+        for s in shards:
+            if s.format not in SHARD_FORMATS:
+                raise ManifestError(f"{path}: shard {s.name} has format {s.format!r}; known: {', '.join(SHARD_FORMATS)}")
         manifest = cls(
             root=os.path.dirname(os.path.abspath(path)),
             shards=shards,

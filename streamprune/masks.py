@@ -44,6 +44,7 @@ __all__ = [
     "mask_from_bool",
     "mask_from_keys",
     "mask_from_classes",
+    "translate_mask",
 ]
 
 MAGIC = b"SPMASK01"
@@ -378,3 +379,94 @@ def random_mask(manifest: Manifest, ratio: float, level: str = "sample", seed: i
         kept = np.sort(rng.choice(c, size=n_keep, replace=False))
         return mask_from_classes(manifest, kept.tolist(), method="random", seed=seed)
     raise ValueError(f"level={level!r}: must be 'sample' or 'class'")
+
+
+def translate_mask(
+    mask: "KeepMask | MaskFile | str | os.PathLike",
+    manifest: Manifest,
+    source_manifest: "Manifest | str | os.PathLike | None" = None,
+    strict: bool = True,
+) -> KeepMask:
+    """Carry a keep mask over to another manifest of the same samples, matching by key.
+
+    A mask is bound to one manifest (its fingerprint). The tar shards and the ``.beton``
+    file written from the same source carry the same sample keys, so a mask made on one
+    applies to the other through the keys: kept keys are looked up in ``manifest`` and the
+    result follows ``manifest``'s sample order.
+
+    Args:
+        mask: A :class:`KeepMask` (knows its manifest), or a mask file / :class:`MaskFile`
+            (then ``source_manifest`` must be the manifest it was made for, unless it was
+            made for ``manifest`` itself).
+        manifest: The manifest to translate to.
+        source_manifest: The manifest the mask was made for (path or object), for mask files.
+        strict: Require both manifests to hold exactly the same keys with the same labels;
+            otherwise only the kept keys must exist in ``manifest`` with the same labels
+            (its other samples are not kept).
+
+    Returns:
+        The mask over ``manifest`` (the input itself when it already belongs to it);
+        provenance gains ``translated_from`` (the source fingerprint).
+
+    Raises:
+        MaskMismatchError: The mask does not belong to ``source_manifest``, no source manifest
+            is known, or a key is missing or labelled differently (the message names one).
+    """
+    if isinstance(mask, (str, os.PathLike)):
+        mask = MaskFile(mask)
+    if source_manifest is not None and not isinstance(source_manifest, Manifest):
+        source_manifest = Manifest.load(source_manifest)
+    if isinstance(mask, MaskFile):
+        if mask.header.get("manifest_fingerprint") == manifest.fingerprint:
+            return mask.load(manifest)
+        if source_manifest is None:
+            raise MaskMismatchError(
+                f"{mask.path}: mask was made for another manifest (fingerprint "
+                f"{str(mask.header.get('manifest_fingerprint'))[:12]}, not {manifest.fingerprint[:12]} of "
+                f"{manifest.path}); give the manifest it was made for to translate it by sample key"
+            )
+        mask = mask.load(source_manifest)
+    elif not isinstance(mask, KeepMask):
+        raise TypeError(f"mask must be a path, MaskFile or KeepMask, not {type(mask).__name__}")
+    elif source_manifest is not None and source_manifest.fingerprint != mask.manifest.fingerprint:
+        raise MaskMismatchError(f"in-memory mask was made for {mask.manifest.path}, not for {source_manifest.path}")
+    source = mask.manifest
+    if source.fingerprint == manifest.fingerprint:
+        return mask
+    source_keys = source.keys()
+    target_keys = manifest.keys()
+    position = {key: i for i, key in enumerate(target_keys)}
+    if len(position) != len(target_keys):
+        raise MaskMismatchError(f"{manifest.path}: duplicate sample keys; cannot translate a mask by key")
+    if strict:
+        if len(source_keys) != len(target_keys):
+            raise MaskMismatchError(
+                f"mask's manifest {source.path} has {len(source_keys)} samples, {manifest.path} has "
+                f"{len(target_keys)}: not the same dataset (pass strict=False to map a subset)"
+            )
+        missing = next((k for k in source_keys if k not in position), None)
+        if missing is not None:
+            raise MaskMismatchError(
+                f"sample key {missing!r} of the mask's manifest {source.path} is not in {manifest.path}: "
+                "not the same dataset, so the mask cannot be translated"
+            )
+    sel = np.arange(len(source_keys)) if strict else np.flatnonzero(mask.keep)
+    idx = np.fromiter((position.get(source_keys[i], -1) for i in sel), dtype=np.int64, count=len(sel))
+    if (idx < 0).any():
+        missing = source_keys[int(sel[np.argmax(idx < 0)])]
+        raise MaskMismatchError(
+            f"kept sample key {missing!r} of {source.path} is not in {manifest.path}; the mask cannot be translated"
+        )
+    source_labels = source.labels()[sel]
+    target_labels = manifest.labels()[idx]
+    if (source_labels != target_labels).any():
+        b = int(np.argmax(source_labels != target_labels))
+        raise MaskMismatchError(
+            f"sample key {source_keys[int(sel[b])]!r} has label {int(source_labels[b])} in {source.path} but "
+            f"{int(target_labels[b])} in {manifest.path}: not the same dataset, so the mask cannot be translated"
+        )
+    keep = np.zeros(manifest.num_samples, dtype=bool)
+    keep[idx] = mask.keep[sel]
+    provenance = dict(mask.provenance)
+    provenance["translated_from"] = source.fingerprint
+    return KeepMask(keep, manifest, provenance)

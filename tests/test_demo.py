@@ -35,3 +35,17 @@ def test_demo_cli_prints_report(tmp_path):
     assert out.exit_code == 0, out.output
     assert "measured speed-up" in out.output
     assert os.path.exists(tmp_path / "d" / "shards" / "manifest.json")
+
+
+def test_demo_lm_needs_fashion_mnist_and_auto_picks_random_for_digits(tmp_path):
+    import pytest
+
+    src, _ = _digits_npz(tmp_path)
+    with pytest.raises(ValueError, match="needs Fashion-MNIST"):
+        run_demo(str(tmp_path / "lm"), source=src, method="lm", progress=False)
+    with pytest.raises(ValueError, match="method='nope'"):
+        run_demo(str(tmp_path / "x"), source=src, method="nope", progress=False)
+    result = run_demo(str(tmp_path / "auto"), source=src, ratio=0.5, samples_per_shard=500, progress=False)
+    assert result["method"] == "random" and "random-class" in result["mask"]
+    assert set(result["timings"]) >= {"shard source", "read all", "read pruned", "total"}
+    assert "time per step" in result["report"]

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..manifest import Manifest
 from .byterange import ShardFile
-from .webdataset import ManifestLike, MaskLike, _distributed_rank_world, open_manifest, open_mask
+from .webdataset import ManifestLike, MaskLike, _distributed_rank_world, open_manifest, open_mask, require_tar
 
 __all__ = ["PrunedMapDataset", "KeptSampler"]
 
@@ -45,7 +45,7 @@ class PrunedMapDataset(Dataset):
         transform: Callable[[dict], object] | None = None,
         max_open_files: int = 64,
     ) -> None:
-        self.manifest = open_manifest(manifest)
+        self.manifest = require_tar(open_manifest(manifest))
         self.mask = open_mask(mask, self.manifest)
         self.kept_global = _kept_global(self.manifest, self.mask)
         offsets = self.manifest.shard_offsets

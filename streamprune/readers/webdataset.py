@@ -20,7 +20,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..errors import MaskMismatchError
+from ..errors import MaskMismatchError, StreamPruneError
 from ..manifest import Manifest
 from ..masks import KeepMask, MaskFile
 from .byterange import ShardFile, read_runs
@@ -35,6 +35,17 @@ ManifestLike = Union[str, os.PathLike, Manifest]
 def open_manifest(manifest: ManifestLike) -> Manifest:
     """Return a :class:`Manifest`, loading it if a path is given."""
     return manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+
+
+def require_tar(manifest: Manifest) -> Manifest:
+    """Return ``manifest`` if all its shards are tar shards; a clear error for ``.beton`` files."""
+    for entry in manifest.shards:
+        if entry.format != "tar":
+            raise StreamPruneError(
+                f"{manifest.path}: shard {entry.name} is a {entry.format} file; the tar readers read tar shards only "
+                "(load .beton files with streamprune.pruned_ffcv_loader)"
+            )
+    return manifest
 
 
 def open_mask(mask: MaskLike, manifest: Manifest) -> MaskFile | KeepMask | None:
@@ -113,7 +124,7 @@ class PrunedSource(IterableDataset):
     ) -> None:
         super().__init__()
         # A private copy: iterating drops cached indexes, which must not touch the caller's object.
-        self.manifest = copy.copy(open_manifest(manifest))
+        self.manifest = copy.copy(require_tar(open_manifest(manifest)))
         self.manifest.drop_cache()
         self.mask = open_mask(mask, self.manifest)
         self.kept_counts = kept_counts(self.manifest, self.mask)
@@ -245,7 +256,7 @@ def pruned_tarfile_samples(manifest: ManifestLike, mask: MaskLike = None, *, fad
     Returns:
         A picklable callable taking an iterator of ``{"url": path}`` dicts (or path strings).
     """
-    return _TarfileStage(open_manifest(manifest), mask, fadvise)
+    return _TarfileStage(require_tar(open_manifest(manifest)), mask, fadvise)
 
 
 class _TarfileStage:

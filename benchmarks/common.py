@@ -1,0 +1,307 @@
+"""Shared helpers for the streamprune benchmarks.
+
+* ``/proc/self/io`` counters (``read_bytes`` = bytes this process caused to be fetched from
+  the block device; ``rchar`` = bytes returned by read syscalls, page cache included),
+* page-cache control (evict with ``POSIX_FADV_DONTNEED``, warm by reading everything),
+* a deterministic ImageNet-like JPEG source and a cached shard generator,
+* machine/package info for the result JSON, and small statistics helpers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DATA = os.path.join(HERE, "data")
+DEFAULT_RESULTS = os.path.join(HERE, "results")
+
+GENERATOR_VERSION = 2
+
+
+# --------------------------------------------------------------------------------------------
+# /proc/self/io
+
+
+def proc_io() -> dict[str, int]:
+    """Return this process's I/O counters (``read_bytes``, ``rchar``, ``syscr``, ...)."""
+    out: dict[str, int] = {}
+    with open("/proc/self/io", "rb") as fh:
+        for line in fh.read().decode().splitlines():
+            name, _, value = line.partition(":")
+            out[name.strip()] = int(value)
+    return out
+
+
+def read_bytes() -> int:
+    """Bytes this process has caused to be read from storage so far."""
+    return proc_io()["read_bytes"]
+
+
+# --------------------------------------------------------------------------------------------
+# page cache
+
+
+def evict(paths: Iterable[str]) -> None:
+    """Drop ``paths`` from the page cache (flushing dirty pages first so they can be dropped)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def warm(paths: Iterable[str], chunk: int = 8 << 20) -> int:
+    """Read ``paths`` completely so they sit in the page cache; returns bytes read."""
+    total = 0
+    buf = bytearray(chunk)
+    for path in paths:
+        with open(path, "rb", buffering=0) as fh:
+            while True:
+                n = fh.readinto(buf)
+                if not n:
+                    break
+                total += n
+    return total
+
+
+def check_eviction(paths: Sequence[str], expected_bytes: int) -> dict:
+    """Evict ``paths``, read them back, and report how much came from storage.
+
+    A working eviction makes ``read_bytes`` of the full read close to the data size; a second
+    (warm) read should then read almost nothing from storage.
+    """
+    evict(paths)
+    rb0 = read_bytes()
+    t0 = time.perf_counter()
+    n = warm(paths)
+    t_cold = time.perf_counter() - t0
+    cold = read_bytes() - rb0
+    rb0 = read_bytes()
+    t0 = time.perf_counter()
+    warm(paths)
+    t_warm = time.perf_counter() - t0
+    warm_read = read_bytes() - rb0
+    return {
+        "file_bytes": int(n),
+        "expected_bytes": int(expected_bytes),
+        "cold_read_bytes": int(cold),
+        "cold_fraction": cold / max(n, 1),
+        "cold_seconds": t_cold,
+        "cold_MBps": n / t_cold / 1e6,
+        "warm_read_bytes": int(warm_read),
+        "warm_seconds": t_warm,
+        "warm_MBps": n / t_warm / 1e6,
+        "ok": bool(cold >= 0.95 * n and warm_read <= 0.01 * n),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic ImageNet-like JPEGs
+
+
+def make_jpeg(i: int, seed: int = 0, noise: float = 16.0, quality: int = 95) -> bytes:
+    """A deterministic random-textured RGB JPEG (~256-320 px a side, ~100-150 KB).
+
+    A bicubically upsampled coarse colour field (object-like blobs) plus per-pixel Gaussian
+    texture, encoded by PIL at quality 95 without chroma subsampling (like high-quality
+    photo JPEGs), so the file sizes land around ImageNet's larger images.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng([seed, i])
+    w = int(rng.integers(256, 321))
+    h = int(rng.integers(256, 321))
+    coarse = rng.integers(0, 256, (h // 16 + 2, w // 16 + 2, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.float32)
+    texture = rng.standard_normal((h, w, 3), dtype=np.float32) * noise
+    pixels = np.clip(base + texture, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
+class JpegSource:
+    """A streamprune ``Source`` of ``n`` synthetic JPEG samples with labels in ``0..classes-1``."""
+
+    def __init__(self, n: int, seed: int = 0, classes: int = 1000) -> None:
+        self.n = n
+        self.seed = seed
+        self.classes = classes
+        self.class_names = [f"c{c:04d}" for c in range(classes)]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        label = int(np.random.default_rng([self.seed, i, 7]).integers(self.classes))
+        return f"img{i:08d}", {"jpg": make_jpeg(i, self.seed)}, label
+
+
+def dataset_files(manifest) -> tuple[list[str], list[str]]:
+    """Shard paths and index-sidecar paths of a manifest."""
+    shards = [manifest.shard_path(k) for k in range(len(manifest.shards))]
+    indexes = [manifest.resolve(s.index) for s in manifest.shards]
+    return shards, indexes
+
+
+def make_jpeg_shards(
+    out_dir: str,
+    total_mb: float,
+    samples_per_shard: int = 500,
+    seed: int = 0,
+    workers: int = 2,
+    log=print,
+):
+    """Generate (or reuse) JPEG shards of about ``total_mb`` MiB in ``out_dir``.
+
+    Returns:
+        The loaded :class:`streamprune.Manifest`.
+    """
+    from streamprune import Manifest, write_shards
+
+    params = {
+        "generator_version": GENERATOR_VERSION,
+        "total_mb": total_mb,
+        "samples_per_shard": samples_per_shard,
+        "seed": seed,
+    }
+    meta_path = os.path.join(out_dir, "bench_meta.json")
+    if os.path.exists(meta_path) and os.path.exists(os.path.join(out_dir, "manifest.json")):
+        with open(meta_path) as fh:
+            meta = json.load(fh)
+        if meta.get("params") == params:
+            log(f"reusing data in {out_dir}")
+            return Manifest.load(out_dir)
+    if os.path.isdir(out_dir):  # stale shards of other parameters
+        for name in os.listdir(out_dir):
+            if name.startswith("shard-") and (name.endswith(".tar") or name.endswith(".tar.index.json")):
+                os.unlink(os.path.join(out_dir, name))
+    # Estimate the per-sample size from a few images, then size the dataset to total_mb.
+    probe = [len(make_jpeg(i, seed)) for i in range(48)]
+    per_sample = float(np.mean(probe)) + 1792  # 2 headers, jpg padding (~256), label block
+    n = max(8, int(np.ceil(total_mb * 2**20 / per_sample)))
+    log(f"generating {n} JPEG samples (~{np.mean(probe) / 1e3:.0f} KB each) into {out_dir} ...")
+    t0 = time.perf_counter()
+    manifest = write_shards(
+        JpegSource(n, seed),
+        out_dir,
+        samples_per_shard=samples_per_shard,
+        shuffle=False,
+        workers=workers,
+        checksum=True,
+        progress=False,
+        class_names=JpegSource(1, seed).class_names,
+    )
+    os.sync()
+    with open(meta_path, "w") as fh:
+        json.dump({"params": params, "samples": n, "seconds": time.perf_counter() - t0}, fh)
+    log(f"  done in {time.perf_counter() - t0:.1f} s")
+    return Manifest.load(out_dir)
+
+
+def jpeg_sizes(manifest) -> np.ndarray:
+    """Size in bytes of each sample's ``jpg`` member (manifest order)."""
+    sizes = []
+    for k in range(len(manifest.shards)):
+        for group in manifest.index(k).members:
+            sizes.extend(size for ext, _, size in group if ext == "jpg")
+    manifest.drop_cache()
+    return np.asarray(sizes, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# info and statistics
+
+
+def package_versions(names: Sequence[str]) -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def machine_info() -> dict:
+    """Cores, memory, Python, OS, CPU model and package versions."""
+    info = {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "packages": package_versions(["streamprune", "numpy", "webdataset", "torch", "pillow", "matplotlib", "psutil"]),
+    }
+    try:
+        import psutil
+
+        info["memory_GiB"] = round(psutil.virtual_memory().total / 2**30, 1)
+        info["load_avg_at_start"] = os.getloadavg()
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:  # pragma: no cover
+        pass
+    return info
+
+
+def command_line() -> str:
+    """The exact command line this process was started with."""
+    return " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if len(values) else float("nan")
+
+
+def write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, default=_json_default)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj).__name__)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence], aligns: str | None = None) -> str:
+    """A plain-text table (also valid GitHub markdown)."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    aligns = aligns or "l" + "r" * (len(headers) - 1)
+
+    def fmt(row):
+        parts = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, aligns)]
+        return "| " + " | ".join(parts) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if a == "r" else ("-" * (w + 2)) for w, a in zip(widths, aligns)) + "|"
+    return "\n".join([fmt(cells[0]), sep] + [fmt(r) for r in cells[1:]])

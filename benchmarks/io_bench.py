@@ -1,0 +1,695 @@
+"""I/O benchmark: what pruning buys when reading webdataset shards.
+
+Generates ImageNet-like JPEG shards (default 512 MiB, ~120 KB per image), makes random
+sample-level keep masks at several ratios, and reads one epoch with three readers:
+
+  wds_after   plain ``webdataset.WebDataset(urls, shardshuffle=False)`` reading everything,
+              pruned with ``.select(lambda s: s["__key__"] in keep)`` placed after ``.decode``
+              (in the raw variant there is no decode stage, so it is just ``.select``);
+  wds_before  the same with ``.select`` placed before ``.decode``;
+  streamprune ``PrunedWebDataset(manifest, mask)`` (``+ .decode("pil")``), reading kept byte
+              ranges only;
+  io_floor    (raw variant only, for reference) the kept byte ranges streamprune reads,
+              replayed with the same WILLNEED window and 1 MiB coalesced preads into one
+              reused buffer: no index loading, no per-sample Python, no sample dicts. Its
+              speed-up is what this storage allows for these reads; any reader that never
+              touches pruned bytes pays at least this.
+
+At ratio 0 the webdataset readers have no ``.select`` (nothing to prune); streamprune gets the
+all-keep mask file. Each (reader, cache, variant, ratio) is an epoch run in this process (no
+DataLoader workers, so ``/proc/self/io`` sees every read):
+
+  cache    ``cold``: every shard, index sidecar, manifest and mask file is evicted from the
+           page cache (``POSIX_FADV_DONTNEED``) right before the run; ``warm``: all of them are
+           read beforehand.
+  variant  ``raw``: iterate and touch ``len()`` of every bytes value; ``decode``:
+           ``.decode("pil")`` (webdataset's PIL handler calls ``Image.load()`` and converts to RGB,
+           so every kept JPEG is fully decoded; the loop checks each ``jpg`` is a PIL image and
+           sums its pixels).
+
+The timed region covers building the pipeline and iterating the whole epoch. Repeats are
+interleaved (every config once per round, in a shuffled order) so drift on a shared machine
+hits all configs alike. Epoch-time speed-up of ratio r = t(ratio 0) / t(ratio r) for the same
+reader, paired within a round, median over rounds.
+
+Run:  python benchmarks/io_bench.py            (full, ~10-20 min)
+      python benchmarks/io_bench.py --quick    (smoke run on tiny data)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+READERS = ("wds_after", "wds_before", "streamprune", "io_floor")
+READER_LABELS = {
+    "wds_after": "webdataset, select after decode",
+    "wds_before": "webdataset, select before decode",
+    "streamprune": "streamprune PrunedWebDataset",
+    "io_floor": "I/O floor: streamprune's reads replayed, no Python per sample",
+}
+CACHES = ("cold", "warm")
+VARIANTS = ("raw", "decode")
+
+
+@dataclass
+class Dataset:
+    """One manifest and everything needed to read it at each ratio."""
+
+    name: str
+    manifest_path: str
+    urls: list[str]
+    index_files: list[str]
+    data_bytes: int
+    samples: int
+    mask_paths: dict[float, str] = field(default_factory=dict)
+    floor_ranges: dict[float, list] = field(default_factory=dict)
+    keep_sets: dict[float, set] = field(default_factory=dict)
+    kept: dict[float, int] = field(default_factory=dict)
+    kept_bytes: dict[float, int] = field(default_factory=dict)
+
+    def all_files(self, ratio: float) -> list[str]:
+        return self.urls + self.index_files + [self.manifest_path, self.mask_paths[ratio]]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=None, help="where the generated shards live (default benchmarks/data/io_jpeg_<N>mb)")
+    p.add_argument("--total-mb", type=float, default=512, help="dataset size in MiB (default 512)")
+    p.add_argument(
+        "--samples-per-shard",
+        type=int,
+        default=1000,
+        help="samples per tar shard (default 1000: ~120 MiB shards, like ImageNet's ~1250-sample webdataset shards)",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds for the decode variant (default 3)")
+    p.add_argument(
+        "--raw-repeats",
+        type=int,
+        default=None,
+        help="rounds for the raw variant (default max(repeats, 7): raw epochs are short and noisy, and cheap)",
+    )
+    p.add_argument("--ratios", default="0,0.4,0.6,0.8", help="comma-separated pruning ratios (0 is always added)")
+    p.add_argument(
+        "--decode-mb",
+        type=float,
+        default=0,
+        help="run the decode variant on the first shards totalling at least this many MiB (0 = all shards)",
+    )
+    p.add_argument("--readers", default=",".join(READERS), help="subset of " + ",".join(READERS))
+    p.add_argument("--caches", default=",".join(CACHES), help="subset of cold,warm")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="subset of raw,decode")
+    p.add_argument("--seed", type=int, default=0, help="data and mask seed")
+    p.add_argument("--workers", type=int, default=2, help="processes generating shards")
+    p.add_argument("--quick", action="store_true", help="tiny data and 2 rounds: a smoke run, not a measurement")
+    p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--plot-only", metavar="JSON", help="only redraw the PNG (next to JSON) from an earlier io_bench.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.total_mb = min(args.total_mb, 24)
+        args.samples_per_shard = min(args.samples_per_shard, 50)
+        args.repeats = min(args.repeats, 2)
+        args.raw_repeats = min(args.raw_repeats or 2, 2)
+        if args.decode_mb == 0:
+            args.decode_mb = 12
+    if args.raw_repeats is None:
+        args.raw_repeats = max(args.repeats, 7)
+    ratios = sorted({float(x) for x in args.ratios.split(",") if x.strip()} | {0.0})
+    args.ratios = ratios
+    args.readers = [r for r in args.readers.split(",") if r]
+    args.caches = [c for c in args.caches.split(",") if c]
+    args.variants = [v for v in args.variants.split(",") if v]
+    for name, values, allowed in (("readers", args.readers, READERS), ("caches", args.caches, CACHES), ("variants", args.variants, VARIANTS)):
+        bad = set(values) - set(allowed)
+        if bad:
+            p.error(f"--{name}: unknown {sorted(bad)}")
+    if args.data_dir is None:
+        tag = "quick" if args.quick else f"{int(round(args.total_mb))}mb"
+        args.data_dir = os.path.join(common.DEFAULT_DATA, f"io_jpeg_{tag}")
+    if args.out is None:
+        args.out = os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# datasets and masks
+
+
+def prepare_dataset(name: str, manifest, ratios, seed: int, mask_dir: str) -> Dataset:
+    from streamprune import random_mask
+
+    shards, indexes = common.dataset_files(manifest)
+    keys = np.asarray(manifest.keys())
+    sizes = manifest.sample_bytes()
+    ds = Dataset(
+        name=name,
+        manifest_path=manifest.path,
+        urls=shards,
+        index_files=indexes,
+        data_bytes=int(manifest.total_bytes),
+        samples=int(manifest.num_samples),
+    )
+    os.makedirs(mask_dir, exist_ok=True)
+    for r in ratios:
+        mask = random_mask(manifest, r, level="sample", seed=seed + 1)
+        path = os.path.join(mask_dir, f"{name}-r{r:.2f}.spmask")
+        mask.save(path)
+        ds.mask_paths[r] = path
+        ds.keep_sets[r] = set(keys[mask.keep].tolist())
+        ds.kept[r] = int(mask.kept)
+        ds.kept_bytes[r] = int(sizes[mask.keep].sum())
+        ds.floor_ranges[r] = floor_ranges(manifest, mask)
+    manifest.drop_cache()
+    return ds
+
+
+def floor_ranges(manifest, mask, max_run_bytes: int = 1 << 20) -> list[tuple[str, list[tuple[int, int]]]]:
+    """Per shard, the (start, end) byte ranges streamprune's reader reads for ``mask``."""
+    from streamprune.readers.byterange import plan_runs
+
+    out = []
+    for k in range(len(manifest.shards)):
+        index = manifest.index(k)
+        order = np.flatnonzero(mask.shard(k))
+        runs = plan_runs(index, order, max_run_bytes)
+        out.append((manifest.shard_path(k), [(int(index.start[order[a]]), int(index.end[order[b - 1]])) for a, b in runs]))
+    return out
+
+
+def replay_floor(ranges, prefetch_bytes: int = 16 << 20) -> int:
+    """Read exactly ``ranges`` as streamprune does (RANDOM + WILLNEED window + pread), no samples."""
+    buf = bytearray(64 << 20)
+    view = memoryview(buf)
+    total = 0
+    for path, spans in ranges:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            announced = 0
+            announced_bytes = 0
+            consumed = 0
+            for lo, hi in spans:
+                while announced < len(spans) and announced_bytes - consumed < prefetch_bytes:
+                    a, b = spans[announced]
+                    os.posix_fadvise(fd, a, b - a, os.POSIX_FADV_WILLNEED)
+                    announced_bytes += b - a
+                    announced += 1
+                consumed += hi - lo
+                total += os.preadv(fd, [view[: hi - lo]], lo)
+        finally:
+            os.close(fd)
+    return total
+
+
+def subset_manifest(manifest, min_mb: float, out_dir: str):
+    """A manifest of the first shards totalling at least ``min_mb`` MiB (absolute paths)."""
+    from streamprune import Manifest
+    from streamprune.manifest import ShardEntry
+
+    entries = []
+    total = 0
+    for k, s in enumerate(manifest.shards):
+        entries.append(
+            ShardEntry(
+                name=manifest.shard_path(k),
+                index=manifest.resolve(s.index),
+                samples=s.samples,
+                bytes=s.bytes,
+                sha256=s.sha256,
+                index_sha256=s.index_sha256,
+            )
+        )
+        total += s.bytes
+        if total >= min_mb * 2**20:
+            break
+    os.makedirs(out_dir, exist_ok=True)
+    sub = Manifest(root=out_dir, shards=entries, classes=manifest.classes, label_ext=manifest.label_ext, created=manifest.created)
+    sub.save(os.path.join(out_dir, "manifest.json"))
+    return Manifest.load(os.path.join(out_dir, "manifest.json"))
+
+
+# --------------------------------------------------------------------------------------------
+# readers
+
+
+def build_reader(reader: str, ds: Dataset, ratio: float, decode: bool):
+    import webdataset as wds
+
+    if reader == "streamprune":
+        from streamprune import PrunedWebDataset
+
+        pipe = PrunedWebDataset(ds.manifest_path, ds.mask_paths[ratio])
+        return pipe.decode("pil") if decode else pipe
+    keep = ds.keep_sets[ratio] if ratio > 0 else None
+    pipe = wds.WebDataset(ds.urls, shardshuffle=False)
+    if reader == "wds_after":
+        if decode:
+            pipe = pipe.decode("pil")
+        if keep is not None:
+            pipe = pipe.select(lambda s: s["__key__"] in keep)
+    elif reader == "wds_before":
+        if keep is not None:
+            pipe = pipe.select(lambda s: s["__key__"] in keep)
+        if decode:
+            pipe = pipe.decode("pil")
+    else:
+        raise ValueError(reader)
+    return pipe
+
+
+def consume_raw(pipe) -> tuple[int, int, int]:
+    n = 0
+    nbytes = 0
+    for sample in pipe:
+        n += 1
+        for value in sample.values():
+            if type(value) is bytes:
+                nbytes += len(value)
+    return n, nbytes, 0
+
+
+def consume_decode(pipe) -> tuple[int, int, int]:
+    from PIL import Image
+
+    n = 0
+    nbytes = 0
+    pixels = 0
+    for sample in pipe:
+        n += 1
+        img = sample["jpg"]
+        if not isinstance(img, Image.Image) or img.mode != "RGB":
+            raise AssertionError(f"{sample['__key__']}: jpg was not decoded to an RGB image ({type(img).__name__})")
+        pixels += img.width * img.height
+        for value in sample.values():
+            if type(value) is bytes:
+                nbytes += len(value)
+    return n, nbytes, pixels
+
+
+def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset) -> dict:
+    files = ds.all_files(ratio)
+    if cache == "cold":
+        common.evict(files)
+    else:
+        common.warm(files)
+    gc.collect()
+    consume = consume_decode if variant == "decode" else consume_raw
+    io0 = common.proc_io()
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = None if reader == "io_floor" else build_reader(reader, ds, ratio, variant == "decode")
+        if reader == "io_floor":
+            n, nbytes, pixels = ds.kept[ratio], replay_floor(ds.floor_ranges[ratio]), 0
+        else:
+            n, nbytes, pixels = consume(pipe)
+    seconds = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    io1 = common.proc_io()
+    if n != ds.kept[ratio]:
+        raise AssertionError(f"{reader} {cache} {variant} r={ratio}: {n} samples, expected {ds.kept[ratio]}")
+    return {
+        "reader": reader,
+        "cache": cache,
+        "variant": variant,
+        "ratio": ratio,
+        "dataset": ds.name,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "samples": n,
+        "samples_per_s": n / seconds,
+        "read_bytes": io1["read_bytes"] - io0["read_bytes"],
+        "rchar": io1["rchar"] - io0["rchar"],
+        "syscr": io1["syscr"] - io0["syscr"],
+        "payload_bytes": nbytes,
+        "pixels": pixels,
+        "loadavg_1min": os.getloadavg()[0],
+    }
+
+
+def verify_same_samples(ds: Dataset, ratio: float) -> dict:
+    """Untimed check: streamprune yields exactly webdataset's kept samples, in the same order."""
+    import hashlib
+
+    def digest(pipe):
+        keys, h = [], hashlib.sha256()
+        for s in pipe:
+            keys.append(s["__key__"])
+            for ext in sorted(k for k in s if not k.startswith("__")):
+                h.update(ext.encode() + b"\0" + s[ext])
+        return keys, h.hexdigest()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        k1, h1 = digest(build_reader("wds_before", ds, ratio, False))
+        k2, h2 = digest(build_reader("streamprune", ds, ratio, False))
+    ok = k1 == k2 and h1 == h2
+    if not ok:
+        raise AssertionError(f"streamprune and webdataset+select differ at ratio {ratio}")
+    return {"ratio": ratio, "samples": len(k1), "same_keys_order_and_bytes": ok}
+
+
+# --------------------------------------------------------------------------------------------
+# summary
+
+
+def summarize(runs: list[dict], datasets: dict[str, Dataset], ratios) -> list[dict]:
+    rows = []
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["reader"], r["cache"], r["variant"], r["ratio"]), []).append(r)
+    for (reader, cache, variant, ratio), reps in sorted(groups.items(), key=lambda kv: (VARIANTS.index(kv[0][2]), CACHES.index(kv[0][1]), READERS.index(kv[0][0]), kv[0][3])):
+        base = {r["round"]: r for r in groups.get((reader, cache, variant, 0.0), [])}
+        paired = [base[r["round"]]["seconds"] / r["seconds"] for r in reps if r["round"] in base]
+        ds = datasets[reps[0]["dataset"]]
+        ideal = 1.0 / (1.0 - ratio)
+        speedup = common.median(paired)
+        t_med = common.median([r["seconds"] for r in reps])
+        t0_med = common.median([r["seconds"] for r in base.values()]) if base else float("nan")
+        rb = common.median([r["read_bytes"] for r in reps])
+        row = {
+            "reader": reader,
+            "cache": cache,
+            "variant": variant,
+            "ratio": ratio,
+            "dataset": ds.name,
+            "repeats": len(reps),
+            "samples": reps[0]["samples"],
+            "median_seconds": t_med,
+            "median_samples_per_s": common.median([r["samples_per_s"] for r in reps]),
+            "median_cpu_seconds": common.median([r["cpu_seconds"] for r in reps]),
+            "median_read_bytes": rb,
+            "read_fraction_of_data": rb / ds.data_bytes,
+            "kept_fraction_of_data_bytes": ds.kept_bytes[ratio] / ds.data_bytes,
+            "speedup": speedup,
+            "speedup_min": min(paired) if paired else float("nan"),
+            "speedup_max": max(paired) if paired else float("nan"),
+            "speedup_of_medians": t0_med / t_med,
+            "ideal_speedup": ideal,
+            "speedup_over_ideal": speedup / ideal,
+        }
+        rows.append(row)
+    # streamprune vs plain webdataset at ratio 0 (paired by round)
+    by_key = {(r["reader"], r["cache"], r["variant"], r["ratio"], r["round"]): r for r in runs}
+    for row in rows:
+        if row["reader"] == "streamprune" and row["ratio"] == 0.0:
+            rel = []
+            for (reader, cache, variant, ratio, rnd), r in by_key.items():
+                if reader == "streamprune" and cache == row["cache"] and variant == row["variant"] and ratio == 0.0:
+                    other = by_key.get(("wds_after", cache, variant, 0.0, rnd))
+                    if other:
+                        rel.append(other["seconds"] / r["seconds"])
+            row["samples_per_s_vs_webdataset"] = common.median(rel) if rel else float("nan")
+            row["samples_per_s_vs_webdataset_min"] = min(rel) if rel else float("nan")
+            row["samples_per_s_vs_webdataset_max"] = max(rel) if rel else float("nan")
+    return rows
+
+
+def find(rows, **kw):
+    for row in rows:
+        if all(row.get(k) == v for k, v in kw.items()):
+            return row
+    return None
+
+
+def evaluate_targets(rows, ratios) -> list[dict]:
+    out = []
+    for r in [x for x in ratios if x > 0]:
+        row = find(rows, reader="streamprune", cache="cold", variant="raw", ratio=r)
+        if row:
+            need = 0.9 * row["ideal_speedup"]
+            out.append({
+                "target": f"cold raw speed-up at r={r:g} >= 0.9 x 1/(1-r) = {need:.2f}",
+                "measured": round(row["speedup"], 3),
+                "met": bool(row["speedup"] >= need),
+            })
+            limit = (1 - r) + 0.05
+            out.append({
+                "target": f"cold raw bytes read at r={r:g} <= (1-r) + 5% = {limit:.2f} of the full read",
+                "measured": round(row["read_fraction_of_data"], 4),
+                "met": bool(row["read_fraction_of_data"] <= limit),
+            })
+    for r in [x for x in ratios if x > 0]:
+        row = find(rows, reader="streamprune", cache="cold", variant="decode", ratio=r)
+        if row:
+            need = 0.85 * row["ideal_speedup"]
+            out.append({
+                "target": f"cold decode speed-up at r={r:g} >= 0.85 x 1/(1-r) = {need:.2f}",
+                "measured": round(row["speedup"], 3),
+                "met": bool(row["speedup"] >= need),
+            })
+    for cache in CACHES:
+        row = find(rows, reader="streamprune", cache=cache, variant="raw", ratio=0.0)
+        if row and "samples_per_s_vs_webdataset" in row:
+            v = row["samples_per_s_vs_webdataset"]
+            out.append({"target": f"{cache} raw r=0: streamprune samples/s >= 3 x webdataset", "measured": round(v, 3), "met": bool(v >= 3.0)})
+    for cache in CACHES:
+        row = find(rows, reader="streamprune", cache=cache, variant="decode", ratio=0.0)
+        if row and "samples_per_s_vs_webdataset" in row:
+            v = row["samples_per_s_vs_webdataset"]
+            out.append({"target": f"{cache} decode r=0: streamprune samples/s >= webdataset (ratio >= 1)", "measured": round(v, 3), "met": bool(v >= 1.0)})
+    return out
+
+
+def print_summary(rows, targets, meta):
+    print()
+    print(f"data: {meta['data']['samples']} samples, {meta['data']['data_bytes'] / 2**20:.1f} MiB in "
+          f"{meta['data']['shards']} shards, mean JPEG {meta['data']['mean_jpeg_bytes'] / 1e3:.1f} KB")
+    if meta["data"].get("decode_subset"):
+        sub = meta["data"]["decode_subset"]
+        print(f"decode variant on a subset: first {sub['shards']} shards, {sub['samples']} samples, {sub['data_bytes'] / 2**20:.1f} MiB")
+    for variant in VARIANTS:
+        for cache in CACHES:
+            sel = [r for r in rows if r["variant"] == variant and r["cache"] == cache]
+            if not sel:
+                continue
+            print(f"\n## {variant}, {cache} cache  (median of {sel[0]['repeats']} rounds; speed-up = t(r=0)/t(r), paired per round)")
+            table = []
+            for r in sel:
+                rel = r.get("samples_per_s_vs_webdataset")
+                table.append([
+                    r["reader"],
+                    f"{r['ratio']:.1f}",
+                    r["samples"],
+                    f"{r['median_seconds']:.3f}",
+                    f"{r['median_samples_per_s']:.0f}",
+                    f"{r['speedup']:.2f} [{r['speedup_min']:.2f}-{r['speedup_max']:.2f}]",
+                    f"{r['ideal_speedup']:.2f}",
+                    f"{r['speedup_over_ideal']:.2f}",
+                    f"{r['median_read_bytes'] / 2**20:.1f}",
+                    f"{r['read_fraction_of_data']:.3f}",
+                    "" if rel is None else f"{rel:.2f}",
+                ])
+            print(common.format_table(
+                ["reader", "ratio", "samples", "t (s)", "samples/s", "speed-up [min-max]", "ideal", "/ideal", "read MiB", "read frac", "vs wds @0"],
+                table,
+            ))
+    print("\n## targets")
+    print(common.format_table(["target", "measured", "met"], [[t["target"], t["measured"], "MET" if t["met"] else "MISSED"] for t in targets]))
+
+
+def plot(rows, ratios, path, meta):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(17, 10))
+    colors = {"wds_after": "tab:red", "wds_before": "tab:orange", "streamprune": "tab:blue", "io_floor": "tab:gray"}
+    markers = {"wds_after": "s", "wds_before": "^", "streamprune": "o", "io_floor": "x"}
+    short = {"wds_after": "wds after", "wds_before": "wds before", "streamprune": "streamprune", "io_floor": "I/O floor"}
+    xs = np.linspace(0, max(ratios), 50)
+    handles = {}
+    for i, variant in enumerate(VARIANTS):
+        for j, cache in enumerate(CACHES):
+            ax = axes[i, j]
+            (h,) = ax.plot(xs, 1 / (1 - xs), "k--", lw=1)
+            handles["ideal 1/(1-r)"] = h
+            notes = []
+            for reader in READERS:
+                sel = sorted([r for r in rows if r["reader"] == reader and r["cache"] == cache and r["variant"] == variant], key=lambda r: r["ratio"])
+                if not sel:
+                    continue
+                x = [r["ratio"] for r in sel]
+                y = [r["speedup"] for r in sel]
+                lo = [r["speedup"] - r["speedup_min"] for r in sel]
+                hi = [r["speedup_max"] - r["speedup"] for r in sel]
+                h = ax.errorbar(x, y, yerr=[lo, hi], color=colors[reader], marker=markers[reader], capsize=3, alpha=0.9)
+                handles[READER_LABELS[reader]] = h
+                if sel[0]["ratio"] == 0:
+                    notes.append(f"{short[reader]}: {sel[0]['median_samples_per_s']:.0f}/s")
+            ax.text(0.02, 0.98, "samples/s at r=0\n" + "\n".join(notes), transform=ax.transAxes, va="top", ha="left",
+                    fontsize=8, bbox=dict(facecolor="white", alpha=0.8, edgecolor="0.8"))
+            ax.set_title(f"{variant}, {cache} page cache: epoch-time speed-up")
+            ax.set_xlabel("pruning ratio r (fraction of samples removed)")
+            ax.set_ylabel("t(r=0) / t(r)  (same reader)")
+            ax.set_xticks(ratios)
+            ax.grid(alpha=0.3)
+        ax = axes[i, 2]
+        (h,) = ax.plot(xs, 1 - xs, "k:", lw=1.5)
+        handles["kept fraction 1-r (bytes panels)"] = h
+        for reader in READERS:
+            sel = sorted([r for r in rows if r["reader"] == reader and r["cache"] == "cold" and r["variant"] == variant], key=lambda r: r["ratio"])
+            if sel:
+                ax.plot([r["ratio"] for r in sel], [r["read_fraction_of_data"] for r in sel], color=colors[reader], marker=markers[reader])
+        ax.set_title(f"{variant}, cold cache: bytes read from storage")
+        ax.set_xlabel("pruning ratio r")
+        ax.set_ylabel("read_bytes (/proc/self/io) / data size")
+        ax.set_ylim(0, 1.1)
+        ax.set_xticks(ratios)
+        ax.grid(alpha=0.3)
+    d = meta["data"]
+    sub = d.get("decode_subset")
+    fig.suptitle(
+        f"streamprune io_bench: {d['samples']} JPEG samples, {d['data_bytes'] / 2**20:.0f} MiB in {d['shards']} shards, mean {d['mean_jpeg_bytes'] / 1e3:.0f} KB"
+        + (f"; decode rows on {sub['data_bytes'] / 2**20:.0f} MiB subset" if sub else "")
+        + f"; {meta['machine']['cpu_count']} cores; medians of {meta['raw_repeats']} (raw) / {meta['repeats']} (decode) rounds, bars = min-max",
+        fontsize=11,
+    )
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.plot_only:
+        with open(args.plot_only) as fh:
+            saved = json.load(fh)
+        png = os.path.join(os.path.dirname(os.path.abspath(args.plot_only)), "io_bench.png")
+        plot(saved["summary"], sorted({r["ratio"] for r in saved["summary"]}), png, saved)
+        print(f"wrote {png}")
+        return 0
+
+    t_start = time.perf_counter()
+    machine = common.machine_info()
+    print(f"io_bench: {machine['cpu_count']} cores, python {machine['python']}, webdataset {machine['packages']['webdataset']}")
+    manifest = common.make_jpeg_shards(args.data_dir, args.total_mb, args.samples_per_shard, args.seed, args.workers)
+    jpeg = common.jpeg_sizes(manifest)
+    data = {
+        "dir": os.path.abspath(args.data_dir),
+        "samples": int(manifest.num_samples),
+        "shards": len(manifest.shards),
+        "data_bytes": int(manifest.total_bytes),
+        "mean_jpeg_bytes": float(jpeg.mean()),
+        "median_jpeg_bytes": float(np.median(jpeg)),
+        "p5_p95_jpeg_bytes": np.percentile(jpeg, [5, 95]).tolist(),
+        "members_per_sample": ["jpg", "cls"],
+    }
+    print(f"data: {data['samples']} samples, {data['data_bytes'] / 2**20:.1f} MiB ({data['data_bytes'] / 1e6:.0f} MB) in {data['shards']} shards; "
+          f"mean JPEG {data['mean_jpeg_bytes'] / 1e3:.1f} KB (median {data['median_jpeg_bytes'] / 1e3:.1f}, 5-95% "
+          f"{data['p5_p95_jpeg_bytes'][0] / 1e3:.0f}-{data['p5_p95_jpeg_bytes'][1] / 1e3:.0f} KB)")
+
+    mask_dir = os.path.join(args.data_dir, "masks")
+    datasets = {"full": prepare_dataset("full", manifest, args.ratios, args.seed, mask_dir)}
+    decode_ds = "full"
+    if "decode" in args.variants and args.decode_mb and args.decode_mb * 2**20 < manifest.total_bytes:
+        sub = subset_manifest(manifest, args.decode_mb, os.path.join(args.data_dir, f"subset_{int(args.decode_mb)}mb"))
+        datasets["decode_subset"] = prepare_dataset("decode_subset", sub, args.ratios, args.seed, mask_dir)
+        decode_ds = "decode_subset"
+        d = datasets[decode_ds]
+        data["decode_subset"] = {"shards": len(d.urls), "samples": d.samples, "data_bytes": d.data_bytes, "min_mb": args.decode_mb}
+        print(f"decode variant runs on the first {len(d.urls)} shards: {d.samples} samples, {d.data_bytes / 2**20:.1f} MiB")
+
+    all_files = sorted({f for ds in datasets.values() for r in args.ratios for f in ds.all_files(r)})
+    eviction = common.check_eviction(datasets["full"].urls, datasets["full"].data_bytes)
+    print(f"eviction check: cold full read fetched {eviction['cold_read_bytes'] / 2**20:.1f} MiB of {eviction['file_bytes'] / 2**20:.1f} MiB "
+          f"({eviction['cold_MBps']:.0f} MB/s), warm re-read fetched {eviction['warm_read_bytes'] / 2**20:.1f} MiB ({eviction['warm_MBps']:.0f} MB/s)"
+          f" -> {'OK' if eviction['ok'] else 'NOT WORKING: cold numbers are not cold'}")
+    common.warm(all_files)
+    verification = [verify_same_samples(datasets["full"], r) for r in args.ratios if r > 0][:1]
+    print(f"verified streamprune == webdataset+select (keys, order, bytes) at ratio {verification[0]['ratio'] if verification else '-'}")
+
+    configs = []
+    for variant in args.variants:
+        for cache in args.caches:
+            for reader in args.readers:
+                if reader == "io_floor" and variant != "raw":
+                    continue
+                for ratio in args.ratios:
+                    configs.append((reader, cache, variant, ratio))
+    rounds = max(args.raw_repeats if "raw" in args.variants else 0, args.repeats if "decode" in args.variants else 0)
+    runs = []
+    rng = random.Random(args.seed)
+    for rnd in range(rounds):
+        todo = [c for c in configs if rnd < (args.raw_repeats if c[2] == "raw" else args.repeats)]
+        rng.shuffle(todo)
+        t_round = time.perf_counter()
+        for reader, cache, variant, ratio in todo:
+            ds = datasets[decode_ds if variant == "decode" else "full"]
+            res = run_once(reader, cache, variant, ratio, ds)
+            res["round"] = rnd
+            runs.append(res)
+        print(f"round {rnd + 1}/{rounds}: {len(todo)} runs in {time.perf_counter() - t_round:.1f} s (load avg {os.getloadavg()[0]:.1f})", flush=True)
+
+    rows = summarize(runs, datasets, args.ratios)
+    targets = evaluate_targets(rows, args.ratios)
+    meta = {
+        "benchmark": "io_bench",
+        "command": common.command_line(),
+        "args": {k: v for k, v in vars(args).items()},
+        "machine": machine,
+        "data": data,
+        "datasets": {
+            name: {
+                "manifest": ds.manifest_path,
+                "shards": len(ds.urls),
+                "samples": ds.samples,
+                "data_bytes": ds.data_bytes,
+                "kept": {str(r): ds.kept[r] for r in args.ratios},
+                "kept_bytes": {str(r): ds.kept_bytes[r] for r in args.ratios},
+                "used_for": ["raw"] + (["decode"] if decode_ds == name else []),
+            }
+            for name, ds in datasets.items()
+        },
+        "eviction_check": eviction,
+        "verification": verification,
+        "repeats": args.repeats,
+        "raw_repeats": args.raw_repeats,
+        "method": {
+            "timed": "building the pipeline + iterating one full epoch in the main process (no DataLoader workers)",
+            "speedup": "t(ratio 0)/t(ratio r) for the same reader, cache and variant, paired within a round; median over rounds",
+            "samples_per_s_vs_webdataset": "t(wds_after, r=0)/t(streamprune, r=0), paired within a round; median",
+            "read_fraction_of_data": "median /proc/self/io read_bytes delta / total shard bytes of the dataset read",
+            "cold": "POSIX_FADV_DONTNEED on every shard, index sidecar, manifest and mask file right before the run",
+            "warm": "every such file read completely right before the run",
+            "ratio_0": "webdataset readers have no .select at ratio 0; streamprune reads the all-keep mask file",
+            "decode": ".decode('pil'): PIL Image.open + load() + convert('RGB') per jpg",
+        },
+        "total_seconds": None,
+    }
+    meta["total_seconds"] = time.perf_counter() - t_start
+    os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, "io_bench.json")
+    common.write_json(json_path, {**meta, "summary": rows, "targets": targets, "runs": runs})
+    print_summary(rows, targets, meta)
+    if not args.no_plot:
+        png = os.path.join(args.out, "io_bench.png")
+        plot(rows, args.ratios, png, meta)
+        print(f"\nwrote {json_path} and {png}")
+    else:
+        print(f"\nwrote {json_path}")
+    print(f"total {meta['total_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The command line: shard, index, mask, inspect, and one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import webdataset as wds
+from click.testing import CliRunner
+from PIL import Image
+
+from streamprune import Manifest, MaskFile
+from streamprune_cli.main import cli
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [os.fspath(a) for a in args])
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "Traceback" not in result.output
+    return result.output
+
+
+def _fails_cleanly(result, *needles):
+    """Non-zero exit, click handled it (no traceback), and one 'Error:' line naming the problem."""
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], result.output
+    return errors[0]
+
+
+@pytest.fixture
+def npz_path(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (18, 10, 10), dtype=np.uint8)
+    labels = np.arange(18) % 3
+    path = tmp_path / "d.npz"
+    np.savez(path, images=images, labels=labels, class_names=np.array(["a", "b", "c"]))
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(1)
+    for c, cls in enumerate(["zebra", "ape", "moth", "kiwi"]):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).save(buf, format="PNG")
+            (root / cls / f"img {i}.png").write_bytes(buf.getvalue())
+    return root
+
+
+def test_shard_npz_with_options(tmp_path, npz_path):
+    out = tmp_path / "out"
+    output = _ok(
+        _run("shard", npz_path, out, "--samples-per-shard", "5", "--no-shuffle", "--seed", "3",
+             "--workers", "2", "--quality", "40", "--quiet")
+    )
+    assert output.strip() == f"18 samples, 4 shards, 3 classes -> {out / 'manifest.json'}"
+    manifest = Manifest.load(out)
+    assert [s.samples for s in manifest.shards] == [5, 5, 5, 3]
+    assert manifest.classes == ["a", "b", "c"]
+    assert manifest.keys() == [f"{i:08d}" for i in range(18)]  # --no-shuffle keeps order
+    jpg = {ext for k in range(4) for g in manifest.index(k).members for ext, _, _ in g}
+    assert jpg == {"jpg", "cls"}
+
+
+def test_shard_quality_option_changes_jpeg_size(tmp_path, npz_path):
+    sizes = {}
+    for quality in ("10", "95"):
+        _ok(_run("shard", npz_path, tmp_path / quality, "--quality", quality, "--quiet"))
+        m = Manifest.load(tmp_path / quality)
+        sizes[quality] = sum(size for g in m.index(0).members for ext, _, size in g if ext == "jpg")
+    assert sizes["10"] < sizes["95"]
+
+
+def test_shard_image_folder_seeded_and_parallel(tmp_path, image_folder):
+    _ok(_run("shard", image_folder, tmp_path / "a", "--samples-per-shard", "5", "--seed", "4", "--workers", "2", "--quiet"))
+    _ok(_run("shard", image_folder, tmp_path / "b", "--samples-per-shard", "5", "--seed", "4", "--quiet"))
+    a, b = Manifest.load(tmp_path / "a"), Manifest.load(tmp_path / "b")
+    assert a.classes == ["ape", "kiwi", "moth", "zebra"]
+    assert a.num_samples == 12 and [s.samples for s in a.shards] == [5, 5, 2]
+    assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
+    assert set(a.keys()) == {f"{c}/img_{i}" for c in a.classes for i in range(3)}
+    # files copied unchanged
+    sample = next(iter(wds.WebDataset(a.shard_path(0), shardshuffle=False)))
+    cls, name = sample["__key__"].split("/")
+    assert sample["png"] == (image_folder / cls / (name.replace("_", " ") + ".png")).read_bytes()
+
+
+@pytest.fixture
+def tarwriter_shards(tmp_path):
+    paths = []
+    for s in range(2):
+        path = tmp_path / "wds" / f"part-{s}.tar"
+        path.parent.mkdir(exist_ok=True)
+        with wds.TarWriter(os.fspath(path)) as sink:
+            for i in range(8):
+                sink.write({"__key__": f"p{s}_{i:02d}", "txt": f"text {s} {i}" * (i + 1), "cls": i % 4})
+        paths.append(path)
+    return paths
+
+
+def test_index_tarwriter_shards_with_out(tmp_path, tarwriter_shards):
+    out = tmp_path / "idx"
+    output = _ok(_run("index", *tarwriter_shards, "--out", out, "--quiet"))
+    assert output.strip() == f"16 samples in 2 shards -> {out / 'manifest.json'}"
+    manifest = Manifest.load(out)
+    assert manifest.keys() == [f"p{s}_{i:02d}" for s in range(2) for i in range(8)]
+    assert manifest.labels().tolist() == [i % 4 for _ in range(2) for i in range(8)]
+    assert manifest.class_counts == [4, 4, 4, 4]
+    assert (out / "part-0.tar.index.json").exists()
+    assert os.path.realpath(manifest.shard_path(1)) == os.path.realpath(tarwriter_shards[1])
+
+
+def _sharded(tmp_path, npz_path=None):
+    out = tmp_path / "data"
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "ds.npz", images=images, labels=np.arange(40) % 5)
+    _ok(_run("shard", tmp_path / "ds.npz", out, "--samples-per-shard", "10", "--quiet"))
+    return out / "manifest.json"
+
+
+def test_mask_random_class_level_and_inspect_json(tmp_path):
+    manifest_path = _sharded(tmp_path)
+    mask_path = tmp_path / "m.spmask"
+    output = _ok(_run("mask", manifest_path, "--random", "--ratio", "0.6", "--level", "class", "--seed", "1", "--out", mask_path))
+    mf = MaskFile(mask_path)
+    manifest = Manifest.load(manifest_path)
+    labels = manifest.labels()
+    kept_classes = sorted(set(labels[mf.to_bool()].tolist()))
+    assert len(kept_classes) == 5 - round(5 * 0.6)
+    assert mf.kept == 8 * len(kept_classes)
+    assert output.strip() == f"kept {mf.kept} of 40 samples -> {mask_path}"
+    assert mf.provenance["level"] == "class" and mf.provenance["seed"] == 1
+
+    info = json.loads(_ok(_run("inspect", manifest_path, "--mask", mask_path, "--json")))
+    keep = mf.to_bool()
+    sizes = manifest.sample_bytes()
+    assert info["samples"] == 40 and info["kept"] == mf.kept
+    assert [row["kept"] for row in info["per_shard"]] == mf.shard_kept_counts().tolist()
+    assert [row["samples"] for row in info["per_shard"]] == [10, 10, 10, 10]
+    bounds = manifest.shard_offsets
+    assert [row["kept_bytes"] for row in info["per_shard"]] == [
+        int(sizes[bounds[k] : bounds[k + 1]][keep[bounds[k] : bounds[k + 1]]].sum()) for k in range(4)
+    ]
+    assert [row["kept"] for row in info["per_class"]] == [8 if c in kept_classes else 0 for c in range(5)]
+    assert [row["samples"] for row in info["per_class"]] == [8] * 5
+    assert info["kept_bytes"] == int(sizes[keep].sum()) == sum(row["kept_bytes"] for row in info["per_shard"])
+    assert info["expected_speedup"] == pytest.approx(40 / mf.kept)
+    assert info["classes_kept"] == len(kept_classes)
+    assert info["provenance"]["method"] == "random"
+
+
+def test_mask_by_classes_and_keys_then_inspect_table(tmp_path):
+    manifest_path = _sharded(tmp_path)
+    _ok(_run("mask", manifest_path, "--classes", "0,3", "--out", tmp_path / "c.spmask"))  # no --ratio needed
+    assert MaskFile(tmp_path / "c.spmask").kept == 16
+    assert MaskFile(tmp_path / "c.spmask").provenance["kept_classes"] == [0, 3]
+    keys = Manifest.load(manifest_path).keys()[:7]
+    (tmp_path / "keys.txt").write_text("\n".join(keys) + "\n")
+    _ok(_run("mask", manifest_path, "--keys", tmp_path / "keys.txt", "--out", tmp_path / "k.spmask"))
+    assert MaskFile(tmp_path / "k.spmask").kept == 7
+    table = _ok(_run("inspect", manifest_path, "--mask", tmp_path / "k.spmask"))
+    assert "7 kept of 40" in table
+
+
+def test_mask_ratio_one_fails_with_one_line_error(tmp_path):
+    manifest_path = _sharded(tmp_path)
+    result = _run("mask", manifest_path, "--random", "--ratio", "1.0", "--out", tmp_path / "m.spmask")
+    _fails_cleanly(result, "--ratio", "[0, 1)")
+    assert not (tmp_path / "m.spmask").exists()
+
+
+def test_mask_needs_exactly_one_method_and_random_needs_ratio(tmp_path):
+    manifest_path = _sharded(tmp_path)
+    _fails_cleanly(_run("mask", manifest_path, "--random", "--out", tmp_path / "m.spmask"), "--ratio")
+    _fails_cleanly(
+        _run("mask", manifest_path, "--random", "--ratio", "0.5", "--classes", "1", "--out", tmp_path / "m.spmask"),
+        "exactly one",
+    )
+    assert not (tmp_path / "m.spmask").exists()
+
+
+def test_mask_unknown_key_fails_cleanly(tmp_path):
+    manifest_path = _sharded(tmp_path)
+    (tmp_path / "keys.txt").write_text("nope\n")
+    result = _run("mask", manifest_path, "--keys", tmp_path / "keys.txt", "--out", tmp_path / "m.spmask")
+    _fails_cleanly(result, "nope")
+
+
+def test_index_missing_shard_fails_with_one_line_error(tmp_path, tarwriter_shards):
+    missing = tmp_path / "wds" / "gone.tar"
+    result = _run("index", tarwriter_shards[0], missing, "--out", tmp_path / "idx", "--quiet")
+    _fails_cleanly(result, os.fspath(missing), "not found")
+
+
+def test_index_corrupt_tar_fails_with_one_line_error(tmp_path, tarwriter_shards):
+    raw = bytearray(tarwriter_shards[1].read_bytes())
+    raw[1000:1010] = b"\xff" * 10
+    raw = raw[: len(raw) // 2 + 7]
+    bad = tmp_path / "wds" / "bad.tar"
+    bad.write_bytes(bytes(raw))
+    result = _run("index", bad, "--out", tmp_path / "idx", "--quiet")
+    _fails_cleanly(result, os.fspath(bad))
+
+
+def test_index_gzip_shard_fails_saying_to_decompress(tmp_path, tarwriter_shards):
+    gz = tmp_path / "wds" / "x.tar.gz"
+    gz.write_bytes(gzip.compress(tarwriter_shards[0].read_bytes()))
+    result = _run("index", gz, "--out", tmp_path / "idx", "--quiet")
+    _fails_cleanly(result, "gzip", "Decompress")
+
+
+def test_inspect_mask_of_other_dataset_fails_cleanly(tmp_path):
+    manifest_path = _sharded(tmp_path)
+    _ok(_run("mask", manifest_path, "--random", "--ratio", "0.5", "--out", tmp_path / "m.spmask"))
+    other = tmp_path / "other"
+    other.mkdir()
+    _ok(_run("shard", tmp_path / "ds.npz", other / "data", "--samples-per-shard", "20", "--quiet"))
+    result = _run("inspect", other / "data" / "manifest.json", "--mask", tmp_path / "m.spmask")
+    _fails_cleanly(result, "m.spmask")
+
+
+def test_os_errors_on_paths_fail_cleanly_naming_the_path(tmp_path, npz_path):
+    (tmp_path / "adir.tar").mkdir()
+    _fails_cleanly(_run("index", tmp_path / "adir.tar", "--out", tmp_path / "idx", "--quiet"), "adir.tar")
+    (tmp_path / "afile").write_text("x")
+    _fails_cleanly(_run("shard", npz_path, tmp_path / "afile" / "out", "--quiet"), "afile")
+
+
+def test_shard_missing_source_fails_cleanly(tmp_path):
+    result = _run("shard", tmp_path / "nope", tmp_path / "out", "--quiet")
+    _fails_cleanly(result, "nope")
