@@ -117,8 +117,9 @@ def index(shards, out, label_ext, no_labels, label_field, no_checksum, quiet):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--keys", "keys_file", type=click.Path(exists=True), help="File with one key to keep per line.")
 @click.option("--classes", help="Comma-separated class ids or names to keep.")
+@click.option("--selector", default="top", show_default=True, help="With --scores: selector turning scores into a mask (see `streamprune score --help`).")
 @click.option("--out", required=True, type=click.Path(), help="Mask file to write (.spmask).")
-def mask(manifest, use_random, scores_file, ratio, level, seed, keys_file, classes, out):
+def mask(manifest, use_random, scores_file, ratio, level, seed, keys_file, classes, selector, out):
     """Make a keep mask for MANIFEST (random, from a scores file, a key list, or kept classes)."""
     from streamprune import masks
     from streamprune.manifest import Manifest
@@ -134,7 +135,7 @@ def mask(manifest, use_random, scores_file, ratio, level, seed, keys_file, class
     elif scores_file:
         from streamprune.scoring.scores_file import ScoreFile, mask_from_scores
 
-        result = mask_from_scores(m, ScoreFile.load(scores_file), ratio)
+        result = mask_from_scores(m, ScoreFile.load(scores_file), ratio, selector, seed=seed)
     elif keys_file:
         with open(keys_file) as fh:
             result = masks.mask_from_keys(m, [line.strip() for line in fh if line.strip()], source=keys_file)
@@ -262,13 +263,14 @@ def train_surrogate(manifest, arch, out, epochs, max_steps, mask_path, batch_siz
 @click.option("--clusters", type=click.IntRange(min=1), help="FM: number of k-means clusters K [default: 1000].")
 @click.option("--kmeans-iters", type=click.IntRange(min=1), help="FM: maximum k-means (Lloyd) iterations [default: 20].")
 @click.option("--fm-over-classes", is_flag=True, help="FM: vote against source class means (needs labels): class-level mask.")
+@click.option("--selector", default="top", show_default=True, help="How scores become a mask: top (keep the top of the ranking), or another registered selector.")
 @click.option("--input-size", type=click.IntRange(min=8), help="Network input side (default: the checkpoint's, else 32).")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader decode workers.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def score(source_manifest, method, target, target_split, surrogate, checkpoint, ratios, out, soft_vote, clusters, kmeans_iters, fm_over_classes, input_size, batch_size, workers, device, seed, quiet):
+def score(source_manifest, method, target, target_split, surrogate, checkpoint, ratios, out, soft_vote, clusters, kmeans_iters, fm_over_classes, selector, input_size, batch_size, workers, device, seed, quiet):
     """Score SOURCE_MANIFEST once; write OUT/scores.json and a keep mask per ratio."""
     from streamprune.scoring import score_source
 
@@ -279,7 +281,7 @@ def score(source_manifest, method, target, target_split, surrogate, checkpoint, 
     r = score_source(
         source_manifest, method, ratios, out, target=target, target_split=target_split, surrogate=surrogate,
         checkpoint=checkpoint, input_size=input_size, batch_size=batch_size, workers=workers, device=device,
-        seed=seed, progress=not quiet, **options,
+        seed=seed, progress=not quiet, selector=selector, **options,
     )
     click.echo(f"scores -> {r['scores']} ({r['seconds']['score']:.1f} s)")
     for ratio, path in r["masks"].items():

@@ -226,11 +226,14 @@ def score_source(
     device: str | None = "cpu",
     seed: int = 0,
     progress: bool = True,
+    selector: str = "top",
+    selector_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Score a source dataset once, save ``scores.json``, and write one mask per ratio.
 
-    Masks are named ``{method}-{ratio:g}.spmask`` in ``out_dir`` (``lm-0.6.spmask``).
+    Masks are named ``{method}-{ratio:g}.spmask`` in ``out_dir`` (``lm-0.6.spmask``), or
+    ``{method}-{selector}-{ratio:g}.spmask`` with a selector other than ``top``.
 
     Args:
         source: Source manifest (path, directory or object).
@@ -247,6 +250,8 @@ def score_source(
         device: Torch device.
         seed: Seed.
         progress: Show progress bars.
+        selector: Registered selector turning the scores into masks (:mod:`streamprune.selection`).
+        selector_options: Options for the selector (e.g. ``{"gamma": 0.5}``).
         **options: Method options (``soft_vote=True`` for LM).
 
     Returns:
@@ -256,7 +261,11 @@ def score_source(
     Raises:
         ValueError: Unknown method or option, or a bad ratio.
     """
+    from ..selection import get_selector
+
     fn = get_score(method)
+    get_selector(selector)  # an unknown selector fails before the (long) scoring pass
+    selector_options = dict(selector_options or {})
     try:
         inspect.signature(fn).bind(None, **options)
     except TypeError:
@@ -300,10 +309,11 @@ def score_source(
     kept: dict[float, list[int]] = {}
     for ratio in ratios:
         try:
-            mask = mask_from_scores(src, scores, ratio)
+            mask = mask_from_scores(src, scores, ratio, selector, seed=seed, **selector_options)
         except ValueError as exc:
             raise ValueError(f"{exc}; the scores are saved in {scores_path} (streamprune mask --scores)") from None
-        masks[ratio] = mask.save(os.path.join(out_dir, f"{method}-{ratio:g}.spmask"))
+        stem = method if selector == "top" else f"{method}-{selector}"
+        masks[ratio] = mask.save(os.path.join(out_dir, f"{stem}-{ratio:g}.spmask"))
         kept[ratio] = list(mask.provenance.get("kept_classes") or mask.provenance.get("kept_clusters") or [])
     seconds["masks"] = time.perf_counter() - t0
     log.info("%s: scores -> %s, %d masks in %s", method, scores_path, len(masks), out_dir)

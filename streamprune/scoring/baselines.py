@@ -235,7 +235,7 @@ def grand(request: ScoreRequest, grad_chunk: int = 16) -> ScoreFile:
         raise StreamPruneError(f"{src.path}: {int(np.isnan(scores).sum())} samples were not scored")
     seconds = time.perf_counter() - start
     return ScoreFile(
-        method="grand", level="sample", higher_is="keep", score_name="grad_norm", scores=scores, ranking=rank_items(scores),
+        method="grand", level="sample", higher_is="keep", harder="higher", score_name="grad_norm", scores=scores, ranking=rank_items(scores),
         tiebreak="grad_norm desc, then sample id asc", surrogate=info,
         params={"class_blind": True, "parameters": "all", "mode": "eval", "grad_chunk": grad_chunk, "seconds": round(seconds, 3)},
         **_common(request),

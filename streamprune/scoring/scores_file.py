@@ -9,7 +9,7 @@ Format (UTF-8 JSON, version 1)::
 
     {"format": "streamprune-scores", "version": 1,
      "method": "lm", "variant": "hard-vote", "level": "class",
-     "higher_is": "keep", "score_name": "votes",
+     "higher_is": "keep", "harder": null, "score_name": "votes",
      "num_items": 10, "items": ["T-shirt/top", ...],
      "scores": [0.0, ...], "extra": {"softmax_sum": [...]},
      "ranking": [9, 7, 5, ...], "tiebreak": "votes desc, then softmax_sum desc, then id asc",
@@ -25,7 +25,11 @@ Format (UTF-8 JSON, version 1)::
 (items are clusters; ``assignments`` then holds each source sample's cluster id in manifest
 order) or ``"sample"`` (items are the source samples in manifest order). ``higher_is: "keep"``
 means a higher score marks a more useful item, kept first; ``ranking`` orders the items by
-that, and is what selection uses.
+that, and is what the default selector (``top``) uses. ``harder`` says which score direction
+means a *harder* sample (``"higher"`` for EL2N, DLC, GraNd, ...; ``"lower"`` for AUM), or is
+``null`` for scores that do not measure hardness (votes, random draws); selectors that split
+easy from hard samples (FlexRand, CCS, top-k easy/hard, :mod:`streamprune.selection`) read it.
+Files written before the field existed load with ``harder = null``.
 """
 
 from __future__ import annotations
@@ -110,6 +114,8 @@ class ScoreFile:
         manifest_fingerprint: Fingerprint of the source manifest the scores belong to.
         items: Item names (class names for class level), or empty.
         higher_is: ``"keep"`` (higher = more useful, kept first) or ``"prune"``.
+        harder: Which direction of ``scores`` means harder: ``"higher"``, ``"lower"``, or
+            ``None`` (not a hardness score).
         score_name: What ``scores`` measures (``"votes"``, ``"softmax_sum"``, ...).
         variant: Method variant (e.g. ``"hard-vote"``).
         extra: Further per-item arrays (e.g. the tie-break key).
@@ -132,6 +138,7 @@ class ScoreFile:
     manifest_fingerprint: str
     items: list[str] = field(default_factory=list)
     higher_is: str = "keep"
+    harder: str | None = None
     score_name: str = "score"
     variant: str | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
@@ -171,6 +178,8 @@ class ScoreFile:
             raise StreamPruneError(f"{where}: level {self.level!r} is not one of {LEVELS}")
         if self.higher_is not in ("keep", "prune"):
             raise StreamPruneError(f"{where}: higher_is {self.higher_is!r} must be 'keep' or 'prune'")
+        if self.harder not in (None, "higher", "lower"):
+            raise StreamPruneError(f"{where}: harder {self.harder!r} must be 'higher', 'lower' or null")
         if self.scores.ndim != 1 or not np.all(np.isfinite(self.scores)):
             raise StreamPruneError(f"{where}: scores must be a 1-D list of finite numbers")
         if self.items and len(self.items) != n:
@@ -200,6 +209,7 @@ class ScoreFile:
             "variant": self.variant,
             "level": self.level,
             "higher_is": self.higher_is,
+            "harder": self.harder,
             "score_name": self.score_name,
             "num_items": self.num_items,
             "items": list(self.items),
@@ -271,6 +281,7 @@ class ScoreFile:
                 manifest_fingerprint=obj["manifest_fingerprint"],
                 items=list(obj.get("items") or []),
                 higher_is=obj.get("higher_is", "keep"),
+                harder=obj.get("harder"),
                 score_name=obj.get("score_name", "score"),
                 variant=obj.get("variant"),
                 extra=dict(obj.get("extra") or {}),
@@ -309,7 +320,7 @@ class ScoreFile:
 
 
 def select_items(scores: ScoreFile, ratio: float) -> np.ndarray:
-    """Ids of the items kept when a fraction ``ratio`` of them is removed.
+    """Ids of the items kept when a fraction ``ratio`` of them is removed (selector ``top``).
 
     Takes the first ``kept_count(num_items, ratio)`` entries of the stored ranking, so the
     tie-break is the one the scoring pass used.
@@ -321,7 +332,9 @@ def select_items(scores: ScoreFile, ratio: float) -> np.ndarray:
     Returns:
         Kept item ids, ascending.
     """
-    return np.sort(scores.ranking[: kept_count(scores.num_items, ratio)])
+    from ..selection import select
+
+    return select(scores, ratio, "top")
 
 
 def select_classes_from_scores(scores: ScoreFile, ratio: float) -> list[int]:
@@ -342,23 +355,37 @@ def select_classes_from_scores(scores: ScoreFile, ratio: float) -> list[int]:
     return select_items(scores, ratio).tolist()
 
 
-def mask_from_scores(manifest: Manifest, scores: ScoreFile, ratio: float) -> KeepMask:
-    """The keep mask a scores file gives at ``ratio``.
+def mask_from_scores(
+    manifest: Manifest,
+    scores: ScoreFile,
+    ratio: float,
+    selector: str = "top",
+    seed: int | None = None,
+    **options: Any,
+) -> KeepMask:
+    """The keep mask a scores file gives at ``ratio`` with a selector.
 
     Class level keeps every sample of the kept classes; cluster level every member of the
-    kept clusters; sample level the kept samples themselves.
+    kept clusters; sample level the kept samples themselves. Class-wise sample selectors
+    (FlexRand, CCS, ...) get the manifest's labels.
 
     Args:
         manifest: The source dataset (must match the scores' fingerprint).
         scores: The scores.
         ratio: Fraction removed (of classes, clusters or samples, as the level says).
+        selector: Registered selector (:mod:`streamprune.selection`); ``top`` keeps the top
+            of the stored ranking.
+        seed: Seed for random selectors (default: the scores' seed).
+        **options: Selector options.
 
     Returns:
-        The mask, with provenance naming the method, the ratio and the scores file.
+        The mask, with provenance naming the method, selector, ratio and the scores file.
 
     Raises:
         MaskMismatchError: The scores belong to another dataset.
+        ValueError: Unknown selector or option, or a level the selector does not take.
     """
+    from ..selection import select
     scores.check(manifest)
     ratio = check_ratio(ratio)
     if scores.level == "sample" and scores.num_items != manifest.num_samples:
@@ -367,12 +394,15 @@ def mask_from_scores(manifest: Manifest, scores: ScoreFile, ratio: float) -> Kee
         raise MaskMismatchError(
             f"{scores.path or 'scores'}: {len(scores.assignments)} cluster assignments, {manifest.num_samples} samples"
         )
-    kept = select_items(scores, ratio)
+    labels = np.asarray(manifest.labels(), dtype=np.int64) if scores.level == "sample" else None
+    kept = select(scores, ratio, selector, labels=labels, seed=seed, **options)
     provenance = {
         "scores": os.path.abspath(scores.path) if scores.path else None,
         "variant": scores.variant,
-        "seed": scores.seed,
+        "seed": scores.seed if seed is None else seed,
         "requested_ratio": ratio,
+        "selector": selector,
+        "selector_options": dict(options),
     }
     if scores.level == "class":
         return mask_from_classes(manifest, kept.tolist(), method=scores.method, **provenance)
