@@ -14,9 +14,13 @@ Measured, each a median of --repeats runs on a warm page cache (files read befor
   index_shards  ``manifest.index_shards(paths, out_dir, checksum=False)``: the user-facing
                 call (index_tar + writing index sidecars + manifest);
   index_shards+sha256  the same with ``checksum=True`` (SHA-256 of every shard byte).
+  index_shards-wN  ``index_shards(..., checksum=False, workers=N)`` with N = the CPU count
+                (shards indexed in parallel processes: what ``streamprune index`` does by
+                default).
 
-Target (from the issue): >= 100k members/s warm, checked on index_tar and on index_shards
-without checksum (the full user-facing path); every mode is reported.
+Target (from the issue): >= 100k members/s warm, checked on index_tar, on index_shards
+without checksum in one process, and on index_shards-wN (the CLI default); every mode is
+reported.
 
 Run:  python benchmarks/index_bench.py          (~1-2 min)
       python benchmarks/index_bench.py --quick
@@ -145,14 +149,16 @@ def bench_dataset(label: str, paths: list[str], work_dir: str, repeats: int) -> 
         for p in paths:
             index_tar(p, label_ext="cls")
 
-    def shards(checksum):
+    def shards(checksum, workers=1):
         def run():
             shutil.rmtree(out_dir, ignore_errors=True)
-            index_shards(paths, out_dir, label_ext="cls", checksum=checksum, progress=False)
+            index_shards(paths, out_dir, label_ext="cls", checksum=checksum, progress=False, workers=workers)
 
         return run
 
-    modes = [("walk", walk), ("index_tar", tar), ("index_shards", shards(False)), ("index_shards+sha256", shards(True))]
+    cores = os.cpu_count() or 1
+    modes = [("walk", walk), ("index_tar", tar), ("index_shards", shards(False)), ("index_shards+sha256", shards(True)),
+             (f"index_shards-w{cores}", shards(False, cores))]
     rows = []
     for name, fn in modes:
         row = measure(name, fn, paths, repeats, members)
@@ -186,8 +192,11 @@ def main(argv=None) -> int:
     targets = []
     for res in results:
         for row in res["rows"]:
-            if row["mode"] in ("index_tar", "index_shards"):
-                what = "index_tar (walk + samples + labels)" if row["mode"] == "index_tar" else "index_shards (no checksum; + sidecars, manifest)"
+            if row["mode"] == "index_tar" or row["mode"].startswith("index_shards") and "sha256" not in row["mode"]:
+                what = {
+                    "index_tar": "index_tar (walk + samples + labels)",
+                    "index_shards": "index_shards (no checksum; + sidecars, manifest)",
+                }.get(row["mode"], f"{row['mode']} (no checksum, {row['mode'].rsplit('-w', 1)[-1]} processes)")
                 targets.append({
                     "target": f"{res['dataset']} shards: {what} >= 100k members/s warm",
                     "measured": round(row["members_per_s"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
@@ -87,8 +88,9 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
 @click.option("--no-labels", is_flag=True, help="The shards carry no labels.")
 @click.option("--label-field", default="auto", show_default=True, help=".beton: integer field holding the label (auto: 'label', else the only IntField).")
 @click.option("--no-checksum", is_flag=True, help="Skip SHA-256 of each shard (headers only: much faster).")
+@click.option("--workers", type=click.IntRange(min=1), help="Tar shards indexed in parallel processes [default: CPU count].")
 @click.option("--quiet", "-q", is_flag=True)
-def index(shards, out, label_ext, no_labels, label_field, no_checksum, quiet):
+def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, quiet):
     """Index existing tar SHARDS or FFCV .beton files written by anyone and write OUT/manifest.json."""
     from streamprune.betonindex import index_betons, looks_like_beton
     from streamprune.manifest import index_shards
@@ -103,7 +105,8 @@ def index(shards, out, label_ext, no_labels, label_field, no_checksum, quiet):
         click.echo(f"{manifest.num_samples} samples in {len(manifest.shards)} .beton file(s) -> {manifest.path}")
         return
     manifest = index_shards(
-        list(shards), out, label_ext=None if no_labels else label_ext, checksum=not no_checksum, progress=not quiet
+        list(shards), out, label_ext=None if no_labels else label_ext, checksum=not no_checksum, progress=not quiet,
+        workers=workers or os.cpu_count() or 1,
     )
     click.echo(f"{manifest.num_samples} samples in {len(manifest.shards)} shards -> {manifest.path}")
 

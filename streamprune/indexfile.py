@@ -63,7 +63,7 @@ def save_index(index: ShardIndex, path: str | os.PathLike) -> str:
         "labels": index.labels.tolist(),
         "start": index.start.tolist(),
         "end": index.end.tolist(),
-        "members": [[list(m) for m in group] for group in index.members],
+        "members": index.members,  # tuples encode as JSON arrays: no per-member copy
     }
     data = atomic_write_json(path, obj, fsync=False)
     return hashlib.sha256(data).hexdigest()

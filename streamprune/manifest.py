@@ -322,6 +322,14 @@ def build_manifest(
     )
 
 
+def _index_one(path: str, rel: str, label_ext: str | None, checksum: bool, index_path: str) -> ShardIndex:
+    index = index_tar(path, label_ext=label_ext, name=rel)
+    if checksum:
+        index.sha256 = file_sha256(path)
+    save_index(index, index_path)
+    return index
+
+
 def index_shards(
     shards: list[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -329,11 +337,13 @@ def index_shards(
     checksum: bool = True,
     classes: list[str] | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> Manifest:
     """Index existing tar shards written by anyone and write their manifest.
 
     Index sidecars go to ``out_dir`` as ``<shard basename>.index.json``; shard paths are
-    recorded relative to ``out_dir`` when possible.
+    recorded relative to ``out_dir`` when possible. With ``workers > 1`` shards are indexed
+    in parallel processes; the manifest is the same either way.
 
     Args:
         shards: Tar files to index, in the order they should appear in the manifest.
@@ -342,17 +352,29 @@ def index_shards(
         checksum: Compute each shard's SHA-256 (reads every byte once).
         classes: Class names by label id.
         progress: Show a progress bar.
+        workers: Processes indexing shards in parallel.
 
     Returns:
         The saved manifest.
+
+    Raises:
+        ValueError: ``workers`` is below 1.
+        ManifestError: A shard is missing, or two shards share a file name.
     """
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
     from tqdm.auto import tqdm
 
+    if workers < 1:
+        raise ValueError(f"workers={workers}: must be at least 1")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    entries = []
+    if os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
+        os.unlink(os.path.join(out_dir, MANIFEST_NAME))  # the directory is incomplete until rewritten
+    jobs = []
     names_seen: set[str] = set()
-    for path in tqdm(list(shards), desc="index", unit="shard", disable=not progress):
+    for path in shards:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise ManifestError(f"{path}: shard not found")
@@ -361,13 +383,23 @@ def index_shards(
             raise ManifestError(f"{path}: two shards share the file name {base!r}; their index files would clash")
         names_seen.add(base)
         rel = os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
-        index = index_tar(path, label_ext=label_ext, name=rel)
-        if checksum:
-            index.sha256 = file_sha256(path)
-        index_name = base + INDEX_SUFFIX
-        save_index(index, os.path.join(out_dir, index_name))
-        entries.append((index, rel, index_name))
+        jobs.append((path, rel, base + INDEX_SUFFIX))
+    indexes: list[ShardIndex | None] = [None] * len(jobs)
+    with tqdm(total=len(jobs), desc="index", unit="shard", disable=not progress) as bar:
+        if workers == 1 or len(jobs) <= 1:
+            for k, (path, rel, index_name) in enumerate(jobs):
+                indexes[k] = _index_one(path, rel, label_ext, checksum, os.path.join(out_dir, index_name))
+                bar.update(1)
+        else:
+            with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("fork")) as pool:
+                futures = {
+                    pool.submit(_index_one, path, rel, label_ext, checksum, os.path.join(out_dir, index_name)): k
+                    for k, (path, rel, index_name) in enumerate(jobs)
+                }
+                for future in cf.as_completed(futures):
+                    indexes[futures[future]] = future.result()
+                    bar.update(1)
+    entries = [(index, rel, index_name) for index, (_, rel, index_name) in zip(indexes, jobs) if index is not None]
     manifest = build_manifest(out_dir, entries, classes=classes, label_ext=label_ext)
     manifest.save()
     return manifest
-

@@ -276,3 +276,14 @@ def test_ratio_outside_range_raises_value_error_naming_the_argument(ratio):
 def test_all_errors_share_one_base_class():
     for exc in (TarFormatError, CompressedShardError, ManifestError, IndexMismatchError, LabelError, DuplicateKeyError):
         assert issubclass(exc, StreamPruneError)
+
+
+def test_parallel_indexing_reports_the_bad_shard_and_leaves_no_manifest(tmp_path, good_tar):
+    gz = tmp_path / "bad.tar.gz"
+    gz.write_bytes(gzip.compress(good_tar.read_bytes()))
+    out = tmp_path / "idx"
+    index_shards([good_tar], out, progress=False)  # an earlier, complete index in the same directory
+    assert (out / "manifest.json").exists()
+    with pytest.raises(CompressedShardError, match=_named(gz)):
+        index_shards([good_tar, gz], out, progress=False, workers=2)
+    assert not (out / "manifest.json").exists()  # the old manifest no longer describes the directory

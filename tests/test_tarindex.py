@@ -313,3 +313,20 @@ def test_pax_path_record_overrides_truncated_header_name(tmp_path):
 )
 def test_split_key_ext_splits_at_first_dot_of_basename(name, expected):
     assert split_key_ext(name) == expected
+
+
+def test_parallel_index_shards_writes_the_same_index_and_manifest(tmp_path, labelled_samples, shard_writer):
+    import json
+
+    from streamprune.manifest import index_shards
+
+    written = shard_writer(labelled_samples, tmp_path / "data")
+    shards = [written.shard_path(k) for k in range(len(written.shards))]
+    serial = index_shards(shards, tmp_path / "serial", progress=False)
+    parallel = index_shards(shards, tmp_path / "parallel", progress=False, workers=2)
+    assert parallel.fingerprint == serial.fingerprint
+    for k in range(len(shards)):
+        name = os.path.basename(shards[k]) + ".index.json"
+        assert (tmp_path / "parallel" / name).read_bytes() == (tmp_path / "serial" / name).read_bytes()
+    drop = lambda m: {k: v for k, v in json.load(open(m.path)).items() if k != "created"}  # noqa: E731
+    assert drop(parallel) == drop(serial)
