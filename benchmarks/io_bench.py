@@ -174,6 +174,11 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--plot-only", metavar="JSON", help="only redraw the PNG (next to JSON) from an earlier io_bench.json")
+    p.add_argument(
+        "--resummarize",
+        metavar="JSON",
+        help="recompute the summary and targets of an earlier io_bench.json from its stored runs (no measuring), rewrite it and its PNG",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.total_mb = min(args.total_mb, 24)
@@ -609,6 +614,9 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
         for ratio, reps in groups.items():
             base = {r["round"]: r for r in groups.get(0.0, [])}
             paired = [base[r["round"]]["seconds"] / r["seconds"] for r in reps if r["round"] in base]
+            # CPU time of the whole process (all threads): far less disturbed by other jobs' load
+            # than wall time when the epoch is CPU-bound (decode); it leaves out I/O waits
+            cpu_paired = [base[r["round"]]["cpu_seconds"] / r["cpu_seconds"] for r in reps if r["round"] in base and r["cpu_seconds"] > 0]
             info = ds_info[reps[0]["dataset"]]
             ideal = 1.0 / (1.0 - ratio)
             speedup = common.median(paired)
@@ -636,6 +644,9 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
                 "speedup_of_medians": t0_med / t_med,
                 "ideal_speedup": ideal,
                 "speedup_over_ideal": speedup / ideal,
+                "cpu_speedup": common.median(cpu_paired),
+                "cpu_speedup_min": min(cpu_paired) if cpu_paired else float("nan"),
+                "cpu_speedup_max": max(cpu_paired) if cpu_paired else float("nan"),
             })
             if "pages" in info and str(ratio) in info["pages"]:
                 rows[-1]["ffcv_page_fraction"] = info["pages"][str(ratio)]["page_fraction"]
@@ -716,6 +727,11 @@ def evaluate_targets(rows, ratios) -> list[dict]:
     return out
 
 
+def _ratio(value) -> str:
+    """A paired ratio for the tables; blank when it was not measured (no pair in one invocation)."""
+    return "" if value is None or value != value else f"{value:.2f}"
+
+
 def print_summary(rows, targets, meta):
     print()
     print(f"data: {meta['data']['samples']} samples, {meta['data']['data_bytes'] / 2**20:.1f} MiB in "
@@ -742,12 +758,13 @@ def print_summary(rows, targets, meta):
                     f"{r['speedup']:.2f} [{r['speedup_min']:.2f}-{r['speedup_max']:.2f}]",
                     f"{r['ideal_speedup']:.2f}",
                     f"{r['speedup_over_ideal']:.2f}",
+                    f"{r['cpu_speedup']:.2f}",
                     f"{r['median_read_bytes'] / 2**20:.1f}",
                     f"{r['read_fraction_of_data']:.3f}",
-                    "" if rel is None else f"{rel:.2f}",
+                    _ratio(rel),
                 ])
             print(common.format_table(
-                ["reader", "ratio", "samples", "t (s)", "samples/s", "speed-up [min-max]", "ideal", "/ideal", "read MiB", "read frac", "vs wds @0"],
+                ["reader", "ratio", "samples", "t (s)", "samples/s", "speed-up [min-max]", "ideal", "/ideal", "cpu speed-up", "read MiB", "read frac", "vs wds @0"],
                 table,
             ))
     ffcv_rows = [r for r in rows if r["reader"] in FFCV_READERS and r["ratio"] == 0.0]
@@ -757,8 +774,8 @@ def print_summary(rows, targets, meta):
               f"{ff.get('num_workers', '?')} decode thread(s); tar readers: PIL full-size decode to RGB, 1 thread; the decoders differ)")
         print(common.format_table(
             ["reader", "cache", "samples/s", "vs wds_after", "vs streamprune"],
-            [[r["reader"], r["cache"], f"{r['median_samples_per_s']:.0f}", f"{r.get('samples_per_s_vs_webdataset', float('nan')):.2f}",
-              f"{r.get('samples_per_s_vs_streamprune', float('nan')):.2f}"] for r in ffcv_rows],
+            [[r["reader"], r["cache"], f"{r['median_samples_per_s']:.0f}", _ratio(r.get("samples_per_s_vs_webdataset")),
+              _ratio(r.get("samples_per_s_vs_streamprune"))] for r in ffcv_rows],
         ))
         print(f"FFCV raw variant: {FFCV_NO_RAW}")
     print("\n## targets")
@@ -828,11 +845,13 @@ def plot(rows, ratios, path, meta):
         + (f"; decode rows on {sub['data_bytes'] / 2**20:.0f} MiB subset" if sub else "")
         + f"; {meta['machine']['cpu_count']} cores; medians of {_repeats(rows, 'raw')} (raw) / {_repeats(rows, 'decode')} (decode) rounds, bars = min-max"
         + ("\nFFCV (decode only): same JPEG bytes in one .beton, sequential order, CenterCrop 224 decoder (tar readers: PIL full-size decode)"
-           if any(r["reader"] in FFCV_READERS for r in rows) else ""),
+           if any(r["reader"] in FFCV_READERS for r in rows) else "")
+        + (f"\nrows merged from {len({r['invocation'] for r in rows if 'invocation' in r})} invocations under different load: "
+           "compare samples/s only within one (the JSON names each row's invocation)" if meta.get("merged") else ""),
         fontsize=11,
     )
     fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=3, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -850,6 +869,8 @@ def main(argv=None) -> int:
         plot(saved["summary"], sorted({r["ratio"] for r in saved["summary"]}), png, saved)
         print(f"wrote {png}")
         return 0
+    if args.resummarize:
+        return resummarize(args.resummarize, args.no_plot)
 
     t_start = time.perf_counter()
     machine = common.machine_info()
@@ -1033,6 +1054,8 @@ def main(argv=None) -> int:
             "timed": "building the pipeline + iterating one full epoch in the main process (no DataLoader workers); "
                      "FFCV: the epoch only (loaders are built and compiled before the rounds)",
             "speedup": "t(ratio 0)/t(ratio r) for the same reader, cache and variant, paired within a round; median over rounds",
+            "cpu_speedup": "the same with process CPU time (time.process_time, all threads): robust to other jobs' load "
+                           "when the epoch is CPU-bound, blind to I/O waits",
             "samples_per_s_vs_webdataset": "t(wds_after, r=0)/t(reader, r=0), paired within a round of one invocation; median",
             "samples_per_s_vs_streamprune": "FFCV rows: t(streamprune, r=0)/t(reader, r=0), paired the same way",
             "read_fraction_of_data": "median /proc/self/io read_bytes delta / total bytes of the files read (tar shards, or the .beton)",
@@ -1055,6 +1078,26 @@ def main(argv=None) -> int:
     else:
         print(f"\nwrote {json_path}")
     print(f"total {meta['total_seconds']:.0f} s")
+    return 0
+
+
+def resummarize(path: str, no_plot: bool = False) -> int:
+    """Recompute ``summary`` and ``targets`` of a saved ``io_bench.json`` from its runs."""
+    with open(path) as fh:
+        saved = json.load(fh)
+    invocations = saved.get("invocations") or [{"id": "earlier"}]
+    for r in saved["runs"]:
+        r.setdefault("invocation", invocations[-1]["id"])
+    rows = summarize(saved["runs"], saved["datasets"], [inv["id"] for inv in invocations])
+    saved["summary"] = rows
+    saved["targets"] = evaluate_targets(rows, sorted({r["ratio"] for r in rows}))
+    saved["resummarized"] = {"command": common.command_line(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    common.write_json(path, saved)
+    print_summary(rows, saved["targets"], saved)
+    if not no_plot:
+        png = os.path.join(os.path.dirname(os.path.abspath(path)), "io_bench.png")
+        plot(rows, sorted({r["ratio"] for r in rows}), png, saved)
+        print(f"\nwrote {path} and {png}")
     return 0
 
 
