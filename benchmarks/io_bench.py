@@ -1,7 +1,7 @@
 """I/O benchmark: what pruning buys when reading webdataset shards.
 
 Generates ImageNet-like JPEG shards (default 512 MiB, ~120 KB per image), makes random
-sample-level keep masks at several ratios, and reads one epoch with three readers:
+sample-level keep masks at several ratios, and reads one epoch with the tar readers
 
   wds_after   plain ``webdataset.WebDataset(urls, shardshuffle=False)`` reading everything,
               pruned with ``.select(lambda s: s["__key__"] in keep)`` placed after ``.decode``
