@@ -38,7 +38,8 @@ are predictable: pages touched by kept samples x page size, reported next to the
 Run:  python benchmarks/ffcv_bench.py            (full, ~10-15 min on 2 cores)
       python benchmarks/ffcv_bench.py --quick    (smoke run on tiny data)
 
-``run(BenchConfig(...))`` returns the rows as a dict, for other scripts (io_bench.py).
+``run(BenchConfig(...))`` returns the rows as a dict, for other scripts; ``io_bench.py`` reuses
+``pipelines``, ``run_epoch``, ``release_mmap``, ``page_stats`` and ``read_ahead_kb`` for its FFCV rows.
 """
 
 from __future__ import annotations

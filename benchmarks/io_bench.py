@@ -1,7 +1,7 @@
 """I/O benchmark: what pruning buys when reading webdataset shards.
 
 Generates ImageNet-like JPEG shards (default 512 MiB, ~120 KB per image), makes random
-sample-level keep masks at several ratios, and reads one epoch with three readers:
+sample-level keep masks at several ratios, and reads one epoch with the tar readers
 
   wds_after   plain ``webdataset.WebDataset(urls, shardshuffle=False)`` reading everything,
               pruned with ``.select(lambda s: s["__key__"] in keep)`` placed after ``.decode``
@@ -14,6 +14,28 @@ sample-level keep masks at several ratios, and reads one epoch with three reader
               reused buffer: no index loading, no per-sample Python, no sample dicts. Its
               speed-up is what this storage allows for these reads; any reader that never
               touches pruned bytes pays at least this.
+
+and FFCV on the same JPEG bytes (decode variant only):
+
+  ffcv_oscache  ``streamprune.pruned_ffcv_loader(beton, mask, os_cache=True)``: FFCV memory-maps the
+                ``.beton`` file (the kernel reads around each page fault);
+  ffcv_pages    the same with ``os_cache=False``: FFCV reads whole 8 MiB pages with pread.
+
+The ``.beton`` is written once from the tar shards with ``write_beton(write_mode="jpg",
+keep_jpeg=True, shuffle=False)``, so it holds the very JPEG bytes of the tar members (checked
+byte for byte, untimed) in the same order, and the tar masks are carried over by key with
+``translate_mask``. FFCV loaders use ``order="sequential"`` (file order, as the tar readers
+read), ``batch_size`` 64, ``--ffcv-workers`` decode threads (default 1, like the one PIL
+thread of the tar readers) and ``ffcv_bench.pipelines()``: ``CenterCropRGBImageDecoder((224,
+224), 224/256)`` (libjpeg-turbo decode of the whole image, then a centre crop resized to 224)
++ ``ToTensor``. The tar readers' decode is PIL's full-size decode to an RGB image, so the two
+decoders differ; compare FFCV with the tar readers at ratio 0 with that in mind. There is no
+FFCV raw variant: an ``RGBImageField`` is always decoded by FFCV's pipelines, and reading the
+bytes undecoded would need another file (a ``BytesField``), not this one. Each FFCV loader is
+built and JIT-compiled (numba) once before the rounds, with one untimed epoch; the timed
+region is the epoch alone (building a loader costs seconds of compilation). FFCV's batch,
+page-reader and decode threads run in this process (FFCV starts no processes), and
+``/proc/self/io`` counts all threads of a process, so the FFCV bytes read are complete.
 
 At ratio 0 the webdataset readers have no ``.select`` (nothing to prune); streamprune gets the
 all-keep mask file. Each (reader, cache, variant, ratio) is an epoch run in this process (no
@@ -32,8 +54,10 @@ interleaved (every config once per round, in a shuffled order) so drift on a sha
 hits all configs alike. Epoch-time speed-up of ratio r = t(ratio 0) / t(ratio r) for the same
 reader, paired within a round, median over rounds.
 
-Run:  python benchmarks/io_bench.py            (full, ~10-20 min)
+Run:  python benchmarks/io_bench.py            (full, ~15-25 min)
       python benchmarks/io_bench.py --quick    (smoke run on tiny data)
+      python benchmarks/io_bench.py --readers streamprune,ffcv_oscache,ffcv_pages --variants decode --merge
+                                               (rerun some readers, keep the other rows of results/io_bench.json)
 """
 
 from __future__ import annotations
@@ -41,6 +65,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import random
 import sys
@@ -52,14 +77,27 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import ffcv_bench  # noqa: E402
 
-READERS = ("wds_after", "wds_before", "streamprune", "io_floor")
+log = logging.getLogger("io_bench")
+
+FFCV_READERS = {"ffcv_oscache": True, "ffcv_pages": False}  # reader -> os_cache
+READERS = ("wds_after", "wds_before", "streamprune", "io_floor", *FFCV_READERS)
 READER_LABELS = {
     "wds_after": "webdataset, select after decode",
     "wds_before": "webdataset, select before decode",
     "streamprune": "streamprune PrunedWebDataset",
     "io_floor": "I/O floor: streamprune's reads replayed, no Python per sample",
+    "ffcv_oscache": "FFCV pruned loader, os_cache on (memory map)",
+    "ffcv_pages": "FFCV pruned loader, os_cache off (whole pages)",
 }
+FFCV_BATCH = 64
+FFCV_ORDER = "sequential"
+FFCV_IMAGE_SIDE = 224
+FFCV_NO_RAW = (
+    "not run: FFCV's pipelines always decode an RGBImageField; an undecoded read would need another "
+    "file (a BytesField), so there is no FFCV raw variant"
+)
 CACHES = ("cold", "warm")
 VARIANTS = ("raw", "decode")
 
@@ -79,6 +117,19 @@ class Dataset:
     keep_sets: dict[float, set] = field(default_factory=dict)
     kept: dict[float, int] = field(default_factory=dict)
     kept_bytes: dict[float, int] = field(default_factory=dict)
+    masks: dict[float, object] = field(default_factory=dict)
+    pages: dict[float, dict] = field(default_factory=dict)  # .beton only: FFCV pages the kept samples touch
+
+    def info(self) -> dict:
+        """What the summary needs of a dataset (also read back from an earlier JSON)."""
+        return {
+            "manifest": self.manifest_path,
+            "shards": len(self.urls),
+            "samples": self.samples,
+            "data_bytes": self.data_bytes,
+            "kept": {str(r): v for r, v in self.kept.items()},
+            "kept_bytes": {str(r): v for r, v in self.kept_bytes.items()},
+        }
 
     def all_files(self, ratio: float) -> list[str]:
         return self.urls + self.index_files + [self.manifest_path, self.mask_paths[ratio]]
@@ -111,12 +162,23 @@ def parse_args(argv=None):
     p.add_argument("--readers", default=",".join(READERS), help="subset of " + ",".join(READERS))
     p.add_argument("--caches", default=",".join(CACHES), help="subset of cold,warm")
     p.add_argument("--variants", default=",".join(VARIANTS), help="subset of raw,decode")
+    p.add_argument("--ffcv-workers", type=int, default=1, help="FFCV decode threads (num_workers; default 1, like the tar readers' one PIL thread)")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of OUT/io_bench.json for the (reader, cache, variant) not run now (same data required)",
+    )
     p.add_argument("--seed", type=int, default=0, help="data and mask seed")
     p.add_argument("--workers", type=int, default=2, help="processes generating shards")
     p.add_argument("--quick", action="store_true", help="tiny data and 2 rounds: a smoke run, not a measurement")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--plot-only", metavar="JSON", help="only redraw the PNG (next to JSON) from an earlier io_bench.json")
+    p.add_argument(
+        "--resummarize",
+        metavar="JSON",
+        help="recompute the summary and targets of an earlier io_bench.json from its stored runs (no measuring), rewrite it and its PNG",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.total_mb = min(args.total_mb, 24)
@@ -167,6 +229,7 @@ def prepare_dataset(name: str, manifest, ratios, seed: int, mask_dir: str) -> Da
         mask = random_mask(manifest, r, level="sample", seed=seed + 1)
         path = os.path.join(mask_dir, f"{name}-r{r:.2f}.spmask")
         mask.save(path)
+        ds.masks[r] = mask
         ds.mask_paths[r] = path
         ds.keep_sets[r] = set(keys[mask.keep].tolist())
         ds.kept[r] = int(mask.kept)
@@ -242,6 +305,152 @@ def subset_manifest(manifest, min_mb: float, out_dir: str):
 
 
 # --------------------------------------------------------------------------------------------
+# the FFCV version of a dataset
+
+BETON_VERSION = 1
+
+
+class TarSamples:
+    """A tar dataset as a ``write_beton`` source: its keys, labels and ``jpg`` bytes, in order."""
+
+    def __init__(self, manifest) -> None:
+        from streamprune import PrunedMapDataset
+
+        self.data = PrunedMapDataset(manifest.path)
+        self.keys = manifest.keys()
+        self.labels = manifest.labels()
+        self.class_names = list(manifest.classes)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def key_label(self, i: int) -> tuple[str, int]:
+        return self.keys[i], int(self.labels[i])
+
+    def __getitem__(self, i: int):
+        sample = self.data[i]
+        return sample["__key__"], {"jpg": sample["jpg"]}, int(self.labels[i])
+
+
+def jpeg_digest_tar(manifest) -> tuple[list[int], str]:
+    """Sizes and SHA-256 of every sample's ``jpg`` bytes in a tar manifest, in order."""
+    import hashlib
+
+    h, sizes = hashlib.sha256(), []
+    for k in range(len(manifest.shards)):
+        with open(manifest.shard_path(k), "rb") as fh:
+            for group in manifest.index(k).members:
+                for ext, offset, size in group:
+                    if ext == "jpg":
+                        fh.seek(offset)
+                        h.update(fh.read(size))
+                        sizes.append(size)
+    manifest.drop_cache()
+    return sizes, h.hexdigest()
+
+
+def jpeg_digest_beton(manifest) -> tuple[list[int], str]:
+    """Sizes and SHA-256 of every sample's stored image bytes in a one-file ``.beton`` manifest."""
+    import hashlib
+
+    h, sizes = hashlib.sha256(), []
+    with open(manifest.shard_path(0), "rb") as fh:
+        for members in manifest.index(0).members:
+            ((_, ptr, size),) = members
+            fh.seek(ptr)
+            h.update(fh.read(size))
+            sizes.append(size)
+    manifest.drop_cache()
+    return sizes, h.hexdigest()
+
+
+def prepare_beton(ds: Dataset, workers: int, out_dir: str, mask_dir: str) -> tuple[Dataset, object, dict]:
+    """Write (or reuse) ``ds`` as one ``.beton`` of the same JPEG bytes, with the same masks.
+
+    Returns:
+        The beton ``Dataset`` (its masks translated by key from ``ds``'s), its manifest and the
+        untimed checks (same keys and order, same labels, the same JPEG bytes).
+    """
+    import streamprune as sp
+
+    tar = sp.Manifest.load(ds.manifest_path)
+    params = {"version": BETON_VERSION, "source_fingerprint": tar.fingerprint, "write_mode": "jpg", "keep_jpeg": True,
+              "shuffle": False, "page_size": 1 << 23}
+    meta_path = os.path.join(out_dir, "bench_meta.json")
+    beton = None
+    if os.path.exists(meta_path) and os.path.exists(os.path.join(out_dir, "manifest.json")):
+        with open(meta_path) as fh:
+            if json.load(fh).get("params") == params:
+                print(f"reusing {out_dir}")
+                beton = sp.Manifest.load(out_dir)
+    if beton is None:
+        print(f"writing the {ds.samples} JPEGs of {ds.name} as one .beton (JPEG bytes kept as-is) into {out_dir} ...", flush=True)
+        t0 = time.perf_counter()
+        beton = sp.write_beton(TarSamples(tar), out_dir, shuffle=False, workers=workers, write_mode="jpg", keep_jpeg=True,
+                               page_size=params["page_size"], class_names=tar.classes, progress=False)
+        os.sync()
+        with open(meta_path, "w") as fh:
+            json.dump({"params": params, "seconds": time.perf_counter() - t0}, fh)
+        print(f"  {beton.total_bytes / 2**20:.1f} MiB in {time.perf_counter() - t0:.1f} s")
+    with open(beton.resolve(beton.shards[0].index)) as fh:
+        stored_as_is = json.load(fh)["beton"].get("jpeg_stored_as_is")
+    tar_sizes, tar_hash = jpeg_digest_tar(tar)
+    beton_sizes, beton_hash = jpeg_digest_beton(beton)
+    checks = {
+        "same_keys_and_order": beton.keys() == tar.keys(),
+        "same_labels": bool(np.array_equal(beton.labels(), tar.labels())),
+        "jpeg_stored_as_is": stored_as_is,
+        "same_jpeg_bytes": tar_sizes == beton_sizes and tar_hash == beton_hash,
+        "jpeg_sha256": beton_hash,
+    }
+    if not (checks["same_keys_and_order"] and checks["same_labels"] and checks["same_jpeg_bytes"] and stored_as_is == ds.samples):
+        raise AssertionError(f"{beton.path}: the .beton does not hold the tar dataset's JPEGs unchanged: {checks}")
+    path = beton.shard_path(0)
+    bds = Dataset(
+        name=f"beton_{ds.name}",
+        manifest_path=beton.path,
+        urls=[path],
+        index_files=[beton.resolve(beton.shards[0].index)],
+        data_bytes=os.path.getsize(path),
+        samples=int(beton.num_samples),
+    )
+    sizes = beton.sample_bytes()
+    for r, mask in ds.masks.items():
+        translated = sp.translate_mask(mask, beton)
+        bds.masks[r] = translated
+        bds.mask_paths[r] = translated.save(os.path.join(mask_dir, f"{bds.name}-r{r:.2f}.spmask"))
+        bds.kept[r] = int(translated.kept)
+        bds.kept_bytes[r] = int(sizes[translated.keep].sum())
+        if bds.kept[r] != ds.kept[r]:
+            raise AssertionError(f"translated mask at r={r}: kept {bds.kept[r]}, tar mask kept {ds.kept[r]}")
+        bds.pages[r] = ffcv_bench.page_stats(beton, translated.keep)
+    beton.drop_cache()
+    return bds, beton, checks
+
+
+def build_ffcv_loaders(bds: Dataset, beton, readers, ratios, workers: int) -> dict:
+    """One compiled FFCV loader per (reader, ratio), each checked with one untimed warm epoch."""
+    import streamprune as sp
+
+    loaders = {}
+    labels = beton.labels()
+    for reader in readers:
+        for r in ratios:
+            loader = sp.pruned_ffcv_loader(
+                beton, bds.masks[r], batch_size=FFCV_BATCH, num_workers=workers, order=FFCV_ORDER,
+                os_cache=FFCV_READERS[reader], pipelines=ffcv_bench.pipelines(), drop_last=False,
+            )
+            common.warm(bds.all_files(r))
+            _, n, checksum = ffcv_bench.run_epoch(loader)
+            ffcv_bench.release_mmap(loader)
+            expected = int(labels[bds.masks[r].keep].sum())
+            if n != bds.kept[r] or checksum != expected:
+                raise AssertionError(f"{reader} r={r}: {n} samples (label sum {checksum}), expected {bds.kept[r]} ({expected})")
+            loaders[(reader, r)] = (loader, expected)
+    return loaders
+
+
+# --------------------------------------------------------------------------------------------
 # readers
 
 
@@ -299,7 +508,16 @@ def consume_decode(pipe) -> tuple[int, int, int]:
     return n, nbytes, pixels
 
 
-def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset) -> dict:
+def run_ffcv_epoch(loader, expected_label_sum: int, where: str) -> tuple[int, int, int]:
+    """One epoch of an FFCV loader (``ffcv_bench.run_epoch``); drops its memory map afterwards."""
+    _, n, checksum = ffcv_bench.run_epoch(loader)
+    ffcv_bench.release_mmap(loader)  # a live map would keep the pages cached for the next cold run
+    if checksum != expected_label_sum:
+        raise AssertionError(f"{where}: label sum {checksum}, expected {expected_label_sum}")
+    return n, 0, n * FFCV_IMAGE_SIDE * FFCV_IMAGE_SIDE
+
+
+def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset, ffcv_loaders: dict | None = None) -> dict:
     files = ds.all_files(ratio)
     if cache == "cold":
         common.evict(files)
@@ -312,9 +530,12 @@ def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset) -
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe = None if reader == "io_floor" else build_reader(reader, ds, ratio, variant == "decode")
+        pipe = None if reader == "io_floor" or reader in FFCV_READERS else build_reader(reader, ds, ratio, variant == "decode")
         if reader == "io_floor":
             n, nbytes, pixels = ds.kept[ratio], replay_floor(ds.floor_ranges[ratio]), 0
+        elif reader in FFCV_READERS:
+            loader, label_sum = ffcv_loaders[(reader, ratio)]
+            n, nbytes, pixels = run_ffcv_epoch(loader, label_sum, f"{reader} {cache} r={ratio}")
         else:
             n, nbytes, pixels = consume(pipe)
     seconds = time.perf_counter() - t0
@@ -367,55 +588,85 @@ def verify_same_samples(ds: Dataset, ratio: float) -> dict:
 # summary
 
 
-def summarize(runs: list[dict], datasets: dict[str, Dataset], ratios) -> list[dict]:
-    rows = []
-    groups: dict[tuple, list[dict]] = {}
+# Paired ratio-0 comparisons across readers: reader -> [(reference reader, row field)]
+COMPARISONS = {
+    "streamprune": [("wds_after", "samples_per_s_vs_webdataset")],
+    **{r: [("wds_after", "samples_per_s_vs_webdataset"), ("streamprune", "samples_per_s_vs_streamprune")] for r in FFCV_READERS},
+}
+
+
+def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]) -> list[dict]:
+    """One row per (reader, cache, variant, ratio) from the latest invocation that ran it.
+
+    Speed-ups pair runs of one invocation and round; so do the ratio-0 comparisons between
+    readers, which use the latest invocation that ran both readers.
+    """
+    rank = {inv: i for i, inv in enumerate(invocations)}
+    by_config: dict[tuple, dict[str, list[dict]]] = {}
     for r in runs:
-        groups.setdefault((r["reader"], r["cache"], r["variant"], r["ratio"]), []).append(r)
-    for (reader, cache, variant, ratio), reps in sorted(groups.items(), key=lambda kv: (VARIANTS.index(kv[0][2]), CACHES.index(kv[0][1]), READERS.index(kv[0][0]), kv[0][3])):
-        base = {r["round"]: r for r in groups.get((reader, cache, variant, 0.0), [])}
-        paired = [base[r["round"]]["seconds"] / r["seconds"] for r in reps if r["round"] in base]
-        ds = datasets[reps[0]["dataset"]]
-        ideal = 1.0 / (1.0 - ratio)
-        speedup = common.median(paired)
-        t_med = common.median([r["seconds"] for r in reps])
-        t0_med = common.median([r["seconds"] for r in base.values()]) if base else float("nan")
-        rb = common.median([r["read_bytes"] for r in reps])
-        row = {
-            "reader": reader,
-            "cache": cache,
-            "variant": variant,
-            "ratio": ratio,
-            "dataset": ds.name,
-            "repeats": len(reps),
-            "samples": reps[0]["samples"],
-            "median_seconds": t_med,
-            "median_samples_per_s": common.median([r["samples_per_s"] for r in reps]),
-            "median_cpu_seconds": common.median([r["cpu_seconds"] for r in reps]),
-            "median_read_bytes": rb,
-            "read_fraction_of_data": rb / ds.data_bytes,
-            "kept_fraction_of_data_bytes": ds.kept_bytes[ratio] / ds.data_bytes,
-            "speedup": speedup,
-            "speedup_min": min(paired) if paired else float("nan"),
-            "speedup_max": max(paired) if paired else float("nan"),
-            "speedup_of_medians": t0_med / t_med,
-            "ideal_speedup": ideal,
-            "speedup_over_ideal": speedup / ideal,
-        }
-        rows.append(row)
-    # streamprune vs plain webdataset at ratio 0 (paired by round)
-    by_key = {(r["reader"], r["cache"], r["variant"], r["ratio"], r["round"]): r for r in runs}
+        by_config.setdefault((r["reader"], r["cache"], r["variant"]), {}).setdefault(r["invocation"], []).append(r)
+    rows = []
+    for (reader, cache, variant), per_inv in by_config.items():
+        inv = max(per_inv, key=rank.__getitem__)
+        groups: dict[float, list[dict]] = {}
+        for r in per_inv[inv]:
+            groups.setdefault(r["ratio"], []).append(r)
+        for ratio, reps in groups.items():
+            base = {r["round"]: r for r in groups.get(0.0, [])}
+            paired = [base[r["round"]]["seconds"] / r["seconds"] for r in reps if r["round"] in base]
+            # CPU time of the whole process (all threads): far less disturbed by other jobs' load
+            # than wall time when the epoch is CPU-bound (decode); it leaves out I/O waits
+            cpu_paired = [base[r["round"]]["cpu_seconds"] / r["cpu_seconds"] for r in reps if r["round"] in base and r["cpu_seconds"] > 0]
+            info = ds_info[reps[0]["dataset"]]
+            ideal = 1.0 / (1.0 - ratio)
+            speedup = common.median(paired)
+            t_med = common.median([r["seconds"] for r in reps])
+            t0_med = common.median([r["seconds"] for r in base.values()]) if base else float("nan")
+            rb = common.median([r["read_bytes"] for r in reps])
+            rows.append({
+                "reader": reader,
+                "cache": cache,
+                "variant": variant,
+                "ratio": ratio,
+                "dataset": reps[0]["dataset"],
+                "invocation": inv,
+                "repeats": len(reps),
+                "samples": reps[0]["samples"],
+                "median_seconds": t_med,
+                "median_samples_per_s": common.median([r["samples_per_s"] for r in reps]),
+                "median_cpu_seconds": common.median([r["cpu_seconds"] for r in reps]),
+                "median_read_bytes": rb,
+                "read_fraction_of_data": rb / info["data_bytes"],
+                "kept_fraction_of_data_bytes": info["kept_bytes"][str(ratio)] / info["data_bytes"],
+                "speedup": speedup,
+                "speedup_min": min(paired) if paired else float("nan"),
+                "speedup_max": max(paired) if paired else float("nan"),
+                "speedup_of_medians": t0_med / t_med,
+                "ideal_speedup": ideal,
+                "speedup_over_ideal": speedup / ideal,
+                "cpu_speedup": common.median(cpu_paired),
+                "cpu_speedup_min": min(cpu_paired) if cpu_paired else float("nan"),
+                "cpu_speedup_max": max(cpu_paired) if cpu_paired else float("nan"),
+            })
+            if "pages" in info and str(ratio) in info["pages"]:
+                rows[-1]["ffcv_page_fraction"] = info["pages"][str(ratio)]["page_fraction"]
     for row in rows:
-        if row["reader"] == "streamprune" and row["ratio"] == 0.0:
+        if row["ratio"] != 0.0:
+            continue
+        for ref, name in COMPARISONS.get(row["reader"], []):
+            mine = by_config.get((row["reader"], row["cache"], row["variant"]), {})
+            theirs = by_config.get((ref, row["cache"], row["variant"]), {})
+            shared = [inv for inv in mine if inv in theirs]
             rel = []
-            for (reader, cache, variant, ratio, rnd), r in by_key.items():
-                if reader == "streamprune" and cache == row["cache"] and variant == row["variant"] and ratio == 0.0:
-                    other = by_key.get(("wds_after", cache, variant, 0.0, rnd))
-                    if other:
-                        rel.append(other["seconds"] / r["seconds"])
-            row["samples_per_s_vs_webdataset"] = common.median(rel) if rel else float("nan")
-            row["samples_per_s_vs_webdataset_min"] = min(rel) if rel else float("nan")
-            row["samples_per_s_vs_webdataset_max"] = max(rel) if rel else float("nan")
+            if shared:
+                inv = max(shared, key=rank.__getitem__)
+                other = {r["round"]: r for r in theirs[inv] if r["ratio"] == 0.0}
+                rel = [other[r["round"]]["seconds"] / r["seconds"] for r in mine[inv] if r["ratio"] == 0.0 and r["round"] in other]
+                row[name + "_invocation"] = inv
+            row[name] = common.median(rel) if rel else float("nan")
+            row[name + "_min"] = min(rel) if rel else float("nan")
+            row[name + "_max"] = max(rel) if rel else float("nan")
+    rows.sort(key=lambda r: (VARIANTS.index(r["variant"]), CACHES.index(r["cache"]), READERS.index(r["reader"]), r["ratio"]))
     return rows
 
 
@@ -462,7 +713,23 @@ def evaluate_targets(rows, ratios) -> list[dict]:
         if row and "samples_per_s_vs_webdataset" in row:
             v = row["samples_per_s_vs_webdataset"]
             out.append({"target": f"{cache} decode r=0: streamprune samples/s >= webdataset (ratio >= 1)", "measured": round(v, 3), "met": bool(v >= 1.0)})
+    # ffcv_bench's warm target, checked here on io_bench's data: sample-level masks, file order
+    for reader in FFCV_READERS:
+        for r in [x for x in ratios if x > 0]:
+            row = find(rows, reader=reader, cache="warm", variant="decode", ratio=r)
+            if row:
+                need = 0.85 * row["ideal_speedup"]
+                out.append({
+                    "target": f"{reader} warm decode speed-up at r={r:g} >= 0.85 x 1/(1-r) = {need:.2f}",
+                    "measured": round(row["speedup"], 3),
+                    "met": bool(row["speedup"] >= need),
+                })
     return out
+
+
+def _ratio(value) -> str:
+    """A paired ratio for the tables; blank when it was not measured (no pair in one invocation)."""
+    return "" if value is None or value != value else f"{value:.2f}"
 
 
 def print_summary(rows, targets, meta):
@@ -477,7 +744,8 @@ def print_summary(rows, targets, meta):
             sel = [r for r in rows if r["variant"] == variant and r["cache"] == cache]
             if not sel:
                 continue
-            print(f"\n## {variant}, {cache} cache  (median of {sel[0]['repeats']} rounds; speed-up = t(r=0)/t(r), paired per round)")
+            reps = sorted({r["repeats"] for r in sel})
+            print(f"\n## {variant}, {cache} cache  (median of {'/'.join(map(str, reps))} rounds; speed-up = t(r=0)/t(r), paired per round)")
             table = []
             for r in sel:
                 rel = r.get("samples_per_s_vs_webdataset")
@@ -490,16 +758,32 @@ def print_summary(rows, targets, meta):
                     f"{r['speedup']:.2f} [{r['speedup_min']:.2f}-{r['speedup_max']:.2f}]",
                     f"{r['ideal_speedup']:.2f}",
                     f"{r['speedup_over_ideal']:.2f}",
+                    f"{r['cpu_speedup']:.2f}",
                     f"{r['median_read_bytes'] / 2**20:.1f}",
                     f"{r['read_fraction_of_data']:.3f}",
-                    "" if rel is None else f"{rel:.2f}",
+                    _ratio(rel),
                 ])
             print(common.format_table(
-                ["reader", "ratio", "samples", "t (s)", "samples/s", "speed-up [min-max]", "ideal", "/ideal", "read MiB", "read frac", "vs wds @0"],
+                ["reader", "ratio", "samples", "t (s)", "samples/s", "speed-up [min-max]", "ideal", "/ideal", "cpu speed-up", "read MiB", "read frac", "vs wds @0"],
                 table,
             ))
+    ffcv_rows = [r for r in rows if r["reader"] in FFCV_READERS and r["ratio"] == 0.0]
+    if ffcv_rows:
+        ff = meta.get("ffcv", {})
+        print(f"\n## decode at r=0: FFCV against the tar readers, paired time ratios (FFCV: {ff.get('decoder', '?')}, "
+              f"{ff.get('num_workers', '?')} decode thread(s); tar readers: PIL full-size decode to RGB, 1 thread; the decoders differ)")
+        print(common.format_table(
+            ["reader", "cache", "samples/s", "vs wds_after", "vs streamprune"],
+            [[r["reader"], r["cache"], f"{r['median_samples_per_s']:.0f}", _ratio(r.get("samples_per_s_vs_webdataset")),
+              _ratio(r.get("samples_per_s_vs_streamprune"))] for r in ffcv_rows],
+        ))
+        print(f"FFCV raw variant: {FFCV_NO_RAW}")
     print("\n## targets")
     print(common.format_table(["target", "measured", "met"], [[t["target"], t["measured"], "MET" if t["met"] else "MISSED"] for t in targets]))
+
+
+def _repeats(rows, variant: str) -> str:
+    return "/".join(str(n) for n in sorted({r["repeats"] for r in rows if r["variant"] == variant})) or "-"
 
 
 def plot(rows, ratios, path, meta):
@@ -509,9 +793,11 @@ def plot(rows, ratios, path, meta):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(17, 10))
-    colors = {"wds_after": "tab:red", "wds_before": "tab:orange", "streamprune": "tab:blue", "io_floor": "tab:gray"}
-    markers = {"wds_after": "s", "wds_before": "^", "streamprune": "o", "io_floor": "x"}
-    short = {"wds_after": "wds after", "wds_before": "wds before", "streamprune": "streamprune", "io_floor": "I/O floor"}
+    colors = {"wds_after": "tab:red", "wds_before": "tab:orange", "streamprune": "tab:blue", "io_floor": "tab:gray",
+              "ffcv_oscache": "tab:green", "ffcv_pages": "tab:purple"}
+    markers = {"wds_after": "s", "wds_before": "^", "streamprune": "o", "io_floor": "x", "ffcv_oscache": "D", "ffcv_pages": "v"}
+    short = {"wds_after": "wds after", "wds_before": "wds before", "streamprune": "streamprune", "io_floor": "I/O floor",
+             "ffcv_oscache": "FFCV os_cache", "ffcv_pages": "FFCV pages"}
     xs = np.linspace(0, max(ratios), 50)
     handles = {}
     for i, variant in enumerate(VARIANTS):
@@ -557,11 +843,15 @@ def plot(rows, ratios, path, meta):
     fig.suptitle(
         f"streamprune io_bench: {d['samples']} JPEG samples, {d['data_bytes'] / 2**20:.0f} MiB in {d['shards']} shards, mean {d['mean_jpeg_bytes'] / 1e3:.0f} KB"
         + (f"; decode rows on {sub['data_bytes'] / 2**20:.0f} MiB subset" if sub else "")
-        + f"; {meta['machine']['cpu_count']} cores; medians of {meta['raw_repeats']} (raw) / {meta['repeats']} (decode) rounds, bars = min-max",
+        + f"; {meta['machine']['cpu_count']} cores; medians of {_repeats(rows, 'raw')} (raw) / {_repeats(rows, 'decode')} (decode) rounds, bars = min-max"
+        + ("\nFFCV (decode only): same JPEG bytes in one .beton, sequential order, CenterCrop 224 decoder (tar readers: PIL full-size decode)"
+           if any(r["reader"] in FFCV_READERS for r in rows) else "")
+        + (f"\nrows merged from {len({r['invocation'] for r in rows if 'invocation' in r})} invocations under different load: "
+           "compare samples/s only within one (the JSON names each row's invocation)" if meta.get("merged") else ""),
         fontsize=11,
     )
     fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=3, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -570,6 +860,7 @@ def plot(rows, ratios, path, meta):
 
 
 def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     if args.plot_only:
         with open(args.plot_only) as fh:
@@ -578,6 +869,8 @@ def main(argv=None) -> int:
         plot(saved["summary"], sorted({r["ratio"] for r in saved["summary"]}), png, saved)
         print(f"wrote {png}")
         return 0
+    if args.resummarize:
+        return resummarize(args.resummarize, args.no_plot)
 
     t_start = time.perf_counter()
     machine = common.machine_info()
@@ -609,6 +902,64 @@ def main(argv=None) -> int:
         data["decode_subset"] = {"shards": len(d.urls), "samples": d.samples, "data_bytes": d.data_bytes, "min_mb": args.decode_mb}
         print(f"decode variant runs on the first {len(d.urls)} shards: {d.samples} samples, {d.data_bytes / 2**20:.1f} MiB")
 
+    skipped = {}
+    ffcv_readers = [r for r in args.readers if r in FFCV_READERS]
+    if ffcv_readers and "decode" not in args.variants:
+        for r in ffcv_readers:
+            skipped[r] = FFCV_NO_RAW
+        log.warning("skipping %s: FFCV runs in the decode variant only (%s)", ", ".join(ffcv_readers), FFCV_NO_RAW)
+        ffcv_readers = []
+    if ffcv_readers:
+        from streamprune.optional import FFCV_INSTALL_HINT, ffcv_available
+
+        if not ffcv_available():
+            for r in ffcv_readers:
+                skipped[r] = f"ffcv not installed: {FFCV_INSTALL_HINT}"
+            log.warning("skipping the FFCV readers %s: %s", ", ".join(ffcv_readers), FFCV_INSTALL_HINT)
+            ffcv_readers = []
+    args.readers = [r for r in args.readers if r not in skipped]
+
+    ffcv_loaders = {}
+    ffcv_meta = None
+    beton_ds = None
+    if ffcv_readers:
+        src = datasets[decode_ds]
+        bds, beton, beton_checks = prepare_beton(src, args.workers, os.path.join(args.data_dir, f"beton_{decode_ds}"), mask_dir)
+        datasets[bds.name] = bds
+        beton_ds = bds.name
+        print(f"beton: {bds.data_bytes / 2**20:.1f} MiB, the same {bds.samples} JPEGs byte for byte (sha256 {beton_checks['jpeg_sha256'][:12]}), "
+              f"masks translated by key; FFCV pages touched at r=" + ", ".join(f"{r:g}: {bds.pages[r]['page_fraction']:.2f}" for r in args.ratios))
+        ffcv_eviction = common.check_eviction(bds.urls, bds.data_bytes)
+        print(f"eviction check (.beton): cold read fetched {ffcv_eviction['cold_fraction']:.3f} of the file, warm "
+              f"{ffcv_eviction['warm_read_bytes'] / 2**20:.1f} MiB -> {'OK' if ffcv_eviction['ok'] else 'NOT WORKING'}")
+        t0 = time.perf_counter()
+        ffcv_loaders = build_ffcv_loaders(bds, beton, ffcv_readers, args.ratios, args.ffcv_workers)
+        print(f"built, compiled and checked {len(ffcv_loaders)} FFCV loaders in {time.perf_counter() - t0:.1f} s")
+        ffcv_meta = {
+            "readers": {r: {"os_cache": FFCV_READERS[r], "label": READER_LABELS[r]} for r in ffcv_readers},
+            "file": bds.urls[0],
+            "file_bytes": bds.data_bytes,
+            "page_size": 1 << 23,
+            "read_ahead_kb": ffcv_bench.read_ahead_kb(bds.urls[0]),
+            "written_with": "write_beton(TarSamples(tar manifest), write_mode='jpg', keep_jpeg=True, shuffle=False)",
+            "checks": beton_checks,
+            "eviction_check": ffcv_eviction,
+            "order": FFCV_ORDER,
+            "batch_size": FFCV_BATCH,
+            "drop_last": False,
+            "num_workers": args.ffcv_workers,
+            "decoder": f"CenterCropRGBImageDecoder(({FFCV_IMAGE_SIDE}, {FFCV_IMAGE_SIDE}), 224/256) + ToTensor (ffcv_bench.pipelines())",
+            "decoder_note": "tar readers decode with PIL at full size (256-320 px) to an RGB image; FFCV decodes with libjpeg-turbo, "
+                            "then centre-crops and resizes to 224: the decoders differ",
+            "raw_variant": FFCV_NO_RAW,
+            "timed": "one epoch of a loader built and JIT-compiled (with one untimed epoch) before the rounds",
+            "read_bytes": "FFCV's batch, page-reader and decode threads run in this process (it starts no processes); "
+                          "/proc/self/io counts every thread of the process, so read_bytes is everything FFCV read",
+            "cold": "POSIX_FADV_DONTNEED on the .beton, its index sidecar, manifest and mask file, and FFCV's memory map "
+                    "dropped after every epoch (a live map would keep its pages cached)",
+            "pages_touched": {str(r): bds.pages[r] for r in args.ratios},
+        }
+
     all_files = sorted({f for ds in datasets.values() for r in args.ratios for f in ds.all_files(r)})
     eviction = common.check_eviction(datasets["full"].urls, datasets["full"].data_bytes)
     print(f"eviction check: cold full read fetched {eviction['cold_read_bytes'] / 2**20:.1f} MiB of {eviction['file_bytes'] / 2**20:.1f} MiB "
@@ -624,9 +975,13 @@ def main(argv=None) -> int:
             for reader in args.readers:
                 if reader == "io_floor" and variant != "raw":
                     continue
+                if reader in FFCV_READERS and variant != "decode":
+                    continue
                 for ratio in args.ratios:
                     configs.append((reader, cache, variant, ratio))
     rounds = max(args.raw_repeats if "raw" in args.variants else 0, args.repeats if "decode" in args.variants else 0)
+    invocation = time.strftime("%Y-%m-%dT%H:%M:%S")
+    load_start = os.getloadavg()
     runs = []
     rng = random.Random(args.seed)
     for rnd in range(rounds):
@@ -634,61 +989,163 @@ def main(argv=None) -> int:
         rng.shuffle(todo)
         t_round = time.perf_counter()
         for reader, cache, variant, ratio in todo:
-            ds = datasets[decode_ds if variant == "decode" else "full"]
-            res = run_once(reader, cache, variant, ratio, ds)
+            if reader in FFCV_READERS:
+                ds = datasets[beton_ds]
+            else:
+                ds = datasets[decode_ds if variant == "decode" else "full"]
+            res = run_once(reader, cache, variant, ratio, ds, ffcv_loaders)
             res["round"] = rnd
+            res["invocation"] = invocation
             runs.append(res)
         print(f"round {rnd + 1}/{rounds}: {len(todo)} runs in {time.perf_counter() - t_round:.1f} s (load avg {os.getloadavg()[0]:.1f})", flush=True)
 
-    rows = summarize(runs, datasets, args.ratios)
-    targets = evaluate_targets(rows, args.ratios)
-    meta = {
-        "benchmark": "io_bench",
+    ds_info = {name: ds.info() for name, ds in datasets.items()}
+    for name, ds in datasets.items():
+        ds_info[name]["used_for"] = (
+            ["decode (ffcv)"] if name == beton_ds else ["raw"] + (["decode"] if decode_ds == name else [])
+        )
+        if ds.pages:
+            ds_info[name]["pages"] = {str(r): v for r, v in ds.pages.items()}
+    this = {
+        "id": invocation,
         "command": common.command_line(),
         "args": {k: v for k, v in vars(args).items()},
+        "readers": args.readers,
+        "caches": args.caches,
+        "variants": args.variants,
+        "repeats": args.repeats,
+        "raw_repeats": args.raw_repeats,
+        "skipped_readers": skipped,
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+        "loadavg_1min_during_runs": [min((r["loadavg_1min"] for r in runs), default=None), max((r["loadavg_1min"] for r in runs), default=None)],
+        "eviction_check": eviction,
+        "verification": verification,
+        "ffcv": ffcv_meta,
+        "total_seconds": None,
+    }
+    json_path = os.path.join(args.out, "io_bench.json")
+    invocations = [this]
+    if args.merge:
+        runs, invocations, ds_info = merge_previous(json_path, runs, this, ds_info)
+    order = [inv["id"] for inv in invocations]
+    rows = summarize(runs, ds_info, order)
+    targets = evaluate_targets(rows, sorted({r["ratio"] for r in rows}))
+    used = {r["invocation"] for r in rows} | {v for r in rows for k, v in r.items() if k.endswith("_invocation")}
+    runs = [r for r in runs if r["invocation"] in used]
+    invocations = [inv for inv in invocations if inv["id"] in used or inv["id"] == invocation]
+    latest_ffcv = next((inv["ffcv"] for inv in reversed(invocations) if inv.get("ffcv")), None)
+    meta = {
+        "benchmark": "io_bench",
+        "command": this["command"],
+        "args": this["args"],
         "machine": machine,
         "data": data,
-        "datasets": {
-            name: {
-                "manifest": ds.manifest_path,
-                "shards": len(ds.urls),
-                "samples": ds.samples,
-                "data_bytes": ds.data_bytes,
-                "kept": {str(r): ds.kept[r] for r in args.ratios},
-                "kept_bytes": {str(r): ds.kept_bytes[r] for r in args.ratios},
-                "used_for": ["raw"] + (["decode"] if decode_ds == name else []),
-            }
-            for name, ds in datasets.items()
-        },
+        "datasets": ds_info,
         "eviction_check": eviction,
         "verification": verification,
         "repeats": args.repeats,
         "raw_repeats": args.raw_repeats,
+        "merged": bool(args.merge and len(invocations) > 1),
+        "invocations": invocations,
+        "skipped_readers": skipped,
+        "ffcv": latest_ffcv,
         "method": {
-            "timed": "building the pipeline + iterating one full epoch in the main process (no DataLoader workers)",
+            "timed": "building the pipeline + iterating one full epoch in the main process (no DataLoader workers); "
+                     "FFCV: the epoch only (loaders are built and compiled before the rounds)",
             "speedup": "t(ratio 0)/t(ratio r) for the same reader, cache and variant, paired within a round; median over rounds",
-            "samples_per_s_vs_webdataset": "t(wds_after, r=0)/t(streamprune, r=0), paired within a round; median",
-            "read_fraction_of_data": "median /proc/self/io read_bytes delta / total shard bytes of the dataset read",
+            "cpu_speedup": "the same with process CPU time (time.process_time, all threads): robust to other jobs' load "
+                           "when the epoch is CPU-bound, blind to I/O waits",
+            "samples_per_s_vs_webdataset": "t(wds_after, r=0)/t(reader, r=0), paired within a round of one invocation; median",
+            "samples_per_s_vs_streamprune": "FFCV rows: t(streamprune, r=0)/t(reader, r=0), paired the same way",
+            "read_fraction_of_data": "median /proc/self/io read_bytes delta / total bytes of the files read (tar shards, or the .beton)",
             "cold": "POSIX_FADV_DONTNEED on every shard, index sidecar, manifest and mask file right before the run",
             "warm": "every such file read completely right before the run",
             "ratio_0": "webdataset readers have no .select at ratio 0; streamprune reads the all-keep mask file",
-            "decode": ".decode('pil'): PIL Image.open + load() + convert('RGB') per jpg",
+            "decode": ".decode('pil'): PIL Image.open + load() + convert('RGB') per jpg; FFCV: see ffcv.decoder",
+            "merge": "rows come from the latest invocation that ran their (reader, cache, variant); see invocations",
         },
         "total_seconds": None,
     }
-    meta["total_seconds"] = time.perf_counter() - t_start
+    this["total_seconds"] = meta["total_seconds"] = time.perf_counter() - t_start
     os.makedirs(args.out, exist_ok=True)
-    json_path = os.path.join(args.out, "io_bench.json")
     common.write_json(json_path, {**meta, "summary": rows, "targets": targets, "runs": runs})
     print_summary(rows, targets, meta)
     if not args.no_plot:
         png = os.path.join(args.out, "io_bench.png")
-        plot(rows, args.ratios, png, meta)
+        plot(rows, sorted({r["ratio"] for r in rows}), png, meta)
         print(f"\nwrote {json_path} and {png}")
     else:
         print(f"\nwrote {json_path}")
     print(f"total {meta['total_seconds']:.0f} s")
     return 0
+
+
+def resummarize(path: str, no_plot: bool = False) -> int:
+    """Recompute ``summary`` and ``targets`` of a saved ``io_bench.json`` from its runs."""
+    with open(path) as fh:
+        saved = json.load(fh)
+    invocations = saved.get("invocations") or [{"id": "earlier"}]
+    for r in saved["runs"]:
+        r.setdefault("invocation", invocations[-1]["id"])
+    rows = summarize(saved["runs"], saved["datasets"], [inv["id"] for inv in invocations])
+    saved["summary"] = rows
+    saved["targets"] = evaluate_targets(rows, sorted({r["ratio"] for r in rows}))
+    saved["resummarized"] = {"command": common.command_line(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    common.write_json(path, saved)
+    print_summary(rows, saved["targets"], saved)
+    if not no_plot:
+        png = os.path.join(os.path.dirname(os.path.abspath(path)), "io_bench.png")
+        plot(rows, sorted({r["ratio"] for r in rows}), png, saved)
+        print(f"\nwrote {path} and {png}")
+    return 0
+
+
+def merge_previous(path: str, runs: list[dict], this: dict, ds_info: dict) -> tuple[list[dict], list[dict], dict]:
+    """Add the runs of an earlier ``io_bench.json`` (same data) to this invocation's.
+
+    Earlier runs are kept as they are; :func:`summarize` takes each (reader, cache, variant)
+    from the latest invocation that ran it.
+
+    Raises:
+        SystemExit: The earlier results were measured on other data or masks.
+    """
+    if not os.path.exists(path):
+        log.warning("--merge: %s does not exist yet; writing this invocation alone", path)
+        return runs, [this], ds_info
+    with open(path) as fh:
+        old = json.load(fh)
+    old_invocations = old.get("invocations") or [{
+        "id": old.get("invocation", "earlier"),
+        "command": old.get("command"),
+        "args": old.get("args"),
+        "readers": (old.get("args") or {}).get("readers"),
+        "repeats": old.get("repeats"),
+        "raw_repeats": old.get("raw_repeats"),
+        "loadavg_start": (old.get("machine") or {}).get("load_avg_at_start"),
+        "eviction_check": old.get("eviction_check"),
+        "verification": old.get("verification"),
+        "total_seconds": old.get("total_seconds"),
+    }]
+    legacy = old_invocations[-1]["id"]
+    for name, info in (old.get("datasets") or {}).items():
+        now = ds_info.get(name)
+        if now is None:
+            ds_info[name] = info
+            continue
+        for key in ("samples", "data_bytes", "kept"):
+            if info.get(key) != now.get(key):
+                raise SystemExit(
+                    f"--merge: {path} was measured on other data (dataset {name!r}: {key} {info.get(key)} there, "
+                    f"{now.get(key)} now); run without --merge"
+                )
+    if this["id"] in {inv["id"] for inv in old_invocations}:
+        this["id"] += "b"
+        for r in runs:
+            r["invocation"] = this["id"]
+    old_runs = [{**r, "invocation": r.get("invocation", legacy)} for r in old.get("runs", [])]
+    print(f"--merge: keeping {len(old_runs)} runs of {len(old_invocations)} earlier invocation(s) from {path}")
+    return old_runs + runs, old_invocations + [this], ds_info
 
 
 if __name__ == "__main__":

@@ -198,6 +198,80 @@ def test_a_failing_sample_names_its_key_and_leaves_no_file(tmp_path):
     assert not os.path.exists(tmp_path / "b" / "manifest.json")
 
 
+@needs_ffcv
+def test_write_modes_and_quality_reach_the_file(tmp_path, npz):
+    raw_bytes = 12 * 16 * 3
+    sizes = {}
+    for q in (20, 95):
+        m = sp.write_beton(npz, tmp_path / f"q{q}", write_mode="jpg", quality=q, page_size=PAGE, progress=False)
+        info = read_beton(m.shard_path(0))
+        assert (info.column("image")["mode"] == 0).all()  # 0 = FFCV's jpg mode
+        with open(m.resolve(m.shards[0].index)) as fh:
+            assert json.load(fh)["beton"]["jpeg_quality"] == q
+        sizes[q] = int(m.sample_bytes().sum())
+    assert sizes[20] < sizes[95]
+    # smart: JPEG only for images whose raw pixels exceed the threshold
+    for threshold, mode in ((raw_bytes - 1, 0), (raw_bytes, 1)):
+        m = sp.write_beton(npz, tmp_path / f"smart{threshold}", write_mode="smart", smart_threshold=threshold, page_size=PAGE, progress=False)
+        assert (read_beton(m.shard_path(0)).column("image")["mode"] == mode).all()
+    raw = sp.write_beton(npz, tmp_path / "raw", write_mode="raw", max_resolution=8, page_size=PAGE, progress=False)
+    image = read_beton(raw.shard_path(0)).column("image")
+    assert (image["mode"] == 1).all() and (image["width"] == 8).all() and (image["height"] == 6).all()
+    assert (raw.sample_bytes() == 8 * 6 * 3).all()
+
+
+def _jpeg(pixels: np.ndarray, **options) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", **options)
+    return buf.getvalue()
+
+
+@needs_ffcv
+def test_keep_jpeg_stores_the_source_jpeg_bytes_unchanged(tmp_path):
+    from ffcv.fields.decoders import SimpleRGBImageDecoder
+    from PIL import Image
+
+    images = _images(10, 24, 32, seed=5)
+    samples = [(f"k{i:02d}", {"jpg": _jpeg(images[i], quality=90, subsampling=0)}, i % 2) for i in range(8)]
+    samples.append(("gray", {"jpg": _jpeg(images[8][:, :, 0])}, 0))  # 1-channel JPEG: re-encoded as RGB
+    png = io.BytesIO()
+    Image.fromarray(images[9]).save(png, format="PNG")
+    samples.append(("png", {"png": png.getvalue()}, 1))
+    m = sp.write_beton(samples, tmp_path / "b", write_mode="jpg", keep_jpeg=True, page_size=PAGE, progress=False)
+    with open(m.shard_path(0), "rb") as fh:
+        data = fh.read()
+    index = m.index(0)
+    stored = {}
+    for key, members in zip(m.keys(), index.members):
+        ((_, ptr, size),) = members
+        stored[key] = data[ptr : ptr + size]
+    source = dict((k, f) for k, f, _ in samples)
+    for i in range(8):
+        assert stored[f"k{i:02d}"] == source[f"k{i:02d}"]["jpg"]
+    assert stored["gray"] != source["gray"]["jpg"] and stored["png"][:2] == b"\xff\xd8"  # encoded by FFCV
+    with open(m.resolve(m.shards[0].index)) as fh:
+        extra = json.load(fh)["beton"]
+    assert extra["keep_jpeg"] is True and extra["jpeg_stored_as_is"] == 8
+    # FFCV decodes the stored bytes like PIL does: both use libjpeg-turbo, with different IDCTs, which
+    # differ by ~1 level on noise images (a channel swap or another image would differ by ~85)
+    loader = sp.pruned_ffcv_loader(m, batch_size=10, num_workers=1, order="sequential", pipelines={"image": [SimpleRGBImageDecoder()]})
+    decoded, _ = next(iter(loader))
+    keys = m.keys()
+    for j in range(10):
+        if keys[j].startswith("k"):
+            pil = np.asarray(Image.open(io.BytesIO(source[keys[j]]["jpg"])).convert("RGB"), dtype=np.int16)
+            assert np.abs(np.asarray(decoded[j], dtype=np.int16) - pil).mean() < 3.0
+    # larger than max_resolution: downscaled through the encode path instead
+    small = sp.write_beton(samples[:4], tmp_path / "small", write_mode="jpg", keep_jpeg=True, max_resolution=16, page_size=PAGE, progress=False)
+    assert (read_beton(small.shard_path(0)).column("image")["width"] == 16).all()
+    with open(small.resolve(small.shards[0].index)) as fh:
+        assert json.load(fh)["beton"]["jpeg_stored_as_is"] == 0
+    with pytest.raises(ValueError, match="keep_jpeg"):
+        sp.write_beton(samples, tmp_path / "bad", write_mode="smart", keep_jpeg=True)
+
+
 # ------------------------------------------------------------------------------------------
 # pruned loading
 
@@ -226,6 +300,8 @@ def test_pruned_loader_yields_exactly_the_kept_samples(beton, order, os_cache, r
         assert positions == kept.tolist()
     if not readahead:
         assert type(loader.memory_manager.context).__name__ == "RandomAccessOSCacheContext"
+    # os_cache chooses FFCV's memory manager: the page cache (memory map) or its own page reads
+    assert type(loader.memory_manager).__name__ == ("OSCacheManager" if os_cache else "ProcessCacheManager")
     np.testing.assert_array_equal(loader.kept_indices, kept)
 
 
@@ -256,6 +332,12 @@ def test_batch_size_and_drop_last_pass_through(beton):
         sizes[drop_last] = [len(np.asarray(b[0]).reshape(-1)) for b in loader]
         assert len(loader) == len(sizes[drop_last])
     assert sizes[True] == [8, 8, 8, 8] and sizes[False] == [8, 8, 8, 8, 1]
+    # pipelines reach FFCV: a center-crop decoder gives its fixed size
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder
+
+    loader = sp.pruned_ffcv_loader(beton, mask, batch_size=8, num_workers=1, pipelines={"image": [CenterCropRGBImageDecoder((5, 5), 1.0)]})
+    images, labels = next(iter(loader))
+    assert images.shape == (8, 5, 5, 3) and len(np.asarray(labels).reshape(-1)) == 8
     with pytest.raises(StreamPruneError, match="quasi_random"):
         sp.pruned_ffcv_loader(beton, mask, batch_size=8, order="quasi_random", distributed=True)
     with pytest.raises(ValueError, match="order"):

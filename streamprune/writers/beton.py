@@ -13,6 +13,10 @@ Layouts:
   writer process given one contiguous run, so every FFCV page (8 MiB by default) holds samples of
   as few classes as possible. A class-level mask then keeps whole pages, and FFCV's page reads
   (``os_cache=False``, ``QUASI_RANDOM`` order) fetch little pruned data.
+
+``keep_jpeg=True`` (with ``write_mode="jpg"``) stores a source's RGB JPEG members byte for byte
+instead of decoding and re-encoding them: no second generation of JPEG loss, no encode cost,
+and the ``.beton`` holds the very bytes of the tar version.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from ..manifest import MANIFEST_NAME, Manifest, build_manifest
 from ..optional import require_ffcv
 from ..sources import ArraySource, FolderSource, ListSource, Sample, Source, open_source
 
-__all__ = ["write_beton", "beton_name", "WRITE_MODES", "LAYOUTS", "DEFAULT_PAGE_SIZE", "IMAGE_FIELD", "LABEL_FIELD"]
+__all__ = ["write_beton", "beton_name", "jpeg_as_is", "StoredJpeg", "WRITE_MODES", "LAYOUTS", "DEFAULT_PAGE_SIZE", "IMAGE_FIELD", "LABEL_FIELD"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ DEFAULT_PAGE_SIZE = 1 << 23  # FFCV's default: 4 x 2 MiB
 SMART_THRESHOLD = 128 * 128 * 3  # 'smart': JPEG when the raw pixels would take more than this
 IMAGE_FIELD = "image"
 LABEL_FIELD = "label"
+_MAX_SIDE = 65535  # FFCV stores width and height as uint16
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")
 
 
@@ -109,29 +114,97 @@ def _array_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+class StoredJpeg:
+    """A source JPEG that ``keep_jpeg`` stores unchanged: its bytes and pixel size."""
+
+    __slots__ = ("data", "height", "width")
+
+    def __init__(self, data: bytes, height: int, width: int) -> None:
+        self.data = np.frombuffer(data, dtype=np.uint8)
+        self.height = height
+        self.width = width
+
+
+def jpeg_as_is(files: dict[str, bytes], max_resolution: int | None = None) -> StoredJpeg | None:
+    """The sample's JPEG member if FFCV can store it unchanged, else ``None``.
+
+    FFCV's JPEG decoder (libjpeg-turbo, RGB output) reads any 3-channel JPEG; grayscale or
+    CMYK JPEGs, images over ``max_resolution`` (they must be downscaled) and sizes that do not
+    fit FFCV's 16-bit width/height fields are left to the decode-and-encode path.
+
+    Args:
+        files: The sample's members, ``{extension: bytes}``.
+        max_resolution: The writer's ``max_resolution`` (``None``: no limit).
+
+    Returns:
+        The JPEG to store, or ``None``.
+    """
+    from PIL import Image
+
+    ext = next((e for e in _IMAGE_EXTS if e in files), None)
+    if ext not in ("jpg", "jpeg"):
+        return None
+    data = files[ext]
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            fmt, mode, (width, height) = image.format, image.mode, image.size
+    except Exception:  # corrupt: the decode path reports it with the sample's key
+        return None
+    limit = min(max_resolution or _MAX_SIDE, _MAX_SIDE)
+    if fmt != "JPEG" or mode != "RGB" or max(width, height) > limit:
+        return None
+    return StoredJpeg(data, height, width)
+
+
+def _encode_keeping_jpeg(field, destination, image, malloc) -> None:
+    """``RGBImageField.encode`` that writes a :class:`StoredJpeg` as FFCV's ``jpg`` mode."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+
+    if not isinstance(image, StoredJpeg):
+        type(field).encode(field, destination, image, malloc)
+        return
+    destination["mode"] = IMAGE_MODES["jpg"]
+    destination["height"], destination["width"] = image.height, image.width
+    destination["data_ptr"], storage = malloc(image.data.nbytes)
+    storage[:] = image.data
+
+
 class _FfcvSamples:
     """The source as FFCV's writer wants it: ``dataset[i] -> (HxWx3 uint8, label)``.
+
+    With ``keep_jpeg`` an RGB JPEG member comes back as a :class:`StoredJpeg` instead, which
+    the image field's ``encode`` stores unchanged.
 
     Errors cannot escape FFCV's writer processes (its main loop would wait forever), so a
     failing sample is replaced by a 1x1 image and its number recorded in shared memory; the
     parent re-raises the error after the writer returns.
     """
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, keep_jpeg: bool = False, max_resolution: int | None = None) -> None:
         self.source = source
+        self.keep_jpeg = keep_jpeg
+        self.max_resolution = max_resolution
         self.failed = mp.get_context("fork").Value("q", -1)
+        self.stored_as_is = mp.get_context("fork").Value("q", 0)
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def load(self, i: int) -> tuple[np.ndarray, int]:
+    def load(self, i: int) -> tuple[np.ndarray | StoredJpeg, int]:
         source = self.source
         if isinstance(source, ArraySource):
             return _array_rgb(source.images[i]), int(source.labels[i])
         key, files, label = source[i]
-        return rgb_array(files, key), -1 if label is None else int(label)
+        label = -1 if label is None else int(label)
+        if self.keep_jpeg:
+            stored = jpeg_as_is(files, self.max_resolution)
+            if stored is not None:
+                with self.stored_as_is.get_lock():
+                    self.stored_as_is.value += 1
+                return stored, label
+        return rgb_array(files, key), label
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray | StoredJpeg, int]:
         try:
             return self.load(int(i))
         except Exception:
@@ -181,6 +254,7 @@ def _write_one(
     from ffcv.writer import DatasetWriter
 
     tmp = temp_name(path)
+    stored_before = samples.stored_as_is.value
     workers = max(1, min(workers, len(positions)))
     # page-aware: one contiguous run per writer process, so pages never mix two distant runs
     chunksize = math.ceil(len(positions) / workers) if layout == "page-aware" else 100
@@ -216,6 +290,8 @@ def _write_one(
     if checksum:
         index.sha256 = file_sha256(path)
     index.extra["beton"].update(settings)
+    if samples.keep_jpeg:
+        index.extra["beton"]["jpeg_stored_as_is"] = int(samples.stored_as_is.value - stored_before)
     save_beton_index(index, path + INDEX_SUFFIX)
     return index
 
@@ -233,6 +309,7 @@ def write_beton(
     layout: str = "default",
     page_size: int = DEFAULT_PAGE_SIZE,
     smart_threshold: int | None = None,
+    keep_jpeg: bool = False,
     image_format: str | None = None,
     split: str = "train",
     class_names: Sequence[str] | None = None,
@@ -262,6 +339,10 @@ def write_beton(
         page_size: FFCV page size (a power of two >= 2 MiB).
         smart_threshold: Bytes of raw pixels above which ``smart`` stores JPEG (default
             128*128*3).
+        keep_jpeg: ``write_mode="jpg"`` only: store each source's RGB JPEG member byte for
+            byte (``quality`` does not apply to it) instead of decoding and re-encoding it;
+            other images (PNG, grayscale, larger than ``max_resolution``, arrays) are encoded
+            at ``quality`` as usual. The sidecar records how many were stored as-is.
         image_format: Encoding of array sources for other writers (ignored: arrays are
             passed through).
         split: IDX split to read.
@@ -282,6 +363,8 @@ def write_beton(
 
     if write_mode not in WRITE_MODES:
         raise ValueError(f"write_mode={write_mode!r}: must be one of {', '.join(WRITE_MODES)}")
+    if keep_jpeg and write_mode != "jpg":
+        raise ValueError(f"keep_jpeg=True needs write_mode='jpg', not {write_mode!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: must be one of {', '.join(LAYOUTS)}")
     if samples_per_file is not None and samples_per_file < 1:
@@ -321,16 +404,20 @@ def write_beton(
         ),
         LABEL_FIELD: IntField(),
     }
+    if keep_jpeg:
+        # on the instance: FFCV records the field's type by type(field), which must stay RGBImageField
+        fields[IMAGE_FIELD].encode = functools.partial(_encode_keeping_jpeg, fields[IMAGE_FIELD])
     settings = {
         "layout": layout,
         "write_mode": write_mode,
         "max_resolution": max_resolution,
         "jpeg_quality": int(quality),
         "smart_threshold": threshold if write_mode == "smart" else None,
+        "keep_jpeg": bool(keep_jpeg),
         "shuffle": bool(shuffle),
         "seed": int(seed),
     }
-    samples = _FfcvSamples(source)
+    samples = _FfcvSamples(source, keep_jpeg=keep_jpeg, max_resolution=max_resolution)
     entries = []
     for k, chunk in enumerate(chunks):
         name = beton_name(k)
