@@ -296,7 +296,12 @@ def score(source_manifest, method, target, target_split, surrogate, checkpoint, 
     )
     click.echo(f"scores -> {r['scores']} ({r['seconds']['score']:.1f} s)")
     for ratio, path in r["masks"].items():
-        click.echo(f"ratio {ratio:g}: kept {r['kept'][ratio]} -> {path}")
+        kept = r["kept"][ratio]
+        if not kept:  # sample level: say how many samples, not which items
+            from streamprune.masks import MaskFile
+
+            kept = f"{MaskFile(path).kept} samples"
+        click.echo(f"ratio {ratio:g}: kept {kept} -> {path}")
 
 
 def main() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
-import os
 
 import numpy as np
 import pytest
@@ -16,7 +14,6 @@ from torch import nn
 from torch.nn.utils import prune
 
 from streamprune.errors import StreamPruneError
-from streamprune.manifest import Manifest
 from streamprune.masks import MaskFile
 from streamprune.models import build_surrogate, save_checkpoint, surrogate_transform
 from streamprune.scoring import score_source
@@ -88,7 +85,7 @@ def _reference_dlc(model, images, labels, input_size, levels, step, schedule="ge
             mu = torch.stack([z[y == c].mean(0) for c in range(len(classes))])
         d = torch.sqrt(((z[:, None, :] - mu[None]) ** 2).sum(-1))
         losses.append(F.cross_entropy(1.0 / torch.clamp(d, min=eps), y, reduction="none"))
-        zeros.append(sum(int((getattr(m, "weight") == 0).sum()) for m, _ in targets))
+        zeros.append(sum(int((m.weight == 0).sum()) for m, _ in targets))
         if schedule == "geometric":
             prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=step)
     return torch.stack(losses).mean(0).numpy(), zeros
