@@ -11,6 +11,8 @@ import click
 
 from streamprune.errors import StreamPruneError
 
+from .options import RegistryHelpOption, scoring_methods_help, selector_kwargs, selector_options, selectors_help
+
 __all__ = ["cli"]
 
 
@@ -120,9 +122,10 @@ def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, 
 @click.option("--seed", default=0, show_default=True)
 @click.option("--keys", "keys_file", type=click.Path(exists=True), help="File with one key to keep per line.")
 @click.option("--classes", help="Comma-separated class ids or names to keep.")
-@click.option("--selector", default="top", show_default=True, help="With --scores: selector turning scores into a mask (see `streamprune score --help`).")
+@click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=lambda: "With --scores: " + selectors_help())
+@selector_options
 @click.option("--out", required=True, type=click.Path(), help="Mask file to write (.spmask).")
-def mask(manifest, use_random, scores_file, ratio, level, seed, keys_file, classes, selector, out):
+def mask(manifest, use_random, scores_file, ratio, level, seed, keys_file, classes, selector, gamma, beta, strata, out):
     """Make a keep mask for MANIFEST (random, from a scores file, a key list, or kept classes)."""
     from streamprune import masks
     from streamprune.manifest import Manifest
@@ -138,7 +141,7 @@ def mask(manifest, use_random, scores_file, ratio, level, seed, keys_file, class
     elif scores_file:
         from streamprune.scoring.scores_file import ScoreFile, mask_from_scores
 
-        result = mask_from_scores(m, ScoreFile.load(scores_file), ratio, selector, seed=seed)
+        result = mask_from_scores(m, ScoreFile.load(scores_file), ratio, selector, seed=seed, **selector_kwargs(gamma, beta, strata))
     elif keys_file:
         with open(keys_file) as fh:
             result = masks.mask_from_keys(m, [line.strip() for line in fh if line.strip()], source=keys_file)
@@ -255,7 +258,7 @@ def train_surrogate(manifest, arch, out, epochs, max_steps, mask_path, batch_siz
 
 @cli.command()
 @click.argument("source_manifest", type=click.Path(exists=True))
-@click.option("--method", default="lm", show_default=True, help="Scoring method: lm, fm, random-classes, random-samples, moderate, grand.")
+@click.option("--method", default="lm", show_default=True, cls=RegistryHelpOption, help_fn=scoring_methods_help)
 @click.option("--target", type=click.Path(exists=True), help="Target training set: a manifest (or its directory), or anything `shard` accepts (sharded into OUT/target).")
 @click.option("--target-split", default="train", show_default=True, help="IDX split of the target to shard.")
 @click.option("--surrogate", help="Surrogate: torchvision architecture or package.module:function.")
@@ -266,29 +269,42 @@ def train_surrogate(manifest, arch, out, epochs, max_steps, mask_path, batch_siz
 @click.option("--clusters", type=click.IntRange(min=1), help="FM: number of k-means clusters K [default: 1000].")
 @click.option("--kmeans-iters", type=click.IntRange(min=1), help="FM: maximum k-means (Lloyd) iterations [default: 20].")
 @click.option("--fm-over-classes", is_flag=True, help="FM: vote against source class means (needs labels): class-level mask.")
-@click.option("--selector", default="top", show_default=True, help="How scores become a mask: top (keep the top of the ranking), or another registered selector.")
+@click.option("--levels", type=click.IntRange(min=1), help="DLC: masking levels K, level 0 unmasked [default: 50].")
+@click.option("--schedule", type=click.Choice(["geometric", "linear"]), help="DLC: geometric (mask 2% of the remaining weights per level) or linear (sparsity 2%, 4%, ...) [default: geometric].")
+@click.option("--dlc-mask", type=click.Choice(["l1", "random"]), help="DLC: mask by smallest magnitude or at random (seeded) [default: l1].")
+@click.option("--dlc-step", type=float, help="DLC: fraction masked per level [default: 0.02].")
+@click.option("--pool", type=click.Choice(["cls", "mean"]), help="DLC: ViT token pooling [default: cls].")
+@click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=selectors_help)
+@selector_options
 @click.option("--input-size", type=click.IntRange(min=8), help="Network input side (default: the checkpoint's, else 32).")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader decode workers.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def score(source_manifest, method, target, target_split, surrogate, checkpoint, ratios, out, soft_vote, clusters, kmeans_iters, fm_over_classes, selector, input_size, batch_size, workers, device, seed, quiet):
-    """Score SOURCE_MANIFEST once; write OUT/scores.json and a keep mask per ratio."""
+def score(source_manifest, method, target, target_split, surrogate, checkpoint, ratios, out, soft_vote, clusters, kmeans_iters, fm_over_classes,
+          levels, schedule, dlc_mask, dlc_step, pool, selector, gamma, beta, strata, input_size, batch_size, workers, device, seed, quiet):
+    """Score SOURCE_MANIFEST once (for dlc: the downstream training set being pruned); write OUT/scores.json and a keep mask per ratio."""
     from streamprune.scoring import score_source
 
     options = {"soft_vote": True} if soft_vote else {}
-    for name, value in (("clusters", clusters), ("kmeans_iters", kmeans_iters), ("fm_over_classes", fm_over_classes or None)):
+    for name, value in (("clusters", clusters), ("kmeans_iters", kmeans_iters), ("fm_over_classes", fm_over_classes or None),
+                        ("levels", levels), ("schedule", schedule), ("mask", dlc_mask), ("step", dlc_step), ("pool", pool)):
         if value is not None:
             options[name] = value
     r = score_source(
         source_manifest, method, ratios, out, target=target, target_split=target_split, surrogate=surrogate,
         checkpoint=checkpoint, input_size=input_size, batch_size=batch_size, workers=workers, device=device,
-        seed=seed, progress=not quiet, selector=selector, **options,
+        seed=seed, progress=not quiet, selector=selector, selector_options=selector_kwargs(gamma, beta, strata), **options,
     )
     click.echo(f"scores -> {r['scores']} ({r['seconds']['score']:.1f} s)")
     for ratio, path in r["masks"].items():
-        click.echo(f"ratio {ratio:g}: kept {r['kept'][ratio]} -> {path}")
+        kept = r["kept"][ratio]
+        if not kept:  # sample level: say how many samples, not which items
+            from streamprune.masks import MaskFile
+
+            kept = f"{MaskFile(path).kept} samples"
+        click.echo(f"ratio {ratio:g}: kept {kept} -> {path}")
 
 
 def main() -> None:

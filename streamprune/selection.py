@@ -14,13 +14,53 @@ models. Selectors live in a string-keyed registry::
 and are used by :func:`select` and :func:`streamprune.scoring.scores_file.mask_from_scores`
 (``streamprune score --selector NAME`` / ``streamprune mask --scores F --selector NAME``).
 
-Registered here: ``top`` (the default: the first ``round(n * (1 - ratio))`` items of the
-stored ranking, ties broken as the scoring pass recorded; every level).
+Registered here (``docs/methods.md`` sections 2 and 3; "budget" ``b = 1 - ratio`` is the
+fraction KEPT):
+
+* ``top`` (the default, every level): the first ``round(n * b)`` items of the stored ranking.
+* ``random``: ``round(N * b)`` samples uniformly over the whole set (seeded; any score).
+* ``class-balanced-random``: the class quotas below, uniformly inside each class (any score).
+* ``easy`` / ``hard``: per class, the quota's easiest / hardest samples (top-k easy / hard).
+* ``flexrand`` (option ``gamma``, default 0.5): per class, sort by difficulty ascending, the
+  first ``round(n * gamma)`` are the easy group E, the rest the hard group H; with
+  ``e = min(gamma, b/2), h = b - e`` if ``gamma <= 0.5``, else ``h = min(1 - gamma, b/2),
+  e = b - h``, keep ``round(n * e)`` samples drawn uniformly from E and the rest of the
+  class's quota (``round(n * h)`` up to rounding) uniformly from H.
+* ``se`` / ``sh``: per class, the whole easiest / hardest ``round(n * b / 2)`` plus the rest of
+  the quota drawn uniformly from the remaining samples of the class.
+* ``ccs`` (coverage-centric selection, Zheng et al. 2023; options ``beta`` = 0.0,
+  ``strata`` = 50): over the WHOLE set, as in the paper (classes are not looked at): drop the
+  hardest ``round(N * beta)`` samples, split the rest into ``strata`` equal-width score
+  strata, and visit the strata from the smallest to the largest, each giving
+  ``min(size, floor(remaining budget / remaining strata))`` samples drawn uniformly inside it
+  (empty strata do not count; equal-sized strata are visited in a seeded random order).
+  The paper tunes ``beta`` per dataset and ratio (``methods.md``: about 0.3 at 90% pruning);
+  the default 0.0 is pure stratified coverage, pass ``beta`` to drop the hardest samples.
+
+Rules shared by the class-wise selectors (``class-balanced-random``, ``easy``, ``hard``,
+``flexrand``, ``se``, ``sh``):
+
+* Classes come from ``ctx.labels`` (the manifest's labels); without labels, or for samples
+  labelled ``-1``, the unlabelled samples form one class of their own.
+* Class quotas: exactly ``round(N * b)`` samples are kept in total (the count ``top`` and
+  ``random`` keep), split over the classes in proportion to their sizes by the
+  largest-remainder method (ties go to the lower class id), so class ``c`` of size ``n_c``
+  keeps ``floor(n_c * b)`` or ``ceil(n_c * b)`` samples.
+* Difficulty is the score turned so that higher is harder, from the scores file's
+  ``harder`` (``"higher"``: the score itself; ``"lower"``: its negation). Selectors that use
+  difficulty (all but the two random ones) refuse a score with ``harder = null``. Equal
+  difficulties are ordered by sample id (lower first) on both ends.
+* Random draws use one ``numpy.random.default_rng(seed)``, classes visited in ascending id,
+  so a seed always gives the same mask and different seeds give different ones.
+* FlexRand rounding: ``|E| = round(n * gamma)``; the E share is
+  ``min(round(n * e), |E|, quota)``; H gives the rest of the quota, and if H is too small
+  (rounding only) the shortfall is taken from E instead. Rounding is half up throughout.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -38,6 +78,10 @@ __all__ = [
     "available_selectors",
     "select",
     "DEFAULT_SELECTOR",
+    "difficulty",
+    "class_quotas",
+    "flexrand_shares",
+    "ccs_strata",
 ]
 
 #: Selector used when none is named.
@@ -185,3 +229,335 @@ def top(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
     from .scoring.scores_file import kept_count
 
     return scores.ranking[: kept_count(scores.num_items, ratio)]
+
+
+# --- helpers shared by the sample-level selectors ------------------------------------------
+
+
+def _round_half_up(x: float) -> int:
+    # the same rounding as ``kept_count`` (Python's round() goes to even at .5)
+    return int(math.floor(x + 0.5 + 1e-9))
+
+
+def difficulty(scores: "ScoreFile", ctx: SelectionContext, selector: str) -> np.ndarray:
+    """The scores turned so that higher means harder, from the file's ``harder`` direction.
+
+    Args:
+        scores: Sample-level scores.
+        ctx: Selection context (its ``harder`` is the scores file's).
+        selector: Selector name, for the error message.
+
+    Returns:
+        ``float64[N]`` difficulty.
+
+    Raises:
+        ValueError: The score does not say which direction is harder (``harder = null``).
+    """
+    if ctx.harder == "higher":
+        return np.asarray(scores.scores, dtype=np.float64)
+    if ctx.harder == "lower":
+        return -np.asarray(scores.scores, dtype=np.float64)
+    raise ValueError(
+        f"{scores.path or 'scores'}: selector {selector!r} splits easy from hard samples, but method "
+        f"{scores.method!r} is not a hardness score (harder=null); use a hardness score such as dlc or grand, "
+        "or a selector that needs none (top, random, class-balanced-random)"
+    )
+
+
+def _classes(ctx: SelectionContext, n: int) -> list[np.ndarray]:
+    """Sample ids of each class, classes in ascending label order (unlabelled: one class)."""
+    labels = np.full(n, -1, dtype=np.int64) if ctx.labels is None else np.asarray(ctx.labels, dtype=np.int64)
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} sample scores")
+    order = np.argsort(labels, kind="stable")
+    values, starts = np.unique(labels[order], return_index=True)
+    return [np.sort(g) for g in np.split(order, starts[1:])] if len(values) else []
+
+
+def class_quotas(sizes: Sequence[int], ratio: float) -> np.ndarray:
+    """Samples kept per class: ``round(N * b)`` in all, split by largest remainder.
+
+    Args:
+        sizes: Class sizes ``n_c``.
+        ratio: Fraction REMOVED (budget ``b = 1 - ratio``).
+
+    Returns:
+        ``int64`` quota per class; each is ``floor(n_c * b)`` or ``ceil(n_c * b)``, and they sum
+        to :func:`~streamprune.scoring.scores_file.kept_count` of the total.
+    """
+    from .scoring.scores_file import kept_count
+
+    sizes = np.asarray(sizes, dtype=np.int64)
+    budget = 1.0 - ratio
+    total = kept_count(int(sizes.sum()), ratio)
+    exact = sizes * budget
+    floors = np.minimum(np.floor(exact + 1e-9).astype(np.int64), sizes)
+    remainder = np.maximum(exact - floors, 0.0)
+    extra = total - int(floors.sum())
+    # largest remainder first, ties to the lower class id; only classes with room take one
+    order = [c for c in np.lexsort((np.arange(len(sizes)), -remainder)) if floors[c] < sizes[c]]
+    floors[np.asarray(order[:max(extra, 0)], dtype=np.int64)] += 1
+    return floors
+
+
+def _easy_first(d: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``ids`` sorted by difficulty ascending, ties by id ascending."""
+    return ids[np.lexsort((ids, d[ids]))]
+
+
+def _hard_first(d: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``ids`` sorted by difficulty descending, ties by id ascending."""
+    return ids[np.lexsort((ids, -d[ids]))]
+
+
+def _draw(rng: np.random.Generator, ids: np.ndarray, k: int) -> np.ndarray:
+    """``k`` of ``ids`` uniformly without replacement."""
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return ids[rng.permutation(len(ids))[:k]]
+
+
+def _per_class(scores: "ScoreFile", ratio: float, ctx: SelectionContext, pick: Callable[..., np.ndarray]) -> np.ndarray:
+    """Run ``pick(ids, quota, rng)`` for every class and join the results."""
+    groups = _classes(ctx, scores.num_items)
+    quotas = class_quotas([len(g) for g in groups], ratio)
+    rng = np.random.default_rng(ctx.seed)
+    kept = [pick(g, int(q), rng) for g, q in zip(groups, quotas)]
+    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+
+
+# --- the selectors -------------------------------------------------------------------------
+
+
+@register_selector("random")
+def uniform(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+    """``round(N * (1 - ratio))`` samples uniformly over the whole set (seeded; scores unused).
+
+    Args:
+        scores: Sample-level scores (only their count is used).
+        ratio: Fraction removed.
+        ctx: Seed.
+
+    Returns:
+        Kept sample ids.
+    """
+    from .scoring.scores_file import kept_count
+
+    n = scores.num_items
+    return _draw(np.random.default_rng(ctx.seed), np.arange(n, dtype=np.int64), kept_count(n, ratio))
+
+
+@register_selector("class-balanced-random")
+def class_balanced_random(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+    """Each class's quota drawn uniformly inside the class (seeded; scores unused).
+
+    Args:
+        scores: Sample-level scores (only their count is used).
+        ratio: Fraction removed.
+        ctx: Labels and seed.
+
+    Returns:
+        Kept sample ids.
+    """
+    return _per_class(scores, ratio, ctx, lambda ids, q, rng: _draw(rng, ids, q))
+
+
+@register_selector("easy")
+def easy(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+    """Top-k easy: each class's quota of its easiest samples.
+
+    Args:
+        scores: Sample-level hardness scores.
+        ratio: Fraction removed.
+        ctx: Labels and the hardness direction.
+
+    Returns:
+        Kept sample ids.
+    """
+    d = difficulty(scores, ctx, "easy")
+    return _per_class(scores, ratio, ctx, lambda ids, q, rng: _easy_first(d, ids)[:q])
+
+
+@register_selector("hard")
+def hard(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+    """Top-k hard: each class's quota of its hardest samples.
+
+    Args:
+        scores: Sample-level hardness scores.
+        ratio: Fraction removed.
+        ctx: Labels and the hardness direction.
+
+    Returns:
+        Kept sample ids.
+    """
+    d = difficulty(scores, ctx, "hard")
+    return _per_class(scores, ratio, ctx, lambda ids, q, rng: _hard_first(d, ids)[:q])
+
+
+def flexrand_shares(gamma: float, budget: float) -> tuple[float, float]:
+    """FlexRand's easy and hard shares ``(e, h)`` of a class for budget ``b`` (fraction kept).
+
+    Args:
+        gamma: Fraction of each class in the easy group, in ``[0, 1]``.
+        budget: Fraction kept, in ``(0, 1]``.
+
+    Returns:
+        ``(e, h)`` with ``e + h = budget``.
+    """
+    if gamma <= 0.5:
+        e = min(gamma, budget / 2)
+        return e, budget - e
+    h = min(1.0 - gamma, budget / 2)
+    return budget - h, h
+
+
+@register_selector("flexrand")
+def flexrand(scores: "ScoreFile", ratio: float, ctx: SelectionContext, gamma: float = 0.5) -> np.ndarray:
+    """FlexRand (Jiang et al. 2025): per class, random draws from an easy and a hard group.
+
+    Args:
+        scores: Sample-level hardness scores (DLC).
+        ratio: Fraction removed.
+        ctx: Labels, seed and the hardness direction.
+        gamma: Fraction of each class in the easy group E, in ``[0, 1]`` (the paper tunes it in
+            {0.45, 0.5, 0.55}; small values help at very small budgets).
+
+    Returns:
+        Kept sample ids.
+
+    Raises:
+        ValueError: ``gamma`` is out of range, or the score has no hardness direction.
+    """
+    gamma = float(gamma)
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"selector 'flexrand': gamma={gamma} must be in [0, 1] (the easy fraction of each class)")
+    d = difficulty(scores, ctx, "flexrand")
+    e_share, _ = flexrand_shares(gamma, 1.0 - ratio)
+
+    def pick(ids: np.ndarray, quota: int, rng: np.random.Generator) -> np.ndarray:
+        n = len(ids)
+        ordered = _easy_first(d, ids)
+        n_easy = min(_round_half_up(n * gamma), n)
+        group_e, group_h = ordered[:n_easy], ordered[n_easy:]
+        k_e = min(_round_half_up(n * e_share), n_easy, quota)
+        k_h = quota - k_e
+        if k_h > len(group_h):  # rounding only: take the shortfall from E
+            k_e, k_h = k_e + k_h - len(group_h), len(group_h)
+        return np.concatenate([_draw(rng, group_e, k_e), _draw(rng, group_h, k_h)])
+
+    return _per_class(scores, ratio, ctx, pick)
+
+
+def _whole_half_plus_random(scores: "ScoreFile", ratio: float, ctx: SelectionContext, name: str, hardest: bool) -> np.ndarray:
+    d = difficulty(scores, ctx, name)
+    budget = 1.0 - ratio
+
+    def pick(ids: np.ndarray, quota: int, rng: np.random.Generator) -> np.ndarray:
+        ordered = _hard_first(d, ids) if hardest else _easy_first(d, ids)
+        k_top = min(_round_half_up(len(ids) * budget / 2), quota)
+        return np.concatenate([ordered[:k_top], _draw(rng, ordered[k_top:], quota - k_top)])
+
+    return _per_class(scores, ratio, ctx, pick)
+
+
+@register_selector("se")
+def se(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+    """FlexRand ablation "se": per class the whole easiest ``b/2``, plus ``b/2`` random from the rest.
+
+    Args:
+        scores: Sample-level hardness scores.
+        ratio: Fraction removed.
+        ctx: Labels, seed and the hardness direction.
+
+    Returns:
+        Kept sample ids.
+    """
+    return _whole_half_plus_random(scores, ratio, ctx, "se", hardest=False)
+
+
+@register_selector("sh")
+def sh(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+    """FlexRand ablation "sh": per class the whole hardest ``b/2``, plus ``b/2`` random from the rest.
+
+    Args:
+        scores: Sample-level hardness scores.
+        ratio: Fraction removed.
+        ctx: Labels, seed and the hardness direction.
+
+    Returns:
+        Kept sample ids.
+    """
+    return _whole_half_plus_random(scores, ratio, ctx, "sh", hardest=True)
+
+
+def ccs_strata(values: np.ndarray, strata: int) -> np.ndarray:
+    """Stratum (``0 .. strata - 1``) of each value: equal-width bins over ``[min, max]``.
+
+    Args:
+        values: Scores of the candidates.
+        strata: Number of bins.
+
+    Returns:
+        ``int64`` bin per value (the maximum falls in the last bin; all in bin 0 if constant).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
+        return np.zeros(0, dtype=np.int64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(len(values), dtype=np.int64)
+    bins = np.floor((values - lo) / (hi - lo) * strata).astype(np.int64)
+    return np.clip(bins, 0, strata - 1)
+
+
+@register_selector("ccs")
+def ccs(scores: "ScoreFile", ratio: float, ctx: SelectionContext, beta: float = 0.0, strata: int = 50) -> np.ndarray:
+    """Coverage-centric selection (Zheng et al., ICLR 2023) over the whole set.
+
+    Args:
+        scores: Sample-level hardness scores (AUM in the paper: ``harder = "lower"``).
+        ratio: Fraction removed.
+        ctx: Seed and the hardness direction (labels are not used, as in the paper).
+        beta: Fraction of ALL samples dropped first, the hardest ones, in ``[0, 1)``.
+        strata: Number of equal-width score strata (at least 1).
+
+    Returns:
+        Kept sample ids.
+
+    Raises:
+        ValueError: Bad ``beta``/``strata``, ``beta`` leaves fewer samples than the budget, or
+            the score has no hardness direction.
+    """
+    from .scoring.scores_file import kept_count
+
+    beta = float(beta)
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"selector 'ccs': beta={beta} must be in [0, 1) (the hardest fraction dropped)")
+    if int(strata) != strata or int(strata) < 1:
+        raise ValueError(f"selector 'ccs': strata={strata} must be a whole number >= 1")
+    strata = int(strata)
+    d = difficulty(scores, ctx, "ccs")
+    n = scores.num_items
+    budget = kept_count(n, ratio)
+    ordered = _easy_first(d, np.arange(n, dtype=np.int64))
+    candidates = ordered[: n - _round_half_up(n * beta)]
+    if len(candidates) < budget:
+        raise ValueError(
+            f"selector 'ccs': beta={beta:g} drops the hardest {n - len(candidates)} of {n} samples, leaving "
+            f"{len(candidates)}, fewer than the {budget} to keep at ratio {ratio:g}; lower beta"
+        )
+    bins = ccs_strata(d[candidates], strata)
+    members = [candidates[bins == s] for s in range(strata)]
+    members = [m for m in members if len(m)]
+    rng = np.random.default_rng(ctx.seed)
+    kept = []
+    left = budget
+    # smallest stratum first; equal sizes in a seeded random order, so that a budget smaller
+    # than the number of strata (floor() gives the first strata visited nothing) does not
+    # always favour the same end of the score range
+    tiebreak = rng.permutation(len(members))
+    for i, s in enumerate(sorted(range(len(members)), key=lambda s: (len(members[s]), tiebreak[s]))):
+        take = min(len(members[s]), left // (len(members) - i))
+        kept.append(_draw(rng, members[s], take))
+        left -= take
+    return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
