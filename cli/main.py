@@ -252,7 +252,7 @@ def train_surrogate(manifest, arch, out, epochs, max_steps, mask_path, batch_siz
 
 @cli.command()
 @click.argument("source_manifest", type=click.Path(exists=True))
-@click.option("--method", default="lm", show_default=True, help="Scoring method: lm, fm, random-classes, random-samples, moderate, grand.")
+@click.option("--method", default="lm", show_default=True, help="Scoring method: lm, fm, random-classes, random-samples, moderate, grand, el2n, forgetting, aum, grand-dyn, ssp.")
 @click.option("--target", type=click.Path(exists=True), help="Target training set: a manifest (or its directory), or anything `shard` accepts (sharded into OUT/target).")
 @click.option("--target-split", default="train", show_default=True, help="IDX split of the target to shard.")
 @click.option("--surrogate", help="Surrogate: torchvision architecture or package.module:function.")
@@ -260,8 +260,10 @@ def train_surrogate(manifest, arch, out, epochs, max_steps, mask_path, batch_siz
 @click.option("--ratio", "ratios", cls=_ManyValues, required=True, callback=_ratios, help="Fractions REMOVED, e.g. --ratio 0.4 0.6 0.8.")
 @click.option("--out", required=True, type=click.Path(), help="Directory for scores.json and one mask per ratio.")
 @click.option("--soft-vote", is_flag=True, help="LM: rank by summed softmax instead of top-1 votes.")
-@click.option("--clusters", type=click.IntRange(min=1), help="FM: number of k-means clusters K [default: 1000].")
-@click.option("--kmeans-iters", type=click.IntRange(min=1), help="FM: maximum k-means (Lloyd) iterations [default: 20].")
+@click.option("--clusters", type=click.IntRange(min=1), help="FM/SSP: number of k-means clusters K [default: FM 1000, SSP the class count].")
+@click.option("--kmeans-iters", type=click.IntRange(min=1), help="FM/SSP: maximum k-means (Lloyd) iterations [default: 20].")
+@click.option("--dynamics", "dynamics_dir", type=click.Path(exists=True), help="el2n/forgetting/aum/grand-dyn: directory written by `streamprune dynamics`.")
+@click.option("--dynamics-epochs", type=click.IntRange(min=1), help="el2n/forgetting/aum/grand-dyn: use the first N recorded epochs [default: EL2N min(10, all), others all].")
 @click.option("--fm-over-classes", is_flag=True, help="FM: vote against source class means (needs labels): class-level mask.")
 @click.option("--selector", default="top", show_default=True, help="How scores become a mask: top (keep the top of the ranking), or another registered selector.")
 @click.option("--input-size", type=click.IntRange(min=8), help="Network input side (default: the checkpoint's, else 32).")
@@ -270,12 +272,12 @@ def train_surrogate(manifest, arch, out, epochs, max_steps, mask_path, batch_siz
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def score(source_manifest, method, target, target_split, surrogate, checkpoint, ratios, out, soft_vote, clusters, kmeans_iters, fm_over_classes, selector, input_size, batch_size, workers, device, seed, quiet):
+def score(source_manifest, method, target, target_split, surrogate, checkpoint, ratios, out, soft_vote, clusters, kmeans_iters, dynamics_dir, dynamics_epochs, fm_over_classes, selector, input_size, batch_size, workers, device, seed, quiet):
     """Score SOURCE_MANIFEST once; write OUT/scores.json and a keep mask per ratio."""
     from streamprune.scoring import score_source
 
     options = {"soft_vote": True} if soft_vote else {}
-    for name, value in (("clusters", clusters), ("kmeans_iters", kmeans_iters), ("fm_over_classes", fm_over_classes or None)):
+    for name, value in (("clusters", clusters), ("kmeans_iters", kmeans_iters), ("fm_over_classes", fm_over_classes or None), ("dynamics_dir", dynamics_dir), ("epochs", dynamics_epochs)):
         if value is not None:
             options[name] = value
     r = score_source(
@@ -286,6 +288,11 @@ def score(source_manifest, method, target, target_split, surrogate, checkpoint, 
     click.echo(f"scores -> {r['scores']} ({r['seconds']['score']:.1f} s)")
     for ratio, path in r["masks"].items():
         click.echo(f"ratio {ratio:g}: kept {r['kept'][ratio]} -> {path}")
+
+
+from .dynamics import dynamics as _dynamics  # noqa: E402
+
+cli.add_command(_dynamics)
 
 
 def main() -> None:
