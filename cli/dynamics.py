@@ -33,8 +33,9 @@ def _epoch_list(ctx, param, value):
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True, help="Seed of the initialisation and the data order.")
 @click.option("--grand-epochs", callback=_epoch_list, help="Also record per-sample gradient norms (GraNd) at these epochs, e.g. 1,2 (0 = before training).")
+@click.option("--grad-strategy", type=click.Choice(["auto", "vmap", "loop"]), default="auto", show_default=True, help="GraNd: torch.func vmap, or one autograd call per sample (auto: vmap on CUDA, loop on the CPU, where it is faster).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def dynamics(manifest, arch, checkpoint, epochs, out, mask_path, batch_size, lr, optimizer, schedule, weight_decay, input_size, workers, device, seed, grand_epochs, quiet):
+def dynamics(manifest, arch, checkpoint, epochs, out, mask_path, batch_size, lr, optimizer, schedule, weight_decay, input_size, workers, device, seed, grand_epochs, grad_strategy, quiet):
     """Finetune on MANIFEST and record every sample's correctness, p_y, margin, loss and EL2N per epoch.
 
     Score the recording with `streamprune score MANIFEST --method el2n|forgetting|aum|grand-dyn --dynamics OUT`.
@@ -44,7 +45,7 @@ def dynamics(manifest, arch, checkpoint, epochs, out, mask_path, batch_size, lr,
     r = record_dynamics(
         manifest, arch, out, epochs=epochs, checkpoint=checkpoint, mask=mask_path, batch_size=batch_size, lr=lr,
         optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, input_size=input_size, workers=workers,
-        device=device, seed=seed, grand_epochs=grand_epochs, progress=not quiet,
+        device=device, seed=seed, grand_epochs=grand_epochs, grad_strategy=grad_strategy, progress=not quiet,
     )
     for e, (s, loss, acc) in enumerate(zip(r["seconds_per_epoch"], r["train_loss"], r["train_accuracy"]), 1):
         click.echo(f"epoch {e}: train loss {loss:.4f}, train accuracy {acc:.4f}, {s:.1f} s")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import json
 import logging
 import math
@@ -140,6 +141,7 @@ def record_dynamics(
     seed: int = 0,
     grand_epochs: Sequence[int] = (),
     grad_chunk: int = 16,
+    grad_strategy: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Finetune a classifier on a sharded dataset and record per-sample training dynamics.
@@ -173,6 +175,10 @@ def record_dynamics(
         grand_epochs: Epochs at which to compute per-sample gradient norms (``0``: at
             initialisation, ``e``: after ``e`` epochs), evaluation mode, all parameters.
         grad_chunk: Samples vmapped at once for the gradient norms.
+        grad_strategy: ``"vmap"`` (``torch.func``), ``"loop"`` (one autograd call per
+            sample), or ``"auto"``: vmap on CUDA, loop on the CPU, where vmapped
+            convolution gradients are several times slower
+            (:func:`~streamprune.scoring.baselines.per_sample_grad_norms`).
         progress: Show progress bars.
 
     Returns:
@@ -204,6 +210,8 @@ def record_dynamics(
         raise ValueError(f"lr={lr}: must be a finite number >= 0")
     if grad_chunk < 1:
         raise ValueError(f"grad_chunk={grad_chunk}: must be at least 1")
+    if grad_strategy not in ("auto", "vmap", "loop"):
+        raise ValueError(f"grad_strategy={grad_strategy!r}: must be 'auto', 'vmap' or 'loop'")
     grand_at = _check_grand_epochs(grand_epochs, epochs)
     m = open_manifest(manifest)
     num_classes = m.num_classes
@@ -227,8 +235,10 @@ def record_dynamics(
         )
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    _remove_stale_temps(out_dir)
 
     dev = resolve_device(device)
+    strategy = grad_strategy if grad_strategy != "auto" else ("vmap" if dev.type == "cuda" else "loop")
     torch.manual_seed(seed)
     model = build_surrogate(arch, num_classes, checkpoint).to(dev)
     ds, loader = training_loader(
@@ -267,7 +277,7 @@ def record_dynamics(
         with tqdm(total=len(eval_ds), desc=f"grand @ epoch {at}", unit="sample", disable=not progress) as gbar:
             for keys, x, y in eval_loader:
                 pos = np.fromiter((position_of[k] for k in keys), dtype=np.int64, count=len(keys))
-                grand_arr[slot, pos] = per_sample_grad_norms(model, x.to(dev), y.to(dev), chunk=grad_chunk).astype(np.float32)
+                grand_arr[slot, pos] = per_sample_grad_norms(model, x.to(dev), y.to(dev), chunk=grad_chunk, strategy=strategy).astype(np.float32)
                 np.add.at(count, pos, 1)
                 gbar.update(len(keys))
         model.train()
@@ -362,7 +372,7 @@ def record_dynamics(
         "train_loss": train_loss,
         "train_accuracy": train_acc,
         "grand": (
-            {"array": GRAND_ARRAY, "epochs": grand_at, "mode": "eval", "parameters": "all", "grad_chunk": grad_chunk, "seconds": grand_seconds}
+            {"array": GRAND_ARRAY, "epochs": grand_at, "mode": "eval", "parameters": "all", "strategy": strategy, "grad_chunk": grad_chunk, "seconds": grand_seconds}
             if grand_at else None
         ),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -383,6 +393,14 @@ def record_dynamics(
         "train_accuracy": train_acc,
         "grand_epochs": grand_at,
     }
+
+
+def _remove_stale_temps(out_dir: str) -> None:
+    # a run killed by a signal cannot clean up after itself; its temp arrays never look complete
+    for name in (DYNAMICS_ARRAY, GRAND_ARRAY):
+        for path in glob.glob(os.path.join(glob.escape(out_dir), name + ".tmp-*")):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _check_counts(count: np.ndarray, kept: np.ndarray, m: Manifest, when: str) -> None:

@@ -128,11 +128,13 @@ def _grad_norm_loop(model, x, y):
     return np.array(out)
 
 
-def test_grand_epochs_equal_a_per_sample_autograd_loop(tmp_path, data, tiny_arch, start_checkpoint):
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_grand_epochs_equal_a_per_sample_autograd_loop(tmp_path, data, tiny_arch, start_checkpoint, strategy):
     m, images, labels = data
     ckpt, model = start_checkpoint
     r = record_dynamics(
-        m, tiny_arch, tmp_path / "dyn", epochs=1, checkpoint=ckpt, lr=0.0, batch_size=8, grand_epochs=[1, 0], grad_chunk=5, progress=False
+        m, tiny_arch, tmp_path / "dyn", epochs=1, checkpoint=ckpt, lr=0.0, batch_size=8, grand_epochs=[1, 0], grad_chunk=5,
+        grad_strategy=strategy, progress=False,
     )
     assert r["grand_epochs"] == [0, 1]
     dyn = load_dynamics(tmp_path / "dyn", m)
@@ -143,7 +145,8 @@ def test_grand_epochs_equal_a_per_sample_autograd_loop(tmp_path, data, tiny_arch
     for row in norms:  # lr=0: the same weights before and after the epoch
         np.testing.assert_allclose(row, expected, rtol=1e-4)
     assert dyn.grand(0)[1] == [0]
-    assert json.loads((tmp_path / "dyn" / DYNAMICS_META).read_text())["grand"]["epochs"] == [0, 1]
+    grand_meta = json.loads((tmp_path / "dyn" / DYNAMICS_META).read_text())["grand"]
+    assert grand_meta["epochs"] == [0, 1] and grand_meta["strategy"] == strategy
 
 
 def test_training_changes_the_model_and_sidecar_summarises_the_array(tmp_path, data, tiny_arch):
@@ -197,6 +200,7 @@ def test_an_interrupted_run_leaves_the_previous_recording_intact(tmp_path, data,
             raise KeyboardInterrupt
         return real(logits, labels)
 
+    (tmp_path / "dyn" / "dynamics.npy.tmp-999999").write_bytes(b"left by a killed run")
     monkeypatch.setattr(dynamics_module, "batch_statistics", failing)
     with pytest.raises(KeyboardInterrupt):
         record_dynamics(m, tiny_arch, tmp_path / "dyn", epochs=2, batch_size=8, seed=5, grand_epochs=[1], progress=False)
