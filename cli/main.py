@@ -266,8 +266,10 @@ def train_surrogate(manifest, arch, out, epochs, max_steps, mask_path, batch_siz
 @click.option("--ratio", "ratios", cls=_ManyValues, required=True, callback=_ratios, help="Fractions REMOVED, e.g. --ratio 0.4 0.6 0.8.")
 @click.option("--out", required=True, type=click.Path(), help="Directory for scores.json and one mask per ratio.")
 @click.option("--soft-vote", is_flag=True, help="LM: rank by summed softmax instead of top-1 votes.")
-@click.option("--clusters", type=click.IntRange(min=1), help="FM: number of k-means clusters K [default: 1000].")
-@click.option("--kmeans-iters", type=click.IntRange(min=1), help="FM: maximum k-means (Lloyd) iterations [default: 20].")
+@click.option("--clusters", type=click.IntRange(min=1), help="FM/SSP: number of k-means clusters K [default: FM 1000, SSP the class count].")
+@click.option("--kmeans-iters", type=click.IntRange(min=1), help="FM/SSP: maximum k-means (Lloyd) iterations [default: 20].")
+@click.option("--dynamics", "dynamics_dir", type=click.Path(exists=True), help="el2n/forgetting/aum/grand-dyn: directory written by `streamprune dynamics`.")
+@click.option("--dynamics-epochs", type=click.IntRange(min=1), help="el2n/forgetting/aum/grand-dyn: use the first N recorded epochs [default: EL2N min(10, all), others all].")
 @click.option("--fm-over-classes", is_flag=True, help="FM: vote against source class means (needs labels): class-level mask.")
 @click.option("--levels", type=click.IntRange(min=1), help="DLC: masking levels K, level 0 unmasked [default: 50].")
 @click.option("--schedule", type=click.Choice(["geometric", "linear"]), help="DLC: geometric (mask 2% of the remaining weights per level) or linear (sparsity 2%, 4%, ...) [default: geometric].")
@@ -282,13 +284,14 @@ def train_surrogate(manifest, arch, out, epochs, max_steps, mask_path, batch_siz
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def score(source_manifest, method, target, target_split, surrogate, checkpoint, ratios, out, soft_vote, clusters, kmeans_iters, fm_over_classes,
+def score(source_manifest, method, target, target_split, surrogate, checkpoint, ratios, out, soft_vote, clusters, kmeans_iters, dynamics_dir, dynamics_epochs, fm_over_classes,
           levels, schedule, dlc_mask, dlc_step, pool, selector, gamma, beta, strata, input_size, batch_size, workers, device, seed, quiet):
-    """Score SOURCE_MANIFEST once (for dlc: the downstream training set being pruned); write OUT/scores.json and a keep mask per ratio."""
+    """Score SOURCE_MANIFEST once (for dlc and the training-based scores: the downstream training set being pruned); write OUT/scores.json and a keep mask per ratio."""
     from streamprune.scoring import score_source
 
     options = {"soft_vote": True} if soft_vote else {}
     for name, value in (("clusters", clusters), ("kmeans_iters", kmeans_iters), ("fm_over_classes", fm_over_classes or None),
+                        ("dynamics_dir", dynamics_dir), ("epochs", dynamics_epochs),
                         ("levels", levels), ("schedule", schedule), ("mask", dlc_mask), ("step", dlc_step), ("pool", pool)):
         if value is not None:
             options[name] = value
@@ -305,6 +308,11 @@ def score(source_manifest, method, target, target_split, surrogate, checkpoint, 
 
             kept = f"{MaskFile(path).kept} samples"
         click.echo(f"ratio {ratio:g}: kept {kept} -> {path}")
+
+
+from .dynamics import dynamics as _dynamics  # noqa: E402
+
+cli.add_command(_dynamics)
 
 
 def main() -> None:

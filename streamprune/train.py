@@ -31,20 +31,100 @@ from .models import (
 from .readers import PrunedWebDataset
 from .readers.webdataset import ManifestLike, MaskLike, open_manifest
 
-__all__ = ["train_surrogate", "evaluate_surrogate", "OPTIMIZERS"]
+__all__ = ["train_surrogate", "evaluate_surrogate", "OPTIMIZERS", "SCHEDULES", "make_optimizer", "make_schedule", "training_loader"]
 
 log = logging.getLogger(__name__)
 
 #: Optimizers :func:`train_surrogate` accepts, with their default peak learning rate.
 OPTIMIZERS = {"adam": 2e-3, "sgd": 0.05}
+#: Learning-rate schedules :func:`make_schedule` builds.
+SCHEDULES = ("onecycle", "constant")
 
 
-def _make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW (``"adam"``) or SGD with Nesterov momentum 0.9 (``"sgd"``).
+
+    Args:
+        name: ``"adam"`` or ``"sgd"``.
+        params: Model parameters.
+        lr: (Peak) learning rate.
+        weight_decay: Weight decay (decoupled for AdamW).
+
+    Returns:
+        The optimizer.
+
+    Raises:
+        ValueError: Unknown name.
+    """
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer={name!r}: must be one of {sorted(OPTIMIZERS)}")
+
+
+def make_schedule(opt: torch.optim.Optimizer, peak: float, total_steps: int, kind: str = "onecycle") -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-step learning-rate schedule.
+
+    Args:
+        opt: The optimizer.
+        peak: Peak learning rate.
+        total_steps: Optimizer steps the schedule spans.
+        kind: ``"onecycle"`` (warm-up over the first 15% of steps from ``peak / 10``, cosine
+            decay to ``peak / 1e4``) or ``"constant"`` (``peak`` throughout).
+
+    Returns:
+        A scheduler to step after every optimizer step.
+
+    Raises:
+        ValueError: Unknown ``kind``.
+    """
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=peak, total_steps=max(1, total_steps), pct_start=0.15, anneal_strategy="cos", div_factor=10.0, final_div_factor=1e3
+        )
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
+    raise ValueError(f"schedule={kind!r}: must be one of {list(SCHEDULES)}")
+
+
+def training_loader(
+    manifest: ManifestLike,
+    mask: MaskLike,
+    *,
+    input_size: int,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    with_keys: bool = False,
+    **source_options: Any,
+) -> tuple[PrunedWebDataset, torch.utils.data.DataLoader]:
+    """A shuffled pruned reader and its DataLoader of ``(images, labels)`` or ``(keys, images, labels)``.
+
+    Call ``dataset.set_epoch(epoch)`` before each epoch: it reseeds the shard order and the
+    order within shards. Images go through :func:`~streamprune.models.surrogate_transform`.
+
+    Args:
+        manifest: Labelled dataset.
+        mask: Keep mask or ``None``.
+        input_size: Side of the square network input.
+        batch_size: Samples per batch (the last batch may be smaller).
+        workers: DataLoader worker processes.
+        seed: Seed of the data order.
+        with_keys: Also yield each sample's ``__key__``.
+        **source_options: Passed to :class:`~streamprune.readers.PrunedWebDataset` (``rank``, ``world_size``, ...).
+
+    Returns:
+        ``(dataset, loader)``.
+    """
+    ds = PrunedWebDataset(manifest, mask, shuffle=True, seed=seed, **source_options)
+    transform = surrogate_transform(input_size)
+    if with_keys:
+        pipeline = ds.decode("pil").to_tuple("__key__", "jpg;png", "cls").map_tuple(str, transform, int)
+    else:
+        pipeline = ds.decode("pil").to_tuple("jpg;png", "cls").map_tuple(transform, int)
+    loader = torch.utils.data.DataLoader(pipeline, batch_size=batch_size, num_workers=workers, drop_last=False)
+    return ds, loader
 
 
 def train_surrogate(
@@ -117,18 +197,14 @@ def train_surrogate(
     torch.manual_seed(seed)
     model = build_surrogate(arch, num_classes).to(dev)
 
-    ds = PrunedWebDataset(m, mask, shuffle=True, seed=seed)
+    ds, loader = training_loader(m, mask, input_size=input_size, batch_size=batch_size, workers=workers, seed=seed)
     if len(ds) == 0:
         raise StreamPruneError(f"{m.path}: the mask keeps no samples to train on")
-    pipeline = ds.decode("pil").to_tuple("jpg;png", "cls").map_tuple(surrogate_transform(input_size), int)
-    loader = torch.utils.data.DataLoader(pipeline, batch_size=batch_size, num_workers=workers, drop_last=False)
     steps_per_epoch = math.ceil(len(ds) / batch_size)
     total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     peak = OPTIMIZERS[optimizer] if lr is None else float(lr)
-    opt = _make_optimizer(optimizer, model.parameters(), peak, weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=peak, total_steps=total_steps, pct_start=0.15, anneal_strategy="cos", div_factor=10.0, final_div_factor=1e3
-    )
+    opt = make_optimizer(optimizer, model.parameters(), peak, weight_decay)
+    sched = make_schedule(opt, peak, total_steps, "onecycle")
     loss_fn = torch.nn.CrossEntropyLoss()
     start = time.perf_counter()
     step = 0

@@ -114,6 +114,11 @@ def test_grad_norms_match_a_per_sample_loop():
         loss.backward()
         ref.append(float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()))))
     assert np.allclose(fast, ref, rtol=1e-5, atol=1e-7)
+    model.zero_grad(set_to_none=True)
+    assert np.allclose(per_sample_grad_norms(model, x, y, strategy="loop"), ref, rtol=1e-5, atol=1e-7)
+    assert all(p.grad is None for p in model.parameters())  # the loop leaves .grad alone
+    with pytest.raises(ValueError, match="strategy='scan'"):
+        per_sample_grad_norms(model, x, y, strategy="scan")
 
 
 def test_grand_method(tmp_path, source, tiny_arch):

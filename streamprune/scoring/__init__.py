@@ -15,7 +15,8 @@ file once and writes one keep mask per requested ratio. Methods compute scores o
 never write masks (``scores_file.mask_from_scores`` does, here and in ``streamprune mask
 --scores``). Registered here: ``lm`` (label mapping, :mod:`.lm`), ``fm`` (feature mapping, :mod:`.fm`), and the
 class-blind baselines ``random-classes``, ``random-samples``, ``moderate``, ``grand`` (:mod:`.baselines`),
-and ``dlc`` (training-free hardness of the downstream set itself, :mod:`.dlc`).
+the training-free ``dlc`` (hardness of the downstream set itself, :mod:`.dlc`), and the training-based
+``el2n``, ``forgetting``, ``aum``, ``grand-dyn`` (option ``dynamics_dir``) and ``ssp`` (:mod:`.training_based`).
 """
 
 from __future__ import annotations
@@ -331,3 +332,4 @@ from . import lm as _lm  # noqa: E402,F401  (registers "lm")
 from . import fm as _fm  # noqa: E402,F401  (registers "fm")
 from . import baselines as _baselines  # noqa: E402,F401  (random-classes, random-samples, moderate, grand)
 from . import dlc as _dlc  # noqa: E402,F401  (registers "dlc")
+from . import training_based as _training_based  # noqa: E402,F401  (el2n, forgetting, aum, grand-dyn, ssp)
