@@ -288,6 +288,11 @@ def score(source_manifest, method, target, target_split, surrogate, checkpoint, 
         click.echo(f"ratio {ratio:g}: kept {r['kept'][ratio]} -> {path}")
 
 
+from streamprune_cli.bench import bench as _bench  # noqa: E402
+
+cli.add_command(_bench)
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="streamprune")
