@@ -315,6 +315,11 @@ from .dynamics import dynamics as _dynamics  # noqa: E402
 cli.add_command(_dynamics)
 
 
+from streamprune_cli.bench import bench as _bench  # noqa: E402
+
+cli.add_command(_bench)
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="streamprune")
