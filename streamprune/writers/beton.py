@@ -36,9 +36,10 @@ from ..atomic import file_sha256, temp_name
 from ..betonindex import index_beton, save_beton_index
 from ..errors import StreamPruneError
 from ..indexfile import INDEX_SUFFIX
-from ..manifest import MANIFEST_NAME, Manifest, build_manifest
+from ..manifest import Manifest, build_manifest
 from ..optional import require_ffcv
-from ..sources import ArraySource, FolderSource, ListSource, Sample, Source, open_source
+from ..sources import ArraySource, FolderSource, ListSource, Sample, Source
+from .output import open_writer_source, start_output_dir
 
 __all__ = ["write_beton", "beton_name", "jpeg_as_is", "StoredJpeg", "WRITE_MODES", "LAYOUTS", "DEFAULT_PAGE_SIZE", "IMAGE_FIELD", "LABEL_FIELD"]
 
@@ -377,17 +378,9 @@ def write_beton(
         raise ValueError(f"quality={quality}: must be in 1..100")
     if page_size < (1 << 21) or page_size & (page_size - 1):
         raise ValueError(f"page_size={page_size}: must be a power of two >= 2 MiB")
-    if isinstance(src, Source) and not isinstance(src, (str, os.PathLike)):
-        source = src
-    else:
-        source = open_source(src, split=split, fmt=image_format, quality=quality, class_names=class_names)
+    source = open_writer_source(src, split, image_format, quality, class_names)
     n = len(source)
-    if n == 0:
-        raise StreamPruneError(f"{src!r}: source has no samples")
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    if os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
-        os.unlink(os.path.join(out_dir, MANIFEST_NAME))  # the directory is incomplete until rewritten
+    out_dir = start_output_dir(out_dir)
     pairs = [key_label(source, i) for i in range(n)]
     all_keys = [k for k, _ in pairs]
     all_labels = np.asarray([lab for _, lab in pairs], dtype=np.int64)

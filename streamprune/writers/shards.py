@@ -12,9 +12,10 @@ import numpy as np
 
 from ..errors import StreamPruneError
 from ..indexfile import INDEX_SUFFIX, save_index
-from ..manifest import MANIFEST_NAME, Manifest, build_manifest
-from ..sources import Sample, Source, open_source
+from ..manifest import Manifest, build_manifest
+from ..sources import Sample, Source
 from ..tarindex import ShardIndex
+from .output import open_writer_source, start_output_dir
 from .tar import TarShardWriter
 
 __all__ = ["write_shards", "shard_name"]
@@ -99,17 +100,9 @@ def write_shards(
         raise ValueError(f"samples_per_shard={samples_per_shard}: must be at least 1")
     if workers < 1:
         raise ValueError(f"workers={workers}: must be at least 1")
-    if isinstance(src, Source) and not isinstance(src, (str, os.PathLike)):
-        source = src
-    else:
-        source = open_source(src, split=split, fmt=image_format, quality=quality, class_names=class_names)
+    source = open_writer_source(src, split, image_format, quality, class_names)
     n = len(source)
-    if n == 0:
-        raise StreamPruneError(f"{src!r}: source has no samples")
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    if os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
-        os.unlink(os.path.join(out_dir, MANIFEST_NAME))  # the directory is incomplete until rewritten
+    out_dir = start_output_dir(out_dir)
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     chunks = [order[i : i + samples_per_shard] for i in range(0, n, samples_per_shard)]
     names = [shard_name(k) for k in range(len(chunks))]
