@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import glob
-import json
 import logging
 import math
 import os
@@ -49,6 +48,7 @@ import numpy as np
 
 from .atomic import atomic_write_json, temp_name
 from .errors import MaskMismatchError, StreamPruneError
+from .jsonfile import read_versioned_json
 from .manifest import Manifest
 from .readers.webdataset import ManifestLike, MaskLike, open_manifest, open_mask
 
@@ -526,18 +526,11 @@ class Dynamics:
 
 
 def _read_meta(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            obj = json.load(fh)
-    except FileNotFoundError:
-        raise StreamPruneError(f"{path}: no training dynamics recorded here (run `streamprune dynamics MANIFEST --out DIR` first)") from None
-    except ValueError as exc:
-        raise StreamPruneError(f"{path}: dynamics sidecar is not valid JSON ({exc})") from None
-    if not isinstance(obj, dict) or obj.get("format") != DYNAMICS_FORMAT:
-        raise StreamPruneError(f"{path}: not a streamprune dynamics sidecar")
-    if obj.get("version") != DYNAMICS_VERSION:
-        raise StreamPruneError(f"{path}: dynamics version {obj.get('version')} is not supported (this streamprune reads {DYNAMICS_VERSION})")
-    return obj
+    return read_versioned_json(
+        path, DYNAMICS_FORMAT, DYNAMICS_VERSION, "dynamics sidecar",
+        missing=f"{path}: no training dynamics recorded here (run `streamprune dynamics MANIFEST --out DIR` first)",
+        version_label="dynamics", version_note=f" (this streamprune reads {DYNAMICS_VERSION})",
+    )
 
 
 def load_dynamics(directory: str | os.PathLike, manifest: ManifestLike | None = None) -> Dynamics:

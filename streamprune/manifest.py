@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ import numpy as np
 from .atomic import atomic_write_json, file_sha256
 from .errors import DuplicateKeyError, IndexMismatchError, ManifestError
 from .indexfile import INDEX_SUFFIX, load_index, save_index
+from .jsonfile import read_versioned_json
 from .tarindex import ShardIndex, index_tar
 
 __all__ = ["ShardEntry", "Manifest", "build_manifest", "index_shards", "MANIFEST_NAME"]
@@ -101,17 +101,7 @@ class Manifest:
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, MANIFEST_NAME)
-        try:
-            with open(path, "rb") as fh:
-                obj = json.load(fh)
-        except FileNotFoundError:
-            raise ManifestError(f"{path}: manifest not found") from None
-        except ValueError as exc:
-            raise ManifestError(f"{path}: manifest is not valid JSON ({exc})") from None
-        if not isinstance(obj, dict) or obj.get("format") != MANIFEST_FORMAT:
-            raise ManifestError(f"{path}: not a streamprune manifest")
-        if obj.get("version") != MANIFEST_VERSION:
-            raise ManifestError(f"{path}: manifest version {obj.get('version')} is not supported")
+        obj = read_versioned_json(path, MANIFEST_FORMAT, MANIFEST_VERSION, "manifest", ManifestError)
         try:
             shards = [ShardEntry(**s) for s in obj["shards"]]
         except (KeyError, TypeError) as exc:

@@ -35,7 +35,6 @@ Files written before the field existed load with ``harder = null``.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ import numpy as np
 
 from ..atomic import atomic_write_json
 from ..errors import MaskMismatchError, StreamPruneError
+from ..jsonfile import read_versioned_json
 from ..manifest import Manifest
 from ..masks import KeepMask, check_ratio, mask_from_bool, mask_from_classes
 
@@ -261,17 +261,7 @@ class ScoreFile:
             StreamPruneError: Missing, malformed, unsupported version, or inconsistent.
         """
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as fh:
-                obj = json.load(fh)
-        except FileNotFoundError:
-            raise StreamPruneError(f"{path}: scores file not found") from None
-        except ValueError as exc:
-            raise StreamPruneError(f"{path}: scores file is not valid JSON ({exc})") from None
-        if not isinstance(obj, dict) or obj.get("format") != SCORES_FORMAT:
-            raise StreamPruneError(f"{path}: not a streamprune scores file")
-        if obj.get("version") != SCORES_VERSION:
-            raise StreamPruneError(f"{path}: scores file version {obj.get('version')} is not supported")
+        obj = read_versioned_json(path, SCORES_FORMAT, SCORES_VERSION, "scores file")
         try:
             out = cls(
                 method=obj["method"],

@@ -1,0 +1,55 @@
+"""Reading the versioned JSON files streamprune writes, with errors that name the file."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from .errors import StreamPruneError
+
+__all__ = ["read_versioned_json"]
+
+
+def read_versioned_json(
+    path: str | os.PathLike,
+    fmt: str,
+    version: int,
+    what: str,
+    error: type[StreamPruneError] = StreamPruneError,
+    missing: str | None = None,
+    version_label: str | None = None,
+    version_note: str = "",
+) -> dict[str, Any]:
+    """Load a JSON object whose ``format`` and ``version`` fields must be ``fmt`` and ``version``.
+
+    Args:
+        path: The file.
+        fmt: Expected ``format`` value.
+        version: The one supported ``version``.
+        what: What the file is, in messages (``"manifest"``, ``"scores file"``).
+        error: Exception class raised.
+        missing: Message when the file does not exist (default ``"<path>: <what> not found"``).
+        version_label: What to call the file in the version message (default ``what``).
+        version_note: Appended to the version message (e.g. which version this release reads).
+
+    Returns:
+        The parsed object.
+
+    Raises:
+        StreamPruneError: (``error``) missing file, invalid JSON, another format, or an
+            unsupported version, naming the file.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            obj = json.load(fh)
+    except FileNotFoundError:
+        raise error(missing or f"{path}: {what} not found") from None
+    except ValueError as exc:
+        raise error(f"{path}: {what} is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise error(f"{path}: not a streamprune {what}")
+    if obj.get("version") != version:
+        raise error(f"{path}: {version_label or what} version {obj.get('version')} is not supported{version_note}")
+    return obj
