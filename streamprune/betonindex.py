@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .atomic import atomic_write_json, file_sha256
+from .atomic import file_sha256
 from .errors import ManifestError
-from .indexfile import INDEX_SUFFIX
+from .indexfile import INDEX_SUFFIX, save_index
 from .tarindex import ShardIndex
 
 __all__ = [
@@ -382,23 +382,8 @@ def save_beton_index(index: ShardIndex, path: str | os.PathLike) -> str:
     Returns:
         SHA-256 of the bytes written.
     """
-    import hashlib
-
-    obj = {
-        "format": "streamprune-index",
-        "version": 1,
-        "shard": index.shard,
-        "shard_bytes": int(index.shard_bytes),
-        "sha256": index.sha256,
-        "keys": index.keys,
-        "labels": index.labels.tolist(),
-        "start": index.start.tolist(),
-        "end": index.end.tolist(),
-        "members": [[list(m) for m in group] for group in index.members],
-        "beton": index.extra.get("beton", {}),
-    }
-    data = atomic_write_json(path, obj, fsync=False)
-    return hashlib.sha256(data).hexdigest()
+    # .beton files are read by FFCV through indices, never member by member: no binary companion.
+    return save_index(index, path, companion=False, extra_fields={"beton": index.extra.get("beton", {})})
 
 
 def index_betons(

@@ -62,13 +62,16 @@ def companion_path(path: str | os.PathLike) -> str:
     return (path[: -len(".json")] if path.endswith(".json") else path) + ".npz"
 
 
-def save_index(index: ShardIndex, path: str | os.PathLike, companion: bool = True) -> str:
+def save_index(
+    index: ShardIndex, path: str | os.PathLike, companion: bool = True, extra_fields: dict | None = None
+) -> str:
     """Write a shard index atomically, and its binary companion.
 
     Args:
         index: The index to save.
         path: Destination path.
         companion: Also write ``<path>.npz`` (:func:`companion_path`), the fast-loading copy.
+        extra_fields: Further top-level JSON fields (readers of the index format ignore them).
 
     Returns:
         SHA-256 hex digest of the JSON bytes written.
@@ -84,6 +87,7 @@ def save_index(index: ShardIndex, path: str | os.PathLike, companion: bool = Tru
         "start": index.start.tolist(),
         "end": index.end.tolist(),
         "members": index.members if isinstance(index.members, list) else index.members.tolist(),  # tuples encode as arrays
+        **(extra_fields or {}),
     }
     data = atomic_write_json(path, obj, fsync=False)
     digest = hashlib.sha256(data).hexdigest()
