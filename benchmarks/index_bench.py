@@ -11,7 +11,7 @@ Measured, each a median of --repeats runs on a warm page cache (files read befor
   walk          ``tarindex.iter_tar_members`` over every shard (header walk only);
   index_tar     ``tarindex.index_tar(path, label_ext="cls")`` per shard (walk + grouping into
                 samples + reading each label);
-  index_shards  ``manifest.index_shards(paths, out_dir, checksum=False)``: the user-facing
+  index_shards  ``indexing.index_shards(paths, out_dir, checksum=False)``: the user-facing
                 call (index_tar + writing index sidecars + manifest);
   index_shards+sha256  the same with ``checksum=True`` (SHA-256 of every shard byte).
   index_shards-wN  ``index_shards(..., checksum=False, workers=N)`` with N = the CPU count
@@ -133,7 +133,7 @@ def measure(name: str, fn, paths, repeats: int, members: int) -> dict:
 
 
 def bench_dataset(label: str, paths: list[str], work_dir: str, repeats: int) -> dict:
-    from streamprune.manifest import index_shards
+    from streamprune.indexing import index_shards
     from streamprune.tarindex import index_tar, iter_tar_members
 
     members = count_members(paths)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .options import model_option
+
 __all__ = ["dynamics"]
 
 
@@ -18,7 +20,7 @@ def _epoch_list(ctx, param, value):
 
 @click.command("dynamics")
 @click.argument("manifest", type=click.Path(exists=True))
-@click.option("--model", "arch", required=True, help="torchvision architecture (resnet18, ...) or package.module:function.")
+@model_option("torchvision architecture (resnet18, ...) or package.module:function.", required=True)
 @click.option("--checkpoint", type=click.Path(exists=True), help="Start from these weights (default: random initialisation, seeded).")
 @click.option("--epochs", required=True, type=click.IntRange(min=1), help="Training epochs to record.")
 @click.option("--out", required=True, type=click.Path(), help="Directory for dynamics.npy, dynamics.json (and grand.npy).")
@@ -35,15 +37,16 @@ def _epoch_list(ctx, param, value):
 @click.option("--grand-epochs", callback=_epoch_list, help="Also record per-sample gradient norms (GraNd) at these epochs, e.g. 1,2 (0 = before training).")
 @click.option("--grad-strategy", type=click.Choice(["auto", "vmap", "loop"]), default="auto", show_default=True, help="GraNd: torch.func vmap, or one autograd call per sample (auto: vmap on CUDA, loop on the CPU, where it is faster).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def dynamics(manifest, arch, checkpoint, epochs, out, mask_path, batch_size, lr, optimizer, schedule, weight_decay, input_size, workers, device, seed, grand_epochs, grad_strategy, quiet):
+def dynamics(manifest, model, checkpoint, epochs, out, mask_path, batch_size, lr, optimizer, schedule, weight_decay, input_size, workers, device, seed, grand_epochs, grad_strategy, quiet):
     """Finetune on MANIFEST and record every sample's correctness, p_y, margin, loss and EL2N per epoch.
 
     Score the recording with `streamprune score MANIFEST --method el2n|forgetting|aum|grand-dyn --dynamics OUT`.
     """
+    # Deferred on purpose: recording trains a model (torch).
     from streamprune.dynamics import record_dynamics
 
     r = record_dynamics(
-        manifest, arch, out, epochs=epochs, checkpoint=checkpoint, mask=mask_path, batch_size=batch_size, lr=lr,
+        manifest, model, out, epochs=epochs, checkpoint=checkpoint, mask=mask_path, batch_size=batch_size, lr=lr,
         optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, input_size=input_size, workers=workers,
         device=device, seed=seed, grand_epochs=grand_epochs, grad_strategy=grad_strategy, progress=not quiet,
     )

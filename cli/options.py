@@ -1,12 +1,91 @@
-"""Options shared by several commands: registry-listing help, and the selector options."""
+"""Options shared by several commands: the model, ratios, registry-listing help, selector options."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import click
 
-__all__ = ["RegistryHelpOption", "scoring_methods_help", "selectors_help", "selector_options", "selector_kwargs"]
+from streamprune.ratios import check_ratio
+
+__all__ = [
+    "RegistryHelpOption",
+    "scoring_methods_help",
+    "selectors_help",
+    "selector_options",
+    "selector_kwargs",
+    "model_option",
+    "ratio_callback",
+    "ratios_callback",
+]
+
+#: Flags that named the model before ``--model`` was the one name for it (kept, hidden).
+DEPRECATED_MODEL_FLAGS = ("--arch", "--surrogate")
+
+
+def model_option(help: str, required: bool = False) -> Callable[[Callable], Callable]:
+    """Add ``--model`` (and the hidden, deprecated ``--arch`` / ``--surrogate``) to a command.
+
+    The command receives the value as its ``model`` argument, whichever flag gave it.
+
+    Args:
+        help: Help text of ``--model``.
+        required: Fail with a usage error when no flag gives a model.
+
+    Returns:
+        The decorator.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, model: str | None, arch: str | None, surrogate: str | None, **kwargs: Any):
+            given = [v for v in (model, arch, surrogate) if v]
+            if len(set(given)) > 1:
+                raise click.UsageError(f"--model was given twice with different values: {', '.join(given)}")
+            if required and not given:
+                raise click.UsageError("Missing option '--model'.")
+            return fn(*args, model=given[0] if given else None, **kwargs)
+
+        for flag in reversed(DEPRECATED_MODEL_FLAGS):
+            wrapper = click.option(flag, flag[2:], hidden=True, deprecated="use --model instead")(wrapper)
+        return click.option("--model", help=help + (" [required]" if required else ""))(wrapper)
+
+    return decorate
+
+
+def ratio_callback(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Check one ``--ratio`` (fraction removed) and turn a bad one into a usage error naming it."""
+    if value is None:
+        return value
+    try:
+        return check_ratio(value, f"--{param.name}")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def ratios_callback(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[float]:
+    """Parse ``--ratio`` given one or more times, each a number or comma-separated numbers.
+
+    Returns:
+        The distinct ratios, ascending.
+    """
+    out = []
+    for value in values:
+        for part in str(value).split(","):
+            if not part.strip():
+                continue
+            try:
+                number = float(part)
+            except ValueError:
+                raise click.BadParameter(f"{part!r} is not a number") from None
+            try:
+                out.append(check_ratio(number, f"--{param.name}"))
+            except ValueError as exc:
+                raise click.BadParameter(str(exc)) from None
+    if not out:
+        raise click.BadParameter("give at least one ratio")
+    return sorted(set(out))
 
 
 class RegistryHelpOption(click.Option):

@@ -2,9 +2,18 @@
 
 The data path: source files -> :func:`write_shards` (tar shards + byte-range index +
 manifest) -> a keep mask (:mod:`streamprune.masks`) -> :class:`PrunedWebDataset` reading only
-the kept byte ranges.
+the kept byte ranges. ``ARCHITECTURE.md`` maps the layers and modules.
+
+Names are imported on first use (PEP 562), so ``import streamprune`` and the command line's
+start-up do not pay for torch, numba or webdataset until a reader or scorer is used.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
 from .errors import (
     CompressedShardError,
     DuplicateKeyError,
@@ -15,37 +24,39 @@ from .errors import (
     StreamPruneError,
     TarFormatError,
 )
-from .betonindex import index_betons
-from .manifest import Manifest, index_shards
-from .masks import KeepMask, MaskFile, mask_from_bool, mask_from_classes, mask_from_keys, random_mask, translate_mask
-from .optional import MissingExtraError
-from .readers import KeptSampler, PrunedMapDataset, PrunedSource, PrunedWebDataset, pruned_tarfile_samples
-from .readers.ffcv import pruned_ffcv_loader
-from .report import describe
-from .writers import write_beton, write_shards
 
-__version__ = "0.1.0"
+# public name -> module that defines it
+_LAZY = {
+    "Manifest": "manifest",
+    "index_files": "indexing",
+    "index_shards": "indexing",
+    "index_betons": "indexing",
+    "write_shards": "writers",
+    "write_beton": "writers",
+    "Mask": "masks",
+    "KeepMask": "masks",
+    "MaskFile": "masks",
+    "open_mask": "masks",
+    "mask_from_bool": "masks",
+    "mask_from_keys": "masks",
+    "mask_from_classes": "masks",
+    "random_mask": "masks",
+    "translate_mask": "masks",
+    "ScoreFile": "scores",
+    "mask_from_scores": "selection",
+    "PrunedWebDataset": "readers",
+    "PrunedSource": "readers",
+    "pruned_tarfile_samples": "readers",
+    "PrunedMapDataset": "readers",
+    "KeptSampler": "readers",
+    "pruned_ffcv_loader": "readers.ffcv",
+    "describe": "report",
+    "MissingExtraError": "optional",
+}
 
 __all__ = [
-    "Manifest",
-    "index_shards",
-    "index_betons",
-    "write_shards",
-    "write_beton",
-    "KeepMask",
-    "MaskFile",
-    "mask_from_bool",
-    "mask_from_keys",
-    "mask_from_classes",
-    "random_mask",
-    "translate_mask",
-    "PrunedWebDataset",
-    "PrunedSource",
-    "pruned_tarfile_samples",
-    "PrunedMapDataset",
-    "KeptSampler",
-    "pruned_ffcv_loader",
-    "describe",
+    "__version__",
+    *_LAZY,
     "StreamPruneError",
     "TarFormatError",
     "CompressedShardError",
@@ -54,5 +65,30 @@ __all__ = [
     "MaskMismatchError",
     "LabelError",
     "DuplicateKeyError",
-    "MissingExtraError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'streamprune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static tools see the names the lazy table provides
+    from .indexing import index_betons, index_files, index_shards
+    from .manifest import Manifest
+    from .masks import KeepMask, Mask, MaskFile, mask_from_bool, mask_from_classes, mask_from_keys, open_mask, random_mask, translate_mask
+    from .optional import MissingExtraError
+    from .readers import KeptSampler, PrunedMapDataset, PrunedSource, PrunedWebDataset, pruned_tarfile_samples
+    from .readers.ffcv import pruned_ffcv_loader
+    from .report import describe
+    from .scores import ScoreFile
+    from .selection import mask_from_scores
+    from .writers import write_beton, write_shards

@@ -15,10 +15,10 @@ Built-in field types and their metadata: 0 FloatField ``<f8``, 1 IntField ``<i8`
 (ptr, size), 4 NDArrayField (ptr), 5 JSONField (ptr, size), 6 TorchTensorField (ptr);
 255 is a custom field whose metadata size only its own class knows (refused here).
 
-:func:`index_beton` turns a file into a :class:`~streamprune.tarindex.ShardIndex` (keys,
-labels from the integer label field, and each sample's data pointer ranges), and
-:func:`index_betons` writes sidecars and a manifest for ``.beton`` files written by anyone, so
-keep masks, scores and reports work on them as on tar shards.
+:func:`index_beton` turns a file into a :class:`~streamprune.shardindex.ShardIndex` (keys,
+labels from the integer label field, and each sample's data pointer ranges), so keep masks,
+scores and reports work on ``.beton`` files as on tar shards; :mod:`streamprune.indexing` runs
+it over files written by anyone and writes their manifest.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .atomic import file_sha256
 from .errors import ManifestError
 from .indexfile import INDEX_SUFFIX, save_index
-from .tarindex import ShardIndex
+from .shardindex import ShardIndex
 
 __all__ = [
     "BETON_VERSION",
@@ -41,7 +40,6 @@ __all__ = [
     "looks_like_beton",
     "index_beton",
     "save_beton_index",
-    "index_betons",
     "beton_key",
 ]
 
@@ -384,60 +382,3 @@ def save_beton_index(index: ShardIndex, path: str | os.PathLike) -> str:
     """
     # .beton files are read by FFCV through indices, never member by member: no binary companion.
     return save_index(index, path, companion=False, extra_fields={"beton": index.extra.get("beton", {})})
-
-
-def index_betons(
-    paths: list[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    label_field: str | None = "auto",
-    checksum: bool = True,
-    classes: list[str] | None = None,
-    progress: bool = True,
-):
-    """Index ``.beton`` files written by anyone (plain FFCV included) and write their manifest.
-
-    Keys are synthesised as ``f"{stem}/{i:08d}"`` (FFCV stores none); shards are recorded with
-    ``"format": "beton"``; sidecars go to ``out_dir`` as ``<file>.index.json``.
-
-    Args:
-        paths: ``.beton`` files, in manifest order.
-        out_dir: Where the sidecars and ``manifest.json`` go.
-        label_field: See :func:`index_beton`.
-        checksum: Record each file's SHA-256 (reads it once).
-        classes: Class names by label id.
-        progress: Show a progress bar.
-
-    Returns:
-        The saved :class:`~streamprune.manifest.Manifest`.
-
-    Raises:
-        ManifestError: A file is missing or not an FFCV file, or two files share a name.
-    """
-    from tqdm.auto import tqdm
-
-    from .manifest import build_manifest
-
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    entries = []
-    seen: set[str] = set()
-    for path in tqdm(list(paths), desc="index", unit="file", disable=not progress):
-        path = os.fspath(path)
-        base = os.path.basename(path)
-        if base in seen:
-            raise ManifestError(f"{path}: two files share the name {base!r}; their index files would clash")
-        seen.add(base)
-        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
-        index, _ = index_beton(path, label_field=label_field, name=rel)
-        if checksum:
-            index.sha256 = file_sha256(path)
-        index_name = base + INDEX_SUFFIX
-        save_beton_index(index, os.path.join(out_dir, index_name))
-        entries.append((index, rel, index_name))
-    manifest = build_manifest(out_dir, entries, classes=classes, label_ext=None)
-    for entry in manifest.shards:
-        entry.format = "beton"
-    labelled = [e[0].extra["beton"]["label_field"] for e in entries]
-    manifest.label_ext = labelled[0] if labelled and len(set(labelled)) == 1 else None
-    manifest.save()
-    return manifest

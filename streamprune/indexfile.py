@@ -31,7 +31,7 @@ import numpy as np
 
 from .atomic import atomic_open, atomic_write_json
 from .errors import IndexMismatchError, ManifestError
-from .tarindex import MemberTable, ShardIndex
+from .shardindex import MemberTable, ShardIndex
 
 __all__ = ["INDEX_SUFFIX", "save_index", "load_index", "index_path_for", "companion_path"]
 

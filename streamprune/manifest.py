@@ -22,16 +22,17 @@ import datetime as _dt
 import hashlib
 import os
 from dataclasses import dataclass, field
+from typing import Union
 
 import numpy as np
 
 from .atomic import atomic_write_json, file_sha256
 from .errors import DuplicateKeyError, IndexMismatchError, ManifestError
-from .indexfile import INDEX_SUFFIX, load_index, save_index
+from .indexfile import load_index
 from .jsonfile import read_versioned_json
-from .tarindex import ShardIndex, index_tar
+from .shardindex import ShardIndex
 
-__all__ = ["ShardEntry", "Manifest", "build_manifest", "index_shards", "MANIFEST_NAME"]
+__all__ = ["ShardEntry", "Manifest", "ManifestLike", "open_manifest", "build_manifest", "MANIFEST_NAME"]
 
 MANIFEST_FORMAT = "streamprune-manifest"
 MANIFEST_VERSION = 1
@@ -312,84 +313,19 @@ def build_manifest(
     )
 
 
-def _index_one(path: str, rel: str, label_ext: str | None, checksum: bool, index_path: str) -> ShardIndex:
-    index = index_tar(path, label_ext=label_ext, name=rel)
-    if checksum:
-        index.sha256 = file_sha256(path)
-    save_index(index, index_path)
-    return index
+ManifestLike = Union[str, os.PathLike, Manifest]
 
 
-def index_shards(
-    shards: list[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    label_ext: str | None = "cls",
-    checksum: bool = True,
-    classes: list[str] | None = None,
-    progress: bool = True,
-    workers: int = 1,
-) -> Manifest:
-    """Index existing tar shards written by anyone and write their manifest.
-
-    Index sidecars go to ``out_dir`` as ``<shard basename>.index.json``; shard paths are
-    recorded relative to ``out_dir`` when possible. With ``workers > 1`` shards are indexed
-    in parallel processes; the manifest is the same either way.
+def open_manifest(manifest: ManifestLike) -> Manifest:
+    """Return a :class:`Manifest`, loading it when a path (file or its directory) is given.
 
     Args:
-        shards: Tar files to index, in the order they should appear in the manifest.
-        out_dir: Where the sidecars and ``manifest.json`` are written.
-        label_ext: Extension of the integer label member, or ``None`` for unlabelled data.
-        checksum: Compute each shard's SHA-256 (reads every byte once).
-        classes: Class names by label id.
-        progress: Show a progress bar.
-        workers: Processes indexing shards in parallel.
+        manifest: A loaded manifest, ``manifest.json``, or the directory holding it.
 
     Returns:
-        The saved manifest.
+        The manifest.
 
     Raises:
-        ValueError: ``workers`` is below 1.
-        ManifestError: A shard is missing, or two shards share a file name.
+        ManifestError: Missing or malformed manifest.
     """
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    from tqdm.auto import tqdm
-
-    if workers < 1:
-        raise ValueError(f"workers={workers}: must be at least 1")
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    if os.path.exists(os.path.join(out_dir, MANIFEST_NAME)):
-        os.unlink(os.path.join(out_dir, MANIFEST_NAME))  # the directory is incomplete until rewritten
-    jobs = []
-    names_seen: set[str] = set()
-    for path in shards:
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise ManifestError(f"{path}: shard not found")
-        base = os.path.basename(path)
-        if base in names_seen:
-            raise ManifestError(f"{path}: two shards share the file name {base!r}; their index files would clash")
-        names_seen.add(base)
-        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))
-        jobs.append((path, rel, base + INDEX_SUFFIX))
-    indexes: list[ShardIndex | None] = [None] * len(jobs)
-    with tqdm(total=len(jobs), desc="index", unit="shard", disable=not progress) as bar:
-        if workers == 1 or len(jobs) <= 1:
-            for k, (path, rel, index_name) in enumerate(jobs):
-                indexes[k] = _index_one(path, rel, label_ext, checksum, os.path.join(out_dir, index_name))
-                bar.update(1)
-        else:
-            with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("fork")) as pool:
-                futures = {
-                    pool.submit(_index_one, path, rel, label_ext, checksum, os.path.join(out_dir, index_name)): k
-                    for k, (path, rel, index_name) in enumerate(jobs)
-                }
-                for future in cf.as_completed(futures):
-                    indexes[futures[future]] = future.result()
-                    bar.update(1)
-    entries = [(index, rel, index_name) for index, (_, rel, index_name) in zip(indexes, jobs) if index is not None]
-    manifest = build_manifest(out_dir, entries, classes=classes, label_ext=label_ext)
-    manifest.save()
-    return manifest
+    return manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)

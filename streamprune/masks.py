@@ -28,17 +28,22 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Protocol, Union, runtime_checkable
 
 import numpy as np
 
 from .atomic import atomic_open
 from .errors import MaskMismatchError, StreamPruneError
 from .manifest import Manifest
+from .ratios import check_ratio, kept_count
 
 __all__ = [
+    "Mask",
+    "MaskLike",
     "KeepMask",
     "MaskFile",
+    "open_mask",
+    "kept_counts",
     "check_ratio",
     "random_mask",
     "mask_from_bool",
@@ -52,23 +57,41 @@ MASK_FORMAT = "streamprune-mask"
 MASK_VERSION = 1
 
 
-def check_ratio(ratio: float, name: str = "ratio") -> float:
-    """Validate a pruning ratio (fraction removed).
+@runtime_checkable
+class Mask(Protocol):
+    """What every keep mask offers, in memory (:class:`KeepMask`) or on disk (:class:`MaskFile`).
 
-    Args:
-        ratio: Fraction of samples or classes to remove.
-        name: Argument name for the error message.
-
-    Returns:
-        ``ratio`` as a float.
-
-    Raises:
-        ValueError: ``ratio`` is outside ``[0, 1)``.
+    Readers, adapters and scorers use only this interface, so they never ask which kind of
+    mask they were given.
     """
-    ratio = float(ratio)
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"{name}={ratio}: must be in [0, 1) (it is the fraction removed; 1 would remove everything)")
-    return ratio
+
+    @property
+    def kept(self) -> int:
+        """Number of kept samples."""
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples the mask covers."""
+
+    @property
+    def provenance(self) -> dict:
+        """How the mask was made."""
+
+    @property
+    def manifest_fingerprint(self) -> str:
+        """Fingerprint of the manifest the mask was made for."""
+
+    def check(self, manifest: Manifest) -> None:
+        """Raise :class:`MaskMismatchError` unless the mask was made for ``manifest``."""
+
+    def shard(self, k: int) -> np.ndarray:
+        """Boolean keep array of shard ``k``."""
+
+    def shard_kept_counts(self) -> np.ndarray:
+        """Kept samples per shard, manifest order."""
+
+    def to_bool(self) -> np.ndarray:
+        """All bits in manifest order."""
 
 
 @dataclass
@@ -97,10 +120,44 @@ class KeepMask:
         """Number of kept samples."""
         return int(self.keep.sum())
 
+    @property
+    def num_samples(self) -> int:
+        """Number of samples the mask covers."""
+        return len(self.keep)
+
+    @property
+    def manifest_fingerprint(self) -> str:
+        """Fingerprint of the manifest the mask was made for."""
+        return self.manifest.fingerprint
+
+    def check(self, manifest: Manifest) -> None:
+        """Raise unless this mask was made for exactly ``manifest``.
+
+        Args:
+            manifest: The manifest the mask is about to be used with.
+
+        Raises:
+            MaskMismatchError: The mask belongs to another manifest.
+        """
+        if self.manifest.fingerprint != manifest.fingerprint:
+            raise MaskMismatchError(
+                f"in-memory mask was made for {self.manifest.path} (fingerprint {self.manifest.fingerprint[:12]}), "
+                f"not for {manifest.path} ({manifest.fingerprint[:12]})"
+            )
+
     def shard(self, k: int) -> np.ndarray:
         """Boolean keep array of shard ``k``."""
         offsets = self.manifest.shard_offsets
         return self.keep[offsets[k] : offsets[k + 1]]
+
+    def shard_kept_counts(self) -> np.ndarray:
+        """Kept samples per shard, manifest order."""
+        running = np.concatenate([[0], np.cumsum(self.keep, dtype=np.int64)])
+        return np.diff(running[self.manifest.shard_offsets])
+
+    def to_bool(self) -> np.ndarray:
+        """All bits in manifest order (the array itself, not a copy)."""
+        return self.keep
 
     def header(self) -> dict:
         """Build the JSON header (counts, provenance, binding) for this mask."""
@@ -215,6 +272,11 @@ class MaskFile:
     def provenance(self) -> dict:
         """How the mask was made."""
         return self.header["provenance"]
+
+    @property
+    def manifest_fingerprint(self) -> str:
+        """Fingerprint of the manifest the mask was made for."""
+        return str(self.header.get("manifest_fingerprint"))
 
     def shard_kept_counts(self) -> np.ndarray:
         """Kept samples per shard, from the header alone."""
@@ -369,13 +431,13 @@ def random_mask(manifest: Manifest, ratio: float, level: str = "sample", seed: i
     rng = np.random.default_rng(seed)
     if level == "sample":
         n = manifest.num_samples
-        n_keep = n - int(round(n * ratio))
+        n_keep = kept_count(n, ratio, allow_empty=True)
         keep = np.zeros(n, dtype=bool)
         keep[rng.choice(n, size=n_keep, replace=False)] = True
         return KeepMask(keep, manifest, _provenance("random", ratio, level="sample", seed=seed))
     if level == "class":
         c = manifest.num_classes
-        n_keep = c - int(round(c * ratio))
+        n_keep = kept_count(c, ratio, allow_empty=True)
         kept = np.sort(rng.choice(c, size=n_keep, replace=False))
         return mask_from_classes(manifest, kept.tolist(), method="random", seed=seed)
     raise ValueError(f"level={level!r}: must be 'sample' or 'class'")
@@ -470,3 +532,37 @@ def translate_mask(
     provenance = dict(mask.provenance)
     provenance["translated_from"] = source.fingerprint
     return KeepMask(keep, manifest, provenance)
+
+
+MaskLike = Union[str, os.PathLike, KeepMask, MaskFile, None]
+
+
+def open_mask(mask: MaskLike, manifest: Manifest) -> Mask | None:
+    """Open a mask (path, file or in-memory) and check it belongs to ``manifest``.
+
+    Args:
+        mask: A mask path, :class:`MaskFile`, :class:`KeepMask`, or ``None`` (keep all).
+        manifest: The dataset the mask will be used with.
+
+    Returns:
+        The opened mask, or ``None``.
+
+    Raises:
+        MaskMismatchError: The mask was made for another dataset or index.
+        TypeError: ``mask`` is none of the above.
+    """
+    if mask is None:
+        return None
+    if isinstance(mask, (str, os.PathLike)):
+        mask = MaskFile(mask)
+    if not isinstance(mask, Mask):
+        raise TypeError(f"mask must be a path, MaskFile or KeepMask, not {type(mask).__name__}")
+    mask.check(manifest)
+    return mask
+
+
+def kept_counts(manifest: Manifest, mask: Mask | None) -> np.ndarray:
+    """Kept samples per shard (every sample when ``mask`` is ``None``), without reading bitsets of mask files."""
+    if mask is None:
+        return np.asarray([s.samples for s in manifest.shards], dtype=np.int64)
+    return mask.shard_kept_counts()

@@ -11,7 +11,7 @@ models. Selectors live in a string-keyed registry::
     def my_selector(scores, ratio, ctx: SelectionContext, width: float = 0.5):
         ...  # return kept item ids
 
-and are used by :func:`select` and :func:`streamprune.scoring.scores_file.mask_from_scores`
+and are used by :func:`select` and :func:`mask_from_scores`
 (``streamprune score --selector NAME`` / ``streamprune mask --scores F --selector NAME``).
 
 Registered here (``docs/methods.md`` sections 2 and 3; "budget" ``b = 1 - ratio`` is the
@@ -60,14 +60,18 @@ Rules shared by the class-wise selectors (``class-balanced-random``, ``easy``, `
 from __future__ import annotations
 
 import inspect
-import math
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .scoring.scores_file import ScoreFile
+from .errors import MaskMismatchError
+from .manifest import Manifest
+from .masks import KeepMask, mask_from_bool, mask_from_classes
+from .ratios import check_ratio, kept_count, round_half_up
+from .registry import Registry
+from .scores import ScoreFile
 
 __all__ = [
     "SelectionContext",
@@ -82,6 +86,9 @@ __all__ = [
     "class_quotas",
     "flexrand_shares",
     "ccs_strata",
+    "select_items",
+    "select_classes_from_scores",
+    "mask_from_scores",
 ]
 
 #: Selector used when none is named.
@@ -106,7 +113,7 @@ class SelectionContext:
 
 
 SelectorFn = Callable[..., np.ndarray]
-_REGISTRY: dict[str, tuple[SelectorFn, tuple[str, ...]]] = {}
+SELECTORS: Registry[SelectorFn] = Registry("selector")
 
 
 def register_selector(name: str, levels: Sequence[str] = ("sample",)) -> Callable[[SelectorFn], SelectorFn]:
@@ -122,48 +129,26 @@ def register_selector(name: str, levels: Sequence[str] = ("sample",)) -> Callabl
     Raises:
         ValueError: ``name`` is already registered to another function.
     """
-
-    def decorate(fn: SelectorFn) -> SelectorFn:
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing[0] is not fn:
-            raise ValueError(f"selector {name!r} is already registered ({existing[0].__module__}.{existing[0].__name__})")
-        _REGISTRY[name] = (fn, tuple(levels))
-        return fn
-
-    return decorate
+    return SELECTORS.register(name, levels=tuple(levels))
 
 
 def get_selector(name: str) -> SelectorFn:
-    """Look up a registered selector.
-
-    Args:
-        name: Registry key.
-
-    Returns:
-        The selector function.
-
-    Raises:
-        ValueError: Unknown name (the message lists the known ones).
-    """
-    try:
-        return _REGISTRY[name][0]
-    except KeyError:
-        raise ValueError(f"unknown selector {name!r}; available: {', '.join(available_selectors())}") from None
+    """Look up a registered selector (``ValueError`` naming the known ones if unknown)."""
+    return SELECTORS.get(name)
 
 
 def selector_levels(name: str) -> tuple[str, ...]:
     """Score levels a registered selector accepts."""
-    get_selector(name)
-    return _REGISTRY[name][1]
+    return SELECTORS.meta(name)["levels"]
 
 
 def available_selectors() -> list[str]:
     """Names of the registered selectors, sorted."""
-    return sorted(_REGISTRY)
+    return SELECTORS.names()
 
 
 def select(
-    scores: "ScoreFile",
+    scores: ScoreFile,
     ratio: float,
     selector: str = DEFAULT_SELECTOR,
     *,
@@ -187,8 +172,6 @@ def select(
     Raises:
         ValueError: Unknown selector or option, a level the selector does not take, or a bad ratio.
     """
-    from .masks import check_ratio
-
     ratio = check_ratio(ratio)
     fn = get_selector(selector)
     levels = selector_levels(selector)
@@ -215,7 +198,7 @@ def select(
 
 
 @register_selector("top", levels=("class", "cluster", "sample"))
-def top(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+def top(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
     """Keep the first ``round(n * (1 - ratio))`` items of the stored ranking (most useful first).
 
     Args:
@@ -226,20 +209,13 @@ def top(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
     Returns:
         Kept item ids.
     """
-    from .scoring.scores_file import kept_count
-
     return scores.ranking[: kept_count(scores.num_items, ratio)]
 
 
 # --- helpers shared by the sample-level selectors ------------------------------------------
 
 
-def _round_half_up(x: float) -> int:
-    # the same rounding as ``kept_count`` (Python's round() goes to even at .5)
-    return int(math.floor(x + 0.5 + 1e-9))
-
-
-def difficulty(scores: "ScoreFile", ctx: SelectionContext, selector: str) -> np.ndarray:
+def difficulty(scores: ScoreFile, ctx: SelectionContext, selector: str) -> np.ndarray:
     """The scores turned so that higher means harder, from the file's ``harder`` direction.
 
     Args:
@@ -283,10 +259,8 @@ def class_quotas(sizes: Sequence[int], ratio: float) -> np.ndarray:
 
     Returns:
         ``int64`` quota per class; each is ``floor(n_c * b)`` or ``ceil(n_c * b)``, and they sum
-        to :func:`~streamprune.scoring.scores_file.kept_count` of the total.
+        to :func:`~streamprune.ratios.kept_count` of the total.
     """
-    from .scoring.scores_file import kept_count
-
     sizes = np.asarray(sizes, dtype=np.int64)
     budget = 1.0 - ratio
     total = kept_count(int(sizes.sum()), ratio)
@@ -317,7 +291,7 @@ def _draw(rng: np.random.Generator, ids: np.ndarray, k: int) -> np.ndarray:
     return ids[rng.permutation(len(ids))[:k]]
 
 
-def _per_class(scores: "ScoreFile", ratio: float, ctx: SelectionContext, pick: Callable[..., np.ndarray]) -> np.ndarray:
+def _per_class(scores: ScoreFile, ratio: float, ctx: SelectionContext, pick: Callable[..., np.ndarray]) -> np.ndarray:
     """Run ``pick(ids, quota, rng)`` for every class and join the results."""
     groups = _classes(ctx, scores.num_items)
     quotas = class_quotas([len(g) for g in groups], ratio)
@@ -330,7 +304,7 @@ def _per_class(scores: "ScoreFile", ratio: float, ctx: SelectionContext, pick: C
 
 
 @register_selector("random")
-def uniform(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+def uniform(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
     """``round(N * (1 - ratio))`` samples uniformly over the whole set (seeded; scores unused).
 
     Args:
@@ -341,14 +315,12 @@ def uniform(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndar
     Returns:
         Kept sample ids.
     """
-    from .scoring.scores_file import kept_count
-
     n = scores.num_items
     return _draw(np.random.default_rng(ctx.seed), np.arange(n, dtype=np.int64), kept_count(n, ratio))
 
 
 @register_selector("class-balanced-random")
-def class_balanced_random(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+def class_balanced_random(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
     """Each class's quota drawn uniformly inside the class (seeded; scores unused).
 
     Args:
@@ -363,7 +335,7 @@ def class_balanced_random(scores: "ScoreFile", ratio: float, ctx: SelectionConte
 
 
 @register_selector("easy")
-def easy(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+def easy(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
     """Top-k easy: each class's quota of its easiest samples.
 
     Args:
@@ -379,7 +351,7 @@ def easy(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray
 
 
 @register_selector("hard")
-def hard(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+def hard(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
     """Top-k hard: each class's quota of its hardest samples.
 
     Args:
@@ -412,7 +384,7 @@ def flexrand_shares(gamma: float, budget: float) -> tuple[float, float]:
 
 
 @register_selector("flexrand")
-def flexrand(scores: "ScoreFile", ratio: float, ctx: SelectionContext, gamma: float = 0.5) -> np.ndarray:
+def flexrand(scores: ScoreFile, ratio: float, ctx: SelectionContext, gamma: float = 0.5) -> np.ndarray:
     """FlexRand (Jiang et al. 2025): per class, random draws from an easy and a hard group.
 
     Args:
@@ -437,9 +409,9 @@ def flexrand(scores: "ScoreFile", ratio: float, ctx: SelectionContext, gamma: fl
     def pick(ids: np.ndarray, quota: int, rng: np.random.Generator) -> np.ndarray:
         n = len(ids)
         ordered = _easy_first(d, ids)
-        n_easy = min(_round_half_up(n * gamma), n)
+        n_easy = min(round_half_up(n * gamma), n)
         group_e, group_h = ordered[:n_easy], ordered[n_easy:]
-        k_e = min(_round_half_up(n * e_share), n_easy, quota)
+        k_e = min(round_half_up(n * e_share), n_easy, quota)
         k_h = quota - k_e
         if k_h > len(group_h):  # rounding only: take the shortfall from E
             k_e, k_h = k_e + k_h - len(group_h), len(group_h)
@@ -448,20 +420,20 @@ def flexrand(scores: "ScoreFile", ratio: float, ctx: SelectionContext, gamma: fl
     return _per_class(scores, ratio, ctx, pick)
 
 
-def _whole_half_plus_random(scores: "ScoreFile", ratio: float, ctx: SelectionContext, name: str, hardest: bool) -> np.ndarray:
+def _whole_half_plus_random(scores: ScoreFile, ratio: float, ctx: SelectionContext, name: str, hardest: bool) -> np.ndarray:
     d = difficulty(scores, ctx, name)
     budget = 1.0 - ratio
 
     def pick(ids: np.ndarray, quota: int, rng: np.random.Generator) -> np.ndarray:
         ordered = _hard_first(d, ids) if hardest else _easy_first(d, ids)
-        k_top = min(_round_half_up(len(ids) * budget / 2), quota)
+        k_top = min(round_half_up(len(ids) * budget / 2), quota)
         return np.concatenate([ordered[:k_top], _draw(rng, ordered[k_top:], quota - k_top)])
 
     return _per_class(scores, ratio, ctx, pick)
 
 
 @register_selector("se")
-def se(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+def se(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
     """FlexRand ablation "se": per class the whole easiest ``b/2``, plus ``b/2`` random from the rest.
 
     Args:
@@ -476,7 +448,7 @@ def se(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
 
 
 @register_selector("sh")
-def sh(scores: "ScoreFile", ratio: float, ctx: SelectionContext) -> np.ndarray:
+def sh(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
     """FlexRand ablation "sh": per class the whole hardest ``b/2``, plus ``b/2`` random from the rest.
 
     Args:
@@ -511,7 +483,7 @@ def ccs_strata(values: np.ndarray, strata: int) -> np.ndarray:
 
 
 @register_selector("ccs")
-def ccs(scores: "ScoreFile", ratio: float, ctx: SelectionContext, beta: float = 0.0, strata: int = 50) -> np.ndarray:
+def ccs(scores: ScoreFile, ratio: float, ctx: SelectionContext, beta: float = 0.0, strata: int = 50) -> np.ndarray:
     """Coverage-centric selection (Zheng et al., ICLR 2023) over the whole set.
 
     Args:
@@ -528,8 +500,6 @@ def ccs(scores: "ScoreFile", ratio: float, ctx: SelectionContext, beta: float = 
         ValueError: Bad ``beta``/``strata``, ``beta`` leaves fewer samples than the budget, or
             the score has no hardness direction.
     """
-    from .scoring.scores_file import kept_count
-
     beta = float(beta)
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"selector 'ccs': beta={beta} must be in [0, 1) (the hardest fraction dropped)")
@@ -540,7 +510,7 @@ def ccs(scores: "ScoreFile", ratio: float, ctx: SelectionContext, beta: float = 
     n = scores.num_items
     budget = kept_count(n, ratio)
     ordered = _easy_first(d, np.arange(n, dtype=np.int64))
-    candidates = ordered[: n - _round_half_up(n * beta)]
+    candidates = ordered[: n - round_half_up(n * beta)]
     if len(candidates) < budget:
         raise ValueError(
             f"selector 'ccs': beta={beta:g} drops the hardest {n - len(candidates)} of {n} samples, leaving "
@@ -561,3 +531,100 @@ def ccs(scores: "ScoreFile", ratio: float, ctx: SelectionContext, beta: float = 
         kept.append(_draw(rng, members[s], take))
         left -= take
     return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+
+
+# --- from scores to masks ---------------------------------------------------------------
+
+
+def select_items(scores: ScoreFile, ratio: float) -> np.ndarray:
+    """Ids of the items kept when a fraction ``ratio`` of them is removed (selector ``top``).
+
+    Takes the first ``kept_count(num_items, ratio)`` entries of the stored ranking, so the
+    tie-break is the one the scoring pass used.
+
+    Args:
+        scores: The scores.
+        ratio: Fraction of items removed.
+
+    Returns:
+        Kept item ids, ascending.
+    """
+    return select(scores, ratio, "top")
+
+
+def select_classes_from_scores(scores: ScoreFile, ratio: float) -> list[int]:
+    """Kept class ids for a class-level scores file (ties broken as the file records).
+
+    Args:
+        scores: Class-level scores.
+        ratio: Fraction of classes removed.
+
+    Returns:
+        Kept class ids, ascending.
+
+    Raises:
+        ValueError: The scores are not class-level.
+    """
+    if scores.level != "class":
+        raise ValueError(f"{scores.path or 'scores'}: level is {scores.level!r}, not 'class'")
+    return select_items(scores, ratio).tolist()
+
+
+def mask_from_scores(
+    manifest: Manifest,
+    scores: ScoreFile,
+    ratio: float,
+    selector: str = "top",
+    seed: int | None = None,
+    **options: Any,
+) -> KeepMask:
+    """The keep mask a scores file gives at ``ratio`` with a selector.
+
+    Class level keeps every sample of the kept classes; cluster level every member of the
+    kept clusters; sample level the kept samples themselves. Class-wise sample selectors
+    (FlexRand, CCS, ...) get the manifest's labels.
+
+    Args:
+        manifest: The source dataset (must match the scores' fingerprint).
+        scores: The scores.
+        ratio: Fraction removed (of classes, clusters or samples, as the level says).
+        selector: Registered selector (:mod:`streamprune.selection`); ``top`` keeps the top
+            of the stored ranking.
+        seed: Seed for random selectors (default: the scores' seed).
+        **options: Selector options.
+
+    Returns:
+        The mask, with provenance naming the method, selector, ratio and the scores file.
+
+    Raises:
+        MaskMismatchError: The scores belong to another dataset.
+        ValueError: Unknown selector or option, or a level the selector does not take.
+    """
+    scores.check(manifest)
+    ratio = check_ratio(ratio)
+    if scores.level == "sample" and scores.num_items != manifest.num_samples:
+        raise MaskMismatchError(f"{scores.path or 'scores'}: {scores.num_items} sample scores, {manifest.num_samples} samples")
+    if scores.level == "cluster" and len(scores.assignments) != manifest.num_samples:
+        raise MaskMismatchError(
+            f"{scores.path or 'scores'}: {len(scores.assignments)} cluster assignments, {manifest.num_samples} samples"
+        )
+    labels = np.asarray(manifest.labels(), dtype=np.int64) if scores.level == "sample" else None
+    kept = select(scores, ratio, selector, labels=labels, seed=seed, **options)
+    provenance = {
+        "scores": os.path.abspath(scores.path) if scores.path else None,
+        "variant": scores.variant,
+        "seed": scores.seed if seed is None else seed,
+        "requested_ratio": ratio,
+        "selector": selector,
+        "selector_options": dict(options),
+    }
+    if scores.level == "class":
+        return mask_from_classes(manifest, kept.tolist(), method=scores.method, **provenance)
+    if scores.level == "cluster":
+        keep = np.isin(scores.assignments, kept)
+        out = mask_from_bool(manifest, keep, method=scores.method, **provenance)
+        out.provenance.update(level="cluster", ratio=ratio, kept_clusters=kept.tolist())
+        return out
+    keep = np.zeros(manifest.num_samples, dtype=bool)
+    keep[kept] = True
+    return mask_from_bool(manifest, keep, method=scores.method, **provenance)

@@ -245,3 +245,41 @@ def test_os_errors_on_paths_fail_cleanly_naming_the_path(tmp_path, npz_path):
 def test_shard_missing_source_fails_cleanly(tmp_path):
     result = _run("shard", tmp_path / "nope", tmp_path / "out", "--quiet")
     _fails_cleanly(result, "nope")
+
+
+def test_model_flag_is_one_name_with_hidden_deprecated_aliases(tmp_path):
+    manifest_path = _sharded(tmp_path)
+    for command in ("score", "train-surrogate", "dynamics"):
+        help_text = _ok(_run(command, "--help"))
+        assert "--model" in help_text
+        assert "--surrogate" not in help_text and "--arch" not in help_text
+    # an alias still reaches the command (here it fails later, on the missing --out), with a deprecation notice
+    result = _run("train-surrogate", manifest_path, "--arch", "resnet18")
+    assert "deprecated" in result.output and "--model" in result.output
+    _fails_cleanly(result, "--out")
+    _fails_cleanly(_run("dynamics", manifest_path, "--arch", "a", "--model", "b", "--epochs", "1", "--out", tmp_path / "d"), "--model")
+    _fails_cleanly(_run("train-surrogate", manifest_path, "--out", tmp_path / "c.pt"), "--model")
+
+
+def test_score_ratio_repeated_or_comma_separated_and_method_options_checked(tmp_path):
+    manifest_path = _sharded(tmp_path)
+    out = tmp_path / "s"
+    output = _ok(_run("score", manifest_path, "--method", "random-classes", "--ratio", "0.2,0.6", "--ratio", "0.4", "--out", out, "-q"))
+    written = sorted(p.name for p in out.glob("*.spmask"))
+    assert written == ["random-classes-0.2.spmask", "random-classes-0.4.spmask", "random-classes-0.6.spmask"]
+    assert output.count("ratio ") == 3
+    _fails_cleanly(_run("score", manifest_path, "--method", "random-classes", "--ratio", "0.5,x", "--out", out), "'x'")
+    # an option another method declares is refused, naming the method
+    _fails_cleanly(
+        _run("score", manifest_path, "--method", "random-classes", "--levels", "3", "--ratio", "0.5", "--out", out),
+        "--levels", "random-classes",
+    )
+
+
+def test_cli_start_up_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, streamprune_cli.main; print(sorted(m for m in ('torch', 'numba', 'webdataset') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

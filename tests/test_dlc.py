@@ -249,9 +249,9 @@ def test_cli_dlc_with_flexrand_masks_rederived_identically(tmp_path, dataset):
     m, _, labels = dataset
     out = tmp_path / "out"
     runner = CliRunner()
-    r = runner.invoke(cli, ["score", m.path, "--method", "dlc", "--surrogate", CNN, "--input-size", "12", "--levels", "6",
+    r = runner.invoke(cli, ["score", m.path, "--method", "dlc", "--model", CNN, "--input-size", "12", "--levels", "6",
                             "--schedule", "linear", "--dlc-mask", "random", "--selector", "flexrand", "--gamma", "0.45",
-                            "--ratio", "0.5", "0.75", "--out", str(out), "--seed", "3", "--quiet"])
+                            "--ratio", "0.5,0.75", "--out", str(out), "--seed", "3", "--quiet"])
     assert r.exit_code == 0, r.output + repr(r.exception)
     s = ScoreFile.load(out / "scores.json")
     assert s.params["schedule"] == "linear" and s.params["mask"] == "random" and s.params["levels"] == 6

@@ -226,12 +226,12 @@ def test_cli_fm(tmp_path, tiny_arch):
     target = _npz(tmp_path / "t.npz", 10, 1, classes=[0])
     runner = CliRunner()
     r = runner.invoke(cli, ["score", source.path, "--method", "fm", "--clusters", "6", "--kmeans-iters", "5", "--target", target,
-                            "--surrogate", tiny_arch, "--input-size", "10", "--ratio", "0.5", "--out", str(tmp_path / "o"), "--quiet"])
+                            "--model", tiny_arch, "--input-size", "10", "--ratio", "0.5", "--out", str(tmp_path / "o"), "--quiet"])
     assert r.exit_code == 0, r.output
     scores = json.loads((tmp_path / "o" / "scores.json").read_text())
     assert scores["num_items"] == 6 and scores["params"]["kmeans_iters"] == 5 and len(scores["assignments"]) == 40
     assert (tmp_path / "o" / "fm-0.5.spmask").exists()
-    r = runner.invoke(cli, ["score", source.path, "--method", "lm", "--clusters", "6", "--target", target, "--surrogate", tiny_arch,
+    r = runner.invoke(cli, ["score", source.path, "--method", "lm", "--clusters", "6", "--target", target, "--model", tiny_arch,
                             "--ratio", "0.5", "--out", str(tmp_path / "x")])
     assert r.exit_code != 0 and "does not take option" in r.output
 

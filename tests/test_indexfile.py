@@ -9,8 +9,8 @@ import pytest
 
 from streamprune.errors import IndexMismatchError
 from streamprune.indexfile import companion_path, load_index
-from streamprune.manifest import index_shards
-from streamprune.tarindex import MemberTable
+from streamprune.indexing import index_shards
+from streamprune.shardindex import MemberTable
 
 
 def _json_only(path):

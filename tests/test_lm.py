@@ -175,7 +175,7 @@ def test_cli_train_score_and_mask_from_scores(tmp_path, source_and_target, tiny_
     ckpt = tmp_path / "ck.pt"
     r = runner.invoke(
         cli,
-        ["train-surrogate", source.path, "--arch", tiny_arch, "--out", str(ckpt), "--max-steps", "3",
+        ["train-surrogate", source.path, "--model", tiny_arch, "--out", str(ckpt), "--max-steps", "3",
          "--batch-size", "16", "--input-size", "10", "--workers", "0", "--quiet"],
     )
     assert r.exit_code == 0, r.output
@@ -183,8 +183,8 @@ def test_cli_train_score_and_mask_from_scores(tmp_path, source_and_target, tiny_
     out = tmp_path / "scored"
     r = runner.invoke(
         cli,
-        ["score", source.path, "--method", "lm", "--target", target_npz, "--surrogate", tiny_arch,
-         "--checkpoint", str(ckpt), "--ratio", "0.4", "0.6", "0.8", "--out", str(out), "--quiet"],
+        ["score", source.path, "--method", "lm", "--target", target_npz, "--model", tiny_arch,
+         "--checkpoint", str(ckpt), "--ratio", "0.4", "--ratio", "0.6,0.8", "--out", str(out), "--quiet"],
     )
     assert r.exit_code == 0, r.output
     for ratio in ("0.4", "0.6", "0.8"):
@@ -195,7 +195,7 @@ def test_cli_train_score_and_mask_from_scores(tmp_path, source_and_target, tiny_
     # the target is now a manifest: scoring against it again gives the same scores
     r = runner.invoke(
         cli,
-        ["score", source.path, "--target", str(out / "target"), "--surrogate", tiny_arch, "--checkpoint", str(ckpt),
+        ["score", source.path, "--target", str(out / "target"), "--model", tiny_arch, "--checkpoint", str(ckpt),
          "--ratio", "0.6,0.7", "--out", str(tmp_path / "again"), "--quiet"],
     )
     assert r.exit_code == 0, r.output
@@ -214,7 +214,7 @@ def test_cli_train_score_and_mask_from_scores(tmp_path, source_and_target, tiny_
     assert r.exit_code != 0 and "exactly one of" in r.output
     r = runner.invoke(cli, ["mask", source.path, "--scores", str(out / "scores.json"), "--out", str(tmp_path / "x.spmask")])
     assert r.exit_code != 0 and "--ratio is required" in r.output
-    r = runner.invoke(cli, ["score", source.path, "--target", target_npz, "--surrogate", tiny_arch, "--ratio", "1.2", "--out", str(tmp_path / "bad")])
+    r = runner.invoke(cli, ["score", source.path, "--target", target_npz, "--model", tiny_arch, "--ratio", "1.2", "--out", str(tmp_path / "bad")])
     assert r.exit_code != 0 and "fraction removed" in r.output
     r = runner.invoke(cli, ["score", source.path, "--method", "nope", "--ratio", "0.5", "--out", str(tmp_path / "bad")])
     assert r.exit_code != 0 and "unknown scoring method" in r.output

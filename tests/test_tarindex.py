@@ -318,7 +318,7 @@ def test_split_key_ext_splits_at_first_dot_of_basename(name, expected):
 def test_parallel_index_shards_writes_the_same_index_and_manifest(tmp_path, labelled_samples, shard_writer):
     import json
 
-    from streamprune.manifest import index_shards
+    from streamprune.indexing import index_shards
 
     written = shard_writer(labelled_samples, tmp_path / "data")
     shards = [written.shard_path(k) for k in range(len(written.shards))]

@@ -221,7 +221,7 @@ def test_cli_records_dynamics_and_scores_them_end_to_end(tmp_path, source, tiny_
     assert "recorded 8 of 8 samples x 3 epochs" in r.output and r.output.count("epoch ") >= 3
     for method in ("el2n", "forgetting", "aum", "grand-dyn"):
         out = tmp_path / method
-        r = _cli("score", source.path, "--method", method, "--dynamics", dyn, "--ratio", "0.25", "0.5", "--out", out, "--quiet")
+        r = _cli("score", source.path, "--method", method, "--dynamics", dyn, "--ratio", "0.25,0.5", "--out", out, "--quiet")
         assert r.exit_code == 0, r.output + repr(r.exception)
         s = ScoreFile.load(out / "scores.json")
         assert s.method == method and s.num_items == N and s.harder in ("higher", "lower")

@@ -17,7 +17,8 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import IndexMismatchError, TarFormatError
-from ..tarindex import BLOCK, ShardIndex, _walk, split_key_ext
+from ..shardindex import ShardIndex
+from ..tarindex import BLOCK, split_key_ext, walk_headers
 
 __all__ = ["ShardFile", "read_runs", "plan_runs"]
 
@@ -108,7 +109,7 @@ class ShardFile:
         member = None
         if 0 <= start <= offset - BLOCK:
             try:
-                member = next(_walk(_FileView(self.fd, start), self.index.shard_bytes - start, self.path), None)
+                member = next(walk_headers(_FileView(self.fd, start), self.index.shard_bytes - start, self.path), None)
             except TarFormatError:
                 member = None
         name = member.name if member is not None else None

@@ -26,25 +26,18 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Mapping, Union
+from typing import Any, Mapping
 
 import numpy as np
 
 from ..errors import IndexMismatchError, StreamPruneError
-from ..manifest import Manifest
-from ..masks import KeepMask, MaskFile, translate_mask
+from ..manifest import Manifest, ManifestLike, open_manifest
+from ..masks import Mask, MaskFile, MaskLike, translate_mask
 from ..optional import require_ffcv
 
 __all__ = ["pruned_ffcv_loader", "kept_indices", "keep_array", "random_access_map", "ORDERS"]
 
-ManifestLike = Union[str, os.PathLike, Manifest]
-MaskLike = Union[str, os.PathLike, MaskFile, KeepMask, None]
-
 ORDERS = ("random", "quasi_random", "sequential")
-
-
-def _manifest(manifest: ManifestLike) -> Manifest:
-    return manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
 
 
 def _check_beton(manifest: Manifest) -> None:
@@ -75,20 +68,16 @@ def keep_array(mask: MaskLike, manifest: ManifestLike, mask_manifest: ManifestLi
         MaskMismatchError: The mask belongs to another dataset (keys differ) or its manifest
             is unknown.
     """
-    manifest = _manifest(manifest)
+    manifest = open_manifest(manifest)
     if mask is None:
         return None
     if isinstance(mask, (str, os.PathLike)):
         mask = MaskFile(mask)
-    if isinstance(mask, MaskFile):
-        if mask.header.get("manifest_fingerprint") == manifest.fingerprint:
-            mask.check(manifest)
-            return mask.to_bool()
-    elif isinstance(mask, KeepMask):
-        if mask.manifest.fingerprint == manifest.fingerprint:
-            return mask.keep
-    else:
+    if not isinstance(mask, Mask):
         raise TypeError(f"mask must be a path, MaskFile or KeepMask, not {type(mask).__name__}")
+    if mask.manifest_fingerprint == manifest.fingerprint:
+        mask.check(manifest)
+        return mask.to_bool()
     return translate_mask(mask, manifest, source_manifest=mask_manifest).keep
 
 
@@ -113,7 +102,7 @@ def kept_indices(
         StreamPruneError: Not a ``.beton`` manifest, or ``shard`` missing/out of range.
         MaskMismatchError: See :func:`keep_array`.
     """
-    manifest = _manifest(manifest)
+    manifest = open_manifest(manifest)
     _check_beton(manifest)
     k = _shard_number(manifest, shard)
     keep = keep_array(mask, manifest, mask_manifest)
@@ -235,7 +224,7 @@ def pruned_ffcv_loader(
 
     if "indices" in loader_kwargs:
         raise TypeError("indices= is computed from the mask; do not pass it")
-    manifest = _manifest(manifest)
+    manifest = open_manifest(manifest)
     indices = kept_indices(manifest, mask, shard=shard, mask_manifest=mask_manifest)
     k = _shard_number(manifest, shard)
     path = _check_file(manifest, k)

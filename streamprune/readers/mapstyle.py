@@ -9,18 +9,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..manifest import Manifest
+from ..manifest import Manifest, ManifestLike, open_manifest
+from ..masks import Mask, MaskLike, open_mask
 from .byterange import ShardFile
-from .webdataset import ManifestLike, MaskLike, _distributed_rank_world, open_manifest, open_mask, require_tar
+from .webdataset import distributed_rank_world, require_tar
 
 __all__ = ["PrunedMapDataset", "KeptSampler"]
 
 
-def _kept_global(manifest: Manifest, mask) -> np.ndarray:
+def _kept_global(manifest: Manifest, mask: Mask | None) -> np.ndarray:
     if mask is None:
         return np.arange(manifest.num_samples, dtype=np.int64)
-    bits = mask.to_bool() if hasattr(mask, "to_bool") else mask.keep
-    return np.flatnonzero(bits).astype(np.int64)
+    return np.flatnonzero(mask.to_bool()).astype(np.int64)
 
 
 class PrunedMapDataset(Dataset):
@@ -122,7 +122,7 @@ class KeptSampler(Sampler[int]):
     ) -> None:
         manifest = open_manifest(manifest)
         self.indices = _kept_global(manifest, open_mask(mask, manifest))
-        auto_rank, auto_world = _distributed_rank_world()
+        auto_rank, auto_world = distributed_rank_world()
         self.rank = auto_rank if rank is None else rank
         self.world_size = auto_world if world_size is None else world_size
         self.shuffle = shuffle

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -21,21 +21,12 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import MaskMismatchError, StreamPruneError
-from ..manifest import Manifest
-from ..masks import KeepMask, MaskFile
+from ..manifest import Manifest, ManifestLike, open_manifest
+from ..masks import MaskLike, kept_counts, open_mask
 from .byterange import ShardFile, read_runs
 from .plan import plan_epoch, within_shard_order
 
-__all__ = ["PrunedSource", "PrunedWebDataset", "pruned_tarfile_samples", "open_mask", "MaskLike", "ManifestLike"]
-
-MaskLike = Union[str, os.PathLike, MaskFile, KeepMask, None]
-ManifestLike = Union[str, os.PathLike, Manifest]
-
-
-def open_manifest(manifest: ManifestLike) -> Manifest:
-    """Return a :class:`Manifest`, loading it if a path is given."""
-    return manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
-
+__all__ = ["PrunedSource", "PrunedWebDataset", "pruned_tarfile_samples", "require_tar", "distributed_rank_world"]
 
 def require_tar(manifest: Manifest) -> Manifest:
     """Return ``manifest`` if all its shards are tar shards; a clear error for ``.beton`` files."""
@@ -48,43 +39,8 @@ def require_tar(manifest: Manifest) -> Manifest:
     return manifest
 
 
-def open_mask(mask: MaskLike, manifest: Manifest) -> MaskFile | KeepMask | None:
-    """Open a mask (path, file or in-memory) and check it belongs to ``manifest``.
-
-    Args:
-        mask: A mask path, :class:`MaskFile`, :class:`KeepMask`, or ``None`` (keep all).
-        manifest: The dataset the mask will be used with.
-
-    Returns:
-        The opened mask, or ``None``.
-
-    Raises:
-        MaskMismatchError: The mask was made for another dataset or index.
-    """
-    if mask is None:
-        return None
-    if isinstance(mask, (str, os.PathLike)):
-        mask = MaskFile(mask)
-    if isinstance(mask, MaskFile):
-        mask.check(manifest)
-    elif isinstance(mask, KeepMask):
-        if mask.manifest.fingerprint != manifest.fingerprint:
-            raise MaskMismatchError("in-memory mask was made for a different manifest")
-    else:
-        raise TypeError(f"mask must be a path, MaskFile or KeepMask, not {type(mask).__name__}")
-    return mask
-
-
-def kept_counts(manifest: Manifest, mask: MaskFile | KeepMask | None) -> np.ndarray:
-    """Kept samples per shard, without loading any bitsets for mask files."""
-    if mask is None:
-        return np.asarray([s.samples for s in manifest.shards], dtype=np.int64)
-    if isinstance(mask, MaskFile):
-        return mask.shard_kept_counts()
-    return np.asarray([int(mask.shard(k).sum()) for k in range(len(manifest.shards))], dtype=np.int64)
-
-
-def _distributed_rank_world() -> tuple[int, int]:
+def distributed_rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` from ``torch.distributed`` when initialised, else ``$RANK``/``$WORLD_SIZE``."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -128,7 +84,7 @@ class PrunedSource(IterableDataset):
         self.manifest.drop_cache()
         self.mask = open_mask(mask, self.manifest)
         self.kept_counts = kept_counts(self.manifest, self.mask)
-        auto_rank, auto_world = _distributed_rank_world()
+        auto_rank, auto_world = distributed_rank_world()
         self.rank = auto_rank if rank is None else rank
         self.world_size = auto_world if world_size is None else world_size
         if uneven not in ("pad", "drop"):

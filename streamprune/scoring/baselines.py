@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import StreamPruneError
-from . import ScoreRequest, register_score
-from .scores_file import ScoreFile, rank_items
+from .registry import MethodOption, register_score
+from .request import ScoreRequest
+from ..scores import ScoreFile, rank_items
 
 __all__ = ["random_classes", "random_samples", "moderate_scores", "moderate", "per_sample_grad_norms", "grand"]
 

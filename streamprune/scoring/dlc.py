@@ -70,8 +70,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import StreamPruneError
-from . import ScoreRequest, register_score
-from .scores_file import ScoreFile, rank_items
+from .registry import MethodOption, register_score
+from .request import ScoreRequest
+from ..scores import ScoreFile, rank_items
 
 __all__ = [
     "SCHEDULES",
@@ -509,7 +510,19 @@ def backbone_num_classes(arch: str, checkpoint: str | None, fallback: int) -> in
     raise StreamPruneError(f"{checkpoint}: cannot find the classifier head's weight for {arch!r} in the state dict")
 
 
-@register_score("dlc")
+@register_score(
+    "dlc",
+    options=(
+        MethodOption("levels", int, "masking levels K, level 0 unmasked"),
+        MethodOption(
+            "schedule", str, "geometric (mask 2% of the remaining weights per level) or linear (sparsity 2%, 4%, ...)",
+            choices=("geometric", "linear"),
+        ),
+        MethodOption("mask", str, "mask by smallest magnitude or at random (seeded)", flag="dlc-mask", choices=("l1", "random")),
+        MethodOption("step", float, "fraction masked per level", flag="dlc-step"),
+        MethodOption("pool", str, "ViT token pooling", choices=("cls", "mean")),
+    ),
+)
 def dlc(
     request: ScoreRequest,
     levels: int = 50,

@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from ..kernels import kmeans_accumulate, nearest_centroid, vote_histogram
-from . import ScoreRequest, register_score
+from .registry import MethodOption, register_score
+from .request import ScoreRequest
 from .features import ArrayStore, FeatureStore, embed_manifest
-from .scores_file import ScoreFile, rank_items
+from ..scores import ScoreFile, rank_items
 
 __all__ = [
     "KMeansResult",
@@ -392,7 +393,18 @@ def surrogate_features(request: ScoreRequest, manifest: Any, cache_dir: str, des
     return store, info
 
 
-@register_score("fm")
+#: The k-means options FM and SSP share.
+KMEANS_OPTIONS = (
+    MethodOption("clusters", int, "number of k-means clusters K", default_help="FM 1000, SSP the class count"),
+    MethodOption("kmeans_iters", int, "maximum k-means (Lloyd) iterations"),
+)
+
+
+@register_score(
+    "fm",
+    options=KMEANS_OPTIONS
+    + (MethodOption("fm_over_classes", bool, "vote against source class means (needs labels): class-level mask"),),
+)
 def fm(
     request: ScoreRequest,
     clusters: int = 1000,

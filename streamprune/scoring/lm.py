@@ -16,8 +16,9 @@ import time
 import numpy as np
 
 from ..kernels import vote_histogram
-from . import ScoreRequest, register_score
-from .scores_file import ScoreFile, rank_items
+from .registry import MethodOption, register_score
+from .request import ScoreRequest
+from ..scores import ScoreFile, rank_items
 
 __all__ = ["label_mapping", "softmax", "lm_scores", "lm"]
 
@@ -101,7 +102,9 @@ def lm_scores(
     )
 
 
-@register_score("lm")
+@register_score(
+    "lm", options=(MethodOption("soft_vote", bool, "rank by summed softmax instead of top-1 votes"),)
+)
 def lm(request: ScoreRequest, soft_vote: bool = False) -> ScoreFile:
     """Label mapping over the request's target set (class level; needs a surrogate).
 

@@ -45,9 +45,11 @@ import numpy as np
 
 from ..dynamics import Dynamics, load_dynamics
 from ..errors import StreamPruneError
-from . import ScoreRequest, register_score
+from .registry import MethodOption, register_score
+from .request import ScoreRequest
 from .features import _ChunkSource
-from .scores_file import ScoreFile, rank_items
+from .fm import KMEANS_OPTIONS
+from ..scores import ScoreFile, rank_items
 
 __all__ = [
     "el2n_scores",
@@ -140,7 +142,16 @@ def _fields(request: ScoreRequest, dyn: Dynamics, epochs_used: int, **params: An
     }
 
 
-@register_score("el2n")
+#: Options of the scores computed from recorded training dynamics.
+DYNAMICS_OPTIONS = (
+    MethodOption("dynamics_dir", str, "directory written by `streamprune dynamics`", flag="dynamics"),
+    MethodOption(
+        "epochs", int, "use the first N recorded epochs", flag="dynamics-epochs", default_help="EL2N min(10, all), others all"
+    ),
+)
+
+
+@register_score("el2n", options=DYNAMICS_OPTIONS)
 def el2n(request: ScoreRequest, dynamics_dir: str | None = None, epochs: int | None = None) -> ScoreFile:
     """EL2N: mean ``||softmax - onehot||_2`` over early training epochs (keep highest).
 
@@ -165,7 +176,7 @@ def el2n(request: ScoreRequest, dynamics_dir: str | None = None, epochs: int | N
     )
 
 
-@register_score("forgetting")
+@register_score("forgetting", options=DYNAMICS_OPTIONS)
 def forgetting(request: ScoreRequest, dynamics_dir: str | None = None, epochs: int | None = None) -> ScoreFile:
     """Forgetting events over training (keep highest; never learned = ``E + 1``).
 
@@ -194,7 +205,7 @@ def forgetting(request: ScoreRequest, dynamics_dir: str | None = None, epochs: i
     )
 
 
-@register_score("aum")
+@register_score("aum", options=DYNAMICS_OPTIONS)
 def aum(request: ScoreRequest, dynamics_dir: str | None = None, epochs: int | None = None) -> ScoreFile:
     """AUM: summed margin ``p_y - max_{k != y} p_k`` (low = hard; the lowest are kept first).
 
@@ -219,7 +230,7 @@ def aum(request: ScoreRequest, dynamics_dir: str | None = None, epochs: int | No
     )
 
 
-@register_score("grand-dyn")
+@register_score("grand-dyn", options=DYNAMICS_OPTIONS)
 def grand_dyn(request: ScoreRequest, dynamics_dir: str | None = None, epochs: int | None = None) -> ScoreFile:
     """GraNd from the per-sample gradient norms recorded with the dynamics (keep highest).
 
@@ -312,7 +323,7 @@ def prototype_distances(store: Any, centroids: np.ndarray, distance: str = "eucl
     return idx, dist
 
 
-@register_score("ssp")
+@register_score("ssp", options=KMEANS_OPTIONS)
 def ssp(
     request: ScoreRequest,
     clusters: int | None = None,

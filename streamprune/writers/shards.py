@@ -14,7 +14,7 @@ from ..errors import StreamPruneError
 from ..indexfile import INDEX_SUFFIX, save_index
 from ..manifest import Manifest, build_manifest
 from ..sources import Sample, Source
-from ..tarindex import ShardIndex
+from ..shardindex import ShardIndex
 from .output import open_writer_source, start_output_dir
 from .tar import TarShardWriter
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..atomic import file_sha256, temp_name
 from ..errors import DuplicateKeyError, LabelError, StreamPruneError
-from ..tarindex import BLOCK, ShardIndex, index_tar, parse_label
+from ..shardindex import ShardIndex
+from ..tarindex import BLOCK, index_tar, parse_label
 
 __all__ = ["TarShardWriter"]
 

@@ -1,0 +1,127 @@
+"""``streamprune score``: one scoring pass, its scores file and one keep mask per ratio.
+
+The method options (``--clusters``, ``--levels``, ...) are not listed here: each scoring method
+declares its own (:func:`streamprune.scoring.register_score`), and :class:`ScoreCommand` adds
+them when the command runs or shows its help.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .options import (
+    RegistryHelpOption,
+    model_option,
+    ratios_callback,
+    scoring_methods_help,
+    selector_kwargs,
+    selector_options,
+    selectors_help,
+)
+
+__all__ = ["score", "ScoreCommand"]
+
+_PREFIX = "method_option_"
+
+
+def method_click_options() -> list[click.Option]:
+    """One click option per flag the registered scoring methods declare.
+
+    A flag declared by several methods (``--clusters`` by fm and ssp) becomes one option whose
+    help names them all.
+    """
+    # Deferred on purpose: importing the scoring methods imports torch; `streamprune --help`
+    # and the other commands must not pay for it.
+    from streamprune.scoring import available_scores, method_options
+
+    by_flag: dict[str, list[tuple[str, Any]]] = {}
+    for method in available_scores():
+        for option in method_options(method):
+            by_flag.setdefault(option.cli_flag, []).append((method, option))
+    params = []
+    for flag, entries in by_flag.items():
+        option = entries[0][1]
+        methods = "/".join(m for m, _ in entries)
+        defaults = {o.describe_default() for _, o in entries}
+        default = defaults.pop() if len(defaults) == 1 else ", ".join(f"{m} {o.describe_default()}" for m, o in entries)
+        help_text = f"{methods}: {option.help}" + (f" [default: {default}]." if default else ".")
+        name = _PREFIX + flag[2:].replace("-", "_")
+        if option.type is bool:
+            params.append(click.Option([flag, name], is_flag=True, default=False, help=help_text))
+        else:
+            kind = click.Choice(option.choices) if option.choices else option.type
+            params.append(click.Option([flag, name], type=kind, default=None, help=help_text))
+    return params
+
+
+class ScoreCommand(click.Command):
+    """A command whose scoring-method options come from the registry, added on first use."""
+
+    _method_options_added = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        """The declared parameters plus, once loaded, the scoring methods' options."""
+        if not self._method_options_added:
+            at = next(i for i, p in enumerate(self.params) if p.name == "selector")
+            self.params[at:at] = method_click_options()
+            self._method_options_added = True
+        return super().get_params(ctx)
+
+
+def method_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Map the method options given on the command line to ``method``'s keyword arguments.
+
+    Raises:
+        click.UsageError: An option was given that ``method`` does not declare.
+    """
+    from streamprune.scoring import method_options  # deferred with method_click_options (torch)
+
+    declared = {_PREFIX + o.cli_flag[2:].replace("-", "_"): o for o in method_options(method)}
+    out = {}
+    for name, value in given.items():
+        if value is None or value is False:
+            continue
+        option = declared.get(name)
+        if option is None:
+            flag = "--" + name[len(_PREFIX):].replace("_", "-")
+            known = ", ".join(o.cli_flag for o in declared.values()) or "none"
+            raise click.UsageError(f"{flag} is not an option of --method {method} (its options: {known})")
+        out[option.name] = value
+    return out
+
+
+@click.command(cls=ScoreCommand)
+@click.argument("source_manifest", type=click.Path(exists=True))
+@click.option("--method", default="lm", show_default=True, cls=RegistryHelpOption, help_fn=scoring_methods_help)
+@click.option("--target", type=click.Path(exists=True), help="Target training set: a manifest (or its directory), or anything `shard` accepts (sharded into OUT/target).")
+@click.option("--target-split", default="train", show_default=True, help="IDX split of the target to shard.")
+@model_option("Model: torchvision architecture or package.module:function (the surrogate, or DLC's backbone).")
+@click.option("--checkpoint", type=click.Path(exists=True), help="Model checkpoint (default: untrained, seeded).")
+@click.option("--ratio", "ratios", multiple=True, required=True, callback=ratios_callback, help="Fraction REMOVED; repeat or separate with commas: --ratio 0.4,0.6,0.8.")
+@click.option("--out", required=True, type=click.Path(), help="Directory for scores.json and one mask per ratio.")
+@click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=selectors_help)
+@selector_options
+@click.option("--input-size", type=click.IntRange(min=8), help="Network input side (default: the checkpoint's, else 32).")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader decode workers.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def score(source_manifest, method, target, target_split, model, checkpoint, ratios, out, selector, gamma, beta, strata,
+          input_size, batch_size, workers, device, seed, quiet, **given):
+    """Score SOURCE_MANIFEST once (for dlc and the training-based scores: the downstream training set being pruned); write OUT/scores.json and a keep mask per ratio."""
+    from streamprune.masks import MaskFile
+    from streamprune.scoring import score_source
+
+    r = score_source(
+        source_manifest, method, ratios, out, target=target, target_split=target_split, surrogate=model,
+        checkpoint=checkpoint, input_size=input_size, batch_size=batch_size, workers=workers, device=device,
+        seed=seed, progress=not quiet, selector=selector, selector_options=selector_kwargs(gamma, beta, strata),
+        **method_kwargs(method, given),
+    )
+    click.echo(f"scores -> {r['scores']} ({r['seconds']['score']:.1f} s)")
+    for ratio, path in r["masks"].items():
+        kept = r["kept"][ratio] or f"{MaskFile(path).kept} samples"  # sample level: a count, not the items
+        click.echo(f"ratio {ratio:g}: kept {kept} -> {path}")

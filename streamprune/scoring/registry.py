@@ -1,0 +1,120 @@
+"""The registry of scoring methods, and the options each method declares.
+
+A scoring method is a function ``method(request: ScoreRequest, **options) -> ScoreFile``
+registered under a name, with the options a user may set from the command line declared once,
+beside the function::
+
+    @register_score("fm", options=(MethodOption("clusters", int, "number of k-means clusters K"),))
+    def fm(request: ScoreRequest, clusters: int = 1000) -> ScoreFile:
+        ...
+
+The default of an option is read from the function's signature (it is written once, there);
+the declaration adds its type, help and command-line flag. ``streamprune score`` builds its
+method options from these declarations, so a new method's options appear without editing
+the CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ..registry import Registry
+from ..scores import ScoreFile
+
+__all__ = [
+    "ScoreFn",
+    "MethodOption",
+    "SCORES",
+    "register_score",
+    "get_score",
+    "available_scores",
+    "method_options",
+]
+
+ScoreFn = Callable[..., ScoreFile]
+
+#: Every registered scoring method, by name.
+SCORES: Registry[ScoreFn] = Registry("scoring method")
+
+
+@dataclass(frozen=True)
+class MethodOption:
+    """One option of a scoring method that users may set.
+
+    Attributes:
+        name: Keyword argument of the method.
+        type: ``int``, ``float``, ``str`` or ``bool`` (a flag).
+        help: What the option does (without the default).
+        flag: Command-line flag without the dashes; default: ``name`` with dashes.
+        choices: Allowed values, for string options.
+        default: Filled in from the method's signature when it is registered.
+        default_help: How to describe the default when it is computed (``None`` in the signature).
+    """
+
+    name: str
+    type: type
+    help: str
+    flag: str | None = None
+    choices: tuple[str, ...] | None = None
+    default: Any = None
+    default_help: str | None = None
+
+    @property
+    def cli_flag(self) -> str:
+        """The command-line flag, with its dashes (``--kmeans-iters``)."""
+        return "--" + (self.flag or self.name.replace("_", "-"))
+
+    def describe_default(self) -> str | None:
+        """The default in words, for help texts (``None`` when there is nothing to say)."""
+        if self.default_help:
+            return self.default_help
+        if self.type is bool:
+            return None if not self.default else "on"
+        return None if self.default is None else str(self.default)
+
+
+def register_score(name: str, options: Sequence[MethodOption] = ()) -> Callable[[ScoreFn], ScoreFn]:
+    """Decorator registering a scoring method under ``name`` with its user-settable options.
+
+    Args:
+        name: Registry key (what ``--method`` takes).
+        options: The options users may set; each must be a keyword argument of the method.
+
+    Returns:
+        The decorator; it returns the function unchanged.
+
+    Raises:
+        ValueError: ``name`` is already registered to another function.
+        TypeError: An option is not a parameter of the method.
+    """
+
+    def decorate(fn: ScoreFn) -> ScoreFn:
+        params = inspect.signature(fn).parameters
+        resolved = []
+        for option in options:
+            param = params.get(option.name)
+            if param is None:
+                raise TypeError(f"{fn.__module__}.{fn.__qualname__} declares option {option.name!r} but takes no such argument")
+            default = None if param.default is inspect.Parameter.empty else param.default
+            resolved.append(dataclasses.replace(option, default=default))
+        return SCORES.register(name, options=tuple(resolved))(fn)
+
+    return decorate
+
+
+def get_score(name: str) -> ScoreFn:
+    """Look up a registered scoring method (``ValueError`` naming the known ones if unknown)."""
+    return SCORES.get(name)
+
+
+def available_scores() -> list[str]:
+    """Names of the registered scoring methods, sorted."""
+    return SCORES.names()
+
+
+def method_options(name: str) -> tuple[MethodOption, ...]:
+    """The user-settable options a registered method declares."""
+    return SCORES.meta(name)["options"]

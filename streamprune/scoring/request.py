@@ -1,0 +1,90 @@
+"""What a scoring method is given: the source, the target, the surrogate and run settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import StreamPruneError
+from ..manifest import Manifest
+from ..models import DEFAULT_INPUT_SIZE, build_surrogate, checkpoint_info
+
+__all__ = ["ScoreRequest"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreRequest:
+    """Everything a scoring method may need, resolved once by :func:`score_source`.
+
+    Attributes:
+        source: The source dataset being pruned.
+        target: The target (downstream) training set, or ``None`` for target-free methods.
+        surrogate: Architecture name or ``"package.module:function"`` entry point, or ``None``.
+        checkpoint: Surrogate checkpoint, or ``None`` (randomly initialised, seeded).
+        input_size: Network input side; ``None``: the checkpoint's, else the default 32.
+        batch_size: Samples per forward pass.
+        workers: DataLoader worker processes.
+        device: Torch device (``"cpu"``, ``"cuda"``, ``"auto"``).
+        seed: Seed (initialisation of an untrained surrogate, random choices).
+        progress: Show progress bars.
+        target_description: Free text describing the target (recorded in the scores).
+        out_dir: Output directory of the scoring pass (methods may cache there, e.g. FM features).
+    """
+
+    source: Manifest
+    target: Manifest | None = None
+    surrogate: str | None = None
+    checkpoint: str | None = None
+    input_size: int | None = None
+    batch_size: int = 256
+    workers: int = 0
+    device: str | None = "cpu"
+    seed: int = 0
+    progress: bool = True
+    target_description: str | None = None
+    out_dir: str | None = None
+
+    def build_surrogate(self) -> tuple[Any, dict[str, Any]]:
+        """Build the surrogate over the source classes, with its provenance.
+
+        Returns:
+            ``(model, info)``: the ``torch.nn.Module`` in eval mode, and ``info`` holding ``arch``, ``checkpoint``, ``checkpoint_sha256``,
+            ``input_size`` and the checkpoint's training metadata.
+
+        Raises:
+            ValueError: No surrogate was given.
+            StreamPruneError: The checkpoint was trained on other classes.
+        """
+        if not self.surrogate:
+            raise ValueError("this scoring method needs a surrogate (--surrogate ARCH_OR_ENTRYPOINT)")
+        info = checkpoint_info(self.checkpoint)
+        classes = info.pop("classes", None)
+        if classes and self.source.classes and list(classes) != list(self.source.classes):
+            raise StreamPruneError(
+                f"{self.checkpoint}: surrogate was trained on classes {list(classes)[:4]}..., "
+                f"source {self.source.path} has {list(self.source.classes)[:4]}..."
+            )
+        trained_size = info.get("input_size")
+        input_size = int(self.input_size or trained_size or DEFAULT_INPUT_SIZE)
+        if trained_size and int(trained_size) != input_size:
+            log.warning("surrogate was trained at input %s, scoring at %s", trained_size, input_size)
+        torch.manual_seed(self.seed)  # an untrained surrogate is the same on every run
+        model = build_surrogate(self.surrogate, self.source.num_classes, self.checkpoint)
+        return model, {"arch": self.surrogate, **info, "input_size": input_size}
+
+    def target_info(self) -> dict[str, Any] | None:
+        """Provenance of the target set (manifest, fingerprint, size, description)."""
+        if self.target is None:
+            return None
+        return {
+            "manifest": self.target.path,
+            "fingerprint": self.target.fingerprint,
+            "num_samples": self.target.num_samples,
+            "classes": list(self.target.classes),
+            "description": self.target_description,
+        }
