@@ -80,7 +80,6 @@ def split_names(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
 def _child_env() -> dict[str, str]:
     """The environment of a suite: this process's streamprune and CLI packages come first on the path."""
     import streamprune
-
     import streamprune_cli
 
     roots = []

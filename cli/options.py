@@ -8,6 +8,7 @@ from typing import Any, Callable
 import click
 
 from streamprune.ratios import check_ratio
+from streamprune.selection import available_selectors
 
 __all__ = [
     "RegistryHelpOption",
@@ -106,15 +107,13 @@ class RegistryHelpOption(click.Option):
 
 def scoring_methods_help() -> str:
     """Help for ``--method``: the registered scoring methods."""
-    from streamprune.scoring import available_scores
+    from streamprune.scoring import available_scores  # deferred: the scoring methods import torch
 
     return f"Scoring method: {', '.join(available_scores())}."
 
 
 def selectors_help() -> str:
     """Help for ``--selector``: the registered selectors."""
-    from streamprune.selection import available_selectors
-
     names = [n for n in available_selectors() if not n.startswith("test-only")]
     return (
         f"How scores become a mask: {', '.join(names)} (top: the top of the stored ranking; "

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from streamprune.masks import MaskFile
+
 from .options import (
     RegistryHelpOption,
     model_option,
@@ -112,8 +114,7 @@ def method_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
 def score(source_manifest, method, target, target_split, model, checkpoint, ratios, out, selector, gamma, beta, strata,
           input_size, batch_size, workers, device, seed, quiet, **given):
     """Score SOURCE_MANIFEST once (for dlc and the training-based scores: the downstream training set being pruned); write OUT/scores.json and a keep mask per ratio."""
-    from streamprune.masks import MaskFile
-    from streamprune.scoring import score_source
+    from streamprune.scoring import score_source  # deferred: the scoring methods import torch
 
     r = score_source(
         source_manifest, method, ratios, out, target=target, target_split=target_split, surrogate=model,

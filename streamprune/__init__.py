@@ -84,7 +84,17 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static tools see the names the lazy table provides
     from .indexing import index_betons, index_files, index_shards
     from .manifest import Manifest
-    from .masks import KeepMask, Mask, MaskFile, mask_from_bool, mask_from_classes, mask_from_keys, open_mask, random_mask, translate_mask
+    from .masks import (
+        KeepMask,
+        Mask,
+        MaskFile,
+        mask_from_bool,
+        mask_from_classes,
+        mask_from_keys,
+        open_mask,
+        random_mask,
+        translate_mask,
+    )
     from .optional import MissingExtraError
     from .readers import KeptSampler, PrunedMapDataset, PrunedSource, PrunedWebDataset, pruned_tarfile_samples
     from .readers.ffcv import pruned_ffcv_loader

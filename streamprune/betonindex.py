@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ManifestError
-from .indexfile import INDEX_SUFFIX, save_index
+from .indexfile import save_index
 from .shardindex import ShardIndex
 
 __all__ = [

@@ -20,7 +20,10 @@ from .manifest import MANIFEST_NAME, Manifest
 from .masks import MaskFile, random_mask
 from .readers import PrunedWebDataset
 from .report import describe, format_report
+from .scores import ScoreFile
+from .scoring import score_source
 from .sources import FASHION_MNIST_CLASSES, ArraySource, idx_source
+from .train import train_surrogate
 from .writers import write_shards
 
 __all__ = ["default_source", "footwear_target", "run_demo", "FOOTWEAR"]
@@ -43,7 +46,7 @@ def default_source(work_dir: str) -> str:
     """
     if os.path.isdir(FASHION_MNIST_DIR):
         return FASHION_MNIST_DIR
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # deferred: scikit-learn is slow to import and only the fallback needs it
 
     digits = load_digits()
     images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
@@ -91,10 +94,6 @@ def _lm_steps(
     input_size: int, progress: bool, timings: dict[str, float],
 ) -> tuple[str, str]:
     """Train the surrogate, shard the footwear target, score with LM; return (mask, summary)."""
-    from .scoring import score_source
-    from .scoring.scores_file import ScoreFile
-    from .train import train_surrogate
-
     start = time.perf_counter()
     trained = train_surrogate(
         manifest, arch, os.path.join(out_dir, "surrogate.pt"), max_steps=train_steps, input_size=input_size,

@@ -218,7 +218,7 @@ class KeepMask:
         bounds = self.manifest.shard_offsets
         with atomic_open(path, "wb") as fh:
             fh.write(MAGIC + struct.pack("<Q", len(raw)) + raw)
-            for k, entry in enumerate(header["shards"]):
+            for k in range(len(header["shards"])):
                 packed = np.packbits(self.keep[bounds[k] : bounds[k + 1]], bitorder="little").tobytes()
                 fh.write(packed + bytes(-len(packed) % 8))
         reread = MaskFile(path)

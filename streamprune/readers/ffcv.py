@@ -127,7 +127,7 @@ def _shard_number(manifest: Manifest, shard: int | None) -> int:
 
 
 def _order_option(order: Any, distributed: bool):
-    from ffcv.loader import OrderOption
+    from ffcv.loader import OrderOption  # optional extra, imported only when used
 
     if isinstance(order, OrderOption):
         option = order
@@ -220,7 +220,7 @@ def pruned_ffcv_loader(
         IndexMismatchError: The file changed since it was indexed.
     """
     require_ffcv("pruned FFCV loading")
-    from ffcv.loader import Loader
+    from ffcv.loader import Loader  # optional extra, checked by require_ffcv above
 
     if "indices" in loader_kwargs:
         raise TypeError("indices= is computed from the mask; do not pass it")
@@ -270,7 +270,7 @@ def _random_access_context_class():
     """FFCV's memory-map context, mapping the file with :func:`random_access_map` instead."""
     global _CONTEXT_CLASS
     if _CONTEXT_CLASS is None:
-        from ffcv.memory_managers.os_cache import OSCacheContext
+        from ffcv.memory_managers.os_cache import OSCacheContext  # optional extra, imported only when used
 
         class RandomAccessOSCacheContext(OSCacheContext):
             def __enter__(self):

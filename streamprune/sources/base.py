@@ -6,6 +6,7 @@ import io
 from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+from PIL import Image
 
 __all__ = ["Sample", "Source", "ListSource", "encode_image"]
 
@@ -59,8 +60,6 @@ def encode_image(array: np.ndarray, fmt: str = "jpg", quality: int = 95) -> byte
     Returns:
         The encoded bytes.
     """
-    from PIL import Image
-
     array = np.asarray(array)
     if array.dtype != np.uint8:
         raise ValueError(f"image array has dtype {array.dtype}; expected uint8")

@@ -31,6 +31,7 @@ import os
 from typing import Iterable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from ..atomic import file_sha256, temp_name
 from ..betonindex import index_beton, save_beton_index
@@ -92,8 +93,6 @@ def rgb_array(files: dict[str, bytes], key: str) -> np.ndarray:
     Raises:
         StreamPruneError: No image member, or it cannot be decoded.
     """
-    from PIL import Image
-
     ext = next((e for e in _IMAGE_EXTS if e in files), None)
     if ext is None:
         raise StreamPruneError(f"sample {key!r}: no image member to write (members: {sorted(files)})")
@@ -140,8 +139,6 @@ def jpeg_as_is(files: dict[str, bytes], max_resolution: int | None = None) -> St
     Returns:
         The JPEG to store, or ``None``.
     """
-    from PIL import Image
-
     ext = next((e for e in _IMAGE_EXTS if e in files), None)
     if ext not in ("jpg", "jpeg"):
         return None
@@ -159,7 +156,7 @@ def jpeg_as_is(files: dict[str, bytes], max_resolution: int | None = None) -> St
 
 def _encode_keeping_jpeg(field, destination, image, malloc) -> None:
     """``RGBImageField.encode`` that writes a :class:`StoredJpeg` as FFCV's ``jpg`` mode."""
-    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.fields.rgb_image import IMAGE_MODES  # optional extra, imported only when used
 
     if not isinstance(image, StoredJpeg):
         type(field).encode(field, destination, image, malloc)
@@ -252,7 +249,7 @@ def _write_one(
     checksum: bool,
     settings: dict,
 ):
-    from ffcv.writer import DatasetWriter
+    from ffcv.writer import DatasetWriter  # optional extra, imported only when used
 
     tmp = temp_name(path)
     stored_before = samples.stored_as_is.value
@@ -360,7 +357,7 @@ def write_beton(
         StreamPruneError: Bad source or sample, or a file failed verification.
     """
     ffcv = require_ffcv("writing .beton files")
-    from ffcv.fields import IntField, RGBImageField
+    from ffcv.fields import IntField, RGBImageField  # optional extra, checked by require_ffcv above
 
     if write_mode not in WRITE_MODES:
         raise ValueError(f"write_mode={write_mode!r}: must be one of {', '.join(WRITE_MODES)}")

@@ -9,12 +9,13 @@ import os
 from typing import Iterable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import StreamPruneError
 from ..indexfile import INDEX_SUFFIX, save_index
 from ..manifest import Manifest, build_manifest
-from ..sources import Sample, Source
 from ..shardindex import ShardIndex
+from ..sources import Sample, Source
 from .output import open_writer_source, start_output_dir
 from .tar import TarShardWriter
 
@@ -94,8 +95,6 @@ def write_shards(
         ValueError: Bad argument.
         StreamPruneError: Bad source, or a shard failed verification.
     """
-    from tqdm.auto import tqdm
-
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard={samples_per_shard}: must be at least 1")
     if workers < 1:
