@@ -72,7 +72,7 @@ def index_files(
     kinds = [is_beton(p) for p in paths]
     if any(kinds) and not all(kinds):
         first = os.fspath(paths[kinds.index(True)])
-        raise ManifestError(f"{first} is an FFCV .beton file but others are tar shards: give one format at a time")
+        raise ManifestError(f"{first} is an FFCV .beton file but others are tar shards: give either tar shards or .beton files, not both")
     if all(kinds):
         return index_betons(paths, out_dir, label_field=label_field, checksum=checksum, classes=classes, progress=progress)
     return index_shards(
