@@ -85,7 +85,7 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
 @cli.command()
 @click.argument("shards", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Directory for the index sidecars and manifest.json.")
-@click.option("--label-ext", default="cls", show_default=True, help="Extension of the integer label member.")
+@click.option("--label-ext", default="auto", show_default=True, help="Extension of the integer label member (auto: .cls when every sample has one, no labels when none has).")
 @click.option("--no-labels", is_flag=True, help="The shards carry no labels.")
 @click.option("--label-field", default="auto", show_default=True, help=".beton: integer field holding the label (auto: 'label', else the only IntField).")
 @click.option("--no-checksum", is_flag=True, help="Skip SHA-256 of each shard (headers only: much faster).")

@@ -14,19 +14,25 @@ import multiprocessing as mp
 import os
 from typing import Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .atomic import file_sha256
 from .betonindex import index_beton, looks_like_beton, save_beton_index
-from .errors import ManifestError
+from .errors import LabelError, ManifestError
 from .indexfile import INDEX_SUFFIX, save_index
 from .manifest import MANIFEST_NAME, Manifest, build_manifest
 from .shardindex import ShardIndex
 from .tarindex import index_tar
 
-__all__ = ["index_files", "index_shards", "index_betons", "is_beton"]
+__all__ = ["index_files", "index_shards", "index_betons", "is_beton", "AUTO_LABELS", "DEFAULT_LABEL_EXT"]
 
 log = logging.getLogger(__name__)
+
+#: ``label_ext`` value meaning: labels if every sample has a ``.cls`` member, none if no sample has.
+AUTO_LABELS = "auto"
+#: The label member webdataset's own examples use; what ``auto`` looks for.
+DEFAULT_LABEL_EXT = "cls"
 
 
 def is_beton(path: str | os.PathLike) -> bool:
@@ -42,7 +48,7 @@ def index_files(
     paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     *,
-    label_ext: str | None = "cls",
+    label_ext: str | None = AUTO_LABELS,
     label_field: str | None = "auto",
     checksum: bool = True,
     classes: list[str] | None = None,
@@ -54,7 +60,8 @@ def index_files(
     Args:
         paths: Files to index, in manifest order; all tar or all ``.beton``.
         out_dir: Where the sidecars and ``manifest.json`` go.
-        label_ext: Tar: extension of the integer label member, or ``None`` (unlabelled).
+        label_ext: Tar: extension of the integer label member (every sample must have it),
+            ``"auto"`` (see :func:`index_shards`), or ``None`` (unlabelled).
         label_field: ``.beton``: integer field holding the label (``"auto"``), or ``None``.
         checksum: Record each file's SHA-256 (reads every byte once).
         classes: Class names by label id.
@@ -107,17 +114,45 @@ def _claim_out_dir(out_dir: str | os.PathLike) -> str:
 
 
 def _index_tar_file(path: str, rel: str, label_ext: str | None, checksum: bool, index_path: str) -> ShardIndex:
-    index = index_tar(path, label_ext=label_ext, name=rel)
+    auto = label_ext == AUTO_LABELS
+    index = index_tar(path, label_ext=DEFAULT_LABEL_EXT if auto else label_ext, name=rel, require_labels=not auto)
     if checksum:
         index.sha256 = file_sha256(path)
     save_index(index, index_path)
     return index
 
 
+def _settle_auto_labels(indexes: Sequence[ShardIndex]) -> str | None:
+    """Decide what ``label_ext="auto"`` found: every sample labelled, none, or an error for some.
+
+    Returns:
+        The label extension the manifest records (``None`` when no sample has a label).
+
+    Raises:
+        LabelError: Some samples have the label member and others do not (names the first without).
+    """
+    labelled = sum(int((index.labels >= 0).sum()) for index in indexes)
+    total = sum(len(index) for index in indexes)
+    if labelled == total:
+        return DEFAULT_LABEL_EXT
+    if labelled == 0:
+        log.warning(
+            "no sample has a .%s member: indexed without labels (name the label member with --label-ext)",
+            DEFAULT_LABEL_EXT,
+        )
+        return None
+    index = next(ix for ix in indexes if (ix.labels < 0).any())
+    key = index.keys[int(np.argmax(index.labels < 0))]
+    raise LabelError(
+        f"{index.shard}: sample {key!r} has no .{DEFAULT_LABEL_EXT} member, but {labelled} of {total} samples have one; "
+        "label every sample, or index without labels (--no-labels)"
+    )
+
+
 def index_shards(
     shards: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
-    label_ext: str | None = "cls",
+    label_ext: str | None = AUTO_LABELS,
     checksum: bool = True,
     classes: list[str] | None = None,
     progress: bool = True,
@@ -132,7 +167,10 @@ def index_shards(
     Args:
         shards: Tar files to index, in the order they should appear in the manifest.
         out_dir: Where the sidecars and ``manifest.json`` are written.
-        label_ext: Extension of the integer label member, or ``None`` for unlabelled data.
+        label_ext: Extension of the integer label member (every sample must have one);
+            ``"auto"``: labels from ``.cls`` members when every sample has one, no labels (with
+            a warning) when no sample has one, an error naming the first unlabelled sample
+            when only some have one; ``None`` for unlabelled data.
         checksum: Compute each shard's SHA-256 (reads every byte once).
         classes: Class names by label id.
         progress: Show a progress bar.
@@ -144,6 +182,7 @@ def index_shards(
     Raises:
         ValueError: ``workers`` is below 1.
         ManifestError: A shard is missing, or two shards share a file name.
+        LabelError: A sample lacks the label member (see ``label_ext``) or its label is not an integer.
     """
     if workers < 1:
         raise ValueError(f"workers={workers}: must be at least 1")
@@ -165,6 +204,8 @@ def index_shards(
                     indexes[futures[future]] = future.result()
                     bar.update(1)
     entries = [(index, rel, index_name) for index, (_, rel, index_name) in zip(indexes, jobs) if index is not None]
+    if label_ext == AUTO_LABELS:
+        label_ext = _settle_auto_labels([index for index, _, _ in entries])
     manifest = build_manifest(out_dir, entries, classes=classes, label_ext=label_ext)
     manifest.save()
     return manifest

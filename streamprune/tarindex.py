@@ -296,6 +296,7 @@ def index_tar(
     path: str | os.PathLike,
     label_ext: str | None = None,
     name: str | None = None,
+    require_labels: bool = True,
 ) -> ShardIndex:
     """Index one uncompressed tar shard.
 
@@ -304,6 +305,8 @@ def index_tar(
         label_ext: Extension of the member that holds the integer label (e.g. ``"cls"``), or
             ``None`` for an unlabelled dataset.
         name: Name to record for the shard; defaults to the file's basename.
+        require_labels: Raise when a sample has no ``label_ext`` member; otherwise its label
+            is ``-1`` (the caller decides what a partly labelled dataset means).
 
     Returns:
         The shard's :class:`ShardIndex` (``sha256`` left empty).
@@ -320,7 +323,7 @@ def index_tar(
         with open(shard, "rb") as fh:
             fd = fh.fileno()
             for i, group in enumerate(groups):
-                labels[i] = _read_label(fd, group, label_ext, shard, keys[i])
+                labels[i] = _read_label(fd, group, label_ext, shard, keys[i], require_labels)
     return ShardIndex(
         shard=name or os.path.basename(shard),
         shard_bytes=os.path.getsize(shard),
@@ -332,11 +335,13 @@ def index_tar(
     )
 
 
-def _read_label(fd: int, group: list[tuple[str, int, int]], label_ext: str, shard: str, key: str) -> int:
+def _read_label(fd: int, group: list[tuple[str, int, int]], label_ext: str, shard: str, key: str, required: bool) -> int:
     for ext, offset, size in group:
         if ext == label_ext:
             raw = os.pread(fd, size, offset)
             return parse_label(raw, shard, key, label_ext)
+    if not required:
+        return -1
     raise LabelError(f"{shard}: sample {key!r} has no .{label_ext} member holding its label")
 
 

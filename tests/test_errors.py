@@ -287,3 +287,36 @@ def test_parallel_indexing_reports_the_bad_shard_and_leaves_no_manifest(tmp_path
     with pytest.raises(CompressedShardError, match=_named(gz)):
         index_shards([good_tar, gz], out, progress=False, workers=2)
     assert not (out / "manifest.json").exists()  # the old manifest no longer describes the directory
+
+
+def test_index_labels_auto_every_none_or_some(tmp_path, caplog):
+    labelled = _tar(tmp_path / "a.tar", [("x.jpg", b"1"), ("x.cls", b"2"), ("y.jpg", b"2"), ("y.cls", b"0")])
+    unlabelled = _tar(tmp_path / "b.tar", [("u.jpg", b"1"), ("v.jpg", b"2")])
+    also_unlabelled = _tar(tmp_path / "c.tar", [("w.jpg", b"1")])
+    # every sample labelled: labels, as with label_ext="cls"
+    m = index_shards([labelled], tmp_path / "i1", progress=False)
+    assert m.label_ext == "cls" and m.labels().tolist() == [2, 0]
+    # no sample labelled: indexed without labels, and one warning line says so
+    with caplog.at_level("WARNING", logger="streamprune.indexing"):
+        m = index_shards([unlabelled, also_unlabelled], tmp_path / "i2", progress=False)
+    assert m.label_ext is None and m.labels().tolist() == [-1, -1, -1] and m.classes == []
+    assert sum("no sample has a .cls member" in r.getMessage() for r in caplog.records) == 1
+    # some labelled, some not (here across shards): an error naming the first sample without one, no manifest
+    with pytest.raises(LabelError, match=r"b\.tar.*'u'.*no \.cls member.*2 of 4"):
+        index_shards([labelled, unlabelled], tmp_path / "i3", progress=False)
+    assert not (tmp_path / "i3" / "manifest.json").exists()
+    # an explicitly named label member is required on every sample
+    with pytest.raises(LabelError, match="'u'"):
+        index_shards([unlabelled], tmp_path / "i4", label_ext="cls", progress=False)
+
+
+def test_cli_index_third_party_shards_without_labels(tmp_path):
+    from click.testing import CliRunner
+
+    from streamprune_cli.main import cli
+
+    shard = _tar(tmp_path / "s.tar", [("000000.jpg", b"1"), ("000001.jpg", b"2")])
+    result = CliRunner().invoke(cli, ["index", str(shard), "--out", str(tmp_path / "idx"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "2 samples in 1 shards" in result.output
+    assert Manifest.load(tmp_path / "idx").label_ext is None
