@@ -7,12 +7,13 @@ under the final name that looks complete.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "file_sha256", "temp_name"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "file_sha256", "temp_name", "remove_stale_temps"]
 
 
 def temp_name(path: str | os.PathLike) -> str:
@@ -104,3 +105,40 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
                 break
             digest.update(block)
     return digest.hexdigest()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike, patterns: Iterable[str]) -> list[str]:
+    """Remove temporaries that killed runs left behind for files matching ``patterns``.
+
+    A run killed by a signal cannot clean up after itself. Only files named like
+    :func:`temp_name` of a file matching one of ``patterns`` (``shard-*.tar`` ->
+    ``shard-*.tar.tmp-<pid>``) whose process is gone are removed; nothing else is touched.
+
+    Args:
+        directory: Where to look.
+        patterns: Glob patterns of the final file names the caller writes.
+
+    Returns:
+        The paths removed.
+    """
+    directory = os.fspath(directory)
+    removed = []
+    for pattern in patterns:
+        for path in glob.glob(os.path.join(glob.escape(directory), pattern + ".tmp-*")):
+            pid = path.rsplit(".tmp-", 1)[1]
+            if not pid.isdigit() or _process_alive(int(pid)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+    return removed

@@ -86,7 +86,7 @@ def test_long_nested_and_non_ascii_keys_are_read_back_by_tarfile_and_webdataset(
     assert names == [f"{key}.{ext}" for key in keys for ext in ("cls", "seg.png", "txt")]
     got = _read_with_webdataset(out)
     assert [s["__key__"] for s in got] == keys
-    for sample, (key, files, label) in zip(got, samples):
+    for sample, (_key, files, _label) in zip(got, samples):
         assert sample["txt"] == files["txt"] and sample["seg.png"] == files["seg.png"]
 
 
@@ -290,3 +290,36 @@ def test_empty_source_and_bad_arguments_are_rejected(tmp_path, labelled_samples)
         write_shards(labelled_samples, tmp_path / "b", samples_per_shard=0, progress=False)
     with pytest.raises(ValueError, match="workers"):
         write_shards(labelled_samples, tmp_path / "c", workers=0, progress=False)
+
+
+def test_rerun_after_a_killed_shard_run_removes_only_its_own_temporaries(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    code = f"""
+import os
+from streamprune.writers import write_shards
+samples = [(f"k{{i:03d}}", {{"bin": os.urandom(4 << 20)}}, i % 2) for i in range(48)]
+write_shards(samples, {str(out)!r}, samples_per_shard=4, shuffle=False, progress=False)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and any(".tmp-" in n for n in os.listdir(out)):
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = [n for n in os.listdir(out) if ".tmp-" in n]
+    assert left, "the killed run left no temporary file; the test did not catch it mid-write"
+    assert not (out / "manifest.json").exists()
+    strangers = ["notes.txt.tmp-1", f"other.tar.tmp-{proc.pid}", f"shard-000009.tar.tmp-{os.getpid()}"]
+    for name in strangers:  # not this writer's pattern, or a process that is alive (this one)
+        (out / name).write_bytes(b"x")
+    samples = [(f"k{i:03d}", {"bin": bytes([i]) * 10}, i % 2) for i in range(8)]
+    manifest = write_shards(samples, out, samples_per_shard=4, shuffle=False, progress=False)
+    assert manifest.num_samples == 8
+    assert sorted(n for n in os.listdir(out) if ".tmp-" in n) == sorted(strangers)

@@ -377,7 +377,7 @@ def write_beton(
         raise ValueError(f"page_size={page_size}: must be a power of two >= 2 MiB")
     source = open_writer_source(src, split, image_format, quality, class_names)
     n = len(source)
-    out_dir = start_output_dir(out_dir)
+    out_dir = start_output_dir(out_dir, beton_name(0).replace("000000", "*"))
     pairs = [key_label(source, i) for i in range(n)]
     all_keys = [k for k, _ in pairs]
     all_labels = np.asarray([lab for _, lab in pairs], dtype=np.int64)

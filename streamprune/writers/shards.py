@@ -101,7 +101,7 @@ def write_shards(
         raise ValueError(f"workers={workers}: must be at least 1")
     source = open_writer_source(src, split, image_format, quality, class_names)
     n = len(source)
-    out_dir = start_output_dir(out_dir)
+    out_dir = start_output_dir(out_dir, shard_name(0).replace("000000", "*"))
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     chunks = [order[i : i + samples_per_shard] for i in range(0, n, samples_per_shard)]
     names = [shard_name(k) for k in range(len(chunks))]
