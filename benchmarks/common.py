@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import io
@@ -355,6 +356,20 @@ def clear_command() -> None:
     """Forget the command set by :func:`set_command`."""
     global _COMMAND
     _COMMAND = None
+
+
+def arg_parser(suite: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser of a suite's options, shown as ``python -m benchmarks SUITE``.
+
+    Args:
+        suite: The suite's name.
+        description: The help text above the options (kept as written).
+
+    Returns:
+        The parser, to which the suite adds its options.
+    """
+    return argparse.ArgumentParser(prog=f"python -m benchmarks {suite}", description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def command_line() -> str:

@@ -940,8 +940,7 @@ def config(args: argparse.Namespace) -> dict:
 
 def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure (or ``--resummarize``), write ``downstream_bench.json`` and the plot, print the tables; return the results."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks downstream", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser("downstream", __doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny smoke run (< 3 min), results in results/quick/")
     p.add_argument("--budgets", help="comma-separated budgets = fractions KEPT (default 0.1,0.2,...,0.9)")
     p.add_argument("--datasets", help="comma-separated subset of fashion-test,digits")
@@ -974,14 +973,5 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 class DownstreamSuite(Suite):
     """``downstream``: finetuning accuracy on pruned target subsets, and each method's pruning time."""
-
-    name = "downstream"
-    title = "Downstream pruning (target subsets)"
-
-    def run(self, argv: Sequence[str]) -> dict[str, Any]:
-        """Measure; see :func:`run_cli`."""
-        return run_cli(argv)
-
-    def tables(self, results: dict[str, Any]) -> str:
-        """Accuracy per dataset, DLC - random, pruning times; see :func:`report_markdown`."""
-        return report_markdown(results)
+    name, title = "downstream", "Downstream pruning (target subsets)"
+    run, tables = staticmethod(run_cli), staticmethod(report_markdown)

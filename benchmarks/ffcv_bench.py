@@ -45,7 +45,6 @@ Run:  python -m benchmarks ffcv            (full, ~10-15 min on 2 cores)
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
@@ -405,8 +404,7 @@ def plot(result: dict, path: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     """The suite's options (``python -m benchmarks ffcv --help``) as a :class:`BenchConfig`."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks ffcv", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser("ffcv", __doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=None, help="where the .beton files live (default benchmarks/data/ffcv_jpeg)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results, results/quick with --quick)")
     p.add_argument("--samples", type=int, default=5200, help="images (default 5200: ~330 MB as FFCV JPEG q95)")
@@ -456,38 +454,34 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def tables(results: dict[str, Any]) -> str:
+    """Speed-up per (cache, layout, order, access, level) and ratio, and the cold read fractions."""
+    rows_in = results["rows"]
+    ratios = [r for r in common.ratios_of(rows_in) if r > 0]
+    groups: dict[tuple, dict[float, dict]] = {}
+    for row in rows_in:
+        key = (row["cache"], row["layout"], row["order"], row["access"])
+        groups.setdefault(key + (row["level"],), {})[float(row["ratio"])] = row
+        if row["level"] == "none":
+            for level in ("sample", "class"):
+                groups.setdefault(key + (level,), {})[0.0] = row
+    headers = ["cache", "layout, order", "access", "level", "r=0 samples/s"] + [f"r={r:g} speed-up" for r in ratios] + [
+        "read fraction at " + " / ".join(f"{r:g}" for r in ratios)
+    ]
+    rows = []
+    for (cache, layout, order, access, level), by_ratio in groups.items():
+        if level == "none" or not any(r in by_ratio for r in ratios):
+            continue
+        base = by_ratio.get(0.0, {})
+        cells = [cache, f"{layout}, {order}", access, level, common.fmt_num(base.get("samples_per_s"), 0)]
+        cells += ["-" if r not in by_ratio else f"{by_ratio[r]['speedup_vs_r0']:.2f}" for r in ratios]
+        cells.append(" / ".join(f"{by_ratio[r]['read_fraction']:.3f}" for r in ratios if r in by_ratio) if cache == "cold" else "-")
+        rows.append(cells)
+    return ("Epoch-time speed-up t(0)/t(r) (median of repeats); bytes read from storage / file size (cold).\n\n"
+            + common.markdown_table(headers, rows, "llll" + "r" * (len(headers) - 4)))
+
+
 class FfcvSuite(Suite):
     """``ffcv``: pruned ``.beton`` loading, default vs page-aware layout, os_cache on/off, warm/cold."""
-
-    name = "ffcv"
-    title = "FFCV backend: pruned .beton loading"
-
-    def run(self, argv: Sequence[str]) -> dict[str, Any]:
-        """Measure; see :func:`run_cli`."""
-        return run_cli(argv)
-
-    def tables(self, results: dict[str, Any]) -> str:
-        """Speed-up per (cache, layout, order, access, level) and ratio, and the cold read fractions."""
-        rows_in = results["rows"]
-        ratios = [r for r in common.ratios_of(rows_in) if r > 0]
-        groups: dict[tuple, dict[float, dict]] = {}
-        for row in rows_in:
-            key = (row["cache"], row["layout"], row["order"], row["access"])
-            groups.setdefault(key + (row["level"],), {})[float(row["ratio"])] = row
-            if row["level"] == "none":
-                for level in ("sample", "class"):
-                    groups.setdefault(key + (level,), {})[0.0] = row
-        headers = ["cache", "layout, order", "access", "level", "r=0 samples/s"] + [f"r={r:g} speed-up" for r in ratios] + [
-            "read fraction at " + " / ".join(f"{r:g}" for r in ratios)
-        ]
-        rows = []
-        for (cache, layout, order, access, level), by_ratio in groups.items():
-            if level == "none" or not any(r in by_ratio for r in ratios):
-                continue
-            base = by_ratio.get(0.0, {})
-            cells = [cache, f"{layout}, {order}", access, level, common.fmt_num(base.get("samples_per_s"), 0)]
-            cells += ["-" if r not in by_ratio else f"{by_ratio[r]['speedup_vs_r0']:.2f}" for r in ratios]
-            cells.append(" / ".join(f"{by_ratio[r]['read_fraction']:.3f}" for r in ratios if r in by_ratio) if cache == "cold" else "-")
-            rows.append(cells)
-        return ("Epoch-time speed-up t(0)/t(r) (median of repeats); bytes read from storage / file size (cold).\n\n"
-                + common.markdown_table(headers, rows, "llll" + "r" * (len(headers) - 4)))
+    name, title = "ffcv", "FFCV backend: pruned .beton loading"
+    run, tables = staticmethod(run_cli), staticmethod(tables)

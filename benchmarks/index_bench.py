@@ -48,8 +48,7 @@ TARGET_MEMBERS_PER_S = 100_000
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The suite's options (``python -m benchmarks index --help``)."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks index", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser("index", __doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=os.path.join(common.DEFAULT_DATA, "index_small"), help="where the small-member shards live")
     p.add_argument("--members", type=int, default=200_000, help="members in the small-member dataset (default 200000)")
     p.add_argument("--shards", type=int, default=8, help="shards in the small-member dataset (default 8)")
@@ -236,22 +235,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return out
 
 
+def tables(results: dict[str, Any]) -> str:
+    """Members/s per dataset and mode."""
+    rows = []
+    for ds in results["datasets"]:
+        for row in ds["rows"]:
+            rows.append([ds["dataset"], row["mode"], common.fmt_num(row["members"]), f"{row['median_seconds']:.3f}",
+                         f"{row['members_per_s'] / 1e3:.1f}k"])
+    return f"Cache: {results.get('cache', 'warm')}.\n\n" + common.markdown_table(
+        ["dataset", "mode", "members", "t (s)", "members/s"], rows, "llrrr")
+
+
 class IndexSuite(Suite):
     """``index``: members/s of ``index_tar`` / ``index_shards`` on existing tar shards (warm cache)."""
-
-    name = "index"
-    title = "Indexing existing tar shards"
-
-    def run(self, argv: Sequence[str]) -> dict[str, Any]:
-        """Measure; see :func:`run`."""
-        return run(argv)
-
-    def tables(self, results: dict[str, Any]) -> str:
-        """Members/s per dataset and mode."""
-        rows = []
-        for ds in results["datasets"]:
-            for row in ds["rows"]:
-                rows.append([ds["dataset"], row["mode"], common.fmt_num(row["members"]), f"{row['median_seconds']:.3f}",
-                             f"{row['members_per_s'] / 1e3:.1f}k"])
-        return f"Cache: {results.get('cache', 'warm')}.\n\n" + common.markdown_table(
-            ["dataset", "mode", "members", "t (s)", "members/s"], rows, "llrrr")
+    name, title = "index", "Indexing existing tar shards"
+    run, tables = staticmethod(run), staticmethod(tables)

@@ -138,8 +138,7 @@ class Dataset:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The suite's options (``python -m benchmarks io --help``)."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks io", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser("io", __doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=None, help="where the generated shards live (default benchmarks/data/io_jpeg_<N>mb)")
     p.add_argument("--total-mb", type=float, default=512, help="dataset size in MiB (default 512)")
     p.add_argument(
@@ -1136,36 +1135,32 @@ def merge_previous(path: str, runs: list[dict], this: dict, ds_info: dict) -> tu
     return old_runs + runs, old_invocations + [this], ds_info
 
 
+def tables(results: dict[str, Any]) -> str:
+    """Speed-up per (variant, cache, reader) and ratio, and the cold read fractions."""
+    summary = results["summary"]
+    ratios = [r for r in common.ratios_of(summary) if r > 0]
+    groups: dict[tuple, dict[float, dict]] = {}
+    for row in summary:
+        groups.setdefault((row["variant"], row["cache"], row["reader"]), {})[float(row["ratio"])] = row
+    headers = ["variant, cache", "reader", "r=0 samples/s"] + [f"r={r:g} speed-up" for r in ratios] + [
+        "read fraction at " + " / ".join(f"{r:g}" for r in ratios)
+    ]
+    rows = []
+    for (variant, cache, reader), by_ratio in groups.items():
+        base = by_ratio.get(0.0, {})
+        cells = [f"{variant}, {cache}", reader, common.fmt_num(base.get("median_samples_per_s"), 0)]
+        for r in ratios:
+            row = by_ratio.get(r)
+            cells.append("-" if row is None else f"{row['speedup']:.2f} [{row['speedup_min']:.2f}-{row['speedup_max']:.2f}]")
+        fracs = [by_ratio[r].get("read_fraction_of_data") for r in ratios if r in by_ratio]
+        cells.append(" / ".join(f"{f:.3f}" for f in fracs if f is not None) if cache == "cold" else "-")
+        rows.append(cells)
+    rows.append(["ideal 1/(1-r)", "", ""] + [f"{1 / (1 - r):.2f}" for r in ratios] + [" / ".join(f"{1 - r:.1f}" for r in ratios)])
+    return ("Epoch-time speed-up t(0)/t(r), paired within a round, median [min-max]; bytes read from storage / data size (cold).\n\n"
+            + common.markdown_table(headers, rows, "ll" + "r" * (len(headers) - 2)))
+
+
 class IoSuite(Suite):
     """``io``: pruned vs unpruned epoch time and bytes read, webdataset vs streamprune vs FFCV."""
-
-    name = "io"
-    title = "I/O: pruned vs unpruned reads (tar shards)"
-
-    def run(self, argv: Sequence[str]) -> dict[str, Any]:
-        """Measure; see :func:`run`."""
-        return run(argv)
-
-    def tables(self, results: dict[str, Any]) -> str:
-        """Speed-up per (variant, cache, reader) and ratio, and the cold read fractions."""
-        summary = results["summary"]
-        ratios = [r for r in common.ratios_of(summary) if r > 0]
-        groups: dict[tuple, dict[float, dict]] = {}
-        for row in summary:
-            groups.setdefault((row["variant"], row["cache"], row["reader"]), {})[float(row["ratio"])] = row
-        headers = ["variant, cache", "reader", "r=0 samples/s"] + [f"r={r:g} speed-up" for r in ratios] + [
-            "read fraction at " + " / ".join(f"{r:g}" for r in ratios)
-        ]
-        rows = []
-        for (variant, cache, reader), by_ratio in groups.items():
-            base = by_ratio.get(0.0, {})
-            cells = [f"{variant}, {cache}", reader, common.fmt_num(base.get("median_samples_per_s"), 0)]
-            for r in ratios:
-                row = by_ratio.get(r)
-                cells.append("-" if row is None else f"{row['speedup']:.2f} [{row['speedup_min']:.2f}-{row['speedup_max']:.2f}]")
-            fracs = [by_ratio[r].get("read_fraction_of_data") for r in ratios if r in by_ratio]
-            cells.append(" / ".join(f"{f:.3f}" for f in fracs if f is not None) if cache == "cold" else "-")
-            rows.append(cells)
-        rows.append(["ideal 1/(1-r)", "", ""] + [f"{1 / (1 - r):.2f}" for r in ratios] + [" / ".join(f"{1 - r:.1f}" for r in ratios)])
-        return ("Epoch-time speed-up t(0)/t(r), paired within a round, median [min-max]; bytes read from storage / data size (cold).\n\n"
-                + common.markdown_table(headers, rows, "ll" + "r" * (len(headers) - 2)))
+    name, title = "io", "I/O: pruned vs unpruned reads (tar shards)"
+    run, tables = staticmethod(run), staticmethod(tables)

@@ -225,17 +225,25 @@ def _slug(suite: Suite) -> str:
     return out.replace(" ", "-")
 
 
-def write_report(out: str | None = None, quick: bool = False, suites: dict[str, Suite] | None = None) -> str:
+def write_report(out: str | None = None, quick: bool = False, suites: dict[str, Suite] | None = None,
+                 bench_dir: str = HERE) -> str:
     """Write the report atomically; return its path.
 
-    The default file is ``BENCHMARKS.md`` at the repository root (next to ``benchmarks/``), or
-    ``benchmarks/results/quick/BENCHMARKS.md`` for ``quick``, so smoke runs never overwrite it.
+    Args:
+        out: The file. Default: ``BENCHMARKS.md`` at the repository root (next to ``benchmarks/``),
+            or ``benchmarks/results/quick/BENCHMARKS.md`` for ``quick``, so smoke runs never overwrite it.
+        quick: Render the ``--quick`` results.
+        suites: The suites (default :data:`~benchmarks.registry.SUITES`).
+        bench_dir: The ``benchmarks/`` folder the links point into (relative to ``out``).
+
+    Returns:
+        The path written.
     """
     if out is None:
         folder = os.path.join(common.DEFAULT_RESULTS, "quick") if quick else os.path.dirname(HERE)
         os.makedirs(folder, exist_ok=True)
         out = os.path.join(folder, "BENCHMARKS.md")
-    prefix = os.path.relpath(HERE, os.path.dirname(os.path.abspath(out))).replace(os.sep, "/").rstrip("/") + "/"
+    prefix = os.path.relpath(bench_dir, os.path.dirname(os.path.abspath(out))).replace(os.sep, "/").rstrip("/") + "/"
     text = render_report(quick=quick, link_prefix="" if prefix == "./" else prefix, suites=suites)
     tmp = f"{out}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:

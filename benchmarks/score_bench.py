@@ -28,7 +28,6 @@ Run:  python -m benchmarks score                 (1M x 512, K=1000; ~10-15 min o
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -352,7 +351,7 @@ def plot(res: dict, path: str) -> None:
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure the parts not skipped (``python -m benchmarks score --help``), write ``score_bench.json`` and the plot."""
-    ap = argparse.ArgumentParser(prog="python -m benchmarks score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.arg_parser("score", __doc__)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--d", type=int, default=512)
@@ -413,55 +412,52 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return res
 
 
+def score_targets(results: dict[str, Any]) -> list[Target]:
+    """The kernel-speed and FM-memory targets, from the parts' measurements."""
+    command = results.get("command")
+    out = []
+    k = results.get("kernels") or {}
+    if k:
+        out.append(Target.check("Numba nearest-centroid >= 5x faster than NumPy", round(k.get("speedup_numba_vs_numpy", float("nan")), 2),
+                                5.0, ">=", command=command))
+        out.append(Target.check("Numba nearest-centroid no slower than torch (CPU)", round(k.get("speedup_numba_vs_torch", float("nan")), 2),
+                                1.0, ">=", command=command))
+    f = results.get("fm_rss") or {}
+    if f:
+        gb = f["peak_rss_bytes"] / 1e9
+        out.append(Target.check("FM peak RSS < 2 GB for 1M x 512", gb, 2.0, "<", shown=f"{gb:.2f} GB", goal="< 2 GB", command=command))
+    return out
+
+
+def tables(results: dict[str, Any]) -> str:
+    """One row per measure: embedding, kernels, FM memory, LM vs an epoch."""
+    rows = []
+    e = results.get("embed")
+    if e:
+        rows.append([f"(a) embedding throughput, {e['dataset']} {e['samples']:,}, {e['surrogate']}@{e['input_size']}, {e['workers']} worker(s)",
+                     f"{e['samples_per_s']:,.0f} samples/s ({e['seconds']:.1f} s)"])
+    k = results.get("kernels")
+    if k:
+        size = f"{k['N']:,} x {k['K']} x {k['D']}"
+        rows.append([f"(b) nearest centroid {size}: Numba", f"{k['numba_nearest_s']['median']:.1f} s"])
+        rows.append([f"(b) torch ({k.get('torch_best', 'best')})", f"{k['torch_nearest_s']:.1f} s"])
+        rows.append(["(b) NumPy (extrapolated)", f"{k['numpy_nearest_s']['extrapolated_to_N']:.0f} s"])
+        rows.append(["(b) one k-means iteration: Numba / torch / NumPy (extrapolated)",
+                     (f"{k['numba_kmeans_iter_s']['median']:.1f} s / {k['torch_kmeans_iter_s']['median']:.1f} s / "
+                      f"{k['numpy_kmeans_iter_s']['extrapolated_to_N']:.0f} s")])
+    f = results.get("fm_rss")
+    if f:
+        rows.append([f"(c) FM k-means peak RSS, {f['N']:,} x {f['D']} float16, K={f['K']}",
+                     f"{f['peak_rss_bytes'] / 1e9:.2f} GB ({f['rss_after_imports_bytes'] / 1e9:.2f} GB after imports), {f['seconds']:.0f} s"])
+    d = results.get("lm_vs_epoch")
+    if d and "epoch_seconds_extrapolated" in d:
+        rows.append(["(d) pretraining epoch (extrapolated) vs LM scoring",
+                     (f"{d['epoch_seconds_extrapolated']:.0f} s vs {d['lm_score_source_seconds']:.1f} s = "
+                      f"{100 * d['fraction_of_epoch']:.1f}% of an epoch")])
+    return common.markdown_table(["measure", "value"], rows, "ll")
+
+
 class ScoreSuite(Suite):
     """``score``: embedding throughput, k-means kernels, FM peak memory, LM scoring vs a pretraining epoch."""
-
-    name = "score"
-    title = "Scoring costs (embedding, k-means kernels, FM memory, LM)"
-
-    def run(self, argv: Sequence[str]) -> dict[str, Any]:
-        """Measure; see :func:`run`."""
-        return run(argv)
-
-    def targets(self, results: dict[str, Any]) -> list[Target]:
-        """The kernel-speed and FM-memory targets, from the parts' measurements."""
-        command = self.command(results)
-        out = []
-        k = results.get("kernels") or {}
-        if k:
-            out.append(Target.check("Numba nearest-centroid >= 5x faster than NumPy", round(k.get("speedup_numba_vs_numpy", float("nan")), 2),
-                                    5.0, ">=", command=command))
-            out.append(Target.check("Numba nearest-centroid no slower than torch (CPU)", round(k.get("speedup_numba_vs_torch", float("nan")), 2),
-                                    1.0, ">=", command=command))
-        f = results.get("fm_rss") or {}
-        if f:
-            gb = f["peak_rss_bytes"] / 1e9
-            out.append(Target.check("FM peak RSS < 2 GB for 1M x 512", gb, 2.0, "<", shown=f"{gb:.2f} GB", goal="< 2 GB", command=command))
-        return out
-
-    def tables(self, results: dict[str, Any]) -> str:
-        """One row per measure: embedding, kernels, FM memory, LM vs an epoch."""
-        rows = []
-        e = results.get("embed")
-        if e:
-            rows.append([f"(a) embedding throughput, {e['dataset']} {e['samples']:,}, {e['surrogate']}@{e['input_size']}, {e['workers']} worker(s)",
-                         f"{e['samples_per_s']:,.0f} samples/s ({e['seconds']:.1f} s)"])
-        k = results.get("kernels")
-        if k:
-            size = f"{k['N']:,} x {k['K']} x {k['D']}"
-            rows.append([f"(b) nearest centroid {size}: Numba", f"{k['numba_nearest_s']['median']:.1f} s"])
-            rows.append([f"(b) torch ({k.get('torch_best', 'best')})", f"{k['torch_nearest_s']:.1f} s"])
-            rows.append(["(b) NumPy (extrapolated)", f"{k['numpy_nearest_s']['extrapolated_to_N']:.0f} s"])
-            rows.append(["(b) one k-means iteration: Numba / torch / NumPy (extrapolated)",
-                         (f"{k['numba_kmeans_iter_s']['median']:.1f} s / {k['torch_kmeans_iter_s']['median']:.1f} s / "
-                          f"{k['numpy_kmeans_iter_s']['extrapolated_to_N']:.0f} s")])
-        f = results.get("fm_rss")
-        if f:
-            rows.append([f"(c) FM k-means peak RSS, {f['N']:,} x {f['D']} float16, K={f['K']}",
-                         f"{f['peak_rss_bytes'] / 1e9:.2f} GB ({f['rss_after_imports_bytes'] / 1e9:.2f} GB after imports), {f['seconds']:.0f} s"])
-        d = results.get("lm_vs_epoch")
-        if d and "epoch_seconds_extrapolated" in d:
-            rows.append(["(d) pretraining epoch (extrapolated) vs LM scoring",
-                         (f"{d['epoch_seconds_extrapolated']:.0f} s vs {d['lm_score_source_seconds']:.1f} s = "
-                          f"{100 * d['fraction_of_epoch']:.1f}% of an epoch")])
-        return common.markdown_table(["measure", "value"], rows, "ll")
+    name, title = "score", "Scoring costs (embedding, k-means kernels, FM memory, LM)"
+    run, targets, tables = staticmethod(run), staticmethod(score_targets), staticmethod(tables)

@@ -245,7 +245,8 @@ class Suite:
     """A benchmark suite: run it, load its results, judge its targets, render its tables.
 
     Subclasses set :attr:`name` and :attr:`title` and implement :meth:`run`; they override
-    :meth:`tables` (and :meth:`targets`, when the JSON stores none) to render their results.
+    :meth:`tables` (and :meth:`targets`, when the JSON stores none) to render their results. A
+    suite module binds its own functions, e.g. ``run = staticmethod(run_cli)``.
 
     Args:
         results_dir: Where the results JSON files are (default ``benchmarks/results``).

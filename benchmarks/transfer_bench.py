@@ -142,8 +142,7 @@ DATA_VERSION = 1
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (``--quick`` shrinks everything for a smoke run)."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks transfer", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser("transfer", __doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=os.path.join(common.DEFAULT_DATA, "transfer"), help="shards, targets, scores and masks")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one round each (default 0,1,2)")
@@ -1035,14 +1034,5 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 class TransferSuite(Suite):
     """``transfer``: pretraining wall time and downstream accuracy after pruning the source."""
-
-    name = "transfer"
-    title = "Transfer: pruned pretraining speed and downstream accuracy"
-
-    def run(self, argv: Sequence[str]) -> dict[str, Any]:
-        """Measure; see :func:`run_cli`."""
-        return run_cli(argv)
-
-    def tables(self, results: dict[str, Any]) -> str:
-        """Set-up, pretraining time and accuracy tables; see :func:`report_markdown`."""
-        return report_markdown(results)
+    name, title = "transfer", "Transfer: pruned pretraining speed and downstream accuracy"
+    run, tables = staticmethod(run_cli), staticmethod(report_markdown)
