@@ -9,15 +9,20 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import gc
 import io
 import json
+import math
 import os
 import platform
 import shlex
 import statistics
 import sys
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -186,7 +191,7 @@ def make_jpeg_shards(
             return Manifest.load(out_dir)
     if os.path.isdir(out_dir):  # stale shards of other parameters
         for name in os.listdir(out_dir):
-            if name.startswith("shard-") and (name.endswith(".tar") or name.endswith(".tar.index.json")):
+            if name.startswith("shard-") and name.endswith((".tar", ".tar.index.json")):
                 os.unlink(os.path.join(out_dir, name))
     # Estimate the per-sample size from a few images, then size the dataset to total_mb.
     probe = [len(make_jpeg(i, seed)) for i in range(48)]
@@ -194,7 +199,7 @@ def make_jpeg_shards(
     n = max(8, int(np.ceil(total_mb * 2**20 / per_sample)))
     log(f"generating {n} JPEG samples (~{np.mean(probe) / 1e3:.0f} KB each) into {out_dir} ...")
     t0 = time.perf_counter()
-    manifest = write_shards(
+    write_shards(
         JpegSource(n, seed),
         out_dir,
         samples_per_shard=samples_per_shard,
@@ -222,10 +227,79 @@ def jpeg_sizes(manifest) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# FFCV (shared by the io and ffcv suites)
+
+
+def ffcv_pipelines() -> dict:
+    """The FFCV decode pipelines of the benchmarks: centre-crop RGB decode to 224 px + ``ToTensor``; int labels."""
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+    from ffcv.transforms import ToTensor
+
+    return {"image": [CenterCropRGBImageDecoder((224, 224), 224 / 256), ToTensor()], "label": [IntDecoder(), ToTensor()]}
+
+
+def page_stats(manifest: Any, keep: np.ndarray | None) -> dict:
+    """Pages touched by the kept samples, and kept data bytes, from the file's own tables."""
+    from streamprune.betonindex import read_beton
+
+    info = read_beton(manifest.shard_path(0))
+    pages = info.sample_pages()
+    keep = np.ones(info.num_samples, dtype=bool) if keep is None else keep
+    data = manifest.sample_bytes()
+    all_pages = np.unique(pages[pages >= 0])
+    touched = np.unique(pages[keep & (pages >= 0)])
+    return {
+        "pages_total": len(all_pages),
+        "pages_touched": len(touched),
+        "page_fraction": len(touched) / max(len(all_pages), 1),
+        "predicted_page_read_bytes": int(len(touched) * info.page_size),
+        "kept_data_fraction": float(data[keep].sum() / max(data.sum(), 1)),
+    }
+
+
+def run_epoch(loader: Any) -> tuple[float, int, int]:
+    """Iterate one epoch; returns seconds, samples and a label checksum."""
+    n = 0
+    total = 0
+    t0 = time.perf_counter()
+    for images, labels in loader:
+        n += int(labels.shape[0])
+        total += int(labels.sum())
+    return time.perf_counter() - t0, n, total
+
+
+def release_mmap(loader: Any) -> None:
+    """Drop FFCV's memory map of the file (os_cache=True keeps one open across epochs).
+
+    Pages mapped into a process cannot be evicted with POSIX_FADV_DONTNEED, so a live map would
+    make every later "cold" epoch warm. FFCV maps the file again at the next epoch.
+    """
+    context = getattr(loader.memory_manager, "context", None)
+    if context is not None and getattr(context, "mmap", None) is not None:
+        context.mmap = None
+    gc.collect()
+
+
+def read_ahead_kb(path: str) -> int | None:
+    """The block device read-ahead (the mmap read-around window) for ``path``'s file system."""
+    try:
+        dev = os.stat(path).st_dev
+        base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
+        for candidate in (f"{base}/queue/read_ahead_kb", f"{base}/../queue/read_ahead_kb"):
+            if os.path.exists(candidate):
+                with open(candidate) as fh:
+                    return int(fh.read())
+    except OSError:
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------------------------
 # info and statistics
 
 
 def package_versions(names: Sequence[str]) -> dict[str, str]:
+    """Installed versions of ``names`` (``"not installed"`` when missing)."""
     from importlib import metadata
 
     out = {}
@@ -247,13 +321,11 @@ def machine_info() -> dict:
         "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "packages": package_versions(["streamprune", "numpy", "webdataset", "torch", "pillow", "matplotlib", "psutil"]),
     }
-    try:
+    with contextlib.suppress(ImportError, OSError):  # no psutil, or no load average
         import psutil
 
         info["memory_GiB"] = round(psutil.virtual_memory().total / 2**30, 1)
         info["load_avg_at_start"] = os.getloadavg()
-    except Exception:  # pragma: no cover
-        pass
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -265,16 +337,55 @@ def machine_info() -> dict:
     return info
 
 
+#: The command recorded in results files, set by the runner (:func:`set_command`).
+_COMMAND: str | None = None
+
+
+def set_command(prefix: str, argv: Sequence[str]) -> None:
+    """Record how the suite now running was invoked, e.g. ``python -m benchmarks io`` and its options.
+
+    Args:
+        prefix: The invocation up to the suite's options (no interpreter path).
+        argv: The options passed to the suite.
+    """
+    global _COMMAND
+    _COMMAND = " ".join([prefix, *(shlex.quote(a) for a in argv)])
+
+
+def clear_command() -> None:
+    """Forget the command set by :func:`set_command`."""
+    global _COMMAND
+    _COMMAND = None
+
+
+def arg_parser(suite: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser of a suite's options, shown as ``python -m benchmarks SUITE``.
+
+    Args:
+        suite: The suite's name.
+        description: The help text above the options (kept as written).
+
+    Returns:
+        The parser, to which the suite adds its options.
+    """
+    return argparse.ArgumentParser(prog=f"python -m benchmarks {suite}", description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def command_line() -> str:
-    """The exact command line this process was started with."""
-    return " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    """How this run was invoked, to reproduce it: ``python -m benchmarks NAME ARGS`` (no interpreter path)."""
+    if _COMMAND is not None:
+        return _COMMAND
+    return " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
 
 
 def median(values: Sequence[float]) -> float:
+    """The median as a float (NaN for no values)."""
     return float(statistics.median(values)) if len(values) else float("nan")
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (NumPy scalars and arrays converted)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
@@ -293,15 +404,30 @@ def _json_default(obj):
     raise TypeError(type(obj).__name__)
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence], aligns: str | None = None) -> str:
-    """A plain-text table (also valid GitHub markdown)."""
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], aligns: str | None = None) -> str:
+    """A markdown table, columns padded; ``aligns`` has one ``l`` or ``r`` per column (default: first ``l``, rest ``r``)."""
     cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     aligns = aligns or "l" + "r" * (len(headers) - 1)
 
-    def fmt(row):
-        parts = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, aligns)]
-        return "| " + " | ".join(parts) + " |"
+    def fmt(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(row, widths, aligns)) + " |"
 
     sep = "|" + "|".join(("-" * (w + 1) + ":") if a == "r" else ("-" * (w + 2)) for w, a in zip(widths, aligns)) + "|"
     return "\n".join([fmt(cells[0]), sep] + [fmt(r) for r in cells[1:]])
+
+
+def fmt_num(value: Any, digits: int = 3) -> str:
+    """A number for a table: floats with ``digits`` decimals and thousands separators, ints with separators."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and math.isnan(value):
+            return "nan"
+        return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
+    return str(value)
+
+
+def ratios_of(rows: Sequence[dict], key: str = "ratio") -> list[float]:
+    """The distinct values of ``key`` in ``rows``, sorted (rows without it are skipped)."""
+    return sorted({float(r[key]) for r in rows if r.get(key) is not None})

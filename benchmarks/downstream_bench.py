@@ -6,7 +6,7 @@ Moderate and CCS, at budgets (fractions KEPT) 10%, 20%, .. 90%, for the same num
 steps, and tested on a held-out part. Each method's pruning time, including any training it
 needs, is measured side by side in the same run.
 
-**Backbone** (shared by every method; DLC needs a pretrained model). ``downstream_models:
+**Backbone** (shared by every method; DLC needs a pretrained model). ``benchmarks.nets:
 small_cnn`` (four stride-2 conv-BN-ReLU blocks, widths 16-32-64-128, 99k parameters, 128-d
 features, RGB 28x28 input through ``surrogate_transform(28)``), trained with
 ``train_surrogate`` on Fashion-MNIST TRAIN (60k images, sharded with ``write_shards``) for
@@ -93,10 +93,10 @@ Targets (issue 4): DLC pruning time at least 20x lower than every training-based
 (EL2N, forgetting, CCS) on the same data and machine (paper: ~35x); DLC + FlexRand at or above
 random on average over the budgets (paper: +0.6 to +2.6 points), per dataset.
 
-Run:  python benchmarks/downstream_bench.py              (9 budgets x 7 methods x 3 seeds x 2 datasets; ~25-30 min on 2 cores)
-      python benchmarks/downstream_bench.py --budgets 0.1,0.3,0.5,0.7,0.9   (five budgets; ~15 min)
-      python benchmarks/downstream_bench.py --quick      (tiny smoke run, < 3 min; results/quick/)
-      python benchmarks/downstream_bench.py --resummarize benchmarks/results/downstream_bench.json
+Run:  python -m benchmarks downstream              (9 budgets x 7 methods x 3 seeds x 2 datasets; ~25-30 min on 2 cores)
+      python -m benchmarks downstream --budgets 0.1,0.3,0.5,0.7,0.9   (five budgets; ~15 min)
+      python -m benchmarks downstream --quick      (tiny smoke run, < 3 min; results/quick/)
+      python -m benchmarks downstream --resummarize benchmarks/results/downstream_bench.json
 Writes ``benchmarks/results/downstream_bench.json`` and ``downstream_bench.png``.
 """
 
@@ -111,20 +111,19 @@ import os
 import random
 import shutil
 import statistics
-import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import common  # noqa: E402
+from . import common
+from .suite import Suite, Target
 
 log = logging.getLogger("downstream_bench")
 
 FASHION = "/usr/share/datasets/fashion-mnist"
-ARCH = "downstream_models:small_cnn"
+ARCH = "benchmarks.nets:small_cnn"  # = nets.ENTRY_POINT (not imported here: nets imports torch)
 INPUT_SIZE = 28
 
 #: Accuracy methods in table order: name -> (label, score method, selector).
@@ -358,7 +357,8 @@ def evaluate_targets(summary: dict, timing: dict, labels: dict[str, str] | None 
         labels: Dataset display names.
 
     Returns:
-        ``[{"target", "measured", "goal", "met"}, ...]``: first the time ratios (every
+        :meth:`Target.to_dict` entries (``target``, ``measured`` text, ``value``, ``goal``, ``met``, ``verdict``,
+        ...): first the time ratios (every
         training-based method at least 20x DLC's time), then DLC + FlexRand minus random
         averaged over budgets (>= 0 points).
     """
@@ -368,25 +368,20 @@ def evaluate_targets(summary: dict, timing: dict, labels: dict[str, str] | None 
         ratio = timing[ds]["ratio_to_dlc"]
         vals = {m: ratio[m]["median"] for m in TRAINING_BASED if m in ratio}
         worst = min(vals.values()) if vals else float("nan")
-        out.append({
-            "target": f"{labels.get(ds, ds)}: DLC pruning time >= 20x lower than each training-based method",
-            "measured": ", ".join(f"{METHODS[m][0]} {v:.2f}x" for m, v in vals.items()) + f" (min {worst:.2f}x)",
-            "value": worst,
-            "goal": ">= 20x",
-            "met": bool(vals) and bool(worst >= 20.0),
-        })
+        out.append(Target.check(
+            f"{labels.get(ds, ds)}: DLC pruning time >= 20x lower than each training-based method", worst, 20.0, ">=",
+            shown=", ".join(f"{METHODS[m][0]} {v:.2f}x" for m, v in vals.items()) + f" (min {worst:.2f}x)",
+            goal=">= 20x", valid=bool(vals),
+        ))
     diffs = differences(summary)
     for ds in _ordered(diffs, labels):
         d = diffs[ds]
         per = ", ".join(f"{float(k) * 100:.0f}%: {v:+.2f}" for k, v in d["per_budget"].items())
-        out.append({
-            "target": f"{labels.get(ds, ds)}: DLC+FlexRand - random, mean over budgets",
-            "measured": f"{d['mean']:+.2f} points ({per})",
-            "value": d["mean"],
-            "goal": ">= 0 points",
-            "met": bool(d["per_budget"]) and bool(d["mean"] >= 0.0),
-        })
-    return out
+        out.append(Target.check(
+            f"{labels.get(ds, ds)}: DLC+FlexRand - random, mean over budgets", d["mean"], 0.0, ">=",
+            shown=f"{d['mean']:+.2f} points ({per})", goal=">= 0 points", valid=bool(d["per_budget"]),
+        ))
+    return [t.to_dict() for t in out]
 
 
 def _ordered(keys: Any, preferred: Any) -> list[str]:
@@ -401,7 +396,7 @@ def _cell(entry: dict | None) -> str:
 
 
 def report_markdown(results: dict) -> str:
-    """The benchmark's tables as markdown: accuracy per dataset, DLC - random, pruning times, targets.
+    """The benchmark's tables as markdown: accuracy per dataset, DLC - random, pruning times (targets: :class:`DownstreamSuite`).
 
     Args:
         results: The results JSON (as written by this script).
@@ -436,7 +431,7 @@ def report_markdown(results: dict) -> str:
             means.append(f"{statistics.fmean(vals):.2f}" if vals else "-")
         means += [f"{diffs['mean']:+.2f}", f"{diffs_cb['mean']:+.2f}"]
         rows.append(means)
-        lines.append(common.format_table(headers, rows))
+        lines.append(common.markdown_table(headers, rows))
         full = summary[ds].get(FULL, {}).get("1")
         if full:
             lines.append("")
@@ -465,7 +460,7 @@ def report_markdown(results: dict) -> str:
                 r = timing[ds]["ratio_to_dlc"].get(m)
                 row += [f"{s['median']:.2f}" if s else "-", f"{r['median']:.3g}x" if r else "-"]
             rows.append(row)
-        lines.append(common.format_table(headers, rows))
+        lines.append(common.markdown_table(headers, rows))
         lines.append("")
         cm_rows = []
         for ds in ds_names:
@@ -479,19 +474,10 @@ def report_markdown(results: dict) -> str:
             lines.append("Cost model: DLC's eval forwards vs the recording's forward+backward passes; break-even = recording "
                          "epochs at which a training-based method costs as much as DLC.")
             lines.append("")
-            lines.append(common.format_table(
+            lines.append(common.markdown_table(
                 ["dataset", "DLC forwards", "recording fwd+bwd", "s / recording epoch", "break-even epochs", "epochs for 20x"], cm_rows
             ))
             lines.append("")
-    targets = results.get("targets") or []
-    if targets:
-        lines.append("**Targets**")
-        lines.append("")
-        lines.append(common.format_table(
-            ["target", "measured", "goal", "met"], [[t["target"], t["measured"], t.get("goal", ""), "yes" if t["met"] else "NO"] for t in targets],
-            aligns="llll",
-        ))
-        lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -598,7 +584,7 @@ def pretrain_backbone(data_dir: str, cfg: dict, progress: bool) -> dict:
     from streamprune import Manifest, write_shards
     from streamprune.models import checkpoint_info
     from streamprune.sources import idx_source
-    from streamprune.sources.arrays import ArraySource, FASHION_MNIST_CLASSES
+    from streamprune.sources.arrays import FASHION_MNIST_CLASSES, ArraySource
     from streamprune.train import train_surrogate
 
     params = {"arch": ARCH, "subset": cfg["pretrain_subset"], "epochs": cfg["pretrain_epochs"], "batch_size": 128,
@@ -642,7 +628,7 @@ def prepare_downstream(data_dir: str, name: str, cfg: dict, progress: bool) -> d
 
     from streamprune import write_shards
     from streamprune.sources import idx_source
-    from streamprune.sources.arrays import ArraySource, FASHION_MNIST_CLASSES
+    from streamprune.sources.arrays import FASHION_MNIST_CLASSES, ArraySource
 
     spec = cfg["datasets"][name]
     params = {"name": name, "train": spec["train"], "test": spec["test"], "seed": 0, "version": 1}
@@ -762,7 +748,7 @@ def timing_round(name: str, info: dict, cfg: dict, work: str, order_seed: int, p
 
     train = Manifest.load(info["train_dir"])
     ckpt = info["init_checkpoint"]
-    common_kw = dict(surrogate=ARCH, checkpoint=ckpt, input_size=INPUT_SIZE, batch_size=256, seed=0, progress=progress)
+    common_kw = {"surrogate": ARCH, "checkpoint": ckpt, "input_size": INPUT_SIZE, "batch_size": 256, "seed": 0, "progress": progress}
     rec: dict[str, Any] = {}
     paths: dict[str, str] = {}
     if os.path.isdir(work):
@@ -811,9 +797,9 @@ def _check_same_scores(a: dict, b: dict) -> dict:
     from streamprune.scoring.scores_file import ScoreFile
 
     out = {}
-    for k in a:
+    for k, path_a in a.items():
         if k in b and k != "random-samples":
-            sa, sb = ScoreFile.load(a[k]).scores, ScoreFile.load(b[k]).scores
+            sa, sb = ScoreFile.load(path_a).scores, ScoreFile.load(b[k]).scores
             out[k] = float(np.max(np.abs(np.asarray(sa) - np.asarray(sb)))) if len(sa) else 0.0
     return out
 
@@ -895,7 +881,7 @@ def run(cfg: dict, out_dir: str, progress: bool) -> dict:
                     t0 = time.perf_counter()
                     acc = finetune_accuracy(states[seed], c, x, y, kept, x_test, y_test, cfg, info["steps"], seed)
                     results["runs"].append({
-                        "dataset": name, "method": m, "budget": b, "seed": seed, "kept": int(len(kept)),
+                        "dataset": name, "method": m, "budget": b, "seed": seed, "kept": len(kept),
                         "kept_per_class": np.bincount(labels[kept], minlength=c).tolist(),
                         "accuracy": acc, "seconds": round(time.perf_counter() - t0, 2),
                     })
@@ -952,9 +938,9 @@ def config(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure (or ``--resummarize``), write ``downstream_bench.json`` and the plot, print the tables; return the results."""
+    p = common.arg_parser("downstream", __doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny smoke run (< 3 min), results in results/quick/")
     p.add_argument("--budgets", help="comma-separated budgets = fractions KEPT (default 0.1,0.2,...,0.9)")
     p.add_argument("--datasets", help="comma-separated subset of fashion-test,digits")
@@ -980,10 +966,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_json = os.path.join(out_dir, "downstream_bench.json")
     common.write_json(out_json, results)
     png = plot(results, os.path.splitext(out_json)[0] + ".png")
-    print(report_markdown(results))
+    print(DownstreamSuite().markdown(results))
     print(f"wrote {out_json} and {png}")
-    return 0
+    return results
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+class DownstreamSuite(Suite):
+    """``downstream``: finetuning accuracy on pruned target subsets, and each method's pruning time."""
+    name, title = "downstream", "Downstream pruning (target subsets)"
+    run, tables = staticmethod(run_cli), staticmethod(report_markdown)

@@ -35,16 +35,16 @@ speed-up of ratio r = t(ratio 0) / t(ratio r) for the same layout, access and ca
 within a round, median over rounds; ideal = 1/(1-r). For os_cache=False the bytes FFCV reads
 are predictable: pages touched by kept samples x page size, reported next to the measurement.
 
-Run:  python benchmarks/ffcv_bench.py            (full, ~10-15 min on 2 cores)
-      python benchmarks/ffcv_bench.py --quick    (smoke run on tiny data)
+Run:  python -m benchmarks ffcv            (full, ~10-15 min on 2 cores)
+      python -m benchmarks ffcv --quick    (smoke run on tiny data)
 
-``run(BenchConfig(...))`` returns the rows as a dict, for other scripts; ``io_bench.py`` reuses
-``pipelines``, ``run_epoch``, ``release_mmap``, ``page_stats`` and ``read_ahead_kb`` for its FFCV rows.
+``run(BenchConfig(...))`` returns the rows as a dict; the FFCV helpers this suite shares with
+``io_bench.py`` (``ffcv_pipelines``, ``run_epoch``, ``release_mmap``, ``page_stats``,
+``read_ahead_kb``) are in ``common.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
@@ -52,12 +52,14 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from . import common
+from .suite import Suite, Target
 
 log = logging.getLogger("ffcv_bench")
 
@@ -172,69 +174,6 @@ def make_masks(manifest, cfg: BenchConfig) -> dict:
     return masks
 
 
-def pipelines():
-    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
-    from ffcv.transforms import ToTensor
-
-    return {"image": [CenterCropRGBImageDecoder((224, 224), 224 / 256), ToTensor()], "label": [IntDecoder(), ToTensor()]}
-
-
-def page_stats(manifest, keep: np.ndarray | None) -> dict:
-    """Pages touched by the kept samples, and kept data bytes, from the file's own tables."""
-    from streamprune.betonindex import read_beton
-
-    info = read_beton(manifest.shard_path(0))
-    pages = info.sample_pages()
-    keep = np.ones(info.num_samples, dtype=bool) if keep is None else keep
-    data = manifest.sample_bytes()
-    all_pages = np.unique(pages[pages >= 0])
-    touched = np.unique(pages[keep & (pages >= 0)])
-    return {
-        "pages_total": int(len(all_pages)),
-        "pages_touched": int(len(touched)),
-        "page_fraction": len(touched) / max(len(all_pages), 1),
-        "predicted_page_read_bytes": int(len(touched) * info.page_size),
-        "kept_data_fraction": float(data[keep].sum() / max(data.sum(), 1)),
-    }
-
-
-def run_epoch(loader) -> tuple[float, int, int]:
-    """Iterate one epoch; returns seconds, samples and a label checksum."""
-    n = 0
-    total = 0
-    t0 = time.perf_counter()
-    for images, labels in loader:
-        n += int(labels.shape[0])
-        total += int(labels.sum())
-    return time.perf_counter() - t0, n, total
-
-
-def release_mmap(loader) -> None:
-    """Drop FFCV's memory map of the file (os_cache=True keeps one open across epochs).
-
-    Pages mapped into a process cannot be evicted with POSIX_FADV_DONTNEED, so a live map would
-    make every later "cold" epoch warm. FFCV maps the file again at the next epoch.
-    """
-    context = getattr(loader.memory_manager, "context", None)
-    if context is not None and getattr(context, "mmap", None) is not None:
-        context.mmap = None
-    gc.collect()
-
-
-def read_ahead_kb(path: str) -> int | None:
-    """The block device read-ahead (the mmap read-around window) for ``path``'s file system."""
-    try:
-        dev = os.stat(path).st_dev
-        base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
-        for candidate in (f"{base}/queue/read_ahead_kb", f"{base}/../queue/read_ahead_kb"):
-            if os.path.exists(candidate):
-                with open(candidate) as fh:
-                    return int(fh.read())
-    except OSError:
-        pass
-    return None
-
-
 def run(cfg: BenchConfig) -> dict:
     """Run the benchmark; returns ``{"meta", "rows", "targets", "runs", "checks"}``."""
     import streamprune as sp
@@ -257,7 +196,7 @@ def run(cfg: BenchConfig) -> dict:
             if layout == "page-aware" and level == "sample":
                 continue  # grouping by class cannot help a sample-level random mask
             keep = None if mask is None else sp.translate_mask(mask, manifest).keep
-            stats = page_stats(manifest, keep)
+            stats = common.page_stats(manifest, keep)
             for access in dict.fromkeys(cfg.access_warm + cfg.access_cold):
                 os_cache, readahead = ACCESS[access]
                 configs.append({
@@ -272,12 +211,12 @@ def run(cfg: BenchConfig) -> dict:
     for i, c in enumerate(configs):
         loader = sp.pruned_ffcv_loader(
             manifests[c["layout"]], c["mask"], batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-            order=c["order"], os_cache=c["os_cache"], readahead=c["readahead"], pipelines=pipelines(),
+            order=c["order"], os_cache=c["os_cache"], readahead=c["readahead"], pipelines=common.ffcv_pipelines(),
             seed=cfg.seed, drop_last=False,
         )
         common.warm([paths[c["layout"]]])
-        seconds, n, checksum = run_epoch(loader)
-        release_mmap(loader)
+        seconds, n, checksum = common.run_epoch(loader)
+        common.release_mmap(loader)
         labels = manifests[c["layout"]].labels()
         expected = labels if c["keep"] is None else labels[c["keep"]]
         if n != c["kept"] or checksum != int(expected.sum()):
@@ -300,9 +239,9 @@ def run(cfg: BenchConfig) -> dict:
                     common.evict([path])
                 gc.collect()
                 rb0 = common.read_bytes()
-                seconds, n, _ = run_epoch(loaders[i])
+                seconds, n, _ = common.run_epoch(loaders[i])
                 read = common.read_bytes() - rb0
-                release_mmap(loaders[i])
+                common.release_mmap(loaders[i])
                 runs.append({"round": rnd, "config": i, "cache": cache, "seconds": seconds, "samples": n, "read_bytes": read})
         log.info("round %d/%d done (%.0f s elapsed)", rnd + 1, cfg.repeats, time.perf_counter() - t_start)
 
@@ -313,7 +252,7 @@ def run(cfg: BenchConfig) -> dict:
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("extra",)},
         "machine": common.machine_info(),
         "ffcv": common.package_versions(["ffcv", "numba", "opencv-python"]),
-        "read_ahead_kb": read_ahead_kb(paths[cfg.layouts[0]]),
+        "read_ahead_kb": common.read_ahead_kb(paths[cfg.layouts[0]]),
         "files": {layout: {"path": paths[layout], "bytes": sizes[layout], "samples": manifests[layout].num_samples}
                   for layout in cfg.layouts},
         "seconds_total": time.perf_counter() - t_start,
@@ -361,26 +300,19 @@ def find(rows, **kw) -> list[dict]:
     return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
 
 
-def evaluate_targets(rows, cfg: BenchConfig) -> list[dict]:
-    """The issue's two targets, checked on every row they apply to."""
+def evaluate_targets(rows: list[dict], cfg: BenchConfig) -> list[dict]:
+    """The issue's two targets, checked on every row they apply to (stored as :meth:`Target.to_dict`)."""
     out = []
     for r in rows:
+        where = {"layout": r["layout"], "level": r["level"], "access": r["access"], "ratio": r["ratio"]}
         if r["cache"] == "warm" and r["ratio"] in (0.4, 0.6, 0.8):
-            goal = 0.85 * r["ideal"]
-            out.append({
-                "target": "warm, decode: speed-up >= 0.85 x 1/(1-r)",
-                "layout": r["layout"], "level": r["level"], "access": r["access"], "ratio": r["ratio"],
-                "value": r["speedup_vs_r0"], "goal": goal, "met": bool(r["speedup_vs_r0"] >= goal),
-            })
+            out.append(Target.check("warm, decode: speed-up >= 0.85 x 1/(1-r)", r["speedup_vs_r0"], 0.85 * r["ideal"], ">=", **where))
     for r in rows:
+        where = {"layout": r["layout"], "level": r["level"], "access": r["access"], "ratio": r["ratio"]}
         if r["cache"] == "cold" and r["ratio"] == 0.8 and r["level"] == "class":
-            goal = (1 - r["ratio"]) + 0.10
-            out.append({
-                "target": "cold, class-level r=0.8: bytes read <= (1-r) + 10% of the file (required of page-aware)",
-                "layout": r["layout"], "level": r["level"], "access": r["access"], "ratio": r["ratio"],
-                "value": r["read_fraction"], "goal": goal, "met": bool(r["read_fraction"] <= goal),
-            })
-    return out
+            out.append(Target.check("cold, class-level r=0.8: bytes read <= (1-r) + 10% of the file (required of page-aware)",
+                                    r["read_fraction"], (1 - r["ratio"]) + 0.10, "<=", **where))
+    return [t.to_dict() for t in out]
 
 
 def _row_order(r):
@@ -406,13 +338,14 @@ def print_summary(result: dict) -> str:
             f"{r['ideal']:.2f}", f"{r['efficiency']:.2f}", f"{r['read_fraction']:.3f}",
             f"{r['pages_touched']}/{r['pages_total']}", f"{r['kept_data_fraction']:.3f}",
         ])
-    lines.append(common.format_table(headers, table, "llllllrrrrrrrrr"))
+    lines.append(common.markdown_table(headers, table, "llllllrrrrrrrrr"))
     lines += ["", "targets:"]
-    for t in result["targets"]:
-        op = ">=" if "speed" in t["target"] else "<="
+    for t in map(Target.from_dict, result["targets"]):
+        d = t.details
+        op = t.comparison or (">=" if "speed" in t.name else "<=")
         lines.append(
-            f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['layout']}/{t['level']}/{t['access']} "
-            f"r={t['ratio']}: {t['value']:.3f} (goal {op} {t['goal']:.3f})"
+            f"  [{'met' if t.met else 'MISSED'}] {t.name}: {d['layout']}/{d['level']}/{d['access']} "
+            f"r={d['ratio']}: {t.measured:.3f} (goal {op} {t.threshold:.3f})"
         )
     return "\n".join(lines)
 
@@ -469,8 +402,9 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
-def parse_args(argv=None) -> BenchConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
+    """The suite's options (``python -m benchmarks ffcv --help``) as a :class:`BenchConfig`."""
+    p = common.arg_parser("ffcv", __doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=None, help="where the .beton files live (default benchmarks/data/ffcv_jpeg)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results, results/quick with --quick)")
     p.add_argument("--samples", type=int, default=5200, help="images (default 5200: ~330 MB as FFCV JPEG q95)")
@@ -498,7 +432,8 @@ def parse_args(argv=None) -> BenchConfig:
     return cfg
 
 
-def main(argv=None) -> int:
+def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure (options as :func:`parse_args`), write ``ffcv_bench.json`` and the plot, print the tables; return the results."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = parse_args(argv)
     if cfg.extra.get("plot_only"):
@@ -506,7 +441,7 @@ def main(argv=None) -> int:
             result = json.load(fh)
         sys.stdout.write(print_summary(result) + "\n")
         plot(result, os.path.splitext(cfg.extra["plot_only"])[0] + ".png")
-        return 0
+        return result
     result = run(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     json_path = os.path.join(cfg.out_dir, "ffcv_bench.json")
@@ -516,8 +451,37 @@ def main(argv=None) -> int:
     if cfg.plot:
         plot(result, os.path.join(cfg.out_dir, "ffcv_bench.png"))
     log.info("wrote %s (%.0f s in all)", json_path, result["meta"]["seconds_total"])
-    return 0
+    return result
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def tables(results: dict[str, Any]) -> str:
+    """Speed-up per (cache, layout, order, access, level) and ratio, and the cold read fractions."""
+    rows_in = results["rows"]
+    ratios = [r for r in common.ratios_of(rows_in) if r > 0]
+    groups: dict[tuple, dict[float, dict]] = {}
+    for row in rows_in:
+        key = (row["cache"], row["layout"], row["order"], row["access"])
+        groups.setdefault(key + (row["level"],), {})[float(row["ratio"])] = row
+        if row["level"] == "none":
+            for level in ("sample", "class"):
+                groups.setdefault(key + (level,), {})[0.0] = row
+    headers = ["cache", "layout, order", "access", "level", "r=0 samples/s"] + [f"r={r:g} speed-up" for r in ratios] + [
+        "read fraction at " + " / ".join(f"{r:g}" for r in ratios)
+    ]
+    rows = []
+    for (cache, layout, order, access, level), by_ratio in groups.items():
+        if level == "none" or not any(r in by_ratio for r in ratios):
+            continue
+        base = by_ratio.get(0.0, {})
+        cells = [cache, f"{layout}, {order}", access, level, common.fmt_num(base.get("samples_per_s"), 0)]
+        cells += ["-" if r not in by_ratio else f"{by_ratio[r]['speedup_vs_r0']:.2f}" for r in ratios]
+        cells.append(" / ".join(f"{by_ratio[r]['read_fraction']:.3f}" for r in ratios if r in by_ratio) if cache == "cold" else "-")
+        rows.append(cells)
+    return ("Epoch-time speed-up t(0)/t(r) (median of repeats); bytes read from storage / file size (cold).\n\n"
+            + common.markdown_table(headers, rows, "llll" + "r" * (len(headers) - 4)))
+
+
+class FfcvSuite(Suite):
+    """``ffcv``: pruned ``.beton`` loading, default vs page-aware layout, os_cache on/off, warm/cold."""
+    name, title = "ffcv", "FFCV backend: pruned .beton loading"
+    run, tables = staticmethod(run_cli), staticmethod(tables)

@@ -22,8 +22,8 @@ Target (from the issue): >= 100k members/s warm, checked on index_tar, on index_
 without checksum in one process, and on index_shards-wN (the CLI default); every mode is
 reported.
 
-Run:  python benchmarks/index_bench.py          (~1-2 min)
-      python benchmarks/index_bench.py --quick
+Run:  python -m benchmarks index          (~1-2 min)
+      python -m benchmarks index --quick
 """
 
 from __future__ import annotations
@@ -33,20 +33,22 @@ import gc
 import json
 import os
 import shutil
-import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from . import common
+from .suite import Suite, Target, targets_table
 
 GENERATOR_VERSION = 1
 TARGET_MEMBERS_PER_S = 100_000
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The suite's options (``python -m benchmarks index --help``)."""
+    p = common.arg_parser("index", __doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=os.path.join(common.DEFAULT_DATA, "index_small"), help="where the small-member shards live")
     p.add_argument("--members", type=int, default=200_000, help="members in the small-member dataset (default 200000)")
     p.add_argument("--shards", type=int, default=8, help="shards in the small-member dataset (default 8)")
@@ -170,7 +172,8 @@ def bench_dataset(label: str, paths: list[str], work_dir: str, repeats: int) -> 
     return {"dataset": label, "shards": len(paths), "members": members, "bytes": nbytes, "mean_member_bytes": nbytes / max(members, 1), "rows": rows}
 
 
-def main(argv=None) -> int:
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure (options as :func:`parse_args`), write ``index_bench.json``, print the tables; return the results."""
     args = parse_args(argv)
     t_start = time.perf_counter()
     machine = common.machine_info()
@@ -197,11 +200,9 @@ def main(argv=None) -> int:
                     "index_tar": "index_tar (walk + samples + labels)",
                     "index_shards": "index_shards (no checksum; + sidecars, manifest)",
                 }.get(row["mode"], f"{row['mode']} (no checksum, {row['mode'].rsplit('-w', 1)[-1]} processes)")
-                targets.append({
-                    "target": f"{res['dataset']} shards: {what} >= 100k members/s warm",
-                    "measured": round(row["members_per_s"]),
-                    "met": bool(row["members_per_s"] >= TARGET_MEMBERS_PER_S),
-                })
+                targets.append(Target.check(
+                    f"{res['dataset']} shards: {what} >= 100k members/s warm", round(row["members_per_s"]), TARGET_MEMBERS_PER_S,
+                ).to_dict())
     out = {
         "benchmark": "index_bench",
         "command": common.command_line(),
@@ -227,12 +228,25 @@ def main(argv=None) -> int:
                 f"{row['members_per_s'] / 1e3:.1f}k",
                 f"{row['MB_per_s']:.0f}",
             ])
-    print(common.format_table(["dataset", "mode", "members", "bytes/member", "t (s)", "members/s", "MB/s"], table, "llrrrrr"))
+    print(common.markdown_table(["dataset", "mode", "members", "bytes/member", "t (s)", "members/s", "MB/s"], table, "llrrrrr"))
     print()
-    print(common.format_table(["target", "measured", "met"], [[t["target"], f"{t['measured']:,}", "MET" if t["met"] else "MISSED"] for t in targets]))
+    print(targets_table([Target.from_dict(t) for t in targets]))
     print(f"\nwrote {path}  (total {out['total_seconds']:.0f} s)")
-    return 0
+    return out
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def tables(results: dict[str, Any]) -> str:
+    """Members/s per dataset and mode."""
+    rows = []
+    for ds in results["datasets"]:
+        for row in ds["rows"]:
+            rows.append([ds["dataset"], row["mode"], common.fmt_num(row["members"]), f"{row['median_seconds']:.3f}",
+                         f"{row['members_per_s'] / 1e3:.1f}k"])
+    return f"Cache: {results.get('cache', 'warm')}.\n\n" + common.markdown_table(
+        ["dataset", "mode", "members", "t (s)", "members/s"], rows, "llrrr")
+
+
+class IndexSuite(Suite):
+    """``index``: members/s of ``index_tar`` / ``index_shards`` on existing tar shards (warm cache)."""
+    name, title = "index", "Indexing existing tar shards"
+    run, tables = staticmethod(run), staticmethod(tables)

@@ -26,7 +26,7 @@ keep_jpeg=True, shuffle=False)``, so it holds the very JPEG bytes of the tar mem
 byte for byte, untimed) in the same order, and the tar masks are carried over by key with
 ``translate_mask``. FFCV loaders use ``order="sequential"`` (file order, as the tar readers
 read), ``batch_size`` 64, ``--ffcv-workers`` decode threads (default 1, like the one PIL
-thread of the tar readers) and ``ffcv_bench.pipelines()``: ``CenterCropRGBImageDecoder((224,
+thread of the tar readers) and ``common.ffcv_pipelines()``: ``CenterCropRGBImageDecoder((224,
 224), 224/256)`` (libjpeg-turbo decode of the whole image, then a centre crop resized to 224)
 + ``ToTensor``. The tar readers' decode is PIL's full-size decode to an RGB image, so the two
 decoders differ; compare FFCV with the tar readers at ratio 0 with that in mind. There is no
@@ -54,9 +54,9 @@ interleaved (every config once per round, in a shuffled order) so drift on a sha
 hits all configs alike. Epoch-time speed-up of ratio r = t(ratio 0) / t(ratio r) for the same
 reader, paired within a round, median over rounds.
 
-Run:  python benchmarks/io_bench.py            (full, ~15-25 min)
-      python benchmarks/io_bench.py --quick    (smoke run on tiny data)
-      python benchmarks/io_bench.py --readers streamprune,ffcv_oscache,ffcv_pages --variants decode --merge
+Run:  python -m benchmarks io            (full, ~15-25 min)
+      python -m benchmarks io --quick    (smoke run on tiny data)
+      python -m benchmarks io --readers streamprune,ffcv_oscache,ffcv_pages --variants decode --merge
                                                (rerun some readers, keep the other rows of results/io_bench.json)
 """
 
@@ -66,18 +66,19 @@ import argparse
 import gc
 import json
 import logging
+import math
 import os
 import random
-import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import ffcv_bench  # noqa: E402
+from . import common
+from .suite import Suite, Target, targets_table
 
 log = logging.getLogger("io_bench")
 
@@ -135,8 +136,9 @@ class Dataset:
         return self.urls + self.index_files + [self.manifest_path, self.mask_paths[ratio]]
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The suite's options (``python -m benchmarks io --help``)."""
+    p = common.arg_parser("io", __doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=None, help="where the generated shards live (default benchmarks/data/io_jpeg_<N>mb)")
     p.add_argument("--total-mb", type=float, default=512, help="dataset size in MiB (default 512)")
     p.add_argument(
@@ -199,7 +201,7 @@ def parse_args(argv=None):
         if bad:
             p.error(f"--{name}: unknown {sorted(bad)}")
     if args.data_dir is None:
-        tag = "quick" if args.quick else f"{int(round(args.total_mb))}mb"
+        tag = "quick" if args.quick else f"{round(args.total_mb)}mb"
         args.data_dir = os.path.join(common.DEFAULT_DATA, f"io_jpeg_{tag}")
     if args.out is None:
         args.out = os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS
@@ -423,7 +425,7 @@ def prepare_beton(ds: Dataset, workers: int, out_dir: str, mask_dir: str) -> tup
         bds.kept_bytes[r] = int(sizes[translated.keep].sum())
         if bds.kept[r] != ds.kept[r]:
             raise AssertionError(f"translated mask at r={r}: kept {bds.kept[r]}, tar mask kept {ds.kept[r]}")
-        bds.pages[r] = ffcv_bench.page_stats(beton, translated.keep)
+        bds.pages[r] = common.page_stats(beton, translated.keep)
     beton.drop_cache()
     return bds, beton, checks
 
@@ -438,11 +440,11 @@ def build_ffcv_loaders(bds: Dataset, beton, readers, ratios, workers: int) -> di
         for r in ratios:
             loader = sp.pruned_ffcv_loader(
                 beton, bds.masks[r], batch_size=FFCV_BATCH, num_workers=workers, order=FFCV_ORDER,
-                os_cache=FFCV_READERS[reader], pipelines=ffcv_bench.pipelines(), drop_last=False,
+                os_cache=FFCV_READERS[reader], pipelines=common.ffcv_pipelines(), drop_last=False,
             )
             common.warm(bds.all_files(r))
-            _, n, checksum = ffcv_bench.run_epoch(loader)
-            ffcv_bench.release_mmap(loader)
+            _, n, checksum = common.run_epoch(loader)
+            common.release_mmap(loader)
             expected = int(labels[bds.masks[r].keep].sum())
             if n != bds.kept[r] or checksum != expected:
                 raise AssertionError(f"{reader} r={r}: {n} samples (label sum {checksum}), expected {bds.kept[r]} ({expected})")
@@ -509,9 +511,9 @@ def consume_decode(pipe) -> tuple[int, int, int]:
 
 
 def run_ffcv_epoch(loader, expected_label_sum: int, where: str) -> tuple[int, int, int]:
-    """One epoch of an FFCV loader (``ffcv_bench.run_epoch``); drops its memory map afterwards."""
-    _, n, checksum = ffcv_bench.run_epoch(loader)
-    ffcv_bench.release_mmap(loader)  # a live map would keep the pages cached for the next cold run
+    """One epoch of an FFCV loader (``common.run_epoch``); drops its memory map afterwards."""
+    _, n, checksum = common.run_epoch(loader)
+    common.release_mmap(loader)  # a live map would keep the pages cached for the next cold run
     if checksum != expected_label_sum:
         raise AssertionError(f"{where}: label sum {checksum}, expected {expected_label_sum}")
     return n, 0, n * FFCV_IMAGE_SIDE * FFCV_IMAGE_SIDE
@@ -677,59 +679,43 @@ def find(rows, **kw):
     return None
 
 
-def evaluate_targets(rows, ratios) -> list[dict]:
-    out = []
-    for r in [x for x in ratios if x > 0]:
-        row = find(rows, reader="streamprune", cache="cold", variant="raw", ratio=r)
+def evaluate_targets(rows: list[dict], ratios: Sequence[float]) -> list[dict]:
+    """The suite's targets on the summary rows, as stored in the JSON (:meth:`Target.to_dict`)."""
+    out: list[Target] = []
+    pruned = [x for x in ratios if x > 0]
+
+    def speedup(reader: str, cache: str, variant: str, r: float, factor: float) -> dict | None:
+        row = find(rows, reader=reader, cache=cache, variant=variant, ratio=r)
         if row:
-            need = 0.9 * row["ideal_speedup"]
-            out.append({
-                "target": f"cold raw speed-up at r={r:g} >= 0.9 x 1/(1-r) = {need:.2f}",
-                "measured": round(row["speedup"], 3),
-                "met": bool(row["speedup"] >= need),
-            })
+            need = factor * row["ideal_speedup"]
+            who = "" if reader == "streamprune" else f"{reader} "
+            out.append(Target.check(f"{who}{cache} {variant} speed-up at r={r:g} >= {factor:g} x 1/(1-r) = {need:.2f}",
+                                    row["speedup"], need))
+        return row
+
+    for r in pruned:
+        row = speedup("streamprune", "cold", "raw", r, 0.9)
+        if row:
             limit = (1 - r) + 0.05
-            out.append({
-                "target": f"cold raw bytes read at r={r:g} <= (1-r) + 5% = {limit:.2f} of the full read",
-                "measured": round(row["read_fraction_of_data"], 4),
-                "met": bool(row["read_fraction_of_data"] <= limit),
-            })
-    for r in [x for x in ratios if x > 0]:
-        row = find(rows, reader="streamprune", cache="cold", variant="decode", ratio=r)
-        if row:
-            need = 0.85 * row["ideal_speedup"]
-            out.append({
-                "target": f"cold decode speed-up at r={r:g} >= 0.85 x 1/(1-r) = {need:.2f}",
-                "measured": round(row["speedup"], 3),
-                "met": bool(row["speedup"] >= need),
-            })
-    for cache in CACHES:
-        row = find(rows, reader="streamprune", cache=cache, variant="raw", ratio=0.0)
-        if row and "samples_per_s_vs_webdataset" in row:
-            v = row["samples_per_s_vs_webdataset"]
-            out.append({"target": f"{cache} raw r=0: streamprune samples/s >= 3 x webdataset", "measured": round(v, 3), "met": bool(v >= 3.0)})
-    for cache in CACHES:
-        row = find(rows, reader="streamprune", cache=cache, variant="decode", ratio=0.0)
-        if row and "samples_per_s_vs_webdataset" in row:
-            v = row["samples_per_s_vs_webdataset"]
-            out.append({"target": f"{cache} decode r=0: streamprune samples/s >= webdataset (ratio >= 1)", "measured": round(v, 3), "met": bool(v >= 1.0)})
+            out.append(Target.check(f"cold raw bytes read at r={r:g} <= (1-r) + 5% = {limit:.2f} of the full read",
+                                    row["read_fraction_of_data"], limit, "<="))
+    for r in pruned:
+        speedup("streamprune", "cold", "decode", r, 0.85)
+    for variant, goal, text in (("raw", 3.0, ">= 3 x webdataset"), ("decode", 1.0, ">= webdataset (ratio >= 1)")):
+        for cache in CACHES:
+            row = find(rows, reader="streamprune", cache=cache, variant=variant, ratio=0.0)
+            if row and "samples_per_s_vs_webdataset" in row:
+                out.append(Target.check(f"{cache} {variant} r=0: streamprune samples/s {text}", row["samples_per_s_vs_webdataset"], goal))
     # ffcv_bench's warm target, checked here on io_bench's data: sample-level masks, file order
     for reader in FFCV_READERS:
-        for r in [x for x in ratios if x > 0]:
-            row = find(rows, reader=reader, cache="warm", variant="decode", ratio=r)
-            if row:
-                need = 0.85 * row["ideal_speedup"]
-                out.append({
-                    "target": f"{reader} warm decode speed-up at r={r:g} >= 0.85 x 1/(1-r) = {need:.2f}",
-                    "measured": round(row["speedup"], 3),
-                    "met": bool(row["speedup"] >= need),
-                })
-    return out
+        for r in pruned:
+            speedup(reader, "warm", "decode", r, 0.85)
+    return [t.to_dict() for t in out]
 
 
 def _ratio(value) -> str:
     """A paired ratio for the tables; blank when it was not measured (no pair in one invocation)."""
-    return "" if value is None or value != value else f"{value:.2f}"
+    return "" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
 def print_summary(rows, targets, meta):
@@ -763,7 +749,7 @@ def print_summary(rows, targets, meta):
                     f"{r['read_fraction_of_data']:.3f}",
                     _ratio(rel),
                 ])
-            print(common.format_table(
+            print(common.markdown_table(
                 ["reader", "ratio", "samples", "t (s)", "samples/s", "speed-up [min-max]", "ideal", "/ideal", "cpu speed-up", "read MiB", "read frac", "vs wds @0"],
                 table,
             ))
@@ -772,14 +758,14 @@ def print_summary(rows, targets, meta):
         ff = meta.get("ffcv", {})
         print(f"\n## decode at r=0: FFCV against the tar readers, paired time ratios (FFCV: {ff.get('decoder', '?')}, "
               f"{ff.get('num_workers', '?')} decode thread(s); tar readers: PIL full-size decode to RGB, 1 thread; the decoders differ)")
-        print(common.format_table(
+        print(common.markdown_table(
             ["reader", "cache", "samples/s", "vs wds_after", "vs streamprune"],
             [[r["reader"], r["cache"], f"{r['median_samples_per_s']:.0f}", _ratio(r.get("samples_per_s_vs_webdataset")),
               _ratio(r.get("samples_per_s_vs_streamprune"))] for r in ffcv_rows],
         ))
         print(f"FFCV raw variant: {FFCV_NO_RAW}")
     print("\n## targets")
-    print(common.format_table(["target", "measured", "met"], [[t["target"], t["measured"], "MET" if t["met"] else "MISSED"] for t in targets]))
+    print(targets_table([Target.from_dict(t) for t in targets]))
 
 
 def _repeats(rows, variant: str) -> str:
@@ -819,7 +805,7 @@ def plot(rows, ratios, path, meta):
                 if sel[0]["ratio"] == 0:
                     notes.append(f"{short[reader]}: {sel[0]['median_samples_per_s']:.0f}/s")
             ax.text(0.02, 0.98, "samples/s at r=0\n" + "\n".join(notes), transform=ax.transAxes, va="top", ha="left",
-                    fontsize=8, bbox=dict(facecolor="white", alpha=0.8, edgecolor="0.8"))
+                    fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
             ax.set_title(f"{variant}, {cache} page cache: epoch-time speed-up")
             ax.set_xlabel("pruning ratio r (fraction of samples removed)")
             ax.set_ylabel("t(r=0) / t(r)  (same reader)")
@@ -859,7 +845,8 @@ def plot(rows, ratios, path, meta):
 # --------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure (options as :func:`parse_args`), write ``io_bench.json`` and the plot, print the tables; return the results."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     if args.plot_only:
@@ -868,7 +855,7 @@ def main(argv=None) -> int:
         png = os.path.join(os.path.dirname(os.path.abspath(args.plot_only)), "io_bench.png")
         plot(saved["summary"], sorted({r["ratio"] for r in saved["summary"]}), png, saved)
         print(f"wrote {png}")
-        return 0
+        return saved
     if args.resummarize:
         return resummarize(args.resummarize, args.no_plot)
 
@@ -940,7 +927,7 @@ def main(argv=None) -> int:
             "file": bds.urls[0],
             "file_bytes": bds.data_bytes,
             "page_size": 1 << 23,
-            "read_ahead_kb": ffcv_bench.read_ahead_kb(bds.urls[0]),
+            "read_ahead_kb": common.read_ahead_kb(bds.urls[0]),
             "written_with": "write_beton(TarSamples(tar manifest), write_mode='jpg', keep_jpeg=True, shuffle=False)",
             "checks": beton_checks,
             "eviction_check": ffcv_eviction,
@@ -948,7 +935,7 @@ def main(argv=None) -> int:
             "batch_size": FFCV_BATCH,
             "drop_last": False,
             "num_workers": args.ffcv_workers,
-            "decoder": f"CenterCropRGBImageDecoder(({FFCV_IMAGE_SIDE}, {FFCV_IMAGE_SIDE}), 224/256) + ToTensor (ffcv_bench.pipelines())",
+            "decoder": f"CenterCropRGBImageDecoder(({FFCV_IMAGE_SIDE}, {FFCV_IMAGE_SIDE}), 224/256) + ToTensor (common.ffcv_pipelines())",
             "decoder_note": "tar readers decode with PIL at full size (256-320 px) to an RGB image; FFCV decodes with libjpeg-turbo, "
                             "then centre-crops and resizes to 224: the decoders differ",
             "raw_variant": FFCV_NO_RAW,
@@ -1078,10 +1065,10 @@ def main(argv=None) -> int:
     else:
         print(f"\nwrote {json_path}")
     print(f"total {meta['total_seconds']:.0f} s")
-    return 0
+    return {**meta, "summary": rows, "targets": targets, "runs": runs}
 
 
-def resummarize(path: str, no_plot: bool = False) -> int:
+def resummarize(path: str, no_plot: bool = False) -> dict[str, Any]:
     """Recompute ``summary`` and ``targets`` of a saved ``io_bench.json`` from its runs."""
     with open(path) as fh:
         saved = json.load(fh)
@@ -1098,7 +1085,7 @@ def resummarize(path: str, no_plot: bool = False) -> int:
         png = os.path.join(os.path.dirname(os.path.abspath(path)), "io_bench.png")
         plot(rows, sorted({r["ratio"] for r in rows}), png, saved)
         print(f"\nwrote {path} and {png}")
-    return 0
+    return saved
 
 
 def merge_previous(path: str, runs: list[dict], this: dict, ds_info: dict) -> tuple[list[dict], list[dict], dict]:
@@ -1148,5 +1135,32 @@ def merge_previous(path: str, runs: list[dict], this: dict, ds_info: dict) -> tu
     return old_runs + runs, old_invocations + [this], ds_info
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def tables(results: dict[str, Any]) -> str:
+    """Speed-up per (variant, cache, reader) and ratio, and the cold read fractions."""
+    summary = results["summary"]
+    ratios = [r for r in common.ratios_of(summary) if r > 0]
+    groups: dict[tuple, dict[float, dict]] = {}
+    for row in summary:
+        groups.setdefault((row["variant"], row["cache"], row["reader"]), {})[float(row["ratio"])] = row
+    headers = ["variant, cache", "reader", "r=0 samples/s"] + [f"r={r:g} speed-up" for r in ratios] + [
+        "read fraction at " + " / ".join(f"{r:g}" for r in ratios)
+    ]
+    rows = []
+    for (variant, cache, reader), by_ratio in groups.items():
+        base = by_ratio.get(0.0, {})
+        cells = [f"{variant}, {cache}", reader, common.fmt_num(base.get("median_samples_per_s"), 0)]
+        for r in ratios:
+            row = by_ratio.get(r)
+            cells.append("-" if row is None else f"{row['speedup']:.2f} [{row['speedup_min']:.2f}-{row['speedup_max']:.2f}]")
+        fracs = [by_ratio[r].get("read_fraction_of_data") for r in ratios if r in by_ratio]
+        cells.append(" / ".join(f"{f:.3f}" for f in fracs if f is not None) if cache == "cold" else "-")
+        rows.append(cells)
+    rows.append(["ideal 1/(1-r)", "", ""] + [f"{1 / (1 - r):.2f}" for r in ratios] + [" / ".join(f"{1 - r:.1f}" for r in ratios)])
+    return ("Epoch-time speed-up t(0)/t(r), paired within a round, median [min-max]; bytes read from storage / data size (cold).\n\n"
+            + common.markdown_table(headers, rows, "ll" + "r" * (len(headers) - 2)))
+
+
+class IoSuite(Suite):
+    """``io``: pruned vs unpruned epoch time and bytes read, webdataset vs streamprune vs FFCV."""
+    name, title = "io", "I/O: pruned vs unpruned reads (tar shards)"
+    run, tables = staticmethod(run), staticmethod(tables)

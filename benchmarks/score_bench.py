@@ -22,13 +22,12 @@ Parts (each can be skipped with --skip a,b,c,d):
 Targets: Numba nearest-centroid >= 5x faster than straightforward NumPy and no slower than
 torch on CPU; FM peak RSS < 2 GB for 1M x 512.
 
-Run:  python benchmarks/score_bench.py                 (1M x 512, K=1000; ~10-15 min on 2 cores)
-      python benchmarks/score_bench.py --quick         (small sizes, a smoke test)
+Run:  python -m benchmarks score                 (1M x 512, K=1000; ~10-15 min on 2 cores)
+      python -m benchmarks score --quick         (small sizes, a smoke test)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -36,11 +35,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+from . import common
+from .suite import Suite, Target
 
 log = logging.getLogger("score_bench")
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -108,7 +109,7 @@ def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_r
         return res
 
     def numba_iter():
-        idx, dist = nearest_centroid(x, c)
+        idx, _dist = nearest_centroid(x, c)
         sums = np.zeros((k, d)); counts = np.zeros(k, dtype=np.int64)
         kmeans_accumulate(x, idx, sums, counts)
         return sums / np.maximum(counts, 1)[:, None]
@@ -163,7 +164,6 @@ def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_r
         "numba_ge_5x_numpy": bool(np_full / nb >= 5.0),
         "numba_no_slower_than_torch": bool(nb <= out["torch_nearest_s"]),
     }
-    del x
     return out
 
 
@@ -199,9 +199,9 @@ print(json.dumps({"peak_rss_bytes": status("VmHWM"), "ru_maxrss_bytes": resource
 
 
 def bench_fm_rss(n: int, k: int, d: int, iters: int, shard_rows: int, chunk_rows: int, init_sample: int, work: str) -> dict:
+    from streamprune.atomic import atomic_write_json
     from streamprune.manifest import Manifest, ShardEntry
     from streamprune.scoring.features import _expected_sidecar, feature_paths
-    from streamprune.atomic import atomic_write_json
 
     fdir = os.path.join(work, f"fm_rss_{n}x{d}")
     os.makedirs(fdir, exist_ok=True)
@@ -221,7 +221,7 @@ def bench_fm_rss(n: int, k: int, d: int, iters: int, shard_rows: int, chunk_rows
         atomic_write_json(sidecar, {**_expected_sidecar(m, j, {"bench": 1}), "dim": d})
     gen_s = time.perf_counter() - t0
     cfg = {"dir": fdir, "shard_rows": rows, "k": k, "iters": iters, "chunk_rows": chunk_rows, "init_sample": init_sample}
-    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, json.dumps(cfg)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, json.dumps(cfg)], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"FM RSS child failed: {proc.stderr[-2000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -349,8 +349,9 @@ def plot(res: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure the parts not skipped (``python -m benchmarks score --help``), write ``score_bench.json`` and the plot."""
+    ap = common.arg_parser("score", __doc__)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--d", type=int, default=512)
@@ -366,7 +367,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="Small sizes (smoke test); results under results/quick.")
     ap.add_argument("--work", default=os.path.join(common.DEFAULT_DATA, "score"))
     ap.add_argument("--out", default=common.DEFAULT_RESULTS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.quick:
         args.n, args.k, args.repeats, args.train_steps = 20000, 100, 1, 5
@@ -408,8 +409,55 @@ def main() -> int:
     common.write_json(out_json, res)
     plot(res, os.path.join(args.out, "score_bench.png"))
     print(json.dumps({k: v.get("targets") for k, v in res.items() if isinstance(v, dict) and "targets" in v}, indent=1))
-    return 0
+    return res
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def score_targets(results: dict[str, Any]) -> list[Target]:
+    """The kernel-speed and FM-memory targets, from the parts' measurements."""
+    command = results.get("command")
+    out = []
+    k = results.get("kernels") or {}
+    if k:
+        out.append(Target.check("Numba nearest-centroid >= 5x faster than NumPy", round(k.get("speedup_numba_vs_numpy", float("nan")), 2),
+                                5.0, ">=", command=command))
+        out.append(Target.check("Numba nearest-centroid no slower than torch (CPU)", round(k.get("speedup_numba_vs_torch", float("nan")), 2),
+                                1.0, ">=", command=command))
+    f = results.get("fm_rss") or {}
+    if f:
+        gb = f["peak_rss_bytes"] / 1e9
+        out.append(Target.check("FM peak RSS < 2 GB for 1M x 512", gb, 2.0, "<", shown=f"{gb:.2f} GB", goal="< 2 GB", command=command))
+    return out
+
+
+def tables(results: dict[str, Any]) -> str:
+    """One row per measure: embedding, kernels, FM memory, LM vs an epoch."""
+    rows = []
+    e = results.get("embed")
+    if e:
+        rows.append([f"(a) embedding throughput, {e['dataset']} {e['samples']:,}, {e['surrogate']}@{e['input_size']}, {e['workers']} worker(s)",
+                     f"{e['samples_per_s']:,.0f} samples/s ({e['seconds']:.1f} s)"])
+    k = results.get("kernels")
+    if k:
+        size = f"{k['N']:,} x {k['K']} x {k['D']}"
+        rows.append([f"(b) nearest centroid {size}: Numba", f"{k['numba_nearest_s']['median']:.1f} s"])
+        rows.append([f"(b) torch ({k.get('torch_best', 'best')})", f"{k['torch_nearest_s']:.1f} s"])
+        rows.append(["(b) NumPy (extrapolated)", f"{k['numpy_nearest_s']['extrapolated_to_N']:.0f} s"])
+        rows.append(["(b) one k-means iteration: Numba / torch / NumPy (extrapolated)",
+                     (f"{k['numba_kmeans_iter_s']['median']:.1f} s / {k['torch_kmeans_iter_s']['median']:.1f} s / "
+                      f"{k['numpy_kmeans_iter_s']['extrapolated_to_N']:.0f} s")])
+    f = results.get("fm_rss")
+    if f:
+        rows.append([f"(c) FM k-means peak RSS, {f['N']:,} x {f['D']} float16, K={f['K']}",
+                     f"{f['peak_rss_bytes'] / 1e9:.2f} GB ({f['rss_after_imports_bytes'] / 1e9:.2f} GB after imports), {f['seconds']:.0f} s"])
+    d = results.get("lm_vs_epoch")
+    if d and "epoch_seconds_extrapolated" in d:
+        rows.append(["(d) pretraining epoch (extrapolated) vs LM scoring",
+                     (f"{d['epoch_seconds_extrapolated']:.0f} s vs {d['lm_score_source_seconds']:.1f} s = "
+                      f"{100 * d['fraction_of_epoch']:.1f}% of an epoch")])
+    return common.markdown_table(["measure", "value"], rows, "ll")
+
+
+class ScoreSuite(Suite):
+    """``score``: embedding throughput, k-means kernels, FM peak memory, LM scoring vs a pretraining epoch."""
+    name, title = "score", "Scoring costs (embedding, k-means kernels, FM memory, LM)"
+    run, targets, tables = staticmethod(run), staticmethod(score_targets), staticmethod(tables)

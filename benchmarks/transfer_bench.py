@@ -13,7 +13,7 @@ End to end on real data with streamprune's own pieces:
      images per class for training, the other 1,297 for testing: an *unrelated* target.
   The per-class splits are drawn once (seed 0), the same for every method and seed. Each
   split is written as shards and loaded through ``PrunedWebDataset`` into memory once.
-* **Surrogate**: ``transfer_nets.surrogate_cnn`` (24k parameters, RGB input through
+* **Surrogate**: ``nets.surrogate_cnn`` (24k parameters, RGB input through
   ``surrogate_transform(28)``), trained by ``streamprune.train.train_surrogate`` for
   ``--surrogate-steps`` (150) steps of 128 on the full source, seed 0.
 * **Scoring** (``streamprune.scoring.score_source``, masks at every ratio):
@@ -21,7 +21,7 @@ End to end on real data with streamprune's own pieces:
   use target A's training images: LM/FM masks are made *for target A*, and target B shows what
   a mask made for another task costs. ``moderate`` (class-blind, same feature cache as FM) is
   scored once; ``random-classes`` and ``random-samples`` are scored once per seed, with the seed.
-* **Pretraining**: ``transfer_nets.pretrain_cnn`` (98k parameters, 4x the surrogate and one
+* **Pretraining**: ``nets.pretrain_cnn`` (98k parameters, 4x the surrogate and one
   stage deeper, grey input) on the kept samples, read by ``PrunedWebDataset(manifest, mask,
   shuffle=True)`` + ``DataLoader(num_workers=--workers)`` with ``set_epoch`` every epoch; JPEG
   decoded by ``torchvision.io.decode_image`` in the worker (about 3x faster than webdataset's
@@ -66,12 +66,12 @@ Outputs: ``benchmarks/results/transfer_bench.json`` (config, machine, command, d
 provenance, every run, summary, targets) and ``transfer_bench.png``; ``--quick`` (4,000 source
 images, 2 seeds, 20 shots, 300 test images per target, K=20, 20 finetuning steps) writes to
 ``benchmarks/results/quick/``. The tables (``report_markdown``) also go into BENCHMARKS.md
-(``python benchmarks/report.py``). Everything is seeded: two default runs gave identical
+(``python -m benchmarks --report``). Everything is seeded: two default runs gave identical
 accuracies; only the times differ.
 
-Run:  python benchmarks/transfer_bench.py            (12-17 min on the shared 2 cores)
-      python benchmarks/transfer_bench.py --quick    (~1-2.5 min)
-      python benchmarks/transfer_bench.py --plot-only benchmarks/results/transfer_bench.json
+Run:  python -m benchmarks transfer            (12-17 min on the shared 2 cores)
+      python -m benchmarks transfer --quick    (~1-2.5 min)
+      python -m benchmarks transfer --plot-only benchmarks/results/transfer_bench.json
           (re-summarise the stored runs, rewrite the file and the plot, print the tables)
 """
 
@@ -90,22 +90,23 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import common  # noqa: E402
+from . import common
+from .suite import Suite, Target, targets_table
 
 __all__ = [
     "METHODS",
-    "split_per_class",
+    "TransferSuite",
     "digits_images",
-    "summarize",
     "evaluate_targets",
     "report_markdown",
-    "main",
+    "run_cli",
+    "split_per_class",
+    "summarize",
 ]
 
 log = logging.getLogger("transfer_bench")
@@ -141,7 +142,7 @@ DATA_VERSION = 1
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (``--quick`` shrinks everything for a smoke run)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.arg_parser("transfer", __doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=os.path.join(common.DEFAULT_DATA, "transfer"), help="shards, targets, scores and masks")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one round each (default 0,1,2)")
@@ -301,7 +302,7 @@ def prepare_targets(data_dir: str, shots: int, test_limit: int | None) -> dict[s
             src = ArraySource(images[idx], labels[idx], class_names=classes, prefix=f"{name}-{split}-")
             m = write_shards(src, os.path.join(out, f"{name}_{split}"), samples_per_shard=5000, shuffle=False, progress=False)
             entry[split] = m.path
-            entry[f"{split}_samples"] = int(len(idx))
+            entry[f"{split}_samples"] = len(idx)
         info[name] = entry
     return info
 
@@ -376,7 +377,8 @@ def score_all(
     from streamprune import MaskFile
     from streamprune.scoring import score_source
     from streamprune.train import train_surrogate
-    from transfer_nets import SURROGATE_ENTRY_POINT
+
+    from .nets import SURROGATE_ENTRY_POINT
 
     out: dict[str, Any] = {"methods": {}}
     needs_surrogate = any(m in ("lm", "fm", "moderate") for m in methods)
@@ -453,8 +455,9 @@ def pretrain(
     from torch import nn
 
     from streamprune import PrunedWebDataset
-    from streamprune.readers.webdataset import kept_counts, open_mask, open_manifest
-    from transfer_nets import pretrain_cnn
+    from streamprune.readers.webdataset import kept_counts, open_manifest, open_mask
+
+    from .nets import pretrain_cnn
 
     m = open_manifest(manifest)
     kept = int(kept_counts(m, open_mask(mask, m)).sum())
@@ -635,7 +638,7 @@ def summarize(runs: Sequence[dict], ratios: Sequence[float], methods: Sequence[s
     targets = sorted({t for r in runs for t in r.get("downstream", {})})
     for target in targets:
         for protocol in PROTOCOLS:
-            def acc(run: dict) -> float:
+            def acc(run: dict, target: str = target, protocol: str = protocol) -> float:
                 return float(run["downstream"][target][protocol])
 
             for special in ("scratch", "unpruned"):
@@ -680,7 +683,7 @@ def _acc(summary: dict[str, Any], target: str, protocol: str, method: str, ratio
 
 
 def evaluate_targets(summary: dict[str, Any], ratios: Sequence[float], related: str = "a") -> list[dict[str, Any]]:
-    """The issue's targets, each ``{"target", "measured", "met"}`` (``met`` None when not measurable).
+    """The issue's targets, each a :meth:`Target.to_dict` (``measured`` the text shown, ``value`` the number judged).
 
     * per ratio: the worst method's median t(r)/t(0) <= 1.15 x (1 - r);
     * LM and FM, each protocol, target ``related``: mean accuracy at ratios 0.4 and 0.6 at most
@@ -688,19 +691,19 @@ def evaluate_targets(summary: dict[str, Any], ratios: Sequence[float], related: 
     * LM and FM, each protocol, target ``related``: mean accuracy >= random-classes and >=
       random-samples at every ratio.
     """
-    out: list[dict[str, Any]] = []
+    out: list[Target] = []
     for ratio in ratios:
         rows = [r for r in summary["time"] if abs(r["ratio"] - ratio) < 1e-9 and not math.isnan(r["time_ratio_median"])]
         if not rows:
             continue
         worst = max(rows, key=lambda r: r["time_ratio_median"])
         limit = TIME_SLACK * (1.0 - ratio)
-        out.append({
-            "target": f"pretraining time at r={ratio:g} <= {TIME_SLACK:g} x (1-r) = {limit:.3f} of unpruned (every method)",
-            "measured": f"worst {worst['time_ratio_median']:.3f} ({worst['method']}); "
-                        + ", ".join(f"{r['method']} {r['time_ratio_median']:.3f}" for r in rows),
-            "met": bool(worst["time_ratio_median"] <= limit),
-        })
+        out.append(Target.check(
+            f"pretraining time at r={ratio:g} <= {TIME_SLACK:g} x (1-r) = {limit:.3f} of unpruned (every method)",
+            worst["time_ratio_median"], limit, "<=",
+            shown=f"worst {worst['time_ratio_median']:.3f} ({worst['method']}); "
+                  + ", ".join(f"{r['method']} {r['time_ratio_median']:.3f}" for r in rows),
+        ))
     for method in TARGETED:
         for protocol in PROTOCOLS:
             unpruned = _acc(summary, related, protocol, "unpruned", 0.0)
@@ -709,12 +712,11 @@ def evaluate_targets(summary: dict[str, Any], ratios: Sequence[float], related: 
             if unpruned is None or not checked or any(r is None for r in rows):
                 continue
             deltas = [row["mean"] - unpruned["mean"] for row in rows]
-            out.append({
-                "target": f"{method} {protocol} on target {related.upper()} within {ACC_TOLERANCE:g} point of unpruned "
-                          f"({unpruned['mean']:.2f}) at r={'/'.join(f'{r:g}' for r in checked)}",
-                "measured": " / ".join(f"{d:+.2f}" for d in deltas),
-                "met": bool(all(d >= -ACC_TOLERANCE for d in deltas)),
-            })
+            out.append(Target.check(
+                f"{method} {protocol} on target {related.upper()} within {ACC_TOLERANCE:g} point of unpruned "
+                f"({unpruned['mean']:.2f}) at r={'/'.join(f'{r:g}' for r in checked)}",
+                min(deltas), -ACC_TOLERANCE, ">=", shown=" / ".join(f"{d:+.2f}" for d in deltas),
+            ))
     for method in TARGETED:
         for protocol in PROTOCOLS:
             for other in RANDOM:
@@ -725,13 +727,12 @@ def evaluate_targets(summary: dict[str, Any], ratios: Sequence[float], related: 
                         pairs.append((ratio, a["mean"] - b["mean"]))
                 if not pairs:
                     continue
-                out.append({
-                    "target": f"{method} {protocol} on target {related.upper()} >= {other} at every ratio "
-                              f"(r={'/'.join(f'{r:g}' for r, _ in pairs)})",
-                    "measured": " / ".join(f"{d:+.2f}" for _, d in pairs),
-                    "met": bool(all(d >= 0 for _, d in pairs)),
-                })
-    return out
+                out.append(Target.check(
+                    f"{method} {protocol} on target {related.upper()} >= {other} at every ratio "
+                    f"(r={'/'.join(f'{r:g}' for r, _ in pairs)})",
+                    min(d for _, d in pairs), 0.0, ">=", shown=" / ".join(f"{d:+.2f}" for _, d in pairs),
+                ))
+    return [t.to_dict() for t in out]
 
 
 # --------------------------------------------------------------------------------------------
@@ -755,7 +756,7 @@ def report_markdown(results: dict[str, Any]) -> str:
     lines.append(
         f"Source: Fashion-MNIST train, {setup.get('source_samples', 0):,} images in {setup.get('source_shards', '?')} shards "
         f"(`streamprune shard`). Surrogate `{sur.get('arch', '-')}` trained {sur.get('steps', '-')} steps "
-        f"(train accuracy {sur.get('train_accuracy', float('nan')):.3f}). Pretraining `transfer_nets.pretrain_cnn`, "
+        f"(train accuracy {sur.get('train_accuracy', float('nan')):.3f}). Pretraining `{cfg.get('pretrain_model', 'benchmarks.nets:pretrain_cnn')}`, "
         f"{cfg['epochs']} epoch(s), batch {cfg['batch_size']}, {cfg['workers']} loader worker(s), {cfg['threads']} torch thread(s); "
         f"seeds {', '.join(str(s) for s in cfg['seeds'])}; FM K={cfg['clusters']}."
     )
@@ -784,7 +785,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         rows.append(row)
     rows.append(["ideal 1-r"] + [f"{1 - r:.3f}" for r in ratios])
     rows.append([f"limit {TIME_SLACK:g} x (1-r)"] + [f"{TIME_SLACK * (1 - r):.3f}" for r in ratios])
-    lines.append(common.format_table(headers, rows))
+    lines.append(common.markdown_table(headers, rows))
     if any(t.get("cpu_ratio_median") is not None for t in summary["time"]):
         lines.append("")
         lines.append("CPU time of the same loops (main process + loader worker), median of the paired ratio to unpruned: "
@@ -797,7 +798,7 @@ def report_markdown(results: dict[str, Any]) -> str:
                 t = next((x for x in summary["time"] if x["method"] == method and abs(x["ratio"] - r) < 1e-9), None)
                 row.append("-" if t is None or t.get("cpu_ratio_median") is None else f"{t['cpu_ratio_median']:.3f}")
             rows.append(row)
-        lines.append(common.format_table(headers, rows))
+        lines.append(common.markdown_table(headers, rows))
     for target in sorted({r["target"] for r in summary["accuracy"]}):
         for protocol in PROTOCOLS:
             lines.append("")
@@ -822,7 +823,7 @@ def report_markdown(results: dict[str, Any]) -> str:
                 rows.append(row)
             if scratch is not None:
                 rows.append(["no pretraining", f"{scratch['mean']:.2f} ± {scratch['std']:.2f}"] + [""] * len(ratios))
-            lines.append(common.format_table(headers, rows, "l" + "r" * (len(headers) - 1)))
+            lines.append(common.markdown_table(headers, rows, "l" + "r" * (len(headers) - 1)))
     return "\n".join(lines)
 
 
@@ -897,7 +898,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from streamprune import Manifest, random_mask
-    from transfer_nets import pretrain_cnn
+
+    from .nets import pretrain_cnn
 
     torch.set_num_threads(args.threads)
     progress = not args.quiet
@@ -980,7 +982,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "surrogate_steps": args.surrogate_steps, "clusters": args.clusters, "shots": args.shots, "test_limit": args.test_limit,
             "finetune_steps": args.finetune_steps, "finetune_batch": args.finetune_batch, "finetune_lr": args.finetune_lr,
             "source_samples": args.source_samples, "samples_per_shard": args.samples_per_shard,
-            "pretrain_model": "transfer_nets:pretrain_cnn", "time_slack": TIME_SLACK, "acc_tolerance_points": ACC_TOLERANCE,
+            "pretrain_model": "benchmarks.nets:pretrain_cnn", "time_slack": TIME_SLACK, "acc_tolerance_points": ACC_TOLERANCE,
         },
         "setup": {
             "source_manifest": manifest, "source_samples": src.num_samples, "source_shards": len(src.shards),
@@ -1002,8 +1004,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run (or ``--plot-only`` redraw), write JSON + PNG, print the tables."""
+def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run (or ``--plot-only`` redraw), write JSON + PNG, print the tables; return the results."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.plot_only:
@@ -1016,7 +1018,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_plot:
             plot(results, os.path.splitext(args.plot_only)[0] + ".png")
         print(report_markdown(results))
-        return 0
+        return results
     results = run(args)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "transfer_bench.json")
@@ -1025,10 +1027,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot(results, os.path.join(args.out, "transfer_bench.png"))
     print(report_markdown(results))
     print()
-    print(common.format_table(["target", "measured", "met"], [[t["target"], t["measured"], t["met"]] for t in results["targets"]], "lll"))
+    print(targets_table([Target.from_dict(t) for t in results["targets"]]))
     print(f"\n{len(results['runs'])} runs in {results['total_seconds']:.0f} s -> {path}")
-    return 0
+    return results
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+class TransferSuite(Suite):
+    """``transfer``: pretraining wall time and downstream accuracy after pruning the source."""
+    name, title = "transfer", "Transfer: pruned pretraining speed and downstream accuracy"
+    run, tables = staticmethod(run_cli), staticmethod(report_markdown)

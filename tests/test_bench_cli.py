@@ -1,38 +1,47 @@
-"""``streamprune bench``: list suites, run one as a subprocess with pass-through arguments, write the report."""
+"""``streamprune bench`` / ``python -m benchmarks``: list suites, run one in-process with its options, write the report."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
-import shutil
 
 from click.testing import CliRunner
 
-from streamprune_cli.bench import split_names
+from benchmarks import registry
+from benchmarks.__main__ import main as bench_main
+from benchmarks.__main__ import split_names
+from benchmarks.suite import Suite, Target
 from streamprune_cli.main import cli
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
-# A suite script that records the arguments it was started with as its results (no heavy imports).
-ECHO = '''"""Echo: records its arguments."""
-import json, os, sys
-quick = "--quick" in sys.argv
-out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", *(["quick"] if quick else []), "echo_bench.json")
-os.makedirs(os.path.dirname(out), exist_ok=True)
-with open(out, "w") as fh:
-    json.dump({"command": " ".join(sys.argv), "date": "2026-03-04T05:06:07+00:00",
-               "targets": [{"target": "args: " + " ".join(sys.argv[1:]), "measured": len(sys.argv) - 1, "met": True}]}, fh)
-'''
+class EchoSuite(Suite):
+    """Records the options it was run with as its results (no heavy imports)."""
+
+    name = "echo"
+    title = "Echo: records its arguments"
+
+    def run(self, argv):
+        from benchmarks import common
+
+        quick = "--quick" in argv
+        results = {"command": common.command_line(), "date": "2026-03-04T05:06:07+00:00", "args": list(argv),
+                   "targets": [Target.check("args: " + " ".join(argv), len(argv), 1, ">=").to_dict()]}
+        common.write_json(self.results_path(quick), results)
+        return results
 
 
-def _folder(tmp_path):
-    folder = tmp_path / "benchmarks"
-    (folder / "results").mkdir(parents=True)
-    shutil.copy(os.path.join(BENCH, "report.py"), folder / "report.py")
-    (folder / "echo_bench.py").write_text(ECHO)
-    (folder / "broken_bench.py").write_text("import sys\nsys.exit(3)\n")
-    (folder / "results" / "transfer_bench.json").write_text(json.dumps({"date": "2026-01-01T00:00:00+00:00", "targets": []}))
-    return folder
+class BrokenSuite(Suite):
+    name = "broken"
+    title = "Exits with status 3"
+
+    def run(self, argv):
+        raise SystemExit(3)
+
+
+def _register(monkeypatch, tmp_path):
+    monkeypatch.setitem(registry.SUITES, "echo", EchoSuite(str(tmp_path / "results")))
+    monkeypatch.setitem(registry.SUITES, "broken", BrokenSuite(str(tmp_path / "results")))
 
 
 def _run(*args):
@@ -45,58 +54,68 @@ def test_split_names():
     assert split_names(()) == ([], [])
 
 
-def test_bench_list_shows_every_suite_and_what_has_run(tmp_path):
-    folder = _folder(tmp_path)
-    result = _run("--list", "--bench-dir", folder)
-    assert result.exit_code == 0, result.output
-    lines = {line.split("|")[1].strip(): line for line in result.output.splitlines()[2:]}
-    assert list(lines)[:6] == ["io", "index", "ffcv", "score", "downstream", "transfer"]
-    assert "(no script yet)" in lines["downstream"] and "not run yet" in lines["downstream"]
-    assert "2026-01-01T00:00:00+00:00" in lines["transfer"]
-    assert "echo_bench.py" in lines["echo"] and "not run yet" in lines["echo"]
-
-
 def test_bench_list_on_the_repository():
     result = _run("--list")
     assert result.exit_code == 0, result.output
-    assert "transfer_bench.py" in result.output and "io_bench.py" in result.output
+    names = [line.split("|")[1].strip() for line in result.output.splitlines()[2:] if line.startswith("|")]
+    assert names == list(registry.SUITES) == ["io", "index", "ffcv", "score", "downstream", "transfer"]
+    transfer = next(line for line in result.output.splitlines() if line.startswith("| transfer "))
+    assert "2026-" in transfer and "Transfer: pruned pretraining speed" in transfer
 
 
-def test_bench_runs_a_suite_with_pass_through_arguments_and_prints_its_tables(tmp_path):
-    folder = _folder(tmp_path)
-    result = _run("echo", "--quick", "--bench-dir", folder, "--", "--tag", "hello world")
+def test_bench_runs_a_suite_with_pass_through_arguments_and_prints_its_tables(monkeypatch, tmp_path):
+    _register(monkeypatch, tmp_path)
+    result = _run("echo", "--quick", "--", "--tag", "hello world")
     assert result.exit_code == 0, result.output + repr(result.exception)
-    data = json.loads((folder / "results" / "quick" / "echo_bench.json").read_text())  # "hello world" stays one argument
-    assert data["command"].endswith("echo_bench.py --quick --tag hello world")
+    data = json.loads((tmp_path / "results" / "quick" / "echo_bench.json").read_text())
+    assert data["args"] == ["--quick", "--tag", "hello world"]  # "hello world" stays one argument
+    assert data["command"] == "streamprune bench echo --quick --tag 'hello world'"  # how it was invoked, no interpreter path
     assert "## echo: Echo: records its arguments" in result.output
-    assert "| args: --quick --tag hello world | 3 | met" in " ".join(result.output.split())
+    assert "| args: --quick --tag hello world | 3 | >= 1 | met" in " ".join(result.output.split())
     assert "2026-03-04T05:06:07+00:00" in result.output
-    assert not (folder / "results" / "echo_bench.json").exists()
+    assert not (tmp_path / "results" / "echo_bench.json").exists()
 
 
-def test_bench_unknown_and_failing_suites(tmp_path):
-    folder = _folder(tmp_path)
-    result = _run("nosuch", "--bench-dir", folder)
+def test_python_m_benchmarks_records_its_own_invocation(monkeypatch, tmp_path, capsys):
+    _register(monkeypatch, tmp_path)
+    assert bench_main(["echo", "--flag"]) == 0
+    data = json.loads((tmp_path / "results" / "echo_bench.json").read_text())
+    assert data["command"] == "python -m benchmarks echo --flag"
+    assert "## echo:" in capsys.readouterr().out
+
+
+def test_bench_unknown_and_failing_suites(monkeypatch, tmp_path):
+    _register(monkeypatch, tmp_path)
+    result = _run("nosuch")
     assert result.exit_code == 2
     assert "unknown benchmark suite(s) nosuch" in result.output and "echo" in result.output
-    result = _run("downstream", "--bench-dir", folder)  # known, but no script yet
-    assert result.exit_code == 2 and "unknown benchmark suite(s) downstream" in result.output
-    result = _run("broken", "--bench-dir", folder)
+    result = _run("broken", "echo")
     assert result.exit_code == 1
     assert "failed: broken (exit status 3)" in result.output
+    assert "## echo:" in result.output  # the other suite still ran
 
 
 def test_bench_report_writes_the_file(tmp_path):
-    folder = _folder(tmp_path)
     out = tmp_path / "B.md"
-    result = _run("--report", "--output", out, "--bench-dir", folder)
+    result = _run("--report", "--output", out)
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert text.startswith("# Benchmarks")
-    assert "## downstream:" in text and "*not run yet*" in text
+    for name in registry.SUITES:
+        assert f"\n## {name}:" in text
 
 
-def test_bench_needs_a_source_checkout(tmp_path):
-    result = _run("--list", "--bench-dir", tmp_path / "nothing")
+def test_bench_says_so_when_benchmarks_are_not_installed(monkeypatch, tmp_path):
+    real_import = builtins.__import__
+
+    def no_benchmarks(name, *args, **kwargs):
+        if name == "benchmarks" or name.startswith("benchmarks."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name="benchmarks")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_benchmarks)
+    monkeypatch.setattr("importlib.import_module", lambda name, package=None: no_benchmarks(name))
+    monkeypatch.chdir(tmp_path)  # not a source checkout
+    result = _run("--list")
     assert result.exit_code == 1
-    assert "source checkout" in result.output
+    assert result.output.count("\n") == 1 and "source checkout" in result.output and "not installed" in result.output

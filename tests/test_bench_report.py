@@ -6,29 +6,19 @@ are computed independently with NumPy from the same made-up values.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
-import sys
 
 import numpy as np
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-
-
-def _load(name: str, folder: str = BENCH):
-    mod_name = f"_test_{name}_{abs(hash(folder))}"
-    spec = importlib.util.spec_from_file_location(mod_name, os.path.join(folder, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tb = _load("transfer_bench")
-report = _load("report")
+from benchmarks import report
+from benchmarks import transfer_bench as tb
+from benchmarks.index_bench import IndexSuite
+from benchmarks.io_bench import IoSuite
+from benchmarks.registry import SUITES
+from benchmarks.suite import Suite, Target
+from benchmarks.transfer_bench import TransferSuite
 
 SEEDS = (0, 1, 2)
 RATIOS = (0.4, 0.6, 0.8)
@@ -184,13 +174,12 @@ def test_digits_images_resized_to_28():
 # the report
 
 
-def _bench_copy(tmp_path):
-    folder = tmp_path / "benchmarks"
-    (folder / "results").mkdir(parents=True)
-    for name in ("common.py", "report.py", "transfer_bench.py", "transfer_nets.py"):
-        shutil.copy(os.path.join(BENCH, name), folder / name)
-    (folder / "io_bench.py").write_text('"""I/O."""\n')
-    return folder
+def _suites(tmp_path, *extra: Suite) -> dict[str, Suite]:
+    """Real suites reading results from ``tmp_path/benchmarks/results`` (plus ``extra``)."""
+    results = str(tmp_path / "benchmarks" / "results")
+    os.makedirs(os.path.join(results, "quick"), exist_ok=True)
+    suites = [IoSuite(results), IndexSuite(results), TransferSuite(results), *extra]
+    return {s.name: s for s in suites}
 
 
 def _transfer_results():
@@ -198,7 +187,7 @@ def _transfer_results():
     summary = tb.summarize(runs, RATIOS)
     return {
         "benchmark": "transfer_bench",
-        "command": "python benchmarks/transfer_bench.py --seeds 0,1,2",
+        "command": "/opt/py/bin/python3.11 benchmarks/transfer_bench.py --seeds 0,1,2",
         "date": "2026-01-02T03:04:05+00:00",
         "machine": {"cpu_count": 2, "cpu_model": "Test CPU", "memory_GiB": 8.0, "python": "3.11.0", "packages": {"torch": "9.9"},
                     "load_avg_at_start": [1.5, 1.0, 1.0]},
@@ -213,13 +202,21 @@ def _transfer_results():
     }
 
 
+def _write(suites, name, results, quick=False):
+    path = suites[name].results_path(quick)
+    with open(path, "w") as fh:
+        json.dump(results, fh)
+    return path
+
+
 def test_report_renders_transfer_tables_and_not_run_yet(tmp_path):
-    folder = _bench_copy(tmp_path)
+    suites = _suites(tmp_path)
     results = _transfer_results()
-    (folder / "results" / "transfer_bench.json").write_text(json.dumps(results))
-    text = report.render_report(str(folder))
+    _write(suites, "transfer", results)
+    text = report.render_report(suites=suites)
     section = text.split("## transfer:")[1]
-    assert "python benchmarks/transfer_bench.py --seeds 0,1,2" in section
+    # the interpreter's path is not shown; the machine line has the Python version
+    assert "- command: `python benchmarks/transfer_bench.py --seeds 0,1,2`" in section and "/opt/py" not in text
     assert "2026-01-02T03:04:05+00:00" in section
     assert "2 cores (Test CPU), 8.0 GiB RAM, Python 3.11.0, torch 9.9" in section
     # lm at 0.4: time 1.0, 1.01, 1.02 x ideal over seeds
@@ -231,70 +228,77 @@ def test_report_renders_transfer_tables_and_not_run_yet(tmp_path):
     missed = sum(1 for t in results["targets"] if not t["met"])
     assert f"Targets: {len(results['targets']) - missed} of {len(results['targets'])} met." in section
     assert section.count("**missed**") == missed
-    # suites without results: known and script-less, script without results
-    assert "## downstream:" in text
-    assert "*not run yet* (no `benchmarks/downstream_bench.py` yet)" in text.split("## downstream:")[1].split("##")[0]
-    assert "*not run yet* (no `benchmarks/results/io_bench.json`)" in text
+    # a suite without results
+    assert "*not run yet* (no `benchmarks/results/io_bench.json`). Run `python -m benchmarks io`" in text
     overview = text.split("## ")[0]
-    assert "| not run yet |" in overview.split("[downstream]")[1].splitlines()[0]
+    assert "| not run yet |" in overview.split("[io]")[1].splitlines()[0]
     assert "| results " in overview.split("[transfer]")[1].splitlines()[0]
 
 
 def test_write_report_links_relative_and_quick_goes_elsewhere(tmp_path):
-    folder = _bench_copy(tmp_path)
-    (folder / "results" / "transfer_bench.json").write_text(json.dumps(_transfer_results()))
-    (folder / "results" / "transfer_bench.png").write_bytes(b"\x89PNG")
-    path = report.write_report(str(folder))
-    assert path == str(tmp_path / "BENCHMARKS.md")
-    text = open(path).read()
-    assert "![transfer plot](benchmarks/results/transfer_bench.png)" in text
-    quick = report.write_report(str(folder), quick=True)
-    assert quick == str(folder / "results" / "quick" / "BENCHMARKS.md")
-    assert "*not run yet* (no `benchmarks/results/quick/transfer_bench.json`)" in open(quick).read()
-    assert open(path).read() == text  # the real report is untouched by a quick one
+    suites = _suites(tmp_path)
+    path = _write(suites, "transfer", _transfer_results())
+    with open(os.path.splitext(path)[0] + ".png", "wb") as fh:
+        fh.write(b"\x89PNG")
+    bench = str(tmp_path / "benchmarks")
+    out = report.write_report(str(tmp_path / "BENCHMARKS.md"), suites=suites, bench_dir=bench)
+    text = open(out).read()
+    assert "![transfer plot](benchmarks/results/transfer_bench.png)" in text  # BENCHMARKS.md sits next to benchmarks/
+    quick = report.write_report(str(tmp_path / "benchmarks" / "results" / "quick" / "BENCHMARKS.md"), quick=True, suites=suites, bench_dir=bench)
+    quick_text = open(quick).read()
+    assert "*not run yet* (no `benchmarks/results/quick/transfer_bench.json`). Run `python -m benchmarks transfer --quick`" in quick_text
+    assert "](../../README.md)" in quick_text  # links relative to results/quick/
+    assert open(out).read() == text  # the real report is untouched by a quick one
 
 
-def test_report_new_suite_with_its_own_renderer_and_results_only_suite(tmp_path):
-    folder = _bench_copy(tmp_path)
-    (folder / "zeta_bench.py").write_text(
-        '"""Zeta: a suite that renders itself."""\n'
-        "import sys\n"
-        "def report_markdown(results):\n"
-        "    return f\"| x |\\n|---|\\n| {results['x']} |\"\n"
-        "if __name__ == '__main__':\n"
-        "    sys.exit(1)\n"
-    )
-    (folder / "results" / "zeta_bench.json").write_text(json.dumps({"x": 42, "finished": "2026-02-03T00:00:00+00:00"}))
-    (folder / "results" / "alpha_bench.json").write_text(json.dumps({
-        "meta": {"command": "python alpha", "machine": {"cpu_count": 4}},
-        "targets": [{"target": "speed", "value": 2.5, "goal": 2.0, "met": True}, {"target": "size", "measured": 7, "met": False}],
-    }))
-    text = report.render_report(str(folder))
-    names = [s.name for s in report.discover(str(folder))]
-    assert names[: len(report.KNOWN_SUITES)] == list(report.KNOWN_SUITES)
-    assert names[len(report.KNOWN_SUITES):] == ["alpha", "zeta"]
-    zeta = text.split("## zeta:")[1]
-    assert zeta.startswith(" Zeta: a suite that renders itself")
-    assert "| 42 |" in zeta and "2026-02-03T00:00:00+00:00" in zeta
-    alpha = text.split("## alpha:")[1].split("## zeta:")[0]
-    assert "`python alpha`" in alpha and "4 cores" in alpha
-    assert "Targets: 1 of 2 met." in alpha and "| speed " in alpha and "2.500 | 2.000 | met" in alpha
+class ZetaSuite(Suite):
+    """A new suite: its tables come from its own ``tables()``, its targets from ``targets()``."""
+
+    name = "zeta"
+    title = "Zeta: a suite that renders itself"
+
+    def tables(self, results):
+        return f"| x |\n|---|\n| {results['x']} |"
+
+    def targets(self, results):
+        return [Target.check("x at least 40", results["x"], 40, ">="),
+                Target.check("x below 41, noisy", results["x"], 41, "<", interval=(39.0, 45.0))]
+
+
+def test_report_renders_a_new_suite_through_its_markdown(tmp_path):
+    zeta = ZetaSuite(str(tmp_path / "benchmarks" / "results"))
+    suites = _suites(tmp_path, zeta)
+    _write(suites, "zeta", {"x": 42, "finished": "2026-02-03T00:00:00+00:00", "meta": {"command": "python -m benchmarks zeta",
+                                                                                       "machine": {"cpu_count": 4}}})
+    text = report.render_report(suites=suites)
+    assert [line.split("]")[0][3:] for line in text.splitlines() if line.startswith("| [")] == ["io", "index", "transfer", "zeta"]
+    section = text.split("## zeta:")[1]
+    assert section.startswith(" Zeta: a suite that renders itself")
+    assert "| 42 |" in section and "2026-02-03T00:00:00+00:00" in section
+    assert "`python -m benchmarks zeta`" in section and "4 cores" in section
+    assert "Targets: 1 of 2 met." in section
+    assert "| x at least 40 " in section and "| >= 40 | met" in section
+    assert "x below 41, noisy | 42 [39-45] |  < 41 | inconclusive" in section
+    assert "| 1 of 2 met |" in text.split("## ")[0].split("[zeta]")[1].splitlines()[0]
 
 
 def test_report_survives_a_results_file_of_another_shape(tmp_path):
-    folder = _bench_copy(tmp_path)
-    (folder / "results" / "io_bench.json").write_text(json.dumps({"command": "python benchmarks/io_bench.py", "summary": [{"oops": 1}]}))
-    section = report.render_report(str(folder)).split("## io:")[1].split("## index:")[0]
+    suites = _suites(tmp_path)
+    _write(suites, "io", {"command": "python benchmarks/io_bench.py", "summary": [{"oops": 1}]})
+    section = report.render_report(suites=suites).split("## io:")[1].split("## index:")[0]
     assert "tables could not be rendered from this results file: KeyError" in section
     assert "`python benchmarks/io_bench.py`" in section
 
 
-def test_report_renders_the_committed_results_of_existing_suites():
-    """The built-in tables work on the repository's own results files (whatever they are now)."""
-    suites = {s.name: s for s in report.discover(BENCH)}
-    for name in ("io", "index", "score", "ffcv"):
-        if report.load_results(suites[name].results) is None:
+def test_report_renders_the_committed_results_of_every_suite():
+    """Every registered suite renders the repository's own results file (whatever it is now), with its targets."""
+    for name, suite in SUITES.items():
+        results = suite.results()
+        if results is None:
             continue
-        section = report.render_suite(suites[name])
+        section = report.render_suite(suite)
         assert "could not be rendered" not in section, section
         assert "| " in section
+        stored = results.get("targets")
+        if stored:  # the stored verdicts survive the round trip through Target
+            assert [t.met for t in suite.targets(results)] == [t.get("met") for t in stored]

@@ -1,24 +1,19 @@
-"""Pure helpers of benchmarks/downstream_bench.py on synthetic results (no benchmark is run)."""
+"""Pure helpers of the downstream suite (benchmarks/downstream_bench.py) on synthetic results (no benchmark is run)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 
 import numpy as np
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPT = os.path.join(os.path.dirname(HERE), "benchmarks", "downstream_bench.py")
+from benchmarks import downstream_bench
+from benchmarks.registry import SUITES
 
 
 @pytest.fixture(scope="module")
 def db():
-    spec = importlib.util.spec_from_file_location("downstream_bench_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return downstream_bench
 
 
 def _runs(db, accuracies: dict) -> list[dict]:
@@ -110,7 +105,12 @@ def test_targets_time_ratio_and_accuracy_gain(db):
     assert by[("Good", "acc")]["met"] is True and by[("Good", "acc")]["measured"].startswith("+1.00 points")
     assert by[("Bad", "acc")]["met"] is False and "10%: -1.00" in by[("Bad", "acc")]["measured"]
     for t in targets:
-        assert set(t) >= {"target", "measured", "goal", "met"}
+        assert set(t) >= {"target", "measured", "goal", "met", "verdict", "threshold", "comparison"}
+        assert t["verdict"] == ("met" if t["met"] else "missed")
+    # the stored entries read back as the same Targets
+    judged = SUITES["downstream"].targets({"targets": targets})
+    assert [(t.name, t.measured, t.threshold, t.comparison, t.goal_text) for t in judged][:2] == [
+        (targets[0]["target"], pytest.approx(25.0), 20.0, ">=", ">= 20x"), (targets[1]["target"], pytest.approx(19.0), 20.0, ">=", ">= 20x")]
 
 
 def test_ccs_beta_rule(db):
@@ -162,9 +162,9 @@ def _results(db) -> dict:
     return db.finalize(results)
 
 
-def test_report_markdown_renders_accuracy_time_and_target_tables(db):
+def test_suite_markdown_renders_accuracy_time_and_target_tables(db):
     results = _results(db)
-    md = db.report_markdown(results)
+    md = SUITES["downstream"].markdown(results)
     # dataset order is the run's, not alphabetical
     assert md.index("**FMNIST**") < md.index("**Digits**")
     assert "| 10%" in md and "| 50%" in md
@@ -175,7 +175,8 @@ def test_report_markdown_renders_accuracy_time_and_target_tables(db):
     assert "Full train part (100% kept, same steps): 90.50 ± 0.71." in md
     assert "**Pruning time**" in md and "DLC K=10 (not default)" in md
     assert "break-even epochs" in md
-    assert "**Targets**" in md and "| NO" in md and "| yes" in md
+    assert "Targets: 2 of 4 met." in md and "| **missed**" in md and "| met" in md and ">= 20x |" in md
+    assert "**Targets**" not in db.report_markdown(results)  # the targets table is the shared one, once
     # the targets read the same numbers
     acc_targets = [t for t in results["targets"] if "random" in t["target"]]
     assert len(acc_targets) == 2 and all(t["met"] and t["value"] == pytest.approx(0.5) for t in acc_targets)
