@@ -124,7 +124,7 @@ def selectors_help() -> str:
 def selector_options(fn: Callable) -> Callable:
     """Add ``--gamma``, ``--beta``, ``--strata`` (selector options) to a command."""
     fn = click.option("--strata", type=click.IntRange(min=1), help="ccs: number of equal-width score strata [default: 50].")(fn)
-    fn = click.option("--beta", type=float, help="ccs: fraction of ALL samples dropped first, the hardest [default: 0].")(fn)
+    fn = click.option("--beta", type=float, help="ccs: fraction of ALL samples dropped first, the hardest [default: 0 when keeping >= 50%, rising to 0.3 at 10% kept].")(fn)
     fn = click.option("--gamma", type=float, help="flexrand: easy fraction of each class [default: 0.5].")(fn)
     return fn
 

@@ -58,6 +58,14 @@ def method_click_options() -> list[click.Option]:
     return params
 
 
+def default_selectors_help() -> str:
+    """Which selector each method uses when ``--selector`` is not given."""
+    from streamprune.scoring import available_scores, default_selector  # deferred with method_click_options (torch)
+
+    special = [f"{m}: {default_selector(m)}" for m in available_scores() if default_selector(m) != "top"]
+    return " [default: the method's own: top" + "".join(f"; {s}" for s in special) + "]"
+
+
 class ScoreCommand(click.Command):
     """A command whose scoring-method options come from the registry, added on first use."""
 
@@ -103,7 +111,7 @@ def method_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
 @click.option("--checkpoint", type=click.Path(exists=True), help="Model checkpoint (default: untrained, seeded).")
 @click.option("--ratio", "ratios", multiple=True, required=True, callback=ratios_callback, help="Fraction REMOVED; repeat or separate with commas: --ratio 0.4,0.6,0.8.")
 @click.option("--out", required=True, type=click.Path(), help="Directory for scores.json and one mask per ratio.")
-@click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=selectors_help)
+@click.option("--selector", cls=RegistryHelpOption, help_fn=lambda: selectors_help() + default_selectors_help())
 @selector_options
 @click.option("--input-size", type=click.IntRange(min=8), help="Network input side (default: the checkpoint's, else 32).")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1))

@@ -28,14 +28,14 @@ fraction KEPT):
   class's quota (``round(n * h)`` up to rounding) uniformly from H.
 * ``se`` / ``sh``: per class, the whole easiest / hardest ``round(n * b / 2)`` plus the rest of
   the quota drawn uniformly from the remaining samples of the class.
-* ``ccs`` (coverage-centric selection, Zheng et al. 2023; options ``beta`` = 0.0,
-  ``strata`` = 50): over the WHOLE set, as in the paper (classes are not looked at): drop the
+* ``ccs`` (coverage-centric selection, Zheng et al. 2023; options ``beta`` (default: the
+  paper's per-ratio rule, :func:`ccs_beta`), ``strata`` = 50): over the WHOLE set, as in the paper (classes are not looked at): drop the
   hardest ``round(N * beta)`` samples, split the rest into ``strata`` equal-width score
   strata, and visit the strata from the smallest to the largest, each giving
   ``min(size, floor(remaining budget / remaining strata))`` samples drawn uniformly inside it
   (empty strata do not count; equal-sized strata are visited in a seeded random order).
-  The paper tunes ``beta`` per dataset and ratio (``methods.md``: about 0.3 at 90% pruning);
-  the default 0.0 is pure stratified coverage, pass ``beta`` to drop the hardest samples.
+  The paper tunes ``beta`` per dataset and ratio (``methods.md``: about 0.3 at 90% pruning,
+  none at low rates); the default follows that rule, ``beta=0`` is pure stratified coverage.
 
 Rules shared by the class-wise selectors (``class-balanced-random``, ``easy``, ``hard``,
 ``flexrand``, ``se``, ``sh``):
@@ -86,6 +86,7 @@ __all__ = [
     "class_quotas",
     "flexrand_shares",
     "ccs_strata",
+    "ccs_beta",
     "select_items",
     "select_classes_from_scores",
     "mask_from_scores",
@@ -482,15 +483,35 @@ def ccs_strata(values: np.ndarray, strata: int) -> np.ndarray:
     return np.clip(bins, 0, strata - 1)
 
 
+def ccs_beta(budget: float) -> float:
+    """CCS's hard-cutoff fraction beta for a budget (fraction KEPT), the default of ``ccs``.
+
+    The paper removes no hard samples at low pruning rates and ``beta = 0.3`` at 90% pruning
+    (its CIFAR-10 setting, also the reference code's example); between those anchors beta
+    grows linearly: 0 for budgets of 50% and more, up to 0.3 at 10% kept, and never so large
+    that fewer than the budget remain (``beta <= 1 - budget``).
+
+    Args:
+        budget: Fraction of samples kept, ``1 - ratio``.
+
+    Returns:
+        beta, rounded to 6 decimals.
+    """
+    b = float(budget)
+    beta = 0.0 if b >= 0.5 else 0.3 * (0.5 - b) / 0.4
+    return round(min(beta, max(0.0, 1.0 - b)), 6)
+
+
 @register_selector("ccs")
-def ccs(scores: ScoreFile, ratio: float, ctx: SelectionContext, beta: float = 0.0, strata: int = 50) -> np.ndarray:
+def ccs(scores: ScoreFile, ratio: float, ctx: SelectionContext, beta: float | None = None, strata: int = 50) -> np.ndarray:
     """Coverage-centric selection (Zheng et al., ICLR 2023) over the whole set.
 
     Args:
         scores: Sample-level hardness scores (AUM in the paper: ``harder = "lower"``).
         ratio: Fraction removed.
         ctx: Seed and the hardness direction (labels are not used, as in the paper).
-        beta: Fraction of ALL samples dropped first, the hardest ones, in ``[0, 1)``.
+        beta: Fraction of ALL samples dropped first, the hardest ones, in ``[0, 1)``;
+            ``None``: the paper's per-ratio rule, :func:`ccs_beta` of the budget.
         strata: Number of equal-width score strata (at least 1).
 
     Returns:
@@ -500,7 +521,7 @@ def ccs(scores: ScoreFile, ratio: float, ctx: SelectionContext, beta: float = 0.
         ValueError: Bad ``beta``/``strata``, ``beta`` leaves fewer samples than the budget, or
             the score has no hardness direction.
     """
-    beta = float(beta)
+    beta = ccs_beta(1.0 - ratio) if beta is None else float(beta)
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"selector 'ccs': beta={beta} must be in [0, 1) (the hardest fraction dropped)")
     if int(strata) != strata or int(strata) < 1:

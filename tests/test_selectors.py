@@ -175,12 +175,12 @@ def test_ccs_fills_strata_from_the_smallest():
     values[np.argmin(values)], values[np.argmax(values)] = 0.0, 5.0  # pin the range
     stratum = np.minimum(np.floor(values).astype(int), 4)
     assert np.bincount(stratum).tolist() == sizes
-    kept = select(_scores(values), 0.8, "ccs", seed=0, strata=5)  # keep 20
+    kept = select(_scores(values), 0.8, "ccs", seed=0, strata=5, beta=0)  # keep 20, no hard cutoff
     # 2 (of 2) -> 3 (of 3, 18 // 4 = 4) -> 5 (15 // 3) -> 5 (10 // 2) -> 5 (5 // 1)
     assert np.bincount(stratum[kept], minlength=5).tolist() == [2, 3, 5, 5, 5]
-    again = select(_scores(values), 0.8, "ccs", seed=0, strata=5)
+    again = select(_scores(values), 0.8, "ccs", seed=0, strata=5, beta=0)
     assert np.array_equal(kept, again)
-    assert not np.array_equal(kept, select(_scores(values), 0.8, "ccs", seed=1, strata=5))
+    assert not np.array_equal(kept, select(_scores(values), 0.8, "ccs", seed=1, strata=5, beta=0))
 
 
 def test_ccs_drops_the_hardest_beta_fraction_first(three_classes):
@@ -194,7 +194,7 @@ def test_ccs_drops_the_hardest_beta_fraction_first(three_classes):
     assert np.bincount(np.minimum(values[full] * 50 / 199, 49).astype(int), minlength=50).min() >= 1
     # a budget below the number of strata: equal-sized strata are visited in random order,
     # so the kept samples are not all from one end of the range
-    few = select(_scores(values), 0.9, "ccs", seed=0)
+    few = select(_scores(values), 0.9, "ccs", seed=0, beta=0)
     assert len(few) == 20 and values[few].min() < 100 < values[few].max()
     with pytest.raises(ValueError, match="beta=0.6 drops the hardest 120 of 200 samples, leaving 80, fewer than the 100"):
         select(_scores(values), 0.5, "ccs", beta=0.6)
@@ -217,3 +217,15 @@ def test_bad_selector_options_are_clear_errors(three_classes):
         select(s, 0.5, "easy", gamma=0.2)
     with pytest.raises(ValueError, match="200 labels for"):
         select(_scores(values[:50]), 0.5, "flexrand", labels=labels)
+
+
+def test_ccs_default_beta_follows_the_papers_rule(three_classes):
+    _, values = three_classes  # 200 samples, scores 0..199, higher = harder
+    # keeping >= 50%: no hard cutoff, so the hardest samples can be kept
+    assert values[select(_scores(values), 0.5, "ccs", seed=0)].max() > 190
+    # 90% pruning: the paper's beta = 0.3 drops the 60 hardest (scores 140..199)
+    at_90 = select(_scores(values), 0.9, "ccs", seed=0)
+    assert np.array_equal(at_90, select(_scores(values), 0.9, "ccs", seed=0, beta=0.3))
+    assert values[at_90].max() < 140
+    # 80% pruning: halfway between the anchors in budget (20% kept): beta = 0.225, 45 dropped
+    assert values[select(_scores(values), 0.8, "ccs", seed=0)].max() < 155

@@ -12,7 +12,7 @@ training-free ``dlc`` (:mod:`.dlc`), and the training-based ``el2n``, ``forgetti
 
 from . import baselines, dlc, fm, lm, training_based
 from .job import SCORES_NAME, resolve_target, score_source
-from .registry import MethodOption, ScoreFn, available_scores, get_score, method_options, register_score
+from .registry import MethodOption, ScoreFn, available_scores, default_selector, get_score, method_options, register_score
 from .request import ScoreRequest
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "get_score",
     "available_scores",
     "method_options",
+    "default_selector",
     "resolve_target",
     "score_source",
     "SCORES_NAME",

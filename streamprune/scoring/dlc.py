@@ -522,6 +522,7 @@ def backbone_num_classes(arch: str, checkpoint: str | None, fallback: int) -> in
         MethodOption("step", float, "fraction masked per level", flag="dlc-step"),
         MethodOption("pool", str, "ViT token pooling", choices=("cls", "mean")),
     ),
+    default_selector="flexrand",  # the paper's method is DLC + FlexRand, class-balanced
 )
 def dlc(
     request: ScoreRequest,

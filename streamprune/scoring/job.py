@@ -18,7 +18,7 @@ from ..manifest import MANIFEST_NAME, Manifest
 from ..ratios import check_ratio
 from ..selection import get_selector, mask_from_scores
 from ..writers import write_shards
-from .registry import get_score
+from .registry import default_selector, get_score
 from .request import ScoreRequest
 
 __all__ = ["SCORES_NAME", "resolve_target", "score_source"]
@@ -80,7 +80,7 @@ def score_source(
     device: str | None = "cpu",
     seed: int = 0,
     progress: bool = True,
-    selector: str = "top",
+    selector: str | None = None,
     selector_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
@@ -104,7 +104,8 @@ def score_source(
         device: Torch device.
         seed: Seed.
         progress: Show progress bars.
-        selector: Registered selector turning the scores into masks (:mod:`streamprune.selection`).
+        selector: Registered selector turning the scores into masks (:mod:`streamprune.selection`);
+            ``None``: the method's default (``top``; ``flexrand`` for ``dlc``).
         selector_options: Options for the selector (e.g. ``{"gamma": 0.5}``).
         **options: Method options (``soft_vote=True`` for LM).
 
@@ -116,6 +117,7 @@ def score_source(
         ValueError: Unknown method or option, or a bad ratio.
     """
     fn = get_score(method)
+    selector = selector or default_selector(method)
     get_selector(selector)  # an unknown selector fails before the (long) scoring pass
     selector_options = dict(selector_options or {})
     try:

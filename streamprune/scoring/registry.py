@@ -32,6 +32,7 @@ __all__ = [
     "get_score",
     "available_scores",
     "method_options",
+    "default_selector",
 ]
 
 ScoreFn = Callable[..., ScoreFile]
@@ -76,12 +77,16 @@ class MethodOption:
         return None if self.default is None else str(self.default)
 
 
-def register_score(name: str, options: Sequence[MethodOption] = ()) -> Callable[[ScoreFn], ScoreFn]:
+def register_score(
+    name: str, options: Sequence[MethodOption] = (), default_selector: str = "top"
+) -> Callable[[ScoreFn], ScoreFn]:
     """Decorator registering a scoring method under ``name`` with its user-settable options.
 
     Args:
         name: Registry key (what ``--method`` takes).
         options: The options users may set; each must be a keyword argument of the method.
+        default_selector: How its scores become masks unless the user names a selector (the
+            method's paper's choice: ``top`` keeps the top of the ranking; DLC uses FlexRand).
 
     Returns:
         The decorator; it returns the function unchanged.
@@ -100,7 +105,7 @@ def register_score(name: str, options: Sequence[MethodOption] = ()) -> Callable[
                 raise TypeError(f"{fn.__module__}.{fn.__qualname__} declares option {option.name!r} but takes no such argument")
             default = None if param.default is inspect.Parameter.empty else param.default
             resolved.append(dataclasses.replace(option, default=default))
-        return SCORES.register(name, options=tuple(resolved))(fn)
+        return SCORES.register(name, options=tuple(resolved), default_selector=default_selector)(fn)
 
     return decorate
 
@@ -118,3 +123,8 @@ def available_scores() -> list[str]:
 def method_options(name: str) -> tuple[MethodOption, ...]:
     """The user-settable options a registered method declares."""
     return SCORES.meta(name)["options"]
+
+
+def default_selector(name: str) -> str:
+    """The selector a registered method's masks use unless another is named."""
+    return SCORES.meta(name)["default_selector"]
