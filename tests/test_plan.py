@@ -299,3 +299,17 @@ def test_rank_and_world_from_environment(manifest, monkeypatch):
 def test_bad_uneven_is_rejected_by_the_reader(manifest):
     with pytest.raises(ValueError, match="uneven"):
         PrunedSource(manifest, None, uneven="spread")
+
+
+def test_drop_rotates_the_skipped_samples_with_the_epoch():
+    counts = np.array([3, 4])  # 7 kept samples, 2 ranks: 3 each, one skipped per epoch
+    skipped = []
+    for epoch in range(7):
+        plans = all_plans(counts, 2, 1, "drop", epoch=epoch)
+        seen = [(s.shard, p) for plan in plans.values() for s in plan.segments for p in range(s.begin, s.end)]
+        assert len(seen) == len(set(seen)) == 6 and all(plan.total == 3 for plan in plans.values())
+        skipped += sorted({(k, p) for k in range(2) for p in range(int(counts[k]))} - set(seen))
+    # without shuffling, each epoch skips another sample: over 7 epochs every sample once
+    assert sorted(skipped) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (1, 3)]
+    # pad is not rotated: epoch 0 and 5 read the same order
+    assert all_plans(counts, 2, 1, "pad", epoch=0) == all_plans(counts, 2, 1, "pad", epoch=5)

@@ -115,7 +115,8 @@ def plan_epoch(
         world_size: Number of ranks.
         worker: This DataLoader worker's id.
         num_workers: DataLoader workers per rank (1 when not using workers).
-        uneven: ``"pad"`` or ``"drop"``, see :func:`rank_sizes`.
+        uneven: ``"pad"`` or ``"drop"``, see :func:`rank_sizes`; with ``"drop"`` the skipped
+            samples rotate with the epoch.
 
     Returns:
         The plan.
@@ -129,6 +130,11 @@ def plan_epoch(
     counts = kept_counts[order]
     total = int(counts.sum())
     per_rank = rank_sizes(total, world_size, uneven) if total else 0
+    # "drop" skips the last `dropped` samples of the epoch order; without shuffling that would
+    # be the same samples every epoch, so the sequence starts `dropped` further on each epoch
+    # and over `total / dropped` epochs every kept sample is skipped about equally often.
+    dropped = total - per_rank * world_size if uneven == "drop" else 0
+    start = (epoch * dropped) % total if dropped else 0
     lo_rank = rank * per_rank
     lo = lo_rank + worker * per_rank // num_workers
     hi = lo_rank + (worker + 1) * per_rank // num_workers
@@ -138,7 +144,7 @@ def plan_epoch(
         # Positions past the end wrap around: that is the padding.
         pos = lo
         while pos < hi:
-            wrapped = pos % total
+            wrapped = (pos + start) % total
             j = int(np.searchsorted(cum, wrapped, side="right")) - 1
             begin = wrapped - int(cum[j])
             take = min(int(counts[j]) - begin, hi - pos)
