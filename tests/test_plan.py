@@ -80,6 +80,8 @@ def test_plan_matches_model(counts, world, workers, uneven, shuffle, seed, epoch
     plans = all_plans(counts, world, workers, uneven, seed, epoch, shuffle)
     check_segments_valid(counts, plans)
     per_rank = total // world if uneven == "drop" else -(-total // world)
+    # "drop" starts each epoch's sequence further on by the number skipped, so the skipped rotate
+    start = epoch * (total - per_rank * world) % total if uneven == "drop" and total else 0
     seq = epoch_sequence(counts, seed, epoch, shuffle)
     for r in range(world):
         rank_items = []
@@ -91,7 +93,7 @@ def test_plan_matches_model(counts, world, workers, uneven, shuffle, seed, epoch
             sizes.append(len(items))
             rank_items.extend(items)
         # workers partition the rank's share, contiguously, in worker order, evenly
-        want = [seq[i % total] for i in range(r * per_rank, (r + 1) * per_rank)] if total else []
+        want = [seq[(i + start) % total] for i in range(r * per_rank, (r + 1) * per_rank)] if total else []
         assert rank_items == want
         assert max(sizes) - min(sizes) <= 1
         assert sum(sizes) == per_rank
