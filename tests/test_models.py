@@ -4,13 +4,13 @@ import torch
 from PIL import Image
 
 from streamprune.errors import StreamPruneError
+from streamprune.infer import infer
 from streamprune.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_surrogate,
     checkpoint_info,
     features,
-    infer,
     load_checkpoint,
     save_checkpoint,
     surrogate_transform,

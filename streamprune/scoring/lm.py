@@ -15,11 +15,12 @@ import time
 
 import numpy as np
 
+from ..infer import infer
 from ..kernels import vote_histogram
 from . import ScoreRequest, register_score
 from .scores_file import ScoreFile, rank_items
 
-__all__ = ["label_mapping", "softmax", "lm_scores", "lm"]
+__all__ = ["label_mapping", "lm", "lm_scores", "softmax"]
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,6 @@ def lm(request: ScoreRequest, soft_vote: bool = False) -> ScoreFile:
         ValueError: No target or no surrogate given.
         StreamPruneError: The surrogate checkpoint is for other classes.
     """
-    from ..models import infer
-
     if request.target is None:
         raise ValueError("method 'lm' needs a target dataset (--target)")
     source = request.source
