@@ -5,7 +5,8 @@ by chunk (:class:`~.features.FeatureStore` or, for small data, :class:`~.feature
 k-means++ seeds on a seeded uniform subsample, each Lloyd iteration assigns a chunk with
 :func:`~streamprune.kernels.nearest_centroid` (blocked, parallel; never an N x K matrix) and
 accumulates the centroid update with :func:`~streamprune.kernels.kmeans_accumulate` into
-float64 sums.
+float64 sums. The stopping rule is scikit-learn's, so a result can be checked against
+``sklearn.cluster.KMeans(algorithm="lloyd")`` started from the same centroids.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from ..kernels import kmeans_accumulate, nearest_centroid
 from .features import ArrayStore, ChunkSource
 
-__all__ = ["KMeansResult", "assign", "kmeans", "kmeans_plus_plus"]
+__all__ = ["KMeansResult", "assign", "kmeans", "kmeans_plus_plus", "mean_feature_variance"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,38 @@ def assign(store: ChunkSource, centroids: np.ndarray, chunk_rows: int = 65536) -
     return out, inertia
 
 
+def mean_feature_variance(store: ChunkSource, chunk_rows: int = 65536) -> float:
+    """Mean over dimensions of the per-dimension variance, ``np.mean(np.var(X, axis=0))``.
+
+    This is the scale scikit-learn's ``KMeans`` multiplies ``tol`` by. The chunks' means and
+    sums of squared deviations are merged pairwise (Chan et al.) in float64, so features far
+    from the origin do not lose their variance to cancellation as ``E[x^2] - E[x]^2`` would.
+
+    Args:
+        store: Chunked features.
+        chunk_rows: Rows per chunk.
+
+    Returns:
+        The mean variance (population variance, ``ddof=0``); 0 for no samples.
+    """
+    n = 0
+    mean = np.zeros(store.dim, dtype=np.float64)
+    m2 = np.zeros(store.dim, dtype=np.float64)
+    for _, chunk in store.iter_chunks(chunk_rows):
+        c = chunk.astype(np.float64)
+        nc = len(c)
+        if nc == 0:
+            continue
+        c_mean = c.mean(axis=0)
+        c_m2 = ((c - c_mean) ** 2).sum(axis=0)
+        delta = c_mean - mean
+        total = n + nc
+        m2 += c_m2 + delta**2 * (n * nc / total)
+        mean += delta * (nc / total)
+        n = total
+    return float(m2.mean() / n) if n and store.dim else 0.0
+
+
 def _initial_centroids(
     store: ChunkSource, k: int, init: str | np.ndarray, init_sample: int | None, rng: np.random.Generator
 ) -> tuple[np.ndarray, int | None]:
@@ -156,9 +189,13 @@ def kmeans(
     cluster keeps its previous centroid (scikit-learn instead moves it to a far sample, so
     results differ only when a cluster empties).
 
-    Stops after ``iters`` iterations or when the squared centroid shift falls below ``tol``
-    times the mean squared feature norm (scikit-learn's criterion, on the data variance). The
-    final assignment is against the final centroids.
+    Stopping rule, as scikit-learn's ``KMeans``: after ``iters`` iterations, or as soon as the
+    squared centroid shift of an iteration, summed over all centroids, is at most
+    ``tol * mean(var(X, axis=0))``: ``tol`` is relative to the **mean per-dimension
+    variance** of the features (:func:`mean_feature_variance`), not their total variance.
+    An iteration whose assignments repeat the previous ones moves no centroid (shift 0), so
+    it also stops there, where scikit-learn declares strict convergence. The returned
+    assignment is against the final centroids.
 
     Args:
         store: A :class:`~.features.FeatureStore`, :class:`~.features.ArrayStore`, or an array.
@@ -167,7 +204,8 @@ def kmeans(
         init: ``"k-means++"`` (on a seeded uniform subsample of ``init_sample`` rows) or an
             explicit ``[k, D]`` array of initial centroids.
         init_sample: Rows drawn for k-means++ (default ``min(N, max(50 * k, 10000))``).
-        tol: Relative tolerance on the centroid shift.
+        tol: Tolerance on the summed squared centroid shift, relative to the mean
+            per-dimension variance of the features (scikit-learn's ``tol``).
         chunk_rows: Rows read at a time.
         seed: Seed of the subsample and of k-means++.
         progress: Show a progress bar over iterations.
@@ -184,14 +222,7 @@ def kmeans(
     if not 1 <= k <= n:
         raise ValueError(f"clusters={k}: must be between 1 and the number of samples ({n})")
     centroids, used_sample = _initial_centroids(store, k, init, init_sample, np.random.default_rng(seed))
-    # tolerance scaled by the data's variance, as scikit-learn does
-    sums1 = np.zeros(store.dim, dtype=np.float64)
-    sq = 0.0
-    for _, chunk in store.iter_chunks(chunk_rows):
-        sums1 += chunk.sum(axis=0, dtype=np.float64)
-        sq += float((chunk.astype(np.float64) ** 2).sum())
-    variance = max(sq / n - float((sums1 / n) @ (sums1 / n)), 0.0) if n else 0.0
-    threshold = tol * variance
+    threshold = tol * mean_feature_variance(store, chunk_rows)
     it = 0
     with tqdm(total=iters, desc="k-means", unit="iter", disable=not progress) as bar:
         for it in range(1, iters + 1):
