@@ -73,6 +73,7 @@ from .train import (
     SCHEDULES,
     BatchOutput,
     EpochStats,
+    FitResult,
     fit,
     make_optimizer,
     make_schedule,
@@ -423,36 +424,12 @@ def record_dynamics(
         arrays.commit()
 
     recorded = int(data.kept.sum())
-    meta = {
-        "format": DYNAMICS_FORMAT,
-        "version": DYNAMICS_VERSION,
-        "array": DYNAMICS_ARRAY,
-        "dtype": "float32",
-        "shape": [epochs, n, len(FIELDS)],
-        "fields": list(FIELDS),
-        "epochs": epochs,
-        "epochs_done": epochs,
-        "num_samples": n,
-        "recorded_samples": recorded,
-        "manifest": m.path,
-        "manifest_fingerprint": m.fingerprint,
-        "mask": os.path.abspath(os.fspath(mask)) if isinstance(mask, (str, os.PathLike)) else (None if mask is None else "<in-memory>"),
-        "model": {"arch": arch, **data.info, "num_classes": num_classes, "input_size": data.input_size},
-        "seed": seed,
-        "optimizer": {"name": optimizer, "lr": peak, "weight_decay": weight_decay, "schedule": schedule, "batch_size": batch_size, "steps": total_steps},
-        "record": "training forward pass of each batch, before its optimizer step; model in train mode",
-        "workers": workers,
-        "device": str(dev),
-        "seconds_per_epoch": run.epoch_seconds,
-        "train_loss": run.train_loss,
-        "train_accuracy": run.train_accuracy,
-        "grand": (
-            {"array": GRAND_ARRAY, "epochs": grand_at, "mode": "eval", "parameters": "all", "strategy": strategy, "grad_chunk": grad_chunk, "seconds": grand.seconds}
-            if grand_at else None
-        ),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "streamprune_version": __version__,
-    }
+    training = {"name": optimizer, "lr": peak, "weight_decay": weight_decay, "schedule": schedule, "batch_size": batch_size, "steps": total_steps}
+    grand_meta = (
+        {"array": GRAND_ARRAY, "epochs": grand_at, "mode": "eval", "parameters": "all", "strategy": strategy, "grad_chunk": grad_chunk, "seconds": grand.seconds}
+        if grand_at else None
+    )
+    meta = _sidecar(data, arch, mask, seed=seed, optimizer=training, workers=workers, device=dev, run=run, grand=grand_meta, version=__version__)
     atomic_write_json(arrays.meta_path, meta)
     log.info("recorded %d epochs of %d samples in %.1f s -> %s", epochs, recorded, sum(run.epoch_seconds), out_dir)
     return {
@@ -467,6 +444,42 @@ def record_dynamics(
         "train_loss": run.train_loss,
         "train_accuracy": run.train_accuracy,
         "grand_epochs": grand_at,
+    }
+
+
+def _sidecar(
+    data: _Data, arch: str, mask: MaskLike, *, seed: int, optimizer: dict[str, Any], workers: int, device: torch.device,
+    run: FitResult, grand: dict[str, Any] | None, version: str,
+) -> dict[str, Any]:
+    """``dynamics.json`` (format version 1; key order kept, so sidecars stay comparable byte for byte)."""
+    m = data.manifest
+    epochs = len(run.epoch_seconds)
+    return {
+        "format": DYNAMICS_FORMAT,
+        "version": DYNAMICS_VERSION,
+        "array": DYNAMICS_ARRAY,
+        "dtype": "float32",
+        "shape": [epochs, m.num_samples, len(FIELDS)],
+        "fields": list(FIELDS),
+        "epochs": epochs,
+        "epochs_done": epochs,
+        "num_samples": m.num_samples,
+        "recorded_samples": int(data.kept.sum()),
+        "manifest": m.path,
+        "manifest_fingerprint": m.fingerprint,
+        "mask": os.path.abspath(os.fspath(mask)) if isinstance(mask, (str, os.PathLike)) else (None if mask is None else "<in-memory>"),
+        "model": {"arch": arch, **data.info, "num_classes": m.num_classes, "input_size": data.input_size},
+        "seed": seed,
+        "optimizer": optimizer,
+        "record": "training forward pass of each batch, before its optimizer step; model in train mode",
+        "workers": workers,
+        "device": str(device),
+        "seconds_per_epoch": run.epoch_seconds,
+        "train_loss": run.train_loss,
+        "train_accuracy": run.train_accuracy,
+        "grand": grand,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "streamprune_version": version,
     }
 
 
