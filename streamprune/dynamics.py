@@ -16,8 +16,11 @@ forgetting and AUM are defined), stores per sample and epoch:
 
 Optionally, at chosen epochs (``grand_epochs``: ``0`` = at initialisation, ``e`` = after ``e``
 epochs of training), a separate pass in evaluation mode computes each sample's GraNd score
-``||grad_theta CE(f(x), y)||_2`` with ``torch.func``
-(:func:`~streamprune.scoring.baselines.per_sample_grad_norms`).
+``||grad_theta CE(f(x), y)||_2`` (:func:`~streamprune.gradnorms.per_sample_grad_norms`).
+
+Training runs through :func:`streamprune.train.fit`, the same loop as ``train-surrogate``;
+this module only hooks it: each batch's statistics go into the array, each epoch's sample
+counts are checked, and the gradient-norm passes run between epochs.
 
 Files in the output directory (format in ``FORMATS.md``)::
 
@@ -41,28 +44,54 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
 
+from ._version import __version__
 from .atomic import atomic_write_json, temp_name
 from .errors import MaskMismatchError, StreamPruneError
+from .gradnorms import GRAD_STRATEGIES, per_sample_grad_norms, resolve_grad_strategy
+from .infer import eval_batches
 from .jsonfile import read_versioned_json
-from .manifest import Manifest
-from .readers.webdataset import ManifestLike, MaskLike, open_manifest, open_mask
+from .manifest import Manifest, ManifestLike, open_manifest
+from .masks import Mask, MaskLike, open_mask
+from .models import (
+    DEFAULT_INPUT_SIZE,
+    build_surrogate,
+    checkpoint_info,
+    cpu_threads_beside_workers,
+    resolve_device,
+)
+from .train import (
+    OPTIMIZERS,
+    SCHEDULES,
+    BatchOutput,
+    EpochStats,
+    FitResult,
+    fit,
+    make_optimizer,
+    make_schedule,
+    training_loader,
+)
 
 __all__ = [
+    "DYNAMICS_ARRAY",
     "DYNAMICS_FORMAT",
+    "DYNAMICS_META",
     "DYNAMICS_VERSION",
     "FIELDS",
-    "DYNAMICS_ARRAY",
     "GRAND_ARRAY",
-    "DYNAMICS_META",
-    "record_dynamics",
-    "batch_statistics",
     "Dynamics",
+    "batch_statistics",
     "load_dynamics",
+    "record_dynamics",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,7 +105,7 @@ GRAND_ARRAY = "grand.npy"
 DYNAMICS_META = "dynamics.json"
 
 
-def batch_statistics(logits: Any, labels: Any) -> Any:
+def batch_statistics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The :data:`FIELDS` of each sample of a batch, from its logits and labels.
 
     Args:
@@ -86,9 +115,6 @@ def batch_statistics(logits: Any, labels: Any) -> Any:
     Returns:
         ``float32[B, len(FIELDS)]`` tensor on the logits' device.
     """
-    import torch
-    import torch.nn.functional as F
-
     z = logits.detach().float()
     y = labels.long()
     logp = F.log_softmax(z, dim=1)
@@ -106,11 +132,9 @@ def batch_statistics(logits: Any, labels: Any) -> Any:
     return torch.stack([correct, p_true, margin, loss, el2n], dim=1)
 
 
-def _kept_bool(mask: Any, manifest: Manifest) -> np.ndarray:
+def _kept_bool(mask: Mask | None, manifest: Manifest) -> np.ndarray:
     if mask is None:
         return np.ones(manifest.num_samples, dtype=bool)
-    if hasattr(mask, "keep"):
-        return np.asarray(mask.keep, dtype=bool)
     return np.asarray(mask.to_bool(), dtype=bool)
 
 
@@ -120,6 +144,178 @@ def _check_grand_epochs(grand_epochs: Sequence[int], epochs: int) -> list[int]:
     if bad:
         raise ValueError(f"grand_epochs={list(grand_epochs)}: each must be in 0..{epochs} (0 = before training, e = after epoch e)")
     return out
+
+
+def _check_arguments(
+    epochs: int, batch_size: int, optimizer: str, schedule: str, lr: float | None, grad_chunk: int, grad_strategy: str
+) -> None:
+    if epochs < 1:
+        raise ValueError(f"epochs={epochs}: must be at least 1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be at least 1")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r}: must be one of {sorted(OPTIMIZERS)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}: must be one of {list(SCHEDULES)}")
+    if lr is not None and (not math.isfinite(lr) or lr < 0):
+        raise ValueError(f"lr={lr}: must be a finite number >= 0")
+    if grad_chunk < 1:
+        raise ValueError(f"grad_chunk={grad_chunk}: must be at least 1")
+    if grad_strategy not in GRAD_STRATEGIES:
+        raise ValueError(f"grad_strategy={grad_strategy!r}: must be 'auto', 'vmap' or 'loop'")
+
+
+@dataclass
+class _Data:
+    """The labelled dataset a recording trains on, checked against the checkpoint and mask."""
+
+    manifest: Manifest
+    mask: Any
+    kept: np.ndarray
+    info: dict[str, Any]
+    input_size: int
+
+    @property
+    def position_of(self) -> dict[str, int]:
+        return {key: i for i, key in enumerate(self.manifest.keys())}
+
+
+def _open_data(manifest: ManifestLike, checkpoint: str | os.PathLike | None, mask: MaskLike, input_size: int | None) -> _Data:
+    m = open_manifest(manifest)
+    if m.label_ext is None or m.num_classes < 1:
+        raise StreamPruneError(f"{m.path}: dataset has no labels; training dynamics need them")
+    info = checkpoint_info(checkpoint)
+    classes = info.pop("classes", None)
+    if classes and m.classes and list(classes) != list(m.classes):
+        raise StreamPruneError(f"{checkpoint}: checkpoint was trained on classes {list(classes)[:4]}..., {m.path} has {list(m.classes)[:4]}...")
+    mask_obj = open_mask(mask, m)
+    kept = _kept_bool(mask_obj, m)
+    if not kept.any():
+        raise StreamPruneError(f"{m.path}: the mask keeps no samples to train on")
+    labels = m.labels()
+    bad = np.flatnonzero(kept & ((labels < 0) | (labels >= m.num_classes)))
+    if len(bad):
+        raise StreamPruneError(
+            f"{m.path}: sample {m.keys()[int(bad[0])]!r} has no label in 0..{m.num_classes - 1} ({len(bad)} such samples); "
+            "training dynamics need every trained sample labelled"
+        )
+    return _Data(m, mask_obj, kept, info, int(input_size or info.get("input_size") or DEFAULT_INPUT_SIZE))
+
+
+class _Arrays:
+    """``dynamics.npy`` (and ``grand.npy``) open under temporary names until :meth:`commit`.
+
+    Closing without a commit (an error, an interrupt) unmaps and deletes the temporary
+    files, so a previous recording in the directory stays whole.
+    """
+
+    def __init__(self, out_dir: str, epochs: int, num_samples: int, grand_snapshots: int) -> None:
+        self.final = os.path.join(out_dir, DYNAMICS_ARRAY)
+        self.final_grand = os.path.join(out_dir, GRAND_ARRAY)
+        self.meta_path = os.path.join(out_dir, DYNAMICS_META)
+        self.tmp, self.tmp_grand = temp_name(self.final), temp_name(self.final_grand)
+        self.shape = (epochs, num_samples, len(FIELDS))
+        self.grand_shape = (grand_snapshots, num_samples) if grand_snapshots else None
+        self.dynamics: np.ndarray | None = None
+        self.grand: np.ndarray | None = None
+
+    def open(self) -> None:
+        """Create the temporary memory-mapped arrays (``grand.npy`` rows start as NaN)."""
+        self.dynamics = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=self.shape)
+        if self.grand_shape:
+            self.grand = np.lib.format.open_memmap(self.tmp_grand, mode="w+", dtype=np.float32, shape=self.grand_shape)
+            self.grand[:] = np.nan
+
+    def commit(self) -> None:
+        """Flush both arrays and rename them into place (a stale sidecar is removed first)."""
+        self.dynamics.flush()
+        self.dynamics = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.meta_path)  # a stale sidecar must never vouch for the new arrays
+        os.replace(self.tmp, self.final)
+        if self.grand is not None:
+            self.grand.flush()
+            self.grand = None
+            os.replace(self.tmp_grand, self.final_grand)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.final_grand)
+
+    def close(self) -> None:
+        """Unmap, and delete whatever was not committed."""
+        self.dynamics = self.grand = None  # unmap before unlinking
+        for path in (self.tmp, self.tmp_grand):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+@contextlib.contextmanager
+def _temporary_arrays(out_dir: str, epochs: int, num_samples: int, grand_snapshots: int) -> Iterator[_Arrays]:
+    arrays = _Arrays(out_dir, epochs, num_samples, grand_snapshots)
+    try:
+        arrays.open()
+        yield arrays
+    finally:
+        arrays.close()
+
+
+class _GrandPass:
+    """Per-sample gradient norms of every kept sample, in evaluation mode, into one row of ``grand.npy``."""
+
+    def __init__(self, model: nn.Module, data: _Data, *, batch_size: int, workers: int, device: torch.device,
+                 grad_chunk: int, strategy: str, progress: bool) -> None:
+        self.model, self.data = model, data
+        self.batch_size, self.workers, self.device = batch_size, workers, device
+        self.grad_chunk, self.strategy, self.progress = grad_chunk, strategy, progress
+        self.seconds: list[float] = []
+
+    def __call__(self, out: np.ndarray, at: int) -> None:
+        t0 = time.perf_counter()
+        m = self.data.manifest
+        batches = eval_batches(m, self.data.mask, input_size=self.data.input_size, batch_size=self.batch_size, workers=self.workers, labels=True)
+        training = self.model.training
+        self.model.eval()
+        count = np.zeros(m.num_samples, dtype=np.int32)
+        with tqdm(total=len(batches), desc=f"grand @ epoch {at}", unit="sample", disable=not self.progress) as bar:
+            for pos, x, y in batches:
+                norms = per_sample_grad_norms(self.model, x.to(self.device), y.to(self.device), chunk=self.grad_chunk, strategy=self.strategy)
+                out[pos] = norms.astype(np.float32)
+                np.add.at(count, pos, 1)
+                bar.update(len(pos))
+        self.model.train(training)
+        _check_counts(count, self.data.kept, m, f"grand pass at epoch {at}")
+        self.seconds.append(round(time.perf_counter() - t0, 3))
+
+
+class _Recorder:
+    """:func:`~streamprune.train.fit` hooks that write each batch's :data:`FIELDS` into ``dynamics.npy``."""
+
+    def __init__(self, arrays: _Arrays, data: _Data, dataset: Any, grand: _GrandPass, grand_at: list[int], epochs: int) -> None:
+        self.arrays, self.data, self.dataset = arrays, data, dataset
+        self.grand, self.grand_at, self.epochs = grand, grand_at, epochs
+        self.count = np.zeros(data.manifest.num_samples, dtype=np.int32)
+
+    def snapshot(self, at: int) -> None:
+        """Gradient norms after ``at`` epochs, if asked for then."""
+        if at in self.grand_at:
+            self.grand(self.arrays.grand[self.grand_at.index(at)], at)
+
+    def epoch_start(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+        self.arrays.dynamics[epoch] = np.nan
+        self.count[:] = 0
+
+    def batch(self, b: BatchOutput) -> None:
+        self.arrays.dynamics[b.epoch, b.indices] = batch_statistics(b.logits, b.labels).cpu().numpy()
+        np.add.at(self.count, b.indices, 1)
+
+    def epoch_end(self, stats: EpochStats) -> None:
+        _check_counts(self.count, self.data.kept, self.data.manifest, f"epoch {stats.epoch + 1}")
+        self.arrays.dynamics.flush()
+        log.info(
+            "dynamics epoch %d/%d: loss %.4f, accuracy %.4f, %.1f s", stats.epoch + 1, self.epochs, stats.loss, stats.accuracy, stats.seconds
+        )
+        self.snapshot(stats.epoch + 1)
 
 
 def record_dynamics(
@@ -149,10 +345,10 @@ def record_dynamics(
     Training reads the kept samples through :class:`~streamprune.readers.PrunedWebDataset`
     (shuffled, ``set_epoch(epoch)`` each epoch, ``workers`` DataLoader processes, the
     deterministic :func:`~streamprune.models.surrogate_transform`), in one process (no split
-    over distributed ranks). Each batch's training forward pass, before its optimizer step,
-    gives the recorded :data:`FIELDS`. Cross-entropy loss; SGD (Nesterov momentum 0.9) or
-    AdamW; a one-cycle or constant learning rate over ``epochs * ceil(kept / batch_size)``
-    steps.
+    over distributed ranks), with :func:`~streamprune.train.fit`. Each batch's training
+    forward pass, before its optimizer step, gives the recorded :data:`FIELDS`.
+    Cross-entropy loss; SGD (Nesterov momentum 0.9) or AdamW; a one-cycle or constant
+    learning rate over ``epochs * ceil(kept / batch_size)`` steps.
 
     Args:
         manifest: Labelled dataset (manifest path or object).
@@ -178,7 +374,7 @@ def record_dynamics(
         grad_strategy: ``"vmap"`` (``torch.func``), ``"loop"`` (one autograd call per
             sample), or ``"auto"``: vmap on CUDA, loop on the CPU, where vmapped
             convolution gradients are several times slower
-            (:func:`~streamprune.scoring.baselines.per_sample_grad_norms`).
+            (:func:`~streamprune.gradnorms.per_sample_grad_norms`).
         progress: Show progress bars.
 
     Returns:
@@ -190,208 +386,95 @@ def record_dynamics(
         StreamPruneError: Unlabelled dataset, empty mask, a label outside the classes, a
             checkpoint trained on other classes, or a sample not read exactly once per epoch.
     """
-    import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
-
-    from . import __version__
-    from .models import DEFAULT_INPUT_SIZE, build_surrogate, checkpoint_info, cpu_threads_beside_workers, resolve_device
-    from .train import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule, training_loader
-
-    if epochs < 1:
-        raise ValueError(f"epochs={epochs}: must be at least 1")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be at least 1")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r}: must be one of {sorted(OPTIMIZERS)}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r}: must be one of {list(SCHEDULES)}")
-    if lr is not None and (not math.isfinite(lr) or lr < 0):
-        raise ValueError(f"lr={lr}: must be a finite number >= 0")
-    if grad_chunk < 1:
-        raise ValueError(f"grad_chunk={grad_chunk}: must be at least 1")
-    if grad_strategy not in ("auto", "vmap", "loop"):
-        raise ValueError(f"grad_strategy={grad_strategy!r}: must be 'auto', 'vmap' or 'loop'")
+    _check_arguments(epochs, batch_size, optimizer, schedule, lr, grad_chunk, grad_strategy)
     grand_at = _check_grand_epochs(grand_epochs, epochs)
-    m = open_manifest(manifest)
-    num_classes = m.num_classes
-    if m.label_ext is None or num_classes < 1:
-        raise StreamPruneError(f"{m.path}: dataset has no labels; training dynamics need them")
-    info = checkpoint_info(checkpoint)
-    classes = info.pop("classes", None)
-    if classes and m.classes and list(classes) != list(m.classes):
-        raise StreamPruneError(f"{checkpoint}: checkpoint was trained on classes {list(classes)[:4]}..., {m.path} has {list(m.classes)[:4]}...")
-    input_size = int(input_size or info.get("input_size") or DEFAULT_INPUT_SIZE)
-    mask_obj = open_mask(mask, m)
-    kept = _kept_bool(mask_obj, m)
-    if not kept.any():
-        raise StreamPruneError(f"{m.path}: the mask keeps no samples to train on")
-    labels = m.labels()
-    bad = np.flatnonzero(kept & ((labels < 0) | (labels >= num_classes)))
-    if len(bad):
-        raise StreamPruneError(
-            f"{m.path}: sample {m.keys()[int(bad[0])]!r} has no label in 0..{num_classes - 1} ({len(bad)} such samples); "
-            "training dynamics need every trained sample labelled"
-        )
+    data = _open_data(manifest, checkpoint, mask, input_size)
+    m, n, num_classes = data.manifest, data.manifest.num_samples, data.manifest.num_classes
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     _remove_stale_temps(out_dir)
 
     dev = resolve_device(device)
-    strategy = grad_strategy if grad_strategy != "auto" else ("vmap" if dev.type == "cuda" else "loop")
+    strategy = resolve_grad_strategy(grad_strategy, dev)
     torch.manual_seed(seed)
     model = build_surrogate(arch, num_classes, checkpoint).to(dev)
     ds, loader = training_loader(
-        m, mask_obj, input_size=input_size, batch_size=batch_size, workers=workers, seed=seed, with_keys=True, rank=0, world_size=1
+        m, data.mask, input_size=data.input_size, batch_size=batch_size, workers=workers, seed=seed, with_keys=True, rank=0, world_size=1
     )
-    steps_per_epoch = math.ceil(len(ds) / batch_size)
-    total_steps = epochs * steps_per_epoch
+    total_steps = epochs * math.ceil(len(ds) / batch_size)
     peak = OPTIMIZERS[optimizer] if lr is None else float(lr)
     opt = make_optimizer(optimizer, model.parameters(), peak, weight_decay)
     sched = make_schedule(opt, peak, total_steps, schedule)
-    position_of = {key: i for i, key in enumerate(m.keys())}
-    n = m.num_samples
+    grand = _GrandPass(
+        model, data, batch_size=batch_size, workers=workers, device=dev, grad_chunk=grad_chunk, strategy=strategy, progress=progress
+    )
+    with _temporary_arrays(out_dir, epochs, n, len(grand_at)) as arrays, cpu_threads_beside_workers(workers, dev):
+        recorder = _Recorder(arrays, data, ds, grand, grand_at, epochs)
+        recorder.snapshot(0)
+        run = fit(
+            model, loader, epochs=epochs, optimizer=opt, schedule=sched, device=dev, index_of=data.position_of,
+            on_epoch_start=recorder.epoch_start, on_batch=recorder.batch, on_epoch_end=recorder.epoch_end,
+            progress=progress, desc=f"dynamics {arch}",
+        )
+        arrays.commit()
 
-    final = os.path.join(out_dir, DYNAMICS_ARRAY)
-    final_grand = os.path.join(out_dir, GRAND_ARRAY)
-    meta_path = os.path.join(out_dir, DYNAMICS_META)
-    tmp = temp_name(final)
-    tmp_grand = temp_name(final_grand)
-    arr = grand_arr = None
-    seconds: list[float] = []
-    grand_seconds: list[float] = []
-    train_loss: list[float] = []
-    train_acc: list[float] = []
+    recorded = int(data.kept.sum())
+    training = {"name": optimizer, "lr": peak, "weight_decay": weight_decay, "schedule": schedule, "batch_size": batch_size, "steps": total_steps}
+    grand_meta = (
+        {"array": GRAND_ARRAY, "epochs": grand_at, "mode": "eval", "parameters": "all", "strategy": strategy, "grad_chunk": grad_chunk, "seconds": grand.seconds}
+        if grand_at else None
+    )
+    meta = _sidecar(data, arch, mask, seed=seed, optimizer=training, workers=workers, device=dev, run=run, grand=grand_meta, version=__version__)
+    atomic_write_json(arrays.meta_path, meta)
+    log.info("recorded %d epochs of %d samples in %.1f s -> %s", epochs, recorded, sum(run.epoch_seconds), out_dir)
+    return {
+        "dir": out_dir,
+        "meta": arrays.meta_path,
+        "array": arrays.final,
+        "grand_array": arrays.final_grand if grand_at else None,
+        "epochs": epochs,
+        "num_samples": n,
+        "recorded": recorded,
+        "seconds_per_epoch": run.epoch_seconds,
+        "train_loss": run.train_loss,
+        "train_accuracy": run.train_accuracy,
+        "grand_epochs": grand_at,
+    }
 
-    def grand_pass(slot: int, at: int) -> None:
-        from .readers import PrunedWebDataset
-        from .models import surrogate_transform
-        from .scoring.baselines import per_sample_grad_norms
 
-        t0 = time.perf_counter()
-        eval_ds = PrunedWebDataset(m, mask_obj, shuffle=False, rank=0, world_size=1)
-        pipe = eval_ds.decode("pil").to_tuple("__key__", "jpg;png", "cls").map_tuple(str, surrogate_transform(input_size), int)
-        eval_loader = torch.utils.data.DataLoader(pipe, batch_size=batch_size, num_workers=workers)
-        model.eval()
-        count = np.zeros(n, dtype=np.int32)
-        with tqdm(total=len(eval_ds), desc=f"grand @ epoch {at}", unit="sample", disable=not progress) as gbar:
-            for keys, x, y in eval_loader:
-                pos = np.fromiter((position_of[k] for k in keys), dtype=np.int64, count=len(keys))
-                grand_arr[slot, pos] = per_sample_grad_norms(model, x.to(dev), y.to(dev), chunk=grad_chunk, strategy=strategy).astype(np.float32)
-                np.add.at(count, pos, 1)
-                gbar.update(len(keys))
-        model.train()
-        _check_counts(count, kept, m, f"grand pass at epoch {at}")
-        grand_seconds.append(round(time.perf_counter() - t0, 3))
-
-    try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(epochs, n, len(FIELDS)))
-        if grand_at:
-            grand_arr = np.lib.format.open_memmap(tmp_grand, mode="w+", dtype=np.float32, shape=(len(grand_at), n))
-            grand_arr[:] = np.nan
-        bar = tqdm(total=total_steps, desc=f"dynamics {arch}", unit="step", disable=not progress)
-        with bar, cpu_threads_beside_workers(workers, dev):
-            if 0 in grand_at:
-                grand_pass(grand_at.index(0), 0)
-            model.train()
-            for epoch in range(epochs):
-                t0 = time.perf_counter()
-                ds.set_epoch(epoch)
-                arr[epoch] = np.nan
-                count = np.zeros(n, dtype=np.int32)
-                loss_sum = correct = seen = 0.0
-                for keys, images, labels in loader:
-                    x, y = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
-                    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-                        bad = keys[int(np.flatnonzero((labels.numpy() < 0) | (labels.numpy() >= num_classes))[0])]
-                        raise StreamPruneError(f"{m.path}: sample {bad!r} has a label outside 0..{num_classes - 1}")
-                    logits = model(x)
-                    losses = F.cross_entropy(logits, y, reduction="none")
-                    loss = losses.mean()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    stats = batch_statistics(logits, y).cpu().numpy()
-                    pos = np.fromiter((position_of[k] for k in keys), dtype=np.int64, count=len(keys))
-                    arr[epoch, pos] = stats
-                    np.add.at(count, pos, 1)
-                    k = len(keys)
-                    loss_sum += float(stats[:, 3].sum())
-                    correct += float(stats[:, 0].sum())
-                    seen += k
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-                _check_counts(count, kept, m, f"epoch {epoch + 1}")
-                arr.flush()
-                seconds.append(round(time.perf_counter() - t0, 3))
-                train_loss.append(loss_sum / seen)
-                train_acc.append(correct / seen)
-                log.info("dynamics epoch %d/%d: loss %.4f, accuracy %.4f, %.1f s", epoch + 1, epochs, train_loss[-1], train_acc[-1], seconds[-1])
-                if epoch + 1 in grand_at:
-                    grand_pass(grand_at.index(epoch + 1), epoch + 1)
-        arr.flush()
-        arr = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(meta_path)  # a stale sidecar must never vouch for the new arrays
-        os.replace(tmp, final)
-        if grand_arr is not None:
-            grand_arr.flush()
-            grand_arr = None
-            os.replace(tmp_grand, final_grand)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(final_grand)
-    finally:
-        arr = grand_arr = None  # unmap; an interrupted run leaves no partial array behind
-        for path in (tmp, tmp_grand):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
-    meta = {
+def _sidecar(
+    data: _Data, arch: str, mask: MaskLike, *, seed: int, optimizer: dict[str, Any], workers: int, device: torch.device,
+    run: FitResult, grand: dict[str, Any] | None, version: str,
+) -> dict[str, Any]:
+    """``dynamics.json`` (format version 1; key order kept, so sidecars stay comparable byte for byte)."""
+    m = data.manifest
+    epochs = len(run.epoch_seconds)
+    return {
         "format": DYNAMICS_FORMAT,
         "version": DYNAMICS_VERSION,
         "array": DYNAMICS_ARRAY,
         "dtype": "float32",
-        "shape": [epochs, n, len(FIELDS)],
+        "shape": [epochs, m.num_samples, len(FIELDS)],
         "fields": list(FIELDS),
         "epochs": epochs,
         "epochs_done": epochs,
-        "num_samples": n,
-        "recorded_samples": int(kept.sum()),
+        "num_samples": m.num_samples,
+        "recorded_samples": int(data.kept.sum()),
         "manifest": m.path,
         "manifest_fingerprint": m.fingerprint,
         "mask": os.path.abspath(os.fspath(mask)) if isinstance(mask, (str, os.PathLike)) else (None if mask is None else "<in-memory>"),
-        "model": {"arch": arch, **info, "num_classes": num_classes, "input_size": input_size},
+        "model": {"arch": arch, **data.info, "num_classes": m.num_classes, "input_size": data.input_size},
         "seed": seed,
-        "optimizer": {"name": optimizer, "lr": peak, "weight_decay": weight_decay, "schedule": schedule, "batch_size": batch_size, "steps": total_steps},
+        "optimizer": optimizer,
         "record": "training forward pass of each batch, before its optimizer step; model in train mode",
         "workers": workers,
-        "device": str(dev),
-        "seconds_per_epoch": seconds,
-        "train_loss": train_loss,
-        "train_accuracy": train_acc,
-        "grand": (
-            {"array": GRAND_ARRAY, "epochs": grand_at, "mode": "eval", "parameters": "all", "strategy": strategy, "grad_chunk": grad_chunk, "seconds": grand_seconds}
-            if grand_at else None
-        ),
+        "device": str(device),
+        "seconds_per_epoch": run.epoch_seconds,
+        "train_loss": run.train_loss,
+        "train_accuracy": run.train_accuracy,
+        "grand": grand,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "streamprune_version": __version__,
-    }
-    atomic_write_json(meta_path, meta)
-    log.info("recorded %d epochs of %d samples in %.1f s -> %s", epochs, int(kept.sum()), sum(seconds), out_dir)
-    return {
-        "dir": out_dir,
-        "meta": meta_path,
-        "array": final,
-        "grand_array": final_grand if grand_at else None,
-        "epochs": epochs,
-        "num_samples": n,
-        "recorded": int(kept.sum()),
-        "seconds_per_epoch": seconds,
-        "train_loss": train_loss,
-        "train_accuracy": train_acc,
-        "grand_epochs": grand_at,
+        "streamprune_version": version,
     }
 
 

@@ -1,4 +1,6 @@
-"""Surrogate models: construction, evaluation transform, checkpoints, and batched inference.
+"""Surrogate models: construction, evaluation transform, features and checkpoints.
+
+Batched inference over a manifest lives in :mod:`streamprune.infer`.
 
 A *surrogate* is a small classifier used only to compute scores (see ``docs/methods.md``).
 It is named either by a torchvision architecture (``resnet18``, ``resnet50``,
@@ -23,32 +25,30 @@ import datetime as _dt
 import importlib
 import logging
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from .atomic import atomic_open, file_sha256
 from .errors import StreamPruneError
-from .readers import PrunedWebDataset
-from .readers.webdataset import ManifestLike, MaskLike
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
+    "DEFAULT_INPUT_SIZE",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "DEFAULT_INPUT_SIZE",
-    "CHECKPOINT_FORMAT",
     "build_surrogate",
-    "surrogate_transform",
-    "head_module",
-    "features",
-    "save_checkpoint",
-    "load_checkpoint",
     "checkpoint_info",
-    "resolve_device",
     "cpu_threads_beside_workers",
-    "infer",
+    "features",
+    "features_and_logits",
+    "head_module",
+    "load_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "surrogate_transform",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ def _load_entry_point(spec: str) -> Callable[..., Any]:
         except AttributeError:
             raise ValueError(f"surrogate {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
     if not callable(obj):
-        raise ValueError(f"surrogate {spec!r}: {attr!r} is not callable")
+        # the user named the wrong thing: a bad value of the spec string, not a type error in our code
+        raise ValueError(f"surrogate {spec!r}: {attr!r} is not callable")  # noqa: TRY004
     return obj
 
 
@@ -109,7 +110,7 @@ def build_surrogate(arch: str, num_classes: int, checkpoint: str | os.PathLike |
         if not isinstance(model, nn.Module):
             raise ValueError(f"surrogate {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
     else:
-        import torchvision
+        import torchvision  # deferred: costs ~1 s to import, and entry-point surrogates never need it
 
         try:
             model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
@@ -122,12 +123,11 @@ def build_surrogate(arch: str, num_classes: int, checkpoint: str | os.PathLike |
     if checkpoint is not None:
         ckpt = load_checkpoint(checkpoint)
         path = os.fspath(checkpoint)
-        if ckpt.get("format") == CHECKPOINT_FORMAT:
-            if ckpt.get("arch") != arch or int(ckpt.get("num_classes", -1)) != num_classes:
-                raise StreamPruneError(
-                    f"{path}: checkpoint is for arch {ckpt.get('arch')!r} with {ckpt.get('num_classes')} classes, "
-                    f"not {arch!r} with {num_classes}"
-                )
+        if ckpt.get("format") == CHECKPOINT_FORMAT and (ckpt.get("arch") != arch or int(ckpt.get("num_classes", -1)) != num_classes):
+            raise StreamPruneError(
+                f"{path}: checkpoint is for arch {ckpt.get('arch')!r} with {ckpt.get('num_classes')} classes, "
+                f"not {arch!r} with {num_classes}"
+            )
         state = ckpt.get("state_dict", ckpt.get("model", ckpt))
         try:
             model.load_state_dict(state)
@@ -178,6 +178,7 @@ def surrogate_transform(
     Raises:
         ValueError: ``input_size`` is smaller than 8.
     """
+    # deferred: torchvision costs ~1 s to import; checkpoint helpers never need it
     from torchvision import transforms
 
     if int(input_size) < 8:
@@ -221,7 +222,24 @@ def head_module(model: nn.Module) -> nn.Module:
     )
 
 
-def _forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features and logits of one forward pass.
+
+    A forward pre-hook on :func:`head_module` captures what the head receives, so the model
+    runs once whatever its architecture. A feature map (``[B, C, H, W]``) is pooled globally
+    and tokens (``[B, N, D]``) are averaged, giving the vector the head would see after its
+    own pooling.
+
+    Args:
+        model: The classifier.
+        x: Input batch ``[B, 3, H, W]``.
+
+    Returns:
+        ``([B, D] features, [B, C] logits)``.
+
+    Raises:
+        ValueError: No head can be identified, or the head is not called in ``forward``.
+    """
     captured: list[torch.Tensor] = []
 
     def hook(_module, inputs):
@@ -235,9 +253,9 @@ def _forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Ten
     if not captured:
         raise ValueError(f"{type(model).__name__}: the classifier head was not called in forward()")
     feats = captured[-1]
-    if feats.ndim == 4:  # a head fed with a feature map: pool it globally
+    if feats.ndim == 4:
         feats = feats.mean(dim=(2, 3))
-    elif feats.ndim == 3:  # tokens [B, N, D]: mean over tokens
+    elif feats.ndim == 3:
         feats = feats.mean(dim=1)
     return feats.flatten(1), logits
 
@@ -257,7 +275,7 @@ def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[B, D]`` features.
     """
-    return _forward_with_features(model, x)[0]
+    return features_and_logits(model, x)[0]
 
 
 def save_checkpoint(
@@ -317,7 +335,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise StreamPruneError(f"{path}: checkpoint not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
+    except Exception as exc:  # noqa: BLE001  (torch raises many types for a bad file)
         raise StreamPruneError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise StreamPruneError(f"{path}: checkpoint holds a {type(obj).__name__}, expected a dict / state dict")
@@ -395,78 +413,3 @@ def cpu_threads_beside_workers(workers: int, device: torch.device) -> Iterator[N
     finally:
         if change:
             torch.set_num_threads(before)
-
-
-def infer(
-    model: nn.Module,
-    manifest: ManifestLike,
-    mask: MaskLike = None,
-    *,
-    input_size: int = DEFAULT_INPUT_SIZE,
-    batch_size: int = 256,
-    workers: int = 0,
-    device: str | torch.device | None = "cpu",
-    want_features: bool = False,
-    progress: bool = True,
-    desc: str = "infer",
-) -> dict[str, np.ndarray]:
-    """Run a model over a dataset's (kept) samples with the evaluation transform.
-
-    Samples are read in archive order (no shuffling) through
-    :class:`~streamprune.readers.PrunedWebDataset`; rows of the result are sorted into manifest
-    order, so the output does not depend on ``workers`` or ``batch_size``.
-
-    Args:
-        model: The classifier (switched to eval mode).
-        manifest: Manifest path or object.
-        mask: Keep mask (path or object) restricting the samples, or ``None`` for all.
-        input_size: Side of the square input (see :func:`surrogate_transform`).
-        batch_size: Samples per forward pass.
-        workers: DataLoader worker processes (0: decode in this process).
-        device: Torch device.
-        want_features: Also return the penultimate features (see :func:`features`).
-        progress: Show a progress bar.
-        desc: Progress bar label.
-
-    Returns:
-        ``{"positions": int64[N] manifest positions, "labels": int64[N] (-1 if unlabelled),
-        "logits": float32[N, C]}`` plus ``"features": float32[N, D]`` if asked for.
-
-    Raises:
-        StreamPruneError: No sample to run on (empty dataset or mask).
-    """
-    from tqdm.auto import tqdm
-
-    # one process scores everything: no split over distributed ranks
-    ds = PrunedWebDataset(manifest, mask, shuffle=False, rank=0, world_size=1)
-    position_of = {key: i for i, key in enumerate(ds.source.manifest.keys())}
-    labelled = ds.source.manifest.label_ext is not None
-    transform = surrogate_transform(input_size)
-    if labelled:
-        pipeline = ds.decode("pil").to_tuple("__key__", "jpg;png", "cls").map_tuple(str, transform, int)
-    else:
-        pipeline = ds.decode("pil").to_tuple("__key__", "jpg;png").map_tuple(str, transform)
-    loader = torch.utils.data.DataLoader(pipeline, batch_size=batch_size, num_workers=workers)
-    dev = resolve_device(device)
-    model = model.to(dev).eval()
-    positions, labels, logits, feats = [], [], [], []
-    with torch.no_grad(), cpu_threads_beside_workers(workers, dev), tqdm(total=len(ds), desc=desc, unit="sample", disable=not progress) as bar:
-        for batch in loader:
-            batch_keys, x = batch[0], batch[1].to(dev, non_blocking=True)
-            if want_features:
-                f, out = _forward_with_features(model, x)
-                feats.append(f.float().cpu().numpy())
-            else:
-                out = model(x)
-            logits.append(out.float().cpu().numpy())
-            positions.append(np.array([position_of[k] for k in batch_keys], dtype=np.int64))
-            labels.append(batch[2].numpy().astype(np.int64) if labelled else np.full(len(batch_keys), -1, np.int64))
-            bar.update(len(batch_keys))
-    if not logits:
-        raise StreamPruneError(f"{ds.source.manifest.path}: no samples to run the model on (empty dataset or mask)")
-    pos = np.concatenate(positions)
-    order = np.argsort(pos, kind="stable")
-    result = {"positions": pos[order], "labels": np.concatenate(labels)[order], "logits": np.concatenate(logits)[order]}
-    if want_features:
-        result["features"] = np.concatenate(feats)[order]
-    return result

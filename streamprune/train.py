@@ -1,4 +1,8 @@
-"""Train a surrogate classifier briefly on a (pruned) sharded dataset, and evaluate it.
+"""Training a classifier on a (pruned) sharded dataset: the one loop, and the surrogate trainer.
+
+:func:`fit` is the only training loop: :func:`train_surrogate` (``streamprune
+train-surrogate``) and the dynamics recorder (:func:`streamprune.dynamics.record_dynamics`)
+both run it, the recorder hooking each batch's training forward pass.
 
 The surrogate only has to rank classes (LM) or embed samples (FM), so a short run is enough:
 ``max_steps`` caps training, the learning rate follows a one-cycle schedule over the steps
@@ -12,26 +16,44 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
 
 from .errors import StreamPruneError
+from .infer import infer
+from .manifest import ManifestLike, open_manifest
+from .masks import MaskLike
 from .models import (
     DEFAULT_INPUT_SIZE,
     build_surrogate,
     cpu_threads_beside_workers,
-    infer,
     load_checkpoint,
     resolve_device,
     save_checkpoint,
     surrogate_transform,
 )
 from .readers import PrunedWebDataset
-from .readers.webdataset import ManifestLike, MaskLike, open_manifest
 
-__all__ = ["train_surrogate", "evaluate_surrogate", "OPTIMIZERS", "SCHEDULES", "make_optimizer", "make_schedule", "training_loader"]
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "BatchOutput",
+    "EpochStats",
+    "FitResult",
+    "evaluate_surrogate",
+    "fit",
+    "make_optimizer",
+    "make_schedule",
+    "train_surrogate",
+    "training_loader",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +108,190 @@ def make_schedule(opt: torch.optim.Optimizer, peak: float, total_steps: int, kin
     if kind == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
     raise ValueError(f"schedule={kind!r}: must be one of {list(SCHEDULES)}")
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """One training step, as :func:`fit` hands it to ``on_batch`` after the optimizer step.
+
+    Attributes:
+        epoch: Epoch of the batch (from 0).
+        step: Optimizer steps taken so far, this batch's included.
+        keys: Sample keys, when the loader yields ``(keys, images, labels)``; else ``None``.
+        indices: ``int64[B]`` manifest positions of the samples, when ``fit`` was given
+            ``index_of`` and the loader yields keys; else ``None``.
+        labels: ``int64[B]`` labels, on the training device.
+        logits: ``[B, C]`` logits of the training forward pass (computed before the step), detached.
+        losses: ``[B]`` per-sample cross-entropy of that pass, detached.
+    """
+
+    epoch: int
+    step: int
+    keys: Sequence[str] | None
+    indices: np.ndarray | None
+    labels: torch.Tensor
+    logits: torch.Tensor
+    losses: torch.Tensor
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch's totals, as :func:`fit` hands them to ``on_epoch_end``.
+
+    Attributes:
+        epoch: The epoch (from 0).
+        samples: Samples trained on in this epoch.
+        loss: Mean per-sample cross-entropy over the epoch (NaN if it saw no sample).
+        accuracy: Fraction of samples whose training forward pass was right (NaN if none).
+        seconds: Wall time of the epoch's batches (``on_epoch_end`` not included).
+    """
+
+    epoch: int
+    samples: int
+    loss: float
+    accuracy: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`.
+
+    Attributes:
+        steps: Optimizer steps taken.
+        epochs: Epochs started (fewer than asked when ``max_steps`` stopped training).
+        samples: Samples trained on, over all epochs.
+        seconds: Wall time of the whole loop, callbacks included.
+        epoch_seconds: Per epoch, as :attr:`EpochStats.seconds`.
+        train_loss: Per epoch, as :attr:`EpochStats.loss`.
+        train_accuracy: Per epoch, as :attr:`EpochStats.accuracy`.
+    """
+
+    steps: int = 0
+    epochs: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    epoch_seconds: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+
+
+def _planned_steps(loader: Any, epochs: int, max_steps: int | None) -> int | None:
+    try:
+        planned = epochs * len(loader)
+    except TypeError:  # an iterable pipeline may not know its length
+        planned = None
+    if max_steps is None:
+        return planned
+    return max_steps if planned is None else min(planned, max_steps)
+
+
+def _check_labels(y: torch.Tensor, num_classes: int, keys: Sequence[str] | None, desc: str) -> None:
+    bad = (y < 0) | (y >= num_classes)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0, 0])
+        which = repr(keys[i]) if keys is not None else f"#{i} of a batch"
+        raise StreamPruneError(f"{desc}: sample {which} has a label outside 0..{num_classes - 1}")
+
+
+def fit(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    epochs: int,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    device: torch.device,
+    max_steps: int | None = None,
+    index_of: Mapping[str, int] | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[BatchOutput], None] | None = None,
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> FitResult:
+    """The one classifier training loop: cross-entropy, one optimizer step per batch.
+
+    For each epoch: ``on_epoch_start(epoch)`` (reseed the data order there, e.g.
+    ``dataset.set_epoch``), the model is put in training mode, then for each batch: forward,
+    per-sample cross-entropy, the mean's backward pass, ``optimizer.step()``,
+    ``schedule.step()``, and ``on_batch`` with the batch's logits and losses (the training
+    forward pass, as forgetting and AUM are defined). After the epoch's last batch,
+    ``on_epoch_end`` gets its totals. Training stops after ``epochs`` epochs or
+    ``max_steps`` steps, whichever comes first. An exception in a callback ends the loop
+    and propagates.
+
+    Args:
+        model: Classifier, already on ``device``.
+        loader: Yields ``(images, labels)`` or ``(keys, images, labels)`` batches.
+        epochs: Epochs to run.
+        optimizer: Optimizer over the model's parameters.
+        schedule: Learning-rate scheduler stepped after every optimizer step, or ``None``.
+        device: Where batches are moved.
+        max_steps: Stop after this many optimizer steps (``None``: no cap).
+        index_of: Manifest position of each sample key, for :attr:`BatchOutput.indices`.
+        on_epoch_start: Called with the epoch number before its first batch.
+        on_batch: Called with a :class:`BatchOutput` after each optimizer step.
+        on_epoch_end: Called with the :class:`EpochStats` after each epoch.
+        progress: Show a progress bar over steps.
+        desc: Progress bar label, and prefix of error messages.
+
+    Returns:
+        The :class:`FitResult`.
+
+    Raises:
+        StreamPruneError: A label outside ``0..C-1`` for the model's ``C`` outputs.
+    """
+    result = FitResult()
+    start = time.perf_counter()
+    with tqdm(total=_planned_steps(loader, epochs, max_steps), desc=desc, unit="step", disable=not progress) as bar:
+        for epoch in range(epochs):
+            if max_steps is not None and result.steps >= max_steps:
+                break
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
+            model.train()
+            result.epochs += 1
+            t0 = time.perf_counter()
+            loss_sum = correct = 0.0
+            seen = 0
+            for batch in loader:
+                keys, images, labels = batch if len(batch) == 3 else (None, *batch)
+                x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                logits = model(x)
+                _check_labels(y, logits.shape[1], keys, desc)
+                losses = F.cross_entropy(logits, y, reduction="none")
+                optimizer.zero_grad(set_to_none=True)
+                losses.mean().backward()
+                optimizer.step()
+                if schedule is not None:
+                    schedule.step()
+                result.steps += 1
+                logits, losses = logits.detach(), losses.detach()
+                seen += len(y)
+                loss_sum += float(losses.sum())
+                correct += float((logits.argmax(1) == y).sum())
+                if on_batch is not None:
+                    indices = None
+                    if index_of is not None and keys is not None:
+                        indices = np.fromiter((index_of[k] for k in keys), dtype=np.int64, count=len(keys))
+                    on_batch(BatchOutput(epoch, result.steps, keys, indices, y, logits, losses))
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+                if max_steps is not None and result.steps >= max_steps:
+                    break
+            stats = EpochStats(
+                epoch, seen, loss_sum / seen if seen else float("nan"), correct / seen if seen else float("nan"),
+                round(time.perf_counter() - t0, 3),
+            )
+            result.samples += seen
+            result.epoch_seconds.append(stats.seconds)
+            result.train_loss.append(stats.loss)
+            result.train_accuracy.append(stats.accuracy)
+            if on_epoch_end is not None:
+                on_epoch_end(stats)
+    result.seconds = time.perf_counter() - start
+    return result
 
 
 def training_loader(
@@ -148,10 +354,10 @@ def train_surrogate(
     """Train a surrogate on a sharded dataset and write its checkpoint atomically.
 
     Reads through :class:`~streamprune.readers.PrunedWebDataset` with ``shuffle=True`` and
-    ``set_epoch(epoch)`` every epoch (shard order and order within shards change per epoch).
-    Cross-entropy loss, AdamW or SGD (Nesterov momentum 0.9), a one-cycle learning-rate
-    schedule (warm-up over the first 15% of steps, cosine decay to zero) over
-    ``min(max_steps, epochs * steps_per_epoch)`` steps.
+    ``set_epoch(epoch)`` every epoch (shard order and order within shards change per epoch),
+    and trains with :func:`fit`: cross-entropy loss, AdamW or SGD (Nesterov momentum 0.9), a
+    one-cycle learning-rate schedule (warm-up over the first 15% of steps, cosine decay to
+    zero) over ``min(max_steps, epochs * steps_per_epoch)`` steps.
 
     Args:
         manifest: Training set (manifest path or object); its labels are the classes.
@@ -179,8 +385,6 @@ def train_surrogate(
         ValueError: Bad argument.
         StreamPruneError: Unlabelled dataset, or an empty mask.
     """
-    from tqdm.auto import tqdm
-
     if epochs < 1:
         raise ValueError(f"epochs={epochs}: must be at least 1")
     if max_steps is not None and max_steps < 1:
@@ -200,52 +404,24 @@ def train_surrogate(
     ds, loader = training_loader(m, mask, input_size=input_size, batch_size=batch_size, workers=workers, seed=seed)
     if len(ds) == 0:
         raise StreamPruneError(f"{m.path}: the mask keeps no samples to train on")
-    steps_per_epoch = math.ceil(len(ds) / batch_size)
-    total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    total_steps = epochs * math.ceil(len(ds) / batch_size)
+    if max_steps is not None:
+        total_steps = min(max_steps, total_steps)
     peak = OPTIMIZERS[optimizer] if lr is None else float(lr)
     opt = make_optimizer(optimizer, model.parameters(), peak, weight_decay)
     sched = make_schedule(opt, peak, total_steps, "onecycle")
-    loss_fn = torch.nn.CrossEntropyLoss()
-    start = time.perf_counter()
-    step = 0
-    epochs_run = 0
-    samples = 0
-    loss_sum = correct = seen = 0.0
-    bar = tqdm(total=total_steps, desc=f"train {arch}", unit="step", disable=not progress)
-    model.train()
-    with bar, cpu_threads_beside_workers(workers, dev):
-        for epoch in range(epochs):
-            if step >= total_steps:
-                break
-            ds.set_epoch(epoch)
-            epochs_run += 1
-            loss_sum = correct = seen = 0.0
-            for images, labels in loader:
-                x, y = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
-                logits = model(x)
-                loss = loss_fn(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                n = len(y)
-                loss_sum += loss.item() * n
-                correct += float((logits.argmax(1) == y).sum())
-                seen += n
-                samples += n
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-                if step >= total_steps:
-                    break
-    seconds = time.perf_counter() - start
+    with cpu_threads_beside_workers(workers, dev):
+        run = fit(
+            model, loader, epochs=epochs, optimizer=opt, schedule=sched, device=dev, max_steps=total_steps,
+            on_epoch_start=ds.set_epoch, progress=progress, desc=f"train {arch}",
+        )
     summary = {
-        "steps": step,
-        "epochs": epochs_run,
-        "samples": samples,
-        "seconds": round(seconds, 3),
-        "train_loss": loss_sum / seen if seen else float("nan"),
-        "train_accuracy": correct / seen if seen else float("nan"),
+        "steps": run.steps,
+        "epochs": run.epochs,
+        "samples": run.samples,
+        "seconds": round(run.seconds, 3),
+        "train_loss": run.train_loss[-1] if run.train_loss else float("nan"),
+        "train_accuracy": run.train_accuracy[-1] if run.train_accuracy else float("nan"),
     }
     model.eval()
     path = save_checkpoint(
@@ -264,7 +440,7 @@ def train_surrogate(
         seed=seed,
         **summary,
     )
-    log.info("trained %s for %d steps in %.1f s -> %s", arch, step, seconds, path)
+    log.info("trained %s for %d steps in %.1f s -> %s", arch, run.steps, run.seconds, path)
     return {"checkpoint": path, **summary}
 
 
@@ -314,7 +490,7 @@ def evaluate_surrogate(
     per_class = [float(ok[labels == c].mean()) if np.any(labels == c) else None for c in range(num_classes)]
     return {
         "accuracy": float(ok.mean()),
-        "samples": int(len(labels)),
+        "samples": len(labels),
         "per_class_accuracy": per_class,
         "seconds": round(time.perf_counter() - start, 3),
     }

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +11,15 @@ from click.testing import CliRunner
 
 from streamprune.masks import MaskFile
 from streamprune.scoring import score_source
-from streamprune.scoring.features import ArrayStore, FeatureStore, embed_manifest, feature_paths, shard_is_complete
+from streamprune.scoring.features import (
+    ArrayStore,
+    FeatureStore,
+    embed_manifest,
+    feature_paths,
+    shard_is_complete,
+)
 from streamprune.scoring.fm import fm_cluster_scores, fm_votes, kmeans, kmeans_plus_plus
+from streamprune.scoring.kmeans import mean_feature_variance
 from streamprune.scoring.scores_file import ScoreFile, mask_from_scores
 from streamprune.writers import write_shards
 from streamprune_cli.main import cli
@@ -89,7 +97,7 @@ def test_embed_stores_float16_per_shard_and_reuses_it(tmp_path, blobs):
     assert embed.samples == 80 and store.num_samples == 80 and store.dim == 64
     array, sidecar = feature_paths(tmp_path / "f", blobs, 0)
     assert array.endswith(".f16.npy") and np.load(array, mmap_mode="r").dtype == np.float16
-    meta = json.loads(open(sidecar).read())
+    meta = json.loads(Path(sidecar).read_text())
     assert meta["identity"] == IDENT and meta["samples"] == 10 and meta["dim"] == 64
     images, _ = _blob_images(80, 0)
     assert np.allclose(store.read_all(), images.reshape(80, 64) / 255.0, atol=2e-3)  # manifest order, float16 precision
@@ -159,6 +167,28 @@ def test_kmeans_matches_sklearn_inertia_with_the_same_init():
     assert np.array_equal(a.assignments, b.assignments) and a.inertia == b.inertia
 
 
+def test_kmeans_tolerance_and_iterations_follow_sklearn():
+    """tol is relative to the mean per-dimension variance (sklearn's _tolerance), not the summed one."""
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import make_blobs
+
+    x, _ = make_blobs(3000, n_features=8, centers=6, cluster_std=4.0, random_state=1)
+    x = (x * 5 + 40).astype(np.float32)  # off the origin: the variance must be centred
+    assert mean_feature_variance(ArrayStore(x), chunk_rows=100) == pytest.approx(np.mean(np.var(x.astype(np.float64), axis=0)), rel=1e-12)
+    init = kmeans_plus_plus(x, 6, np.random.default_rng(2))
+    iterations = []
+    for tol in (1e-1, 1e-2, 1e-3, 1e-4, 0.0):
+        ours = kmeans(ArrayStore(x), 6, init=init, iters=300, tol=tol, chunk_rows=257)
+        ref = KMeans(6, init=init, n_init=1, max_iter=300, tol=tol, algorithm="lloyd").fit(x)
+        assert ours.iterations == ref.n_iter_, tol
+        assert np.array_equal(ours.assignments, ref.labels_), tol
+        np.testing.assert_allclose(ours.centroids, ref.cluster_centers_, rtol=0, atol=1e-3)
+        assert ours.inertia == pytest.approx(ref.inertia_, rel=1e-5)
+        iterations.append(ours.iterations)
+    # the tolerances separate: a threshold on the summed variance (8x larger here) stops earlier
+    assert iterations == [3, 4, 5, 6, 6]
+
+
 def test_votes_index_distances_by_cluster_not_target():
     centroids = np.eye(6, dtype=np.float32) * 10
     target = np.tile(centroids[4], (3, 1)) + 0.1  # all near centroid 4
@@ -188,7 +218,7 @@ def test_fm_keeps_the_clusters_of_the_target_classes(tmp_path, blobs):
 
 
 def test_fm_through_score_source_reclusters_without_re_embedding(tmp_path, tiny_arch, monkeypatch):
-    import streamprune.models as models
+    from streamprune import models
 
     source = write_shards(_npz(tmp_path / "s.npz", 60, 0), tmp_path / "source", samples_per_shard=20, image_format="png", progress=False)
     target = _npz(tmp_path / "t.npz", 15, 1, classes=[2])
@@ -233,7 +263,7 @@ def test_cli_fm(tmp_path, tiny_arch):
     assert (tmp_path / "o" / "fm-0.5.spmask").exists()
     r = runner.invoke(cli, ["score", source.path, "--method", "lm", "--clusters", "6", "--target", target, "--model", tiny_arch,
                             "--ratio", "0.5", "--out", str(tmp_path / "x")])
-    assert r.exit_code != 0 and "does not take option" in r.output
+    assert r.exit_code != 0 and "--clusters is not an option of --method lm" in r.output
 
 
 FASHION = "/usr/share/datasets/fashion-mnist"

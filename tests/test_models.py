@@ -4,13 +4,13 @@ import torch
 from PIL import Image
 
 from streamprune.errors import StreamPruneError
+from streamprune.infer import infer
 from streamprune.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_surrogate,
     checkpoint_info,
     features,
-    infer,
     load_checkpoint,
     save_checkpoint,
     surrogate_transform,
@@ -182,3 +182,27 @@ def test_infer_returns_rows_in_manifest_order_whatever_the_batching(tmp_path, ti
     assert np.array_equal(a["labels"], manifest.labels())
     assert a["features"].shape == (50, 4) and a["logits"].shape == (50, 3)
     assert np.allclose(a["logits"], b["logits"], atol=1e-5)
+
+
+def test_fit_calls_its_hooks_in_order_and_stops_at_max_steps():
+    from streamprune.train import fit
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    batches = [(["a", "b"], torch.randn(2, 4), torch.tensor([0, 2])), (["c"], torch.randn(1, 4), torch.tensor([1]))]
+    events = []
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = fit(
+        model, batches, epochs=3, optimizer=opt, device=torch.device("cpu"), max_steps=5, index_of={"a": 7, "b": 8, "c": 9},
+        on_epoch_start=lambda e: events.append(("start", e)),
+        on_batch=lambda b: events.append(("batch", b.epoch, b.step, b.indices.tolist(), tuple(b.logits.shape), b.losses.requires_grad)),
+        on_epoch_end=lambda s: events.append(("end", s.epoch, s.samples)), progress=False,
+    )
+    assert events == [
+        ("start", 0), ("batch", 0, 1, [7, 8], (2, 3), False), ("batch", 0, 2, [9], (1, 3), False), ("end", 0, 3),
+        ("start", 1), ("batch", 1, 3, [7, 8], (2, 3), False), ("batch", 1, 4, [9], (1, 3), False), ("end", 1, 3),
+        ("start", 2), ("batch", 2, 5, [7, 8], (2, 3), False), ("end", 2, 2),
+    ]
+    assert run.steps == 5 and run.epochs == 3 and run.samples == 8 and len(run.train_loss) == 3
+    with pytest.raises(StreamPruneError, match="sample 'c' has a label outside 0..2"):
+        fit(model, [(["c"], torch.randn(1, 4), torch.tensor([3]))], epochs=1, optimizer=opt, device=torch.device("cpu"), progress=False)

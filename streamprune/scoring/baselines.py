@@ -13,7 +13,8 @@ Zhang et al. compare LM/FM against these, applied without looking at the target:
 * ``grand`` (Paul et al., 2021): ``||grad_theta CE(f(x), y)||_2`` per sample, over all
   parameters of the surrogate at the given (early) checkpoint, evaluation mode (BatchNorm
   uses its running statistics, so a sample's score does not depend on its batch); computed
-  with ``torch.func`` (``functional_call`` + ``vmap`` + ``grad``). Keep the highest.
+  with ``torch.func`` (``functional_call`` + ``vmap`` + ``grad``;
+  :func:`streamprune.gradnorms.per_sample_grad_norms`). Keep the highest.
 
 Ties are broken by item id (lower first) after the primary score.
 """
@@ -26,13 +27,19 @@ import time
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import StreamPruneError
-from .registry import MethodOption, register_score
-from .request import ScoreRequest
+from ..gradnorms import per_sample_grad_norms
+from ..infer import eval_batches
+from ..models import cpu_threads_beside_workers, resolve_device
 from ..scores import ScoreFile, rank_items
+from .features import feature_root, surrogate_features
+from .registry import register_score
+from .request import ScoreRequest
 
-__all__ = ["random_classes", "random_samples", "moderate_scores", "moderate", "per_sample_grad_norms", "grand"]
+# per_sample_grad_norms moved to streamprune.gradnorms; it stays importable from here.
+__all__ = ["grand", "moderate", "moderate_scores", "per_sample_grad_norms", "random_classes", "random_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +149,8 @@ def moderate(request: ScoreRequest, feature_dir: str | None = None, chunk_rows: 
     Returns:
         Sample-level scores (``score = -|rank quantile in class - 0.5|``, higher = keep).
     """
-    from .fm import _feature_root, surrogate_features
-
     src = request.source
-    root = _feature_root(request, feature_dir)
+    root = feature_root(request, feature_dir)
     store, info = surrogate_features(request, src, root, desc="moderate: source")
     labels = src.labels() if src.label_ext is not None else np.full(src.num_samples, -1, dtype=np.int64)
     m = moderate_scores(store, labels, chunk_rows)
@@ -156,59 +161,6 @@ def moderate(request: ScoreRequest, feature_dir: str | None = None, chunk_rows: 
         params={"class_blind": True, "feature_dir": os.path.abspath(root), "median": "coordinate-wise, per class"},
         **_common(request),
     )
-
-
-def per_sample_grad_norms(model: Any, x: Any, y: Any, chunk: int = 16, strategy: str = "vmap") -> np.ndarray:
-    """``||grad_theta CE(model(x_i), y_i)||_2`` for each sample, with ``torch.func``.
-
-    The model is used as it is (call ``.eval()`` first for BatchNorm running statistics);
-    gradients over all its parameters. With ``strategy="vmap"``, ``chunk`` samples are
-    vmapped at a time (memory: ``chunk`` x parameter count floats). ``"loop"`` runs one
-    ``torch.autograd.grad`` per sample instead (same values; the parameters' ``.grad`` are
-    not touched): on a CPU it is several times faster for convolutional nets (resnet18 at
-    32 px: about 0.05 s against 0.2-0.4 s per sample, one thread), because vmapped
-    convolution backward passes are slow there.
-
-    Args:
-        model: ``torch.nn.Module`` classifier.
-        x: ``[B, ...]`` inputs.
-        y: ``int64[B]`` labels.
-        chunk: Samples per vmapped call.
-        strategy: ``"vmap"`` or ``"loop"``.
-
-    Returns:
-        ``float64[B]`` gradient norms.
-
-    Raises:
-        ValueError: Unknown ``strategy``.
-    """
-    import torch
-    import torch.nn.functional as F
-    from torch.func import functional_call, grad, vmap
-
-    if strategy == "loop":
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        norms = []
-        for i in range(len(x)):
-            g = torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), trainable)
-            norms.append(float(torch.sqrt(sum(t.double().pow(2).sum() for t in g))))
-        return np.asarray(norms, dtype=np.float64)
-    if strategy != "vmap":
-        raise ValueError(f"strategy={strategy!r}: must be 'vmap' or 'loop'")
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    def loss(p, b, xi, yi):
-        out = functional_call(model, (p, b), (xi.unsqueeze(0),))
-        return F.cross_entropy(out, yi.unsqueeze(0))
-
-    per_sample = vmap(grad(loss), in_dims=(None, None, 0, 0))
-    out = []
-    for lo in range(0, len(x), chunk):
-        g = per_sample(params, buffers, x[lo : lo + chunk], y[lo : lo + chunk])
-        sq = sum(t.reshape(t.shape[0], -1).double().pow(2).sum(1) for t in g.values())
-        out.append(torch.sqrt(sq).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
 
 
 @register_score("grand")
@@ -226,29 +178,19 @@ def grand(request: ScoreRequest, grad_chunk: int = 16) -> ScoreFile:
         ValueError: No surrogate.
         StreamPruneError: The source has no labels.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..models import cpu_threads_beside_workers, resolve_device, surrogate_transform
-    from ..readers import PrunedWebDataset
-
     src = request.source
     if src.label_ext is None:
         raise StreamPruneError(f"{src.path}: method 'grand' needs source labels (cross-entropy)")
     model, info = request.build_surrogate()
     dev = resolve_device(request.device)
     model = model.to(dev).eval()
-    ds = PrunedWebDataset(src, None, shuffle=False, rank=0, world_size=1)
-    position_of = {key: i for i, key in enumerate(src.keys())}
-    pipeline = ds.decode("pil").to_tuple("__key__", "jpg;png", "cls").map_tuple(str, surrogate_transform(info["input_size"]), int)
-    loader = torch.utils.data.DataLoader(pipeline, batch_size=request.batch_size, num_workers=request.workers)
+    batches = eval_batches(src, input_size=info["input_size"], batch_size=request.batch_size, workers=request.workers, labels=True)
     scores = np.full(src.num_samples, np.nan)
     start = time.perf_counter()
-    with cpu_threads_beside_workers(request.workers, dev), tqdm(total=len(ds), desc="grand", unit="sample", disable=not request.progress) as bar:
-        for keys, x, y in loader:
-            norms = per_sample_grad_norms(model, x.to(dev), y.to(dev), chunk=grad_chunk)
-            scores[[position_of[k] for k in keys]] = norms
-            bar.update(len(keys))
+    with cpu_threads_beside_workers(request.workers, dev), tqdm(total=len(batches), desc="grand", unit="sample", disable=not request.progress) as bar:
+        for pos, x, y in batches:
+            scores[pos] = per_sample_grad_norms(model, x.to(dev), y.to(dev), chunk=grad_chunk)
+            bar.update(len(pos))
     if np.isnan(scores).any():
         raise StreamPruneError(f"{src.path}: {int(np.isnan(scores).sum())} samples were not scored")
     seconds = time.perf_counter() - start

@@ -62,31 +62,45 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..errors import StreamPruneError
+from ..infer import eval_batches
+from ..manifest import Manifest
+from ..models import (
+    CHECKPOINT_FORMAT,
+    DEFAULT_INPUT_SIZE,
+    build_surrogate,
+    checkpoint_info,
+    cpu_threads_beside_workers,
+    head_module,
+    load_checkpoint,
+    resolve_device,
+)
+from ..scores import ScoreFile, rank_items
 from .registry import MethodOption, register_score
 from .request import ScoreRequest
-from ..scores import ScoreFile, rank_items
 
 __all__ = [
-    "SCHEDULES",
+    "LAYERS",
     "MASKS",
     "POOLS",
-    "LAYERS",
-    "level_counts",
-    "removal_levels",
-    "prunable_weights",
+    "SCHEDULES",
     "Embedder",
-    "masked_levels",
-    "dlc_scores",
     "backbone_num_classes",
     "dlc",
+    "dlc_scores",
+    "level_counts",
+    "masked_levels",
+    "prunable_weights",
+    "removal_levels",
 ]
 
 log = logging.getLogger(__name__)
@@ -175,6 +189,7 @@ def removal_levels(
 
 
 def _is_transformer(model: nn.Module) -> bool:
+    # deferred: torchvision costs ~1 s to import and only transformer checks need it here
     from torchvision.models import SwinTransformer, VisionTransformer
 
     return isinstance(model, (VisionTransformer, SwinTransformer))
@@ -196,8 +211,6 @@ def prunable_weights(model: nn.Module, layers: str = "auto") -> tuple[list[tuple
     Raises:
         ValueError: Unknown ``layers``, or no prunable weight.
     """
-    from ..models import head_module
-
     if layers not in LAYERS:
         raise ValueError(f"dlc: layers={layers!r} must be one of {', '.join(LAYERS)}")
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
@@ -241,9 +254,8 @@ class Embedder:
     """
 
     def __init__(self, model: nn.Module, pool: str = "cls") -> None:
+        # deferred: torchvision costs ~1 s to import and only transformer checks need it here
         from torchvision.models import VisionTransformer
-
-        from ..models import head_module
 
         if pool not in POOLS:
             raise ValueError(f"dlc: pool={pool!r} must be one of {', '.join(POOLS)}")
@@ -315,24 +327,12 @@ class masked_levels:
                     p.masked_fill_(rem <= level, 0.0)
         self.level = level
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         with torch.no_grad():
             for p, orig in zip(self.params, self.originals):
                 p.copy_(orig)
         self.originals = []
         self.level = 0
-
-
-def _loader(manifest: Any, input_size: int, batch_size: int, workers: int) -> tuple[Any, dict[str, int], int]:
-    from ..models import surrogate_transform
-    from ..readers import PrunedWebDataset
-
-    # one process scores everything: no split over distributed ranks
-    ds = PrunedWebDataset(manifest, None, shuffle=False, rank=0, world_size=1)
-    position_of = {key: i for i, key in enumerate(ds.source.manifest.keys())}
-    pipeline = ds.decode("pil").to_tuple("__key__", "jpg;png").map_tuple(str, surrogate_transform(input_size))
-    loader = torch.utils.data.DataLoader(pipeline, batch_size=batch_size, num_workers=workers)
-    return loader, position_of, len(ds)
 
 
 def dlc_scores(
@@ -382,11 +382,6 @@ def dlc_scores(
         StreamPruneError: Unlabelled samples, or samples that were not scored.
         ValueError: Bad options.
     """
-    from tqdm.auto import tqdm
-
-    from ..manifest import Manifest
-    from ..models import cpu_threads_beside_workers, resolve_device
-
     t_start = time.perf_counter()
     if not float(eps) > 0:
         raise ValueError(f"dlc: eps={eps} must be > 0")
@@ -407,23 +402,23 @@ def dlc_scores(
     removal = removal_levels(params, counts, mask, seed)
     seconds = {"masks": time.perf_counter() - t0}
     y_all = torch.as_tensor(class_index, dtype=torch.int64)
-    loader, position_of, count = _loader(m, input_size, batch_size, workers)
+    batches = eval_batches(m, input_size=input_size, batch_size=batch_size, workers=workers, labels=False)
 
     # pass 1: prototypes from the unmasked model
     t0 = time.perf_counter()
     sums: torch.Tensor | None = None
     seen = np.zeros(n, dtype=bool)
     with torch.no_grad(), cpu_threads_beside_workers(workers, dev), tqdm(
-        total=count, desc="dlc: prototypes", unit="sample", disable=not progress
+        total=len(batches), desc="dlc: prototypes", unit="sample", disable=not progress
     ) as bar:
-        for keys, x in loader:
-            pos = torch.as_tensor([position_of[k] for k in keys], dtype=torch.int64)
+        for positions, x, _ in batches:
+            pos = torch.from_numpy(positions)
             z = embed(x.to(dev, non_blocking=True)).double()
             if sums is None:
                 sums = torch.zeros(c, z.shape[1], dtype=torch.float64, device=dev)
             sums.index_add_(0, y_all[pos].to(dev), z)
             seen[pos.numpy()] = True
-            bar.update(len(keys))
+            bar.update(len(pos))
     if sums is None or not seen.all():
         raise StreamPruneError(f"{m.path}: {int((~seen).sum())} of {n} samples were not read for the prototypes")
     sizes = torch.as_tensor(np.bincount(class_index, minlength=c), dtype=torch.float64, device=dev)
@@ -438,13 +433,13 @@ def dlc_scores(
     level_sum = torch.zeros(k_levels, dtype=torch.float64)
     scored = np.zeros(n, dtype=bool)
     with torch.no_grad(), cpu_threads_beside_workers(workers, dev), masked_levels(params, removal) as apply, tqdm(
-        total=count, desc=f"dlc: {k_levels} levels", unit="sample", disable=not progress
+        total=len(batches), desc=f"dlc: {k_levels} levels", unit="sample", disable=not progress
     ) as bar:
-        for keys, x in loader:
-            pos = torch.as_tensor([position_of[k] for k in keys], dtype=torch.int64)
+        for positions, x, _ in batches:
+            pos = torch.from_numpy(positions)
             x = x.to(dev, non_blocking=True)
             y = y_all[pos].to(dev)
-            acc = torch.zeros(len(keys), dtype=torch.float64, device=dev)
+            acc = torch.zeros(len(pos), dtype=torch.float64, device=dev)
             for k in range(k_levels):
                 apply(k)
                 z = embed(x).double()
@@ -456,7 +451,7 @@ def dlc_scores(
                     loss0[pos] = loss.cpu()
             total_loss[pos] += acc.cpu()
             scored[pos.numpy()] = True
-            bar.update(len(keys))
+            bar.update(len(pos))
     if not scored.all():
         raise StreamPruneError(f"{m.path}: {int((~scored).sum())} of {n} samples were not scored")
     seconds["levels"] = time.perf_counter() - t0
@@ -491,8 +486,6 @@ def backbone_num_classes(arch: str, checkpoint: str | None, fallback: int) -> in
     Raises:
         StreamPruneError: The state dict has no weight for the head.
     """
-    from ..models import CHECKPOINT_FORMAT, build_surrogate, head_module, load_checkpoint
-
     if checkpoint is None:
         return max(1, int(fallback))
     ckpt = load_checkpoint(checkpoint)
@@ -554,8 +547,6 @@ def dlc(
         ValueError: No backbone, or bad options.
         StreamPruneError: Unlabelled samples, or an unreadable checkpoint.
     """
-    from ..models import DEFAULT_INPUT_SIZE, build_surrogate, checkpoint_info
-
     if not request.surrogate:
         raise ValueError("method 'dlc' needs a pretrained backbone (--surrogate ARCH_OR_ENTRYPOINT, --checkpoint)")
     src = request.source

@@ -28,24 +28,36 @@ import glob
 import json
 import logging
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
+from .. import models
 from ..atomic import atomic_write_json, temp_name
 from ..errors import StreamPruneError
-from ..manifest import Manifest
+from ..infer import eval_batches
+from ..manifest import Manifest, open_manifest
+from ..masks import mask_from_bool
+
+if TYPE_CHECKING:  # the registry imports this module; a runtime import would be circular
+    from . import ScoreRequest
 
 __all__ = [
     "FEATURES_FORMAT",
     "FEATURES_VERSION",
-    "EmbedFn",
-    "shard_stem",
-    "feature_paths",
-    "shard_is_complete",
-    "embed_manifest",
-    "FeatureStore",
     "ArrayStore",
+    "ChunkSource",
+    "EmbedFn",
+    "FeatureStore",
+    "embed_manifest",
+    "feature_paths",
+    "feature_root",
+    "shard_is_complete",
+    "shard_stem",
+    "surrogate_features",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,7 +166,7 @@ def embed_manifest(
     device: Any = None,
     progress: bool = True,
     desc: str = "embed",
-) -> "FeatureStore":
+) -> FeatureStore:
     """Embed every sample of the unfinished shards and store float16 features per shard.
 
     Shards whose complete features (matching ``identity``) are already in ``cache_dir`` are
@@ -183,14 +195,6 @@ def embed_manifest(
     Raises:
         StreamPruneError: A shard did not yield all its samples.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..masks import mask_from_bool
-    from ..models import cpu_threads_beside_workers, resolve_device, surrogate_transform
-    from ..readers import PrunedWebDataset
-    from ..readers.webdataset import open_manifest
-
     m = open_manifest(manifest)
     cache_dir = os.fspath(cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
@@ -205,12 +209,8 @@ def embed_manifest(
         keep[offsets[k] : offsets[k + 1]] = True
     log.info("%s: embedding %d of %d shards (%d samples) into %s", m.path, len(todo), len(m.shards), int(keep.sum()), cache_dir)
     mask = mask_from_bool(m, keep, method="embed")
-    ds = PrunedWebDataset(m, mask, shuffle=False, rank=0, world_size=1)
-    position_of = {key: i for i, key in enumerate(m.keys())}
-    transform = transform or surrogate_transform(input_size)
-    pipeline = ds.decode("pil").to_tuple("__key__", "jpg;png").map_tuple(str, transform)
-    loader = torch.utils.data.DataLoader(pipeline, batch_size=batch_size, num_workers=workers)
-    dev = resolve_device(device) if device is not None else torch.device("cpu")
+    batches = eval_batches(m, mask, input_size=input_size, transform=transform, batch_size=batch_size, workers=workers, labels=False)
+    dev = models.resolve_device(device) if device is not None else torch.device("cpu")
     open_arrays: dict[int, tuple[np.ndarray, str, list[int]]] = {}
     dim: int | None = None
 
@@ -225,16 +225,15 @@ def embed_manifest(
         atomic_write_json(sidecar_path, {**_expected_sidecar(m, k, identity), "dim": int(dim)})
 
     try:
-        with torch.no_grad(), cpu_threads_beside_workers(workers, dev), tqdm(
+        with torch.no_grad(), models.cpu_threads_beside_workers(workers, dev), tqdm(
             total=int(keep.sum()), desc=desc, unit="sample", disable=not progress
         ) as bar:
-            for batch_keys, x in loader:
+            for pos, x, _ in batches:
                 feats = _to_numpy(embed(x.to(dev)))
                 if dim is None:
                     dim = int(feats.shape[1])
                 elif feats.shape[1] != dim:
                     raise ValueError(f"embed function returned dim {feats.shape[1]}, earlier {dim}")
-                pos = np.fromiter((position_of[key] for key in batch_keys), dtype=np.int64, count=len(batch_keys))
                 shard_ids = np.searchsorted(offsets, pos, side="right") - 1
                 for k in np.unique(shard_ids).tolist():
                     if k not in open_arrays:
@@ -248,7 +247,7 @@ def embed_manifest(
                     filled[0] += int(sel.sum())
                     if filled[0] == m.shards[k].samples:
                         finish(k)
-                bar.update(len(batch_keys))
+                bar.update(len(pos))
     finally:
         for k in list(open_arrays):  # interrupted: drop partial shards
             arr, tmp, _ = open_arrays.pop(k)
@@ -261,8 +260,66 @@ def embed_manifest(
     return FeatureStore(cache_dir, m, identity)
 
 
-class _ChunkSource:
-    """Common chunked-reading interface (``num_samples``, ``dim``, ``iter_chunks``, ``take``)."""
+def feature_root(request: ScoreRequest, feature_dir: str | os.PathLike | None) -> str:
+    """Directory of a scoring run's feature cache.
+
+    FM, Moderate and SSP share one cache, so a second method (or another K) on the same
+    source embeds nothing.
+
+    Args:
+        request: The scoring request; its ``out_dir`` gives the default ``OUT/features``.
+        feature_dir: An explicit cache directory, used as it is when given.
+
+    Returns:
+        The cache directory (not created here).
+
+    Raises:
+        ValueError: Neither ``feature_dir`` nor the request's output directory is set.
+    """
+    if feature_dir:
+        return os.fspath(feature_dir)
+    out_dir = getattr(request, "out_dir", None)
+    if not out_dir:
+        raise ValueError("feature mapping needs a directory for its feature cache (feature_dir=, or run through score_source / --out)")
+    return os.path.join(os.fspath(out_dir), "features")
+
+
+def surrogate_features(request: ScoreRequest, manifest: Any, cache_dir: str, desc: str = "embed") -> tuple[FeatureStore, dict[str, Any]]:
+    """Penultimate surrogate features of ``manifest``, cached per shard in ``cache_dir``.
+
+    Args:
+        request: Surrogate, checkpoint, batch size, workers, device, seed, progress.
+        manifest: The dataset to embed.
+        cache_dir: Feature directory.
+        desc: Progress bar label.
+
+    Returns:
+        ``(store, surrogate provenance)``.
+    """
+    model, info = request.build_surrogate()
+    model = model.to(models.resolve_device(request.device)).eval()
+    identity = {
+        "features": "penultimate",
+        "arch": info["arch"],
+        "checkpoint_sha256": info.get("checkpoint_sha256"),
+        "input_size": int(info["input_size"]),
+        # an untrained surrogate's weights, hence its features, depend on the seed
+        "seed": None if info.get("checkpoint_sha256") else int(request.seed),
+    }
+    # looked up on the module at call time, so a caller (or a test) can substitute the function
+    store = embed_manifest(
+        manifest, cache_dir, lambda x: models.features(model, x), identity, input_size=identity["input_size"],
+        batch_size=request.batch_size, workers=request.workers, device=request.device, progress=request.progress, desc=desc,
+    )
+    return store, info
+
+
+class ChunkSource:
+    """Features read in bounded chunks: ``num_samples``, ``dim``, ``iter_chunks``, ``take``.
+
+    The interface k-means, Moderate and SSP consume, so they run the same on the per-shard
+    cache (:class:`FeatureStore`) and on an in-memory array (:class:`ArrayStore`).
+    """
 
     num_samples: int
     dim: int
@@ -270,14 +327,17 @@ class _ChunkSource:
     max_chunk_rows: int = 0
     chunks_read: int = 0
 
-    def _count(self, rows: int) -> None:
+    def record_chunk(self, rows: int) -> None:
+        """Count a chunk of ``rows`` rows handed out (:attr:`max_chunk_rows`, :attr:`chunks_read`)."""
         self.max_chunk_rows = max(self.max_chunk_rows, rows)
         self.chunks_read += 1
 
     def iter_chunks(self, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:  # pragma: no cover
+        """Yield ``(start row, float32 chunk)`` in row order, at most ``chunk_rows`` rows each."""
         raise NotImplementedError
 
     def take(self, rows: np.ndarray) -> np.ndarray:  # pragma: no cover
+        """The given rows as a float32 ``[len(rows), D]`` array."""
         raise NotImplementedError
 
     def read_all(self) -> np.ndarray:
@@ -288,7 +348,7 @@ class _ChunkSource:
         return out
 
 
-class ArrayStore(_ChunkSource):
+class ArrayStore(ChunkSource):
     """An in-memory ``[N, D]`` array behind the chunked-reading interface (tests, small data).
 
     Args:
@@ -307,7 +367,7 @@ class ArrayStore(_ChunkSource):
             raise ValueError(f"chunk_rows={chunk_rows}: must be at least 1")
         for start in range(0, self.num_samples, chunk_rows):
             chunk = np.asarray(self.x[start : start + chunk_rows], dtype=np.float32)
-            self._count(len(chunk))
+            self.record_chunk(len(chunk))
             yield start, chunk
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -315,7 +375,7 @@ class ArrayStore(_ChunkSource):
         return np.asarray(self.x[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
 
 
-class FeatureStore(_ChunkSource):
+class FeatureStore(ChunkSource):
     """The per-shard feature cache of one dataset, read back in bounded chunks.
 
     Only one shard's file is memory-mapped at a time and each chunk is converted to float32
@@ -372,7 +432,7 @@ class FeatureStore(_ChunkSource):
             arr = self.shard(k)
             for lo in range(0, arr.shape[0], chunk_rows):
                 chunk = np.asarray(arr[lo : lo + chunk_rows], dtype=np.float32)
-                self._count(len(chunk))
+                self.record_chunk(len(chunk))
                 yield int(self.offsets[k] + lo), chunk
             del arr  # unmap: mapped pages of finished shards leave the resident set
 

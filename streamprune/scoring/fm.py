@@ -4,10 +4,9 @@ Zhang et al., NeurIPS 2023 (``docs/methods.md`` section 1), for sources without 
 
 1. every source sample is embedded with the surrogate's penultimate (pooled) features, cached
    per shard as float16 (:mod:`.features`: resumable, reused when clustering again);
-2. the features are clustered into K pseudo-classes by k-means (:func:`kmeans`: k-means++
-   initialisation on a seeded subsample, then Lloyd iterations streamed over the cache in
-   bounded chunks with :func:`~streamprune.kernels.nearest_centroid` and
-   :func:`~streamprune.kernels.kmeans_accumulate`); each sample's cluster id is stored;
+2. the features are clustered into K pseudo-classes by k-means (:func:`.kmeans.kmeans`:
+   k-means++ initialisation on a seeded subsample, then Lloyd iterations streamed over the
+   cache in bounded chunks, scikit-learn's stopping rule); each sample's cluster id is stored;
 3. each target training sample votes for its nearest centroid (Euclidean distance, indexed
    by **cluster**: the released script's argmin over an array indexed by target sample is not
    reproduced);
@@ -25,203 +24,33 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..kernels import kmeans_accumulate, nearest_centroid, vote_histogram
+from ..scores import ScoreFile, rank_items
+from .features import ChunkSource, feature_root, surrogate_features
+from .kmeans import KMEANS_OPTIONS, KMeansResult, assign, kmeans, kmeans_plus_plus
 from .registry import MethodOption, register_score
 from .request import ScoreRequest
-from .features import ArrayStore, FeatureStore, embed_manifest
-from ..scores import ScoreFile, rank_items
 
+# KMeansResult, kmeans_plus_plus, kmeans, assign (moved to .kmeans) and surrogate_features
+# (moved to .features) stay importable from here for existing callers.
 __all__ = [
     "KMeansResult",
-    "kmeans_plus_plus",
-    "kmeans",
     "assign",
     "class_means",
-    "fm_votes",
-    "fm_cluster_scores",
-    "fm_class_scores",
-    "surrogate_features",
     "fm",
+    "fm_class_scores",
+    "fm_cluster_scores",
+    "fm_votes",
+    "kmeans",
+    "kmeans_plus_plus",
+    "surrogate_features",
 ]
 
 log = logging.getLogger(__name__)
-
-ChunkSource = Any  # FeatureStore | ArrayStore (num_samples, dim, iter_chunks, take)
-
-
-@dataclass
-class KMeansResult:
-    """Outcome of :func:`kmeans`.
-
-    Attributes:
-        centroids: ``float32[K, D]``.
-        assignments: ``int64[N]`` cluster id of each sample (against the final centroids).
-        inertia: Sum of squared distances of the samples to their centroid (final centroids).
-        iterations: Lloyd iterations run.
-        counts: ``int64[K]`` cluster sizes.
-        init_sample: Rows the k-means++ initialisation was drawn from (``None``: given init).
-    """
-
-    centroids: np.ndarray
-    assignments: np.ndarray
-    inertia: float
-    iterations: int
-    counts: np.ndarray
-    init_sample: int | None = None
-
-
-def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) on in-memory points.
-
-    The first centre is uniform; each next one is drawn with probability proportional to the
-    squared distance to the nearest centre chosen so far.
-
-    Args:
-        x: ``float32[n, D]`` points (``n >= k``).
-        k: Number of centres.
-        rng: Random generator.
-
-    Returns:
-        ``float32[k, D]`` initial centroids (rows of ``x``).
-    """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    n = x.shape[0]
-    if n < k:
-        raise ValueError(f"k-means++ needs at least k={k} points, got {n}")
-    chosen = np.empty(k, dtype=np.int64)
-    chosen[0] = rng.integers(n)
-    x_sq = np.einsum("ij,ij->i", x, x)
-    closest = np.maximum(x_sq - 2.0 * (x @ x[chosen[0]]) + x_sq[chosen[0]], 0.0).astype(np.float64)
-    for j in range(1, k):
-        total = closest.sum()
-        if total <= 0:  # fewer distinct points than k: take any not chosen yet
-            rest = np.setdiff1d(np.arange(n), chosen[:j])
-            chosen[j] = rest[0]
-        else:
-            r = rng.random() * total
-            chosen[j] = min(int(np.searchsorted(np.cumsum(closest), r, side="right")), n - 1)
-        c = chosen[j]
-        d = np.maximum(x_sq - 2.0 * (x @ x[c]) + x_sq[c], 0.0)
-        np.minimum(closest, d, out=closest)
-    return x[chosen].copy()
-
-
-def assign(store: ChunkSource, centroids: np.ndarray, chunk_rows: int = 65536) -> tuple[np.ndarray, float]:
-    """Nearest centroid of every sample, in chunks.
-
-    Args:
-        store: Chunked features.
-        centroids: ``[K, D]``.
-        chunk_rows: Rows per chunk.
-
-    Returns:
-        ``(int64[N] cluster ids, inertia)``.
-    """
-    out = np.empty(store.num_samples, dtype=np.int64)
-    inertia = 0.0
-    for start, chunk in store.iter_chunks(chunk_rows):
-        idx, d = nearest_centroid(chunk, centroids)
-        out[start : start + len(chunk)] = idx
-        inertia += float(d.sum(dtype=np.float64))
-    return out, inertia
-
-
-def kmeans(
-    store: ChunkSource | np.ndarray,
-    k: int,
-    *,
-    iters: int = 20,
-    init: str | np.ndarray = "k-means++",
-    init_sample: int | None = None,
-    tol: float = 1e-4,
-    chunk_rows: int = 65536,
-    seed: int = 0,
-    progress: bool = False,
-) -> KMeansResult:
-    """Lloyd's k-means streamed over chunked features, in bounded memory.
-
-    Each iteration reads the features once, chunk by chunk: the assignment of a chunk comes
-    from :func:`~streamprune.kernels.nearest_centroid` (blocked, parallel; never an N x K
-    matrix) and the centroid update is accumulated with
-    :func:`~streamprune.kernels.kmeans_accumulate` into float64 sums. Memory: the K x D
-    centroids and sums, one chunk, and the N cluster ids; never the whole feature matrix.
-    An empty cluster keeps its previous centroid. Stops after ``iters`` iterations or when
-    the squared centroid shift falls below ``tol`` times the mean squared feature norm
-    (scikit-learn's criterion, on the data variance). The final assignment is against the final centroids.
-
-    Args:
-        store: A :class:`~.features.FeatureStore`, :class:`~.features.ArrayStore`, or an array.
-        k: Number of clusters.
-        iters: Maximum Lloyd iterations.
-        init: ``"k-means++"`` (on a seeded uniform subsample of ``init_sample`` rows) or an
-            explicit ``[k, D]`` array of initial centroids.
-        init_sample: Rows drawn for k-means++ (default ``min(N, max(50 * k, 10000))``).
-        tol: Relative tolerance on the centroid shift.
-        chunk_rows: Rows read at a time.
-        seed: Seed of the subsample and of k-means++.
-        progress: Show a progress bar over iterations.
-
-    Returns:
-        The :class:`KMeansResult`.
-
-    Raises:
-        ValueError: ``k`` out of range or a malformed ``init``.
-    """
-    from tqdm.auto import tqdm
-
-    if isinstance(store, np.ndarray):
-        store = ArrayStore(store)
-    n, dim = store.num_samples, store.dim
-    if not 1 <= k <= n:
-        raise ValueError(f"clusters={k}: must be between 1 and the number of samples ({n})")
-    rng = np.random.default_rng(seed)
-    used_sample = None
-    if isinstance(init, str):
-        if init != "k-means++":
-            raise ValueError(f"init={init!r}: must be 'k-means++' or a [k, D] array")
-        used_sample = int(min(n, max(50 * k, 10000) if init_sample is None else max(k, init_sample)))
-        rows = np.sort(rng.choice(n, size=used_sample, replace=False)) if used_sample < n else np.arange(n)
-        centroids = kmeans_plus_plus(store.take(rows), k, rng)
-    else:
-        centroids = np.array(init, dtype=np.float32)
-        if centroids.shape != (k, dim):
-            raise ValueError(f"init has shape {centroids.shape}; expected ({k}, {dim})")
-    # tolerance scaled by the data's variance, as scikit-learn does
-    sums1 = np.zeros(dim, dtype=np.float64)
-    sq = 0.0
-    for _, chunk in store.iter_chunks(chunk_rows):
-        sums1 += chunk.sum(axis=0, dtype=np.float64)
-        sq += float((chunk.astype(np.float64) ** 2).sum())
-    variance = max(sq / n - float((sums1 / n) @ (sums1 / n)), 0.0) if n else 0.0
-    threshold = tol * variance
-    it = 0
-    with tqdm(total=iters, desc="k-means", unit="iter", disable=not progress) as bar:
-        for it in range(1, iters + 1):
-            sums = np.zeros((k, dim), dtype=np.float64)
-            counts = np.zeros(k, dtype=np.int64)
-            inertia = 0.0
-            for _, chunk in store.iter_chunks(chunk_rows):
-                idx, d = nearest_centroid(chunk, centroids)
-                kmeans_accumulate(chunk, idx, sums, counts)
-                inertia += float(d.sum(dtype=np.float64))
-            new = centroids.copy()
-            nonempty = counts > 0
-            new[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
-            shift = float(((new.astype(np.float64) - centroids) ** 2).sum())
-            centroids = new
-            bar.update(1)
-            bar.set_postfix(inertia=f"{inertia:.4g}", empty=int((~nonempty).sum()), refresh=False)
-            log.debug("k-means iteration %d: inertia %.6g (before update), shift %.3g", it, inertia, shift)
-            if shift <= threshold:
-                break
-    assignments, inertia = assign(store, centroids, chunk_rows)
-    counts = np.bincount(assignments, minlength=k).astype(np.int64)
-    return KMeansResult(centroids, assignments, inertia, it, counts, used_sample)
 
 
 def class_means(store: ChunkSource, labels: np.ndarray, num_classes: int, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -354,52 +183,6 @@ def fm_class_scores(means: np.ndarray, counts: np.ndarray, target_features: np.n
     )
 
 
-def _feature_root(request: ScoreRequest, feature_dir: str | None) -> str:
-    if feature_dir:
-        return os.fspath(feature_dir)
-    out_dir = getattr(request, "out_dir", None)
-    if not out_dir:
-        raise ValueError("feature mapping needs a directory for its feature cache (feature_dir=, or run through score_source / --out)")
-    return os.path.join(os.fspath(out_dir), "features")
-
-
-def surrogate_features(request: ScoreRequest, manifest: Any, cache_dir: str, desc: str = "embed") -> tuple[FeatureStore, dict[str, Any]]:
-    """Penultimate surrogate features of ``manifest``, cached per shard in ``cache_dir``.
-
-    Args:
-        request: Surrogate, checkpoint, batch size, workers, device, seed, progress.
-        manifest: The dataset to embed.
-        cache_dir: Feature directory.
-        desc: Progress bar label.
-
-    Returns:
-        ``(store, surrogate provenance)``.
-    """
-    from .. import models
-
-    model, info = request.build_surrogate()
-    model = model.to(models.resolve_device(request.device)).eval()
-    identity = {
-        "features": "penultimate",
-        "arch": info["arch"],
-        "checkpoint_sha256": info.get("checkpoint_sha256"),
-        "input_size": int(info["input_size"]),
-        "seed": None if info.get("checkpoint_sha256") else int(request.seed),
-    }
-    store = embed_manifest(
-        manifest, cache_dir, lambda x: models.features(model, x), identity, input_size=identity["input_size"],
-        batch_size=request.batch_size, workers=request.workers, device=request.device, progress=request.progress, desc=desc,
-    )
-    return store, info
-
-
-#: The k-means options FM and SSP share.
-KMEANS_OPTIONS = (
-    MethodOption("clusters", int, "number of k-means clusters K", default_help="FM 1000, SSP the class count"),
-    MethodOption("kmeans_iters", int, "maximum k-means (Lloyd) iterations"),
-)
-
-
 @register_score(
     "fm",
     options=KMEANS_OPTIONS
@@ -439,15 +222,15 @@ def fm(
     if not fm_over_classes and clusters < 1:
         raise ValueError(f"clusters={clusters}: must be at least 1")
     source = request.source
-    root = _feature_root(request, feature_dir)
+    root = feature_root(request, feature_dir)
     t0 = time.perf_counter()
     store, info = surrogate_features(request, source, root, desc="fm: source")
     target_store, _ = surrogate_features(request, request.target, os.path.join(root, "target"), desc="fm: target")
     embed_s = time.perf_counter() - t0
     target = target_store.read_all()
-    common = dict(
-        manifest=source.path, num_samples=source.num_samples, surrogate=info, target=request.target_info(), seed=request.seed,
-    )
+    common = {
+        "manifest": source.path, "num_samples": source.num_samples, "surrogate": info, "target": request.target_info(), "seed": request.seed,
+    }
     t0 = time.perf_counter()
     if fm_over_classes:
         labels = source.labels()

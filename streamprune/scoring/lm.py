@@ -15,12 +15,13 @@ import time
 
 import numpy as np
 
+from ..infer import infer
 from ..kernels import vote_histogram
+from ..scores import ScoreFile, rank_items
 from .registry import MethodOption, register_score
 from .request import ScoreRequest
-from ..scores import ScoreFile, rank_items
 
-__all__ = ["label_mapping", "softmax", "lm_scores", "lm"]
+__all__ = ["label_mapping", "lm", "lm_scores", "softmax"]
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,6 @@ def lm(request: ScoreRequest, soft_vote: bool = False) -> ScoreFile:
         ValueError: No target or no surrogate given.
         StreamPruneError: The surrogate checkpoint is for other classes.
     """
-    from ..models import infer
-
     if request.target is None:
         raise ValueError("method 'lm' needs a target dataset (--target)")
     source = request.source

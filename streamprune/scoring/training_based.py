@@ -23,7 +23,7 @@ recorded epochs):
 Without the recording (dynamics-free):
 
 * ``ssp``, self-supervised prototypes (Sorscher et al., 2022): k-means (FM's streamed k-means,
-  :func:`.fm.kmeans`) on the surrogate's penultimate features (FM's per-shard feature cache);
+  :func:`.kmeans.kmeans`) on the surrogate's penultimate features (FM's per-shard feature cache);
   score = distance to the nearest centroid (Euclidean, or cosine distance on unit-normalised
   features). Harder = farther. ``keep="hard"`` (default: plentiful data) keeps the farthest
   first; ``keep="easy"`` (scarce data) the nearest first. The embedding is whatever the
@@ -45,23 +45,24 @@ import numpy as np
 
 from ..dynamics import Dynamics, load_dynamics
 from ..errors import StreamPruneError
+from ..kernels import nearest_centroid
+from ..scores import ScoreFile, rank_items
+from .features import ArrayStore, ChunkSource, feature_root, surrogate_features
+from .kmeans import KMEANS_OPTIONS, kmeans
 from .registry import MethodOption, register_score
 from .request import ScoreRequest
-from .features import _ChunkSource
-from .fm import KMEANS_OPTIONS
-from ..scores import ScoreFile, rank_items
 
 __all__ = [
-    "el2n_scores",
-    "forgetting_scores",
-    "aum_scores",
-    "prototype_distances",
-    "el2n",
-    "forgetting",
-    "aum",
-    "grand_dyn",
-    "ssp",
     "DEFAULT_EL2N_EPOCHS",
+    "aum",
+    "aum_scores",
+    "el2n",
+    "el2n_scores",
+    "forgetting",
+    "forgetting_scores",
+    "grand_dyn",
+    "prototype_distances",
+    "ssp",
 ]
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ def grand_dyn(request: ScoreRequest, dynamics_dir: str | None = None, epochs: in
     )
 
 
-class _UnitRows(_ChunkSource):
+class _UnitRows(ChunkSource):
     """Rows of a chunked feature source scaled to unit Euclidean norm (zero rows stay zero)."""
 
     def __init__(self, store: Any) -> None:
@@ -273,7 +274,7 @@ class _UnitRows(_ChunkSource):
     def iter_chunks(self, chunk_rows: int = 65536):
         """Yield ``(start row, unit-norm float32 chunk)``."""
         for start, chunk in self.store.iter_chunks(chunk_rows):
-            self._count(len(chunk))
+            self.record_chunk(len(chunk))
             yield start, self._unit(chunk)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -296,9 +297,6 @@ def prototype_distances(store: Any, centroids: np.ndarray, distance: str = "eucl
     Raises:
         ValueError: Unknown ``distance``.
     """
-    from ..kernels import nearest_centroid
-    from .features import ArrayStore
-
     if distance not in ("euclidean", "cosine"):
         raise ValueError(f"distance={distance!r}: must be 'euclidean' or 'cosine'")
     if isinstance(store, np.ndarray):
@@ -353,8 +351,6 @@ def ssp(
     Raises:
         ValueError: No surrogate, bad ``keep``/``distance``, or no K for an unlabelled source.
     """
-    from .fm import _feature_root, kmeans, surrogate_features
-
     if keep not in ("hard", "easy"):
         raise ValueError(f"keep={keep!r}: must be 'hard' (far from prototypes first) or 'easy'")
     if distance not in ("euclidean", "cosine"):
@@ -363,7 +359,7 @@ def ssp(
     k = clusters if clusters is not None else src.num_classes
     if not k or k < 1:
         raise ValueError(f"{src.path}: method 'ssp' needs the number of prototypes (--clusters K); the source has no classes")
-    root = _feature_root(request, feature_dir)
+    root = feature_root(request, feature_dir)
     t0 = time.perf_counter()
     store, info = surrogate_features(request, src, root, desc="ssp: source")
     embed_s = time.perf_counter() - t0

@@ -1,0 +1,246 @@
+"""Lloyd's k-means streamed over chunked features, in bounded memory (FM and SSP).
+
+The features of a large source never fit in memory at once, so every pass reads them chunk
+by chunk (:class:`~.features.FeatureStore` or, for small data, :class:`~.features.ArrayStore`):
+k-means++ seeds on a seeded uniform subsample, each Lloyd iteration assigns a chunk with
+:func:`~streamprune.kernels.nearest_centroid` (blocked, parallel; never an N x K matrix) and
+accumulates the centroid update with :func:`~streamprune.kernels.kmeans_accumulate` into
+float64 sums. The stopping rule is scikit-learn's, so a result can be checked against
+``sklearn.cluster.KMeans(algorithm="lloyd")`` started from the same centroids.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..kernels import kmeans_accumulate, nearest_centroid
+from .features import ArrayStore, ChunkSource
+from .registry import MethodOption
+
+__all__ = ["KMEANS_OPTIONS", "KMeansResult", "assign", "kmeans", "kmeans_plus_plus", "mean_feature_variance"]
+
+#: The k-means options of the methods that cluster features (FM, SSP), declared once.
+KMEANS_OPTIONS = (
+    MethodOption("clusters", int, "number of k-means clusters K", default_help="FM 1000, SSP the class count"),
+    MethodOption("kmeans_iters", int, "maximum k-means (Lloyd) iterations"),
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KMeansResult:
+    """Outcome of :func:`kmeans`.
+
+    Attributes:
+        centroids: ``float32[K, D]``.
+        assignments: ``int64[N]`` cluster id of each sample (against the final centroids).
+        inertia: Sum of squared distances of the samples to their centroid (final centroids).
+        iterations: Lloyd iterations run.
+        counts: ``int64[K]`` cluster sizes.
+        init_sample: Rows the k-means++ initialisation was drawn from (``None``: given init).
+    """
+
+    centroids: np.ndarray
+    assignments: np.ndarray
+    inertia: float
+    iterations: int
+    counts: np.ndarray
+    init_sample: int | None = None
+
+
+def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) on in-memory points.
+
+    The first centre is uniform; each next one is drawn with probability proportional to the
+    squared distance to the nearest centre chosen so far.
+
+    Args:
+        x: ``float32[n, D]`` points (``n >= k``).
+        k: Number of centres.
+        rng: Random generator.
+
+    Returns:
+        ``float32[k, D]`` initial centroids (rows of ``x``).
+
+    Raises:
+        ValueError: Fewer than ``k`` points.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[0]
+    if n < k:
+        raise ValueError(f"k-means++ needs at least k={k} points, got {n}")
+    chosen = np.empty(k, dtype=np.int64)
+    chosen[0] = rng.integers(n)
+    x_sq = np.einsum("ij,ij->i", x, x)
+    closest = np.maximum(x_sq - 2.0 * (x @ x[chosen[0]]) + x_sq[chosen[0]], 0.0).astype(np.float64)
+    for j in range(1, k):
+        total = closest.sum()
+        if total <= 0:  # fewer distinct points than k: take any not chosen yet
+            rest = np.setdiff1d(np.arange(n), chosen[:j])
+            chosen[j] = rest[0]
+        else:
+            r = rng.random() * total
+            chosen[j] = min(int(np.searchsorted(np.cumsum(closest), r, side="right")), n - 1)
+        c = chosen[j]
+        d = np.maximum(x_sq - 2.0 * (x @ x[c]) + x_sq[c], 0.0)
+        np.minimum(closest, d, out=closest)
+    return x[chosen].copy()
+
+
+def assign(store: ChunkSource, centroids: np.ndarray, chunk_rows: int = 65536) -> tuple[np.ndarray, float]:
+    """Nearest centroid of every sample, in chunks.
+
+    Args:
+        store: Chunked features.
+        centroids: ``[K, D]``.
+        chunk_rows: Rows per chunk.
+
+    Returns:
+        ``(int64[N] cluster ids, inertia)``.
+    """
+    out = np.empty(store.num_samples, dtype=np.int64)
+    inertia = 0.0
+    for start, chunk in store.iter_chunks(chunk_rows):
+        idx, d = nearest_centroid(chunk, centroids)
+        out[start : start + len(chunk)] = idx
+        inertia += float(d.sum(dtype=np.float64))
+    return out, inertia
+
+
+def mean_feature_variance(store: ChunkSource, chunk_rows: int = 65536) -> float:
+    """Mean over dimensions of the per-dimension variance, ``np.mean(np.var(X, axis=0))``.
+
+    This is the scale scikit-learn's ``KMeans`` multiplies ``tol`` by. The chunks' means and
+    sums of squared deviations are merged pairwise (Chan et al.) in float64, so features far
+    from the origin do not lose their variance to cancellation as ``E[x^2] - E[x]^2`` would.
+
+    Args:
+        store: Chunked features.
+        chunk_rows: Rows per chunk.
+
+    Returns:
+        The mean variance (population variance, ``ddof=0``); 0 for no samples.
+    """
+    n = 0
+    mean = np.zeros(store.dim, dtype=np.float64)
+    m2 = np.zeros(store.dim, dtype=np.float64)
+    for _, chunk in store.iter_chunks(chunk_rows):
+        c = chunk.astype(np.float64)
+        nc = len(c)
+        if nc == 0:
+            continue
+        c_mean = c.mean(axis=0)
+        c_m2 = ((c - c_mean) ** 2).sum(axis=0)
+        delta = c_mean - mean
+        total = n + nc
+        m2 += c_m2 + delta**2 * (n * nc / total)
+        mean += delta * (nc / total)
+        n = total
+    return float(m2.mean() / n) if n and store.dim else 0.0
+
+
+def _initial_centroids(
+    store: ChunkSource, k: int, init: str | np.ndarray, init_sample: int | None, rng: np.random.Generator
+) -> tuple[np.ndarray, int | None]:
+    n, dim = store.num_samples, store.dim
+    if not isinstance(init, str):
+        centroids = np.array(init, dtype=np.float32)
+        if centroids.shape != (k, dim):
+            raise ValueError(f"init has shape {centroids.shape}; expected ({k}, {dim})")
+        return centroids, None
+    if init != "k-means++":
+        raise ValueError(f"init={init!r}: must be 'k-means++' or a [k, D] array")
+    used = int(min(n, max(50 * k, 10000) if init_sample is None else max(k, init_sample)))
+    # sorted rows keep the subsample's reads sequential through the per-shard cache
+    rows = np.sort(rng.choice(n, size=used, replace=False)) if used < n else np.arange(n)
+    return kmeans_plus_plus(store.take(rows), k, rng), used
+
+
+def _lloyd_step(store: ChunkSource, centroids: np.ndarray, chunk_rows: int) -> tuple[np.ndarray, float, int]:
+    """One assignment + update pass: ``(new centroids, inertia before the update, empty clusters)``."""
+    k, dim = centroids.shape
+    sums = np.zeros((k, dim), dtype=np.float64)
+    counts = np.zeros(k, dtype=np.int64)
+    inertia = 0.0
+    for _, chunk in store.iter_chunks(chunk_rows):
+        idx, d = nearest_centroid(chunk, centroids)
+        kmeans_accumulate(chunk, idx, sums, counts)
+        inertia += float(d.sum(dtype=np.float64))
+    new = centroids.copy()
+    nonempty = counts > 0
+    new[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
+    return new, inertia, int((~nonempty).sum())
+
+
+def kmeans(
+    store: ChunkSource | np.ndarray,
+    k: int,
+    *,
+    iters: int = 20,
+    init: str | np.ndarray = "k-means++",
+    init_sample: int | None = None,
+    tol: float = 1e-4,
+    chunk_rows: int = 65536,
+    seed: int = 0,
+    progress: bool = False,
+) -> KMeansResult:
+    """Lloyd's k-means streamed over chunked features, in bounded memory.
+
+    Each iteration reads the features once, chunk by chunk. Memory: the K x D centroids and
+    float64 sums, one chunk, and the N cluster ids; never the whole feature matrix. An empty
+    cluster keeps its previous centroid (scikit-learn instead moves it to a far sample, so
+    results differ only when a cluster empties).
+
+    Stopping rule, as scikit-learn's ``KMeans``: after ``iters`` iterations, or as soon as the
+    squared centroid shift of an iteration, summed over all centroids, is at most
+    ``tol * mean(var(X, axis=0))``: ``tol`` is relative to the **mean per-dimension
+    variance** of the features (:func:`mean_feature_variance`), not their total variance.
+    An iteration whose assignments repeat the previous ones moves no centroid (shift 0), so
+    it also stops there, where scikit-learn declares strict convergence. The returned
+    assignment is against the final centroids.
+
+    Args:
+        store: A :class:`~.features.FeatureStore`, :class:`~.features.ArrayStore`, or an array.
+        k: Number of clusters.
+        iters: Maximum Lloyd iterations.
+        init: ``"k-means++"`` (on a seeded uniform subsample of ``init_sample`` rows) or an
+            explicit ``[k, D]`` array of initial centroids.
+        init_sample: Rows drawn for k-means++ (default ``min(N, max(50 * k, 10000))``).
+        tol: Tolerance on the summed squared centroid shift, relative to the mean
+            per-dimension variance of the features (scikit-learn's ``tol``).
+        chunk_rows: Rows read at a time.
+        seed: Seed of the subsample and of k-means++.
+        progress: Show a progress bar over iterations.
+
+    Returns:
+        The :class:`KMeansResult`.
+
+    Raises:
+        ValueError: ``k`` out of range or a malformed ``init``.
+    """
+    if isinstance(store, np.ndarray):
+        store = ArrayStore(store)
+    n = store.num_samples
+    if not 1 <= k <= n:
+        raise ValueError(f"clusters={k}: must be between 1 and the number of samples ({n})")
+    centroids, used_sample = _initial_centroids(store, k, init, init_sample, np.random.default_rng(seed))
+    threshold = tol * mean_feature_variance(store, chunk_rows)
+    it = 0
+    with tqdm(total=iters, desc="k-means", unit="iter", disable=not progress) as bar:
+        for it in range(1, iters + 1):
+            new, inertia, empty = _lloyd_step(store, centroids, chunk_rows)
+            shift = float(((new.astype(np.float64) - centroids) ** 2).sum())
+            centroids = new
+            bar.update(1)
+            bar.set_postfix(inertia=f"{inertia:.4g}", empty=empty, refresh=False)
+            log.debug("k-means iteration %d: inertia %.6g (before update), shift %.3g", it, inertia, shift)
+            if shift <= threshold:
+                break
+    assignments, inertia = assign(store, centroids, chunk_rows)
+    counts = np.bincount(assignments, minlength=k).astype(np.int64)
+    return KMeansResult(centroids, assignments, inertia, it, counts, used_sample)
