@@ -43,6 +43,7 @@ __all__ = [
     "KeepMask",
     "MaskFile",
     "open_mask",
+    "as_mask",
     "kept_counts",
     "check_ratio",
     "random_mask",
@@ -553,11 +554,21 @@ def open_mask(mask: MaskLike, manifest: Manifest) -> Mask | None:
     """
     if mask is None:
         return None
+    mask = as_mask(mask)
+    mask.check(manifest)
+    return mask
+
+
+def as_mask(mask: str | os.PathLike | Mask) -> Mask:
+    """A mask object from a mask file path or a mask (not yet checked against any manifest).
+
+    Raises:
+        TypeError: ``mask`` is neither a path nor a :class:`Mask`.
+    """
     if isinstance(mask, (str, os.PathLike)):
-        mask = MaskFile(mask)
+        return MaskFile(mask)
     if not isinstance(mask, Mask):
         raise TypeError(f"mask must be a path, MaskFile or KeepMask, not {type(mask).__name__}")
-    mask.check(manifest)
     return mask
 
 

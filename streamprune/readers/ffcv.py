@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import IndexMismatchError, StreamPruneError
 from ..manifest import Manifest, ManifestLike, open_manifest
-from ..masks import Mask, MaskFile, MaskLike, translate_mask
+from ..masks import MaskLike, as_mask, translate_mask
 from ..optional import require_ffcv
 
 __all__ = ["pruned_ffcv_loader", "kept_indices", "keep_array", "random_access_map", "ORDERS"]
@@ -71,10 +71,7 @@ def keep_array(mask: MaskLike, manifest: ManifestLike, mask_manifest: ManifestLi
     manifest = open_manifest(manifest)
     if mask is None:
         return None
-    if isinstance(mask, (str, os.PathLike)):
-        mask = MaskFile(mask)
-    if not isinstance(mask, Mask):
-        raise TypeError(f"mask must be a path, MaskFile or KeepMask, not {type(mask).__name__}")
+    mask = as_mask(mask)
     if mask.manifest_fingerprint == manifest.fingerprint:
         mask.check(manifest)
         return mask.to_bool()
