@@ -208,6 +208,16 @@ def _save_companion(index: ShardIndex, path: str, json_sha256: str) -> None:
     arrays = {"keys": np.frombuffer(blob, dtype=np.uint8), "labels": _narrow(index.labels, signed=True), **columns}
     if index.checksums is not None:
         arrays["checksums"] = np.asarray(index.checksums, dtype=np.uint64)
+    # One npz member for every column (back to back, 8-byte aligned, described in meta.columns):
+    # each npz member costs a zip entry and a header parse on load, more than the data itself.
+    layout, chunks, pos = [], [], 0
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        layout.append({"name": name, "dtype": a.dtype.str, "offset": pos, "length": len(a)})
+        chunks.append(a.tobytes())
+        pad = -a.nbytes % 8
+        chunks.append(bytes(pad))
+        pos += a.nbytes + pad
     meta = {
         "format": COMPANION_FORMAT,
         "version": COMPANION_VERSION,
@@ -220,9 +230,10 @@ def _save_companion(index: ShardIndex, path: str, json_sha256: str) -> None:
         "num_members": len(offset),
         "block": BLOCK,
         "checksum": index.checksum_algorithm if index.checksums is not None else "",
+        "columns": layout,
     }
     with atomic_open(path, "wb", fsync=False) as fh:
-        np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
+        np.savez(fh, meta=np.array(json.dumps(meta)), columns=np.frombuffer(b"".join(chunks), dtype=np.uint8))
 
 
 _COMPANION_ARRAYS = ("keys", "labels", "start_gap", "member_count", "member_ext", "member_gap", "member_size")
@@ -237,8 +248,16 @@ def _load_companion(path: str, json_sha256: str) -> ShardIndex | None:
                 return None  # another version (v1: int64 columns) is a stale cache: the JSON is read
             if meta.get("json_sha256") != json_sha256:
                 return None  # made from other JSON bytes: stale
-            names = _COMPANION_ARRAYS + (("checksums",) if meta.get("checksum") else ())
-            arrays = {name: z[name] for name in names}
+            data = z["columns"]
+        names = _COMPANION_ARRAYS + (("checksums",) if meta.get("checksum") else ())
+        layout = {c["name"]: c for c in meta["columns"]}
+        arrays = {}
+        for name in names:
+            c = layout[name]
+            dtype = np.dtype(c["dtype"])
+            if dtype.kind not in "iu" or c["offset"] % 8:
+                raise ValueError(f"column {name!r}: dtype {dtype} at offset {c['offset']}")
+            arrays[name] = np.frombuffer(data, dtype=dtype, count=c["length"], offset=c["offset"])
     except FileNotFoundError:
         return None
     except Exception as exc:  # a damaged cache must never stop a read: the JSON is the index
