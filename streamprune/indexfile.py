@@ -18,7 +18,8 @@ Beside it, :func:`save_index` writes a binary companion ``<shard>.index.npz`` (v
 holding the same index compactly: integers in the narrowest dtype that holds the shard's
 values, byte offsets replaced by gaps in 512-byte blocks (a sample's start, end and member
 offsets follow from them and the member sizes; checked when writing), keys as one
-NUL-separated UTF-8 blob, tagged with the SHA-256 of the JSON it was made from. Parsing the JSON costs ~2 us per sample, every epoch, in every
+NUL-separated UTF-8 blob, all in one ``columns`` array, tagged with the SHA-256 of the JSON it
+was made from (layout: FORMATS.md). Parsing the JSON costs ~2 us per sample, every epoch, in every
 DataLoader worker, whatever the mask keeps; the companion loads in a fraction of that and
 builds member tuples only for the samples actually read. The JSON stays the index: its bytes
 are still read and checked against the manifest, and a companion that is missing, unreadable,

@@ -10,8 +10,8 @@ import pytest
 from streamprune.errors import IndexMismatchError
 from streamprune.indexfile import companion_path, load_index
 from streamprune.indexing import index_shards
-from streamprune.tarindex import index_tar
 from streamprune.shardindex import MemberTable
+from streamprune.tarindex import index_tar
 
 
 def _json_only(path):

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamprune import PrunedWebDataset, index_shards
-from streamprune.readers import ShardFile, read_runs
 from streamprune.indexfile import companion_path, load_index, save_index
+from streamprune.readers import ShardFile, read_runs
 from streamprune.shardindex import MemberTable
 from streamprune.tarindex import BLOCK, index_tar, iter_tar_members, split_key_ext
 
@@ -224,7 +224,7 @@ def test_index_matches_tarfile_and_webdataset_on_generated_tars(fmt_name, spec):
         _check_companion(path, index)
         # and both agree with what was written
         assert index.keys == [key for key, _ in expected]
-        for i, (key, files) in enumerate(expected):
+        for i, (_key, files) in enumerate(expected):
             got = {ext: _read(path, off, size) for ext, off, size in index.members[i]}
             assert got == files
         assert index.shard_bytes == os.path.getsize(path)
