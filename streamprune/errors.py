@@ -15,6 +15,7 @@ __all__ = [
     "LabelError",
     "DuplicateKeyError",
     "CompressedShardError",
+    "ChecksumError",
 ]
 
 
@@ -48,3 +49,22 @@ class LabelError(StreamPruneError):
 
 class DuplicateKeyError(StreamPruneError):
     """The same sample key occurs twice in a shard or dataset."""
+
+
+class ChecksumError(StreamPruneError):
+    """A sample's bytes read from a shard do not match the checksum its index recorded.
+
+    Attributes:
+        shard: Path of the shard.
+        key: The sample's key.
+        start: First byte of the sample's range in the shard (headers included).
+        end: One past its last byte.
+    """
+
+    def __init__(self, message: str, shard: str = "", key: str = "", start: int = -1, end: int = -1) -> None:
+        super().__init__(message)
+        self.shard, self.key, self.start, self.end = shard, key, start, end
+
+    def __reduce__(self):
+        # keep the attributes when the error crosses a process boundary (DataLoader workers)
+        return (type(self), (str(self.args[0]) if self.args else "", self.shard, self.key, self.start, self.end))

@@ -6,14 +6,20 @@ Format (``<shard>.index.json``, UTF-8 JSON, version 1)::
      "shard": "shard-000000.tar", "shard_bytes": 123456, "sha256": "<hex or empty>",
      "keys": [...], "labels": [...],            # label -1 = unlabelled
      "start": [...], "end": [...],              # byte range of each sample (headers included)
-     "members": [[[ext, data_offset, size], ...], ...]}
+     "members": [[[ext, data_offset, size], ...], ...],
+     "checksum": "xxh3_64", "checksums": ["<16 hex digits>", ...]}   # optional
 
 Arrays are aligned by sample position in the shard. The manifest stores the SHA-256 of this
-file, so a mask bound to an index is bound to these exact byte ranges.
+file, so a mask bound to an index is bound to these exact byte ranges. ``checksums`` (optional:
+indexes written before it load without) is each sample's
+:func:`~streamprune.shardindex.sample_checksum`, what readers check with ``verify=True``.
 
-Beside it, :func:`save_index` writes a binary companion ``<shard>.index.npz`` holding the same
-arrays flat (keys as one NUL-separated UTF-8 blob, members as rows), tagged with the SHA-256
-of the JSON it was made from. Parsing the JSON costs ~2 us per sample, every epoch, in every
+Beside it, :func:`save_index` writes a binary companion ``<shard>.index.npz`` (version 2)
+holding the same index compactly: integers in the narrowest dtype that holds the shard's
+values, byte offsets replaced by gaps in 512-byte blocks (a sample's start, end and member
+offsets follow from them and the member sizes; checked when writing), keys as one
+NUL-separated UTF-8 blob, all in one ``columns`` array, tagged with the SHA-256 of the JSON it
+was made from (layout: FORMATS.md). Parsing the JSON costs ~2 us per sample, every epoch, in every
 DataLoader worker, whatever the mask keeps; the companion loads in a fraction of that and
 builds member tuples only for the samples actually read. The JSON stays the index: its bytes
 are still read and checked against the manifest, and a companion that is missing, unreadable,
@@ -32,6 +38,7 @@ import numpy as np
 from .atomic import atomic_open, atomic_write_json
 from .errors import IndexMismatchError, ManifestError
 from .shardindex import MemberTable, ShardIndex
+from .tarindex import BLOCK
 
 __all__ = ["INDEX_SUFFIX", "save_index", "load_index", "index_path_for", "companion_path"]
 
@@ -40,8 +47,10 @@ log = logging.getLogger(__name__)
 INDEX_FORMAT = "streamprune-index"
 INDEX_VERSION = 1
 INDEX_SUFFIX = ".index.json"
+#: Hex digits of each checksum algorithm's digest, as the JSON stores it (zero-padded).
+_HEX_DIGITS = {"xxh3_64": 16, "crc32": 8}
 COMPANION_FORMAT = "streamprune-index-companion"
-COMPANION_VERSION = 1
+COMPANION_VERSION = 2
 
 
 def index_path_for(shard_path: str | os.PathLike) -> str:
@@ -87,6 +96,7 @@ def save_index(
         "start": index.start.tolist(),
         "end": index.end.tolist(),
         "members": index.members if isinstance(index.members, list) else index.members.tolist(),  # tuples encode as arrays
+        **_checksum_fields(index),
         **(extra_fields or {}),
     }
     data = atomic_write_json(path, obj, fsync=False)
@@ -94,6 +104,49 @@ def save_index(
     if companion:
         _save_companion(index, companion_path(path), digest)
     return digest
+
+
+def _checksum_fields(index: ShardIndex) -> dict:
+    """The optional ``checksum``/``checksums`` JSON fields (none when the index has no checksums)."""
+    if index.checksums is None:
+        return {}
+    width = _HEX_DIGITS[index.checksum_algorithm]
+    return {"checksum": index.checksum_algorithm, "checksums": [f"{v:0{width}x}" for v in np.asarray(index.checksums).tolist()]}
+
+
+def _narrow(values: np.ndarray | list[int], signed: bool = False) -> np.ndarray:
+    """``values`` in the smallest integer dtype that holds them (what the companion stores)."""
+    a = np.asarray(values, dtype=np.int64)
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    for dtype in ((np.int8, np.int16, np.int32, np.int64) if signed else (np.uint8, np.uint16, np.uint32, np.uint64)):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return a.astype(dtype)
+    raise OverflowError(f"values {lo}..{hi} do not fit 64 bits")
+
+
+def _layout_from_gaps(
+    start_gap: np.ndarray, member_count: np.ndarray, member_gap: np.ndarray, member_size: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rebuild ``(start, end, member_first, member_offset)`` (int64) from the compact columns.
+
+    The tar layout, walked in order from byte 0: skip ``start_gap[i]`` blocks, the sample
+    starts; for each of its members skip ``member_gap[j]`` blocks (its headers), the data
+    starts, then the data padded to a whole block; the sample ends there.
+    """
+    n = len(member_count)
+    first = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(member_count, out=first[1:])
+    gap = member_gap.astype(np.int64) * BLOCK
+    padded = (member_size.astype(np.int64) + (BLOCK - 1)) // BLOCK * BLOCK
+    # walked[j]: bytes advanced by the members before member j (their headers and padded data)
+    walked = np.zeros(len(gap) + 1, dtype=np.int64)
+    np.cumsum(gap + padded, out=walked[1:])
+    skipped = np.cumsum(start_gap.astype(np.int64) * BLOCK)  # bytes between samples, up to sample i
+    start = skipped + walked[first[:-1]]
+    end = skipped + walked[first[1:]]
+    member_offset = np.repeat(skipped, member_count.astype(np.int64)) + walked[:-1] + gap
+    return start, end, first, member_offset
 
 
 def _save_companion(index: ShardIndex, path: str, json_sha256: str) -> None:
@@ -106,11 +159,10 @@ def _save_companion(index: ShardIndex, path: str, json_sha256: str) -> None:
     except UnicodeEncodeError:
         log.debug("%s: keys are not valid UTF-8; no binary companion (the JSON is used)", path)
         return
-    members = index.members
     extensions: list[str] = []
     ext_ids: dict[str, int] = {}
     counts, ext_col, offset_col, size_col = [], [], [], []
-    for group in members:
+    for group in index.members:
         counts.append(len(group))
         for ext, offset, size in group:
             e = ext_ids.get(ext)
@@ -120,8 +172,53 @@ def _save_companion(index: ShardIndex, path: str, json_sha256: str) -> None:
             ext_col.append(e)
             offset_col.append(offset)
             size_col.append(size)
-    first = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=first[1:])
+    start = np.asarray(index.start, dtype=np.int64)
+    end = np.asarray(index.end, dtype=np.int64)
+    offset = np.asarray(offset_col, dtype=np.int64)
+    size = np.asarray(size_col, dtype=np.int64)
+    count = np.asarray(counts, dtype=np.int64)
+    first = np.zeros(len(count) + 1, dtype=np.int64)
+    np.cumsum(count, out=first[1:])
+    # Gaps in blocks: between the previous sample's end and this sample's start, and between the
+    # previous position in the sample (its start, or the last member's padded data end) and a
+    # member's data. In a tar every one is a whole number of blocks (1 for a plain ustar header).
+    prev_end = np.concatenate([[0], end[:-1]])
+    padded = (size + (BLOCK - 1)) // BLOCK * BLOCK
+    before = np.concatenate([[0], offset + padded])[:-1] if len(offset) else offset
+    is_first = np.zeros(len(offset), dtype=bool)
+    is_first[first[:-1][count > 0]] = True
+    before = np.where(is_first, np.repeat(start, count), before)
+    start_gap_bytes = start - prev_end
+    member_gap_bytes = offset - before
+    gaps = np.concatenate([start_gap_bytes, member_gap_bytes])
+    if (gaps < 0).any() or (gaps % BLOCK).any() or (size < 0).any():
+        log.debug("%s: byte ranges are not a tar's block layout; no binary companion (the JSON is used)", path)
+        return
+    columns = {
+        "start_gap": _narrow(start_gap_bytes // BLOCK),
+        "member_count": _narrow(count),
+        "member_ext": _narrow(ext_col),
+        "member_gap": _narrow(member_gap_bytes // BLOCK),
+        "member_size": _narrow(size),
+    }
+    # Only what the layout rebuilds exactly is left out: check it, rather than trust the walk.
+    got = _layout_from_gaps(columns["start_gap"], columns["member_count"], columns["member_gap"], columns["member_size"])
+    if not (np.array_equal(got[0], start) and np.array_equal(got[1], end) and np.array_equal(got[3], offset)):
+        log.debug("%s: samples' byte ranges do not follow from their members; no binary companion (the JSON is used)", path)
+        return
+    arrays = {"keys": np.frombuffer(blob, dtype=np.uint8), "labels": _narrow(index.labels, signed=True), **columns}
+    if index.checksums is not None:
+        arrays["checksums"] = np.asarray(index.checksums, dtype=np.uint64)
+    # One npz member for every column (back to back, 8-byte aligned, described in meta.columns):
+    # each npz member costs a zip entry and a header parse on load, more than the data itself.
+    layout, chunks, pos = [], [], 0
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        layout.append({"name": name, "dtype": a.dtype.str, "offset": pos, "length": len(a)})
+        chunks.append(a.tobytes())
+        pad = -a.nbytes % 8
+        chunks.append(bytes(pad))
+        pos += a.nbytes + pad
     meta = {
         "format": COMPANION_FORMAT,
         "version": COMPANION_VERSION,
@@ -131,20 +228,16 @@ def _save_companion(index: ShardIndex, path: str, json_sha256: str) -> None:
         "sha256": index.sha256,
         "extensions": extensions,
         "num_samples": len(keys),
+        "num_members": len(offset),
+        "block": BLOCK,
+        "checksum": index.checksum_algorithm if index.checksums is not None else "",
+        "columns": layout,
     }
     with atomic_open(path, "wb", fsync=False) as fh:
-        np.savez(
-            fh,
-            meta=np.array(json.dumps(meta)),
-            keys=np.frombuffer(blob, dtype=np.uint8),
-            labels=np.asarray(index.labels, dtype=np.int64),
-            start=np.asarray(index.start, dtype=np.int64),
-            end=np.asarray(index.end, dtype=np.int64),
-            member_first=first,
-            member_ext=np.asarray(ext_col, dtype=np.int32),
-            member_offset=np.asarray(offset_col, dtype=np.int64),
-            member_size=np.asarray(size_col, dtype=np.int64),
-        )
+        np.savez(fh, meta=np.array(json.dumps(meta)), columns=np.frombuffer(b"".join(chunks), dtype=np.uint8))
+
+
+_COMPANION_ARRAYS = ("keys", "labels", "start_gap", "member_count", "member_ext", "member_gap", "member_size")
 
 
 def _load_companion(path: str, json_sha256: str) -> ShardIndex | None:
@@ -153,36 +246,55 @@ def _load_companion(path: str, json_sha256: str) -> ShardIndex | None:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if meta.get("format") != COMPANION_FORMAT or meta.get("version") != COMPANION_VERSION:
-                return None
+                return None  # another version (v1: int64 columns) is a stale cache: the JSON is read
             if meta.get("json_sha256") != json_sha256:
                 return None  # made from other JSON bytes: stale
-            arrays = {name: z[name] for name in ("keys", "labels", "start", "end", "member_first", "member_ext", "member_offset", "member_size")}
+            data = z["columns"]
+        names = _COMPANION_ARRAYS + (("checksums",) if meta.get("checksum") else ())
+        layout = {c["name"]: c for c in meta["columns"]}
+        arrays = {}
+        for name in names:
+            c = layout[name]
+            dtype = np.dtype(c["dtype"])
+            if dtype.kind not in "iu" or c["offset"] % 8:
+                raise ValueError(f"column {name!r}: dtype {dtype} at offset {c['offset']}")
+            arrays[name] = np.frombuffer(data, dtype=dtype, count=c["length"], offset=c["offset"])
     except FileNotFoundError:
         return None
     except Exception as exc:  # a damaged cache must never stop a read: the JSON is the index
         log.debug("%s: ignoring unreadable index companion (%s)", path, exc)
         return None
     n = int(meta.get("num_samples", -1))
-    keys = arrays["keys"].tobytes().decode("utf-8").split("\0") if n else []
-    first = arrays["member_first"]
-    m = len(arrays["member_ext"])
+    m = int(meta.get("num_members", -1))
     extensions = list(meta.get("extensions") or [])
+    count, ext_id = arrays["member_count"], arrays["member_ext"]
+    checksums = arrays.get("checksums")
     if not (
-        len(keys) == n == len(arrays["labels"]) == len(arrays["start"]) == len(arrays["end"]) == len(first) - 1
-        and first[0] == 0 and first[-1] == m == len(arrays["member_offset"]) == len(arrays["member_size"])
-        and (m == 0 or 0 <= arrays["member_ext"].min() and arrays["member_ext"].max() < len(extensions))
+        meta.get("block") == BLOCK
+        and len(arrays["labels"]) == n == len(arrays["start_gap"]) == len(count)
+        and int(count.sum(dtype=np.int64)) == m == len(ext_id) == len(arrays["member_gap"]) == len(arrays["member_size"])
+        and (m == 0 or int(ext_id.max()) < len(extensions))
+        and (checksums is None or len(checksums) == n)
+        and all(a.dtype.kind in "iu" for a in arrays.values())
     ):
         log.debug("%s: ignoring inconsistent index companion", path)
         return None
+    keys = arrays["keys"].tobytes().decode("utf-8").split("\0") if n else []
+    if len(keys) != n:
+        log.debug("%s: ignoring inconsistent index companion", path)
+        return None
+    start, end, first, offset = _layout_from_gaps(arrays["start_gap"], count, arrays["member_gap"], arrays["member_size"])
     return ShardIndex(
         shard=meta["shard"],
         shard_bytes=int(meta["shard_bytes"]),
         keys=keys,
-        labels=arrays["labels"],
-        start=arrays["start"],
-        end=arrays["end"],
-        members=MemberTable(first, arrays["member_ext"], arrays["member_offset"], arrays["member_size"], extensions),
+        labels=arrays["labels"].astype(np.int64),
+        start=start,
+        end=end,
+        members=MemberTable(first, ext_id, offset, arrays["member_size"], extensions),
         sha256=meta.get("sha256", ""),
+        checksums=None if checksums is None else checksums.astype(np.uint64),
+        checksum_algorithm=meta.get("checksum", "") if checksums is not None else "",
     )
 
 
@@ -225,9 +337,16 @@ def load_index(path: str | os.PathLike, expected_sha256: str | None = None) -> S
     if obj.get("version") != INDEX_VERSION:
         raise ManifestError(f"{path}: index version {obj.get('version')} is not supported (expected {INDEX_VERSION})")
     n = len(obj["keys"])
-    for field in ("labels", "start", "end", "members"):
+    has_checksums = "checksums" in obj
+    for field in ("labels", "start", "end", "members") + (("checksums",) if has_checksums else ()):
         if len(obj[field]) != n:
             raise ManifestError(f"{path}: field {field!r} has {len(obj[field])} entries for {n} keys")
+    checksums = None
+    if has_checksums:
+        try:
+            checksums = np.array([int(h, 16) for h in obj["checksums"]], dtype=np.uint64)
+        except (TypeError, ValueError, OverflowError):
+            raise ManifestError(f"{path}: field 'checksums' holds a value that is not a 64-bit hex number") from None
     return ShardIndex(
         shard=obj["shard"],
         shard_bytes=int(obj["shard_bytes"]),
@@ -237,4 +356,6 @@ def load_index(path: str | os.PathLike, expected_sha256: str | None = None) -> S
         end=np.asarray(obj["end"], dtype=np.int64),
         members=[[tuple(m) for m in group] for group in obj["members"]],
         sha256=obj.get("sha256", ""),
+        checksums=checksums,
+        checksum_algorithm=str(obj.get("checksum", "")) if has_checksums else "",
     )

@@ -54,6 +54,7 @@ def index_files(
     classes: list[str] | None = None,
     progress: bool = True,
     workers: int = 1,
+    sample_checksums: bool = True,
 ) -> Manifest:
     """Index tar shards or ``.beton`` files (chosen by content) and write their manifest.
 
@@ -67,6 +68,7 @@ def index_files(
         classes: Class names by label id.
         progress: Show a progress bar.
         workers: Tar shards indexed in parallel processes.
+        sample_checksums: Tar: record each sample's checksum (see :func:`index_shards`).
 
     Returns:
         The saved manifest.
@@ -83,7 +85,8 @@ def index_files(
     if all(kinds):
         return index_betons(paths, out_dir, label_field=label_field, checksum=checksum, classes=classes, progress=progress)
     return index_shards(
-        paths, out_dir, label_ext=label_ext, checksum=checksum, classes=classes, progress=progress, workers=workers
+        paths, out_dir, label_ext=label_ext, checksum=checksum, classes=classes, progress=progress, workers=workers,
+        sample_checksums=sample_checksums,
     )
 
 
@@ -113,9 +116,14 @@ def _claim_out_dir(out_dir: str | os.PathLike) -> str:
     return out_dir
 
 
-def _index_tar_file(path: str, rel: str, label_ext: str | None, checksum: bool, index_path: str) -> ShardIndex:
+def _index_tar_file(
+    path: str, rel: str, label_ext: str | None, checksum: bool, index_path: str, sample_checksums: bool = True
+) -> ShardIndex:
     auto = label_ext == AUTO_LABELS
-    index = index_tar(path, label_ext=DEFAULT_LABEL_EXT if auto else label_ext, name=rel, require_labels=not auto)
+    index = index_tar(
+        path, label_ext=DEFAULT_LABEL_EXT if auto else label_ext, name=rel, require_labels=not auto,
+        sample_checksums=sample_checksums,
+    )
     if checksum:
         index.sha256 = file_sha256(path)
     save_index(index, index_path)
@@ -157,6 +165,7 @@ def index_shards(
     classes: list[str] | None = None,
     progress: bool = True,
     workers: int = 1,
+    sample_checksums: bool = True,
 ) -> Manifest:
     """Index existing tar shards written by anyone and write their manifest.
 
@@ -175,6 +184,8 @@ def index_shards(
         classes: Class names by label id.
         progress: Show a progress bar.
         workers: Processes indexing shards in parallel.
+        sample_checksums: Record each sample's checksum in its index (reads every member's
+            data once more), so readers can verify samples (``verify=True``).
 
     Returns:
         The saved manifest.
@@ -192,12 +203,14 @@ def index_shards(
     with tqdm(total=len(jobs), desc="index", unit="shard", disable=not progress) as bar:
         if workers == 1 or len(jobs) <= 1:
             for k, (path, rel, index_name) in enumerate(jobs):
-                indexes[k] = _index_tar_file(path, rel, label_ext, checksum, os.path.join(out_dir, index_name))
+                indexes[k] = _index_tar_file(path, rel, label_ext, checksum, os.path.join(out_dir, index_name), sample_checksums)
                 bar.update(1)
         else:
             with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("fork")) as pool:
                 futures = {
-                    pool.submit(_index_tar_file, path, rel, label_ext, checksum, os.path.join(out_dir, index_name)): k
+                    pool.submit(
+                        _index_tar_file, path, rel, label_ext, checksum, os.path.join(out_dir, index_name), sample_checksums
+                    ): k
                     for k, (path, rel, index_name) in enumerate(jobs)
                 }
                 for future in cf.as_completed(futures):

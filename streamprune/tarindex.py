@@ -1,7 +1,8 @@
 """Walk tar headers and group members into webdataset samples with their byte ranges.
 
 The walk reads only the 512-byte headers (and the payloads of PAX and GNU long-name
-headers), never member data, so indexing runs at header-parsing speed. Members are grouped
+headers), never member data, so indexing runs at header-parsing speed; :func:`index_tar` then
+reads the member data once more only to compute each sample's checksum (optional). Members are grouped
 into samples the way webdataset does it: the key is the path up to the first dot of the
 basename, the extension is the rest (``x.seg.png`` -> key ``x``, extension ``seg.png``),
 consecutive members with the same key form one sample, and ``__*__`` metadata members,
@@ -20,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import CompressedShardError, DuplicateKeyError, LabelError, TarFormatError
-from .shardindex import MemberTable, ShardIndex
+from .shardindex import DEFAULT_CHECKSUM, MemberTable, ShardIndex, checksum_hasher
 
 __all__ = ["TarMember", "MemberTable", "ShardIndex", "iter_tar_members", "walk_headers", "index_tar", "split_key_ext"]
 
@@ -297,6 +298,8 @@ def index_tar(
     label_ext: str | None = None,
     name: str | None = None,
     require_labels: bool = True,
+    sample_checksums: bool = True,
+    checksum_algorithm: str = DEFAULT_CHECKSUM,
 ) -> ShardIndex:
     """Index one uncompressed tar shard.
 
@@ -307,6 +310,9 @@ def index_tar(
         name: Name to record for the shard; defaults to the file's basename.
         require_labels: Raise when a sample has no ``label_ext`` member; otherwise its label
             is ``-1`` (the caller decides what a partly labelled dataset means).
+        sample_checksums: Also checksum every sample's member data (reads every data byte
+            once; see :func:`~streamprune.shardindex.sample_checksum`), so readers can verify.
+        checksum_algorithm: Algorithm for ``sample_checksums``.
 
     Returns:
         The shard's :class:`ShardIndex` (``sha256`` left empty).
@@ -332,7 +338,30 @@ def index_tar(
         start=np.asarray(start, dtype=np.int64),
         end=np.asarray(end, dtype=np.int64),
         members=groups,
+        checksums=_checksum_groups(shard, groups, checksum_algorithm) if sample_checksums else None,
+        checksum_algorithm=checksum_algorithm if sample_checksums else "",
     )
+
+
+def _checksum_groups(shard: str, groups: list[list[tuple[str, int, int]]], algorithm: str) -> np.ndarray:
+    """Per sample, the checksum of its members' data in archive order (read through an mmap)."""
+    new = checksum_hasher(algorithm)
+    out = np.zeros(len(groups), dtype=np.uint64)
+    if not groups:
+        return out
+    digests = []
+    with open(shard, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)  # slices of a memoryview copy nothing
+        try:
+            for group in groups:
+                h = new()
+                for _, offset, size in group:
+                    h.update(view[offset : offset + size])
+                digests.append(h.intdigest())
+        finally:
+            view.release()  # the mmap cannot close while a view of it is alive
+    out[:] = digests
+    return out
 
 
 def _read_label(fd: int, group: list[tuple[str, int, int]], label_ext: str, shard: str, key: str, required: bool) -> int:

@@ -11,6 +11,7 @@ from streamprune.errors import IndexMismatchError
 from streamprune.indexfile import companion_path, load_index
 from streamprune.indexing import index_shards
 from streamprune.shardindex import MemberTable
+from streamprune.tarindex import index_tar
 
 
 def _json_only(path):
@@ -71,9 +72,11 @@ def test_a_damaged_companion_is_ignored(small_dataset, damage):
         open(c, "wb").write(data[: len(data) // 2])
     else:
         with np.load(c) as z:
-            arrays = {k: z[k] for k in z.files}
-        arrays["start"] = arrays["start"][:-1]
-        np.savez(c, **arrays)
+            meta, columns = json.loads(str(z["meta"])), z["columns"]
+        for column in meta["columns"]:
+            if column["name"] == "start_gap":
+                column["length"] -= 1
+        np.savez(c, meta=np.array(json.dumps(meta)), columns=columns)
     got = load_index(path, expected_sha256=m.shards[1].index_sha256)
     assert isinstance(got.members, list)  # parsed from the JSON
     _same(got, reference)
@@ -91,3 +94,136 @@ def test_member_table_behaves_like_the_list_of_member_lists():
     assert list(table) == groups and table == groups and table.tolist() == groups
     with pytest.raises(IndexError, match="sample 3 out of range"):
         table[3]
+
+
+def _companion_arrays(path):
+    """The companion's meta and its columns, decoded as FORMATS.md documents them."""
+    with np.load(companion_path(path)) as z:
+        meta, data = json.loads(str(z["meta"])), z["columns"]
+    assert z.files == ["meta", "columns"]
+    arrays = {c["name"]: np.frombuffer(data, np.dtype(c["dtype"]), c["length"], c["offset"]) for c in meta["columns"]}
+    return meta, arrays
+
+
+def _round_trip(index, path):
+    """Save ``index``; the companion-loaded index equals the JSON-loaded one and the original."""
+    from streamprune.indexfile import save_index  # local: only these tests write hand-built indexes
+
+    save_index(index, path)
+    assert os.path.exists(companion_path(path))
+    fast = load_index(path)
+    assert isinstance(fast.members, MemberTable)
+    slow = _json_only(path)
+    for got in (fast, slow):
+        _same(got, index)
+        assert got.checksum_algorithm == index.checksum_algorithm
+        assert (got.checksums is None) == (index.checksums is None)
+        if index.checksums is not None:
+            assert got.checksums.dtype == np.uint64 and got.checksums.tolist() == list(index.checksums)
+    return fast
+
+
+def test_compact_companion_round_trips_unicode_long_keys_and_pax_headers(tmp_path):
+    from streamprune.writers.tar import TarShardWriter  # local: the writer is only needed here
+
+    keys = ["ключ/日本語-" * 12 + "a", "s0", "dir/🙂", "x" * 300, "plain"]
+    with TarShardWriter(tmp_path / "u.tar", label_ext=None) as writer:
+        for i, key in enumerate(keys):
+            writer.write(key, {"txt": bytes(i * 700), "seg.png": b"p" * (i + 1)})
+        index = writer.close()
+    path = str(tmp_path / "u.tar.index.json")
+    _round_trip(index, path)
+    meta, arrays = _companion_arrays(path)
+    assert meta["version"] == 2 and meta["checksum"] == "xxh3_64"
+    assert arrays["member_gap"].max() > 1  # PAX path records before long names: more than one header block
+    assert arrays["labels"].dtype == np.int8 and arrays["member_size"].dtype == np.uint16
+
+
+def test_compact_companion_round_trips_an_empty_shard(tmp_path):
+    from streamprune.writers.tar import TarShardWriter  # local: the writer is only needed here
+
+    with TarShardWriter(tmp_path / "e.tar") as writer:
+        index = writer.close()
+    assert len(index) == 0 and index.checksums is not None and len(index.checksums) == 0
+    got = _round_trip(index, str(tmp_path / "e.tar.index.json"))
+    assert got.keys == [] and len(got.members) == 0
+    again = index_shards([tmp_path / "e.tar"], tmp_path / "idx", progress=False, label_ext=None)
+    assert again.num_samples == 0 and again.index(0).keys == []
+
+
+def test_compact_companion_keeps_gaps_of_skipped_members(tmp_path):
+    """Directories and ``__meta__`` members between and inside samples: offsets still rebuild exactly."""
+    import io
+    import tarfile  # local: a tar with skipped members needs the standard writer
+
+    path = tmp_path / "gaps.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+        def add(name, data=b"", kind=tarfile.REGTYPE):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tf.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+        add("__meta__", b"m" * 2000)
+        add("a.txt", b"a" * 10)
+        add("somedir", kind=tarfile.DIRTYPE)
+        add("a.cls", b"1")
+        add("__meta2__", b"z" * 5000)
+        add("b/" + "long" * 40 + ".txt", b"b" * 513)
+        add("b/" + "long" * 40 + ".cls", b"2")
+    index = index_tar(path, label_ext="cls")
+    assert len(index) == 2
+    _round_trip(index, str(tmp_path / "gaps.tar.index.json"))
+
+
+def test_companion_is_at_most_24_bytes_per_sample_plus_keys(small_dataset):
+    m = small_dataset
+    for k in range(len(m.shards)):
+        _, arrays = _companion_arrays(m.resolve(m.shards[k].index))
+        n = m.shards[k].samples
+        fixed = sum(a.nbytes for name, a in arrays.items() if name != "keys")
+        assert fixed / n <= 24, {name: a.dtype for name, a in arrays.items()}
+        assert arrays["keys"].nbytes == sum(len(key.encode()) + 1 for key in m.index(k).keys) - 1
+
+
+def test_an_index_whose_ranges_are_not_a_tar_layout_gets_no_companion(tmp_path):
+    from streamprune.indexfile import save_index  # local: only this test writes a hand-built index
+    from streamprune.shardindex import ShardIndex  # local: as above
+
+    index = ShardIndex("x.tar", 5000, ["a", "b"], np.array([0, 1]), np.array([0, 700]), np.array([700, 1400]),
+                       [[("txt", 100, 600)], [("txt", 800, 600)]])
+    path = str(tmp_path / "x.tar.index.json")
+    save_index(index, path)
+    assert not os.path.exists(companion_path(path))
+    got = load_index(path)
+    _same(got, index)
+    assert got.checksums is None
+
+
+def test_an_old_version_1_companion_is_ignored_and_rebuilt(tmp_path, small_dataset):
+    """A companion in the version-1 layout (int64 columns, written by hand as FORMATS.md documents it)
+    is not used, even when made from the same JSON bytes; re-indexing replaces it with version 2."""
+    import hashlib  # local: only this test hashes a sidecar by hand
+
+    m = small_dataset
+    path = m.resolve(m.shards[0].index)
+    reference = _json_only(path)
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    exts = sorted({e for g in reference.members for e, _, _ in g})
+    rows = [r for g in reference.members for r in g]
+    meta = {"format": "streamprune-index-companion", "version": 1, "json_sha256": digest, "shard": reference.shard,
+            "shard_bytes": reference.shard_bytes, "sha256": reference.sha256, "extensions": exts,
+            "num_samples": len(reference)}
+    with open(companion_path(path), "wb") as fh:
+        np.savez(fh, meta=np.array(json.dumps(meta)), keys=np.frombuffer("\0".join(reference.keys).encode(), np.uint8),
+                 labels=reference.labels, start=reference.start, end=reference.end,
+                 member_first=np.concatenate([[0], np.cumsum([len(g) for g in reference.members])]).astype(np.int64),
+                 member_ext=np.array([exts.index(r[0]) for r in rows], np.int32),
+                 member_offset=np.array([r[1] for r in rows], np.int64), member_size=np.array([r[2] for r in rows], np.int64))
+    got = load_index(path, expected_sha256=m.shards[0].index_sha256)
+    assert isinstance(got.members, list)  # the JSON was parsed: the old companion was not trusted
+    _same(got, reference)
+    assert got.checksums.tolist() == reference.checksums.tolist()
+    again = index_shards([m.shard_path(0)], m.root, progress=False, label_ext="cls")
+    assert _companion_arrays(path)[0]["version"] == 2
+    assert isinstance(load_index(again.resolve(again.shards[0].index)).members, MemberTable)

@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamprune import PrunedWebDataset, index_shards
+from streamprune.indexfile import companion_path, load_index, save_index
 from streamprune.readers import ShardFile, read_runs
+from streamprune.shardindex import MemberTable
 from streamprune.tarindex import BLOCK, index_tar, iter_tar_members, split_key_ext
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
@@ -161,9 +163,10 @@ def _check_against_webdataset(path: str, index) -> None:
 
 
 def _check_byte_range_reader(path: str, index) -> None:
-    """The pruned reader's header check accepts every sample and reads the same bytes as webdataset."""
+    """The pruned reader's header check accepts every sample and reads the same bytes as webdataset
+    (verifying every sample's checksum as it goes)."""
     reference = list(wds.WebDataset(path, shardshuffle=False))
-    with ShardFile(path, index, fadvise=False) as shard:
+    with ShardFile(path, index, fadvise=False, verify=True) as shard:
         for i in range(len(index)):
             shard.check_sample(i)
         got = list(read_runs(shard, np.arange(len(index)), path, max_run_bytes=4096))
@@ -190,6 +193,21 @@ def _check_ranges(path: str, index) -> None:
     assert all(index.end[:-1] <= index.start[1:])
 
 
+def _check_companion(path: str, index) -> None:
+    """The compact companion rebuilds every field exactly (gaps of skipped entries included)."""
+    sidecar = path + ".index.json"
+    save_index(index, sidecar)
+    got = load_index(sidecar)
+    if any("\0" in k for k in index.keys) or not os.path.exists(companion_path(sidecar)):
+        assert isinstance(got.members, list)  # keys a companion cannot hold: the JSON is used
+    else:
+        assert isinstance(got.members, MemberTable)
+    assert got.keys == index.keys and np.array_equal(got.labels, index.labels)
+    assert np.array_equal(got.start, index.start) and np.array_equal(got.end, index.end)
+    assert list(got.members) == [list(g) for g in index.members]
+    assert got.checksums.tolist() == index.checksums.tolist() and got.checksum_algorithm == index.checksum_algorithm
+
+
 @pytest.mark.parametrize("fmt_name", sorted(FORMATS))
 @SETTINGS
 @given(spec=tar_spec)
@@ -203,9 +221,10 @@ def test_index_matches_tarfile_and_webdataset_on_generated_tars(fmt_name, spec):
         _check_against_webdataset(path, index)
         _check_ranges(path, index)
         _check_byte_range_reader(path, index)
+        _check_companion(path, index)
         # and both agree with what was written
         assert index.keys == [key for key, _ in expected]
-        for i, (key, files) in enumerate(expected):
+        for i, (_key, files) in enumerate(expected):
             got = {ext: _read(path, off, size) for ext, off, size in index.members[i]}
             assert got == files
         assert index.shard_bytes == os.path.getsize(path)

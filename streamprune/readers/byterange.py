@@ -7,20 +7,28 @@ member by member straight into each value (one copy instead of two). The kernel'
 is switched off for the file (``POSIX_FADV_RANDOM``), since it would read pruned bytes, and
 instead the next kept runs are announced with ``POSIX_FADV_WILLNEED`` so the disk works
 ahead on exactly the bytes that will be used.
+
+With verification on (:class:`ShardFile` ``verify``), every sample read is hashed as its
+members arrive and compared with the checksum its index recorded; a mismatch is a
+:class:`~streamprune.errors.ChecksumError`, never a silently wrong sample. Whether a shard is
+verified when the caller does not say is a property of its storage (:func:`default_verify`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterator
 
 import numpy as np
 
-from ..errors import IndexMismatchError, TarFormatError
-from ..shardindex import ShardIndex
+from ..errors import ChecksumError, IndexMismatchError, ManifestError, TarFormatError
+from ..shardindex import ShardIndex, checksum_hasher
 from ..tarindex import BLOCK, split_key_ext, walk_headers
 
-__all__ = ["ShardFile", "read_runs", "plan_runs"]
+__all__ = ["ShardFile", "read_runs", "plan_runs", "default_verify"]
+
+log = logging.getLogger(__name__)
 
 _HAS_FADVISE = hasattr(os, "posix_fadvise")
 
@@ -64,6 +72,22 @@ def plan_runs(index: ShardIndex, order: np.ndarray, max_run_bytes: int) -> list[
     return runs
 
 
+def default_verify(path: str) -> bool:
+    """Whether samples of the shard at ``path`` are checksummed when the caller leaves it open.
+
+    Local files are not verified by default: the page cache and the disk's own checks make a
+    silently flipped byte rare, and hashing costs CPU on every epoch. Remote storage, once
+    readers support it, will answer ``True`` here (a transfer is a new chance to corrupt).
+
+    Args:
+        path: The shard's path or URL.
+
+    Returns:
+        The default of the ``verify`` argument of the readers for this shard.
+    """
+    return False
+
+
 class ShardFile:
     """An open shard checked against its index.
 
@@ -71,14 +95,21 @@ class ShardFile:
         path: Shard path.
         index: The shard's index.
         fadvise: Use ``posix_fadvise`` to disable read-ahead and prefetch kept ranges.
+        verify: Check every sample read against its checksum in the index. ``None``: the
+            storage's default (:func:`default_verify`), skipped quietly when the index has no
+            checksums; ``True`` on an index without checksums is an error.
 
     Raises:
         IndexMismatchError: The file's size or a member header disagrees with the index.
+        ManifestError: ``verify=True`` but the index has no checksums, or their algorithm is
+            not available here.
     """
 
-    def __init__(self, path: str, index: ShardIndex, fadvise: bool = True) -> None:
+    def __init__(self, path: str, index: ShardIndex, fadvise: bool = True, verify: bool | None = None) -> None:
         self.path = path
         self.index = index
+        self.verify = _resolve_verify(path, index, verify)
+        self._hasher = checksum_hasher(index.checksum_algorithm) if self.verify else None
         try:
             self.fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -129,6 +160,30 @@ class ShardFile:
                 f"{stored_size} bytes, index says {key + '.' + ext!r} with {size}); the shard was rewritten after indexing"
             )
 
+    def check_checksum(self, i: int, parts: list[bytes]) -> None:
+        """Check sample ``i``'s member data (in archive order) against its checksum in the index.
+
+        Raises:
+            ChecksumError: Naming the shard, the sample's key and its byte range.
+        """
+        h = self._hasher()  # type: ignore[misc]  # set whenever verify is on
+        for part in parts:
+            h.update(part)
+        got = h.intdigest()
+        stored = int(self.index.checksums[i])  # type: ignore[index]
+        if got != stored:
+            key = self.index.keys[i]
+            start, end = int(self.index.start[i]), int(self.index.end[i])
+            raise ChecksumError(
+                f"{self.path}: sample {key!r} (#{i}, bytes {start}-{end}) fails its {self.index.checksum_algorithm} "
+                f"checksum (index {stored:x}, read {got:x}): the shard's bytes changed after indexing (disk or "
+                "transfer damage, or the shard was rewritten in place); restore the shard or re-run `streamprune index`",
+                shard=self.path,
+                key=key,
+                start=start,
+                end=end,
+            )
+
     def prefetch(self, start: int, end: int) -> None:
         """Ask the kernel to start reading ``[start, end)`` in the background."""
         if self.fadvise and end > start:
@@ -145,6 +200,27 @@ class ShardFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _resolve_verify(path: str, index: ShardIndex, verify: bool | None) -> bool:
+    """``verify`` made definite for this shard (see :class:`ShardFile`)."""
+    if verify is None:
+        verify = default_verify(path)
+        if verify and index.checksums is None:
+            log.debug("%s: its index has no checksums; samples are read unverified", path)
+            return False
+    if not verify:
+        return False
+    if index.checksums is None:
+        raise ManifestError(
+            f"{path}: verify=True, but the shard's index has no per-sample checksums (it was written before "
+            "they existed, or without them); re-run `streamprune index` on the shard, or read with verify=False"
+        )
+    try:
+        checksum_hasher(index.checksum_algorithm)
+    except KeyError as exc:
+        raise ManifestError(f"{path}: cannot verify: {exc.args[0]}") from None
+    return True
 
 
 class _FileView:
@@ -171,7 +247,8 @@ def read_runs(
     A run of adjacent samples whose members average at least ``direct_member_bytes`` is read
     member by member, each straight into its ``bytes`` value (one copy); a run of smaller
     members is read with one positioned read and sliced (fewer system calls). A lone sample
-    is always read member by member. Either way only the kept samples' bytes are read.
+    is always read member by member. Either way only the kept samples' bytes are read. When
+    ``shard.verify`` is on, each sample is checked against its checksum before it is yielded.
 
     Args:
         shard: The open shard.
@@ -183,6 +260,9 @@ def read_runs(
 
     Yields:
         ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
+
+    Raises:
+        ChecksumError: ``shard.verify`` is on and a sample's bytes differ from its checksum.
     """
     index = shard.index
     order = np.asarray(order)
@@ -198,6 +278,7 @@ def read_runs(
     run_hi = index.end[order[[b - 1 for _, b in runs]]].tolist()
     n_runs = len(runs)
     fadvise = shard.fadvise
+    verify = shard.verify
     announced = 0  # runs[:announced] have been announced to the kernel
     announced_end_bytes = 0
     consumed_bytes = 0
@@ -215,13 +296,19 @@ def read_runs(
         if b - a == 1 or (hi - lo) >= direct_member_bytes * sum(len(members[p]) for p in positions[a:b]):
             for pos in positions[a:b]:
                 sample = {"__key__": keys[pos], "__url__": url}
-                for ext, offset, size in members[pos]:
+                group = members[pos]
+                for ext, offset, size in group:
                     sample[ext] = pread(fd, size, offset)
+                if verify:
+                    shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
                 yield sample
             continue
         view = memoryview(pread(fd, hi - lo, lo))
         for pos in positions[a:b]:
             sample = {"__key__": keys[pos], "__url__": url}
-            for ext, offset, size in members[pos]:
+            group = members[pos]
+            for ext, offset, size in group:
                 sample[ext] = bytes(view[offset - lo : offset - lo + size])
+            if verify:
+                shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
             yield sample

@@ -36,6 +36,8 @@ class PrunedMapDataset(Dataset):
         mask: Keep mask, or ``None`` for every sample.
         transform: Function applied to each sample dict.
         max_open_files: Shard file descriptors kept open per process.
+        verify: Check every sample read against its checksum in the index (as
+            :class:`~streamprune.readers.webdataset.PrunedSource`; ``None``: the storage's default).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class PrunedMapDataset(Dataset):
         mask: MaskLike = None,
         transform: Callable[[dict], object] | None = None,
         max_open_files: int = 64,
+        verify: bool | None = None,
     ) -> None:
         self.manifest = require_tar(open_manifest(manifest))
         self.mask = open_mask(mask, self.manifest)
@@ -53,6 +56,7 @@ class PrunedMapDataset(Dataset):
         self._pos_in_shard = self.kept_global - offsets[self._shard_of]
         self.transform = transform
         self.max_open_files = max_open_files
+        self.verify = verify
         self._files: dict[int, ShardFile] = {}
         self._pid = os.getpid()
 
@@ -68,7 +72,7 @@ class PrunedMapDataset(Dataset):
             if len(self._files) >= self.max_open_files:
                 oldest = next(iter(self._files))
                 self._files.pop(oldest).close()
-            shard = ShardFile(self.manifest.shard_path(k), self.manifest.index(k), fadvise=False)
+            shard = ShardFile(self.manifest.shard_path(k), self.manifest.index(k), fadvise=False, verify=self.verify)
             self._files[k] = shard
         return shard
 
@@ -80,8 +84,11 @@ class PrunedMapDataset(Dataset):
         shard = self._shard(k)
         index = shard.index
         sample: dict = {"__key__": index.keys[pos], "__url__": shard.path}
-        for ext, offset, size in index.members[pos]:
+        group = index.members[pos]
+        for ext, offset, size in group:
             sample[ext] = os.pread(shard.fd, size, offset)
+        if shard.verify:
+            shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
         return self.transform(sample) if self.transform is not None else sample
 
     def global_index(self, i: int) -> int:

@@ -62,6 +62,11 @@ class PrunedSource(IterableDataset):
         fadvise: Switch off kernel read-ahead and prefetch exactly the kept ranges.
         check_headers: Check each shard's first kept tar header against the index.
         max_run_bytes: Largest single read when coalescing adjacent kept samples.
+        verify: Check every sample read against its checksum in the index (a mismatch is a
+            :class:`~streamprune.errors.ChecksumError` naming shard, key and byte range).
+            ``None``: the storage's default (off for local files; see
+            :func:`~streamprune.readers.byterange.default_verify`). ``True`` on an index
+            without checksums is a :class:`~streamprune.errors.ManifestError`.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class PrunedSource(IterableDataset):
         fadvise: bool = True,
         check_headers: bool = True,
         max_run_bytes: int = 1 << 20,
+        verify: bool | None = None,
     ) -> None:
         super().__init__()
         # A private copy: iterating drops cached indexes, which must not touch the caller's object.
@@ -95,6 +101,7 @@ class PrunedSource(IterableDataset):
         self.fadvise = fadvise
         self.check_headers = check_headers
         self.max_run_bytes = max_run_bytes
+        self.verify = verify
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._kept_cache: dict[int, np.ndarray] = {}
@@ -156,7 +163,7 @@ class PrunedSource(IterableDataset):
                 self.shard_kept_positions(segment.shard), self.seed, epoch, segment.shard, self.shuffle
             )[segment.begin : segment.end]
             path = manifest.shard_path(segment.shard)
-            with ShardFile(path, manifest.index(segment.shard), fadvise=self.fadvise) as shard:
+            with ShardFile(path, manifest.index(segment.shard), fadvise=self.fadvise, verify=self.verify) as shard:
                 if self.check_headers and len(order):
                     shard.check_sample(int(order[0]))
                 yield from read_runs(shard, order, path, max_run_bytes=self.max_run_bytes)
@@ -179,7 +186,8 @@ class PrunedWebDataset(wds.DataPipeline, wds.FluidInterface):
     Args:
         manifest: Manifest path or object.
         mask: Keep mask, or ``None`` to read everything.
-        **kwargs: Passed to :class:`PrunedSource` (shuffle, seed, rank, world_size, uneven, ...).
+        **kwargs: Passed to :class:`PrunedSource` (shuffle, seed, rank, world_size, uneven,
+            verify, ...).
     """
 
     def __init__(self, manifest: ManifestLike, mask: MaskLike = None, **kwargs: Any) -> None:
@@ -196,7 +204,7 @@ class PrunedWebDataset(wds.DataPipeline, wds.FluidInterface):
         return len(self.source)
 
 
-def pruned_tarfile_samples(manifest: ManifestLike, mask: MaskLike = None, *, fadvise: bool = True):
+def pruned_tarfile_samples(manifest: ManifestLike, mask: MaskLike = None, *, fadvise: bool = True, verify: bool | None = None):
     """A stage that replaces ``wds.tarfile_to_samples()``: shard URLs in, kept samples out.
 
     Drop it into an existing pipeline that lists and splits shards itself::
@@ -208,18 +216,20 @@ def pruned_tarfile_samples(manifest: ManifestLike, mask: MaskLike = None, *, fad
         manifest: Manifest path or object covering the URLs.
         mask: Keep mask, or ``None``.
         fadvise: Switch off read-ahead and prefetch kept ranges.
+        verify: Check samples against their checksums (as :class:`PrunedSource`).
 
     Returns:
         A picklable callable taking an iterator of ``{"url": path}`` dicts (or path strings).
     """
-    return _TarfileStage(require_tar(open_manifest(manifest)), mask, fadvise)
+    return _TarfileStage(require_tar(open_manifest(manifest)), mask, fadvise, verify)
 
 
 class _TarfileStage:
-    def __init__(self, manifest: Manifest, mask: MaskLike, fadvise: bool) -> None:
+    def __init__(self, manifest: Manifest, mask: MaskLike, fadvise: bool, verify: bool | None = None) -> None:
         self.manifest = manifest
         self.mask = open_mask(mask, manifest)
         self.fadvise = fadvise
+        self.verify = verify
         self.by_path = {os.path.realpath(manifest.shard_path(k)): k for k in range(len(manifest.shards))}
 
     def __call__(self, urls: Iterable[Any]) -> Iterator[dict]:
@@ -229,7 +239,7 @@ class _TarfileStage:
             if k is None:
                 raise MaskMismatchError(f"{url}: shard is not in manifest {self.manifest.path}")
             keep = np.flatnonzero(self.mask.shard(k)) if self.mask is not None else np.arange(self.manifest.shards[k].samples)
-            with ShardFile(url, self.manifest.index(k), fadvise=self.fadvise) as shard:
+            with ShardFile(url, self.manifest.index(k), fadvise=self.fadvise, verify=self.verify) as shard:
                 if len(keep):
                     shard.check_sample(int(keep[0]))
                 yield from read_runs(shard, keep, url)

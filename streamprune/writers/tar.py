@@ -1,7 +1,8 @@
 """Write webdataset-compatible tar shards and record every member's byte range while writing.
 
 Members are written as POSIX ustar entries (a PAX ``path`` record for names over 100 bytes),
-with fixed mode, owner and mtime, so the same input gives byte-identical shards. After a
+with fixed mode, owner and mtime, so the same input gives byte-identical shards. Each sample's
+checksum is computed from the bytes in hand as they are written (no second read). After a
 shard is closed its headers are walked again and compared with what was written; only then
 is it renamed from its temporary name.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..atomic import file_sha256, temp_name
 from ..errors import DuplicateKeyError, LabelError, StreamPruneError
-from ..shardindex import ShardIndex
+from ..shardindex import DEFAULT_CHECKSUM, ShardIndex, checksum_hasher
 from ..tarindex import BLOCK, index_tar, parse_label
 
 __all__ = ["TarShardWriter"]
@@ -62,9 +63,18 @@ class TarShardWriter:
         path: Final shard path; data goes to a temporary sibling until :meth:`close`.
         label_ext: Extension under which integer labels are stored (``None``: unlabelled).
         mtime: Modification time stamped on every member (fixed for reproducible shards).
+        checksum_algorithm: Algorithm of the per-sample checksums recorded in the index (what
+            :func:`~streamprune.tarindex.index_tar` computes from the finished shard), or
+            ``None`` for none.
     """
 
-    def __init__(self, path: str | os.PathLike, label_ext: str | None = "cls", mtime: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        label_ext: str | None = "cls",
+        mtime: int = 0,
+        checksum_algorithm: str | None = DEFAULT_CHECKSUM,
+    ) -> None:
         self.path = os.fspath(path)
         self.tmp = temp_name(self.path)
         self.label_ext = label_ext
@@ -76,6 +86,9 @@ class TarShardWriter:
         self.start: list[int] = []
         self.end: list[int] = []
         self.members: list[list[tuple[str, int, int]]] = []
+        self.checksum_algorithm = checksum_algorithm or ""
+        self._hasher = checksum_hasher(checksum_algorithm) if checksum_algorithm else None
+        self.checksums: list[int] = []
         self._seen: set[str] = set()
 
     def _write(self, data: bytes) -> None:
@@ -117,6 +130,7 @@ class TarShardWriter:
             raise ValueError(f"sample {key!r} has no files")
         start = self._pos
         group: list[tuple[str, int, int]] = []
+        h = self._hasher() if self._hasher is not None else None
         for ext in sorted(items):
             if not ext or "/" in ext:
                 raise ValueError(f"sample {key!r}: bad extension {ext!r}")
@@ -129,6 +143,8 @@ class TarShardWriter:
                 name = name[:100]
             self._write(_header(name, len(data), b"0", self.mtime))
             group.append((ext, self._pos, len(data)))
+            if h is not None:
+                h.update(data)  # members in archive order, data bytes only: as index_tar hashes them
             self._write(data)
             self._write(_padding(len(data)))
         self.keys.append(key)
@@ -136,6 +152,8 @@ class TarShardWriter:
         self.start.append(start)
         self.end.append(self._pos)
         self.members.append(group)
+        if h is not None:
+            self.checksums.append(h.intdigest())
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -165,6 +183,8 @@ class TarShardWriter:
                 start=np.asarray(self.start, dtype=np.int64),
                 end=np.asarray(self.end, dtype=np.int64),
                 members=self.members,
+                checksums=np.asarray(self.checksums, dtype=np.uint64) if self._hasher is not None else None,
+                checksum_algorithm=self.checksum_algorithm,
             )
             self._verify(written)
             if checksum:
@@ -176,7 +196,8 @@ class TarShardWriter:
         return written
 
     def _verify(self, written: ShardIndex) -> None:
-        reread = index_tar(self.tmp, label_ext=None, name=written.shard)
+        # Headers only: the checksums came from the bytes written, so the data is not read again.
+        reread = index_tar(self.tmp, label_ext=None, name=written.shard, sample_checksums=False)
         if (
             reread.keys != written.keys
             or reread.shard_bytes != written.shard_bytes
