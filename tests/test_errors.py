@@ -320,3 +320,48 @@ def test_cli_index_third_party_shards_without_labels(tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 samples in 1 shards" in result.output
     assert Manifest.load(tmp_path / "idx").label_ext is None
+
+
+def _rename_member_in_place(path, old: bytes, new: bytes) -> None:
+    """Rewrite one ustar header's name (same length) and fix its checksum, as a rewritten shard would."""
+    raw = bytearray(open(path, "rb").read())
+    at = raw.index(old)
+    block = at - at % 512
+    raw[at : at + len(old)] = new
+    raw[block + 148 : block + 156] = b" " * 8
+    raw[block + 148 : block + 156] = b"%06o\0 " % sum(raw[block : block + 512])
+    open(path, "wb").write(bytes(raw))
+
+
+@pytest.mark.parametrize("mode", ["coalesced", "direct", "map"])
+def test_every_read_checks_its_first_header_not_only_the_shards_first(tmp_path, mode):
+    from streamprune import PrunedMapDataset, mask_from_bool
+
+    size = 40_000 if mode == "direct" else 300  # large members are read member by member
+    members = []
+    for i in range(8):
+        members += [(f"k{i}.bin", bytes([i]) * size), (f"k{i}.cls", b"1")]
+    path = _tar(tmp_path / "s.tar", members)
+    manifest = index_shards([path], tmp_path / "idx", progress=False)
+    # keep samples 0, 1 and 5, 6: two runs; the second run's first header is rewritten
+    mask = mask_from_bool(manifest, np.isin(np.arange(8), [0, 1, 5, 6]))
+    assert len(list(PrunedWebDataset(manifest, mask))) == 4
+    _rename_member_in_place(path, b"k5.bin", b"q5.bin")
+    if mode == "map":
+        ds = PrunedMapDataset(manifest, mask)
+        assert ds[0]["__key__"] == "k0"
+        with pytest.raises(IndexMismatchError, match=_named(manifest.shard_path(0)) + ".*'k5'"):
+            ds[2]
+    else:
+        with pytest.raises(IndexMismatchError, match=_named(manifest.shard_path(0)) + ".*'k5'"):
+            list(PrunedWebDataset(manifest, mask))
+
+
+def test_a_short_read_is_an_error_naming_the_shard_and_sample(tmp_path, good_tar):
+    from streamprune.readers.byterange import ShardFile, read_runs
+
+    manifest = index_shards([good_tar], tmp_path / "idx", progress=False)
+    with ShardFile(manifest.shard_path(0), manifest.index(0)) as shard:
+        os.truncate(good_tar, int(manifest.index(0).start[2]) + 600)  # cut after opening
+        with pytest.raises(IndexMismatchError, match=_named(manifest.shard_path(0)) + ".*'k0'.*read \\d+ of"):
+            list(read_runs(shard, np.arange(4), "u"))

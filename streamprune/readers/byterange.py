@@ -26,7 +26,7 @@ from ..errors import ChecksumError, IndexMismatchError, ManifestError, TarFormat
 from ..shardindex import ShardIndex, checksum_hasher
 from ..tarindex import BLOCK, split_key_ext, walk_headers
 
-__all__ = ["ShardFile", "read_runs", "plan_runs", "default_verify"]
+__all__ = ["ShardFile", "read_runs", "plan_runs", "default_verify", "read_exact"]
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,17 @@ class ShardFile:
         if self.fadvise:
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
 
-    def check_sample(self, i: int) -> None:
+    def check_sample(self, i: int, head: bytes | memoryview | None = None) -> None:
         """Check that the tar headers of sample ``i``'s first member match the index.
 
-        The headers are parsed as the indexer parses them (PAX ``path``, GNU long names and
-        the ustar name prefix applied), so any valid tar indexed earlier passes.
+        A plain ustar header (the common case) is compared field by field; anything else (PAX
+        or GNU long-name headers) is parsed as the indexer parses it (PAX ``path``, GNU long
+        names and the ustar name prefix applied), so any valid tar indexed earlier passes.
+
+        Args:
+            i: Sample position in the shard.
+            head: The sample's bytes from its first header on, when the caller has read them
+                already (a coalesced read); otherwise the header is read from the file.
 
         Raises:
             IndexMismatchError: Naming the shard, sample and what differs.
@@ -137,10 +143,19 @@ class ShardFile:
         ext, offset, size = self.index.members[i][0]
         key = self.index.keys[i]
         start = int(self.index.start[i])
+        if head is not None and offset - start == BLOCK and len(head) >= BLOCK:
+            header = bytes(head[:BLOCK])
+        elif head is None and offset - start == BLOCK:
+            header = read_exact(self.fd, BLOCK, start, self.path, key)
+        else:
+            header = None
+        if header is not None and _plain_header_matches(header, f"{key}.{ext}", size):
+            return
         member = None
         if 0 <= start <= offset - BLOCK:
+            view = _FileView(self.fd, start) if head is None else _BufferView(head, self.fd, start)
             try:
-                member = next(walk_headers(_FileView(self.fd, start), self.index.shard_bytes - start, self.path), None)
+                member = next(walk_headers(view, self.index.shard_bytes - start, self.path), None)
             except TarFormatError:
                 member = None
         name = member.name if member is not None else None
@@ -234,6 +249,50 @@ class _FileView:
         return os.pread(self.fd, span.stop - span.start, self.base + span.start)
 
 
+class _BufferView(_FileView):
+    """Like :class:`_FileView`, but served from bytes already read where they cover the slice."""
+
+    def __init__(self, head: bytes | memoryview, fd: int, base: int) -> None:
+        super().__init__(fd, base)
+        self.head = head
+
+    def __getitem__(self, span: slice) -> bytes:
+        if span.stop <= len(self.head):
+            return bytes(self.head[span.start : span.stop])
+        return super().__getitem__(span)
+
+
+def _plain_header_matches(header: bytes, name: str, size: int) -> bool:
+    """Whether a 512-byte ustar header names exactly ``name`` with ``size`` data bytes.
+
+    The cheap check every coalesced read gets; ``False`` also for headers this does not
+    parse (PAX, GNU long names, a name split into prefix and name, base-256 sizes), which the
+    caller then checks with the full header walk.
+    """
+    if header[156:157] not in (b"0", b"\0") or header[345:346] != b"\0":
+        return False
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) >= 100 or header[: len(raw)] != raw or header[len(raw)] != 0:
+        return False
+    field = header[124:136].split(b"\0", 1)[0].strip(b" ")
+    return field.isdigit() and int(field, 8) == size and all(c in b"01234567" for c in field)
+
+
+def read_exact(fd: int, size: int, offset: int, path: str, key: str) -> bytes:
+    """``os.pread`` that insists on ``size`` bytes.
+
+    Raises:
+        IndexMismatchError: Fewer bytes came back: the shard was cut short after indexing.
+    """
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise IndexMismatchError(
+            f"{path}: sample {key!r}: read {len(data)} of {size} bytes at offset {offset}; the shard is shorter "
+            "than its index says (truncated or rewritten after indexing)"
+        )
+    return data
+
+
 def read_runs(
     shard: ShardFile,
     order: np.ndarray,
@@ -273,7 +332,7 @@ def read_runs(
     keys = index.keys
     members = index.members
     fd = shard.fd
-    pread = os.pread
+    path = shard.path
     run_lo = index.start[order[[a for a, _ in runs]]].tolist()
     run_hi = index.end[order[[b - 1 for _, b in runs]]].tolist()
     n_runs = len(runs)
@@ -294,16 +353,19 @@ def read_runs(
         hi = run_hi[r]
         consumed_bytes += hi - lo
         if b - a == 1 or (hi - lo) >= direct_member_bytes * sum(len(members[p]) for p in positions[a:b]):
+            # every read starts with a header check: one header per run, not per sample
+            shard.check_sample(positions[a])
             for pos in positions[a:b]:
                 sample = {"__key__": keys[pos], "__url__": url}
                 group = members[pos]
                 for ext, offset, size in group:
-                    sample[ext] = pread(fd, size, offset)
+                    sample[ext] = read_exact(fd, size, offset, path, keys[pos])
                 if verify:
                     shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
                 yield sample
             continue
-        view = memoryview(pread(fd, hi - lo, lo))
+        view = memoryview(read_exact(fd, hi - lo, lo, path, keys[positions[a]]))
+        shard.check_sample(positions[a], view)
         for pos in positions[a:b]:
             sample = {"__key__": keys[pos], "__url__": url}
             group = members[pos]
