@@ -14,9 +14,19 @@ forgetting and AUM are defined), stores per sample and epoch:
 ``el2n``      ``||softmax(f(x)) - onehot(y)||_2`` (not derivable from ``p_y`` alone)
 ============  ==============================================================
 
-Optionally, at chosen epochs (``grand_epochs``: ``0`` = at initialisation, ``e`` = after ``e``
-epochs of training), a separate pass in evaluation mode computes each sample's GraNd score
-``||grad_theta CE(f(x), y)||_2`` (:func:`~streamprune.gradnorms.per_sample_grad_norms`).
+Optionally, at chosen epochs (``0`` = at initialisation, ``e`` = after ``e`` epochs of
+training), separate passes over every kept sample in **evaluation mode** (BatchNorm on its
+running statistics, no weight update, so a sample's value does not depend on its batch or on
+where in the epoch it was seen) record snapshot scores, as Paul et al. (2021) define them:
+
+* ``grand_epochs``: GraNd, ``||grad_theta CE(f(x), y)||_2``
+  (:func:`~streamprune.gradnorms.per_sample_grad_norms`), first run only;
+* ``el2n_epochs``: EL2N, ``||softmax(f(x)) - onehot(y)||_2``, in every run.
+
+``runs`` trains that many independent models one after the other, with seeds ``seed``,
+``seed + 1``, ... (initialisation, unless a ``checkpoint`` fixes it, and data order); the paper
+averages EL2N over such runs. ``dynamics.npy`` and ``grand.npy`` hold the first run (seed
+``seed``); ``el2n.npy`` holds every run's snapshots.
 
 Training runs through :func:`streamprune.train.fit`, the same loop as ``train-surrogate``;
 this module only hooks it: each batch's statistics go into the array, each epoch's sample
@@ -26,10 +36,11 @@ Files in the output directory (format in ``FORMATS.md``)::
 
     dynamics.npy    float32 [epochs, N, fields], manifest order; NaN rows for samples a mask pruned
     grand.npy       float32 [len(grand_epochs), N] (only with grand_epochs); NaN for pruned samples
+    el2n.npy        float32 [runs, len(el2n_epochs), N] (only with el2n_epochs); NaN for pruned samples
     dynamics.json   sidecar: format, version, fields, epochs, manifest fingerprint, model, seed,
                     optimizer, seconds per epoch, ...
 
-Both arrays are written under temporary names and renamed when the run completes; the sidecar
+The arrays are written under temporary names and renamed when the run completes; the sidecar
 is written (atomically) last, so a directory with a ``dynamics.json`` holds a whole recording.
 :func:`load_dynamics` reads it back memory-mapped and refuses a recording made for another
 manifest.
@@ -87,7 +98,9 @@ __all__ = [
     "DYNAMICS_META",
     "DYNAMICS_VERSION",
     "FIELDS",
+    "EL2N_ARRAY",
     "GRAND_ARRAY",
+    "READABLE_VERSIONS",
     "Dynamics",
     "batch_statistics",
     "load_dynamics",
@@ -97,11 +110,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DYNAMICS_FORMAT = "streamprune-dynamics"
-DYNAMICS_VERSION = 1
+#: Version 2 added the evaluation-mode EL2N snapshots (``el2n.npy``, the sidecar's ``el2n``,
+#: ``runs`` and ``seeds``); version-1 recordings (none of these) still load.
+DYNAMICS_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 #: Per-sample, per-epoch quantities stored in ``dynamics.npy`` (last axis, in this order).
 FIELDS = ("correct", "p_true", "margin", "loss", "el2n")
 DYNAMICS_ARRAY = "dynamics.npy"
 GRAND_ARRAY = "grand.npy"
+EL2N_ARRAY = "el2n.npy"
 DYNAMICS_META = "dynamics.json"
 
 
@@ -138,11 +155,11 @@ def _kept_bool(mask: Mask | None, manifest: Manifest) -> np.ndarray:
     return np.asarray(mask.to_bool(), dtype=bool)
 
 
-def _check_grand_epochs(grand_epochs: Sequence[int], epochs: int) -> list[int]:
-    out = sorted({int(g) for g in grand_epochs})
+def _check_snapshot_epochs(name: str, at: Sequence[int], epochs: int) -> list[int]:
+    out = sorted({int(g) for g in at})
     bad = [g for g in out if not 0 <= g <= epochs]
     if bad:
-        raise ValueError(f"grand_epochs={list(grand_epochs)}: each must be in 0..{epochs} (0 = before training, e = after epoch e)")
+        raise ValueError(f"{name}={list(at)}: each must be in 0..{epochs} (0 = before training, e = after epoch e)")
     return out
 
 
@@ -203,55 +220,64 @@ def _open_data(manifest: ManifestLike, checkpoint: str | os.PathLike | None, mas
 
 
 class _Arrays:
-    """``dynamics.npy`` (and ``grand.npy``) open under temporary names until :meth:`commit`.
+    """``dynamics.npy`` (and ``grand.npy``, ``el2n.npy``) open under temporary names until :meth:`commit`.
 
     Closing without a commit (an error, an interrupt) unmaps and deletes the temporary
     files, so a previous recording in the directory stays whole.
     """
 
-    def __init__(self, out_dir: str, epochs: int, num_samples: int, grand_snapshots: int) -> None:
+    def __init__(self, out_dir: str, epochs: int, num_samples: int, grand_snapshots: int, el2n_shape: tuple[int, int]) -> None:
         self.final = os.path.join(out_dir, DYNAMICS_ARRAY)
         self.final_grand = os.path.join(out_dir, GRAND_ARRAY)
+        self.final_el2n = os.path.join(out_dir, EL2N_ARRAY)
         self.meta_path = os.path.join(out_dir, DYNAMICS_META)
-        self.tmp, self.tmp_grand = temp_name(self.final), temp_name(self.final_grand)
+        self.tmp, self.tmp_grand, self.tmp_el2n = temp_name(self.final), temp_name(self.final_grand), temp_name(self.final_el2n)
         self.shape = (epochs, num_samples, len(FIELDS))
         self.grand_shape = (grand_snapshots, num_samples) if grand_snapshots else None
+        runs, snapshots = el2n_shape
+        self.el2n_shape = (runs, snapshots, num_samples) if snapshots else None
         self.dynamics: np.ndarray | None = None
         self.grand: np.ndarray | None = None
+        self.el2n: np.ndarray | None = None
 
     def open(self) -> None:
-        """Create the temporary memory-mapped arrays (``grand.npy`` rows start as NaN)."""
+        """Create the temporary memory-mapped arrays (snapshot rows start as NaN)."""
         self.dynamics = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=self.shape)
         if self.grand_shape:
             self.grand = np.lib.format.open_memmap(self.tmp_grand, mode="w+", dtype=np.float32, shape=self.grand_shape)
             self.grand[:] = np.nan
+        if self.el2n_shape:
+            self.el2n = np.lib.format.open_memmap(self.tmp_el2n, mode="w+", dtype=np.float32, shape=self.el2n_shape)
+            self.el2n[:] = np.nan
 
     def commit(self) -> None:
-        """Flush both arrays and rename them into place (a stale sidecar is removed first)."""
+        """Flush the arrays and rename them into place (a stale sidecar is removed first)."""
         self.dynamics.flush()
         self.dynamics = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.meta_path)  # a stale sidecar must never vouch for the new arrays
         os.replace(self.tmp, self.final)
-        if self.grand is not None:
-            self.grand.flush()
-            self.grand = None
-            os.replace(self.tmp_grand, self.final_grand)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.final_grand)
+        for attr, tmp, final in (("grand", self.tmp_grand, self.final_grand), ("el2n", self.tmp_el2n, self.final_el2n)):
+            arr = getattr(self, attr)
+            if arr is not None:
+                arr.flush()
+                setattr(self, attr, None)
+                os.replace(tmp, final)
+            else:  # an older recording's snapshots must not sit beside this one
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(final)
 
     def close(self) -> None:
         """Unmap, and delete whatever was not committed."""
-        self.dynamics = self.grand = None  # unmap before unlinking
-        for path in (self.tmp, self.tmp_grand):
+        self.dynamics = self.grand = self.el2n = None  # unmap before unlinking
+        for path in (self.tmp, self.tmp_grand, self.tmp_el2n):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
 
 @contextlib.contextmanager
-def _temporary_arrays(out_dir: str, epochs: int, num_samples: int, grand_snapshots: int) -> Iterator[_Arrays]:
-    arrays = _Arrays(out_dir, epochs, num_samples, grand_snapshots)
+def _temporary_arrays(out_dir: str, epochs: int, num_samples: int, grand_snapshots: int, el2n_shape: tuple[int, int]) -> Iterator[_Arrays]:
+    arrays = _Arrays(out_dir, epochs, num_samples, grand_snapshots, el2n_shape)
     try:
         arrays.open()
         yield arrays
@@ -287,33 +313,79 @@ class _GrandPass:
         self.seconds.append(round(time.perf_counter() - t0, 3))
 
 
-class _Recorder:
-    """:func:`~streamprune.train.fit` hooks that write each batch's :data:`FIELDS` into ``dynamics.npy``."""
+class _El2nPass:
+    """EL2N of every kept sample from an evaluation-mode forward pass, into one row of ``el2n.npy``.
 
-    def __init__(self, arrays: _Arrays, data: _Data, dataset: Any, grand: _GrandPass, grand_at: list[int], epochs: int) -> None:
-        self.arrays, self.data, self.dataset = arrays, data, dataset
-        self.grand, self.grand_at, self.epochs = grand, grand_at, epochs
+    The same quantity as the training pass's ``el2n`` field (:func:`batch_statistics`), but
+    with the weights of one moment (the end of an epoch) and BatchNorm on its running
+    statistics, as Paul et al. score their early checkpoints.
+    """
+
+    def __init__(self, model: nn.Module, data: _Data, *, batch_size: int, workers: int, device: torch.device, run: int, progress: bool) -> None:
+        self.model, self.data = model, data
+        self.batch_size, self.workers, self.device, self.run, self.progress = batch_size, workers, device, run, progress
+        self.seconds: list[float] = []
+
+    def __call__(self, out: np.ndarray, at: int) -> None:
+        t0 = time.perf_counter()
+        m = self.data.manifest
+        batches = eval_batches(m, self.data.mask, input_size=self.data.input_size, batch_size=self.batch_size, workers=self.workers, labels=True)
+        training = self.model.training
+        self.model.eval()
+        count = np.zeros(m.num_samples, dtype=np.int32)
+        column = FIELDS.index("el2n")
+        desc = f"el2n run {self.run} @ epoch {at}"
+        with torch.no_grad(), tqdm(total=len(batches), desc=desc, unit="sample", disable=not self.progress) as bar:
+            for pos, x, y in batches:
+                logits = self.model(x.to(self.device))
+                out[pos] = batch_statistics(logits, y.to(self.device))[:, column].cpu().numpy()
+                np.add.at(count, pos, 1)
+                bar.update(len(pos))
+        self.model.train(training)
+        _check_counts(count, self.data.kept, m, f"el2n pass of run {self.run} at epoch {at}")
+        self.seconds.append(round(time.perf_counter() - t0, 3))
+
+
+class _Recorder:
+    """:func:`~streamprune.train.fit` hooks of one run.
+
+    Each batch's :data:`FIELDS` go into ``dynamics.npy`` (first run only: forgetting and AUM
+    are defined on one training trajectory), the snapshot passes run at the chosen epochs, and
+    every epoch's sample counts are checked.
+    """
+
+    def __init__(self, arrays: _Arrays, data: _Data, dataset: Any, epochs: int, *, run: int,
+                 grand: _GrandPass | None, grand_at: list[int], el2n: _El2nPass, el2n_at: list[int]) -> None:
+        self.arrays, self.data, self.dataset, self.epochs, self.run = arrays, data, dataset, epochs, run
+        self.grand, self.grand_at, self.el2n, self.el2n_at = grand, grand_at, el2n, el2n_at
+        self.record = run == 0
         self.count = np.zeros(data.manifest.num_samples, dtype=np.int32)
 
     def snapshot(self, at: int) -> None:
-        """Gradient norms after ``at`` epochs, if asked for then."""
-        if at in self.grand_at:
+        """Evaluation-mode passes after ``at`` epochs, if asked for then."""
+        if self.grand is not None and at in self.grand_at:
             self.grand(self.arrays.grand[self.grand_at.index(at)], at)
+        if at in self.el2n_at:
+            self.el2n(self.arrays.el2n[self.run, self.el2n_at.index(at)], at)
 
     def epoch_start(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
-        self.arrays.dynamics[epoch] = np.nan
+        if self.record:
+            self.arrays.dynamics[epoch] = np.nan
         self.count[:] = 0
 
     def batch(self, b: BatchOutput) -> None:
-        self.arrays.dynamics[b.epoch, b.indices] = batch_statistics(b.logits, b.labels).cpu().numpy()
+        if self.record:
+            self.arrays.dynamics[b.epoch, b.indices] = batch_statistics(b.logits, b.labels).cpu().numpy()
         np.add.at(self.count, b.indices, 1)
 
     def epoch_end(self, stats: EpochStats) -> None:
-        _check_counts(self.count, self.data.kept, self.data.manifest, f"epoch {stats.epoch + 1}")
-        self.arrays.dynamics.flush()
+        _check_counts(self.count, self.data.kept, self.data.manifest, f"run {self.run}, epoch {stats.epoch + 1}")
+        if self.record:
+            self.arrays.dynamics.flush()
         log.info(
-            "dynamics epoch %d/%d: loss %.4f, accuracy %.4f, %.1f s", stats.epoch + 1, self.epochs, stats.loss, stats.accuracy, stats.seconds
+            "dynamics run %d, epoch %d/%d: loss %.4f, accuracy %.4f, %.1f s",
+            self.run, stats.epoch + 1, self.epochs, stats.loss, stats.accuracy, stats.seconds,
         )
         self.snapshot(stats.epoch + 1)
 
@@ -336,6 +408,8 @@ def record_dynamics(
     device: str | None = "cpu",
     seed: int = 0,
     grand_epochs: Sequence[int] = (),
+    el2n_epochs: Sequence[int] = (),
+    runs: int = 1,
     grad_chunk: int = 16,
     grad_strategy: str = "auto",
     progress: bool = True,
@@ -367,9 +441,16 @@ def record_dynamics(
         input_size: Network input side (default: the checkpoint's, else 32).
         workers: DataLoader worker processes decoding images.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        seed: Seed of the initialisation and of the data order.
+        seed: Seed of the initialisation and of the data order (of the first run).
         grand_epochs: Epochs at which to compute per-sample gradient norms (``0``: at
-            initialisation, ``e``: after ``e`` epochs), evaluation mode, all parameters.
+            initialisation, ``e``: after ``e`` epochs), evaluation mode, all parameters; first
+            run only.
+        el2n_epochs: Epochs at which to compute every kept sample's EL2N in evaluation mode
+            (``0``: at initialisation, ``e``: after ``e`` epochs), in every run.
+        runs: Independent training runs, seeds ``seed``, ``seed + 1``, ...; each trains a
+            fresh model (from ``checkpoint`` if given, else a seeded random initialisation)
+            with its own data order. More than one needs ``el2n_epochs`` (only the EL2N
+            snapshots use the later runs).
         grad_chunk: Samples vmapped at once for the gradient norms.
         grad_strategy: ``"vmap"`` (``torch.func``), ``"loop"`` (one autograd call per
             sample), or ``"auto"``: vmap on CUDA, loop on the CPU, where vmapped
@@ -378,8 +459,9 @@ def record_dynamics(
         progress: Show progress bars.
 
     Returns:
-        ``{"dir", "meta", "array", "grand_array", "epochs", "num_samples", "recorded",
-        "seconds_per_epoch", "train_loss", "train_accuracy", "grand_epochs"}``.
+        ``{"dir", "meta", "array", "grand_array", "el2n_array", "epochs", "num_samples",
+        "recorded", "seconds_per_epoch", "train_loss", "train_accuracy", "grand_epochs",
+        "el2n_epochs", "runs"}`` (the per-epoch lists are the first run's).
 
     Raises:
         ValueError: Bad argument.
@@ -387,66 +469,101 @@ def record_dynamics(
             checkpoint trained on other classes, or a sample not read exactly once per epoch.
     """
     _check_arguments(epochs, batch_size, optimizer, schedule, lr, grad_chunk, grad_strategy)
-    grand_at = _check_grand_epochs(grand_epochs, epochs)
+    grand_at = _check_snapshot_epochs("grand_epochs", grand_epochs, epochs)
+    el2n_at = _check_snapshot_epochs("el2n_epochs", el2n_epochs, epochs)
+    if int(runs) != runs or runs < 1:
+        raise ValueError(f"runs={runs}: must be a whole number >= 1")
+    if runs > 1 and not el2n_at:
+        raise ValueError(f"runs={runs}: only the EL2N snapshots use the later runs; give el2n_epochs (e.g. [1, 2]) or runs=1")
+    runs = int(runs)
     data = _open_data(manifest, checkpoint, mask, input_size)
-    m, n, num_classes = data.manifest, data.manifest.num_samples, data.manifest.num_classes
+    m, n = data.manifest, data.manifest.num_samples
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     _remove_stale_temps(out_dir)
 
     dev = resolve_device(device)
     strategy = resolve_grad_strategy(grad_strategy, dev)
-    torch.manual_seed(seed)
-    model = build_surrogate(arch, num_classes, checkpoint).to(dev)
-    ds, loader = training_loader(
-        m, data.mask, input_size=data.input_size, batch_size=batch_size, workers=workers, seed=seed, with_keys=True, rank=0, world_size=1
-    )
-    total_steps = epochs * math.ceil(len(ds) / batch_size)
     peak = OPTIMIZERS[optimizer] if lr is None else float(lr)
-    opt = make_optimizer(optimizer, model.parameters(), peak, weight_decay)
-    sched = make_schedule(opt, peak, total_steps, schedule)
-    grand = _GrandPass(
-        model, data, batch_size=batch_size, workers=workers, device=dev, grad_chunk=grad_chunk, strategy=strategy, progress=progress
-    )
-    with _temporary_arrays(out_dir, epochs, n, len(grand_at)) as arrays, cpu_threads_beside_workers(workers, dev):
-        recorder = _Recorder(arrays, data, ds, grand, grand_at, epochs)
-        recorder.snapshot(0)
-        run = fit(
-            model, loader, epochs=epochs, optimizer=opt, schedule=sched, device=dev, index_of=data.position_of,
-            on_epoch_start=recorder.epoch_start, on_batch=recorder.batch, on_epoch_end=recorder.epoch_end,
-            progress=progress, desc=f"dynamics {arch}",
-        )
+    fits: list[FitResult] = []
+    grand_seconds: list[float] = []
+    el2n_seconds: list[list[float]] = []
+    total_steps = 0
+    with _temporary_arrays(out_dir, epochs, n, len(grand_at), (runs, len(el2n_at))) as arrays, cpu_threads_beside_workers(workers, dev):
+        for run in range(runs):
+            torch.manual_seed(seed + run)
+            model = build_surrogate(arch, m.num_classes, checkpoint).to(dev)
+            ds, loader = training_loader(
+                m, data.mask, input_size=data.input_size, batch_size=batch_size, workers=workers, seed=seed + run, with_keys=True,
+                rank=0, world_size=1,
+            )
+            total_steps = epochs * math.ceil(len(ds) / batch_size)
+            opt = make_optimizer(optimizer, model.parameters(), peak, weight_decay)
+            sched = make_schedule(opt, peak, total_steps, schedule)
+            grand = None
+            if run == 0:
+                grand = _GrandPass(
+                    model, data, batch_size=batch_size, workers=workers, device=dev, grad_chunk=grad_chunk, strategy=strategy,
+                    progress=progress,
+                )
+            el2n = _El2nPass(model, data, batch_size=batch_size, workers=workers, device=dev, run=run, progress=progress)
+            recorder = _Recorder(arrays, data, ds, epochs, run=run, grand=grand, grand_at=grand_at, el2n=el2n, el2n_at=el2n_at)
+            recorder.snapshot(0)
+            fits.append(fit(
+                model, loader, epochs=epochs, optimizer=opt, schedule=sched, device=dev, index_of=data.position_of,
+                on_epoch_start=recorder.epoch_start, on_batch=recorder.batch, on_epoch_end=recorder.epoch_end,
+                progress=progress, desc=f"dynamics {arch}" + (f" run {run + 1}/{runs}" if runs > 1 else ""),
+            ))
+            if grand is not None:
+                grand_seconds = grand.seconds
+            el2n_seconds.append(el2n.seconds)
         arrays.commit()
 
+    first = fits[0]
     recorded = int(data.kept.sum())
+    seeds = [seed + r for r in range(runs)]
     training = {"name": optimizer, "lr": peak, "weight_decay": weight_decay, "schedule": schedule, "batch_size": batch_size, "steps": total_steps}
     grand_meta = (
-        {"array": GRAND_ARRAY, "epochs": grand_at, "mode": "eval", "parameters": "all", "strategy": strategy, "grad_chunk": grad_chunk, "seconds": grand.seconds}
+        {"array": GRAND_ARRAY, "epochs": grand_at, "mode": "eval", "parameters": "all", "strategy": strategy, "grad_chunk": grad_chunk,
+         "run": 0, "seconds": grand_seconds}
         if grand_at else None
     )
-    meta = _sidecar(data, arch, mask, seed=seed, optimizer=training, workers=workers, device=dev, run=run, grand=grand_meta, version=__version__)
+    el2n_meta = (
+        {"array": EL2N_ARRAY, "epochs": el2n_at, "runs": runs, "seeds": seeds, "mode": "eval", "seconds": el2n_seconds,
+         "train_loss": [f.train_loss for f in fits], "train_accuracy": [f.train_accuracy for f in fits]}
+        if el2n_at else None
+    )
+    meta = _sidecar(
+        data, arch, mask, seed=seed, seeds=seeds, optimizer=training, workers=workers, device=dev, run=first, grand=grand_meta,
+        el2n=el2n_meta, version=__version__,
+    )
     atomic_write_json(arrays.meta_path, meta)
-    log.info("recorded %d epochs of %d samples in %.1f s -> %s", epochs, recorded, sum(run.epoch_seconds), out_dir)
+    log.info(
+        "recorded %d run(s) of %d epochs of %d samples in %.1f s -> %s", runs, epochs, recorded, sum(sum(f.epoch_seconds) for f in fits), out_dir
+    )
     return {
         "dir": out_dir,
         "meta": arrays.meta_path,
         "array": arrays.final,
         "grand_array": arrays.final_grand if grand_at else None,
+        "el2n_array": arrays.final_el2n if el2n_at else None,
         "epochs": epochs,
         "num_samples": n,
         "recorded": recorded,
-        "seconds_per_epoch": run.epoch_seconds,
-        "train_loss": run.train_loss,
-        "train_accuracy": run.train_accuracy,
+        "seconds_per_epoch": first.epoch_seconds,
+        "train_loss": first.train_loss,
+        "train_accuracy": first.train_accuracy,
         "grand_epochs": grand_at,
+        "el2n_epochs": el2n_at,
+        "runs": runs,
     }
 
 
 def _sidecar(
-    data: _Data, arch: str, mask: MaskLike, *, seed: int, optimizer: dict[str, Any], workers: int, device: torch.device,
-    run: FitResult, grand: dict[str, Any] | None, version: str,
+    data: _Data, arch: str, mask: MaskLike, *, seed: int, seeds: list[int], optimizer: dict[str, Any], workers: int,
+    device: torch.device, run: FitResult, grand: dict[str, Any] | None, el2n: dict[str, Any] | None, version: str,
 ) -> dict[str, Any]:
-    """``dynamics.json`` (format version 1; key order kept, so sidecars stay comparable byte for byte)."""
+    """``dynamics.json`` (format version 2; key order kept, so sidecars stay comparable byte for byte)."""
     m = data.manifest
     epochs = len(run.epoch_seconds)
     return {
@@ -465,14 +582,17 @@ def _sidecar(
         "mask": os.path.abspath(os.fspath(mask)) if isinstance(mask, (str, os.PathLike)) else (None if mask is None else "<in-memory>"),
         "model": {"arch": arch, **data.info, "num_classes": m.num_classes, "input_size": data.input_size},
         "seed": seed,
+        "runs": len(seeds),
+        "seeds": seeds,
         "optimizer": optimizer,
-        "record": "training forward pass of each batch, before its optimizer step; model in train mode",
+        "record": "training forward pass of each batch, before its optimizer step; model in train mode; first run",
         "workers": workers,
         "device": str(device),
         "seconds_per_epoch": run.epoch_seconds,
         "train_loss": run.train_loss,
         "train_accuracy": run.train_accuracy,
         "grand": grand,
+        "el2n": el2n,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "streamprune_version": version,
     }
@@ -480,7 +600,7 @@ def _sidecar(
 
 def _remove_stale_temps(out_dir: str) -> None:
     # a run killed by a signal cannot clean up after itself; its temp arrays never look complete
-    for name in (DYNAMICS_ARRAY, GRAND_ARRAY):
+    for name in (DYNAMICS_ARRAY, GRAND_ARRAY, EL2N_ARRAY):
         for path in glob.glob(os.path.join(glob.escape(out_dir), name + ".tmp-*")):
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -506,12 +626,15 @@ class Dynamics:
         meta: The sidecar (``dynamics.json``).
         array: ``float32[epochs, N, fields]`` memory map.
         grand_array: ``float32[G, N]`` memory map, or ``None`` when no gradient norms were recorded.
+        el2n_array: ``float32[runs, S, N]`` memory map of the evaluation-mode EL2N snapshots, or
+            ``None`` when none were recorded (always for a version-1 recording).
     """
 
     directory: str
     meta: dict[str, Any]
     array: np.ndarray
     grand_array: np.ndarray | None = None
+    el2n_array: np.ndarray | None = None
 
     @property
     def meta_path(self) -> str:
@@ -538,6 +661,17 @@ class Dynamics:
         """Training epochs at which gradient norms were recorded (empty if none)."""
         g = self.meta.get("grand") or {}
         return [int(e) for e in g.get("epochs", [])]
+
+    @property
+    def el2n_epochs(self) -> list[int]:
+        """Training epochs of the evaluation-mode EL2N snapshots (empty if none)."""
+        e = self.meta.get("el2n") or {}
+        return [int(x) for x in e.get("epochs", [])]
+
+    @property
+    def runs(self) -> int:
+        """Independent training runs recorded (1 for a version-1 recording)."""
+        return int(self.meta.get("runs", 1))
 
     def _epochs(self, epochs: int | None) -> int:
         if epochs is None:
@@ -589,6 +723,31 @@ class Dynamics:
             raise StreamPruneError(f"{self.meta_path}: gradient norms were recorded at epochs {at}, none at or before {up_to_epoch}")
         return np.array(self.grand_array[rows], dtype=np.float32), [at[i] for i in rows]
 
+    def el2n_snapshots(self, up_to_epoch: int | None = None) -> tuple[np.ndarray, list[int]]:
+        """Evaluation-mode EL2N of every run, at the snapshot epochs ``<= up_to_epoch``.
+
+        Args:
+            up_to_epoch: Latest training epoch to include, ``0 .. epochs`` (default: all snapshots).
+
+        Returns:
+            ``(float32[runs, S, N] EL2N, their epochs)``.
+
+        Raises:
+            ValueError: ``up_to_epoch`` outside ``0 .. epochs``.
+            StreamPruneError: No snapshots recorded, or none that early.
+        """
+        if up_to_epoch is not None and not 0 <= int(up_to_epoch) <= self.epochs:
+            raise ValueError(f"epochs={up_to_epoch}: {self.meta_path} records {self.epochs} epoch(s); use 0..{self.epochs}")
+        if self.el2n_array is None:
+            raise StreamPruneError(
+                f"{self.meta_path}: no evaluation-mode EL2N snapshots recorded; run `streamprune dynamics ... --el2n-epochs 1,2`"
+            )
+        at = self.el2n_epochs
+        cols = [i for i, e in enumerate(at) if up_to_epoch is None or e <= int(up_to_epoch)]
+        if not cols:
+            raise StreamPruneError(f"{self.meta_path}: EL2N snapshots were taken at epochs {at}, none at or before {up_to_epoch}")
+        return np.array(self.el2n_array[:, cols], dtype=np.float32), [at[i] for i in cols]
+
     def require_recorded(self, method: str) -> None:
         """Raise unless every sample of the manifest has recorded dynamics.
 
@@ -609,11 +768,20 @@ class Dynamics:
 
 
 def _read_meta(path: str) -> dict[str, Any]:
-    return read_versioned_json(
-        path, DYNAMICS_FORMAT, DYNAMICS_VERSION, "dynamics sidecar",
-        missing=f"{path}: no training dynamics recorded here (run `streamprune dynamics MANIFEST --out DIR` first)",
-        version_label="dynamics", version_note=f" (this streamprune reads {DYNAMICS_VERSION})",
-    )
+    def read(version: int) -> dict[str, Any]:
+        return read_versioned_json(
+            path, DYNAMICS_FORMAT, version, "dynamics sidecar",
+            missing=f"{path}: no training dynamics recorded here (run `streamprune dynamics MANIFEST --out DIR` first)",
+            version_label="dynamics", version_note=f" (this streamprune reads {' and '.join(map(str, READABLE_VERSIONS))})",
+        )
+
+    try:
+        return read(DYNAMICS_VERSION)
+    except StreamPruneError as newest:
+        for older in READABLE_VERSIONS[:-1]:  # a version-1 recording is version 2 without EL2N snapshots
+            with contextlib.suppress(StreamPruneError):
+                return read(older)
+        raise newest from None
 
 
 def load_dynamics(directory: str | os.PathLike, manifest: ManifestLike | None = None) -> Dynamics:
@@ -652,7 +820,11 @@ def load_dynamics(directory: str | os.PathLike, manifest: ManifestLike | None = 
     g = meta.get("grand")
     if g:
         grand_array = _open_array(os.path.join(directory, g.get("array", GRAND_ARRAY)), (len(g.get("epochs", [])), shape[1]))
-    return Dynamics(directory, meta, array, grand_array)
+    el2n_array = None
+    e = meta.get("el2n")
+    if e:
+        el2n_array = _open_array(os.path.join(directory, e.get("array", EL2N_ARRAY)), (int(e.get("runs", 1)), len(e.get("epochs", [])), shape[1]))
+    return Dynamics(directory, meta, array, grand_array, el2n_array)
 
 
 def _open_array(path: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -8,8 +8,8 @@ from torch import nn
 from streamprune.masks import MaskFile
 from streamprune.scoring import score_source
 from streamprune.scoring.baselines import moderate_scores, per_sample_grad_norms
-from streamprune.scoring.features import ArrayStore
-from streamprune.scoring.scores_file import ScoreFile
+from streamprune.scoring.features import ArrayStore, FeatureStore
+from streamprune.scoring.scores_file import ScoreFile, rank_items
 from streamprune.writers import write_shards
 
 TINY_MODULE = '''
@@ -63,41 +63,84 @@ def test_random_classes_and_samples(tmp_path, source):
     assert np.array_equal(MaskFile(r["masks"][0.8]).to_bool(), MaskFile(r2["masks"][0.8]).to_bool())
 
 
-def test_moderate_keeps_the_middle_band_per_class():
+# A hand-computed 2-class example (features in 2-D, exact in float16):
+#   class 0: (0,0) (1,0) (2,0) (3,0) (10,0)  -> median (2, 0)   -> distances 2, 1, 0, 1, 8
+#   class 1: (100,0) (100,5) (100,6) (100,7) -> median (100, 5.5) -> distances 5.5, .5, .5, 1.5
+# All 9 distances sorted (ties by sample id): ids 2, 6, 7, 1, 3, 8, 0, 5, 4 (ranks 0..8).
+MODERATE_X = np.array(
+    [[0, 0], [1, 0], [2, 0], [3, 0], [10, 0], [100, 0], [100, 5], [100, 6], [100, 7]], dtype=np.float32
+)
+MODERATE_Y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1])
+MODERATE_D = np.array([2, 1, 0, 1, 8, 5.5, 0.5, 0.5, 1.5])
+
+
+def _reference_prune_idx(distance, rate):
+    """Moderate-DS ``selection.py``'s ``get_prune_idx``: the ids OUTSIDE the kept band (rate = fraction kept)."""
+    low, high = 0.5 - rate / 2, 0.5 + rate / 2
+    sorted_idx = distance.argsort(kind="stable")
+    return np.concatenate((sorted_idx[: round(distance.shape[0] * low)], sorted_idx[round(distance.shape[0] * high) :]))
+
+
+def _top(scores_dict, k):
+    return set(rank_items(scores_dict["score"], scores_dict["rank_first"])[:k].tolist())
+
+
+def test_moderate_distances_are_to_the_class_median_and_the_band_is_global():
+    m = moderate_scores(ArrayStore(MODERATE_X), MODERATE_Y, chunk_rows=4)
+    np.testing.assert_array_equal(m["distance"], MODERATE_D)
+    # global ranks: 2->0, 6->1, 7->2, 1->3, 3->4, 8->5, 0->6, 5->7, 4->8; the median rank is 4 (id 3)
+    np.testing.assert_array_equal(m["quantile"] * 8, [6, 3, 0, 4, 8, 7, 1, 2, 5])
+    assert _top(m, 1) == {3}
+    assert _top(m, 3) == {1, 3, 8}  # ranks 3..5: two from class 0, one from class 1
+    assert _top(m, 5) == {7, 1, 3, 8, 0}  # ranks 2..6
+    assert _top(m, 4) == {7, 1, 3, 8}  # n - k odd: ranks 2..5, the extra one on the near side
+    for k in (1, 3, 5, 7, 9):  # where N * b is a whole number the reference band is the same set
+        assert _top(m, k) == set(range(9)) - set(_reference_prune_idx(MODERATE_D, k / 9).tolist())
+
+
+def test_moderate_class_band_option_keeps_the_middle_of_each_class():
+    m = moderate_scores(ArrayStore(MODERATE_X), MODERATE_Y, band="class")
+    np.testing.assert_array_equal(m["distance"], MODERATE_D)
+    # class 0 ranks (n=5): 2->0, 1->1, 3->2, 0->3, 4->4; class 1 (n=4): 6->0, 7->1, 8->2, 5->3
+    np.testing.assert_allclose(m["quantile"], [3 / 4, 1 / 4, 0, 2 / 4, 1, 1, 0, 1 / 3, 2 / 3])
+    # scores: id 3 = 0; ids 7, 8 = -1/6; ids 1, 0 = -1/4; the ends -1/2
+    assert _top(m, 1) == {3} and _top(m, 3) == {3, 7, 8} and _top(m, 5) == {3, 7, 8, 1, 0}
+    with pytest.raises(ValueError, match="band='median'"):
+        moderate_scores(ArrayStore(MODERATE_X), MODERATE_Y, band="median")
+
+
+def test_moderate_global_band_matches_the_reference_selection_on_random_features():
     rng = np.random.default_rng(0)
-    # class 0: 11 points on a line at distances 0..10 from the origin (median point 0 after centring)
-    x0 = np.zeros((11, 3), dtype=np.float32)
-    x0[:, 0] = np.arange(11) - 5.0  # coordinate-wise median = 0; distances |i - 5|
-    x1 = rng.normal(size=(21, 3)).astype(np.float32) * 3 + 100
-    x = np.concatenate([x0, x1])
-    labels = np.array([0] * 11 + [1] * 21)
-    m = moderate_scores(ArrayStore(x), labels, chunk_rows=5)
-    assert np.allclose(m["distance"][:11], np.abs(np.arange(11) - 5.0))
-    # reference: per class, keep those whose distance rank is closest to the median rank
-    for c, rows in ((0, np.arange(11)), (1, np.arange(11, 32))):
-        d = m["distance"][rows]
-        order = np.lexsort((rows, d))
-        q = np.empty(len(rows))
-        q[order] = np.arange(len(rows)) / (len(rows) - 1)
-        assert np.allclose(m["quantile"][rows], q)
-        med_d = np.median(d)
-        band = rows[np.argsort(-m["score"][rows], kind="stable")[: len(rows) // 2]]
-        outside = np.setdiff1d(rows, band)
-        # kept band is nearer the median distance than the dropped extremes, on both sides
-        assert np.abs(m["distance"][band] - med_d).max() <= np.abs(m["distance"][outside] - med_d).max()
-        assert m["distance"][band].min() > m["distance"][rows].min() and m["distance"][band].max() < m["distance"][rows].max()
+    x = np.concatenate([rng.normal(size=(40, 5)), rng.normal(size=(60, 5)) * 4 + 1]).astype(np.float16)
+    y = np.repeat([0, 1], [40, 60])
+    d = np.array([np.linalg.norm(x[i].astype(np.float64) - np.median(x[y == y[i]].astype(np.float32), axis=0)) for i in range(100)])
+    m = moderate_scores(ArrayStore(x), y, chunk_rows=17)
+    np.testing.assert_allclose(m["distance"], d, rtol=1e-6)
+    for k in (10, 30, 50, 80):  # N * (0.5 -+ b / 2) is a whole number: no rounding question
+        assert _top(m, k) == set(range(100)) - set(_reference_prune_idx(d, k / 100).tolist())
+    # the spread-out class 1 is far from its median more often: a global band is not class-balanced
+    assert np.bincount(y[list(_top(m, 30))], minlength=2).tolist() != [12, 18]
 
 
 def test_moderate_method(tmp_path, source, tiny_arch):
     r = _run(source, "moderate", tmp_path, "m", surrogate=tiny_arch, input_size=10)
     s = ScoreFile.load(r["scores"])
-    assert s.level == "sample" and s.num_items == 60 and "distance_to_class_median" in s.extra
-    kept = MaskFile(r["masks"][0.4]).to_bool()
-    assert kept.sum() == 36
-    per_class = np.bincount(source.labels()[kept], minlength=5)
-    assert per_class.min() >= 6 and per_class.max() <= 8  # the middle band of every class (12 each)
+    assert s.level == "sample" and s.num_items == 60 and s.params["band"] == "global"
+    feats = FeatureStore(tmp_path / "m" / "features", source).read_all().astype(np.float32)
+    labels = source.labels()
+    med = np.stack([np.median(feats[labels == c], axis=0) for c in range(5)])
+    d = np.sqrt(((feats.astype(np.float64) - med[labels]) ** 2).sum(1))
+    np.testing.assert_allclose(s.extra["distance_to_class_median"], d, rtol=1e-5)
+    for ratio, k in ((0.4, 36), (0.8, 12)):
+        kept = MaskFile(r["masks"][ratio]).to_bool()
+        order = np.lexsort((np.arange(60), s.extra["distance_to_class_median"]))
+        start = (60 - k) // 2  # the k distances around the median of all 60
+        assert set(np.flatnonzero(kept)) == set(order[start : start + k].tolist())
     r2 = _run(source, "moderate", tmp_path, "m2", surrogate=tiny_arch, input_size=10)
     assert np.array_equal(ScoreFile.load(r2["scores"]).ranking, s.ranking)
+    rc = _run(source, "moderate", tmp_path, "mc", surrogate=tiny_arch, input_size=10, band="class", ratios=(0.5,))
+    per_class = np.bincount(labels[MaskFile(rc["masks"][0.5]).to_bool()], minlength=5)
+    assert per_class.tolist() == [6] * 5  # the middle 6 of each class of 12
 
 
 def test_grad_norms_match_a_per_sample_loop():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -10,9 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+import streamprune.dynamics as dynamics_module
 from streamprune import MaskMismatchError, StreamPruneError, mask_from_bool
 from streamprune.dynamics import DYNAMICS_META, FIELDS, load_dynamics, record_dynamics
 from streamprune.models import build_surrogate, save_checkpoint, surrogate_transform
+from streamprune.scoring import score_source
+from streamprune.scoring.scores_file import ScoreFile
 from streamprune.writers import write_shards
 
 # No BatchNorm: with lr=0 the model is then exactly the same function in train and eval mode,
@@ -186,8 +190,6 @@ def test_recording_is_bound_to_its_manifest_and_missing_files_are_named(tmp_path
 
 
 def test_an_interrupted_run_leaves_the_previous_recording_intact(tmp_path, data, tiny_arch, monkeypatch):
-    import streamprune.dynamics as dynamics_module
-
     m, _, _ = data
     record_dynamics(m, tiny_arch, tmp_path / "dyn", epochs=1, batch_size=8, seed=0, progress=False)
     before = np.load(tmp_path / "dyn" / "dynamics.npy")
@@ -224,3 +226,94 @@ def test_bad_arguments(tmp_path, data, tiny_arch):
     unlabelled = write_shards(samples, tmp_path / "unl", progress=False)
     with pytest.raises(StreamPruneError, match="no labels"):
         record_dynamics(unlabelled, tiny_arch, tmp_path / "a", epochs=1, progress=False)
+
+
+# With BatchNorm, train and eval mode give different outputs: an eval-mode snapshot must
+# match an eval-mode forward pass of the weights (and running statistics) of that moment.
+BN_MODULE = '''
+from torch import nn
+
+
+def tiny_bn(num_classes):
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(24, num_classes)
+    )
+'''
+
+
+@pytest.fixture
+def bn_arch(tmp_path, monkeypatch):
+    (tmp_path / "sp_tiny_dyn_bn.py").write_text(BN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "sp_tiny_dyn_bn:tiny_bn"
+
+
+def _capture_snapshot_states(monkeypatch):
+    """Copies of the model's state at every EL2N snapshot, keyed by (run, epoch)."""
+    states = {}
+    real = dynamics_module._El2nPass.__call__
+
+    def spy(self, out, at):
+        states[(self.run, at)] = copy.deepcopy(self.model.state_dict())
+        return real(self, out, at)
+
+    monkeypatch.setattr(dynamics_module._El2nPass, "__call__", spy)
+    return states
+
+
+def test_el2n_snapshots_equal_an_eval_mode_forward_pass_of_the_model_at_that_epoch(tmp_path, data, bn_arch, monkeypatch):
+    m, images, labels = data
+    states = _capture_snapshot_states(monkeypatch)
+    r = record_dynamics(
+        m, bn_arch, tmp_path / "dyn", epochs=2, optimizer="adam", lr=0.05, batch_size=8, seed=2, el2n_epochs=[2, 0, 1], input_size=SIDE,
+        progress=False,
+    )
+    assert r["el2n_epochs"] == [0, 1, 2] and r["runs"] == 1 and sorted(states) == [(0, 0), (0, 1), (0, 2)]
+    dyn = load_dynamics(tmp_path / "dyn", m)
+    snaps, at = dyn.el2n_snapshots()
+    assert at == [0, 1, 2] and snaps.shape == (1, 3, N) and dyn.runs == 1
+    model = build_surrogate(bn_arch, C)
+    for j, e in enumerate(at):
+        model.load_state_dict(states[(0, e)])
+        ref, _, _ = _reference(model, images, labels, m)  # eval mode, float64 softmax, manifest order
+        np.testing.assert_allclose(snaps[0, j], ref["el2n"], rtol=1e-5, atol=1e-6, err_msg=f"epoch {e}")
+    assert not np.allclose(snaps[0, 1], snaps[0, 2])  # the weights moved between snapshots
+    # eval mode is not the training pass: BatchNorm on batch statistics, weights moving in the epoch
+    assert not np.allclose(snaps[0, 2], dyn.field("el2n")[1], atol=1e-3)
+    meta = json.loads((tmp_path / "dyn" / DYNAMICS_META).read_text())
+    assert meta["version"] == 2 and meta["runs"] == 1 and meta["seeds"] == [2]
+    assert meta["el2n"]["epochs"] == [0, 1, 2] and meta["el2n"]["mode"] == "eval" and meta["el2n"]["array"] == "el2n.npy"
+    assert sorted(os.listdir(tmp_path / "dyn")) == ["dynamics.json", "dynamics.npy", "el2n.npy"]
+    assert dyn.el2n_snapshots(0)[1] == [0]
+    with pytest.raises(ValueError, match="epochs=3"):
+        dyn.el2n_snapshots(3)
+
+
+def test_runs_are_independent_seeds_and_the_el2n_score_is_their_mean(tmp_path, data, bn_arch):
+    m, _, _ = data
+    common = {"epochs": 2, "optimizer": "adam", "lr": 0.05, "batch_size": 8, "el2n_epochs": [1, 2], "input_size": SIDE, "progress": False}
+    r = record_dynamics(m, bn_arch, tmp_path / "two", seed=3, runs=2, **common)
+    assert r["runs"] == 2
+    two = load_dynamics(tmp_path / "two", m)
+    snaps, at = two.el2n_snapshots()
+    assert snaps.shape == (2, 2, N) and two.runs == 2 and two.meta["seeds"] == [3, 4]
+    assert not np.allclose(snaps[0], snaps[1], atol=1e-4)  # different initialisation and data order
+    # each run is the recording a single run with that seed makes
+    record_dynamics(m, bn_arch, tmp_path / "s3", seed=3, **common)
+    record_dynamics(m, bn_arch, tmp_path / "s4", seed=4, **common)
+    s3, s4 = load_dynamics(tmp_path / "s3"), load_dynamics(tmp_path / "s4")
+    np.testing.assert_array_equal(snaps[0], s3.el2n_snapshots()[0][0])
+    np.testing.assert_array_equal(snaps[1], s4.el2n_snapshots()[0][0])
+    np.testing.assert_array_equal(np.asarray(two.array), np.asarray(s3.array))  # dynamics.npy: the first run
+    out = score_source(m, "el2n", [0.5], tmp_path / "scores", dynamics_dir=str(tmp_path / "two"), progress=False)
+    s = ScoreFile.load(out["scores"])
+    expected = (snaps[0, 0].astype(float) + snaps[0, 1] + snaps[1, 0] + snaps[1, 1]) / 4
+    np.testing.assert_allclose(s.scores, expected, rtol=1e-6)
+    assert s.params["el2n_source"] == "eval-mode snapshots" and s.params["runs"] == 2 and s.params["el2n_epochs"] == [1, 2]
+    out1 = score_source(m, "el2n", [0.5], tmp_path / "scores1", dynamics_dir=str(tmp_path / "two"), epochs=1, progress=False)
+    np.testing.assert_allclose(ScoreFile.load(out1["scores"]).scores, (snaps[0, 0].astype(float) + snaps[1, 0]) / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="runs=2: only the EL2N snapshots use the later runs"):
+        record_dynamics(m, bn_arch, tmp_path / "bad", epochs=1, runs=2, progress=False)
+    with pytest.raises(ValueError, match="el2n_epochs"):
+        record_dynamics(m, bn_arch, tmp_path / "bad", epochs=1, el2n_epochs=[2], progress=False)

@@ -1,12 +1,14 @@
 """The sample-level selectors: FlexRand, its ablations, top-k easy/hard, random, class-balanced, CCS."""
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamprune.scoring.scores_file import ScoreFile, kept_count, rank_items
-from streamprune.selection import class_quotas, flexrand_shares, select
+from streamprune.selection import ccs_beta, class_quotas, flexrand_shares, select
 
 HARDNESS = ["easy", "hard", "flexrand", "se", "sh", "ccs"]
 CLASSWISE = ["class-balanced-random", "easy", "hard", "flexrand", "se", "sh"]
@@ -56,39 +58,54 @@ def test_classwise_selectors_keep_exactly_the_class_quotas(sizes, ratio, selecto
     opts = {"gamma": gamma} if selector == "flexrand" else {}
     kept = select(_scores(values), ratio, selector, labels=labels, seed=seed, **opts)
     assert len(kept) == kept_count(n, ratio) == len(np.unique(kept))
-    quotas = class_quotas(sizes, ratio)
-    assert _per_class_counts(kept, labels) == {c: int(q) for c, q in enumerate(quotas)}
-    for c, (size, q) in enumerate(zip(sizes, quotas)):
-        assert np.floor(size * (1 - ratio) - 1e-9) <= q <= np.ceil(size * (1 - ratio) + 1e-9)
+    counts = _per_class_counts(kept, labels)
+    got = np.array([counts[c] for c in range(len(sizes))])
+    exact = np.array(sizes) * (1 - ratio)
+    for size, q, x in zip(sizes, got, exact):
+        assert np.floor(x - 1e-9) <= q <= min(size, np.ceil(x + 1e-9))
+    # largest remainder = the split closest to the exact shares: brute force over which classes round up
+    floors = np.minimum(np.floor(exact + 1e-9), sizes)
+    best = min(
+        np.abs(floors + np.array(up) - exact).sum()
+        for up in itertools.product((0, 1), repeat=len(sizes))
+        if (floors + np.array(up)).sum() == len(kept) and np.all(floors + np.array(up) <= sizes)
+    )
+    assert np.abs(got - exact).sum() <= best + 1e-9
 
 
 @pytest.mark.parametrize(
     "gamma, ratio, expect",
     [
-        # (class of 100): |E| = round(100 gamma); shares from methods.md section 2
-        (0.5, 0.7, (15, 15)),  # b = 0.3: e = min(0.5, 0.15)
-        (0.45, 0.1, (45, 45)),  # b = 0.9: e = min(0.45, 0.45) = |E|, h = 0.45
-        (0.3, 0.1, (30, 60)),  # b = 0.9: e = gamma, h = 0.6
-        (0.55, 0.8, (10, 10)),  # b = 0.2: h = min(0.45, 0.1)
-        (0.55, 0.05, (50, 45)),  # b = 0.95: h = min(0.45, 0.475) = |H|, e = 0.5
-        (0.0, 0.5, (0, 50)),  # no easy group
-        (1.0, 0.5, (50, 0)),  # no hard group
+        # (kept from E, kept from H) for the classes of 100, 60, 40, worked out by hand from
+        # methods.md section 2: |E| = round(n gamma), quota = n b (whole here), from E round(n e)
+        (0.5, 0.7, [(15, 15), (9, 9), (6, 6)]),  # b = 0.3: e = min(0.5, 0.15) = 0.15, h = 0.15
+        (0.45, 0.1, [(45, 45), (27, 27), (18, 18)]),  # b = 0.9: e = min(0.45, 0.45) = |E| / n, h = 0.45
+        (0.3, 0.1, [(30, 60), (18, 36), (12, 24)]),  # b = 0.9: e = gamma = 0.3, h = 0.6
+        (0.55, 0.8, [(10, 10), (6, 6), (4, 4)]),  # b = 0.2: h = min(0.45, 0.1) = 0.1, e = 0.1
+        (0.55, 0.05, [(50, 45), (30, 27), (20, 18)]),  # b = 0.95: h = min(0.45, 0.475) = |H| / n, e = 0.5
+        (0.0, 0.5, [(0, 50), (0, 30), (0, 20)]),  # no easy group
+        (1.0, 0.5, [(50, 0), (30, 0), (20, 0)]),  # no hard group
     ],
 )
 def test_flexrand_takes_its_easy_and_hard_quotas_from_the_right_groups(three_classes, gamma, ratio, expect):
     labels, values = three_classes
     kept = select(_scores(values), ratio, "flexrand", labels=labels, seed=1, gamma=gamma)
-    e_share, h_share = flexrand_shares(gamma, 1 - ratio)
-    assert e_share + h_share == pytest.approx(1 - ratio)
     for c, n in ((0, 100), (1, 60), (2, 40)):
         members = np.flatnonzero(labels == c)
         easy_group = members[np.argsort(values[members])][: int(np.floor(n * gamma + 0.5))]
         in_class = kept[labels[kept] == c]
         k_easy = int(np.isin(in_class, easy_group).sum())
-        if c == 0:
-            assert (k_easy, len(in_class) - k_easy) == expect
-        else:  # smaller classes: the same shares, rounded
-            assert k_easy == min(int(np.floor(n * e_share + 0.5)), len(easy_group), len(in_class))
+        assert (k_easy, len(in_class) - k_easy) == expect[c]
+
+
+@pytest.mark.parametrize(
+    "gamma, budget, expect",
+    [(0.5, 0.3, (0.15, 0.15)), (0.3, 0.9, (0.3, 0.6)), (0.45, 0.2, (0.1, 0.1)), (0.55, 0.95, (0.5, 0.45)), (0.7, 0.4, (0.2, 0.2)),
+     (0.9, 0.5, (0.4, 0.1)), (0.0, 0.5, (0.0, 0.5)), (1.0, 0.5, (0.5, 0.0))],
+)
+def test_flexrand_shares_follow_the_papers_case_rule(gamma, budget, expect):
+    # methods.md: gamma <= 0.5: e = min(gamma, b/2), h = b - e; else h = min(1 - gamma, b/2), e = b - h
+    assert flexrand_shares(gamma, budget) == pytest.approx(expect)
 
 
 def test_flexrand_draws_at_random_inside_the_groups(three_classes):
@@ -97,10 +114,14 @@ def test_flexrand_draws_at_random_inside_the_groups(three_classes):
     assert np.array_equal(a, select(_scores(values), 0.7, "flexrand", labels=labels, seed=1))
     b = select(_scores(values), 0.7, "flexrand", labels=labels, seed=2)
     assert not np.array_equal(a, b) and len(a) == len(b)
-    # not just the easiest of E and the easiest of H
+    # uniform draws inside each group: over many seeds every member of class 0's E (50) and H
+    # (50) is kept with probability 15 / 50 = 0.3 (5 standard deviations: 0.3 +- 0.11 at 400 draws)
     members = np.flatnonzero(labels == 0)
     ordered = members[np.argsort(values[members])]
-    assert not set(ordered[:15]) <= set(a) or not set(ordered[50:65]) <= set(a)
+    freq = np.zeros(200)
+    for seed in range(400):
+        freq[select(_scores(values), 0.7, "flexrand", labels=labels, seed=seed)] += 1 / 400
+    assert np.all(np.abs(freq[ordered] - 0.3) < 0.115), freq[ordered]
     # the seed defaults to the scores file's
     assert np.array_equal(select(_scores(values, seed=9), 0.7, "flexrand", labels=labels),
                           select(_scores(values), 0.7, "flexrand", labels=labels, seed=9))
@@ -189,13 +210,21 @@ def test_ccs_drops_the_hardest_beta_fraction_first(three_classes):
     assert len(kept) == 20 and values[kept].max() < 140  # the 60 hardest (scores 140..199) are gone
     kept_lower = select(_scores(-values, "lower"), 0.9, "ccs", seed=0, beta=0.3)
     assert np.array_equal(kept, kept_lower)
-    # default beta = 0 covers the whole range: two samples per ~4-wide stratum
+    # default beta = 0 at 50% pruning covers the whole range: 50 strata of width 199 / 50 over
+    # scores 0..199 hold 3 to 5 samples each, so 100 kept = exactly two from every stratum
+    stratum = np.minimum(np.floor(values * 50 / 199), 49).astype(int)
+    assert np.bincount(stratum, minlength=50).min() >= 2
     full = select(_scores(values), 0.5, "ccs", seed=0)
-    assert np.bincount(np.minimum(values[full] * 50 / 199, 49).astype(int), minlength=50).min() >= 1
-    # a budget below the number of strata: equal-sized strata are visited in random order,
-    # so the kept samples are not all from one end of the range
+    assert np.bincount(stratum[full], minlength=50).tolist() == [2] * 50
+    # a budget (20) below the number of strata (50): visiting the smallest first, the first 30
+    # get 20 // 50 .. 20 // 21 = 0, the last (largest) 20 get one each
     few = select(_scores(values), 0.9, "ccs", seed=0, beta=0)
-    assert len(few) == 20 and values[few].min() < 100 < values[few].max()
+    per = np.bincount(stratum[few], minlength=50)
+    sizes = np.bincount(stratum, minlength=50)
+    assert len(few) == 20 and set(per.tolist()) == {0, 1}
+    assert sizes[per == 1].min() >= sizes[per == 0].max()
+    # equal-sized strata are visited in random order, so not all from one end of the range
+    assert values[few].min() < 100 < values[few].max()
     with pytest.raises(ValueError, match="beta=0.6 drops the hardest 120 of 200 samples, leaving 80, fewer than the 100"):
         select(_scores(values), 0.5, "ccs", beta=0.6)
 
@@ -227,5 +256,10 @@ def test_ccs_default_beta_follows_the_papers_rule(three_classes):
     at_90 = select(_scores(values), 0.9, "ccs", seed=0)
     assert np.array_equal(at_90, select(_scores(values), 0.9, "ccs", seed=0, beta=0.3))
     assert values[at_90].max() < 140
-    # 80% pruning: halfway between the anchors in budget (20% kept): beta = 0.225, 45 dropped
-    assert values[select(_scores(values), 0.8, "ccs", seed=0)].max() < 155
+    # 80% pruning: 20% kept is 3/4 of the way from 50% to 10% kept: beta = 0.3 * 3/4 = 0.225,
+    # round(200 * 0.225) = 45 dropped (scores 155..199)
+    at_80 = select(_scores(values), 0.8, "ccs", seed=0)
+    assert np.array_equal(at_80, select(_scores(values), 0.8, "ccs", seed=0, beta=0.225))
+    assert values[at_80].max() <= 154 and len(at_80) == 40
+    assert ccs_beta(0.2) == pytest.approx(0.225) and ccs_beta(0.5) == 0.0 and ccs_beta(0.9) == 0.0
+    assert ccs_beta(0.1) == pytest.approx(0.3) and ccs_beta(0.3) == pytest.approx(0.15)

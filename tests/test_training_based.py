@@ -41,8 +41,8 @@ def source(tmp_path):
     return write_shards(str(tmp_path / "s.npz"), tmp_path / "source", samples_per_shard=3, image_format="png", progress=False)
 
 
-def write_recording(directory, manifest, array, grand=None, grand_epochs=()):
-    """A recording written by hand to the layout FORMATS.md documents (version 1)."""
+def write_recording(directory, manifest, array, grand=None, grand_epochs=(), el2n=None, el2n_epochs=()):
+    """A recording written by hand to the layout FORMATS.md documents (version 1; version 2 with ``el2n``)."""
     os.makedirs(directory, exist_ok=True)
     np.save(os.path.join(directory, "dynamics.npy"), array.astype(np.float32))
     meta = {
@@ -56,6 +56,11 @@ def write_recording(directory, manifest, array, grand=None, grand_epochs=()):
     if grand is not None:
         np.save(os.path.join(directory, "grand.npy"), grand.astype(np.float32))
         meta["grand"] = {"array": "grand.npy", "epochs": list(grand_epochs), "mode": "eval"}
+    if el2n is not None:  # [runs, snapshots, N]
+        np.save(os.path.join(directory, "el2n.npy"), el2n.astype(np.float32))
+        seeds = [7 + r for r in range(el2n.shape[0])]
+        meta.update(version=2, runs=el2n.shape[0], seeds=seeds)
+        meta["el2n"] = {"array": "el2n.npy", "epochs": list(el2n_epochs), "runs": el2n.shape[0], "seeds": seeds, "mode": "eval"}
     with open(os.path.join(directory, "dynamics.json"), "w") as fh:
         json.dump(meta, fh)
     return str(directory)
@@ -79,9 +84,12 @@ def _score(source, method, tmp_path, name, ratios=(0.5,), **options):
     return r, ScoreFile.load(r["scores"])
 
 
-def test_el2n_is_the_mean_over_leading_epochs(tmp_path, source, synthetic):
-    d, arr, _ = synthetic
-    r, s = _score(source, "el2n", tmp_path, "e", dynamics_dir=d)
+def test_el2n_of_an_old_recording_falls_back_to_the_training_pass_mean_and_says_so(tmp_path, source, synthetic, caplog):
+    d, arr, _ = synthetic  # version 1: no eval-mode snapshots
+    with caplog.at_level("WARNING", logger="streamprune.scoring.training_based"):
+        r, s = _score(source, "el2n", tmp_path, "e", dynamics_dir=d)
+    assert "no evaluation-mode EL2N snapshots" in caplog.text
+    assert s.params["el2n_source"].startswith("training forward pass") and s.params["mode"] == "train"
     ref = [sum(float(arr[e, i, 4]) for e in range(E)) / E for i in range(N)]  # E < 10: all epochs
     np.testing.assert_allclose(s.scores, ref, rtol=1e-6)
     assert s.level == "sample" and s.harder == "higher" and s.higher_is == "keep" and s.params["epochs_used"] == E
@@ -89,6 +97,33 @@ def test_el2n_is_the_mean_over_leading_epochs(tmp_path, source, synthetic):
     _, s2 = _score(source, "el2n", tmp_path, "e2", dynamics_dir=d, epochs=2)
     np.testing.assert_allclose(s2.scores, (arr[0, :, 4].astype(float) + arr[1, :, 4]) / 2, rtol=1e-6)
     assert s2.surrogate["arch"] == "resnet18" and s2.seed == 7
+
+
+def test_el2n_averages_the_eval_mode_snapshots_over_runs_and_epochs(tmp_path, source, synthetic, caplog):
+    _, arr, _ = synthetic
+    # 2 runs x snapshots at epochs 0, 1, 3: per sample i, run r, snapshot j the value i + 10 r + 100 j
+    el2n = np.arange(N)[None, None, :] + 10.0 * np.arange(2)[:, None, None] + 100.0 * np.arange(3)[None, :, None]
+    d = write_recording(tmp_path / "v2", source, arr, el2n=el2n, el2n_epochs=[0, 1, 3])
+    with caplog.at_level("WARNING", logger="streamprune.scoring.training_based"):
+        r, s = _score(source, "el2n", tmp_path, "all", dynamics_dir=d)
+    assert "no evaluation-mode" not in caplog.text
+    np.testing.assert_allclose(s.scores, np.arange(N) + 5 + 100)  # mean over runs 0, 10 and over 0, 100, 200
+    assert s.params["el2n_source"] == "eval-mode snapshots" and s.params["el2n_epochs"] == [0, 1, 3]
+    assert s.params["runs"] == 2 and s.params["seeds"] == [7, 8] and s.params["epochs_used"] == 3
+    assert set(np.flatnonzero(MaskFile(r["masks"][0.5]).to_bool())) == {4, 5, 6, 7}
+    _, s1 = _score(source, "el2n", tmp_path, "e1", dynamics_dir=d, epochs=2)  # snapshots at epochs 0 and 1
+    np.testing.assert_allclose(s1.scores, np.arange(N) + 5 + 50)
+    _, s0 = _score(source, "el2n", tmp_path, "e0", dynamics_dir=d, epochs=0)
+    np.testing.assert_allclose(s0.scores, np.arange(N) + 5.0)
+    with pytest.raises(ValueError, match="records 5 epoch"):
+        _score(source, "el2n", tmp_path, "x", dynamics_dir=d, epochs=6)
+    late = write_recording(tmp_path / "late", source, arr, el2n=el2n[:, 2:], el2n_epochs=[3])
+    with pytest.raises(StreamPruneError, match=r"EL2N snapshots were taken at epochs \[3\], none at or before 2"):
+        _score(source, "el2n", tmp_path, "x", dynamics_dir=late, epochs=2)
+    gap = el2n.copy()
+    gap[1, 2, 3] = np.nan
+    with pytest.raises(StreamPruneError, match="EL2N snapshots are missing for 1 samples"):
+        _score(source, "el2n", tmp_path, "x", dynamics_dir=write_recording(tmp_path / "gap", source, arr, el2n=gap, el2n_epochs=[0, 1, 3]))
 
 
 def test_forgetting_counts_transitions_and_never_learned_is_most_forgotten(tmp_path, source, synthetic):
@@ -216,9 +251,10 @@ def _cli(*args):
 def test_cli_records_dynamics_and_scores_them_end_to_end(tmp_path, source, tiny_arch):
     dyn = tmp_path / "dyn"
     r = _cli("dynamics", source.path, "--model", tiny_arch, "--epochs", "3", "--out", dyn, "--batch-size", "3",
-             "--optimizer", "adam", "--lr", "0.01", "--workers", "0", "--grand-epochs", "1,3", "--quiet")
+             "--optimizer", "adam", "--lr", "0.01", "--workers", "0", "--grand-epochs", "1,3", "--el2n-epochs", "1,2", "--runs", "2",
+             "--quiet")
     assert r.exit_code == 0, r.output + repr(r.exception)
-    assert "recorded 8 of 8 samples x 3 epochs" in r.output and r.output.count("epoch ") >= 3
+    assert "recorded 8 of 8 samples x 3 epochs x 2 runs" in r.output and r.output.count("epoch ") >= 3
     for method in ("el2n", "forgetting", "aum", "grand-dyn"):
         out = tmp_path / method
         r = _cli("score", source.path, "--method", method, "--dynamics", dyn, "--ratio", "0.25,0.5", "--out", out, "--quiet")
@@ -227,7 +263,8 @@ def test_cli_records_dynamics_and_scores_them_end_to_end(tmp_path, source, tiny_
         assert s.method == method and s.num_items == N and s.harder in ("higher", "lower")
         assert MaskFile(out / f"{method}-0.25.spmask").kept == 6 and MaskFile(out / f"{method}-0.5.spmask").kept == 4
     r = _cli("score", source.path, "--method", "el2n", "--dynamics", dyn, "--dynamics-epochs", "2", "--ratio", "0.5", "--out", tmp_path / "e2", "--quiet")
-    assert r.exit_code == 0 and ScoreFile.load(tmp_path / "e2" / "scores.json").params["epochs_used"] == 2
+    e2 = ScoreFile.load(tmp_path / "e2" / "scores.json")
+    assert r.exit_code == 0 and e2.params["epochs_used"] == 2 and e2.params["el2n_epochs"] == [1, 2] and e2.params["runs"] == 2
     r = _cli("score", source.path, "--method", "aum", "--ratio", "0.5", "--out", tmp_path / "no")
     assert r.exit_code == 2 and "needs recorded training dynamics" in r.output and "Traceback" not in r.output
     r = _cli("dynamics", source.path, "--model", tiny_arch, "--epochs", "2", "--out", tmp_path / "bad", "--grand-epochs", "1,x")

@@ -4,12 +4,15 @@ Zhang et al. compare LM/FM against these, applied without looking at the target:
 
 * ``random-classes``: class level, a seeded uniform score per class (keep the highest).
 * ``random-samples``: sample level, a seeded uniform score per sample.
-* ``moderate`` (Xia et al., ICLR 2023): per class, the Euclidean distance of each sample's
-  surrogate feature to the class's coordinate-wise **median** feature; within each class the
-  samples are ranked by that distance and the score is ``-|q - 0.5|`` with ``q`` the sample's
-  rank quantile in its class (``rank / (n_c - 1)``), so keeping the top of the global ranking
-  keeps the middle band of every class (the reference selects the band between distance
-  quantiles ``0.5 -+ budget/2``). Unlabelled sources are one class.
+* ``moderate`` (Xia et al., ICLR 2023): each sample's score is the Euclidean distance of its
+  surrogate feature to its class's coordinate-wise **median** feature; the kept samples are
+  those whose distance is closest to the median distance **over the whole source** (one
+  global band), as the reference code does (``tmllab/Moderate-DS``, ``selection.py``:
+  ``get_median`` per class, ``get_distance`` to the sample's own class median, then
+  ``get_prune_idx`` sorts *all* distances together and keeps the sorted positions
+  ``round(N (0.5 - b/2)) .. round(N (0.5 + b/2))``, ``b`` the kept fraction). ``band="class"``
+  keeps the middle band of every class instead (an option, not the paper's). Unlabelled
+  sources are one class.
 * ``grand`` (Paul et al., 2021): ``||grad_theta CE(f(x), y)||_2`` per sample, over all
   parameters of the surrogate at the given (early) checkpoint, evaluation mode (BatchNorm
   uses its running statistics, so a sample's score does not depend on its batch); computed
@@ -35,7 +38,7 @@ from ..infer import eval_batches
 from ..models import cpu_threads_beside_workers, resolve_device
 from ..scores import ScoreFile, rank_items
 from .features import feature_root, surrogate_features
-from .registry import register_score
+from .registry import MethodOption, register_score
 from .request import ScoreRequest
 
 # per_sample_grad_norms moved to streamprune.gradnorms; it stays importable from here.
@@ -92,21 +95,37 @@ def random_samples(request: ScoreRequest) -> ScoreFile:
     )
 
 
-def moderate_scores(store: Any, labels: np.ndarray, chunk_rows: int = 65536) -> dict[str, np.ndarray]:
-    """Moderate's per-class distance to the median feature, and the middle-band score.
+def moderate_scores(store: Any, labels: np.ndarray, chunk_rows: int = 65536, band: str = "global") -> dict[str, np.ndarray]:
+    """Moderate's distance to the class median feature, and the middle-band score.
 
     One pass over the chunked features collects each class's rows (float16, as cached); each
-    class is then processed on its own (its median and distances in float32).
+    class is then processed on its own (its coordinate-wise median and the distances in
+    float32, summed in float64).
+
+    The band score ranks the distances (ties by sample id) over the whole source
+    (``band="global"``, the reference code) or within each class (``band="class"``); with
+    ``r`` a sample's rank among ``n`` and ``q = r / (n - 1)``, ``score = -|q - 0.5|``. The
+    ``rank_first`` key orders mirrored ranks (equal score): the smaller distance first. Taking
+    the top ``k`` of ``rank_items(score, rank_first)`` then keeps the ranks
+    ``floor((n - k) / 2) .. floor((n - k) / 2) + k - 1``: the ``k`` distances around the
+    median, the extra one on the near side when ``n - k`` is odd.
 
     Args:
         store: Chunked features (``num_samples``, ``dim``, ``iter_chunks``), manifest order.
         labels: ``int64[N]`` labels; ``-1`` (unlabelled) rows form one extra group.
         chunk_rows: Rows per chunk.
+        band: ``"global"`` (one band over all samples) or ``"class"`` (a band per class).
 
     Returns:
-        ``{"distance": float64[N], "quantile": float64[N] rank quantile in the class,
-        "score": float64[N] = -|quantile - 0.5|}``.
+        ``{"distance": float64[N] to the class median feature, "quantile": float64[N] rank
+        quantile of the distance (globally or in the class), "score": float64[N],
+        "rank_first": float64[N] tie-break key (higher first)}``.
+
+    Raises:
+        ValueError: Wrong number of labels or unknown ``band``.
     """
+    if band not in ("global", "class"):
+        raise ValueError(f"band={band!r}: must be 'global' (the reference code) or 'class'")
     labels = np.asarray(labels, dtype=np.int64)
     n = store.num_samples
     if len(labels) != n:
@@ -120,45 +139,74 @@ def moderate_scores(store: Any, labels: np.ndarray, chunk_rows: int = 65536) -> 
             groups.setdefault(c, []).append(chunk[sel].astype(np.float16))
             rows.setdefault(c, []).append(sel + start)
     distance = np.zeros(n, dtype=np.float64)
-    quantile = np.full(n, 0.5, dtype=np.float64)
     for c in sorted(groups):
         x = np.concatenate(groups.pop(c)).astype(np.float32)
         idx = np.concatenate(rows.pop(c))
         med = np.median(x, axis=0)
-        d = np.sqrt(((x - med) ** 2).sum(axis=1, dtype=np.float64))
-        distance[idx] = d
-        if len(d) > 1:
-            order = np.lexsort((idx, d))  # by distance, ties by sample id
-            q = np.empty(len(d), dtype=np.float64)
-            q[order] = np.arange(len(d)) / (len(d) - 1)
-            quantile[idx] = q
-    return {"distance": distance, "quantile": quantile, "score": -np.abs(quantile - 0.5)}
+        distance[idx] = np.sqrt(((x - med) ** 2).sum(axis=1, dtype=np.float64))
+    rank = np.empty(n, dtype=np.float64)
+    sizes = np.empty(n, dtype=np.int64)
+    members = [np.arange(n)] if band == "global" else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    for idx in members:
+        order = idx[np.lexsort((idx, distance[idx]))]  # by distance, ties by sample id
+        rank[order] = np.arange(len(idx))
+        sizes[idx] = len(idx)
+    quantile = np.where(sizes > 1, rank / np.maximum(sizes - 1, 1), 0.5)
+    # -|q - 0.5| written as -|2 r - (n - 1)| / (2 (n - 1)): the numerator is an exact integer, so
+    # mirrored ranks m - d and m + d get bit-identical scores and rank_first (not float rounding)
+    # decides which comes first
+    score = np.where(sizes > 1, -np.abs(2.0 * rank - (sizes - 1)) / (2.0 * np.maximum(sizes - 1, 1)), 0.0)
+    return {"distance": distance, "quantile": quantile, "score": score, "rank_first": -rank}
 
 
-@register_score("moderate")
-def moderate(request: ScoreRequest, feature_dir: str | None = None, chunk_rows: int = 65536) -> ScoreFile:
+@register_score(
+    "moderate",
+    options=(
+        MethodOption(
+            "band", str, "keep the distances nearest the median over the whole source (global, the reference code) or within each class",
+            choices=("global", "class"), flag="moderate-band",
+        ),
+    ),
+)
+def moderate(request: ScoreRequest, band: str = "global", feature_dir: str | None = None, chunk_rows: int = 65536) -> ScoreFile:
     """Moderate (class-blind: the target is not used), sample level, middle band kept first.
 
     Features are the surrogate's penultimate features, cached like FM's (``OUT/features``).
+    Each sample's distance is to its own class's coordinate-wise median feature (the
+    reference's ``get_median``/``get_distance``); the band is over all samples by default, as
+    the reference's ``get_prune_idx`` sorts the distances of the whole training set together,
+    so classes whose samples sit far from (or near to) their median lose more samples. See
+    :func:`moderate_scores` for the exact rank window kept.
 
     Args:
         request: Source, surrogate and run settings.
+        band: ``"global"`` (default, code-exact) or ``"class"`` (the middle band of every class).
         feature_dir: Feature cache directory (default ``OUT/features``).
         chunk_rows: Rows per chunk.
 
     Returns:
-        Sample-level scores (``score = -|rank quantile in class - 0.5|``, higher = keep).
+        Sample-level scores (``score = -|rank quantile - 0.5|``, higher = keep).
+
+    Raises:
+        ValueError: Unknown ``band``.
     """
     src = request.source
+    if band not in ("global", "class"):
+        raise ValueError(f"band={band!r}: must be 'global' (the reference code) or 'class'")
     root = feature_root(request, feature_dir)
     store, info = surrogate_features(request, src, root, desc="moderate: source")
     labels = src.labels() if src.label_ext is not None else np.full(src.num_samples, -1, dtype=np.int64)
-    m = moderate_scores(store, labels, chunk_rows)
+    m = moderate_scores(store, labels, chunk_rows, band=band)
+    where = "source" if band == "global" else "class"
     return ScoreFile(
-        method="moderate", level="sample", higher_is="keep", score_name="-|class rank quantile - 0.5|", scores=m["score"],
-        extra={"distance_to_class_median": m["distance"], "class_quantile": m["quantile"]},
-        ranking=rank_items(m["score"]), tiebreak="score desc, then sample id asc", surrogate=info,
-        params={"class_blind": True, "feature_dir": os.path.abspath(root), "median": "coordinate-wise, per class"},
+        method="moderate", variant=f"band-{band}", level="sample", higher_is="keep", score_name=f"-|{where} rank quantile - 0.5|",
+        scores=m["score"], extra={"distance_to_class_median": m["distance"], f"{where}_quantile": m["quantile"]},
+        ranking=rank_items(m["score"], m["rank_first"]),
+        tiebreak="score desc, then the smaller distance first (mirrored ranks), then sample id asc", surrogate=info,
+        params={
+            "class_blind": True, "feature_dir": os.path.abspath(root), "median": "coordinate-wise, per class",
+            "distance": "euclidean to the sample's class median", "band": band,
+        },
         **_common(request),
     )
 

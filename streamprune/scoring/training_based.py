@@ -4,8 +4,12 @@ From a recording of :func:`streamprune.dynamics.record_dynamics` (option ``dynam
 ``streamprune score --dynamics DIR``; ``epochs`` / ``--dynamics-epochs N`` uses the first N
 recorded epochs):
 
-* ``el2n`` (Paul et al., 2021): mean over the first ``epochs`` epochs (default
-  ``min(10, recorded)``) of ``||softmax(f(x)) - onehot(y)||_2``. Harder = higher; kept first.
+* ``el2n`` (Paul et al., 2021): ``||softmax(f(x)) - onehot(y)||_2`` averaged over the
+  evaluation-mode snapshots (``--el2n-epochs``) of every run (``--runs``) taken at epochs
+  ``<= epochs`` (default: all), as the paper scores early checkpoints. Recordings without
+  snapshots fall back to the training forward pass, mean over the first ``epochs`` epochs
+  (default ``min(10, recorded)``), with a warning and ``params["el2n_source"]`` saying so.
+  Harder = higher; kept first.
 * ``forgetting`` (Toneva et al., 2019): number of correct -> incorrect transitions between
   consecutive epochs. A sample never classified correctly in any of the E epochs counts as
   most forgotten: it scores ``E + 1``, above any attainable count (at most ``floor(E / 2)``).
@@ -67,20 +71,22 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: EL2N averages at most this many leading epochs by default ("early training").
+#: EL2N from the training pass (recordings without snapshots) averages at most this many
+#: leading epochs by default ("early training").
 DEFAULT_EL2N_EPOCHS = 10
 
 
 def el2n_scores(el2n: np.ndarray) -> np.ndarray:
-    """Mean EL2N over epochs.
+    """Mean EL2N over every axis but the last (epochs; or runs and snapshot epochs).
 
     Args:
-        el2n: ``[E, N]`` per-epoch ``||softmax - onehot||_2``.
+        el2n: ``[E, N]`` per-epoch, or ``[runs, S, N]`` per-snapshot ``||softmax - onehot||_2``.
 
     Returns:
         ``float64[N]``.
     """
-    return np.asarray(el2n, dtype=np.float64).mean(axis=0)
+    a = np.asarray(el2n, dtype=np.float64)
+    return a.reshape(-1, a.shape[-1]).mean(axis=0)
 
 
 def forgetting_scores(correct: np.ndarray) -> dict[str, np.ndarray]:
@@ -147,33 +153,61 @@ def _fields(request: ScoreRequest, dyn: Dynamics, epochs_used: int, **params: An
 DYNAMICS_OPTIONS = (
     MethodOption("dynamics_dir", str, "directory written by `streamprune dynamics`", flag="dynamics"),
     MethodOption(
-        "epochs", int, "use the first N recorded epochs", flag="dynamics-epochs", default_help="EL2N min(10, all), others all"
+        "epochs", int, "use the first N recorded epochs (EL2N, GraNd: the snapshots taken at epochs <= N)", flag="dynamics-epochs",
+        default_help="all; EL2N without snapshots min(10, all)",
     ),
 )
 
 
 @register_score("el2n", options=DYNAMICS_OPTIONS)
 def el2n(request: ScoreRequest, dynamics_dir: str | None = None, epochs: int | None = None) -> ScoreFile:
-    """EL2N: mean ``||softmax - onehot||_2`` over early training epochs (keep highest).
+    """EL2N (Paul et al., 2021): mean ``||softmax - onehot||_2`` early in training (keep highest).
+
+    With evaluation-mode snapshots in the recording (``--el2n-epochs``), the score averages them
+    over every run and every snapshot epoch ``<= epochs``: the paper's definition (early
+    checkpoints scored in evaluation mode, averaged over independent runs). A recording made
+    without snapshots (including every version-1 recording) falls back to the EL2N of the
+    training forward pass (train-mode BatchNorm, weights moving within the epoch) averaged over
+    the first ``epochs`` epochs; the scores file's ``params["el2n_source"]`` says which, and the
+    fallback logs a warning.
 
     Args:
         request: Source dataset.
         dynamics_dir: Recording of :func:`~streamprune.dynamics.record_dynamics`.
-        epochs: Leading epochs averaged (default ``min(10, recorded)``).
+        epochs: Snapshots: the latest snapshot epoch averaged, ``0 .. recorded`` (default all).
+            Training pass: leading epochs averaged (default ``min(10, recorded)``).
 
     Returns:
         Sample-level scores, ``harder="higher"``.
 
     Raises:
         ValueError: No ``dynamics_dir``, or ``epochs`` out of range.
-        StreamPruneError: Bad or incomplete recording, or one for another manifest.
+        StreamPruneError: Bad or incomplete recording, one for another manifest, or no
+            snapshot at or before ``epochs``.
     """
     dyn = _open(request, "el2n", dynamics_dir)
-    e = min(DEFAULT_EL2N_EPOCHS, dyn.epochs) if epochs is None else int(epochs)
-    scores = el2n_scores(dyn.field("el2n", e))
+    if dyn.el2n_array is not None:
+        snaps, at = dyn.el2n_snapshots(epochs)
+        if np.isnan(snaps).any():
+            raise StreamPruneError(f"{dyn.meta_path}: EL2N snapshots are missing for {int(np.isnan(snaps).any(axis=(0, 1)).sum())} samples")
+        scores = el2n_scores(snaps)
+        params = {
+            "el2n_source": "eval-mode snapshots", "mode": "eval", "el2n_epochs": at, "runs": int(snaps.shape[0]),
+            "seeds": list((dyn.meta.get("el2n") or {}).get("seeds", [])),
+        }
+        e = max(at)
+    else:
+        e = min(DEFAULT_EL2N_EPOCHS, dyn.epochs) if epochs is None else int(epochs)
+        log.warning(
+            "%s: no evaluation-mode EL2N snapshots (recorded without --el2n-epochs); EL2N falls back to the training forward "
+            "pass of the first %d epoch(s), train-mode BatchNorm and weights moving within each epoch, not the paper's definition",
+            dyn.meta_path, e,
+        )
+        scores = el2n_scores(dyn.field("el2n", e))
+        params = {"el2n_source": "training forward pass (fallback: the recording has no eval-mode snapshots)", "mode": "train", "runs": 1}
     return ScoreFile(
         method="el2n", level="sample", higher_is="keep", harder="higher", score_name="mean_el2n", scores=scores,
-        ranking=rank_items(scores), tiebreak="mean_el2n desc, then sample id asc", **_fields(request, dyn, e),
+        ranking=rank_items(scores), tiebreak="mean_el2n desc, then sample id asc", **_fields(request, dyn, e, **params),
     )
 
 
