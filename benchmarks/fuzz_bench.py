@@ -53,6 +53,7 @@ import tarfile
 import tempfile
 import time
 import traceback
+import types
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -315,7 +316,7 @@ def _pax_payload(draw) -> bytes:
     return payload
 
 
-def _extended_header(typeflag: bytes, payload: bytes) -> bytes:
+def extended_header(typeflag: bytes, payload: bytes) -> bytes:
     head = bytearray(BLOCK)
     name = b"././@LongLink" if typeflag in (b"L", b"K") else b"PaxHeader/x"
     head[0 : len(name)] = name
@@ -340,7 +341,7 @@ def mutate_tar_extended(data: bytes, draw, ops: list[str]) -> bytes:
     else:
         name = draw.choice(NAMES) if _chance(draw, 60) else draw.bytes(draw.int(0, 300))
         payload = name + (b"\0" if _chance(draw, 70) else b"")
-    block = _extended_header(typeflag, payload)
+    block = extended_header(typeflag, payload)
     head = data[h : h + BLOCK]
     replace = len(head) == BLOCK and head[156:157] in (b"x", b"g", b"L", b"K") and _chance(draw, 70)
     if replace:
@@ -979,6 +980,10 @@ class E2ETarget(FuzzTarget):
             with open(corpus.manifest.shard_path(k), "rb") as fh:
                 self.pristine[k] = fh.read()
         self.kept = MaskFile(corpus.mask_path).to_bool()
+        # torch and webdataset load in seconds: only this target needs them, loaded here, outside the watchdog
+        from streamprune.readers import PrunedWebDataset
+
+        self.reader = PrunedWebDataset
 
     def make(self, draw) -> FuzzInput:
         k = draw.int(0, len(self.pristine) - 1)
@@ -988,11 +993,8 @@ class E2ETarget(FuzzTarget):
         return FuzzInput(self.name, f"shard {k}", ops, files, data, {"shard": k})
 
     def check(self, inp: FuzzInput) -> None:
-        # torch and webdataset load in seconds: only this target needs them
-        from streamprune.readers import PrunedWebDataset
-
         manifest = self.corpus.manifest
-        ds = PrunedWebDataset(self.manifest_path, self.corpus.mask_path, check_headers=True)
+        ds = self.reader(self.manifest_path, self.corpus.mask_path, check_headers=True)
         got = list(ds)
         offsets = manifest.shard_offsets
         expected = []
@@ -1099,8 +1101,8 @@ def run_atheris(corpus: Corpus, seconds: float, work: str, hang: float) -> dict[
         with open(os.path.join(seeds, name + ".tar"), "wb") as fh:
             fh.write(data)
     stats = os.path.join(work, "atheris_stats.json")
-    cmd = [sys.executable, "-m", "benchmarks.fuzz_bench", "--atheris-child", stats, str(hang), "--",
-           seeds, f"-max_total_time={max(int(seconds), 1)}", "-timeout=0", "-rss_limit_mb=4096", "-max_len=65536",
+    child = f"from benchmarks.fuzz_bench import atheris_child; atheris_child({stats!r}, {hang!r}, __import__('sys').argv[1:])"
+    cmd = [sys.executable, "-c", child, seeds, f"-max_total_time={max(int(seconds), 1)}", "-timeout=0", "-rss_limit_mb=4096", "-max_len=65536",
            f"-artifact_prefix={work}/", "-print_final_stats=1"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(common.HERE), timeout=seconds + 120)
@@ -1118,19 +1120,24 @@ def run_atheris(corpus: Corpus, seconds: float, work: str, hang: float) -> dict[
 
 def atheris_child(stats_path: str, hang: float, libfuzzer_argv: list[str]) -> None:
     """The atheris process: every input through :func:`check_tar_bytes`, counts written to ``stats_path``."""
-    # atheris is optional and instruments code as it loads: only this subprocess imports it
+    # atheris is optional and instruments code: only this subprocess imports it
     import atheris
 
-    atheris.instrument_all()
+    # instrument the walker's modules in place (instrument_all would take minutes over every loaded module)
+    from streamprune import shardindex, tarindex
+
+    for module in (tarindex, shardindex):
+        for obj in vars(module).values():
+            if isinstance(obj, types.FunctionType) and obj.__module__ == module.__name__:
+                atheris.instrument_func(obj)
     tmp = tempfile.mkdtemp(prefix="fuzz-atheris-")
     path = os.path.join(tmp, "input.tar")
-    state = {"inputs": 0, "counts": {k: 0 for k in OUTCOMES}, "errors": {}, "bugs": [], "slow": [], "last_write": 0.0}
+    state = {"inputs": 0, "counts": {k: 0 for k in OUTCOMES}, "errors": {}, "bugs": [], "slow": []}
     sigs: dict[tuple, dict] = {}
 
     def save() -> None:
-        data = {k: v for k, v in state.items() if k != "last_write"}
         with open(stats_path + ".tmp", "w") as fh:
-            json.dump(data, fh)
+            json.dump(state, fh)
         os.replace(stats_path + ".tmp", stats_path)
 
     def one(data: bytes) -> None:
@@ -1152,16 +1159,10 @@ def atheris_child(stats_path: str, hang: float, libfuzzer_argv: list[str]) -> No
             sigs[sig]["count"] += 1
         if outcome.seconds > SLOW_SECONDS and len(state["slow"]) < 20:
             state["slow"].append(record)
-        now = time.monotonic()
-        if now - state["last_write"] > 0.5 or outcome.kind in BUGS:
-            state["last_write"] = now
-            save()
+        save()  # every input: libFuzzer ends the process with exit(), past any finally or atexit
 
     atheris.Setup([sys.argv[0], *libfuzzer_argv], one)
-    try:
-        atheris.Fuzz()
-    finally:
-        save()
+    atheris.Fuzz()
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -1249,11 +1250,3 @@ class FuzzSuite(Suite):
     """``fuzz``: mutated shards, indexes, masks and manifests read correctly or raise a named error."""
     name, title = "fuzz", "Fuzzing the tar walker and the index, mask and manifest readers"
     run, tables = staticmethod(run), staticmethod(tables)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 3 and sys.argv[1] == "--atheris-child":
-        sep = sys.argv.index("--")
-        atheris_child(sys.argv[2], float(sys.argv[3]), sys.argv[sep + 1 :])
-    else:
-        run(sys.argv[1:])
