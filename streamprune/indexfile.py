@@ -264,6 +264,23 @@ def _load_companion(path: str, json_sha256: str) -> ShardIndex | None:
     except Exception as exc:  # a damaged cache must never stop a read: the JSON is the index
         log.debug("%s: ignoring unreadable index companion (%s)", path, exc)
         return None
+    try:
+        return _companion_index(meta, arrays, path)
+    except Exception as exc:  # noqa: BLE001 - wrong types or values in the cache: the JSON is the index
+        log.debug("%s: ignoring inconsistent index companion (%s)", path, exc)
+        return None
+
+
+def _companion_index(meta: dict, arrays: dict, path: str) -> ShardIndex | None:
+    columns = [arrays[k] for k in ("labels", "start", "end", "member_first", "member_offset", "member_size")]
+    if not (
+        all(a.ndim == 1 and a.dtype == np.int64 for a in columns)
+        and arrays["member_ext"].ndim == 1 and arrays["member_ext"].dtype.kind in "iu"
+        and isinstance(meta["shard"], str) and all(isinstance(e, str) for e in meta.get("extensions") or [])
+        and bool((np.diff(arrays["member_first"]) >= 0).all())
+    ):
+        log.debug("%s: ignoring index companion with arrays of the wrong type or shape", path)
+        return None
     n = int(meta.get("num_samples", -1))
     m = int(meta.get("num_members", -1))
     extensions = list(meta.get("extensions") or [])
@@ -298,6 +315,32 @@ def _load_companion(path: str, json_sha256: str) -> ShardIndex | None:
     )
 
 
+def _is_int(value: object) -> bool:
+    return type(value) is int and -(2**63) <= value < 2**63
+
+
+def _json_problem(obj: dict) -> str | None:
+    """What is wrong with the fields of a parsed index sidecar, or ``None`` when they are well typed."""
+    if not isinstance(obj.get("shard"), str) or not _is_int(obj.get("shard_bytes")) or not isinstance(obj.get("sha256", ""), str):
+        return "'shard' must be a string, 'shard_bytes' an integer and 'sha256' a string"
+    keys = obj.get("keys")
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        return "'keys' must be a list of strings"
+    for field in ("labels", "start", "end"):
+        values = obj.get(field)
+        if not isinstance(values, list) or not all(_is_int(v) for v in values):
+            return f"{field!r} must be a list of integers"
+    members = obj.get("members")
+    if not isinstance(members, list):
+        return "'members' must be a list"
+    for i, group in enumerate(members):
+        if not isinstance(group, list) or not all(
+            isinstance(m, list) and len(m) == 3 and isinstance(m[0], str) and _is_int(m[1]) and _is_int(m[2]) for m in group
+        ):
+            return f"sample {i}: members must be [extension, offset, size] lists"
+    return None
+
+
 def load_index(path: str | os.PathLike, expected_sha256: str | None = None) -> ShardIndex:
     """Load a shard index sidecar.
 
@@ -319,6 +362,8 @@ def load_index(path: str | os.PathLike, expected_sha256: str | None = None) -> S
             data = fh.read()
     except FileNotFoundError:
         raise ManifestError(f"{path}: shard index is missing (run `streamprune index` on the shard)") from None
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise ManifestError(f"{path}: shard index cannot be read ({exc.strerror or exc})") from None
     digest = hashlib.sha256(data).hexdigest()
     if expected_sha256 and digest != expected_sha256:
         raise IndexMismatchError(
@@ -330,12 +375,15 @@ def load_index(path: str | os.PathLike, expected_sha256: str | None = None) -> S
         return fast
     try:
         obj = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
         raise ManifestError(f"{path}: shard index is not valid JSON ({exc})") from None
     if not isinstance(obj, dict) or obj.get("format") != INDEX_FORMAT:
         raise ManifestError(f"{path}: not a streamprune shard index")
     if obj.get("version") != INDEX_VERSION:
         raise ManifestError(f"{path}: index version {obj.get('version')} is not supported (expected {INDEX_VERSION})")
+    problem = _json_problem(obj)
+    if problem:
+        raise ManifestError(f"{path}: malformed shard index: {problem}")
     n = len(obj["keys"])
     has_checksums = "checksums" in obj
     for field in ("labels", "start", "end", "members") + (("checksums",) if has_checksums else ()):

@@ -46,7 +46,7 @@ def read_versioned_json(
             obj = json.load(fh)
     except FileNotFoundError:
         raise error(missing or f"{path}: {what} not found") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
         raise error(f"{path}: {what} is not valid JSON ({exc})") from None
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         raise error(f"{path}: not a streamprune {what}")

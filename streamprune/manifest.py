@@ -107,18 +107,31 @@ class Manifest:
             shards = [ShardEntry(**s) for s in obj["shards"]]
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"{path}: malformed shard entry ({exc})") from None
-        for s in shards:
+        for k, s in enumerate(shards):
+            bad = _bad_entry_field(s)
+            if bad is not None:
+                raise ManifestError(f"{path}: shard entry {k}: {bad!r} is {getattr(s, bad)!r}, {_ENTRY_FIELDS[bad][1]}")
             if s.format not in SHARD_FORMATS:
                 raise ManifestError(f"{path}: shard {s.name} has format {s.format!r}; known: {', '.join(SHARD_FORMATS)}")
+        classes, counts, label_ext, created = (obj.get("classes") or [], obj.get("class_counts") or [], obj.get("label_ext"),
+                                               obj.get("created", ""))
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise ManifestError(f"{path}: 'classes' must be a list of class names")
+        if not isinstance(counts, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+            raise ManifestError(f"{path}: 'class_counts' must be a list of integers")
+        if not (label_ext is None or isinstance(label_ext, str)) or not isinstance(created, str):
+            raise ManifestError(f"{path}: 'label_ext' must be a string or null and 'created' a string")
         manifest = cls(
             root=os.path.dirname(os.path.abspath(path)),
             shards=shards,
-            classes=list(obj.get("classes") or []),
-            label_ext=obj.get("label_ext"),
-            created=obj.get("created", ""),
+            classes=list(classes),
+            label_ext=label_ext,
+            created=created,
             path=os.path.abspath(path),
-            class_counts=list(obj.get("class_counts") or []),
+            class_counts=list(counts),
         )
+        if manifest.num_samples >= _INT64 or manifest.total_bytes >= _INT64:
+            raise ManifestError(f"{path}: shard sample counts or sizes add up to more than 2**63")
         if obj.get("num_samples") != manifest.num_samples:
             raise ManifestError(
                 f"{path}: num_samples {obj.get('num_samples')} disagrees with the shard counts "
@@ -243,6 +256,40 @@ class Manifest:
         state = dict(self.__dict__)
         state["_indexes"] = {}
         return state
+
+
+_INT64 = 2**63
+#: Each shard entry field's type, and what the error says it must be.
+_ENTRY_FIELDS = {
+    "name": (str, "must be a file name"),
+    "index": (str, "must be a file name"),
+    "samples": (int, "must be a count from 0 to 2**63 - 1"),
+    "bytes": (int, "must be a size from 0 to 2**63 - 1"),
+    "sha256": (str, "must be a hex digest or empty"),
+    "index_sha256": (str, "must be a hex digest or empty"),
+    "format": (str, f"must be one of {', '.join(SHARD_FORMATS)}"),
+}
+
+
+def _bad_entry_field(entry: ShardEntry) -> str | None:
+    """The first field of a loaded shard entry with the wrong type or an impossible value, else ``None``."""
+    for name, (kind, _) in _ENTRY_FIELDS.items():
+        value = getattr(entry, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return name
+        if kind is int and not 0 <= value < _INT64:
+            return name
+        if kind is str and ("\0" in value or not value.isascii() and not _utf8(value)):
+            return name
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\\udcff")
+        return False
+    return True
 
 
 def _now() -> str:

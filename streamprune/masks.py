@@ -243,16 +243,21 @@ class MaskFile:
                 if len(head) < 16 or head[:8] != MAGIC:
                     raise MaskMismatchError(f"{self.path}: not a streamprune mask file (bad magic)")
                 (length,) = struct.unpack("<Q", head[8:16])
+                if length > os.fstat(fh.fileno()).st_size - 16:
+                    raise MaskMismatchError(f"{self.path}: mask header is truncated (header length {length})")
                 raw = fh.read(length)
             if len(raw) != length:
                 raise MaskMismatchError(f"{self.path}: mask header is truncated")
             self.header = json.loads(raw)
         except FileNotFoundError:
             raise MaskMismatchError(f"{self.path}: mask file not found") from None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
             raise MaskMismatchError(f"{self.path}: mask header is not valid JSON ({exc})") from None
-        if self.header.get("format") != MASK_FORMAT or self.header.get("version") != MASK_VERSION:
+        if not isinstance(self.header, dict) or self.header.get("format") != MASK_FORMAT or self.header.get("version") != MASK_VERSION:
             raise MaskMismatchError(f"{self.path}: unsupported mask format or version")
+        problem = _header_problem(self.header, os.path.getsize(self.path) - 16 - length)
+        if problem:
+            raise MaskMismatchError(f"{self.path}: malformed mask header: {problem}")
         self._data_start = 16 + length
         expected = self._data_start + sum((s["nbytes"] + 7) // 8 * 8 for s in self.header["shards"])
         actual = os.path.getsize(self.path)
@@ -333,6 +338,32 @@ class MaskFile:
         """Check against ``manifest`` and return the in-memory :class:`KeepMask`."""
         self.check(manifest)
         return KeepMask(self.to_bool(), manifest, dict(self.provenance))
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and 0 <= value < 2**63
+
+
+def _header_problem(header: dict, data_bytes: int) -> str | None:
+    """What is wrong with a mask header's fields (``data_bytes``: bytes after the header), or ``None``."""
+    if not _count(header.get("kept")) or not _count(header.get("num_samples")) or header["kept"] > header["num_samples"]:
+        return "'kept' and 'num_samples' must be counts, kept <= num_samples"
+    if not isinstance(header.get("provenance"), dict):
+        return "'provenance' must be an object"
+    shards = header.get("shards")
+    if not isinstance(shards, list):
+        return "'shards' must be a list"
+    for k, s in enumerate(shards):
+        if not (
+            isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("index_sha256"), str)
+            and all(_count(s.get(f)) for f in ("samples", "kept", "offset", "nbytes"))
+            and s["kept"] <= s["samples"] and s["nbytes"] == (s["samples"] + 7) // 8 and s["offset"] + s["nbytes"] <= data_bytes
+        ):
+            return (f"shard entry {k} needs name, index_sha256, samples, kept <= samples, nbytes = ceil(samples / 8) "
+                    "and a bitset inside the file")
+    if sum(s["samples"] for s in shards) != header["num_samples"] or sum(s["kept"] for s in shards) != header["kept"]:
+        return "per-shard samples and kept counts do not add up to num_samples and kept"
+    return None
 
 
 def _provenance(method: str, ratio: float | None, **extra) -> dict:

@@ -192,6 +192,8 @@ def walk_headers(mm: mmap.mmap, file_size: int, shard: str) -> Iterator[TarMembe
                 size = -1
         if size < 0:
             size = _parse_number(field, shard, pos)
+            if size < 0:
+                raise TarFormatError(f"{shard}: corrupt tar header at byte {pos}: negative size {size}")
         typeflag = header[156:157]
         data_offset = pos + BLOCK
         if pending_start is None:
@@ -212,7 +214,10 @@ def walk_headers(mm: mmap.mmap, file_size: int, shard: str) -> Iterator[TarMembe
             pos = data_offset + (size + BLOCK - 1) // BLOCK * BLOCK
             continue
         if pax and "size" in pax:
-            size = int(pax["size"])
+            text = pax["size"]
+            if not (text.isascii() and text.isdigit()):
+                raise TarFormatError(f"{shard}: corrupt PAX header before byte {pos}: size {text[:40]!r} is not a decimal number")
+            size = int(text)
         if data_offset + size > file_size:
             raise TarFormatError(
                 f"{shard}: truncated: member at byte {pos} needs {size} bytes, file has "
