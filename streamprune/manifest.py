@@ -9,7 +9,10 @@ Format (``manifest.json``, UTF-8 JSON, version 1)::
                  "samples": n, "bytes": b, "sha256": "<hex or empty>",
                  "index_sha256": "<hex>"}, ...]}
 
-A shard entry may add ``"format": "beton"`` (an FFCV file); without it a shard is a tar.
+A shard entry may add ``"format": "beton"`` (an FFCV file); without it a shard is a tar. It
+may add ``"companion_sha256"``: the digest of the index's binary companion
+(``<index>.npz``), so that a reader loads the companion alone, checked against the manifest,
+without reading the JSON sidecar at all.
 
 Shard and index names are relative to the manifest's directory (absolute paths are kept as
 they are). Samples are numbered globally in manifest order: shard 0's samples first, in
@@ -28,7 +31,7 @@ import numpy as np
 
 from .atomic import atomic_write_json, file_sha256
 from .errors import DuplicateKeyError, IndexMismatchError, ManifestError
-from .indexfile import load_index
+from .indexfile import companion_path, load_index
 from .jsonfile import read_versioned_json
 from .shardindex import ShardIndex
 
@@ -55,12 +58,15 @@ class ShardEntry:
     sha256: str
     index_sha256: str
     format: str = "tar"
+    companion_sha256: str = ""
 
     def to_json(self) -> dict:
-        """Return the JSON form."""
+        """Return the JSON form (optional fields left out when they hold their default)."""
         out = dict(self.__dict__)
         if out.get("format") == "tar":
             del out["format"]
+        if not out.get("companion_sha256"):
+            out.pop("companion_sha256", None)
         return out
 
 
@@ -220,7 +226,7 @@ class Manifest:
             return cached
         entry = self.shards[k]
         path = self.resolve(entry.index)
-        index = load_index(path, expected_sha256=entry.index_sha256)
+        index = load_index(path, expected_sha256=entry.index_sha256, companion_sha256=entry.companion_sha256 or None)
         if len(index) != entry.samples or index.shard_bytes != entry.bytes:
             raise IndexMismatchError(
                 f"{path}: index has {len(index)} samples / {index.shard_bytes} bytes, manifest says "
@@ -268,6 +274,7 @@ _ENTRY_FIELDS = {
     "sha256": (str, "must be a hex digest or empty"),
     "index_sha256": (str, "must be a hex digest or empty"),
     "format": (str, f"must be one of {', '.join(SHARD_FORMATS)}"),
+    "companion_sha256": (str, "must be a hex digest or empty"),
 }
 
 
@@ -338,6 +345,7 @@ def build_manifest(
                 bytes=int(index.shard_bytes),
                 sha256=index.sha256,
                 index_sha256=file_sha256(index_file),
+                companion_sha256=file_sha256(companion) if os.path.exists(companion := companion_path(index_file)) else "",
             )
         )
     if classes is None:

@@ -148,8 +148,12 @@ def test_edited_or_foreign_manifest_raises_manifest_error(tmp_path, small_datase
 def test_missing_manifest_and_index_raise_manifest_error(tmp_path, small_dataset):
     with pytest.raises(ManifestError, match="manifest not found"):
         Manifest.load(tmp_path / "nowhere")
+    from streamprune.indexfile import companion_path
+
     index_file = small_dataset.resolve(small_dataset.shards[2].index)
-    os.unlink(index_file)
+    os.unlink(index_file)  # the manifest-bound binary companion still holds the index
+    assert Manifest.load(small_dataset.path).index(2).keys == small_dataset.index(2).keys
+    os.unlink(companion_path(index_file))
     with pytest.raises(ManifestError, match=_named(index_file) + ".*missing"):
         Manifest.load(small_dataset.path).index(2)
 

@@ -227,3 +227,40 @@ def test_an_old_version_1_companion_is_ignored_and_rebuilt(tmp_path, small_datas
     again = index_shards([m.shard_path(0)], m.root, progress=False, label_ext="cls")
     assert _companion_arrays(path)[0]["version"] == 2
     assert isinstance(load_index(again.resolve(again.shards[0].index)).members, MemberTable)
+
+
+def test_manifest_bound_companion_loads_without_reading_the_json(tmp_path, small_dataset):
+    from streamprune.manifest import Manifest
+
+    m = small_dataset
+    assert all(s.companion_sha256 for s in m.shards)  # the writer binds each companion in the manifest
+    expected = [_json_only(m.resolve(s.index)) for s in m.shards]
+    for s in m.shards:  # the JSON is never opened: move it away
+        os.rename(m.resolve(s.index), m.resolve(s.index) + ".off")
+    fresh = Manifest.load(m.path)
+    for k in range(len(m.shards)):
+        _same(fresh.index(k), expected[k])
+    for s in m.shards:
+        os.rename(m.resolve(s.index) + ".off", m.resolve(s.index))
+
+
+def test_a_damaged_companion_is_never_the_index(tmp_path, small_dataset):
+    from streamprune.manifest import Manifest
+
+    m = small_dataset
+    path = m.resolve(m.shards[0].index)
+    expected = _json_only(path)
+    comp = companion_path(path)
+    raw = bytearray(open(comp, "rb").read())
+    raw[len(raw) // 2] ^= 0xFF  # a flipped bit inside the columns
+    open(comp, "wb").write(bytes(raw))
+    # bound to the manifest: its digest no longer matches, the JSON (checked) is the index
+    _same(Manifest.load(m.path).index(0), expected)
+    # not bound (no manifest digest): the columns' own digest catches it, the JSON is the index
+    _same(load_index(path, expected_sha256=m.shards[0].index_sha256), expected)
+    # and old manifests without the field load as before
+    obj = json.load(open(m.path))
+    for s in obj["shards"]:
+        s.pop("companion_sha256", None)
+    json.dump(obj, open(m.path, "w"))
+    _same(Manifest.load(m.path).index(0), expected)

@@ -14,10 +14,10 @@ import shutil
 import numpy as np
 import pytest
 import webdataset as wds
+from _dist_worker import build_dataset, sample_key
 from torch.utils.data import DataLoader
 
 import streamprune
-from _dist_worker import build_dataset, sample_key
 from streamprune import (
     IndexMismatchError,
     Manifest,
@@ -618,6 +618,13 @@ def test_index_sidecar_rewritten_after_masking_is_rejected(dataset_copy, tmp_pat
     key = manifest.index(4).keys[0]
     with open(index_file, "w") as fh:
         fh.write(text.replace(f'"{key}"', f'"{key[:-1]}Z"', 1))
+    # the manifest binds the index's binary companion too: it is still the index the manifest
+    # and mask were made with, so reads are unchanged (the edited JSON is not used)
+    assert len(list(PrunedWebDataset(dataset_copy, path))) == manifest.num_samples
+    # a re-index rewrites the companion as well: then the edited JSON is the index, and refused
+    from streamprune.indexfile import companion_path
+
+    os.unlink(companion_path(index_file))
     ds = PrunedWebDataset(dataset_copy, path)  # masks bind to the manifest; failure comes at read time
     with pytest.raises(IndexMismatchError, match="shard-000004.tar.index.json"):
         list(ds)
