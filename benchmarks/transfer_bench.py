@@ -81,6 +81,7 @@ import argparse
 import copy
 import datetime as _dt
 import gc
+import itertools
 import json
 import logging
 import math
@@ -94,6 +95,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from streamprune import MaskFile
 
 from . import common
 from .suite import Suite, Target, targets_table
@@ -226,6 +229,7 @@ def split_per_class(labels: np.ndarray, shots: int, seed: int = 0) -> tuple[np.n
 
 def digits_images(size: int = 28) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as ``uint8 [N, size, size]`` grey images (bilinear resize) and labels."""
+    # optional extra: scikit-learn, only this path needs it
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -247,6 +251,7 @@ def prepare_source(data_dir: str, samples: int | None, samples_per_shard: int) -
 
     With ``samples`` a class-balanced subset is written as an ``.npz`` first and that is sharded.
     """
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune.sources import FASHION_MNIST_CLASSES, idx_source
 
     tag = "full" if samples is None else f"n{samples}"
@@ -278,6 +283,7 @@ def prepare_source(data_dir: str, samples: int | None, samples_per_shard: int) -
 
 def prepare_targets(data_dir: str, shots: int, test_limit: int | None) -> dict[str, dict[str, Any]]:
     """Write targets A and B (train and test splits) as shards; return their manifests and sizes."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune.sources import FASHION_MNIST_CLASSES, ArraySource, idx_source
     from streamprune.writers import write_shards
 
@@ -309,6 +315,7 @@ def prepare_targets(data_dir: str, shots: int, test_limit: int | None) -> dict[s
 
 def decode_gray(data: bytes):
     """Decode an encoded image (JPEG or PNG) to a ``uint8 [1, H, W]`` grey tensor (torchvision)."""
+    # heavy import (torch, torchvision), loaded only when this runs: the registry imports every suite
     import torch
     from torchvision.io import ImageReadMode, decode_image
 
@@ -322,8 +329,8 @@ def measure_decode(manifest: str, samples: int = 5000) -> dict[str, float]:
     ``webdataset_l``: ``.decode("l")`` (PIL, numpy grey); ``pil_surrogate_transform``:
     ``.decode("pil")`` + ``surrogate_transform(28)`` (what scoring and the surrogate use).
     """
-    import itertools
 
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune import PrunedWebDataset
     from streamprune.models import surrogate_transform
 
@@ -344,6 +351,7 @@ def measure_decode(manifest: str, samples: int = 5000) -> dict[str, float]:
 
 def load_split(manifest: str):
     """Every sample of a (target) manifest through ``PrunedWebDataset``: ``(uint8 [N,1,H,W], int64 [N])``."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
 
     from streamprune import PrunedWebDataset
@@ -374,7 +382,7 @@ def score_all(
         ``{"surrogate": {...}, "methods": {method: {"seeds": {seed|"all": {ratio: {"mask", "kept", "kept_fraction",
         "kept_classes"}}}, "seconds": ...}}}`` (``"all"``: one scoring for every seed).
     """
-    from streamprune import MaskFile
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune.scoring import score_source
     from streamprune.train import train_surrogate
 
@@ -451,13 +459,14 @@ def pretrain(
     weight_decay: float = 5e-4,
 ):
     """Pretrain ``pretrain_cnn`` on the kept samples; time the loop. Returns ``(model, record)``."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
     from torch import nn
 
     from streamprune import PrunedWebDataset
-    from streamprune.readers.webdataset import kept_counts, open_manifest, open_mask
+    from streamprune.readers.webdataset import kept_counts, open_manifest, open_mask  # heavy: torch, webdataset
 
-    from .nets import pretrain_cnn
+    from .nets import pretrain_cnn  # heavy: torch
 
     m = open_manifest(manifest)
     kept = int(kept_counts(m, open_mask(mask, m)).sum())
@@ -509,6 +518,7 @@ def pretrain(
 
 
 def _features(model, x_uint8, batch: int = 1024) -> np.ndarray:
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
 
     from streamprune.models import features
@@ -523,6 +533,7 @@ def _features(model, x_uint8, batch: int = 1024) -> np.ndarray:
 
 def linear_probe(model, data: dict[str, Any]) -> float:
     """Test accuracy (percent) of logistic regression on the model's frozen, standardised features."""
+    # optional extra: scikit-learn, only this path needs it
     from sklearn.linear_model import LogisticRegression
 
     ftr = _features(model, data["x_train"])
@@ -535,6 +546,7 @@ def linear_probe(model, data: dict[str, Any]) -> float:
 
 def finetune(model, data: dict[str, Any], *, steps: int, batch: int, lr: float, seed: int) -> float:
     """Test accuracy (percent) after training every weight with a new linear head."""
+    # heavy import (torch), loaded only when this runs: the registry imports every suite
     import torch
     from torch import nn
 
@@ -570,6 +582,7 @@ def downstream(model, targets: dict[str, dict[str, Any]], args: argparse.Namespa
     BLAS/OpenMP pools are limited to ``args.threads``: scipy's L-BFGS on these tiny problems ran
     ~10x slower with two OpenBLAS threads beside other jobs than with one.
     """
+    # heavy import (threadpoolctl), loaded only when this runs: the registry imports every suite
     from threadpoolctl import threadpool_limits
 
     out = {}
@@ -829,9 +842,11 @@ def report_markdown(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: str) -> None:
     """Pretraining time ratios (wall, CPU) and accuracy against ratio, one row per target."""
+    # heavy import, loaded only to draw the plot (the registry imports every suite)
     import matplotlib
 
     matplotlib.use("Agg")
+    # heavy import, loaded only to draw the plot (the registry imports every suite)
     import matplotlib.pyplot as plt
 
     summary = results["summary"]
@@ -894,12 +909,13 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the whole benchmark; return the results dict (also written to ``args.out``)."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
     from tqdm.auto import tqdm
 
     from streamprune import Manifest, random_mask
 
-    from .nets import pretrain_cnn
+    from .nets import pretrain_cnn  # heavy: torch
 
     torch.set_num_threads(args.threads)
     progress = not args.quiet
