@@ -611,6 +611,34 @@ def _runs_by_seed(runs: Iterable[dict], method: str, ratio: float | None) -> dic
     }
 
 
+def fixed_cost_fit(runs: Sequence[dict], ratios: Sequence[float] = (0.4, 0.6, 0.8)) -> dict[str, Any]:
+    """Least-squares fit of pretraining time against kept samples: ``t = fixed + per_1000 * kept / 1000``.
+
+    Args:
+        runs: The runs (those with ``pretrain`` count).
+        ratios: Ratios at which to give the fitted ``t(r)/t(0) = f + (1-f)(1-r)``.
+
+    Returns:
+        Per clock (``wall``: ``seconds``, ``cpu``: ``cpu_seconds``): ``fixed_seconds``,
+        ``seconds_per_1000_kept``, ``fixed_fraction`` f of the fitted unpruned epoch and
+        ``fitted_time_ratio`` by ratio; plus ``runs`` and ``unpruned_kept``. ``{}`` with fewer than two runs.
+    """
+    timed = [r for r in runs if isinstance(r.get("pretrain"), dict) and "kept" in r["pretrain"]]
+    unpruned = [r["pretrain"]["kept"] for r in timed if r.get("method") == "unpruned"]
+    if len(timed) < 2 or not unpruned:
+        return {}
+    kept = np.array([r["pretrain"]["kept"] for r in timed], dtype=np.float64) / 1000.0
+    out: dict[str, Any] = {"runs": len(timed), "unpruned_kept": int(unpruned[0])}
+    for clock, key in (("wall", "seconds"), ("cpu", "cpu_seconds")):
+        if not all(key in r["pretrain"] for r in timed):
+            continue
+        slope, fixed = np.polyfit(kept, np.array([r["pretrain"][key] for r in timed], dtype=np.float64), 1)
+        f = fixed / (fixed + slope * unpruned[0] / 1000.0)
+        out[clock] = {"fixed_seconds": float(fixed), "seconds_per_1000_kept": float(slope), "fixed_fraction": float(f),
+                      "fitted_time_ratio": {str(r): float(f + (1 - f) * (1 - r)) for r in ratios}}
+    return out
+
+
 def summarize(runs: Sequence[dict], ratios: Sequence[float], methods: Sequence[str] = METHODS) -> dict[str, Any]:
     """Time ratios and accuracy statistics from the runs.
 
@@ -683,6 +711,7 @@ def summarize(runs: Sequence[dict], ratios: Sequence[float], methods: Sequence[s
         "time": time_rows,
         "accuracy": acc_rows,
         "unpruned_seconds_median": common.median([base[s]["pretrain"]["seconds"] for s in sorted(base)]),
+        "fixed_cost_fit": fixed_cost_fit(runs, ratios),
     }
 
 
@@ -812,6 +841,16 @@ def report_markdown(results: dict[str, Any]) -> str:
                 row.append("-" if t is None or t.get("cpu_ratio_median") is None else f"{t['cpu_ratio_median']:.3f}")
             rows.append(row)
         lines.append(common.markdown_table(headers, rows))
+    fit = summary.get("fixed_cost_fit") or fixed_cost_fit(results.get("runs") or [], ratios)
+    if fit.get("wall"):
+        w, c = fit["wall"], fit.get("cpu")
+        lines.append("")
+        lines.append(f"Fixed cost per run: a least-squares fit of the {fit['runs']} pretraining runs gives t = {w['fixed_seconds']:.2f} s + "
+                     f"{w['seconds_per_1000_kept']:.3f} s per 1,000 kept samples (wall"
+                     + (f"; CPU: {c['fixed_seconds']:.2f} s + {c['seconds_per_1000_kept']:.3f} s" if c else "")
+                     + f"), so f = {100 * w['fixed_fraction']:.1f}% of an unpruned epoch and t(r)/t(0) = f + (1-f)(1-r) = "
+                     + " / ".join(f"{v:.3f}" for v in w["fitted_time_ratio"].values()) + " at r = "
+                     + " / ".join(f"{float(r):g}" for r in w["fitted_time_ratio"]) + ".")
     for target in sorted({r["target"] for r in summary["accuracy"]}):
         for protocol in PROTOCOLS:
             lines.append("")
