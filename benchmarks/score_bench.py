@@ -504,6 +504,9 @@ def bench_lm_vs_epoch(source: Manifest, target: Manifest, train_steps: int, work
 #: Part b's arms as shown, in table order.
 ARM_LABELS = {"numba": "Numba", "numpy_mm": "NumPy, same formula", "torch_mm": "torch, same formula", "faiss": "faiss.Kmeans",
               "numpy_broadcast": "NumPy difference tensor (other algorithm; slice, extrap.)", "torch_cdist": "torch.cdist (slice, extrap.)"}
+#: Part b's arms as labelled on the plot.
+SHORT_LABELS = {"numba": "Numba", "numpy_mm": "NumPy\nsame formula", "torch_mm": "torch\nsame formula", "faiss": "faiss",
+                "numpy_broadcast": "NumPy diff.\ntensor (extrap.)", "torch_cdist": "torch.cdist\n(extrap.)"}
 #: Which results key each part writes, by its --skip letter.
 PARTS = {"a": "embed", "b": "kernels", "c": "fm_rss", "d": "lm_vs_epoch"}
 
@@ -530,7 +533,7 @@ def plot(res: dict[str, Any], path: str) -> None:
             axes[0].bar(xs + off, vals, 0.4, yerr=err, capsize=3, label=label)
         axes[0].set_yscale("log")
         axes[0].set_xticks(xs)
-        axes[0].set_xticklabels([ARM_LABELS[a].split(" (")[0].replace(", ", "\n") for a in names], fontsize=8)
+        axes[0].set_xticklabels([SHORT_LABELS[a] for a in names], fontsize=8)
         axes[0].set_ylabel("seconds (log), median, bars min-max")
         axes[0].legend()
         axes[0].set_title(f"N={b['N']:,} K={b['K']} D={b['D']}, {b['repeats']} interleaved repeats")
