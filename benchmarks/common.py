@@ -22,9 +22,12 @@ import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from importlib import metadata
 from typing import Any
 
 import numpy as np
+
+from streamprune.indexfile import companion_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.join(HERE, "data")
@@ -123,6 +126,7 @@ def make_jpeg(i: int, seed: int = 0, noise: float = 16.0, quality: int = 95) -> 
     texture, encoded by PIL at quality 95 without chroma subsampling (like high-quality
     photo JPEGs), so the file sizes land around ImageNet's larger images.
     """
+    # heavy import (PIL), loaded only when this runs: the registry imports every suite
     from PIL import Image
 
     rng = np.random.default_rng([seed, i])
@@ -154,11 +158,26 @@ class JpegSource:
         return f"img{i:08d}", {"jpg": make_jpeg(i, self.seed)}, label
 
 
-def dataset_files(manifest) -> tuple[list[str], list[str]]:
-    """Shard paths and index-sidecar paths of a manifest."""
-    shards = [manifest.shard_path(k) for k in range(len(manifest.shards))]
+def dataset_files(manifest: Any) -> dict[str, list[str]]:
+    """Every file a reader of ``manifest`` opens, by kind, so that cold runs evict all of them.
+
+    Args:
+        manifest: A ``streamprune.Manifest`` (tar shards or ``.beton`` files).
+
+    Returns:
+        ``{"shards", "index_json", "index_npz", "manifest"}``: the data files, their index
+        sidecars, the sidecars' binary companions (``<shard>.index.npz``; only those that exist,
+        since a reader opens one only when it is there) and the manifest file. A mask file is
+        not part of a dataset: callers add the one they read.
+    """
     indexes = [manifest.resolve(s.index) for s in manifest.shards]
-    return shards, indexes
+    companions = [companion_path(p) for p in indexes]
+    return {
+        "shards": [manifest.shard_path(k) for k in range(len(manifest.shards))],
+        "index_json": indexes,
+        "index_npz": [p for p in companions if os.path.isfile(p)],
+        "manifest": [manifest.path],
+    }
 
 
 def make_jpeg_shards(
@@ -174,6 +193,7 @@ def make_jpeg_shards(
     Returns:
         The loaded :class:`streamprune.Manifest`.
     """
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune import Manifest, write_shards
 
     params = {
@@ -232,6 +252,7 @@ def jpeg_sizes(manifest) -> np.ndarray:
 
 def ffcv_pipelines() -> dict:
     """The FFCV decode pipelines of the benchmarks: centre-crop RGB decode to 224 px + ``ToTensor``; int labels."""
+    # optional extra: ffcv, only installed with streamprune[ffcv]
     from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
     from ffcv.transforms import ToTensor
 
@@ -240,6 +261,7 @@ def ffcv_pipelines() -> dict:
 
 def page_stats(manifest: Any, keep: np.ndarray | None) -> dict:
     """Pages touched by the kept samples, and kept data bytes, from the file's own tables."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune.betonindex import read_beton
 
     info = read_beton(manifest.shard_path(0))
@@ -262,7 +284,7 @@ def run_epoch(loader: Any) -> tuple[float, int, int]:
     n = 0
     total = 0
     t0 = time.perf_counter()
-    for images, labels in loader:
+    for _images, labels in loader:
         n += int(labels.shape[0])
         total += int(labels.sum())
     return time.perf_counter() - t0, n, total
@@ -300,8 +322,6 @@ def read_ahead_kb(path: str) -> int | None:
 
 def package_versions(names: Sequence[str]) -> dict[str, str]:
     """Installed versions of ``names`` (``"not installed"`` when missing)."""
-    from importlib import metadata
-
     out = {}
     for name in names:
         try:
@@ -322,6 +342,7 @@ def machine_info() -> dict:
         "packages": package_versions(["streamprune", "numpy", "webdataset", "torch", "pillow", "matplotlib", "psutil"]),
     }
     with contextlib.suppress(ImportError, OSError):  # no psutil, or no load average
+        # optional extra: psutil
         import psutil
 
         info["memory_GiB"] = round(psutil.virtual_memory().total / 2**30, 1)

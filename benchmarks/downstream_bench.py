@@ -117,6 +117,8 @@ from typing import Any
 
 import numpy as np
 
+from streamprune import Manifest
+
 from . import common
 from .suite import Suite, Target
 
@@ -478,14 +480,25 @@ def report_markdown(results: dict) -> str:
                 ["dataset", "DLC forwards", "recording fwd+bwd", "s / recording epoch", "break-even epochs", "epochs for 20x"], cm_rows
             ))
             lines.append("")
+    corr = results.get("score_correlations") or {}
+    if any(corr.values()):
+        lines.append("Spearman correlations between the scores of the last timing round:")
+        lines.append("")
+        names = [n for n in CORRELATIONS if any(n in c for c in corr.values())]
+        lines.append(common.markdown_table(["dataset", *names],
+                                           [[datasets.get(ds, {}).get("label", ds), *(f"{c[n]:.2f}" if n in c else "-" for n in names)]
+                                            for ds, c in corr.items()]))
+        lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
 def plot(results: dict, path: str) -> str:
     """Accuracy vs budget per dataset (mean ± std) and pruning times (log scale), as a PNG."""
+    # heavy import, loaded only to draw the plot (the registry imports every suite)
     import matplotlib
 
     matplotlib.use("Agg")
+    # heavy import, loaded only to draw the plot (the registry imports every suite)
     import matplotlib.pyplot as plt
 
     summary, timing, datasets = results["summary"], results.get("timing", {}), results.get("datasets", {})
@@ -581,11 +594,12 @@ def _mark(directory: str, params: dict, **extra: Any) -> None:
 
 def pretrain_backbone(data_dir: str, cfg: dict, progress: bool) -> dict:
     """Shard Fashion-MNIST TRAIN and train the backbone on it (cached)."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune import Manifest, write_shards
     from streamprune.models import checkpoint_info
     from streamprune.sources import idx_source
-    from streamprune.sources.arrays import FASHION_MNIST_CLASSES, ArraySource
-    from streamprune.train import train_surrogate
+    from streamprune.sources.arrays import FASHION_MNIST_CLASSES, ArraySource  # deferred with the rest of this block
+    from streamprune.train import train_surrogate  # heavy: torch
 
     params = {"arch": ARCH, "subset": cfg["pretrain_subset"], "epochs": cfg["pretrain_epochs"], "batch_size": 128,
               "optimizer": "adam", "input_size": INPUT_SIZE, "seed": 0, "version": 1}
@@ -613,6 +627,7 @@ def pretrain_backbone(data_dir: str, cfg: dict, progress: bool) -> dict:
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    # optional extra: scikit-learn, only this path needs it
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -624,11 +639,12 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def prepare_downstream(data_dir: str, name: str, cfg: dict, progress: bool) -> dict:
     """Split a downstream dataset (stratified, seed 0) and shard both parts (cached)."""
+    # optional extra: scikit-learn, only this path needs it
     from sklearn.model_selection import train_test_split
 
     from streamprune import write_shards
     from streamprune.sources import idx_source
-    from streamprune.sources.arrays import FASHION_MNIST_CLASSES, ArraySource
+    from streamprune.sources.arrays import FASHION_MNIST_CLASSES, ArraySource  # deferred with the rest of this block
 
     spec = cfg["datasets"][name]
     params = {"name": name, "train": spec["train"], "test": spec["test"], "seed": 0, "version": 1}
@@ -658,6 +674,7 @@ def decode_all(manifest: Any) -> tuple[Any, np.ndarray]:
     Returns:
         ``(float32 tensor [N, 3, 28, 28], int64 labels [N])``.
     """
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
 
     from streamprune.models import surrogate_transform
@@ -680,6 +697,7 @@ def decode_all(manifest: Any) -> tuple[Any, np.ndarray]:
 
 def head_init_state(backbone_ckpt: str, num_classes: int, seed: int) -> dict:
     """State dict of the backbone with a new, seeded head for ``num_classes`` classes."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
 
     from streamprune.models import build_surrogate, head_module, load_checkpoint
@@ -697,6 +715,7 @@ def head_init_state(backbone_ckpt: str, num_classes: int, seed: int) -> dict:
 
 def write_init_checkpoint(path: str, state: dict, num_classes: int, classes: list[str], backbone: str, seed: int) -> str:
     """The downstream starting point (backbone + new head) as a streamprune checkpoint."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune.models import build_surrogate, save_checkpoint
 
     model = build_surrogate(ARCH, num_classes)
@@ -707,11 +726,12 @@ def write_init_checkpoint(path: str, state: dict, num_classes: int, classes: lis
 def finetune_accuracy(state: dict, num_classes: int, x: Any, y: np.ndarray, kept: np.ndarray, x_test: Any, y_test: np.ndarray,
                       cfg: dict, steps: int, seed: int) -> float:
     """Finetune from ``state`` on ``x[kept]`` for ``steps`` steps; top-1 test accuracy in percent."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
     import torch.nn.functional as F
 
     from streamprune.models import build_surrogate
-    from streamprune.train import make_optimizer, make_schedule
+    from streamprune.train import make_optimizer, make_schedule  # heavy: torch
 
     torch.manual_seed(seed)
     model = build_surrogate(ARCH, num_classes)
@@ -742,7 +762,7 @@ def timing_round(name: str, info: dict, cfg: dict, work: str, order_seed: int, p
     Returns:
         ``(seconds record for :func:`pruning_times`, {score method: scores path})``.
     """
-    from streamprune import Manifest
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune.dynamics import record_dynamics
     from streamprune.scoring import score_source
 
@@ -794,6 +814,7 @@ def timing_round(name: str, info: dict, cfg: dict, work: str, order_seed: int, p
 
 
 def _check_same_scores(a: dict, b: dict) -> dict:
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune.scoring.scores_file import ScoreFile
 
     out = {}
@@ -804,11 +825,43 @@ def _check_same_scores(a: dict, b: dict) -> dict:
     return out
 
 
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation of two score vectors (ties get their average rank)."""
+    def ranks(v: Sequence[float]) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        order = np.argsort(v, kind="mergesort")
+        _, inverse, counts = np.unique(v[order], return_inverse=True, return_counts=True)
+        out = np.empty(len(v))
+        out[order] = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
+        return out
+
+    if len(a) < 2:
+        return float("nan")
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+#: Score correlations stored per dataset: name -> (score key, other score key, sign applied to the other).
+CORRELATIONS = {"dlc_k10_vs_dlc": ("dlc", "dlc-k10", 1.0), "dlc_vs_el2n": ("dlc", "el2n", 1.0), "dlc_vs_neg_aum": ("dlc", "aum", -1.0)}
+
+
+def score_correlations(paths: dict[str, str]) -> dict[str, float]:
+    """Spearman correlations between the scores of one timing round (those in :data:`CORRELATIONS` that ran)."""
+    # heavy import (torch, numba via the scoring package), loaded only when the suite runs
+    from streamprune.scoring.scores_file import ScoreFile
+
+    out = {}
+    for name, (a, b, sign) in CORRELATIONS.items():
+        if a in paths and b in paths:
+            out[name] = spearman(ScoreFile.load(paths[a]).scores, sign * np.asarray(ScoreFile.load(paths[b]).scores))
+    return out
+
+
 def run(cfg: dict, out_dir: str, progress: bool) -> dict:
     """The whole benchmark; returns the results dict (not yet finalized)."""
+    # heavy import (torch), loaded only when this runs: the registry imports every suite
     import torch
 
-    from streamprune import Manifest
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune.scoring.scores_file import ScoreFile
     from streamprune.selection import select
 
@@ -860,6 +913,7 @@ def run(cfg: dict, out_dir: str, progress: bool) -> dict:
             log.info("%s: round %d: %s", name, r, {k: v for k, v in rec.items() if k not in ("order", "dynamics")})
         results["timing_rounds"][name] = rounds
         results["score_determinism"][name] = _check_same_scores(first_paths, last_paths) if cfg["rounds"] > 1 else {}
+        results.setdefault("score_correlations", {})[name] = score_correlations(last_paths)
         loads.append({"phase": f"{name} timed", "load": _load()})
 
         scores = {m: ScoreFile.load(last_paths[score]) for m, (_, score, _) in METHODS.items()}

@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+import streamprune as sp
+
 from . import common
 from .suite import Suite, Target
 
@@ -121,8 +123,6 @@ class BenchSource:
 
 def prepare_betons(cfg: BenchConfig) -> dict:
     """Write (or reuse) the dataset in each layout; returns ``{layout: Manifest}``."""
-    import streamprune as sp
-
     out = {}
     for layout in cfg.layouts:
         directory = os.path.join(cfg.data_dir, layout)
@@ -165,8 +165,6 @@ def prepare_betons(cfg: BenchConfig) -> dict:
 
 def make_masks(manifest, cfg: BenchConfig) -> dict:
     """``{(level, ratio): KeepMask}`` on ``manifest`` (ratio 0: ``None``, everything)."""
-    import streamprune as sp
-
     masks = {("none", 0.0): None}
     for level in cfg.levels:
         for ratio in cfg.ratios:
@@ -176,8 +174,6 @@ def make_masks(manifest, cfg: BenchConfig) -> dict:
 
 def run(cfg: BenchConfig) -> dict:
     """Run the benchmark; returns ``{"meta", "rows", "targets", "runs", "checks"}``."""
-    import streamprune as sp
-
     t_start = time.perf_counter()
     manifests = prepare_betons(cfg)
     base = manifests[cfg.layouts[0]]
@@ -368,9 +364,11 @@ def _series(rows, cache):
 
 
 def plot(result: dict, path: str) -> None:
+    # heavy import, loaded only to draw the plot (the registry imports every suite)
     import matplotlib
 
     matplotlib.use("Agg")
+    # heavy import, loaded only to draw the plot (the registry imports every suite)
     import matplotlib.pyplot as plt
 
     rows = result["rows"]

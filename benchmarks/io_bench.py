@@ -9,11 +9,12 @@ sample-level keep masks at several ratios, and reads one epoch with the tar read
   wds_before  the same with ``.select`` placed before ``.decode``;
   streamprune ``PrunedWebDataset(manifest, mask)`` (``+ .decode("pil")``), reading kept byte
               ranges only;
-  io_floor    (raw variant only, for reference) the kept byte ranges streamprune reads,
-              replayed with the same WILLNEED window and 1 MiB coalesced preads into one
-              reused buffer: no index loading, no per-sample Python, no sample dicts. Its
-              speed-up is what this storage allows for these reads; any reader that never
-              touches pruned bytes pays at least this.
+  io_floor    (raw variant only) a reference, not a floor: a serial replay of the kept byte
+              ranges streamprune reads, one ``preadv`` at a time from one thread into one
+              reused buffer (runs of up to 1 MiB, with the same ``FADV_RANDOM`` and 16 MiB
+              ``WILLNEED`` window), and no index loading, per-sample Python or sample dicts.
+              It shows what these reads cost when issued this simple way; it does not bound
+              other readers (the name is historical): streamprune's own epoch can be shorter.
 
 and FFCV on the same JPEG bytes (decode variant only):
 
@@ -41,9 +42,11 @@ At ratio 0 the webdataset readers have no ``.select`` (nothing to prune); stream
 all-keep mask file. Each (reader, cache, variant, ratio) is an epoch run in this process (no
 DataLoader workers, so ``/proc/self/io`` sees every read):
 
-  cache    ``cold``: every shard, index sidecar, manifest and mask file is evicted from the
-           page cache (``POSIX_FADV_DONTNEED``) right before the run; ``warm``: all of them are
-           read beforehand.
+  cache    ``cold``: every file the reader opens (``common.dataset_files``: each shard, its
+           ``.index.json`` sidecar and ``.index.npz`` companion, the manifest; and the mask file)
+           is evicted from the page cache (``POSIX_FADV_DONTNEED``) right before the run;
+           ``warm``: all of them are read beforehand. Each run records how many files and bytes
+           that was (``cache_files``, ``cache_file_bytes``).
   variant  ``raw``: iterate and touch ``len()`` of every bytes value; ``decode``:
            ``.decode("pil")`` (webdataset's PIL handler calls ``Image.load()`` and converts to RGB,
            so every kept JPEG is fully decoded; the loop checks each ``jpg`` is a PIL image and
@@ -64,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import logging
 import math
@@ -77,6 +81,11 @@ from typing import Any
 
 import numpy as np
 
+import streamprune as sp
+from streamprune import Manifest, random_mask
+from streamprune.manifest import ShardEntry
+from streamprune.optional import FFCV_INSTALL_HINT, ffcv_available
+
 from . import common
 from .suite import Suite, Target, targets_table
 
@@ -88,7 +97,7 @@ READER_LABELS = {
     "wds_after": "webdataset, select after decode",
     "wds_before": "webdataset, select before decode",
     "streamprune": "streamprune PrunedWebDataset",
-    "io_floor": "I/O floor: streamprune's reads replayed, no Python per sample",
+    "io_floor": "io_floor reference (not a floor): serial replay of the kept ranges, one preadv at a time",
     "ffcv_oscache": "FFCV pruned loader, os_cache on (memory map)",
     "ffcv_pages": "FFCV pruned loader, os_cache off (whole pages)",
 }
@@ -110,7 +119,7 @@ class Dataset:
     name: str
     manifest_path: str
     urls: list[str]
-    index_files: list[str]
+    files: dict[str, list[str]]  # common.dataset_files: every file a reader opens, by kind (shards included)
     data_bytes: int
     samples: int
     mask_paths: dict[float, str] = field(default_factory=dict)
@@ -130,10 +139,15 @@ class Dataset:
             "data_bytes": self.data_bytes,
             "kept": {str(r): v for r, v in self.kept.items()},
             "kept_bytes": {str(r): v for r, v in self.kept_bytes.items()},
+            "cache_files": {**{kind: len(paths) for kind, paths in self.files.items()}, "mask": 1},
         }
 
     def all_files(self, ratio: float) -> list[str]:
-        return self.urls + self.index_files + [self.manifest_path, self.mask_paths[ratio]]
+        """Every file the readers open at ``ratio``: shards, ``.index.json``, ``.index.npz``, manifest and mask.
+
+        Cold runs evict exactly these and warm runs read them first.
+        """
+        return [p for paths in self.files.values() for p in paths] + [self.mask_paths[ratio]]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -213,16 +227,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def prepare_dataset(name: str, manifest, ratios, seed: int, mask_dir: str) -> Dataset:
-    from streamprune import random_mask
-
-    shards, indexes = common.dataset_files(manifest)
+    files = common.dataset_files(manifest)
     keys = np.asarray(manifest.keys())
     sizes = manifest.sample_bytes()
     ds = Dataset(
         name=name,
         manifest_path=manifest.path,
-        urls=shards,
-        index_files=indexes,
+        urls=files["shards"],
+        files=files,
         data_bytes=int(manifest.total_bytes),
         samples=int(manifest.num_samples),
     )
@@ -243,6 +255,7 @@ def prepare_dataset(name: str, manifest, ratios, seed: int, mask_dir: str) -> Da
 
 def floor_ranges(manifest, mask, max_run_bytes: int = 1 << 20) -> list[tuple[str, list[tuple[int, int]]]]:
     """Per shard, the (start, end) byte ranges streamprune's reader reads for ``mask``."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune.readers.byterange import plan_runs
 
     out = []
@@ -255,7 +268,12 @@ def floor_ranges(manifest, mask, max_run_bytes: int = 1 << 20) -> list[tuple[str
 
 
 def replay_floor(ranges, prefetch_bytes: int = 16 << 20) -> int:
-    """Read exactly ``ranges`` as streamprune does (RANDOM + WILLNEED window + pread), no samples."""
+    """Replay ``ranges`` serially: one ``preadv`` at a time, no samples built (the ``io_floor`` reference).
+
+    It gives the same ``FADV_RANDOM`` and ``WILLNEED`` window hints as streamprune's reader and
+    reads each range whole into one reused buffer. It is a reference for these reads, not a
+    lower bound: a reader can overlap or split its reads differently and finish sooner.
+    """
     buf = bytearray(64 << 20)
     view = memoryview(buf)
     total = 0
@@ -281,9 +299,6 @@ def replay_floor(ranges, prefetch_bytes: int = 16 << 20) -> int:
 
 def subset_manifest(manifest, min_mb: float, out_dir: str):
     """A manifest of the first shards totalling at least ``min_mb`` MiB (absolute paths)."""
-    from streamprune import Manifest
-    from streamprune.manifest import ShardEntry
-
     entries = []
     total = 0
     for k, s in enumerate(manifest.shards):
@@ -316,6 +331,7 @@ class TarSamples:
     """A tar dataset as a ``write_beton`` source: its keys, labels and ``jpg`` bytes, in order."""
 
     def __init__(self, manifest) -> None:
+        # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
         from streamprune import PrunedMapDataset
 
         self.data = PrunedMapDataset(manifest.path)
@@ -336,8 +352,6 @@ class TarSamples:
 
 def jpeg_digest_tar(manifest) -> tuple[list[int], str]:
     """Sizes and SHA-256 of every sample's ``jpg`` bytes in a tar manifest, in order."""
-    import hashlib
-
     h, sizes = hashlib.sha256(), []
     for k in range(len(manifest.shards)):
         with open(manifest.shard_path(k), "rb") as fh:
@@ -353,8 +367,6 @@ def jpeg_digest_tar(manifest) -> tuple[list[int], str]:
 
 def jpeg_digest_beton(manifest) -> tuple[list[int], str]:
     """Sizes and SHA-256 of every sample's stored image bytes in a one-file ``.beton`` manifest."""
-    import hashlib
-
     h, sizes = hashlib.sha256(), []
     with open(manifest.shard_path(0), "rb") as fh:
         for members in manifest.index(0).members:
@@ -373,7 +385,6 @@ def prepare_beton(ds: Dataset, workers: int, out_dir: str, mask_dir: str) -> tup
         The beton ``Dataset`` (its masks translated by key from ``ds``'s), its manifest and the
         untimed checks (same keys and order, same labels, the same JPEG bytes).
     """
-    import streamprune as sp
 
     tar = sp.Manifest.load(ds.manifest_path)
     params = {"version": BETON_VERSION, "source_fingerprint": tar.fingerprint, "write_mode": "jpg", "keep_jpeg": True,
@@ -412,7 +423,7 @@ def prepare_beton(ds: Dataset, workers: int, out_dir: str, mask_dir: str) -> tup
         name=f"beton_{ds.name}",
         manifest_path=beton.path,
         urls=[path],
-        index_files=[beton.resolve(beton.shards[0].index)],
+        files=common.dataset_files(beton),
         data_bytes=os.path.getsize(path),
         samples=int(beton.num_samples),
     )
@@ -432,8 +443,6 @@ def prepare_beton(ds: Dataset, workers: int, out_dir: str, mask_dir: str) -> tup
 
 def build_ffcv_loaders(bds: Dataset, beton, readers, ratios, workers: int) -> dict:
     """One compiled FFCV loader per (reader, ratio), each checked with one untimed warm epoch."""
-    import streamprune as sp
-
     loaders = {}
     labels = beton.labels()
     for reader in readers:
@@ -457,9 +466,11 @@ def build_ffcv_loaders(bds: Dataset, beton, readers, ratios, workers: int) -> di
 
 
 def build_reader(reader: str, ds: Dataset, ratio: float, decode: bool):
+    # heavy import (webdataset), loaded only when this runs: the registry imports every suite
     import webdataset as wds
 
     if reader == "streamprune":
+        # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
         from streamprune import PrunedWebDataset
 
         pipe = PrunedWebDataset(ds.manifest_path, ds.mask_paths[ratio])
@@ -493,6 +504,7 @@ def consume_raw(pipe) -> tuple[int, int, int]:
 
 
 def consume_decode(pipe) -> tuple[int, int, int]:
+    # heavy import (PIL), loaded only when this runs: the registry imports every suite
     from PIL import Image
 
     n = 0
@@ -561,13 +573,13 @@ def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset, f
         "payload_bytes": nbytes,
         "pixels": pixels,
         "loadavg_1min": os.getloadavg()[0],
+        "cache_files": len(files),  # evicted (cold) or read first (warm): shards, .index.json, .index.npz, manifest, mask
+        "cache_file_bytes": sum(os.path.getsize(f) for f in files),
     }
 
 
 def verify_same_samples(ds: Dataset, ratio: float) -> dict:
     """Untimed check: streamprune yields exactly webdataset's kept samples, in the same order."""
-    import hashlib
-
     def digest(pipe):
         keys, h = [], hashlib.sha256()
         for s in pipe:
@@ -679,8 +691,20 @@ def find(rows, **kw):
     return None
 
 
+def _interval(row: dict, key: str) -> tuple[float, float] | None:
+    """``(row[key_min], row[key_max])``, the paired min-max over rounds; ``None`` when not measured."""
+    lo, hi = row.get(f"{key}_min"), row.get(f"{key}_max")
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return None
+    return lo, hi
+
+
 def evaluate_targets(rows: list[dict], ratios: Sequence[float]) -> list[dict]:
-    """The suite's targets on the summary rows, as stored in the JSON (:meth:`Target.to_dict`)."""
+    """The suite's targets on the summary rows, as stored in the JSON (:meth:`Target.to_dict`).
+
+    A speed-up or ratio target carries the min-max of its paired ratio over rounds, so its
+    verdict is inconclusive when that range straddles the threshold.
+    """
     out: list[Target] = []
     pruned = [x for x in ratios if x > 0]
 
@@ -690,7 +714,7 @@ def evaluate_targets(rows: list[dict], ratios: Sequence[float]) -> list[dict]:
             need = factor * row["ideal_speedup"]
             who = "" if reader == "streamprune" else f"{reader} "
             out.append(Target.check(f"{who}{cache} {variant} speed-up at r={r:g} >= {factor:g} x 1/(1-r) = {need:.2f}",
-                                    row["speedup"], need))
+                                    row["speedup"], need, interval=_interval(row, "speedup"), repeats=row["repeats"]))
         return row
 
     for r in pruned:
@@ -705,7 +729,8 @@ def evaluate_targets(rows: list[dict], ratios: Sequence[float]) -> list[dict]:
         for cache in CACHES:
             row = find(rows, reader="streamprune", cache=cache, variant=variant, ratio=0.0)
             if row and "samples_per_s_vs_webdataset" in row:
-                out.append(Target.check(f"{cache} {variant} r=0: streamprune samples/s {text}", row["samples_per_s_vs_webdataset"], goal))
+                out.append(Target.check(f"{cache} {variant} r=0: streamprune samples/s {text}", row["samples_per_s_vs_webdataset"], goal,
+                                        interval=_interval(row, "samples_per_s_vs_webdataset")))
     # ffcv_bench's warm target, checked here on io_bench's data: sample-level masks, file order
     for reader in FFCV_READERS:
         for r in pruned:
@@ -773,16 +798,18 @@ def _repeats(rows, variant: str) -> str:
 
 
 def plot(rows, ratios, path, meta):
+    # heavy import, loaded only to draw the plot (the registry imports every suite)
     import matplotlib
 
     matplotlib.use("Agg")
+    # heavy import, loaded only to draw the plot (the registry imports every suite)
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(17, 10))
     colors = {"wds_after": "tab:red", "wds_before": "tab:orange", "streamprune": "tab:blue", "io_floor": "tab:gray",
               "ffcv_oscache": "tab:green", "ffcv_pages": "tab:purple"}
     markers = {"wds_after": "s", "wds_before": "^", "streamprune": "o", "io_floor": "x", "ffcv_oscache": "D", "ffcv_pages": "v"}
-    short = {"wds_after": "wds after", "wds_before": "wds before", "streamprune": "streamprune", "io_floor": "I/O floor",
+    short = {"wds_after": "wds after", "wds_before": "wds before", "streamprune": "streamprune", "io_floor": "io_floor (serial replay, reference)",
              "ffcv_oscache": "FFCV os_cache", "ffcv_pages": "FFCV pages"}
     xs = np.linspace(0, max(ratios), 50)
     handles = {}
@@ -897,7 +924,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log.warning("skipping %s: FFCV runs in the decode variant only (%s)", ", ".join(ffcv_readers), FFCV_NO_RAW)
         ffcv_readers = []
     if ffcv_readers:
-        from streamprune.optional import FFCV_INSTALL_HINT, ffcv_available
 
         if not ffcv_available():
             for r in ffcv_readers:
@@ -942,7 +968,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "timed": "one epoch of a loader built and JIT-compiled (with one untimed epoch) before the rounds",
             "read_bytes": "FFCV's batch, page-reader and decode threads run in this process (it starts no processes); "
                           "/proc/self/io counts every thread of the process, so read_bytes is everything FFCV read",
-            "cold": "POSIX_FADV_DONTNEED on the .beton, its index sidecar, manifest and mask file, and FFCV's memory map "
+            "cold": "POSIX_FADV_DONTNEED on the .beton, its index sidecar and companion, manifest and mask file, and FFCV's memory map "
                     "dropped after every epoch (a live map would keep its pages cached)",
             "pages_touched": {str(r): bds.pages[r] for r in args.ratios},
         }
@@ -1046,7 +1072,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "samples_per_s_vs_webdataset": "t(wds_after, r=0)/t(reader, r=0), paired within a round of one invocation; median",
             "samples_per_s_vs_streamprune": "FFCV rows: t(streamprune, r=0)/t(reader, r=0), paired the same way",
             "read_fraction_of_data": "median /proc/self/io read_bytes delta / total bytes of the files read (tar shards, or the .beton)",
-            "cold": "POSIX_FADV_DONTNEED on every shard, index sidecar, manifest and mask file right before the run",
+            "cold": "POSIX_FADV_DONTNEED on every file the reader opens (each shard, .index.json, .index.npz, the manifest, "
+                    "the mask; counted per run in cache_files) right before the run",
             "warm": "every such file read completely right before the run",
             "ratio_0": "webdataset readers have no .select at ratio 0; streamprune reads the all-keep mask file",
             "decode": ".decode('pil'): PIL Image.open + load() + convert('RGB') per jpg; FFCV: see ffcv.decoder",

@@ -81,6 +81,7 @@ import argparse
 import copy
 import datetime as _dt
 import gc
+import itertools
 import json
 import logging
 import math
@@ -94,6 +95,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from streamprune import MaskFile
 
 from . import common
 from .suite import Suite, Target, targets_table
@@ -226,6 +229,7 @@ def split_per_class(labels: np.ndarray, shots: int, seed: int = 0) -> tuple[np.n
 
 def digits_images(size: int = 28) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as ``uint8 [N, size, size]`` grey images (bilinear resize) and labels."""
+    # optional extra: scikit-learn, only this path needs it
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -247,6 +251,7 @@ def prepare_source(data_dir: str, samples: int | None, samples_per_shard: int) -
 
     With ``samples`` a class-balanced subset is written as an ``.npz`` first and that is sharded.
     """
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune.sources import FASHION_MNIST_CLASSES, idx_source
 
     tag = "full" if samples is None else f"n{samples}"
@@ -278,6 +283,7 @@ def prepare_source(data_dir: str, samples: int | None, samples_per_shard: int) -
 
 def prepare_targets(data_dir: str, shots: int, test_limit: int | None) -> dict[str, dict[str, Any]]:
     """Write targets A and B (train and test splits) as shards; return their manifests and sizes."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune.sources import FASHION_MNIST_CLASSES, ArraySource, idx_source
     from streamprune.writers import write_shards
 
@@ -309,6 +315,7 @@ def prepare_targets(data_dir: str, shots: int, test_limit: int | None) -> dict[s
 
 def decode_gray(data: bytes):
     """Decode an encoded image (JPEG or PNG) to a ``uint8 [1, H, W]`` grey tensor (torchvision)."""
+    # heavy import (torch, torchvision), loaded only when this runs: the registry imports every suite
     import torch
     from torchvision.io import ImageReadMode, decode_image
 
@@ -322,8 +329,8 @@ def measure_decode(manifest: str, samples: int = 5000) -> dict[str, float]:
     ``webdataset_l``: ``.decode("l")`` (PIL, numpy grey); ``pil_surrogate_transform``:
     ``.decode("pil")`` + ``surrogate_transform(28)`` (what scoring and the surrogate use).
     """
-    import itertools
 
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune import PrunedWebDataset
     from streamprune.models import surrogate_transform
 
@@ -344,6 +351,7 @@ def measure_decode(manifest: str, samples: int = 5000) -> dict[str, float]:
 
 def load_split(manifest: str):
     """Every sample of a (target) manifest through ``PrunedWebDataset``: ``(uint8 [N,1,H,W], int64 [N])``."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
 
     from streamprune import PrunedWebDataset
@@ -374,7 +382,7 @@ def score_all(
         ``{"surrogate": {...}, "methods": {method: {"seeds": {seed|"all": {ratio: {"mask", "kept", "kept_fraction",
         "kept_classes"}}}, "seconds": ...}}}`` (``"all"``: one scoring for every seed).
     """
-    from streamprune import MaskFile
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     from streamprune.scoring import score_source
     from streamprune.train import train_surrogate
 
@@ -451,13 +459,14 @@ def pretrain(
     weight_decay: float = 5e-4,
 ):
     """Pretrain ``pretrain_cnn`` on the kept samples; time the loop. Returns ``(model, record)``."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
     from torch import nn
 
     from streamprune import PrunedWebDataset
-    from streamprune.readers.webdataset import kept_counts, open_manifest, open_mask
+    from streamprune.readers.webdataset import kept_counts, open_manifest, open_mask  # heavy: torch, webdataset
 
-    from .nets import pretrain_cnn
+    from .nets import pretrain_cnn  # heavy: torch
 
     m = open_manifest(manifest)
     kept = int(kept_counts(m, open_mask(mask, m)).sum())
@@ -509,6 +518,7 @@ def pretrain(
 
 
 def _features(model, x_uint8, batch: int = 1024) -> np.ndarray:
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
 
     from streamprune.models import features
@@ -523,6 +533,7 @@ def _features(model, x_uint8, batch: int = 1024) -> np.ndarray:
 
 def linear_probe(model, data: dict[str, Any]) -> float:
     """Test accuracy (percent) of logistic regression on the model's frozen, standardised features."""
+    # optional extra: scikit-learn, only this path needs it
     from sklearn.linear_model import LogisticRegression
 
     ftr = _features(model, data["x_train"])
@@ -535,6 +546,7 @@ def linear_probe(model, data: dict[str, Any]) -> float:
 
 def finetune(model, data: dict[str, Any], *, steps: int, batch: int, lr: float, seed: int) -> float:
     """Test accuracy (percent) after training every weight with a new linear head."""
+    # heavy import (torch), loaded only when this runs: the registry imports every suite
     import torch
     from torch import nn
 
@@ -570,6 +582,7 @@ def downstream(model, targets: dict[str, dict[str, Any]], args: argparse.Namespa
     BLAS/OpenMP pools are limited to ``args.threads``: scipy's L-BFGS on these tiny problems ran
     ~10x slower with two OpenBLAS threads beside other jobs than with one.
     """
+    # heavy import (threadpoolctl), loaded only when this runs: the registry imports every suite
     from threadpoolctl import threadpool_limits
 
     out = {}
@@ -596,6 +609,34 @@ def _runs_by_seed(runs: Iterable[dict], method: str, ratio: float | None) -> dic
         for r in runs
         if r["method"] == method and (ratio is None or abs(float(r["ratio"]) - ratio) < 1e-9)
     }
+
+
+def fixed_cost_fit(runs: Sequence[dict], ratios: Sequence[float] = (0.4, 0.6, 0.8)) -> dict[str, Any]:
+    """Least-squares fit of pretraining time against kept samples: ``t = fixed + per_1000 * kept / 1000``.
+
+    Args:
+        runs: The runs (those with ``pretrain`` count).
+        ratios: Ratios at which to give the fitted ``t(r)/t(0) = f + (1-f)(1-r)``.
+
+    Returns:
+        Per clock (``wall``: ``seconds``, ``cpu``: ``cpu_seconds``): ``fixed_seconds``,
+        ``seconds_per_1000_kept``, ``fixed_fraction`` f of the fitted unpruned epoch and
+        ``fitted_time_ratio`` by ratio; plus ``runs`` and ``unpruned_kept``. ``{}`` with fewer than two runs.
+    """
+    timed = [r for r in runs if isinstance(r.get("pretrain"), dict) and "kept" in r["pretrain"]]
+    unpruned = [r["pretrain"]["kept"] for r in timed if r.get("method") == "unpruned"]
+    if len(timed) < 2 or not unpruned:
+        return {}
+    kept = np.array([r["pretrain"]["kept"] for r in timed], dtype=np.float64) / 1000.0
+    out: dict[str, Any] = {"runs": len(timed), "unpruned_kept": int(unpruned[0])}
+    for clock, key in (("wall", "seconds"), ("cpu", "cpu_seconds")):
+        if not all(key in r["pretrain"] for r in timed):
+            continue
+        slope, fixed = np.polyfit(kept, np.array([r["pretrain"][key] for r in timed], dtype=np.float64), 1)
+        f = fixed / (fixed + slope * unpruned[0] / 1000.0)
+        out[clock] = {"fixed_seconds": float(fixed), "seconds_per_1000_kept": float(slope), "fixed_fraction": float(f),
+                      "fitted_time_ratio": {str(r): float(f + (1 - f) * (1 - r)) for r in ratios}}
+    return out
 
 
 def summarize(runs: Sequence[dict], ratios: Sequence[float], methods: Sequence[str] = METHODS) -> dict[str, Any]:
@@ -670,6 +711,7 @@ def summarize(runs: Sequence[dict], ratios: Sequence[float], methods: Sequence[s
         "time": time_rows,
         "accuracy": acc_rows,
         "unpruned_seconds_median": common.median([base[s]["pretrain"]["seconds"] for s in sorted(base)]),
+        "fixed_cost_fit": fixed_cost_fit(runs, ratios),
     }
 
 
@@ -799,6 +841,16 @@ def report_markdown(results: dict[str, Any]) -> str:
                 row.append("-" if t is None or t.get("cpu_ratio_median") is None else f"{t['cpu_ratio_median']:.3f}")
             rows.append(row)
         lines.append(common.markdown_table(headers, rows))
+    fit = summary.get("fixed_cost_fit") or fixed_cost_fit(results.get("runs") or [], ratios)
+    if fit.get("wall"):
+        w, c = fit["wall"], fit.get("cpu")
+        lines.append("")
+        lines.append(f"Fixed cost per run: a least-squares fit of the {fit['runs']} pretraining runs gives t = {w['fixed_seconds']:.2f} s + "
+                     f"{w['seconds_per_1000_kept']:.3f} s per 1,000 kept samples (wall"
+                     + (f"; CPU: {c['fixed_seconds']:.2f} s + {c['seconds_per_1000_kept']:.3f} s" if c else "")
+                     + f"), so f = {100 * w['fixed_fraction']:.1f}% of an unpruned epoch and t(r)/t(0) = f + (1-f)(1-r) = "
+                     + " / ".join(f"{v:.3f}" for v in w["fitted_time_ratio"].values()) + " at r = "
+                     + " / ".join(f"{float(r):g}" for r in w["fitted_time_ratio"]) + ".")
     for target in sorted({r["target"] for r in summary["accuracy"]}):
         for protocol in PROTOCOLS:
             lines.append("")
@@ -829,9 +881,11 @@ def report_markdown(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: str) -> None:
     """Pretraining time ratios (wall, CPU) and accuracy against ratio, one row per target."""
+    # heavy import, loaded only to draw the plot (the registry imports every suite)
     import matplotlib
 
     matplotlib.use("Agg")
+    # heavy import, loaded only to draw the plot (the registry imports every suite)
     import matplotlib.pyplot as plt
 
     summary = results["summary"]
@@ -894,12 +948,13 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the whole benchmark; return the results dict (also written to ``args.out``)."""
+    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
     from tqdm.auto import tqdm
 
     from streamprune import Manifest, random_mask
 
-    from .nets import pretrain_cnn
+    from .nets import pretrain_cnn  # heavy: torch
 
     torch.set_num_threads(args.threads)
     progress = not args.quiet

@@ -292,7 +292,7 @@ def test_report_survives_a_results_file_of_another_shape(tmp_path):
 
 def test_report_renders_the_committed_results_of_every_suite():
     """Every registered suite renders the repository's own results file (whatever it is now), with its targets."""
-    for name, suite in SUITES.items():
+    for suite in SUITES.values():
         results = suite.results()
         if results is None:
             continue
