@@ -53,7 +53,7 @@ def npz_path(tmp_path):
 def image_folder(tmp_path):
     root = tmp_path / "imgs"
     rng = np.random.default_rng(1)
-    for c, cls in enumerate(["zebra", "ape", "moth", "kiwi"]):
+    for _c, cls in enumerate(["zebra", "ape", "moth", "kiwi"]):
         (root / cls).mkdir(parents=True)
         for i in range(3):
             buf = io.BytesIO()

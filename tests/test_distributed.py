@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 import pytest
-
 from _dist_worker import CONFIGS, build_dataset
+
 from streamprune import Manifest, mask_from_bool
 
 pytestmark = pytest.mark.distributed

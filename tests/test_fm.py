@@ -137,7 +137,7 @@ def test_embed_resumes_after_interruption_and_damaged_files(tmp_path, blobs):
 def test_chunk_reader_is_bounded(tmp_path, blobs):
     store = embed_manifest(blobs, tmp_path / "f", CountingEmbed(), IDENT, transform=pixels, progress=False)
     seen = 0
-    for start, chunk in store.iter_chunks(chunk_rows=4):
+    for _start, chunk in store.iter_chunks(chunk_rows=4):
         assert chunk.dtype == np.float32 and len(chunk) <= 4
         seen += len(chunk)
     assert seen == 80 and store.max_chunk_rows == 4

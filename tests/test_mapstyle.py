@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from _dist_worker import build_dataset
 from torch.utils.data import DataLoader, RandomSampler
 
-from _dist_worker import build_dataset
 from streamprune import KeptSampler, Manifest, PrunedMapDataset, mask_from_bool, mask_from_classes, random_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")

@@ -12,11 +12,11 @@ import collections
 
 import numpy as np
 import pytest
+from _dist_worker import build_dataset, sample_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from _dist_worker import build_dataset, sample_key
 from streamprune import Manifest, PrunedSource, PrunedWebDataset, mask_from_bool, random_mask
 from streamprune.readers.plan import Segment, plan_epoch, rank_sizes, shard_order, within_shard_order
 
