@@ -61,6 +61,8 @@ Run:  python -m benchmarks io            (full, ~15-25 min)
       python -m benchmarks io --quick    (smoke run on tiny data)
       python -m benchmarks io --readers streamprune,ffcv_oscache,ffcv_pages --variants decode --merge
                                                (rerun some readers, keep the other rows of results/io_bench.json)
+      python -m benchmarks io --only decode   (decoder rows alone: JPEG decode samples/s per core per
+                                               decoder, full and reduced size; writes results/io_decode.json)
 """
 
 from __future__ import annotations
@@ -184,6 +186,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the rows of OUT/io_bench.json for the (reader, cache, variant) not run now (same data required)",
     )
+    p.add_argument("--only", choices=["decode"], default=None, help="decode: run only the decoder rows (see decoder_rows)")
+    p.add_argument("--decode-samples", type=int, default=1000, help="--only decode: JPEGs decoded per config and round (default 1000)")
+    p.add_argument("--decode-sizes", default="128,32", help="--only decode: sizes of the reduced-size rows (default 128,32)")
     p.add_argument("--seed", type=int, default=0, help="data and mask seed")
     p.add_argument("--workers", type=int, default=2, help="processes generating shards")
     p.add_argument("--quick", action="store_true", help="tiny data and 2 rounds: a smoke run, not a measurement")
@@ -872,6 +877,161 @@ def plot(rows, ratios, path, meta):
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# decoder rows (--only decode): JPEG decode cost per core, per decoder, full and reduced size
+
+DECODE_REFERENCE = "pil+Resize"  # what the loaders did before streamprune.decode: PIL full decode, then Resize(size)
+
+
+def decode_inputs(args: argparse.Namespace) -> tuple[list[bytes], str]:
+    """The first ``--decode-samples`` JPEGs of io_bench's dataset, in memory (reading is not timed).
+
+    From the generated shards when ``--data-dir`` holds them; else made by the same generator
+    (``common.make_jpeg(i, seed)``, the bytes ``JpegSource`` writes as sample ``i``), so the
+    rows do not need the whole dataset generated.
+    """
+    n = args.decode_samples
+    if os.path.exists(os.path.join(args.data_dir, "manifest.json")):
+        import streamprune as sp  # deferred: like the rest of this module, the library loads only when measuring
+
+        jpegs = []
+        for sample in sp.PrunedSource(args.data_dir, shuffle=False, rank=0, world_size=1):
+            jpegs.append(sample["jpg"])
+            if len(jpegs) == n:
+                break
+        return jpegs, f"first {len(jpegs)} samples of {args.data_dir}"
+    return [common.make_jpeg(i, args.seed) for i in range(n)], f"common.make_jpeg(i, seed={args.seed}) for i < {n} (the dataset's first samples)"
+
+
+def decode_configs(sizes: Sequence[int]) -> list[tuple[str, int | None]]:
+    """(decoder, size) of every row: each installed backend at full size and at each size, and the reference."""
+    from streamprune.decode import available_decoders  # deferred: the library loads only when measuring
+
+    return [(b, s) for b in available_decoders() for s in (None, *sizes)] + [(DECODE_REFERENCE, s) for s in sizes]
+
+
+def make_decode_fn(backend: str, size: int | None):
+    """A function ``bytes -> PIL.Image`` for one row."""
+    # deferred: the library and torchvision load only when measuring
+    from torchvision import transforms
+
+    from streamprune.decode import image_decoder
+
+    if backend == DECODE_REFERENCE:
+        full, resize = image_decoder("pil"), transforms.Resize(size, antialias=True)
+        return lambda data: resize(full.decode(data))
+    return image_decoder(backend, size=size).decode
+
+
+def decoder_rows(jpegs: Sequence[bytes], configs, repeats: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Decode every JPEG with every config, interleaved over ``repeats`` shuffled rounds.
+
+    Each run decodes all of ``jpegs`` in this thread (the decoders start no threads), so
+    samples per CPU-second of this thread (``time.thread_time``) is samples/s on one core,
+    whatever else the machine runs; wall-clock samples/s is recorded beside it.
+
+    Returns:
+        ``(runs, rows)``: one dict per run, and per config the medians over rounds.
+    """
+    fns = {c: make_decode_fn(*c) for c in configs}
+    for fn in fns.values():  # warm-up, untimed: imports, library loading, first allocations
+        fn(jpegs[0])
+    runs = []
+    rng = random.Random(seed)
+    for rnd in range(repeats):
+        order = list(configs)
+        rng.shuffle(order)
+        for backend, size in order:
+            fn = fns[(backend, size)]
+            gc.collect()
+            c0, w0 = time.thread_time(), time.perf_counter()
+            pixels = 0
+            for data in jpegs:
+                image = fn(data)
+                pixels += image.size[0] * image.size[1]
+            cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
+            runs.append({"decoder": backend, "size": size, "round": rnd, "samples": len(jpegs), "cpu_s": cpu, "wall_s": wall,
+                         "samples_per_cpu_s": len(jpegs) / cpu, "samples_per_wall_s": len(jpegs) / wall,
+                         "mean_output_pixels": pixels / len(jpegs)})
+        print(f"decode round {rnd + 1}/{repeats} (load avg {os.getloadavg()[0]:.1f})", flush=True)
+    rows = []
+    for backend, size in configs:
+        mine = [r for r in runs if r["decoder"] == backend and r["size"] == size]
+        per_core = [r["samples_per_cpu_s"] for r in mine]
+        rows.append({"decoder": backend, "size": size, "rounds": len(mine),
+                     "samples_per_s_per_core": common.median(per_core), "per_core_min": min(per_core), "per_core_max": max(per_core),
+                     "samples_per_wall_s": common.median([r["samples_per_wall_s"] for r in mine]),
+                     "mean_output_pixels": mine[0]["mean_output_pixels"]})
+    return runs, rows
+
+
+def decoder_equivalence(jpegs: Sequence[bytes], configs, n: int = 50) -> list[dict]:
+    """Per config, mean absolute pixel difference (grey levels of 255) from the PIL reference on ``n`` images.
+
+    Full-size rows compare with PIL's full decode; sized rows with PIL's full decode resized
+    by torchvision's ``Resize(size)`` (the reference row). Untimed.
+    """
+    refs = {size: make_decode_fn("pil", None) if size is None else make_decode_fn(DECODE_REFERENCE, size) for _, size in configs}
+    out = []
+    for backend, size in configs:
+        fn = make_decode_fn(backend, size)
+        diffs = []
+        for data in jpegs[:n]:
+            got, want = fn(data), refs[size](data)
+            if got.size != want.size or got.mode != want.mode:
+                raise AssertionError(f"{backend} size={size}: {got.mode} {got.size}, PIL gives {want.mode} {want.size}")
+            diffs.append(float(np.abs(np.asarray(got, np.float32) - np.asarray(want, np.float32)).mean()))
+        out.append({"decoder": backend, "size": size, "images": len(diffs), "mean_abs_diff": float(np.mean(diffs)),
+                    "max_image_mean_abs_diff": float(max(diffs))})
+    return out
+
+
+def run_decoder_rows(args: argparse.Namespace) -> dict[str, Any]:
+    """``--only decode``: measure the decoder rows, write ``OUT/io_decode.json``, print the table."""
+    t_start = time.perf_counter()
+    machine = common.machine_info()
+    machine["packages"].update(common.package_versions(["simplejpeg", "PyTurboJPEG"]))
+    sizes = [int(x) for x in args.decode_sizes.split(",") if x.strip()]
+    if args.quick:
+        args.decode_samples = min(args.decode_samples, 100)
+    jpegs, source = decode_inputs(args)
+    configs = decode_configs(sizes)
+    print(f"decoder rows: {len(jpegs)} JPEGs (mean {np.mean([len(j) for j in jpegs]) / 1e3:.1f} KB) from {source}; "
+          f"{len(configs)} configs x {args.repeats} rounds", flush=True)
+    equivalence = decoder_equivalence(jpegs, configs)
+    load_start = os.getloadavg()
+    runs, rows = decoder_rows(jpegs, configs, args.repeats, args.seed)
+    from streamprune.decode import resolve_decoder  # deferred: the library loads only when measuring
+
+    results = {
+        "suite": "io", "part": "decoder rows", "command": common.command_line(), "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": machine, "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
+        "data": {"source": source, "samples": len(jpegs), "mean_jpeg_bytes": float(np.mean([len(j) for j in jpegs])),
+                 "sides_px": "256-320 (common.make_jpeg), 4:4:4, quality 95"},
+        "auto_decoder": resolve_decoder("auto"),
+        "timed": "decoding every JPEG to a PIL image (sized rows: resized to shorter side `size`) in this thread, "
+                 "bytes already in memory; per core = samples / thread CPU seconds, median over interleaved rounds",
+        "reference": f"{DECODE_REFERENCE}: image_decoder('pil') full decode, then torchvision Resize(size, antialias=True)",
+        "equivalence": equivalence, "summary": rows, "runs": runs, "total_seconds": time.perf_counter() - t_start,
+    }
+    path = os.path.join(args.out, "io_decode.json")
+    common.write_json(path, results)
+    print(decode_table(results))
+    print(f"\nwrote {path} ({results['total_seconds']:.0f} s)")
+    return results
+
+
+def decode_table(results: dict[str, Any]) -> str:
+    """The decoder rows as a markdown table."""
+    eq = {(e["decoder"], e["size"]): e["mean_abs_diff"] for e in results["equivalence"]}
+    headers = ["decoder", "size", "samples/s per core", "[min-max]", "wall samples/s", "mean |diff| vs PIL (levels)"]
+    rows = [[r["decoder"], "full" if r["size"] is None else r["size"], common.fmt_num(r["samples_per_s_per_core"], 0),
+             f"{r['per_core_min']:.0f}-{r['per_core_max']:.0f}", common.fmt_num(r["samples_per_wall_s"], 0),
+             f"{eq.get((r['decoder'], r['size']), float('nan')):.2f}"] for r in results["summary"]]
+    return (f"JPEG decode, one core ({results['data']['samples']} JPEGs, mean {results['data']['mean_jpeg_bytes'] / 1e3:.0f} KB); "
+            f"auto = {results['auto_decoder']}\n\n" + common.markdown_table(headers, rows, "llrrrr"))
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure (options as :func:`parse_args`), write ``io_bench.json`` and the plot, print the tables; return the results."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -885,6 +1045,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return saved
     if args.resummarize:
         return resummarize(args.resummarize, args.no_plot)
+    if args.only == "decode":
+        return run_decoder_rows(args)
 
     t_start = time.perf_counter()
     machine = common.machine_info()

@@ -50,6 +50,8 @@ _LAZY = {
     "PrunedMapDataset": "readers",
     "KeptSampler": "readers",
     "pruned_ffcv_loader": "readers.ffcv",
+    "image_decoder": "decode",
+    "ImageDecoder": "decode",
     "describe": "report",
     "MissingExtraError": "optional",
 }
@@ -82,6 +84,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static tools see the names the lazy table provides
+    from .decode import ImageDecoder, image_decoder
     from .indexing import index_betons, index_files, index_shards
     from .manifest import Manifest
     from .masks import (

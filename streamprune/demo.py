@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from .decode import image_key
 from .manifest import MANIFEST_NAME, Manifest
 from .masks import MaskFile, random_mask
 from .readers import PrunedWebDataset
@@ -56,7 +57,8 @@ def default_source(work_dir: str) -> str:
 
 
 def _read_all(manifest: str, mask: str | None) -> tuple[int, float]:
-    ds = PrunedWebDataset(manifest, mask).decode("l").to_tuple("jpg;png", "cls")
+    ds = PrunedWebDataset(manifest, mask)
+    ds = ds.decode("l").to_tuple(image_key(ds.source.manifest), "cls")
     start = time.perf_counter()
     count = 0
     for image, _ in ds:

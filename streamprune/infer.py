@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .decode import DecoderLike, as_decoder, image_key
 from .errors import StreamPruneError
 from .manifest import ManifestLike
 from .masks import MaskLike
@@ -85,6 +86,7 @@ def eval_batches(
     batch_size: int = 256,
     workers: int = 0,
     labels: bool | None = None,
+    decoder: DecoderLike = "auto",
 ) -> EvalBatches:
     """Kept samples of a manifest in archive order, transformed, batched, with their positions.
 
@@ -96,18 +98,29 @@ def eval_batches(
         batch_size: Samples per batch (the last one may be smaller).
         workers: DataLoader worker processes decoding images.
         labels: Read the ``cls`` labels (``None``: when the manifest has labels).
+        decoder: JPEG decoder: ``"auto"`` (fastest installed, PIL if none), a backend name or
+            an :class:`~streamprune.decode.ImageDecoder` (see :func:`~streamprune.decode.image_decoder`).
+            With the default transform a named decoder may decode at a reduced scale whose
+            sides stay at least ``input_size`` (the transform resizes to ``input_size`` anyway);
+            with a custom ``transform`` it decodes at full size.
 
     Returns:
         The :class:`EvalBatches`.
+
+    Raises:
+        StreamPruneError: The samples hold no image member.
     """
     ds = PrunedWebDataset(manifest, mask, shuffle=False, rank=0, world_size=1)
     m = ds.source.manifest
     labelled = m.label_ext is not None if labels is None else bool(labels)
+    image = image_key(m)
+    # the default transform's first resize goes down to input_size: a decode that stops at that size loses nothing it keeps
+    images = as_decoder(decoder, size=input_size if transform is None else None)
     transform = transform or surrogate_transform(input_size)
     if labelled:
-        pipeline = ds.decode("pil").to_tuple("__key__", "jpg;png", "cls").map_tuple(str, transform, int)
+        pipeline = ds.decode(images).to_tuple("__key__", image, "cls").map_tuple(str, transform, int)
     else:
-        pipeline = ds.decode("pil").to_tuple("__key__", "jpg;png").map_tuple(str, transform)
+        pipeline = ds.decode(images).to_tuple("__key__", image).map_tuple(str, transform)
     loader = torch.utils.data.DataLoader(pipeline, batch_size=batch_size, num_workers=workers)
     position_of = {key: i for i, key in enumerate(m.keys())}
     return EvalBatches(ds, loader, labelled, position_of)
@@ -125,6 +138,7 @@ def infer(
     want_features: bool = False,
     progress: bool = True,
     desc: str = "infer",
+    decoder: DecoderLike = "auto",
 ) -> dict[str, np.ndarray]:
     """Run a model over a dataset's (kept) samples with the evaluation transform.
 
@@ -142,15 +156,17 @@ def infer(
         want_features: Also return the penultimate features (see :func:`~streamprune.models.features`).
         progress: Show a progress bar.
         desc: Progress bar label.
+        decoder: JPEG decoder (see :func:`eval_batches`): ``"auto"``, a backend name or an
+            :class:`~streamprune.decode.ImageDecoder`.
 
     Returns:
         ``{"positions": int64[N] manifest positions, "labels": int64[N] (-1 if unlabelled),
         "logits": float32[N, C]}`` plus ``"features": float32[N, D]`` if asked for.
 
     Raises:
-        StreamPruneError: No sample to run on (empty dataset or mask).
+        StreamPruneError: No sample to run on (empty dataset or mask), or no image member.
     """
-    batches = eval_batches(manifest, mask, input_size=input_size, batch_size=batch_size, workers=workers)
+    batches = eval_batches(manifest, mask, input_size=input_size, batch_size=batch_size, workers=workers, decoder=decoder)
     dev = resolve_device(device)
     model = model.to(dev).eval()
     positions, labels, logits, feats = [], [], [], []

@@ -35,12 +35,15 @@ from .indexfile import companion_path, load_index
 from .jsonfile import read_versioned_json
 from .shardindex import ShardIndex
 
-__all__ = ["ShardEntry", "Manifest", "ManifestLike", "open_manifest", "build_manifest", "MANIFEST_NAME"]
+__all__ = ["ShardEntry", "Manifest", "ManifestLike", "open_manifest", "build_manifest", "MANIFEST_NAME", "IMAGE_EXTENSIONS"]
 
 MANIFEST_FORMAT = "streamprune-manifest"
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARD_FORMATS = ("tar", "beton")
+#: Member extensions that hold an encoded image, in the order a loader prefers them when a
+#: sample has several (``jpg`` first, as webdataset datasets usually name their images).
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
 
 
 @dataclass
@@ -253,6 +256,22 @@ class Manifest:
         if not self.shards:
             return np.zeros(0, dtype=np.int64)
         return np.concatenate([self.index(k).data_bytes for k in range(len(self.shards))])
+
+    def image_extensions(self) -> tuple[str, ...]:
+        """The image member extensions (``jpg``, ``webp``, ...) of this dataset's samples.
+
+        Read from shard 0's index, which a reader loads first anyway: writers put the same
+        member types in every shard (a folder of mixed ``jpg``/``png`` files is shuffled over
+        all shards), so one shard names them without loading every index.
+
+        Returns:
+            The extensions, in :data:`IMAGE_EXTENSIONS` order; empty when shard 0 holds no
+            image member (or the manifest has no shards).
+        """
+        if not self.shards:
+            return ()
+        present = {ext.lower() for members in self.index(0).members for ext, _, _ in members}
+        return tuple(ext for ext in IMAGE_EXTENSIONS if ext in present)
 
     def drop_cache(self) -> None:
         """Forget cached indexes (e.g. before handing the manifest to worker processes)."""

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .decode import DecoderLike, as_decoder, image_key
 from .errors import StreamPruneError
 from .infer import infer
 from .manifest import ManifestLike, open_manifest
@@ -303,6 +304,7 @@ def training_loader(
     workers: int,
     seed: int,
     with_keys: bool = False,
+    decoder: DecoderLike = "auto",
     **source_options: Any,
 ) -> tuple[PrunedWebDataset, torch.utils.data.DataLoader]:
     """A shuffled pruned reader and its DataLoader of ``(images, labels)`` or ``(keys, images, labels)``.
@@ -318,17 +320,26 @@ def training_loader(
         workers: DataLoader worker processes.
         seed: Seed of the data order.
         with_keys: Also yield each sample's ``__key__``.
+        decoder: JPEG decoder: ``"auto"`` (fastest installed, PIL if none), a backend name
+            (decoding at a reduced scale whose sides stay at least ``input_size``: the
+            transform resizes to ``input_size``) or an :class:`~streamprune.decode.ImageDecoder`
+            used as it is.
         **source_options: Passed to :class:`~streamprune.readers.PrunedWebDataset` (``rank``, ``world_size``, ...).
 
     Returns:
         ``(dataset, loader)``.
+
+    Raises:
+        StreamPruneError: The samples hold no image member.
     """
     ds = PrunedWebDataset(manifest, mask, shuffle=True, seed=seed, **source_options)
+    image = image_key(ds.source.manifest)
+    images = as_decoder(decoder, size=input_size)
     transform = surrogate_transform(input_size)
     if with_keys:
-        pipeline = ds.decode("pil").to_tuple("__key__", "jpg;png", "cls").map_tuple(str, transform, int)
+        pipeline = ds.decode(images).to_tuple("__key__", image, "cls").map_tuple(str, transform, int)
     else:
-        pipeline = ds.decode("pil").to_tuple("jpg;png", "cls").map_tuple(transform, int)
+        pipeline = ds.decode(images).to_tuple(image, "cls").map_tuple(transform, int)
     loader = torch.utils.data.DataLoader(pipeline, batch_size=batch_size, num_workers=workers, drop_last=False)
     return ds, loader
 
@@ -350,6 +361,7 @@ def train_surrogate(
     device: str | None = "cpu",
     seed: int = 0,
     progress: bool = True,
+    decoder: DecoderLike = "auto",
 ) -> dict[str, Any]:
     """Train a surrogate on a sharded dataset and write its checkpoint atomically.
 
@@ -376,6 +388,7 @@ def train_surrogate(
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         seed: Seed of the weight initialisation and the data order.
         progress: Show a progress bar.
+        decoder: JPEG decoder (see :func:`training_loader`).
 
     Returns:
         ``{"checkpoint", "steps", "epochs", "samples", "seconds", "train_loss",
@@ -383,7 +396,7 @@ def train_surrogate(
 
     Raises:
         ValueError: Bad argument.
-        StreamPruneError: Unlabelled dataset, or an empty mask.
+        StreamPruneError: Unlabelled dataset, an empty mask, or no image member.
     """
     if epochs < 1:
         raise ValueError(f"epochs={epochs}: must be at least 1")
@@ -401,7 +414,9 @@ def train_surrogate(
     torch.manual_seed(seed)
     model = build_surrogate(arch, num_classes).to(dev)
 
-    ds, loader = training_loader(m, mask, input_size=input_size, batch_size=batch_size, workers=workers, seed=seed)
+    ds, loader = training_loader(
+        m, mask, input_size=input_size, batch_size=batch_size, workers=workers, seed=seed, decoder=decoder
+    )
     if len(ds) == 0:
         raise StreamPruneError(f"{m.path}: the mask keeps no samples to train on")
     total_steps = epochs * math.ceil(len(ds) / batch_size)

@@ -183,6 +183,13 @@ class PrunedWebDataset(wds.DataPipeline, wds.FluidInterface):
             ds.set_epoch(epoch)
             ...
 
+    ``.decode("pil")`` decodes with PIL. ``.decode(streamprune.image_decoder())`` decodes JPEGs
+    with the fastest decoder installed (simplejpeg, PyTurboJPEG; PIL otherwise) and, given a
+    ``size``, at a reduced scale; :func:`streamprune.decode.image_key` names the dataset's
+    image member(s) for ``to_tuple``::
+
+        ds = ds.decode(image_decoder(size=224)).to_tuple(image_key(ds.source.manifest), "cls")
+
     Args:
         manifest: Manifest path or object.
         mask: Keep mask, or ``None`` to read everything.
