@@ -198,7 +198,7 @@ def test_hand_written_version_1_mask_file_is_read(tmp_path, small_dataset):
     manifest = small_dataset
     per_shard = [[1 if (i + k) % 3 == 0 else 0 for i in range(s.samples)] for k, s in enumerate(manifest.shards)]
     shards, blobs, offset = [], [], 0
-    for k, (entry, bits) in enumerate(zip(manifest.shards, per_shard)):
+    for entry, bits in zip(manifest.shards, per_shard):
         packed = _pack_little(bits)
         shards.append(
             {

@@ -131,7 +131,7 @@ def test_tar_shard_writer_output_matches_tarfile_and_webdataset(samples):
                 assert by_name[f"{key}.{ext}"] == data
         got = list(wds.WebDataset(path, shardshuffle=False))
         assert [g["__key__"] for g in got] == index.keys == [key for key, _ in expected]
-        for g, (key, want) in zip(got, expected):
+        for g, (_key, want) in zip(got, expected):
             assert {k: v for k, v in g.items() if not k.startswith("__")} == want
         labelled = all(label is not None for *_, label in samples)
         reread = index_tar(path, label_ext="cls" if labelled else None)
