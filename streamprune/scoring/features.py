@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .. import models
 from ..atomic import atomic_write_json, temp_name
+from ..decode import resolve_decoder
 from ..errors import StreamPruneError
 from ..infer import eval_batches
 from ..manifest import Manifest, open_manifest
@@ -305,6 +306,8 @@ def surrogate_features(request: ScoreRequest, manifest: Any, cache_dir: str, des
         "input_size": int(info["input_size"]),
         # an untrained surrogate's weights, hence its features, depend on the seed
         "seed": None if info.get("checkpoint_sha256") else int(request.seed),
+        # JPEG decoders differ by a few grey levels (reduced-size decodes), so do their features
+        "decoder": resolve_decoder("auto"),
     }
     # looked up on the module at call time, so a caller (or a test) can substitute the function
     store = embed_manifest(
