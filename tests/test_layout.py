@@ -78,3 +78,11 @@ def test_lazy_package_names_resolve():
         assert getattr(streamprune, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         streamprune.nope  # noqa: B018
+
+
+def test_documented_old_import_paths_still_work():
+    # README and earlier releases import these from where they used to live
+    from streamprune.readers.webdataset import PrunedSource, PrunedWebDataset  # noqa: F401
+    from streamprune.scoring.fm import kmeans, surrogate_features  # noqa: F401
+    from streamprune.scoring.scores_file import ScoreFile, kept_count, mask_from_scores, rank_items  # noqa: F401
+    from streamprune.tarindex import MemberTable, ShardIndex  # noqa: F401

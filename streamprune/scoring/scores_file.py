@@ -5,8 +5,18 @@ The scores file is :mod:`streamprune.scores`; turning scores into masks is
 :mod:`streamprune.selection`.
 """
 
-from .. import scores
 from ..ratios import kept_count
+from ..scores import LEVELS, SCORES_FORMAT, SCORES_VERSION, ScoreFile, rank_items
 from ..selection import mask_from_scores, select_classes_from_scores, select_items
 
-__all__ = [*scores.__all__, "kept_count", "select_classes_from_scores", "select_items", "mask_from_scores"]
+__all__ = [
+    "LEVELS",
+    "SCORES_FORMAT",
+    "SCORES_VERSION",
+    "ScoreFile",
+    "kept_count",
+    "mask_from_scores",
+    "rank_items",
+    "select_classes_from_scores",
+    "select_items",
+]
