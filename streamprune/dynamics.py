@@ -768,20 +768,12 @@ class Dynamics:
 
 
 def _read_meta(path: str) -> dict[str, Any]:
-    def read(version: int) -> dict[str, Any]:
-        return read_versioned_json(
-            path, DYNAMICS_FORMAT, version, "dynamics sidecar",
-            missing=f"{path}: no training dynamics recorded here (run `streamprune dynamics MANIFEST --out DIR` first)",
-            version_label="dynamics", version_note=f" (this streamprune reads {' and '.join(map(str, READABLE_VERSIONS))})",
-        )
-
-    try:
-        return read(DYNAMICS_VERSION)
-    except StreamPruneError as newest:
-        for older in READABLE_VERSIONS[:-1]:  # a version-1 recording is version 2 without EL2N snapshots
-            with contextlib.suppress(StreamPruneError):
-                return read(older)
-        raise newest from None
+    # a version-1 recording is version 2 without EL2N snapshots: both are read
+    return read_versioned_json(
+        path, DYNAMICS_FORMAT, READABLE_VERSIONS, "dynamics sidecar",
+        missing=f"{path}: no training dynamics recorded here (run `streamprune dynamics MANIFEST --out DIR` first)",
+        version_label="dynamics", version_note=f" (this streamprune reads {' and '.join(map(str, READABLE_VERSIONS))})",
+    )
 
 
 def load_dynamics(directory: str | os.PathLike, manifest: ManifestLike | None = None) -> Dynamics:

@@ -38,6 +38,7 @@ import numpy as np
 
 from .atomic import atomic_open, atomic_write_json
 from .errors import IndexMismatchError, ManifestError
+from .jsonfile import parse_versioned_json
 from .shardindex import MemberTable, ShardIndex
 from .tarindex import BLOCK
 
@@ -400,14 +401,9 @@ def load_index(
     fast = _load_companion(companion_path(path), digest)
     if fast is not None:
         return fast
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
-        raise ManifestError(f"{path}: shard index is not valid JSON ({exc})") from None
-    if not isinstance(obj, dict) or obj.get("format") != INDEX_FORMAT:
-        raise ManifestError(f"{path}: not a streamprune shard index")
-    if obj.get("version") != INDEX_VERSION:
-        raise ManifestError(f"{path}: index version {obj.get('version')} is not supported (expected {INDEX_VERSION})")
+    obj = parse_versioned_json(
+        data, path, INDEX_FORMAT, INDEX_VERSION, "shard index", ManifestError, "index", f" (expected {INDEX_VERSION})"
+    )
     problem = _json_problem(obj)
     if problem:
         raise ManifestError(f"{path}: malformed shard index: {problem}")

@@ -8,13 +8,13 @@ from typing import Any
 
 from .errors import StreamPruneError
 
-__all__ = ["read_versioned_json"]
+__all__ = ["read_versioned_json", "parse_versioned_json"]
 
 
 def read_versioned_json(
     path: str | os.PathLike,
     fmt: str,
-    version: int,
+    version: int | tuple[int, ...],
     what: str,
     error: type[StreamPruneError] = StreamPruneError,
     missing: str | None = None,
@@ -26,7 +26,7 @@ def read_versioned_json(
     Args:
         path: The file.
         fmt: Expected ``format`` value.
-        version: The one supported ``version``.
+        version: The supported ``version`` (or versions).
         what: What the file is, in messages (``"manifest"``, ``"scores file"``).
         error: Exception class raised.
         missing: Message when the file does not exist (default ``"<path>: <what> not found"``).
@@ -43,13 +43,36 @@ def read_versioned_json(
     path = os.fspath(path)
     try:
         with open(path, "rb") as fh:
-            obj = json.load(fh)
+            data = fh.read()
     except FileNotFoundError:
         raise error(missing or f"{path}: {what} not found") from None
+    return parse_versioned_json(data, path, fmt, version, what, error, version_label, version_note)
+
+
+def parse_versioned_json(
+    data: bytes,
+    path: str,
+    fmt: str,
+    version: int | tuple[int, ...],
+    what: str,
+    error: type[StreamPruneError] = StreamPruneError,
+    version_label: str | None = None,
+    version_note: str = "",
+) -> dict[str, Any]:
+    """Parse bytes already read from ``path`` as :func:`read_versioned_json` does.
+
+    For callers that need the bytes too (to check their digest against a manifest).
+
+    Raises:
+        StreamPruneError: (``error``) invalid JSON, another format, or an unsupported version.
+    """
+    try:
+        obj = json.loads(data)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
         raise error(f"{path}: {what} is not valid JSON ({exc})") from None
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         raise error(f"{path}: not a streamprune {what}")
-    if obj.get("version") != version:
+    versions = version if isinstance(version, tuple) else (version,)
+    if obj.get("version") not in versions:
         raise error(f"{path}: {version_label or what} version {obj.get('version')} is not supported{version_note}")
     return obj
