@@ -285,15 +285,28 @@ def _temporary_arrays(out_dir: str, epochs: int, num_samples: int, grand_snapsho
         arrays.close()
 
 
-class _GrandPass:
-    """Per-sample gradient norms of every kept sample, in evaluation mode, into one row of ``grand.npy``."""
+class _SnapshotPass:
+    """One evaluation-mode pass over every kept sample at the end of an epoch, into one array row.
+
+    Subclasses say what a batch gives per sample (:meth:`values`); the pass checks that every
+    kept sample got exactly one value and restores the model's training mode.
+    """
+
+    name = "snapshot"
 
     def __init__(self, model: nn.Module, data: _Data, *, batch_size: int, workers: int, device: torch.device,
-                 grad_chunk: int, strategy: str, progress: bool) -> None:
+                 progress: bool) -> None:
         self.model, self.data = model, data
-        self.batch_size, self.workers, self.device = batch_size, workers, device
-        self.grad_chunk, self.strategy, self.progress = grad_chunk, strategy, progress
+        self.batch_size, self.workers, self.device, self.progress = batch_size, workers, device, progress
         self.seconds: list[float] = []
+
+    def values(self, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        """Per-sample values of one batch (on ``self.device``)."""
+        raise NotImplementedError
+
+    def describe(self, at: int) -> str:
+        """What this pass is, at epoch ``at``, for progress bars and errors."""
+        return f"{self.name} pass at epoch {at}"
 
     def __call__(self, out: np.ndarray, at: int) -> None:
         t0 = time.perf_counter()
@@ -302,18 +315,31 @@ class _GrandPass:
         training = self.model.training
         self.model.eval()
         count = np.zeros(m.num_samples, dtype=np.int32)
-        with tqdm(total=len(batches), desc=f"grand @ epoch {at}", unit="sample", disable=not self.progress) as bar:
+        with tqdm(total=len(batches), desc=self.describe(at), unit="sample", disable=not self.progress) as bar:
             for pos, x, y in batches:
-                norms = per_sample_grad_norms(self.model, x.to(self.device), y.to(self.device), chunk=self.grad_chunk, strategy=self.strategy)
-                out[pos] = norms.astype(np.float32)
+                out[pos] = self.values(x.to(self.device), y.to(self.device))
                 np.add.at(count, pos, 1)
                 bar.update(len(pos))
         self.model.train(training)
-        _check_counts(count, self.data.kept, m, f"grand pass at epoch {at}")
+        _check_counts(count, self.data.kept, m, self.describe(at))
         self.seconds.append(round(time.perf_counter() - t0, 3))
 
 
-class _El2nPass:
+class _GrandPass(_SnapshotPass):
+    """Per-sample gradient norms of every kept sample, in evaluation mode, into one row of ``grand.npy``."""
+
+    name = "grand"
+
+    def __init__(self, model: nn.Module, data: _Data, *, grad_chunk: int, strategy: str, **kwargs: Any) -> None:
+        super().__init__(model, data, **kwargs)
+        self.grad_chunk, self.strategy = grad_chunk, strategy
+
+    def values(self, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        """Gradient norms of the batch's samples."""
+        return per_sample_grad_norms(self.model, x, y, chunk=self.grad_chunk, strategy=self.strategy).astype(np.float32)
+
+
+class _El2nPass(_SnapshotPass):
     """EL2N of every kept sample from an evaluation-mode forward pass, into one row of ``el2n.npy``.
 
     The same quantity as the training pass's ``el2n`` field (:func:`batch_statistics`), but
@@ -321,29 +347,20 @@ class _El2nPass:
     statistics, as Paul et al. score their early checkpoints.
     """
 
-    def __init__(self, model: nn.Module, data: _Data, *, batch_size: int, workers: int, device: torch.device, run: int, progress: bool) -> None:
-        self.model, self.data = model, data
-        self.batch_size, self.workers, self.device, self.run, self.progress = batch_size, workers, device, run, progress
-        self.seconds: list[float] = []
+    name = "el2n"
 
-    def __call__(self, out: np.ndarray, at: int) -> None:
-        t0 = time.perf_counter()
-        m = self.data.manifest
-        batches = eval_batches(m, self.data.mask, input_size=self.data.input_size, batch_size=self.batch_size, workers=self.workers, labels=True)
-        training = self.model.training
-        self.model.eval()
-        count = np.zeros(m.num_samples, dtype=np.int32)
-        column = FIELDS.index("el2n")
-        desc = f"el2n run {self.run} @ epoch {at}"
-        with torch.no_grad(), tqdm(total=len(batches), desc=desc, unit="sample", disable=not self.progress) as bar:
-            for pos, x, y in batches:
-                logits = self.model(x.to(self.device))
-                out[pos] = batch_statistics(logits, y.to(self.device))[:, column].cpu().numpy()
-                np.add.at(count, pos, 1)
-                bar.update(len(pos))
-        self.model.train(training)
-        _check_counts(count, self.data.kept, m, f"el2n pass of run {self.run} at epoch {at}")
-        self.seconds.append(round(time.perf_counter() - t0, 3))
+    def __init__(self, model: nn.Module, data: _Data, *, run: int, **kwargs: Any) -> None:
+        super().__init__(model, data, **kwargs)
+        self.run = run
+
+    def describe(self, at: int) -> str:
+        """Names the run too: EL2N snapshots are taken in every run."""
+        return f"el2n pass of run {self.run} at epoch {at}"
+
+    def values(self, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        """EL2N of the batch's samples."""
+        with torch.no_grad():
+            return batch_statistics(self.model(x), y)[:, FIELDS.index("el2n")].cpu().numpy()
 
 
 class _Recorder:
