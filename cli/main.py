@@ -11,7 +11,6 @@ import click
 
 from streamprune import masks
 from streamprune.errors import StreamPruneError
-from streamprune.indexing import index_files
 from streamprune.manifest import Manifest
 from streamprune.report import describe, format_report
 from streamprune.scores import ScoreFile
@@ -93,6 +92,9 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
 @click.option("--quiet", "-q", is_flag=True)
 def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, quiet):
     """Index existing tar SHARDS or FFCV .beton files written by anyone and write OUT/manifest.json."""
+    # Deferred on purpose: indexing pulls in tqdm and the tar walker, which --help and inspect do not need.
+    from streamprune.indexing import index_files
+
     manifest = index_files(
         list(shards), out, label_ext=None if no_labels else label_ext, label_field=None if no_labels else label_field,
         checksum=not no_checksum, progress=not quiet, workers=workers or os.cpu_count() or 1,
