@@ -255,7 +255,7 @@ class _Resumable:
         raise NotImplementedError
 
     def _current_position(self) -> Position:
-        if self._armed is not None:
+        if self._armed is not None and self._armed[1] is not None:
             return self._armed[1]
         if self._position is not None and self._position.epoch == self.epoch:  # type: ignore[attr-defined]
             return self._position
@@ -405,3 +405,9 @@ def counted(samples: Iterator[Any], position: Position) -> Iterator[Any]:
     for sample in samples:
         position.consumed += 1
         yield sample
+
+
+def raise_on_first(exc: BaseException) -> Iterator[Any]:
+    """An iterator that raises ``exc`` when first advanced."""
+    raise exc
+    yield  # a generator, so the raise waits for next()

@@ -26,7 +26,7 @@ from ..masks import Mask, MaskLike, kept_counts, open_mask
 from .byterange import ShardFile, read_runs
 from .maskslot import MaskSlot
 from .plan import plan_epoch, within_shard_order
-from .state import Binding, ResumableSource, counted, warn_buffered
+from .state import Binding, ResumableSource, counted, raise_on_first, warn_buffered
 
 __all__ = ["PrunedSource", "PrunedWebDataset", "pruned_tarfile_samples", "require_tar", "distributed_rank_world"]
 
@@ -186,13 +186,21 @@ class PrunedSource(ResumableSource, IterableDataset):
 
     def arm(self) -> None:
         """Plan the next iteration now (before its first sample), so ``state_dict`` already describes it."""
-        self._sync_mask()
-        self._armed = self._start()
+        try:
+            self._sync_mask()
+            self._armed = self._start()
+        except StreamPruneError as exc:
+            # Raised at the first sample instead: DataLoader workers report errors raised while
+            # fetching, but die without a message on errors raised while creating the iterator.
+            self._armed = (exc, None)
 
     def __iter__(self) -> Iterator[dict]:
         if self._armed is None:
             self.arm()
         segments, position = self._armed
+        if position is None:
+            self._armed = None
+            return raise_on_first(segments)
         self._armed = None
         self._position = position
         return counted(self._read(segments, position.epoch), position)
