@@ -287,7 +287,7 @@ def test_infobatch_schedule(data):
 
 
 def test_infobatch_through_fit(data):
-    from streamprune.train import fit
+    from streamprune.train import fit  # deferred: only this test needs the training loop
 
     m = data["manifest"]
     index_of = {k: i for i, k in enumerate(m.keys())}
