@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from ..errors import MaskMismatchError, StreamPruneError
 from ..manifest import Manifest, ManifestLike, open_manifest
@@ -168,21 +168,6 @@ class PrunedSource(ResumableSource, IterableDataset):
                 cached = np.flatnonzero(self.mask.shard(k))
             self._kept_cache = {k: cached}  # one shard at a time keeps memory flat
         return cached
-
-    def _plan(self):
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return plan_epoch(
-            self.kept_counts,
-            seed=self.seed,
-            epoch=self.epoch,
-            shuffle=self.shuffle,
-            rank=self.rank,
-            world_size=self.world_size,
-            worker=worker,
-            num_workers=num_workers,
-            uneven=self.uneven,
-        )
 
     def arm(self) -> None:
         """Plan the next iteration now (before its first sample), so ``state_dict`` already describes it."""
