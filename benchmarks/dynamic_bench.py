@@ -27,7 +27,10 @@
 
 Sizing: 12,000 samples x 8 epochs keep the default run near 6-9 minutes on the busy 2 cores (a
 full-data epoch takes ~5-8 s); 8 epochs is the fewest that leave InfoBatch an annealing epoch
-(floor(0.875 x 8) = 7) and more than one pruned epoch in four.
+(floor(0.875 x 8) = 7) and more than one pruned epoch in four. The committed run took 710 s at a
+1-minute load average of 8.5 (other jobs and test runs on the same 2 cores): its wall times are
+noisy (one seed's InfoBatch run ran while the machine was quiet, ratio 0.31); the ratio of
+samples trained (0.744) is what the time ratio tracks, and the report shows both.
 
 Outputs: ``benchmarks/results/dynamic_bench.json`` (config, machine, command, every run with
 per-epoch times and kept counts, summary, targets) and ``dynamic_bench.png``; ``--quick``
@@ -293,6 +296,11 @@ def report_markdown(results: dict[str, Any]) -> str:
     )
     sw = s["switch"]
     cfg = results["config"]
+    full, ib = s["configs"].get("full"), s["configs"].get("infobatch")
+    if full and ib:
+        # Wall times on the shared cores are noisy; the sample ratio is what the time ratio tracks.
+        table += (f"\n\nInfoBatch trained {ib['samples_mean'] / full['samples_mean']:.3f} of full data's samples; per-seed "
+                  f"time ratios {', '.join(f'{r:.2f}' for r in ib['time_ratios'])}.")
     note = (f"{cfg['samples']} Fashion-MNIST training samples, {cfg['epochs']} epochs, seeds {cfg['seeds']}; InfoBatch r = "
             f"{cfg['ratio']}, delta = {cfg['delta']}.\n\nMask switch (`set_epoch(e, mask=...)`): median "
             f"{1000 * sw['median_seconds']:.2f} ms, max {1000 * sw['max_seconds']:.2f} ms = "
