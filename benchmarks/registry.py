@@ -7,6 +7,7 @@ from typing import Any
 
 from . import common
 from .downstream_bench import DownstreamSuite
+from .dynamic_bench import DynamicSuite
 from .ffcv_bench import FfcvSuite
 from .fuzz_bench import FuzzSuite
 from .index_bench import IndexSuite
@@ -18,8 +19,10 @@ from .transfer_bench import TransferSuite
 __all__ = ["SUITES", "get_suite", "run_suite"]
 
 #: Every suite by name, in the order of BENCHMARKS.md.
-SUITES: dict[str, Suite] = {s.name: s for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(),
-                                        FuzzSuite())}
+SUITES: dict[str, Suite] = {
+    s.name: s
+    for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite())
+}
 
 
 def get_suite(name: str, suites: dict[str, Suite] | None = None) -> Suite:

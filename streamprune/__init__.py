@@ -53,6 +53,7 @@ _LAZY = {
     "image_decoder": "decode",
     "ImageDecoder": "decode",
     "describe": "report",
+    "InfoBatch": "schedules",
     "MissingExtraError": "optional",
 }
 
@@ -102,6 +103,7 @@ if TYPE_CHECKING:  # static tools see the names the lazy table provides
     from .readers import KeptSampler, PrunedMapDataset, PrunedSource, PrunedWebDataset, pruned_tarfile_samples
     from .readers.ffcv import pruned_ffcv_loader
     from .report import describe
+    from .schedules import InfoBatch
     from .scores import ScoreFile
     from .selection import mask_from_scores
     from .writers import write_beton, write_shards

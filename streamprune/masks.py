@@ -24,6 +24,7 @@ rejected with :class:`MaskMismatchError`: it was made for another or a rewritten
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import struct
@@ -44,6 +45,8 @@ __all__ = [
     "MaskFile",
     "open_mask",
     "as_mask",
+    "bits_digest",
+    "packed_shard_bits",
     "kept_counts",
     "check_ratio",
     "random_mask",
@@ -93,6 +96,26 @@ class Mask(Protocol):
 
     def to_bool(self) -> np.ndarray:
         """All bits in manifest order."""
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the keep bits: equal for a :class:`MaskFile` and the :class:`KeepMask` it loads."""
+
+
+def packed_shard_bits(keep: np.ndarray) -> bytes:
+    """One shard's keep bits as a mask file stores them (``numpy.packbits``, little bit order, no padding)."""
+    return np.packbits(np.asarray(keep, dtype=bool), bitorder="little").tobytes()
+
+
+def bits_digest(packed_shards: Iterable[bytes]) -> str:
+    """The mask digest: SHA-256 of the per-shard packed bitsets laid end to end (alignment padding excluded).
+
+    Binds resume states to the exact kept set: two masks have the same digest exactly when they
+    keep the same samples of shards with the same sample counts.
+    """
+    h = hashlib.sha256()
+    for raw in packed_shards:
+        h.update(raw)
+    return h.hexdigest()
 
 
 @dataclass
@@ -160,6 +183,16 @@ class KeepMask:
         """All bits in manifest order (the array itself, not a copy)."""
         return self.keep
 
+    def digest(self) -> str:
+        """SHA-256 of the per-shard packed keep bits (see :func:`bits_digest`); cached until ``keep`` is replaced."""
+        cached = self.__dict__.get("_digest")
+        if cached is not None and cached[0] is self.keep:
+            return cached[1]
+        bounds = self.manifest.shard_offsets
+        value = bits_digest(packed_shard_bits(self.keep[bounds[k] : bounds[k + 1]]) for k in range(len(bounds) - 1))
+        self.__dict__["_digest"] = (self.keep, value)
+        return value
+
     def header(self) -> dict:
         """Build the JSON header (counts, provenance, binding) for this mask."""
         manifest = self.manifest
@@ -220,7 +253,7 @@ class KeepMask:
         with atomic_open(path, "wb") as fh:
             fh.write(MAGIC + struct.pack("<Q", len(raw)) + raw)
             for k in range(len(header["shards"])):
-                packed = np.packbits(self.keep[bounds[k] : bounds[k + 1]], bitorder="little").tobytes()
+                packed = packed_shard_bits(self.keep[bounds[k] : bounds[k + 1]])
                 fh.write(packed + bytes(-len(packed) % 8))
         reread = MaskFile(path)
         if reread.kept != self.kept or not np.array_equal(reread.to_bool(), self.keep):
@@ -333,6 +366,17 @@ class MaskFile:
         """All bits in manifest order."""
         parts = [self.shard(k) for k in range(len(self.header["shards"]))]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+    def digest(self) -> str:
+        """SHA-256 of the per-shard bitsets as stored (one read of the bit region; cached)."""
+        cached = getattr(self, "_digest", None)
+        if cached is None:
+            shards = self.header["shards"]
+            with open(self.path, "rb") as fh:
+                region = os.pread(fh.fileno(), os.path.getsize(self.path) - self._data_start, self._data_start)
+            cached = bits_digest(region[s["offset"] : s["offset"] + s["nbytes"]] for s in shards)
+            self._digest = cached
+        return cached
 
     def load(self, manifest: Manifest) -> KeepMask:
         """Check against ``manifest`` and return the in-memory :class:`KeepMask`."""

@@ -208,6 +208,7 @@ def fit(
     on_epoch_start: Callable[[int], None] | None = None,
     on_batch: Callable[[BatchOutput], None] | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
+    loss_weights: Callable[[int, np.ndarray], Any] | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> FitResult:
@@ -234,6 +235,10 @@ def fit(
         on_epoch_start: Called with the epoch number before its first batch.
         on_batch: Called with a :class:`BatchOutput` after each optimizer step.
         on_epoch_end: Called with the :class:`EpochStats` after each epoch.
+        loss_weights: ``(epoch, indices) -> [B]`` per-sample weights of the loss (e.g. InfoBatch's
+            rescaling, :class:`streamprune.schedules.InfoBatch`); the step minimises
+            ``mean(weights * losses)``. Needs ``index_of`` and keyed batches. Hooks still see
+            the unweighted losses.
         progress: Show a progress bar over steps.
         desc: Progress bar label, and prefix of error messages.
 
@@ -262,8 +267,17 @@ def fit(
                 logits = model(x)
                 _check_labels(y, logits.shape[1], keys, desc)
                 losses = F.cross_entropy(logits, y, reduction="none")
+                indices = None
+                if index_of is not None and keys is not None:
+                    indices = np.fromiter((index_of[k] for k in keys), dtype=np.int64, count=len(keys))
+                objective = losses.mean()
+                if loss_weights is not None:
+                    if indices is None:
+                        raise StreamPruneError(f"{desc}: loss_weights needs index_of and a loader that yields (keys, images, labels)")
+                    weights = torch.as_tensor(loss_weights(epoch, indices), dtype=losses.dtype, device=losses.device)
+                    objective = (losses * weights).mean()
                 optimizer.zero_grad(set_to_none=True)
-                losses.mean().backward()
+                objective.backward()
                 optimizer.step()
                 if schedule is not None:
                     schedule.step()
@@ -273,9 +287,6 @@ def fit(
                 loss_sum += float(losses.sum())
                 correct += float((logits.argmax(1) == y).sum())
                 if on_batch is not None:
-                    indices = None
-                    if index_of is not None and keys is not None:
-                        indices = np.fromiter((index_of[k] for k in keys), dtype=np.int64, count=len(keys))
                     on_batch(BatchOutput(epoch, result.steps, keys, indices, y, logits, losses))
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)

@@ -12,6 +12,8 @@ from torch.utils.data import Dataset, Sampler
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, open_mask
 from .byterange import ShardFile, read_exact
+from .maskslot import ALL_KEPT
+from .state import STATE_FORMAT, STATE_VERSION, Binding, ResumableSampler, counted
 from .webdataset import distributed_rank_world, require_tar
 
 __all__ = ["PrunedMapDataset", "KeptSampler"]
@@ -106,8 +108,25 @@ class PrunedMapDataset(Dataset):
         state["_files"] = {}
         return state
 
+    def _binding(self) -> Binding:
+        digest = ALL_KEPT if self.mask is None else self.mask.digest()
+        return Binding(self.manifest.fingerprint, digest, len(self.kept_global))
 
-class KeptSampler(Sampler[int]):
+    def state_dict(self) -> dict:
+        """The dataset's bindings only: a map-style dataset has no position (the sampler has)."""
+        return {"format": STATE_FORMAT, "version": STATE_VERSION, "kind": "map", **self._binding().to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Check that ``state`` was saved with this manifest and mask.
+
+        Raises:
+            StreamPruneError: Another manifest or rewritten shards.
+            MaskMismatchError: Another mask.
+        """
+        self._binding().check(state, "map dataset state")
+
+
+class KeptSampler(ResumableSampler, Sampler[int]):
     """Yields manifest-order indices of kept samples, for a full (unpruned) map dataset.
 
     Shuffled per epoch from ``(seed, epoch)``; in a distributed job each rank gets an equal
@@ -121,6 +140,9 @@ class KeptSampler(Sampler[int]):
         rank: Rank; default from ``torch.distributed`` or ``$RANK``.
         world_size: World size; default from ``torch.distributed`` or ``$WORLD_SIZE``.
         drop_last: Drop the tail instead of padding to equal shares.
+
+    Resume: ``state_dict()`` / ``load_state_dict()`` (``StatefulDataLoader`` calls them) and
+    ``resume_point()`` / ``load_resume_point()`` for another world size (see :mod:`.state`).
     """
 
     def __init__(
@@ -134,13 +156,16 @@ class KeptSampler(Sampler[int]):
         drop_last: bool = False,
     ) -> None:
         manifest = open_manifest(manifest)
-        self.indices = _kept_global(manifest, open_mask(mask, manifest))
+        opened = open_mask(mask, manifest)
+        self.indices = _kept_global(manifest, opened)
+        self._bound = Binding(manifest.fingerprint, ALL_KEPT if opened is None else opened.digest(), len(self.indices))
         auto_rank, auto_world = distributed_rank_world()
         self.rank = auto_rank if rank is None else rank
         self.world_size = auto_world if world_size is None else world_size
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.uneven = "drop" if drop_last else "pad"
         self.epoch = 0
         n = len(self.indices)
         self.per_rank = n // self.world_size if drop_last else -(-n // self.world_size)
@@ -148,18 +173,27 @@ class KeptSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that seeds the shuffle."""
         self.epoch = int(epoch)
+        self._forget_other_epochs(self.epoch)
 
     def __len__(self) -> int:
         return self.per_rank
 
-    def __iter__(self) -> Iterator[int]:
+    def _binding(self) -> Binding:
+        return self._bound
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """All kept indices in the epoch's order (before the per-rank split)."""
         indices = self.indices
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed(self.seed * 1_000_003 + self.epoch)
+            g.manual_seed(self.seed * 1_000_003 + epoch)
             indices = indices[torch.randperm(len(indices), generator=g).numpy()]
-        total = self.per_rank * self.world_size
-        if len(indices) and total > len(indices):
-            indices = np.resize(indices, total)
-        share = indices[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
-        return iter(share.tolist())
+        return indices
+
+    def __iter__(self) -> Iterator[int]:
+        # Positions of the epoch order this rank yields (equal to the padded/truncated share
+        # of a plain epoch; a resumed epoch's remainder otherwise), minus what was consumed.
+        positions, position = self._start()
+        self._position = position
+        share = self.epoch_order(position.epoch)[positions] if len(positions) else positions
+        return counted(iter(share.tolist()), position)

@@ -6,6 +6,13 @@ sequence is cut into equal contiguous slices: first one per rank, then one per w
 follow kept counts, not shard counts, so ranks get the same number of samples however
 uneven the mask is, and contiguous slices keep each worker on few shards. Only the per-shard
 kept counts are needed to plan; a worker loads masks and indexes of its own shards only.
+
+Resuming. Positions ``0 .. kept-1`` of that per-epoch sequence (before any rotation or
+padding) name the epoch's samples. A *remainder* is an ordered list of ``(begin, end)``
+intervals of such positions: what an interrupted epoch had not yet yielded
+(:func:`remainder_after`). ``plan_epoch(..., remainder=...)`` cuts the remainder, in its order,
+into ``world_size x num_workers`` slices by count, padding or dropping as without one, so a run
+resumed with another world size or worker count still reads every not-yet-seen sample once.
 """
 
 from __future__ import annotations
@@ -14,7 +21,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Segment", "EpochPlan", "plan_epoch", "rank_sizes"]
+__all__ = [
+    "Segment",
+    "EpochPlan",
+    "plan_epoch",
+    "rank_sizes",
+    "epoch_sequence",
+    "slice_bounds",
+    "remainder_after",
+    "skip_segments",
+    "take_positions",
+]
+
+Intervals = list[tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,7 @@ def plan_epoch(
     worker: int = 0,
     num_workers: int = 1,
     uneven: str = "pad",
+    remainder: Intervals | None = None,
 ) -> EpochPlan:
     """Plan one (rank, worker)'s share of an epoch.
 
@@ -117,6 +137,10 @@ def plan_epoch(
         num_workers: DataLoader workers per rank (1 when not using workers).
         uneven: ``"pad"`` or ``"drop"``, see :func:`rank_sizes`; with ``"drop"`` the skipped
             samples rotate with the epoch.
+        remainder: Plan over only these ``(begin, end)`` intervals of the epoch's sequence, in
+            their order (a resumed epoch, see :func:`remainder_after`); padding repeats the
+            remainder's first samples, dropping skips its last ones (no rotation). ``None``:
+            the whole epoch, exactly as without the argument.
 
     Returns:
         The plan.
@@ -129,6 +153,8 @@ def plan_epoch(
     order = shard_order(len(kept_counts), seed, epoch, shuffle)
     counts = kept_counts[order]
     total = int(counts.sum())
+    if remainder is not None:
+        return _plan_remainder(order, counts, remainder, rank, world_size, worker, num_workers, uneven)
     per_rank = rank_sizes(total, world_size, uneven) if total else 0
     # "drop" skips the last `dropped` samples of the epoch order; without shuffling that would
     # be the same samples every epoch, so the sequence starts `dropped` further on each epoch
@@ -151,3 +177,145 @@ def plan_epoch(
             segments.append(Segment(int(order[j]), begin, begin + take))
             pos += take
     return EpochPlan(segments=segments, total=hi - lo, per_rank=per_rank)
+
+
+def slice_bounds(per_rank: int, rank: int, worker: int, num_workers: int) -> tuple[int, int]:
+    """``[lo, hi)`` of one (rank, worker) slice in the padded or truncated sequence (as :func:`plan_epoch` cuts)."""
+    lo_rank = rank * per_rank
+    return lo_rank + worker * per_rank // num_workers, lo_rank + (worker + 1) * per_rank // num_workers
+
+
+def epoch_sequence(total: int, world_size: int, uneven: str, epoch: int) -> Intervals:
+    """The whole epoch as a remainder: ``total`` positions starting where :func:`plan_epoch` starts.
+
+    With ``"drop"`` the sequence starts ``epoch x dropped`` further on (the rotation in
+    :func:`plan_epoch`), so slice ``[lo, hi)`` of this sequence is exactly what the fresh plan reads.
+    """
+    if total <= 0:
+        return []
+    per_rank = rank_sizes(total, world_size, uneven)
+    dropped = total - per_rank * world_size if uneven == "drop" else 0
+    start = (epoch * dropped) % total if dropped else 0
+    return [(start, total), (0, start)] if start else [(0, total)]
+
+
+def _length(intervals: Intervals) -> int:
+    return sum(e - b for b, e in intervals)
+
+
+def take_positions(intervals: Intervals, lo: int, hi: int) -> Intervals:
+    """Positions ``lo .. hi-1`` of the sequence ``intervals`` (wrapping past its end: padding), as intervals."""
+    n = _length(intervals)
+    out: Intervals = []
+    if n == 0 or hi <= lo:
+        return out
+    cum = np.concatenate([[0], np.cumsum([e - b for b, e in intervals])])
+    pos = lo
+    while pos < hi:
+        wrapped = pos % n
+        j = int(np.searchsorted(cum, wrapped, side="right")) - 1
+        offset = wrapped - int(cum[j])
+        b, e = intervals[j]
+        take = min(e - b - offset, hi - pos)
+        out.append((b + offset, b + offset + take))
+        pos += take
+    return out
+
+
+def _subtract(intervals: Intervals, removed: Intervals) -> Intervals:
+    """``intervals`` in their order, without any position in ``removed``."""
+    cuts = sorted((b, e) for b, e in removed if e > b)
+    out: Intervals = []
+    for b, e in intervals:
+        pos = b
+        for cb, ce in cuts:
+            if ce <= pos or cb >= e:
+                continue
+            if cb > pos:
+                out.append((pos, cb))
+            pos = max(pos, ce)
+            if pos >= e:
+                break
+        if pos < e:
+            out.append((pos, e))
+    merged: Intervals = []
+    for b, e in out:  # join neighbours so the list stays short
+        if merged and merged[-1][1] == b:
+            merged[-1] = (merged[-1][0], e)
+        else:
+            merged.append((b, e))
+    return merged
+
+
+def remainder_after(
+    sequence: Intervals, world_size: int, num_workers: int, uneven: str, consumed: list[list[int]]
+) -> Intervals:
+    """What an interrupted epoch has not yet yielded, in the epoch's order.
+
+    Args:
+        sequence: What the interrupted run planned over: :func:`epoch_sequence` for a fresh
+            epoch, or the remainder it was itself resumed from.
+        world_size: Its world size.
+        num_workers: Its DataLoader workers per rank (1 without workers).
+        uneven: Its ``"pad"`` / ``"drop"`` rule.
+        consumed: ``consumed[rank][worker]``: samples that (rank, worker) slice had yielded and
+            the training loop had consumed.
+
+    Returns:
+        The remainder: ``sequence`` minus every consumed position, in ``sequence``'s order. With
+        ``"drop"`` the positions the interrupted run dropped stay dropped; with ``"pad"`` a
+        consumed repeat counts its sample as seen.
+
+    Raises:
+        ValueError: ``consumed`` has the wrong shape or a count beyond its slice.
+    """
+    if len(consumed) != world_size or any(len(row) != num_workers for row in consumed):
+        raise ValueError(f"consumed must be {world_size} ranks x {num_workers} workers")
+    n = _length(sequence)
+    per_rank = rank_sizes(n, world_size, uneven) if n else 0
+    kept_len = min(n, per_rank * world_size)
+    seen: Intervals = []
+    for rank, row in enumerate(consumed):
+        for worker, count in enumerate(row):
+            lo, hi = slice_bounds(per_rank, rank, worker, num_workers)
+            if not 0 <= count <= hi - lo:
+                raise ValueError(f"rank {rank} worker {worker}: consumed {count} of a {hi - lo}-sample slice")
+            seen += take_positions(sequence, lo, lo + count)
+    return _subtract(take_positions(sequence, 0, kept_len), seen)
+
+
+def _plan_remainder(
+    order: np.ndarray, counts: np.ndarray, remainder: Intervals, rank: int, world_size: int, worker: int, num_workers: int,
+    uneven: str,
+) -> EpochPlan:
+    total = int(counts.sum())
+    remainder = [(int(b), int(e)) for b, e in remainder if e > b]
+    if any(b < 0 or e > total for b, e in remainder):
+        raise ValueError(f"remainder {remainder[:4]}... is outside the epoch's {total} positions")
+    n = _length(remainder)
+    per_rank = rank_sizes(n, world_size, uneven) if n else 0
+    lo, hi = slice_bounds(per_rank, rank, worker, num_workers)
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    segments: list[Segment] = []
+    for b, e in take_positions(remainder, lo, hi):
+        pos = b
+        while pos < e:  # an interval of sequence positions may span several shards
+            j = int(np.searchsorted(cum, pos, side="right")) - 1
+            begin = pos - int(cum[j])
+            take = min(int(counts[j]) - begin, e - pos)
+            segments.append(Segment(int(order[j]), begin, begin + take))
+            pos += take
+    return EpochPlan(segments=segments, total=hi - lo, per_rank=per_rank)
+
+
+def skip_segments(segments: list[Segment], skip: int) -> list[Segment]:
+    """``segments`` without their first ``skip`` samples: a resumed worker starts past them without reading them."""
+    out: list[Segment] = []
+    for seg in segments:
+        size = seg.end - seg.begin
+        if skip >= size:
+            skip -= size
+            continue
+        out.append(Segment(seg.shard, seg.begin + skip, seg.end) if skip else seg)
+        skip = 0
+    return out

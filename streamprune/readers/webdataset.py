@@ -18,13 +18,15 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from ..errors import MaskMismatchError, StreamPruneError
 from ..manifest import Manifest, ManifestLike, open_manifest
-from ..masks import MaskLike, kept_counts, open_mask
+from ..masks import Mask, MaskLike, kept_counts, open_mask
 from .byterange import ShardFile, read_runs
+from .maskslot import MaskSlot
 from .plan import plan_epoch, within_shard_order
+from .state import Binding, ResumableSource, counted, raise_on_first, warn_buffered
 
 __all__ = ["PrunedSource", "PrunedWebDataset", "pruned_tarfile_samples", "require_tar", "distributed_rank_world"]
 
@@ -46,7 +48,11 @@ def distributed_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-class PrunedSource(IterableDataset):
+#: ``set_epoch``'s default: keep the current mask.
+_SAME_MASK: Any = object()
+
+
+class PrunedSource(ResumableSource, IterableDataset):
     """Kept samples of a sharded dataset, read by byte range.
 
     Args:
@@ -60,13 +66,19 @@ class PrunedSource(IterableDataset):
         uneven: ``"pad"`` (every rank gets ceil(kept/world) samples, repeating a few) or
             ``"drop"`` (floor, skipping a few) so all ranks get the same count.
         fadvise: Switch off kernel read-ahead and prefetch exactly the kept ranges.
-        check_headers: Check each shard's first kept tar header against the index.
+        check_headers: Check the first tar header of every read against the index (cheap: one
+            header per coalesced read).
         max_run_bytes: Largest single read when coalescing adjacent kept samples.
         verify: Check every sample read against its checksum in the index (a mismatch is a
             :class:`~streamprune.errors.ChecksumError` naming shard, key and byte range).
             ``None``: the storage's default (off for local files; see
             :func:`~streamprune.readers.byterange.default_verify`). ``True`` on an index
             without checksums is a :class:`~streamprune.errors.ManifestError`.
+        dynamic_masks: Keep the mask's bits in shared memory so ``set_epoch(epoch, mask=...)``
+            reaches persistent DataLoader workers (costs N/8 bytes; see :mod:`.maskslot`).
+
+    Resume: ``state_dict()`` / ``load_state_dict()`` (with ``StatefulDataLoader``) and
+    ``resume_point()`` / ``load_resume_point()`` (elastic), see :mod:`.state`.
     """
 
     def __init__(
@@ -83,12 +95,14 @@ class PrunedSource(IterableDataset):
         check_headers: bool = True,
         max_run_bytes: int = 1 << 20,
         verify: bool | None = None,
+        dynamic_masks: bool = False,
     ) -> None:
         super().__init__()
         # A private copy: iterating drops cached indexes, which must not touch the caller's object.
         self.manifest = copy.copy(require_tar(open_manifest(manifest)))
         self.manifest.drop_cache()
-        self.mask = open_mask(mask, self.manifest)
+        self._slot = MaskSlot(self.manifest, open_mask(mask, self.manifest), shared=dynamic_masks)
+        self.mask = self._slot.mask
         self.kept_counts = kept_counts(self.manifest, self.mask)
         auto_rank, auto_world = distributed_rank_world()
         self.rank = auto_rank if rank is None else rank
@@ -111,12 +125,36 @@ class PrunedSource(IterableDataset):
         """The epoch that seeds the shuffle."""
         return int(self._epoch[0])
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, mask: MaskLike | Mask = _SAME_MASK) -> None:
         """Set the epoch that seeds the shuffle (call before each epoch, as with DistributedSampler).
 
         Works with ``persistent_workers=True``: the value lives in shared memory.
+
+        Args:
+            epoch: The epoch.
+            mask: Switch to this keep mask (``None``: every sample) from this epoch on, without
+                reopening shards or restarting workers; persistent workers need
+                ``dynamic_masks=True``. Default: keep the current mask.
         """
         self._epoch[0] = int(epoch)
+        self._forget_other_epochs(int(epoch))
+        if mask is not _SAME_MASK:
+            self.mask = self._slot.switch(mask)
+            self._mask_changed()
+
+    def _mask_changed(self) -> None:
+        self.kept_counts = kept_counts(self.manifest, self.mask)
+        self._kept_cache = {}
+
+    def _sync_mask(self) -> None:
+        """Pick up a mask switched in another process (persistent workers; see :class:`MaskSlot`)."""
+        if self._slot.sync():
+            self.mask = self._slot.mask
+            self._mask_changed()
+
+    def _binding(self) -> Binding:
+        self._sync_mask()
+        return Binding(self.manifest.fingerprint, self._slot.digest(), self.kept)
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (the kept count split over ranks)."""
@@ -139,34 +177,36 @@ class PrunedSource(IterableDataset):
             self._kept_cache = {k: cached}  # one shard at a time keeps memory flat
         return cached
 
-    def _plan(self):
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return plan_epoch(
-            self.kept_counts,
-            seed=self.seed,
-            epoch=self.epoch,
-            shuffle=self.shuffle,
-            rank=self.rank,
-            world_size=self.world_size,
-            worker=worker,
-            num_workers=num_workers,
-            uneven=self.uneven,
-        )
+    def arm(self) -> None:
+        """Plan the next iteration now (before its first sample), so ``state_dict`` already describes it."""
+        try:
+            self._sync_mask()
+            self._armed = self._start()
+        except StreamPruneError as exc:
+            # Raised at the first sample instead: DataLoader workers report errors raised while
+            # fetching, but die without a message on errors raised while creating the iterator.
+            self._armed = (exc, None)
 
     def __iter__(self) -> Iterator[dict]:
-        plan = self._plan()
+        if self._armed is None:
+            self.arm()
+        segments, position = self._armed
+        if position is None:
+            self._armed = None
+            return raise_on_first(segments)
+        self._armed = None
+        self._position = position
+        return counted(self._read(segments, position.epoch), position)
+
+    def _read(self, segments: list, epoch: int) -> Iterator[dict]:
         manifest = self.manifest
-        epoch = self.epoch
-        for segment in plan.segments:
+        for segment in segments:
             order = within_shard_order(
                 self.shard_kept_positions(segment.shard), self.seed, epoch, segment.shard, self.shuffle
             )[segment.begin : segment.end]
             path = manifest.shard_path(segment.shard)
             with ShardFile(path, manifest.index(segment.shard), fadvise=self.fadvise, verify=self.verify) as shard:
-                if self.check_headers and len(order):
-                    shard.check_sample(int(order[0]))
-                yield from read_runs(shard, order, path, max_run_bytes=self.max_run_bytes)
+                yield from read_runs(shard, order, path, max_run_bytes=self.max_run_bytes, check_headers=self.check_headers)
             manifest.drop_cache()
 
 
@@ -202,9 +242,46 @@ class PrunedWebDataset(wds.DataPipeline, wds.FluidInterface):
         self.source = PrunedSource(manifest, mask, **kwargs)
         self.append(self.source)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that seeds shard and sample shuffling."""
-        self.source.set_epoch(epoch)
+    def set_epoch(self, epoch: int, mask: MaskLike | Mask = _SAME_MASK) -> None:
+        """Set the epoch that seeds shard and sample shuffling; optionally switch the mask (see :meth:`PrunedSource.set_epoch`)."""
+        self.source.set_epoch(epoch, mask)
+
+    def __iter__(self) -> Iterator[Any]:
+        # webdataset starts the source lazily, at the first sample; start it now so that a
+        # StatefulDataLoader's first state_dict() already describes this iteration.
+        self.source.arm()
+        return super().__iter__()
+
+    def buffering_stages(self) -> list[str]:
+        """Names of stages that hold samples back (shuffle buffers): they make a resumed position inexact."""
+        names = []
+        for stage in self.pipeline[1:]:
+            f = getattr(stage, "f", None)
+            if getattr(f, "__name__", "") in ("_shuffle", "_unbatched_shuffle"):
+                names.append(f.__name__.lstrip("_"))
+        return names
+
+    def state_dict(self) -> dict:
+        """The source's reader state (see :mod:`.state`); stages hold no position."""
+        state = self.source.state_dict()
+        buffered = self.buffering_stages()
+        if buffered:
+            state["buffered"] = buffered
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume the source where ``state`` left it (warns when shuffle buffers made it inexact)."""
+        if state.get("buffered"):
+            warn_buffered(state["buffered"])
+        self.source.load_state_dict(state)
+
+    def resume_point(self, loader_state: Any) -> dict:
+        """The global resume point, see :meth:`PrunedSource.resume_point`."""
+        return self.source.resume_point(loader_state)
+
+    def load_resume_point(self, point: dict) -> None:
+        """Resume an epoch elastically, see :meth:`PrunedSource.load_resume_point`."""
+        self.source.load_resume_point(point)
 
     def __len__(self) -> int:
         """Kept samples this rank yields per epoch (before any batching stage)."""
@@ -247,6 +324,4 @@ class _TarfileStage:
                 raise MaskMismatchError(f"{url}: shard is not in manifest {self.manifest.path}")
             keep = np.flatnonzero(self.mask.shard(k)) if self.mask is not None else np.arange(self.manifest.shards[k].samples)
             with ShardFile(url, self.manifest.index(k), fadvise=self.fadvise, verify=self.verify) as shard:
-                if len(keep):
-                    shard.check_sample(int(keep[0]))
                 yield from read_runs(shard, keep, url)
