@@ -1,6 +1,7 @@
 """Deduplication: semantic (SemDeDup) and exact (byte-identical samples), as sample-level scores.
 
-``docs/methods.md`` section "Deduplication" states both definitions; in short:
+``docs/deduplication.md`` (the methods documentation's "Deduplication" section) states both
+definitions; in short:
 
 **SemDeDup** (Abbas et al. 2023, arXiv 2303.09540; reference code ``facebookresearch/SemDeDup``):
 
