@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import common
+from .dedup_bench import DedupSuite
 from .downstream_bench import DownstreamSuite
 from .ffcv_bench import FfcvSuite
 from .fuzz_bench import FuzzSuite
@@ -19,7 +20,7 @@ __all__ = ["SUITES", "get_suite", "run_suite"]
 
 #: Every suite by name, in the order of BENCHMARKS.md.
 SUITES: dict[str, Suite] = {s.name: s for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(),
-                                        FuzzSuite())}
+                                        DedupSuite(), FuzzSuite())}
 
 
 def get_suite(name: str, suites: dict[str, Suite] | None = None) -> Suite:
