@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import common
+from .dedup_bench import DedupSuite
 from .downstream_bench import DownstreamSuite
 from .dynamic_bench import DynamicSuite
 from .ffcv_bench import FfcvSuite
@@ -21,7 +22,8 @@ __all__ = ["SUITES", "get_suite", "run_suite"]
 #: Every suite by name, in the order of BENCHMARKS.md.
 SUITES: dict[str, Suite] = {
     s.name: s
-    for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite())
+    for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
+              DedupSuite())
 }
 
 

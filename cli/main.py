@@ -11,6 +11,7 @@ import click
 
 from streamprune import masks
 from streamprune.errors import StreamPruneError
+from streamprune.keys import export_keys, mask_from_key_list
 from streamprune.manifest import Manifest
 from streamprune.report import describe, format_report
 from streamprune.scores import ScoreFile
@@ -103,33 +104,66 @@ def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, 
     click.echo(f"{manifest.num_samples} samples in {len(manifest.shards)} {kind} -> {manifest.path}")
 
 
+_ALGEBRA = ("and", "or", "not", "minus")
+
+
 @cli.command()
 @click.argument("manifest", type=click.Path(exists=True))
+@click.argument("operands", nargs=-1, type=click.Path(exists=True))
 @click.option("--random", "use_random", is_flag=True, help="Remove a random fraction.")
 @click.option("--scores", "scores_file", type=click.Path(exists=True), help="Scores file from `streamprune score`: keep its top items.")
 @click.option("--ratio", type=float, callback=ratio_callback, help="Fraction REMOVED, in [0, 1) (with --random or --scores).")
+@click.option("--duplicates", is_flag=True, help="With --scores of semdedup/exact-dedup, instead of --ratio: remove exactly the samples flagged as duplicates.")
 @click.option("--level", type=click.Choice(["sample", "class"]), default="sample", show_default=True, help="For --random.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--keys", "keys_file", type=click.Path(exists=True), help="File with one key to keep per line.")
+@click.option("--keys", "keys_file", type=click.Path(exists=True),
+              help="Keys (or 128-bit uids) to keep: text (one per line), .npy, .parquet/.arrow (see --key-column).")
+@click.option("--keys-drop", "drop_file", type=click.Path(exists=True), help="Like --keys, but the listed samples are removed and all others kept.")
+@click.option("--key-column", help="Column (or .npy field) holding the keys [default: key, else uid, else __key__].")
+@click.option("--allow-missing", is_flag=True, help="Accept listed ids that are not in MANIFEST (by default any is an error); they are reported.")
 @click.option("--classes", help="Comma-separated class ids or names to keep.")
+@click.option("--and", "op_and", is_flag=True, help="Mask algebra: keep what every mask given as OPERANDS keeps (2 or more).")
+@click.option("--or", "op_or", is_flag=True, help="Mask algebra: keep what any of the OPERANDS keeps (2 or more).")
+@click.option("--not", "op_not", is_flag=True, help="Mask algebra: keep what the one OPERAND removes.")
+@click.option("--minus", "op_minus", is_flag=True, help="Mask algebra: OPERANDS A B, keep what A keeps and B does not.")
+@click.option("--source-manifest", "source_manifests", multiple=True, type=click.Path(exists=True),
+              help="Manifest an operand mask was made for, when not MANIFEST (tar vs .beton of one source): it is translated by key. Repeatable.")
 @click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=lambda: "With --scores: " + selectors_help())
 @selector_options
 @click.option("--out", required=True, type=click.Path(), help="Mask file to write (.spmask).")
-def mask(manifest, use_random, scores_file, ratio, level, seed, keys_file, classes, selector, gamma, beta, strata, out):
-    """Make a keep mask for MANIFEST (random, from a scores file, a key list, or kept classes)."""
-    chosen = [bool(use_random), bool(scores_file), bool(keys_file), bool(classes)]
-    if sum(chosen) != 1:
-        raise click.UsageError("give exactly one of --random, --scores FILE, --keys FILE, --classes LIST")
-    if (use_random or scores_file) and ratio is None:
-        raise click.UsageError("--ratio is required with --random and --scores")
+def mask(manifest, operands, use_random, scores_file, ratio, duplicates, level, seed, keys_file, drop_file, key_column, allow_missing, classes,
+         op_and, op_or, op_not, op_minus, source_manifests, selector, gamma, beta, strata, out):
+    """Make a keep mask for MANIFEST: random, from scores, a key list, kept classes, or mask algebra over OPERANDS.
+
+    Mask algebra: `streamprune mask MANIFEST --and A.spmask B.spmask [C.spmask ...] --out M.spmask`
+    (likewise --or; --not A; --minus A B).
+    """
+    ops = [name for name, on in zip(_ALGEBRA, (op_and, op_or, op_not, op_minus)) if on]
+    chosen = [bool(use_random), bool(scores_file), bool(keys_file), bool(drop_file), bool(classes), bool(ops)]
+    if sum(chosen) != 1 or len(ops) > 1:
+        raise click.UsageError("give exactly one of --random, --scores FILE, --keys FILE, --keys-drop FILE, --classes LIST, --and/--or/--not/--minus")
+    if operands and not ops:
+        raise click.UsageError(f"unexpected arguments {list(operands)}: mask files are operands of --and/--or/--not/--minus only")
+    if duplicates and not scores_file:
+        raise click.UsageError("--duplicates goes with --scores")
+    if (use_random or (scores_file and not duplicates)) and ratio is None:
+        raise click.UsageError("--ratio is required with --random and --scores (or --duplicates with dedup scores)")
     m = Manifest.load(manifest)
     if use_random:
         result = masks.random_mask(m, ratio, level=level, seed=seed)
+    elif duplicates:
+        # Deferred on purpose: the scoring package imports torch, which the other mask kinds do not need.
+        from streamprune.scoring.dedup import mask_from_duplicates
+
+        result = mask_from_duplicates(m, ScoreFile.load(scores_file))
     elif scores_file:
         result = mask_from_scores(m, ScoreFile.load(scores_file), ratio, selector, seed=seed, **selector_kwargs(gamma, beta, strata))
-    elif keys_file:
-        with open(keys_file) as fh:
-            result = masks.mask_from_keys(m, [line.strip() for line in fh if line.strip()], source=keys_file)
+    elif keys_file or drop_file:
+        result = mask_from_key_list(m, keys_file or drop_file, drop=bool(drop_file), key_column=key_column, allow_missing=allow_missing)
+        p = result.provenance
+        click.echo(f"{p['matched']} of {p['ids']} listed ids found (by {p['matched_by']}), {p['missing']} missing, {p['duplicates']} repeated")
+    elif ops:
+        result = masks.combine_masks(ops[0], operands, manifest=m, source_manifests=source_manifests)
     else:
         result = masks.mask_from_classes(m, [c.strip() for c in classes.split(",") if c.strip()])
     result.save(out)
@@ -140,10 +174,21 @@ def mask(manifest, use_random, scores_file, ratio, level, seed, keys_file, class
 @click.argument("manifest", type=click.Path(exists=True))
 @click.option("--mask", "mask_path", type=click.Path(exists=True), help="Keep mask to summarise.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def inspect(manifest, mask_path, as_json):
-    """Per-shard and per-class kept counts, bytes to read and expected speed-up."""
-    info = describe(Manifest.load(manifest), masks.MaskFile(mask_path) if mask_path else None)
+@click.option("--export", "export_path", type=click.Path(),
+              help="Also write the kept keys (all keys without --mask): .txt, .npy, .parquet/.arrow (parquet extra).")
+@click.option("--scores", "scores_file", type=click.Path(exists=True), help="With --export: add each kept sample's score from this scores file.")
+@click.option("--uids", is_flag=True, help="With --export: add each kept sample's uid (uid/json member, or a 32-hex key).")
+def inspect(manifest, mask_path, as_json, export_path, scores_file, uids):
+    """Per-shard and per-class kept counts, bytes to read and expected speed-up; optionally export the kept keys."""
+    if (scores_file or uids) and not export_path:
+        raise click.UsageError("--scores and --uids go with --export")
+    m = Manifest.load(manifest)
+    mask_file = masks.MaskFile(mask_path) if mask_path else None
+    info = describe(m, mask_file)
     click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
+    if export_path:
+        done = export_keys(m, mask_file, export_path, scores=ScoreFile.load(scores_file) if scores_file else None, uids=uids)
+        click.echo(f"{done['rows']} kept keys ({', '.join(done['columns'])}) -> {done['path']}", err=as_json)
 
 
 @cli.command()

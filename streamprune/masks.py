@@ -54,6 +54,9 @@ __all__ = [
     "mask_from_keys",
     "mask_from_classes",
     "translate_mask",
+    "MaskOperators",
+    "MASK_OPERATIONS",
+    "combine_masks",
 ]
 
 MAGIC = b"SPMASK01"
@@ -118,8 +121,31 @@ def bits_digest(packed_shards: Iterable[bytes]) -> str:
     return h.hexdigest()
 
 
+class MaskOperators:
+    """Mask algebra as Python operators: ``a & b``, ``a | b``, ``~a``, ``a - b`` (a without b).
+
+    Mixed into :class:`KeepMask` and :class:`MaskFile`. Each operator calls
+    :func:`combine_masks` and returns a new :class:`KeepMask` whose provenance records the
+    operation and its operands. The manifest of the result is that of the first operand that
+    knows one (a :class:`KeepMask`); two :class:`MaskFile` objects know none, so combine them
+    with ``combine_masks(op, [a, b], manifest=M)`` (or ``a.load(M) & b``).
+    """
+
+    def __and__(self, other: "Mask") -> "KeepMask":
+        return combine_masks("and", [self, other])
+
+    def __or__(self, other: "Mask") -> "KeepMask":
+        return combine_masks("or", [self, other])
+
+    def __sub__(self, other: "Mask") -> "KeepMask":
+        return combine_masks("minus", [self, other])
+
+    def __invert__(self) -> "KeepMask":
+        return combine_masks("not", [self])
+
+
 @dataclass
-class KeepMask:
+class KeepMask(MaskOperators):
     """A keep mask over a manifest's samples, in manifest order.
 
     Attributes:
@@ -261,7 +287,7 @@ class KeepMask:
         return path
 
 
-class MaskFile:
+class MaskFile(MaskOperators):
     """A mask file opened lazily: the header now, each shard's bits on demand.
 
     Args:
@@ -652,3 +678,113 @@ def kept_counts(manifest: Manifest, mask: Mask | None) -> np.ndarray:
     if mask is None:
         return np.asarray([s.samples for s in manifest.shards], dtype=np.int64)
     return mask.shard_kept_counts()
+
+
+#: The mask-algebra operations :func:`combine_masks` knows, with their operand counts
+#: (``None``: two or more).
+MASK_OPERATIONS: dict[str, int | None] = {"and": None, "or": None, "not": 1, "minus": 2}
+
+
+def _describe_mask(mask: Mask) -> str:
+    where = getattr(mask, "path", None) or (f"in-memory mask of {mask.manifest.path}" if isinstance(mask, KeepMask) else "mask")
+    return f"{where} (manifest fingerprint {str(mask.manifest_fingerprint)[:12]})"
+
+
+def _operand_bits(mask: Mask, manifest: Manifest, sources: list[Manifest]) -> tuple[np.ndarray, str | None]:
+    """``mask``'s bits over ``manifest`` (translated by key when it belongs to another one)."""
+    if mask.manifest_fingerprint == manifest.fingerprint:
+        mask.check(manifest)
+        return np.asarray(mask.to_bool(), dtype=bool), None
+    source = mask.manifest if isinstance(mask, KeepMask) else next(
+        (m for m in sources if m.fingerprint == mask.manifest_fingerprint), None
+    )
+    if source is None:
+        raise MaskMismatchError(
+            f"masks of different manifests: {_describe_mask(mask)} was not made for {manifest.path} (fingerprint "
+            f"{manifest.fingerprint[:12]}); give the manifest it was made for (source_manifests= / --source-manifest) "
+            "to translate it by sample key"
+        )
+    try:
+        translated = translate_mask(mask, manifest, source_manifest=source)
+    except MaskMismatchError as exc:
+        raise MaskMismatchError(
+            f"masks of different manifests cannot be combined: {_describe_mask(mask)} (manifest {source.path}) and "
+            f"{manifest.path} (fingerprint {manifest.fingerprint[:12]}): {exc}"
+        ) from None
+    return translated.keep, source.fingerprint
+
+
+def combine_masks(
+    operation: str,
+    masks: "Iterable[Mask | str | os.PathLike]",
+    manifest: "Manifest | None" = None,
+    source_manifests: "Iterable[Manifest | str | os.PathLike]" = (),
+) -> KeepMask:
+    """Combine keep masks: ``and`` (kept by all), ``or`` (by any), ``not`` (complement), ``minus``.
+
+    ``minus`` takes two masks A and B and keeps what A keeps and B does not (``A & ~B``).
+    Every operand must belong to the result's manifest, or be carried over to it by key
+    (:func:`translate_mask`, strict: both manifests hold the same keys with the same labels,
+    e.g. the tar and the ``.beton`` version of one source). A :class:`KeepMask` knows its
+    manifest and is translated automatically; a mask file of another manifest is translated
+    when that manifest is among ``source_manifests``, and refused otherwise.
+
+    Args:
+        operation: ``"and"``, ``"or"`` (two or more masks), ``"not"`` (one), ``"minus"`` (two).
+        masks: The operands: :class:`KeepMask`, :class:`MaskFile` or mask file paths.
+        manifest: The manifest of the result; default: that of the first :class:`KeepMask`.
+        source_manifests: Manifests (objects or paths) other operands may have been made for.
+
+    Returns:
+        A :class:`KeepMask` over ``manifest``. Its provenance: ``method`` and ``operation`` (the
+        operation), ``level`` ``"sample"``, ``ratio`` (fraction removed) and ``operands``: per
+        operand its ``path`` (``None`` in memory), ``digest`` (:meth:`Mask.digest` of the
+        operand as given), ``manifest_fingerprint``, ``kept``, ``num_samples``,
+        ``translated_from`` (when carried over) and its own ``provenance``.
+
+    Raises:
+        ValueError: Unknown operation or wrong number of operands.
+        MaskMismatchError: No manifest is known, or an operand belongs to a manifest it cannot
+            be translated from (the message names both).
+    """
+    if operation not in MASK_OPERATIONS:
+        raise ValueError(f"mask operation {operation!r}: must be one of {', '.join(MASK_OPERATIONS)}")
+    operands = [as_mask(m) for m in masks]
+    arity = MASK_OPERATIONS[operation]
+    if (arity is None and len(operands) < 2) or (arity is not None and len(operands) != arity):
+        need = "two or more masks" if arity is None else f"{arity} mask{'s' if arity > 1 else ''}"
+        raise ValueError(f"mask operation {operation!r} takes {need}, got {len(operands)}")
+    sources = [m if isinstance(m, Manifest) else Manifest.load(m) for m in source_manifests]
+    if manifest is None:
+        manifest = next((m.manifest for m in operands if isinstance(m, KeepMask)), None)
+    if manifest is None:
+        raise MaskMismatchError(
+            "mask files do not know their manifest: pass manifest= to combine_masks (or load one first: mask.load(manifest))"
+        )
+    bits = []
+    described = []
+    for m in operands:
+        keep, translated_from = _operand_bits(m, manifest, sources)
+        bits.append(keep)
+        entry = {
+            "path": os.path.abspath(m.path) if isinstance(m, MaskFile) else None,
+            "digest": m.digest(),
+            "manifest_fingerprint": m.manifest_fingerprint,
+            "kept": int(m.kept),
+            "num_samples": int(m.num_samples),
+            "provenance": dict(m.provenance),
+        }
+        if translated_from is not None:
+            entry["translated_from"] = translated_from
+        described.append(entry)
+    if operation == "and":
+        keep = np.logical_and.reduce(bits)
+    elif operation == "or":
+        keep = np.logical_or.reduce(bits)
+    elif operation == "not":
+        keep = ~bits[0]
+    else:
+        keep = bits[0] & ~bits[1]
+    ratio = 1.0 - keep.mean() if len(keep) else 0.0
+    provenance = {"method": operation, "operation": operation, "ratio": round(float(ratio), 6), "level": "sample", "operands": described}
+    return KeepMask(keep, manifest, provenance)

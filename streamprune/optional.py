@@ -13,8 +13,9 @@ from types import ModuleType
 
 from .errors import StreamPruneError
 
-__all__ = ["MissingExtraError", "require_ffcv", "FFCV_INSTALL_HINT", "ffcv_available"]
+__all__ = ["MissingExtraError", "require_ffcv", "FFCV_INSTALL_HINT", "ffcv_available", "require_pyarrow", "PARQUET_INSTALL_HINT"]
 
+PARQUET_INSTALL_HINT = "parquet and Arrow key lists need the `parquet` extra: pip install 'streamprune[parquet]' (pyarrow)"
 FFCV_APT_PACKAGES = "g++ pkg-config libopencv-dev libturbojpeg0-dev"
 FFCV_INSTALL_HINT = (
     "FFCV support needs the `ffcv` extra: "
@@ -51,3 +52,22 @@ def ffcv_available() -> bool:
     except MissingExtraError:
         return False
     return True
+
+
+def require_pyarrow(feature: str = "this feature") -> ModuleType:
+    """Import ``pyarrow`` (with ``pyarrow.parquet``) or raise one clear error saying how to install it.
+
+    Args:
+        feature: What needs pyarrow, named in the error message.
+
+    Returns:
+        The imported ``pyarrow`` package (``pyarrow.parquet`` is imported too).
+
+    Raises:
+        MissingExtraError: ``pyarrow`` cannot be imported.
+    """
+    try:
+        importlib.import_module("pyarrow.parquet")
+        return importlib.import_module("pyarrow")
+    except ImportError as exc:
+        raise MissingExtraError(f"{feature}: {PARQUET_INSTALL_HINT} (import failed: {exc})") from None

@@ -1,0 +1,385 @@
+"""Deduplication: semantic (SemDeDup) and exact (byte-identical samples), as sample-level scores.
+
+``docs/deduplication.md`` (the methods documentation's "Deduplication" section) states both
+definitions; in short:
+
+**SemDeDup** (Abbas et al. 2023, arXiv 2303.09540; reference code ``facebookresearch/SemDeDup``):
+
+1. embed every source sample (the surrogate's penultimate features, the per-shard cache FM
+   uses: :func:`.features.surrogate_features`) and L2-normalise each feature;
+2. cluster the normalised features with k-means (:func:`.kmeans.kmeans`, K = ``clusters``);
+   centroids are L2-normalised afterwards (on the unit sphere this is the reference's
+   spherical k-means up to the update rule);
+3. within each cluster, order the members by cosine distance to the centroid,
+   ``1 - <x, c>``, **descending** (the reference's ``keep_hard=True``: the member farthest
+   from the centroid comes first and is kept), ties by sample id;
+4. for member ``j`` in that order, ``M_j = max_{i < j} <x_i, x_j>``: the largest cosine
+   similarity to ANY member ranked before it, removed or not (the reference computes
+   ``max(triu(X X^T, diagonal=1), dim=0)``; it does not walk greedily over kept members only).
+   The first member of a cluster has no predecessor: ``M = -1``;
+5. a sample is a duplicate when ``M_j > 1 - eps``.
+
+The score is ``M`` (``higher_is = "prune"``: the most similar to an earlier member are
+removed first; ``harder = null``), so the mask at ratio r removes the ``round(N r)`` samples
+with the largest ``M``, and the mask at ``ratio = params.ratio_at_eps`` is exactly the eps
+deduplication (every duplicate, nothing else: duplicates rank last because their ``M`` is
+larger than every non-duplicate's). ``extra.duplicate`` (1/0 at ``eps``), ``extra.cluster`` and
+``extra.distance_to_centroid`` are stored; :func:`mask_from_duplicates` (``streamprune mask
+--scores F --duplicates``) keeps the non-duplicates.
+
+**Exact deduplication** (``exact-dedup``): samples are exact duplicates when they have the same
+member extensions in the same order and byte-identical member data. Candidates are the
+samples whose per-sample checksum (``ShardIndex.checksums``, recorded by ``shard`` and
+``index``) occurs more than once; each candidate's member data is then read by byte range
+(only the candidates are read) and compared byte for byte, so a hash collision never drops a
+sample. The first occurrence in manifest order is kept. Score 1 (kept) / 0 (duplicate),
+``higher_is = "keep"``, ranking: kept samples first, then duplicates, each by id;
+``extra.duplicate_of`` is the manifest position of the first occurrence (-1 for kept samples).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import StreamPruneError
+from ..keys import read_member_data
+from ..manifest import Manifest
+from ..masks import KeepMask, mask_from_bool
+from ..scores import ScoreFile
+from .features import ArrayStore, ChunkSource, feature_root, surrogate_features
+from .kmeans import kmeans
+from .registry import MethodOption, register_score
+from .request import ScoreRequest
+
+__all__ = [
+    "NormalisedStore",
+    "exact_dedup",
+    "exact_duplicates",
+    "mask_from_duplicates",
+    "max_earlier_similarity",
+    "semdedup",
+    "semdedup_arrays",
+]
+
+log = logging.getLogger(__name__)
+
+
+class NormalisedStore(ChunkSource):
+    """Rows of another chunked feature source, each scaled to unit L2 norm (zero rows stay zero).
+
+    Args:
+        inner: The features (:class:`~.features.FeatureStore`, :class:`~.features.ArrayStore`).
+    """
+
+    def __init__(self, inner: ChunkSource) -> None:
+        self.inner = inner
+        self.num_samples, self.dim = inner.num_samples, inner.dim
+
+    @staticmethod
+    def normalise(x: np.ndarray) -> np.ndarray:
+        """``x`` with every row divided by its L2 norm (float32)."""
+        x = np.asarray(x, dtype=np.float32)
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.where(norms > 0, norms, 1.0)
+
+    def iter_chunks(self, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start row, normalised float32 chunk)``."""
+        for start, chunk in self.inner.iter_chunks(chunk_rows):
+            self.record_chunk(len(chunk))
+            yield start, self.normalise(chunk)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows, normalised."""
+        return self.normalise(self.inner.take(rows))
+
+
+def max_earlier_similarity(x: np.ndarray, block: int = 1024) -> np.ndarray:
+    """``M_j = max_{i < j} <x_i, x_j>`` for rows in the given order (``-1`` for row 0).
+
+    The reference's ``max(triu(X X^T, diagonal=1), dim=0)``, computed in ``block x block``
+    tiles of the upper triangle (float64), so memory stays ``O(block^2)`` for any cluster size.
+
+    Args:
+        x: ``[m, D]`` unit-norm rows, in the cluster's walk order.
+        block: Tile side.
+
+    Returns:
+        ``float64[m]``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    m = len(x)
+    out = np.full(m, -1.0)
+    for j0 in range(0, m, block):
+        cols = x[j0 : j0 + block]
+        best = np.full(len(cols), -np.inf)
+        for i0 in range(0, j0 + len(cols), block):
+            rows = x[i0 : min(i0 + block, j0 + len(cols))]
+            sim = rows @ cols.T
+            i_idx = np.arange(i0, i0 + len(rows))[:, None]
+            j_idx = np.arange(j0, j0 + len(cols))[None, :]
+            sim[i_idx >= j_idx] = -np.inf
+            np.maximum(best, sim.max(axis=0), out=best)
+        out[j0 : j0 + len(cols)] = np.where(np.isfinite(best), best, -1.0)
+    return out
+
+
+def semdedup_arrays(
+    features: ChunkSource | np.ndarray,
+    clusters: int,
+    eps: float,
+    *,
+    kmeans_iters: int = 20,
+    seed: int = 0,
+    chunk_rows: int = 65536,
+    init_sample: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """SemDeDup over features (the module docstring's steps 1-5), without any files.
+
+    Args:
+        features: ``[N, D]`` features (array or chunked store), not necessarily normalised.
+        clusters: K.
+        eps: Duplicate threshold: ``M > 1 - eps`` is a duplicate.
+        kmeans_iters: Maximum Lloyd iterations.
+        seed: k-means seed.
+        chunk_rows: Rows read at a time.
+        init_sample: Rows k-means++ is seeded on.
+        progress: k-means progress bar.
+
+    Returns:
+        ``{"max_similarity": float64[N], "duplicate": bool[N], "assignments": int64[N],
+        "distance": float64[N] (cosine distance to the cluster centroid), "walk_order":
+        int64[N] (cluster asc, then distance desc, then id), "kmeans": KMeansResult}``.
+
+    Raises:
+        ValueError: ``eps`` outside ``[0, 2]`` or a bad ``clusters``.
+    """
+    if not 0.0 <= eps <= 2.0:
+        raise ValueError(f"eps={eps}: must be in [0, 2] (duplicates have cosine similarity > 1 - eps)")
+    store = NormalisedStore(ArrayStore(features) if isinstance(features, np.ndarray) else features)
+    n = store.num_samples
+    km = kmeans(store, clusters, iters=kmeans_iters, seed=seed, chunk_rows=chunk_rows, init_sample=init_sample, progress=progress)
+    centroids = NormalisedStore.normalise(km.centroids).astype(np.float64)
+    assign = km.assignments
+    distance = np.empty(n, dtype=np.float64)
+    for start, chunk in store.iter_chunks(chunk_rows):
+        a = assign[start : start + len(chunk)]
+        distance[start : start + len(chunk)] = 1.0 - np.einsum("ij,ij->i", chunk.astype(np.float64), centroids[a])
+    ids = np.arange(n, dtype=np.int64)
+    order = np.lexsort((ids, -distance, assign))
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=clusters))])
+    max_sim = np.full(n, -1.0)
+    # gather whole clusters in batches of about chunk_rows rows: one read of each shard per batch
+    c = 0
+    while c < clusters:
+        c_end = c + 1
+        while c_end < clusters and bounds[c_end + 1] - bounds[c] <= chunk_rows:
+            c_end += 1
+        rows = order[bounds[c] : bounds[c_end]]
+        x = store.take(rows) if len(rows) else np.zeros((0, store.dim), np.float32)
+        for j in range(c, c_end):
+            a, b = bounds[j] - bounds[c], bounds[j + 1] - bounds[c]
+            if b - a > 1:
+                max_sim[rows[a:b]] = max_earlier_similarity(x[a:b])
+        c = c_end
+    return {
+        "max_similarity": max_sim, "duplicate": max_sim > 1.0 - eps, "assignments": assign, "distance": distance,
+        "walk_order": order, "kmeans": km,
+    }
+
+
+def _common(request: ScoreRequest) -> dict[str, Any]:
+    src = request.source
+    return {"manifest": src.path, "num_samples": src.num_samples, "manifest_fingerprint": src.fingerprint, "seed": request.seed}
+
+
+@register_score(
+    "semdedup",
+    options=(
+        MethodOption("eps", float, "SemDeDup threshold: a sample whose cosine similarity to a member ranked before it in its "
+                     "cluster exceeds 1 - eps is a duplicate"),
+        MethodOption("clusters", int, "number of k-means clusters K", default_help="N / 1000, at least 1"),
+        MethodOption("kmeans_iters", int, "maximum k-means (Lloyd) iterations"),
+    ),
+)
+def semdedup(
+    request: ScoreRequest,
+    eps: float = 0.05,
+    clusters: int | None = None,
+    kmeans_iters: int = 20,
+    feature_dir: str | None = None,
+    chunk_rows: int = 65536,
+    init_sample: int | None = None,
+) -> ScoreFile:
+    """SemDeDup scores of the source (sample level; see the module docstring).
+
+    Args:
+        request: Source, surrogate and run settings (no target).
+        eps: Duplicate threshold (``M > 1 - eps``).
+        clusters: K (default ``max(1, round(N / 1000))``, capped at N).
+        kmeans_iters: Maximum Lloyd iterations.
+        feature_dir: Feature cache (default ``OUT/features``, shared with FM and Moderate).
+        chunk_rows: Rows read at a time.
+        init_sample: Rows k-means++ is seeded on.
+
+    Returns:
+        The scores.
+    """
+    source = request.source
+    n = source.num_samples
+    k = int(clusters) if clusters is not None else max(1, round(n / 1000))
+    k = min(k, n)
+    root = feature_root(request, feature_dir)
+    t0 = time.perf_counter()
+    store, info = surrogate_features(request, source, root, desc="semdedup: embed")
+    embed_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    r = semdedup_arrays(store, k, eps, kmeans_iters=kmeans_iters, seed=request.seed, chunk_rows=chunk_rows,
+                        init_sample=init_sample, progress=request.progress)
+    dedup_s = time.perf_counter() - t0
+    max_sim = r["max_similarity"]
+    ids = np.arange(n, dtype=np.int64)
+    dups = int(r["duplicate"].sum())
+    return ScoreFile(
+        method="semdedup", variant="reference", level="sample", higher_is="prune", harder=None,
+        score_name="max_similarity_to_earlier", scores=max_sim, ranking=np.lexsort((ids, max_sim)).astype(np.int64),
+        tiebreak="max_similarity_to_earlier asc, then id asc",
+        extra={"duplicate": r["duplicate"].astype(np.float64), "cluster": r["assignments"].astype(np.float64),
+               "distance_to_centroid": r["distance"]},
+        surrogate=info,
+        params={
+            "eps": eps, "clusters": k, "kmeans_iters": kmeans_iters, "iterations_run": r["kmeans"].iterations,
+            "duplicates": dups, "ratio_at_eps": dups / n if n else 0.0, "walk": "distance to centroid desc (keep_hard)",
+            "removed_if": "max cosine similarity to any earlier member of its cluster > 1 - eps",
+            "feature_dir": os.path.abspath(root), "embed_seconds": round(embed_s, 3), "dedup_seconds": round(dedup_s, 3),
+        },
+        **_common(request),
+    )
+
+
+def _checksums(manifest: Manifest) -> tuple[np.ndarray, str]:
+    parts = []
+    algorithms = set()
+    for k in range(len(manifest.shards)):
+        index = manifest.index(k)
+        if index.checksums is None and len(index):
+            raise StreamPruneError(
+                f"{manifest.shard_path(k)}: its index records no per-sample checksums; re-run `streamprune index` "
+                "(checksums are on by default) before exact deduplication"
+            )
+        if len(index):
+            algorithms.add(index.checksum_algorithm)
+            parts.append(np.asarray(index.checksums, dtype=np.uint64))
+    if len(algorithms) > 1:
+        raise StreamPruneError(f"{manifest.path}: shards were indexed with different checksum algorithms {sorted(algorithms)}; re-index them")
+    return (np.concatenate(parts) if parts else np.zeros(0, np.uint64)), (algorithms.pop() if algorithms else "")
+
+
+def exact_duplicates(manifest: Manifest, batch_bytes: int = 64 << 20) -> tuple[np.ndarray, dict[str, Any]]:
+    """The first occurrence of each exact duplicate (module docstring), confirmed byte for byte.
+
+    Args:
+        manifest: The dataset (its indexes must record checksums).
+        batch_bytes: About how many candidate bytes are read and held at a time.
+
+    Returns:
+        ``(duplicate_of, stats)``: ``int64[N]``, the manifest position of the first identical
+        sample, ``-1`` for samples kept (first occurrences and unique samples); ``stats``:
+        ``checksum``, ``candidates`` (samples sharing a checksum), ``duplicates``,
+        ``collisions`` (candidates whose checksum matched but bytes did not), ``bytes_read``.
+
+    Raises:
+        StreamPruneError: An index has no checksums, or shards use different algorithms.
+    """
+    sums, algorithm = _checksums(manifest)
+    n = len(sums)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    stats = {"checksum": algorithm, "candidates": 0, "duplicates": 0, "collisions": 0, "bytes_read": 0}
+    if n == 0:
+        return dup_of, stats
+    _, inverse, counts = np.unique(sums, return_inverse=True, return_counts=True)
+    candidates = np.flatnonzero(counts[inverse] > 1)
+    stats["candidates"] = len(candidates)
+    if not len(candidates):
+        return dup_of, stats
+    groups = candidates[np.argsort(inverse[candidates], kind="stable")]  # by checksum, then position
+    group_of = inverse[groups]
+    starts = np.flatnonzero(np.r_[True, group_of[1:] != group_of[:-1]])
+    ends = np.r_[starts[1:], len(groups)]
+    sizes = manifest.sample_bytes()
+    g = 0
+    while g < len(starts):
+        g_end, held = g, 0
+        while g_end < len(starts) and (g_end == g or held + sizes[groups[starts[g_end] : ends[g_end]]].sum() <= batch_bytes):
+            held += int(sizes[groups[starts[g_end] : ends[g_end]]].sum())
+            g_end += 1
+        batch = groups[starts[g] : ends[g_end - 1]]
+        data = {pos: parts for pos, parts in read_member_data(manifest, batch)}
+        stats["bytes_read"] += sum(len(d) for parts in data.values() for _, d in parts)
+        for j in range(g, g_end):
+            representatives: list[int] = []  # first occurrences of the distinct contents in this group
+            for pos in groups[starts[j] : ends[j]].tolist():  # ascending: manifest order
+                same = next((r for r in representatives if data[r] == data[pos]), None)
+                if same is None:
+                    if representatives:
+                        stats["collisions"] += 1
+                    representatives.append(pos)
+                else:
+                    dup_of[pos] = same
+        g = g_end
+    stats["duplicates"] = int((dup_of >= 0).sum())
+    return dup_of, stats
+
+
+@register_score("exact-dedup")
+def exact_dedup(request: ScoreRequest) -> ScoreFile:
+    """Exact deduplication scores (sample level, 1 kept / 0 duplicate; module docstring).
+
+    Args:
+        request: The source (no surrogate, no target).
+
+    Returns:
+        The scores.
+    """
+    source = request.source
+    t0 = time.perf_counter()
+    dup_of, stats = exact_duplicates(source)
+    keep = (dup_of < 0).astype(np.float64)
+    ids = np.arange(len(keep), dtype=np.int64)
+    n = len(keep)
+    return ScoreFile(
+        method="exact-dedup", level="sample", higher_is="keep", harder=None, score_name="first_occurrence",
+        scores=keep, ranking=np.lexsort((ids, -keep)).astype(np.int64), tiebreak="kept first, then id asc",
+        extra={"duplicate": 1.0 - keep, "duplicate_of": dup_of.astype(np.float64)},
+        params={**stats, "ratio_at_eps": stats["duplicates"] / n if n else 0.0, "seconds": round(time.perf_counter() - t0, 3),
+                "identical_if": "same member extensions in order and byte-identical member data"},
+        **_common(request),
+    )
+
+
+def mask_from_duplicates(manifest: Manifest, scores: ScoreFile) -> KeepMask:
+    """Keep every sample a deduplication scores file does not flag (``extra.duplicate == 0``).
+
+    Args:
+        manifest: The dataset (must match the scores).
+        scores: ``semdedup`` (at its ``eps``) or ``exact-dedup`` scores.
+
+    Returns:
+        The mask; provenance names the method, the scores file and ``eps`` (SemDeDup).
+
+    Raises:
+        ValueError: The scores carry no duplicate flags.
+    """
+    scores.check(manifest)
+    if "duplicate" not in scores.extra or scores.level != "sample":
+        raise ValueError(f"{scores.path or 'scores'}: method {scores.method!r} records no per-sample duplicate flags "
+                         "(use semdedup or exact-dedup scores)")
+    return mask_from_bool(
+        manifest, scores.extra["duplicate"] == 0, method=scores.method, selector="duplicates",
+        scores=os.path.abspath(scores.path) if scores.path else None, eps=scores.params.get("eps"),
+    )

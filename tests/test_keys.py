@@ -1,0 +1,167 @@
+"""Key lists in and out: text / .npy / parquet, 128-bit uids, missing keys, export, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from streamprune.keys import (
+    MissingKeysError,
+    export_keys,
+    manifest_uids,
+    mask_from_key_list,
+    read_key_list,
+    uid_hex,
+    uid_pair,
+)
+from streamprune.masks import MaskFile, random_mask
+from streamprune.scores import ScoreFile, rank_items
+from streamprune_cli.main import cli
+
+
+def _uid(i):
+    i = int(i)
+    return f"{(i * 0x9E3779B97F4A7C15) % 2**64:016x}{(i + 7) * 1000003:016x}"
+
+
+@pytest.fixture
+def uid_keyed(tmp_path, shard_writer):
+    """12 samples keyed by their uid hex (DataComp's resharded layout)."""
+    samples = [(_uid(i), {"bin": bytes([i]) * 10}, i % 4) for i in range(12)]
+    return shard_writer(samples, tmp_path / "dc", samples_per_shard=5)
+
+
+@pytest.fixture
+def uid_member(tmp_path, shard_writer):
+    """12 samples with plain keys and a ``uid`` member (8 of them) or a ``json`` member with a uid (4)."""
+    samples = []
+    for i in range(12):
+        members = {"bin": bytes([i]) * 10}
+        if i < 8:
+            members["uid"] = _uid(i).upper().encode()
+        else:
+            members["json"] = json.dumps({"uid": _uid(i)}).encode()
+        samples.append((f"k{i:03d}", members, i % 4))
+    return shard_writer(samples, tmp_path / "um", samples_per_shard=5, shuffle=False)
+
+
+def test_uid_hex_round_trip():
+    u = uid_hex(1, 2**64 - 1)
+    assert u == "0000000000000001ffffffffffffffff" and uid_pair(u) == (1, 2**64 - 1)
+    with pytest.raises(ValueError):
+        uid_pair("xyz")
+
+
+def test_text_keys_keep_and_drop(small_dataset, tmp_path):
+    keys = small_dataset.keys()
+    path = tmp_path / "k.txt"
+    path.write_text("\n".join([keys[3], "  " + keys[0] + " ", "", keys[3]]) + "\n")
+    m = mask_from_key_list(small_dataset, path)
+    assert set(np.flatnonzero(m.keep)) == {0, 3}
+    p = m.provenance
+    assert (p["method"], p["ids"], p["duplicates"], p["missing"], p["matched_by"]) == ("keys", 2, 1, 0, "key")
+    d = mask_from_key_list(small_dataset, path, drop=True)
+    assert d.kept == small_dataset.num_samples - 2 and d.provenance["method"] == "keys-drop"
+
+
+def test_missing_keys_are_an_error_unless_allowed(small_dataset, tmp_path):
+    path = tmp_path / "k.txt"
+    path.write_text(small_dataset.keys()[1] + "\nnope\n")
+    with pytest.raises(MissingKeysError, match="1 of 2 ids .* e.g. \\['nope'\\]"):
+        mask_from_key_list(small_dataset, path)
+    m = mask_from_key_list(small_dataset, path, allow_missing=True)
+    assert m.kept == 1 and m.provenance["missing"] == 1 and m.provenance["missing_examples"] == ["nope"]
+
+
+def test_npy_strings_and_uint64_uid_pairs(uid_keyed, tmp_path):
+    keys = uid_keyed.keys()
+    np.save(tmp_path / "s.npy", np.array([keys[2], keys[5].upper()]))
+    m = mask_from_key_list(uid_keyed, tmp_path / "s.npy")  # the upper-case one is found as a uid
+    assert set(np.flatnonzero(m.keep)) == {2, 5} and m.provenance["matched_by"] == "key+uid"
+    pairs = np.array([uid_pair(keys[i]) for i in (1, 7, 11)], dtype=np.dtype("u8,u8"))  # DataComp subset layout
+    np.save(tmp_path / "u.npy", pairs)
+    assert read_key_list(tmp_path / "u.npy").kind == "uid"
+    m = mask_from_key_list(uid_keyed, tmp_path / "u.npy")
+    assert set(np.flatnonzero(m.keep)) == {1, 7, 11} and m.provenance["matched_by"] == "uid"
+    np.save(tmp_path / "u2.npy", np.array([uid_pair(keys[4])], dtype=np.uint64))  # [N, 2] uint64
+    assert set(np.flatnonzero(mask_from_key_list(uid_keyed, tmp_path / "u2.npy").keep)) == {4}
+
+
+def test_uids_from_uid_and_json_members(uid_member, tmp_path):
+    assert manifest_uids(uid_member) == [_uid(i) for i in range(12)]
+    assert manifest_uids(uid_member, [9, 2]) == [_uid(9), _uid(2)]
+    np.save(tmp_path / "u.npy", np.array([uid_pair(_uid(i)) for i in (0, 9)], dtype=np.uint64))
+    m = mask_from_key_list(uid_member, tmp_path / "u.npy")
+    assert set(np.flatnonzero(m.keep)) == {0, 9}
+    (tmp_path / "t.txt").write_text(_uid(3) + "\n")  # a text list of uids: not keys, so looked up as uids
+    assert set(np.flatnonzero(mask_from_key_list(uid_member, tmp_path / "t.txt").keep)) == {3}
+
+
+def test_parquet_key_column_and_uids(uid_member, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["k001", "k004"], "x": [1, 2]}), tmp_path / "k.parquet")
+    with pytest.raises(Exception, match="no key column"):
+        mask_from_key_list(uid_member, tmp_path / "k.parquet")
+    m = mask_from_key_list(uid_member, tmp_path / "k.parquet", key_column="id")
+    assert set(np.flatnonzero(m.keep)) == {1, 4} and m.provenance["key_column"] == "id"
+    raw = pa.array([bytes.fromhex(_uid(10))], type=pa.binary(16))
+    pq.write_table(pa.table({"uid": raw}), tmp_path / "u.parquet")
+    assert set(np.flatnonzero(mask_from_key_list(uid_member, tmp_path / "u.parquet").keep)) == {10}
+
+
+def _scores(manifest):
+    s = np.linspace(0, 1, manifest.num_samples)
+    return ScoreFile(method="x", level="sample", scores=s, ranking=rank_items(s), manifest_fingerprint=manifest.fingerprint)
+
+
+@pytest.mark.parametrize("ext", [".txt", ".npy", ".parquet", ".arrow"])
+def test_export_round_trips(uid_member, tmp_path, ext):
+    if ext in (".parquet", ".arrow"):
+        pytest.importorskip("pyarrow")
+    mask = random_mask(uid_member, 0.5, seed=0)
+    kept = np.flatnonzero(mask.keep)
+    keys = uid_member.keys()
+    plain = tmp_path / f"plain{ext}"
+    assert export_keys(uid_member, mask, plain)["rows"] == len(kept)
+    assert read_key_list(plain).ids == [keys[i] for i in kept]
+    full = tmp_path / f"full{ext}"
+    out = export_keys(uid_member, mask, full, scores=_scores(uid_member), uids=True)
+    assert out["columns"] == ["key", "uid", "score"]
+    assert read_key_list(full).ids == [keys[i] for i in kept]
+    assert read_key_list(full, key_column="uid").ids == [_uid(i) for i in kept]
+    assert np.array_equal(mask_from_key_list(uid_member, full).keep, mask.keep)
+
+
+def test_cli_keys_and_export(small_dataset, tmp_path):
+    runner = CliRunner()
+    keys = small_dataset.keys()
+    (tmp_path / "k.txt").write_text("\n".join(keys[:5] + ["ghost"]))
+    out = tmp_path / "m.spmask"
+    r = runner.invoke(cli, ["mask", small_dataset.path, "--keys", str(tmp_path / "k.txt"), "--out", str(out)])
+    assert r.exit_code != 0 and "--allow-missing" in r.output
+    r = runner.invoke(cli, ["mask", small_dataset.path, "--keys", str(tmp_path / "k.txt"), "--allow-missing", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "5 of 6 listed ids found (by key), 1 missing" in r.output and MaskFile(out).kept == 5
+    r = runner.invoke(cli, ["mask", small_dataset.path, "--keys-drop", str(tmp_path / "k.txt"), "--allow-missing", "--out", str(out)])
+    assert r.exit_code == 0 and MaskFile(out).kept == small_dataset.num_samples - 5
+    scores = _scores(small_dataset).save(tmp_path / "scores.json")
+    r = runner.invoke(cli, ["inspect", small_dataset.path, "--mask", str(out), "--export", str(tmp_path / "e.txt"), "--scores", scores])
+    assert r.exit_code == 0, r.output
+    lines = (tmp_path / "e.txt").read_text().splitlines()
+    assert lines[0] == "key\tscore" and lines[1].split("\t")[0] == keys[5] and len(lines) == small_dataset.num_samples - 5 + 1
+    r = runner.invoke(cli, ["inspect", small_dataset.path, "--uids"])
+    assert r.exit_code == 2 and "go with --export" in r.output
+
+
+def test_parquet_without_pyarrow_is_one_clear_error(small_dataset, tmp_path, monkeypatch):
+    from streamprune.optional import MissingExtraError
+
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow.parquet", None)
+    (tmp_path / "k.parquet").write_bytes(b"PAR1")
+    with pytest.raises(MissingExtraError, match=r"streamprune\[parquet\]"):
+        read_key_list(tmp_path / "k.parquet")
+    with pytest.raises(MissingExtraError, match="pyarrow"):
+        export_keys(small_dataset, None, tmp_path / "o.parquet")
