@@ -190,14 +190,16 @@ def _transient(exc: BaseException) -> bool:
     """Whether a failed request is worth retrying (a dropped connection, a timeout, 408/429/5xx)."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, MissingExtraError)):
         return False
+    name = type(exc).__name__
+    if "Payload" in name or "Disconnected" in name:
+        return True  # a body cut short (its `code` is aiohttp's parser state, not an HTTP status)
     status = _status(exc)
     if status is not None:
         return status in TRANSIENT_STATUS
     if isinstance(exc, (ConnectionError, TimeoutError, _ShortRead)):
         return True
-    name = type(exc).__name__
     # aiohttp/botocore connection and payload errors, by name: importing them would load the extra
-    return any(word in name for word in ("Connection", "Timeout", "Payload", "Disconnected", "ReadError", "ClientOSError"))
+    return any(word in name for word in ("Connection", "Connector", "Timeout", "ReadError", "ClientOSError"))
 
 
 class _ShortRead(Exception):
