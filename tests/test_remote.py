@@ -262,3 +262,59 @@ def test_plan_fetches_coalesces_within_budget(dataset):
     assert len(everything) == 1 and everything[0][2:] == (0, int(index.end[-1]))
     # covers each position once, in order
     assert [p for a, b, _, _ in plan for p in order[a:b]] == order.tolist()
+
+
+@needs_nginx
+def test_index_urls_with_brace_pattern_records_etag(dataset, nginx, tmp_path):
+    from click.testing import CliRunner
+
+    from streamprune_cli.main import cli
+
+    out = tmp_path / "idx"
+    pattern = nginx.url + "/shard-{000000..000003}.tar"
+    result = CliRunner().invoke(cli, ["index", pattern, "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    m = Manifest.load(str(out))
+    assert m.shard_path(0) == nginx.url + "/shard-000000.tar"
+    marker = m.index(0).extra["object"]
+    assert marker["etag"] and marker["url"] == nginx.url + "/shard-000000.tar"
+    assert m.shards[0].sha256 == Manifest.load(dataset).shards[0].sha256
+    keep = random_mask(m, 0.5, seed=2)
+    from streamprune.masks import KeepMask
+
+    assert _read(PrunedSource(m, keep)) == _read(PrunedSource(dataset, KeepMask(keep.keep, Manifest.load(dataset), {})))
+    result = CliRunner().invoke(cli, ["inspect", nginx.url + "/manifest.json", "--base", nginx.url])
+    assert result.exit_code == 0 and "shard" in result.output.lower(), result.output
+
+
+@needs_nginx
+def test_replaced_object_fails_the_etag_check(dataset, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    server = Nginx(str(copy), str(tmp_path / "ng"))
+    try:
+        from streamprune.remoteindex import index_remote_shards
+
+        m = index_remote_shards([server.url + "/shard-{000000..000001}.tar"], str(tmp_path / "idx"), progress=False)
+        shard = copy / "shard-000000.tar"
+        os.utime(shard, (1, 1))  # same bytes, a new ETag (nginx: mtime-size)
+        with pytest.raises(IndexMismatchError, match="ETag"):
+            _read(PrunedSource(m))
+    finally:
+        server.stop()
+
+
+def test_s3_index_writes_manifest_last(dataset, s3):
+    from streamprune.remoteindex import index_remote_shards
+
+    m = index_remote_shards([s3 + "/shard-{000000..000003}.tar"], s3 + "/indexed", progress=False)
+    assert m.path == s3 + "/indexed/manifest.json"
+    loaded = Manifest.load(m.path)
+    assert loaded.shard_path(1) == s3 + "/shard-000001.tar"
+    assert _read(PrunedSource(loaded)) == _read(PrunedSource(dataset))
+
+
+def test_local_reads_with_io_depth_equal_serial(dataset):
+    keep = _mask(dataset, 0.8, "sample")
+    assert _read(PrunedSource(dataset, keep, io_depth=8)) == _read(PrunedSource(dataset, keep))
+    assert _read(PrunedSource(dataset, keep, io_depth=8, shuffle=True)) == _read(PrunedSource(dataset, keep, shuffle=True))
