@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from streamprune import masks
+from streamprune import masks, storage
 from streamprune.errors import StreamPruneError
 from streamprune.keys import export_keys, mask_from_key_list
 from streamprune.manifest import Manifest
@@ -82,17 +82,48 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
     click.echo(f"{manifest.num_samples} samples, {len(manifest.shards)} shards, {len(manifest.classes)} classes -> {manifest.path}")
 
 
+def _storage_options(text: str | None) -> dict | None:
+    """``--storage-options JSON`` parsed (fsspec options: endpoint, profile, ...; never written anywhere)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON ({exc})", param_hint="--storage-options") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--storage-options")
+    return value
+
+
+STORAGE_OPTIONS_HELP = "fsspec options for URLs, as a JSON object (credentials otherwise come from the backend's standard configuration)."
+
+
 @cli.command()
 @click.argument("shards", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(), help="Directory for the index sidecars and manifest.json.")
+@click.option("--out", required=True, type=click.Path(), help="Directory (or URL prefix) for the index sidecars and manifest.json.")
 @click.option("--label-ext", default="auto", show_default=True, help="Extension of the integer label member (auto: .cls when every sample has one, no labels when none has).")
 @click.option("--no-labels", is_flag=True, help="The shards carry no labels.")
 @click.option("--label-field", default="auto", show_default=True, help=".beton: integer field holding the label (auto: 'label', else the only IntField).")
 @click.option("--no-checksum", is_flag=True, help="Skip SHA-256 of each shard (headers only: much faster).")
 @click.option("--workers", type=click.IntRange(min=1), help="Tar shards indexed in parallel processes [default: CPU count].")
+@click.option("--storage-options", help=STORAGE_OPTIONS_HELP)
 @click.option("--quiet", "-q", is_flag=True)
-def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, quiet):
-    """Index existing tar SHARDS or FFCV .beton files written by anyone and write OUT/manifest.json."""
+def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, storage_options, quiet):
+    """Index existing tar SHARDS or FFCV .beton files written by anyone and write OUT/manifest.json.
+
+    SHARDS may be URLs (s3://, https://, ...) and webdataset brace patterns
+    (shards-{000000..000099}.tar): each is streamed once, and its size and ETag recorded.
+    """
+    if any(storage.is_remote(s) for s in shards):
+        # Deferred on purpose: remote indexing pulls in fsspec (the optional `remote` extra).
+        from streamprune.remoteindex import index_remote_shards
+
+        manifest = index_remote_shards(
+            list(shards), out, label_ext=None if no_labels else label_ext, checksum=not no_checksum,
+            progress=not quiet, storage_options=_storage_options(storage_options),
+        )
+        click.echo(f"{manifest.num_samples} samples in {len(manifest.shards)} shards -> {manifest.path}")
+        return
     # Deferred on purpose: indexing pulls in tqdm and the tar walker, which --help and inspect do not need.
     from streamprune.indexing import index_files
 
@@ -171,19 +202,22 @@ def mask(manifest, operands, use_random, scores_file, ratio, duplicates, level, 
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(exists=True))
-@click.option("--mask", "mask_path", type=click.Path(exists=True), help="Keep mask to summarise.")
+@click.argument("manifest")
+@click.option("--mask", "mask_path", help="Keep mask to summarise (path or URL).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--export", "export_path", type=click.Path(),
               help="Also write the kept keys (all keys without --mask): .txt, .npy, .parquet/.arrow (parquet extra).")
 @click.option("--scores", "scores_file", type=click.Path(exists=True), help="With --export: add each kept sample's score from this scores file.")
 @click.option("--uids", is_flag=True, help="With --export: add each kept sample's uid (uid/json member, or a 32-hex key).")
-def inspect(manifest, mask_path, as_json, export_path, scores_file, uids):
-    """Per-shard and per-class kept counts, bytes to read and expected speed-up; optionally export the kept keys."""
+@click.option("--base", help="Directory or URL prefix holding the shards, instead of the manifest's directory.")
+@click.option("--storage-options", help=STORAGE_OPTIONS_HELP)
+def inspect(manifest, mask_path, as_json, export_path, scores_file, uids, base, storage_options):
+    """Per-shard and per-class kept counts, bytes to read and expected speed-up (MANIFEST: path or URL); optionally export the kept keys."""
     if (scores_file or uids) and not export_path:
         raise click.UsageError("--scores and --uids go with --export")
-    m = Manifest.load(manifest)
-    mask_file = masks.MaskFile(mask_path) if mask_path else None
+    options = _storage_options(storage_options)
+    m = Manifest.load(manifest, base=base, storage_options=options)
+    mask_file = masks.MaskFile(storage.local_copy(mask_path, options)) if mask_path else None
     info = describe(m, mask_file)
     click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
     if export_path:

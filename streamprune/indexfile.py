@@ -36,13 +36,14 @@ import os
 
 import numpy as np
 
+from . import storage
 from .atomic import atomic_open, atomic_write_json
 from .errors import IndexMismatchError, ManifestError
 from .jsonfile import parse_versioned_json
 from .shardindex import MemberTable, ShardIndex
 from .tarindex import BLOCK
 
-__all__ = ["INDEX_SUFFIX", "save_index", "load_index", "index_path_for", "companion_path"]
+__all__ = ["INDEX_SUFFIX", "save_index", "load_index", "index_path_for", "companion_path", "object_marker"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def save_index(
         "end": index.end.tolist(),
         "members": index.members if isinstance(index.members, list) else index.members.tolist(),  # tuples encode as arrays
         **_checksum_fields(index),
+        **_object_field(index),
         **(extra_fields or {}),
     }
     data = atomic_write_json(path, obj, fsync=False)
@@ -114,6 +116,23 @@ def _checksum_fields(index: ShardIndex) -> dict:
         return {}
     width = _HEX_DIGITS[index.checksum_algorithm]
     return {"checksum": index.checksum_algorithm, "checksums": [f"{v:0{width}x}" for v in np.asarray(index.checksums).tolist()]}
+
+
+def _object_field(index: ShardIndex) -> dict:
+    """The optional ``object`` field: the shard object's size, ETag and URL when it was indexed remotely."""
+    obj = index.extra.get("object")
+    return {"object": obj} if isinstance(obj, dict) else {}
+
+
+def object_marker(index: ShardIndex) -> dict:
+    """The index's ``object`` record (``{"size", "etag", "url"}``), or ``{}`` when it has none.
+
+    Indexing or writing a remote shard records the object's ETag (or version marker) and the
+    URL it was read from; a reader of that same URL checks it, so an object replaced after
+    indexing is an error before any byte is used (a copy elsewhere has its own ETag).
+    """
+    obj = index.extra.get("object")
+    return obj if isinstance(obj, dict) else {}
 
 
 def _narrow(values: np.ndarray | list[int], signed: bool = False) -> np.ndarray:
@@ -233,6 +252,7 @@ def _save_companion(index: ShardIndex, path: str, json_sha256: str) -> None:
         "num_members": len(offset),
         "block": BLOCK,
         "checksum": index.checksum_algorithm if index.checksums is not None else "",
+        **_object_field(index),
         "columns": layout,
         # the meta names the JSON it was made from; this digest covers the columns themselves,
         # so a damaged companion is never used in the JSON's place
@@ -245,11 +265,18 @@ def _save_companion(index: ShardIndex, path: str, json_sha256: str) -> None:
 _COMPANION_ARRAYS = ("keys", "labels", "start_gap", "member_count", "member_ext", "member_gap", "member_size")
 
 
-def _load_bound_companion(path: str, expected_sha256: str) -> ShardIndex | None:
+def _read(path: str, storage_options: dict | None) -> bytes:
+    """A local file's or a URL's bytes (``FileNotFoundError`` when missing)."""
+    if storage.is_remote(path):
+        return storage.read_bytes(path, storage_options)
+    with open(storage.local_path(path), "rb") as fh:
+        return fh.read()
+
+
+def _load_bound_companion(path: str, expected_sha256: str, storage_options: dict | None = None) -> ShardIndex | None:
     """The companion as the index when its bytes have the digest the manifest recorded, else ``None``."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        raw = _read(path, storage_options)
     except OSError:
         return None
     if hashlib.sha256(raw).hexdigest() != expected_sha256:
@@ -320,7 +347,9 @@ def _companion_index(meta: dict, arrays: dict, path: str) -> ShardIndex | None:
         log.debug("%s: ignoring inconsistent index companion", path)
         return None
     start, end, first, offset = _layout_from_gaps(arrays["start_gap"], count, arrays["member_gap"], arrays["member_size"])
+    obj = meta.get("object")
     return ShardIndex(
+        extra={"object": obj} if isinstance(obj, dict) else {},
         shard=meta["shard"],
         shard_bytes=int(meta["shard_bytes"]),
         keys=keys,
@@ -361,7 +390,10 @@ def _json_problem(obj: dict) -> str | None:
 
 
 def load_index(
-    path: str | os.PathLike, expected_sha256: str | None = None, companion_sha256: str | None = None
+    path: str | os.PathLike,
+    expected_sha256: str | None = None,
+    companion_sha256: str | None = None,
+    storage_options: dict | None = None,
 ) -> ShardIndex:
     """Load a shard index sidecar.
 
@@ -372,6 +404,7 @@ def load_index(
         companion_sha256: The binary companion's digest as the manifest records it: when the
             companion has exactly these bytes it is the index, and the JSON is not read at
             all (what makes an epoch start cheap at scale); otherwise the JSON is read as usual.
+        storage_options: fsspec options when ``path`` is a URL.
 
     Returns:
         The :class:`ShardIndex`.
@@ -382,12 +415,11 @@ def load_index(
     """
     path = os.fspath(path)
     if companion_sha256:
-        bound = _load_bound_companion(companion_path(path), companion_sha256)
+        bound = _load_bound_companion(companion_path(path), companion_sha256, storage_options)
         if bound is not None:
             return bound
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = _read(path, storage_options)
     except FileNotFoundError:
         raise ManifestError(f"{path}: shard index is missing (run `streamprune index` on the shard)") from None
     except OSError as exc:  # a directory, no permission, an I/O error
@@ -398,7 +430,13 @@ def load_index(
             f"{path}: index does not match the manifest (its checksum changed since the manifest "
             "was written); re-run `streamprune index` and make new masks"
         )
-    fast = _load_companion(companion_path(path), digest)
+    if storage.is_remote(path):
+        try:
+            fast = _load_companion(io.BytesIO(_read(companion_path(path), storage_options)), digest)
+        except OSError:
+            fast = None
+    else:
+        fast = _load_companion(companion_path(path), digest)
     if fast is not None:
         return fast
     obj = parse_versioned_json(
@@ -429,4 +467,5 @@ def load_index(
         sha256=obj.get("sha256", ""),
         checksums=checksums,
         checksum_algorithm=str(obj.get("checksum", "")) if has_checksums else "",
+        extra={"object": obj["object"]} if isinstance(obj.get("object"), dict) else {},
     )

@@ -20,6 +20,7 @@ def read_versioned_json(
     missing: str | None = None,
     version_label: str | None = None,
     version_note: str = "",
+    data: bytes | None = None,
 ) -> dict[str, Any]:
     """Load a JSON object whose ``format`` and ``version`` fields must be ``fmt`` and ``version``.
 
@@ -32,6 +33,8 @@ def read_versioned_json(
         missing: Message when the file does not exist (default ``"<path>: <what> not found"``).
         version_label: What to call the file in the version message (default ``what``).
         version_note: Appended to the version message (e.g. which version this release reads).
+        data: The file's bytes when the caller has fetched them already (a remote manifest);
+            ``path`` then only names the file in messages.
 
     Returns:
         The parsed object.
@@ -42,8 +45,9 @@ def read_versioned_json(
     """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        if data is None:
+            with open(path, "rb") as fh:
+                data = fh.read()
     except FileNotFoundError:
         raise error(missing or f"{path}: {what} not found") from None
     return parse_versioned_json(data, path, fmt, version, what, error, version_label, version_note)

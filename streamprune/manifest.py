@@ -14,13 +14,18 @@ may add ``"companion_sha256"``: the digest of the index's binary companion
 (``<index>.npz``), so that a reader loads the companion alone, checked against the manifest,
 without reading the JSON sidecar at all.
 
-Shard and index names are relative to the manifest's directory (absolute paths are kept as
-they are). Samples are numbered globally in manifest order: shard 0's samples first, in
+Shard and index names are relative to the manifest's directory (absolute paths and URLs are
+kept as they are). The manifest may itself be a URL (``s3://bucket/ds/manifest.json``,
+``https://...``), and a reader may move the base that relative *shard* names resolve
+against (``Manifest.load(path, base="s3://bucket/prefix")``), so one manifest and one mask
+serve a local copy and a bucket copy; index names keep resolving against the manifest's own
+directory (they travel with it). Samples are numbered globally in manifest order: shard 0's samples first, in
 archive order, then shard 1's, and so on. Masks and scores use this order.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import hashlib
 import os
@@ -29,6 +34,7 @@ from typing import Union
 
 import numpy as np
 
+from . import storage
 from .atomic import atomic_write_json, file_sha256
 from .errors import DuplicateKeyError, IndexMismatchError, ManifestError
 from .indexfile import companion_path, load_index
@@ -83,7 +89,11 @@ class Manifest:
         classes: Class names by label id (may be empty for unlabelled data).
         label_ext: Extension of the label member, or ``None``.
         created: ISO creation time.
-        path: File the manifest was loaded from, if any.
+        path: File (or URL) the manifest was loaded from, if any.
+        base: Where relative shard names resolve, when it is not ``root`` (a copy of the
+            shards elsewhere: another directory, a bucket prefix, an HTTP server).
+        storage_options: Options for the fsspec filesystem of remote locations (endpoint,
+            profile, ...). Kept in memory only: :meth:`save` never writes them.
     """
 
     root: str
@@ -94,13 +104,19 @@ class Manifest:
     path: str | None = None
     class_counts: list[int] = field(default_factory=list)
     _indexes: dict[int, ShardIndex] = field(default_factory=dict, repr=False)
+    base: str | None = None
+    storage_options: dict | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Manifest":
-        """Load ``manifest.json`` (or a directory containing one).
+    def load(cls, path: str | os.PathLike, base: str | os.PathLike | None = None, storage_options: dict | None = None) -> "Manifest":
+        """Load ``manifest.json`` (or a directory or URL prefix containing one).
 
         Args:
-            path: Manifest file, or the directory that holds ``manifest.json``.
+            path: Manifest file or URL, or the directory (URL prefix) that holds ``manifest.json``.
+            base: Directory or URL prefix that relative shard names resolve against instead of
+                the manifest's directory (the same shards copied elsewhere).
+            storage_options: fsspec options for remote locations (credentials come from each
+                backend's standard configuration otherwise).
 
         Returns:
             The manifest.
@@ -109,9 +125,19 @@ class Manifest:
             ManifestError: Missing or malformed manifest.
         """
         path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, MANIFEST_NAME)
-        obj = read_versioned_json(path, MANIFEST_FORMAT, MANIFEST_VERSION, "manifest", ManifestError)
+        data = None
+        if storage.is_remote(path):
+            if not path.endswith(".json"):
+                path = storage.join(path, MANIFEST_NAME)
+            try:
+                data = storage.read_bytes(path, storage_options)
+            except FileNotFoundError:
+                raise ManifestError(f"{path}: manifest not found") from None
+        else:
+            path = storage.local_path(path)
+            if os.path.isdir(path):
+                path = os.path.join(path, MANIFEST_NAME)
+        obj = read_versioned_json(path, MANIFEST_FORMAT, MANIFEST_VERSION, "manifest", ManifestError, data=data)
         try:
             shards = [ShardEntry(**s) for s in obj["shards"]]
         except (KeyError, TypeError) as exc:
@@ -130,14 +156,17 @@ class Manifest:
             raise ManifestError(f"{path}: 'class_counts' must be a list of integers")
         if not (label_ext is None or isinstance(label_ext, str)) or not isinstance(created, str):
             raise ManifestError(f"{path}: 'label_ext' must be a string or null and 'created' a string")
+        remote = storage.is_remote(path)
         manifest = cls(
-            root=os.path.dirname(os.path.abspath(path)),
+            root=storage.parent(path),
             shards=shards,
             classes=list(classes),
             label_ext=label_ext,
             created=created,
-            path=os.path.abspath(path),
+            path=path if remote else os.path.abspath(path),
             class_counts=list(counts),
+            base=None if base is None else _base(base),
+            storage_options=storage_options,
         )
         if manifest.num_samples >= _INT64 or manifest.total_bytes >= _INT64:
             raise ManifestError(f"{path}: shard sample counts or sizes add up to more than 2**63")
@@ -204,12 +233,22 @@ class Manifest:
         return digest.hexdigest()
 
     def resolve(self, name: str) -> str:
-        """Absolute path of a shard or index name recorded in the manifest."""
-        return name if os.path.isabs(name) else os.path.join(self.root, name)
+        """Absolute path (or URL) of a name recorded in the manifest, against its directory."""
+        return storage.join(self.root, name)
 
     def shard_path(self, k: int) -> str:
-        """Absolute path of shard ``k``."""
-        return self.resolve(self.shards[k].name)
+        """Absolute path or URL of shard ``k`` (relative names resolve against ``base`` when set)."""
+        return storage.join(self.base if self.base is not None else self.root, self.shards[k].name)
+
+    def with_base(self, base: str | os.PathLike | None, storage_options: dict | None = None) -> "Manifest":
+        """A copy whose relative shard names resolve against ``base`` (``None``: unchanged)."""
+        other = copy.copy(self)
+        other._indexes = {}
+        if base is not None:
+            other.base = _base(base)
+        if storage_options is not None:
+            other.storage_options = storage_options
+        return other
 
     def index(self, k: int) -> ShardIndex:
         """Load (and cache) shard ``k``'s index, checked against the manifest.
@@ -229,7 +268,10 @@ class Manifest:
             return cached
         entry = self.shards[k]
         path = self.resolve(entry.index)
-        index = load_index(path, expected_sha256=entry.index_sha256, companion_sha256=entry.companion_sha256 or None)
+        index = load_index(
+            path, expected_sha256=entry.index_sha256, companion_sha256=entry.companion_sha256 or None,
+            storage_options=self.storage_options,
+        )
         if len(index) != entry.samples or index.shard_bytes != entry.bytes:
             raise IndexMismatchError(
                 f"{path}: index has {len(index)} samples / {index.shard_bytes} bytes, manifest says "
@@ -308,6 +350,12 @@ def _bad_entry_field(entry: ShardEntry) -> str | None:
         if kind is str and ("\0" in value or not value.isascii() and not _utf8(value)):
             return name
     return None
+
+
+def _base(base: str | os.PathLike) -> str:
+    """A base location as stored: URLs as given (without a trailing slash), paths made absolute."""
+    base = os.fspath(base)
+    return base.rstrip("/") if storage.is_remote(base) else os.path.abspath(storage.local_path(base))
 
 
 def _utf8(text: str) -> bool:
@@ -390,11 +438,13 @@ def build_manifest(
 ManifestLike = Union[str, os.PathLike, Manifest]
 
 
-def open_manifest(manifest: ManifestLike) -> Manifest:
-    """Return a :class:`Manifest`, loading it when a path (file or its directory) is given.
+def open_manifest(manifest: ManifestLike, base: str | os.PathLike | None = None, storage_options: dict | None = None) -> Manifest:
+    """Return a :class:`Manifest`, loading it when a path or URL (file or its directory) is given.
 
     Args:
-        manifest: A loaded manifest, ``manifest.json``, or the directory holding it.
+        manifest: A loaded manifest, ``manifest.json`` (path or URL), or the directory holding it.
+        base: Where relative shard names resolve instead (see :meth:`Manifest.load`).
+        storage_options: fsspec options for remote locations.
 
     Returns:
         The manifest.
@@ -402,4 +452,6 @@ def open_manifest(manifest: ManifestLike) -> Manifest:
     Raises:
         ManifestError: Missing or malformed manifest.
     """
-    return manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+    if isinstance(manifest, Manifest):
+        return manifest if base is None and storage_options is None else manifest.with_base(base, storage_options)
+    return Manifest.load(manifest, base=base, storage_options=storage_options)

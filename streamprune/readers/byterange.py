@@ -22,7 +22,9 @@ from typing import Iterator
 
 import numpy as np
 
+from .. import storage
 from ..errors import ChecksumError, IndexMismatchError, ManifestError, TarFormatError
+from ..indexfile import object_marker
 from ..shardindex import ShardIndex, checksum_hasher
 from ..tarindex import BLOCK, split_key_ext, walk_headers
 
@@ -76,8 +78,8 @@ def default_verify(path: str) -> bool:
     """Whether samples of the shard at ``path`` are checksummed when the caller leaves it open.
 
     Local files are not verified by default: the page cache and the disk's own checks make a
-    silently flipped byte rare, and hashing costs CPU on every epoch. Remote storage, once
-    readers support it, will answer ``True`` here (a transfer is a new chance to corrupt).
+    silently flipped byte rare, and hashing costs CPU on every epoch. Remote storage (any URL
+    but ``file://``) is: a transfer is a new chance to corrupt, and an object can be replaced.
 
     Args:
         path: The shard's path or URL.
@@ -85,7 +87,7 @@ def default_verify(path: str) -> bool:
     Returns:
         The default of the ``verify`` argument of the readers for this shard.
     """
-    return False
+    return storage.is_remote(path)
 
 
 class ShardFile:
@@ -108,6 +110,7 @@ class ShardFile:
     def __init__(self, path: str, index: ShardIndex, fadvise: bool = True, verify: bool | None = None) -> None:
         self.path = path
         self.index = index
+        self.storage: storage.StorageObject | None = None
         self.verify = _resolve_verify(path, index, verify)
         self._hasher = checksum_hasher(index.checksum_algorithm) if self.verify else None
         try:
@@ -124,6 +127,48 @@ class ShardFile:
         self.fadvise = fadvise and _HAS_FADVISE
         if self.fadvise:
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+    @classmethod
+    def from_storage(cls, obj: storage.StorageObject, index: ShardIndex, verify: bool | None = None) -> "ShardFile":
+        """A shard read through a :class:`~streamprune.storage.StorageObject` (a URL, or a local file).
+
+        The object's size must equal the index's; when the index recorded the object's ETag for
+        this same URL (indexed or written remotely), the ETag must match too. Reads go through
+        :meth:`read_range`; ``fd`` is the local descriptor, or ``-1`` for a remote object.
+
+        Raises:
+            IndexMismatchError: The object's size or ETag differs from what the index recorded.
+        """
+        self = cls.__new__(cls)
+        self.path = obj.url
+        self.index = index
+        self.storage = obj
+        self.fd = getattr(obj, "fd", -1)
+        self.fadvise = False
+        self.verify = _resolve_verify(obj.url, index, verify)
+        self._hasher = checksum_hasher(index.checksum_algorithm) if self.verify else None
+        size = obj.size
+        if size != index.shard_bytes:
+            obj.close()
+            raise IndexMismatchError(
+                f"{obj.url}: object is {size} bytes but its index describes {index.shard_bytes}; the shard was "
+                "rewritten or replaced after indexing (re-run `streamprune index`)"
+            )
+        marker = object_marker(index)
+        etag = obj.etag if marker.get("etag") and marker.get("url") == obj.url else ""
+        if etag and etag != marker["etag"]:
+            obj.close()
+            raise IndexMismatchError(
+                f"{obj.url}: object ETag is {etag} but the index recorded {marker['etag']}: the object was replaced "
+                "after indexing (re-run `streamprune index`)"
+            )
+        return self
+
+    def read_range(self, start: int, end: int, key: str = "") -> bytes:
+        """Bytes ``[start, end)`` of the shard, exactly (a short read is an error naming ``key``)."""
+        if self.storage is not None and self.fd < 0:
+            return self.storage.read(start, end)
+        return read_exact(self.fd, end - start, start, self.path, key)
 
     def check_sample(self, i: int, head: bytes | memoryview | None = None) -> None:
         """Check that the tar headers of sample ``i``'s first member match the index.
@@ -143,6 +188,8 @@ class ShardFile:
         ext, offset, size = self.index.members[i][0]
         key = self.index.keys[i]
         start = int(self.index.start[i])
+        if head is None and self.fd < 0:  # no descriptor (a remote object): fetch the sample once
+            head = self.read_range(start, int(self.index.end[i]), key)
         if head is not None and offset - start == BLOCK and len(head) >= BLOCK:
             header = bytes(head[:BLOCK])
         elif head is None and offset - start == BLOCK:
@@ -156,7 +203,7 @@ class ShardFile:
             view = _FileView(self.fd, start) if head is None else _BufferView(head, self.fd, start)
             try:
                 member = next(walk_headers(view, self.index.shard_bytes - start, self.path), None)
-            except TarFormatError:
+            except (TarFormatError, OSError):  # OSError: a walk past the fetched bytes of a remote object
                 member = None
         name = member.name if member is not None else None
         stored_size = member.size if member is not None else -1
@@ -205,7 +252,10 @@ class ShardFile:
             os.posix_fadvise(self.fd, start, end - start, os.POSIX_FADV_WILLNEED)
 
     def close(self) -> None:
-        """Close the file descriptor."""
+        """Close the file descriptor (or the storage object)."""
+        if self.storage is not None:
+            self.storage.close()
+            self.fd = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

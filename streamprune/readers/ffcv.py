@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .. import storage
 from ..errors import IndexMismatchError, StreamPruneError
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import MaskLike, as_mask, translate_mask
@@ -146,6 +147,11 @@ def _order_option(order: Any, distributed: bool):
 def _check_file(manifest: Manifest, k: int) -> str:
     entry = manifest.shards[k]
     path = manifest.shard_path(k)
+    if storage.is_remote(path):
+        raise StreamPruneError(
+            f"{path}: FFCV reads .beton files from local disk only (it memory-maps them); copy the files locally "
+            "and load the manifest with base= pointing at the copy, or use tar shards for remote reads"
+        )
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fh:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 from typing import Callable, Iterator
 
@@ -9,12 +10,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .. import storage
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, open_mask
 from .byterange import ShardFile, read_exact
 from .maskslot import ALL_KEPT
 from .state import STATE_FORMAT, STATE_VERSION, Binding, ResumableSampler, counted
-from .webdataset import distributed_rank_world, require_tar
+from .webdataset import distributed_rank_world, remote_mask, require_tar
 
 __all__ = ["PrunedMapDataset", "KeptSampler"]
 
@@ -40,6 +42,10 @@ class PrunedMapDataset(Dataset):
         max_open_files: Shard file descriptors kept open per process.
         verify: Check every sample read against its checksum in the index (as
             :class:`~streamprune.readers.webdataset.PrunedSource`; ``None``: the storage's default).
+        base: Where relative shard names resolve (as ``PrunedSource``: a bucket or server copy).
+        storage_options: fsspec options for remote manifests, masks and shards.
+        fetch_depth: Requests in flight when the DataLoader asks for a batch of remote samples
+            at once (``__getitems__``).
     """
 
     def __init__(
@@ -49,9 +55,13 @@ class PrunedMapDataset(Dataset):
         transform: Callable[[dict], object] | None = None,
         max_open_files: int = 64,
         verify: bool | None = None,
+        base: str | os.PathLike | None = None,
+        storage_options: dict | None = None,
+        fetch_depth: int = 8,
     ) -> None:
-        self.manifest = require_tar(open_manifest(manifest))
-        self.mask = open_mask(mask, self.manifest)
+        self.manifest = require_tar(open_manifest(manifest, base, storage_options))
+        self.mask = open_mask(remote_mask(mask, self.manifest.storage_options), self.manifest)
+        self.fetch_depth = fetch_depth
         self.kept_global = _kept_global(self.manifest, self.mask)
         offsets = self.manifest.shard_offsets
         self._shard_of = (np.searchsorted(offsets, self.kept_global, side="right") - 1).astype(np.int64)
@@ -74,7 +84,12 @@ class PrunedMapDataset(Dataset):
             if len(self._files) >= self.max_open_files:
                 oldest = next(iter(self._files))
                 self._files.pop(oldest).close()
-            shard = ShardFile(self.manifest.shard_path(k), self.manifest.index(k), fadvise=False, verify=self.verify)
+            path = self.manifest.shard_path(k)
+            if storage.is_remote(path):
+                obj = storage.open_object(path, self.manifest.storage_options)
+                shard = ShardFile.from_storage(obj, self.manifest.index(k), verify=self.verify)
+            else:
+                shard = ShardFile(path, self.manifest.index(k), fadvise=False, verify=self.verify)
             self._files[k] = shard
         return shard
 
@@ -91,13 +106,24 @@ class PrunedMapDataset(Dataset):
         # one read of the whole sample (headers included): fewer system calls than one per
         # member, and its first header is checked against the index from the same bytes
         start = int(index.start[pos])
-        view = memoryview(read_exact(shard.fd, int(index.end[pos]) - start, start, shard.path, key))
+        end = int(index.end[pos])
+        view = memoryview(read_exact(shard.fd, end - start, start, shard.path, key) if shard.fd >= 0 else shard.read_range(start, end, key))
         shard.check_sample(pos, view)
         for ext, offset, size in group:
             sample[ext] = bytes(view[offset - start : offset - start + size])
         if shard.verify:
             shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
         return self.transform(sample) if self.transform is not None else sample
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A batch of items (what the DataLoader asks for): remote samples fetched concurrently."""
+        if self.fetch_depth <= 1 or len(indices) <= 1 or not any(storage.is_remote(self.manifest.shard_path(int(k)))
+                                                                  for k in set(self._shard_of[indices].tolist())):
+            return [self[i] for i in indices]
+        for k in set(self._shard_of[indices].tolist()):
+            self._shard(int(k))  # open shards here: the cache is not thread-safe
+        with cf.ThreadPoolExecutor(max_workers=min(self.fetch_depth, len(indices))) as pool:
+            return list(pool.map(self.__getitem__, indices))
 
     def global_index(self, i: int) -> int:
         """Manifest-order index of the i-th kept sample."""

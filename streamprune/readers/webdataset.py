@@ -20,15 +20,20 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
+from .. import storage
 from ..errors import MaskMismatchError, StreamPruneError
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, kept_counts, open_mask
 from .byterange import ShardFile, read_runs
 from .maskslot import MaskSlot
 from .plan import plan_epoch, within_shard_order
+from .scheduler import DEFAULT_REMOTE_POLICY, FetchPolicy, read_runs_scheduled
 from .state import Binding, ResumableSource, counted, raise_on_first, warn_buffered
 
-__all__ = ["PrunedSource", "PrunedWebDataset", "pruned_tarfile_samples", "require_tar", "distributed_rank_world"]
+__all__ = [
+    "PrunedSource", "PrunedWebDataset", "pruned_tarfile_samples", "require_tar", "distributed_rank_world", "remote_mask",
+    "fetch_policy",
+]
 
 def require_tar(manifest: Manifest) -> Manifest:
     """Return ``manifest`` if all its shards are tar shards; a clear error for ``.beton`` files."""
@@ -74,6 +79,14 @@ class PrunedSource(ResumableSource, IterableDataset):
             ``None``: the storage's default (off for local files; see
             :func:`~streamprune.readers.byterange.default_verify`). ``True`` on an index
             without checksums is a :class:`~streamprune.errors.ManifestError`.
+        base: Directory or URL prefix that relative shard names resolve against instead of
+            the manifest's directory (``"s3://bucket/prefix"``: the same shards in a bucket).
+        storage_options: fsspec options for remote manifests, masks and shards (endpoint,
+            profile, ...); credentials otherwise come from each backend's standard configuration.
+        fetch: How remote shards are fetched (requests in flight, coalescing, memory cap);
+            default :data:`~streamprune.readers.scheduler.DEFAULT_REMOTE_POLICY`.
+        io_depth: Positioned reads in flight for *local* shards (threads); ``1`` (default)
+            reads one run at a time with read-ahead hints.
         dynamic_masks: Keep the mask's bits in shared memory so ``set_epoch(epoch, mask=...)``
             reaches persistent DataLoader workers (costs N/8 bytes; see :mod:`.maskslot`).
 
@@ -86,6 +99,10 @@ class PrunedSource(ResumableSource, IterableDataset):
         manifest: ManifestLike,
         mask: MaskLike = None,
         *,
+        base: str | os.PathLike | None = None,
+        storage_options: dict | None = None,
+        fetch: FetchPolicy | None = None,
+        io_depth: int = 1,
         shuffle: bool = False,
         seed: int = 0,
         rank: int | None = None,
@@ -99,9 +116,9 @@ class PrunedSource(ResumableSource, IterableDataset):
     ) -> None:
         super().__init__()
         # A private copy: iterating drops cached indexes, which must not touch the caller's object.
-        self.manifest = copy.copy(require_tar(open_manifest(manifest)))
+        self.manifest = copy.copy(require_tar(open_manifest(manifest, base, storage_options)))
         self.manifest.drop_cache()
-        self._slot = MaskSlot(self.manifest, open_mask(mask, self.manifest), shared=dynamic_masks)
+        self._slot = MaskSlot(self.manifest, open_mask(remote_mask(mask, self.manifest.storage_options), self.manifest), shared=dynamic_masks)
         self.mask = self._slot.mask
         self.kept_counts = kept_counts(self.manifest, self.mask)
         auto_rank, auto_world = distributed_rank_world()
@@ -116,6 +133,8 @@ class PrunedSource(ResumableSource, IterableDataset):
         self.check_headers = check_headers
         self.max_run_bytes = max_run_bytes
         self.verify = verify
+        self.fetch = fetch
+        self.io_depth = io_depth
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._kept_cache: dict[int, np.ndarray] = {}
@@ -205,6 +224,14 @@ class PrunedSource(ResumableSource, IterableDataset):
                 self.shard_kept_positions(segment.shard), self.seed, epoch, segment.shard, self.shuffle
             )[segment.begin : segment.end]
             path = manifest.shard_path(segment.shard)
+            policy = fetch_policy(path, self.fetch, self.io_depth, self.max_run_bytes)
+            if policy is not None:
+                obj = storage.open_object(path, manifest.storage_options)
+                with ShardFile.from_storage(obj, manifest.index(segment.shard), verify=self.verify) as shard:
+                    # every request's first header is checked as it arrives (check_headers included)
+                    yield from read_runs_scheduled(shard, order, path, policy)
+                manifest.drop_cache()
+                continue
             with ShardFile(path, manifest.index(segment.shard), fadvise=self.fadvise, verify=self.verify) as shard:
                 yield from read_runs(shard, order, path, max_run_bytes=self.max_run_bytes, check_headers=self.check_headers)
             manifest.drop_cache()
@@ -288,7 +315,33 @@ class PrunedWebDataset(wds.DataPipeline, wds.FluidInterface):
         return len(self.source)
 
 
-def pruned_tarfile_samples(manifest: ManifestLike, mask: MaskLike = None, *, fadvise: bool = True, verify: bool | None = None):
+def remote_mask(mask: MaskLike, storage_options: dict | None) -> MaskLike:
+    """A mask given as a URL, downloaded once (per URL and ETag) to a local cache; others unchanged."""
+    if isinstance(mask, (str, os.PathLike)) and storage.is_remote(mask):
+        return storage.local_copy(os.fspath(mask), storage_options)
+    return mask
+
+
+def fetch_policy(path: str, fetch: FetchPolicy | None, io_depth: int, max_run_bytes: int) -> FetchPolicy | None:
+    """The scheduler policy for one shard, or ``None`` to read it with the serial local reader."""
+    if storage.is_remote(path):
+        return fetch or DEFAULT_REMOTE_POLICY
+    if io_depth > 1:
+        # local: no latency to amortise, so no pruned gap is worth reading; runs as the serial reader cuts them
+        return FetchPolicy(latency=0.0, depth=io_depth, max_gap=0, max_request=max_run_bytes)
+    return None
+
+
+def pruned_tarfile_samples(
+    manifest: ManifestLike,
+    mask: MaskLike = None,
+    *,
+    fadvise: bool = True,
+    verify: bool | None = None,
+    base: str | os.PathLike | None = None,
+    storage_options: dict | None = None,
+    fetch: FetchPolicy | None = None,
+):
     """A stage that replaces ``wds.tarfile_to_samples()``: shard URLs in, kept samples out.
 
     Drop it into an existing pipeline that lists and splits shards itself::
@@ -301,27 +354,43 @@ def pruned_tarfile_samples(manifest: ManifestLike, mask: MaskLike = None, *, fad
         mask: Keep mask, or ``None``.
         fadvise: Switch off read-ahead and prefetch kept ranges.
         verify: Check samples against their checksums (as :class:`PrunedSource`).
+        base: Where relative shard names resolve (as :class:`PrunedSource`).
+        storage_options: fsspec options for remote locations.
+        fetch: How remote shards are fetched (as :class:`PrunedSource`).
 
     Returns:
-        A picklable callable taking an iterator of ``{"url": path}`` dicts (or path strings).
+        A picklable callable taking an iterator of ``{"url": path}`` dicts (or path strings or URLs).
     """
-    return _TarfileStage(require_tar(open_manifest(manifest)), mask, fadvise, verify)
+    return _TarfileStage(require_tar(open_manifest(manifest, base, storage_options)), mask, fadvise, verify, fetch)
+
+
+def _location_key(location: str) -> str:
+    """What identifies a shard location: the URL itself, or a local file's real path."""
+    return location if storage.is_remote(location) else os.path.realpath(storage.local_path(location))
 
 
 class _TarfileStage:
-    def __init__(self, manifest: Manifest, mask: MaskLike, fadvise: bool, verify: bool | None = None) -> None:
+    def __init__(
+        self, manifest: Manifest, mask: MaskLike, fadvise: bool, verify: bool | None = None, fetch: FetchPolicy | None = None
+    ) -> None:
         self.manifest = manifest
-        self.mask = open_mask(mask, manifest)
+        self.mask = open_mask(remote_mask(mask, manifest.storage_options), manifest)
         self.fadvise = fadvise
         self.verify = verify
-        self.by_path = {os.path.realpath(manifest.shard_path(k)): k for k in range(len(manifest.shards))}
+        self.fetch = fetch
+        self.by_path = {_location_key(manifest.shard_path(k)): k for k in range(len(manifest.shards))}
 
     def __call__(self, urls: Iterable[Any]) -> Iterator[dict]:
         for item in urls:
             url = item["url"] if isinstance(item, dict) else item
-            k = self.by_path.get(os.path.realpath(url))
+            k = self.by_path.get(_location_key(url))
             if k is None:
                 raise MaskMismatchError(f"{url}: shard is not in manifest {self.manifest.path}")
             keep = np.flatnonzero(self.mask.shard(k)) if self.mask is not None else np.arange(self.manifest.shards[k].samples)
+            if storage.is_remote(url):
+                obj = storage.open_object(url, self.manifest.storage_options)
+                with ShardFile.from_storage(obj, self.manifest.index(k), verify=self.verify) as shard:
+                    yield from read_runs_scheduled(shard, keep, url, self.fetch or DEFAULT_REMOTE_POLICY)
+                continue
             with ShardFile(url, self.manifest.index(k), fadvise=self.fadvise, verify=self.verify) as shard:
                 yield from read_runs(shard, keep, url)

@@ -1,0 +1,489 @@
+"""Where shards live: local paths and URLs, and ranged reads from either with one interface.
+
+A location is a local path, a ``file://`` URL, or any URL fsspec knows (``http(s)://``,
+``s3://``, ``gs://``, ``az://``, ...). :func:`open_object` returns a :class:`StorageObject`
+for it: :class:`LocalObject` (positioned reads on a file descriptor) or :class:`RemoteObject`
+(ranged requests through fsspec, retried with exponential backoff and jitter). Readers use
+only the interface (``size``, ``etag``, ``read``), so the scheduler that fetches kept runs
+concurrently drives local files and object stores alike.
+
+Credentials and endpoints come from each backend's standard configuration (for S3: the AWS
+environment variables, ``AWS_ENDPOINT_URL`` included, and ``~/.aws`` files), plus
+``storage_options`` (passed to the fsspec filesystem). Nothing here writes them anywhere.
+
+fsspec and its backends are the optional ``remote`` extra: they are imported only when a URL
+is used, and a missing extra is one :class:`~streamprune.optional.MissingExtraError` naming
+``streamprune[remote]``.
+
+This module is low in the layers: it knows nothing of manifests, indexes or readers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from .atomic import atomic_write_bytes
+from .errors import StreamPruneError
+from .optional import MissingExtraError
+
+__all__ = [
+    "REMOTE_INSTALL_HINT",
+    "RemoteError",
+    "RetryPolicy",
+    "StorageObject",
+    "LocalObject",
+    "RemoteObject",
+    "is_remote",
+    "local_path",
+    "join",
+    "parent",
+    "basename",
+    "open_object",
+    "read_bytes",
+    "write_bytes",
+    "put_file",
+    "exists",
+    "remove",
+    "object_info",
+    "local_copy",
+    "expand_urls",
+    "require_fsspec",
+]
+
+log = logging.getLogger(__name__)
+
+REMOTE_INSTALL_HINT = "remote shards need the `remote` extra: pip install 'streamprune[remote]'"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+#: HTTP statuses worth retrying: throttling and server-side trouble. 4xx other than 408/429
+#: (missing object, no permission, a failed precondition) will not change on a retry.
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class RemoteError(StreamPruneError, OSError):
+    """A remote read or write failed for good: names the URL, byte range and last status."""
+
+    def __init__(self, message: str, url: str = "", start: int | None = None, end: int | None = None, status: Any = None):
+        super().__init__(message)
+        self.url = url
+        self.start = start
+        self.end = end
+        self.status = status
+
+
+def is_remote(location: str | os.PathLike) -> bool:
+    """Whether ``location`` is a URL other than ``file://`` (needs the ``remote`` extra to read)."""
+    m = _SCHEME.match(os.fspath(location))
+    return m is not None and m.group(1).lower() not in ("file", "local")
+
+
+def local_path(location: str | os.PathLike) -> str:
+    """``location`` as a local path (``file://`` stripped); unchanged for other strings."""
+    location = os.fspath(location)
+    for prefix in ("file://", "local://"):
+        if location.startswith(prefix):
+            return location[len(prefix) :]
+    return location
+
+
+def join(base: str, name: str) -> str:
+    """``name`` resolved against the directory or URL prefix ``base`` (absolute names as they are)."""
+    if is_remote(name) or os.path.isabs(local_path(name)) and not is_remote(base):
+        return local_path(name) if not is_remote(name) else name
+    if is_remote(base):
+        return base.rstrip("/") + "/" + name.lstrip("/")
+    return os.path.join(local_path(base), name)
+
+
+def parent(location: str) -> str:
+    """The directory (or URL prefix) holding ``location``."""
+    if is_remote(location):
+        return location.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(local_path(location)))
+
+
+def basename(location: str) -> str:
+    """The last path component of a path or URL."""
+    return location.rstrip("/").rsplit("/", 1)[-1] if is_remote(location) else os.path.basename(local_path(location))
+
+
+def require_fsspec(feature: str = "this URL") -> Any:
+    """Import fsspec, or raise the one error naming ``streamprune[remote]``.
+
+    Raises:
+        MissingExtraError: fsspec is not installed.
+    """
+    try:
+        # Deferred on purpose: fsspec is the optional `remote` extra.
+        import fsspec
+    except ImportError as exc:
+        raise MissingExtraError(f"{feature}: {REMOTE_INSTALL_HINT} (import failed: {exc})") from None
+    return fsspec
+
+
+def _filesystem(url: str, storage_options: dict | None) -> tuple[Any, str]:
+    """The fsspec filesystem for ``url`` and the path it knows the object by."""
+    fsspec = require_fsspec(url)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **_default_options(url, storage_options))
+    except ImportError as exc:  # the backend (s3fs, gcsfs, aiohttp) is missing
+        raise MissingExtraError(f"{url}: {REMOTE_INSTALL_HINT} (import failed: {exc})") from None
+    except ValueError as exc:  # a protocol fsspec does not know
+        raise RemoteError(f"{url}: not a location fsspec can open ({exc})", url=url) from None
+    return fs, path
+
+
+def _default_options(url: str, storage_options: dict | None) -> dict:
+    options = dict(storage_options or {})
+    scheme = _SCHEME.match(url).group(1).lower()  # type: ignore[union-attr]  # callers pass URLs
+    if scheme in ("s3", "s3a") and os.environ.get("AWS_ENDPOINT_URL") and "endpoint_url" not in options:
+        # older s3fs releases ignore AWS_ENDPOINT_URL; pass it explicitly so every version honours it
+        options.setdefault("client_kwargs", {}).setdefault("endpoint_url", os.environ["AWS_ENDPOINT_URL"])
+    return options
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a transient failure is retried: ``attempts`` tries in all, exponential backoff with full jitter.
+
+    Attributes:
+        attempts: Tries per request, the first included.
+        base_delay: Seconds of the first backoff (doubled each retry).
+        max_delay: Cap on one backoff.
+    """
+
+    attempts: int = 6
+    base_delay: float = 0.05
+    max_delay: float = 4.0
+
+    def delay(self, attempt: int) -> float:
+        """Backoff before retry ``attempt`` (1-based): uniform in [0, min(max, base * 2**(attempt-1))]."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def _status(exc: BaseException) -> Any:
+    """The HTTP status an exception carries (aiohttp ``status``, botocore response), else ``None``."""
+    for attr in ("status", "code", "status_code"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int):
+            return value
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    cause = exc.__cause__ or exc.__context__
+    return _status(cause) if cause is not None and cause is not exc else None
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed request is worth retrying (a dropped connection, a timeout, 408/429/5xx)."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, MissingExtraError)):
+        return False
+    name = type(exc).__name__
+    if "Payload" in name or "Disconnected" in name:
+        return True  # a body cut short (its `code` is aiohttp's parser state, not an HTTP status)
+    status = _status(exc)
+    if status is not None:
+        return status in TRANSIENT_STATUS
+    if isinstance(exc, (ConnectionError, TimeoutError, _ShortRead)):
+        return True
+    # aiohttp/botocore connection and payload errors, by name: importing them would load the extra
+    return any(word in name for word in ("Connection", "Connector", "Timeout", "ReadError", "ClientOSError"))
+
+
+class _ShortRead(Exception):
+    """A response ended before the requested range did (a dropped connection): retried."""
+
+
+class StorageObject:
+    """One object (file) read by byte range. Subclasses: :class:`LocalObject`, :class:`RemoteObject`."""
+
+    url: str
+
+    @property
+    def size(self) -> int:
+        """Size in bytes."""
+        raise NotImplementedError
+
+    @property
+    def etag(self) -> str:
+        """The store's version marker (ETag, generation), or ``""`` where it has none."""
+        return ""
+
+    def read(self, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)``; exactly ``end - start`` of them, or an error."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the descriptor or connection (the object may be reopened by the next read)."""
+
+    def __enter__(self) -> "StorageObject":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class LocalObject(StorageObject):
+    """A local file, read with ``os.pread`` (thread-safe: no shared file offset)."""
+
+    def __init__(self, path: str) -> None:
+        self.url = local_path(path)
+        self.fd = os.open(self.url, os.O_RDONLY)
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def read(self, start: int, end: int) -> bytes:
+        data = os.pread(self.fd, end - start, start)
+        if len(data) != end - start:
+            raise RemoteError(f"{self.url}: bytes {start}-{end}: read {len(data)} of {end - start} (file shorter)",
+                              url=self.url, start=start, end=end)
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class RemoteObject(StorageObject):
+    """An object behind a URL, read with ranged requests through fsspec, retried when transient.
+
+    Safe to share between threads (each read is one independent request) and to pickle (the
+    filesystem is rebuilt in the process that reads: DataLoader workers open their own).
+
+    Args:
+        url: The object's URL.
+        storage_options: Passed to the fsspec filesystem (endpoint, credentials profile, ...).
+        retry: Retry policy for transient failures.
+        info: The object's ``fs.info()`` when the caller has it (saves one request).
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None, retry: RetryPolicy = DEFAULT_RETRY, info: dict | None = None):
+        self.url = url
+        self.storage_options = storage_options
+        self.retry = retry
+        self._fs: Any = None
+        self._path = ""
+        self._info = info
+        self.requests = 0  # ranged requests sent (retries included), for benchmarks and tests
+        self.bytes_read = 0
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_fs"] = None
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem (built on first use, in this process)."""
+        if self._fs is None:
+            self._fs, self._path = _filesystem(self.url, self.storage_options)
+        return self._fs
+
+    def info(self) -> dict:
+        """The object's metadata (``size``, ``ETag``, ...), fetched once."""
+        if self._info is None:
+            self._info = self._call(lambda: self.fs.info(self._path), None, None)
+        return self._info
+
+    @property
+    def size(self) -> int:
+        return int(self.info()["size"])
+
+    @property
+    def etag(self) -> str:
+        return info_etag(self.info())
+
+    def read(self, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+
+        def fetch() -> bytes:
+            with self._lock:
+                self.requests += 1
+            data = self.fs.cat_file(self._path, start=start, end=end)
+            if len(data) != end - start:
+                raise _ShortRead(f"got {len(data)} of {end - start} bytes")
+            with self._lock:
+                self.bytes_read += len(data)
+            return data
+
+        return self._call(fetch, start, end)
+
+    def _call(self, fn: Callable[[], Any], start: int | None, end: int | None) -> Any:
+        """Run one request, retrying transient failures; a final failure names URL, range and status."""
+        span = f" bytes {start}-{end}" if start is not None else ""
+        last: BaseException | None = None
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                if self._fs is None:
+                    self.fs  # noqa: B018 - build the filesystem (errors here are not transient)
+                return fn()
+            except (MissingExtraError, RemoteError):
+                raise
+            except FileNotFoundError:
+                raise RemoteError(f"{self.url}: object not found", url=self.url, start=start, end=end, status=404) from None
+            except PermissionError as exc:
+                raise RemoteError(
+                    f"{self.url}: access denied ({exc}); check the credentials and endpoint (AWS_* variables, "
+                    "~/.aws files, or storage_options)", url=self.url, start=start, end=end, status=403,
+                ) from None
+            except Exception as exc:  # noqa: BLE001 - classified below: transient ones are retried
+                last = exc
+                if not _transient(exc) or attempt == self.retry.attempts:
+                    break
+                pause = self.retry.delay(attempt)
+                log.debug("%s%s: %s; retry %d in %.2fs", self.url, span, exc, attempt, pause)
+                time.sleep(pause)
+        status = _status(last) if last is not None else None
+        tries = "after retries" if last is not None and _transient(last) else "not retried"
+        raise RemoteError(
+            f"{self.url}:{span} request failed {tries} (last status {status if status is not None else 'none'}: "
+            f"{type(last).__name__}: {last})", url=self.url, start=start, end=end, status=status,
+        ) from last
+
+
+def info_etag(info: dict) -> str:
+    """The version marker in an fsspec ``info()`` dict: ETag (S3, HTTP), else generation or version."""
+    for key in ("ETag", "etag", "VersionId", "generation", "version_id"):
+        value = info.get(key)
+        if value:
+            return str(value)
+    return ""
+
+
+def open_object(location: str, storage_options: dict | None = None, retry: RetryPolicy = DEFAULT_RETRY) -> StorageObject:
+    """A :class:`StorageObject` for a path or URL.
+
+    Raises:
+        FileNotFoundError: A local file is missing.
+        MissingExtraError: A URL without the ``remote`` extra installed.
+    """
+    if is_remote(location):
+        require_fsspec(location)
+        return RemoteObject(location, storage_options, retry)
+    return LocalObject(location)
+
+
+def object_info(location: str, storage_options: dict | None = None) -> dict:
+    """``{"size": int, "etag": str}`` of a path or URL (``etag`` empty for local files)."""
+    if not is_remote(location):
+        return {"size": os.path.getsize(local_path(location)), "etag": ""}
+    obj = RemoteObject(location, storage_options)
+    return {"size": obj.size, "etag": obj.etag}
+
+
+def read_bytes(location: str, storage_options: dict | None = None) -> bytes:
+    """A whole file or object (one request, retried when transient).
+
+    Raises:
+        FileNotFoundError: It does not exist (local or remote).
+    """
+    if not is_remote(location):
+        with open(local_path(location), "rb") as fh:
+            return fh.read()
+    obj = RemoteObject(location, storage_options)
+    try:
+        return obj._call(lambda: obj.fs.cat_file(obj._path), None, None)  # noqa: SLF001 - our own class
+    except RemoteError as exc:
+        if exc.status == 404:
+            raise FileNotFoundError(location) from None
+        raise
+
+
+def exists(location: str, storage_options: dict | None = None) -> bool:
+    """Whether a path or URL exists."""
+    if not is_remote(location):
+        return os.path.exists(local_path(location))
+    obj = RemoteObject(location, storage_options)
+    return bool(obj._call(lambda: obj.fs.exists(obj._path), None, None))  # noqa: SLF001 - our own class
+
+
+def write_bytes(location: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write a whole object (an object store's PUT is atomic: readers see the old or the new object)."""
+    if not is_remote(location):
+        atomic_write_bytes(local_path(location), data)
+        return
+    obj = RemoteObject(location, storage_options)
+    obj._call(lambda: obj.fs.pipe_file(obj._path, data), None, None)  # noqa: SLF001 - our own class
+
+
+def put_file(local: str, location: str, storage_options: dict | None = None) -> None:
+    """Upload a local file to ``location`` (one object: complete or absent)."""
+    obj = RemoteObject(location, storage_options)
+    obj._call(lambda: obj.fs.put_file(local, obj._path), None, None)  # noqa: SLF001 - our own class
+
+
+def remove(location: str, storage_options: dict | None = None) -> None:
+    """Delete a path or object; a missing one is not an error."""
+    if not is_remote(location):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(local_path(location))
+        return
+    obj = RemoteObject(location, storage_options)
+    with contextlib.suppress(FileNotFoundError, RemoteError):
+        obj._call(lambda: obj.fs.rm_file(obj._path), None, None)  # noqa: SLF001 - our own class
+
+
+def local_copy(location: str, storage_options: dict | None = None, cache_dir: str | None = None) -> str:
+    """A local path holding a small remote file (a mask), downloaded once per URL and version.
+
+    Local locations are returned as they are. The cache key is the URL with the object's size
+    and ETag, so a replaced object is downloaded again.
+    """
+    if not is_remote(location):
+        return local_path(location)
+    info = object_info(location, storage_options)
+    key = hashlib.sha256(f"{location}\0{info['size']}\0{info['etag']}".encode()).hexdigest()[:32]
+    cache_dir = cache_dir or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.join(tempfile.gettempdir(), f"streamprune-{os.getuid()}")), "streamprune-remote"
+    )
+    os.makedirs(cache_dir, exist_ok=True)
+    path = os.path.join(cache_dir, f"{key}-{basename(location)}")
+    if not os.path.exists(path) or os.path.getsize(path) != info["size"]:
+        write_bytes(path, read_bytes(location, storage_options))
+    return path
+
+
+def expand_urls(patterns: list[str]) -> list[str]:
+    """Expand webdataset brace patterns (``shards-{000000..000099}.tar``) and keep order."""
+    # Deferred on purpose: braceexpand ships with webdataset, a heavy import for the command line.
+    from braceexpand import braceexpand
+
+    out: list[str] = []
+    for pattern in patterns:
+        out.extend(braceexpand(pattern) if "{" in pattern else [pattern])
+    return out
+
+
+def iter_object(location: str, storage_options: dict | None = None, block: int = 8 << 20) -> Iterator[bytes]:
+    """A file or object's bytes in order, ``block`` at a time: one sequential streaming pass."""
+    if not is_remote(location):
+        with open(local_path(location), "rb") as fh:
+            while chunk := fh.read(block):
+                yield chunk
+        return
+    obj = RemoteObject(location, storage_options)
+    size = obj.size
+    for start in range(0, size, block):
+        yield obj.read(start, min(size, start + block))

@@ -1,0 +1,320 @@
+"""Remote shards over real servers: nginx (HTTP Range), moto (S3), and a fault-injecting proxy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fsspec")
+pytest.importorskip("aiohttp")
+
+import torch  # noqa: E402
+import webdataset as wds  # noqa: E402
+from conftest import make_samples  # noqa: E402
+from remote_servers import NGINX, FaultProxy, Nginx  # noqa: E402
+
+from streamprune import storage  # noqa: E402
+from streamprune.errors import ChecksumError, IndexMismatchError  # noqa: E402
+from streamprune.manifest import Manifest  # noqa: E402
+from streamprune.masks import random_mask  # noqa: E402
+from streamprune.optional import MissingExtraError  # noqa: E402
+from streamprune.readers.mapstyle import PrunedMapDataset  # noqa: E402
+from streamprune.readers.scheduler import FetchPolicy, plan_fetches  # noqa: E402
+from streamprune.readers.webdataset import PrunedSource, PrunedWebDataset, pruned_tarfile_samples  # noqa: E402
+from streamprune.storage import RemoteError, RetryPolicy  # noqa: E402
+from streamprune.writers import write_shards  # noqa: E402
+
+needs_nginx = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed (apt-get install nginx-light)")
+
+
+def _samples(n=160, seed=0):
+    # bigger payloads than the default fixture, so gaps, coalescing and byte counts mean something
+    rng = np.random.default_rng(seed)
+    out = []
+    for key, files, label in make_samples(n, seed=seed):
+        files = dict(files)
+        files["bin"] = rng.integers(0, 256, size=int(rng.integers(2000, 12000)), dtype=np.uint8).tobytes()
+        out.append((key, files, label))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("remote-ds")
+    write_shards(_samples(), root / "ds", samples_per_shard=40, shuffle=False, progress=False)
+    return str(root / "ds")
+
+
+@pytest.fixture(scope="module")
+def nginx(dataset, tmp_path_factory):
+    if not os.path.exists(NGINX):
+        pytest.skip("nginx is not installed")
+    server = Nginx(dataset, str(tmp_path_factory.mktemp("nginx")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(dataset):
+    pytest.importorskip("s3fs")
+    pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+    from remote_servers import free_port
+
+    port = free_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+    client.create_bucket(Bucket="bucket")
+    for name in os.listdir(dataset):
+        client.upload_file(os.path.join(dataset, name), "bucket", f"ds/{name}")
+    yield "s3://bucket/ds"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _read(ds):
+    return [(s["__key__"], s["bin"], s["txt"]) for s in ds]
+
+
+def _mask(dataset, ratio, level):
+    return random_mask(Manifest.load(dataset), ratio, level=level, seed=1)
+
+
+def _plain_webdataset(dataset, keep):
+    m = Manifest.load(dataset)
+    kept = set(np.asarray(m.keys())[keep.keep].tolist())
+    urls = [m.shard_path(k) for k in range(len(m.shards))]
+    ds = wds.WebDataset(urls, shardshuffle=False).select(lambda s: s["__key__"] in kept)
+    return [(s["__key__"], s["bin"], s["txt"]) for s in ds]
+
+
+@needs_nginx
+@pytest.mark.parametrize("ratio,level", [(0.0, "sample"), (0.4, "sample"), (0.8, "sample"), (0.5, "class")])
+def test_http_reads_equal_local_and_plain_webdataset(dataset, nginx, ratio, level):
+    keep = _mask(dataset, ratio, level)
+    local = _read(PrunedSource(dataset, keep))
+    remote = _read(PrunedSource(nginx.url + "/manifest.json", keep))
+    assert remote == local
+    assert remote == _plain_webdataset(dataset, keep)
+    # the same manifest, shards from the server (one manifest, two copies)
+    assert _read(PrunedSource(dataset, keep, base=nginx.url)) == local
+
+
+@needs_nginx
+def test_http_workers_and_ranks(dataset, nginx, tmp_path):
+    keep = _mask(dataset, 0.6, "sample")
+    path = keep.save(str(tmp_path / "keep.spmask"))
+    shutil.copy(path, os.path.join(dataset, "keep.spmask"))  # a mask at a URL, too
+    mask_url = nginx.url + "/keep.spmask"
+    for rank in range(2):
+        local = PrunedSource(dataset, path, rank=rank, world_size=2, shuffle=True, seed=3)
+        remote = PrunedWebDataset(nginx.url + "/manifest.json", mask_url, rank=rank, world_size=2, shuffle=True, seed=3)
+        loader = torch.utils.data.DataLoader(remote, batch_size=None, num_workers=2)
+        got = sorted(s["__key__"] for s in loader)
+        want = sorted(s["__key__"] for s in torch.utils.data.DataLoader(local, batch_size=None, num_workers=2))
+        assert got == want and len(got) == len(set(got))
+
+
+@needs_nginx
+def test_http_map_style_and_tarfile_stage(dataset, nginx):
+    keep = _mask(dataset, 0.5, "sample")
+    local = PrunedMapDataset(dataset, keep)
+    remote = PrunedMapDataset(dataset, keep, base=nginx.url)
+    assert [remote[i]["bin"] for i in range(len(remote))] == [local[i]["bin"] for i in range(len(local))]
+    batch = remote.__getitems__(list(range(0, len(remote), 3)))
+    assert [s["__key__"] for s in batch] == [local[i]["__key__"] for i in range(0, len(local), 3)]
+    m = Manifest.load(dataset, base=nginx.url)
+    urls = [m.shard_path(k) for k in range(len(m.shards))]
+    stage = pruned_tarfile_samples(dataset, keep, base=nginx.url)
+    assert _read(stage(iter(urls))) == _read(PrunedSource(dataset, keep))
+
+
+@needs_nginx
+def test_bytes_sent_never_include_pruned_ranges_beyond_the_coalescing_rule(dataset, nginx):
+    keep = _mask(dataset, 0.7, "sample")
+    m = Manifest.load(dataset)
+    policy = FetchPolicy(depth=4)
+    nginx.clear_log()
+    _read(PrunedSource(dataset, keep, base=nginx.url, fetch=policy))
+    entries = [e for e in nginx.log_entries() if e["uri"].endswith(".tar") and e["method"] == "GET"]
+    offsets = m.shard_offsets
+    kept_bytes = pruned_in_ranges = sent = 0
+    for k, entry in enumerate(m.shards):
+        index = m.index(k)
+        bits = keep.keep[offsets[k] : offsets[k + 1]]
+        kept_bytes += int(index.data_bytes[bits].sum())
+        pruned = [(int(a), int(b)) for a, b in zip(index.start[~bits], index.end[~bits])]
+        for e in (e for e in entries if e["uri"] == "/" + entry.name):
+            assert e["status"] == 206 and e["range"].startswith("bytes="), e
+            lo, hi = (int(x) for x in e["range"][len("bytes=") :].split("-"))
+            hi += 1
+            sent += e["body_bytes"]
+            inside = sum(max(0, min(b, hi) - max(a, lo)) for a, b in pruned)
+            pruned_in_ranges += inside
+            # a pruned stretch is only fetched as a gap between two kept samples, within max_gap
+            for a, b in pruned:
+                assert not (lo <= a and b <= hi) or b - a <= policy.gap
+    assert sent == kept_bytes + pruned_in_ranges
+    assert pruned_in_ranges <= policy.max_waste * kept_bytes * 1.0001
+
+
+@needs_nginx
+def test_fault_proxy_loses_and_repeats_nothing(dataset, nginx):
+    keep = _mask(dataset, 0.5, "sample")
+    want = _read(PrunedSource(dataset, keep))
+    proxy = FaultProxy(nginx.port, fail_every=4, drop_every=7, slow_every=5, slow_seconds=0.2)
+    try:
+        fast_retry = FetchPolicy(depth=4, max_gap=0)  # small requests: many chances to fail
+        got = _read(PrunedSource(dataset, keep, base=proxy.url, fetch=fast_retry))
+    finally:
+        proxy.stop()
+    assert got == want
+    assert proxy.counts["503"] > 0 and proxy.counts["dropped"] > 0 and proxy.counts["slow"] > 0
+
+
+@needs_nginx
+def test_changed_object_is_detected(dataset, nginx, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    server = Nginx(str(copy), str(tmp_path / "ng"))
+    try:
+        keep = _mask(dataset, 0.0, "sample")
+        shard = copy / "shard-000001.tar"
+        data = bytearray(shard.read_bytes())
+        index = Manifest.load(dataset).index(1)
+        offset, size = index.members[5][0][1], index.members[5][0][2]
+        data[offset + size // 2] ^= 0xFF  # same size, one byte changed
+        shard.write_bytes(bytes(data))
+        with pytest.raises(ChecksumError, match="shard-000001.tar"):
+            _read(PrunedSource(dataset, keep, base=server.url))  # remote: verified by default
+        shard.write_bytes(bytes(data[:-512]))
+        with pytest.raises(IndexMismatchError, match="bytes but its index describes"):
+            _read(PrunedSource(dataset, keep, base=server.url))
+    finally:
+        server.stop()
+
+
+def test_unreachable_server_is_a_clear_error(dataset):
+    from remote_servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    policy = RetryPolicy(attempts=2, base_delay=0.01)
+    obj = storage.RemoteObject(url + "/shard-000000.tar", retry=policy)
+    with pytest.raises(RemoteError, match=r"127\.0\.0\.1.*shard-000000.tar.*failed after retries"):
+        obj.read(0, 512)
+    with pytest.raises(RemoteError, match="manifest.json"):
+        Manifest.load(url + "/manifest.json")
+
+
+def test_missing_extra_is_one_error(monkeypatch, dataset):
+    monkeypatch.setitem(sys.modules, "fsspec", None)
+    with pytest.raises(MissingExtraError, match=r"streamprune\[remote\]"):
+        Manifest.load("http://127.0.0.1:9/manifest.json")
+
+
+def test_s3_reads_equal_local(dataset, s3):
+    keep = _mask(dataset, 0.6, "class")
+    local = _read(PrunedSource(dataset, keep))
+    assert _read(PrunedSource(s3 + "/manifest.json", keep)) == local
+    assert _read(PrunedSource(dataset, keep, base=s3)) == local
+    mapped = PrunedMapDataset(s3 + "/manifest.json", keep)
+    assert [mapped[i]["__key__"] for i in range(len(mapped))] == [k for k, _, _ in local]
+
+
+def test_s3_bad_credentials_are_a_clear_error(dataset, s3):
+    from moto import settings
+
+    saved = settings.INITIAL_NO_AUTH_ACTION_COUNT
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # moto checks credentials from now on
+    try:
+        options = {"key": "AKIAWRONGWRONGWRONG1", "secret": "wrong"}
+        with pytest.raises(RemoteError, match="access denied|403|InvalidAccessKeyId|Forbidden"):
+            Manifest.load(s3 + "/manifest.json", storage_options=options)
+    finally:
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = saved
+
+
+def test_plan_fetches_coalesces_within_budget(dataset):
+    m = Manifest.load(dataset)
+    index = m.index(0)
+    order = np.arange(0, len(index), 2)  # every other sample: every gap is one sample
+    kept = int(index.data_bytes[order].sum())
+    assert len(plan_fetches(index, order, FetchPolicy(max_gap=0))) == len(order)
+    plan = plan_fetches(index, order, FetchPolicy(max_gap=1 << 20, max_waste=0.05))
+    fetched = sum(hi - lo for _, _, lo, hi in plan)
+    assert kept < fetched <= kept * 1.05
+    everything = plan_fetches(index, np.arange(len(index)), FetchPolicy(max_request=1 << 30))
+    assert len(everything) == 1 and everything[0][2:] == (0, int(index.end[-1]))
+    # covers each position once, in order
+    assert [p for a, b, _, _ in plan for p in order[a:b]] == order.tolist()
+
+
+@needs_nginx
+def test_index_urls_with_brace_pattern_records_etag(dataset, nginx, tmp_path):
+    from click.testing import CliRunner
+
+    from streamprune_cli.main import cli
+
+    out = tmp_path / "idx"
+    pattern = nginx.url + "/shard-{000000..000003}.tar"
+    result = CliRunner().invoke(cli, ["index", pattern, "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    m = Manifest.load(str(out))
+    assert m.shard_path(0) == nginx.url + "/shard-000000.tar"
+    marker = m.index(0).extra["object"]
+    assert marker["etag"] and marker["url"] == nginx.url + "/shard-000000.tar"
+    assert m.shards[0].sha256 == Manifest.load(dataset).shards[0].sha256
+    keep = random_mask(m, 0.5, seed=2)
+    from streamprune.masks import KeepMask
+
+    assert _read(PrunedSource(m, keep)) == _read(PrunedSource(dataset, KeepMask(keep.keep, Manifest.load(dataset), {})))
+    result = CliRunner().invoke(cli, ["inspect", nginx.url + "/manifest.json", "--base", nginx.url])
+    assert result.exit_code == 0 and "shard" in result.output.lower(), result.output
+
+
+@needs_nginx
+def test_replaced_object_fails_the_etag_check(dataset, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    server = Nginx(str(copy), str(tmp_path / "ng"))
+    try:
+        from streamprune.remoteindex import index_remote_shards
+
+        m = index_remote_shards([server.url + "/shard-{000000..000001}.tar"], str(tmp_path / "idx"), progress=False)
+        shard = copy / "shard-000000.tar"
+        os.utime(shard, (1, 1))  # same bytes, a new ETag (nginx: mtime-size)
+        with pytest.raises(IndexMismatchError, match="ETag"):
+            _read(PrunedSource(m))
+    finally:
+        server.stop()
+
+
+def test_s3_index_writes_manifest_last(dataset, s3):
+    from streamprune.remoteindex import index_remote_shards
+
+    m = index_remote_shards([s3 + "/shard-{000000..000003}.tar"], s3 + "/indexed", progress=False)
+    assert m.path == s3 + "/indexed/manifest.json"
+    loaded = Manifest.load(m.path)
+    assert loaded.shard_path(1) == s3 + "/shard-000001.tar"
+    assert _read(PrunedSource(loaded)) == _read(PrunedSource(dataset))
+
+
+def test_local_reads_with_io_depth_equal_serial(dataset):
+    keep = _mask(dataset, 0.8, "sample")
+    assert _read(PrunedSource(dataset, keep, io_depth=8)) == _read(PrunedSource(dataset, keep))
+    assert _read(PrunedSource(dataset, keep, io_depth=8, shuffle=True)) == _read(PrunedSource(dataset, keep, shuffle=True))
