@@ -27,7 +27,7 @@ from ..errors import ChecksumError, IndexMismatchError, ManifestError, TarFormat
 from ..shardindex import MemberTable, ShardIndex, checksum_hasher
 from ..tarindex import BLOCK, split_key_ext, walk_headers
 
-__all__ = ["ShardFile", "read_runs", "plan_runs", "default_verify", "read_exact"]
+__all__ = ["ShardFile", "read_runs", "read_sample", "plan_runs", "default_verify", "read_exact"]
 
 log = logging.getLogger(__name__)
 
@@ -451,3 +451,52 @@ def _short_read(path: str, key: str, got: int, size: int, offset: int) -> IndexM
         f"{path}: sample {key!r}: read {got} of {size} bytes at offset {offset}; the shard is shorter "
         "than its index says (truncated or rewritten after indexing)"
     )
+
+
+def read_sample(shard: ShardFile, pos: int, url: str, direct_member_bytes: int = DIRECT_MEMBER_BYTES) -> dict:
+    """One sample as a webdataset dict, read by the rule :func:`read_runs` applies to a run of one.
+
+    For random access (:class:`~streamprune.readers.mapstyle.PrunedMapDataset`): large members
+    (``direct_member_bytes`` or more on average) are read one by one straight into their
+    values, after a 512-byte read of the sample's first header; smaller ones come from one
+    read of the whole sample, sliced. The first header is checked against the index either way.
+
+    Args:
+        shard: The open shard.
+        pos: The sample's position in the shard.
+        url: Value for the sample's ``__url__``.
+        direct_member_bytes: Mean member size from which members are read one by one.
+
+    Returns:
+        ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
+
+    Raises:
+        IndexMismatchError: The sample's first header disagrees with the index, or the file is
+            shorter than the index says.
+        ChecksumError: ``shard.verify`` is on and the sample's bytes differ from its checksum.
+    """
+    index = shard.index
+    key = index.keys[pos]
+    group = index.members[pos]
+    lo = int(index.start[pos])
+    hi = int(index.end[pos])
+    fd = shard.fd
+    sample: dict = {"__key__": key, "__url__": url}
+    if not group:
+        shard.check_sample(pos)
+    elif hi - lo >= direct_member_bytes * len(group):
+        ext, offset, size = group[0]
+        if offset - lo != BLOCK or not _plain_header_matches(os.pread(fd, BLOCK, lo), f"{key}.{ext}", size):
+            shard.check_sample(pos)  # PAX / long names, or a mismatch: the full check decides
+        for ext, offset, size in group:
+            sample[ext] = read_exact(fd, size, offset, shard.path, key)
+    else:
+        data = read_exact(fd, hi - lo, lo, shard.path, key)
+        ext, offset, size = group[0]
+        if offset - lo != BLOCK or not _plain_header_matches(data[:BLOCK], f"{key}.{ext}", size):
+            shard.check_sample(pos, memoryview(data))
+        for ext, offset, size in group:
+            sample[ext] = data[offset - lo : offset - lo + size]
+    if shard.verify:
+        shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
+    return sample

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, open_mask
-from .byterange import ShardFile, read_exact
+from .byterange import ShardFile, read_sample
 from .webdataset import distributed_rank_world, require_tar
 
 __all__ = ["PrunedMapDataset", "KeptSampler"]
@@ -30,6 +30,10 @@ class PrunedMapDataset(Dataset):
     passed through ``transform`` if one is given. Shards are opened lazily, per process, so
     the dataset is safe to use with DataLoader workers. Use any sampler with it (e.g.
     ``DistributedSampler`` for DDP).
+
+    Shards are read with the kernel's read-ahead off, so a cold read fetches only the kept
+    samples' bytes; a batching DataLoader fetches through :meth:`__getitems__`, which
+    announces the batch's samples first so their reads overlap (:meth:`prefetch`).
 
     Args:
         manifest: Manifest path or object.
@@ -72,30 +76,53 @@ class PrunedMapDataset(Dataset):
             if len(self._files) >= self.max_open_files:
                 oldest = next(iter(self._files))
                 self._files.pop(oldest).close()
-            shard = ShardFile(self.manifest.shard_path(k), self.manifest.index(k), fadvise=False, verify=self.verify)
+            # read-ahead off (POSIX_FADV_RANDOM): with it on, a cold read of one kept sample also
+            # read the pruned samples after it (0.83 of the shards' bytes at r=0.8, not 0.2)
+            shard = ShardFile(self.manifest.shard_path(k), self.manifest.index(k), fadvise=True, verify=self.verify)
             self._files[k] = shard
         return shard
 
-    def __getitem__(self, i: int):
+    def _locate(self, i: int) -> tuple[int, int]:
+        """``(shard, position in shard)`` of the i-th kept sample."""
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} kept samples")
-        k = int(self._shard_of[i])
-        pos = int(self._pos_in_shard[i])
+        return int(self._shard_of[i]), int(self._pos_in_shard[i])
+
+    def __getitem__(self, i: int):
+        k, pos = self._locate(i)
         shard = self._shard(k)
-        index = shard.index
-        key = index.keys[pos]
-        sample: dict = {"__key__": key, "__url__": shard.path}
-        group = index.members[pos]
-        # one read of the whole sample (headers included): fewer system calls than one per
-        # member, and its first header is checked against the index from the same bytes
-        start = int(index.start[pos])
-        view = memoryview(read_exact(shard.fd, int(index.end[pos]) - start, start, shard.path, key))
-        shard.check_sample(pos, view)
-        for ext, offset, size in group:
-            sample[ext] = bytes(view[offset - start : offset - start + size])
-        if shard.verify:
-            shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
+        # large members are read one by one straight into their values, small ones in one read
+        # of the sample; the sample's first header is checked against the index either way
+        sample = read_sample(shard, pos, shard.path)
         return self.transform(sample) if self.transform is not None else sample
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """The kept samples at ``indices``, in that order: what a DataLoader fetches for one batch.
+
+        ``torch.utils.data.DataLoader`` calls this (when batching) with the batch's indices, so
+        the whole batch is announced to the kernel first (:meth:`prefetch`) and its reads
+        overlap on a cold cache, instead of each waiting for the disk in turn.
+        """
+        indices = list(indices)
+        self.prefetch(indices)
+        return [self[i] for i in indices]
+
+    def prefetch(self, indices: Iterable[int]) -> None:
+        """Announce that the kept samples at ``indices`` will be read soon (``POSIX_FADV_WILLNEED``).
+
+        Shards are opened with read-ahead off (``POSIX_FADV_RANDOM``), so that a cold read
+        fetches only the requested sample's bytes; this hint starts the reads of samples the
+        caller knows it will ask for (a batch, a sampler's next indices) in the background.
+        Exactly their byte ranges are requested, never a pruned sample's.
+
+        Args:
+            indices: Kept-sample indices, as for ``ds[i]``.
+        """
+        for i in indices:
+            k, pos = self._locate(i)
+            shard = self._shard(k)
+            index = shard.index
+            shard.prefetch(int(index.start[pos]), int(index.end[pos]))
 
     def global_index(self, i: int) -> int:
         """Manifest-order index of the i-th kept sample."""
