@@ -141,7 +141,7 @@ class ShardFile:
         Raises:
             IndexMismatchError: Naming the shard, sample and what differs.
         """
-        ext, offset, size = self.index.members[i][0]
+        ext, offset, size = _first_member(self.index, i)
         key = self.index.keys[i]
         start = int(self.index.start[i])
         if head is not None and offset - start == BLOCK and len(head) >= BLOCK:
@@ -216,6 +216,22 @@ class ShardFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _first_member(index: ShardIndex, i: int) -> tuple[str, int, int]:
+    """``index.members[i][0]`` without building the member lists of the whole shard.
+
+    A :class:`MemberTable` converts all its columns to lists on its first lookup, which is
+    worth it for many lookups but not for the one header check of a shard's first sample.
+    """
+    members = index.members
+    if not isinstance(members, MemberTable):
+        return members[i][0]
+    first, ext_id, offset, size, extensions = members.arrays
+    if not 0 <= i < len(members) or first[i] == first[i + 1]:
+        return members[i][0]  # the same IndexError as a list lookup
+    row = int(first[i])
+    return extensions[int(ext_id[row])], int(offset[row]), int(size[row])
 
 
 def _resolve_verify(path: str, index: ShardIndex, verify: bool | None) -> bool:

@@ -118,11 +118,19 @@ class PrunedMapDataset(Dataset):
         Args:
             indices: Kept-sample indices, as for ``ds[i]``.
         """
+        pending: tuple[ShardFile, int, int] | None = None  # a range not yet announced, grown while samples follow on
         for i in indices:
             k, pos = self._locate(i)
             shard = self._shard(k)
-            index = shard.index
-            shard.prefetch(int(index.start[pos]), int(index.end[pos]))
+            start, end = int(shard.index.start[pos]), int(shard.index.end[pos])
+            if pending is not None and pending[0] is shard and pending[2] == start:
+                pending = (shard, pending[1], end)  # adjacent on disk: one hint for both (fewer system calls)
+                continue
+            if pending is not None:
+                pending[0].prefetch(pending[1], pending[2])
+            pending = (shard, start, end)
+        if pending is not None:
+            pending[0].prefetch(pending[1], pending[2])
 
     def global_index(self, i: int) -> int:
         """Manifest-order index of the i-th kept sample."""
