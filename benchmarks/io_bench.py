@@ -63,6 +63,9 @@ Run:  python -m benchmarks io            (full, ~15-25 min)
                                                (rerun some readers, keep the other rows of results/io_bench.json)
       python -m benchmarks io --only decode   (decoder rows alone: JPEG decode samples/s per core per
                                                decoder, full and reduced size; writes results/io_decode.json)
+      python -m benchmarks io --only readers  (reader rows alone: raw kept samples with PrunedWebDataset,
+                                               PrunedMapDataset and wids, warm and cold, at every ratio;
+                                               writes results/io_readers.json, see benchmarks/io_readers.py)
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ from streamprune import Manifest, random_mask
 from streamprune.manifest import ShardEntry
 from streamprune.optional import FFCV_INSTALL_HINT, ffcv_available
 
-from . import common
+from . import common, io_readers
 from .suite import Suite, Target, targets_table
 
 log = logging.getLogger("io_bench")
@@ -186,7 +189,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the rows of OUT/io_bench.json for the (reader, cache, variant) not run now (same data required)",
     )
-    p.add_argument("--only", choices=["decode"], default=None, help="decode: run only the decoder rows (see decoder_rows)")
+    p.add_argument("--only", choices=["decode", "readers"], default=None,
+                   help="decode: run only the decoder rows (see decoder_rows); readers: only the reader rows (io_readers.py)")
     p.add_argument("--decode-samples", type=int, default=1000, help="--only decode: JPEGs decoded per config and round (default 1000)")
     p.add_argument("--decode-sizes", default="128,32", help="--only decode: sizes of the reduced-size rows (default 128,32)")
     p.add_argument("--seed", type=int, default=0, help="data and mask seed")
@@ -1047,6 +1051,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return resummarize(args.resummarize, args.no_plot)
     if args.only == "decode":
         return run_decoder_rows(args)
+    if args.only == "readers":
+        return io_readers.run_reader_rows(args, prepare_dataset)
 
     t_start = time.perf_counter()
     machine = common.machine_info()
@@ -1350,6 +1356,27 @@ def tables(results: dict[str, Any]) -> str:
 
 
 class IoSuite(Suite):
-    """``io``: pruned vs unpruned epoch time and bytes read, webdataset vs streamprune vs FFCV."""
+    """``io``: pruned vs unpruned epoch time and bytes read, webdataset vs streamprune vs FFCV.
+
+    The reader rows (``--only readers``) live in their own file, ``io_readers.json``; their
+    table and targets follow io_bench's own.
+    """
     name, title = "io", "I/O: pruned vs unpruned reads (tar shards)"
-    run, tables = staticmethod(run), staticmethod(tables)
+    run = staticmethod(run)
+
+    def _reader_rows(self, results: dict[str, Any]) -> dict[str, Any] | None:
+        return io_readers.load(self.results_dir, quick=bool((results.get("args") or {}).get("quick")))
+
+    def tables(self, results: dict[str, Any]) -> str:
+        """io_bench's table, then the reader rows' (when they have been run)."""
+        text = tables(results)
+        rows = self._reader_rows(results)
+        return text if rows is None else text + "\n\n" + io_readers.readers_table(rows)
+
+    def targets(self, results: dict[str, Any]) -> list[Target]:
+        """io_bench's targets, then the reader rows' (each with the command that measured it)."""
+        out = super().targets(results)
+        rows = self._reader_rows(results)
+        if rows is not None:
+            out += [Target.from_dict(t, rows.get("command")) for t in rows.get("targets") or []]
+        return out

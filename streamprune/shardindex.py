@@ -126,6 +126,16 @@ class MemberTable:
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """``(first, ext_id, offset, size, extensions)``, the table's columns as given (do not modify).
+
+        For readers that gather the members of many samples at once with numpy instead of
+        building one list per sample.
+        """
+        first, ext_id, offset, size, extensions = self._arrays
+        return first, ext_id, offset, size, list(extensions)
+
     def __getitem__(self, i: int) -> list[tuple[str, int, int]]:
         if i < 0:
             i += self._n

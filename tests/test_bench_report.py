@@ -300,5 +300,5 @@ def test_report_renders_the_committed_results_of_every_suite():
         assert "could not be rendered" not in section, section
         assert "| " in section
         stored = results.get("targets")
-        if stored:  # the stored verdicts survive the round trip through Target
-            assert [t.met for t in suite.targets(results)] == [t.get("met") for t in stored]
+        if stored:  # the stored verdicts survive the round trip through Target (a suite may add those of its other results files after them)
+            assert [t.met for t in suite.targets(results)][: len(stored)] == [t.get("met") for t in stored]

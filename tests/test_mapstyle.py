@@ -109,6 +109,40 @@ def test_reads_only_the_requested_sample(manifest, built, monkeypatch):
             assert a <= off and off + n <= b, (i, off, n, a, b)
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this platform")
+def test_read_ahead_off_and_batches_prefetch_only_their_samples(manifest, built, monkeypatch):
+    """Shards open with POSIX_FADV_RANDOM; __getitems__ announces exactly the batch's samples, then reads them."""
+    mask = random_mask(manifest, 0.6, seed=4)
+    ds = PrunedMapDataset(manifest, mask)
+    want = [ds[i] for i in range(len(ds))]
+    ds = PrunedMapDataset(manifest, mask)
+    real = os.posix_fadvise
+    calls = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: calls.append((os.readlink(f"/proc/self/fd/{fd}"), off, n, advice)) or real(fd, off, n, advice))
+    offsets = manifest.shard_offsets
+    batch = np.random.default_rng(5).permutation(len(ds))[:16].tolist()
+    got = ds.__getitems__(batch)
+    assert got == [want[i] for i in batch]
+    opened = {os.path.realpath(p) for p, off, n, advice in calls if advice == os.POSIX_FADV_RANDOM and (off, n) == (0, 0)}
+    willneed = [(os.path.realpath(p), off, n) for p, off, n, advice in calls if advice == os.POSIX_FADV_WILLNEED]
+    expected = []
+    for i in batch:
+        g = ds.global_index(i)
+        k = int(np.searchsorted(offsets, g, side="right") - 1)
+        index = manifest.index(k)
+        pos = g - offsets[k]
+        expected.append((os.path.realpath(manifest.shard_path(k)), int(index.start[pos]), int(index.end[pos] - index.start[pos])))
+    assert willneed == expected  # the batch's own byte ranges, in batch order, nothing pruned
+    assert opened == {p for p, _, _ in expected}
+
+
+def test_dataloader_batches_match_item_reads(manifest):
+    mask = random_mask(manifest, 0.5, seed=6)
+    ds = PrunedMapDataset(manifest, mask, transform=lambda s: s["__key__"])
+    loader = DataLoader(ds, batch_size=7, shuffle=False, collate_fn=list)
+    assert [k for batch in loader for k in batch] == [ds[i] for i in range(len(ds))]
+
+
 def test_few_open_files_still_correct(manifest, reference):
     mask = random_mask(manifest, 0.3, seed=4)
     ds = PrunedMapDataset(manifest, mask, max_open_files=2)

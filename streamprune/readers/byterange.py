@@ -1,9 +1,10 @@
 """Read chosen samples of one tar shard by byte range, never touching the others' bytes.
 
-Runs of samples that are adjacent on disk and read in that order are fetched with one
-positioned read and sliced when their members are small (fewer system calls); a lone sample,
-or a run of large members (JPEG-sized, ``DIRECT_MEMBER_BYTES`` or more on average), is read
-member by member straight into each value (one copy instead of two). The kernel's read-ahead
+Runs of samples that are adjacent on disk and read in that order (a lone sample is a run of
+one) are fetched with one positioned read and sliced when their members are small (fewer
+system calls); a run of large members (JPEG-sized, ``DIRECT_MEMBER_BYTES`` or more on
+average), or a lone sample over the run limit, is read member by member straight into each
+value (one copy instead of two). Each read's first tar header is checked against the index. The kernel's read-ahead
 is switched off for the file (``POSIX_FADV_RANDOM``), since it would read pruned bytes, and
 instead the next kept runs are announced with ``POSIX_FADV_WILLNEED`` so the disk works
 ahead on exactly the bytes that will be used.
@@ -25,10 +26,10 @@ import numpy as np
 from .. import storage
 from ..errors import ChecksumError, IndexMismatchError, ManifestError, TarFormatError
 from ..indexfile import object_marker
-from ..shardindex import ShardIndex, checksum_hasher
+from ..shardindex import MemberTable, ShardIndex, checksum_hasher
 from ..tarindex import BLOCK, split_key_ext, walk_headers
 
-__all__ = ["ShardFile", "read_runs", "plan_runs", "default_verify", "read_exact"]
+__all__ = ["ShardFile", "read_runs", "read_sample", "plan_runs", "default_verify", "read_exact"]
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class ShardFile:
         Raises:
             IndexMismatchError: Naming the shard, sample and what differs.
         """
-        ext, offset, size = self.index.members[i][0]
+        ext, offset, size = _first_member(self.index, i)
         key = self.index.keys[i]
         start = int(self.index.start[i])
         if head is None and self.fd < 0:  # no descriptor (a remote object): fetch the sample once
@@ -267,6 +268,22 @@ class ShardFile:
         self.close()
 
 
+def _first_member(index: ShardIndex, i: int) -> tuple[str, int, int]:
+    """``index.members[i][0]`` without building the member lists of the whole shard.
+
+    A :class:`MemberTable` converts all its columns to lists on its first lookup, which is
+    worth it for many lookups but not for the one header check of a shard's first sample.
+    """
+    members = index.members
+    if not isinstance(members, MemberTable):
+        return members[i][0]
+    first, ext_id, offset, size, extensions = members.arrays
+    if not 0 <= i < len(members) or first[i] == first[i + 1]:
+        return members[i][0]  # the same IndexError as a list lookup
+    row = int(first[i])
+    return extensions[int(ext_id[row])], int(offset[row]), int(size[row])
+
+
 def _resolve_verify(path: str, index: ShardIndex, verify: bool | None) -> bool:
     """``verify`` made definite for this shard (see :class:`ShardFile`)."""
     if verify is None:
@@ -325,7 +342,8 @@ def _plain_header_matches(header: bytes, name: str, size: int) -> bool:
     if len(raw) >= 100 or header[: len(raw)] != raw or header[len(raw)] != 0:
         return False
     field = header[124:136].split(b"\0", 1)[0].strip(b" ")
-    return field.isdigit() and int(field, 8) == size and all(c in b"01234567" for c in field)
+    # octal digits only (int() alone would accept "_", signs and blanks); one C call, no loop
+    return bool(field) and not field.translate(None, b"01234567") and int(field, 8) == size
 
 
 def read_exact(fd: int, size: int, offset: int, path: str, key: str) -> bytes:
@@ -336,11 +354,39 @@ def read_exact(fd: int, size: int, offset: int, path: str, key: str) -> bytes:
     """
     data = os.pread(fd, size, offset)
     if len(data) != size:
-        raise IndexMismatchError(
-            f"{path}: sample {key!r}: read {len(data)} of {size} bytes at offset {offset}; the shard is shorter "
-            "than its index says (truncated or rewritten after indexing)"
-        )
+        raise _short_read(path, key, len(data), size, offset)
     return data
+
+def _member_columns(index: ShardIndex, order: np.ndarray) -> tuple[list[int], list[str], list[int], list[int]]:
+    """The members of the samples at ``order``, as flat lists built in a few bulk numpy steps.
+
+    Returns:
+        ``(count, ext, offset, size)``: ``count[j]`` members belong to ``order[j]``; the other
+        lists hold one entry per member, the samples' members one after another in ``order``.
+        Only the requested samples' members are converted to Python objects (a pruned sample
+        costs nothing), and no per-sample tuples or lists are built.
+    """
+    members = index.members
+    if isinstance(members, MemberTable):
+        first, ext_id, offset, size, extensions = members.arrays
+    else:  # an index parsed from JSON or walked from tar headers: lists of tuples
+        counts = np.fromiter((len(g) for g in members), dtype=np.int64, count=len(members))
+        first = np.zeros(len(members) + 1, dtype=np.int64)
+        np.cumsum(counts, out=first[1:])
+        flat = [m for g in members for m in g]
+        extensions = sorted({m[0] for m in flat})
+        ext_of = {e: j for j, e in enumerate(extensions)}
+        ext_id = np.fromiter((ext_of[m[0]] for m in flat), dtype=np.int64, count=len(flat))
+        offset = np.fromiter((m[1] for m in flat), dtype=np.int64, count=len(flat))
+        size = np.fromiter((m[2] for m in flat), dtype=np.int64, count=len(flat))
+    lo = first[order]
+    count = first[order + 1] - lo
+    total = int(count.sum())
+    # row of every member of the chosen samples: each sample's first row plus 0, 1, ... count-1
+    base = np.repeat(lo - (np.cumsum(count) - count), count)
+    rows = base + np.arange(total, dtype=np.int64)
+    names = [extensions[e] for e in ext_id[rows].tolist()]
+    return count.tolist(), names, offset[rows].tolist(), size[rows].tolist()
 
 
 def read_runs(
@@ -355,10 +401,13 @@ def read_runs(
     """Yield webdataset sample dicts for ``order`` (positions in the shard), in that order.
 
     A run of adjacent samples whose members average at least ``direct_member_bytes`` is read
-    member by member, each straight into its ``bytes`` value (one copy); a run of smaller
-    members is read with one positioned read and sliced (fewer system calls). A lone sample
-    is always read member by member. Either way only the kept samples' bytes are read. When
-    ``shard.verify`` is on, each sample is checked against its checksum before it is yielded.
+    member by member, each straight into its ``bytes`` value (one copy; the run's first header
+    is read on its own, 512 bytes, to be checked), and so is a lone sample larger than
+    ``max_run_bytes``; any other run, a lone sample included, is read with one positioned
+    read and sliced (fewer system calls). Either way
+    only the kept samples' bytes are read, and every read's first tar header is checked
+    against the index. When ``shard.verify`` is on, each sample is checked against its
+    checksum before it is yielded.
 
     Args:
         shard: The open shard.
@@ -374,20 +423,34 @@ def read_runs(
 
     Raises:
         ChecksumError: ``shard.verify`` is on and a sample's bytes differ from its checksum.
+        IndexMismatchError: A run's first header disagrees with the index, or the file is
+            shorter than the index says.
     """
     index = shard.index
-    order = np.asarray(order)
+    order = np.asarray(order, dtype=np.int64)
     runs = plan_runs(index, order, max_run_bytes)
     if not runs:
         return
+    # Everything per sample is computed here in bulk (numpy, one tolist per column), so the
+    # loop below does no numpy scalar access, builds no member tuples and calls no helpers
+    # on the common path: at ~120 KB samples on a warm cache the per-sample Python work was
+    # as large as the copy itself (see benchmarks/README.md, io, reader rows).
     positions = order.tolist()
     keys = index.keys
-    members = index.members
+    count, exts, offsets, sizes = _member_columns(index, order)
+    # member_first[j]: where sample order[j]'s members start in the flat lists
+    member_first = [0]
+    for c in count:
+        member_first.append(member_first[-1] + c)
+    starts = index.start[order].tolist()
+    run_first = [a for a, _ in runs]
+    run_last = [b - 1 for _, b in runs]
+    run_lo = [starts[a] for a in run_first]
+    run_hi = index.end[order[run_last]].tolist()
+    n_runs = len(runs)
     fd = shard.fd
     path = shard.path
-    run_lo = index.start[order[[a for a, _ in runs]]].tolist()
-    run_hi = index.end[order[[b - 1 for _, b in runs]]].tolist()
-    n_runs = len(runs)
+    pread = os.pread  # looked up per call (tests record reads by patching os.pread)
     fadvise = shard.fadvise
     verify = shard.verify
     announced = 0  # runs[:announced] have been announced to the kernel
@@ -404,27 +467,101 @@ def read_runs(
         lo = run_lo[r]
         hi = run_hi[r]
         consumed_bytes += hi - lo
-        if b - a == 1 or (hi - lo) >= direct_member_bytes * sum(len(members[p]) for p in positions[a:b]):
-            # every read starts with a header check: one header per run, not per sample
-            if check_headers:
-                shard.check_sample(positions[a])
-            for pos in positions[a:b]:
-                sample = {"__key__": keys[pos], "__url__": url}
-                group = members[pos]
-                for ext, offset, size in group:
-                    sample[ext] = read_exact(fd, size, offset, path, keys[pos])
+        m0 = member_first[a]
+        if hi - lo > max_run_bytes or hi - lo >= direct_member_bytes * (member_first[b] - m0):
+            # large members: one read per member, straight into its value; the run's first
+            # header is read on its own (512 bytes, far cheaper than copying the run again)
+            first = positions[a]
+            if check_headers and (not count[a] or offsets[m0] - lo != BLOCK or not _plain_header_matches(
+                pread(fd, BLOCK, lo), f"{keys[first]}.{exts[m0]}", sizes[m0]
+            )):
+                shard.check_sample(first)  # PAX / long names, or a mismatch: the full check decides
+            for j in range(a, b):
+                pos = positions[j]
+                key = keys[pos]
+                sample = {"__key__": key, "__url__": url}
+                for m in range(member_first[j], member_first[j + 1]):
+                    size = sizes[m]
+                    data = pread(fd, size, offsets[m])
+                    if len(data) != size:
+                        raise _short_read(path, key, len(data), size, offsets[m])
+                    sample[exts[m]] = data
                 if verify:
-                    shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
+                    shard.check_checksum(pos, [sample[exts[m]] for m in range(member_first[j], member_first[j + 1])])
                 yield sample
             continue
-        view = memoryview(read_exact(fd, hi - lo, lo, path, keys[positions[a]]))
-        if check_headers:
-            shard.check_sample(positions[a], view)
-        for pos in positions[a:b]:
+        data = pread(fd, hi - lo, lo)
+        if len(data) != hi - lo:
+            raise _short_read(path, keys[positions[a]], len(data), hi - lo, lo)
+        first = positions[a]
+        if check_headers and (not count[a] or offsets[m0] - lo != BLOCK or not _plain_header_matches(
+            data[:BLOCK], f"{keys[first]}.{exts[m0]}", sizes[m0]
+        )):
+            shard.check_sample(first, memoryview(data))
+        for j in range(a, b):
+            pos = positions[j]
             sample = {"__key__": keys[pos], "__url__": url}
-            group = members[pos]
-            for ext, offset, size in group:
-                sample[ext] = bytes(view[offset - lo : offset - lo + size])
+            for m in range(member_first[j], member_first[j + 1]):
+                rel = offsets[m] - lo
+                sample[exts[m]] = data[rel : rel + sizes[m]]  # bytes slicing: one copy, no memoryview
             if verify:
-                shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
+                shard.check_checksum(pos, [sample[exts[m]] for m in range(member_first[j], member_first[j + 1])])
             yield sample
+
+
+def _short_read(path: str, key: str, got: int, size: int, offset: int) -> IndexMismatchError:
+    """The error :func:`read_exact` raises, for reads made inline in :func:`read_runs`."""
+    return IndexMismatchError(
+        f"{path}: sample {key!r}: read {got} of {size} bytes at offset {offset}; the shard is shorter "
+        "than its index says (truncated or rewritten after indexing)"
+    )
+
+
+def read_sample(shard: ShardFile, pos: int, url: str, direct_member_bytes: int = DIRECT_MEMBER_BYTES) -> dict:
+    """One sample as a webdataset dict, read by the rule :func:`read_runs` applies to a run of one.
+
+    For random access (:class:`~streamprune.readers.mapstyle.PrunedMapDataset`): large members
+    (``direct_member_bytes`` or more on average) are read one by one straight into their
+    values, after a 512-byte read of the sample's first header; smaller ones come from one
+    read of the whole sample, sliced. The first header is checked against the index either way.
+
+    Args:
+        shard: The open shard.
+        pos: The sample's position in the shard.
+        url: Value for the sample's ``__url__``.
+        direct_member_bytes: Mean member size from which members are read one by one.
+
+    Returns:
+        ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
+
+    Raises:
+        IndexMismatchError: The sample's first header disagrees with the index, or the file is
+            shorter than the index says.
+        ChecksumError: ``shard.verify`` is on and the sample's bytes differ from its checksum.
+    """
+    index = shard.index
+    key = index.keys[pos]
+    group = index.members[pos]
+    lo = int(index.start[pos])
+    hi = int(index.end[pos])
+    fd = shard.fd
+    sample: dict = {"__key__": key, "__url__": url}
+    if not group:
+        shard.check_sample(pos)
+    elif fd >= 0 and hi - lo >= direct_member_bytes * len(group):
+        ext, offset, size = group[0]
+        if offset - lo != BLOCK or not _plain_header_matches(os.pread(fd, BLOCK, lo), f"{key}.{ext}", size):
+            shard.check_sample(pos)  # PAX / long names, or a mismatch: the full check decides
+        for ext, offset, size in group:
+            sample[ext] = read_exact(fd, size, offset, shard.path, key)
+    else:
+        # a remote shard (no descriptor) is read the same way: one request for the whole sample
+        data = read_exact(fd, hi - lo, lo, shard.path, key) if fd >= 0 else shard.read_range(lo, hi, key)
+        ext, offset, size = group[0]
+        if offset - lo != BLOCK or not _plain_header_matches(data[:BLOCK], f"{key}.{ext}", size):
+            shard.check_sample(pos, memoryview(data))
+        for ext, offset, size in group:
+            sample[ext] = data[offset - lo : offset - lo + size]
+    if shard.verify:
+        shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
+    return sample

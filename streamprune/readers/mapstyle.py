@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Sampler
 from .. import storage
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, open_mask
-from .byterange import ShardFile, read_exact
+from .byterange import ShardFile, read_sample
 from .maskslot import ALL_KEPT
 from .state import STATE_FORMAT, STATE_VERSION, Binding, ResumableSampler, counted
 from .webdataset import distributed_rank_world, remote_mask, require_tar
@@ -34,6 +34,10 @@ class PrunedMapDataset(Dataset):
     passed through ``transform`` if one is given. Shards are opened lazily, per process, so
     the dataset is safe to use with DataLoader workers. Use any sampler with it (e.g.
     ``DistributedSampler`` for DDP).
+
+    Shards are read with the kernel's read-ahead off, so a cold read fetches only the kept
+    samples' bytes; a batching DataLoader fetches through :meth:`__getitems__`, which
+    announces the batch's samples first so their reads overlap (:meth:`prefetch`).
 
     Args:
         manifest: Manifest path or object.
@@ -89,41 +93,68 @@ class PrunedMapDataset(Dataset):
                 obj = storage.open_object(path, self.manifest.storage_options)
                 shard = ShardFile.from_storage(obj, self.manifest.index(k), verify=self.verify)
             else:
-                shard = ShardFile(path, self.manifest.index(k), fadvise=False, verify=self.verify)
+                # read-ahead off (POSIX_FADV_RANDOM): with it on, a cold read of one kept sample also
+                # read the pruned samples after it (0.83 of the shards' bytes at r=0.8, not 0.2)
+                shard = ShardFile(path, self.manifest.index(k), fadvise=True, verify=self.verify)
             self._files[k] = shard
         return shard
 
-    def __getitem__(self, i: int):
+    def _locate(self, i: int) -> tuple[int, int]:
+        """``(shard, position in shard)`` of the i-th kept sample."""
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} kept samples")
-        k = int(self._shard_of[i])
-        pos = int(self._pos_in_shard[i])
+        return int(self._shard_of[i]), int(self._pos_in_shard[i])
+
+    def __getitem__(self, i: int):
+        k, pos = self._locate(i)
         shard = self._shard(k)
-        index = shard.index
-        key = index.keys[pos]
-        sample: dict = {"__key__": key, "__url__": shard.path}
-        group = index.members[pos]
-        # one read of the whole sample (headers included): fewer system calls than one per
-        # member, and its first header is checked against the index from the same bytes
-        start = int(index.start[pos])
-        end = int(index.end[pos])
-        view = memoryview(read_exact(shard.fd, end - start, start, shard.path, key) if shard.fd >= 0 else shard.read_range(start, end, key))
-        shard.check_sample(pos, view)
-        for ext, offset, size in group:
-            sample[ext] = bytes(view[offset - start : offset - start + size])
-        if shard.verify:
-            shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
+        # large members are read one by one straight into their values, small ones in one read
+        # of the sample; the sample's first header is checked against the index either way
+        sample = read_sample(shard, pos, shard.path)
         return self.transform(sample) if self.transform is not None else sample
 
-    def __getitems__(self, indices: list[int]) -> list:
-        """A batch of items (what the DataLoader asks for): remote samples fetched concurrently."""
-        if self.fetch_depth <= 1 or len(indices) <= 1 or not any(storage.is_remote(self.manifest.shard_path(int(k)))
-                                                                  for k in set(self._shard_of[indices].tolist())):
-            return [self[i] for i in indices]
-        for k in set(self._shard_of[indices].tolist()):
-            self._shard(int(k))  # open shards here: the cache is not thread-safe
-        with cf.ThreadPoolExecutor(max_workers=min(self.fetch_depth, len(indices))) as pool:
-            return list(pool.map(self.__getitem__, indices))
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """The kept samples at ``indices``, in that order: what a DataLoader fetches for one batch.
+
+        ``torch.utils.data.DataLoader`` calls this (when batching) with the batch's indices, so
+        the whole batch is announced to the kernel first (:meth:`prefetch`) and its reads
+        overlap on a cold cache, instead of each waiting for the disk in turn.
+        """
+        indices = list(indices)
+        shards = {int(k) for k in self._shard_of[indices].tolist()} if indices else set()
+        if self.fetch_depth > 1 and len(indices) > 1 and any(storage.is_remote(self.manifest.shard_path(k)) for k in shards):
+            for k in shards:
+                self._shard(k)  # open shards here: the cache is not thread-safe
+            # remote samples: several requests in flight, each a round trip of its own
+            with cf.ThreadPoolExecutor(max_workers=min(self.fetch_depth, len(indices))) as pool:
+                return list(pool.map(self.__getitem__, indices))
+        self.prefetch(indices)
+        return [self[i] for i in indices]
+
+    def prefetch(self, indices: Iterable[int]) -> None:
+        """Announce that the kept samples at ``indices`` will be read soon (``POSIX_FADV_WILLNEED``).
+
+        Shards are opened with read-ahead off (``POSIX_FADV_RANDOM``), so that a cold read
+        fetches only the requested sample's bytes; this hint starts the reads of samples the
+        caller knows it will ask for (a batch, a sampler's next indices) in the background.
+        Exactly their byte ranges are requested, never a pruned sample's.
+
+        Args:
+            indices: Kept-sample indices, as for ``ds[i]``.
+        """
+        pending: tuple[ShardFile, int, int] | None = None  # a range not yet announced, grown while samples follow on
+        for i in indices:
+            k, pos = self._locate(i)
+            shard = self._shard(k)
+            start, end = int(shard.index.start[pos]), int(shard.index.end[pos])
+            if pending is not None and pending[0] is shard and pending[2] == start:
+                pending = (shard, pending[1], end)  # adjacent on disk: one hint for both (fewer system calls)
+                continue
+            if pending is not None:
+                pending[0].prefetch(pending[1], pending[2])
+            pending = (shard, start, end)
+        if pending is not None:
+            pending[0].prefetch(pending[1], pending[2])
 
     def global_index(self, i: int) -> int:
         """Manifest-order index of the i-th kept sample."""
