@@ -287,6 +287,7 @@ def load_index_v1(json_path: str, companion: str) -> Any:
 
 def bench_sidecars(paths: list[str], work_dir: str, repeats: int) -> dict:
     """Bytes per sample and load ms per shard of the index sidecars, before (v1) and after (v2)."""
+    from streamprune.atomic import file_sha256  # deferred: as above
     from streamprune.indexfile import companion_path, load_index, save_index  # deferred: as above
     from streamprune.tarindex import index_tar  # deferred: as above
 
@@ -305,11 +306,14 @@ def bench_sidecars(paths: list[str], work_dir: str, repeats: int) -> dict:
         digest = save_index(index, before_json, companion=False)
         save_companion_v1(index, companion_path(before_json), digest)
         n = len(index)
-        times: dict[str, list[float]] = {"before": [], "after": [], "json_only": []}
+        times: dict[str, list[float]] = {"before": [], "after": [], "bound": [], "json_only": []}
+        bound_digest = file_sha256(companion_path(after_json))  # as the manifest records it (companion_sha256)
         json_only = os.path.join(out_dir, "after", "json-only-" + name)  # no companion beside it: the JSON is parsed
         shutil.copyfile(after_json, json_only)
         loaders = {"before": (load_index_v1, (before_json, companion_path(before_json))),
-                   "after": (load_index, (after_json,)), "json_only": (load_index, (json_only,))}
+                   "after": (load_index, (after_json,)),
+                   "bound": (lambda path, digest: load_index(path, companion_sha256=digest), (after_json, bound_digest)),
+                   "json_only": (load_index, (json_only,))}
         assert load_index(after_json).keys == load_index_v1(before_json, companion_path(before_json)).keys
         for _ in range(max(repeats, 5)):
             for mode, (fn, fn_args) in loaders.items():
@@ -324,6 +328,13 @@ def bench_sidecars(paths: list[str], work_dir: str, repeats: int) -> dict:
             "companion_bytes_per_sample": {"before": os.path.getsize(companion_path(before_json)) / n,
                                            "after": os.path.getsize(companion_path(after_json)) / n},
             "load_ms": {mode: common.median(ts) * 1e3 for mode, ts in times.items()},
+            # what an epoch start reads per sample: the JSON and the companion (bound by the JSON's
+            # digest), or the companion alone when the manifest binds it
+            "read_bytes_per_sample": {
+                "before": (os.path.getsize(before_json) + os.path.getsize(companion_path(before_json))) / n,
+                "after": (os.path.getsize(after_json) + os.path.getsize(companion_path(after_json))) / n,
+                "bound": os.path.getsize(companion_path(after_json)) / n,
+            },
         })
     shutil.rmtree(out_dir, ignore_errors=True)
     keys_bytes = sum(len(k.encode()) + 1 for k in load_index_keys(paths[0])) / max(per_shard[0]["samples"], 1)
@@ -336,7 +347,8 @@ def bench_sidecars(paths: list[str], work_dir: str, repeats: int) -> dict:
         "key_bytes_per_sample": keys_bytes,
         "json_bytes_per_sample": {m: med("json_bytes_per_sample", m) for m in ("before", "after")},
         "companion_bytes_per_sample": {m: med("companion_bytes_per_sample", m) for m in ("before", "after")},
-        "load_ms_per_shard": {m: med("load_ms", m) for m in ("before", "after", "json_only")},
+        "load_ms_per_shard": {m: med("load_ms", m) for m in ("before", "after", "bound", "json_only")},
+        "read_bytes_per_sample": {m: med("read_bytes_per_sample", m) for m in ("before", "after", "bound")},
     }
     print(f"  sidecars: JSON {summary['json_bytes_per_sample']['before']:.1f} -> {summary['json_bytes_per_sample']['after']:.1f} B/sample, "
           f"companion {summary['companion_bytes_per_sample']['before']:.1f} -> {summary['companion_bytes_per_sample']['after']:.1f} "
@@ -440,6 +452,12 @@ def sidecar_table(sidecars: dict) -> str:
         ["load_index ms/shard", f"{s['load_ms_per_shard']['before']:.2f}", f"{s['load_ms_per_shard']['after']:.2f}"],
         ["load_index ms/shard, JSON alone", "", f"{s['load_ms_per_shard']['json_only']:.2f}"],
     ]
+    if "bound" in s["load_ms_per_shard"]:  # results from before the manifest bound the companion lack it
+        rows += [
+            ["load_index ms/shard, companion bound by the manifest", "", f"{s['load_ms_per_shard']['bound']:.2f}"],
+            ["bytes read per sample at an epoch start", f"{s['read_bytes_per_sample']['before']:.1f}",
+             f"{s['read_bytes_per_sample']['after']:.1f} (bound: {s['read_bytes_per_sample']['bound']:.1f})"],
+        ]
     return (f"{s['samples_per_shard']:.0f} samples per shard, {s['key_bytes_per_sample']:.1f} key bytes per sample "
             "(before: JSON without checksums, companion v1; after: JSON with checksums, companion v2)\n\n"
             + common.markdown_table(["", "before", "after"], rows, "lrr"))
