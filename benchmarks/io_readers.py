@@ -55,9 +55,10 @@ import numpy as np
 from . import common
 from .suite import Target, load_json, targets_table
 
-READER_ROWS = ("streamprune", "streamprune_map", "wids")
+READER_ROWS = ("streamprune", "streamprune_verify", "streamprune_map", "wids")
 READER_ROW_LABELS = {
     "streamprune": "PrunedWebDataset, iterated",
+    "streamprune_verify": "PrunedWebDataset(verify=True): every sample hashed (xxh3_64) and checked against its index checksum",
     "streamprune_map": "PrunedMapDataset, __getitems__ on batches of 64 (a batching DataLoader's fetch)",
     "wids": "wids.ShardListDataset (persistent, shard-list JSON), read by index",
 }
@@ -128,6 +129,8 @@ def build_streamprune(ds, ratio: float, reader: str):
 
     if reader == "streamprune":
         return PrunedWebDataset(ds.manifest_path, ds.mask_paths[ratio])
+    if reader == "streamprune_verify":
+        return PrunedWebDataset(ds.manifest_path, ds.mask_paths[ratio], verify=True)
     return PrunedMapDataset(ds.manifest_path, ds.mask_paths[ratio])
 
 
@@ -168,7 +171,7 @@ def run_once(reader: str, cache: str, ratio: float, ds, kept_global: dict, wids_
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if reader == "streamprune":
+        if reader in ("streamprune", "streamprune_verify"):
             n, nbytes = read_streamprune(arms[(reader, ratio)])
         elif reader == "streamprune_map":
             n, nbytes = read_map(arms[(reader, ratio)])
@@ -199,6 +202,11 @@ def summarize(runs: list[dict], data_bytes: int, kept_bytes: dict) -> list[dict]
                "median_samples_per_s": common.median([r["samples_per_s"] for r in values]),
                "median_read_bytes": rb, "read_fraction_of_data": rb / data_bytes,
                "kept_fraction_of_data_bytes": kept_bytes[ratio] / data_bytes}
+        plain = by.get(("streamprune", cache, ratio), {})
+        if reader == "streamprune_verify" and plain:
+            # the cost of verification: t(verify) / t(plain), paired per round
+            cost = [r["seconds"] / plain[k]["seconds"] for k, r in reps.items() if k in plain]
+            row.update({"verify_cost": common.median(cost), "verify_cost_min": min(cost), "verify_cost_max": max(cost)})
         ref = by.get(("wids", cache, ratio), {})
         if reader != "wids" and ref:
             rel = [ref[k]["seconds"] / r["seconds"] for k, r in reps.items() if k in ref]
@@ -281,7 +289,7 @@ def run_reader_rows(args: argparse.Namespace, prepare_dataset) -> dict[str, Any]
 
     arms = {}
     built = {}
-    for reader in ("streamprune", "streamprune_map"):
+    for reader in ("streamprune", "streamprune_verify", "streamprune_map"):
         t0 = time.perf_counter()
         for ratio in args.ratios:
             arms[(reader, ratio)] = build_streamprune(ds, ratio, reader)
@@ -341,19 +349,20 @@ def _rel(row: dict, key: str) -> str:
 
 def readers_table(results: dict[str, Any]) -> str:
     """The reader rows as a markdown table."""
-    headers = ["cache", "ratio", "reader", "samples", "samples/s", "t (s)", "CPU s", "vs wids (time)", "vs wids (CPU)", "bytes read / shards"]
+    headers = ["cache", "ratio", "reader", "samples", "samples/s", "t (s)", "CPU s", "vs wids (time)", "vs wids (CPU)", "bytes read / shards",
+               "t(verify) / t(plain)"]
     rows = []
     for r in results["summary"]:
         rows.append([r["cache"], f"{r['ratio']:g}", r["reader"], r["samples"], common.fmt_num(r["median_samples_per_s"], 0),
                      f"{r['median_seconds']:.3f}", f"{r['median_cpu_seconds']:.3f}", _rel(r, "vs_wids"), _rel(r, "cpu_vs_wids"),
-                     f"{r['read_fraction_of_data']:.3f}" if r["cache"] == "cold" else "-"])
+                     f"{r['read_fraction_of_data']:.3f}" if r["cache"] == "cold" else "-", _rel(r, "verify_cost")])
     opened = (results.get("wids") or {}).get("open", {}).get("cold")
     note = (f"; wids opened and indexed the shards once, cold, in {opened['seconds']:.2f} s ({opened['read_bytes'] / 2**20:.1f} MiB read), "
             "not counted in its epochs" if opened else "")
     d = results["data"]
     return (f"Reader rows (raw kept samples; {d['samples']} samples, {d['data_bytes'] / 2**20:.0f} MiB in {d['shards']} shards; "
             f"median of {results['rounds']} interleaved rounds{note}). vs wids = t(wids)/t(reader), paired per round, median [min-max].\n\n"
-            + common.markdown_table(headers, rows, "lrlrrrrrrr"))
+            + common.markdown_table(headers, rows, "lrlrrrrrrrr"))
 
 
 def load(results_dir: str, quick: bool = False) -> dict[str, Any] | None:

@@ -48,3 +48,14 @@ def test_io_suite_renders_the_reader_rows_after_its_own(tmp_path):
     assert "streamprune_map" in text and "vs wids" in text and "100.0 MiB read" in text
     assert [t.command for t in suite.targets(io_results)] == ["python -m benchmarks io --only readers"] * len(saved["targets"])
     assert json.loads((tmp_path / io_readers.RESULTS_NAME).read_text())["rounds"] == 2
+
+
+def test_verify_rows_report_their_cost_against_the_plain_reader_paired_per_round():
+    runs = _runs()
+    for rnd, factor in ((0, 1.2), (1, 1.4)):
+        for r in [r for r in runs if r["reader"] == "streamprune" and r["round"] == rnd]:
+            runs.append({**r, "reader": "streamprune_verify", "seconds": r["seconds"] * factor, "cpu_seconds": r["seconds"] * factor})
+    rows = io_readers.summarize(runs, data_bytes=100, kept_bytes={0.0: 100, 0.8: 20})
+    row = next(r for r in rows if (r["reader"], r["cache"], r["ratio"]) == ("streamprune_verify", "warm", 0.8))
+    assert (row["verify_cost"], row["verify_cost_min"], row["verify_cost_max"]) == pytest.approx((1.3, 1.2, 1.4))
+    assert "verify_cost" not in next(r for r in rows if r["reader"] == "streamprune")
