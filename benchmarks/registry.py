@@ -10,6 +10,7 @@ from .downstream_bench import DownstreamSuite
 from .ffcv_bench import FfcvSuite
 from .index_bench import IndexSuite
 from .io_bench import IoSuite
+from .scale_bench import ScaleSuite
 from .score_bench import ScoreSuite
 from .suite import Suite
 from .transfer_bench import TransferSuite
@@ -17,7 +18,7 @@ from .transfer_bench import TransferSuite
 __all__ = ["SUITES", "get_suite", "run_suite"]
 
 #: Every suite by name, in the order of BENCHMARKS.md.
-SUITES: dict[str, Suite] = {s.name: s for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite())}
+SUITES: dict[str, Suite] = {s.name: s for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), ScaleSuite())}
 
 
 def get_suite(name: str, suites: dict[str, Suite] | None = None) -> Suite:

@@ -89,7 +89,8 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
         )
         click.echo(f"{manifest.num_samples} samples, {len(manifest.shards)} .beton file(s), {len(manifest.classes)} classes -> {manifest.path}")
         return
-    runner = engine_arg(engine, ray_address, workers)
+    given = click.get_current_context().get_parameter_source("workers") != click.core.ParameterSource.DEFAULT
+    runner = engine_arg(engine, ray_address, workers if given else None)  # ray: one actor per CPU unless --workers
     try:
         manifest = write_shards(
             src, out, samples_per_shard=samples_per_shard or 1000, shuffle=shuffle, seed=seed, workers=workers,

@@ -25,11 +25,13 @@ writes do not depend on the engine or on the number of workers.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import multiprocessing as mp
 import os
 import pickle
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,26 +241,42 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 class RayWorker:
-    """One Ray actor: runs ``setup`` once, then per-shard calls on its state.
+    """One Ray actor: builds a pass's state once (``setup()``), then runs that pass's per-shard calls on it.
 
-    Args:
-        setup_ref: ``[object ref]`` of the pass's ``setup`` (or ``None``) in the object store. In
-            a list, so Ray hands over the reference and the actor fetches it: a restarted actor
-            fetches it again while the driver holds it.
+    The actor outlives a pass: the engine reuses its actors for the next pass, so a worker
+    process starts (and imports torch) once per engine, not once per pass. It keeps the state
+    of the latest pass only.
     """
 
-    def __init__(self, setup_ref: list[Any]) -> None:
-        ray = require_ray()
-        setup = ray.get(setup_ref[0])
-        self.state = setup() if setup is not None else None
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.state: Any = None
 
-    def run(self, i: int, fn: TaskFn, task: Any) -> tuple[int, bool, Any]:
-        """``(i, ok, summary or exception)``: an error travels back as a value, re-raised on the driver."""
+    def run(self, i: int, key: str, setup_ref: list[Any], fn: TaskFn, task: Any) -> tuple[int, bool, Any]:
+        """``(i, ok, summary or exception)``; an error travels back as a value, re-raised on the driver.
+
+        Args:
+            i: Task number.
+            key: The pass; its state is built on the first call of the pass (again after a restart).
+            setup_ref: ``[object ref]`` of the pass's setup, in a list so Ray hands over the
+                reference and the actor fetches the setup only when it builds the state.
+            fn: The per-shard function.
+            task: Its argument.
+        """
         try:
+            if key != self.key:
+                self.state, self.key = None, None  # release the previous pass's state (a model) first
+                setup = require_ray().get(setup_ref[0])
+                self.state, self.key = (setup() if setup is not None else None), key
             return i, True, fn(self.state, task)
         except Exception as exc:  # re-raised as itself by RayEngine, not as a RayTaskError wall of text
             log.debug("task %d failed", i, exc_info=True)
             return i, False, _portable(exc)
+
+
+# This driver's actors, by (Ray job, CPUs, GPUs per actor): kept from pass to pass and shared by
+# every RayEngine of the process, so two engines never wait for each other's idle actors' CPUs.
+_RAY_ACTORS: dict[tuple[str, float, float], list[Any]] = {}
 
 
 class RayEngine(Engine):
@@ -323,8 +341,19 @@ class RayEngine(Engine):
             log.info("ray: connected, resources %s", ray.cluster_resources())
         return ray
 
+    def release(self) -> None:
+        """End this process's Ray actors (the next pass starts new ones)."""
+        ray = require_ray()
+        for actors in _RAY_ACTORS.values():
+            for actor in actors:
+                with contextlib.suppress(Exception):  # already gone with its cluster
+                    ray.kill(actor)
+        _RAY_ACTORS.clear()
+
     def close(self) -> None:
-        """Shut down the Ray connection this engine opened (a cluster it joined keeps running)."""
+        """End the actors, and shut down the Ray connection this engine opened (a cluster it joined keeps running)."""
+        if require_ray().is_initialized():
+            self.release()
         if self._started:
             require_ray().shutdown()
             self._started = False
@@ -349,26 +378,29 @@ class RayEngine(Engine):
         else:
             workers = int(resources.get("CPU", 1) // max(self.num_cpus, 1e-9))
         workers = max(1, min(workers, len(todo)))
-        actor_cls = ray.remote(RayWorker).options(
-            num_cpus=self.num_cpus,
-            num_gpus=num_gpus,
-            max_restarts=self.max_retries,  # a worker process that dies is restarted (setup runs again) ...
-            max_task_retries=self.max_retries,  # ... and the call it was running is retried there
-        )
+        actors = _RAY_ACTORS.setdefault((ray.get_runtime_context().get_job_id(), self.num_cpus, num_gpus), [])
+        if len(actors) < workers:
+            actor_cls = ray.remote(RayWorker).options(
+                num_cpus=self.num_cpus,
+                num_gpus=num_gpus,
+                max_restarts=self.max_retries,  # a worker process that dies is restarted (its state rebuilt) ...
+                max_task_retries=self.max_retries,  # ... and the call it was running is retried there
+            )
+            actors += [actor_cls.remote() for _ in range(workers - len(actors))]
         setup_ref = ray.put(setup)  # one copy in the object store, however many actors read it
-        actors = [actor_cls.remote([setup_ref]) for _ in range(workers)]
+        key = uuid.uuid4().hex
+        pool = ActorPool(actors[:workers])
         try:
-            pool = ActorPool(actors)
             for i in todo:
-                pool.submit(lambda actor, item: actor.run.remote(item[0], fn, item[1]), (i, tasks[i]))
+                pool.submit(lambda actor, item: actor.run.remote(item[0], key, [setup_ref], fn, item[1]), (i, tasks[i]))
             while pool.has_next():
                 i, ok, value = pool.get_next_unordered()
                 if not ok:
                     raise value
                 deliver(i, value)
-        finally:
-            for actor in actors:
-                ray.kill(actor)
+        except BaseException:
+            self.release()  # the actors may still hold queued calls of the failed pass
+            raise
         return workers
 
 
