@@ -49,11 +49,11 @@ TARGET_OVERHEAD = 0.10
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The suite's options (``python -m benchmarks scale --help``)."""
     p = common.arg_parser("scale", __doc__.split("\n\n")[0])
-    p.add_argument("--samples", type=int, default=6_000, help="images in the embedding set (default 6000)")
-    p.add_argument("--shards", type=int, default=24, help="shards of the embedding set (default 24)")
+    p.add_argument("--samples", type=int, default=16_000, help="images in the embedding set (default 16000)")
+    p.add_argument("--shards", type=int, default=32, help="shards of the embedding set (default 32)")
     p.add_argument("--members", type=int, default=400_000, help="tar members in the index set (default 400000)")
     p.add_argument("--index-shards", type=int, default=16, help="shards of the index set (default 16)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3, median reported)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5, median reported)")
     p.add_argument("--quick", action="store_true", help="tiny data, 1 repeat: a smoke run")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
     p.add_argument("--seed", type=int, default=0)
