@@ -19,7 +19,16 @@ from streamprune.selection import mask_from_scores
 
 from .bench import bench
 from .dynamics import dynamics
-from .options import RegistryHelpOption, model_option, ratio_callback, selector_kwargs, selector_options, selectors_help
+from .options import (
+    RegistryHelpOption,
+    engine_arg,
+    engine_options,
+    model_option,
+    ratio_callback,
+    selector_kwargs,
+    selector_options,
+    selectors_help,
+)
 from .score import score
 
 __all__ = ["cli"]
@@ -61,12 +70,17 @@ def cli(verbose: bool) -> None:
 @click.option("--max-resolution", type=click.IntRange(min=1), help="beton: downscale so the longer side is at most this.")
 @click.option("--layout", type=click.Choice(["default", "page-aware"]), default="default", show_default=True, help="beton: page-aware keeps each class together in FFCV pages.")
 @click.option("--no-checksum", is_flag=True, help="Skip SHA-256 of each shard.")
+@click.option("--resume", is_flag=True, help="Keep the shards an interrupted run with the same options finished (checked against their indexes).")
+@engine_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_format, split, fmt, write_mode, max_resolution, layout, no_checksum, quiet):
+def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_format, split, fmt, write_mode, max_resolution, layout,
+          no_checksum, resume, engine, ray_address, quiet):
     """Write SRC (image folder tree, IDX, .npz) as indexed webdataset shards (or FFCV .beton files) in OUT."""
     # Deferred on purpose: the writers import the image codecs and source readers.
     from streamprune.writers import write_beton, write_shards
 
+    if fmt == "beton" and (engine != "local" or resume):
+        raise click.UsageError("--engine ray and --resume are for tar shards; FFCV writes one .beton file with its own processes")
     if fmt == "beton":
         manifest = write_beton(
             src, out, samples_per_file=samples_per_shard, shuffle=shuffle, seed=seed, workers=workers,
@@ -75,10 +89,17 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
         )
         click.echo(f"{manifest.num_samples} samples, {len(manifest.shards)} .beton file(s), {len(manifest.classes)} classes -> {manifest.path}")
         return
-    manifest = write_shards(
-        src, out, samples_per_shard=samples_per_shard or 1000, shuffle=shuffle, seed=seed, workers=workers,
-        quality=quality, image_format=image_format, split=split, checksum=not no_checksum, progress=not quiet,
-    )
+    given = click.get_current_context().get_parameter_source("workers") != click.core.ParameterSource.DEFAULT
+    runner = engine_arg(engine, ray_address, workers if given else None)  # ray: one actor per CPU unless --workers
+    try:
+        manifest = write_shards(
+            src, out, samples_per_shard=samples_per_shard or 1000, shuffle=shuffle, seed=seed, workers=workers,
+            quality=quality, image_format=image_format, split=split, checksum=not no_checksum, progress=not quiet,
+            engine=runner, resume=resume,
+        )
+    finally:
+        if runner is not None:
+            runner.close()
     click.echo(f"{manifest.num_samples} samples, {len(manifest.shards)} shards, {len(manifest.classes)} classes -> {manifest.path}")
 
 
@@ -105,10 +126,12 @@ STORAGE_OPTIONS_HELP = "fsspec options for URLs, as a JSON object (credentials o
 @click.option("--no-labels", is_flag=True, help="The shards carry no labels.")
 @click.option("--label-field", default="auto", show_default=True, help=".beton: integer field holding the label (auto: 'label', else the only IntField).")
 @click.option("--no-checksum", is_flag=True, help="Skip SHA-256 of each shard (headers only: much faster).")
-@click.option("--workers", type=click.IntRange(min=1), help="Tar shards indexed in parallel processes [default: CPU count].")
+@click.option("--workers", type=click.IntRange(min=1), help="Tar shards indexed in parallel processes (or Ray actors) [default: CPU count].")
+@click.option("--resume", is_flag=True, help="Keep the index files an interrupted run with the same options wrote (when still newer than their shards).")
+@engine_options
 @click.option("--storage-options", help=STORAGE_OPTIONS_HELP)
 @click.option("--quiet", "-q", is_flag=True)
-def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, storage_options, quiet):
+def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, resume, engine, ray_address, storage_options, quiet):
     """Index existing tar SHARDS or FFCV .beton files written by anyone and write OUT/manifest.json.
 
     SHARDS may be URLs (s3://, https://, ...) and webdataset brace patterns
@@ -127,10 +150,15 @@ def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, 
     # Deferred on purpose: indexing pulls in tqdm and the tar walker, which --help and inspect do not need.
     from streamprune.indexing import index_files
 
-    manifest = index_files(
-        list(shards), out, label_ext=None if no_labels else label_ext, label_field=None if no_labels else label_field,
-        checksum=not no_checksum, progress=not quiet, workers=workers or os.cpu_count() or 1,
-    )
+    runner = engine_arg(engine, ray_address, workers)
+    try:
+        manifest = index_files(
+            list(shards), out, label_ext=None if no_labels else label_ext, label_field=None if no_labels else label_field,
+            checksum=not no_checksum, progress=not quiet, workers=workers or os.cpu_count() or 1, engine=runner, resume=resume,
+        )
+    finally:
+        if runner is not None:
+            runner.close()
     kind = ".beton file(s)" if manifest.shards and manifest.shards[0].format == "beton" else "shards"
     click.echo(f"{manifest.num_samples} samples in {len(manifest.shards)} {kind} -> {manifest.path}")
 

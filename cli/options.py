@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import click
 
+from streamprune.engine import ENGINES, Engine, make_engine
 from streamprune.ratios import check_ratio
 from streamprune.selection import available_selectors
 
@@ -132,3 +133,34 @@ def selector_options(fn: Callable) -> Callable:
 def selector_kwargs(gamma: float | None, beta: float | None, strata: int | None) -> dict[str, Any]:
     """The selector options that were given, as ``selector_options`` for the library."""
     return {k: v for k, v in (("gamma", gamma), ("beta", beta), ("strata", strata)) if v is not None}
+
+
+def engine_options(fn: Callable) -> Callable:
+    """Add ``--engine local|ray`` and ``--ray-address`` (where the per-shard tasks run) to a command."""
+    fn = click.option(
+        "--ray-address",
+        help="With --engine ray: the cluster to join (head:6379, ray://head:10001, auto) "
+        "[default: RAY_ADDRESS, else a cluster started on this machine with `ray start`, else a new local instance].",
+    )(fn)
+    fn = click.option(
+        "--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+        help="Where the per-shard tasks run: this machine's processes, or Ray tasks (needs the ray extra).",
+    )(fn)
+    return fn
+
+
+def engine_arg(engine: str, ray_address: str | None, workers: int | None = None) -> Engine | None:
+    """The ``engine=`` a library pass takes: ``None`` for ``local`` (its own default), else a Ray engine.
+
+    Args:
+        engine: ``local`` or ``ray``.
+        ray_address: ``--ray-address``.
+        workers: Ray actors (``None``: one per CPU of the cluster).
+
+    Raises:
+        click.UsageError: ``--ray-address`` without ``--engine ray``.
+        MissingExtraError: ``--engine ray`` without the ray extra.
+    """
+    if ray_address and engine != "ray":
+        raise click.UsageError("--ray-address needs --engine ray")
+    return None if engine == "local" else make_engine(engine, address=ray_address, workers=workers)

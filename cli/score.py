@@ -15,6 +15,8 @@ from streamprune.masks import MaskFile
 
 from .options import (
     RegistryHelpOption,
+    engine_arg,
+    engine_options,
     model_option,
     ratios_callback,
     scoring_methods_help,
@@ -118,18 +120,25 @@ def method_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader decode workers.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@engine_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def score(source_manifest, method, target, target_split, model, checkpoint, ratios, out, selector, gamma, beta, strata,
-          input_size, batch_size, workers, device, seed, quiet, **given):
+          input_size, batch_size, workers, device, seed, engine, ray_address, quiet, **given):
     """Score SOURCE_MANIFEST once (for dlc and the training-based scores: the downstream training set being pruned); write OUT/scores.json and a keep mask per ratio."""
     from streamprune.scoring import score_source  # deferred: the scoring methods import torch
 
-    r = score_source(
-        source_manifest, method, ratios, out, target=target, target_split=target_split, surrogate=model,
-        checkpoint=checkpoint, input_size=input_size, batch_size=batch_size, workers=workers, device=device,
-        seed=seed, progress=not quiet, selector=selector, selector_options=selector_kwargs(gamma, beta, strata),
-        **method_kwargs(method, given),
-    )
+    kwargs = method_kwargs(method, given)
+    runner = engine_arg(engine, ray_address)  # local: the in-process pass; ray: one task per shard
+    try:
+        r = score_source(
+            source_manifest, method, ratios, out, target=target, target_split=target_split, surrogate=model,
+            checkpoint=checkpoint, input_size=input_size, batch_size=batch_size, workers=workers, device=device,
+            seed=seed, progress=not quiet, selector=selector, selector_options=selector_kwargs(gamma, beta, strata),
+            engine=runner, **kwargs,
+        )
+    finally:
+        if runner is not None:
+            runner.close()
     click.echo(f"scores -> {r['scores']} ({r['seconds']['score']:.1f} s)")
     for ratio, path in r["masks"].items():
         kept = r["kept"][ratio] or f"{MaskFile(path).kept} samples"  # sample level: a count, not the items

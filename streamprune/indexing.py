@@ -8,19 +8,19 @@ looks complete.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import json
 import logging
-import multiprocessing as mp
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .atomic import file_sha256
 from .betonindex import index_beton, looks_like_beton, save_beton_index
+from .engine import Engine, make_engine
 from .errors import LabelError, ManifestError
-from .indexfile import INDEX_SUFFIX, save_index
+from .indexfile import INDEX_SUFFIX, companion_path, load_index, save_index
 from .manifest import MANIFEST_NAME, Manifest, build_manifest
 from .shardindex import ShardIndex
 from .tarindex import index_tar
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 AUTO_LABELS = "auto"
 #: The label member webdataset's own examples use; what ``auto`` looks for.
 DEFAULT_LABEL_EXT = "cls"
+#: The options an index pass ran with, in its output directory: a resumed pass reuses sidecars only under the same options.
+INDEX_OPTIONS_NAME = ".streamprune-index-options.json"
 
 
 def is_beton(path: str | os.PathLike) -> bool:
@@ -55,6 +57,8 @@ def index_files(
     progress: bool = True,
     workers: int = 1,
     sample_checksums: bool = True,
+    engine: str | Engine | None = None,
+    resume: bool = False,
 ) -> Manifest:
     """Index tar shards or ``.beton`` files (chosen by content) and write their manifest.
 
@@ -67,8 +71,11 @@ def index_files(
         checksum: Record each file's SHA-256 (reads every byte once).
         classes: Class names by label id.
         progress: Show a progress bar.
-        workers: Tar shards indexed in parallel processes.
+        workers: Tar shards indexed in parallel processes (or Ray actors).
         sample_checksums: Tar: record each sample's checksum (see :func:`index_shards`).
+        engine: Where tar shards are indexed (see :func:`index_shards`); ``.beton`` files are
+            indexed in this process.
+        resume: Tar: keep index sidecars a previous run finished (see :func:`index_shards`).
 
     Returns:
         The saved manifest.
@@ -86,7 +93,7 @@ def index_files(
         return index_betons(paths, out_dir, label_field=label_field, checksum=checksum, classes=classes, progress=progress)
     return index_shards(
         paths, out_dir, label_ext=label_ext, checksum=checksum, classes=classes, progress=progress, workers=workers,
-        sample_checksums=sample_checksums,
+        sample_checksums=sample_checksums, engine=engine, resume=resume,
     )
 
 
@@ -130,6 +137,48 @@ def _index_tar_file(
     return index
 
 
+def _index_task(state: Any, job: tuple[str, str, str | None, bool, str, bool]) -> ShardIndex:
+    """The per-shard task of :func:`index_shards`: index one tar, write its sidecar, return the index."""
+    return _index_tar_file(*job)
+
+
+def _index_is_current(job: tuple[str, str, str | None, bool, str, bool]) -> bool:
+    """Whether a previous run's sidecar for this shard can be kept.
+
+    It must load, name this shard, record the shard's current size, carry a SHA-256 exactly
+    when checksums are asked for, and be newer than the shard file (a shard rewritten after
+    it was indexed is indexed again). The options the run used are checked separately
+    (:data:`INDEX_OPTIONS_NAME`).
+    """
+    path, rel, _, checksum, index_path, sample_checksums = job
+    try:
+        if not os.path.isfile(companion_path(index_path)) or os.stat(index_path).st_mtime_ns < os.stat(path).st_mtime_ns:
+            return False
+        index = load_index(index_path)
+    except (OSError, ManifestError):
+        return False
+    return (
+        index.shard == rel
+        and int(index.shard_bytes) == os.path.getsize(path)
+        and bool(index.sha256) == bool(checksum)
+        and (index.checksums is not None) == bool(sample_checksums)
+    )
+
+
+def _same_options(out_dir: str, options: dict[str, Any]) -> bool:
+    """Record the pass's options in ``out_dir``; return whether a previous run used the same ones."""
+    path = os.path.join(out_dir, INDEX_OPTIONS_NAME)
+    try:
+        with open(path, "rb") as fh:
+            same = json.load(fh) == options
+    except (OSError, ValueError):
+        same = False
+    if not same:  # a plain write: a torn file only means the next run does not resume
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(options, fh)
+    return same
+
+
 def _settle_auto_labels(indexes: Sequence[ShardIndex]) -> str | None:
     """Decide what ``label_ext="auto"`` found: every sample labelled, none, or an error for some.
 
@@ -166,12 +215,15 @@ def index_shards(
     progress: bool = True,
     workers: int = 1,
     sample_checksums: bool = True,
+    engine: str | Engine | None = None,
+    resume: bool = False,
 ) -> Manifest:
     """Index existing tar shards written by anyone and write their manifest.
 
     Index sidecars go to ``out_dir`` as ``<shard basename>.index.json``; shard paths are
-    recorded relative to ``out_dir`` when possible. With ``workers > 1`` shards are indexed
-    in parallel processes; the manifest is the same either way.
+    recorded relative to ``out_dir`` when possible. Each shard is one task of ``engine``
+    (this process, ``workers`` parallel processes, or Ray actors), which writes the shard's
+    sidecar itself; the sidecars and the manifest are the same whatever runs them.
 
     Args:
         shards: Tar files to index, in the order they should appear in the manifest.
@@ -183,39 +235,41 @@ def index_shards(
         checksum: Compute each shard's SHA-256 (reads every byte once).
         classes: Class names by label id.
         progress: Show a progress bar.
-        workers: Processes indexing shards in parallel.
+        workers: Processes (or Ray actors) indexing shards in parallel.
         sample_checksums: Record each sample's checksum in its index (reads every member's
             data once more), so readers can verify samples (``verify=True``).
+        engine: ``"local"`` / ``None`` (this machine's processes), ``"ray"``, or an
+            :class:`~streamprune.engine.Engine`; its :attr:`~streamprune.engine.Engine.reports`
+            say how many shards were indexed and how many kept.
+        resume: Keep the sidecars a previous (interrupted) run with the same options wrote
+            when they still describe their shard (same name and size, sidecar newer than the
+            shard): a rerun indexes only the remaining shards.
 
     Returns:
         The saved manifest.
 
     Raises:
-        ValueError: ``workers`` is below 1.
+        ValueError: ``workers`` is below 1, or an unknown engine.
         ManifestError: A shard is missing, or two shards share a file name.
         LabelError: A sample lacks the label member (see ``label_ext``) or its label is not an integer.
     """
     if workers < 1:
         raise ValueError(f"workers={workers}: must be at least 1")
     jobs = _check_names(shards, out_dir)
+    runner = make_engine(engine, workers=workers)
     out_dir = _claim_out_dir(out_dir)
-    indexes: list[ShardIndex | None] = [None] * len(jobs)
+    tasks = [(path, rel, label_ext, checksum, os.path.join(out_dir, index_name), sample_checksums) for path, rel, index_name in jobs]
+    options = {"label_ext": label_ext, "checksum": bool(checksum), "sample_checksums": bool(sample_checksums)}
+    resumable = _same_options(out_dir, options) and resume
     with tqdm(total=len(jobs), desc="index", unit="shard", disable=not progress) as bar:
-        if workers == 1 or len(jobs) <= 1:
-            for k, (path, rel, index_name) in enumerate(jobs):
-                indexes[k] = _index_tar_file(path, rel, label_ext, checksum, os.path.join(out_dir, index_name), sample_checksums)
+        indexes: list[ShardIndex | None] = runner.map(
+            _index_task, tasks, done=(lambda k: _index_is_current(tasks[k])) if resumable else None,
+            on_result=lambda k, _: bar.update(1), desc="index",
+        )
+        for k, index in enumerate(indexes):
+            if index is None:  # kept from the previous run
+                indexes[k] = load_index(tasks[k][4])
                 bar.update(1)
-        else:
-            with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("fork")) as pool:
-                futures = {
-                    pool.submit(
-                        _index_tar_file, path, rel, label_ext, checksum, os.path.join(out_dir, index_name), sample_checksums
-                    ): k
-                    for k, (path, rel, index_name) in enumerate(jobs)
-                }
-                for future in cf.as_completed(futures):
-                    indexes[futures[future]] = future.result()
-                    bar.update(1)
     entries = [(index, rel, index_name) for index, (_, rel, index_name) in zip(indexes, jobs) if index is not None]
     if label_ext == AUTO_LABELS:
         label_ext = _settle_auto_labels([index for index, _, _ in entries])

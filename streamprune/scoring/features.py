@@ -17,6 +17,12 @@ interrupted pass resumes at the first unfinished shard, and features computed by
 surrogate or checkpoint are recomputed rather than reused. Clustering again (another K) reads
 the cache and embeds nothing.
 
+With an ``engine`` (:mod:`streamprune.engine`) every unfinished shard is one task instead:
+:func:`embed_shard` reads that shard alone, embeds it and writes its array and sidecar the
+same way, on a worker that built the embedding (the model) once (:class:`ShardEmbedder`);
+only ``{shard, samples, dim}`` comes back to the driver. The files are the same on every
+engine and any number of workers.
+
 :class:`FeatureStore` reads the cache back in bounded chunks (at most ``chunk_rows`` rows as
 float32 at a time; one shard mapped at a time).
 """
@@ -24,11 +30,14 @@ float32 at a time; one shard mapped at a time).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import glob
 import json
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +47,7 @@ from tqdm.auto import tqdm
 from .. import models
 from ..atomic import atomic_write_json, temp_name
 from ..decode import resolve_decoder
+from ..engine import Engine, make_engine
 from ..errors import StreamPruneError
 from ..infer import eval_batches
 from ..manifest import Manifest, open_manifest
@@ -53,11 +63,14 @@ __all__ = [
     "ChunkSource",
     "EmbedFn",
     "FeatureStore",
+    "ShardEmbedder",
     "embed_manifest",
+    "embed_shard",
     "feature_paths",
     "feature_root",
     "shard_is_complete",
     "shard_stem",
+    "surrogate_embed",
     "surrogate_features",
 ]
 
@@ -145,6 +158,15 @@ def _remove_stale_temps(cache_dir: str) -> None:
             os.unlink(path)
 
 
+def _publish(m: Manifest, k: int, cache_dir: str, identity: dict[str, Any], tmp: str, dim: int) -> None:
+    """Rename shard ``k``'s finished array into place, then write its sidecar (atomically)."""
+    array_path, sidecar_path = feature_paths(cache_dir, m, k)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(sidecar_path)  # a stale sidecar must never vouch for the new array
+    os.replace(tmp, array_path)
+    atomic_write_json(sidecar_path, {**_expected_sidecar(m, k, identity), "dim": int(dim)})
+
+
 def _to_numpy(out: Any) -> np.ndarray:
     if hasattr(out, "detach"):
         out = out.detach().float().cpu().numpy()
@@ -167,6 +189,8 @@ def embed_manifest(
     device: Any = None,
     progress: bool = True,
     desc: str = "embed",
+    engine: str | Engine | None = None,
+    embed_factory: Callable[[], EmbedFn] | None = None,
 ) -> FeatureStore:
     """Embed every sample of the unfinished shards and store float16 features per shard.
 
@@ -189,6 +213,11 @@ def embed_manifest(
         device: Torch device the batches are moved to (``None``: leave on the CPU).
         progress: Show a progress bar.
         desc: Progress bar label.
+        engine: ``None``: the in-process pass above. ``"local"``, ``"ray"`` or an
+            :class:`~streamprune.engine.Engine`: one task per unfinished shard
+            (:func:`embed_shard`); the engine's report counts shards embedded and skipped.
+        embed_factory: Picklable ``factory() -> embed`` that each engine worker calls once (it
+            builds the model there); ``None``: ``embed`` itself is shipped to the workers.
 
     Returns:
         A :class:`FeatureStore` over the complete cache.
@@ -200,6 +229,18 @@ def embed_manifest(
     cache_dir = os.fspath(cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
     _remove_stale_temps(cache_dir)
+    if engine is not None:
+        runner = make_engine(engine)
+        setup = ShardEmbedder(
+            m, cache_dir, identity, embed_factory or functools.partial(_given, embed), transform, input_size, batch_size,
+            None if device is None else str(device), runner.threads_per_worker(),
+        )
+        with tqdm(total=len(m.shards), desc=desc, unit="shard", disable=not progress) as bar:
+            runner.map(
+                embed_shard, range(len(m.shards)), setup=setup, done=lambda k: shard_is_complete(cache_dir, m, k, identity),
+                on_result=lambda k, _: bar.update(1), desc=desc, gpu=device is not None and str(device) != "cpu",
+            )
+        return FeatureStore(cache_dir, m, identity)
     todo = [k for k in range(len(m.shards)) if not shard_is_complete(cache_dir, m, k, identity)]
     if not todo:
         log.info("%s: features of all %d shards are cached in %s", m.path, len(m.shards), cache_dir)
@@ -219,11 +260,7 @@ def embed_manifest(
         arr, tmp, _ = open_arrays.pop(k)
         arr.flush()
         del arr
-        array_path, sidecar_path = feature_paths(cache_dir, m, k)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(sidecar_path)  # a stale sidecar must never vouch for the new array
-        os.replace(tmp, array_path)
-        atomic_write_json(sidecar_path, {**_expected_sidecar(m, k, identity), "dim": int(dim)})
+        _publish(m, k, cache_dir, identity, tmp, int(dim))
 
     try:
         with torch.no_grad(), models.cpu_threads_beside_workers(workers, dev), tqdm(
@@ -259,6 +296,104 @@ def embed_manifest(
     if missing:
         raise StreamPruneError(f"{m.path}: embedding did not complete shard(s) {missing[:3]} in {cache_dir}")
     return FeatureStore(cache_dir, m, identity)
+
+
+def _given(embed: EmbedFn) -> EmbedFn:
+    """The factory of an embed function given as it is."""
+    return embed
+
+
+def shard_manifest(m: Manifest, k: int) -> Manifest:
+    """A manifest of shard ``k`` alone (its own index cache), so reading one shard costs one shard."""
+    return Manifest(root=m.root, shards=[m.shards[k]], classes=list(m.classes), label_ext=m.label_ext, path=m.path)
+
+
+@dataclass
+class ShardEmbedder:
+    """The per-shard embedding pass's setup: what every task needs, built once per worker.
+
+    Calling it (once per engine worker) sets the worker's CPU threads and builds the embed
+    function (loads the model); :func:`embed_shard` then embeds one shard per call with it.
+
+    Attributes:
+        manifest: The dataset.
+        cache_dir: Feature directory.
+        identity: What produces the features (stored in the sidecars).
+        factory: Picklable ``factory() -> embed``.
+        transform: Per-image transform (``None``: the surrogate's default).
+        input_size: Input side for the default transform.
+        batch_size: Samples per batch.
+        device: Torch device name, or ``None`` (CPU).
+        threads: Torch CPU threads per worker (``None``: leave the process's setting).
+    """
+
+    manifest: Manifest
+    cache_dir: str
+    identity: dict[str, Any]
+    factory: Callable[[], EmbedFn]
+    transform: Callable[[Any], Any] | None
+    input_size: int
+    batch_size: int
+    device: str | None
+    threads: int | None
+
+    def __call__(self) -> tuple[ShardEmbedder, EmbedFn]:
+        """``(self, embed)``: the state every :func:`embed_shard` call on this worker gets."""
+        if self.threads and self.threads != torch.get_num_threads():
+            torch.set_num_threads(self.threads)
+        return self, self.factory()
+
+
+def embed_shard(state: tuple[ShardEmbedder, EmbedFn], k: int) -> dict[str, Any]:
+    """Embed shard ``k`` alone and write its array and sidecar (a per-shard engine task).
+
+    Args:
+        state: ``(setup, embed)`` from :meth:`ShardEmbedder.__call__`.
+        k: Shard number in the setup's manifest.
+
+    Returns:
+        ``{"shard", "samples", "dim"}`` (the features stay in the cache, not in the summary).
+
+    Raises:
+        StreamPruneError: The shard did not yield all its samples (names the shard).
+    """
+    setup, embed = state
+    m = setup.manifest
+    entry = m.shards[k]
+    array_path, _ = feature_paths(setup.cache_dir, m, k)
+    if entry.samples == 0:
+        return {"shard": entry.name, "samples": 0, "dim": 0}
+    dev = models.resolve_device(setup.device) if setup.device is not None else torch.device("cpu")
+    batches = eval_batches(
+        shard_manifest(m, k), None, input_size=setup.input_size, transform=setup.transform, batch_size=setup.batch_size,
+        workers=0, labels=False,
+    )
+    tmp = temp_name(array_path)
+    arr = None
+    filled = 0
+    try:
+        with torch.no_grad():
+            for pos, x, _ in batches:
+                feats = _to_numpy(embed(x.to(dev)))
+                if arr is None:
+                    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(entry.samples, feats.shape[1]))
+                elif feats.shape[1] != arr.shape[1]:
+                    raise ValueError(f"embed function returned dim {feats.shape[1]}, earlier {arr.shape[1]}")
+                arr[pos] = feats.astype(np.float16)
+                filled += len(pos)
+        if arr is None or filled != entry.samples:
+            raise StreamPruneError(f"{m.resolve(entry.name)}: embedding read {filled} of the shard's {entry.samples} samples")
+        dim = int(arr.shape[1])
+        arr.flush()
+        del arr
+        arr = None
+        _publish(m, k, setup.cache_dir, setup.identity, tmp, dim)
+    finally:
+        if arr is not None:  # failed: drop the partial array
+            del arr
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return {"shard": entry.name, "samples": int(entry.samples), "dim": dim}
 
 
 def feature_root(request: ScoreRequest, feature_dir: str | os.PathLike | None) -> str:
@@ -309,12 +444,28 @@ def surrogate_features(request: ScoreRequest, manifest: Any, cache_dir: str, des
         # JPEG decoders differ by a few grey levels (reduced-size decodes), so do their features
         "decoder": resolve_decoder("auto"),
     }
+    engine = getattr(request, "engine", None)
     # looked up on the module at call time, so a caller (or a test) can substitute the function
     store = embed_manifest(
         manifest, cache_dir, lambda x: models.features(model, x), identity, input_size=identity["input_size"],
         batch_size=request.batch_size, workers=request.workers, device=request.device, progress=request.progress, desc=desc,
+        engine=engine, embed_factory=None if engine is None else functools.partial(surrogate_embed, dataclasses.replace(request, engine=None)),
     )
     return store, info
+
+
+def surrogate_embed(request: ScoreRequest) -> EmbedFn:
+    """``embed(x)``: the request's surrogate's penultimate features (built here, once per engine worker).
+
+    Args:
+        request: The scoring request (surrogate, checkpoint, seed, device).
+
+    Returns:
+        The embed function.
+    """
+    model, _ = request.build_surrogate()
+    model = model.to(models.resolve_device(request.device)).eval()
+    return lambda x: models.features(model, x)
 
 
 class ChunkSource:

@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any, Iterable, Sequence
 
+from ..engine import Engine, make_engine
 from ..manifest import MANIFEST_NAME, Manifest
 from ..ratios import check_ratio
 from ..selection import get_selector, mask_from_scores
@@ -39,6 +40,7 @@ def resolve_target(
     split: str = "train",
     workers: int = 1,
     progress: bool = True,
+    engine: str | Engine | None = None,
 ) -> Manifest:
     """Open a target dataset, sharding it first when it is not a manifest yet.
 
@@ -51,6 +53,7 @@ def resolve_target(
         split: IDX split to shard (``train``: LM votes with the target's training samples).
         workers: Shard-writing processes.
         progress: Show a progress bar.
+        engine: Where the shards are written (see :func:`~streamprune.writers.write_shards`).
 
     Returns:
         The target manifest.
@@ -61,7 +64,7 @@ def resolve_target(
         return Manifest.load(target)
     out = os.path.join(os.fspath(work_dir), "target")
     log.info("sharding target %s (split %s) into %s", target if isinstance(target, (str, os.PathLike)) else "<samples>", split, out)
-    return write_shards(target, out, split=split, workers=workers, progress=progress)
+    return write_shards(target, out, split=split, workers=workers, progress=progress, engine=engine)
 
 
 def score_source(
@@ -82,6 +85,8 @@ def score_source(
     progress: bool = True,
     selector: str | None = None,
     selector_options: dict[str, Any] | None = None,
+    engine: str | Engine | None = None,
+    ray_address: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Score a source dataset once, save ``scores.json``, and write one mask per ratio.
@@ -107,6 +112,12 @@ def score_source(
         selector: Registered selector turning the scores into masks (:mod:`streamprune.selection`);
             ``None``: the method's default (``top``; ``flexrand`` for ``dlc``).
         selector_options: Options for the selector (e.g. ``{"gamma": 0.5}``).
+        engine: Where the per-shard passes run: the embedding pass of the feature-based
+            methods (FM, Moderate, SSP) and sharding the target. ``None``: in this process,
+            as before; ``"local"`` / ``"ray"`` / an :class:`~streamprune.engine.Engine`: one
+            task per shard (:mod:`streamprune.engine`). The scores and masks are computed
+            here from the per-shard outputs: selection ranks all samples at once.
+        ray_address: Ray cluster address for ``engine="ray"`` (``None``: Ray's default).
         **options: Method options (``soft_vote=True`` for LM).
 
     Returns:
@@ -127,6 +138,7 @@ def score_source(
     ratios = [check_ratio(r, "ratio") for r in ratios]
     if not ratios:
         raise ValueError("give at least one ratio")
+    runner = None if engine is None and ray_address is None else make_engine(engine or "ray", address=ray_address)
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     src = source if isinstance(source, Manifest) else Manifest.load(source)
@@ -136,7 +148,7 @@ def score_source(
     description = None
     if target is not None:
         description = os.path.abspath(os.fspath(target)) if isinstance(target, (str, os.PathLike)) else None
-        tgt = resolve_target(target, out_dir, split=target_split, workers=max(1, workers), progress=progress)
+        tgt = resolve_target(target, out_dir, split=target_split, workers=max(1, workers), progress=progress, engine=runner)
         if description and not _is_manifest_path(description):
             description = f"{description} (split {target_split})"
     seconds["target"] = time.perf_counter() - t0
@@ -153,6 +165,7 @@ def score_source(
         progress=progress,
         target_description=description,
         out_dir=out_dir,
+        engine=runner,
     )
     t0 = time.perf_counter()
     scores = fn(request, **options)

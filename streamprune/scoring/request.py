@@ -34,6 +34,8 @@ class ScoreRequest:
         progress: Show progress bars.
         target_description: Free text describing the target (recorded in the scores).
         out_dir: Output directory of the scoring pass (methods may cache there, e.g. FM features).
+        engine: Where per-shard model passes run (:mod:`streamprune.engine`: an engine or its
+            name); ``None``: in this process, streaming all shards.
     """
 
     source: Manifest
@@ -48,6 +50,7 @@ class ScoreRequest:
     progress: bool = True
     target_description: str | None = None
     out_dir: str | None = None
+    engine: Any = None
 
     def build_surrogate(self) -> tuple[Any, dict[str, Any]]:
         """Build the surrogate over the source classes, with its provenance.

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import functools
+import json
 import logging
-import multiprocessing as mp
 import os
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import StreamPruneError
-from ..indexfile import INDEX_SUFFIX, save_index
+from ..atomic import file_sha256
+from ..engine import Engine, make_engine
+from ..errors import ManifestError, StreamPruneError
+from ..indexfile import INDEX_SUFFIX, load_index, save_index
 from ..manifest import Manifest, build_manifest
 from ..shardindex import ShardIndex
 from ..sources import Sample, Source
 from .output import open_writer_source, start_output_dir
 from .tar import TarShardWriter
 
-__all__ = ["write_shards", "shard_name"]
+__all__ = ["write_shards", "shard_name", "WRITE_OPTIONS_NAME"]
 
 log = logging.getLogger(__name__)
 
 _SOURCE: Source | None = None
+#: What a shard-writing run was asked to do, in its output directory: a resumed run keeps finished shards only under the same options.
+WRITE_OPTIONS_NAME = ".streamprune-shard-options.json"
 
 
 def shard_name(k: int, pattern: str = "shard-{:06d}.tar") -> str:
@@ -51,6 +55,51 @@ def _write_one(out_dir: str, name: str, positions: np.ndarray, label_ext: str | 
     return index
 
 
+def _use_source(source: Source) -> Source:
+    """A worker's setup: make ``source`` the one :func:`_write_one` reads (once per worker)."""
+    _set_source(source)
+    return source
+
+
+def _write_task(state: Any, job: tuple[str, str, np.ndarray, str | None, bool]) -> ShardIndex:
+    """The per-shard task of :func:`write_shards`: write one shard and its index, return the index."""
+    return _write_one(*job)
+
+
+def _shard_is_complete(source: Source, job: tuple[str, str, np.ndarray, str | None, bool]) -> bool:
+    """Whether a previous run finished this shard: its index loads and describes this shard file.
+
+    The index must name the shard, hold as many samples as the shard should, with the first
+    and last keys of its samples in the source, record the file's current size and (when
+    checksums are on) the file's SHA-256, so a truncated or replaced shard is written again.
+    """
+    out_dir, name, positions, _, checksum = job
+    path = os.path.join(out_dir, name)
+    try:
+        index = load_index(path + INDEX_SUFFIX)
+        if index.shard != name or len(index) != len(positions) or int(index.shard_bytes) != os.path.getsize(path):
+            return False
+        if index.keys[0] != source[int(positions[0])][0] or index.keys[-1] != source[int(positions[-1])][0]:
+            return False
+        return not checksum or index.sha256 == file_sha256(path)
+    except (OSError, ManifestError):
+        return False
+
+
+def _same_options(out_dir: str, options: dict[str, Any]) -> bool:
+    """Record the run's options in ``out_dir``; return whether a previous run used the same ones."""
+    path = os.path.join(out_dir, WRITE_OPTIONS_NAME)
+    try:
+        with open(path, "rb") as fh:
+            same = json.load(fh) == options
+    except (OSError, ValueError):
+        same = False
+    if not same:  # a plain write: a torn file only means the next run does not resume
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(options, fh)
+    return same
+
+
 def write_shards(
     src: str | os.PathLike | Iterable[Sample] | Source,
     out_dir: str | os.PathLike,
@@ -65,12 +114,16 @@ def write_shards(
     label_ext: str | None = "cls",
     checksum: bool = True,
     progress: bool = True,
+    engine: str | Engine | None = None,
+    resume: bool = False,
 ) -> Manifest:
     """Write a source as webdataset tar shards with per-shard indexes and a manifest.
 
     Sample order is shuffled (seeded) before sharding by default, so every shard mixes
-    classes. Each shard is written under a temporary name, read back and checked, and
-    renamed; ``manifest.json`` is written last, so a directory with a manifest is complete.
+    classes. Each output shard is one task of ``engine``: written under a temporary name,
+    read back and checked, and renamed, with its index, by the task itself;
+    ``manifest.json`` is written last, so a directory with a manifest is complete. The
+    shards are byte-identical whatever engine and however many workers write them.
 
     Args:
         src: A path :func:`~streamprune.sources.open_source` accepts, a :class:`Source`, or an
@@ -79,7 +132,7 @@ def write_shards(
         samples_per_shard: Samples per shard (the last shard may have fewer).
         shuffle: Shuffle sample order before sharding.
         seed: Shuffle seed.
-        workers: Processes writing shards in parallel.
+        workers: Processes (or Ray actors) writing shards in parallel.
         quality: JPEG quality for array sources.
         image_format: ``jpg`` or ``png`` for array sources.
         split: IDX split to read.
@@ -87,6 +140,14 @@ def write_shards(
         label_ext: Extension of the label member (``None``: unlabelled).
         checksum: Record each shard's SHA-256 in the manifest.
         progress: Show a progress bar.
+        engine: ``"local"`` / ``None`` (this machine's processes), ``"ray"`` (the source is
+            put in Ray's object store once; a folder source's files must be visible to every
+            node), or an :class:`~streamprune.engine.Engine`.
+        resume: Keep the shards a previous (interrupted) run with the same options finished:
+            a shard is kept when its index loads and matches the file (size and, with
+            ``checksum``, SHA-256) and its first and last keys are the source's. Resuming
+            trusts that the source's content did not change between the runs (the options
+            and the source's size are compared; the sample bytes are not re-encoded).
 
     Returns:
         The saved manifest.
@@ -105,26 +166,28 @@ def write_shards(
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     chunks = [order[i : i + samples_per_shard] for i in range(0, n, samples_per_shard)]
     names = [shard_name(k) for k in range(len(chunks))]
-    indexes: list[ShardIndex | None] = [None] * len(chunks)
+    runner = make_engine(engine, workers=workers)
+    tasks = [(out_dir, names[k], chunk, label_ext, checksum) for k, chunk in enumerate(chunks)]
+    options = {
+        "samples": n, "samples_per_shard": samples_per_shard, "shuffle": shuffle, "seed": seed, "quality": quality,
+        "image_format": image_format, "split": split, "label_ext": label_ext, "checksum": bool(checksum),
+        "source": os.path.abspath(os.fspath(src)) if isinstance(src, (str, os.PathLike)) else type(source).__name__,
+        "class_names": list(class_names) if class_names else None,
+    }
+    resumable = _same_options(out_dir, options) and resume
     bar = tqdm(total=n, desc="shard", unit="sample", disable=not progress)
     _set_source(source)
     try:
-        if workers == 1 or len(chunks) == 1:
-            for k, chunk in enumerate(chunks):
-                indexes[k] = _write_one(out_dir, names[k], chunk, label_ext, checksum)
-                bar.update(len(chunk))
-        else:
-            # fork shares the (possibly large) in-memory source with the workers without pickling it
-            ctx = mp.get_context("fork")
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = {
-                    pool.submit(_write_one, out_dir, names[k], chunk, label_ext, checksum): k
-                    for k, chunk in enumerate(chunks)
-                }
-                for future in cf.as_completed(futures):
-                    k = futures[future]
-                    indexes[k] = future.result()
-                    bar.update(len(chunks[k]))
+        # each worker's setup makes the source the one _write_one reads (a local process gets it by fork)
+        indexes: list[ShardIndex | None] = runner.map(
+            _write_task, tasks, setup=functools.partial(_use_source, source),
+            done=(lambda k: _shard_is_complete(source, tasks[k])) if resumable else None,
+            on_result=lambda k, _: bar.update(len(chunks[k])), desc="shard",
+        )
+        for k, index in enumerate(indexes):
+            if index is None:  # finished by the previous run
+                indexes[k] = load_index(os.path.join(out_dir, names[k]) + INDEX_SUFFIX)
+                bar.update(len(chunks[k]))
     finally:
         _set_source(None)  # type: ignore[arg-type]
         bar.close()
