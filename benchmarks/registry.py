@@ -13,6 +13,7 @@ from .ffcv_bench import FfcvSuite
 from .fuzz_bench import FuzzSuite
 from .index_bench import IndexSuite
 from .io_bench import IoSuite
+from .remote_bench import RemoteSuite
 from .score_bench import ScoreSuite
 from .suite import Suite
 from .transfer_bench import TransferSuite
@@ -23,7 +24,7 @@ __all__ = ["SUITES", "get_suite", "run_suite"]
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
-              DedupSuite())
+              DedupSuite(), RemoteSuite())
 }
 
 
