@@ -61,12 +61,21 @@ def cli(verbose: bool) -> None:
 @click.option("--max-resolution", type=click.IntRange(min=1), help="beton: downscale so the longer side is at most this.")
 @click.option("--layout", type=click.Choice(["default", "page-aware"]), default="default", show_default=True, help="beton: page-aware keeps each class together in FFCV pages.")
 @click.option("--no-checksum", is_flag=True, help="Skip SHA-256 of each shard.")
+@click.option("--storage-options", "storage_json", default=None, help="tar to a URL: fsspec options, as a JSON object.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_format, split, fmt, write_mode, max_resolution, layout, no_checksum, quiet):
-    """Write SRC (image folder tree, IDX, .npz) as indexed webdataset shards (or FFCV .beton files) in OUT."""
-    # Deferred on purpose: the writers import the image codecs and source readers.
-    from streamprune.writers import write_beton, write_shards
+def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_format, split, fmt, write_mode, max_resolution, layout, no_checksum, storage_json, quiet):
+    """Write SRC (image folder tree, IDX, .npz) as indexed webdataset shards (or FFCV .beton files) in OUT.
 
+    OUT may be a URL prefix (s3://bucket/ds) for tar shards: they are written locally, then each
+    shard and its index is uploaded and the manifest last (a failed run leaves no manifest there).
+    """
+    # Deferred on purpose: the writers import the image codecs and source readers.
+    from streamprune import storage
+    from streamprune.writers import write_beton
+    from streamprune.writers.remote import write_shards_to
+
+    if fmt == "beton" and storage.is_remote(out):
+        raise click.BadParameter("FFCV .beton files are written to local disk only (FFCV memory-maps them)", param_hint="OUT")
     if fmt == "beton":
         manifest = write_beton(
             src, out, samples_per_file=samples_per_shard, shuffle=shuffle, seed=seed, workers=workers,
@@ -75,9 +84,10 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
         )
         click.echo(f"{manifest.num_samples} samples, {len(manifest.shards)} .beton file(s), {len(manifest.classes)} classes -> {manifest.path}")
         return
-    manifest = write_shards(
-        src, out, samples_per_shard=samples_per_shard or 1000, shuffle=shuffle, seed=seed, workers=workers,
-        quality=quality, image_format=image_format, split=split, checksum=not no_checksum, progress=not quiet,
+    manifest = write_shards_to(
+        src, out, storage_options=_storage_options(storage_json), samples_per_shard=samples_per_shard or 1000,
+        shuffle=shuffle, seed=seed, workers=workers, quality=quality, image_format=image_format, split=split,
+        checksum=not no_checksum, progress=not quiet,
     )
     click.echo(f"{manifest.num_samples} samples, {len(manifest.shards)} shards, {len(manifest.classes)} classes -> {manifest.path}")
 
