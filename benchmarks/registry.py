@@ -13,6 +13,7 @@ from .ffcv_bench import FfcvSuite
 from .fuzz_bench import FuzzSuite
 from .index_bench import IndexSuite
 from .io_bench import IoSuite
+from .remote_bench import RemoteSuite
 from .scale_bench import ScaleSuite
 from .score_bench import ScoreSuite
 from .suite import Suite
@@ -24,7 +25,7 @@ __all__ = ["SUITES", "get_suite", "run_suite"]
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
-              DedupSuite(), ScaleSuite())
+              DedupSuite(), ScaleSuite(), RemoteSuite())
 }
 
 

@@ -72,13 +72,21 @@ def cli(verbose: bool) -> None:
 @click.option("--no-checksum", is_flag=True, help="Skip SHA-256 of each shard.")
 @click.option("--resume", is_flag=True, help="Keep the shards an interrupted run with the same options finished (checked against their indexes).")
 @engine_options
+@click.option("--storage-options", "storage_json", default=None, help="tar to a URL: fsspec options, as a JSON object.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_format, split, fmt, write_mode, max_resolution, layout,
-          no_checksum, resume, engine, ray_address, quiet):
-    """Write SRC (image folder tree, IDX, .npz) as indexed webdataset shards (or FFCV .beton files) in OUT."""
-    # Deferred on purpose: the writers import the image codecs and source readers.
-    from streamprune.writers import write_beton, write_shards
+          no_checksum, resume, engine, ray_address, storage_json, quiet):
+    """Write SRC (image folder tree, IDX, .npz) as indexed webdataset shards (or FFCV .beton files) in OUT.
 
+    OUT may be a URL prefix (s3://bucket/ds) for tar shards: they are written locally, then each
+    shard and its index is uploaded and the manifest last (a failed run leaves no manifest there).
+    """
+    # Deferred on purpose: the writers import the image codecs and source readers.
+    from streamprune.writers import write_beton
+    from streamprune.writers.remote import write_shards_to
+
+    if fmt == "beton" and storage.is_remote(out):
+        raise click.BadParameter("FFCV .beton files are written to local disk only (FFCV memory-maps them)", param_hint="OUT")
     if fmt == "beton" and (engine != "local" or resume):
         raise click.UsageError("--engine ray and --resume are for tar shards; FFCV writes one .beton file with its own processes")
     if fmt == "beton":
@@ -92,10 +100,10 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
     given = click.get_current_context().get_parameter_source("workers") != click.core.ParameterSource.DEFAULT
     runner = engine_arg(engine, ray_address, workers if given else None)  # ray: one actor per CPU unless --workers
     try:
-        manifest = write_shards(
-            src, out, samples_per_shard=samples_per_shard or 1000, shuffle=shuffle, seed=seed, workers=workers,
-            quality=quality, image_format=image_format, split=split, checksum=not no_checksum, progress=not quiet,
-            engine=runner, resume=resume,
+        manifest = write_shards_to(
+            src, out, storage_options=_storage_options(storage_json), samples_per_shard=samples_per_shard or 1000,
+            shuffle=shuffle, seed=seed, workers=workers, quality=quality, image_format=image_format, split=split,
+            checksum=not no_checksum, progress=not quiet, engine=runner, resume=resume,
         )
     finally:
         if runner is not None:

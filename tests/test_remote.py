@@ -318,3 +318,40 @@ def test_local_reads_with_io_depth_equal_serial(dataset):
     keep = _mask(dataset, 0.8, "sample")
     assert _read(PrunedSource(dataset, keep, io_depth=8)) == _read(PrunedSource(dataset, keep))
     assert _read(PrunedSource(dataset, keep, io_depth=8, shuffle=True)) == _read(PrunedSource(dataset, keep, shuffle=True))
+
+
+def test_shard_to_s3_uploads_manifest_last_and_reads_back(dataset, s3, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from streamprune.writers import remote as remote_writer
+    from streamprune_cli.main import cli
+
+    src = tmp_path / "src.npz"
+    rng = np.random.default_rng(0)
+    np.savez(src, x=rng.integers(0, 255, size=(60, 8, 8, 3), dtype=np.uint8), y=rng.integers(0, 3, size=60))
+    local = tmp_path / "local"
+    write_shards(str(src), str(local), samples_per_shard=16, progress=False)
+    url = s3 + "/written"
+    uploads = []
+    real_put = storage.put_file
+    monkeypatch.setattr(storage, "put_file", lambda a, b, o=None: (uploads.append(b), real_put(a, b, o)))
+    result = CliRunner().invoke(cli, ["shard", str(src), url, "--samples-per-shard", "16", "-q"])
+    assert result.exit_code == 0, result.output
+    assert uploads[-1] == url + "/manifest.json" and len(uploads) == 1 + 4 * 3  # shard, index, companion each
+    keep = random_mask(Manifest.load(str(local)), 0.5, seed=3)
+    got = [(s["__key__"], s["cls"]) for s in PrunedSource(url + "/manifest.json", keep)]
+    assert got == [(s["__key__"], s["cls"]) for s in PrunedSource(str(local), keep)] and got
+
+    # a run that fails mid-way (the third upload) leaves no manifest at the URL
+    calls = []
+
+    def failing(a, b, o=None):
+        calls.append(b)
+        if len(calls) == 3:
+            raise RemoteError("injected upload failure", url=b)
+        real_put(a, b, o)
+
+    monkeypatch.setattr(storage, "put_file", failing)
+    with pytest.raises(RemoteError, match="injected"):
+        remote_writer.write_shards_to(str(src), url, samples_per_shard=16, progress=False)
+    assert not storage.exists(url + "/manifest.json")

@@ -1,0 +1,722 @@
+"""Remote benchmark: pruned reads from a SIMULATED object store on loopback.
+
+This is a simulation, not a cloud measurement. ``SimStore`` is a threaded Python HTTP server on
+127.0.0.1 (its own process) that serves io_bench's synthetic JPEG shards with HTTP Range
+support and, per request, waits a configurable time to first byte (``--latencies``, ms) before
+the headers, then paces the body through token buckets: ``--conn-mbps`` per TCP connection and
+``--total-mbps`` for all connections together. It counts requests and body bytes sent. The
+same server answers S3 path-style requests (``/bench/<key>``: GET, HEAD, Range), so a
+cache-based peer that speaks only S3 reads the same bytes through the same pacing.
+
+Readers, all through a ``torch.utils.data.DataLoader`` with ``--workers`` (1 and 4) worker
+processes, ``batch_size`` 32 and a collate that touches every image's bytes (no decode: the
+suite measures I/O; decoding would cost the same per kept image in every reader):
+
+  wds         plain ``wds.WebDataset("http://.../shard-{000000..N}.tar")``: webdataset's own
+              remote mode (one ``curl`` stream per shard, shards split over workers); r = 0.
+  wds_select  the same with ``.select(lambda s: s["__key__"] in kept)`` (every byte is still
+              streamed; only the kept samples reach the loop).
+  mosaic      MosaicML ``StreamingDataset(remote="s3://bench/mds", local=<fresh dir>)`` over the
+              same images converted once with its own ``MDSWriter`` (default options) and served
+              by the same store; first epoch with a cold local cache (its normal first epoch:
+              it downloads whole shards). r = 0. Skipped when ``streaming`` is not installed.
+  streamprune ``PrunedWebDataset("http://.../manifest.json", mask)`` at r = 0, 0.4, 0.6, 0.8 with
+              sample-level and class-level random masks (local mask files); default
+              ``FetchPolicy`` unless ``--depth`` is given.
+
+Per run: samples/s, bytes and requests the store served (manifest and index files included),
+peak memory (the largest sum of RSS over the reading process and its DataLoader workers,
+sampled every 50 ms; shared pages count once per process, so workers overstate it) and the
+peak minus the reading process's RSS at the start. Repeats are paired: every configuration
+runs once per round, in a shuffled order, and speed-ups are taken within a round (median over
+rounds, min-max interval).
+
+Run:  python -m benchmarks remote            (full: 96 MiB, 3 latencies, 2 rounds; ~8-10 min here)
+      python -m benchmarks remote --quick    (smoke run on 8 MiB, one latency)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import email.utils
+import http.server
+import json
+import logging
+import os
+import random
+import shutil
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import common
+from .suite import Suite, Target
+
+__all__ = ["SimStore", "RemoteSuite", "run_cli"]
+
+log = logging.getLogger(__name__)
+
+BUCKET = "bench"
+RATIOS = (0.0, 0.4, 0.6, 0.8)
+LEVELS = ("sample", "class")
+CHUNK = 64 << 10
+
+
+# --------------------------------------------------------------------------------------------
+# the simulated object store
+
+
+class _Pacer:
+    """A token bucket as a virtual clock: ``rate`` bytes/s with ``burst`` bytes of credit."""
+
+    def __init__(self, rate: float, burst: int = CHUNK) -> None:
+        self.rate = float(rate)
+        self.burst = burst
+        self.t = 0.0
+
+    def take(self, n: int, now: float) -> float:
+        """Reserve ``n`` bytes; the seconds to wait before sending them."""
+        self.t = max(self.t, now - self.burst / self.rate) + n / self.rate
+        return self.t - now
+
+
+def _serve(root: str, conn_rate: float, total_rate: float) -> None:
+    """The store's process: serve ``root`` until killed; print the port first."""
+    state = {"ttfb": 0.0, "requests": 0, "bytes": 0, "head": 0}
+    lock = threading.Lock()
+    total = _Pacer(total_rate)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+        def setup(self) -> None:
+            super().setup()
+            self.pacer = _Pacer(conn_rate)
+
+        def _file(self) -> str | None:
+            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
+            if path.startswith(BUCKET + "/"):
+                path = path[len(BUCKET) + 1 :]
+            full = os.path.normpath(os.path.join(root, path))
+            return full if full.startswith(root) and os.path.isfile(full) else None
+
+        def _control(self) -> bool:
+            parts = urllib.parse.urlsplit(self.path)
+            if not parts.path.startswith("/__"):
+                return False
+            query = dict(urllib.parse.parse_qsl(parts.query))
+            with lock:
+                if parts.path == "/__reset":
+                    state.update(requests=0, bytes=0, head=0)
+                if "ttfb" in query:
+                    state["ttfb"] = float(query["ttfb"])
+                body = json.dumps(state).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return True
+
+        def _headers(self, path: str) -> tuple[int, str]:
+            st = os.stat(path)
+            return st.st_size, f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+
+        def _missing(self) -> None:
+            body = b"<?xml version='1.0'?><Error><Code>NoSuchKey</Code></Error>"
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_HEAD(self) -> None:
+            if self._control():
+                return
+            with lock:
+                state["requests"] += 1
+                state["head"] += 1
+                ttfb = state["ttfb"]
+            time.sleep(ttfb)
+            path = self._file()
+            if path is None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            size, etag = self._headers(path)
+            self.send_response(200)
+            self._common(size, etag, os.path.getmtime(path))
+            self.end_headers()
+
+        def _common(self, length: int, etag: str, mtime: float) -> None:
+            self.send_header("Content-Length", str(length))
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
+
+        def do_GET(self) -> None:
+            if self._control():
+                return
+            with lock:
+                state["requests"] += 1
+                ttfb = state["ttfb"]
+            time.sleep(ttfb)
+            path = self._file()
+            if path is None:
+                self._missing()
+                return
+            size, etag = self._headers(path)
+            lo, hi, status = 0, size, 200
+            rng = self.headers.get("Range")
+            if rng and rng.startswith("bytes="):
+                a, _, b = rng[6:].split(",")[0].partition("-")
+                if a:
+                    lo, hi = int(a), min(size, int(b) + 1) if b else size
+                else:
+                    lo, hi = max(0, size - int(b)), size
+                status = 206
+            self.send_response(status)
+            self._common(hi - lo, etag, os.path.getmtime(path))
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {lo}-{hi - 1}/{size}")
+            self.end_headers()
+            with open(path, "rb") as fh:
+                fh.seek(lo)
+                left = hi - lo
+                while left > 0:
+                    chunk = fh.read(min(CHUNK, left))
+                    now = time.monotonic()
+                    wait = self.pacer.take(len(chunk), now)
+                    with lock:
+                        wait = max(wait, total.take(len(chunk), now))
+                    if wait > 0:
+                        time.sleep(wait)
+                    try:
+                        self.wfile.write(chunk)
+                    except OSError:
+                        return
+                    left -= len(chunk)
+                    with lock:
+                        state["bytes"] += len(chunk)
+
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+        request_queue_size = 128
+
+    server = Server(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+class SimStore:
+    """The simulated object store, in a child process: ``url``, ``set_ttfb``, ``reset``, ``stats``, ``stop``."""
+
+    def __init__(self, root: str, conn_rate: float, total_rate: float) -> None:
+        repo = os.path.dirname(common.HERE)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.remote_bench", "--serve", os.path.abspath(root), str(conn_rate), str(total_rate)],
+            cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError(f"the simulated store did not start ({line!r})")
+        self.port = int(line)
+        self.url = f"http://127.0.0.1:{self.port}/{BUCKET}"
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def _control(self, what: str, **query: Any) -> dict:
+        q = ("?" + urllib.parse.urlencode(query)) if query else ""
+        with urllib.request.urlopen(f"{self.endpoint}/__{what}{q}", timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def set_ttfb(self, seconds: float) -> None:
+        self._control("config", ttfb=seconds)
+
+    def reset(self) -> None:
+        self._control("reset")
+
+    def stats(self) -> dict:
+        return self._control("stats")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# readers
+
+
+def _collate(batch: list) -> tuple[int, int]:
+    """Touch every image's bytes; send back only (samples, image bytes)."""
+    return len(batch), sum(len(s["jpg"]) for s in batch)
+
+
+class _Memory:
+    """Peak RSS of this process plus its children, sampled every 50 ms on a thread."""
+
+    def __init__(self) -> None:
+        # optional: psutil is not a dependency of the benchmarks' import
+        import psutil
+
+        self.proc = psutil.Process()
+        self.start = self.proc.memory_info().rss
+        self.peak = self.start
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        total = self.proc.memory_info().rss
+        for child in self.proc.children(recursive=True):
+            with contextlib.suppress(Exception):  # a worker that exited meanwhile
+                total += child.memory_info().rss
+        self.peak = max(self.peak, total)
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(0.05):
+            self._sample()
+
+    def done(self) -> tuple[int, int]:
+        self._sample()
+        self.stop_event.set()
+        self.thread.join()
+        return self.peak, self.start
+
+
+class Setup:
+    """The dataset as served: manifest URL, shard URLs, masks, kept keys, the MDS copy."""
+
+    def __init__(self, data_dir: str, store: SimStore, masks: dict, kept_keys: dict, mds: str | None) -> None:
+        self.data_dir = data_dir
+        self.store = store
+        self.masks = masks
+        self.kept_keys = kept_keys
+        self.mds = mds
+
+
+def _loader(ds: Any, workers: int) -> Any:
+    # heavy import, deferred: torch (the registry imports every suite)
+    import torch
+
+    return torch.utils.data.DataLoader(ds, batch_size=32, num_workers=workers, collate_fn=_collate,
+                                       persistent_workers=False)
+
+
+def build(reader: str, workers: int, data_dir: str, url: str, mask: str | None, kept: set, cache_dir: str,
+          depth: int | None) -> Any:
+    """The DataLoader of one configuration."""
+    # heavy imports, deferred: webdataset, streamprune's readers (torch)
+    import webdataset as wds
+
+    from streamprune import PrunedWebDataset
+    from streamprune.readers.scheduler import FetchPolicy
+
+    if reader in ("wds", "wds_select"):
+        n = len([f for f in os.listdir(data_dir) if f.endswith(".tar")])
+        ds = wds.WebDataset(f"{url}/shard-{{000000..{n - 1:06d}}}.tar", shardshuffle=False, empty_check=False)
+        if reader == "wds_select":
+            ds = ds.select(lambda x: x["__key__"] in kept)
+        return _loader(ds, workers)
+    if reader == "mosaic":
+        # optional peer: mosaicml-streaming
+        from streaming import StreamingDataset
+        from streaming.base.util import clean_stale_shared_memory
+
+        clean_stale_shared_memory()
+        ds = StreamingDataset(remote=f"s3://{BUCKET}/mds", local=cache_dir, shuffle=False, batch_size=32)
+        return _loader(ds, workers)
+    fetch = FetchPolicy(depth=depth) if depth else None
+    return _loader(PrunedWebDataset(f"{url}/manifest.json", mask, fetch=fetch), workers)
+
+
+def run_once(reader: str, ratio: float, level: str, workers: int, latency: float, s: Setup, depth: int | None) -> dict:
+    """One epoch of one configuration, in a fresh Python process (clean memory and fsspec state)."""
+    s.store.set_ttfb(latency)
+    s.store.reset()
+    job = {"reader": reader, "ratio": ratio, "level": level, "workers": workers, "latency": latency, "depth": depth,
+           "data_dir": s.data_dir, "url": s.store.url, "mask": s.masks.get((ratio, level)),
+           "want": len(s.kept_keys[(ratio, level)])}
+    repo = os.path.dirname(common.HERE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-m", "benchmarks.remote_bench", "--one", json.dumps(job)], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=600)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"{reader} r={ratio} {level} w={workers}: failed\n{out.stderr[-3000:]}")
+    row = json.loads(lines[-1])
+    st = s.store.stats()
+    row.update(bytes_sent=st["bytes"], requests=st["requests"], head_requests=st["head"],
+               MB_per_s=st["bytes"] / row["seconds"] / 1e6)
+    return row
+
+
+def _one(job: dict) -> dict:
+    """The child's side of :func:`run_once`: build the loader, time the epoch, measure memory."""
+    kept: set = set()
+    if job["reader"] == "wds_select":
+        with open(job["mask"] + ".keys.json") as fh:
+            kept = set(json.load(fh))
+    # heavy imports, deferred and done before the clock starts: torch, webdataset, streamprune's readers
+    import torch  # noqa: F401
+    import webdataset  # noqa: F401
+
+    import streamprune.readers.webdataset  # noqa: F401
+
+    if job["reader"] == "mosaic":
+        # optional peer: mosaicml-streaming
+        import streaming  # noqa: F401
+    cache_dir = tempfile.mkdtemp(prefix="remote-bench-cache-")
+    try:
+        mem = _Memory()
+        t0 = time.perf_counter()
+        loader = build(job["reader"], job["workers"], job["data_dir"], job["url"], job["mask"], kept, cache_dir, job["depth"])
+        samples = nbytes = 0
+        for count, size in loader:
+            samples += count
+            nbytes += size
+        seconds = time.perf_counter() - t0
+        peak, start = mem.done()
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    if samples != job["want"]:
+        raise RuntimeError(f"{job['reader']} r={job['ratio']} {job['level']}: {samples} samples, expected {job['want']}")
+    return {"reader": job["reader"], "ratio": job["ratio"], "level": job["level"], "workers": job["workers"],
+            "latency_ms": round(job["latency"] * 1e3), "seconds": seconds, "samples": samples,
+            "samples_per_s": samples / seconds, "image_bytes": nbytes, "peak_rss_MiB": peak / 2**20,
+            "peak_over_start_MiB": (peak - start) / 2**20}
+
+
+# --------------------------------------------------------------------------------------------
+# setup
+
+
+def make_masks(manifest: Any, ratios: Sequence[float], out: str) -> tuple[dict, dict]:
+    """Random sample- and class-level masks per ratio, saved under ``out``, and their kept key sets."""
+    # heavy import, deferred: streamprune.masks loads numpy-heavy modules
+    from streamprune.masks import random_mask
+
+    keys = np.asarray(manifest.keys())
+    masks, kept = {}, {}
+    os.makedirs(out, exist_ok=True)
+    for r in ratios:
+        for level in LEVELS:
+            if r == 0 and level == "class":
+                continue
+            m = random_mask(manifest, r, level=level, seed=1)
+            masks[(r, level)] = m.save(os.path.join(out, f"keep-{level}-{r:g}.spmask"))
+            kept[(r, level)] = set(keys[m.keep].tolist())
+            with open(masks[(r, level)] + ".keys.json", "w") as fh:
+                json.dump(sorted(kept[(r, level)]), fh)
+    return masks, kept
+
+
+def convert_mds(manifest: Any, data_dir: str, log=print) -> str | None:
+    """The dataset written once with MosaicML's ``MDSWriter`` (default options) to ``data_dir/mds``."""
+    try:
+        # optional peer: mosaicml-streaming
+        from streaming import MDSWriter
+    except ImportError:
+        log("mosaicml-streaming is not installed: the mosaic peer is skipped")
+        return None
+    # heavy import, deferred: streamprune's readers (torch)
+    from streamprune import PrunedSource
+
+    out = os.path.join(data_dir, "mds")
+    stamp = os.path.join(out, "converted.json")
+    if os.path.exists(stamp):
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    with MDSWriter(out=out, columns={"__key__": "str", "jpg": "bytes", "cls": "int"}) as writer:
+        for sample in PrunedSource(data_dir):
+            writer.write({"__key__": sample["__key__"], "jpg": sample["jpg"], "cls": int(sample["cls"])})
+    with open(stamp, "w") as fh:
+        json.dump({"seconds": time.perf_counter() - t0}, fh)
+    log(f"converted to MDS in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+def configs(ratios: Sequence[float], workers: Sequence[int], latencies: Sequence[float], mosaic: bool) -> list[tuple]:
+    """Every (reader, ratio, level, workers, latency) of one round."""
+    out = []
+    top = max(ratios)
+    for lat in latencies:
+        for w in workers if round(lat * 1e3) == 30 or len(latencies) == 1 else workers[:1]:
+            out.append(("wds", 0.0, "sample", w, lat))
+            out.append(("wds_select", top, "sample", w, lat))
+            if mosaic:
+                out.append(("mosaic", 0.0, "sample", w, lat))
+            for r in ratios:
+                for level in LEVELS:
+                    if r == 0 and level == "class":
+                        continue
+                    out.append(("streamprune", r, level, w, lat))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# summary and targets
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per configuration: medians over rounds, min-max intervals."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["reader"], r["ratio"], r["level"], r["workers"], r["latency_ms"]), []).append(r)
+    rows = []
+    for (reader, ratio, level, workers, lat), rs in sorted(groups.items()):
+        sps = [r["samples_per_s"] for r in rs]
+        rows.append({"reader": reader, "ratio": ratio, "level": level, "workers": workers, "latency_ms": lat,
+                     "repeats": len(rs), "samples": rs[0]["samples"], "samples_per_s": common.median(sps),
+                     "samples_per_s_interval": [min(sps), max(sps)],
+                     "MB_per_s": common.median([r["MB_per_s"] for r in rs]),
+                     "bytes_sent": int(common.median([r["bytes_sent"] for r in rs])),
+                     "requests": int(common.median([r["requests"] for r in rs])),
+                     "peak_rss_MiB": max(r["peak_rss_MiB"] for r in rs),
+                     "peak_over_start_MiB": max(r["peak_over_start_MiB"] for r in rs)})
+    return rows
+
+
+def _find(rows: list[dict], **kw: Any) -> dict | None:
+    for r in rows:
+        if all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def paired_speedups(runs: list[dict]) -> dict[tuple, list[float]]:
+    """streamprune t(r=0) / t(r) within each round, per (ratio, level, workers, latency)."""
+    base = {(r["round"], r["workers"], r["latency_ms"]): r["seconds"] for r in runs
+            if r["reader"] == "streamprune" and r["ratio"] == 0}
+    out: dict[tuple, list[float]] = {}
+    for r in runs:
+        if r["reader"] == "streamprune" and r["ratio"] > 0:
+            b = base.get((r["round"], r["workers"], r["latency_ms"]))
+            if b:
+                out.setdefault((r["ratio"], r["level"], r["workers"], r["latency_ms"]), []).append(b / r["seconds"])
+    return out
+
+
+def evaluate_targets(rows: list[dict], runs: list[dict], full_bytes: int, conn_mbps: float, total_mbps: float,
+                     command: str) -> list[dict]:
+    """The suite's targets, judged (``Target.check``)."""
+    targets: list[Target] = []
+    for row in rows:
+        if row["reader"] != "streamprune" or row["ratio"] == 0:
+            continue
+        r = row["ratio"]
+        targets.append(Target.check(
+            f"bytes transferred <= (1-r) x full read x 1.05 (r={r:g}, {row['level']}, {row['workers']} w, "
+            f"{row['latency_ms']} ms)", row["bytes_sent"] / full_bytes, (1 - r) * 1.05, "<=", command=command,
+            ratio=r, level=row["level"]))
+    for (r, level, w, lat), values in sorted(paired_speedups(runs).items()):
+        goal = 0.85 / (1 - r)
+        targets.append(Target.check(
+            f"speed-up over streamprune r=0 >= 0.85/(1-r) ({w} w, {lat} ms)", common.median(values), goal, ">=",
+            interval=values if len(values) > 1 else None, command=command, ratio=r, level=level))
+    for row in rows:
+        if row["reader"] != "streamprune" or row["ratio"] != 0:
+            continue
+        for peer in ("wds", "mosaic"):
+            other = _find(rows, reader=peer, ratio=0.0, workers=row["workers"], latency_ms=row["latency_ms"])
+            if other is None:
+                continue
+            lo = row["samples_per_s_interval"][0] / other["samples_per_s_interval"][1]
+            hi = row["samples_per_s_interval"][1] / other["samples_per_s_interval"][0]
+            targets.append(Target.check(
+                f"r=0 samples/s vs {peer} ({row['workers']} w, {row['latency_ms']} ms)",
+                row["samples_per_s"] / other["samples_per_s"], 1.0, ">=",
+                interval=(lo, hi) if row["repeats"] > 1 and other["repeats"] > 1 else None, command=command))
+    one = _find(rows, reader="streamprune", ratio=0.0, workers=1, latency_ms=30)
+    if one is not None:
+        targets.append(Target.check(
+            f"1 worker, 30 ms, r=0: MB/s >= 60% of the {total_mbps:g} MB/s cap (the total; one connection's is "
+            f"{conn_mbps:g})", one["MB_per_s"] / total_mbps, 0.6, ">=", command=command))
+    return [t.to_dict() for t in targets]
+
+
+# --------------------------------------------------------------------------------------------
+# report
+
+
+def tables(results: dict[str, Any]) -> str:
+    """The suite's tables."""
+    f = common.fmt_num
+    setup = results["setup"]
+    out = [f"SIMULATED object store on loopback (a Python HTTP server in its own process): time to first byte "
+           f"{', '.join(str(x) for x in setup['latencies_ms'])} ms per request, {setup['conn_mbps']:g} MB/s per connection, "
+           f"{setup['total_mbps']:g} MB/s in all; {setup['samples']:,} JPEG samples, {setup['full_bytes'] / 1e6:.1f} MB in "
+           f"{setup['shards']} shards; {setup['rounds']} paired rounds; DataLoader batch 32, no decode.", ""]
+    head = ["latency", "workers", "reader", "r", "level", "samples/s", "MB/s", "MB sent", "requests", "peak RSS MiB"]
+    rows = []
+    for r in sorted(results["rows"], key=lambda x: (x["latency_ms"], x["workers"], x["reader"] != "streamprune",
+                                                     x["reader"], x["ratio"], x["level"])):
+        rows.append([r["latency_ms"], r["workers"], r["reader"], f"{r['ratio']:g}", r["level"] if r["reader"] in
+                     ("streamprune", "wds_select") and r["ratio"] else "", f(r["samples_per_s"], 0), f(r["MB_per_s"], 1),
+                     f(r["bytes_sent"] / 1e6, 1), f(r["requests"]), f(r["peak_rss_MiB"], 0)])
+    out.append(common.markdown_table(head, rows, "rrllllrrrrr"[:len(head)]))
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], latencies: Sequence[int], path: str) -> None:
+    """samples/s against r, one panel per latency."""
+    # heavy import, deferred: matplotlib
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred with matplotlib, after choosing the Agg backend
+
+    fig, axes = plt.subplots(1, len(latencies), figsize=(5 * len(latencies), 4), squeeze=False)
+    for ax, lat in zip(axes[0], latencies):
+        for w, style in ((1, "-"), (4, "--")):
+            for level, colour in (("sample", "C0"), ("class", "C1")):
+                pts = sorted((r["ratio"], r["samples_per_s"]) for r in rows if r["reader"] == "streamprune"
+                             and r["latency_ms"] == lat and r["workers"] == w and (r["level"] == level or r["ratio"] == 0))
+                if pts:
+                    ax.plot(*zip(*pts), style, color=colour, marker="o", label=f"streamprune {level}, {w} w")
+            for reader, colour in (("wds", "C2"), ("wds_select", "C3"), ("mosaic", "C4")):
+                row = next((r for r in rows if r["reader"] == reader and r["latency_ms"] == lat and r["workers"] == w), None)
+                if row:
+                    ax.axhline(row["samples_per_s"], ls=style, color=colour, lw=1, label=f"{reader} (r={row['ratio']:g}), {w} w")
+        ax.set_title(f"SIMULATED store, {lat} ms to first byte")
+        ax.set_xlabel("ratio removed r")
+        ax.set_ylabel("samples/s")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# run
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The suite's options (``python -m benchmarks remote --help``)."""
+    p = common.arg_parser("remote", __doc__.split("\n\n")[0])
+    p.add_argument("--total-mb", type=float, default=96, help="dataset size in MiB (default 96)")
+    p.add_argument("--samples-per-shard", type=int, default=96, help="samples per shard (default 96: ~12 MB shards)")
+    p.add_argument("--latencies", default="10,30,80", help="time to first byte per request, ms (default 10,30,80)")
+    p.add_argument("--conn-mbps", type=float, default=100, help="MB/s per connection (default 100)")
+    p.add_argument("--total-mbps", type=float, default=400, help="MB/s in all (default 400)")
+    p.add_argument("--workers", default="1,4", help="DataLoader workers (default 1,4)")
+    p.add_argument("--rounds", type=int, default=2, help="paired rounds (default 2)")
+    p.add_argument("--depth", type=int, default=None, help="streamprune requests in flight (default: FetchPolicy's)")
+    p.add_argument("--no-mosaic", action="store_true", help="skip the MosaicML streaming peer")
+    p.add_argument("--seed", type=int, default=0, help="round order seed")
+    p.add_argument("--quick", action="store_true", help="8 MiB, 30 ms, 1 round: a smoke run, not a measurement")
+    p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.total_mb, args.samples_per_shard, args.latencies, args.rounds = 8, 16, "30", 1
+    args.data_dir = os.path.join(common.DEFAULT_DATA, "remote_jpeg_quick" if args.quick else f"remote_jpeg_{round(args.total_mb)}mb")
+    args.out = args.out or (os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS)
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure every configuration; return the results."""
+    # heavy import, deferred: streamprune.manifest
+
+    t_start = time.perf_counter()
+    latencies = [float(x) / 1e3 for x in args.latencies.split(",")]
+    workers = [int(x) for x in args.workers.split(",")]
+    manifest = common.make_jpeg_shards(args.data_dir, args.total_mb, samples_per_shard=args.samples_per_shard,
+                                       workers=1 if args.quick else 2)
+    full_bytes = sum(os.path.getsize(manifest.shard_path(k)) for k in range(len(manifest.shards)))
+    mds = None if args.no_mosaic else convert_mds(manifest, args.data_dir)
+    with tempfile.TemporaryDirectory(prefix="remote-bench-") as tmp:
+        masks, kept = make_masks(manifest, RATIOS, tmp)
+        env = {"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim", "AWS_DEFAULT_REGION": "us-east-1"}
+        store = SimStore(args.data_dir, args.conn_mbps * 1e6, args.total_mbps * 1e6)
+        env["S3_ENDPOINT_URL"] = store.endpoint
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            s = Setup(args.data_dir, store, masks, kept, mds)
+            plan = configs(RATIOS, workers, latencies, mds is not None)
+            runs: list[dict] = []
+            rng = random.Random(args.seed)
+            for rnd in range(args.rounds):
+                order = plan[:]
+                rng.shuffle(order)
+                for i, (reader, r, level, w, lat) in enumerate(order):
+                    row = run_once(reader, r, level, w, lat, s, args.depth)
+                    row["round"] = rnd
+                    runs.append(row)
+                    print(f"[{rnd}:{i + 1}/{len(order)}] {reader:11s} r={r:g} {level:6s} w={w} {lat * 1e3:.0f} ms: "
+                          f"{row['samples_per_s']:7.0f} samples/s {row['MB_per_s']:6.1f} MB/s {row['requests']:5d} req "
+                          f"{row['bytes_sent'] / 1e6:6.1f} MB peak {row['peak_rss_MiB']:.0f} MiB", flush=True)
+        finally:
+            store.stop()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    rows = summarize(runs)
+    command = common.command_line()
+    targets = evaluate_targets(rows, runs, full_bytes, args.conn_mbps, args.total_mbps, command)
+    return {
+        "suite": "remote", "command": command, "simulation": True,
+        "setup": {"samples": manifest.num_samples, "shards": len(manifest.shards), "full_bytes": full_bytes,
+                  "latencies_ms": [round(x * 1e3) for x in latencies], "conn_mbps": args.conn_mbps,
+                  "total_mbps": args.total_mbps, "workers": workers, "rounds": args.rounds, "depth": args.depth,
+                  "ratios": list(RATIOS), "mosaic": mds is not None},
+        "machine": common.machine_info() | {"packages_remote": common.package_versions(
+            ["fsspec", "aiohttp", "mosaicml-streaming", "boto3"])},
+        "rows": rows, "runs": runs, "targets": targets, "total_seconds": time.perf_counter() - t_start,
+        "speedups": [{"ratio": k[0], "level": k[1], "workers": k[2], "latency_ms": k[3], "values": v}
+                     for k, v in sorted(paired_speedups(runs).items())],
+    }
+
+
+def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run, write the JSON and plot, print the tables; return the results."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    results = run(args)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "remote_bench.json")
+    common.write_json(path, results)
+    with contextlib.suppress(ImportError):  # no matplotlib: no plot
+        plot(results["rows"], results["setup"]["latencies_ms"], os.path.splitext(path)[0] + ".png")
+    suite = RemoteSuite()
+    print(suite.markdown(results))
+    print(f"\n{results['total_seconds']:.0f} s -> {path}")
+    return results
+
+
+class RemoteSuite(Suite):
+    """``remote``: pruned reads over a SIMULATED object store (latency + bandwidth caps) vs webdataset and MosaicML streaming."""
+
+    name, title = "remote", "Remote shards over a simulated object store (loopback HTTP, latency and bandwidth caps)"
+    run, tables = staticmethod(run_cli), staticmethod(tables)
+
+
+if __name__ == "__main__":  # the store's own process (SimStore starts it)
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
+        _serve(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--one":
+        print(json.dumps(_one(json.loads(sys.argv[2]))), flush=True)
