@@ -16,7 +16,7 @@ from types import ModuleType
 from .errors import StreamPruneError
 
 __all__ = ["MissingExtraError", "require_ffcv", "FFCV_INSTALL_HINT", "ffcv_available", "require_pyarrow", "PARQUET_INSTALL_HINT",
-           "require_ray", "RAY_INSTALL_HINT"]
+           "require_ray", "RAY_INSTALL_HINT", "require_extra"]
 
 PARQUET_INSTALL_HINT = "parquet and Arrow key lists need the `parquet` extra: pip install 'streamprune[parquet]' (pyarrow)"
 FFCV_APT_PACKAGES = "g++ pkg-config libopencv-dev libturbojpeg0-dev"
@@ -32,22 +32,32 @@ class MissingExtraError(StreamPruneError, ImportError):
     """An optional extra (e.g. ``ffcv``) is needed for this feature but is not installed."""
 
 
-def require_ffcv(feature: str = "this feature") -> ModuleType:
-    """Import ``ffcv`` or raise one clear error saying how to install it.
+def require_extra(module: str, hint: str, feature: str, also: tuple[str, ...] = ()) -> ModuleType:
+    """Import an optional extra's module, or raise one clear error saying how to install it.
 
     Args:
-        feature: What needs FFCV, named in the error message.
+        module: The module to import (and return).
+        hint: How to install the extra (the error's advice).
+        feature: What needs it, named in the error message.
+        also: Submodules that must import too (``pyarrow.parquet``).
 
     Returns:
-        The imported ``ffcv`` package.
+        The imported module.
 
     Raises:
-        MissingExtraError: ``ffcv`` (or one of its compiled dependencies) cannot be imported.
+        MissingExtraError: It (or one of its compiled parts) cannot be imported.
     """
     try:
-        return importlib.import_module("ffcv")
-    except ImportError as exc:  # also covers sys.modules["ffcv"] = None and a broken C extension
-        raise MissingExtraError(f"{feature}: {FFCV_INSTALL_HINT} (import failed: {exc})") from None
+        for sub in also:
+            importlib.import_module(sub)
+        return importlib.import_module(module)
+    except ImportError as exc:  # also covers sys.modules[name] = None and a broken C extension
+        raise MissingExtraError(f"{feature}: {hint} (import failed: {exc})") from None
+
+
+def require_ffcv(feature: str = "this feature") -> ModuleType:
+    """Import ``ffcv`` or raise one clear error naming the ``ffcv`` extra and its system packages."""
+    return require_extra("ffcv", FFCV_INSTALL_HINT, feature)
 
 
 def ffcv_available() -> bool:
@@ -60,37 +70,10 @@ def ffcv_available() -> bool:
 
 
 def require_pyarrow(feature: str = "this feature") -> ModuleType:
-    """Import ``pyarrow`` (with ``pyarrow.parquet``) or raise one clear error saying how to install it.
-
-    Args:
-        feature: What needs pyarrow, named in the error message.
-
-    Returns:
-        The imported ``pyarrow`` package (``pyarrow.parquet`` is imported too).
-
-    Raises:
-        MissingExtraError: ``pyarrow`` cannot be imported.
-    """
-    try:
-        importlib.import_module("pyarrow.parquet")
-        return importlib.import_module("pyarrow")
-    except ImportError as exc:
-        raise MissingExtraError(f"{feature}: {PARQUET_INSTALL_HINT} (import failed: {exc})") from None
+    """Import ``pyarrow`` (with ``pyarrow.parquet``) or raise one clear error naming the ``parquet`` extra."""
+    return require_extra("pyarrow", PARQUET_INSTALL_HINT, feature, also=("pyarrow.parquet",))
 
 
 def require_ray(feature: str = "the Ray engine") -> ModuleType:
-    """Import ``ray`` or raise one clear error naming the ``ray`` extra.
-
-    Args:
-        feature: What needs Ray, named in the error message.
-
-    Returns:
-        The imported ``ray`` package.
-
-    Raises:
-        MissingExtraError: ``ray`` cannot be imported.
-    """
-    try:
-        return importlib.import_module("ray")
-    except ImportError as exc:
-        raise MissingExtraError(f"{feature}: {RAY_INSTALL_HINT} (import failed: {exc})") from None
+    """Import ``ray`` or raise one clear error naming the ``ray`` extra."""
+    return require_extra("ray", RAY_INSTALL_HINT, feature)

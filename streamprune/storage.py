@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 
 from .atomic import atomic_write_bytes
 from .errors import StreamPruneError
-from .optional import MissingExtraError
+from .optional import MissingExtraError, require_extra
 
 __all__ = [
     "REMOTE_INSTALL_HINT",
@@ -122,12 +122,7 @@ def require_fsspec(feature: str = "this URL") -> Any:
     Raises:
         MissingExtraError: fsspec is not installed.
     """
-    try:
-        # Deferred on purpose: fsspec is the optional `remote` extra.
-        import fsspec
-    except ImportError as exc:
-        raise MissingExtraError(f"{feature}: {REMOTE_INSTALL_HINT} (import failed: {exc})") from None
-    return fsspec
+    return require_extra("fsspec", REMOTE_INSTALL_HINT, feature)
 
 
 def _filesystem(url: str, storage_options: dict | None) -> tuple[Any, str]:
