@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -39,7 +40,7 @@ from typing import Any
 from .errors import StreamPruneError
 from .optional import require_ray
 
-__all__ = ["ENGINES", "Engine", "LocalEngine", "MapReport", "RayEngine", "TaskFn", "make_engine"]
+__all__ = ["ENGINES", "Engine", "LocalEngine", "MapReport", "RayEngine", "TaskFn", "make_engine", "same_options"]
 
 log = logging.getLogger(__name__)
 
@@ -432,3 +433,21 @@ def make_engine(
     if name == "ray":
         return RayEngine(address, workers, **ray_options)
     raise ValueError(f"unknown engine {name!r}; available: {', '.join(ENGINES)}")
+
+
+def same_options(out_dir: str, name: str, options: dict[str, Any]) -> bool:
+    """Record a resumable pass's options in ``out_dir/name``; return whether the previous run used the same.
+
+    A rerun may keep a previous run's per-shard outputs only when they were made with the same
+    options; the record is a plain write, since a torn file only means the next run does not resume.
+    """
+    path = os.path.join(out_dir, name)
+    try:
+        with open(path, "rb") as fh:
+            same = json.load(fh) == options
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(options, fh)
+    return same

@@ -8,7 +8,6 @@ looks complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, Sequence
@@ -18,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .atomic import file_sha256
 from .betonindex import index_beton, looks_like_beton, save_beton_index
-from .engine import Engine, make_engine
+from .engine import Engine, make_engine, same_options
 from .errors import LabelError, ManifestError
 from .indexfile import INDEX_SUFFIX, companion_path, load_index, save_index
 from .manifest import MANIFEST_NAME, Manifest, build_manifest
@@ -165,20 +164,6 @@ def _index_is_current(job: tuple[str, str, str | None, bool, str, bool]) -> bool
     )
 
 
-def _same_options(out_dir: str, options: dict[str, Any]) -> bool:
-    """Record the pass's options in ``out_dir``; return whether a previous run used the same ones."""
-    path = os.path.join(out_dir, INDEX_OPTIONS_NAME)
-    try:
-        with open(path, "rb") as fh:
-            same = json.load(fh) == options
-    except (OSError, ValueError):
-        same = False
-    if not same:  # a plain write: a torn file only means the next run does not resume
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(options, fh)
-    return same
-
-
 def _settle_auto_labels(indexes: Sequence[ShardIndex]) -> str | None:
     """Decide what ``label_ext="auto"`` found: every sample labelled, none, or an error for some.
 
@@ -260,7 +245,7 @@ def index_shards(
     out_dir = _claim_out_dir(out_dir)
     tasks = [(path, rel, label_ext, checksum, os.path.join(out_dir, index_name), sample_checksums) for path, rel, index_name in jobs]
     options = {"label_ext": label_ext, "checksum": bool(checksum), "sample_checksums": bool(sample_checksums)}
-    resumable = _same_options(out_dir, options) and resume
+    resumable = same_options(out_dir, INDEX_OPTIONS_NAME, options) and resume
     with tqdm(total=len(jobs), desc="index", unit="shard", disable=not progress) as bar:
         indexes: list[ShardIndex | None] = runner.map(
             _index_task, tasks, done=(lambda k: _index_is_current(tasks[k])) if resumable else None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from typing import Any, Iterable, Sequence
@@ -12,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..atomic import file_sha256
-from ..engine import Engine, make_engine
+from ..engine import Engine, make_engine, same_options
 from ..errors import ManifestError, StreamPruneError
 from ..indexfile import INDEX_SUFFIX, load_index, save_index
 from ..manifest import Manifest, build_manifest
@@ -84,20 +83,6 @@ def _shard_is_complete(source: Source, job: tuple[str, str, np.ndarray, str | No
         return not checksum or index.sha256 == file_sha256(path)
     except (OSError, ManifestError):
         return False
-
-
-def _same_options(out_dir: str, options: dict[str, Any]) -> bool:
-    """Record the run's options in ``out_dir``; return whether a previous run used the same ones."""
-    path = os.path.join(out_dir, WRITE_OPTIONS_NAME)
-    try:
-        with open(path, "rb") as fh:
-            same = json.load(fh) == options
-    except (OSError, ValueError):
-        same = False
-    if not same:  # a plain write: a torn file only means the next run does not resume
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(options, fh)
-    return same
 
 
 def write_shards(
@@ -174,7 +159,7 @@ def write_shards(
         "source": os.path.abspath(os.fspath(src)) if isinstance(src, (str, os.PathLike)) else type(source).__name__,
         "class_names": list(class_names) if class_names else None,
     }
-    resumable = _same_options(out_dir, options) and resume
+    resumable = same_options(out_dir, WRITE_OPTIONS_NAME, options) and resume
     bar = tqdm(total=n, desc="shard", unit="sample", disable=not progress)
     _set_source(source)
     try:
