@@ -250,11 +250,13 @@ class Manifest:
             other.storage_options = storage_options
         return other
 
-    def index(self, k: int) -> ShardIndex:
+    def index(self, k: int, cache: bool = True) -> ShardIndex:
         """Load (and cache) shard ``k``'s index, checked against the manifest.
 
         Args:
             k: Shard number in manifest order.
+            cache: Keep it for the next call (a reader that holds the index itself passes
+                ``False``, so memory stays flat over an epoch).
 
         Returns:
             The shard's index.
@@ -277,7 +279,8 @@ class Manifest:
                 f"{path}: index has {len(index)} samples / {index.shard_bytes} bytes, manifest says "
                 f"{entry.samples} / {entry.bytes} for shard {entry.name}"
             )
-        self._indexes[k] = index
+        if cache:
+            self._indexes[k] = index
         return index
 
     def labels(self) -> np.ndarray:

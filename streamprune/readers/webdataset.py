@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 from typing import Any, Iterable, Iterator
 
@@ -26,8 +27,8 @@ from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, kept_counts, open_mask
 from .byterange import ShardFile, read_runs
 from .maskslot import MaskSlot
-from .plan import plan_epoch, within_shard_order
-from .scheduler import DEFAULT_REMOTE_POLICY, FetchPolicy, read_runs_scheduled
+from .plan import Segment, plan_epoch, within_shard_order
+from .scheduler import DEFAULT_REMOTE_POLICY, FetchPolicy, ShardRead, read_shards_scheduled
 from .state import Binding, ResumableSource, counted, raise_on_first, warn_buffered
 
 __all__ = [
@@ -219,22 +220,41 @@ class PrunedSource(ResumableSource, IterableDataset):
 
     def _read(self, segments: list, epoch: int) -> Iterator[dict]:
         manifest = self.manifest
-        for segment in segments:
-            order = within_shard_order(
-                self.shard_kept_positions(segment.shard), self.seed, epoch, segment.shard, self.shuffle
-            )[segment.begin : segment.end]
-            path = manifest.shard_path(segment.shard)
-            policy = fetch_policy(path, self.fetch, self.io_depth, self.max_run_bytes)
-            if policy is not None:
-                obj = storage.open_object(path, manifest.storage_options)
-                with ShardFile.from_storage(obj, manifest.index(segment.shard), verify=self.verify) as shard:
-                    # every request's first header is checked as it arrives (check_headers included)
-                    yield from read_runs_scheduled(shard, order, path, policy)
-                manifest.drop_cache()
+        # consecutive segments read the same way (all remote, or all local) form one stream, so
+        # the scheduler keeps requests in flight across their shard boundaries
+        for scheduled, grouped in itertools.groupby(segments, key=lambda seg: self._policy(seg.shard) is not None):
+            group = list(grouped)
+            if scheduled:
+                policy = self._policy(group[0].shard) or DEFAULT_REMOTE_POLICY
+                yield from read_shards_scheduled((self._shard_read(seg, epoch) for seg in group), policy)
                 continue
-            with ShardFile(path, manifest.index(segment.shard), fadvise=self.fadvise, verify=self.verify) as shard:
-                yield from read_runs(shard, order, path, max_run_bytes=self.max_run_bytes, check_headers=self.check_headers)
-            manifest.drop_cache()
+            for segment in group:
+                path = manifest.shard_path(segment.shard)
+                with ShardFile(path, manifest.index(segment.shard), fadvise=self.fadvise, verify=self.verify) as shard:
+                    yield from read_runs(shard, self._order(segment, epoch), path, max_run_bytes=self.max_run_bytes,
+                                         check_headers=self.check_headers)
+                manifest.drop_cache()
+
+    def _policy(self, k: int) -> FetchPolicy | None:
+        return fetch_policy(self.manifest.shard_path(k), self.fetch, self.io_depth, self.max_run_bytes)
+
+    def _order(self, segment: Segment, epoch: int) -> np.ndarray:
+        return within_shard_order(
+            self.shard_kept_positions(segment.shard), self.seed, epoch, segment.shard, self.shuffle
+        )[segment.begin : segment.end]
+
+    def _shard_read(self, segment: Segment, epoch: int) -> ShardRead:
+        """What the scheduler needs for one segment; the shard opens on the scheduler's helper thread."""
+        manifest, k = self.manifest, segment.shard
+        path = manifest.shard_path(k)
+        verify = self.verify
+
+        def open_shard() -> ShardFile:
+            obj = storage.open_object(path, manifest.storage_options)
+            # every request's first header is checked as it arrives (check_headers included)
+            return ShardFile.from_storage(obj, manifest.index(k, cache=False), verify=verify)
+
+        return ShardRead(path, self._order(segment, epoch), open_shard)
 
 
 class PrunedWebDataset(wds.DataPipeline, wds.FluidInterface):
@@ -381,16 +401,32 @@ class _TarfileStage:
         self.by_path = {_location_key(manifest.shard_path(k)): k for k in range(len(manifest.shards))}
 
     def __call__(self, urls: Iterable[Any]) -> Iterator[dict]:
-        for item in urls:
-            url = item["url"] if isinstance(item, dict) else item
-            k = self.by_path.get(_location_key(url))
-            if k is None:
-                raise MaskMismatchError(f"{url}: shard is not in manifest {self.manifest.path}")
-            keep = np.flatnonzero(self.mask.shard(k)) if self.mask is not None else np.arange(self.manifest.shards[k].samples)
-            if storage.is_remote(url):
-                obj = storage.open_object(url, self.manifest.storage_options)
-                with ShardFile.from_storage(obj, self.manifest.index(k), verify=self.verify) as shard:
-                    yield from read_runs_scheduled(shard, keep, url, self.fetch or DEFAULT_REMOTE_POLICY)
+        located = (self._locate(item) for item in urls)
+        # consecutive remote shards form one scheduled stream (requests in flight across shards)
+        for remote, group in itertools.groupby(located, key=lambda item: storage.is_remote(item[0])):
+            if remote:
+                yield from read_shards_scheduled((self._shard_read(url, k) for url, k in group),
+                                                 self.fetch or DEFAULT_REMOTE_POLICY)
                 continue
-            with ShardFile(url, self.manifest.index(k), fadvise=self.fadvise, verify=self.verify) as shard:
-                yield from read_runs(shard, keep, url)
+            for url, k in group:
+                with ShardFile(url, self.manifest.index(k), fadvise=self.fadvise, verify=self.verify) as shard:
+                    yield from read_runs(shard, self._kept(k), url)
+
+    def _locate(self, item: Any) -> tuple[str, int]:
+        url = item["url"] if isinstance(item, dict) else item
+        k = self.by_path.get(_location_key(url))
+        if k is None:
+            raise MaskMismatchError(f"{url}: shard is not in manifest {self.manifest.path}")
+        return url, k
+
+    def _kept(self, k: int) -> np.ndarray:
+        return np.flatnonzero(self.mask.shard(k)) if self.mask is not None else np.arange(self.manifest.shards[k].samples)
+
+    def _shard_read(self, url: str, k: int) -> ShardRead:
+        manifest, verify = self.manifest, self.verify
+
+        def open_shard() -> ShardFile:
+            obj = storage.open_object(url, manifest.storage_options)
+            return ShardFile.from_storage(obj, manifest.index(k, cache=False), verify=verify)
+
+        return ShardRead(url, self._kept(k), open_shard)
