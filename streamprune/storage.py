@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -122,7 +123,49 @@ def require_fsspec(feature: str = "this URL") -> Any:
     Raises:
         MissingExtraError: fsspec is not installed.
     """
-    return require_extra("fsspec", REMOTE_INSTALL_HINT, feature)
+    fsspec = require_extra("fsspec", REMOTE_INSTALL_HINT, feature)
+    _guard_forks()
+    return fsspec
+
+
+#: The fsspec filesystems alive at a fork: emptied again in the parent, kept in the child.
+_INHERITED: list = []
+_FORK_GUARD = threading.Lock()
+_fork_guarded = False
+
+
+def _guard_forks() -> None:
+    """Register the fork hooks below (once per process)."""
+    global _fork_guarded
+    with _FORK_GUARD:
+        if not _fork_guarded and hasattr(os, "register_at_fork"):
+            os.register_at_fork(before=_hold_filesystems, after_in_parent=_INHERITED.clear)
+            _fork_guarded = True
+
+
+def _hold_filesystems() -> None:
+    """Before a fork: hold every cached fsspec filesystem, so a forked child never finalizes the parent's.
+
+    fsspec empties its instance cache in a forked child, so the parent's instances are
+    garbage collected there and their finalizers close the parent's pooled connections: the
+    asyncio transports unregister their sockets from an epoll set that parent and child share
+    (epoll registrations belong to the open file description, which fork shares). The parent's
+    event loop then never hears from those connections, and its next request on one hangs
+    until aiohttp's timeout (300 s): seen when DataLoader workers (fork) had run an epoch and
+    the main process then read a manifest over HTTP again. Held here, the inherited instances
+    stay alive in the child and are never finalized there (DataLoader workers leave with
+    ``os._exit``); the parent lets go of them right after the fork.
+    """
+    fsspec = sys.modules.get("fsspec")
+    if fsspec is None:
+        return
+    classes = [fsspec.AbstractFileSystem]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        cache = cls.__dict__.get("_cache")
+        if cache:
+            _INHERITED.extend(cache.values())
 
 
 def _filesystem(url: str, storage_options: dict | None) -> tuple[Any, str]:

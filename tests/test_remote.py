@@ -355,3 +355,21 @@ def test_shard_to_s3_uploads_manifest_last_and_reads_back(dataset, s3, tmp_path,
     with pytest.raises(RemoteError, match="injected"):
         remote_writer.write_shards_to(str(src), url, samples_per_shard=16, progress=False)
     assert not storage.exists(url + "/manifest.json")
+
+
+@needs_nginx
+def test_main_process_reads_again_after_forked_workers_exit(dataset, nginx):
+    # A forked DataLoader worker used to finalize the parent's inherited fsspec filesystem,
+    # unregistering the parent's pooled sockets from the epoll set they share: the parent's
+    # next request on one hung until aiohttp's 300 s timeout.
+    import threading
+
+    url = nginx.url + "/manifest.json"
+    ds = PrunedSource(url, None)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1, multiprocessing_context="fork")
+    assert len(list(loader)) == Manifest.load(dataset).num_samples
+    done = []
+    reader = threading.Thread(target=lambda: done.append(storage.read_bytes(url)), daemon=True)
+    reader.start()
+    reader.join(60)
+    assert done and done[0] == open(os.path.join(dataset, "manifest.json"), "rb").read()
