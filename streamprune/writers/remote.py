@@ -97,6 +97,8 @@ class ShardUploader:
         """
         cf.wait(self._futures)
         self._raise_failure()
+        for future in self._futures:
+            future.result()  # an unexpected error of an upload thread (not a failed PUT) is raised too
 
     def close(self) -> None:
         """Cancel the queued uploads and wait for the running ones."""
