@@ -78,8 +78,9 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
           no_checksum, resume, engine, ray_address, storage_json, quiet):
     """Write SRC (image folder tree, IDX, .npz) as indexed webdataset shards (or FFCV .beton files) in OUT.
 
-    OUT may be a URL prefix (s3://bucket/ds) for tar shards: they are written locally, then each
-    shard and its index is uploaded and the manifest last (a failed run leaves no manifest there).
+    OUT may be a URL prefix (s3://bucket/ds) for tar shards: each shard and its index is uploaded as
+    soon as it is written, while later shards are written, and the manifest last (a failed run
+    leaves no manifest there).
     """
     # Deferred on purpose: the writers import the image codecs and source readers.
     from streamprune.writers import write_beton

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -119,6 +120,8 @@ class Engine:
             done: ``done(i)`` is true when task ``i``'s outputs already exist and verify; such
                 tasks are skipped (checked here, on the driver, before anything is scheduled).
             on_result: Called on the driver as ``on_result(i, summary)`` when task ``i`` finishes.
+                New tasks are handed to workers only as results are delivered (a few per worker
+                ahead), so a slow ``on_result`` slows the pass instead of piling up outputs.
             desc: Name of the pass, for the report and the log.
             gpu: The pass can use a GPU (a Ray actor then asks for one when the cluster has GPUs).
 
@@ -186,6 +189,8 @@ class LocalEngine(Engine):
     """
 
     name = "local"
+    #: Tasks per worker process handed out ahead of the results delivered.
+    WINDOW = 2
 
     def __init__(self, processes: int = 1) -> None:
         super().__init__()
@@ -216,9 +221,20 @@ class LocalEngine(Engine):
             # fork shares the setup (and what it refers to) with the workers without pickling it
             pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"), initializer=_init_local_worker)
             try:
-                futures = {pool.submit(_call_local, fn, tasks[i]): i for i in todo}
-                for future in cf.as_completed(futures):
-                    deliver(futures[future], future.result())
+                # A task is handed out only as an earlier result is delivered, at most WINDOW per
+                # worker ahead, so a slow on_result (an upload) holds the writers back and their
+                # finished-but-undelivered outputs stay few, as with Ray's actor pool.
+                waiting = iter(todo)
+                futures: dict[cf.Future, int] = {}
+                for i in itertools.islice(waiting, self.WINDOW * workers):
+                    futures[pool.submit(_call_local, fn, tasks[i])] = i
+                while futures:
+                    ready, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+                    for future in ready:
+                        following = next(waiting, None)
+                        if following is not None:
+                            futures[pool.submit(_call_local, fn, tasks[following])] = following
+                        deliver(futures.pop(future), future.result())
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)  # a failed pass stops at the first error
                 raise

@@ -7,9 +7,11 @@ code and ``tests/`` (for the task wrappers in ``_engine_tasks``) through ``PYTHO
 from __future__ import annotations
 
 import filecmp
+import functools
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -223,6 +225,30 @@ def test_missing_ray_extra_is_one_error_naming_it(monkeypatch, tmp_path):
         make_engine("ray")
     r = CliRunner().invoke(cli, ["index", str(tmp_path / "x.tar"), "--out", str(tmp_path / "o"), "--engine", "ray"])
     assert r.exit_code == 1 and "pip install 'streamprune[ray]'" in r.output and "Traceback" not in r.output
+
+
+def _mark_started(marker_dir, state, i):
+    open(os.path.join(marker_dir, str(i)), "w").close()
+    return i
+
+
+def test_local_engine_hands_out_tasks_only_as_results_are_taken(tmp_path):
+    """A slow on_result holds the worker processes back: tasks start a window ahead of the results delivered."""
+    engine = LocalEngine(2)
+    window = engine.WINDOW * 2 + 1  # the first window, and the task handed out as the first result is delivered
+    started = []
+
+    def on_result(i, _):
+        if not started:  # give unbounded workers time to start everything; a windowed pool stops at the window
+            for _ in range(100):
+                if len(os.listdir(tmp_path)) > window:
+                    break
+                time.sleep(0.01)
+            started.append(len(os.listdir(tmp_path)))
+
+    out = engine.map(functools.partial(_mark_started, str(tmp_path)), list(range(20)), on_result=on_result)
+    assert out == list(range(20)) and len(os.listdir(tmp_path)) == 20
+    assert started[0] <= window
 
 
 def test_make_engine_names():

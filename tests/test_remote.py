@@ -373,3 +373,86 @@ def test_main_process_reads_again_after_forked_workers_exit(dataset, nginx):
     reader.start()
     reader.join(60)
     assert done and done[0] == open(os.path.join(dataset, "manifest.json"), "rb").read()
+
+
+class _GatedSource:
+    """64 samples (4 shards of 16, unshuffled); reading shard ``gate_shard``'s first sample waits for ``gate``.
+
+    ``events`` records ``("read", shard)`` at each shard's first sample, so a test can place
+    the uploads among the shards' writing.
+    """
+
+    class_names = ["0", "1", "2"]
+
+    def __init__(self, gate, gate_shard, events):
+        self.samples = [(key, files, label % 3) for key, files, label in make_samples(64, seed=4)]
+        self.gate, self.gate_shard, self.events = gate, gate_shard, events
+        self.opened = False
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        if i % 16 == 0:
+            self.events.append(("read", i // 16))
+            if i // 16 == self.gate_shard and not self.opened:
+                self.opened = True
+                self.events.append(("gate", self.gate.wait(120)))  # a deadlock guard, not a timing check
+        return self.samples[i]
+
+
+def test_shard_to_s3_uploads_each_shard_while_later_ones_are_written(s3, tmp_path, monkeypatch):
+    import threading
+
+    from streamprune.writers.remote import write_shards_to
+
+    url = s3 + "/overlap"
+    events, gate = [], threading.Event()
+    real_put = storage.put_file
+
+    def put(local, target, options=None):
+        if target.endswith(".tar"):  # the previous shard's local copy is gone once it was uploaded (one upload thread)
+            previous = os.path.join(os.path.dirname(local), "shard-{:06d}.tar".format(int(target[-10:-4]) - 1))
+            events.append(("local copy of the previous shard", os.path.exists(previous)))
+        real_put(local, target, options)
+        events.append(("put", storage.basename(target)))
+        if target.endswith("shard-000000.tar"):
+            gate.set()
+
+    monkeypatch.setattr(storage, "put_file", put)
+    source = _GatedSource(gate, 3, events)
+    m = write_shards_to(source, url, tmp_dir=str(tmp_path), upload_threads=1, samples_per_shard=16, shuffle=False,
+                        progress=False)
+    # shard 0 was in the bucket before shard 3 was read, and the manifest went up last
+    assert events.index(("put", "shard-000000.tar")) < events.index(("read", 3)) and ("gate", True) in events
+    assert [e for e in events if e[0] == "put"][-1] == ("put", "manifest.json")
+    assert ("local copy of the previous shard", True) not in events
+    assert os.listdir(tmp_path) == []  # the temporary directory is gone
+    local = write_shards(source.samples, tmp_path / "local", samples_per_shard=16, shuffle=False, progress=False,
+                         class_names=source.class_names)
+    assert m.path == url + "/manifest.json" and [s.to_json() for s in m.shards] == [s.to_json() for s in local.shards]
+    assert _read(PrunedSource(m)) == _read(PrunedSource(local))
+
+
+def test_shard_to_s3_failed_shard_upload_names_it_and_leaves_no_manifest(s3, tmp_path, monkeypatch):
+    from streamprune.writers.remote import write_shards_to
+
+    url = s3 + "/failing"
+    storage.write_bytes(url + "/manifest.json", b"{}")  # a finished-looking dataset from an earlier run
+    real_put = storage.put_file
+    puts = []
+
+    def put(local, target, options=None):
+        puts.append(storage.basename(target))
+        if target.endswith("shard-000001.tar.index.json"):
+            raise OSError("injected: connection reset")
+        real_put(local, target, options)
+
+    monkeypatch.setattr(storage, "put_file", put)
+    samples = [(key, files, label % 3) for key, files, label in make_samples(64, seed=5)]
+    with pytest.raises(RemoteError, match=r"shard shard-000001\.tar: .* to s3://bucket/ds/failing/shard-000001\.tar\.index\.json "
+                                          r"failed: injected") as info:
+        write_shards_to(samples, url, tmp_dir=str(tmp_path), samples_per_shard=16, shuffle=False, progress=False)
+    assert info.value.url == url + "/shard-000001.tar.index.json"
+    assert not storage.exists(url + "/manifest.json") and "manifest.json" not in puts
+    assert os.listdir(tmp_path) == []

@@ -185,6 +185,23 @@ def test_two_workers_write_the_same_shards_as_one(tmp_path, labelled_samples, sh
     assert one.class_counts == two.class_counts
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_on_shard_reports_each_complete_shard_once_and_resumed_ones_first(tmp_path, labelled_samples, shard_writer, workers):
+    seen = []
+
+    def on_shard(k, path, index):  # the shard and its index are in place when reported
+        seen.append(k)
+        assert index.shard == os.path.basename(path) and os.path.getsize(path) == index.shard_bytes
+        assert os.path.exists(path + ".index.json")
+
+    shard_writer(labelled_samples, tmp_path / "out", workers=workers, on_shard=on_shard)
+    assert sorted(seen) == [0, 1, 2, 3]
+    os.unlink(tmp_path / "out" / "shard-000002.tar")
+    seen.clear()
+    shard_writer(labelled_samples, tmp_path / "out", workers=workers, on_shard=on_shard, resume=True)
+    assert seen == [0, 1, 3, 2]
+
+
 def test_manifest_records_shards_checksums_classes_and_totals(tmp_path, sample_factory, shard_writer):
     samples = sample_factory(n=45, n_classes=4)
     out = tmp_path / "out"

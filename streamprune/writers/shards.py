@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -20,11 +20,13 @@ from ..sources import Sample, Source
 from .output import open_writer_source, start_output_dir
 from .tar import TarShardWriter
 
-__all__ = ["write_shards", "shard_name", "WRITE_OPTIONS_NAME"]
+__all__ = ["write_shards", "shard_name", "ShardDone", "WRITE_OPTIONS_NAME"]
 
 log = logging.getLogger(__name__)
 
 _SOURCE: Source | None = None
+#: ``on_shard(k, path, index)``: shard ``k`` (at ``path``) and its index files are complete and verified.
+ShardDone = Callable[[int, str, ShardIndex], None]
 #: What a shard-writing run was asked to do, in its output directory: a resumed run keeps finished shards only under the same options.
 WRITE_OPTIONS_NAME = ".streamprune-shard-options.json"
 
@@ -101,6 +103,7 @@ def write_shards(
     progress: bool = True,
     engine: str | Engine | None = None,
     resume: bool = False,
+    on_shard: ShardDone | None = None,
 ) -> Manifest:
     """Write a source as webdataset tar shards with per-shard indexes and a manifest.
 
@@ -133,6 +136,11 @@ def write_shards(
             ``checksum``, SHA-256) and its first and last keys are the source's. Resuming
             trusts that the source's content did not change between the runs (the options
             and the source's size are compared; the sample bytes are not re-encoded).
+        on_shard: Called in this thread as ``on_shard(k, path, index)`` as soon as shard ``k``
+            and its index files are complete and verified, in completion order (shards kept by
+            ``resume`` first), before the manifest is written; while it runs no further shard
+            is started (a few per worker may be under way), and an error it raises stops the
+            run. :func:`~streamprune.writers.remote.write_shards_to` uploads shards this way.
 
     Returns:
         The saved manifest.
@@ -161,18 +169,26 @@ def write_shards(
     }
     resumable = same_options(out_dir, WRITE_OPTIONS_NAME, options) and resume
     bar = tqdm(total=n, desc="shard", unit="sample", disable=not progress)
+    kept: dict[int, ShardIndex] = {}
+
+    def finished(k: int, index: ShardIndex) -> None:
+        bar.update(len(chunks[k]))
+        if on_shard is not None:
+            on_shard(k, os.path.join(out_dir, names[k]), index)
+
     _set_source(source)
     try:
+        if resumable:  # the previous run's verified shards are complete now: reported before new ones are written
+            for k in range(len(tasks)):
+                if _shard_is_complete(source, tasks[k]):
+                    kept[k] = load_index(os.path.join(out_dir, names[k]) + INDEX_SUFFIX)
+                    finished(k, kept[k])
         # each worker's setup makes the source the one _write_one reads (a local process gets it by fork)
         indexes: list[ShardIndex | None] = runner.map(
             _write_task, tasks, setup=functools.partial(_use_source, source),
-            done=(lambda k: _shard_is_complete(source, tasks[k])) if resumable else None,
-            on_result=lambda k, _: bar.update(len(chunks[k])), desc="shard",
+            done=(lambda k: k in kept) if resumable else None, on_result=finished, desc="shard",
         )
-        for k, index in enumerate(indexes):
-            if index is None:  # finished by the previous run
-                indexes[k] = load_index(os.path.join(out_dir, names[k]) + INDEX_SUFFIX)
-                bar.update(len(chunks[k]))
+        indexes = [kept.get(k, index) for k, index in enumerate(indexes)]
     finally:
         _set_source(None)  # type: ignore[arg-type]
         bar.close()
