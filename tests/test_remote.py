@@ -355,3 +355,54 @@ def test_shard_to_s3_uploads_manifest_last_and_reads_back(dataset, s3, tmp_path,
     with pytest.raises(RemoteError, match="injected"):
         remote_writer.write_shards_to(str(src), url, samples_per_shard=16, progress=False)
     assert not storage.exists(url + "/manifest.json")
+
+
+# --- If-Match: an object replaced after its shard was opened ----------------------------------
+
+
+@needs_nginx
+def test_object_replaced_mid_epoch_fails_its_if_match(dataset, tmp_path):
+    from streamprune.remoteindex import index_remote_shards
+    from streamprune.storage import ObjectChangedError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    server = Nginx(str(copy), str(tmp_path / "ng"))
+    try:
+        m = index_remote_shards([server.url + "/shard-000000.tar"], str(tmp_path / "idx"), progress=False)
+        one_by_one = FetchPolicy(depth=1, max_request=1, max_inflight_bytes=1)  # a request per sample
+        samples = iter(PrunedSource(m, fetch=one_by_one))
+        next(samples)
+        shard = copy / "shard-000000.tar"
+        shard.write_bytes(shard.read_bytes()[::-1])  # replaced: same size, other bytes
+        os.utime(shard, (2_000_000_000, 2_000_000_000))  # nginx's ETag is mtime-size: make sure it moves
+        server.clear_log()
+        with pytest.raises(ObjectChangedError, match=r"shard-000000\.tar.*412 Precondition Failed") as info:
+            list(samples)
+        assert isinstance(info.value, IndexMismatchError)
+        assert [e["status"] for e in server.log_entries() if e["status"] == 412] == [412]  # not retried
+    finally:
+        server.stop()
+
+
+def test_s3_object_replaced_after_open_fails_its_if_match(dataset, s3):
+    import boto3
+
+    from streamprune.remoteindex import index_remote_shards
+    from streamprune.storage import ObjectChangedError
+
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    data = open(os.path.join(dataset, "shard-000000.tar"), "rb").read()
+    client.put_object(Bucket="bucket", Key="replaced/shard-000000.tar", Body=data)
+    url = "s3://bucket/replaced/shard-000000.tar"
+    m = index_remote_shards([url], "s3://bucket/replaced", progress=False)
+    samples = iter(PrunedSource(m, fetch=FetchPolicy(depth=1, max_request=1, max_inflight_bytes=1)))
+    assert next(samples)["__key__"] == Manifest.load(dataset).index(0).keys[0]  # reads with IfMatch pass
+    obj = storage.RemoteObject(url)
+    obj.expect_etag(obj.etag)
+    client.put_object(Bucket="bucket", Key="replaced/shard-000000.tar", Body=data[::-1])  # a new object, same size
+    with pytest.raises(ObjectChangedError, match=r"s3://bucket/replaced/shard-000000\.tar.*412"):
+        list(samples)
+    with pytest.raises(ObjectChangedError):
+        obj.read(0, 512)
+    assert obj.requests == 1  # a failed precondition is not retried
