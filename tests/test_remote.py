@@ -406,3 +406,100 @@ def test_s3_object_replaced_after_open_fails_its_if_match(dataset, s3):
     with pytest.raises(ObjectChangedError):
         obj.read(0, 512)
     assert obj.requests == 1  # a failed precondition is not retried
+
+
+# --- commands that open a manifest: --base and --storage-options -----------------------------
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from streamprune_cli.main import cli
+
+    return CliRunner().invoke(cli, [os.fspath(a) for a in args])
+
+
+@needs_nginx
+def test_mask_and_score_read_a_manifest_url_or_a_base(dataset, nginx, tmp_path):
+    from streamprune.masks import MaskFile
+
+    url = nginx.url + "/manifest.json"
+    want = random_mask(Manifest.load(dataset), 0.5, seed=3).keep
+    for name, where in (("url", [url]), ("base", [dataset, "--base", nginx.url])):
+        r = _cli("mask", *where, "--random", "--ratio", "0.5", "--seed", "3", "--out", tmp_path / f"{name}.spmask")
+        assert r.exit_code == 0, r.output
+        assert np.array_equal(MaskFile(str(tmp_path / f"{name}.spmask")).to_bool(), want)
+    r = _cli("score", url, "--method", "random-classes", "--ratio", "0.5", "--out", tmp_path / "s", "-q")
+    assert r.exit_code == 0, r.output
+    local = _cli("score", dataset, "--method", "random-classes", "--ratio", "0.5", "--out", tmp_path / "l", "-q")
+    assert local.exit_code == 0, local.output
+    assert np.array_equal(MaskFile(str(tmp_path / "s" / "random-classes-0.5.spmask")).to_bool(),
+                          MaskFile(str(tmp_path / "l" / "random-classes-0.5.spmask")).to_bool())
+    for command in (["mask", url, "--random", "--ratio", "0.5", "--out", tmp_path / "x.spmask"],
+                    ["score", url, "--method", "random-classes", "--ratio", "0.5", "--out", tmp_path / "x"],
+                    ["inspect", url], ["train-surrogate", url, "--model", "resnet18", "--out", tmp_path / "c.pt"],
+                    ["dynamics", url, "--model", "resnet18", "--epochs", "1", "--out", tmp_path / "d"],
+                    ["index", nginx.url + "/shard-000000.tar", "--out", tmp_path / "i"]):
+        r = _cli(*command, "--storage-options", "[1]")
+        assert r.exit_code == 2 and "--storage-options" in r.output and "JSON object" in r.output, (command, r.output)
+
+
+def _uid_samples(n=24):
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        payload = rng.bytes(int(rng.integers(500, 4000))) if i != 17 else out[3][1]["bin"]  # 17 repeats 3's data
+        uid = f"{i:032x}"
+        out.append((f"u{i:04d}", {"bin": payload, "uid": uid.encode()} if i != 17 else {"bin": payload, "uid": out[3][1]["uid"]}, i % 2))
+    return out
+
+
+@needs_nginx
+def test_base_serves_the_shards_to_uid_keys_and_exact_dedup(tmp_path):
+    from streamprune.scores import ScoreFile
+
+    ds = tmp_path / "ds"
+    write_shards(_uid_samples(), ds, samples_per_shard=8, shuffle=False, progress=False)
+    meta = tmp_path / "meta"  # the manifest and indexes alone: shards only behind --base
+    shutil.copytree(ds, meta, ignore=shutil.ignore_patterns("*.tar"))
+    server = Nginx(str(ds), str(tmp_path / "ng"))
+    try:
+        keys = tmp_path / "uids.txt"
+        keys.write_text("".join(f"{i:032x}\n" for i in (1, 2, 9, 20)))
+        r = _cli("mask", meta, "--keys", keys, "--out", tmp_path / "k.spmask")
+        assert r.exit_code != 0 and "shard-000000.tar" in r.output  # without --base the shards are missing
+        server.clear_log()
+        r = _cli("mask", meta, "--keys", keys, "--base", server.url, "--out", tmp_path / "k.spmask")
+        assert r.exit_code == 0, r.output
+        assert "4 of 4 listed ids found (by uid)" in r.output and "kept 4 of 24" in r.output
+        assert any(e["uri"].endswith(".tar") and e["status"] == 206 for e in server.log_entries())
+        r = _cli("score", meta, "--method", "exact-dedup", "--ratio", "0", "--base", server.url, "--out", tmp_path / "dd", "-q")
+        assert r.exit_code == 0, r.output
+        params = ScoreFile.load(str(tmp_path / "dd" / "scores.json")).params
+        assert params["duplicates"] == 1 and params["bytes_read"] > 0, params
+    finally:
+        server.stop()
+
+
+@needs_nginx
+def test_train_surrogate_and_dynamics_read_a_manifest_url(tmp_path):
+    src = tmp_path / "ds.npz"
+    rng = np.random.default_rng(2)
+    np.savez(src, images=rng.integers(0, 256, (24, 8, 8), dtype=np.uint8), labels=np.arange(24) % 3)
+    write_shards(str(src), str(tmp_path / "data"), samples_per_shard=8, progress=False)
+    server = Nginx(str(tmp_path / "data"), str(tmp_path / "ng"))
+    try:
+        url = server.url + "/manifest.json"
+        server.clear_log()
+        r = _cli("train-surrogate", url, "--model", "resnet18", "--input-size", "8", "--batch-size", "8", "--max-steps", "2",
+                 "--out", tmp_path / "c.pt", "-q")
+        assert r.exit_code == 0 and os.path.exists(tmp_path / "c.pt"), r.output
+        assert any(e["status"] == 206 for e in server.log_entries())
+        server.clear_log()
+        r = _cli("dynamics", tmp_path / "data", "--base", server.url, "--model", "resnet18", "--input-size", "8",
+                 "--batch-size", "8", "--epochs", "1", "--out", tmp_path / "dyn", "-q")
+        assert r.exit_code == 0, r.output
+        assert "recorded 24 of 24 samples" in r.output
+        assert {e["uri"] for e in server.log_entries() if e["status"] == 206} >= {f"/shard-{k:06d}.tar" for k in range(3)}
+    finally:
+        server.stop()
