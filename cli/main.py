@@ -119,8 +119,10 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
 @click.option("--label-ext", default="auto", show_default=True, help="Extension of the integer label member (auto: .cls when every sample has one, no labels when none has).")
 @click.option("--no-labels", is_flag=True, help="The shards carry no labels.")
 @click.option("--label-field", default="auto", show_default=True, help=".beton: integer field holding the label (auto: 'label', else the only IntField).")
-@click.option("--no-checksum", is_flag=True, help="Skip SHA-256 of each shard (headers only: much faster).")
-@click.option("--workers", type=click.IntRange(min=1), help="Tar shards indexed in parallel processes (or Ray actors) [default: CPU count].")
+@click.option("--no-checksum", is_flag=True,
+              help="Skip SHA-256 of each shard (headers only: much faster); URLs: also no per-sample checksums, headers walked with ranged reads only.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Tar shards indexed in parallel processes (or Ray actors; URLs: threads) [default: CPU count; URLs: 8].")
 @click.option("--resume", is_flag=True, help="Keep the index files an interrupted run with the same options wrote (when still newer than their shards).")
 @engine_options
 @storage_options_option
@@ -129,16 +131,25 @@ def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, 
     """Index existing tar SHARDS or FFCV .beton files written by anyone and write OUT/manifest.json.
 
     SHARDS may be URLs (s3://, https://, ...) and webdataset brace patterns
-    (shards-{000000..000099}.tar): each is streamed once, and its size and ETag recorded.
+    (shards-{000000..000099}.tar): each is streamed once (with --no-checksum: only its headers
+    are read, by ranged requests), several at a time, and its size and ETag recorded.
     """
     if any(storage.is_remote(s) for s in shards):
         # Deferred on purpose: remote indexing pulls in fsspec (the optional `remote` extra).
-        from streamprune.remoteindex import index_remote_shards
+        from streamprune.remoteindex import DEFAULT_WORKERS, index_remote_shards
 
-        manifest = index_remote_shards(
-            list(shards), out, label_ext=None if no_labels else label_ext, checksum=not no_checksum,
-            progress=not quiet, storage_options=storage_options,
-        )
+        if resume:
+            raise click.UsageError("--resume is for local shards; a URL is indexed again")
+        runner = engine_arg(engine, ray_address, workers)  # local: threads of this process; ray: one task per shard
+        try:
+            manifest = index_remote_shards(
+                list(shards), out, label_ext=None if no_labels else label_ext, checksum=not no_checksum,
+                sample_checksums=not no_checksum, progress=not quiet, storage_options=storage_options,
+                workers=workers or DEFAULT_WORKERS, engine=runner,
+            )
+        finally:
+            if runner is not None:
+                runner.close()
         click.echo(f"{manifest.num_samples} samples in {len(manifest.shards)} shards -> {manifest.path}")
         return
     # Deferred on purpose: indexing pulls in tqdm and the tar walker, which --help and inspect do not need.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 
@@ -501,5 +502,124 @@ def test_train_surrogate_and_dynamics_read_a_manifest_url(tmp_path):
         assert r.exit_code == 0, r.output
         assert "recorded 24 of 24 samples" in r.output
         assert {e["uri"] for e in server.log_entries() if e["status"] == 206} >= {f"/shard-{k:06d}.tar" for k in range(3)}
+    finally:
+        server.stop()
+
+
+# --- remote indexing: the ranged header walk, shards in parallel -------------------------------
+
+
+def _same_index_but_checksums(a, b):
+    assert a.keys == b.keys and a.shard == b.shard and a.shard_bytes == b.shard_bytes
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.start, b.start) and np.array_equal(a.end, b.end)
+    assert [list(map(tuple, g)) for g in a.members] == [list(map(tuple, g)) for g in b.members]
+    assert a.extra["object"] == b.extra["object"]
+
+
+def _big_member_samples(n=30, size=100_000, seed=5):
+    rng = np.random.default_rng(seed)
+    return [(f"b{i:04d}", {"bin": rng.bytes(size), "txt": f"sample {i}".encode()}, i % 3) for i in range(n)]
+
+
+@needs_nginx
+def test_no_checksum_index_walks_headers_by_ranged_reads_only(tmp_path):
+    from click.testing import CliRunner
+
+    from streamprune.remoteindex import index_remote_shards
+    from streamprune_cli.main import cli
+
+    big = tmp_path / "big"
+    write_shards(_big_member_samples(), big, samples_per_shard=15, shuffle=False, progress=False)
+    server = Nginx(str(big), str(tmp_path / "ng"))
+    try:
+        pattern = server.url + "/shard-{000000..000001}.tar"
+        streamed = index_remote_shards([pattern], str(tmp_path / "streamed"), progress=False)
+        server.clear_log()
+        result = CliRunner().invoke(cli, ["index", pattern, "--out", str(tmp_path / "ranged"), "--no-checksum", "-q"])
+        assert result.exit_code == 0, result.output
+        log = [e for e in server.log_entries() if e["uri"].endswith(".tar")]
+        ranged = Manifest.load(str(tmp_path / "ranged"))
+        for k, entry in enumerate(ranged.shards):
+            size = os.path.getsize(big / os.path.basename(entry.name))
+            gets = [e for e in log if e["uri"] == "/" + os.path.basename(entry.name) and e["method"] == "GET"]
+            assert gets and all(e["status"] == 206 for e in gets)  # ranged reads only, never the whole object
+            assert sum(e["body_bytes"] for e in gets) < size / 8
+            _same_index_but_checksums(ranged.index(k), streamed.index(k))
+            assert ranged.index(k).checksums is None and not entry.sha256 and streamed.index(k).checksums is not None
+        keep = random_mask(ranged, 0.5, seed=1)
+        from streamprune.masks import KeepMask
+
+        local = Manifest.load(str(big))
+        assert _read(PrunedSource(ranged, keep)) == _read(PrunedSource(local, KeepMask(keep.keep, local, {})))
+    finally:
+        server.stop()
+
+
+@needs_nginx
+def test_ranged_walk_of_small_members_equals_streaming_in_few_requests(dataset, nginx, tmp_path):
+    from streamprune.remoteindex import index_remote_shards
+
+    nginx.clear_log()
+    m = index_remote_shards([nginx.url + "/shard-{000000..000003}.tar"], str(tmp_path / "r"), checksum=False,
+                            sample_checksums=False, progress=False)
+    gets = [e for e in nginx.log_entries() if e["uri"].endswith(".tar") and e["method"] == "GET"]
+    local = Manifest.load(dataset)
+    assert len(gets) < local.num_samples / 10  # windows of many small samples, not a request per header
+    for k in range(len(m.shards)):
+        want = local.index(k)  # the index written beside the shard: a relative name, no object record
+        want.shard, want.extra["object"] = m.index(k).shard, m.index(k).extra["object"]
+        _same_index_but_checksums(m.index(k), want)
+
+
+def test_ranged_walk_reads_labels_and_refuses_unlabelled_samples(tmp_path):
+    from streamprune.errors import LabelError
+    from streamprune.tarindex import RangedView, index_tar, index_tar_ranges
+
+    write_shards(_big_member_samples(n=6), tmp_path / "ds", samples_per_shard=6, shuffle=False, progress=False)
+    path = str(tmp_path / "ds" / "shard-000000.tar")
+    data = open(path, "rb").read()
+    got = index_tar_ranges(RangedView(lambda a, b: data[a:b], len(data)), "s.tar", label_ext="cls")
+    assert got.labels.tolist() == index_tar(path, label_ext="cls").labels.tolist() == [0, 1, 2, 0, 1, 2]
+    with pytest.raises(LabelError, match="s.tar.*b0000.*no .txt2"):
+        index_tar_ranges(RangedView(lambda a, b: data[a:b], len(data)), "s.tar", label_ext="txt2")
+
+
+@needs_nginx
+def test_parallel_remote_index_equals_serial(dataset, nginx, tmp_path):
+    from streamprune.engine import LocalEngine, ThreadEngine
+    from streamprune.remoteindex import index_remote_shards
+
+    pattern = nginx.url + "/shard-{000000..000003}.tar"
+    serial = index_remote_shards([pattern], str(tmp_path / "serial"), progress=False, workers=1)
+    for name, engine in (("threads", ThreadEngine(4)), ("processes", LocalEngine(2))):
+        m = index_remote_shards([pattern], str(tmp_path / name), progress=False, engine=engine)
+        assert engine.last_report.workers == (4 if name == "threads" else 2) and sorted(engine.last_report.ran) == [0, 1, 2, 3]
+        assert [s.to_json() for s in m.shards] == [s.to_json() for s in serial.shards]
+
+
+# --- FFCV stays local ---------------------------------------------------------------------------
+
+
+@needs_nginx
+def test_remote_beton_is_a_clear_error(tmp_path):
+    pytest.importorskip("ffcv")
+    from streamprune.errors import StreamPruneError
+    from streamprune.readers.ffcv import pruned_ffcv_loader
+    from streamprune.writers import write_beton
+
+    src = tmp_path / "small.npz"
+    rng = np.random.default_rng(0)
+    np.savez(src, images=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), labels=np.arange(16) % 2)
+    local = write_beton(str(src), tmp_path / "beton", write_mode="raw", page_size=1 << 21, progress=False)
+    server = Nginx(str(tmp_path / "beton"), str(tmp_path / "ng"))
+    try:
+        where = re.escape(server.url + "/shard-000000.beton")
+        for manifest in (server.url + "/manifest.json", Manifest.load(local.path, base=server.url)):
+            with pytest.raises(StreamPruneError, match=where + ".*local disk only"):
+                pruned_ffcv_loader(manifest, batch_size=4)
+        r = _cli("index", server.url + "/shard-000000.beton", "--out", tmp_path / "idx")
+        assert r.exit_code == 1 and server.url + "/shard-000000.beton" in r.output and "local disk only" in r.output, r.output
+        r = _cli("shard", src, server.url + "/out", "--format", "beton")
+        assert r.exit_code == 2 and "local disk only" in r.output, r.output
     finally:
         server.stop()
