@@ -120,7 +120,8 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
 @click.option("--no-labels", is_flag=True, help="The shards carry no labels.")
 @click.option("--label-field", default="auto", show_default=True, help=".beton: integer field holding the label (auto: 'label', else the only IntField).")
 @click.option("--no-checksum", is_flag=True,
-              help="Skip SHA-256 of each shard (headers only: much faster); URLs: also no per-sample checksums, headers walked with ranged reads only.")
+              help="Skip SHA-256 of each shard (headers only: much faster); URLs: also no per-sample checksums, headers walked with ranged "
+                   "reads only (far fewer bytes; a request per large member, so slower than streaming at high latency).")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Tar shards indexed in parallel processes (or Ray actors; URLs: threads) [default: CPU count; URLs: 8].")
 @click.option("--resume", is_flag=True, help="Keep the index files an interrupted run with the same options wrote (when still newer than their shards).")
