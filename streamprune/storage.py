@@ -339,8 +339,12 @@ class RemoteObject(StorageObject):
         return info_etag(self.info())
 
     def expect_etag(self, etag: str) -> None:
-        """Send ``etag`` as a precondition with every later ranged read (HTTP(S) and S3; see the class)."""
-        self.if_match = etag
+        """Send ``etag`` as a precondition with every later ranged read (HTTP(S) and S3; see the class).
+
+        A weak ETag (``W/"..."``) is not sent: ``If-Match`` compares strongly, so it would fail
+        every read of an unchanged object.
+        """
+        self.if_match = "" if etag.startswith("W/") else etag
 
     def read(self, start: int, end: int) -> bytes:
         if end <= start:

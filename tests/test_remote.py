@@ -409,6 +409,14 @@ def test_s3_object_replaced_after_open_fails_its_if_match(dataset, s3):
     assert obj.requests == 1  # a failed precondition is not retried
 
 
+def test_a_weak_etag_is_not_sent_as_a_precondition():
+    obj = storage.RemoteObject("http://127.0.0.1:9/shard.tar")
+    obj.expect_etag('W/"5d41-1"')  # If-Match compares strongly: a weak ETag would fail every read
+    assert obj.if_match == ""
+    obj.expect_etag('"5d41-1"')
+    assert obj.if_match == '"5d41-1"'
+
+
 # --- commands that open a manifest: --base and --storage-options -----------------------------
 
 
