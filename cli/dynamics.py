@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from .options import model_option
+from streamprune.manifest import open_manifest
+
+from .options import location_options, model_option
 
 __all__ = ["dynamics"]
 
@@ -19,7 +21,7 @@ def _epoch_list(ctx, param, value):
 
 
 @click.command("dynamics")
-@click.argument("manifest", type=click.Path(exists=True))
+@click.argument("manifest")
 @model_option("torchvision architecture (resnet18, ...) or package.module:function.", required=True)
 @click.option("--checkpoint", type=click.Path(exists=True), help="Start from these weights (default: random initialisation, seeded).")
 @click.option("--epochs", required=True, type=click.IntRange(min=1), help="Training epochs to record.")
@@ -38,9 +40,11 @@ def _epoch_list(ctx, param, value):
 @click.option("--el2n-epochs", callback=_epoch_list, help="Also record every sample's EL2N in evaluation mode at these epochs, e.g. 1,2 (0 = before training); the el2n score uses these.")
 @click.option("--runs", default=1, show_default=True, type=click.IntRange(min=1), help="Independent training runs (seeds SEED, SEED+1, ...); EL2N averages its snapshots over them. More than 1 needs --el2n-epochs.")
 @click.option("--grad-strategy", type=click.Choice(["auto", "vmap", "loop"]), default="auto", show_default=True, help="GraNd: torch.func vmap, or one autograd call per sample (auto: vmap on CUDA, loop on the CPU, where it is faster).")
+@location_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def dynamics(manifest, model, checkpoint, epochs, out, mask_path, batch_size, lr, optimizer, schedule, weight_decay, input_size, workers, device, seed, grand_epochs, el2n_epochs, runs, grad_strategy, quiet):
-    """Finetune on MANIFEST and record every sample's correctness, p_y, margin, loss and EL2N per epoch.
+def dynamics(manifest, model, checkpoint, epochs, out, mask_path, batch_size, lr, optimizer, schedule, weight_decay, input_size, workers, device, seed, grand_epochs, el2n_epochs, runs, grad_strategy,
+             base, storage_options, quiet):
+    """Finetune on MANIFEST (path or URL) and record every sample's correctness, p_y, margin, loss and EL2N per epoch.
 
     The per-epoch values come from the training forward pass (of the first run); --grand-epochs
     and --el2n-epochs add evaluation-mode snapshots at chosen epochs.
@@ -51,7 +55,7 @@ def dynamics(manifest, model, checkpoint, epochs, out, mask_path, batch_size, lr
     from streamprune.dynamics import record_dynamics
 
     r = record_dynamics(
-        manifest, model, out, epochs=epochs, checkpoint=checkpoint, mask=mask_path, batch_size=batch_size, lr=lr,
+        open_manifest(manifest, base, storage_options), model, out, epochs=epochs, checkpoint=checkpoint, mask=mask_path, batch_size=batch_size, lr=lr,
         optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, input_size=input_size, workers=workers,
         device=device, seed=seed, grand_epochs=grand_epochs, el2n_epochs=el2n_epochs, runs=runs, grad_strategy=grad_strategy,
         progress=not quiet,

@@ -12,7 +12,7 @@ import click
 from streamprune import masks, storage
 from streamprune.errors import StreamPruneError
 from streamprune.keys import export_keys, mask_from_key_list
-from streamprune.manifest import Manifest
+from streamprune.manifest import Manifest, open_manifest
 from streamprune.report import describe, format_report
 from streamprune.scores import ScoreFile
 from streamprune.selection import mask_from_scores
@@ -23,11 +23,13 @@ from .options import (
     RegistryHelpOption,
     engine_arg,
     engine_options,
+    location_options,
     model_option,
     ratio_callback,
     selector_kwargs,
     selector_options,
     selectors_help,
+    storage_options_option,
 )
 from .score import score
 
@@ -72,10 +74,10 @@ def cli(verbose: bool) -> None:
 @click.option("--no-checksum", is_flag=True, help="Skip SHA-256 of each shard.")
 @click.option("--resume", is_flag=True, help="Keep the shards an interrupted run with the same options finished (checked against their indexes).")
 @engine_options
-@click.option("--storage-options", "storage_json", default=None, help="tar to a URL: fsspec options, as a JSON object.")
+@storage_options_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_format, split, fmt, write_mode, max_resolution, layout,
-          no_checksum, resume, engine, ray_address, storage_json, quiet):
+          no_checksum, resume, engine, ray_address, storage_options, quiet):
     """Write SRC (image folder tree, IDX, .npz) as indexed webdataset shards (or FFCV .beton files) in OUT.
 
     OUT may be a URL prefix (s3://bucket/ds) for tar shards: each shard and its index is uploaded as
@@ -102,7 +104,7 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
     runner = engine_arg(engine, ray_address, workers if given else None)  # ray: one actor per CPU unless --workers
     try:
         manifest = write_shards_to(
-            src, out, storage_options=_storage_options(storage_json), samples_per_shard=samples_per_shard or 1000,
+            src, out, storage_options=storage_options, samples_per_shard=samples_per_shard or 1000,
             shuffle=shuffle, seed=seed, workers=workers, quality=quality, image_format=image_format, split=split,
             checksum=not no_checksum, progress=not quiet, engine=runner, resume=resume,
         )
@@ -112,48 +114,44 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
     click.echo(f"{manifest.num_samples} samples, {len(manifest.shards)} shards, {len(manifest.classes)} classes -> {manifest.path}")
 
 
-def _storage_options(text: str | None) -> dict | None:
-    """``--storage-options JSON`` parsed (fsspec options: endpoint, profile, ...; never written anywhere)."""
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise click.BadParameter(f"not JSON ({exc})", param_hint="--storage-options") from None
-    if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--storage-options")
-    return value
-
-
-STORAGE_OPTIONS_HELP = "fsspec options for URLs, as a JSON object (credentials otherwise come from the backend's standard configuration)."
-
-
 @cli.command()
 @click.argument("shards", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Directory (or URL prefix) for the index sidecars and manifest.json.")
 @click.option("--label-ext", default="auto", show_default=True, help="Extension of the integer label member (auto: .cls when every sample has one, no labels when none has).")
 @click.option("--no-labels", is_flag=True, help="The shards carry no labels.")
 @click.option("--label-field", default="auto", show_default=True, help=".beton: integer field holding the label (auto: 'label', else the only IntField).")
-@click.option("--no-checksum", is_flag=True, help="Skip SHA-256 of each shard (headers only: much faster).")
-@click.option("--workers", type=click.IntRange(min=1), help="Tar shards indexed in parallel processes (or Ray actors) [default: CPU count].")
+@click.option("--no-checksum", is_flag=True,
+              help="Skip SHA-256 of each shard (headers only: much faster); URLs: also no per-sample checksums, headers walked with ranged "
+                   "reads only (far fewer bytes; a request per large member, so slower than streaming at high latency).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Tar shards indexed in parallel processes (or Ray actors; URLs: threads) [default: CPU count; URLs: 8].")
 @click.option("--resume", is_flag=True, help="Keep the index files an interrupted run with the same options wrote (when still newer than their shards).")
 @engine_options
-@click.option("--storage-options", help=STORAGE_OPTIONS_HELP)
+@storage_options_option
 @click.option("--quiet", "-q", is_flag=True)
 def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, resume, engine, ray_address, storage_options, quiet):
     """Index existing tar SHARDS or FFCV .beton files written by anyone and write OUT/manifest.json.
 
     SHARDS may be URLs (s3://, https://, ...) and webdataset brace patterns
-    (shards-{000000..000099}.tar): each is streamed once, and its size and ETag recorded.
+    (shards-{000000..000099}.tar): each is streamed once (with --no-checksum: only its headers
+    are read, by ranged requests), several at a time, and its size and ETag recorded.
     """
     if any(storage.is_remote(s) for s in shards):
         # Deferred on purpose: remote indexing pulls in fsspec (the optional `remote` extra).
-        from streamprune.remoteindex import index_remote_shards
+        from streamprune.remoteindex import DEFAULT_WORKERS, index_remote_shards
 
-        manifest = index_remote_shards(
-            list(shards), out, label_ext=None if no_labels else label_ext, checksum=not no_checksum,
-            progress=not quiet, storage_options=_storage_options(storage_options),
-        )
+        if resume:
+            raise click.UsageError("--resume is for local shards; a URL is indexed again")
+        runner = engine_arg(engine, ray_address, workers)  # local: threads of this process; ray: one task per shard
+        try:
+            manifest = index_remote_shards(
+                list(shards), out, label_ext=None if no_labels else label_ext, checksum=not no_checksum,
+                sample_checksums=not no_checksum, progress=not quiet, storage_options=storage_options,
+                workers=workers or DEFAULT_WORKERS, engine=runner,
+            )
+        finally:
+            if runner is not None:
+                runner.close()
         click.echo(f"{manifest.num_samples} samples in {len(manifest.shards)} shards -> {manifest.path}")
         return
     # Deferred on purpose: indexing pulls in tqdm and the tar walker, which --help and inspect do not need.
@@ -176,7 +174,7 @@ _ALGEBRA = ("and", "or", "not", "minus")
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(exists=True))
+@click.argument("manifest")
 @click.argument("operands", nargs=-1, type=click.Path(exists=True))
 @click.option("--random", "use_random", is_flag=True, help="Remove a random fraction.")
 @click.option("--scores", "scores_file", type=click.Path(exists=True), help="Scores file from `streamprune score`: keep its top items.")
@@ -198,10 +196,11 @@ _ALGEBRA = ("and", "or", "not", "minus")
               help="Manifest an operand mask was made for, when not MANIFEST (tar vs .beton of one source): it is translated by key. Repeatable.")
 @click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=lambda: "With --scores: " + selectors_help())
 @selector_options
+@location_options
 @click.option("--out", required=True, type=click.Path(), help="Mask file to write (.spmask).")
 def mask(manifest, operands, use_random, scores_file, ratio, duplicates, level, seed, keys_file, drop_file, key_column, allow_missing, classes,
-         op_and, op_or, op_not, op_minus, source_manifests, selector, gamma, beta, strata, out):
-    """Make a keep mask for MANIFEST: random, from scores, a key list, kept classes, or mask algebra over OPERANDS.
+         op_and, op_or, op_not, op_minus, source_manifests, selector, gamma, beta, strata, base, storage_options, out):
+    """Make a keep mask for MANIFEST (path or URL): random, from scores, a key list, kept classes, or mask algebra over OPERANDS.
 
     Mask algebra: `streamprune mask MANIFEST --and A.spmask B.spmask [C.spmask ...] --out M.spmask`
     (likewise --or; --not A; --minus A B).
@@ -216,7 +215,7 @@ def mask(manifest, operands, use_random, scores_file, ratio, duplicates, level, 
         raise click.UsageError("--duplicates goes with --scores")
     if (use_random or (scores_file and not duplicates)) and ratio is None:
         raise click.UsageError("--ratio is required with --random and --scores (or --duplicates with dedup scores)")
-    m = Manifest.load(manifest)
+    m = Manifest.load(manifest, base=base, storage_options=storage_options)
     if use_random:
         result = masks.random_mask(m, ratio, level=level, seed=seed)
     elif duplicates:
@@ -246,15 +245,13 @@ def mask(manifest, operands, use_random, scores_file, ratio, duplicates, level, 
               help="Also write the kept keys (all keys without --mask): .txt, .npy, .parquet/.arrow (parquet extra).")
 @click.option("--scores", "scores_file", type=click.Path(exists=True), help="With --export: add each kept sample's score from this scores file.")
 @click.option("--uids", is_flag=True, help="With --export: add each kept sample's uid (uid/json member, or a 32-hex key).")
-@click.option("--base", help="Directory or URL prefix holding the shards, instead of the manifest's directory.")
-@click.option("--storage-options", help=STORAGE_OPTIONS_HELP)
+@location_options
 def inspect(manifest, mask_path, as_json, export_path, scores_file, uids, base, storage_options):
     """Per-shard and per-class kept counts, bytes to read and expected speed-up (MANIFEST: path or URL); optionally export the kept keys."""
     if (scores_file or uids) and not export_path:
         raise click.UsageError("--scores and --uids go with --export")
-    options = _storage_options(storage_options)
-    m = Manifest.load(manifest, base=base, storage_options=options)
-    mask_file = masks.MaskFile(storage.local_copy(mask_path, options)) if mask_path else None
+    m = Manifest.load(manifest, base=base, storage_options=storage_options)
+    mask_file = masks.MaskFile(storage.local_copy(mask_path, storage_options)) if mask_path else None
     info = describe(m, mask_file)
     click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
     if export_path:
@@ -281,7 +278,7 @@ def demo(out, source, ratio, workers, method, train_steps, quiet):
 
 
 @cli.command("train-surrogate")
-@click.argument("manifest", type=click.Path(exists=True))
+@click.argument("manifest")
 @model_option("torchvision architecture (resnet18, resnet50, mobilenet_v3_small, ...) or package.module:function.", required=True)
 @click.option("--out", required=True, type=click.Path(), help="Checkpoint file to write.")
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=1))
@@ -294,14 +291,16 @@ def demo(out, source, ratio, workers, method, train_steps, quiet):
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=0), help="DataLoader decode workers.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@location_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def train_surrogate(manifest, model, out, epochs, max_steps, mask_path, batch_size, lr, optimizer, input_size, workers, device, seed, quiet):
-    """Train a surrogate classifier on MANIFEST (briefly) and write its checkpoint."""
+def train_surrogate(manifest, model, out, epochs, max_steps, mask_path, batch_size, lr, optimizer, input_size, workers, device, seed,
+                    base, storage_options, quiet):
+    """Train a surrogate classifier on MANIFEST (path or URL; briefly) and write its checkpoint."""
     # Deferred on purpose: training imports torch, which the other commands do not need.
     from streamprune.train import train_surrogate as train
 
     r = train(
-        manifest, model, out, epochs=epochs, mask=mask_path, max_steps=max_steps, batch_size=batch_size, lr=lr,
+        open_manifest(manifest, base, storage_options), model, out, epochs=epochs, mask=mask_path, max_steps=max_steps, batch_size=batch_size, lr=lr,
         optimizer=optimizer, input_size=input_size, workers=workers, device=device, seed=seed, progress=not quiet,
     )
     click.echo(

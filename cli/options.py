@@ -1,8 +1,9 @@
-"""Options shared by several commands: the model, ratios, registry-listing help, selector options."""
+"""Options shared by several commands: the model, ratios, registry-listing help, selector options, where data lives."""
 
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, Callable
 
 import click
@@ -20,6 +21,8 @@ __all__ = [
     "model_option",
     "ratio_callback",
     "ratios_callback",
+    "storage_options_option",
+    "location_options",
 ]
 
 #: Flags that named the model before ``--model`` was the one name for it (kept, hidden).
@@ -164,3 +167,35 @@ def engine_arg(engine: str, ray_address: str | None, workers: int | None = None)
     if ray_address and engine != "ray":
         raise click.UsageError("--ray-address needs --engine ray")
     return None if engine == "local" else make_engine(engine, address=ray_address, workers=workers)
+
+
+STORAGE_OPTIONS_HELP = "fsspec options for URLs, as a JSON object (credentials otherwise come from the backend's standard configuration)."
+BASE_HELP = "Directory or URL prefix holding the shards, instead of the manifest's directory."
+
+
+def parse_storage_options(ctx: click.Context | None, param: click.Parameter | None, text: str | None) -> dict | None:
+    """``--storage-options JSON`` parsed (fsspec options: endpoint, profile, ...; never written anywhere).
+
+    Raises:
+        click.BadParameter: Not JSON, or not a JSON object.
+    """
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON ({exc})", param_hint="--storage-options") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--storage-options")
+    return value
+
+
+def storage_options_option(fn: Callable) -> Callable:
+    """Add ``--storage-options JSON``; the command receives ``storage_options`` as a dict (or ``None``)."""
+    return click.option("--storage-options", callback=parse_storage_options, help=STORAGE_OPTIONS_HELP)(fn)
+
+
+def location_options(fn: Callable) -> Callable:
+    """Add ``--base`` (where the shards of the manifest are) and ``--storage-options`` to a command that opens a manifest."""
+    fn = storage_options_option(fn)
+    return click.option("--base", help=BASE_HELP)(fn)

@@ -11,12 +11,14 @@ from typing import Any
 
 import click
 
+from streamprune.manifest import open_manifest
 from streamprune.masks import MaskFile
 
 from .options import (
     RegistryHelpOption,
     engine_arg,
     engine_options,
+    location_options,
     model_option,
     ratios_callback,
     scoring_methods_help,
@@ -105,7 +107,7 @@ def method_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command(cls=ScoreCommand)
-@click.argument("source_manifest", type=click.Path(exists=True))
+@click.argument("source_manifest")
 @click.option("--method", default="lm", show_default=True, cls=RegistryHelpOption, help_fn=scoring_methods_help)
 @click.option("--target", type=click.Path(exists=True), help="Target training set: a manifest (or its directory), or anything `shard` accepts (sharded into OUT/target).")
 @click.option("--target-split", default="train", show_default=True, help="IDX split of the target to shard.")
@@ -121,17 +123,18 @@ def method_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @engine_options
+@location_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def score(source_manifest, method, target, target_split, model, checkpoint, ratios, out, selector, gamma, beta, strata,
-          input_size, batch_size, workers, device, seed, engine, ray_address, quiet, **given):
-    """Score SOURCE_MANIFEST once (for dlc and the training-based scores: the downstream training set being pruned); write OUT/scores.json and a keep mask per ratio."""
+          input_size, batch_size, workers, device, seed, engine, ray_address, base, storage_options, quiet, **given):
+    """Score SOURCE_MANIFEST (path or URL) once (for dlc and the training-based scores: the downstream training set being pruned); write OUT/scores.json and a keep mask per ratio."""
     from streamprune.scoring import score_source  # deferred: the scoring methods import torch
 
     kwargs = method_kwargs(method, given)
     runner = engine_arg(engine, ray_address)  # local: the in-process pass; ray: one task per shard
     try:
         r = score_source(
-            source_manifest, method, ratios, out, target=target, target_split=target_split, surrogate=model,
+            open_manifest(source_manifest, base, storage_options), method, ratios, out, target=target, target_split=target_split, surrogate=model,
             checkpoint=checkpoint, input_size=input_size, batch_size=batch_size, workers=workers, device=device,
             seed=seed, progress=not quiet, selector=selector, selector_options=selector_kwargs(gamma, beta, strata),
             engine=runner, **kwargs,

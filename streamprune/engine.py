@@ -9,6 +9,8 @@ not once per shard. An :class:`Engine` maps such a function over the pass's task
 
 * :class:`LocalEngine` runs them in this process (``processes=1``) or in forked processes
   (what the passes always did);
+* :class:`ThreadEngine` runs them on threads of this process, for passes that mostly wait on
+  the network (indexing shards at URLs);
 * :class:`RayEngine` runs them on a pool of Ray actors (each calls ``setup`` once), with
   ``num_cpus`` / ``num_gpus`` per actor, and retries a task whose worker process died.
 
@@ -41,7 +43,7 @@ from typing import Any
 from .errors import StreamPruneError
 from .optional import require_ray
 
-__all__ = ["ENGINES", "Engine", "LocalEngine", "MapReport", "RayEngine", "TaskFn", "make_engine", "same_options"]
+__all__ = ["ENGINES", "Engine", "LocalEngine", "MapReport", "RayEngine", "TaskFn", "ThreadEngine", "make_engine", "same_options"]
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +243,42 @@ class LocalEngine(Engine):
             pool.shutdown(wait=True)
         finally:
             _LOCAL_SETUP = None
+        return workers
+
+
+class ThreadEngine(Engine):
+    """Tasks on a pool of threads in this process: for passes that wait on I/O, not on the CPU.
+
+    The setup runs once, in this thread, and its state is shared by every task (it must be
+    safe to share). Tasks start in order; summaries are delivered as tasks finish.
+
+    Args:
+        threads: Threads running tasks at once.
+    """
+
+    name = "threads"
+
+    def __init__(self, threads: int = 8) -> None:
+        super().__init__()
+        if threads < 1:
+            raise ValueError(f"workers={threads}: must be at least 1")
+        self.threads = int(threads)
+
+    def __repr__(self) -> str:
+        return f"ThreadEngine(threads={self.threads})"
+
+    def _run(self, fn, tasks, todo, setup, deliver, gpu) -> int:
+        state = setup() if setup is not None else None
+        workers = min(self.threads, len(todo))
+        pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="streamprune-task")
+        try:
+            futures = {pool.submit(fn, state, tasks[i]): i for i in todo}
+            for future in cf.as_completed(futures):
+                deliver(futures[future], future.result())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failed pass stops at the first error
+            raise
+        pool.shutdown(wait=True)
         return workers
 
 

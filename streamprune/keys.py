@@ -42,6 +42,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from . import storage
 from .errors import StreamPruneError
 from .manifest import Manifest
 from .masks import KeepMask, Mask, mask_from_bool
@@ -248,6 +249,9 @@ def read_member_data(
 ) -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
     """Read the member data of some samples by byte range (nothing else of the shard is read).
 
+    Shards are local files or URLs (one ranged request per member; ``manifest.base`` and
+    ``manifest.storage_options`` apply).
+
     Args:
         manifest: The dataset.
         positions: Global sample positions (manifest order), any order; yielded ascending.
@@ -262,16 +266,12 @@ def read_member_data(
     shard_of = np.searchsorted(offsets, positions, side="right") - 1
     for k in np.unique(shard_of).tolist():
         index = manifest.index(k)
-        with open(manifest.shard_path(k), "rb") as fh:
-            fd = fh.fileno()
+        with storage.open_object(manifest.shard_path(k), manifest.storage_options) as obj:
             for pos in positions[shard_of == k].tolist():
                 parts = []
                 for ext, offset, size in index.members[pos - int(offsets[k])]:
                     if wanted is None or ext in wanted:
-                        data = os.pread(fd, int(size), int(offset))
-                        if len(data) != size:
-                            raise StreamPruneError(f"{manifest.shard_path(k)}: short read of member {ext!r} at {offset}")
-                        parts.append((ext, data))
+                        parts.append((ext, obj.read(int(offset), int(offset) + int(size))))
                 yield pos, parts
 
 

@@ -1,11 +1,19 @@
 """Indexing tar shards that live at URLs (``streamprune index s3://bucket/shards-{000000..000099}.tar``).
 
-Each shard is read in one sequential streaming pass into a temporary local file (its SHA-256
-computed on the way), indexed there (header walk and per-sample checksums, as for local
-shards), and removed; its index records the object's size, ETag and URL (the ``object``
-field, FORMATS.md), so a reader of that URL notices an object replaced after indexing. The
-index sidecars and the manifest go to ``out``, a directory or a URL prefix; the manifest is
-written last, so nothing incomplete looks complete.
+With checksums (the default), each shard is read in one sequential streaming pass into a
+temporary local file (its SHA-256 computed on the way), indexed there (header walk and
+per-sample checksums, as for local shards), and removed. Without checksums, its tar headers
+are walked with ranged reads only (:class:`~streamprune.tarindex.RangedView`): a header and the
+small members beside it come in one window, and large members' data is never fetched. Either
+way every read is conditional on the ETag the object had when indexing started (a shard
+replaced meanwhile is an error), and the index records the object's size, ETag and URL (the
+``object`` field, FORMATS.md), so a reader of that URL notices an object replaced after
+indexing.
+
+Shards are indexed concurrently: by default on threads (the work is waiting on the network),
+or on any :class:`~streamprune.engine.Engine` (forked processes, Ray actors). The index
+sidecars and the manifest go to ``out``, a directory or a URL prefix; the manifest is written
+last, so nothing incomplete looks complete.
 """
 
 from __future__ import annotations
@@ -19,16 +27,22 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from . import storage
+from .engine import Engine, ThreadEngine, make_engine
 from .errors import LabelError, ManifestError
 from .indexfile import INDEX_SUFFIX, companion_path, save_index
 from .indexing import AUTO_LABELS, DEFAULT_LABEL_EXT
 from .manifest import MANIFEST_NAME, Manifest, build_manifest
 from .shardindex import ShardIndex
-from .tarindex import index_tar
+from .tarindex import RangedView, index_tar, index_tar_ranges
 
-__all__ = ["index_remote_shards", "shard_name_under"]
+__all__ = ["index_remote_shards", "shard_name_under", "DEFAULT_WORKERS"]
 
 log = logging.getLogger(__name__)
+
+#: Shards indexed at once when no engine is given (threads: a shard's time is spent waiting on the network).
+DEFAULT_WORKERS = 8
+#: Bytes per request of the streaming pass.
+STREAM_BLOCK = 8 << 20
 
 
 def shard_name_under(url: str, out: str) -> str:
@@ -37,17 +51,47 @@ def shard_name_under(url: str, out: str) -> str:
     return url[len(prefix) :] if url.startswith(prefix) else url
 
 
-def _fetch(url: str, dest: str, storage_options: dict | None) -> tuple[str, dict]:
-    """Stream ``url`` to ``dest`` in order; return its SHA-256 and ``{"size", "etag", "url"}``."""
-    info = storage.object_info(url, storage_options)
+def _stream(obj: storage.RemoteObject, dest: str) -> str:
+    """Copy the object to ``dest`` in one sequential pass; return its SHA-256."""
     digest = hashlib.sha256()
+    size = obj.size
     with open(dest, "wb") as fh:
-        for chunk in storage.iter_object(url, storage_options):
+        for start in range(0, size, STREAM_BLOCK):
+            chunk = obj.read(start, min(size, start + STREAM_BLOCK))
             digest.update(chunk)
             fh.write(chunk)
-    if os.path.getsize(dest) != info["size"]:
-        raise ManifestError(f"{url}: read {os.path.getsize(dest)} bytes, the object is {info['size']}: it changed while indexing")
-    return digest.hexdigest(), {"size": info["size"], "etag": info["etag"], "url": url}
+    return digest.hexdigest()
+
+
+def _index_object(state: None, job: tuple[str, str, str | None, bool, bool, dict | None]) -> ShardIndex:
+    """The per-shard task: index the tar at one URL (streamed, or by ranged reads without checksums).
+
+    Args:
+        state: Unused (the pass has no setup).
+        job: ``(url, name to record, label_ext, checksum, sample_checksums, storage_options)``.
+
+    Returns:
+        The shard's index, its ``object`` record set.
+    """
+    url, rel, label_ext, checksum, sample_checksums, storage_options = job
+    auto = label_ext == AUTO_LABELS
+    label_ext = DEFAULT_LABEL_EXT if auto else label_ext
+    obj = storage.RemoteObject(url, storage_options)
+    size, etag = obj.size, obj.etag
+    if etag:
+        obj.expect_etag(etag)  # one object from the first read to the last, or an error
+    if checksum or sample_checksums:
+        with tempfile.TemporaryDirectory(prefix="streamprune-index-") as tmp:
+            local = os.path.join(tmp, storage.basename(url))
+            sha = _stream(obj, local)
+            index = index_tar(local, label_ext=label_ext, name=rel, require_labels=not auto, sample_checksums=sample_checksums)
+        index.sha256 = sha if checksum else ""
+    else:
+        view = RangedView(obj.read, size)
+        index = index_tar_ranges(view, rel, label_ext=label_ext, require_labels=not auto)
+        log.debug("%s: headers walked in %d ranged reads, %d of %d bytes", url, view.requests, view.bytes_read, size)
+    index.extra["object"] = {"size": size, "etag": etag, "url": url}
+    return index
 
 
 def index_remote_shards(
@@ -59,6 +103,8 @@ def index_remote_shards(
     progress: bool = True,
     sample_checksums: bool = True,
     storage_options: dict | None = None,
+    workers: int = DEFAULT_WORKERS,
+    engine: str | Engine | None = None,
 ) -> Manifest:
     """Index tar shards at URLs (brace patterns expanded) and write their manifest to ``out``.
 
@@ -66,42 +112,58 @@ def index_remote_shards(
         urls: Shard URLs or webdataset brace patterns, in manifest order.
         out: Directory or URL prefix for the index sidecars and ``manifest.json``.
         label_ext: As :func:`~streamprune.indexing.index_shards` (``"auto"``, an extension, ``None``).
-        checksum: Record each shard's SHA-256.
+        checksum: Record each shard's SHA-256 (a streaming pass over every byte).
         classes: Class names by label id.
         progress: Show a progress bar.
-        sample_checksums: Record per-sample checksums (readers of remote shards verify them).
+        sample_checksums: Record per-sample checksums (a streaming pass; readers of remote shards
+            verify them). With neither checksum, headers are walked with ranged reads only.
         storage_options: fsspec options.
+        workers: Shards indexed at once on threads of this process (when ``engine`` is ``None``).
+        engine: Where the per-shard tasks run instead: ``"local"`` (``workers`` forked
+            processes), ``"ray"``, or an :class:`~streamprune.engine.Engine`.
 
     Returns:
         The saved manifest (its ``path`` is where it was written).
 
     Raises:
-        ManifestError: No shards, two with one file name, or an object changed while read.
+        ManifestError: No shards, two with one file name, an FFCV ``.beton`` file (those stay
+            local), or an object replaced while it was read
+            (:class:`~streamprune.storage.ObjectChangedError`).
         LabelError: Some samples have the label member and others do not (``label_ext="auto"``).
+        ValueError: ``workers`` below 1.
     """
     urls = storage.expand_urls(list(urls))
     if not urls:
         raise ManifestError("no shard URLs given to index")
+    if workers < 1:
+        raise ValueError(f"workers={workers}: must be at least 1")
+    for url in urls:
+        if url.endswith(".beton"):
+            raise ManifestError(
+                f"{url}: FFCV .beton files are indexed and read from local disk only (FFCV memory-maps them); "
+                "copy the file locally and index the copy"
+            )
     names = [storage.basename(u) for u in urls]
     if len(set(names)) != len(names):
         raise ManifestError("two shards share a file name; their index files would clash")
+    runner = ThreadEngine(workers) if engine is None else make_engine(engine, workers=workers)
     remote_out = storage.is_remote(out)
     if not remote_out:
         os.makedirs(out, exist_ok=True)
     storage.remove(storage.join(out, MANIFEST_NAME), storage_options)  # incomplete until rewritten
     auto = label_ext == AUTO_LABELS
+    rels = [shard_name_under(url, out) if remote_out else url for url in urls]
+    tasks = [(url, rel, label_ext, checksum, sample_checksums, storage_options) for url, rel in zip(urls, rels)]
     with tempfile.TemporaryDirectory(prefix="streamprune-index-") as tmp:
         local_out = tmp if remote_out else out
+        try:
+            with tqdm(total=len(tasks), desc="index", unit="shard", disable=not progress) as bar:
+                indexes: list[ShardIndex] = runner.map(_index_object, tasks, on_result=lambda k, _: bar.update(1), desc="index")
+        finally:
+            if runner is not engine:  # made here from a name: ours to release (a local Ray instance)
+                runner.close()
         entries: list[tuple[ShardIndex, str, str]] = []
-        for url, base in tqdm(list(zip(urls, names)), desc="index", unit="shard", disable=not progress):
-            local = os.path.join(tmp, base)
-            sha, marker = _fetch(url, local, storage_options)
-            rel = shard_name_under(url, out) if remote_out else url
-            index = index_tar(local, label_ext=DEFAULT_LABEL_EXT if auto else label_ext, name=rel,
-                              require_labels=not auto, sample_checksums=sample_checksums)
-            os.unlink(local)
-            index.sha256 = sha if checksum else ""
-            index.extra["object"] = marker
+        for index, rel, base in zip(indexes, rels, names):
             index_name = base + INDEX_SUFFIX
             save_index(index, os.path.join(local_out, index_name))
             entries.append((index, rel, index_name))

@@ -34,12 +34,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from .atomic import atomic_write_bytes
-from .errors import StreamPruneError
+from .errors import IndexMismatchError, StreamPruneError
 from .optional import MissingExtraError, require_extra
 
 __all__ = [
     "REMOTE_INSTALL_HINT",
     "RemoteError",
+    "ObjectChangedError",
     "RetryPolicy",
     "StorageObject",
     "LocalObject",
@@ -68,6 +69,10 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 #: HTTP statuses worth retrying: throttling and server-side trouble. 4xx other than 408/429
 #: (missing object, no permission, a failed precondition) will not change on a retry.
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: ``412 Precondition Failed``: the answer to an ``If-Match`` read of an object that was replaced.
+PRECONDITION_FAILED = 412
+#: Schemes whose ranged reads carry the expected ETag as a precondition (:meth:`RemoteObject.expect_etag`).
+IF_MATCH_SCHEMES = frozenset({"http", "https", "s3", "s3a"})
 
 
 class RemoteError(StreamPruneError, OSError):
@@ -79,6 +84,16 @@ class RemoteError(StreamPruneError, OSError):
         self.start = start
         self.end = end
         self.status = status
+
+
+class ObjectChangedError(RemoteError, IndexMismatchError):
+    """A read's precondition failed: the object no longer has the ETag it was opened (indexed) with.
+
+    The server answered ``412 Precondition Failed`` to a ranged read sent with ``If-Match``: the
+    object was replaced after it was indexed (or mid-epoch). Never retried: the bytes the index
+    describes are gone. Also an :class:`~streamprune.errors.IndexMismatchError`, like the size and
+    ETag checks made when a shard is opened.
+    """
 
 
 def is_remote(location: str | os.PathLike) -> bool:
@@ -263,6 +278,12 @@ class StorageObject:
         """Bytes ``[start, end)``; exactly ``end - start`` of them, or an error."""
         raise NotImplementedError
 
+    def expect_etag(self, etag: str) -> None:
+        """Make every later read conditional on the object still having ``etag`` (where the store can).
+
+        A no-op here (local files have no ETag); :class:`RemoteObject` sends it with each ranged read.
+        """
+
     def close(self) -> None:
         """Release the descriptor or connection (the object may be reopened by the next read)."""
 
@@ -303,6 +324,13 @@ class RemoteObject(StorageObject):
     Safe to share between threads (each read is one independent request) and to pickle (the
     filesystem is rebuilt in the process that reads: DataLoader workers open their own).
 
+    After :meth:`expect_etag`, every ranged read is conditional on the object still having that
+    ETag, so an object replaced between two reads (mid-epoch) is an :class:`ObjectChangedError`,
+    never bytes of the new object read against the old index. HTTP(S) sends ``If-Match``; S3
+    sends ``IfMatch`` with each ``GetObject`` (through s3fs's ``call_s3``: its ``cat_file`` takes no
+    request parameters). Other backends (``gs://``, ``az://``, ...) read without a precondition:
+    for them only the size and ETag check when the shard is opened applies.
+
     Args:
         url: The object's URL.
         storage_options: Passed to the fsspec filesystem (endpoint, credentials profile, ...).
@@ -317,6 +345,7 @@ class RemoteObject(StorageObject):
         self._fs: Any = None
         self._path = ""
         self._info = info
+        self.if_match = ""  # the ETag every ranged read requires (expect_etag); "" sends no precondition
         self.requests = 0  # ranged requests sent (retries included), for benchmarks and tests
         self.bytes_read = 0
         self._lock = threading.Lock()
@@ -352,6 +381,14 @@ class RemoteObject(StorageObject):
     def etag(self) -> str:
         return info_etag(self.info())
 
+    def expect_etag(self, etag: str) -> None:
+        """Send ``etag`` as a precondition with every later ranged read (HTTP(S) and S3; see the class).
+
+        A weak ETag (``W/"..."``) is not sent: ``If-Match`` compares strongly, so it would fail
+        every read of an unchanged object.
+        """
+        self.if_match = "" if etag.startswith("W/") else etag
+
     def read(self, start: int, end: int) -> bytes:
         if end <= start:
             return b""
@@ -359,7 +396,7 @@ class RemoteObject(StorageObject):
         def fetch() -> bytes:
             with self._lock:
                 self.requests += 1
-            data = self.fs.cat_file(self._path, start=start, end=end)
+            data = self._get(start, end)
             if len(data) != end - start:
                 raise _ShortRead(f"got {len(data)} of {end - start} bytes")
             with self._lock:
@@ -367,6 +404,27 @@ class RemoteObject(StorageObject):
             return data
 
         return self._call(fetch, start, end)
+
+    def _get(self, start: int, end: int) -> bytes:
+        """One ranged GET of ``[start, end)``, conditional on :attr:`if_match` where the backend can send it."""
+        scheme = _SCHEME.match(self.url).group(1).lower()  # type: ignore[union-attr]  # a URL, checked by open_object
+        if not self.if_match or scheme not in IF_MATCH_SCHEMES:
+            return self.fs.cat_file(self._path, start=start, end=end)
+        if scheme in ("http", "https"):
+            # cat_file's headers= replaces the filesystem's own (storage_options); keep both
+            headers = {**(getattr(self.fs, "kwargs", {}).get("headers") or {}), "If-Match": self.if_match}
+            return self.fs.cat_file(self._path, start=start, end=end, headers=headers)
+        bucket, key, version = self.fs.split_path(self._path)
+        request = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end - 1}", "IfMatch": self.if_match}
+        if version:
+            request["VersionId"] = version
+        response = self.fs.call_s3("get_object", **request)
+        body = response["Body"]
+        try:
+            # the body is aiobotocore's stream: read it on the filesystem's event loop
+            return require_fsspec(self.url).asyn.sync(self.fs.loop, body.read)
+        finally:
+            body.close()
 
     def _call(self, fn: Callable[[], Any], start: int | None, end: int | None) -> Any:
         """Run one request, retrying transient failures; a final failure names URL, range and status."""
@@ -394,6 +452,11 @@ class RemoteObject(StorageObject):
                 log.debug("%s%s: %s; retry %d in %.2fs", self.url, span, exc, attempt, pause)
                 time.sleep(pause)
         status = _status(last) if last is not None else None
+        if status == PRECONDITION_FAILED and self.if_match:
+            raise ObjectChangedError(
+                f"{self.url}:{span}: the object no longer has ETag {self.if_match} (412 Precondition Failed): it was "
+                "replaced after indexing; re-run `streamprune index`", url=self.url, start=start, end=end, status=status,
+            ) from last
         tries = "after retries" if last is not None and _transient(last) else "not retried"
         raise RemoteError(
             f"{self.url}:{span} request failed {tries} (last status {status if status is not None else 'none'}: "

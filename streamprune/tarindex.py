@@ -16,14 +16,24 @@ import os
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from .errors import CompressedShardError, DuplicateKeyError, LabelError, TarFormatError
 from .shardindex import DEFAULT_CHECKSUM, MemberTable, ShardIndex, checksum_hasher
 
-__all__ = ["TarMember", "MemberTable", "ShardIndex", "iter_tar_members", "walk_headers", "index_tar", "split_key_ext"]
+__all__ = [
+    "TarMember",
+    "MemberTable",
+    "ShardIndex",
+    "RangedView",
+    "iter_tar_members",
+    "walk_headers",
+    "index_tar",
+    "index_tar_ranges",
+    "split_key_ext",
+]
 
 BLOCK = 512
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -233,6 +243,52 @@ def walk_headers(mm: mmap.mmap, file_size: int, shard: str) -> Iterator[TarMembe
         raise TarFormatError(f"{shard}: truncated: incomplete tar header at byte {pos} (file size {file_size})")
 
 
+class RangedView:
+    """Byte slices of a shard served from windows fetched by ranged reads: what a header walk needs, no more.
+
+    A slice outside the current window fetches a new one starting at the slice. Its size adapts
+    to the shard: twice the stretch the walk used of the previous window, between ``min_window``
+    and ``max_window``. Where members are small, consecutive headers fill the window and it
+    grows (few requests); where they are large, the walk jumps out of each window after one
+    header and it shrinks to ``min_window`` (few bytes: a header and the small members beside it).
+
+    Args:
+        read: ``read(start, end)`` returns exactly bytes ``[start, end)`` (a ranged request).
+        size: Bytes in the shard.
+        window: Size of the first window.
+        min_window: Smallest window.
+        max_window: Largest window.
+    """
+
+    def __init__(
+        self, read: Callable[[int, int], bytes], size: int, window: int = 64 << 10, min_window: int = 4 << 10,
+        max_window: int = 1 << 20,
+    ) -> None:
+        self.read = read
+        self.size = size
+        self.window = window
+        self.min_window = min_window
+        self.max_window = max_window
+        self.requests = 0  # windows fetched
+        self.bytes_read = 0
+        self._lo = self._hi = self._used = 0
+        self._buf = b""
+
+    def __getitem__(self, span: slice) -> bytes:
+        start, stop = span.start, min(span.stop, self.size)
+        if not (self._lo <= start and stop <= self._hi):
+            if self.requests:
+                self.window = min(self.max_window, max(self.min_window, 2 * (self._used - self._lo)))
+            self._lo, self._hi = start, min(self.size, start + max(self.window, stop - start))
+            self._buf = self.read(self._lo, self._hi) if self._hi > self._lo else b""
+            self.requests += 1
+            self.bytes_read += len(self._buf)
+            self._used = stop
+        else:
+            self._used = max(self._used, stop)
+        return self._buf[start - self._lo : stop - self._lo]
+
+
 def _verify_checksum(header: bytes, shard: str, pos: int) -> None:
     stored = _parse_number(header[148:156], shard, pos)
     unsigned = sum(header) - sum(header[148:156]) + 8 * 32
@@ -345,6 +401,65 @@ def index_tar(
         members=groups,
         checksums=_checksum_groups(shard, groups, checksum_algorithm) if sample_checksums else None,
         checksum_algorithm=checksum_algorithm if sample_checksums else "",
+    )
+
+
+def index_tar_ranges(
+    view: RangedView,
+    name: str,
+    label_ext: str | None = None,
+    require_labels: bool = True,
+) -> ShardIndex:
+    """Index one tar shard read through ranged reads: headers (and label members) only, no other data.
+
+    The same index :func:`index_tar` builds with ``sample_checksums=False``, for a shard that is
+    not a local file (an object behind a URL): member data other than labels is never fetched.
+
+    Args:
+        view: The shard's bytes, fetched window by window.
+        name: Name to record for the shard (and to name it in errors).
+        label_ext: As :func:`index_tar`.
+        require_labels: As :func:`index_tar`.
+
+    Returns:
+        The shard's :class:`ShardIndex`, without checksums (``sha256`` empty).
+
+    Raises:
+        TarFormatError: Truncated, corrupt or compressed tar.
+        DuplicateKeyError: A key occurs twice.
+        LabelError: As :func:`index_tar`.
+    """
+    if view.size == 0:
+        raise TarFormatError(f"{name}: empty file, not a tar archive")
+    _check_not_gzip(view[0:2], name)
+    labels_at: dict[int, bytes] = {}
+
+    def members() -> Iterator[TarMember]:
+        for member in walk_headers(view, view.size, name):
+            if label_ext is not None and (split_key_ext(member.name)[1] or "").lower() == label_ext:
+                # read now: a label sits beside its header, inside the window just fetched
+                labels_at[member.data_offset] = view[member.data_offset : member.data_offset + member.size]
+            yield member
+
+    keys, start, end, groups = _group_samples(members(), name)
+    labels = np.full(len(keys), -1, dtype=np.int64)
+    if label_ext is not None:
+        for i, group in enumerate(groups):
+            offset = next((offset for ext, offset, _ in group if ext == label_ext), None)
+            if offset is not None:
+                labels[i] = parse_label(labels_at[offset], name, keys[i], label_ext)
+            elif require_labels:
+                raise LabelError(f"{name}: sample {keys[i]!r} has no .{label_ext} member holding its label")
+    return ShardIndex(
+        shard=name,
+        shard_bytes=view.size,
+        keys=keys,
+        labels=labels,
+        start=np.asarray(start, dtype=np.int64),
+        end=np.asarray(end, dtype=np.int64),
+        members=groups,
+        checksums=None,
+        checksum_algorithm="",
     )
 
 

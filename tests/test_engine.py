@@ -11,13 +11,14 @@ import functools
 import json
 import os
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from streamprune.engine import LocalEngine, RayEngine, make_engine
+from streamprune.engine import LocalEngine, RayEngine, ThreadEngine, make_engine
 from streamprune.errors import StreamPruneError, TarFormatError
 from streamprune.indexing import index_shards
 from streamprune.masks import MaskFile
@@ -257,3 +258,25 @@ def test_make_engine_names():
         make_engine("spark")
     with pytest.raises(ValueError, match="needs --engine ray"):
         make_engine("local", address="auto")
+
+
+def test_thread_engine_runs_tasks_at_once_skips_done_ones_and_reraises_an_error():
+    barrier = threading.Barrier(3, timeout=20)  # passes only when three tasks run at the same time
+
+    def task(state, i):
+        if i != 0:
+            barrier.wait()
+        return (state, i * 2)
+
+    engine = ThreadEngine(3)
+    got = engine.map(task, [0, 1, 2, 3], setup=lambda: "s", done=lambda i: i == 0, desc="t")
+    assert got == [None, ("s", 2), ("s", 4), ("s", 6)]
+    assert engine.last_report.workers == 3 and sorted(engine.last_report.ran) == [1, 2, 3] and engine.last_report.skipped == [0]
+
+    def failing(state, i):
+        if i == 2:
+            raise TarFormatError(f"shard {i} is bad")
+        return i
+
+    with pytest.raises(TarFormatError, match="shard 2 is bad"):
+        ThreadEngine(2).map(failing, range(5))

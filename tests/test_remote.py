@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 
@@ -456,3 +457,278 @@ def test_shard_to_s3_failed_shard_upload_names_it_and_leaves_no_manifest(s3, tmp
     assert info.value.url == url + "/shard-000001.tar.index.json"
     assert not storage.exists(url + "/manifest.json") and "manifest.json" not in puts
     assert os.listdir(tmp_path) == []
+
+
+# --- If-Match: an object replaced after its shard was opened ----------------------------------
+
+
+@needs_nginx
+def test_object_replaced_mid_epoch_fails_its_if_match(dataset, tmp_path):
+    from streamprune.remoteindex import index_remote_shards
+    from streamprune.storage import ObjectChangedError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    server = Nginx(str(copy), str(tmp_path / "ng"))
+    try:
+        m = index_remote_shards([server.url + "/shard-000000.tar"], str(tmp_path / "idx"), progress=False)
+        one_by_one = FetchPolicy(depth=1, max_request=1, max_inflight_bytes=1)  # a request per sample
+        samples = iter(PrunedSource(m, fetch=one_by_one))
+        next(samples)
+        shard = copy / "shard-000000.tar"
+        shard.write_bytes(shard.read_bytes()[::-1])  # replaced: same size, other bytes
+        os.utime(shard, (2_000_000_000, 2_000_000_000))  # nginx's ETag is mtime-size: make sure it moves
+        server.clear_log()
+        with pytest.raises(ObjectChangedError, match=r"shard-000000\.tar.*412 Precondition Failed") as info:
+            list(samples)
+        assert isinstance(info.value, IndexMismatchError)
+        assert [e["status"] for e in server.log_entries() if e["status"] == 412] == [412]  # not retried
+    finally:
+        server.stop()
+
+
+def test_s3_object_replaced_after_open_fails_its_if_match(dataset, s3):
+    import boto3
+
+    from streamprune.remoteindex import index_remote_shards
+    from streamprune.storage import ObjectChangedError
+
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    data = open(os.path.join(dataset, "shard-000000.tar"), "rb").read()
+    client.put_object(Bucket="bucket", Key="replaced/shard-000000.tar", Body=data)
+    url = "s3://bucket/replaced/shard-000000.tar"
+    m = index_remote_shards([url], "s3://bucket/replaced", progress=False)
+    samples = iter(PrunedSource(m, fetch=FetchPolicy(depth=1, max_request=1, max_inflight_bytes=1)))
+    assert next(samples)["__key__"] == Manifest.load(dataset).index(0).keys[0]  # reads with IfMatch pass
+    obj = storage.RemoteObject(url)
+    obj.expect_etag(obj.etag)
+    client.put_object(Bucket="bucket", Key="replaced/shard-000000.tar", Body=data[::-1])  # a new object, same size
+    with pytest.raises(ObjectChangedError, match=r"s3://bucket/replaced/shard-000000\.tar.*412"):
+        list(samples)
+    with pytest.raises(ObjectChangedError):
+        obj.read(0, 512)
+    assert obj.requests == 1  # a failed precondition is not retried
+
+
+def test_a_weak_etag_is_not_sent_as_a_precondition():
+    obj = storage.RemoteObject("http://127.0.0.1:9/shard.tar")
+    obj.expect_etag('W/"5d41-1"')  # If-Match compares strongly: a weak ETag would fail every read
+    assert obj.if_match == ""
+    obj.expect_etag('"5d41-1"')
+    assert obj.if_match == '"5d41-1"'
+
+
+# --- commands that open a manifest: --base and --storage-options -----------------------------
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from streamprune_cli.main import cli
+
+    return CliRunner().invoke(cli, [os.fspath(a) for a in args])
+
+
+@needs_nginx
+def test_mask_and_score_read_a_manifest_url_or_a_base(dataset, nginx, tmp_path):
+    from streamprune.masks import MaskFile
+
+    url = nginx.url + "/manifest.json"
+    want = random_mask(Manifest.load(dataset), 0.5, seed=3).keep
+    for name, where in (("url", [url]), ("base", [dataset, "--base", nginx.url])):
+        r = _cli("mask", *where, "--random", "--ratio", "0.5", "--seed", "3", "--out", tmp_path / f"{name}.spmask")
+        assert r.exit_code == 0, r.output
+        assert np.array_equal(MaskFile(str(tmp_path / f"{name}.spmask")).to_bool(), want)
+    r = _cli("score", url, "--method", "random-classes", "--ratio", "0.5", "--out", tmp_path / "s", "-q")
+    assert r.exit_code == 0, r.output
+    local = _cli("score", dataset, "--method", "random-classes", "--ratio", "0.5", "--out", tmp_path / "l", "-q")
+    assert local.exit_code == 0, local.output
+    assert np.array_equal(MaskFile(str(tmp_path / "s" / "random-classes-0.5.spmask")).to_bool(),
+                          MaskFile(str(tmp_path / "l" / "random-classes-0.5.spmask")).to_bool())
+    for command in (["mask", url, "--random", "--ratio", "0.5", "--out", tmp_path / "x.spmask"],
+                    ["score", url, "--method", "random-classes", "--ratio", "0.5", "--out", tmp_path / "x"],
+                    ["inspect", url], ["train-surrogate", url, "--model", "resnet18", "--out", tmp_path / "c.pt"],
+                    ["dynamics", url, "--model", "resnet18", "--epochs", "1", "--out", tmp_path / "d"],
+                    ["index", nginx.url + "/shard-000000.tar", "--out", tmp_path / "i"]):
+        r = _cli(*command, "--storage-options", "[1]")
+        assert r.exit_code == 2 and "--storage-options" in r.output and "JSON object" in r.output, (command, r.output)
+
+
+def _uid_samples(n=24):
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        payload = rng.bytes(int(rng.integers(500, 4000))) if i != 17 else out[3][1]["bin"]  # 17 repeats 3's data
+        uid = f"{i:032x}"
+        out.append((f"u{i:04d}", {"bin": payload, "uid": uid.encode()} if i != 17 else {"bin": payload, "uid": out[3][1]["uid"]}, i % 2))
+    return out
+
+
+@needs_nginx
+def test_base_serves_the_shards_to_uid_keys_and_exact_dedup(tmp_path):
+    from streamprune.scores import ScoreFile
+
+    ds = tmp_path / "ds"
+    write_shards(_uid_samples(), ds, samples_per_shard=8, shuffle=False, progress=False)
+    meta = tmp_path / "meta"  # the manifest and indexes alone: shards only behind --base
+    shutil.copytree(ds, meta, ignore=shutil.ignore_patterns("*.tar"))
+    server = Nginx(str(ds), str(tmp_path / "ng"))
+    try:
+        keys = tmp_path / "uids.txt"
+        keys.write_text("".join(f"{i:032x}\n" for i in (1, 2, 9, 20)))
+        r = _cli("mask", meta, "--keys", keys, "--out", tmp_path / "k.spmask")
+        assert r.exit_code != 0 and "shard-000000.tar" in r.output  # without --base the shards are missing
+        server.clear_log()
+        r = _cli("mask", meta, "--keys", keys, "--base", server.url, "--out", tmp_path / "k.spmask")
+        assert r.exit_code == 0, r.output
+        assert "4 of 4 listed ids found (by uid)" in r.output and "kept 4 of 24" in r.output
+        assert any(e["uri"].endswith(".tar") and e["status"] == 206 for e in server.log_entries())
+        r = _cli("score", meta, "--method", "exact-dedup", "--ratio", "0", "--base", server.url, "--out", tmp_path / "dd", "-q")
+        assert r.exit_code == 0, r.output
+        params = ScoreFile.load(str(tmp_path / "dd" / "scores.json")).params
+        assert params["duplicates"] == 1 and params["bytes_read"] > 0, params
+    finally:
+        server.stop()
+
+
+@needs_nginx
+def test_train_surrogate_and_dynamics_read_a_manifest_url(tmp_path):
+    src = tmp_path / "ds.npz"
+    rng = np.random.default_rng(2)
+    np.savez(src, images=rng.integers(0, 256, (24, 8, 8), dtype=np.uint8), labels=np.arange(24) % 3)
+    write_shards(str(src), str(tmp_path / "data"), samples_per_shard=8, progress=False)
+    server = Nginx(str(tmp_path / "data"), str(tmp_path / "ng"))
+    try:
+        url = server.url + "/manifest.json"
+        server.clear_log()
+        r = _cli("train-surrogate", url, "--model", "resnet18", "--input-size", "8", "--batch-size", "8", "--max-steps", "2",
+                 "--out", tmp_path / "c.pt", "-q")
+        assert r.exit_code == 0 and os.path.exists(tmp_path / "c.pt"), r.output
+        assert any(e["status"] == 206 for e in server.log_entries())
+        server.clear_log()
+        r = _cli("dynamics", tmp_path / "data", "--base", server.url, "--model", "resnet18", "--input-size", "8",
+                 "--batch-size", "8", "--epochs", "1", "--out", tmp_path / "dyn", "-q")
+        assert r.exit_code == 0, r.output
+        assert "recorded 24 of 24 samples" in r.output
+        assert {e["uri"] for e in server.log_entries() if e["status"] == 206} >= {f"/shard-{k:06d}.tar" for k in range(3)}
+    finally:
+        server.stop()
+
+
+# --- remote indexing: the ranged header walk, shards in parallel -------------------------------
+
+
+def _same_index_but_checksums(a, b):
+    assert a.keys == b.keys and a.shard == b.shard and a.shard_bytes == b.shard_bytes
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.start, b.start) and np.array_equal(a.end, b.end)
+    assert [list(map(tuple, g)) for g in a.members] == [list(map(tuple, g)) for g in b.members]
+    assert a.extra["object"] == b.extra["object"]
+
+
+def _big_member_samples(n=30, size=100_000, seed=5):
+    rng = np.random.default_rng(seed)
+    return [(f"b{i:04d}", {"bin": rng.bytes(size), "txt": f"sample {i}".encode()}, i % 3) for i in range(n)]
+
+
+@needs_nginx
+def test_no_checksum_index_walks_headers_by_ranged_reads_only(tmp_path):
+    from click.testing import CliRunner
+
+    from streamprune.remoteindex import index_remote_shards
+    from streamprune_cli.main import cli
+
+    big = tmp_path / "big"
+    write_shards(_big_member_samples(), big, samples_per_shard=15, shuffle=False, progress=False)
+    server = Nginx(str(big), str(tmp_path / "ng"))
+    try:
+        pattern = server.url + "/shard-{000000..000001}.tar"
+        streamed = index_remote_shards([pattern], str(tmp_path / "streamed"), progress=False)
+        server.clear_log()
+        result = CliRunner().invoke(cli, ["index", pattern, "--out", str(tmp_path / "ranged"), "--no-checksum", "-q"])
+        assert result.exit_code == 0, result.output
+        log = [e for e in server.log_entries() if e["uri"].endswith(".tar")]
+        ranged = Manifest.load(str(tmp_path / "ranged"))
+        for k, entry in enumerate(ranged.shards):
+            size = os.path.getsize(big / os.path.basename(entry.name))
+            gets = [e for e in log if e["uri"] == "/" + os.path.basename(entry.name) and e["method"] == "GET"]
+            assert gets and all(e["status"] == 206 for e in gets)  # ranged reads only, never the whole object
+            assert sum(e["body_bytes"] for e in gets) < size / 8
+            _same_index_but_checksums(ranged.index(k), streamed.index(k))
+            assert ranged.index(k).checksums is None and not entry.sha256 and streamed.index(k).checksums is not None
+        keep = random_mask(ranged, 0.5, seed=1)
+        from streamprune.masks import KeepMask
+
+        local = Manifest.load(str(big))
+        assert _read(PrunedSource(ranged, keep)) == _read(PrunedSource(local, KeepMask(keep.keep, local, {})))
+    finally:
+        server.stop()
+
+
+@needs_nginx
+def test_ranged_walk_of_small_members_equals_streaming_in_few_requests(dataset, nginx, tmp_path):
+    from streamprune.remoteindex import index_remote_shards
+
+    nginx.clear_log()
+    m = index_remote_shards([nginx.url + "/shard-{000000..000003}.tar"], str(tmp_path / "r"), checksum=False,
+                            sample_checksums=False, progress=False)
+    gets = [e for e in nginx.log_entries() if e["uri"].endswith(".tar") and e["method"] == "GET"]
+    local = Manifest.load(dataset)
+    assert len(gets) < local.num_samples / 10  # windows of many small samples, not a request per header
+    for k in range(len(m.shards)):
+        want = local.index(k)  # the index written beside the shard: a relative name, no object record
+        want.shard, want.extra["object"] = m.index(k).shard, m.index(k).extra["object"]
+        _same_index_but_checksums(m.index(k), want)
+
+
+def test_ranged_walk_reads_labels_and_refuses_unlabelled_samples(tmp_path):
+    from streamprune.errors import LabelError
+    from streamprune.tarindex import RangedView, index_tar, index_tar_ranges
+
+    write_shards(_big_member_samples(n=6), tmp_path / "ds", samples_per_shard=6, shuffle=False, progress=False)
+    path = str(tmp_path / "ds" / "shard-000000.tar")
+    data = open(path, "rb").read()
+    got = index_tar_ranges(RangedView(lambda a, b: data[a:b], len(data)), "s.tar", label_ext="cls")
+    assert got.labels.tolist() == index_tar(path, label_ext="cls").labels.tolist() == [0, 1, 2, 0, 1, 2]
+    with pytest.raises(LabelError, match="s.tar.*b0000.*no .txt2"):
+        index_tar_ranges(RangedView(lambda a, b: data[a:b], len(data)), "s.tar", label_ext="txt2")
+
+
+@needs_nginx
+def test_parallel_remote_index_equals_serial(dataset, nginx, tmp_path):
+    from streamprune.engine import LocalEngine, ThreadEngine
+    from streamprune.remoteindex import index_remote_shards
+
+    pattern = nginx.url + "/shard-{000000..000003}.tar"
+    serial = index_remote_shards([pattern], str(tmp_path / "serial"), progress=False, workers=1)
+    for name, engine in (("threads", ThreadEngine(4)), ("processes", LocalEngine(2))):
+        m = index_remote_shards([pattern], str(tmp_path / name), progress=False, engine=engine)
+        assert engine.last_report.workers == (4 if name == "threads" else 2) and sorted(engine.last_report.ran) == [0, 1, 2, 3]
+        assert [s.to_json() for s in m.shards] == [s.to_json() for s in serial.shards]
+
+
+# --- FFCV stays local ---------------------------------------------------------------------------
+
+
+@needs_nginx
+def test_remote_beton_is_a_clear_error(tmp_path):
+    pytest.importorskip("ffcv")
+    from streamprune.errors import StreamPruneError
+    from streamprune.readers.ffcv import pruned_ffcv_loader
+    from streamprune.writers import write_beton
+
+    src = tmp_path / "small.npz"
+    rng = np.random.default_rng(0)
+    np.savez(src, images=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), labels=np.arange(16) % 2)
+    local = write_beton(str(src), tmp_path / "beton", write_mode="raw", page_size=1 << 21, progress=False)
+    server = Nginx(str(tmp_path / "beton"), str(tmp_path / "ng"))
+    try:
+        where = re.escape(server.url + "/shard-000000.beton")
+        for manifest in (server.url + "/manifest.json", Manifest.load(local.path, base=server.url)):
+            with pytest.raises(StreamPruneError, match=where + ".*local disk only"):
+                pruned_ffcv_loader(manifest, batch_size=4)
+        r = _cli("index", server.url + "/shard-000000.beton", "--out", tmp_path / "idx")
+        assert r.exit_code == 1 and server.url + "/shard-000000.beton" in r.output and "local disk only" in r.output, r.output
+        r = _cli("shard", src, server.url + "/out", "--format", "beton")
+        assert r.exit_code == 2 and "local disk only" in r.output, r.output
+    finally:
+        server.stop()

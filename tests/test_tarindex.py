@@ -18,7 +18,7 @@ from streamprune import PrunedWebDataset, index_shards
 from streamprune.indexfile import companion_path, load_index, save_index
 from streamprune.readers import ShardFile, read_runs
 from streamprune.shardindex import MemberTable
-from streamprune.tarindex import BLOCK, index_tar, iter_tar_members, split_key_ext
+from streamprune.tarindex import BLOCK, RangedView, index_tar, index_tar_ranges, iter_tar_members, split_key_ext
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 SETTINGS = settings(
@@ -208,6 +208,28 @@ def _check_companion(path: str, index) -> None:
     assert got.checksums.tolist() == index.checksums.tolist() and got.checksum_algorithm == index.checksum_algorithm
 
 
+def _check_ranged_walk(path: str, index) -> None:
+    """The header walk by ranged reads (remote --no-checksum) finds the same index, whatever the window sizes."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        fd = fh.fileno()
+        # tiny windows: headers and PAX/long-name payloads straddle window ends
+        for window, low in ((64 << 10, 4 << 10), (BLOCK + 100, BLOCK)):
+            reads: list[tuple[int, int]] = []
+
+            def read(a, b, reads=reads):
+                reads.append((a, b))
+                assert 0 <= a < b <= size
+                return os.pread(fd, b - a, a)
+
+            view = RangedView(read, size, window=window, min_window=low)
+            got = index_tar_ranges(view, index.shard)
+            assert got.keys == index.keys and got.shard_bytes == index.shard_bytes
+            assert np.array_equal(got.start, index.start) and np.array_equal(got.end, index.end)
+            assert list(got.members) == [list(g) for g in index.members] and got.checksums is None
+            assert view.bytes_read == sum(b - a for a, b in reads)
+
+
 @pytest.mark.parametrize("fmt_name", sorted(FORMATS))
 @SETTINGS
 @given(spec=tar_spec)
@@ -222,6 +244,7 @@ def test_index_matches_tarfile_and_webdataset_on_generated_tars(fmt_name, spec):
         _check_ranges(path, index)
         _check_byte_range_reader(path, index)
         _check_companion(path, index)
+        _check_ranged_walk(path, index)
         # and both agree with what was written
         assert index.keys == [key for key, _ in expected]
         for i, (_key, files) in enumerate(expected):

@@ -134,11 +134,14 @@ class ShardFile:
         """A shard read through a :class:`~streamprune.storage.StorageObject` (a URL, or a local file).
 
         The object's size must equal the index's; when the index recorded the object's ETag for
-        this same URL (indexed or written remotely), the ETag must match too. Reads go through
-        :meth:`read_range`; ``fd`` is the local descriptor, or ``-1`` for a remote object.
+        this same URL (indexed or written remotely), the ETag must match too, and every later read
+        is sent with that ETag as a precondition (HTTP ``If-Match``, S3 ``IfMatch``:
+        :meth:`~streamprune.storage.RemoteObject.expect_etag`). Reads go through :meth:`read_range`;
+        ``fd`` is the local descriptor, or ``-1`` for a remote object.
 
         Raises:
-            IndexMismatchError: The object's size or ETag differs from what the index recorded.
+            IndexMismatchError: The object's size or ETag differs from what the index recorded
+                (later, on a read: :class:`~streamprune.storage.ObjectChangedError`, a subclass).
         """
         self = cls.__new__(cls)
         self.path = obj.url
@@ -163,6 +166,8 @@ class ShardFile:
                 f"{obj.url}: object ETag is {etag} but the index recorded {marker['etag']}: the object was replaced "
                 "after indexing (re-run `streamprune index`)"
             )
+        if etag:
+            obj.expect_etag(etag)  # and every read must still see that object: one replaced mid-epoch is an error
         return self
 
     def read_range(self, start: int, end: int, key: str = "") -> bytes:
