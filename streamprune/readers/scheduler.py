@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -160,13 +161,15 @@ class _Failed:
 
 
 def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFAULT_REMOTE_POLICY,
-                          lookahead: int = 2) -> Iterator[dict]:
+                          max_lookahead: int = 16) -> Iterator[dict]:
     """Yield webdataset sample dicts for a sequence of shards, with requests in flight across shard boundaries.
 
-    One pool of ``policy.depth`` fetch threads serves the whole sequence: the next shards are
-    opened ``lookahead`` ahead on helper threads (their size/ETag and index requests overlap
-    the current shard's data), and their first requests start while the current shard's last
-    ones are still in flight, so the pipeline never drains at a shard boundary. Requests are
+    One pool of ``policy.depth`` fetch threads serves the whole sequence. The next shards are
+    opened ahead on helper threads (their size/ETag and index requests overlap the current
+    shard's data), as many as it takes to keep ``depth`` requests in flight (a shard read
+    whole is one or two large requests; a pruned one, dozens of small ones), at most
+    ``max_lookahead``; their requests start as soon as they are open, while earlier shards'
+    are still in flight, so the pipeline never drains at a shard boundary. Requests are
     planned per shard by :func:`plan_fetches`; bytes fetched but not consumed stay under
     ``policy.max_inflight_bytes``. Samples come out in order; an error (a request that failed
     for good, a shard that failed to open) is raised when its turn comes, after every sample
@@ -176,17 +179,18 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
     rewritten), and with ``shard.verify`` every sample against its checksum.
 
     Args:
-        reads: The shards, in yield order (consumed lazily, ``lookahead`` ahead).
+        reads: The shards, in yield order (consumed lazily, as far ahead as opened).
         policy: Coalescing, concurrency and memory limits.
-        lookahead: Shards opened ahead of the one being read.
+        max_lookahead: Most shards opened ahead of the one being read.
 
     Yields:
         ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
     """
     reads = iter(reads)
     depth = max(1, policy.depth)
+    max_lookahead = max(1, max_lookahead)
     fetch_pool = cf.ThreadPoolExecutor(max_workers=depth, thread_name_prefix="streamprune-fetch")
-    open_pool = cf.ThreadPoolExecutor(max_workers=max(1, lookahead), thread_name_prefix="streamprune-open")
+    open_pool = cf.ThreadPoolExecutor(max_workers=max_lookahead, thread_name_prefix="streamprune-open")
     opening: collections.deque[cf.Future] = collections.deque()
     # in yield order: (future of the bytes, its shard, its plan entry), or a _Failed marker
     pending: collections.deque = collections.deque()
@@ -194,21 +198,27 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
     live: list[_Opened] = []  # opened and not yet closed: closed on the way out, however that happens
     inflight = 0
     exhausted = False
+    opened_shards = planned_requests = 0
+
+    def room() -> bool:
+        return len(pending) < depth and not (pending and isinstance(pending[-1], _Failed))
+
     try:
         while True:
-            while not exhausted and len(opening) < max(1, lookahead):
+            # open ahead: enough shards for `depth` requests, judged by the requests per shard so far
+            per_shard = planned_requests / opened_shards if opened_shards else 2.0
+            lookahead = min(max_lookahead, max(1, math.ceil(depth / max(1.0, per_shard))))
+            while not exhausted and len(opening) < lookahead:
                 nxt = next(reads, None)
                 if nxt is None:
                     exhausted = True
                     break
                 opening.append(open_pool.submit(_open, nxt, policy))
-            # start requests: the current shard's, then the next shard's once it is open
-            while len(pending) < depth and not (pending and isinstance(pending[-1], _Failed)):
+            # start requests: the current shard's, then the next shards' as they open
+            while room():
                 if current is None or current.submitted == len(current.plan):
-                    if not opening:
-                        break
-                    if pending and not opening[0].done():
-                        break  # do not wait for an open while data is in flight
+                    if not opening or (pending and not opening[0].done()):
+                        break  # never wait for an open while data is in flight
                     future = opening.popleft()
                     try:
                         current = future.result()
@@ -216,6 +226,8 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
                         pending.append(_Failed(exc))
                         current = None
                         break
+                    opened_shards += 1
+                    planned_requests += len(current.plan)
                     if current.plan:
                         live.append(current)
                     else:
@@ -233,10 +245,16 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
                 if exhausted and not opening and (current is None or current.submitted == len(current.plan)):
                     return
                 continue
-            head = pending.popleft()
+            head = pending[0]
             if isinstance(head, _Failed):
                 raise head.exc
             future, opened, (a, b, lo, hi) = head
+            if (not future.done() and opening and not opening[0].done() and room()
+                    and inflight < policy.max_inflight_bytes):
+                # the next shard may open before the head request lands: start its requests then
+                cf.wait([future, opening[0]], return_when=cf.FIRST_COMPLETED)
+                continue
+            pending.popleft()
             data = future.result()
             inflight -= hi - lo
             yield from _samples(opened, a, b, lo, data)
@@ -289,4 +307,4 @@ def read_runs_scheduled(shard: ShardFile, order: np.ndarray, url: str, policy: F
     Yields:
         ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
     """
-    yield from read_shards_scheduled([ShardRead(url, np.asarray(order), lambda: shard)], policy, lookahead=1)
+    yield from read_shards_scheduled([ShardRead(url, np.asarray(order), lambda: shard)], policy, max_lookahead=1)
