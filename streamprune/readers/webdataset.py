@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import os
 from typing import Any, Iterable, Iterator
@@ -24,9 +25,9 @@ from .. import storage
 from ..errors import MaskMismatchError, StreamPruneError
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, kept_counts, open_mask
-from .byterange import ShardFile, read_runs
+from .byterange import READAHEAD_BYTES, ReadAhead, ShardFile, read_runs, run_spans
 from .maskslot import MaskSlot
-from .plan import plan_epoch, within_shard_order
+from .plan import Segment, plan_epoch, within_shard_order
 from .scheduler import DEFAULT_REMOTE_POLICY, FetchPolicy, read_runs_scheduled
 from .state import Binding, ResumableSource, counted, raise_on_first, warn_buffered
 
@@ -53,6 +54,9 @@ def distributed_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+#: Shards a reader opens ahead of the one it reads, at most (each holds a descriptor and its index).
+SHARDS_AHEAD = 4
+
 #: ``set_epoch``'s default: keep the current mask.
 _SAME_MASK: Any = object()
 
@@ -70,7 +74,9 @@ class PrunedSource(ResumableSource, IterableDataset):
         world_size: Number of ranks; default from ``torch.distributed`` or ``$WORLD_SIZE``.
         uneven: ``"pad"`` (every rank gets ceil(kept/world) samples, repeating a few) or
             ``"drop"`` (floor, skipping a few) so all ranks get the same count.
-        fadvise: Switch off kernel read-ahead and prefetch exactly the kept ranges.
+        fadvise: Switch off kernel read-ahead and prefetch exactly the kept ranges: one window
+            of :data:`~streamprune.readers.byterange.READAHEAD_BYTES` ahead of the reads, which
+            runs on into the next shards (see :class:`~streamprune.readers.byterange.ReadAhead`).
         check_headers: Check the first tar header of every read against the index (cheap: one
             header per coalesced read).
         max_run_bytes: Largest single read when coalescing adjacent kept samples.
@@ -218,23 +224,77 @@ class PrunedSource(ResumableSource, IterableDataset):
         return counted(self._read(segments, position.epoch), position)
 
     def _read(self, segments: list, epoch: int) -> Iterator[dict]:
+        """The kept samples of ``segments``, in order.
+
+        Local shards read one run at a time share one :class:`ReadAhead` window: when it has
+        room and the current shard's runs are all announced, the next segment's shard is opened
+        (and its index loaded) and its first kept runs are announced, so the disk's queue stays
+        full across shard boundaries (at most :data:`SHARDS_AHEAD` shards are open ahead). An
+        error opening a shard ahead is raised at its turn, after every sample before it, as
+        without the look-ahead.
+        """
         manifest = self.manifest
-        for segment in segments:
-            order = within_shard_order(
-                self.shard_kept_positions(segment.shard), self.seed, epoch, segment.shard, self.shuffle
-            )[segment.begin : segment.end]
-            path = manifest.shard_path(segment.shard)
-            policy = fetch_policy(path, self.fetch, self.io_depth, self.max_run_bytes)
-            if policy is not None:
-                obj = storage.open_object(path, manifest.storage_options)
-                with ShardFile.from_storage(obj, manifest.index(segment.shard), verify=self.verify) as shard:
-                    # every request's first header is checked as it arrives (check_headers included)
-                    yield from read_runs_scheduled(shard, order, path, policy)
+        todo = collections.deque(segments)
+        # shards opened ahead, in read order, or the error opening one (raised at its turn)
+        ahead: collections.deque[tuple[ShardFile, np.ndarray, str] | Exception] = collections.deque()
+        readahead = ReadAhead(READAHEAD_BYTES) if self.fadvise else None
+
+        def open_next() -> bool:
+            """Open the next segment's shard if the serial local reader reads it; ``False``: nothing was queued."""
+            if not todo or len(ahead) >= SHARDS_AHEAD or (ahead and isinstance(ahead[-1], Exception)):
+                return False
+            path = manifest.shard_path(todo[0].shard)
+            if fetch_policy(path, self.fetch, self.io_depth, self.max_run_bytes) is not None:
+                return False
+            segment = todo.popleft()
+            try:
+                order = within_shard_order(
+                    self.shard_kept_positions(segment.shard), self.seed, epoch, segment.shard, self.shuffle
+                )[segment.begin : segment.end]
+                shard = ShardFile(path, manifest.index(segment.shard), fadvise=self.fadvise, verify=self.verify)
+            except (StreamPruneError, OSError) as exc:
+                ahead.append(exc)
+                return True
+            ahead.append((shard, order, path))
+            if readahead is not None:
+                readahead.add(shard, *run_spans(shard.index, order, self.max_run_bytes))
+            return True
+
+        if readahead is not None:
+            readahead.more = open_next
+        try:
+            while ahead or todo:
+                if not ahead and not open_next():
+                    segment = todo.popleft()  # read by the scheduler (remote, or local with io_depth > 1)
+                    yield from self._read_scheduled(segment, epoch)
+                    continue
+                item = ahead.popleft()
+                if isinstance(item, Exception):
+                    raise item
+                shard, order, path = item
+                with shard:
+                    yield from read_runs(
+                        shard, order, path, max_run_bytes=self.max_run_bytes, check_headers=self.check_headers, readahead=readahead
+                    )
                 manifest.drop_cache()
-                continue
-            with ShardFile(path, manifest.index(segment.shard), fadvise=self.fadvise, verify=self.verify) as shard:
-                yield from read_runs(shard, order, path, max_run_bytes=self.max_run_bytes, check_headers=self.check_headers)
-            manifest.drop_cache()
+        finally:
+            for item in ahead:
+                if isinstance(item, tuple):
+                    item[0].close()
+
+    def _read_scheduled(self, segment: Segment, epoch: int) -> Iterator[dict]:
+        """One segment read by :func:`read_runs_scheduled` (requests in flight on threads)."""
+        manifest = self.manifest
+        order = within_shard_order(
+            self.shard_kept_positions(segment.shard), self.seed, epoch, segment.shard, self.shuffle
+        )[segment.begin : segment.end]
+        path = manifest.shard_path(segment.shard)
+        policy = fetch_policy(path, self.fetch, self.io_depth, self.max_run_bytes)
+        obj = storage.open_object(path, manifest.storage_options)
+        with ShardFile.from_storage(obj, manifest.index(segment.shard), verify=self.verify) as shard:
+            # every request's first header is checked as it arrives (check_headers included)
+            yield from read_runs_scheduled(shard, order, path, policy)
+        manifest.drop_cache()
 
 
 class PrunedWebDataset(wds.DataPipeline, wds.FluidInterface):
