@@ -316,6 +316,28 @@ def read_ahead_kb(path: str) -> int | None:
     return None
 
 
+# The fields of /sys/dev/block/M:m/stat this module reads (Documentation/block/stat.rst)
+_BLOCK_STAT_FIELDS = {"reads": 0, "read_merges": 1, "read_sectors": 2, "read_ms": 3, "io_ms": 9}
+
+
+def block_stat(path: str) -> dict[str, int] | None:
+    """The I/O counters of the block device holding ``path``, or ``None`` where there are none.
+
+    From ``/sys/dev/block/M:m/stat``: ``reads`` (read requests the device completed),
+    ``read_merges`` (requests merged into others before they reached it), ``read_sectors``
+    (512 bytes each), ``read_ms`` (summed request times) and ``io_ms`` (wall time with at
+    least one request in flight: how long the device was busy). They count every process's
+    I/O on that device, not this one's alone.
+    """
+    try:
+        dev = os.stat(path).st_dev
+        with open(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat") as fh:
+            fields = fh.read().split()
+        return {name: int(fields[i]) for name, i in _BLOCK_STAT_FIELDS.items()}
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 # --------------------------------------------------------------------------------------------
 # info and statistics
 

@@ -9,12 +9,18 @@ sample-level keep masks at several ratios, and reads one epoch with the tar read
   wds_before  the same with ``.select`` placed before ``.decode``;
   streamprune ``PrunedWebDataset(manifest, mask)`` (``+ .decode("pil")``), reading kept byte
               ranges only;
+  streamprune_io16  (raw variant only) the same with ``io_depth=16``: local shards read by
+              the scheduler, 16 positioned reads in flight on threads;
   io_floor    (raw variant only) a reference, not a floor: a serial replay of the kept byte
               ranges streamprune reads, one ``preadv`` at a time from one thread into one
               reused buffer (runs of up to 1 MiB, with the same ``FADV_RANDOM`` and 16 MiB
-              ``WILLNEED`` window), and no index loading, per-sample Python or sample dicts.
-              It shows what these reads cost when issued this simple way; it does not bound
-              other readers (the name is historical): streamprune's own epoch can be shorter.
+              ``WILLNEED`` window, which runs on across shards as streamprune's does), and no
+              index loading, per-sample Python or sample dicts. It shows what these reads cost
+              when issued this simple way; it does not bound other readers (the name is
+              historical): streamprune's own epoch can be shorter.
+  io_floor_par  (raw variant only) the same kept ranges read by 16 threads of ``preadv``
+              (``FADV_RANDOM``, no hints): the reference with several reads in flight instead
+              of read-ahead hints.
 
 and FFCV on the same JPEG bytes (decode variant only):
 
@@ -52,6 +58,16 @@ DataLoader workers, so ``/proc/self/io`` sees every read):
            so every kept JPEG is fully decoded; the loop checks each ``jpg`` is a PIL image and
            sums its pixels).
 
+Each run also records what the block device holding the shards did (``common.block_stat``:
+requests completed and merged, bytes, and ``io_ms``, the time it had a request in flight),
+device-wide, so another process's I/O on that disk would count too. Before cold rounds a
+device probe times ``O_DIRECT`` reads (no page cache) at random aligned offsets in the shards,
+4 KiB to 1 MiB, one at a time and ``IO_DEPTH`` at a time: the device's fixed cost per request
+and its bandwidth (a least-squares line through the serial times), and whether requests in
+flight together overlap. Each cold row's ``device_model_speedup`` is that line applied to the
+row's device requests and bytes: the speed-up the device itself allows, for any reader that
+makes those requests.
+
 The timed region covers building the pipeline and iterating the whole epoch. Repeats are
 interleaved (every config once per round, in a shuffled order) so drift on a shared machine
 hits all configs alike. Epoch-time speed-up of ratio r = t(ratio 0) / t(ratio r) for the same
@@ -71,13 +87,16 @@ Run:  python -m benchmarks io            (full, ~15-25 min)
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import gc
 import hashlib
 import json
 import logging
 import math
+import mmap
 import os
 import random
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -97,12 +116,16 @@ from .suite import Suite, Target, targets_table
 log = logging.getLogger("io_bench")
 
 FFCV_READERS = {"ffcv_oscache": True, "ffcv_pages": False}  # reader -> os_cache
-READERS = ("wds_after", "wds_before", "streamprune", "io_floor", *FFCV_READERS)
+READERS = ("wds_after", "wds_before", "streamprune", "streamprune_io16", "io_floor", "io_floor_par", *FFCV_READERS)
+RAW_ONLY = ("streamprune_io16", "io_floor", "io_floor_par")
+IO_DEPTH = 16  # reads in flight of streamprune_io16 and io_floor_par
 READER_LABELS = {
     "wds_after": "webdataset, select after decode",
     "wds_before": "webdataset, select before decode",
     "streamprune": "streamprune PrunedWebDataset",
+    "streamprune_io16": "streamprune PrunedWebDataset(io_depth=16): 16 reads in flight on threads",
     "io_floor": "io_floor reference (not a floor): serial replay of the kept ranges, one preadv at a time",
+    "io_floor_par": "io_floor_par reference: the kept ranges read by 16 threads of preadv",
     "ffcv_oscache": "FFCV pruned loader, os_cache on (memory map)",
     "ffcv_pages": "FFCV pruned loader, os_cache off (whole pages)",
 }
@@ -279,31 +302,70 @@ def floor_ranges(manifest, mask, max_run_bytes: int = 1 << 20) -> list[tuple[str
 def replay_floor(ranges, prefetch_bytes: int = 16 << 20) -> int:
     """Replay ``ranges`` serially: one ``preadv`` at a time, no samples built (the ``io_floor`` reference).
 
-    It gives the same ``FADV_RANDOM`` and ``WILLNEED`` window hints as streamprune's reader and
-    reads each range whole into one reused buffer. It is a reference for these reads, not a
-    lower bound: a reader can overlap or split its reads differently and finish sooner.
+    It gives the same ``FADV_RANDOM`` and ``WILLNEED`` window hints as streamprune's reader (one
+    window over the whole epoch: it runs on into the next shard before the current one is
+    read, a shard opened when the window reaches it) and reads each range whole into one
+    reused buffer. It is a reference for these reads, not a lower bound: a reader can overlap
+    or split its reads differently and finish sooner.
     """
     buf = bytearray(64 << 20)
     view = memoryview(buf)
+    spans = [(k, lo, hi) for k, (_, shard_spans) in enumerate(ranges) for lo, hi in shard_spans]
+    fds: dict[int, int] = {}
+
+    def fd_of(k: int) -> int:
+        if k not in fds:
+            fds[k] = os.open(ranges[k][0], os.O_RDONLY)
+            os.posix_fadvise(fds[k], 0, 0, os.POSIX_FADV_RANDOM)
+        return fds[k]
+
     total = 0
-    for path, spans in ranges:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-            announced = 0
-            announced_bytes = 0
-            consumed = 0
-            for lo, hi in spans:
-                while announced < len(spans) and announced_bytes - consumed < prefetch_bytes:
-                    a, b = spans[announced]
-                    os.posix_fadvise(fd, a, b - a, os.POSIX_FADV_WILLNEED)
-                    announced_bytes += b - a
-                    announced += 1
-                consumed += hi - lo
-                total += os.preadv(fd, [view[: hi - lo]], lo)
-        finally:
+    announced = 0
+    announced_bytes = 0
+    consumed = 0
+    try:
+        for k, lo, hi in spans:
+            while announced < len(spans) and announced_bytes - consumed < prefetch_bytes:
+                j, a, b = spans[announced]
+                os.posix_fadvise(fd_of(j), a, b - a, os.POSIX_FADV_WILLNEED)
+                announced_bytes += b - a
+                announced += 1
+            consumed += hi - lo
+            total += os.preadv(fd_of(k), [view[: hi - lo]], lo)
+            if hi == ranges[k][1][-1][1]:
+                os.close(fds.pop(k))  # the shard's last range: done with it
+    finally:
+        for fd in fds.values():
             os.close(fd)
     return total
+
+
+def replay_floor_parallel(ranges, depth: int = IO_DEPTH) -> int:
+    """Read ``ranges`` with ``depth`` threads of ``preadv`` (the ``io_floor_par`` reference).
+
+    Every shard is opened first with ``FADV_RANDOM``; the ranges of all shards, in order, go
+    to a pool of ``depth`` threads, each reading into its own reused buffer, so ``depth``
+    reads are in flight. No hints, no samples built.
+    """
+    local = threading.local()
+
+    def read(item: tuple[int, int, int]) -> int:
+        fd, lo, hi = item
+        buf = getattr(local, "buf", None)
+        if buf is None or len(buf) < hi - lo:
+            buf = local.buf = bytearray(max(hi - lo, 4 << 20))
+        return os.preadv(fd, [memoryview(buf)[: hi - lo]], lo)
+
+    fds = [os.open(path, os.O_RDONLY) for path, _ in ranges]
+    try:
+        for fd in fds:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        items = [(fd, lo, hi) for fd, (_, spans) in zip(fds, ranges) for lo, hi in spans]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=depth, thread_name_prefix="io_floor_par") as pool:
+            return sum(pool.map(read, items))
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def subset_manifest(manifest, min_mb: float, out_dir: str):
@@ -478,11 +540,11 @@ def build_reader(reader: str, ds: Dataset, ratio: float, decode: bool):
     # heavy import (webdataset), loaded only when this runs: the registry imports every suite
     import webdataset as wds
 
-    if reader == "streamprune":
+    if reader in ("streamprune", "streamprune_io16"):
         # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
         from streamprune import PrunedWebDataset
 
-        pipe = PrunedWebDataset(ds.manifest_path, ds.mask_paths[ratio])
+        pipe = PrunedWebDataset(ds.manifest_path, ds.mask_paths[ratio], io_depth=IO_DEPTH if reader == "streamprune_io16" else 1)
         return pipe.decode("pil") if decode else pipe
     keep = ds.keep_sets[ratio] if ratio > 0 else None
     pipe = wds.WebDataset(ds.urls, shardshuffle=False)
@@ -548,14 +610,16 @@ def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset, f
         common.warm(files)
     gc.collect()
     consume = consume_decode if variant == "decode" else consume_raw
+    dev0 = common.block_stat(ds.urls[0])
     io0 = common.proc_io()
     c0 = time.process_time()
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe = None if reader == "io_floor" or reader in FFCV_READERS else build_reader(reader, ds, ratio, variant == "decode")
-        if reader == "io_floor":
-            n, nbytes, pixels = ds.kept[ratio], replay_floor(ds.floor_ranges[ratio]), 0
+        replay = {"io_floor": replay_floor, "io_floor_par": replay_floor_parallel}.get(reader)
+        pipe = None if replay is not None or reader in FFCV_READERS else build_reader(reader, ds, ratio, variant == "decode")
+        if replay is not None:
+            n, nbytes, pixels = ds.kept[ratio], replay(ds.floor_ranges[ratio]), 0
         elif reader in FFCV_READERS:
             loader, label_sum = ffcv_loaders[(reader, ratio)]
             n, nbytes, pixels = run_ffcv_epoch(loader, label_sum, f"{reader} {cache} r={ratio}")
@@ -564,6 +628,7 @@ def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset, f
     seconds = time.perf_counter() - t0
     cpu = time.process_time() - c0
     io1 = common.proc_io()
+    dev1 = common.block_stat(ds.urls[0])
     if n != ds.kept[ratio]:
         raise AssertionError(f"{reader} {cache} {variant} r={ratio}: {n} samples, expected {ds.kept[ratio]}")
     return {
@@ -584,7 +649,109 @@ def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset, f
         "loadavg_1min": os.getloadavg()[0],
         "cache_files": len(files),  # evicted (cold) or read first (warm): shards, .index.json, .index.npz, manifest, mask
         "cache_file_bytes": sum(os.path.getsize(f) for f in files),
+        **device_delta(dev0, dev1),
     }
+
+
+def device_delta(before: dict | None, after: dict | None) -> dict:
+    """What the block device did between two ``common.block_stat`` readings (device-wide)."""
+    if before is None or after is None:
+        return {}
+    return {
+        "device_reads": after["reads"] - before["reads"],
+        "device_read_merges": after["read_merges"] - before["read_merges"],
+        "device_read_bytes": 512 * (after["read_sectors"] - before["read_sectors"]),
+        "device_busy_ms": after["io_ms"] - before["io_ms"],
+    }
+
+
+def device_probe(paths: Sequence[str], depth: int = IO_DEPTH, rounds: int = 3, seed: int = 0) -> dict:
+    """Time ``O_DIRECT`` reads at random 4 KiB-aligned offsets in ``paths`` (the page cache bypassed).
+
+    Sizes 4 KiB, 128 KiB and 1 MiB, one at a time and ``depth`` at a time (threads), ``rounds``
+    interleaved rounds, medians. A least-squares line through the serial times gives the
+    device's fixed cost per request and its bandwidth.
+
+    Returns:
+        ``{"configs": {"<KiB>KiB@d<depth>": {"us_per_request", "MBps"}}, "fixed_us_per_request",
+        "MBps", ...}``, or ``{"unavailable": reason}`` where ``O_DIRECT`` is refused.
+    """
+    sizes = (4 << 10, 128 << 10, 1 << 20)
+    counts = {4 << 10: 200, 128 << 10: 200, 1 << 20: 64}
+    rng = random.Random(seed)
+    try:
+        fds = [os.open(p, os.O_RDONLY | os.O_DIRECT) for p in paths]
+    except (OSError, AttributeError) as exc:
+        return {"unavailable": f"O_DIRECT: {exc}"}
+    local = threading.local()
+
+    def read(item: tuple[int, int, int]) -> int:
+        fd, offset, n = item
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = mmap.mmap(-1, 1 << 20)  # page-aligned, as O_DIRECT needs
+        return os.preadv(fd, [memoryview(buf)[:n]], offset)
+
+    times: dict[tuple[int, int], list[float]] = {}
+    try:
+        limits = [os.fstat(fd).st_size // 4096 - 256 for fd in fds]
+        configs = [(size, d) for size in sizes for d in (1, depth)]
+        for _ in range(rounds):
+            rng.shuffle(configs)
+            for size, d in configs:
+                items = []
+                for _ in range(counts[size]):
+                    k = rng.randrange(len(fds))
+                    items.append((fds[k], 4096 * rng.randrange(max(limits[k], 1)), size))
+                t0 = time.perf_counter()
+                if d == 1:
+                    for item in items:
+                        read(item)
+                else:
+                    with concurrent.futures.ThreadPoolExecutor(max_workers=d) as pool:
+                        list(pool.map(read, items))
+                times.setdefault((size, d), []).append((time.perf_counter() - t0) / len(items))
+    except OSError as exc:
+        return {"unavailable": f"O_DIRECT read: {exc}"}
+    finally:
+        for fd in fds:
+            os.close(fd)
+    per = {key: common.median(v) for key, v in times.items()}
+    xs = np.array(sizes, dtype=np.float64)
+    ys = np.array([per[(size, 1)] for size in sizes])
+    slope, intercept = np.polyfit(xs, ys, 1)
+    return {
+        "method": f"O_DIRECT preadv at random 4 KiB-aligned offsets in the shards; {rounds} rounds, medians; "
+                  f"depth {depth}: a pool of {depth} threads",
+        "configs": {f"{size >> 10}KiB@d{d}": {"us_per_request": 1e6 * t, "MBps": size / t / 1e6, "requests": counts[size]}
+                    for (size, d), t in sorted(per.items())},
+        "fixed_us_per_request": 1e6 * float(intercept),
+        "MBps": 1e-6 / float(slope) if slope > 0 else float("nan"),
+        "depth_speedup_1MiB": per[(1 << 20, 1)] / per[(1 << 20, depth)],
+        "loadavg": os.getloadavg(),
+    }
+
+
+def add_device_model(rows: list[dict], probe: dict | None) -> None:
+    """Give each cold row with device counters the speed-up the probed device allows for its requests.
+
+    Device time of an epoch = requests x fixed cost + bytes / bandwidth (``probe``'s line);
+    ``device_model_speedup`` = that time at ratio 0 / at this row's ratio, same reader.
+    """
+    if not probe or "fixed_us_per_request" not in probe or not probe["MBps"] > 0:
+        return
+    fixed, bandwidth = probe["fixed_us_per_request"] * 1e-6, probe["MBps"] * 1e6
+
+    def model(r: dict) -> float:
+        return r["median_device_reads"] * fixed + r["median_device_read_bytes"] / bandwidth
+
+    base = {(r["reader"], r["variant"]): r for r in rows if r["cache"] == "cold" and r["ratio"] == 0.0}
+    for row in rows:
+        ref = base.get((row["reader"], row["variant"]))
+        if row["cache"] != "cold" or ref is None or "median_device_reads" not in row or "median_device_reads" not in ref:
+            continue
+        row["device_model_seconds"] = model(row)
+        row["device_model_speedup"] = model(ref) / model(row)
 
 
 def verify_same_samples(ds: Dataset, ratio: float) -> dict:
@@ -614,6 +781,7 @@ def verify_same_samples(ds: Dataset, ratio: float) -> dict:
 # Paired ratio-0 comparisons across readers: reader -> [(reference reader, row field)]
 COMPARISONS = {
     "streamprune": [("wds_after", "samples_per_s_vs_webdataset")],
+    "streamprune_io16": [("wds_after", "samples_per_s_vs_webdataset"), ("streamprune", "samples_per_s_vs_streamprune")],
     **{r: [("wds_after", "samples_per_s_vs_webdataset"), ("streamprune", "samples_per_s_vs_streamprune")] for r in FFCV_READERS},
 }
 
@@ -673,6 +841,12 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
             })
             if "pages" in info and str(ratio) in info["pages"]:
                 rows[-1]["ffcv_page_fraction"] = info["pages"][str(ratio)]["page_fraction"]
+            if all("device_reads" in r for r in reps):
+                for name in ("device_reads", "device_read_merges", "device_read_bytes", "device_busy_ms"):
+                    rows[-1]["median_" + name] = common.median([r[name] for r in reps])
+                busy = [base[r["round"]]["device_busy_ms"] / r["device_busy_ms"] for r in reps
+                        if r["round"] in base and "device_busy_ms" in base[r["round"]] and r["device_busy_ms"] > 0]
+                rows[-1]["device_busy_ratio"] = common.median(busy) if busy else float("nan")
     for row in rows:
         if row["ratio"] != 0.0:
             continue
@@ -737,7 +911,7 @@ def evaluate_targets(rows: list[dict], ratios: Sequence[float]) -> list[dict]:
     for variant, goal, text in (("raw", 3.0, ">= 3 x webdataset"), ("decode", 1.0, ">= webdataset (ratio >= 1)")):
         for cache in CACHES:
             row = find(rows, reader="streamprune", cache=cache, variant=variant, ratio=0.0)
-            if row and "samples_per_s_vs_webdataset" in row:
+            if row and not math.isnan(row.get("samples_per_s_vs_webdataset", math.nan)):  # nan: wds_after not run
                 out.append(Target.check(f"{cache} {variant} r=0: streamprune samples/s {text}", row["samples_per_s_vs_webdataset"], goal,
                                         interval=_interval(row, "samples_per_s_vs_webdataset")))
     # ffcv_bench's warm target, checked here on io_bench's data: sample-level masks, file order
@@ -782,9 +956,13 @@ def print_summary(rows, targets, meta):
                     f"{r['median_read_bytes'] / 2**20:.1f}",
                     f"{r['read_fraction_of_data']:.3f}",
                     _ratio(rel),
+                    common.fmt_num(r["median_device_reads"], 0) if "median_device_reads" in r else "",
+                    _ratio(r.get("device_busy_ratio")),
+                    _ratio(r.get("device_model_speedup")),
                 ])
             print(common.markdown_table(
-                ["reader", "ratio", "samples", "t (s)", "samples/s", "speed-up [min-max]", "ideal", "/ideal", "cpu speed-up", "read MiB", "read frac", "vs wds @0"],
+                ["reader", "ratio", "samples", "t (s)", "samples/s", "speed-up [min-max]", "ideal", "/ideal", "cpu speed-up", "read MiB", "read frac",
+                 "vs wds @0", "device reqs", "device busy ratio", "device model"],
                 table,
             ))
     ffcv_rows = [r for r in rows if r["reader"] in FFCV_READERS and r["ratio"] == 0.0]
@@ -815,10 +993,12 @@ def plot(rows, ratios, path, meta):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(17, 10))
-    colors = {"wds_after": "tab:red", "wds_before": "tab:orange", "streamprune": "tab:blue", "io_floor": "tab:gray",
-              "ffcv_oscache": "tab:green", "ffcv_pages": "tab:purple"}
-    markers = {"wds_after": "s", "wds_before": "^", "streamprune": "o", "io_floor": "x", "ffcv_oscache": "D", "ffcv_pages": "v"}
-    short = {"wds_after": "wds after", "wds_before": "wds before", "streamprune": "streamprune", "io_floor": "io_floor (serial replay, reference)",
+    colors = {"wds_after": "tab:red", "wds_before": "tab:orange", "streamprune": "tab:blue", "streamprune_io16": "tab:cyan",
+              "io_floor": "tab:gray", "io_floor_par": "tab:brown", "ffcv_oscache": "tab:green", "ffcv_pages": "tab:purple"}
+    markers = {"wds_after": "s", "wds_before": "^", "streamprune": "o", "streamprune_io16": "P", "io_floor": "x", "io_floor_par": "+",
+               "ffcv_oscache": "D", "ffcv_pages": "v"}
+    short = {"wds_after": "wds after", "wds_before": "wds before", "streamprune": "streamprune", "streamprune_io16": "streamprune io_depth=16",
+             "io_floor": "io_floor (serial replay, reference)", "io_floor_par": "io_floor_par (16 threads, reference)",
              "ffcv_oscache": "FFCV os_cache", "ffcv_pages": "FFCV pages"}
     xs = np.linspace(0, max(ratios), 50)
     handles = {}
@@ -1146,6 +1326,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"eviction check: cold full read fetched {eviction['cold_read_bytes'] / 2**20:.1f} MiB of {eviction['file_bytes'] / 2**20:.1f} MiB "
           f"({eviction['cold_MBps']:.0f} MB/s), warm re-read fetched {eviction['warm_read_bytes'] / 2**20:.1f} MiB ({eviction['warm_MBps']:.0f} MB/s)"
           f" -> {'OK' if eviction['ok'] else 'NOT WORKING: cold numbers are not cold'}")
+    probe = None
+    if "cold" in args.caches:
+        probe = device_probe(datasets["full"].urls)
+        if "unavailable" in probe:
+            print(f"device probe: {probe['unavailable']}")
+        else:
+            print(f"device probe (O_DIRECT, random offsets): {probe['fixed_us_per_request']:.0f} us per request + "
+                  f"{probe['MBps']:.0f} MB/s; 1 MiB reads {IO_DEPTH} at a time: {probe['depth_speedup_1MiB']:.2f}x the throughput of one at a time")
     common.warm(all_files)
     verification = [verify_same_samples(datasets["full"], r) for r in args.ratios if r > 0][:1]
     print(f"verified streamprune == webdataset+select (keys, order, bytes) at ratio {verification[0]['ratio'] if verification else '-'}")
@@ -1154,7 +1342,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for variant in args.variants:
         for cache in args.caches:
             for reader in args.readers:
-                if reader == "io_floor" and variant != "raw":
+                if reader in RAW_ONLY and variant != "raw":
                     continue
                 if reader in FFCV_READERS and variant != "decode":
                     continue
@@ -1201,6 +1389,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "loadavg_end": os.getloadavg(),
         "loadavg_1min_during_runs": [min((r["loadavg_1min"] for r in runs), default=None), max((r["loadavg_1min"] for r in runs), default=None)],
         "eviction_check": eviction,
+        "device_probe": probe,
         "verification": verification,
         "ffcv": ffcv_meta,
         "total_seconds": None,
@@ -1211,6 +1400,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         runs, invocations, ds_info = merge_previous(json_path, runs, this, ds_info)
     order = [inv["id"] for inv in invocations]
     rows = summarize(runs, ds_info, order)
+    add_device_model(rows, probe)
     targets = evaluate_targets(rows, sorted({r["ratio"] for r in rows}))
     used = {r["invocation"] for r in rows} | {v for r in rows for k, v in r.items() if k.endswith("_invocation")}
     runs = [r for r in runs if r["invocation"] in used]
@@ -1224,6 +1414,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "data": data,
         "datasets": ds_info,
         "eviction_check": eviction,
+        "device_probe": probe,
         "verification": verification,
         "repeats": args.repeats,
         "raw_repeats": args.raw_repeats,
@@ -1246,6 +1437,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "ratio_0": "webdataset readers have no .select at ratio 0; streamprune reads the all-keep mask file",
             "decode": ".decode('pil'): PIL Image.open + load() + convert('RGB') per jpg; FFCV: see ffcv.decoder",
             "merge": "rows come from the latest invocation that ran their (reader, cache, variant); see invocations",
+            "device": "median_device_*: deltas of the shards' block device counters over the run (common.block_stat; device-wide); "
+                      "device_busy_ratio: io_ms(ratio 0)/io_ms(ratio r), paired per round, median; device_model_speedup: "
+                      "(requests x fixed cost + bytes / bandwidth) at ratio 0 over the same at ratio r, with device_probe's line",
         },
         "total_seconds": None,
     }
@@ -1271,6 +1465,7 @@ def resummarize(path: str, no_plot: bool = False) -> dict[str, Any]:
     for r in saved["runs"]:
         r.setdefault("invocation", invocations[-1]["id"])
     rows = summarize(saved["runs"], saved["datasets"], [inv["id"] for inv in invocations])
+    add_device_model(rows, saved.get("device_probe"))
     saved["summary"] = rows
     saved["targets"] = evaluate_targets(rows, sorted({r["ratio"] for r in rows}))
     saved["resummarized"] = {"command": common.command_line(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
 
-from benchmarks import common, downstream_bench, score_bench, transfer_bench
+from benchmarks import common, downstream_bench, io_bench, score_bench, transfer_bench
 from benchmarks.io_bench import Dataset
 from streamprune.kernels import nearest_centroid
 from streamprune.manifest import Manifest
@@ -103,3 +104,64 @@ def test_spearman_handles_ties_like_average_ranks():
     # ties: ranks 1.5, 1.5, 3, 4 against 1, 2, 3, 4
     r = np.corrcoef([1.5, 1.5, 3, 4], [1, 2, 3, 4])[0, 1]
     assert downstream_bench.spearman([0, 0, 1, 2], [1, 2, 3, 4]) == pytest.approx(r)
+
+
+def test_io_floor_replays_read_exactly_the_ranges(tmp_path, monkeypatch):
+    paths = []
+    for k in range(3):
+        path = tmp_path / f"s{k}.tar"
+        path.write_bytes(bytes([k]) * 100_000)
+        paths.append(str(path))
+    ranges = [(paths[0], [(0, 1000), (5000, 9000)]), (paths[1], [(100, 200)]), (paths[2], [(0, 50_000), (60_000, 60_001)])]
+    want = {(p, lo, hi - lo) for p, spans in ranges for lo, hi in spans}
+    events = []
+    real_preadv, real_fadvise = os.preadv, os.posix_fadvise
+
+    def preadv(fd, buffers, offset):
+        events.append(("read", os.readlink(f"/proc/self/fd/{fd}"), offset, sum(len(b) for b in buffers)))
+        return real_preadv(fd, buffers, offset)
+
+    def fadvise(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_WILLNEED:
+            events.append(("hint", os.readlink(f"/proc/self/fd/{fd}"), offset, length))
+        return real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    total = sum(n for *_, n in want)
+    assert io_bench.replay_floor(ranges) == total
+    reads = [e[1:] for e in events if e[0] == "read"]
+    assert reads == [(p, lo, hi - lo) for p, spans in ranges for lo, hi in spans]  # serial, in order
+    assert {e[1:] for e in events if e[0] == "hint"} == want
+    # one window over all files: the last file's first range is announced before the first file's last read
+    first_hint = min(i for i, e in enumerate(events) if e[:2] == ("hint", paths[2]))
+    last_read = max(i for i, e in enumerate(events) if e[:2] == ("read", paths[0]))
+    assert first_hint < last_read
+    events.clear()
+    assert io_bench.replay_floor_parallel(ranges, depth=4) == total
+    assert sorted(e[1:] for e in events) == sorted(want) and all(e[0] == "read" for e in events)
+
+
+def test_device_model_charges_each_request_its_fixed_cost():
+    probe = {"fixed_us_per_request": 100.0, "MBps": 1000.0}
+    base = {"reader": "streamprune", "cache": "cold", "variant": "raw", "ratio": 0.0, "median_device_reads": 500, "median_device_read_bytes": 500e6}
+    pruned = {**base, "ratio": 0.8, "median_device_reads": 700, "median_device_read_bytes": 100e6}
+    warm = {**pruned, "cache": "warm"}
+    rows = [base, pruned, warm]
+    io_bench.add_device_model(rows, probe)
+    assert pruned["device_model_seconds"] == pytest.approx(0.07 + 0.1)
+    assert pruned["device_model_speedup"] == pytest.approx((0.05 + 0.5) / (0.07 + 0.1))  # 3.2, not the 5 of the bytes alone
+    assert "device_model_speedup" not in warm
+    io_bench.add_device_model(rows, {"unavailable": "O_DIRECT: not supported"})  # no probe: nothing added, nothing raised
+
+
+def test_block_stat_counts_a_cold_read(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(1 << 20))
+    before = common.block_stat(str(path))
+    if before is None:
+        pytest.skip("no block device counters for this file system")
+    common.evict([str(path)])
+    common.warm([str(path)])
+    delta = io_bench.device_delta(before, common.block_stat(str(path)))
+    assert delta["device_reads"] >= 1 and delta["device_read_bytes"] >= 1 << 20

@@ -30,6 +30,8 @@ from streamprune import (
     pruned_tarfile_samples,
     random_mask,
 )
+from streamprune.readers import webdataset as wds_reader
+from streamprune.readers.byterange import ReadAhead
 from streamprune.writers.tar import TarShardWriter
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
@@ -170,6 +172,7 @@ class ReadRecorder:
         self.shards = {os.path.realpath(p): k for k, p in enumerate(shard_paths)}
         self.reads = collections.defaultdict(list)  # shard -> [(offset, length)]
         self.willneed = collections.defaultdict(list)
+        self.events = []  # ("read" | "willneed", shard, offset, length), in call order
         self.other_reads = 0
         real_pread = os.pread
         real_fadvise = getattr(os, "posix_fadvise", None)
@@ -183,6 +186,7 @@ class ReadRecorder:
                 self.other_reads += 1
             else:
                 self.reads[k].append((offset, length))
+                self.events.append(("read", k, offset, length))
             return real_pread(fd, length, offset)
 
         def fadvise(fd, offset, length, advice):
@@ -190,6 +194,7 @@ class ReadRecorder:
                 k = shard_of(fd)
                 if k is not None:
                     self.willneed[k].append((offset, length))
+                    self.events.append(("willneed", k, offset, length))
             return real_fadvise(fd, offset, length, advice)
 
         monkeypatch.setattr(os, "pread", pread)
@@ -306,6 +311,103 @@ def test_reads_respect_max_run_bytes(manifest, built, monkeypatch, max_run_bytes
             # a coalesced read stays under the limit; a bigger read is exactly one member
             # (a sample too big for the limit is read member by member) or a tar header check
             assert length <= max_run_bytes or (off, length) in singles, (k, off, length)
+
+
+# ---------------------------------------------------------------------------------------------
+# read-ahead: one window of hints across the shards of an epoch
+
+
+def test_read_ahead_runs_on_into_the_next_shard(mask_40, manifest, built, monkeypatch):
+    rec = ReadRecorder(monkeypatch, built.shard_paths)
+    assert len(list(PrunedWebDataset(manifest, mask_40))) == mask_40.kept
+    check_reads(rec, manifest, mask_40)
+    read = [k for k in range(len(manifest.shards)) if mask_40.shard(k).any()]
+    assert len(read) >= 3
+    for k, after in zip(read, read[1:]):
+        last_read = max(i for i, e in enumerate(rec.events) if e[:2] == ("read", k))
+        first_hint = min(i for i, e in enumerate(rec.events) if e[:2] == ("willneed", after))
+        assert first_hint < last_read, f"shard {after}'s first kept run was announced only after shard {k} was read"
+
+
+def test_shards_opened_ahead_are_bounded_and_closed(mask_40, manifest, built, monkeypatch):
+    monkeypatch.setattr(wds_reader, "SHARDS_AHEAD", 2)
+    shard_paths = {os.path.realpath(p) for p in built.shard_paths}
+
+    def open_shards():
+        fds = os.listdir("/proc/self/fd")
+        return sum(1 for fd in fds if os.path.realpath(os.path.join("/proc/self/fd", fd)) in shard_paths)
+
+    most = []
+    real_pread = os.pread
+
+    def pread(fd, length, offset):
+        most.append(open_shards())
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    assert len(list(PrunedWebDataset(manifest, mask_40))) == mask_40.kept
+    assert max(most) == 3  # the shard being read and two ahead, of 7
+    it = iter(PrunedWebDataset(manifest, mask_40))
+    next(it)
+    assert open_shards() == 3
+    it.close()  # abandoned mid-epoch: the shards opened ahead are closed too
+    assert open_shards() == 0
+
+
+def test_error_opening_a_shard_ahead_is_raised_at_its_turn(dataset_copy):
+    manifest = Manifest.load(dataset_copy)
+    with open(manifest.shard_path(1), "ab") as fh:
+        fh.write(bytes(1024))  # shard 1 no longer matches its index: opening it fails
+    got = []
+    with pytest.raises(IndexMismatchError, match="shard-000001.tar"):
+        for sample in PrunedWebDataset(dataset_copy, None):
+            got.append(sample["__key__"])
+    assert got == manifest.index(0).keys  # every sample of shard 0 first, though shard 1 was opened while reading it
+
+
+class _Hinted:
+    """What :class:`ReadAhead` needs of a shard: an open descriptor and ``fadvise`` on."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.fadvise = True
+
+
+def test_read_ahead_window(tmp_path, monkeypatch):
+    hints = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: hints.append((fd, off, n, advice)))
+    fd = os.open(tmp_path / "f", os.O_CREAT | os.O_RDONLY)
+    try:
+        a, b = _Hinted(fd), _Hinted(fd)
+        later = [b]
+
+        def more():
+            if not later:
+                return False
+            ra.add(later.pop(), [1000, 1100], [1050, 1400])
+            return True
+
+        ra = ReadAhead(window_bytes=100, more=more)
+        ra.add(a, [0, 40, 80], [30, 70, 90])  # runs of 30, 30 and 10 bytes
+        ra.fill()
+        assert [(off, n) for _, off, n, _ in hints] == [(0, 30), (40, 30), (80, 10), (1000, 50)]  # 120: past 100 by one run
+        assert {advice for *_, advice in hints} == {os.POSIX_FADV_WILLNEED}
+        ra.consumed(30 + 30)
+        ra.fill()  # 60 ahead: room, so the next run, though 300 bytes
+        assert hints[-1][1:3] == (1100, 300) and len(hints) == 5
+        ra.consumed(10 + 50)
+        ra.fill()  # 300 ahead: no room
+        assert len(hints) == 5
+        ra.consumed(300)
+        ra.fill()  # room, but nothing queued and nothing more
+        assert len(hints) == 5 and not later
+        closed = _Hinted(-1)  # a shard closed before its runs were announced: skipped
+        ra.add(closed, [0], [10])
+        ra.add(a, [200], [210])
+        ra.fill()
+        assert hints[-1][1:3] == (200, 10) and len(hints) == 6
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ average), or a lone sample over the run limit, is read member by member straight
 value (one copy instead of two). Each read's first tar header is checked against the index. The kernel's read-ahead
 is switched off for the file (``POSIX_FADV_RANDOM``), since it would read pruned bytes, and
 instead the next kept runs are announced with ``POSIX_FADV_WILLNEED`` so the disk works
-ahead on exactly the bytes that will be used.
+ahead on exactly the bytes that will be used. A :class:`ReadAhead` keeps those hints a window
+of bytes ahead of the reads; shared by the shards of an epoch, the window runs on into the
+next shard before the current one ends, so the disk's queue does not drain at every shard.
 
 With verification on (:class:`ShardFile` ``verify``), every sample read is hashed as its
 members arrive and compared with the checksum its index recorded; a mismatch is a
@@ -17,9 +19,10 @@ verified when the caller does not say is a property of its storage (:func:`defau
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -29,7 +32,10 @@ from ..indexfile import object_marker
 from ..shardindex import MemberTable, ShardIndex, checksum_hasher
 from ..tarindex import BLOCK, split_key_ext, walk_headers
 
-__all__ = ["ShardFile", "read_runs", "read_sample", "plan_runs", "default_verify", "read_exact"]
+__all__ = [
+    "ShardFile", "ReadAhead", "read_runs", "read_sample", "plan_runs", "run_spans", "default_verify", "read_exact",
+    "READAHEAD_BYTES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,9 @@ _HAS_FADVISE = hasattr(os, "posix_fadvise")
 
 # Runs whose members average this size or more are read member by member (see read_runs).
 DIRECT_MEMBER_BYTES = 32 << 10
+
+#: Kept bytes announced to the kernel ahead of the reads (:class:`ReadAhead`).
+READAHEAD_BYTES = 16 << 20
 
 
 def plan_runs(index: ShardIndex, order: np.ndarray, max_run_bytes: int) -> list[tuple[int, int]]:
@@ -73,6 +82,84 @@ def plan_runs(index: ShardIndex, order: np.ndarray, max_run_bytes: int) -> list[
         prev_end = end
     runs.append((first, n))
     return runs
+
+
+def run_spans(index: ShardIndex, order: np.ndarray, max_run_bytes: int) -> tuple[list[int], list[int]]:
+    """Byte ranges ``[lo, hi)`` of the runs :func:`plan_runs` makes of ``order``, what :func:`read_runs` reads.
+
+    Returns:
+        ``(lo, hi)``: the runs' first and end offsets in the shard, in read order.
+    """
+    order = np.asarray(order, dtype=np.int64)
+    runs = plan_runs(index, order, max_run_bytes)
+    if not runs:
+        return [], []
+    first = np.fromiter((a for a, _ in runs), dtype=np.int64, count=len(runs))
+    last = np.fromiter((b - 1 for _, b in runs), dtype=np.int64, count=len(runs))
+    return index.start[order[first]].tolist(), index.end[order[last]].tolist()
+
+
+class ReadAhead:
+    """Kept runs announced to the kernel (``POSIX_FADV_WILLNEED``) a window of bytes ahead of the reads.
+
+    Shards queue their runs in read order (:meth:`add`); the reader calls :meth:`fill` before
+    each run it reads and :meth:`consumed` after it. When every queued run has been announced
+    and the window still has room, ``more`` is asked to queue the next shard's runs, so hints
+    run on across shard boundaries: the next shard's first kept runs are already on their way
+    while the current shard's last ones are read, instead of the disk's queue draining at the
+    end of every shard and refilling only once the next shard is open.
+
+    The window is counted in bytes, which bounds what is read ahead (page cache) whatever the
+    run sizes: 16 MiB is 16 runs of 1 MiB (nothing pruned) or ~130 lone samples of 120 KB.
+
+    Args:
+        window_bytes: Bytes announced but not yet read, at most (the run about to be read is
+            always announced, however large).
+        more: Called when the window has room and nothing queued is left to announce: it
+            queues the next shard's runs with :meth:`add` and returns ``True``, or returns
+            ``False`` when there is nothing (yet) to queue.
+    """
+
+    def __init__(self, window_bytes: int = READAHEAD_BYTES, more: Callable[[], bool] | None = None) -> None:
+        self.window_bytes = window_bytes
+        self.more = more
+        self._queue: collections.deque[list] = collections.deque()  # [shard, lo, hi, next run]
+        self._ahead = 0  # bytes announced and not yet read
+
+    def add(self, shard: "ShardFile", lo: Sequence[int], hi: Sequence[int]) -> None:
+        """Queue ``shard``'s runs ``[lo[j], hi[j])``, in the order they will be read (see :func:`run_spans`).
+
+        Nothing is queued for a shard opened without ``fadvise`` (and :func:`read_runs` does not
+        count its reads); runs of a shard closed before they were announced are skipped.
+        """
+        if shard.fadvise and len(lo):
+            self._queue.append([shard, lo, hi, 0])
+
+    def fill(self) -> None:
+        """Announce queued runs until the window is full (asking ``more`` for the next shard's)."""
+        queue = self._queue
+        window = self.window_bytes
+        fadvise = os.posix_fadvise  # looked up per call: tests record hints by patching it
+        while self._ahead < window:
+            if not queue:
+                if self.more is None or not self.more():
+                    return
+                continue
+            item = queue[0]
+            shard, lo, hi, j = item
+            fd = shard.fd
+            n = len(lo) if fd >= 0 else 0
+            while j < n and self._ahead < window:
+                fadvise(fd, lo[j], hi[j] - lo[j], os.POSIX_FADV_WILLNEED)
+                self._ahead += hi[j] - lo[j]
+                j += 1
+            item[3] = j
+            if j == n:
+                queue.popleft()
+
+    def consumed(self, nbytes: int) -> None:
+        """Count ``nbytes`` of announced runs as read."""
+        self._ahead -= nbytes
 
 
 def default_verify(path: str) -> bool:
@@ -399,9 +486,10 @@ def read_runs(
     order: np.ndarray,
     url: str,
     max_run_bytes: int = 1 << 20,
-    prefetch_bytes: int = 16 << 20,
+    prefetch_bytes: int = READAHEAD_BYTES,
     direct_member_bytes: int = DIRECT_MEMBER_BYTES,
     check_headers: bool = True,
+    readahead: ReadAhead | None = None,
 ) -> Iterator[dict]:
     """Yield webdataset sample dicts for ``order`` (positions in the shard), in that order.
 
@@ -419,9 +507,13 @@ def read_runs(
         order: Sample positions to read, in yield order.
         url: Value for each sample's ``__url__``.
         max_run_bytes: Largest single coalesced read.
-        prefetch_bytes: How far ahead (in kept bytes) to announce reads to the kernel.
+        prefetch_bytes: How far ahead (in kept bytes) to announce reads to the kernel, when
+            ``readahead`` is not given.
         direct_member_bytes: Mean member size from which a run is read member by member.
         check_headers: Check the first tar header of every read (run) against the index.
+        readahead: A window shared with the shards read before and after this one, which
+            already holds this shard's runs (``ReadAhead.add(shard, *run_spans(index, order,
+            max_run_bytes))``); ``None``: a window over this shard alone.
 
     Yields:
         ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
@@ -456,22 +548,19 @@ def read_runs(
     fd = shard.fd
     path = shard.path
     pread = os.pread  # looked up per call (tests record reads by patching os.pread)
-    fadvise = shard.fadvise
     verify = shard.verify
-    announced = 0  # runs[:announced] have been announced to the kernel
-    announced_end_bytes = 0
-    consumed_bytes = 0
+    if not shard.fadvise:
+        readahead = None
+    elif readahead is None:
+        readahead = ReadAhead(prefetch_bytes)
+        readahead.add(shard, run_lo, run_hi)
     for r in range(n_runs):
-        if fadvise:
-            while announced < n_runs and announced_end_bytes - consumed_bytes < prefetch_bytes:
-                lo, hi = run_lo[announced], run_hi[announced]
-                shard.prefetch(lo, hi)
-                announced_end_bytes += hi - lo
-                announced += 1
         a, b = runs[r]
         lo = run_lo[r]
         hi = run_hi[r]
-        consumed_bytes += hi - lo
+        if readahead is not None:
+            readahead.fill()
+            readahead.consumed(hi - lo)
         m0 = member_first[a]
         if hi - lo > max_run_bytes or hi - lo >= direct_member_bytes * (member_first[b] - m0):
             # large members: one read per member, straight into its value; the run's first

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import itertools
 import os
@@ -25,7 +26,7 @@ from .. import storage
 from ..errors import MaskMismatchError, StreamPruneError
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, kept_counts, open_mask
-from .byterange import ShardFile, read_runs
+from .byterange import READAHEAD_BYTES, ReadAhead, ShardFile, read_runs, run_spans
 from .maskslot import MaskSlot
 from .plan import Segment, plan_epoch, within_shard_order
 from .scheduler import DEFAULT_REMOTE_POLICY, FetchPolicy, ShardRead, read_shards_scheduled
@@ -54,6 +55,9 @@ def distributed_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+#: Shards a reader opens ahead of the one it reads, at most (each holds a descriptor and its index).
+SHARDS_AHEAD = 4
+
 #: ``set_epoch``'s default: keep the current mask.
 _SAME_MASK: Any = object()
 
@@ -71,7 +75,9 @@ class PrunedSource(ResumableSource, IterableDataset):
         world_size: Number of ranks; default from ``torch.distributed`` or ``$WORLD_SIZE``.
         uneven: ``"pad"`` (every rank gets ceil(kept/world) samples, repeating a few) or
             ``"drop"`` (floor, skipping a few) so all ranks get the same count.
-        fadvise: Switch off kernel read-ahead and prefetch exactly the kept ranges.
+        fadvise: Switch off kernel read-ahead and prefetch exactly the kept ranges: one window
+            of :data:`~streamprune.readers.byterange.READAHEAD_BYTES` ahead of the reads, which
+            runs on into the next shards (see :class:`~streamprune.readers.byterange.ReadAhead`).
         check_headers: Check the first tar header of every read against the index (cheap: one
             header per coalesced read).
         max_run_bytes: Largest single read when coalescing adjacent kept samples.
@@ -87,7 +93,11 @@ class PrunedSource(ResumableSource, IterableDataset):
         fetch: How remote shards are fetched (requests in flight, coalescing, memory cap);
             default :data:`~streamprune.readers.scheduler.DEFAULT_REMOTE_POLICY`.
         io_depth: Positioned reads in flight for *local* shards (threads); ``1`` (default)
-            reads one run at a time with read-ahead hints.
+            reads one run at a time with read-ahead hints (``fadvise``). The default is
+            measured: cold, on io_bench's 532 MB of JPEG shards on this project's virtual disk
+            (one request served at a time), 16 threads took 1.5x as long at r=0.8 with 2.3x
+            the CPU, while the hints kept the disk busy for ~93-98 % of the epoch (see
+            benchmarks/README.md, "Cold local reads: read-ahead across shards").
         dynamic_masks: Keep the mask's bits in shared memory so ``set_epoch(epoch, mask=...)``
             reaches persistent DataLoader workers (costs N/8 bytes; see :mod:`.maskslot`).
 
@@ -219,7 +229,16 @@ class PrunedSource(ResumableSource, IterableDataset):
         return counted(self._read(segments, position.epoch), position)
 
     def _read(self, segments: list, epoch: int) -> Iterator[dict]:
-        manifest = self.manifest
+        """The kept samples of ``segments``, in order.
+
+        Remote shards (and local ones with ``io_depth > 1``) go to the scheduler as one stream,
+        requests in flight across shard boundaries. Local shards read one run at a time share
+        one :class:`ReadAhead` window: when it has room and the current shard's runs are all
+        announced, the next segment's shard is opened (and its index loaded) and its first kept
+        runs are announced, so the disk's queue stays full across shard boundaries (at most
+        :data:`SHARDS_AHEAD` shards are open ahead). Either way an error opening a shard ahead
+        is raised at its turn, after every sample before it.
+        """
         # consecutive segments read the same way (all remote, or all local) form one stream, so
         # the scheduler keeps requests in flight across their shard boundaries
         for scheduled, grouped in itertools.groupby(segments, key=lambda seg: self._policy(seg.shard) is not None):
@@ -228,12 +247,53 @@ class PrunedSource(ResumableSource, IterableDataset):
                 policy = self._policy(group[0].shard) or DEFAULT_REMOTE_POLICY
                 yield from read_shards_scheduled((self._shard_read(seg, epoch) for seg in group), policy)
                 continue
-            for segment in group:
-                path = manifest.shard_path(segment.shard)
-                with ShardFile(path, manifest.index(segment.shard), fadvise=self.fadvise, verify=self.verify) as shard:
-                    yield from read_runs(shard, self._order(segment, epoch), path, max_run_bytes=self.max_run_bytes,
-                                         check_headers=self.check_headers)
+            yield from self._read_local(group, epoch)
+
+    def _read_local(self, segments: list[Segment], epoch: int) -> Iterator[dict]:
+        """Local segments with the serial reader, the next shards opened and announced to the kernel ahead."""
+        manifest = self.manifest
+        todo = collections.deque(segments)
+        # shards opened ahead, in read order, or the error opening one (raised at its turn)
+        ahead: collections.deque[tuple[ShardFile, np.ndarray, str] | Exception] = collections.deque()
+        readahead = ReadAhead(READAHEAD_BYTES) if self.fadvise else None
+
+        def open_next() -> bool:
+            """Open the next segment's shard; ``False``: nothing was queued."""
+            if not todo or len(ahead) >= SHARDS_AHEAD or (ahead and isinstance(ahead[-1], Exception)):
+                return False
+            segment = todo.popleft()
+            path = manifest.shard_path(segment.shard)
+            try:
+                order = self._order(segment, epoch)
+                shard = ShardFile(path, manifest.index(segment.shard), fadvise=self.fadvise, verify=self.verify)
+            except (StreamPruneError, OSError) as exc:
+                ahead.append(exc)
+                return True
+            ahead.append((shard, order, path))
+            if readahead is not None:
+                readahead.add(shard, *run_spans(shard.index, order, self.max_run_bytes))
+            return True
+
+        if readahead is not None:
+            readahead.more = open_next
+        try:
+            while ahead or todo:
+                if not ahead:
+                    open_next()
+                item = ahead.popleft()
+                if isinstance(item, Exception):
+                    raise item
+                shard, order, path = item
+                with shard:
+                    yield from read_runs(
+                        shard, order, path, max_run_bytes=self.max_run_bytes, check_headers=self.check_headers,
+                        readahead=readahead,
+                    )
                 manifest.drop_cache()
+        finally:
+            for item in ahead:
+                if isinstance(item, tuple):
+                    item[0].close()
 
     def _policy(self, k: int) -> FetchPolicy | None:
         return fetch_policy(self.manifest.shard_path(k), self.fetch, self.io_depth, self.max_run_bytes)
