@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 BUCKET = "bench"
 RATIOS = (0.0, 0.4, 0.6, 0.8)
 LEVELS = ("sample", "class")
+#: The class-sorted copy (a subdirectory the store serves): its masks are keyed by this level.
+SORTED = "sorted"
+SORTED_CLASSES = 20
 CHUNK = 64 << 10
 
 
@@ -355,7 +358,8 @@ def build(reader: str, workers: int, data_dir: str, url: str, mask: str | None, 
         ds = StreamingDataset(remote=f"s3://{BUCKET}/mds", local=cache_dir, shuffle=False, batch_size=32)
         return _loader(ds, workers)
     fetch = FetchPolicy(depth=depth) if depth else None
-    return _loader(PrunedWebDataset(f"{url}/manifest.json", mask, fetch=fetch), workers)
+    where = f"{url}/{SORTED}" if reader == "streamprune_sorted" else url
+    return _loader(PrunedWebDataset(f"{where}/manifest.json", mask, fetch=fetch), workers)
 
 
 class Zygote:
@@ -489,8 +493,12 @@ def _one(job: dict) -> dict:
 # setup
 
 
-def make_masks(manifest: Any, ratios: Sequence[float], out: str) -> tuple[dict, dict, dict]:
-    """Random sample- and class-level masks per ratio, saved under ``out``.
+def make_masks(manifest: Any, ratios: Sequence[float], out: str, levels: Sequence[str] = LEVELS,
+               key_level: dict[str, str] | None = None) -> tuple[dict, dict, dict]:
+    """Random masks per ratio and level (``levels``), saved under ``out``.
+
+    ``key_level`` files a level's masks under another name (the class-sorted copy's class
+    masks are ``"class-sorted"``, apart from the main copy's).
 
     Returns:
         The mask files, their kept key sets, and the fraction of the shards' bytes their kept
@@ -507,16 +515,64 @@ def make_masks(manifest: Any, ratios: Sequence[float], out: str) -> tuple[dict, 
     masks, kept, kept_bytes = {}, {}, {}
     os.makedirs(out, exist_ok=True)
     for r in ratios:
-        for level in LEVELS:
+        for level in levels:
             if r == 0 and level == "class":
                 continue
+            name = (key_level or {}).get(level, level)  # the key these masks are filed under
             m = random_mask(manifest, r, level=level, seed=1)
-            masks[(r, level)] = m.save(os.path.join(out, f"keep-{level}-{r:g}.spmask"))
-            kept[(r, level)] = set(keys[m.keep].tolist())
-            kept_bytes[(r, level)] = float(record[m.keep].sum()) / full
-            with open(masks[(r, level)] + ".keys.json", "w") as fh:
-                json.dump(sorted(kept[(r, level)]), fh)
+            masks[(r, name)] = m.save(os.path.join(out, f"keep-{name}-{r:g}.spmask"))
+            kept[(r, name)] = set(keys[m.keep].tolist())
+            kept_bytes[(r, name)] = float(record[m.keep].sum()) / full
+            with open(masks[(r, name)] + ".keys.json", "w") as fh:
+                json.dump(sorted(kept[(r, name)]), fh)
     return masks, kept, kept_bytes
+
+
+class _CoarseSorted:
+    """The dataset's samples ordered by a coarse class (``label % classes``): each class contiguous on disk."""
+
+    def __init__(self, manifest: Any, classes: int) -> None:
+        # heavy import, deferred: streamprune's readers (torch)
+        from streamprune import PrunedMapDataset
+
+        self.ds = PrunedMapDataset(manifest)
+        labels = manifest.labels() % classes
+        self.order = np.argsort(labels, kind="stable")
+        self.labels = labels
+        self.class_names = [f"k{c:02d}" for c in range(classes)]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int):
+        j = int(self.order[i])
+        sample = self.ds[j]
+        return sample["__key__"], {"jpg": sample["jpg"]}, int(self.labels[j])
+
+
+def make_sorted_copy(manifest: Any, data_dir: str, classes: int = SORTED_CLASSES, log=print) -> Any:
+    """The same images with ``classes`` coarse classes, written class after class to ``data_dir/sorted``.
+
+    Source-class pruning (LM, FM) removes whole classes; when a class's samples sit together
+    (a dataset sharded class by class, as many are), a class-level mask keeps long runs and
+    a pruned epoch needs few, large requests. io_bench's data has 1,000 classes of ~2 samples
+    scattered over the shards, so its class-level masks are as scattered as sample-level ones.
+    """
+    # heavy import, deferred: streamprune's writers (torch)
+    from streamprune import Manifest, write_shards
+
+    out = os.path.join(data_dir, SORTED)
+    stamp = os.path.join(out, "sorted.json")
+    if os.path.exists(stamp):
+        return Manifest.load(out)
+    shutil.rmtree(out, ignore_errors=True)
+    source = _CoarseSorted(manifest, classes)
+    write_shards(source, out, samples_per_shard=manifest.shards[0].samples, shuffle=False, checksum=True, progress=False,
+                 class_names=source.class_names)
+    with open(stamp, "w") as fh:
+        json.dump({"classes": classes, "samples": len(source)}, fh)
+    log(f"wrote the class-sorted copy ({classes} classes) to {out}")
+    return Manifest.load(out)
 
 
 def convert_mds(manifest: Any, data_dir: str, log=print) -> str | None:
@@ -545,11 +601,15 @@ def convert_mds(manifest: Any, data_dir: str, log=print) -> str | None:
     return out
 
 
-def configs(ratios: Sequence[float], workers: Sequence[int], latencies: Sequence[float], mosaic: bool) -> list[tuple]:
+def configs(ratios: Sequence[float], workers: Sequence[int], latencies: Sequence[float], mosaic: bool,
+            sorted_copy: bool = False) -> list[tuple]:
     """Every (reader, ratio, level, workers, latency) of one round."""
     out = []
     top = max(ratios)
     for lat in latencies:
+        if sorted_copy:  # the class-sorted copy: class-level masks, one worker
+            out.append(("streamprune_sorted", 0.0, "class-sorted", workers[0], lat))
+            out.extend(("streamprune_sorted", r, "class-sorted", workers[0], lat) for r in ratios if r > 0)
         for w in workers if round(lat * 1e3) == 30 or len(latencies) == 1 else workers[:1]:
             out.append(("wds", 0.0, "sample", w, lat))
             out.append(("wds_select", top, "sample", w, lat))
@@ -575,9 +635,12 @@ def summarize(runs: list[dict]) -> list[dict]:
     rows = []
     for (reader, ratio, level, workers, lat), rs in sorted(groups.items()):
         sps = [r["samples_per_s"] for r in rs]
+        first = [r["first_batch_s"] for r in rs if r.get("first_batch_s") is not None]
         rows.append({"reader": reader, "ratio": ratio, "level": level, "workers": workers, "latency_ms": lat,
                      "repeats": len(rs), "samples": rs[0]["samples"], "samples_per_s": common.median(sps),
                      "samples_per_s_interval": [min(sps), max(sps)],
+                     # start-up (imports, manifest, worker fork, first shard) plus the first batch
+                     "first_batch_s": common.median(first) if first else None,
                      "MB_per_s": common.median([r["MB_per_s"] for r in rs]),
                      "bytes_sent": int(common.median([r["bytes_sent"] for r in rs])),
                      "requests": int(common.median([r["requests"] for r in rs])),
@@ -594,13 +657,16 @@ def _find(rows: list[dict], **kw: Any) -> dict | None:
 
 
 def paired_speedups(runs: list[dict]) -> dict[tuple, list[float]]:
-    """streamprune t(r=0) / t(r) within each round, per (ratio, level, workers, latency)."""
-    base = {(r["round"], r["workers"], r["latency_ms"]): r["seconds"] for r in runs
-            if r["reader"] == "streamprune" and r["ratio"] == 0}
+    """A streamprune reader's t(r=0) / t(r) within each round, per (ratio, level, workers, latency).
+
+    Each arm is paired with its own r=0 (the class-sorted copy with its own full read).
+    """
+    base = {(r["reader"], r["round"], r["workers"], r["latency_ms"]): r["seconds"] for r in runs
+            if r["reader"].startswith("streamprune") and r["ratio"] == 0}
     out: dict[tuple, list[float]] = {}
     for r in runs:
-        if r["reader"] == "streamprune" and r["ratio"] > 0:
-            b = base.get((r["round"], r["workers"], r["latency_ms"]))
+        if r["reader"].startswith("streamprune") and r["ratio"] > 0:
+            b = base.get((r["reader"], r["round"], r["workers"], r["latency_ms"]))
             if b:
                 out.setdefault((r["ratio"], r["level"], r["workers"], r["latency_ms"]), []).append(b / r["seconds"])
     return out
@@ -611,7 +677,7 @@ def evaluate_targets(rows: list[dict], runs: list[dict], full_bytes: int, conn_m
     """The suite's targets, judged (``Target.check``)."""
     targets: list[Target] = []
     for row in rows:
-        if row["reader"] != "streamprune" or row["ratio"] == 0:
+        if not row["reader"].startswith("streamprune") or row["ratio"] == 0:
             continue
         r = row["ratio"]
         # the literal goal is (1-r) x 1.05; a random mask keeps about, not exactly, 1-r of the
@@ -625,7 +691,7 @@ def evaluate_targets(rows: list[dict], runs: list[dict], full_bytes: int, conn_m
     for (r, level, w, lat), values in sorted(paired_speedups(runs).items()):
         goal = 0.85 / (1 - r)
         targets.append(Target.check(
-            f"speed-up over streamprune r=0 >= 0.85/(1-r) ({w} w, {lat} ms)", common.median(values), goal, ">=",
+            f"speed-up over its own r=0 >= 0.85/(1-r) ({level}, {w} w, {lat} ms)", common.median(values), goal, ">=",
             interval=values if len(values) > 1 else None, command=command, ratio=r, level=level))
     for row in rows:
         if row["reader"] != "streamprune" or row["ratio"] != 0:
@@ -660,14 +726,16 @@ def tables(results: dict[str, Any]) -> str:
            f"{', '.join(str(x) for x in setup['latencies_ms'])} ms per request, {setup['conn_mbps']:g} MB/s per connection, "
            f"{setup['total_mbps']:g} MB/s in all; {setup['samples']:,} JPEG samples, {setup['full_bytes'] / 1e6:.1f} MB in "
            f"{setup['shards']} shards; {setup['rounds']} paired rounds; DataLoader batch 32, no decode.", ""]
-    head = ["latency", "workers", "reader", "r", "level", "samples/s", "MB/s", "MB sent", "requests", "peak RSS MiB"]
+    head = ["latency", "workers", "reader", "r", "level", "samples/s", "1st batch s", "MB/s", "MB sent", "requests",
+            "peak RSS MiB"]
     rows = []
     for r in sorted(results["rows"], key=lambda x: (x["latency_ms"], x["workers"], x["reader"] != "streamprune",
                                                      x["reader"], x["ratio"], x["level"])):
         rows.append([r["latency_ms"], r["workers"], r["reader"], f"{r['ratio']:g}", r["level"] if r["reader"] in
-                     ("streamprune", "wds_select") and r["ratio"] else "", f(r["samples_per_s"], 0), f(r["MB_per_s"], 1),
+                     ("streamprune", "streamprune_sorted", "wds_select") and r["ratio"] else "", f(r["samples_per_s"], 0),
+                     f(r["first_batch_s"], 2) if r.get("first_batch_s") is not None else "", f(r["MB_per_s"], 1),
                      f(r["bytes_sent"] / 1e6, 1), f(r["requests"]), f(r["peak_rss_MiB"], 0)])
-    out.append(common.markdown_table(head, rows, "rrllllrrrrr"[:len(head)]))
+    out.append(common.markdown_table(head, rows, "rrlllrrrrrr"[:len(head)]))
     return "\n".join(out)
 
 
@@ -687,6 +755,10 @@ def plot(rows: list[dict], latencies: Sequence[int], path: str) -> None:
                              and r["latency_ms"] == lat and r["workers"] == w and (r["level"] == level or r["ratio"] == 0))
                 if pts:
                     ax.plot(*zip(*pts), style, color=colour, marker="o", label=f"streamprune {level}, {w} w")
+            pts = sorted((r["ratio"], r["samples_per_s"]) for r in rows if r["reader"] == "streamprune_sorted"
+                         and r["latency_ms"] == lat and r["workers"] == w)
+            if pts:
+                ax.plot(*zip(*pts), style, color="C5", marker="s", label=f"streamprune, class-sorted copy, {w} w")
             for reader, colour in (("wds", "C2"), ("wds_select", "C3"), ("mosaic", "C4")):
                 row = next((r for r in rows if r["reader"] == reader and r["latency_ms"] == lat and r["workers"] == w), None)
                 if row:
@@ -718,8 +790,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="paired rounds (default 2)")
     p.add_argument("--depth", type=int, default=None, help="streamprune requests in flight (default: FetchPolicy's)")
     p.add_argument("--no-mosaic", action="store_true", help="skip the MosaicML streaming peer")
+    p.add_argument("--no-sorted", action="store_true", help="skip the class-sorted copy (streamprune_sorted)")
     p.add_argument("--seed", type=int, default=0, help="round order seed")
     p.add_argument("--quick", action="store_true", help="8 MiB, 30 ms, 1 round: a smoke run, not a measurement")
+    p.add_argument("--resummarize", default=None, metavar="JSON",
+                   help="recompute rows and targets of an earlier results file from its runs (no measuring)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick)")
     args = p.parse_args(argv)
     if args.quick:
@@ -742,6 +817,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mds = None if args.no_mosaic else convert_mds(manifest, args.data_dir)
     with tempfile.TemporaryDirectory(prefix="remote-bench-") as tmp:
         masks, kept, kept_bytes = make_masks(manifest, RATIOS, tmp)
+        if not args.no_sorted:
+            sorted_manifest = make_sorted_copy(manifest, args.data_dir)
+            more = make_masks(sorted_manifest, RATIOS, os.path.join(tmp, SORTED), levels=("class",),
+                              key_level={"class": "class-sorted"})
+            for have, add in zip((masks, kept, kept_bytes), more):
+                have.update(add)
+            masks[(0.0, "class-sorted")] = None  # its r=0: every sample of the sorted copy
+            kept[(0.0, "class-sorted")] = set(sorted_manifest.keys())
+            kept_bytes[(0.0, "class-sorted")] = 1.0
         env = {"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim", "AWS_DEFAULT_REGION": "us-east-1"}
         store = SimStore(args.data_dir, args.conn_mbps * 1e6, args.total_mbps * 1e6)
         env["S3_ENDPOINT_URL"] = store.endpoint
@@ -750,7 +834,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         zygote = Zygote()
         try:
             s = Setup(args.data_dir, store, masks, kept, mds, zygote)
-            plan = configs(RATIOS, workers, latencies, mds is not None)
+            plan = configs(RATIOS, workers, latencies, mds is not None, sorted_copy=not args.no_sorted)
             runs: list[dict] = []
             rng = random.Random(args.seed)
             for rnd in range(args.rounds):
@@ -771,18 +855,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-    rows = summarize(runs)
     command = common.command_line()
-    for row in rows:
-        if row["reader"] == "streamprune" and row["ratio"] > 0:
-            row["kept_bytes_fraction"] = kept_bytes[(row["ratio"], row["level"])]
-    targets = evaluate_targets(rows, runs, full_bytes, args.conn_mbps, args.total_mbps, command)
+    rows, targets = judge(runs, kept_bytes, full_bytes, args.conn_mbps, args.total_mbps, command)
     return {
         "suite": "remote", "command": command, "simulation": True,
         "setup": {"samples": manifest.num_samples, "shards": len(manifest.shards), "full_bytes": full_bytes,
                   "latencies_ms": [round(x * 1e3) for x in latencies], "conn_mbps": args.conn_mbps,
                   "total_mbps": args.total_mbps, "workers": workers, "rounds": args.rounds, "depth": args.depth,
-                  "ratios": list(RATIOS), "mosaic": mds is not None,
+                  "ratios": list(RATIOS), "mosaic": mds is not None, "sorted_classes": None if args.no_sorted else SORTED_CLASSES,
                   "kept_bytes_fraction": {f"{r:g}/{level}": v for (r, level), v in sorted(kept_bytes.items())}},
         "machine": common.machine_info() | {"packages_remote": common.package_versions(
             ["fsspec", "aiohttp", "mosaicml-streaming", "boto3"])},
@@ -792,13 +872,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def judge(runs: list[dict], kept_bytes: dict, full_bytes: int, conn_mbps: float, total_mbps: float,
+          command: str) -> tuple[list[dict], list[dict]]:
+    """Rows (medians per configuration, with each mask's kept-bytes fraction) and judged targets."""
+    rows = summarize(runs)
+    for row in rows:
+        if row["reader"].startswith("streamprune") and row["ratio"] > 0:
+            row["kept_bytes_fraction"] = kept_bytes[(row["ratio"], row["level"])]
+    return rows, evaluate_targets(rows, runs, full_bytes, conn_mbps, total_mbps, command)
+
+
+def resummarize(path: str) -> dict[str, Any]:
+    """An earlier results file with its rows and targets recomputed from its runs by this code."""
+    with open(path) as fh:
+        results = json.load(fh)
+    setup = results["setup"]
+    kept_bytes = {(float(k.split("/")[0]), k.split("/")[1]): v for k, v in setup["kept_bytes_fraction"].items()}
+    results["rows"], results["targets"] = judge(results["runs"], kept_bytes, setup["full_bytes"], setup["conn_mbps"],
+                                                setup["total_mbps"], results["command"])
+    return results
+
+
 def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run, write the JSON and plot, print the tables; return the results."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    results = run(args)
+    results = resummarize(args.resummarize) if args.resummarize else run(args)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "remote_bench.json")
+    path = args.resummarize or os.path.join(args.out, "remote_bench.json")
     common.write_json(path, results)
     with contextlib.suppress(ImportError):  # no matplotlib: no plot
         plot(results["rows"], results["setup"]["latencies_ms"], os.path.splitext(path)[0] + ".png")
