@@ -32,7 +32,7 @@ from ..shardindex import ShardIndex
 from .byterange import ShardFile
 
 __all__ = [
-    "FetchPolicy", "ShardRead", "plan_fetches", "read_shards_scheduled", "read_runs_scheduled",
+    "FetchPolicy", "ShardRead", "plan_fetches", "read_shards_scheduled",
     "DEFAULT_REMOTE_POLICY",
 ]
 
@@ -291,20 +291,3 @@ def _samples(opened: _Opened, a: int, b: int, lo: int, data: bytes) -> Iterator[
         if verify:
             shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
         yield sample
-
-
-def read_runs_scheduled(shard: ShardFile, order: np.ndarray, url: str, policy: FetchPolicy = DEFAULT_REMOTE_POLICY) -> Iterator[dict]:
-    """Yield webdataset sample dicts for ``order`` (positions in one open shard), in that order.
-
-    :func:`read_shards_scheduled` for a single shard that is already open (it is closed at the end).
-
-    Args:
-        shard: A shard opened with :meth:`ShardFile.from_storage`.
-        order: Sample positions to read, in yield order.
-        url: Value for each sample's ``__url__``.
-        policy: Coalescing, concurrency and memory limits.
-
-    Yields:
-        ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
-    """
-    yield from read_shards_scheduled([ShardRead(url, np.asarray(order), lambda: shard)], policy, max_lookahead=1)
