@@ -53,7 +53,10 @@ class FetchPolicy:
             when ``depth`` requests overlap.
         max_waste: Pruned bytes fetched, at most this fraction of the kept bytes (gaps
             are taken smallest first), so coalescing never costs more than a few percent.
-        max_request: Largest single request, in bytes.
+        max_request: Largest single request, in bytes. A request's samples are yielded once
+            all its bytes are in, so this also bounds the wait for the first sample: 2 MiB is
+            20 ms at 100 MB/s; measured on the simulated store at 30 ms, the first sample of an
+            epoch came after 0.2-0.3 s with 2 MiB and 0.4-0.6 s with 8 MiB, epochs no slower.
         max_inflight_bytes: Cap on bytes requested but not yet consumed (memory bound).
     """
 
@@ -62,7 +65,7 @@ class FetchPolicy:
     depth: int = 32
     max_gap: int | None = None
     max_waste: float = 0.05
-    max_request: int = 8 << 20
+    max_request: int = 2 << 20
     max_inflight_bytes: int = 64 << 20
 
     @property
@@ -206,7 +209,9 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
     try:
         while True:
             # open ahead: enough shards for `depth` requests, judged by the requests per shard so far
-            per_shard = planned_requests / opened_shards if opened_shards else 2.0
+            # before any shard is open, guess 8 requests a shard: 4 opens at first, not 16
+            # (opens at the start compete with the first shard's data)
+            per_shard = planned_requests / opened_shards if opened_shards else 8.0
             lookahead = min(max_lookahead, max(1, math.ceil(depth / max(1.0, per_shard))))
             while not exhausted and len(opening) < lookahead:
                 nxt = next(reads, None)
