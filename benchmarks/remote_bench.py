@@ -776,7 +776,8 @@ def plot(rows: list[dict], latencies: Sequence[int], path: str) -> None:
         ax.set_xlabel("ratio removed r")
         ax.set_ylabel("samples/s")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6)
+    fullest = max(axes[0], key=lambda ax: len(ax.get_lines()))  # the panel with the 4-worker lines too
+    fullest.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
