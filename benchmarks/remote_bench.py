@@ -537,30 +537,28 @@ def make_masks(manifest: Any, ratios: Sequence[float], out: str, levels: Sequenc
     return masks, kept, kept_bytes
 
 
-class _CoarseSorted:
-    """The dataset's samples ordered by a coarse class (``label % classes``): each class contiguous on disk."""
+class _Coarse:
+    """The dataset's samples, in manifest order, with a coarse class ``label % classes``."""
 
     def __init__(self, manifest: Any, classes: int) -> None:
         # heavy import, deferred: streamprune's readers (torch)
         from streamprune import PrunedMapDataset
 
         self.ds = PrunedMapDataset(manifest)
-        labels = manifest.labels() % classes
-        self.order = np.argsort(labels, kind="stable")
-        self.labels = labels
+        self.labels = manifest.labels() % classes
         self.class_names = [f"k{c:02d}" for c in range(classes)]
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.labels)
 
     def __getitem__(self, i: int):
-        j = int(self.order[i])
-        sample = self.ds[j]
-        return sample["__key__"], {"jpg": sample["jpg"]}, int(self.labels[j])
+        sample = self.ds[i]
+        return sample["__key__"], {"jpg": sample["jpg"]}, int(self.labels[i])
 
 
 def make_sorted_copy(manifest: Any, data_dir: str, classes: int = SORTED_CLASSES, log=print) -> Any:
-    """The same images with ``classes`` coarse classes, written class after class to ``data_dir/sorted``.
+    """The same images with ``classes`` coarse classes, written class after class to ``data_dir/sorted``
+    (``write_shards(layout="class-sorted")``, as ``streamprune shard --layout class-sorted``).
 
     Source-class pruning (LM, FM) removes whole classes; when a class's samples sit together
     (a dataset sharded class by class, as many are), a class-level mask keeps long runs and
@@ -575,9 +573,9 @@ def make_sorted_copy(manifest: Any, data_dir: str, classes: int = SORTED_CLASSES
     if os.path.exists(stamp):
         return Manifest.load(out)
     shutil.rmtree(out, ignore_errors=True)
-    source = _CoarseSorted(manifest, classes)
-    write_shards(source, out, samples_per_shard=manifest.shards[0].samples, shuffle=False, checksum=True, progress=False,
-                 class_names=source.class_names)
+    source = _Coarse(manifest, classes)
+    write_shards(source, out, samples_per_shard=manifest.shards[0].samples, shuffle=False, layout="class-sorted",
+                 checksum=True, progress=False, class_names=source.class_names)
     with open(stamp, "w") as fh:
         json.dump({"classes": classes, "samples": len(source)}, fh)
     log(f"wrote the class-sorted copy ({classes} classes) to {out}")

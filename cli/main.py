@@ -70,7 +70,9 @@ def cli(verbose: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["tar", "beton"]), default="tar", show_default=True, help="webdataset tar shards or FFCV .beton (needs the ffcv extra).")
 @click.option("--write-mode", type=click.Choice(["raw", "jpg", "smart"]), default="smart", show_default=True, help="beton: how images are stored (smart: JPEG above 128x128 pixels).")
 @click.option("--max-resolution", type=click.IntRange(min=1), help="beton: downscale so the longer side is at most this.")
-@click.option("--layout", type=click.Choice(["default", "page-aware"]), default="default", show_default=True, help="beton: page-aware keeps each class together in FFCV pages.")
+@click.option("--layout", type=click.Choice(["default", "class-sorted", "page-aware"]), default="default", show_default=True,
+              help="tar: class-sorted writes class after class (a class-level mask then keeps long runs: few reads or "
+                   "requests); beton: page-aware keeps each class together in FFCV pages.")
 @click.option("--no-checksum", is_flag=True, help="Skip SHA-256 of each shard.")
 @click.option("--resume", is_flag=True, help="Keep the shards an interrupted run with the same options finished (checked against their indexes).")
 @engine_options
@@ -90,6 +92,9 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
 
     if fmt == "beton" and storage.is_remote(out):
         raise click.BadParameter("FFCV .beton files are written to local disk only (FFCV memory-maps them)", param_hint="OUT")
+    if (fmt == "beton") != (layout == "page-aware") and layout != "default":
+        raise click.BadParameter(f"{layout} is a layout for {'tar shards' if layout == 'class-sorted' else '.beton files'}",
+                                 param_hint="--layout")
     if fmt == "beton" and (engine != "local" or resume):
         raise click.UsageError("--engine ray and --resume are for tar shards; FFCV writes one .beton file with its own processes")
     if fmt == "beton":
@@ -106,7 +111,7 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
         manifest = write_shards_to(
             src, out, storage_options=storage_options, samples_per_shard=samples_per_shard or 1000,
             shuffle=shuffle, seed=seed, workers=workers, quality=quality, image_format=image_format, split=split,
-            checksum=not no_checksum, progress=not quiet, engine=runner, resume=resume,
+            checksum=not no_checksum, progress=not quiet, engine=runner, resume=resume, layout=layout,
         )
     finally:
         if runner is not None:

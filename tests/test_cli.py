@@ -77,6 +77,15 @@ def test_shard_npz_with_options(tmp_path, npz_path):
     assert jpg == {"jpg", "cls"}
 
 
+def test_shard_class_sorted_layout_and_a_layout_of_the_other_format(tmp_path, npz_path):
+    _ok(_run("shard", npz_path, tmp_path / "out", "--samples-per-shard", "6", "--layout", "class-sorted", "--quiet"))
+    labels = Manifest.load(tmp_path / "out").labels().tolist()
+    assert labels == sorted(labels) and len(set(labels)) == 3
+    result = _run("shard", npz_path, tmp_path / "bad", "--layout", "page-aware", "--quiet")
+    assert result.exit_code == 2 and "page-aware is a layout for .beton files" in result.output
+    assert not (tmp_path / "bad" / "manifest.json").exists()
+
+
 def test_shard_quality_option_changes_jpeg_size(tmp_path, npz_path):
     sizes = {}
     for quality in ("10", "95"):

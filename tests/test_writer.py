@@ -157,6 +157,27 @@ def test_no_shuffle_keeps_source_order(tmp_path, shard_writer):
     assert [s["__key__"] for s in _read_with_webdataset(tmp_path / "out")] == [key for key, _, _ in samples]
 
 
+def test_class_sorted_layout_writes_class_after_class_in_the_shuffled_order(tmp_path, labelled_samples, shard_writer):
+    shuffled = shard_writer(labelled_samples, tmp_path / "shuffled", seed=3)
+    grouped = shard_writer(labelled_samples, tmp_path / "grouped", seed=3, layout="class-sorted")
+    labels = grouped.labels().tolist()
+    assert labels == sorted(labels)  # class after class
+    # within a class, the order the default layout shuffled them into
+    want = {c: [k for k, lab in zip(shuffled.keys(), shuffled.labels().tolist()) if lab == c] for c in set(labels)}
+    got = {c: [k for k, lab in zip(grouped.keys(), labels) if lab == c] for c in set(labels)}
+    assert got == want
+    # a class-level mask now keeps whole runs: one per kept class, where the shuffled copy had many
+    keep = np.isin(grouped.labels(), [0, 2])
+    runs = int(np.count_nonzero(np.diff(np.concatenate([[0], keep.astype(int), [0]])) == 1))
+    assert runs == 2
+    assert {s["__key__"] for s in _read_with_webdataset(tmp_path / "grouped")} == {k for k, _, _ in labelled_samples}
+
+
+def test_unknown_layout_is_refused(tmp_path, labelled_samples, shard_writer):
+    with pytest.raises(ValueError, match="layout='page-aware'"):
+        shard_writer(labelled_samples, tmp_path / "out", layout="page-aware")
+
+
 def _shard_bytes(out_dir) -> dict[str, bytes]:
     out = {}
     for name in sorted(os.listdir(out_dir)):

@@ -39,7 +39,8 @@ from ..errors import StreamPruneError
 from ..indexfile import INDEX_SUFFIX
 from ..manifest import Manifest, build_manifest
 from ..optional import require_ffcv
-from ..sources import ArraySource, FolderSource, ListSource, Sample, Source
+from ..sources import ArraySource, Sample, Source
+from .order import key_label, sample_order
 from .output import open_writer_source, start_output_dir
 
 __all__ = ["write_beton", "beton_name", "jpeg_as_is", "StoredJpeg", "WRITE_MODES", "LAYOUTS", "DEFAULT_PAGE_SIZE", "IMAGE_FIELD", "LABEL_FIELD"]
@@ -59,25 +60,6 @@ _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff",
 def beton_name(k: int) -> str:
     """Return the file name of ``.beton`` file ``k``."""
     return f"shard-{k:06d}.beton"
-
-
-def key_label(source: Source, i: int) -> tuple[str, int]:
-    """Key and label of sample ``i`` without reading or encoding its image when possible.
-
-    Sources may define ``key_label(i)`` for this; the built-in sources are handled directly.
-    """
-    fast = getattr(source, "key_label", None)
-    if callable(fast):
-        key, label = fast(i)
-    elif isinstance(source, ArraySource):
-        key, label = f"{source.prefix}{i:08d}", int(source.labels[i])
-    elif isinstance(source, FolderSource):
-        key, _, label = source.files[i]
-    elif isinstance(source, ListSource):
-        key, _, label = source.samples[i]
-    else:
-        key, _, label = source[i]
-    return key, -1 if label is None else int(label)
 
 
 def rgb_array(files: dict[str, bytes], key: str) -> np.ndarray:
@@ -223,14 +205,6 @@ def _quiet_ffcv_writer(ffcv_writer, progress: bool):
         yield
     finally:
         ffcv_writer.tqdm = original
-
-
-def _order(labels: np.ndarray, shuffle: bool, seed: int, layout: str) -> np.ndarray:
-    n = len(labels)
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    if layout == "page-aware":
-        order = order[np.argsort(labels[order], kind="stable")]
-    return order
 
 
 def _write_one(
@@ -381,7 +355,7 @@ def write_beton(
     pairs = [key_label(source, i) for i in range(n)]
     all_keys = [k for k, _ in pairs]
     all_labels = np.asarray([lab for _, lab in pairs], dtype=np.int64)
-    order = _order(all_labels, shuffle, seed, layout)
+    order = sample_order(n, shuffle, seed, all_labels if layout == "page-aware" else None)
     per_file = samples_per_file or n
     chunks = [order[i : i + per_file] for i in range(0, n, per_file)]
     threshold = smart_threshold if smart_threshold is not None else SMART_THRESHOLD

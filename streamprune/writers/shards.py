@@ -17,10 +17,14 @@ from ..indexfile import INDEX_SUFFIX, load_index, save_index
 from ..manifest import Manifest, build_manifest
 from ..shardindex import ShardIndex
 from ..sources import Sample, Source
+from .order import key_label, sample_order
 from .output import open_writer_source, start_output_dir
 from .tar import TarShardWriter
 
-__all__ = ["write_shards", "shard_name", "ShardDone", "WRITE_OPTIONS_NAME"]
+__all__ = ["write_shards", "shard_name", "ShardDone", "WRITE_OPTIONS_NAME", "TAR_LAYOUTS"]
+
+#: Sample orders a tar dataset can be written in (see ``write_shards(layout=)``).
+TAR_LAYOUTS = ("default", "class-sorted")
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +108,12 @@ def write_shards(
     engine: str | Engine | None = None,
     resume: bool = False,
     on_shard: ShardDone | None = None,
+    layout: str = "default",
 ) -> Manifest:
     """Write a source as webdataset tar shards with per-shard indexes and a manifest.
 
     Sample order is shuffled (seeded) before sharding by default, so every shard mixes
-    classes. Each output shard is one task of ``engine``: written under a temporary name,
+    classes; ``layout="class-sorted"`` then writes class after class instead. Each output shard is one task of ``engine``: written under a temporary name,
     read back and checked, and renamed, with its index, by the task itself;
     ``manifest.json`` is written last, so a directory with a manifest is complete. The
     shards are byte-identical whatever engine and however many workers write them.
@@ -141,6 +146,10 @@ def write_shards(
             ``resume`` first), before the manifest is written; while it runs no further shard
             is started (a few per worker may be under way), and an error it raises stops the
             run. :func:`~streamprune.writers.remote.write_shards_to` uploads shards this way.
+        layout: ``default`` (the shuffled order) or ``class-sorted``: each class's samples
+            together (shuffled within the class), so a class-level mask keeps long runs and a
+            pruned read makes a few large reads or requests; a DataLoader needs
+            ``shuffle=True`` on the reader then, since a shard holds one or two classes.
 
     Returns:
         The saved manifest.
@@ -156,7 +165,10 @@ def write_shards(
     source = open_writer_source(src, split, image_format, quality, class_names)
     n = len(source)
     out_dir = start_output_dir(out_dir, shard_name(0).replace("000000", "*"))
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    if layout not in TAR_LAYOUTS:
+        raise ValueError(f"layout={layout!r}: must be one of {', '.join(TAR_LAYOUTS)}")
+    labels = np.asarray([key_label(source, i)[1] for i in range(n)]) if layout == "class-sorted" else None
+    order = sample_order(n, shuffle, seed, labels)
     chunks = [order[i : i + samples_per_shard] for i in range(0, n, samples_per_shard)]
     names = [shard_name(k) for k in range(len(chunks))]
     runner = make_engine(engine, workers=workers)
@@ -166,6 +178,7 @@ def write_shards(
         "image_format": image_format, "split": split, "label_ext": label_ext, "checksum": bool(checksum),
         "source": os.path.abspath(os.fspath(src)) if isinstance(src, (str, os.PathLike)) else type(source).__name__,
         "class_names": list(class_names) if class_names else None,
+        **({"layout": layout} if layout != "default" else {}),  # runs written before layouts still resume
     }
     resumable = same_options(out_dir, WRITE_OPTIONS_NAME, options) and resume
     bar = tqdm(total=n, desc="shard", unit="sample", disable=not progress)
