@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -86,19 +87,29 @@ def test_samples_equal_the_serial_reader_in_order(dataset, depth):
     assert got == _reference(dataset, orders)
 
 
-def test_next_shard_is_open_and_fetching_before_the_current_one_is_consumed(dataset):
+def test_next_shard_is_open_and_fetching_before_the_current_one_is_consumed(dataset, monkeypatch):
     orders = {k: np.arange(dataset.shards[k].samples) for k in range(3)}
+    last_start = int(dataset.index(0).start[-1])
     rec = Recorder()
+    overlapped = []
+    original = RecordingObject.read
+
+    def read(self, start, end):
+        if self.shard == 0 and start == last_start:
+            # shard 0's last request stays in flight until shard 1's first request has started:
+            # a scheduler that drained shard 0 before opening shard 1 never gets here in time
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not overlapped:
+                with rec.lock:
+                    overlapped[:] = [e for e in rec.events if e[0] == "read" and e[1] == 1][:1]
+                time.sleep(0.005)
+        return original(self, start, end)
+
+    monkeypatch.setattr(RecordingObject, "read", read)
     policy = FetchPolicy(depth=8, max_gap=0, max_request=1)  # one request per sample
-    stream = read_shards_scheduled(_reads(dataset, rec, orders), policy)
-    first_shard = [next(stream) for _ in range(dataset.shards[0].samples - 1)]  # all but shard 0's last sample
-    assert len(first_shard) == dataset.shards[0].samples - 1
-    with rec.lock:
-        events = list(rec.events)
-    assert ("open", 1) in events  # opened ahead of its turn
-    assert any(e[0] == "read" and e[1] == 1 for e in events)  # its requests already in flight
-    rest = list(stream)
-    assert len(rest) == sum(len(o) for o in orders.values()) - len(first_shard)
+    got = [s["__key__"] for s in read_shards_scheduled(_reads(dataset, rec, orders), policy)]
+    assert got == [k for j in range(3) for k in dataset.index(j).keys]
+    assert overlapped, "shard 1 was not fetched while shard 0's last request was in flight"
 
 
 def test_a_shard_that_fails_to_open_raises_after_every_earlier_sample(dataset):
