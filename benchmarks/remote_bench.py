@@ -263,13 +263,7 @@ class SimStore:
         return self._control("stats")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        common.stop_process(self.proc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,15 +459,7 @@ def _one(job: dict) -> dict:
     if job["reader"] == "wds_select":
         with open(job["mask"] + ".keys.json") as fh:
             kept = set(json.load(fh))
-    # heavy imports, deferred and done before the clock starts: torch, webdataset, streamprune's readers
-    import torch  # noqa: F401
-    import webdataset  # noqa: F401
-
-    import streamprune.readers.webdataset  # noqa: F401
-
-    if job["reader"] == "mosaic":
-        # optional peer: mosaicml-streaming
-        import streaming  # noqa: F401
+    # the heavy imports (torch, webdataset, the readers, their clients) were done by the zygote
     cache_dir = tempfile.mkdtemp(prefix="remote-bench-cache-")
     try:
         mem = _Memory()
@@ -520,7 +506,7 @@ def make_masks(manifest: Any, ratios: Sequence[float], out: str, levels: Sequenc
 
     keys = np.asarray(manifest.keys())
     record = np.concatenate([manifest.index(k).end - manifest.index(k).start for k in range(len(manifest.shards))])
-    full = sum(manifest.index(k).shard_bytes for k in range(len(manifest.shards)))
+    full = sum(entry.bytes for entry in manifest.shards)
     masks, kept, kept_bytes = {}, {}, {}
     os.makedirs(out, exist_ok=True)
     for r in ratios:

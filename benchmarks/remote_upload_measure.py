@@ -55,26 +55,6 @@ def write_then_upload(src: Any, url: str, samples_per_shard: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _free_port() -> int:
-    import socket  # only here: one free port for the moto server
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    import socket  # only here: poll until the moto server listens
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"moto_server did not listen on port {port}")
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Start moto, time every arm side by side, write the JSON; return it."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -82,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--samples-per-shard", type=int, default=150)
     p.add_argument("--out", default=os.path.join(common.DEFAULT_RESULTS, "remote_upload.json"))
     args = p.parse_args(argv)
-    port = _free_port()
+    port = common.free_port()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     os.environ.update(env)
@@ -92,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="upload-measure-src-")
     rows = []
     try:
-        _wait_port(port)
+        common.wait_port(port, timeout=20.0)
         # optional: the S3 test stack (dev extra)
         import boto3
         import s3fs
@@ -121,8 +101,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     s3.rm(url, recursive=True)  # moto holds objects in memory: every run starts alike
             rows.append({"source": source, **{arm: {"median_s": statistics.median(t), "runs_s": t} for arm, t in times.items()}})
     finally:
-        server.terminate()
-        server.wait()
+        common.stop_process(server)
         shutil.rmtree(work, ignore_errors=True)
     for r in rows:
         print(r["source"] + ": " + ", ".join(f"{arm} {r[arm]['median_s']:.2f} s" for arm in arms))
