@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import itertools
 import os
 from typing import Any, Iterable, Iterator
@@ -34,7 +35,7 @@ from .state import Binding, ResumableSource, counted, raise_on_first, warn_buffe
 
 __all__ = [
     "PrunedSource", "PrunedWebDataset", "pruned_tarfile_samples", "require_tar", "distributed_rank_world", "remote_mask",
-    "fetch_policy",
+    "fetch_policy", "shard_read",
 ]
 
 def require_tar(manifest: Manifest) -> Manifest:
@@ -241,10 +242,9 @@ class PrunedSource(ResumableSource, IterableDataset):
         """
         # consecutive segments read the same way (all remote, or all local) form one stream, so
         # the scheduler keeps requests in flight across their shard boundaries
-        for scheduled, grouped in itertools.groupby(segments, key=lambda seg: self._policy(seg.shard) is not None):
+        for policy, grouped in itertools.groupby(segments, key=lambda seg: self._policy(seg.shard)):
             group = list(grouped)
-            if scheduled:
-                policy = self._policy(group[0].shard) or DEFAULT_REMOTE_POLICY
+            if policy is not None:
                 yield from read_shards_scheduled((self._shard_read(seg, epoch) for seg in group), policy)
                 continue
             yield from self._read_local(group, epoch)
@@ -304,17 +304,9 @@ class PrunedSource(ResumableSource, IterableDataset):
         )[segment.begin : segment.end]
 
     def _shard_read(self, segment: Segment, epoch: int) -> ShardRead:
-        """What the scheduler needs for one segment; the shard opens on the scheduler's helper thread."""
-        manifest, k = self.manifest, segment.shard
-        path = manifest.shard_path(k)
-        verify = self.verify
-
-        def open_shard() -> ShardFile:
-            obj = storage.open_object(path, manifest.storage_options)
-            # every request's first header is checked as it arrives (check_headers included)
-            return ShardFile.from_storage(obj, manifest.index(k, cache=False), verify=verify)
-
-        return ShardRead(path, self._order(segment, epoch), open_shard)
+        # every request's first header is checked as it arrives (check_headers included)
+        k = segment.shard
+        return shard_read(self.manifest, k, self.manifest.shard_path(k), self._order(segment, epoch), self.verify)
 
 
 class PrunedWebDataset(wds.DataPipeline, wds.FluidInterface):
@@ -412,6 +404,20 @@ def fetch_policy(path: str, fetch: FetchPolicy | None, io_depth: int, max_run_by
     return None
 
 
+def shard_read(manifest: Manifest, k: int, url: str, order: np.ndarray, verify: bool | None) -> ShardRead:
+    """Shard ``k`` at ``url`` for :func:`read_shards_scheduled`, opened when the scheduler gets to it.
+
+    The index is not cached on the manifest (the scheduler holds it while the shard is read),
+    so memory stays flat over an epoch.
+    """
+    return ShardRead(url, order, functools.partial(_open_shard, manifest, k, url, verify))
+
+
+def _open_shard(manifest: Manifest, k: int, url: str, verify: bool | None) -> ShardFile:
+    obj = storage.open_object(url, manifest.storage_options)
+    return ShardFile.from_storage(obj, manifest.index(k, cache=False), verify=verify)
+
+
 def pruned_tarfile_samples(
     manifest: ManifestLike,
     mask: MaskLike = None,
@@ -483,10 +489,4 @@ class _TarfileStage:
         return np.flatnonzero(self.mask.shard(k)) if self.mask is not None else np.arange(self.manifest.shards[k].samples)
 
     def _shard_read(self, url: str, k: int) -> ShardRead:
-        manifest, verify = self.manifest, self.verify
-
-        def open_shard() -> ShardFile:
-            obj = storage.open_object(url, manifest.storage_options)
-            return ShardFile.from_storage(obj, manifest.index(k, cache=False), verify=verify)
-
-        return ShardRead(url, self._kept(k), open_shard)
+        return shard_read(self.manifest, k, url, self._kept(k), self.verify)
