@@ -1,7 +1,8 @@
 """Real servers for the remote-shard tests, on 127.0.0.1 only, each stopped by its fixture.
 
 * :class:`Nginx` serves a directory with Range support and logs every request's range and
-  the bytes it sent (``$bytes_sent``), so tests can check what was transferred;
+  the bytes it sent (``$bytes_sent``), so tests can check what was transferred (the one
+  nginx store, :class:`benchmarks.nginx_store.NginxStore`, with no latency);
 * :class:`FaultProxy` is a small threaded HTTP proxy in front of a server that answers some
   requests with 503, drops some connections mid-response, and delays some;
 * :func:`moto_server` is moto's in-process S3 (``ThreadedMotoServer``).
@@ -12,80 +13,25 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.server
-import os
-import shutil
 import socket
-import subprocess
 import threading
 import time
 
 from benchmarks.common import free_port, stop_process, wait_port
+from benchmarks.nginx_store import NGINX, NginxStore
 
 __all__ = ["NGINX", "Nginx", "FaultProxy", "free_port", "wait_port", "stop_process"]
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-class Nginx:
-    """nginx serving ``root`` on a free loopback port; ``log_entries()`` parses its access log."""
+class Nginx(NginxStore):
+    """nginx serving ``root`` on one plain loopback port (no latency, no limit): the store the remote tests share."""
 
     def __init__(self, root: str, workdir: str) -> None:
-        self.root = root
-        self.workdir = workdir
-        self.port = free_port()
-        self.log = os.path.join(workdir, "access.log")
-        conf = os.path.join(workdir, "nginx.conf")
-        temp = os.path.join(workdir, "tmp")
-        os.makedirs(temp, exist_ok=True)
-        with open(conf, "w") as fh:
-            fh.write(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    log_format ranges '$request_method $uri $status $bytes_sent $body_bytes_sent "$http_range"';
-    access_log {self.log} ranges;
-    client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy; fastcgi_temp_path {temp}/fcgi;
-    uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
-    keepalive_requests 10000;
-    server {{
-        listen 127.0.0.1:{self.port};
-        root {root};
-        location / {{ }}
-    }}
-}}
-""")
-        self.proc = subprocess.Popen([NGINX, "-c", conf, "-p", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_port(self.port)
-        except RuntimeError:
-            self.stop()
-            raise
+        super().__init__(root, workdir)
+        self.port = next(iter(self.ports.values()))
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def clear_log(self) -> None:
-        open(self.log, "w").close()
-        os.kill(self.proc.pid, 10)  # SIGUSR1: reopen the log file
-
-    def log_entries(self) -> list[dict]:
-        """One dict per logged request: method, uri, status, bytes_sent, body_bytes, range."""
-        time.sleep(0.1)  # nginx writes the line after the response
-        out = []
-        with open(self.log) as fh:
-            for line in fh:
-                method, uri, status, sent, body, rng = line.rstrip("\n").split(" ", 5)
-                out.append({"method": method, "uri": uri, "status": int(status), "bytes_sent": int(sent),
-                            "body_bytes": int(body), "range": rng.strip('"')})
-        return out
-
-    def stop(self) -> None:
-        stop_process(self.proc)
+    def url(self) -> str:  # type: ignore[override]  # one setting: the base URL as a plain attribute
+        return super().url()
 
 
 class FaultProxy:
