@@ -20,6 +20,7 @@ This module is low in the layers: it knows nothing of manifests, indexes or read
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import hashlib
 import logging
@@ -277,6 +278,17 @@ class StorageObject:
     def read(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)``; exactly ``end - start`` of them, or an error."""
         raise NotImplementedError
+
+    #: Whether :meth:`submit` runs requests on the object's own client rather than on the executor.
+    native_async: bool = False
+
+    def submit(self, start: int, end: int, executor: cf.Executor) -> cf.Future:
+        """Start reading ``[start, end)`` without blocking: a future of exactly those bytes (or :meth:`read`'s error).
+
+        Here the read runs on ``executor`` (local files, blocking clients); a client with its
+        own event loop overrides this and leaves ``executor`` alone.
+        """
+        return executor.submit(self.read, start, end)
 
     def expect_etag(self, etag: str) -> None:
         """Make every later read conditional on the object still having ``etag`` (where the store can).

@@ -146,10 +146,10 @@ def test_http_map_style_and_tarfile_stage(dataset, nginx):
 
 
 @needs_nginx
-def test_bytes_sent_never_include_pruned_ranges_beyond_the_coalescing_rule(dataset, nginx):
+def test_bytes_sent_never_include_pruned_ranges_beyond_the_waste_cap(dataset, nginx):
     keep = _mask(dataset, 0.7, "sample")
     m = Manifest.load(dataset)
-    policy = FetchPolicy(depth=4)
+    policy = FetchPolicy(depth=4, max_waste=0.05)
     nginx.clear_log()
     _read(PrunedSource(dataset, keep, base=nginx.url, fetch=policy))
     entries = [e for e in nginx.log_entries() if e["uri"].endswith(".tar") and e["method"] == "GET"]
@@ -167,9 +167,10 @@ def test_bytes_sent_never_include_pruned_ranges_beyond_the_coalescing_rule(datas
             sent += e["body_bytes"]
             inside = sum(max(0, min(b, hi) - max(a, lo)) for a, b in pruned)
             pruned_in_ranges += inside
-            # a pruned stretch is only fetched as a gap between two kept samples, within max_gap
-            for a, b in pruned:
-                assert not (lo <= a and b <= hi) or b - a <= policy.gap
+            # a request starts at a kept sample and ends with one: pruned bytes only as gaps between them
+            kept_starts = set(index.start[bits].tolist())
+            kept_ends = set(index.end[bits].tolist())
+            assert lo in kept_starts and hi in kept_ends, (lo, hi)
     assert sent == kept_bytes + pruned_in_ranges
     assert pruned_in_ranges <= policy.max_waste * kept_bytes * 1.0001
 

@@ -1,28 +1,30 @@
-"""Concurrent ranged fetches of kept runs: coalescing, prefetch, and a cap on bytes in flight.
+"""Concurrent ranged fetches of kept runs: planned requests, prefetch, and a cap on bytes in flight.
 
 One request per kept sample would pay a round trip each; one request per shard would fetch
 the pruned bytes too. :func:`plan_fetches` groups the kept samples (in the order they will be
-yielded) into requests: samples adjacent on disk always share one, and a *gap* of pruned
-bytes between two kept samples is fetched along when it costs less to transfer than a
-separate request (``gap <= max_gap``, with ``max_gap`` from latency x bandwidth) and the
-pruned bytes fetched stay within ``max_waste`` of the kept bytes (smallest gaps first);
-requests are capped at ``max_request`` bytes. :func:`read_shards_scheduled` then runs those
-requests on one thread pool for a whole sequence of shards, ``depth`` at a time and never more
-than ``max_inflight_bytes`` fetched but not yet consumed, opening the next shards (size, ETag,
+yielded) into requests with the planner of :mod:`.planner`: which pruned gaps are fetched along
+is chosen per shard to minimise the predicted time (or price) under a model of the store
+(latency, bandwidth, client CPU per request and per byte), calibrated from this read's own
+requests, and reading the shard as the unpruned reader would is always one of the choices.
+:func:`read_shards_scheduled` then runs those requests for a whole sequence of shards,
+``depth`` at a time (adaptive: Little's law on the calibrated latency) and never more than
+``max_inflight_bytes`` fetched but not yet consumed, opening the next shards (size, ETag,
 index) ahead of their turn so the pipeline does not drain at shard boundaries, and hands the
 samples back in order: memory stays bounded, nothing is yielded twice, nothing is skipped (a
 request that fails for good raises when its turn comes).
 
 The same code drives local files (positioned reads on threads: several reads in flight keep
-a cold disk's queue full) and remote objects (fsspec ranged requests, retried in
-:mod:`streamprune.storage`).
+a cold disk's queue full) and remote objects (ranged requests through
+:meth:`~streamprune.storage.StorageObject.submit`, retried in :mod:`streamprune.storage`).
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import functools
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -30,9 +32,10 @@ import numpy as np
 
 from ..shardindex import ShardIndex
 from .byterange import ShardFile
+from .planner import Calibrator, Objective, StoreModel, plan_shard, whole_shard_cost
 
 __all__ = [
-    "FetchPolicy", "ShardRead", "plan_fetches", "read_shards_scheduled",
+    "FetchPolicy", "ShardRead", "ReadStats", "plan_fetches", "read_shards_scheduled",
     "DEFAULT_REMOTE_POLICY",
 ]
 
@@ -42,55 +45,76 @@ class FetchPolicy:
     """How kept runs are fetched.
 
     Attributes:
-        latency: Seconds to first byte of one request (object stores: 10-100 ms).
-        bandwidth: Bytes per second of one connection.
-        depth: Requests in flight per reader (per DataLoader worker). Little's law: to move
-            ``B`` bytes/s in requests of ``S`` bytes with ``L`` seconds to first byte takes
-            about ``B * L / S`` requests in flight, e.g. 400 MB/s of 120 KB samples at 10 ms is
-            ~33; 32 by default (threads that mostly wait; bytes stay under ``max_inflight_bytes``).
-        max_gap: Largest run of pruned bytes fetched along to save a request; ``None``:
-            ``latency * bandwidth / depth``, what one request's latency is worth in bytes
-            when ``depth`` requests overlap.
-        max_waste: Pruned bytes fetched, at most this fraction of the kept bytes (gaps
-            are taken smallest first), so coalescing never costs more than a few percent.
+        store: The model of the store and client the planner optimises against
+            (:class:`~streamprune.readers.planner.StoreModel`; presets in ``STORE_PRESETS``).
+            Its latency and per-connection bandwidth are re-estimated from the first requests'
+            timings when ``calibrate`` is on.
+        objective: ``"time"`` (default): the fastest predicted plan per shard, never slower
+            than reading the shard whole; ``"cost"``: the cheapest under the model's prices.
+        depth: Requests in flight per reader (per DataLoader worker); ``None`` (default):
+            adaptive, by Little's law from the calibrated model (enough to keep the client
+            busy: latency over client CPU per request), at most ``max_depth`` and at most
+            ``total_depth`` shared by the DataLoader workers.
+        max_depth: Cap on adaptive ``depth`` in one process.
+        total_depth: Cap on requests in flight over all DataLoader workers together.
+        workers: DataLoader workers sharing ``total_depth`` (the readers set it in a worker).
+        calibrate: Re-estimate latency and bandwidth from this read's requests.
+        max_gap: Legacy fixed rule: merge only pruned gaps up to this many bytes (smallest
+            first, within ``max_waste``) instead of planning by the model; ``0`` merges only
+            adjacent samples (what local reads use).
+        max_waste: Pruned bytes fetched along, at most this fraction of the kept bytes;
+            ``None``: no cap (the objective decides).
         max_request: Largest single request, in bytes. A request's samples are yielded once
-            all its bytes are in, so this also bounds the wait for the first sample: 2 MiB is
-            20 ms at 100 MB/s; measured on the simulated store at 30 ms, the first sample of an
-            epoch came after 0.2-0.3 s with 2 MiB and 0.4-0.6 s with 8 MiB, epochs no slower.
+            all its bytes are in, so this also bounds the wait for an epoch's first sample
+            (2 MiB is 20 ms at 100 MB/s).
         max_inflight_bytes: Cap on bytes requested but not yet consumed (memory bound).
     """
 
-    latency: float = 0.03
-    bandwidth: float = 100e6
-    depth: int = 32
+    store: StoreModel = StoreModel()
+    objective: Objective = "time"
+    depth: int | None = None
+    max_depth: int = 128
+    total_depth: int = 256
+    workers: int = 1
+    calibrate: bool = True
     max_gap: int | None = None
-    max_waste: float = 0.05
+    max_waste: float | None = None
     max_request: int = 2 << 20
     max_inflight_bytes: int = 64 << 20
 
-    @property
-    def gap(self) -> int:
-        """The effective ``max_gap`` in bytes."""
-        if self.max_gap is not None:
-            return int(self.max_gap)
-        return int(self.latency * self.bandwidth / max(1, self.depth))
+    def depth_for(self, model: StoreModel, request_bytes: float) -> int:
+        """Requests in flight for this reader under ``model`` (``depth`` when set)."""
+        if self.depth is not None:
+            return max(1, int(self.depth))
+        cap = max(1, min(self.max_depth, self.total_depth // max(1, self.workers)))
+        return model.depth_for(request_bytes, cap, min_depth=min(4, cap))
 
 
 DEFAULT_REMOTE_POLICY = FetchPolicy()
 
 
-def plan_fetches(index: ShardIndex, order: np.ndarray, policy: FetchPolicy) -> list[tuple[int, int, int, int]]:
+def plan_fetches(index: ShardIndex, order: np.ndarray, policy: FetchPolicy, model: StoreModel | None = None,
+                 depth: int | None = None) -> list[tuple[int, int, int, int]]:
     """Group ``order`` (positions in yield order) into requests.
+
+    By the model (:func:`~streamprune.readers.planner.plan_shard`), or by the legacy fixed
+    gap rule when ``policy.max_gap`` is set.
 
     Args:
         index: The shard's index.
         order: Sample positions, in the order they will be yielded.
-        policy: Coalescing limits.
+        policy: Coalescing limits and objective.
+        model: The store model to plan with (default ``policy.store``).
+        depth: Requests in flight to plan for (default: ``policy``'s for the model).
 
     Returns:
         Per request ``(first, last_exclusive, lo, hi)``: positions ``order[first:last]`` are
         served by bytes ``[lo, hi)`` of the shard.
     """
+    if policy.max_gap is None:
+        model = model or policy.store
+        depth = depth or policy.depth_for(model, policy.max_request)
+        return plan_shard(index, order, model, depth, policy.max_request, policy.objective, policy.max_waste).requests
     n = len(order)
     if n == 0:
         return []
@@ -98,9 +122,9 @@ def plan_fetches(index: ShardIndex, order: np.ndarray, policy: FetchPolicy) -> l
     ends = index.end[order].astype(np.int64)
     gaps = starts[1:] - ends[:-1]  # between consecutive samples in yield order
     join = gaps == 0
-    candidates = np.flatnonzero((gaps > 0) & (gaps <= policy.gap))
+    candidates = np.flatnonzero((gaps > 0) & (gaps <= policy.max_gap))
     if len(candidates):
-        budget = policy.max_waste * float((ends - starts).sum())
+        budget = math.inf if policy.max_waste is None else policy.max_waste * float((ends - starts).sum())
         by_size = candidates[np.argsort(gaps[candidates], kind="stable")]
         taken = by_size[np.cumsum(gaps[by_size]) <= budget]
         join[taken] = True
@@ -135,6 +159,41 @@ class ShardRead:
 
 
 @dataclass
+class ReadStats:
+    """What a scheduled read did, and what the planner predicted for it.
+
+    Attributes:
+        shards: Shards read.
+        requests: Requests sent (by the plan; the storage layer's retries not counted).
+        fetched_bytes: Bytes requested.
+        kept_bytes: Bytes of the samples yielded.
+        seconds: Wall time from the first request to the last sample.
+        predicted_seconds: Sum of the planner's per-shard predictions (requests alone).
+        whole_requests: Requests the unpruned reader would send for the same shards.
+        whole_bytes: Bytes it would fetch.
+        latency: The calibrated latency at the end, seconds.
+        conn_bandwidth: The calibrated per-connection bandwidth at the end, bytes/s.
+        depth: Requests in flight at the end.
+    """
+
+    shards: int = 0
+    requests: int = 0
+    fetched_bytes: int = 0
+    kept_bytes: int = 0
+    seconds: float = 0.0
+    predicted_seconds: float = 0.0
+    whole_requests: int = 0
+    whole_bytes: int = 0
+    latency: float = 0.0
+    conn_bandwidth: float = 0.0
+    depth: int = 0
+
+    def as_dict(self) -> dict:
+        """The fields as a plain dict (for logs and results files)."""
+        return dict(self.__dict__)
+
+
+@dataclass
 class _Opened:
     """A shard opened ahead of its turn, with its requests planned."""
 
@@ -144,13 +203,24 @@ class _Opened:
     plan: list[tuple[int, int, int, int]]
     submitted: int = 0
     consumed: int = 0
+    kept_bytes: int = 0
+    predicted_seconds: float = 0.0
+    whole: tuple[int, int] = (0, 0)
 
 
-def _open(read: ShardRead, policy: FetchPolicy) -> _Opened:
+def _open(read: ShardRead, policy: FetchPolicy, calibrator: Calibrator | None) -> _Opened:
     shard = read.open()
     try:
         order = np.asarray(read.order)
-        return _Opened(shard, read.url, order.tolist(), plan_fetches(shard.index, order, policy))
+        index = shard.index
+        kept = int((index.end[order] - index.start[order]).sum()) if len(order) else 0
+        if policy.max_gap is not None:
+            return _Opened(shard, read.url, order.tolist(), plan_fetches(index, order, policy), kept_bytes=kept)
+        model = calibrator.model() if calibrator is not None else policy.store
+        depth = policy.depth_for(model, policy.max_request)
+        plan = plan_shard(index, order, model, depth, policy.max_request, policy.objective, policy.max_waste)
+        return _Opened(shard, read.url, order.tolist(), plan.requests, kept_bytes=kept, predicted_seconds=plan.seconds,
+                       whole=whole_shard_cost(index, policy.max_request))
     except BaseException:
         shard.close()
         raise
@@ -164,35 +234,40 @@ class _Failed:
 
 
 def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFAULT_REMOTE_POLICY,
-                          max_lookahead: int = 16) -> Iterator[dict]:
+                          max_lookahead: int = 16, stats: ReadStats | None = None) -> Iterator[dict]:
     """Yield webdataset sample dicts for a sequence of shards, with requests in flight across shard boundaries.
 
-    One pool of ``policy.depth`` fetch threads serves the whole sequence. The next shards are
-    opened ahead on helper threads (their size/ETag and index requests overlap the current
-    shard's data), as many as it takes to keep ``depth`` requests in flight (a shard read
-    whole is one or two large requests; a pruned one, dozens of small ones), at most
-    ``max_lookahead``; their requests start as soon as they are open, while earlier shards'
-    are still in flight, so the pipeline never drains at a shard boundary. Requests are
-    planned per shard by :func:`plan_fetches`; bytes fetched but not consumed stay under
-    ``policy.max_inflight_bytes``. Samples come out in order; an error (a request that failed
-    for good, a shard that failed to open) is raised when its turn comes, after every sample
-    before it, and nothing is yielded twice.
+    The next shards are opened ahead on helper threads (their size/ETag and index requests
+    overlap the current shard's data), as many as it takes to keep ``depth`` requests in
+    flight (a shard read whole is one or two large requests; a pruned one, dozens of small
+    ones), at most ``max_lookahead``; their requests start as soon as they are open, while
+    earlier shards' are still in flight, so the pipeline never drains at a shard boundary.
+    Requests are planned per shard (:func:`plan_fetches`) with the store model as calibrated
+    so far; ``depth`` follows the calibrated latency unless the policy fixes it. Bytes fetched
+    but not consumed stay under ``policy.max_inflight_bytes``. Samples come out in order; an
+    error (a request that failed for good, a shard that failed to open) is raised when its
+    turn comes, after every sample before it, and nothing is yielded twice.
 
     Each request's first member header is checked against the index (the shard was not
     rewritten), and with ``shard.verify`` every sample against its checksum.
 
     Args:
         reads: The shards, in yield order (consumed lazily, as far ahead as opened).
-        policy: Coalescing, concurrency and memory limits.
+        policy: Planning, concurrency and memory limits.
         max_lookahead: Most shards opened ahead of the one being read.
+        stats: Filled in as the read goes (requests, bytes, time, the planner's prediction).
 
     Yields:
         ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
     """
     reads = iter(reads)
-    depth = max(1, policy.depth)
+    stats = stats if stats is not None else ReadStats()
+    calibrator = Calibrator(policy.store) if policy.calibrate and policy.max_gap is None else None
+    max_depth = policy.depth if policy.depth is not None else max(1, min(policy.max_depth, policy.total_depth // max(1, policy.workers)))
     max_lookahead = max(1, max_lookahead)
-    fetch_pool = cf.ThreadPoolExecutor(max_workers=depth, thread_name_prefix="streamprune-fetch")
+    # threads serve only objects whose reads block (local files, the fsspec fallback); a native
+    # asynchronous client runs its requests on its own event loop and ignores this pool
+    fetch_pool = cf.ThreadPoolExecutor(max_workers=max(1, max_depth), thread_name_prefix="streamprune-fetch")
     open_pool = cf.ThreadPoolExecutor(max_workers=max_lookahead, thread_name_prefix="streamprune-open")
     opening: collections.deque[cf.Future] = collections.deque()
     # in yield order: (future of the bytes, its shard, its plan entry), or a _Failed marker
@@ -202,6 +277,12 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
     inflight = 0
     exhausted = False
     opened_shards = planned_requests = 0
+    depth = policy.depth_for(policy.store, policy.max_request)
+    started = 0.0
+
+    def observe(future: cf.Future, t0: float, nbytes: int) -> None:
+        if calibrator is not None and not future.cancelled() and future.exception() is None:
+            calibrator.observe(nbytes, time.perf_counter() - t0)
 
     def room() -> bool:
         return len(pending) < depth and not (pending and isinstance(pending[-1], _Failed))
@@ -218,7 +299,7 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
                 if nxt is None:
                     exhausted = True
                     break
-                opening.append(open_pool.submit(_open, nxt, policy))
+                opening.append(open_pool.submit(_open, nxt, policy, calibrator))
             # start requests: the current shard's, then the next shards' as they open
             while room():
                 if current is None or current.submitted == len(current.plan):
@@ -233,6 +314,13 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
                         break
                     opened_shards += 1
                     planned_requests += len(current.plan)
+                    stats.kept_bytes += current.kept_bytes
+                    stats.predicted_seconds += current.predicted_seconds
+                    stats.whole_requests += current.whole[0]
+                    stats.whole_bytes += current.whole[1]
+                    if calibrator is not None and current.plan:
+                        mean = sum(hi - lo for _, _, lo, hi in current.plan) / len(current.plan)
+                        depth = min(max_depth, policy.depth_for(calibrator.model(), mean))
                     if current.plan:
                         live.append(current)
                     else:
@@ -243,9 +331,16 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
                     break
                 obj = current.shard.storage
                 assert obj is not None, "read_shards_scheduled needs shards opened with ShardFile.from_storage"
-                pending.append((fetch_pool.submit(obj.read, lo, hi), current, current.plan[current.submitted]))
+                t0 = time.perf_counter()
+                if not started:
+                    started = t0
+                request = obj.submit(lo, hi, fetch_pool)
+                request.add_done_callback(functools.partial(observe, t0=t0, nbytes=hi - lo))
+                pending.append((request, current, current.plan[current.submitted]))
                 current.submitted += 1
                 inflight += hi - lo
+                stats.requests += 1
+                stats.fetched_bytes += hi - lo
             if not pending:
                 if exhausted and not opening and (current is None or current.submitted == len(current.plan)):
                     return
@@ -279,6 +374,11 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
         live += [f.result() for f in opening if f.done() and not f.cancelled() and f.exception() is None]
         for opened in live:
             opened.shard.close()
+        stats.shards += opened_shards
+        stats.seconds += time.perf_counter() - started if started else 0.0
+        stats.depth = depth
+        model = calibrator.model() if calibrator is not None else policy.store
+        stats.latency, stats.conn_bandwidth = model.latency, model.conn_bandwidth
 
 
 def _samples(opened: _Opened, a: int, b: int, lo: int, data: bytes) -> Iterator[dict]:

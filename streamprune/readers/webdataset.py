@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import functools
 import itertools
 import os
@@ -395,12 +396,19 @@ def remote_mask(mask: MaskLike, storage_options: dict | None) -> MaskLike:
 
 
 def fetch_policy(path: str, fetch: FetchPolicy | None, io_depth: int, max_run_bytes: int) -> FetchPolicy | None:
-    """The scheduler policy for one shard, or ``None`` to read it with the serial local reader."""
+    """The scheduler policy for one shard, or ``None`` to read it with the serial local reader.
+
+    In a DataLoader worker the remote policy's ``total_depth`` is shared among the workers.
+    """
     if storage.is_remote(path):
-        return fetch or DEFAULT_REMOTE_POLICY
+        policy = fetch or DEFAULT_REMOTE_POLICY
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.num_workers != policy.workers:
+            policy = dataclasses.replace(policy, workers=info.num_workers)
+        return policy
     if io_depth > 1:
         # local: no latency to amortise, so no pruned gap is worth reading; runs as the serial reader cuts them
-        return FetchPolicy(latency=0.0, depth=io_depth, max_gap=0, max_request=max_run_bytes)
+        return FetchPolicy(depth=io_depth, max_gap=0, max_request=max_run_bytes, calibrate=False)
     return None
 
 
