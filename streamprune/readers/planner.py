@@ -25,7 +25,9 @@ The candidates for one shard, all read in the order samples are yielded:
 Candidate 2 is never worse than reading the whole shard in any term of the model (no more
 requests, no more bytes), so with ``objective="time"`` a pruned shard is never predicted slower
 than the same shard read unpruned: the guarantee that pruning never slows an epoch down, as far
-as the model is right. The model starts from defaults (or the user's values) and is calibrated
+as the model is right. It holds for reads in archive order (the readers' default,
+``shuffle=False``); a shuffled order within a shard costs a request per out-of-order sample,
+pruned or not. The model starts from defaults (or the user's values) and is calibrated
 from the first requests' timings (:class:`Calibrator`).
 
 Worked example (defaults: 30 ms, 100 MB/s per connection, 64 in flight, 0.25 ms and 0.67 ns/byte
@@ -45,7 +47,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -80,7 +82,7 @@ class StoreModel:
     conn_bandwidth: float = 100e6
     total_bandwidth: float = 1.25e9
     cpu_per_request: float = 250e-6
-    cpu_per_byte: float = 1 / 1.5e9
+    cpu_per_byte: float = 1.5e-9
     price_per_1000_requests: float = 0.0
     price_per_gb: float = 0.0
     free_bytes_per_request: int = 0
@@ -150,18 +152,22 @@ class Calibrator:
     """Latency and per-connection bandwidth, re-estimated from the requests of this read.
 
     Each finished request is observed as ``(bytes, seconds from submission to its last byte)``.
-    With sizes that vary enough, a least-squares line ``seconds = latency + bytes / bandwidth``;
-    otherwise (a scattered mask's requests are all one sample long) the prior bandwidth is kept
-    and the latency is a low percentile of what remains, since queueing in a busy client only
-    adds time: a low percentile stays near the store's own latency.
+    Those times include any wait for a busy client (its CPU, its event loop), which would make
+    the store look slower than it is, so the estimates take the good end: the latency is a low
+    percentile of ``seconds - bytes / bandwidth``, and the bandwidth (from requests of 256 KiB
+    or more, when there are some) a high percentile of ``bytes / (seconds - latency)``. A
+    scattered mask's requests are all one sample long; then the prior bandwidth stays.
 
-    Thread-safe: requests finish on the fetch threads.
+    Thread-safe: requests finish on the fetch threads or the client's event loop.
 
     Args:
         prior: The model before any observation (and for every field not calibrated).
         window: Most recent observations used.
         min_samples: Observations before the prior is replaced.
     """
+
+    #: Requests at least this large tell the per-connection bandwidth apart from the latency.
+    LARGE = 256 << 10
 
     def __init__(self, prior: StoreModel, window: int = 256, min_samples: int = 16) -> None:
         self.prior = prior
@@ -186,11 +192,12 @@ class Calibrator:
             self._dirty = False
         x, y = obs[:, 0], obs[:, 1]
         bandwidth = self.prior.conn_bandwidth
-        if x.max() > 2 * max(1.0, x.min()):
-            slope, _ = np.polyfit(x, y, 1)
-            if slope > 0:
-                bandwidth = float(np.clip(1.0 / slope, 1e6, 1e11))
-        latency = float(np.clip(np.percentile(y - x / bandwidth, 20), 0.0, 10.0))
+        latency = float(np.clip(np.percentile(y - x / bandwidth, 5), 0.0, 10.0))
+        large = x >= self.LARGE
+        if large.sum() >= 4:
+            rate = x[large] / np.maximum(y[large] - latency, 1e-4)
+            bandwidth = float(np.clip(np.percentile(rate, 90), 1e6, 1e11))
+            latency = float(np.clip(np.percentile(y - x / bandwidth, 5), 0.0, 10.0))
         model = replace(self.prior, latency=latency, conn_bandwidth=bandwidth)
         with self._lock:
             self._model = model
@@ -271,7 +278,8 @@ def _whole_candidate(index: ShardIndex, order: np.ndarray, max_request: int) -> 
     return [(a, b, starts[a], ends[b - 1]) for a, b in zip(firsts, lasts)]
 
 
-def plan_shard(index: ShardIndex, order: np.ndarray, model: StoreModel, depth: float, max_request: int = 2 << 20,
+def plan_shard(index: ShardIndex, order: np.ndarray, model: StoreModel, depth: float | Callable[[float], float],
+               max_request: int = 2 << 20,
                objective: Objective = "time", max_waste: float | None = None) -> ShardPlan:
     """Choose the requests that read ``order`` (positions, in yield order) of one shard.
 
@@ -279,7 +287,8 @@ def plan_shard(index: ShardIndex, order: np.ndarray, model: StoreModel, depth: f
         index: The shard's index.
         order: Sample positions in the order they will be yielded.
         model: The store and client model.
-        depth: Requests in flight.
+        depth: Requests in flight, or a function of a plan's mean request size giving them
+            (adaptive depth: small requests are worth more in flight than large ones).
         max_request: Largest request, in bytes (a lone sample larger than it is one request).
         objective: ``"time"``: the fastest predicted plan (ties: fewer bytes); ``"cost"``: the
             cheapest (ties: the faster).
@@ -303,15 +312,22 @@ def plan_shard(index: ShardIndex, order: np.ndarray, model: StoreModel, depth: f
     free = model.free_bytes_per_request
     budget = math.inf if max_waste is None else max_waste * kept
 
+    def depth_of(requests: int, nbytes: int) -> float:
+        return depth(nbytes / max(1, requests)) if callable(depth) else depth
+
     def score(requests: int, nbytes: int, billed: int) -> tuple[float, float, float]:
-        seconds = model.seconds(requests, nbytes, depth)
+        seconds = model.seconds(requests, nbytes, depth_of(requests, nbytes))
         dollars = model.dollars(requests, billed)
         key = (seconds, nbytes) if objective == "time" else (dollars, seconds)
         return key[0], key[1], seconds
 
     # candidate 1, estimated in bulk for a spread of k (the k smallest gaps merged); the
     # number of requests of a merged group is estimated as ceil(span / max_request)
-    mergeable = np.flatnonzero(gaps >= 0)
+    # a gap is fetched along only if it holds no kept sample (a shuffled order yields that one
+    # elsewhere: fetching it here too would fetch its bytes twice)
+    sorted_starts = np.sort(starts)
+    inside = np.searchsorted(sorted_starts, starts[1:], side="left") - np.searchsorted(sorted_starts, ends[:-1], side="left")
+    mergeable = np.flatnonzero((gaps >= 0) & (inside == 0))
     by_size = mergeable[np.argsort(gaps[mergeable], kind="stable")]
     total_k = len(by_size)
     adjacent = int((gaps == 0).sum())  # kept samples that touch on disk always share a request: free
@@ -356,4 +372,5 @@ def plan_shard(index: ShardIndex, order: np.ndarray, model: StoreModel, depth: f
         plans.append((score(*_summary(requests, free)), "runs", requests))
     key, name, requests = min(plans, key=lambda p: p[0][:2])
     count, nbytes, billed = _summary(requests, free)
-    return ShardPlan(requests, kept, nbytes, model.seconds(count, nbytes, depth), model.dollars(count, billed), name)
+    return ShardPlan(requests, kept, nbytes, model.seconds(count, nbytes, depth_of(count, nbytes)),
+                     model.dollars(count, billed), name)

@@ -113,8 +113,8 @@ def plan_fetches(index: ShardIndex, order: np.ndarray, policy: FetchPolicy, mode
     """
     if policy.max_gap is None:
         model = model or policy.store
-        depth = depth or policy.depth_for(model, policy.max_request)
-        return plan_shard(index, order, model, depth, policy.max_request, policy.objective, policy.max_waste).requests
+        depth_of = depth if depth is not None else functools.partial(policy.depth_for, model)
+        return plan_shard(index, order, model, depth_of, policy.max_request, policy.objective, policy.max_waste).requests
     n = len(order)
     if n == 0:
         return []
@@ -217,8 +217,8 @@ def _open(read: ShardRead, policy: FetchPolicy, calibrator: Calibrator | None) -
         if policy.max_gap is not None:
             return _Opened(shard, read.url, order.tolist(), plan_fetches(index, order, policy), kept_bytes=kept)
         model = calibrator.model() if calibrator is not None else policy.store
-        depth = policy.depth_for(model, policy.max_request)
-        plan = plan_shard(index, order, model, depth, policy.max_request, policy.objective, policy.max_waste)
+        plan = plan_shard(index, order, model, functools.partial(policy.depth_for, model), policy.max_request,
+                          policy.objective, policy.max_waste)
         return _Opened(shard, read.url, order.tolist(), plan.requests, kept_bytes=kept, predicted_seconds=plan.seconds,
                        whole=whole_shard_cost(index, policy.max_request))
     except BaseException:
