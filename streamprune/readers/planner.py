@@ -153,10 +153,10 @@ class Calibrator:
 
     Each finished request is observed as ``(bytes, seconds from submission to its last byte)``.
     Those times include any wait for a busy client (its CPU, its event loop), which would make
-    the store look slower than it is, so the estimates take the good end: the latency is a low
-    percentile of ``seconds - bytes / bandwidth``, and the bandwidth (from requests of 256 KiB
-    or more, when there are some) a high percentile of ``bytes / (seconds - latency)``. A
-    scattered mask's requests are all one sample long; then the prior bandwidth stays.
+    the store look slower than it is, so the estimates take the good end: the bandwidth is the
+    slope of a line through the fast end (10th percentile) of each of eight size bins, and the
+    latency a low percentile of ``seconds - bytes / bandwidth``. When the sizes hardly vary (a
+    scattered mask's requests are all one sample long) the prior bandwidth stays.
 
     Thread-safe: requests finish on the fetch threads or the client's event loop.
 
@@ -165,9 +165,6 @@ class Calibrator:
         window: Most recent observations used.
         min_samples: Observations before the prior is replaced.
     """
-
-    #: Requests at least this large tell the per-connection bandwidth apart from the latency.
-    LARGE = 256 << 10
 
     def __init__(self, prior: StoreModel, window: int = 256, min_samples: int = 16) -> None:
         self.prior = prior
@@ -192,12 +189,18 @@ class Calibrator:
             self._dirty = False
         x, y = obs[:, 0], obs[:, 1]
         bandwidth = self.prior.conn_bandwidth
+        if x.max() > 2 * max(1.0, x.min()):
+            # the lower envelope: the fast end of each size bin, then a line through those points
+            edges = np.quantile(x, np.linspace(0, 1, 9))
+            bins = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, 7)
+            points = [(float(np.median(x[bins == b])), float(np.percentile(y[bins == b], 10)))
+                      for b in range(8) if (bins == b).sum() >= 2]
+            if len(points) >= 2:
+                px, py = np.array(points).T
+                slope, _ = np.polyfit(px, py, 1)
+                if slope > 0:
+                    bandwidth = float(np.clip(1.0 / slope, 1e6, 1e11))
         latency = float(np.clip(np.percentile(y - x / bandwidth, 5), 0.0, 10.0))
-        large = x >= self.LARGE
-        if large.sum() >= 4:
-            rate = x[large] / np.maximum(y[large] - latency, 1e-4)
-            bandwidth = float(np.clip(np.percentile(rate, 90), 1e6, 1e11))
-            latency = float(np.clip(np.percentile(y - x / bandwidth, 5), 0.0, 10.0))
         model = replace(self.prior, latency=latency, conn_bandwidth=bandwidth)
         with self._lock:
             self._model = model
