@@ -250,15 +250,32 @@ def mask(manifest, operands, use_random, scores_file, ratio, duplicates, level, 
               help="Also write the kept keys (all keys without --mask): .txt, .npy, .parquet/.arrow (parquet extra).")
 @click.option("--scores", "scores_file", type=click.Path(exists=True), help="With --export: add each kept sample's score from this scores file.")
 @click.option("--uids", is_flag=True, help="With --export: add each kept sample's uid (uid/json member, or a 32-hex key).")
+@click.option("--plan", "show_plan", is_flag=True,
+              help="Predict one epoch read from a store: requests, bytes (kept and pruned), time and dollars, planned and whole shards.")
+@click.option("--store", "store_preset", type=click.Choice(["s3-standard", "s3-express"]), help="With --plan: a store's latency and prices.")
+@click.option("--latency", type=float, help="With --plan: seconds to first byte (default 0.03, or the --store's).")
+@click.option("--bandwidth", type=float, help="With --plan: bytes/s per connection (default 100e6).")
+@click.option("--objective", type=click.Choice(["time", "cost"]), default="time", show_default=True, help="With --plan: what the planner minimises.")
+@click.option("--depth", type=int, help="With --plan: requests in flight (default: adaptive, as the reader).")
 @location_options
-def inspect(manifest, mask_path, as_json, export_path, scores_file, uids, base, storage_options):
+def inspect(manifest, mask_path, as_json, export_path, scores_file, uids, show_plan, store_preset, latency, bandwidth, objective, depth,
+            base, storage_options):
     """Per-shard and per-class kept counts, bytes to read and expected speed-up (MANIFEST: path or URL); optionally export the kept keys."""
     if (scores_file or uids) and not export_path:
         raise click.UsageError("--scores and --uids go with --export")
     m = Manifest.load(manifest, base=base, storage_options=storage_options)
     mask_file = masks.MaskFile(storage.local_copy(mask_path, storage_options)) if mask_path else None
     info = describe(m, mask_file)
+    if show_plan:
+        # deferred: streamprune.readers loads torch, which the command line does not import at start-up
+        from streamprune.readers.planner import store_model
+        from streamprune.readers.prediction import format_prediction, predict_epoch
+
+        model = store_model(store_preset, latency=latency, conn_bandwidth=bandwidth)
+        info["plan"] = predict_epoch(m, mask_file, model, depth=depth, objective=objective)
     click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
+    if show_plan and not as_json:
+        click.echo(format_prediction(info["plan"]))
     if export_path:
         done = export_keys(m, mask_file, export_path, scores=ScoreFile.load(scores_file) if scores_file else None, uids=uids)
         click.echo(f"{done['rows']} kept keys ({', '.join(done['columns'])}) -> {done['path']}", err=as_json)

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import functools
 import itertools
+import logging
 import os
 from typing import Any, Iterable, Iterator
 
@@ -31,13 +32,16 @@ from ..masks import Mask, MaskLike, kept_counts, open_mask
 from .byterange import READAHEAD_BYTES, ReadAhead, ShardFile, read_runs, run_spans
 from .maskslot import MaskSlot
 from .plan import Segment, plan_epoch, within_shard_order
-from .scheduler import DEFAULT_REMOTE_POLICY, FetchPolicy, ShardRead, read_shards_scheduled
+from .scheduler import DEFAULT_REMOTE_POLICY, FetchPolicy, ReadStats, ShardRead, read_shards_scheduled
 from .state import Binding, ResumableSource, counted, raise_on_first, warn_buffered
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PrunedSource", "PrunedWebDataset", "pruned_tarfile_samples", "require_tar", "distributed_rank_world", "remote_mask",
     "fetch_policy", "shard_read",
 ]
+
 
 def require_tar(manifest: Manifest) -> Manifest:
     """Return ``manifest`` if all its shards are tar shards; a clear error for ``.beton`` files."""
@@ -148,6 +152,8 @@ class PrunedSource(ResumableSource, IterableDataset):
         self.verify = verify
         self.fetch = fetch
         self.io_depth = io_depth
+        #: What the last epoch read in this process did (remote shards): requests, bytes, time, the prediction.
+        self.read_stats = ReadStats()
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._kept_cache: dict[int, np.ndarray] = {}
@@ -243,12 +249,19 @@ class PrunedSource(ResumableSource, IterableDataset):
         """
         # consecutive segments read the same way (all remote, or all local) form one stream, so
         # the scheduler keeps requests in flight across their shard boundaries
+        self.read_stats = stats = ReadStats()
         for policy, grouped in itertools.groupby(segments, key=lambda seg: self._policy(seg.shard)):
             group = list(grouped)
             if policy is not None:
-                yield from read_shards_scheduled((self._shard_read(seg, epoch) for seg in group), policy)
+                yield from read_shards_scheduled((self._shard_read(seg, epoch) for seg in group), policy, stats=stats)
                 continue
             yield from self._read_local(group, epoch)
+        if stats.requests:
+            log.info("epoch %d: %d requests, %.1f MB fetched (%.1f MB kept) in %.2f s; planner predicted %.2f s; "
+                     "whole shards: %d requests, %.1f MB; calibrated %.1f ms, %.0f MB/s, %d in flight", epoch,
+                     stats.requests, stats.fetched_bytes / 1e6, stats.kept_bytes / 1e6, stats.seconds,
+                     stats.predicted_seconds, stats.whole_requests, stats.whole_bytes / 1e6, stats.latency * 1e3,
+                     stats.conn_bandwidth / 1e6, stats.depth)
 
     def _read_local(self, segments: list[Segment], epoch: int) -> Iterator[dict]:
         """Local segments with the serial reader, the next shards opened and announced to the kernel ahead."""
