@@ -733,3 +733,17 @@ def test_remote_beton_is_a_clear_error(tmp_path):
         assert r.exit_code == 2 and "local disk only" in r.output, r.output
     finally:
         server.stop()
+
+
+@needs_nginx
+def test_map_style_batch_is_planned_one_request_per_run_of_adjacent_samples(dataset, nginx):
+    local = PrunedMapDataset(dataset)
+    remote = PrunedMapDataset(dataset, base=nginx.url)
+    batch = [7, 3, 4, 5, 6, 3, 60, 61]  # shard 0's 3-7 adjacent (3 twice), shard 1's 60-61 adjacent
+    nginx.clear_log()
+    got = remote.__getitems__(batch)
+    assert [s["__key__"] for s in got] == [local[i]["__key__"] for i in batch]
+    assert all(g["bin"] == local[i]["bin"] for g, i in zip(got, batch))
+    assert got[1] is not got[5]  # a sample asked twice comes back as two dicts
+    data = [e for e in nginx.log_entries() if e["uri"].endswith(".tar") and e["method"] == "GET"]
+    assert len(data) == 2, data  # shards of 40 samples: 3-7 in shard 0, 60-61 in shard 1

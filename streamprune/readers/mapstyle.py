@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import dataclasses
+import functools
 import os
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -15,8 +16,9 @@ from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, open_mask
 from .byterange import ShardFile, read_sample
 from .maskslot import ALL_KEPT
+from .scheduler import DEFAULT_REMOTE_POLICY, FetchPolicy, ShardRead, read_shards_scheduled
 from .state import STATE_FORMAT, STATE_VERSION, Binding, ResumableSampler, counted
-from .webdataset import distributed_rank_world, remote_mask, require_tar
+from .webdataset import distributed_rank_world, fetch_policy, remote_mask, require_tar
 
 __all__ = ["PrunedMapDataset", "KeptSampler"]
 
@@ -37,7 +39,10 @@ class PrunedMapDataset(Dataset):
 
     Shards are read with the kernel's read-ahead off, so a cold read fetches only the kept
     samples' bytes; a batching DataLoader fetches through :meth:`__getitems__`, which
-    announces the batch's samples first so their reads overlap (:meth:`prefetch`).
+    announces the batch's samples first so their reads overlap (:meth:`prefetch`). A batch of
+    remote samples is planned and fetched as the iterable reader's epochs are (the planner
+    merges what is worth merging within the batch; requests run concurrently), one plan per
+    batch: later batches are not known to the dataset.
 
     Args:
         manifest: Manifest path or object.
@@ -49,7 +54,9 @@ class PrunedMapDataset(Dataset):
         base: Where relative shard names resolve (as ``PrunedSource``: a bucket or server copy).
         storage_options: fsspec options for remote manifests, masks and shards.
         fetch_depth: Requests in flight when the DataLoader asks for a batch of remote samples
-            at once (``__getitems__``).
+            at once (``__getitems__``); ``None``: ``fetch``'s (adaptive by default); ``1``: one
+            sample at a time.
+        fetch: How a batch of remote samples is planned and fetched (as ``PrunedSource``'s ``fetch``).
     """
 
     def __init__(
@@ -61,11 +68,14 @@ class PrunedMapDataset(Dataset):
         verify: bool | None = None,
         base: str | os.PathLike | None = None,
         storage_options: dict | None = None,
-        fetch_depth: int = 8,
+        fetch_depth: int | None = None,
+        fetch: FetchPolicy | None = None,
     ) -> None:
         self.manifest = require_tar(open_manifest(manifest, base, storage_options))
         self.mask = open_mask(remote_mask(mask, self.manifest.storage_options), self.manifest)
         self.fetch_depth = fetch_depth
+        policy = fetch or DEFAULT_REMOTE_POLICY
+        self.fetch = policy if fetch_depth is None else dataclasses.replace(policy, depth=fetch_depth)
         self.kept_global = _kept_global(self.manifest, self.mask)
         offsets = self.manifest.shard_offsets
         self._shard_of = (np.searchsorted(offsets, self.kept_global, side="right") - 1).astype(np.int64)
@@ -122,14 +132,28 @@ class PrunedMapDataset(Dataset):
         """
         indices = list(indices)
         shards = {int(k) for k in self._shard_of[indices].tolist()} if indices else set()
-        if self.fetch_depth > 1 and len(indices) > 1 and any(storage.is_remote(self.manifest.shard_path(k)) for k in shards):
-            for k in shards:
-                self._shard(k)  # open shards here: the cache is not thread-safe
-            # remote samples: several requests in flight, each a round trip of its own
-            with cf.ThreadPoolExecutor(max_workers=min(self.fetch_depth, len(indices))) as pool:
-                return list(pool.map(self.__getitem__, indices))
+        if self.fetch_depth != 1 and len(indices) > 1 and any(storage.is_remote(self.manifest.shard_path(k)) for k in shards):
+            return self._fetch_batch(indices)
         self.prefetch(indices)
         return [self[i] for i in indices]
+
+    def _fetch_batch(self, indices: list[int]) -> list:
+        """A batch of remote samples: per shard, its samples in disk order, planned and fetched concurrently."""
+        located = [self._locate(i) for i in indices]
+        by_shard: dict[int, set[int]] = {}
+        for k, pos in located:
+            by_shard.setdefault(k, set()).add(pos)
+        reads = [ShardRead(self.manifest.shard_path(k), np.array(sorted(positions), dtype=np.int64),
+                           functools.partial(self._shard, k), owned=False) for k, positions in by_shard.items()]
+        for k in by_shard:
+            self._shard(k)  # opened here, on this thread: the open-file cache is not thread-safe
+        policy = fetch_policy(reads[0].url, self.fetch, 1, 1 << 20) or self.fetch
+        # the scheduler yields each read's samples in its order, reads one after another
+        stream = read_shards_scheduled(reads, policy)
+        got = {(k, pos): next(stream) for k, read in zip(by_shard, reads) for pos in read.order.tolist()}
+        stream.close()
+        out = [dict(got[loc]) if located.count(loc) > 1 else got[loc] for loc in located]
+        return [self.transform(s) for s in out] if self.transform is not None else out
 
     def prefetch(self, indices: Iterable[int]) -> None:
         """Announce that the kept samples at ``indices`` will be read soon (``POSIX_FADV_WILLNEED``).

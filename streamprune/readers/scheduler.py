@@ -151,11 +151,14 @@ class ShardRead:
         open: Opens the shard (:meth:`ShardFile.from_storage`: the object's size and ETag, the
             index); called on a helper thread ahead of the shard's turn, so a remote shard's
             metadata round trips overlap the previous shard's data.
+        owned: Close the shard when its samples are out (``False``: the caller keeps it open,
+            as a map-style dataset does across batches).
     """
 
     url: str
     order: np.ndarray
     open: Callable[[], ShardFile]
+    owned: bool = True
 
 
 @dataclass
@@ -201,6 +204,7 @@ class _Opened:
     url: str
     positions: list[int]
     plan: list[tuple[int, int, int, int]]
+    owned: bool = True
     submitted: int = 0
     consumed: int = 0
     kept_bytes: int = 0
@@ -215,14 +219,15 @@ def _open(read: ShardRead, policy: FetchPolicy, calibrator: Calibrator | None) -
         index = shard.index
         kept = int((index.end[order] - index.start[order]).sum()) if len(order) else 0
         if policy.max_gap is not None:
-            return _Opened(shard, read.url, order.tolist(), plan_fetches(index, order, policy), kept_bytes=kept)
+            return _Opened(shard, read.url, order.tolist(), plan_fetches(index, order, policy), read.owned, kept_bytes=kept)
         model = calibrator.model() if calibrator is not None else policy.store
         plan = plan_shard(index, order, model, functools.partial(policy.depth_for, model), policy.max_request,
                           policy.objective, policy.max_waste)
-        return _Opened(shard, read.url, order.tolist(), plan.requests, kept_bytes=kept, predicted_seconds=plan.seconds,
-                       whole=whole_shard_cost(index, policy.max_request))
+        return _Opened(shard, read.url, order.tolist(), plan.requests, read.owned, kept_bytes=kept,
+                       predicted_seconds=plan.seconds, whole=whole_shard_cost(index, policy.max_request))
     except BaseException:
-        shard.close()
+        if read.owned:
+            shard.close()
         raise
 
 
@@ -323,7 +328,7 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
                         depth = min(max_depth, policy.depth_for(calibrator.model(), mean))
                     if current.plan:
                         live.append(current)
-                    else:
+                    elif current.owned:
                         current.shard.close()
                     continue
                 a, b, lo, hi = current.plan[current.submitted]
@@ -360,7 +365,8 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
             yield from _samples(opened, a, b, lo, data)
             opened.consumed += 1
             if opened.consumed == len(opened.plan):
-                opened.shard.close()
+                if opened.owned:
+                    opened.shard.close()
                 live.remove(opened)
     finally:
         for item in pending:
@@ -373,7 +379,8 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
         # shards opened ahead of their turn, or left part-read (a consumer that stopped early, an error)
         live += [f.result() for f in opening if f.done() and not f.cancelled() and f.exception() is None]
         for opened in live:
-            opened.shard.close()
+            if opened.owned:
+                opened.shard.close()
         stats.shards += opened_shards
         stats.seconds += time.perf_counter() - started if started else 0.0
         stats.depth = depth
