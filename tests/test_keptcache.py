@@ -164,7 +164,7 @@ def test_a_chunk_for_a_changed_index_is_rejected(tmp_path, shards):
 
 def _corrupt_flip(path, where):
     size = os.path.getsize(path)
-    offset = {"data": 100, "table": size - 200, "trailer": size - 40, "version": size - 24, "digest": size - 10,
+    offset = {"data": 100, "table": size - 300, "trailer": size - 50, "version": size - 24, "digest": size - 10,
               "magic": size - 1}[where]
     with open(path, "r+b") as fh:
         fh.seek(offset)
@@ -173,9 +173,10 @@ def _corrupt_flip(path, where):
         fh.write(bytes([byte[0] ^ 0x01]))
 
 
+@pytest.mark.parametrize("verify", ["read", "open"])
 @pytest.mark.parametrize("damage", ["flip-data", "flip-table", "flip-trailer", "flip-version", "flip-digest", "flip-magic",
                                     "truncate", "truncate-tail", "empty"])
-def test_a_corrupted_chunk_is_detected_deleted_and_a_miss(tmp_path, shards, damage, caplog):
+def test_a_corrupted_chunk_is_detected_deleted_and_a_miss(tmp_path, shards, damage, verify, caplog):
     paths, indexes = shards
     path, index = paths[2], indexes[2]
     cache = KeptCache(tmp_path / "cache", limit_bytes=1 << 30)
@@ -188,14 +189,43 @@ def test_a_corrupted_chunk_is_detected_deleted_and_a_miss(tmp_path, shards, dama
     else:
         keep = {"truncate": os.path.getsize(chunk) // 2, "truncate-tail": os.path.getsize(chunk) - 1, "empty": 0}[damage]
         os.truncate(chunk, keep)
-    reader = KeptCache(tmp_path / "cache", limit_bytes=1 << 30)
+    reader = KeptCache(tmp_path / "cache", limit_bytes=1 << 30, verify=verify)
     with caplog.at_level(logging.WARNING, logger=keptcache.__name__):
         with reader.shard(DS, path, os.path.getsize(path), "e1", index) as sc:
+            reported = sc.cached(np.arange(len(index)))
+            # only damage to the sample bytes can go unnoticed until they are read, and only with verify="read"
+            assert reported.all() if (damage == "flip-data" and verify == "read") else not reported.any()
+            assert sc.get(0) is None  # the damaged sample (offset 100 is in the first)
+            served = {p: sc.get(p) for p in range(len(index))}
+            assert all(v is None for v in served.values())  # the whole chunk is dropped
             assert not sc.cached(np.arange(len(index))).any()
-            assert sc.get(0) is None
     assert "invalid" in caplog.text and name in caplog.text
     assert not os.path.exists(chunk)
     assert reader.stats()["invalid_chunks"] == 1 and reader.stats()["hits"] == 0
+    with reader.shard(DS, path, os.path.getsize(path), "e1", index) as sc:
+        assert not sc.cached(np.arange(len(index))).any()
+
+
+def test_damaged_sample_bytes_are_never_served_as_they_are_read(tmp_path, shards):
+    paths, indexes = shards
+    path, index = paths[0], indexes[0]
+    cache = KeptCache(tmp_path / "cache", limit_bytes=1 << 30)
+    _fill(cache, path, index, range(len(index)))
+    directory = cache.shard_dir(DS, path, os.path.getsize(path), "e1")
+    chunk = os.path.join(directory, _chunks(directory)[0])
+    victim = 5
+    with cache.shard(DS, path, os.path.getsize(path), "e1", index) as sc:
+        before = [bytes(sc.get(p)) for p in range(victim)]  # verified and handed out before the damage
+        offset = int((index.end - index.start)[:victim].sum()) + 700  # inside sample 5 (chunks store by position)
+        with open(chunk, "r+b") as fh:  # damage after the shard was opened: the mapping sees it
+            fh.seek(offset)
+            b = fh.read(1)
+            fh.seek(offset)
+            fh.write(bytes([b[0] ^ 0xFF]))
+        assert sc.get(victim) is None
+        assert all(sc.get(p) is None for p in range(len(index)))
+    assert before == [_truth(path, index, p) for p in range(victim)]
+    assert not os.path.exists(chunk)
 
 
 def test_full_disk_warns_once_stops_writing_and_keeps_serving(tmp_path, shards, monkeypatch, caplog):
@@ -422,10 +452,48 @@ def test_a_whole_chunk_of_another_version_is_left_alone_and_not_used(tmp_path, s
     with open(chunk, "rb") as fh:
         data = bytearray(fh.read())
     assert data[-8:] == b"SPKCHUNK" and struct.unpack_from("<Q", data, len(data) - 24)[0] == 1
+    footer = struct.unpack_from("<Q", data, len(data) - 32)[0]
     struct.pack_into("<Q", data, len(data) - 24, 2)
-    struct.pack_into("<Q", data, len(data) - 16, xxhash.xxh3_64_intdigest(bytes(data[:-16])))
+    struct.pack_into("<Q", data, len(data) - 16, xxhash.xxh3_64_intdigest(bytes(data[-16 - footer : -16])))
     with open(chunk, "wb") as fh:
         fh.write(data)
     with cache.shard(DS, path, os.path.getsize(path), "e1", index) as sc:
         assert not sc.cached(np.array([0, 1])).any()
     assert os.path.exists(chunk) and cache.stats()["invalid_chunks"] == 0
+
+
+def test_a_later_epoch_in_the_same_process_reuses_the_mapped_checked_chunks(tmp_path, shards):
+    paths, indexes = shards
+    path, index = paths[0], indexes[0]
+    writer = KeptCache(tmp_path / "cache", limit_bytes=1 << 30)
+    _fill(writer, path, index, range(len(index)))
+    cache = KeptCache(tmp_path / "cache", limit_bytes=1 << 30, max_open_chunks=4)
+    for _epoch in range(3):
+        with cache.shard(DS, path, os.path.getsize(path), "e1", index) as sc:
+            assert all(bytes(sc.get(p)) == _truth(path, index, p) for p in range(len(index)))
+    assert cache.stats()["chunks_opened"] == 1
+    directory = cache.shard_dir(DS, path, os.path.getsize(path), "e1")
+    (name,) = _chunks(directory)
+    os.unlink(os.path.join(directory, name))  # evicted by another process: not served from the old mapping
+    with cache.shard(DS, path, os.path.getsize(path), "e1", index) as sc:
+        assert not sc.cached(np.arange(len(index))).any()
+    cache.close()
+
+
+def test_verify_none_trusts_the_bytes_and_discard_drops_the_chunk(tmp_path, shards, caplog):
+    paths, indexes = shards
+    path, index = paths[0], indexes[0]
+    cache = KeptCache(tmp_path / "cache", limit_bytes=1 << 30, verify="none")
+    _fill(cache, path, index, range(len(index)))
+    directory = cache.shard_dir(DS, path, os.path.getsize(path), "e1")
+    chunk = os.path.join(directory, _chunks(directory)[0])
+    _corrupt_flip(chunk, "data")  # inside sample 0: the reader's own index checksum would catch it
+    with caplog.at_level(logging.WARNING, logger=keptcache.__name__):
+        with cache.shard(DS, path, os.path.getsize(path), "e1", index) as sc:
+            assert sc.cached(np.arange(len(index))).all()
+            assert bytes(sc.get(0)) != _truth(path, index, 0)
+            sc.discard(0, "checksum mismatch")
+            assert sc.get(0) is None and not sc.cached(np.arange(len(index))).any()
+    assert "checksum mismatch" in caplog.text and not os.path.exists(chunk)
+    with pytest.raises(CacheError, match="verify"):
+        KeptCache(tmp_path / "cache", limit_bytes=1 << 30, verify="sometimes")

@@ -7,19 +7,19 @@ reuses whatever is cached). Caches that hold whole shards (MosaicML streaming, L
 the pruned bytes too; this one holds about ``1 - r`` of the dataset.
 
 One directory serves several processes on one machine (DataLoader workers, DDP ranks) and
-survives restarts. Layout and file format: FORMATS.md, "Kept-bytes cache". In short::
+survives restarts. Layout (FORMATS.md, "Kept-bytes cache")::
 
-    cache_dir/.keptcache.lock                            lock file (flock) + approximate usage
-    cache_dir/<dataset>/<shard>-<size>-<etag>/<name>.spcache   chunk files
+    cache_dir/.keptcache.lock                                  lock file (flock) + usage count
+    cache_dir/<dataset>/<shard>-<size>-<etag>/<name>.spcache   chunk files (:mod:`.cachechunk`)
 
 A cache made for another manifest or another version of the object is never used: the
 directory names hash the dataset id, the shard id, the object's size and ETag, and each chunk
 file's header records them again and is compared on read. A chunk is validated (trailer,
-lengths, xxh3_64 digest of the whole file, header, byte ranges against the index) before any
-of its bytes is used; an invalid one is deleted, logged, and its samples count as missing.
-Chunks are written under a temporary name, fsynced and renamed, so a process killed mid-write
-leaves only a temporary, which is never read and is removed by a later process once its
-writer is dead (or it is older than ``max_temp_age``).
+footer digest, header, byte ranges against the index) when the shard is opened, and each
+sample against its own digest before its bytes are served; an invalid chunk is deleted,
+logged, and its samples count as missing. Chunks are written under a temporary name, fsynced
+and renamed, so a process killed mid-write leaves only a temporary, which is never read and
+is removed by a later process once its writer is dead (or it is older than ``max_temp_age``).
 
 When the total size exceeds ``limit_bytes``, whole shard directories are evicted, least
 recently used first (a shard directory's mtime is its last use: set when the shard is opened
@@ -33,62 +33,37 @@ writing off for that :class:`KeptCache`; reads go on.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
 import hashlib
 import itertools
-import json
 import logging
-import mmap
 import os
 import re
 import struct
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..atomic import remove_stale_temps, temp_name
+from ..atomic import remove_stale_temps
 from ..errors import CacheError
-from ..shardindex import ShardIndex, checksum_hasher
+from ..shardindex import ShardIndex
+from .cachechunk import CHUNK_SUFFIX, CHUNK_VERSION, FORMAT_NAME, Chunk, ChunkError, open_chunk, sample_digest, write_chunk
 
-__all__ = ["KeptCache", "ShardCache", "CHUNK_SUFFIX", "CHUNK_VERSION"]
+__all__ = ["KeptCache", "ShardCache"]
 
 log = logging.getLogger(__name__)
 
-#: Chunk file version (FORMATS.md, "Kept-bytes cache").
-CHUNK_VERSION = 1
-CHUNK_SUFFIX = ".spcache"
-FORMAT_NAME = "streamprune-kept-cache"
-_MAGIC = b"SPKCHUNK"
-# data_length, count, header_length, version, digest (u64 LE each), magic (8 bytes). The last
-# 24 bytes (version, digest over everything before it, magic) keep their meaning in every version.
-_TRAILER = struct.Struct("<QQQQQ8s")
-_DIGESTED_TAIL = 16  # the digest and the magic are not part of what the digest covers
 _LOCK_NAME = ".keptcache.lock"
 _LEDGER = struct.Struct("<8sQ")
 _LEDGER_MAGIC = b"SPKCUSE1"
 _TEMP_RE = re.compile(re.escape(CHUNK_SUFFIX) + r"\.tmp-(\d+)$")
-_DIRECT_WRITE = 256 << 10  # pieces at least this large are written without copying into the buffer
-_WRITE_BUFFER = 1 << 20
-# errors that mean "no room": writing stops for this instance, reads go on
+# errors that mean "no room" (the warning says so); any OSError while writing stops writing
 _FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _hasher() -> Any:
-    try:
-        return checksum_hasher("xxh3_64")()
-    except KeyError as exc:  # xxhash is a declared dependency; say so if it is missing anyway
-        raise CacheError(f"the kept-bytes cache needs xxhash for its chunk digests: {exc.args[0]}") from None
-
-
-def _digest(data: memoryview) -> int:
-    h = _hasher()
-    h.update(data)
-    return h.intdigest()
 
 
 def _hex(text: str, n: int) -> str:
@@ -126,33 +101,8 @@ def _sweep_temps(directory: str, max_age: float) -> None:
                 if m is None:
                     continue
                 with contextlib.suppress(FileNotFoundError):
-                    st = entry.stat(follow_symlinks=False)
-                    if int(m.group(1)) != os.getpid() and now - st.st_mtime > max_age:
+                    if int(m.group(1)) != os.getpid() and now - entry.stat(follow_symlinks=False).st_mtime > max_age:
                         os.unlink(entry.path)  # a writer stuck this long, or a recycled pid
-
-
-@dataclass
-class _Chunk:
-    """One validated chunk file, memory-mapped."""
-
-    path: str
-    size: int
-    map: mmap.mmap | None
-    view: memoryview | None
-    positions: np.ndarray
-    offsets: np.ndarray
-    lengths: np.ndarray
-
-    def release(self) -> None:
-        view, mm = self.view, self.map
-        self.view = self.map = None
-        if view is not None:
-            with contextlib.suppress(BufferError):
-                view.release()
-        if mm is not None:
-            # a sample handed out by get() may still hold the map; it is freed when that goes
-            with contextlib.suppress(BufferError):
-                mm.close()
 
 
 class KeptCache:
@@ -174,16 +124,30 @@ class KeptCache:
             which the digest then rejects).
         max_temp_age: Seconds after which a temporary left by a writer whose process still
             seems alive (a recycled pid) is removed anyway.
+        verify: When each sample's digest is checked: ``"read"`` (default) as :meth:`ShardCache.get`
+            serves it (one pass over bytes about to be copied anyway; a sample that fails is a
+            miss then, although :meth:`ShardCache.cached` reported it); ``"open"``: every
+            cached sample when the shard is opened, so :meth:`ShardCache.cached` is exact, at
+            the cost of a second pass over the bytes; ``"none"``: sample bytes are trusted as
+            a local shard's are (the chunk's structure, header and ranges are still checked),
+            for a reader that checks each sample against its index checksum itself and calls
+            :meth:`ShardCache.discard` on a mismatch. A sample is checked once per process:
+            its chunk stays mapped (up to ``max_open_chunks``) for the next epoch.
+        max_open_chunks: Chunk files kept mapped after their shard is closed, so a later epoch
+            in this process reads them without page faults or a second check.
 
     Raises:
         CacheError: ``cache_dir`` cannot be created or written, or a limit is not positive.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, limit_bytes: int, chunk_bytes: int = 64 << 20, max_chunks: int = 16,
-                 low_water: float = 0.9, fsync: bool = True, max_temp_age: float = 3600.0) -> None:
+                 low_water: float = 0.9, fsync: bool = True, max_temp_age: float = 3600.0, verify: str = "read",
+                 max_open_chunks: int = 256) -> None:
         self.cache_dir = os.path.abspath(os.fspath(cache_dir))
         if not limit_bytes > 0:
             raise CacheError(f"KeptCache({self.cache_dir!r}): limit_bytes must be positive, got {limit_bytes!r}")
+        if verify not in ("read", "open", "none"):
+            raise CacheError(f"KeptCache({self.cache_dir!r}): verify must be 'read', 'open' or 'none', got {verify!r}")
         if not chunk_bytes > 0 or not max_chunks >= 1 or not 0 < low_water <= 1:
             raise CacheError(f"KeptCache({self.cache_dir!r}): chunk_bytes > 0, max_chunks >= 1 and 0 < low_water <= 1 "
                              f"are required, got {chunk_bytes!r}, {max_chunks!r}, {low_water!r}")
@@ -193,10 +157,14 @@ class KeptCache:
         self.low_water = float(low_water)
         self.fsync = bool(fsync)
         self.max_temp_age = float(max_temp_age)
-        _hasher()  # fail now, not at the first chunk, if xxhash is missing
+        self.verify = verify
+        self.max_open_chunks = max(0, int(max_open_chunks))
+        sample_digest(b"")  # fail now, not at the first chunk, if xxhash is missing
         self._init_process_state()
         try:
             os.makedirs(self.cache_dir, exist_ok=True)
+            if not os.access(self.cache_dir, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
             self._lock_fd()
         except OSError as exc:
             raise CacheError(f"kept-bytes cache directory {self.cache_dir!r} cannot be used: "
@@ -213,13 +181,17 @@ class KeptCache:
         self._fd_pid = -1
         self._writable = True
         self._names = itertools.count()
+        self._open_lock = threading.Lock()
+        self._open: collections.OrderedDict[str, Chunk] = collections.OrderedDict()  # path -> mapped chunk, LRU
+        self._open_pid = os.getpid()
         self._stats = {"hits": 0, "misses": 0, "bytes_served": 0, "bytes_written": 0, "chunks_written": 0,
-                       "evictions": 0, "bytes_evicted": 0, "invalid_chunks": 0, "write_errors": 0}
+                       "evictions": 0, "bytes_evicted": 0, "invalid_chunks": 0, "write_errors": 0, "chunks_opened": 0}
 
     # a KeptCache given to DataLoader workers (spawned) arrives without descriptors, locks or counts
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items()
-                if k in ("cache_dir", "limit_bytes", "chunk_bytes", "max_chunks", "low_water", "fsync", "max_temp_age")}
+                if k in ("cache_dir", "limit_bytes", "chunk_bytes", "max_chunks", "low_water", "fsync", "max_temp_age", "verify",
+                         "max_open_chunks")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -261,7 +233,8 @@ class KeptCache:
             nothing), ``bytes_served``, ``bytes_written`` (chunk files, footers included),
             ``chunks_written``, ``evictions`` (shard directories removed) and
             ``bytes_evicted``, ``invalid_chunks`` (found corrupt and deleted),
-            ``write_errors``, and ``writable`` (False once a write failed).
+            ``write_errors``, ``chunks_opened`` (mapped and validated; a chunk still mapped from
+            an earlier epoch is not opened again), and ``writable`` (False once a write failed).
         """
         with self._stats_lock:
             return {**self._stats, "writable": self._writable}
@@ -290,7 +263,12 @@ class KeptCache:
             return self._evict_locked(fd)
 
     def close(self) -> None:
-        """Release the lock file descriptor (open :class:`ShardCache` objects keep their data)."""
+        """Unmap the chunks no open :class:`ShardCache` uses, and release the lock file descriptor."""
+        with self._open_lock:
+            for path, chunk in list(self._open.items()):
+                if chunk.users <= 0:
+                    del self._open[path]
+                    chunk.release()
         with self._mutex:
             if self._fd >= 0 and self._fd_pid == os.getpid():
                 os.close(self._fd)
@@ -398,6 +376,64 @@ class KeptCache:
             for k, v in deltas.items():
                 self._stats[k] += v
 
+    def _registry(self) -> collections.OrderedDict[str, Chunk]:
+        if self._open_pid != os.getpid():  # a forked child starts with its own (the parent's stay mapped there)
+            self._open, self._open_pid = collections.OrderedDict(), os.getpid()
+        return self._open
+
+    def _acquire(self, path: str, expect: dict, starts: np.ndarray, lengths: np.ndarray) -> Chunk:
+        """The chunk at ``path``, validated: the one mapped already when it is the same file, else opened.
+
+        Raises:
+            As :func:`~streamprune.readers.cachechunk.open_chunk`.
+        """
+        st = os.stat(path)
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._open_lock:
+            chunk = self._registry().get(path)
+            if chunk is not None and chunk.identity == identity and chunk.live and chunk.matches(expect, starts, lengths):
+                self._open.move_to_end(path)
+                chunk.users += 1
+                return chunk
+        chunk = open_chunk(path, expect, starts, lengths)
+        self._count(chunks_opened=1)
+        with self._open_lock:
+            registry = self._registry()
+            old = registry.pop(path, None)
+            if old is not None and old.users <= 0:
+                old.release()
+            chunk.users = 1
+            registry[path] = chunk
+            self._trim()
+        return chunk
+
+    def _release_chunk(self, chunk: Chunk, gone: bool = False) -> None:
+        """A holder is done with ``chunk``; ``gone``: its file was deleted, never hand it out again."""
+        with self._open_lock:
+            registry = self._registry()
+            chunk.users -= 1
+            if (gone or not chunk.live) and registry.get(chunk.path) is chunk:
+                del registry[chunk.path]
+            if chunk.users <= 0 and registry.get(chunk.path) is not chunk:
+                chunk.release()
+            self._trim()
+
+    def _trim(self) -> None:
+        registry = self._open
+        if len(registry) <= self.max_open_chunks:
+            return
+        for path in [p for p, c in registry.items() if c.users <= 0][: len(registry) - self.max_open_chunks]:
+            registry.pop(path).release()
+
+    def _served(self, data: bytes | memoryview | None) -> None:
+        stats = self._stats
+        with self._stats_lock:
+            if data is None:
+                stats["misses"] += 1
+            else:
+                stats["hits"] += 1
+                stats["bytes_served"] += len(data)
+
     def _chunk_name(self) -> str:
         return f"{os.getpid()}-{time.time_ns():x}-{next(self._names)}{CHUNK_SUFFIX}"
 
@@ -406,17 +442,17 @@ class KeptCache:
             self._stats["write_errors"] += 1
             was, self._writable = self._writable, False
         if was:
-            full = exc.errno in _FULL
-            log.warning("kept-bytes cache %s: %s writing %s; no more samples are cached by this process "
-                        "(cached samples are still served)%s", self.cache_dir, exc.strerror or exc, path,
-                        "" if full else f" [errno {exc.errno}]")
+            what = "disk full" if exc.errno in _FULL else "write failed"
+            log.warning("kept-bytes cache %s: %s (%s) writing %s; no more samples are cached by this KeptCache "
+                        "(cached samples are still served)", self.cache_dir, what, exc.strerror or exc, path)
+
 
 
 class ShardCache:
     """The cached samples of one shard version, and the samples added to it.
 
-    Made by :meth:`KeptCache.shard`. Thread-safe: :meth:`get` may run on fetch threads while
-    another thread adds.
+    Made by :meth:`KeptCache.shard`; use it while the shard is read, then :meth:`close` it.
+    Thread-safe: :meth:`get` may run on fetch threads while another thread adds.
     """
 
     def __init__(self, cache: KeptCache, dataset_id: str, shard_id: str, size: int, etag: str, index: ShardIndex) -> None:
@@ -429,14 +465,15 @@ class ShardCache:
         n = len(self._starts)
         self._n = n
         self._lock = threading.RLock()
-        self._have = np.zeros(n, dtype=bool)      # cached on disk or pending
+        self._have = np.zeros(n, dtype=bool)  # cached on disk or pending
         self._where = np.full(n, -1, dtype=np.int32)  # chunk number, -1: not on disk
-        self._offset = np.zeros(n, dtype=np.int64)  # offset in that chunk's data
-        self._chunks: list[_Chunk] = []
+        self._row = np.zeros(n, dtype=np.int64)  # row in that chunk's table
+        self._chunks: list[Chunk | None] = []  # by number; None once merged away (released)
         self._pending: dict[int, bytes | memoryview] = {}
         self._pending_bytes = 0
         self._closed = False
-        self._header = {"format": FORMAT_NAME, "version": CHUNK_VERSION, "dataset_id": dataset_id, "shard_id": shard_id,
+        self._trust = cache.verify == "none"
+        self._expect = {"format": FORMAT_NAME, "version": CHUNK_VERSION, "dataset_id": dataset_id, "shard_id": shard_id,
                         "size": size, "etag": etag, "samples": n}
         self._load()
 
@@ -452,7 +489,8 @@ class ShardCache:
         except (FileNotFoundError, NotADirectoryError):
             return
         self._touch()
-        _sweep_temps(self.path, self.cache.max_temp_age)
+        if any(_TEMP_RE.search(name) for name in names):
+            _sweep_temps(self.path, self.cache.max_temp_age)
         for name in names:
             if name.endswith(CHUNK_SUFFIX):
                 chunk = self._open_chunk(os.path.join(self.path, name))
@@ -464,129 +502,131 @@ class ShardCache:
         with contextlib.suppress(OSError):  # LRU time: this shard was just used
             os.utime(self.path, ns=(now, now))
 
-    def _invalid(self, path: str, size: int, why: str) -> None:
+    def _invalid(self, path: str, why: str) -> None:
+        """Delete an invalid chunk (safe while others read it: they keep their mapping), log and count it."""
         log.warning("kept-bytes cache: %s is invalid (%s); deleted, its samples will be fetched again", path, why)
-        removed = False
+        size = 0
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # safe while others read it: they keep their mapping
-            removed = True
+            size = os.stat(path).st_size
+            os.unlink(path)
         self.cache._count(invalid_chunks=1)
-        if removed and size:
+        if size:
             self.cache._account(-size)
 
-    def _open_chunk(self, path: str) -> _Chunk | None:
+    def _open_chunk(self, path: str) -> Chunk | None:
         """Map and validate one chunk file; ``None`` (after deleting it when invalid) if it cannot be used."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            chunk = self.cache._acquire(path, self._expect, self._starts, self._lengths)
         except FileNotFoundError:
-            return None  # evicted or replaced meanwhile
+            return None  # evicted, or found invalid by another process, meanwhile
+        except ChunkError as exc:
+            if not exc.other_version:  # another release's file is left to it (and to eviction)
+                self._invalid(path, str(exc))
+            return None
         except OSError as exc:
-            log.warning("kept-bytes cache: cannot open %s: %s", path, exc)
+            log.warning("kept-bytes cache: cannot read %s: %s", path, exc)
             return None
-        try:
-            size = os.fstat(fd).st_size
-            if size < _TRAILER.size:
-                self._invalid(path, size, f"{size} bytes: shorter than its trailer")
-                return None
-            mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-        except OSError as exc:
-            log.warning("kept-bytes cache: cannot map %s: %s", path, exc)
-            return None
-        finally:
-            os.close(fd)
-        why, arrays = self._validate(mm, size)
-        if why is not None:
-            mm.close()
-            if why:  # "" : another chunk version, left for the release that wrote it
-                self._invalid(path, size, why)
-            return None
-        positions, offsets, lengths = arrays
-        return _Chunk(path, size, mm, memoryview(mm), positions, offsets, lengths)
+        if self.cache.verify == "open":
+            for row in range(len(chunk)):
+                if not chunk.check(row, chunk.sample(row)):
+                    self.cache._release_chunk(chunk, gone=True)
+                    self._invalid(path, f"sample {int(chunk.positions[row])}: digest mismatch")
+                    return None
+        return chunk
 
-    def _validate(self, mm: mmap.mmap, size: int) -> tuple[str | None, tuple]:
-        """Why the mapped chunk is unusable (``None``: it is fine; ``""``: another version), and its arrays."""
-        data_len, count, header_len, version, digest, magic = _TRAILER.unpack_from(mm, size - _TRAILER.size)
-        if magic != _MAGIC:
-            return "no chunk trailer (torn or truncated write)", ()
-        view = memoryview(mm)
-        try:
-            if _digest(view[: size - _DIGESTED_TAIL]) != digest:
-                return "digest mismatch", ()
-        finally:
-            view.release()
-        if version != CHUNK_VERSION:
-            return "", ()  # whole, but another version's: left for the release that wrote it
-        if data_len % 8 or data_len + 24 * count + header_len + _TRAILER.size != size:
-            return f"trailer lengths ({data_len}, {count} samples, {header_len}) do not add up to the file's {size} bytes", ()
-        table = np.frombuffer(mm, dtype="<i8", count=3 * count, offset=data_len).reshape(3, count).astype(np.int64)
-        positions, starts, lengths = table
-        try:
-            header = json.loads(mm[data_len + 24 * count : data_len + 24 * count + header_len].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            return f"unreadable header: {exc}", ()
-        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME or header.get("version") != CHUNK_VERSION:
-            return "not a kept-bytes cache chunk of this version", ()
-        for key in ("dataset_id", "shard_id", "size", "etag", "samples"):
-            if header.get(key) != self._header[key]:
-                return f"made for {key} {header.get(key)!r}, not {self._header[key]!r}", ()
-        if count and (positions.min() < 0 or positions.max() >= self._n):
-            return f"positions outside the shard's {self._n} samples", ()
-        if (lengths < 0).any() or not 0 <= data_len - int(lengths.sum()) < 8:
-            return "sample lengths do not match the data section", ()
-        if not (np.array_equal(starts, self._starts[positions]) and np.array_equal(lengths, self._lengths[positions])):
-            return "byte ranges differ from the shard's index", ()
-        offsets = np.zeros(count, dtype=np.int64)
-        if count > 1:
-            np.cumsum(lengths[:-1], out=offsets[1:])
-        return None, (positions, offsets, lengths)
-
-    def _register(self, chunk: _Chunk) -> None:
+    def _register(self, chunk: Chunk) -> None:
         with self._lock:
             number = len(self._chunks)
             self._chunks.append(chunk)
-            # offsets before the chunk numbers: a concurrent get() never sees a number without its offset
-            self._offset[chunk.positions] = chunk.offsets
+            # rows before chunk numbers: a get() never sees a number without its row
+            self._row[chunk.positions] = np.arange(len(chunk))
             self._where[chunk.positions] = number
             self._have[chunk.positions] = True
 
+    def _drop(self, chunk: Chunk, why: str) -> None:
+        """A chunk failed a sample's check: stop serving it and delete it."""
+        with self._lock:
+            chunk.bad = True
+            if chunk not in self._chunks or not (self._where == self._chunks.index(chunk)).any():
+                return  # dropped already (by another thread)
+            number = self._chunks.index(chunk)
+            lost = np.flatnonzero(self._where == number)
+            self._where[lost] = -1
+            self._have[lost] = False
+            for pos in lost.tolist():
+                if pos in self._pending:
+                    self._have[pos] = True
+        self._invalid(chunk.path, why)
+
     def cached(self, positions: np.ndarray) -> np.ndarray:
-        """Which of ``positions`` this cache can serve (on disk, or added and not yet written).
+        """Which of ``positions`` this cache holds (on disk, or added and not yet written).
 
         Args:
             positions: Sample positions in the shard (any integer array).
 
         Returns:
             ``bool`` array, one per position. Positions reported missing count as misses in
-            :meth:`KeptCache.stats`; those reported present count as hits when :meth:`get` serves them.
+            :meth:`KeptCache.stats`; those reported present count as hits when :meth:`get`
+            serves them. With ``verify="read"``, :meth:`get` may still find a reported sample
+            damaged and return ``None``: fetch it then.
         """
         positions = np.asarray(positions, dtype=np.int64)
         out = self._have[positions]
         self.cache._count(misses=int(out.size - np.count_nonzero(out)))
         return out
 
+    def _verified(self, pos: int) -> memoryview | bytes | None:
+        # no lock: each read below is atomic, and _register sets a row before the chunk number
+        # that points to it; a chunk merged away meanwhile reads as None: look again
+        for _ in range(2):
+            number = self._where.item(pos)
+            if number < 0:
+                return self._pending.get(pos)
+            chunk = self._chunks[number]
+            if chunk is not None:
+                break
+        else:
+            return None
+        row = self._row.item(pos)
+        data = chunk.sample(row)
+        if data is None or self._trust or chunk.verified[row]:
+            return data
+        if not chunk.check(row, data):
+            self._drop(chunk, f"sample {pos}: digest mismatch")
+            return None
+        return data
+
     def get(self, pos: int) -> bytes | memoryview | None:
         """Bytes ``[index.start[pos], index.end[pos])`` of the shard, or ``None`` when not cached.
 
-        A ``memoryview`` into a read-only mapping of the chunk file (valid as long as it is
-        referenced, even after eviction), or the ``bytes`` added when not yet written.
+        With ``verify="read"`` (or ``"open"``) the bytes were checked against their digest
+        first (once per sample and process); a sample that fails deletes its chunk and is a miss.
+
+        Returns:
+            A read-only ``memoryview`` into a mapping of the chunk file (valid as long as it is
+            referenced, even after eviction or :meth:`close`), the ``bytes`` added when not yet
+            written, or ``None``.
+        """
+        out = self._verified(int(pos))
+        self.cache._served(out)
+        return out
+
+    def discard(self, pos: int, why: str = "the reader found it damaged") -> None:
+        """Stop serving sample ``pos``, and delete the chunk file it came from.
+
+        For a reader that verifies what :meth:`get` returned against the index's checksums
+        itself (``verify="none"``): a mismatch means the cached bytes are damaged; the
+        reader fetches the sample instead, and later epochs fetch that chunk's samples again.
         """
         pos = int(pos)
         with self._lock:
-            number = int(self._where[pos])
-            if number >= 0:
-                chunk = self._chunks[number]
-                if chunk.view is not None:
-                    off = int(self._offset[pos])
-                    out: bytes | memoryview | None = chunk.view[off : off + int(self._lengths[pos])]
-                else:
-                    out = None
-            else:
-                out = self._pending.get(pos)
-        if out is None:
-            self.cache._count(misses=1)
-        else:
-            self.cache._count(hits=1, bytes_served=len(out))
-        return out
+            number = self._where.item(pos)
+            if number < 0:
+                self._have[pos] = pos in self._pending
+                return
+            chunk = self._chunks[number]
+        if chunk is not None:
+            self._drop(chunk, f"sample {pos}: {why}")
 
     # ---------------------------------------------------------------------------------------
     # writing
@@ -594,8 +634,9 @@ class ShardCache:
     def add(self, pos: int, data: bytes | memoryview) -> None:
         """Add sample ``pos``'s bytes (already verified by the reader); written at the next commit.
 
-        Positions already cached are ignored. Once ``chunk_bytes`` are pending they are
-        committed. A no-op once the cache stopped writing (full disk).
+        Positions already cached are ignored; ``data`` is kept by reference until then (do
+        not modify it). Once ``chunk_bytes`` are pending they are committed. A no-op once the
+        cache stopped writing (full disk).
 
         Raises:
             CacheError: ``pos`` is outside the shard, or ``data`` is not the sample's length.
@@ -620,10 +661,12 @@ class ShardCache:
             self.commit()
 
     def commit(self) -> None:
-        """Write the samples added since the last commit as one chunk file (atomically), then evict if over the limit.
+        """Write the samples added since the last commit as one chunk file (atomically); evict if over the limit.
 
-        Never raises for a write failure: a full disk (or any other ``OSError``) removes the
-        temporary, logs one warning and turns writing off for the :class:`KeptCache`.
+        When the shard would then have more than ``max_chunks`` chunk files, everything it
+        holds is written as one file instead and the others are deleted. Never raises for a
+        write failure: a full disk (or any other ``OSError``) removes the temporary, logs
+        one warning and turns writing off for the :class:`KeptCache`.
         """
         with self._lock:
             if not self._pending:
@@ -632,31 +675,24 @@ class ShardCache:
             if not self.cache.writable:
                 self._forget(pending)
                 return
-            merge = len([c for c in self._chunks if c.view is not None]) + 1 > self.cache.max_chunks
-            if merge:
-                items = self._everything(pending)
-                old = [c for c in self._chunks if c.view is not None]
-            else:
-                items = sorted(pending.items())
-                old = []
-            written = self._write(items)
-            if written is None:
+            live = [c for c in self._chunks if c is not None and c.live]
+            merge = len(live) + 1 > self.cache.max_chunks
+            items = self._everything(pending, live) if merge else sorted(pending.items())
+            path = os.path.join(self.path, self.cache._chunk_name())
+            size = self._write(path, items)
+            chunk = self._open_chunk(path) if size else None
+            if chunk is None:  # failed, or evicted by another process already: those samples are missing again
                 self._forget(pending)
                 return
-            path, size = written
-            chunk = self._open_chunk(path)
-            if chunk is not None:
-                self._register(chunk)
-            else:  # evicted by another process already: those samples are missing again
-                self._forget(pending)
+            self._register(chunk)
             freed = 0
-            for c in old:
-                if chunk is None:
-                    break
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(c.path)
-                    freed += c.size
-                c.release()
+            if merge:
+                for old in live:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(old.path)
+                        freed += old.size
+                    self._chunks[self._chunks.index(old)] = None
+                    self.cache._release_chunk(old, gone=True)
         self._touch()
         self.cache._count(bytes_written=size, chunks_written=1)
         self.cache._account(size - freed)
@@ -665,64 +701,34 @@ class ShardCache:
         positions = np.fromiter(pending.keys(), dtype=np.int64, count=len(pending))
         self._have[positions] = self._where[positions] >= 0
 
-    def _everything(self, pending: dict) -> list[tuple[int, bytes | memoryview]]:
-        """Every sample this cache holds (mapped chunks and ``pending``), by position: a compacted chunk's content."""
+    def _everything(self, pending: dict, live: list[Chunk]) -> list[tuple[int, bytes | memoryview]]:
+        """Every sample this cache holds (``live`` chunks and ``pending``), by position: a merged chunk's content.
+
+        Samples from chunks are checked first: a damaged byte must not be rewritten under a fresh digest.
+        """
         out = dict(pending)
-        for pos in np.flatnonzero(self._where >= 0).tolist():
-            if pos not in out:
-                chunk = self._chunks[int(self._where[pos])]
-                if chunk.view is not None:
-                    off = int(self._offset[pos])
-                    out[pos] = chunk.view[off : off + int(self._lengths[pos])]
+        for chunk in live:
+            for pos in chunk.positions.tolist():
+                if pos not in out and self._where[pos] >= 0 and self._chunks[int(self._where[pos])] is chunk:
+                    data = self._verified(pos)
+                    if data is not None:
+                        out[pos] = data
         return sorted(out.items())
 
-    def _write(self, items: list[tuple[int, bytes | memoryview]]) -> tuple[str, int] | None:
-        """Write one chunk under a temporary name, fsync, rename; ``(path, size)`` or ``None`` when it failed."""
-        positions = np.fromiter((p for p, _ in items), dtype=np.int64, count=len(items))
-        lengths = self._lengths[positions]
-        data_len = int(lengths.sum())
-        pad = -data_len % 8
-        table = np.concatenate([positions, self._starts[positions], lengths]).astype("<i8").tobytes()
-        header = json.dumps(self._header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        head = _TRAILER.pack(data_len + pad, len(items), len(header), CHUNK_VERSION, 0, _MAGIC)[: _TRAILER.size - _DIGESTED_TAIL]
-        path = os.path.join(self.path, self.cache._chunk_name())
-        tmp = temp_name(path)
-        fd = -1
-        try:
-            for attempt in range(2):
-                try:
-                    os.makedirs(self.path, exist_ok=True)
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                    break
-                except FileNotFoundError:
-                    if attempt:  # the directory was evicted twice between makedirs and open
-                        raise
-            h = _hasher()
-            out = _Writer(fd, h)
-            for _, data in items:
-                out.write(data)
-            out.write(b"\0" * pad)
-            out.write(table)
-            out.write(header)
-            out.write(head)
-            out.flush()
-            _write_all(fd, struct.pack("<Q", h.intdigest()) + _MAGIC)
-            if self.cache.fsync:
-                os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.rename(tmp, path)
-        except OSError as exc:
-            if fd >= 0:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, FileNotFoundError):
-                log.debug("kept-bytes cache: %s vanished while writing (evicted): %s", self.path, exc)
-                return None
-            self.cache._write_failed(tmp, exc)
-            return None
-        return path, data_len + pad + len(table) + len(header) + _TRAILER.size
+    def _write(self, path: str, items: list[tuple[int, bytes | memoryview]]) -> int:
+        """:func:`write_chunk` with the failure policy: the file's size, or 0 when it was not written."""
+        for attempt in range(2):
+            try:
+                os.makedirs(self.path, exist_ok=True)
+                return write_chunk(path, items, self._starts, self._lengths, self._expect, fsync=self.cache.fsync)
+            except FileNotFoundError as exc:
+                # the directory was evicted between makedirs and the write: once more, then give up quietly
+                if attempt:
+                    log.debug("kept-bytes cache: %s vanished while writing: %s", self.path, exc)
+            except OSError as exc:
+                self.cache._write_failed(path, exc)
+                return 0
+        return 0
 
     def close(self) -> None:
         """Commit what is pending, then release the mapped chunks (samples handed out stay valid)."""
@@ -732,7 +738,8 @@ class ShardCache:
             self.commit()
             self._closed = True
             for chunk in self._chunks:
-                chunk.release()
+                if chunk is not None:
+                    self.cache._release_chunk(chunk)
             self._have[:] = False
             self._where[:] = -1
 
@@ -741,35 +748,3 @@ class ShardCache:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-class _Writer:
-    """Buffered ``os.write`` that hashes what it writes (small samples in one system call per MiB)."""
-
-    def __init__(self, fd: int, hasher: Any) -> None:
-        self.fd, self.hasher = fd, hasher
-        self.buffer = bytearray()
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.hasher.update(data)
-        if len(data) >= _DIRECT_WRITE:
-            self.flush()
-            _write_all(self.fd, data)
-            return
-        self.buffer += data
-        if len(self.buffer) >= _WRITE_BUFFER:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.buffer:
-            _write_all(self.fd, self.buffer)
-            self.buffer = bytearray()
-
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.write(fd, view)
-        if n <= 0:  # pragma: no cover - os.write raises rather than returning 0 on a regular file
-            raise OSError(errno.EIO, "write returned 0")
-        view = view[n:]
