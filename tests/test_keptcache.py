@@ -467,7 +467,7 @@ def test_a_later_epoch_in_the_same_process_reuses_the_mapped_checked_chunks(tmp_
     path, index = paths[0], indexes[0]
     writer = KeptCache(tmp_path / "cache", limit_bytes=1 << 30)
     _fill(writer, path, index, range(len(index)))
-    cache = KeptCache(tmp_path / "cache", limit_bytes=1 << 30, max_open_chunks=4)
+    cache = KeptCache(tmp_path / "cache", limit_bytes=1 << 30, max_mapped_bytes=1 << 20)
     for _epoch in range(3):
         with cache.shard(DS, path, os.path.getsize(path), "e1", index) as sc:
             assert all(bytes(sc.get(p)) == _truth(path, index, p) for p in range(len(index)))
@@ -497,3 +497,117 @@ def test_verify_none_trusts_the_bytes_and_discard_drops_the_chunk(tmp_path, shar
     assert "checksum mismatch" in caplog.text and not os.path.exists(chunk)
     with pytest.raises(CacheError, match="verify"):
         KeptCache(tmp_path / "cache", limit_bytes=1 << 30, verify="sometimes")
+
+
+def test_merging_chunks_never_rewrites_damaged_bytes_under_a_fresh_digest(tmp_path, shards):
+    paths, indexes = shards
+    path, index = paths[0], indexes[0]
+    cache = KeptCache(tmp_path / "cache", limit_bytes=1 << 30, max_chunks=1, verify="none")
+    _fill(cache, path, index, range(6))
+    directory = cache.shard_dir(DS, path, os.path.getsize(path), "e1")
+    (first,) = _chunks(directory)
+    _corrupt_flip(os.path.join(directory, first), "data")  # inside sample 0
+    _fill(cache, path, index, [6])  # a second chunk would exceed max_chunks: everything is merged into one
+    assert first not in _chunks(directory) and len(_chunks(directory)) == 1
+    checked = KeptCache(tmp_path / "cache", limit_bytes=1 << 30)
+    with checked.shard(DS, path, os.path.getsize(path), "e1", index) as sc:
+        assert not sc.cached(np.array([0])).any() and bytes(sc.get(6)) == _truth(path, index, 6)
+        for p in range(len(index)):
+            got = sc.get(p)
+            assert got is None or bytes(got) == _truth(path, index, p)
+    assert checked.stats()["invalid_chunks"] == 0
+
+
+def test_eviction_leaves_other_files_in_the_cache_dir_alone(tmp_path, shards):
+    paths, indexes = shards
+    root = tmp_path / "cache"
+    (root / "notes").mkdir(parents=True)
+    (root / "0123456789abcdef01234567" / "empty").mkdir(parents=True)  # a dataset-like name, a foreign subdirectory
+    (root / "readme.txt").write_text("mine")
+    cache = KeptCache(root, limit_bytes=1 << 30)
+    _fill(cache, paths[0], indexes[0], range(5))
+    cache.limit_bytes = 1
+    assert cache.evict() == 0
+    assert (root / "notes").is_dir() and (root / "0123456789abcdef01234567" / "empty").is_dir()
+    assert (root / "readme.txt").read_text() == "mine"
+
+
+def test_reads_on_threads_while_samples_are_added_and_merged(tmp_path):
+    import threading  # only this test runs threads
+
+    paths, indexes = _write(tmp_path, n_shards=1, per_shard=60, size=2000)
+    path, index = paths[0], indexes[0]
+    truth = [_truth(path, index, p) for p in range(len(index))]
+    cache = KeptCache(tmp_path / "cache", limit_bytes=1 << 30, chunk_bytes=6000, max_chunks=2)
+    sc = cache.shard(DS, path, os.path.getsize(path), "e1", index)
+    wrong, done = [], threading.Event()
+
+    def reader():
+        while not done.is_set():
+            for p in range(len(index)):
+                got = sc.get(p)
+                if got is not None and bytes(got) != truth[p]:
+                    wrong.append(p)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for p in np.random.default_rng(0).permutation(len(index)).tolist():
+        sc.add(p, truth[p])  # commits every ~6 KB, merging whenever a third chunk would appear
+    sc.commit()
+    done.set()
+    for t in threads:
+        t.join()
+    assert not wrong
+    assert sc.cached(np.arange(len(index))).all() and len(_chunks(sc.path)) <= 2
+    assert all(bytes(sc.get(p)) == truth[p] for p in range(len(index)))
+    sc.close()
+
+
+def _hand_chunk(samples, index, head):
+    """A chunk file built from FORMATS.md ("Kept-bytes cache") alone, without the writer; ``head``: the header's bytes."""
+    import struct  # only the hand-built format fixtures need these
+
+    import xxhash
+
+    data = b"".join(d for _, d in samples)
+    data += b"\0" * (-len(data) % 8)
+    pos = [p for p, _ in samples]
+    table = b"".join(struct.pack(f"<{len(pos)}Q", *col) for col in (
+        pos, [int(index.start[p]) for p in pos], [len(d) for _, d in samples], [xxhash.xxh3_64_intdigest(d) for _, d in samples]))
+    footer = table + head + struct.pack("<5Q", len(data), len(pos), len(head), 32 * len(pos) + len(head) + 40, 1)
+    return data + footer + struct.pack("<Q", xxhash.xxh3_64_intdigest(footer)) + b"SPKCHUNK"
+
+
+def test_the_documented_chunk_layout_is_what_is_read_and_written(tmp_path, shards):
+    import hashlib  # only this test computes the documented directory names
+    import json
+    import struct
+
+    paths, indexes = shards
+    path, index = paths[1], indexes[1]
+    size = os.path.getsize(path)
+    cache = KeptCache(tmp_path / "cache", limit_bytes=1 << 30)
+    directory = cache.shard_dir(DS, path, size, "e1")
+
+    def h(text, n):
+        return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+    assert directory == os.path.join(cache.cache_dir, h(DS, 24), f"{os.path.basename(path)}-{h(path, 16)}-{size}-{h('e1', 12)}")
+    header = {"format": "streamprune-kept-cache", "version": 1, "dataset_id": DS, "shard_id": path, "size": size, "etag": "e1",
+              "samples": len(index)}
+    os.makedirs(directory)
+    with open(os.path.join(directory, f"hand{CHUNK_SUFFIX}"), "wb") as fh:
+        fh.write(_hand_chunk([(p, _truth(path, index, p)) for p in (7, 2, 4)], index, json.dumps(header).encode()))
+    with cache.shard(DS, path, size, "e1", index) as sc:
+        assert np.flatnonzero(sc.cached(np.arange(len(index)))).tolist() == [2, 4, 7]
+        assert all(bytes(sc.get(p)) == _truth(path, index, p) for p in (2, 4, 7))
+        sc.add(9, _truth(path, index, 9))
+    (written,) = [n for n in _chunks(directory) if not n.startswith("hand")]
+    with open(os.path.join(directory, written), "rb") as fh:
+        raw = fh.read()
+    d, n, hl, f, version, _digest = struct.unpack_from("<6Q", raw, len(raw) - 56)
+    assert raw[-8:] == b"SPKCHUNK" and version == 1 and n == 1 and f == 32 + hl + 40 and d + f + 16 == len(raw)
+    assert raw[: len(_truth(path, index, 9))] == _truth(path, index, 9)
+    assert json.loads(raw[d + 32 : d + 32 + hl]) == header
+    assert raw == _hand_chunk([(9, _truth(path, index, 9))], index, raw[d + 32 : d + 32 + hl])

@@ -62,6 +62,9 @@ _LOCK_NAME = ".keptcache.lock"
 _LEDGER = struct.Struct("<8sQ")
 _LEDGER_MAGIC = b"SPKCUSE1"
 _TEMP_RE = re.compile(re.escape(CHUNK_SUFFIX) + r"\.tmp-(\d+)$")
+# what eviction may touch: directories named as shard_dir names them, nothing else under cache_dir
+_DATASET_RE = re.compile(r"[0-9a-f]{24}")
+_SHARD_RE = re.compile(r".*-[0-9a-f]{16}-\d+-[0-9a-f]{12}")
 # errors that mean "no room" (the warning says so); any OSError while writing stops writing
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -76,9 +79,9 @@ def _readable(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", base)[:40] or "shard"
 
 
-def _dir_size(path: str) -> tuple[int, list[str]]:
-    """Total bytes of the chunk files in a shard directory, and their paths."""
-    total, files = 0, []
+def _dir_size(path: str) -> tuple[int, list[str], bool]:
+    """Total bytes of the chunk files in a shard directory, their paths, and whether it holds temporaries."""
+    total, files, temps = 0, [], False
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         with os.scandir(path) as it:
             for entry in it:
@@ -86,7 +89,18 @@ def _dir_size(path: str) -> tuple[int, list[str]]:
                     with contextlib.suppress(FileNotFoundError):
                         total += entry.stat(follow_symlinks=False).st_size
                         files.append(entry.path)
-    return total, files
+                elif _TEMP_RE.search(entry.name):
+                    temps = True
+    return total, files, temps
+
+
+def _identity(path: str) -> tuple | None:
+    """What tells one file from another under the same name (as :attr:`Chunk.identity`); ``None`` when missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _sweep_temps(directory: str, max_age: float) -> None:
@@ -120,8 +134,8 @@ class KeptCache:
         low_water: Eviction goes down to ``low_water * limit_bytes``, so a full cache does
             not evict (a directory walk) at every commit.
         fsync: Flush each chunk to disk before renaming it into place (off only for tests and
-            throwaway caches: a power loss could leave a renamed file with missing data,
-            which the digest then rejects).
+            throwaway caches: after a power loss a renamed file could miss data, which its
+            digests then reject, at a cost of refetching).
         max_temp_age: Seconds after which a temporary left by a writer whose process still
             seems alive (a recycled pid) is removed anyway.
         verify: When each sample's digest is checked: ``"read"`` (default) as :meth:`ShardCache.get`
@@ -132,9 +146,11 @@ class KeptCache:
             a local shard's are (the chunk's structure, header and ranges are still checked),
             for a reader that checks each sample against its index checksum itself and calls
             :meth:`ShardCache.discard` on a mismatch. A sample is checked once per process:
-            its chunk stays mapped (up to ``max_open_chunks``) for the next epoch.
-        max_open_chunks: Chunk files kept mapped after their shard is closed, so a later epoch
-            in this process reads them without page faults or a second check.
+            its chunk stays mapped (up to ``max_mapped_bytes``) for the next epoch.
+        max_mapped_bytes: Bytes of chunk files kept mapped after their shard is closed, so a
+            later epoch in this process reads them without page faults or a second check
+            (page cache, shown in the process's RSS; unmapped when their file is deleted, checked
+            at most once a second, so eviction frees the disk space).
 
     Raises:
         CacheError: ``cache_dir`` cannot be created or written, or a limit is not positive.
@@ -142,7 +158,7 @@ class KeptCache:
 
     def __init__(self, cache_dir: str | os.PathLike, limit_bytes: int, chunk_bytes: int = 64 << 20, max_chunks: int = 16,
                  low_water: float = 0.9, fsync: bool = True, max_temp_age: float = 3600.0, verify: str = "read",
-                 max_open_chunks: int = 256) -> None:
+                 max_mapped_bytes: int = 1 << 30) -> None:
         self.cache_dir = os.path.abspath(os.fspath(cache_dir))
         if not limit_bytes > 0:
             raise CacheError(f"KeptCache({self.cache_dir!r}): limit_bytes must be positive, got {limit_bytes!r}")
@@ -158,7 +174,7 @@ class KeptCache:
         self.fsync = bool(fsync)
         self.max_temp_age = float(max_temp_age)
         self.verify = verify
-        self.max_open_chunks = max(0, int(max_open_chunks))
+        self.max_mapped_bytes = max(0, int(max_mapped_bytes))
         sample_digest(b"")  # fail now, not at the first chunk, if xxhash is missing
         self._init_process_state()
         try:
@@ -184,6 +200,7 @@ class KeptCache:
         self._open_lock = threading.Lock()
         self._open: collections.OrderedDict[str, Chunk] = collections.OrderedDict()  # path -> mapped chunk, LRU
         self._open_pid = os.getpid()
+        self._open_checked = time.monotonic()
         self._stats = {"hits": 0, "misses": 0, "bytes_served": 0, "bytes_written": 0, "chunks_written": 0,
                        "evictions": 0, "bytes_evicted": 0, "invalid_chunks": 0, "write_errors": 0, "chunks_opened": 0}
 
@@ -191,7 +208,7 @@ class KeptCache:
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items()
                 if k in ("cache_dir", "limit_bytes", "chunk_bytes", "max_chunks", "low_water", "fsync", "max_temp_age", "verify",
-                         "max_open_chunks")}
+                         "max_mapped_bytes")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -242,7 +259,7 @@ class KeptCache:
     def total_bytes(self) -> int:
         """Bytes of all chunk files in the cache now (a walk of the directory)."""
         total = 0
-        for _, path in self._shard_dirs():
+        for path in self._shard_dirs():
             total += _dir_size(path)[0]
         return total
 
@@ -327,26 +344,31 @@ class KeptCache:
         except OSError as exc:  # the lock file vanished or the disk failed: caching goes on without accounting
             log.warning("kept-bytes cache %s: cannot update its usage count: %s", self.cache_dir, exc)
 
-    def _shard_dirs(self) -> list[tuple[str, str]]:
+    def _shard_dirs(self) -> list[str]:
+        """Every shard directory in the cache (only names this class makes: a cache_dir shared with other files is safe)."""
         out = []
         with contextlib.suppress(FileNotFoundError):
             with os.scandir(self.cache_dir) as top:
                 for ds in top:
-                    if not ds.is_dir(follow_symlinks=False):
+                    if not (_DATASET_RE.fullmatch(ds.name) and ds.is_dir(follow_symlinks=False)):
                         continue
                     with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(ds.path) as it:
-                        out += [(ds.path, e.path) for e in it if e.is_dir(follow_symlinks=False)]
+                        out += [e.path for e in it if _SHARD_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False)]
         return out
 
     def _evict_locked(self, fd: int) -> int:
         """Scan the cache, evict LRU shard directories down to the low-water mark, store the exact usage."""
         entries = []
         total = 0
-        for _, path in self._shard_dirs():
+        for path in self._shard_dirs():
             with contextlib.suppress(FileNotFoundError):
-                mtime = os.stat(path).st_mtime_ns
-                size, files = _dir_size(path)
-                entries.append((mtime, path, size, files))
+                st = os.stat(path)
+                size, files, temps = _dir_size(path)
+                if temps:  # killed writers' leftovers, in a shard nobody opened since; its LRU time is kept
+                    _sweep_temps(path, self.max_temp_age)
+                    with contextlib.suppress(OSError):
+                        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+                entries.append((st.st_mtime_ns, path, size, files))
                 total += size
         if total > self.limit_bytes:
             target = self.low_water * self.limit_bytes
@@ -356,6 +378,7 @@ class KeptCache:
                 for f in files:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(f)
+                self._unmap(files)
                 _sweep_temps(path, self.max_temp_age)
                 # a directory with a live writer's temporary stays; its rename lands in it later
                 with contextlib.suppress(OSError):
@@ -387,8 +410,9 @@ class KeptCache:
         Raises:
             As :func:`~streamprune.readers.cachechunk.open_chunk`.
         """
-        st = os.stat(path)
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        identity = _identity(path)
+        if identity is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         with self._open_lock:
             chunk = self._registry().get(path)
             if chunk is not None and chunk.identity == identity and chunk.live and chunk.matches(expect, starts, lengths):
@@ -419,11 +443,30 @@ class KeptCache:
             self._trim()
 
     def _trim(self) -> None:
+        """Unmap chunks no shard uses: their file is gone (at most once a second), then the oldest beyond the limit."""
         registry = self._open
-        if len(registry) <= self.max_open_chunks:
-            return
-        for path in [p for p, c in registry.items() if c.users <= 0][: len(registry) - self.max_open_chunks]:
-            registry.pop(path).release()
+        now = time.monotonic()
+        if now - self._open_checked > 1.0:
+            self._open_checked = now
+            for path, chunk in list(registry.items()):
+                if chunk.users <= 0 and _identity(path) != chunk.identity:
+                    registry.pop(path).release()  # a mapping would keep an evicted file's disk space
+        total = sum(chunk.size for chunk in registry.values())
+        for path in [p for p, c in registry.items() if c.users <= 0]:
+            if total <= self.max_mapped_bytes:
+                break
+            chunk = registry.pop(path)
+            total -= chunk.size
+            chunk.release()
+
+    def _unmap(self, paths: list[str]) -> None:
+        """Forget the mappings of deleted files (unmapped now, or by their last user)."""
+        with self._open_lock:
+            registry = self._registry()
+            for path in paths:
+                chunk = registry.pop(path, None)
+                if chunk is not None and chunk.users <= 0:
+                    chunk.release()
 
     def _served(self, data: bytes | memoryview | None) -> None:
         stats = self._stats
@@ -509,6 +552,7 @@ class ShardCache:
         with contextlib.suppress(FileNotFoundError):
             size = os.stat(path).st_size
             os.unlink(path)
+        self.cache._unmap([path])
         self.cache._count(invalid_chunks=1)
         if size:
             self.cache._account(-size)
@@ -704,15 +748,22 @@ class ShardCache:
     def _everything(self, pending: dict, live: list[Chunk]) -> list[tuple[int, bytes | memoryview]]:
         """Every sample this cache holds (``live`` chunks and ``pending``), by position: a merged chunk's content.
 
-        Samples from chunks are checked first: a damaged byte must not be rewritten under a fresh digest.
+        Samples from chunks are checked first, whatever ``verify`` says: a damaged byte must
+        not be rewritten under a fresh digest.
         """
         out = dict(pending)
         for chunk in live:
-            for pos in chunk.positions.tolist():
-                if pos not in out and self._where[pos] >= 0 and self._chunks[int(self._where[pos])] is chunk:
-                    data = self._verified(pos)
-                    if data is not None:
-                        out[pos] = data
+            number = self._chunks.index(chunk)
+            for row, pos in enumerate(chunk.positions.tolist()):
+                if pos in out or self._where.item(pos) != number:
+                    continue
+                data = chunk.sample(row)
+                if data is None:
+                    break
+                if not chunk.check(row, data):
+                    self._drop(chunk, f"sample {pos}: digest mismatch")
+                    break
+                out[pos] = data
         return sorted(out.items())
 
     def _write(self, path: str, items: list[tuple[int, bytes | memoryview]]) -> int:
