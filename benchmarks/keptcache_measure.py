@@ -38,6 +38,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -134,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--dir", default=None, help="where to write shards and cache (default: a temporary directory)")
     p.add_argument("--out", default=os.path.join(common.DEFAULT_RESULTS, "keptcache.json"), help="results JSON")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
+    common.set_command("python -m benchmarks.keptcache_measure", argv)
     tmp = tempfile.mkdtemp(prefix="streamprune-keptcache-", dir=args.dir)
     try:
         data, cache_dir = os.path.join(tmp, "data"), os.path.join(tmp, "cache")
@@ -222,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         common.write_json(args.out, results)
         return results
     finally:
+        common.clear_command()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
