@@ -16,6 +16,7 @@ __all__ = [
     "DuplicateKeyError",
     "CompressedShardError",
     "ChecksumError",
+    "CacheError",
 ]
 
 
@@ -68,3 +69,7 @@ class ChecksumError(StreamPruneError):
     def __reduce__(self):
         # keep the attributes when the error crosses a process boundary (DataLoader workers)
         return (type(self), (str(self.args[0]) if self.args else "", self.shard, self.key, self.start, self.end))
+
+
+class CacheError(StreamPruneError):
+    """A kept-bytes cache cannot be used: its directory is not writable, or an argument is wrong."""
