@@ -23,7 +23,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import functools
+import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -32,12 +34,15 @@ import numpy as np
 
 from ..shardindex import ShardIndex
 from .byterange import ShardFile
+from .keptcache import KeptCache, ShardCache
 from .planner import Calibrator, Objective, StoreModel, plan_shard, whole_shard_cost
 
 __all__ = [
-    "FetchPolicy", "ShardRead", "ReadStats", "plan_fetches", "read_shards_scheduled",
+    "CacheBinding", "FetchPolicy", "ShardRead", "ReadStats", "plan_fetches", "read_shards_scheduled",
     "DEFAULT_REMOTE_POLICY",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,24 @@ class ShardRead:
     owned: bool = True
 
 
+@dataclass(frozen=True)
+class CacheBinding:
+    """A kept-bytes cache as one read uses it: the cache and the dataset it is keyed by.
+
+    Attributes:
+        cache: The :class:`~streamprune.readers.keptcache.KeptCache` (one per process).
+        dataset_id: The manifest's fingerprint: a cache filled for another dataset never hits.
+    """
+
+    cache: KeptCache
+    dataset_id: str
+
+    def open(self, url: str, shard: ShardFile) -> ShardCache:
+        """The cache of shard ``url`` in the version opened (its size and ETag)."""
+        etag = shard.storage.etag if shard.storage is not None else ""
+        return self.cache.shard(self.dataset_id, url, shard.index.shard_bytes, etag, shard.index)
+
+
 @dataclass
 class ReadStats:
     """What a scheduled read did, and what the planner predicted for it.
@@ -174,6 +197,8 @@ class ReadStats:
         predicted_seconds: Sum of the planner's per-shard predictions (requests alone).
         whole_requests: Requests the unpruned reader would send for the same shards.
         whole_bytes: Bytes it would fetch.
+        cached_samples: Samples served from the kept-bytes cache.
+        cached_bytes: Their bytes.
         latency: The calibrated latency at the end, seconds.
         conn_bandwidth: The calibrated per-connection bandwidth at the end, bytes/s.
         depth: Requests in flight at the end.
@@ -187,6 +212,8 @@ class ReadStats:
     predicted_seconds: float = 0.0
     whole_requests: int = 0
     whole_bytes: int = 0
+    cached_samples: int = 0
+    cached_bytes: int = 0
     latency: float = 0.0
     conn_bandwidth: float = 0.0
     depth: int = 0
@@ -210,25 +237,62 @@ class _Opened:
     kept_bytes: int = 0
     predicted_seconds: float = 0.0
     whole: tuple[int, int] = (0, 0)
+    cache: ShardCache | None = None
 
 
-def _open(read: ShardRead, policy: FetchPolicy, calibrator: Calibrator | None) -> _Opened:
+def _open(read: ShardRead, policy: FetchPolicy, calibrator: Calibrator | None, cache: CacheBinding | None) -> _Opened:
     shard = read.open()
+    shard_cache = None
     try:
-        order = np.asarray(read.order)
+        order = np.asarray(read.order, dtype=np.int64)
         index = shard.index
         kept = int((index.end[order] - index.start[order]).sum()) if len(order) else 0
+        shard_cache = cache.open(read.url, shard) if cache is not None and len(order) else None
+        hit = shard_cache.cached(order) if shard_cache is not None else np.zeros(len(order), dtype=bool)
+        missing = np.flatnonzero(~hit)
+        fetch_order = order[missing]
+        predicted = 0.0
         if policy.max_gap is not None:
-            return _Opened(shard, read.url, order.tolist(), plan_fetches(index, order, policy), read.owned, kept_bytes=kept)
-        model = calibrator.model() if calibrator is not None else policy.store
-        plan = plan_shard(index, order, model, functools.partial(policy.depth_for, model), policy.max_request,
-                          policy.objective, policy.max_waste)
-        return _Opened(shard, read.url, order.tolist(), plan.requests, read.owned, kept_bytes=kept,
-                       predicted_seconds=plan.seconds, whole=whole_shard_cost(index, policy.max_request))
+            requests = plan_fetches(index, fetch_order, policy)
+        else:
+            model = calibrator.model() if calibrator is not None else policy.store
+            plan = plan_shard(index, fetch_order, model, functools.partial(policy.depth_for, model), policy.max_request,
+                              policy.objective, policy.max_waste)
+            requests, predicted = plan.requests, plan.seconds
+        if len(missing) < len(order):
+            requests = _around_cached(index, order, missing, requests)
+        return _Opened(shard, read.url, order.tolist(), requests, read.owned, kept_bytes=kept, predicted_seconds=predicted,
+                       whole=whole_shard_cost(index, policy.max_request), cache=shard_cache)
     except BaseException:
+        if shard_cache is not None:
+            shard_cache.close()
         if read.owned:
             shard.close()
         raise
+
+
+def _around_cached(index: ShardIndex, order: np.ndarray, missing: np.ndarray,
+                   requests: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Requests planned over ``order[missing]`` as entries over ``order``, with the cached runs between them.
+
+    A request's samples that a cached sample separates in yield order are cut into one request
+    per stretch (each from its first sample's start to its last sample's end, so no cached or
+    pruned byte is fetched for them); each stretch of cached samples is an entry with ``lo = -1``.
+    """
+    out: list[tuple[int, int, int, int]] = []
+    for a, b, _, _ in requests:
+        idx = missing[a:b]
+        cuts = (np.flatnonzero(np.diff(idx) != 1) + 1).tolist()
+        for first, last in zip([0] + cuts, cuts + [len(idx)]):
+            i, j = int(idx[first]), int(idx[last - 1]) + 1
+            out.append((i, j, int(index.start[order[i]]), int(index.end[order[j - 1]])))
+    fetched = np.zeros(len(order), dtype=bool)
+    fetched[missing] = True
+    edges = np.flatnonzero(np.diff(np.concatenate([[1], fetched.view(np.int8), [1]])))
+    # edges alternate: where a cached stretch begins, where it ends
+    out += [(int(a), int(b), -1, -1) for a, b in zip(edges[0::2], edges[1::2])]
+    out.sort()
+    return out
 
 
 class _Failed:
@@ -239,7 +303,8 @@ class _Failed:
 
 
 def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFAULT_REMOTE_POLICY,
-                          max_lookahead: int = 16, stats: ReadStats | None = None) -> Iterator[dict]:
+                          max_lookahead: int = 16, stats: ReadStats | None = None,
+                          cache: CacheBinding | None = None) -> Iterator[dict]:
     """Yield webdataset sample dicts for a sequence of shards, with requests in flight across shard boundaries.
 
     The next shards are opened ahead on helper threads (their size/ETag and index requests
@@ -261,6 +326,9 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
         policy: Planning, concurrency and memory limits.
         max_lookahead: Most shards opened ahead of the one being read.
         stats: Filled in as the read goes (requests, bytes, time, the planner's prediction).
+        cache: A kept-bytes cache: samples it holds are read from it, only the others are
+            planned and fetched, and the fetched ones are added to it (on a writer thread,
+            committed as each shard ends).
 
     Yields:
         ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
@@ -284,6 +352,7 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
     opened_shards = planned_requests = 0
     depth = policy.depth_for(policy.store, policy.max_request)
     started = 0.0
+    writer = _CacheWriter() if cache is not None else None
 
     def observe(future: cf.Future, t0: float, nbytes: int) -> None:
         if calibrator is not None and not future.cancelled() and future.exception() is None:
@@ -304,7 +373,7 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
                 if nxt is None:
                     exhausted = True
                     break
-                opening.append(open_pool.submit(_open, nxt, policy, calibrator))
+                opening.append(open_pool.submit(_open, nxt, policy, calibrator, cache))
             # start requests: the current shard's, then the next shards' as they open
             while room():
                 if current is None or current.submitted == len(current.plan):
@@ -332,6 +401,10 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
                         current.shard.close()
                     continue
                 a, b, lo, hi = current.plan[current.submitted]
+                if lo < 0:  # cached samples: nothing to fetch
+                    pending.append((_DONE, current, current.plan[current.submitted]))
+                    current.submitted += 1
+                    continue
                 if pending and inflight + (hi - lo) > policy.max_inflight_bytes:
                     break
                 obj = current.shard.storage
@@ -361,12 +434,20 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
                 continue
             pending.popleft()
             data = future.result()
-            inflight -= hi - lo
-            yield from _samples(opened, a, b, lo, data)
+            if lo < 0:
+                yield from _cached_samples(opened, a, b, stats)
+            else:
+                inflight -= hi - lo
+                yield from _samples(opened, a, b, lo, data)
+                if writer is not None and opened.cache is not None:
+                    writer.add(opened, a, b, lo, data)
             opened.consumed += 1
             if opened.consumed == len(opened.plan):
                 if opened.owned:
                     opened.shard.close()
+                if writer is not None and opened.cache is not None:
+                    writer.close(opened.cache)
+                    opened.cache = None
                 live.remove(opened)
     finally:
         for item in pending:
@@ -381,6 +462,13 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
         for opened in live:
             if opened.owned:
                 opened.shard.close()
+            if opened.cache is not None:
+                if writer is not None:
+                    writer.close(opened.cache)
+                else:
+                    opened.cache.close()
+        if writer is not None:
+            writer.finish()
         stats.shards += opened_shards
         stats.seconds += time.perf_counter() - started if started else 0.0
         stats.depth = depth
@@ -388,11 +476,90 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
         stats.latency, stats.conn_bandwidth = model.latency, model.conn_bandwidth
 
 
-def _samples(opened: _Opened, a: int, b: int, lo: int, data: bytes) -> Iterator[dict]:
+#: The "bytes" of an entry served from the cache: nothing to wait for.
+_DONE: cf.Future = cf.Future()
+_DONE.set_result(None)
+
+
+class _CacheWriter:
+    """Adds fetched samples to their shards' caches on one background thread.
+
+    Writing (a chunk file, fsynced) must not stall the epoch; the thread holds at most
+    ``max_bytes`` of fetched data not yet added, and the reader waits beyond that. A failure
+    to cache is logged, never raised: the epoch's samples are already out.
+    """
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamprune-cache")
+        self.room = threading.BoundedSemaphore(max(1, max_bytes >> 20))
+        self.failed = False
+
+    def add(self, opened: _Opened, a: int, b: int, lo: int, data: bytes) -> None:
+        index, shard_cache = opened.shard.index, opened.cache
+        positions = opened.positions[a:b]
+        mib = max(1, len(data) >> 20)
+        for _ in range(mib):
+            self.room.acquire()
+        self.pool.submit(self._add, shard_cache, index, positions, lo, data, mib)
+
+    def _add(self, shard_cache: ShardCache, index: ShardIndex, positions: list[int], lo: int, data: bytes, mib: int) -> None:
+        try:
+            view = memoryview(data)
+            starts, ends = index.start[positions].tolist(), index.end[positions].tolist()
+            for pos, start, end in zip(positions, starts, ends):
+                shard_cache.add(pos, view[start - lo : end - lo])
+        except Exception as exc:  # noqa: BLE001 - a sample that cannot be cached is fetched again next time
+            self._warn(exc)
+        finally:
+            for _ in range(mib):
+                self.room.release()
+
+    def close(self, shard_cache: ShardCache) -> None:
+        self.pool.submit(self._close, shard_cache)
+
+    def _close(self, shard_cache: ShardCache) -> None:
+        try:
+            shard_cache.close()
+        except Exception as exc:  # noqa: BLE001 - as in _add
+            self._warn(exc)
+
+    def _warn(self, exc: Exception) -> None:
+        if not self.failed:
+            self.failed = True
+            log.warning("kept-bytes cache: could not store fetched samples (%s: %s); they will be fetched again",
+                        type(exc).__name__, exc)
+
+    def finish(self) -> None:
+        """Wait until everything handed over is written (the cache is complete when the epoch ends)."""
+        self.pool.shutdown(wait=True)
+
+
+def _cached_samples(opened: _Opened, a: int, b: int, stats: ReadStats) -> Iterator[dict]:
+    """The samples ``positions[a:b]`` from the cache (one the cache finds damaged is fetched instead)."""
+    shard, index, shard_cache = opened.shard, opened.shard.index, opened.cache
+    assert shard_cache is not None
+    for j in range(a, b):
+        pos = opened.positions[j]
+        start, end = int(index.start[pos]), int(index.end[pos])
+        data = shard_cache.get(pos)
+        if data is None:  # damaged on disk (its chunk is deleted): fetch it, as if never cached
+            assert shard.storage is not None
+            data = shard.storage.read(start, end)
+            stats.requests += 1
+            stats.fetched_bytes += end - start
+            yield from _samples(opened, j, j + 1, start, data)
+            continue
+        stats.cached_samples += 1
+        stats.cached_bytes += end - start
+        # checked against its digest by the cache (it was verified when fetched): not hashed again
+        yield from _samples(opened, j, j + 1, start, data, verify=False)
+
+
+def _samples(opened: _Opened, a: int, b: int, lo: int, data: bytes | memoryview, verify: bool = True) -> Iterator[dict]:
     """The samples ``positions[a:b]`` of one fetched request (its bytes start at shard offset ``lo``)."""
     shard, positions, url = opened.shard, opened.positions, opened.url
     index = shard.index
-    keys, members, verify = index.keys, index.members, shard.verify
+    keys, members, verify = index.keys, index.members, shard.verify and verify
     view = memoryview(data)
     shard.check_sample(positions[a], view)
     for pos in positions[a:b]:

@@ -18,6 +18,7 @@ import functools
 import itertools
 import logging
 import os
+import shutil
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -30,16 +31,17 @@ from ..errors import MaskMismatchError, StreamPruneError
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, kept_counts, open_mask
 from .byterange import READAHEAD_BYTES, ReadAhead, ShardFile, read_runs, run_spans
+from .keptcache import KeptCache
 from .maskslot import MaskSlot
 from .plan import Segment, plan_epoch, within_shard_order
-from .scheduler import DEFAULT_REMOTE_POLICY, FetchPolicy, ReadStats, ShardRead, read_shards_scheduled
+from .scheduler import DEFAULT_REMOTE_POLICY, CacheBinding, FetchPolicy, ReadStats, ShardRead, read_shards_scheduled
 from .state import Binding, ResumableSource, counted, raise_on_first, warn_buffered
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "PrunedSource", "PrunedWebDataset", "pruned_tarfile_samples", "require_tar", "distributed_rank_world", "remote_mask",
-    "fetch_policy", "shard_read",
+    "fetch_policy", "shard_read", "open_cache",
 ]
 
 
@@ -106,6 +108,12 @@ class PrunedSource(ResumableSource, IterableDataset):
             benchmarks/README.md, "Cold local reads: read-ahead across shards").
         dynamic_masks: Keep the mask's bits in shared memory so ``set_epoch(epoch, mask=...)``
             reaches persistent DataLoader workers (costs N/8 bytes; see :mod:`.maskslot`).
+        cache_dir: A kept-bytes cache for remote shards (:mod:`.keptcache`): the first epoch
+            stores the kept samples it fetched; later epochs (and later runs, and other
+            workers and ranks on this machine) read them from there and fetch only what is
+            missing, e.g. after a mask change. Holds about the kept bytes, not whole shards.
+        cache_limit: Most bytes the cache keeps (least recently used shards are evicted);
+            default 80% of the free space on ``cache_dir``'s file system when first used.
 
     Resume: ``state_dict()`` / ``load_state_dict()`` (with ``StatefulDataLoader``) and
     ``resume_point()`` / ``load_resume_point()`` (elastic), see :mod:`.state`.
@@ -130,6 +138,8 @@ class PrunedSource(ResumableSource, IterableDataset):
         max_run_bytes: int = 1 << 20,
         verify: bool | None = None,
         dynamic_masks: bool = False,
+        cache_dir: str | os.PathLike | None = None,
+        cache_limit: int | None = None,
     ) -> None:
         super().__init__()
         # A private copy: iterating drops cached indexes, which must not touch the caller's object.
@@ -154,6 +164,9 @@ class PrunedSource(ResumableSource, IterableDataset):
         self.io_depth = io_depth
         #: What the last epoch read in this process did (remote shards): requests, bytes, time, the prediction.
         self.read_stats = ReadStats()
+        self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
+        self.cache_limit = cache_limit
+        self._cache: KeptCache | None = None
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._kept_cache: dict[int, np.ndarray] = {}
@@ -253,7 +266,9 @@ class PrunedSource(ResumableSource, IterableDataset):
         for policy, grouped in itertools.groupby(segments, key=lambda seg: self._policy(seg.shard)):
             group = list(grouped)
             if policy is not None:
-                yield from read_shards_scheduled((self._shard_read(seg, epoch) for seg in group), policy, stats=stats)
+                cache = self._cache_binding() if storage.is_remote(self.manifest.shard_path(group[0].shard)) else None
+                yield from read_shards_scheduled((self._shard_read(seg, epoch) for seg in group), policy, stats=stats,
+                                                 cache=cache)
                 continue
             yield from self._read_local(group, epoch)
         if stats.requests:
@@ -308,6 +323,14 @@ class PrunedSource(ResumableSource, IterableDataset):
             for item in ahead:
                 if isinstance(item, tuple):
                     item[0].close()
+
+    def _cache_binding(self) -> CacheBinding | None:
+        """The kept-bytes cache of this process (opened on first use), or ``None`` without ``cache_dir``."""
+        if self.cache_dir is None:
+            return None
+        if self._cache is None:
+            self._cache = open_cache(self.cache_dir, self.cache_limit)
+        return CacheBinding(self._cache, self.manifest.fingerprint)
 
     def _policy(self, k: int) -> FetchPolicy | None:
         return fetch_policy(self.manifest.shard_path(k), self.fetch, self.io_depth, self.max_run_bytes)
@@ -406,6 +429,18 @@ def remote_mask(mask: MaskLike, storage_options: dict | None) -> MaskLike:
     if isinstance(mask, (str, os.PathLike)) and storage.is_remote(mask):
         return storage.local_copy(os.fspath(mask), storage_options)
     return mask
+
+
+def open_cache(cache_dir: str, limit: int | None = None) -> KeptCache:
+    """A :class:`KeptCache` at ``cache_dir``, limited to ``limit`` bytes or 80% of the free space there.
+
+    Raises:
+        CacheError: The directory cannot be created or written.
+    """
+    if limit is None:
+        os.makedirs(cache_dir, exist_ok=True)
+        limit = max(1 << 20, int(shutil.disk_usage(cache_dir).free * 0.8))
+    return KeptCache(cache_dir, limit)
 
 
 def fetch_policy(path: str, fetch: FetchPolicy | None, io_depth: int, max_run_bytes: int) -> FetchPolicy | None:
