@@ -314,9 +314,11 @@ def demo(out, source, ratio, workers, method, train_steps, quiet):
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @location_options
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Kept-bytes cache for remote shards: epochs after the first read the kept samples from here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train_surrogate(manifest, model, out, epochs, max_steps, mask_path, batch_size, lr, optimizer, input_size, workers, device, seed,
-                    base, storage_options, quiet):
+                    base, storage_options, cache_dir, quiet):
     """Train a surrogate classifier on MANIFEST (path or URL; briefly) and write its checkpoint."""
     # Deferred on purpose: training imports torch, which the other commands do not need.
     from streamprune.train import train_surrogate as train
@@ -324,6 +326,7 @@ def train_surrogate(manifest, model, out, epochs, max_steps, mask_path, batch_si
     r = train(
         open_manifest(manifest, base, storage_options), model, out, epochs=epochs, mask=mask_path, max_steps=max_steps, batch_size=batch_size, lr=lr,
         optimizer=optimizer, input_size=input_size, workers=workers, device=device, seed=seed, progress=not quiet,
+        cache_dir=cache_dir,
     )
     click.echo(
         f"{model}: {r['steps']} steps ({r['samples']:,} samples) in {r['seconds']:.1f} s, "

@@ -373,6 +373,7 @@ def train_surrogate(
     seed: int = 0,
     progress: bool = True,
     decoder: DecoderLike = "auto",
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train a surrogate on a sharded dataset and write its checkpoint atomically.
 
@@ -400,6 +401,8 @@ def train_surrogate(
         seed: Seed of the weight initialisation and the data order.
         progress: Show a progress bar.
         decoder: JPEG decoder (see :func:`training_loader`).
+        cache_dir: Kept-bytes cache for remote shards (epochs after the first read locally;
+            see :class:`~streamprune.readers.PrunedSource`).
 
     Returns:
         ``{"checkpoint", "steps", "epochs", "samples", "seconds", "train_loss",
@@ -425,8 +428,9 @@ def train_surrogate(
     torch.manual_seed(seed)
     model = build_surrogate(arch, num_classes).to(dev)
 
+    cache = {} if cache_dir is None else {"cache_dir": cache_dir}
     ds, loader = training_loader(
-        m, mask, input_size=input_size, batch_size=batch_size, workers=workers, seed=seed, decoder=decoder
+        m, mask, input_size=input_size, batch_size=batch_size, workers=workers, seed=seed, decoder=decoder, **cache
     )
     if len(ds) == 0:
         raise StreamPruneError(f"{m.path}: the mask keeps no samples to train on")
