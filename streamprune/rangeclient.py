@@ -390,7 +390,7 @@ def target_for(url: str, storage_options: dict | None = None) -> Target | None:
     """
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://", url)
     scheme = match.group(1).lower() if match else ""
-    if scheme not in LEAN_SCHEMES or any(c in url for c in "\r\n "):
+    if scheme not in LEAN_SCHEMES or any(c in url for c in "\r\n\t"):
         return None
     options = dict(storage_options or {})
     if scheme in ("http", "https"):
