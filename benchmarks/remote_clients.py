@@ -44,6 +44,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from streamprune import storage
+
 from . import common
 from .nginx_store import NginxStore, echo_module_available
 
@@ -171,8 +173,6 @@ def clients(base: str, name: str, depth: int) -> tuple[dict[str, Fetch], list[Ca
 
     out["http_client"] = lambda ranges: list(pool.map(stdlib_get, ranges))
     cleanup.append(lambda: [c.close() for c in connections])
-    from streamprune import storage
-
     obj = storage.RemoteObject(url)
     if getattr(obj, "native_async", False):  # False: a checkout before the lean client
 

@@ -3,11 +3,12 @@
 Remote reads are small (a kept run of samples, ~100 KB) and many (thousands per second), so
 what a request costs the reading process matters as much as the round trip. This module
 speaks just enough HTTP/1.1 for object-store reads, on the standard library alone: keep-alive
-connections on one event loop thread, a response body received straight into the buffer
-that is returned (``asyncio.BufferedProtocol``), a ``Range`` and an optional ``If-Match`` per
-``GET``, and AWS Signature Version 4 for S3, signed with ``hmac`` and cached for a minute per
-object (a signature covers the method, host, path and time, not the range). Measured against
-nginx (``python -m benchmarks.remote_clients``, results in
+connections on one event loop thread, a response body received straight into a buffer of
+its length (``asyncio.BufferedProtocol``, one copy to the ``bytes`` returned), a ``Range`` and
+an optional ``If-Match`` per ``GET``, and AWS Signature Version 4 for S3, signed with ``hmac``
+and cached for a minute per object (a signature covers the method, host, path and time, not
+the range). Requests from other threads are started in batches (one wake-up of the loop per
+batch). Measured against nginx (``python -m benchmarks.remote_clients``, results in
 ``benchmarks/results/remote_clients.json``) it costs less CPU per request than aiohttp,
 obstore or fsspec, and keeps more requests in flight than fsspec's pool of 100 connections.
 
@@ -59,6 +60,7 @@ __all__ = [
     "Limits",
     "configure",
     "limits",
+    "idle_connections",
     "HTTPStatusError",
     "ConnectError",
     "ConnectionClosedError",
@@ -134,6 +136,14 @@ def configure(max_connections: int | None = None, connect_timeout: float | None 
 def limits() -> Limits:
     """This process's current limits."""
     return _LIMITS
+
+
+def idle_connections() -> int:
+    """Idle keep-alive connections this process's client holds (connections the servers closed are not counted)."""
+    runtime = _RUNTIME
+    if runtime is None or runtime.pid != os.getpid():
+        return 0
+    return runtime.idle_count
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -479,6 +489,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.reusable = True
         self.idle_since = 0.0
         self.last_activity = 0.0
+        self.on_lost: Callable[[_Connection], None] | None = None  # set while idle in a pool: takes it out
         self._scratch = bytearray(_MAX_HEAD)
         self._state = _IDLE
         self._waiter: asyncio.Future | None = None
@@ -532,6 +543,8 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
         self.reusable = False
+        if self.on_lost is not None:
+            self.on_lost(self)
         if self._state == _UNTIL_CLOSE:
             self._complete(self._take_raw())
         elif self._waiter is not None and not self._waiter.done():
@@ -761,10 +774,11 @@ class _Runtime:
             future.add_done_callback(functools.partial(_propagate_cancel, loop, task))
 
     def _watchdog(self) -> None:
-        """Every second (or sooner for short timeouts): fail exchanges silent for ``read_timeout``."""
+        """Every second (or sooner for short timeouts): fail exchanges silent for ``read_timeout``, close stale idle ones."""
         timeout = self.limits.read_timeout
         for conn in list(self.active):
             conn.check_stalled(timeout)
+        self._close_stale()
         self.loop.call_later(min(1.0, timeout / 4), self._watchdog)
 
     def resize(self, max_connections: int) -> None:
@@ -782,23 +796,50 @@ class _Runtime:
         return self.ssl_context
 
     def take_idle(self, key: tuple[str, str, int]) -> _Connection | None:
+        """The most recently used idle connection to ``key`` (``None``: open a new one)."""
         pool = self.idle.get(key)
         now = time.monotonic()
         while pool:
             conn = pool.pop()
             self.idle_count -= 1
+            conn.on_lost = None
             if not conn.closed and now - conn.idle_since < self.limits.idle_seconds:
                 return conn
             conn.transport.close()
         return None
 
     def give_back(self, conn: _Connection) -> None:
+        """Keep a connection for the next request to its origin, or close it (out of step, or too many idle)."""
         if not conn.reusable or conn.closed or self.idle_count >= self.limits.max_connections:
             conn.transport.close()
             return
         conn.idle_since = time.monotonic()
+        conn.on_lost = self._forget
         self.idle.setdefault(conn.key, collections.deque()).append(conn)
         self.idle_count += 1
+
+    def _forget(self, conn: _Connection) -> None:
+        """An idle connection closed by the server: out of its pool (the pool only holds live ones)."""
+        conn.on_lost = None
+        pool = self.idle.get(conn.key)
+        if pool is not None and conn in pool:
+            pool.remove(conn)
+            self.idle_count -= 1
+            if not pool:
+                del self.idle[conn.key]
+
+    def _close_stale(self) -> None:
+        """Close idle connections older than ``idle_seconds`` (oldest first in each pool)."""
+        oldest = time.monotonic() - self.limits.idle_seconds
+        for key in list(self.idle):
+            pool = self.idle[key]
+            while pool and pool[0].idle_since < oldest:
+                conn = pool.popleft()
+                self.idle_count -= 1
+                conn.on_lost = None
+                conn.transport.close()
+            if not pool:
+                del self.idle[key]
 
     async def connect(self, key: tuple[str, str, int]) -> _Connection:
         scheme, host, port = key
@@ -850,6 +891,7 @@ class _Runtime:
         """Close every idle connection and stop the loop (on the loop thread, at exit)."""
         for pool in self.idle.values():
             for conn in pool:
+                conn.on_lost = None
                 conn.transport.close()
         self.idle.clear()
         self.loop.stop()

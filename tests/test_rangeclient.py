@@ -39,6 +39,7 @@ class ScriptedServer:
         self.requests: list[tuple[str, str, dict]] = []
         self.open = self.peak = 0
         self.connections = 0
+        self.writers: set = set()
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
@@ -59,6 +60,7 @@ class ScriptedServer:
 
     async def _serve(self, reader, writer):
         self.connections += 1
+        self.writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -110,7 +112,9 @@ class ScriptedServer:
     def stop(self):
         def close():
             self.server.close()
-            self.loop.stop()
+            for writer in self.writers:  # the client's pooled connections hear of it (FIN), as from a real server
+                writer.close()
+            self.loop.call_soon(self.loop.stop)
 
         self.loop.call_soon_threadsafe(close)
         self.thread.join(10)
@@ -171,6 +175,23 @@ def test_a_keep_alive_connection_closed_by_the_server_is_replaced_without_a_retr
     assert obj.read(0, 10) == DATA[:10]
     assert obj.read(10, 20) == DATA[10:20]
     assert dropped.connections == 2 and len(dropped.requests) == 3
+
+
+def test_connections_a_server_closes_leave_the_pool(server_factory):
+    # a pool that kept dead connections would count them against its limit until it pooled nothing
+    import time
+
+    server = ScriptedServer()
+    obj = storage.RemoteObject(server.url + "/o")
+    futures = [obj.submit(i, i + 10, None) for i in range(20)]
+    assert [f.result(30) for f in futures] == [DATA[i : i + 10] for i in range(20)]
+    held = rangeclient.idle_connections()
+    assert held >= 1
+    server.stop()  # closes every connection, as a server shutting down does
+    deadline = time.monotonic() + 10
+    while rangeclient.idle_connections() > held - server.connections and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert rangeclient.idle_connections() <= held - server.connections
 
 
 def test_redirects_are_followed_and_credentials_stay_with_their_origin(server_factory):
