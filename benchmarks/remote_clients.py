@@ -15,8 +15,10 @@ requests in flight (``--depths``):
 * ``obstore_async``: obstore ``get_range_async`` on one asyncio loop thread, a semaphore of ``depth``;
 * ``aiohttp``: one ``ClientSession`` on one loop thread, a semaphore of ``depth``;
 * ``http_client``: the standard library's ``http.client``, one keep-alive connection per thread;
-* ``streamprune``: :meth:`streamprune.storage.RemoteObject.submit` (the lean client with its
-  retries, ``If-Match`` and counters), ``depth`` futures in flight, as the scheduler drives it.
+* ``streamprune_uvloop`` (``streamprune_asyncio`` with ``STREAMPRUNE_EVENT_LOOP=asyncio`` or
+  without uvloop): :meth:`streamprune.storage.RemoteObject.submit` (the lean client,
+  :mod:`streamprune.rangeclient`, with its retries, ``If-Match`` and counters), ``depth``
+  futures in flight, as the scheduler drives it.
 
 Per client and setting: requests/s (wall clock) and client CPU per request (this process's CPU
 time over the round / requests), median and min-max over ``--repeats`` interleaved rounds (every
@@ -44,7 +46,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from streamprune import storage
+from streamprune import rangeclient, storage
 
 from . import common
 from .nginx_store import NginxStore, echo_module_available
@@ -186,7 +188,7 @@ def clients(base: str, name: str, depth: int) -> tuple[dict[str, Fetch], list[Ca
                 futures.append(future)
             return [f.result() for f in futures]
 
-        out["streamprune"] = streamprune_submit
+        out[f"streamprune_{rangeclient.event_loop_kind()}"] = streamprune_submit
     return out, cleanup
 
 
@@ -281,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{c['median']:.3f} [{c['min']:.3f}-{c['max']:.3f}] |")
     results = {"command": common.command_line(), "revision": revision, "store": "nginx (benchmarks.nginx_store)",
                "setup": vars(args), "settings": settings,
-               "machine": common.machine_info() | {"packages_remote": common.package_versions(["fsspec", "aiohttp", "obstore"])},
+               "machine": common.machine_info() | {"packages_remote": common.package_versions(["fsspec", "aiohttp", "obstore", "uvloop"])},
                "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "rows": rows}
     common.write_json(args.out, results)
     return results

@@ -335,3 +335,25 @@ def test_memory_scheme_submits_on_the_executor():
     with open(__file__, "rb") as fh:
         assert local.submit(0, 50, cf.ThreadPoolExecutor(1)).result() == fh.read(50)
     local.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_both_event_loops_read_the_same_bytes(server_factory, loop):
+    import os
+    import subprocess
+    import sys
+
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    server = server_factory()
+    code = (
+        "import sys; from streamprune import rangeclient, storage\n"
+        "obj = storage.RemoteObject(sys.argv[1] + '/o')\n"
+        "fs = [obj.submit(a, a + 1000, None) for a in range(0, 50000, 1000)]\n"
+        "print(rangeclient.event_loop_kind(), obj.size, b''.join(f.result() for f in fs).hex())\n"
+    )
+    env = dict(os.environ, STREAMPRUNE_EVENT_LOOP=loop)
+    out = subprocess.run([sys.executable, "-c", code, server.url], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    kind, size, data = out.stdout.split()
+    assert kind == loop and int(size) == len(DATA) and bytes.fromhex(data) == DATA[:50000]
