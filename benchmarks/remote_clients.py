@@ -40,6 +40,7 @@ import random
 import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -290,4 +291,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    common.set_command("python -m benchmarks.remote_clients", sys.argv[1:])
     main()

@@ -390,6 +390,8 @@ class RemoteObject(StorageObject):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._target, self._target_pid = None, -1
+        self.__dict__.setdefault("_shown", rangeclient.redact(self.url))  # pickled before the lean client
 
     @property
     def fs(self) -> Any:
