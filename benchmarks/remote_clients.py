@@ -18,7 +18,9 @@ requests in flight (``--depths``):
 * ``streamprune_uvloop`` (``streamprune_asyncio`` with ``STREAMPRUNE_EVENT_LOOP=asyncio`` or
   without uvloop): :meth:`streamprune.storage.RemoteObject.submit` (the lean client,
   :mod:`streamprune.rangeclient`, with its retries, ``If-Match`` and counters), ``depth``
-  futures in flight, as the scheduler drives it.
+  futures in flight, as the scheduler drives it;
+* ``rangeclient_uvloop_in_loop``: the same client's ``get_range`` gathered on its own loop with
+  a semaphore (no thread hand-off per request: like the ``aiohttp`` and ``obstore_async`` rows).
 
 Per client and setting: requests/s (wall clock) and client CPU per request (this process's CPU
 time over the round / requests), median and min-max over ``--repeats`` interleaved rounds (every
@@ -189,7 +191,15 @@ def clients(base: str, name: str, depth: int) -> tuple[dict[str, Fetch], list[Ca
                 futures.append(future)
             return [f.result() for f in futures]
 
-        out[f"streamprune_{rangeclient.event_loop_kind()}"] = streamprune_submit
+        kind = rangeclient.event_loop_kind()
+        out[f"streamprune_{kind}"] = streamprune_submit
+        target = rangeclient.target_for(url)
+
+        async def lean_get(lo: int, hi: int) -> bytes:
+            return await rangeclient.get_range(target, lo, hi)
+
+        lean_all = _bounded(depth, lean_get)
+        out[f"rangeclient_{kind}_in_loop"] = lambda ranges: rangeclient.submit(lean_all(ranges)).result()
     return out, cleanup
 
 
