@@ -15,7 +15,8 @@ operations (``read_bytes``, ``write_bytes``, ``put_file``, ``exists``, ``remove`
 
 Credentials and endpoints come from each backend's standard configuration (for S3: the AWS
 environment variables, ``AWS_ENDPOINT_URL`` included, and ``~/.aws`` files), plus
-``storage_options`` (passed to the fsspec filesystem). Nothing here writes them anywhere.
+``storage_options`` (mapped by the lean client, else passed to the fsspec filesystem). Nothing
+here writes them anywhere, and messages name URLs without passwords or signatures.
 
 fsspec and its backends are the optional ``remote`` extra: they are imported only when a URL
 is used, and a missing extra is one :class:`~streamprune.optional.MissingExtraError` naming
