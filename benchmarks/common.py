@@ -414,6 +414,23 @@ def machine_info() -> dict:
     return info
 
 
+def git_revision(path: str = HERE) -> dict[str, Any]:
+    """The checkout's commit and whether it had uncommitted changes: ``{"commit": sha, "dirty": bool}``.
+
+    ``{"commit": None, "dirty": None}`` outside a git checkout (or without git), so a results
+    file always says whether it can be tied to a commit. Results files (``benchmarks/results``),
+    which a run rewrites, do not make a checkout dirty.
+    """
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                 ":(exclude,top)benchmarks/results"], cwd=path, capture_output=True, text=True, timeout=10,
+                                check=True)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
 #: The command recorded in results files, set by the runner (:func:`set_command`).
 _COMMAND: str | None = None
 

@@ -3,13 +3,20 @@
 A location is a local path, a ``file://`` URL, or any URL fsspec knows (``http(s)://``,
 ``s3://``, ``gs://``, ``az://``, ...). :func:`open_object` returns a :class:`StorageObject`
 for it: :class:`LocalObject` (positioned reads on a file descriptor) or :class:`RemoteObject`
-(ranged requests through fsspec, retried with exponential backoff and jitter). Readers use
-only the interface (``size``, ``etag``, ``read``), so the scheduler that fetches kept runs
+(ranged requests, retried with exponential backoff and jitter). Readers use only the
+interface (``size``, ``etag``, ``read``, ``submit``), so the scheduler that fetches kept runs
 concurrently drives local files and object stores alike.
+
+A remote object's ranged reads and metadata go through the lean client
+(:mod:`streamprune.rangeclient`: HTTP(S) and S3 on one event loop thread per process, so
+:meth:`StorageObject.submit` starts a read without taking a thread) wherever it can; other
+schemes (``gs://``, ``az://``, ...), ``storage_options`` it cannot map, and whole-object
+operations (``read_bytes``, ``write_bytes``, ``put_file``, ``exists``, ``remove``) use fsspec.
 
 Credentials and endpoints come from each backend's standard configuration (for S3: the AWS
 environment variables, ``AWS_ENDPOINT_URL`` included, and ``~/.aws`` files), plus
-``storage_options`` (passed to the fsspec filesystem). Nothing here writes them anywhere.
+``storage_options`` (mapped by the lean client, else passed to the fsspec filesystem). Nothing
+here writes them anywhere, and messages name URLs without passwords or signatures.
 
 fsspec and its backends are the optional ``remote`` extra: they are imported only when a URL
 is used, and a missing extra is one :class:`~streamprune.optional.MissingExtraError` naming
@@ -20,6 +27,7 @@ This module is low in the layers: it knows nothing of manifests, indexes or read
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import contextlib
 import hashlib
@@ -34,6 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from . import rangeclient
 from .atomic import atomic_write_bytes
 from .errors import IndexMismatchError, StreamPruneError
 from .optional import MissingExtraError, require_extra
@@ -275,18 +284,19 @@ class StorageObject:
         """The store's version marker (ETag, generation), or ``""`` where it has none."""
         return ""
 
+    #: Whether :meth:`submit` runs reads without the executor it is given (on the lean client's event loop).
+    native_async: bool = False
+
     def read(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)``; exactly ``end - start`` of them, or an error."""
         raise NotImplementedError
 
-    #: Whether :meth:`submit` runs requests on the object's own client rather than on the executor.
-    native_async: bool = False
-
     def submit(self, start: int, end: int, executor: cf.Executor) -> cf.Future:
-        """Start reading ``[start, end)`` without blocking: a future of exactly those bytes (or :meth:`read`'s error).
+        """Start reading bytes ``[start, end)`` without blocking: a future of exactly ``end - start`` bytes.
 
-        Here the read runs on ``executor`` (local files, blocking clients); a client with its
-        own event loop overrides this and leaves ``executor`` alone.
+        Here (local files, fsspec's remote schemes) the read runs on ``executor``; a
+        :class:`RemoteObject` read by the lean client ignores ``executor`` (:attr:`native_async`).
+        The future raises what :meth:`read` would.
         """
         return executor.submit(self.read, start, end)
 
@@ -331,21 +341,26 @@ class LocalObject(StorageObject):
 
 
 class RemoteObject(StorageObject):
-    """An object behind a URL, read with ranged requests through fsspec, retried when transient.
+    """An object behind a URL, read with ranged requests, retried when transient.
 
-    Safe to share between threads (each read is one independent request) and to pickle (the
-    filesystem is rebuilt in the process that reads: DataLoader workers open their own).
+    HTTP(S) and S3 objects are read by the lean client (:mod:`streamprune.rangeclient`) where
+    it can map ``storage_options`` (:attr:`native_async` is then true); everything else through
+    fsspec. Safe to share between threads (each read is one independent request) and to pickle
+    (clients and filesystems are rebuilt in the process that reads: DataLoader workers open
+    their own, forked or spawned).
 
     After :meth:`expect_etag`, every ranged read is conditional on the object still having that
     ETag, so an object replaced between two reads (mid-epoch) is an :class:`ObjectChangedError`,
-    never bytes of the new object read against the old index. HTTP(S) sends ``If-Match``; S3
-    sends ``IfMatch`` with each ``GetObject`` (through s3fs's ``call_s3``: its ``cat_file`` takes no
-    request parameters). Other backends (``gs://``, ``az://``, ...) read without a precondition:
-    for them only the size and ETag check when the shard is opened applies.
+    never bytes of the new object read against the old index. HTTP(S) and S3 send ``If-Match``
+    (through fsspec, S3 sends ``IfMatch`` with each ``GetObject`` via s3fs's ``call_s3``: its
+    ``cat_file`` takes no request parameters). Other backends (``gs://``, ``az://``, ...) read
+    without a precondition: for them only the size and ETag check when the shard is opened applies.
 
     Args:
         url: The object's URL.
-        storage_options: Passed to the fsspec filesystem (endpoint, credentials profile, ...).
+        storage_options: For the lean client (``headers`` for HTTP; ``key``, ``secret``,
+            ``token``, ``anon``, ``endpoint_url``, ``profile``, ``client_kwargs`` with
+            ``endpoint_url``/``region_name`` for S3) or, any other option, the fsspec filesystem.
         retry: Retry policy for transient failures.
         info: The object's ``fs.info()`` when the caller has it (saves one request).
     """
@@ -361,16 +376,23 @@ class RemoteObject(StorageObject):
         self.requests = 0  # ranged requests sent (retries included), for benchmarks and tests
         self.bytes_read = 0
         self._lock = threading.Lock()
+        self._target: Any = None  # the lean client's Target, or False where fsspec reads the object
+        self._target_pid = -1  # the process it was made in (a forked child makes its own)
+        self._shown = rangeclient.redact(url)  # the URL as messages name it: no password, signature or token
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_fs"] = None
         state["_lock"] = None
+        state["_target"] = None  # holds a credentials source: rebuilt where the object is read
+        state["_target_pid"] = -1
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._target, self._target_pid = None, -1
+        self.__dict__.setdefault("_shown", rangeclient.redact(self.url))  # pickled before the lean client
 
     @property
     def fs(self) -> Any:
@@ -379,10 +401,27 @@ class RemoteObject(StorageObject):
             self._fs, self._path = _filesystem(self.url, self.storage_options)
         return self._fs
 
+    def _lean(self) -> Any:
+        """The lean client's target for this object in this process, or ``None`` (fsspec reads it)."""
+        pid = os.getpid()
+        if self._target_pid != pid:
+            self._target = rangeclient.target_for(self.url, self.storage_options) or False
+            self._target_pid = pid
+        return self._target or None
+
+    @property
+    def native_async(self) -> bool:  # type: ignore[override]  # a class attribute on the base class
+        """Whether :meth:`submit` runs on the lean client's loop (HTTP(S)/S3 with options it maps)."""
+        return self._lean() is not None
+
     def info(self) -> dict:
         """The object's metadata (``size``, ``ETag``, ...), fetched once."""
         if self._info is None:
-            self._info = self._call(lambda: self.fs.info(self._path), None, None)
+            target = self._lean()
+            if target is None:
+                self._info = self._call(lambda: self.fs.info(self._path), None, None)
+            else:
+                self._info = rangeclient.submit(self._retrying(lambda: rangeclient.head(target), None, None)).result()
         return self._info
 
     @property
@@ -404,6 +443,8 @@ class RemoteObject(StorageObject):
     def read(self, start: int, end: int) -> bytes:
         if end <= start:
             return b""
+        if self._lean() is not None:
+            return self.submit(start, end, _NO_EXECUTOR).result()
 
         def fetch() -> bytes:
             with self._lock:
@@ -417,8 +458,33 @@ class RemoteObject(StorageObject):
 
         return self._call(fetch, start, end)
 
+    def submit(self, start: int, end: int, executor: cf.Executor) -> cf.Future:
+        """Start reading ``[start, end)``: on the lean client's loop (``executor`` unused), else on ``executor``."""
+        try:
+            target = self._lean()
+        except Exception as exc:  # noqa: BLE001 - raised by the future, as read() would raise it
+            future: cf.Future = cf.Future()
+            future.set_exception(exc)
+            return future
+        if target is None:
+            return executor.submit(self.read, start, end)
+        if end <= start:
+            future = cf.Future()
+            future.set_result(b"")
+            return future
+
+        async def get() -> bytes:
+            with self._lock:
+                self.requests += 1
+            data = await rangeclient.get_range(target, start, end, self.if_match)
+            with self._lock:
+                self.bytes_read += len(data)
+            return data
+
+        return rangeclient.submit(self._retrying(get, start, end))
+
     def _get(self, start: int, end: int) -> bytes:
-        """One ranged GET of ``[start, end)``, conditional on :attr:`if_match` where the backend can send it."""
+        """One ranged GET of ``[start, end)`` through fsspec, conditional on :attr:`if_match` where the backend can send it."""
         scheme = _SCHEME.match(self.url).group(1).lower()  # type: ignore[union-attr]  # a URL, checked by open_object
         if not self.if_match or scheme not in IF_MATCH_SCHEMES:
             return self.fs.cat_file(self._path, start=start, end=end)
@@ -439,41 +505,87 @@ class RemoteObject(StorageObject):
             body.close()
 
     def _call(self, fn: Callable[[], Any], start: int | None, end: int | None) -> Any:
-        """Run one request, retrying transient failures; a final failure names URL, range and status."""
-        span = f" bytes {start}-{end}" if start is not None else ""
-        last: BaseException | None = None
+        """Run one request through fsspec, retrying transient failures; a final failure names URL, range and status."""
         for attempt in range(1, self.retry.attempts + 1):
             try:
                 if self._fs is None:
                     self.fs  # noqa: B018 - build the filesystem (errors here are not transient)
                 return fn()
-            except (MissingExtraError, RemoteError):
+            except Exception as exc:  # noqa: BLE001 - classified: transient ones are retried
+                final = self._give_up(exc, attempt, start, end)
+                if final is not None:
+                    raise final  # noqa: B904 - _give_up set its cause
+                time.sleep(self._pause(exc, attempt, start))
+        raise AssertionError("unreachable: the last attempt gives up")
+
+    async def _retrying(self, fn: Callable[[], Any], start: int | None, end: int | None) -> Any:
+        """:meth:`_call` on the lean client's loop: ``fn()`` is a coroutine, backoffs do not block the loop."""
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return await fn()
+            except asyncio.CancelledError:
                 raise
-            except FileNotFoundError:
-                raise RemoteError(f"{self.url}: object not found", url=self.url, start=start, end=end, status=404) from None
-            except PermissionError as exc:
-                raise RemoteError(
-                    f"{self.url}: access denied ({exc}); check the credentials and endpoint (AWS_* variables, "
-                    "~/.aws files, or storage_options)", url=self.url, start=start, end=end, status=403,
-                ) from None
-            except Exception as exc:  # noqa: BLE001 - classified below: transient ones are retried
-                last = exc
-                if not _transient(exc) or attempt == self.retry.attempts:
-                    break
-                pause = self.retry.delay(attempt)
-                log.debug("%s%s: %s; retry %d in %.2fs", self.url, span, exc, attempt, pause)
-                time.sleep(pause)
-        status = _status(last) if last is not None else None
+            except Exception as exc:  # noqa: BLE001 - classified: transient ones are retried
+                final = self._give_up(exc, attempt, start, end)
+                if final is not None:
+                    raise final  # noqa: B904 - _give_up set its cause
+                await asyncio.sleep(self._pause(exc, attempt, start))
+        raise AssertionError("unreachable: the last attempt gives up")
+
+    def _pause(self, exc: BaseException, attempt: int, start: int | None) -> float:
+        pause = self.retry.delay(attempt)
+        span = f" bytes {start}-" if start is not None else ""
+        log.debug("%s%s: %s; retry %d in %.2fs", self._shown, span, exc, attempt, pause)
+        return pause
+
+    def _give_up(self, exc: BaseException, attempt: int, start: int | None, end: int | None) -> BaseException | None:
+        """``None`` to retry ``exc`` (transient, attempts left); else the error to raise (its cause set)."""
+        if isinstance(exc, (MissingExtraError, RemoteError)):
+            return exc
+        span = f" bytes {start}-{end}" if start is not None else ""
+        status = _status(exc)
+        lean_status = status if isinstance(exc, rangeclient.HTTPStatusError) else None
+        final: RemoteError
+        if isinstance(exc, FileNotFoundError) or lean_status == 404:
+            final = RemoteError(f"{self._shown}: object not found", url=self.url, start=start, end=end, status=404)
+            return _caused(final, None)
+        if isinstance(exc, PermissionError) or lean_status == 403:
+            final = RemoteError(
+                f"{self._shown}: access denied ({exc}); check the credentials and endpoint (AWS_* variables, "
+                "~/.aws files, or storage_options)", url=self.url, start=start, end=end, status=403,
+            )
+            return _caused(final, None)
+        if _transient(exc) and attempt < self.retry.attempts:
+            return None
         if status == PRECONDITION_FAILED and self.if_match:
-            raise ObjectChangedError(
-                f"{self.url}:{span}: the object no longer has ETag {self.if_match} (412 Precondition Failed): it was "
+            final = ObjectChangedError(
+                f"{self._shown}:{span}: the object no longer has ETag {self.if_match} (412 Precondition Failed): it was "
                 "replaced after indexing; re-run `streamprune index`", url=self.url, start=start, end=end, status=status,
-            ) from last
-        tries = "after retries" if last is not None and _transient(last) else "not retried"
-        raise RemoteError(
-            f"{self.url}:{span} request failed {tries} (last status {status if status is not None else 'none'}: "
-            f"{type(last).__name__}: {last})", url=self.url, start=start, end=end, status=status,
-        ) from last
+            )
+            return _caused(final, exc)
+        tries = "after retries" if _transient(exc) else "not retried"
+        final = RemoteError(
+            f"{self._shown}:{span} request failed {tries} (last status {status if status is not None else 'none'}: "
+            f"{type(exc).__name__}: {exc})", url=self.url, start=start, end=end, status=status,
+        )
+        return _caused(final, exc)
+
+
+class _NoExecutor(cf.Executor):
+    """The executor :meth:`RemoteObject.read` hands its own :meth:`~RemoteObject.submit` when the lean client reads."""
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:  # pragma: no cover - never called
+        raise AssertionError("the lean client runs reads on its own loop")
+
+
+_NO_EXECUTOR = _NoExecutor()
+
+
+def _caused(error: BaseException, cause: BaseException | None) -> BaseException:
+    """``error`` raised ``from cause`` (``None``: no chained traceback)."""
+    error.__cause__ = cause
+    error.__suppress_context__ = True
+    return error
 
 
 def info_etag(info: dict) -> str:

@@ -44,6 +44,7 @@ class FaultProxy:
 
     def __init__(self, upstream_port: int, fail_every: int = 0, drop_every: int = 0, slow_every: int = 0, slow_seconds: float = 0.3):
         self.counts = {"requests": 0, "503": 0, "dropped": 0, "slow": 0}
+        self.sockets: set[socket.socket] = set()  # the clients' connections, closed by stop()
         lock = threading.Lock()
         proxy = self
 
@@ -52,6 +53,11 @@ class FaultProxy:
 
             def log_message(self, *args):  # quiet
                 pass
+
+            def setup(self):
+                super().setup()
+                with lock:
+                    proxy.sockets.add(self.connection)
 
             def _forward(self, method: str) -> None:
                 with lock:
@@ -110,3 +116,8 @@ class FaultProxy:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        # keep-alive connections outlive the listening socket (their handler threads wait for the next
+        # request): close them, so a client's pool never sends a later test's request to this proxy
+        for sock in list(self.sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import shutil
@@ -502,6 +503,7 @@ def test_s3_object_replaced_after_open_fails_its_if_match(dataset, s3):
     samples = iter(PrunedSource(m, fetch=FetchPolicy(depth=1, max_request=1, max_inflight_bytes=1)))
     assert next(samples)["__key__"] == Manifest.load(dataset).index(0).keys[0]  # reads with IfMatch pass
     obj = storage.RemoteObject(url)
+    assert obj.native_async  # the lean client's IfMatch (fsspec's is the fallback)
     obj.expect_etag(obj.etag)
     client.put_object(Bucket="bucket", Key="replaced/shard-000000.tar", Body=data[::-1])  # a new object, same size
     with pytest.raises(ObjectChangedError, match=r"s3://bucket/replaced/shard-000000\.tar.*412"):
@@ -747,3 +749,204 @@ def test_map_style_batch_is_planned_one_request_per_run_of_adjacent_samples(data
     assert got[1] is not got[5]  # a sample asked twice comes back as two dicts
     data = [e for e in nginx.log_entries() if e["uri"].endswith(".tar") and e["method"] == "GET"]
     assert len(data) == 2, data  # shards of 40 samples: 3-7 in shard 0, 60-61 in shard 1
+
+
+# --- the lean client (streamprune.rangeclient): submit, preconditions, fork, signatures --------
+
+
+def _no_executor():
+    class Refusing:
+        def submit(self, *args, **kwargs):
+            raise AssertionError("the lean client must not use the caller's executor")
+
+    return Refusing()
+
+
+def _many_ranges(size, count, seed):
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, size - 1, size=count)
+    lengths = rng.integers(1, 40_000, size=count)
+    ranges = [(int(a), int(min(size, a + n))) for a, n in zip(starts, lengths)]
+    return ranges + [(0, size), (size - 1, size), (0, 1)]
+
+
+@needs_nginx
+def test_submit_many_concurrent_ranges_returns_exactly_the_file_bytes(dataset, nginx):
+    name = "shard-000001.tar"
+    data = open(os.path.join(dataset, name), "rb").read()
+    obj = storage.RemoteObject(nginx.url + "/" + name)
+    assert obj.native_async and obj.size == len(data)
+    obj.expect_etag(obj.etag)  # every read conditional, as a reader sends them
+    ranges = _many_ranges(len(data), 600, seed=3)
+    nginx.clear_log()
+    futures = [obj.submit(a, b, _no_executor()) for a, b in ranges]  # all at once: the client keeps them in flight
+    got = [f.result(120) for f in futures]
+    assert all(isinstance(g, bytes) and g == data[a:b] for g, (a, b) in zip(got, ranges))
+    assert obj.requests == len(ranges) and obj.bytes_read == sum(b - a for a, b in ranges)
+    served = [e for e in nginx.log_entries() if e["uri"] == "/" + name and e["method"] == "GET"]
+    assert len(served) == len(ranges) and {e["status"] for e in served} <= {200, 206}
+    # read() from many threads at once goes the same way
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(lambda r: obj.read(*r), ranges[:100])) == [data[a:b] for a, b in ranges[:100]]
+
+
+def test_s3_submit_many_ranges_and_metadata_equal_fsspec(dataset, s3):
+    name = "shard-000002.tar"
+    data = open(os.path.join(dataset, name), "rb").read()
+    obj = storage.RemoteObject(f"{s3}/{name}")
+    assert obj.native_async
+    fs = obj.fs  # fsspec's view of the same object: the ETag an index recorded through it must still match
+    info = fs.info(obj._path)  # noqa: SLF001 - the path fsspec knows the object by
+    assert obj.size == info["size"] == len(data) and obj.etag == storage.info_etag(info)
+    obj.expect_etag(obj.etag)
+    ranges = _many_ranges(len(data), 60, seed=4)
+    futures = [obj.submit(a, b, _no_executor()) for a, b in ranges]
+    assert [f.result(120) for f in futures] == [data[a:b] for a, b in ranges]
+
+
+@needs_nginx
+def test_http_metadata_equals_fsspec(dataset, nginx):
+    obj = storage.RemoteObject(nginx.url + "/shard-000000.tar")
+    info = obj.fs.info(obj._path)  # noqa: SLF001 - the path fsspec knows the object by
+    assert obj.native_async and obj.size == info["size"] and obj.etag == storage.info_etag(info)
+
+
+@needs_nginx
+def test_submit_if_match_412_is_object_changed_not_retried(dataset, tmp_path):
+    from streamprune.storage import ObjectChangedError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    server = Nginx(str(copy), str(tmp_path / "ng"))
+    try:
+        obj = storage.RemoteObject(server.url + "/shard-000002.tar")
+        obj.expect_etag(obj.etag)
+        assert obj.submit(0, 512, _no_executor()).result() == (copy / "shard-000002.tar").read_bytes()[:512]
+        os.utime(copy / "shard-000002.tar", (2_000_000_000, 2_000_000_000))  # a new ETag
+        server.clear_log()
+        before = obj.requests
+        with pytest.raises(ObjectChangedError, match=r"shard-000002\.tar: bytes 512-1024: .*412 Precondition Failed"):
+            obj.submit(512, 1024, _no_executor()).result()
+        assert obj.requests == before + 1
+        assert [e["status"] for e in server.log_entries()] == [412]
+    finally:
+        server.stop()
+
+
+def test_s3_submit_if_match_412_is_object_changed(dataset, s3):
+    import boto3
+
+    from streamprune.storage import ObjectChangedError
+
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    data = open(os.path.join(dataset, "shard-000003.tar"), "rb").read()
+    client.put_object(Bucket="bucket", Key="lean/replaced.tar", Body=data)
+    obj = storage.RemoteObject("s3://bucket/lean/replaced.tar")
+    assert obj.native_async
+    obj.expect_etag(obj.etag)
+    assert obj.submit(100, 600, _no_executor()).result() == data[100:600]
+    client.put_object(Bucket="bucket", Key="lean/replaced.tar", Body=data[::-1])
+    with pytest.raises(ObjectChangedError, match=r"s3://bucket/lean/replaced\.tar: bytes 0-512: .*412"):
+        obj.submit(0, 512, _no_executor()).result()
+    assert obj.requests == 2
+
+
+def test_s3_signatures_are_checked_and_secrets_stay_out_of_messages(dataset, s3, caplog):
+    import logging
+
+    import boto3
+    from moto import settings
+
+    iam = boto3.client("iam", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    iam.create_user(UserName="lean-reader")
+    iam.put_user_policy(UserName="lean-reader", PolicyName="read",
+                        PolicyDocument='{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}')
+    key = iam.create_access_key(UserName="lean-reader")["AccessKey"]
+    data = open(os.path.join(dataset, "shard-000000.tar"), "rb").read()
+    saved = settings.INITIAL_NO_AUTH_ACTION_COUNT
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # moto checks every signature from now on
+    try:
+        good = {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+        obj = storage.RemoteObject(f"{s3}/shard-000000.tar", good)
+        assert obj.native_async and obj.size == len(data)
+        assert obj.read(1000, 3000) == data[1000:3000]
+        caplog.set_level(logging.DEBUG)
+        wrong = {"key": key["AccessKeyId"], "secret": "not-the-secret-" + key["SecretAccessKey"][:8]}
+        obj = storage.RemoteObject(f"{s3}/shard-000000.tar", wrong, retry=RetryPolicy(attempts=2, base_delay=0.01))
+        with pytest.raises(RemoteError, match=r"access denied \(HTTP 403 .*SignatureDoesNotMatch.*check the credentials") as info:
+            obj.read(0, 100)
+        text = str(info.value) + "\n".join(r.getMessage() for r in caplog.records)
+        for secret in (key["SecretAccessKey"], wrong["secret"]):
+            assert secret not in text
+    finally:
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = saved
+
+
+def _child_reads(obj, ranges, data, queue):
+    try:
+        got = [obj.submit(a, b, _no_executor()) for a, b in ranges]
+        queue.put(all(f.result(60) == data[a:b] for f, (a, b) in zip(got, ranges)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+        queue.put(repr(exc))
+
+
+@needs_nginx
+def test_forked_child_reads_while_the_parent_keeps_reading(dataset, nginx):
+    import multiprocessing
+    import threading
+    import time
+
+    name = "shard-000003.tar"
+    data = open(os.path.join(dataset, name), "rb").read()
+    obj = storage.RemoteObject(nginx.url + "/" + name)
+    ranges = _many_ranges(len(data), 200, seed=5)
+    assert [f.result() for f in [obj.submit(a, b, None) for a, b in ranges]] == [data[a:b] for a, b in ranges]
+    stop, errors, rounds = threading.Event(), [], [0]
+
+    def parent_reads():
+        while not stop.is_set():
+            futures = [obj.submit(a, b, None) for a, b in ranges[:64]]
+            if [f.result(60) for f in futures] != [data[a:b] for a, b in ranges[:64]]:
+                errors.append("wrong bytes in the parent")
+            rounds[0] += 1
+
+    reader = threading.Thread(target=parent_reads, daemon=True)
+    reader.start()
+    ctx = multiprocessing.get_context("fork")
+    try:
+        for _ in range(3):  # children forked while the parent's connections are busy; each exits, closing its copies
+            queue = ctx.Queue()
+            child = ctx.Process(target=_child_reads, args=(obj, ranges, data, queue))
+            child.start()
+            assert queue.get(timeout=120) is True
+            child.join(60)
+            assert child.exitcode == 0
+        seen = rounds[0]
+        deadline = time.monotonic() + 30
+        while rounds[0] < seen + 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rounds[0] >= seen + 3, "the parent stopped reading after its children exited"
+    finally:
+        stop.set()
+        reader.join(60)
+    assert not errors and not reader.is_alive()
+
+
+@needs_nginx
+def test_pickled_remote_object_reads_in_a_spawned_process(dataset, nginx):
+    import multiprocessing
+    import pickle
+
+    name = "shard-000000.tar"
+    data = open(os.path.join(dataset, name), "rb").read()
+    obj = storage.RemoteObject(nginx.url + "/" + name)
+    obj.expect_etag(obj.etag)
+    assert obj.read(0, 10) == data[:10]
+    copy = pickle.loads(pickle.dumps(obj))
+    assert copy.read(10, 20) == data[10:20] and copy.if_match == obj.if_match
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_reads, args=(obj, [(0, 512), (100, 9000)], data, queue))
+    child.start()
+    assert queue.get(timeout=120) is True
+    child.join(60)
