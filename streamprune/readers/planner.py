@@ -30,15 +30,15 @@ as the model is right. It holds for reads in archive order (the readers' default
 pruned or not. The model starts from defaults (or the user's values) and is calibrated
 from the first requests' timings (:class:`Calibrator`).
 
-Worked example (defaults: 30 ms, 100 MB/s per connection, 64 in flight, 0.25 ms and 0.67 ns/byte
-of client CPU): a 256 MB shard of 120 KB samples read whole takes 128 requests of 2 MiB:
-``t_net = (128*0.03 + 256e6/1e8)/64 = 0.10 s``, ``t_cpu = 0.03 + 0.17 = 0.20 s``: 0.20 s,
-CPU-bound. At r = 0.8 with a scattered mask (~430 kept samples, ~350 kept runs): one request
-per run is ``t_net = (350*0.03 + 52e6/1e8)/64 = 0.17 s``, ``t_cpu = 0.09 + 0.035 = 0.12 s``:
-0.17 s, latency-bound; merging the smallest gaps trades requests for bytes until the terms
-meet (about 0.14 s here), so the predicted speed-up is ~1.4x, not 5x: with this client and
-latency, requests, not bytes, bound a scattered epoch. ``streamprune inspect --plan`` prints
-these figures for a real manifest and mask.
+Worked example (defaults: 30 ms, 100 MB/s per connection, 0.3 ms and 2 ns/byte of client CPU,
+adaptive depth): a 256 MB shard of 120 KB samples read whole takes 126 requests of 2 MiB with
+12 in flight: ``t_net = (126*0.03 + 256e6/1e8)/12 = 0.53 s``, ``t_cpu = 0.04 + 0.51 = 0.55 s``:
+0.55 s, CPU-bound (receiving bytes). At r = 0.8 with a scattered mask (426 kept samples in 345
+runs), one request per run with 53 in flight is ``t_net = (345*0.03 + 51e6/1e8)/53 = 0.21 s``,
+``t_cpu = 0.10 + 0.10 = 0.21 s``; merging the 75 smallest gaps (270 requests, 60 MB) gives
+0.20 s: a predicted speed-up of 2.7x, not 5x, because requests, not bytes, bound a scattered
+epoch with this client and latency. ``streamprune inspect --plan`` prints these figures for a
+real manifest and mask.
 """
 
 from __future__ import annotations
@@ -70,8 +70,12 @@ class StoreModel:
         latency: Seconds to first byte of one request.
         conn_bandwidth: Bytes/s of one connection (one request's transfer).
         total_bandwidth: Bytes/s of all connections together (the link or the store's limit).
-        cpu_per_request: Seconds of client CPU per request (sending, parsing, scheduling).
-        cpu_per_byte: Seconds of client CPU per byte fetched (receiving, copying, checksums).
+        cpu_per_request: Seconds of client CPU per request (sending, parsing, scheduling); the
+            default is what the lean client measured on this project's 2-core machine
+            (``python -m benchmarks.remote_clients``: 0.31-0.40 ms at 120 KB).
+        cpu_per_byte: Seconds of client CPU per byte fetched (receiving, copying, checksums,
+            slicing samples; measured 2.5-3.6 ns/byte for 2 MiB ranges from nginx throttled to
+            100 MB/s per connection, which sends small packets; less on an unthrottled link).
         price_per_1000_requests: Dollars per 1,000 GETs.
         price_per_gb: Dollars per GB retrieved (beyond ``free_bytes_per_request`` of each request).
         free_bytes_per_request: Bytes of each request not billed per GB (S3 Express One Zone
@@ -81,8 +85,8 @@ class StoreModel:
     latency: float = 0.03
     conn_bandwidth: float = 100e6
     total_bandwidth: float = 1.25e9
-    cpu_per_request: float = 250e-6
-    cpu_per_byte: float = 1.5e-9
+    cpu_per_request: float = 300e-6
+    cpu_per_byte: float = 2e-9
     price_per_1000_requests: float = 0.0
     price_per_gb: float = 0.0
     free_bytes_per_request: int = 0
