@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .. import storage
-from ..errors import ChecksumError, IndexMismatchError, ManifestError, TarFormatError
+from ..errors import ChecksumError, IndexMismatchError, ManifestError, TarFormatError, redact
 from ..indexfile import object_marker
 from ..shardindex import MemberTable, ShardIndex, checksum_hasher
 from ..tarindex import BLOCK, split_key_ext, walk_headers
@@ -246,7 +246,8 @@ class ShardFile:
                 "rewritten or replaced after indexing (re-run `streamprune index`)"
             )
         marker = object_marker(index)
-        etag = obj.etag if marker.get("etag") and marker.get("url") == obj.url else ""
+        # the index records the URL redacted (indexfile never writes credentials)
+        etag = obj.etag if marker.get("etag") and marker.get("url") == redact(obj.url) else ""
         if etag and etag != marker["etag"]:
             obj.close()
             raise IndexMismatchError(
@@ -381,7 +382,7 @@ def _resolve_verify(path: str, index: ShardIndex, verify: bool | None) -> bool:
     if verify is None:
         verify = default_verify(path)
         if verify and index.checksums is None:
-            log.debug("%s: its index has no checksums; samples are read unverified", path)
+            log.debug("%s: its index has no checksums; samples are read unverified", redact(path))
             return False
     if not verify:
         return False

@@ -50,6 +50,8 @@ class PrunedMapDataset(Dataset):
         storage_options: fsspec options for remote manifests, masks and shards.
         fetch_depth: Requests in flight when the DataLoader asks for a batch of remote samples
             at once (``__getitems__``).
+        allow_foreign_locations: Accept a manifest from a URL naming files outside its prefix
+            and ``base`` (as ``PrunedSource``).
     """
 
     def __init__(
@@ -62,8 +64,9 @@ class PrunedMapDataset(Dataset):
         base: str | os.PathLike | None = None,
         storage_options: dict | None = None,
         fetch_depth: int = 8,
+        allow_foreign_locations: bool = False,
     ) -> None:
-        self.manifest = require_tar(open_manifest(manifest, base, storage_options))
+        self.manifest = require_tar(open_manifest(manifest, base, storage_options, allow_foreign_locations))
         self.mask = open_mask(remote_mask(mask, self.manifest.storage_options), self.manifest)
         self.fetch_depth = fetch_depth
         self.kept_global = _kept_global(self.manifest, self.mask)
