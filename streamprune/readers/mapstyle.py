@@ -91,14 +91,10 @@ class PrunedMapDataset(Dataset):
             if len(self._files) >= self.max_open_files:
                 oldest = next(iter(self._files))
                 self._files.pop(oldest).close()
-            path = self.manifest.shard_path(k)
-            if storage.is_remote(path):
-                obj = storage.open_object(path, self.manifest.storage_options)
-                shard = ShardFile.from_storage(obj, self.manifest.index(k), verify=self.verify)
-            else:
-                # read-ahead off (POSIX_FADV_RANDOM): with it on, a cold read of one kept sample also
-                # read the pruned samples after it (0.83 of the shards' bytes at r=0.8, not 0.2)
-                shard = ShardFile(path, self.manifest.index(k), fadvise=True, verify=self.verify)
+            # local files: read-ahead off (POSIX_FADV_RANDOM): with it on, a cold read of one kept sample
+            # also read the pruned samples after it (0.83 of the shards' bytes at r=0.8, not 0.2)
+            shard = ShardFile(self.manifest.shard_path(k), self.manifest.index(k), fadvise=True, verify=self.verify,
+                              storage_options=self.manifest.storage_options)
             self._files[k] = shard
         return shard
 

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from ..shardindex import ShardIndex
-from .byterange import ShardFile
+from .byterange import ShardFile, samples_from_buffer
 
 __all__ = [
     "FetchPolicy", "ShardRead", "plan_fetches", "read_shards_scheduled",
@@ -283,16 +283,4 @@ def read_shards_scheduled(reads: Iterable[ShardRead], policy: FetchPolicy = DEFA
 
 def _samples(opened: _Opened, a: int, b: int, lo: int, data: bytes) -> Iterator[dict]:
     """The samples ``positions[a:b]`` of one fetched request (its bytes start at shard offset ``lo``)."""
-    shard, positions, url = opened.shard, opened.positions, opened.url
-    index = shard.index
-    keys, members, verify = index.keys, index.members, shard.verify
-    view = memoryview(data)
-    shard.check_sample(positions[a], view)
-    for pos in positions[a:b]:
-        sample = {"__key__": keys[pos], "__url__": url}
-        group = members[pos]
-        for ext, offset, size in group:
-            sample[ext] = bytes(view[offset - lo : offset - lo + size])
-        if verify:
-            shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
-        yield sample
+    return samples_from_buffer(opened.shard, opened.positions, a, b, lo, data, opened.url)

@@ -1,0 +1,189 @@
+"""Warm local reads through the reader core, measured for two source trees side by side.
+
+Not a registered suite (no targets, no report section): the before/after check behind a change
+to the local read path (``streamprune.readers.byterange``: ``read_runs``, ``read_sample``,
+the scheduler's per-request slicing), which was tuned for per-sample Python work (see
+benchmarks/README.md, "per-sample work out of read_runs"). Each tree is a checkout of
+streamprune (``--tree NAME=PATH``); every round runs each tree once, in a fresh interpreter
+with ``PYTHONPATH=PATH``, in shuffled order, so both see the same machine load.
+
+One run reads, in this process, warm (every file read once first; one untimed epoch of each
+reader before its timed one):
+
+  iterable   ``PrunedSource(manifest, mask)`` iterated (``read_runs``);
+  iterable4  ``PrunedSource(manifest, mask, io_depth=4)`` (the scheduler on local files);
+  map        ``PrunedMapDataset(manifest, mask).__getitems__`` on consecutive batches of 64
+             kept indices (``read_sample``);
+
+over two datasets: ``jpeg``, ``--jpeg-mb`` MiB of ~120 KB synthetic JPEG samples
+(``benchmarks.common.make_jpeg_shards``: members of that size are read one by one into their
+values), and ``small``, ``--small-mb`` MiB of 6-10 KB samples (coalesced runs, sliced), each at
+``r = 0`` and ``r = 0.8`` (``random_mask(..., level="sample", seed=1)``). Every bytes value's
+length is touched. Times: wall and CPU (``time.process_time``: less sensitive to other jobs
+on a shared machine) of one epoch; results are the median over ``--repeats`` rounds.
+
+Run:  python -m benchmarks.reader_core_measure --tree before=/tmp/old-checkout --tree after=. [--repeats 5]
+Results: ``benchmarks/results/reader_core.json`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "measure"]
+
+READERS = ("iterable", "iterable4", "map")
+RATIOS = (0.0, 0.8)
+
+
+def _small_samples(n: int, seed: int = 0):
+    """``n`` samples of 6-10 KB random bytes with a label, deterministic."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        size = int(rng.integers(6000, 10000))
+        yield f"s{i:08d}", {"bin": rng.integers(0, 256, size=size, dtype=np.uint8).tobytes()}, i % 10
+
+
+def make_small_shards(out_dir: str, total_mb: float) -> str:
+    """Write (or reuse) ``total_mb`` MiB of small samples in ``out_dir``; returns ``out_dir``."""
+    # heavy import, deferred: writers load PIL and numba; the parent builds data, workers only read
+    from streamprune.writers import write_shards
+
+    marker = os.path.join(out_dir, "bench_meta.json")
+    params = {"total_mb": total_mb, "kind": "small-v1"}
+    if os.path.exists(marker) and json.load(open(marker)).get("params") == params:
+        return out_dir
+    n = int(total_mb * 2**20 / (8000 + 1536))
+    write_shards(list(_small_samples(n)), out_dir, samples_per_shard=2000, shuffle=False, progress=False,
+                 class_names=[str(c) for c in range(10)])
+    with open(marker, "w") as fh:
+        json.dump({"params": params, "samples": n}, fh)
+    return out_dir
+
+
+def _touch(sample: dict) -> int:
+    return sum(len(v) for k, v in sample.items() if not k.startswith("__"))
+
+
+def measure(datasets: dict[str, str]) -> list[dict[str, Any]]:
+    """One warm epoch per (dataset, ratio, reader) with the streamprune on ``sys.path``; rows of times."""
+    # imported here: this runs in a worker interpreter whose PYTHONPATH picks the tree measured
+    from streamprune.manifest import Manifest
+    from streamprune.masks import random_mask
+    from streamprune.readers.mapstyle import PrunedMapDataset
+    from streamprune.readers.webdataset import PrunedSource
+
+    rows = []
+    for name, path in datasets.items():
+        manifest = Manifest.load(path)
+        for k in range(len(manifest.shards)):  # warm: every shard and index file in the page cache
+            for f in (manifest.shard_path(k), manifest.resolve(manifest.shards[k].index)):
+                with open(f, "rb") as fh:
+                    while fh.read(8 << 20):
+                        pass
+        for ratio in RATIOS:
+            mask = random_mask(manifest, ratio, level="sample", seed=1)
+            for reader in READERS:
+                if reader == "map":
+                    ds = PrunedMapDataset(path, mask)
+
+                    def epoch(ds=ds):
+                        total = n = 0
+                        for start in range(0, len(ds), 64):
+                            for s in ds.__getitems__(list(range(start, min(len(ds), start + 64)))):
+                                total += _touch(s)
+                                n += 1
+                        return n, total
+                else:
+                    src = PrunedSource(path, mask, io_depth=4 if reader == "iterable4" else 1)
+
+                    def epoch(src=src):
+                        total = n = 0
+                        for s in src:
+                            total += _touch(s)
+                            n += 1
+                        return n, total
+
+                epoch()  # untimed: indexes loaded, shards opened once
+                w0, c0 = time.perf_counter(), time.process_time()
+                n, total = epoch()
+                rows.append({"dataset": name, "ratio": ratio, "reader": reader, "samples": n, "bytes": total,
+                             "wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0})
+    return rows
+
+
+def _commit(tree: str) -> str:
+    """``git rev-parse HEAD`` of ``tree`` (``+dirty`` with uncommitted changes), or ``"unknown"``."""
+    try:
+        head = subprocess.run(["git", "-C", tree, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", tree, "status", "--porcelain", "streamprune"], capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        meta = os.path.join(tree, "COMMIT")  # an exported tree (git archive) records it here
+        return open(meta).read().strip() if os.path.exists(meta) else "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the rounds and write the results (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reader_core_measure", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tree", action="append", default=[], help="NAME=PATH of a streamprune checkout (repeatable)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--jpeg-mb", type=float, default=256)
+    parser.add_argument("--small-mb", type=float, default=64)
+    parser.add_argument("--data", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "streamprune-reader-core"))
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "reader_core.json"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON {name: dataset dir}: measure once, print rows
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(json.loads(args.worker))))
+        return {}
+    # deferred: the worker mode above must not import this tree's streamprune
+    from . import common
+
+    trees = dict(t.split("=", 1) for t in args.tree) or {"this": os.getcwd()}
+    manifest = common.make_jpeg_shards(os.path.join(args.data, "jpeg"), args.jpeg_mb, log=lambda *a: print(*a, file=sys.stderr))
+    datasets = {"jpeg": os.path.dirname(manifest.path), "small": make_small_shards(os.path.join(args.data, "small"), args.small_mb)}
+    script = os.path.abspath(__file__)
+    runs: dict[str, list[list[dict]]] = {name: [] for name in trees}
+    loads = []
+    for round_ in range(args.repeats):
+        order = list(trees)
+        random.Random(round_).shuffle(order)
+        for name in order:
+            env = dict(os.environ, PYTHONPATH=os.path.abspath(trees[name]))
+            out = subprocess.run([sys.executable, script, "--worker", json.dumps(datasets)], env=env, capture_output=True,
+                                 text=True, check=True, cwd=os.path.abspath(trees[name]))
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            loads.append(os.getloadavg())
+            print(f"round {round_ + 1}/{args.repeats}: {name} done", file=sys.stderr)
+    rows = []
+    for name, per_round in runs.items():
+        for j, first in enumerate(per_round[0]):
+            wall = [r[j]["wall_s"] for r in per_round]
+            cpu = [r[j]["cpu_s"] for r in per_round]
+            rows.append({"tree": name, **{k: first[k] for k in ("dataset", "ratio", "reader", "samples", "bytes")},
+                         "wall_s_median": common.median(wall), "cpu_s_median": common.median(cpu),
+                         "wall_s": wall, "cpu_s": cpu})
+    results = {"command": common.command_line(), "setup": vars(args) | {"datasets": datasets},
+               "commits": {name: _commit(path) for name, path in trees.items()}, "machine": common.machine_info(),
+               "loadavg": loads, "rows": rows}
+    common.write_json(args.out, results)
+    for row in rows:
+        print(f"{row['tree']:>8} {row['dataset']:>6} r={row['ratio']:.1f} {row['reader']:>9}: "
+              f"wall {row['wall_s_median'] * 1e3:7.1f} ms  cpu {row['cpu_s_median'] * 1e3:7.1f} ms  ({row['samples']} samples)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
