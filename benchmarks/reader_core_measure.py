@@ -20,7 +20,17 @@ over two datasets: ``jpeg``, ``--jpeg-mb`` MiB of ~120 KB synthetic JPEG samples
 values), and ``small``, ``--small-mb`` MiB of 6-10 KB samples (coalesced runs, sliced), each at
 ``r = 0`` and ``r = 0.8`` (``random_mask(..., level="sample", seed=1)``). Every bytes value's
 length is touched. Times: wall and CPU (``time.process_time``: less sensitive to other jobs
-on a shared machine) of one epoch; results are the median over ``--repeats`` rounds.
+on a shared machine) of one epoch; results are the median (and the minimum) over ``--repeats``
+rounds.
+
+On a machine shared with other jobs, epochs of different interpreters vary by tens of percent
+from one round to the next, more than a change to the per-sample work. So ``micro`` rows
+measure that work in one process: the first tree's ``streamprune/readers/byterange.py`` is
+loaded beside the last tree's (it must import against the last tree's lower modules), and the
+two read the same open shards alternately, ``--micro-repeats`` times, CPU time of each:
+``read_sample`` of every sample, and ``read_runs`` of every sample (``keep 1.0``) and of a
+random fifth (``keep 0.2``, ascending), over every shard of each dataset; the minimum and the
+quartiles are kept (the minimum is the run least disturbed by other jobs).
 
 Run:  python -m benchmarks.reader_core_measure --tree before=/tmp/old-checkout --tree after=. [--repeats 5]
 Results: ``benchmarks/results/reader_core.json`` (``--out``).
@@ -122,6 +132,63 @@ def measure(datasets: dict[str, str]) -> list[dict[str, Any]]:
     return rows
 
 
+def measure_micro(datasets: dict[str, str], baseline_byterange: str, repeats: int) -> list[dict[str, Any]]:
+    """The ``micro`` rows (see the module docstring): baseline vs this interpreter's ``byterange``, alternating."""
+    # imported here: this runs in a worker interpreter whose PYTHONPATH picks the tree measured
+    import gc
+    import importlib.util
+
+    import streamprune.readers.byterange as current
+    from streamprune.manifest import Manifest
+
+    spec = importlib.util.spec_from_file_location("streamprune.readers._baseline_byterange", baseline_byterange)
+    baseline = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = baseline  # type: ignore[union-attr]
+    spec.loader.exec_module(baseline)  # type: ignore[union-attr]
+    modules = {"baseline": baseline, "current": current}
+    rows = []
+    for name, path in datasets.items():
+        manifest = Manifest.load(path)
+        parts = []
+        for k in range(len(manifest.shards)):
+            index = manifest.index(k)
+            n = len(index)
+            fifth = np.sort(np.random.default_rng(k).choice(n, max(1, n // 5), replace=False))
+            parts.append((manifest.shard_path(k), index, np.arange(n), fifth))
+        shards = {key: [mod.ShardFile(p, index) for p, index, _, _ in parts] for key, mod in modules.items()}
+
+        def run(mod, files, work, parts=parts):
+            count = 0
+            for shard, (_, _, everything, fifth) in zip(files, parts):
+                if work == "read_sample":
+                    for pos in range(len(everything)):
+                        count += len(mod.read_sample(shard, pos, "u"))
+                else:
+                    for sample in mod.read_runs(shard, everything if work == "read_runs keep 1.0" else fifth, "u"):
+                        count += len(sample)
+            return count
+
+        for work in ("read_sample", "read_runs keep 1.0", "read_runs keep 0.2"):
+            assert run(baseline, shards["baseline"], work) == run(current, shards["current"], work)
+            times: dict[str, list[float]] = {"baseline": [], "current": []}
+            gc.disable()
+            for _ in range(repeats):
+                for key, mod in modules.items():
+                    c0 = time.process_time()
+                    run(mod, shards[key], work)
+                    times[key].append(time.process_time() - c0)
+            gc.enable()
+            row = {"dataset": name, "work": work}
+            for key, values in times.items():
+                values.sort()
+                row[key] = {"min_s": values[0], "p25_s": values[len(values) // 4], "median_s": values[len(values) // 2]}
+            rows.append(row)
+        for files in shards.values():
+            for shard in files:
+                shard.close()
+    return rows
+
+
 def _commit(tree: str) -> str:
     """``git rev-parse HEAD`` of ``tree`` (``+dirty`` with uncommitted changes), or ``"unknown"``."""
     try:
@@ -143,10 +210,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--small-mb", type=float, default=64)
     parser.add_argument("--data", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "streamprune-reader-core"))
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "reader_core.json"))
+    parser.add_argument("--micro-repeats", type=int, default=60)
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON {name: dataset dir}: measure once, print rows
+    parser.add_argument("--micro-baseline", help=argparse.SUPPRESS)  # with --worker: the micro rows against this byterange.py
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(json.loads(args.worker))))
+        datasets = json.loads(args.worker)
+        rows = measure_micro(datasets, args.micro_baseline, args.micro_repeats) if args.micro_baseline else measure(datasets)
+        print(json.dumps(rows))
         return {}
     # deferred: the worker mode above must not import this tree's streamprune
     from . import common
@@ -175,13 +246,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             rows.append({"tree": name, **{k: first[k] for k in ("dataset", "ratio", "reader", "samples", "bytes")},
                          "wall_s_median": common.median(wall), "cpu_s_median": common.median(cpu),
                          "wall_s": wall, "cpu_s": cpu})
+    micro = []
+    if len(trees) >= 2 and args.micro_repeats > 0:
+        base, last = list(trees.values())[0], list(trees.values())[-1]
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(last))
+        out = subprocess.run([sys.executable, script, "--worker", json.dumps(datasets), "--micro-repeats", str(args.micro_repeats),
+                              "--micro-baseline", os.path.join(os.path.abspath(base), "streamprune", "readers", "byterange.py")],
+                             env=env, capture_output=True, text=True, check=True, cwd=os.path.abspath(last))
+        micro = json.loads(out.stdout.strip().splitlines()[-1])
+        for row in micro:
+            row["current_over_baseline_min"] = row["current"]["min_s"] / row["baseline"]["min_s"]
+            row["current_over_baseline_p25"] = row["current"]["p25_s"] / row["baseline"]["p25_s"]
+        loads.append(os.getloadavg())
     results = {"command": common.command_line(), "setup": vars(args) | {"datasets": datasets},
                "commits": {name: _commit(path) for name, path in trees.items()}, "machine": common.machine_info(),
-               "loadavg": loads, "rows": rows}
+               "loadavg": loads, "rows": rows,
+               "micro": {"baseline": list(trees)[0], "current": list(trees)[-1], "rows": micro}}
     common.write_json(args.out, results)
     for row in rows:
         print(f"{row['tree']:>8} {row['dataset']:>6} r={row['ratio']:.1f} {row['reader']:>9}: "
-              f"wall {row['wall_s_median'] * 1e3:7.1f} ms  cpu {row['cpu_s_median'] * 1e3:7.1f} ms  ({row['samples']} samples)")
+              f"wall {row['wall_s_median'] * 1e3:7.1f} ms (min {min(row['wall_s']) * 1e3:7.1f})  "
+              f"cpu {row['cpu_s_median'] * 1e3:7.1f} ms (min {min(row['cpu_s']) * 1e3:7.1f})  ({row['samples']} samples)")
+    for row in micro:
+        print(f"micro {row['dataset']:>6} {row['work']:>18}: {list(trees)[0]} min {row['baseline']['min_s'] * 1e3:7.2f} ms, "
+              f"{list(trees)[-1]} min {row['current']['min_s'] * 1e3:7.2f} ms: x{row['current_over_baseline_min']:.3f} "
+              f"(p25 x{row['current_over_baseline_p25']:.3f})")
     return results
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -273,7 +273,10 @@ class ShardFile:
         if start < 0:
             start = int(self.index.start[i])
         if offset - start == BLOCK:
-            header = bytes(head[:BLOCK]) if head is not None and len(head) >= BLOCK else self.read_range(start, offset, key)
+            if head is not None and len(head) >= BLOCK:
+                header = bytes(head[:BLOCK])
+            else:  # a short local read fails the compare below, and the walk then names the problem
+                header = os.pread(self.fd, BLOCK, start) if self.fd >= 0 else self.read_range(start, offset, key)
             if _plain_header_matches(header, f"{key}.{ext}", size):
                 return
         member = None
@@ -456,17 +459,12 @@ def read_exact(fd: int, size: int, offset: int, path: str, key: str) -> bytes:
         raise _short_read(path, key, len(data), size, offset)
     return data
 
-class SampleMembers(NamedTuple):
-    """The members of some samples as flat lists: what :func:`samples_from_buffer` slices by.
-
-    Sample ``j`` (the ``j``-th of the positions they were gathered for) has members
-    ``first[j]:first[j + 1]`` of the other lists, in archive order.
-    """
-
-    first: list[int]
-    ext: list[str]
-    offset: list[int]
-    size: list[int]
+#: The members of some samples as flat sequences, ``(first, ext, offset, size)``: what
+#: :func:`samples_from_buffer` slices by. Sample ``j`` (the ``j``-th of the positions they were
+#: gathered for) has members ``first[j]:first[j + 1]`` of the other three, in archive order. A
+#: plain tuple: built per lone sample, where a named tuple's constructor would cost more than the
+#: slicing.
+SampleMembers = tuple[Sequence[int], Sequence[str], Sequence[int], Sequence[int]]
 
 
 #: Up to this many samples, :func:`sample_members` reads the index's member lists; more are gathered with numpy.
@@ -474,7 +472,7 @@ _FEW_SAMPLES = 8
 
 
 def sample_members(index: ShardIndex, positions: Sequence[int] | np.ndarray) -> SampleMembers:
-    """The members of the samples at ``positions`` (in that order), as :class:`SampleMembers`.
+    """The members of the samples at ``positions`` (in that order), as :data:`SampleMembers`.
 
     Many samples are gathered in a few bulk numpy steps (no per-sample tuples or lists, and a
     pruned sample costs nothing); a few (a lone sample, a small request) come from the index's
@@ -488,7 +486,7 @@ def sample_members(index: ShardIndex, positions: Sequence[int] | np.ndarray) -> 
         The members, flat.
     """
     members = index.members
-    if len(positions) <= _FEW_SAMPLES or not isinstance(members, MemberTable):
+    if not isinstance(members, MemberTable):  # lists of tuples (an index parsed from JSON or walked from tar headers)
         first, exts, offsets, sizes = [0], [], [], []
         for pos in (positions.tolist() if isinstance(positions, np.ndarray) else positions):
             for ext, offset, size in members[pos]:
@@ -496,7 +494,17 @@ def sample_members(index: ShardIndex, positions: Sequence[int] | np.ndarray) -> 
                 offsets.append(offset)
                 sizes.append(size)
             first.append(len(exts))
-        return SampleMembers(first, exts, offsets, sizes)
+        return first, exts, offsets, sizes
+    if len(positions) <= _FEW_SAMPLES:
+        rows, ext_col, offset_col, size_col = members.columns()
+        first, exts, offsets, sizes = [0], [], [], []
+        for pos in (positions.tolist() if isinstance(positions, np.ndarray) else positions):
+            a, b = rows[pos], rows[pos + 1]
+            exts += ext_col[a:b]
+            offsets += offset_col[a:b]
+            sizes += size_col[a:b]
+            first.append(len(exts))
+        return first, exts, offsets, sizes
     order = np.asarray(positions, dtype=np.int64)
     row_first, ext_id, offset, size, extensions = members.arrays
     lo = row_first[order]
@@ -506,7 +514,7 @@ def sample_members(index: ShardIndex, positions: Sequence[int] | np.ndarray) -> 
     rows = np.repeat(lo - (ends - count), count) + np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
     first = [0]
     first.extend(ends.tolist())
-    return SampleMembers(first, [extensions[e] for e in ext_id[rows].tolist()], offset[rows].tolist(), size[rows].tolist())
+    return first, [extensions[e] for e in ext_id[rows].tolist()], offset[rows].tolist(), size[rows].tolist()
 
 
 def samples_from_buffer(
@@ -554,10 +562,27 @@ def samples_from_buffer(
         a, b = 0, len(positions)
         members = sample_members(shard.index, positions)
     first, exts, offsets, sizes = members
-    keys = shard.index.keys
     if check_header:
         m0 = first[a]
         shard.check_sample(positions[a], data, lo, (exts[m0], offsets[m0], sizes[m0]) if first[a + 1] > m0 else None)
+    if b - a > 1:
+        return _slice_samples(shard, positions, a, b, first, exts, offsets, sizes, lo, data, url)
+    # A lone sample (most reads of a pruned shard, every map-style read), sliced here: a generator
+    # and another call cost as much as the slicing of a small sample.
+    pos, m0, m1 = positions[a], first[a], first[b]
+    sample = {"__key__": shard.index.keys[pos], "__url__": url}
+    for m in range(m0, m1):
+        rel = offsets[m] - lo
+        sample[exts[m]] = data[rel : rel + sizes[m]]
+    if shard.verify:
+        shard.check_checksum(pos, [sample[exts[m]] for m in range(m0, m1)])
+    return (sample,)
+
+
+def _slice_samples(shard: ShardFile, positions: Sequence[int], a: int, b: int, first: Sequence[int], exts: Sequence[str],
+                   offsets: Sequence[int], sizes: Sequence[int], lo: int, data: bytes, url: str) -> Iterator[dict]:
+    """:func:`samples_from_buffer`'s samples, one at a time (a checksum error comes after the samples before it)."""
+    keys = shard.index.keys
     verify = shard.verify
     for j in range(a, b):
         pos = positions[j]
@@ -702,17 +727,26 @@ def read_sample(shard: ShardFile, pos: int, url: str, direct_member_bytes: int =
     """
     index = shard.index
     key = index.keys[pos]
-    group = index.members[pos]
+    # the sample's member rows, looked up once: (a, b) of the index's own columns when it has them
+    members = index.members
+    if isinstance(members, MemberTable):
+        rows, exts, offsets, sizes = members.columns()
+        first = (rows[pos], rows[pos + 1])
+    else:
+        group = members[pos]
+        exts, offsets, sizes = zip(*group) if group else ((), (), ())
+        first = (0, len(group))
+    m0, m1 = first
     lo = int(index.start[pos])
     hi = int(index.end[pos])
     fd = shard.fd
-    if not group or fd < 0 or hi - lo < direct_member_bytes * len(group):
-        members = SampleMembers([0, len(group)], [m[0] for m in group], [m[1] for m in group], [m[2] for m in group])
-        return next(samples_from_buffer(shard, (pos,), 0, 1, lo, shard.read_range(lo, hi, key), url, members))
-    shard.check_sample(pos, None, lo, group[0])
+    if m0 == m1 or fd < 0 or hi - lo < direct_member_bytes * (m1 - m0):
+        data = read_exact(fd, hi - lo, lo, shard.path, key) if fd >= 0 else shard.read_range(lo, hi, key)
+        return next(iter(samples_from_buffer(shard, (pos,), 0, 1, lo, data, url, (first, exts, offsets, sizes))))
+    shard.check_sample(pos, None, lo, (exts[m0], offsets[m0], sizes[m0]))
     sample: dict = {"__key__": key, "__url__": url}
-    for ext, offset, size in group:
-        sample[ext] = read_exact(fd, size, offset, shard.path, key)
+    for m in range(m0, m1):
+        sample[exts[m]] = read_exact(fd, sizes[m], offsets[m], shard.path, key)
     if shard.verify:
-        shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
+        shard.check_checksum(pos, [sample[exts[m]] for m in range(m0, m1)])
     return sample
