@@ -222,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # deferred: the worker mode above must not import this tree's streamprune
     from . import common
 
+    common.set_command("python -m benchmarks.reader_core_measure", sys.argv[1:] if argv is None else argv)
+
     trees = dict(t.split("=", 1) for t in args.tree) or {"this": os.getcwd()}
     manifest = common.make_jpeg_shards(os.path.join(args.data, "jpeg"), args.jpeg_mb, log=lambda *a: print(*a, file=sys.stderr))
     datasets = {"jpeg": os.path.dirname(manifest.path), "small": make_small_shards(os.path.join(args.data, "small"), args.small_mb)}
