@@ -40,6 +40,8 @@ Results: ``benchmarks/results/reader_core.json`` (``--out``).
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
 import json
 import os
 import random
@@ -140,9 +142,6 @@ def measure(datasets: dict[str, str], epochs: int = 1) -> list[dict[str, Any]]:
 def measure_micro(datasets: dict[str, str], baseline_byterange: str, repeats: int) -> list[dict[str, Any]]:
     """The ``micro`` rows (see the module docstring): baseline vs this interpreter's ``byterange``, alternating."""
     # imported here: this runs in a worker interpreter whose PYTHONPATH picks the tree measured
-    import gc
-    import importlib.util
-
     import streamprune.readers.byterange as current
     from streamprune.manifest import Manifest
 
