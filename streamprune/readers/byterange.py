@@ -550,8 +550,10 @@ def samples_from_buffer(
             them once for many reads; ``None``: gathered here for ``positions[a:b]``.
         check_header: Check the first sample's tar header against the index.
 
-    Yields:
-        ``{"__key__": key, "__url__": url, ext: bytes, ...}``.
+    Returns:
+        The samples in order, ``{"__key__": key, "__url__": url, ext: bytes, ...}``: a tuple
+        for a lone sample, else a generator (so a checksum error is raised after the samples
+        before it have been yielded). The header is checked when this is called.
 
     Raises:
         IndexMismatchError: The first header disagrees with the index.
