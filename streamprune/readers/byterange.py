@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -527,7 +527,7 @@ def samples_from_buffer(
     url: str,
     members: SampleMembers | None = None,
     check_header: bool = True,
-) -> Iterator[dict]:
+) -> Iterable[dict]:
     """The samples ``positions[a:b]`` of one read, sliced out of its bytes: the one buffer-to-sample routine.
 
     Every read of several samples' bytes at once goes through here: a coalesced run
