@@ -43,7 +43,7 @@ def _epoch_list(ctx, param, value):
 @location_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def dynamics(manifest, model, checkpoint, epochs, out, mask_path, batch_size, lr, optimizer, schedule, weight_decay, input_size, workers, device, seed, grand_epochs, el2n_epochs, runs, grad_strategy,
-             base, storage_options, quiet):
+             base, storage_options, allow_foreign_locations, quiet):
     """Finetune on MANIFEST (path or URL) and record every sample's correctness, p_y, margin, loss and EL2N per epoch.
 
     The per-epoch values come from the training forward pass (of the first run); --grand-epochs
@@ -55,7 +55,7 @@ def dynamics(manifest, model, checkpoint, epochs, out, mask_path, batch_size, lr
     from streamprune.dynamics import record_dynamics
 
     r = record_dynamics(
-        open_manifest(manifest, base, storage_options), model, out, epochs=epochs, checkpoint=checkpoint, mask=mask_path, batch_size=batch_size, lr=lr,
+        open_manifest(manifest, base, storage_options, allow_foreign_locations), model, out, epochs=epochs, checkpoint=checkpoint, mask=mask_path, batch_size=batch_size, lr=lr,
         optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, input_size=input_size, workers=workers,
         device=device, seed=seed, grand_epochs=grand_epochs, el2n_epochs=el2n_epochs, runs=runs, grad_strategy=grad_strategy,
         progress=not quiet,

@@ -204,7 +204,8 @@ _ALGEBRA = ("and", "or", "not", "minus")
 @location_options
 @click.option("--out", required=True, type=click.Path(), help="Mask file to write (.spmask).")
 def mask(manifest, operands, use_random, scores_file, ratio, duplicates, level, seed, keys_file, drop_file, key_column, allow_missing, classes,
-         op_and, op_or, op_not, op_minus, source_manifests, selector, gamma, beta, strata, base, storage_options, out):
+         op_and, op_or, op_not, op_minus, source_manifests, selector, gamma, beta, strata, base, storage_options,
+         allow_foreign_locations, out):
     """Make a keep mask for MANIFEST (path or URL): random, from scores, a key list, kept classes, or mask algebra over OPERANDS.
 
     Mask algebra: `streamprune mask MANIFEST --and A.spmask B.spmask [C.spmask ...] --out M.spmask`
@@ -220,7 +221,7 @@ def mask(manifest, operands, use_random, scores_file, ratio, duplicates, level, 
         raise click.UsageError("--duplicates goes with --scores")
     if (use_random or (scores_file and not duplicates)) and ratio is None:
         raise click.UsageError("--ratio is required with --random and --scores (or --duplicates with dedup scores)")
-    m = Manifest.load(manifest, base=base, storage_options=storage_options)
+    m = Manifest.load(manifest, base=base, storage_options=storage_options, allow_foreign_locations=allow_foreign_locations)
     if use_random:
         result = masks.random_mask(m, ratio, level=level, seed=seed)
     elif duplicates:
@@ -259,11 +260,11 @@ def mask(manifest, operands, use_random, scores_file, ratio, duplicates, level, 
 @click.option("--depth", type=int, help="With --plan: requests in flight (default: adaptive, as the reader).")
 @location_options
 def inspect(manifest, mask_path, as_json, export_path, scores_file, uids, show_plan, store_preset, latency, bandwidth, objective, depth,
-            base, storage_options):
+            base, storage_options, allow_foreign_locations):
     """Per-shard and per-class kept counts, bytes to read and expected speed-up (MANIFEST: path or URL); optionally export the kept keys."""
     if (scores_file or uids) and not export_path:
         raise click.UsageError("--scores and --uids go with --export")
-    m = Manifest.load(manifest, base=base, storage_options=storage_options)
+    m = Manifest.load(manifest, base=base, storage_options=storage_options, allow_foreign_locations=allow_foreign_locations)
     mask_file = masks.MaskFile(storage.local_copy(mask_path, storage_options)) if mask_path else None
     info = describe(m, mask_file)
     if show_plan:
@@ -318,13 +319,13 @@ def demo(out, source, ratio, workers, method, train_steps, quiet):
               help="Kept-bytes cache for remote shards: epochs after the first read the kept samples from here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train_surrogate(manifest, model, out, epochs, max_steps, mask_path, batch_size, lr, optimizer, input_size, workers, device, seed,
-                    base, storage_options, cache_dir, quiet):
+                    base, storage_options, allow_foreign_locations, cache_dir, quiet):
     """Train a surrogate classifier on MANIFEST (path or URL; briefly) and write its checkpoint."""
     # Deferred on purpose: training imports torch, which the other commands do not need.
     from streamprune.train import train_surrogate as train
 
     r = train(
-        open_manifest(manifest, base, storage_options), model, out, epochs=epochs, mask=mask_path, max_steps=max_steps, batch_size=batch_size, lr=lr,
+        open_manifest(manifest, base, storage_options, allow_foreign_locations), model, out, epochs=epochs, mask=mask_path, max_steps=max_steps, batch_size=batch_size, lr=lr,
         optimizer=optimizer, input_size=input_size, workers=workers, device=device, seed=seed, progress=not quiet,
         cache_dir=cache_dir,
     )

@@ -171,6 +171,11 @@ def engine_arg(engine: str, ray_address: str | None, workers: int | None = None)
 
 STORAGE_OPTIONS_HELP = "fsspec options for URLs, as a JSON object (credentials otherwise come from the backend's standard configuration)."
 BASE_HELP = "Directory or URL prefix holding the shards, instead of the manifest's directory."
+ALLOW_FOREIGN_LOCATIONS_HELP = (
+    "Let a manifest read from a URL name shards or indexes outside its own prefix and --base (absolute local paths, "
+    "file:// URLs, other hosts, '..' out of the prefix). Refused by default, so a downloaded manifest cannot make "
+    "this command read local files or internal endpoints; give it only for a manifest you trust."
+)
 
 
 def parse_storage_options(ctx: click.Context | None, param: click.Parameter | None, text: str | None) -> dict | None:
@@ -196,6 +201,11 @@ def storage_options_option(fn: Callable) -> Callable:
 
 
 def location_options(fn: Callable) -> Callable:
-    """Add ``--base`` (where the shards of the manifest are) and ``--storage-options`` to a command that opens a manifest."""
+    """Add ``--base`` (where the shards of the manifest are), ``--storage-options`` and ``--allow-foreign-locations`` to a command that opens a manifest.
+
+    The command receives ``base``, ``storage_options`` and ``allow_foreign_locations`` (a bool),
+    the arguments of :func:`streamprune.manifest.open_manifest`.
+    """
+    fn = click.option("--allow-foreign-locations", is_flag=True, help=ALLOW_FOREIGN_LOCATIONS_HELP)(fn)
     fn = storage_options_option(fn)
     return click.option("--base", help=BASE_HELP)(fn)

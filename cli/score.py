@@ -126,7 +126,8 @@ def method_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
 @location_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def score(source_manifest, method, target, target_split, model, checkpoint, ratios, out, selector, gamma, beta, strata,
-          input_size, batch_size, workers, device, seed, engine, ray_address, base, storage_options, quiet, **given):
+          input_size, batch_size, workers, device, seed, engine, ray_address, base, storage_options,
+          allow_foreign_locations, quiet, **given):
     """Score SOURCE_MANIFEST (path or URL) once (for dlc and the training-based scores: the downstream training set being pruned); write OUT/scores.json and a keep mask per ratio."""
     from streamprune.scoring import score_source  # deferred: the scoring methods import torch
 
@@ -134,7 +135,7 @@ def score(source_manifest, method, target, target_split, model, checkpoint, rati
     runner = engine_arg(engine, ray_address)  # local: the in-process pass; ray: one task per shard
     try:
         r = score_source(
-            open_manifest(source_manifest, base, storage_options), method, ratios, out, target=target, target_split=target_split, surrogate=model,
+            open_manifest(source_manifest, base, storage_options, allow_foreign_locations), method, ratios, out, target=target, target_split=target_split, surrogate=model,
             checkpoint=checkpoint, input_size=input_size, batch_size=batch_size, workers=workers, device=device,
             seed=seed, progress=not quiet, selector=selector, selector_options=selector_kwargs(gamma, beta, strata),
             engine=runner, **kwargs,

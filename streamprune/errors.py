@@ -1,12 +1,16 @@
 """Exceptions raised by streamprune.
 
 Every error names the file, shard, sample or argument that is wrong, so a user can act on
-the message alone.
+the message alone, and never the credentials a location may carry: a URL's userinfo
+(``https://user:secret@host/...``) is replaced by ``***`` in every message (:func:`redact`).
 """
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
+    "redact",
     "StreamPruneError",
     "TarFormatError",
     "IndexMismatchError",
@@ -17,11 +21,41 @@ __all__ = [
     "CompressedShardError",
     "ChecksumError",
     "CacheError",
+    "UnsafeLocationError",
 ]
+
+#: A URL's userinfo: what follows ``scheme://`` up to the last ``@`` before the host's end.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the userinfo of every URL in it replaced by ``***``.
+
+    ``https://user:secret@host/ds/x.tar`` becomes ``https://***@host/ds/x.tar``; text without
+    such a URL is returned unchanged. Works on a single URL or on a whole message that quotes
+    several (an HTTP client's error text), so it is the one place credentials are scrubbed from
+    error messages, log lines and the locations written into files.
+
+    Args:
+        text: A URL, a path or any message.
+
+    Returns:
+        The text without credentials.
+    """
+    if "@" not in text:  # the common case, without a regex
+        return text
+    return _USERINFO.sub(r"\g<scheme>***@", text)
 
 
 class StreamPruneError(Exception):
-    """Base class of every error streamprune raises on bad input."""
+    """Base class of every error streamprune raises on bad input.
+
+    Its message never holds credentials: the userinfo of any URL in a string argument is
+    replaced by ``***`` (:func:`redact`) however the message was built.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args), **kwargs)
 
 
 class TarFormatError(StreamPruneError):
@@ -64,7 +98,7 @@ class ChecksumError(StreamPruneError):
 
     def __init__(self, message: str, shard: str = "", key: str = "", start: int = -1, end: int = -1) -> None:
         super().__init__(message)
-        self.shard, self.key, self.start, self.end = shard, key, start, end
+        self.shard, self.key, self.start, self.end = redact(shard), key, start, end
 
     def __reduce__(self):
         # keep the attributes when the error crosses a process boundary (DataLoader workers)
@@ -73,3 +107,26 @@ class ChecksumError(StreamPruneError):
 
 class CacheError(StreamPruneError):
     """A kept-bytes cache cannot be used: its directory is not writable, or an argument is wrong."""
+class UnsafeLocationError(ManifestError):
+    """A manifest read from a URL names a file outside its own prefix and the base the user gave.
+
+    A manifest downloaded from a URL may name shards and indexes relative to itself (or to the
+    ``base`` the caller passed), or as URLs on its own host or the base's; an absolute local
+    path, a ``file://`` URL, another host or a ``..`` that climbs out of the prefix is refused,
+    so a downloaded manifest cannot make a training job read local files or internal endpoints
+    into its samples. ``allow_foreign_locations=True`` (``--allow-foreign-locations``) accepts
+    them for a manifest the user trusts.
+
+    Attributes:
+        manifest: The manifest's URL (credentials redacted).
+        entry: The offending name, as the manifest records it.
+        reason: Why it is refused.
+    """
+
+    def __init__(self, message: str, manifest: str = "", entry: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.manifest, self.entry, self.reason = redact(manifest), redact(entry), reason
+
+    def __reduce__(self):
+        # keep the attributes when the error crosses a process boundary (DataLoader workers)
+        return (type(self), (str(self.args[0]) if self.args else "", self.manifest, self.entry, self.reason))

@@ -42,7 +42,6 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import storage
 from .errors import StreamPruneError
 from .manifest import Manifest
 from .masks import KeepMask, Mask, mask_from_bool
@@ -249,8 +248,14 @@ def read_member_data(
 ) -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
     """Read the member data of some samples by byte range (nothing else of the shard is read).
 
-    Shards are local files or URLs (one ranged request per member; ``manifest.base`` and
-    ``manifest.storage_options`` apply).
+    Shards are local files or URLs (``manifest.base`` and ``manifest.storage_options`` apply),
+    opened as the readers open them (:class:`~streamprune.readers.byterange.ShardFile`: size
+    and ETag checked against the index). Whole samples (``extensions=None``) are read as the
+    readers read them: samples adjacent on disk in one read, sliced by
+    :func:`~streamprune.readers.byterange.samples_from_buffer`, so each read's first header is
+    checked and, where the storage's default says so (remote shards), each sample against its
+    checksum. With ``extensions``, only those members are read, one range each: a checksum
+    covers a whole sample, so they are not verified.
 
     Args:
         manifest: The dataset.
@@ -259,20 +264,39 @@ def read_member_data(
 
     Yields:
         ``(position, [(extension, data bytes), ...])`` in archive member order.
+
+    Raises:
+        IndexMismatchError: A shard or a header disagrees with its index.
+        ChecksumError: A remote sample's bytes differ from its checksum.
     """
+    # Deferred on purpose: the readers package loads torch and webdataset, which key lists (the CLI) do not need.
+    from .readers.byterange import ShardFile, plan_runs, samples_from_buffer
+
     wanted = None if extensions is None else set(extensions)
     positions = np.unique(np.asarray(positions, dtype=np.int64))
     offsets = manifest.shard_offsets
     shard_of = np.searchsorted(offsets, positions, side="right") - 1
     for k in np.unique(shard_of).tolist():
-        index = manifest.index(k)
-        with storage.open_object(manifest.shard_path(k), manifest.storage_options) as obj:
-            for pos in positions[shard_of == k].tolist():
-                parts = []
-                for ext, offset, size in index.members[pos - int(offsets[k])]:
-                    if wanted is None or ext in wanted:
-                        parts.append((ext, obj.read(int(offset), int(offset) + int(size))))
-                yield pos, parts
+        path = manifest.shard_path(k)
+        order = positions[shard_of == k] - int(offsets[k])
+        with ShardFile(path, manifest.index(k), fadvise=False, storage_options=manifest.storage_options) as shard:
+            index = shard.index
+            if wanted is not None:
+                for pos in order.tolist():
+                    parts = [(ext, shard.read_range(offset, offset + size, index.keys[pos]))
+                             for ext, offset, size in index.members[pos] if ext in wanted]
+                    yield pos + int(offsets[k]), parts
+                continue
+            local = order.tolist()
+            for a, b in plan_runs(index, order, _MEMBER_RUN_BYTES):
+                lo, hi = int(index.start[local[a]]), int(index.end[local[b - 1]])
+                data = shard.read_range(lo, hi, index.keys[local[a]])
+                for pos, sample in zip(local[a:b], samples_from_buffer(shard, local, a, b, lo, data, path)):
+                    yield pos + int(offsets[k]), [(ext, value) for ext, value in sample.items() if not ext.startswith("__")]
+
+
+#: Largest single read of adjacent whole samples in :func:`read_member_data`.
+_MEMBER_RUN_BYTES = 1 << 20
 
 
 def _uid_from_members(parts: list[tuple[str, bytes]]) -> str:

@@ -21,6 +21,16 @@ against (``Manifest.load(path, base="s3://bucket/prefix")``), so one manifest an
 serve a local copy and a bucket copy; index names keep resolving against the manifest's own
 directory (they travel with it). Samples are numbered globally in manifest order: shard 0's samples first, in
 archive order, then shard 1's, and so on. Masks and scores use this order.
+
+A manifest read from a URL names only its own data: each shard and index name must be
+relative (without a ``..`` that climbs out of the prefix it resolves against) or an absolute
+URL on the manifest's own host or the host of the ``base`` the caller gave (same scheme, host
+and port). An absolute local path, a ``file://`` URL, another host or a climb out of the prefix is an
+:class:`~streamprune.errors.UnsafeLocationError` when the manifest is loaded, unless the
+caller passes ``allow_foreign_locations=True``: a downloaded manifest cannot make a training
+job read local files or internal endpoints into its samples. Manifests read from local files
+are trusted as they are. A manifest URL's credentials (``https://user:secret@host/...``) stay
+in ``root`` (shards are read with them) but never in ``path``, messages or files written.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import copy
 import datetime as _dt
 import hashlib
 import os
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -36,7 +47,7 @@ import numpy as np
 
 from . import storage
 from .atomic import atomic_write_json, file_sha256
-from .errors import DuplicateKeyError, IndexMismatchError, ManifestError
+from .errors import DuplicateKeyError, IndexMismatchError, ManifestError, UnsafeLocationError, redact
 from .indexfile import companion_path, load_index
 from .jsonfile import read_versioned_json
 from .shardindex import ShardIndex
@@ -89,11 +100,14 @@ class Manifest:
         classes: Class names by label id (may be empty for unlabelled data).
         label_ext: Extension of the label member, or ``None``.
         created: ISO creation time.
-        path: File (or URL) the manifest was loaded from, if any.
+        path: File (or URL) the manifest was loaded from, if any (a URL's credentials
+            redacted: this is what messages and the files that record the manifest show).
         base: Where relative shard names resolve, when it is not ``root`` (a copy of the
             shards elsewhere: another directory, a bucket prefix, an HTTP server).
         storage_options: Options for the fsspec filesystem of remote locations (endpoint,
             profile, ...). Kept in memory only: :meth:`save` never writes them.
+        allow_foreign_locations: A manifest loaded from a URL may name shards and indexes
+            outside its prefix and ``base`` (see the module docstring). In memory only.
     """
 
     root: str
@@ -106,9 +120,16 @@ class Manifest:
     _indexes: dict[int, ShardIndex] = field(default_factory=dict, repr=False)
     base: str | None = None
     storage_options: dict | None = field(default=None, repr=False)
+    allow_foreign_locations: bool = field(default=False, repr=False)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, base: str | os.PathLike | None = None, storage_options: dict | None = None) -> "Manifest":
+    def load(
+        cls,
+        path: str | os.PathLike,
+        base: str | os.PathLike | None = None,
+        storage_options: dict | None = None,
+        allow_foreign_locations: bool = False,
+    ) -> "Manifest":
         """Load ``manifest.json`` (or a directory or URL prefix containing one).
 
         Args:
@@ -117,12 +138,17 @@ class Manifest:
                 the manifest's directory (the same shards copied elsewhere).
             storage_options: fsspec options for remote locations (credentials come from each
                 backend's standard configuration otherwise).
+            allow_foreign_locations: Accept a manifest from a URL that names shards or indexes
+                outside its own prefix and ``base`` (local paths, ``file://`` URLs, other
+                hosts, ``..`` out of the prefix). Only for a manifest you trust.
 
         Returns:
             The manifest.
 
         Raises:
             ManifestError: Missing or malformed manifest.
+            UnsafeLocationError: A manifest from a URL names a location outside its prefix
+                and ``base`` (and ``allow_foreign_locations`` is off).
         """
         path = os.fspath(path)
         data = None
@@ -163,11 +189,13 @@ class Manifest:
             classes=list(classes),
             label_ext=label_ext,
             created=created,
-            path=path if remote else os.path.abspath(path),
+            path=redact(path) if remote else os.path.abspath(path),
             class_counts=list(counts),
             base=None if base is None else _base(base),
             storage_options=storage_options,
+            allow_foreign_locations=allow_foreign_locations,
         )
+        manifest.check_locations()
         if manifest.num_samples >= _INT64 or manifest.total_bytes >= _INT64:
             raise ManifestError(f"{path}: shard sample counts or sizes add up to more than 2**63")
         if obj.get("num_samples") != manifest.num_samples:
@@ -240,15 +268,59 @@ class Manifest:
         """Absolute path or URL of shard ``k`` (relative names resolve against ``base`` when set)."""
         return storage.join(self.base if self.base is not None else self.root, self.shards[k].name)
 
-    def with_base(self, base: str | os.PathLike | None, storage_options: dict | None = None) -> "Manifest":
-        """A copy whose relative shard names resolve against ``base`` (``None``: unchanged)."""
+    def with_base(
+        self, base: str | os.PathLike | None, storage_options: dict | None = None, allow_foreign_locations: bool | None = None,
+    ) -> "Manifest":
+        """A copy whose relative shard names resolve against ``base`` (``None``: unchanged).
+
+        Args:
+            base: The new base, or ``None`` to keep the current one.
+            storage_options: New fsspec options, or ``None`` to keep the current ones.
+            allow_foreign_locations: New setting (see :meth:`load`), or ``None`` to keep it.
+
+        Raises:
+            UnsafeLocationError: The manifest came from a URL and names a location outside its
+                prefix and the new base (see :meth:`check_locations`).
+        """
         other = copy.copy(self)
         other._indexes = {}
         if base is not None:
             other.base = _base(base)
         if storage_options is not None:
             other.storage_options = storage_options
+        if allow_foreign_locations is not None:
+            other.allow_foreign_locations = allow_foreign_locations
+        other.check_locations()
         return other
+
+    def check_locations(self) -> None:
+        """Check that a manifest read from a URL names only its own data (see the module docstring).
+
+        Every shard name (resolved against ``base`` when set, else ``root``) and every index
+        name (against ``root``) must be relative without climbing out of that prefix with
+        ``..``, an absolute URL with the scheme, host and port of ``root`` or ``base``, or an
+        absolute path under a local ``base``. A no-op for a manifest read from a local file, or
+        with ``allow_foreign_locations`` set.
+
+        Raises:
+            UnsafeLocationError: Naming the manifest, the entry, and why it is refused.
+        """
+        if self.allow_foreign_locations or self.path is None or not storage.is_remote(self.root):
+            return
+        trusted = [self.root] if self.base is None else [self.root, self.base]
+        shard_base = self.base if self.base is not None else self.root
+        for k, entry in enumerate(self.shards):
+            for what, name, against in (("shard", entry.name, shard_base), ("index", entry.index, self.root)):
+                reason = _foreign(name, against, trusted)
+                if reason is None:
+                    continue
+                where = f"its own location {redact(self.root)}" + (f" or the base given, {redact(self.base)}" if self.base else "")
+                raise UnsafeLocationError(
+                    f"{self.path}: shard entry {k} names the {what} {name!r}, {reason}; a manifest read from a URL may "
+                    f"only name files relative to {where}, or URLs on the same host. Pass allow_foreign_locations=True (command line: "
+                    "--allow-foreign-locations) only if you trust this manifest",
+                    manifest=self.path, entry=name, reason=reason,
+                )
 
     def index(self, k: int, cache: bool = True) -> ShardIndex:
         """Load (and cache) shard ``k``'s index, checked against the manifest.
@@ -355,6 +427,32 @@ def _bad_entry_field(entry: ShardEntry) -> str | None:
     return None
 
 
+def _foreign(name: str, against: str, trusted: list[str]) -> str | None:
+    """Why the location ``name`` (resolved against ``against``) is outside every ``trusted`` prefix, else ``None``."""
+    if storage.is_file_url(name) or not storage.is_remote(name) and os.path.isabs(name):
+        local = name[name.index("://") + 3 :] if storage.is_file_url(name) else name
+        if any(not storage.is_remote(p) and storage.within(local, p) for p in trusted):
+            return None  # under the local base the caller gave
+        return "a file:// URL" if storage.is_file_url(name) else "an absolute local path"
+    if storage.is_remote(name):
+        if _origin(name) in {_origin(p) for p in trusted if storage.is_remote(p)}:
+            return None
+        return "a URL on another host (scheme, host or port differ from the manifest's and the base's)"
+    if storage.within(storage.join(against, name), against):
+        return None
+    return "a relative name that climbs out of its prefix with '..'"
+
+
+def _origin(url: str) -> tuple:
+    """``(scheme, host, port)`` of a URL, its userinfo left out."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number: no host of ours has it
+        port = -1
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
 def _base(base: str | os.PathLike) -> str:
     """A base location as stored: URLs as given (without a trailing slash), paths made absolute."""
     base = os.fspath(base)
@@ -441,20 +539,31 @@ def build_manifest(
 ManifestLike = Union[str, os.PathLike, Manifest]
 
 
-def open_manifest(manifest: ManifestLike, base: str | os.PathLike | None = None, storage_options: dict | None = None) -> Manifest:
+def open_manifest(
+    manifest: ManifestLike,
+    base: str | os.PathLike | None = None,
+    storage_options: dict | None = None,
+    allow_foreign_locations: bool = False,
+) -> Manifest:
     """Return a :class:`Manifest`, loading it when a path or URL (file or its directory) is given.
 
     Args:
         manifest: A loaded manifest, ``manifest.json`` (path or URL), or the directory holding it.
         base: Where relative shard names resolve instead (see :meth:`Manifest.load`).
         storage_options: fsspec options for remote locations.
+        allow_foreign_locations: Accept a manifest from a URL that names files outside its
+            prefix and ``base`` (see :meth:`Manifest.load`); a loaded manifest keeps its own
+            setting unless this is ``True``.
 
     Returns:
         The manifest.
 
     Raises:
         ManifestError: Missing or malformed manifest.
+        UnsafeLocationError: A manifest from a URL names a location outside its prefix and ``base``.
     """
     if isinstance(manifest, Manifest):
-        return manifest if base is None and storage_options is None else manifest.with_base(base, storage_options)
-    return Manifest.load(manifest, base=base, storage_options=storage_options)
+        if base is None and storage_options is None and not allow_foreign_locations:
+            return manifest
+        return manifest.with_base(base, storage_options, True if allow_foreign_locations else None)
+    return Manifest.load(manifest, base=base, storage_options=storage_options, allow_foreign_locations=allow_foreign_locations)

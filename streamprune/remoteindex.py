@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import storage
 from .engine import Engine, ThreadEngine, make_engine
-from .errors import LabelError, ManifestError
+from .errors import LabelError, ManifestError, redact
 from .indexfile import INDEX_SUFFIX, companion_path, save_index
 from .indexing import AUTO_LABELS, DEFAULT_LABEL_EXT
 from .manifest import MANIFEST_NAME, Manifest, build_manifest
@@ -89,8 +89,8 @@ def _index_object(state: None, job: tuple[str, str, str | None, bool, bool, dict
     else:
         view = RangedView(obj.read, size)
         index = index_tar_ranges(view, rel, label_ext=label_ext, require_labels=not auto)
-        log.debug("%s: headers walked in %d ranged reads, %d of %d bytes", url, view.requests, view.bytes_read, size)
-    index.extra["object"] = {"size": size, "etag": etag, "url": url}
+        log.debug("%s: headers walked in %d ranged reads, %d of %d bytes", redact(url), view.requests, view.bytes_read, size)
+    index.extra["object"] = {"size": size, "etag": etag, "url": redact(url)}  # written: never credentials
     return index
 
 
@@ -127,8 +127,10 @@ def index_remote_shards(
 
     Raises:
         ManifestError: No shards, two with one file name, an FFCV ``.beton`` file (those stay
-            local), or an object replaced while it was read
-            (:class:`~streamprune.storage.ObjectChangedError`).
+            local), an object replaced while it was read
+            (:class:`~streamprune.storage.ObjectChangedError`), or a shard URL with credentials
+            (``https://user:secret@...``) that the manifest would record (give them in
+            ``storage_options``).
         LabelError: Some samples have the label member and others do not (``label_ext="auto"``).
         ValueError: ``workers`` below 1.
     """
@@ -153,6 +155,12 @@ def index_remote_shards(
     storage.remove(storage.join(out, MANIFEST_NAME), storage_options)  # incomplete until rewritten
     auto = label_ext == AUTO_LABELS
     rels = [shard_name_under(url, out) if remote_out else url for url in urls]
+    for rel in rels:
+        if redact(rel) != rel:
+            raise ManifestError(
+                f"{rel}: the manifest would record this shard URL with its credentials; give them in storage_options "
+                "(--storage-options) instead of the URL"
+            )
     tasks = [(url, rel, label_ext, checksum, sample_checksums, storage_options) for url, rel in zip(urls, rels)]
     with tempfile.TemporaryDirectory(prefix="streamprune-index-") as tmp:
         local_out = tmp if remote_out else out
@@ -180,7 +188,7 @@ def index_remote_shards(
                     storage.put_file(os.path.join(tmp, name), storage.join(out, name), storage_options)
         storage.put_file(os.path.join(tmp, MANIFEST_NAME), storage.join(out, MANIFEST_NAME), storage_options)
     manifest.root = out.rstrip("/")
-    manifest.path = storage.join(out, MANIFEST_NAME)
+    manifest.path = redact(storage.join(out, MANIFEST_NAME))
     return manifest
 
 

@@ -116,7 +116,12 @@ class MemberTable:
         self._n = len(first) - 1
         self._lists: tuple[list, list, list, list] | None = None
 
-    def _columns(self) -> tuple[list, list, list, list]:
+    def columns(self) -> tuple[list[int], list[str], list[int], list[int]]:
+        """``(first, ext, offset, size)`` as Python lists (extensions, not ids), built on first use and kept.
+
+        For readers that look up a few samples' members by row without building tuples;
+        sample ``i``'s members are rows ``first[i]:first[i + 1]`` (do not modify the lists).
+        """
         # One bulk .tolist() per column on first use: per-sample numpy slicing costs more.
         if self._lists is None:
             first, ext_id, offset, size, extensions = self._arrays
@@ -141,7 +146,7 @@ class MemberTable:
             i += self._n
         if not 0 <= i < self._n:
             raise IndexError(f"sample {i} out of range for {self._n} samples")
-        first, ext, offset, size = self._columns()
+        first, ext, offset, size = self.columns()
         a, b = first[i], first[i + 1]
         return list(zip(ext[a:b], offset[a:b], size[a:b]))
 

@@ -16,7 +16,8 @@ operations (``read_bytes``, ``write_bytes``, ``put_file``, ``exists``, ``remove`
 Credentials and endpoints come from each backend's standard configuration (for S3: the AWS
 environment variables, ``AWS_ENDPOINT_URL`` included, and ``~/.aws`` files), plus
 ``storage_options`` (mapped by the lean client, else passed to the fsspec filesystem). Nothing
-here writes them anywhere, and messages name URLs without passwords or signatures.
+here writes or logs them, and a URL's userinfo, signature or token is redacted in every error
+and log line.
 
 fsspec and its backends are the optional ``remote`` extra: they are imported only when a URL
 is used, and a missing extra is one :class:`~streamprune.optional.MissingExtraError` naming
@@ -33,18 +34,20 @@ import contextlib
 import hashlib
 import logging
 import os
+import posixpath
 import random
 import re
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from . import rangeclient
 from .atomic import atomic_write_bytes
-from .errors import IndexMismatchError, StreamPruneError
+from .errors import IndexMismatchError, StreamPruneError, redact
 from .optional import MissingExtraError, require_extra
 
 __all__ = [
@@ -56,8 +59,10 @@ __all__ = [
     "LocalObject",
     "RemoteObject",
     "is_remote",
+    "is_file_url",
     "local_path",
     "join",
+    "within",
     "parent",
     "basename",
     "open_object",
@@ -90,7 +95,7 @@ class RemoteError(StreamPruneError, OSError):
 
     def __init__(self, message: str, url: str = "", start: int | None = None, end: int | None = None, status: Any = None):
         super().__init__(message)
-        self.url = url
+        self.url = redact(url)
         self.start = start
         self.end = end
         self.status = status
@@ -112,6 +117,12 @@ def is_remote(location: str | os.PathLike) -> bool:
     return m is not None and m.group(1).lower() not in ("file", "local")
 
 
+def is_file_url(location: str | os.PathLike) -> bool:
+    """Whether ``location`` is a ``file://`` (or ``local://``) URL, in any letter case."""
+    m = _SCHEME.match(os.fspath(location))
+    return m is not None and m.group(1).lower() in ("file", "local")
+
+
 def local_path(location: str | os.PathLike) -> str:
     """``location`` as a local path (``file://`` stripped); unchanged for other strings."""
     location = os.fspath(location)
@@ -128,6 +139,44 @@ def join(base: str, name: str) -> str:
     if is_remote(base):
         return base.rstrip("/") + "/" + name.lstrip("/")
     return os.path.join(local_path(base), name)
+
+
+def within(location: str, prefix: str) -> bool:
+    """Whether ``location`` lies under the directory or URL prefix ``prefix`` (or is it).
+
+    URLs compare by scheme, host and port (not the userinfo), then by path after
+    percent-decoding and resolving ``.`` and ``..`` (so ``prefix/a/../../x`` and
+    ``prefix/%2e%2e/x`` are outside); local paths compare as absolute, normalised paths. A
+    URL is never under a local path, nor the reverse.
+
+    Args:
+        location: A resolved path or URL (e.g. :func:`join` of a prefix and a name).
+        prefix: The directory or URL prefix.
+
+    Returns:
+        ``True`` when ``location`` is ``prefix`` or below it.
+    """
+    if is_remote(location) != is_remote(prefix):
+        return False
+    if not is_remote(location):
+        loc = os.path.normpath(os.path.abspath(local_path(location)))
+        pre = os.path.normpath(os.path.abspath(local_path(prefix)))
+        return loc == pre or loc.startswith(pre.rstrip(os.sep) + os.sep)
+    a, b = urllib.parse.urlsplit(location), urllib.parse.urlsplit(prefix)
+    try:
+        same_host = (a.scheme.lower(), (a.hostname or "").lower(), a.port) == (b.scheme.lower(), (b.hostname or "").lower(), b.port)
+    except ValueError:  # a port that is not a number
+        return False
+    if not same_host:
+        return False
+    path, pre = _clean_path(a.path), _clean_path(b.path)
+    return path == pre or path.startswith(pre.rstrip("/") + "/")
+
+
+def _clean_path(path: str) -> str:
+    """A URL path as a server may read it: percent-decoded, backslashes as slashes, dot segments resolved."""
+    path = urllib.parse.unquote(path).replace("\\", "/")
+    return posixpath.normpath("/" + path.lstrip("/"))
 
 
 def parent(location: str) -> str:
@@ -582,7 +631,14 @@ _NO_EXECUTOR = _NoExecutor()
 
 
 def _caused(error: BaseException, cause: BaseException | None) -> BaseException:
-    """``error`` raised ``from cause`` (``None``: no chained traceback)."""
+    """``error`` raised ``from cause`` (``None``: no chained traceback).
+
+    A client library's exception may quote the URL it requested, userinfo included; chained,
+    it would be printed with the traceback. Our own message already says what it said
+    (redacted), so such a cause is dropped.
+    """
+    if cause is not None and redact(str(cause)) != str(cause):
+        cause = None
     error.__cause__ = cause
     error.__suppress_context__ = True
     return error
@@ -632,7 +688,7 @@ def read_bytes(location: str, storage_options: dict | None = None) -> bytes:
         return obj._call(lambda: obj.fs.cat_file(obj._path), None, None)  # noqa: SLF001 - our own class
     except RemoteError as exc:
         if exc.status == 404:
-            raise FileNotFoundError(location) from None
+            raise FileNotFoundError(redact(location)) from None
         raise
 
 

@@ -1,17 +1,21 @@
 """Key lists in and out: text / .npy / parquet, 128-bit uids, missing keys, export, the CLI."""
 
 import json
+import os
+import tarfile
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from streamprune.errors import IndexMismatchError
 from streamprune.keys import (
     MissingKeysError,
     export_keys,
     manifest_uids,
     mask_from_key_list,
     read_key_list,
+    read_member_data,
     uid_hex,
     uid_pair,
 )
@@ -44,6 +48,43 @@ def uid_member(tmp_path, shard_writer):
             members["json"] = json.dumps({"uid": _uid(i)}).encode()
         samples.append((f"k{i:03d}", members, i % 4))
     return shard_writer(samples, tmp_path / "um", samples_per_shard=5, shuffle=False)
+
+
+def _tar_members(manifest):
+    """Every sample's members ``[(ext, bytes), ...]`` by global position, read with tarfile (the reference)."""
+    out = []
+    for k in range(len(manifest.shards)):
+        by_key: dict = {}
+        with tarfile.open(manifest.shard_path(k)) as tar:
+            for info in tar:
+                key, ext = info.name.split(".", 1)
+                by_key.setdefault(key, []).append((ext, tar.extractfile(info).read()))
+        out.extend(by_key[key] for key in manifest.index(k).keys)
+    return out
+
+
+def test_read_member_data_equals_tarfile(uid_member):
+    reference = _tar_members(uid_member)
+    wanted = [11, 0, 3, 4, 5, 9, 3]  # any order, repeats: yielded once each, ascending
+    got = list(read_member_data(uid_member, wanted))
+    assert [pos for pos, _ in got] == sorted(set(wanted))
+    assert all(parts == reference[pos] for pos, parts in got)
+    some = dict(read_member_data(uid_member, range(12), ("uid", "json")))
+    assert some == {pos: [(e, d) for e, d in reference[pos] if e in ("uid", "json")] for pos in range(12)}
+
+
+def test_read_member_data_checks_headers_like_the_readers(uid_member):
+    path = uid_member.shard_path(0)
+    index = uid_member.index(0)
+    start = int(index.start[2])
+    with open(path, "r+b") as fh:  # rename sample 2's first member in its header (same size, new name)
+        fh.seek(start)
+        fh.write(b"x")
+    with pytest.raises(IndexMismatchError, match="does not match the index"):
+        list(read_member_data(uid_member, [2]))
+    os.truncate(path, index.shard_bytes - 512)
+    with pytest.raises(IndexMismatchError, match="bytes but its index describes"):
+        list(read_member_data(uid_member, [0]))
 
 
 def test_uid_hex_round_trip():

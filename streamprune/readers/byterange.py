@@ -22,19 +22,19 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .. import storage
-from ..errors import ChecksumError, IndexMismatchError, ManifestError, TarFormatError
+from ..errors import ChecksumError, IndexMismatchError, ManifestError, TarFormatError, redact
 from ..indexfile import object_marker
 from ..shardindex import MemberTable, ShardIndex, checksum_hasher
 from ..tarindex import BLOCK, split_key_ext, walk_headers
 
 __all__ = [
-    "ShardFile", "ReadAhead", "read_runs", "read_sample", "plan_runs", "run_spans", "default_verify", "read_exact",
-    "READAHEAD_BYTES",
+    "ShardFile", "ReadAhead", "SampleMembers", "sample_members", "samples_from_buffer", "read_runs", "read_sample",
+    "plan_runs", "run_spans", "default_verify", "read_exact", "READAHEAD_BYTES",
 ]
 
 log = logging.getLogger(__name__)
@@ -179,124 +179,112 @@ def default_verify(path: str) -> bool:
 
 
 class ShardFile:
-    """An open shard checked against its index.
+    """An open shard checked against its index: the one way every reader opens a shard.
+
+    The shard is read through a :class:`~streamprune.storage.StorageObject`: a
+    :class:`~streamprune.storage.LocalObject` (positioned reads on its descriptor, ``fd``) or a
+    :class:`~streamprune.storage.RemoteObject` (ranged requests; ``fd`` is ``-1``). Opening it
+    checks, in one place, that the object is what the index describes: its size must equal the
+    index's, and when the index recorded the object's ETag for this same URL (indexed or written
+    remotely) the ETag must match too; every later read is then sent with that ETag as a
+    precondition (HTTP ``If-Match``, S3 ``IfMatch``:
+    :meth:`~streamprune.storage.RemoteObject.expect_etag`).
 
     Args:
-        path: Shard path.
+        source: The shard: a :class:`~streamprune.storage.StorageObject` (the shard takes
+            it over: closing the shard closes it), or a path or URL, opened with
+            :func:`~streamprune.storage.open_object`.
         index: The shard's index.
-        fadvise: Use ``posix_fadvise`` to disable read-ahead and prefetch kept ranges.
+        fadvise: For a local file: use ``posix_fadvise`` to disable read-ahead and prefetch
+            kept ranges. Ignored for a remote object.
         verify: Check every sample read against its checksum in the index. ``None``: the
             storage's default (:func:`default_verify`), skipped quietly when the index has no
             checksums; ``True`` on an index without checksums is an error.
+        storage_options: fsspec options, when ``source`` is a URL.
 
     Raises:
-        IndexMismatchError: The file's size or a member header disagrees with the index.
+        IndexMismatchError: The shard is missing, or its size or ETag differs from what the
+            index recorded (later, on a read: a member header that disagrees, or
+            :class:`~streamprune.storage.ObjectChangedError`, a subclass).
         ManifestError: ``verify=True`` but the index has no checksums, or their algorithm is
             not available here.
     """
 
-    def __init__(self, path: str, index: ShardIndex, fadvise: bool = True, verify: bool | None = None) -> None:
-        self.path = path
-        self.index = index
-        self.storage: storage.StorageObject | None = None
-        self.verify = _resolve_verify(path, index, verify)
-        self._hasher = checksum_hasher(index.checksum_algorithm) if self.verify else None
+    def __init__(self, source: storage.StorageObject | str | os.PathLike, index: ShardIndex, fadvise: bool = True,
+                 verify: bool | None = None, storage_options: dict | None = None) -> None:
+        if isinstance(source, storage.StorageObject):
+            obj = source
+        else:
+            try:
+                obj = storage.open_object(os.fspath(source), storage_options)
+            except FileNotFoundError:
+                raise IndexMismatchError(f"{os.fspath(source)}: shard file is missing") from None
         try:
-            self.fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise IndexMismatchError(f"{path}: shard file is missing") from None
-        size = os.fstat(self.fd).st_size
-        if size != index.shard_bytes:
-            os.close(self.fd)
-            raise IndexMismatchError(
-                f"{path}: shard is {size} bytes but its index describes {index.shard_bytes}; the shard was "
-                "rewritten or replaced after indexing (re-run `streamprune index`)"
-            )
-        self.fadvise = fadvise and _HAS_FADVISE
+            self.path = obj.url
+            self.index = index
+            self.storage = obj
+            self.fd: int = getattr(obj, "fd", -1)
+            self.verify = _resolve_verify(obj.url, index, verify)
+            self._hasher = checksum_hasher(index.checksum_algorithm) if self.verify else None
+            _check_object(obj, index)
+        except BaseException:
+            obj.close()
+            raise
+        self.fadvise = fadvise and _HAS_FADVISE and self.fd >= 0
         if self.fadvise:
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
 
     @classmethod
     def from_storage(cls, obj: storage.StorageObject, index: ShardIndex, verify: bool | None = None) -> "ShardFile":
-        """A shard read through a :class:`~streamprune.storage.StorageObject` (a URL, or a local file).
+        """``ShardFile(obj, index, fadvise=False, verify=verify)``: a shard the scheduler reads on its threads.
 
-        The object's size must equal the index's; when the index recorded the object's ETag for
-        this same URL (indexed or written remotely), the ETag must match too, and every later read
-        is sent with that ETag as a precondition (HTTP ``If-Match``, S3 ``IfMatch``:
-        :meth:`~streamprune.storage.RemoteObject.expect_etag`). Reads go through :meth:`read_range`;
-        ``fd`` is the local descriptor, or ``-1`` for a remote object.
-
-        Raises:
-            IndexMismatchError: The object's size or ETag differs from what the index recorded
-                (later, on a read: :class:`~streamprune.storage.ObjectChangedError`, a subclass).
+        No read-ahead hints: the scheduler keeps its own requests in flight.
         """
-        self = cls.__new__(cls)
-        self.path = obj.url
-        self.index = index
-        self.storage = obj
-        self.fd = getattr(obj, "fd", -1)
-        self.fadvise = False
-        self.verify = _resolve_verify(obj.url, index, verify)
-        self._hasher = checksum_hasher(index.checksum_algorithm) if self.verify else None
-        size = obj.size
-        if size != index.shard_bytes:
-            obj.close()
-            raise IndexMismatchError(
-                f"{obj.url}: object is {size} bytes but its index describes {index.shard_bytes}; the shard was "
-                "rewritten or replaced after indexing (re-run `streamprune index`)"
-            )
-        marker = object_marker(index)
-        etag = obj.etag if marker.get("etag") and marker.get("url") == obj.url else ""
-        if etag and etag != marker["etag"]:
-            obj.close()
-            raise IndexMismatchError(
-                f"{obj.url}: object ETag is {etag} but the index recorded {marker['etag']}: the object was replaced "
-                "after indexing (re-run `streamprune index`)"
-            )
-        if etag:
-            obj.expect_etag(etag)  # and every read must still see that object: one replaced mid-epoch is an error
-        return self
+        return cls(obj, index, fadvise=False, verify=verify)
 
     def read_range(self, start: int, end: int, key: str = "") -> bytes:
         """Bytes ``[start, end)`` of the shard, exactly (a short read is an error naming ``key``)."""
-        if self.storage is not None and self.fd < 0:
+        if self.fd < 0:
             return self.storage.read(start, end)
         return read_exact(self.fd, end - start, start, self.path, key)
 
-    def check_sample(self, i: int, head: bytes | memoryview | None = None) -> None:
-        """Check that the tar headers of sample ``i``'s first member match the index.
+    def check_sample(self, i: int, head: bytes | memoryview | None = None, start: int = -1,
+                     first: tuple[str, int, int] | None = None) -> None:
+        """Check that the tar headers of sample ``i``'s first member match the index: the one header check.
 
-        A plain ustar header (the common case) is compared field by field; anything else (PAX
+        Every read checks its first sample here (a coalesced run, a request, a lone sample). A
+        plain ustar header (the common case) is compared field by field; anything else (PAX
         or GNU long-name headers) is parsed as the indexer parses it (PAX ``path``, GNU long
         names and the ustar name prefix applied), so any valid tar indexed earlier passes.
 
         Args:
             i: Sample position in the shard.
             head: The sample's bytes from its first header on, when the caller has read them
-                already (a coalesced read); otherwise the header is read from the file.
+                already (a coalesced read); otherwise the header is read from the shard.
+            start: The sample's first byte, when the caller has it (``-1``: from the index).
+            first: The sample's first member ``(extension, data offset, size)``, when the caller
+                has it (``None``: from the index).
 
         Raises:
             IndexMismatchError: Naming the shard, sample and what differs.
         """
-        ext, offset, size = _first_member(self.index, i)
+        ext, offset, size = _first_member(self.index, i) if first is None else first
         key = self.index.keys[i]
-        start = int(self.index.start[i])
-        if head is None and self.fd < 0:  # no descriptor (a remote object): fetch the sample once
-            head = self.read_range(start, int(self.index.end[i]), key)
-        if head is not None and offset - start == BLOCK and len(head) >= BLOCK:
-            header = bytes(head[:BLOCK])
-        elif head is None and offset - start == BLOCK:
-            header = read_exact(self.fd, BLOCK, start, self.path, key)
-        else:
-            header = None
-        if header is not None and _plain_header_matches(header, f"{key}.{ext}", size):
-            return
+        if start < 0:
+            start = int(self.index.start[i])
+        if offset - start == BLOCK:
+            if head is not None and len(head) >= BLOCK:
+                header = bytes(head[:BLOCK])
+            else:  # a short local read fails the compare below, and the walk then names the problem
+                header = os.pread(self.fd, BLOCK, start) if self.fd >= 0 else self.read_range(start, offset, key)
+            if _plain_header_matches(header, f"{key}.{ext}", size):
+                return
         member = None
         if 0 <= start <= offset - BLOCK:
-            view = _FileView(self.fd, start) if head is None else _BufferView(head, self.fd, start)
+            view = _ShardView(self, start) if head is None else _BufferView(head, self, start)
             try:
                 member = next(walk_headers(view, self.index.shard_bytes - start, self.path), None)
-            except (TarFormatError, OSError):  # OSError: a walk past the fetched bytes of a remote object
+            except (TarFormatError, OSError):  # OSError: a request for the header bytes failed
                 member = None
         name = member.name if member is not None else None
         stored_size = member.size if member is not None else -1
@@ -345,13 +333,9 @@ class ShardFile:
             os.posix_fadvise(self.fd, start, end - start, os.POSIX_FADV_WILLNEED)
 
     def close(self) -> None:
-        """Close the file descriptor (or the storage object)."""
-        if self.storage is not None:
-            self.storage.close()
-            self.fd = -1
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Close the storage object (and so the local file's descriptor)."""
+        self.storage.close()
+        self.fd = -1
 
     def __enter__(self) -> "ShardFile":
         return self
@@ -376,12 +360,36 @@ def _first_member(index: ShardIndex, i: int) -> tuple[str, int, int]:
     return extensions[int(ext_id[row])], int(offset[row]), int(size[row])
 
 
+def _check_object(obj: storage.StorageObject, index: ShardIndex) -> None:
+    """Check that ``obj`` is the shard ``index`` describes: its size, and its ETag where the index recorded one.
+
+    Raises:
+        IndexMismatchError: Naming the shard and what differs.
+    """
+    size = obj.size
+    if size != index.shard_bytes:
+        raise IndexMismatchError(
+            f"{obj.url}: shard is {size} bytes but its index describes {index.shard_bytes}; the shard was "
+            "rewritten or replaced after indexing (re-run `streamprune index`)"
+        )
+    marker = object_marker(index)
+    # the index records the URL redacted (indexfile never writes credentials)
+    etag = obj.etag if marker.get("etag") and marker.get("url") == redact(obj.url) else ""
+    if etag and etag != marker["etag"]:
+        raise IndexMismatchError(
+            f"{obj.url}: object ETag is {etag} but the index recorded {marker['etag']}: the object was replaced "
+            "after indexing (re-run `streamprune index`)"
+        )
+    if etag:
+        obj.expect_etag(etag)  # and every read must still see that object: one replaced mid-epoch is an error
+
+
 def _resolve_verify(path: str, index: ShardIndex, verify: bool | None) -> bool:
     """``verify`` made definite for this shard (see :class:`ShardFile`)."""
     if verify is None:
         verify = default_verify(path)
         if verify and index.checksums is None:
-            log.debug("%s: its index has no checksums; samples are read unverified", path)
+            log.debug("%s: its index has no checksums; samples are read unverified", redact(path))
             return False
     if not verify:
         return False
@@ -397,22 +405,24 @@ def _resolve_verify(path: str, index: ShardIndex, verify: bool | None) -> bool:
     return True
 
 
-class _FileView:
-    """Byte slices of an open file, relative to ``base`` (what the tar header walk reads)."""
+class _ShardView:
+    """Byte slices of an open shard, relative to ``base`` (what the tar header walk reads)."""
 
-    def __init__(self, fd: int, base: int) -> None:
-        self.fd = fd
+    def __init__(self, shard: ShardFile, base: int) -> None:
+        self.shard = shard
         self.base = base
 
     def __getitem__(self, span: slice) -> bytes:
-        return os.pread(self.fd, span.stop - span.start, self.base + span.start)
+        start = self.base + span.start
+        stop = min(self.base + span.stop, self.shard.index.shard_bytes)  # the walk may ask past the end
+        return self.shard.read_range(start, stop) if stop > start else b""
 
 
-class _BufferView(_FileView):
-    """Like :class:`_FileView`, but served from bytes already read where they cover the slice."""
+class _BufferView(_ShardView):
+    """Like :class:`_ShardView`, but served from bytes already read where they cover the slice."""
 
-    def __init__(self, head: bytes | memoryview, fd: int, base: int) -> None:
-        super().__init__(fd, base)
+    def __init__(self, head: bytes | memoryview, shard: ShardFile, base: int) -> None:
+        super().__init__(shard, base)
         self.head = head
 
     def __getitem__(self, span: slice) -> bytes:
@@ -449,36 +459,157 @@ def read_exact(fd: int, size: int, offset: int, path: str, key: str) -> bytes:
         raise _short_read(path, key, len(data), size, offset)
     return data
 
-def _member_columns(index: ShardIndex, order: np.ndarray) -> tuple[list[int], list[str], list[int], list[int]]:
-    """The members of the samples at ``order``, as flat lists built in a few bulk numpy steps.
+#: The members of some samples as flat sequences, ``(first, ext, offset, size)``: what
+#: :func:`samples_from_buffer` slices by. Sample ``j`` (the ``j``-th of the positions they were
+#: gathered for) has members ``first[j]:first[j + 1]`` of the other three, in archive order. A
+#: plain tuple: built per lone sample, where a named tuple's constructor would cost more than the
+#: slicing.
+SampleMembers = tuple[Sequence[int], Sequence[str], Sequence[int], Sequence[int]]
+
+
+#: Up to this many samples, :func:`sample_members` reads the index's member lists; more are gathered with numpy.
+_FEW_SAMPLES = 8
+
+
+def sample_members(index: ShardIndex, positions: Sequence[int] | np.ndarray) -> SampleMembers:
+    """The members of the samples at ``positions`` (in that order), as :data:`SampleMembers`.
+
+    Many samples are gathered in a few bulk numpy steps (no per-sample tuples or lists, and a
+    pruned sample costs nothing); a few (a lone sample, a small request) come from the index's
+    member lists, which costs less than the numpy calls.
+
+    Args:
+        index: The shard's index.
+        positions: Sample positions in the shard.
 
     Returns:
-        ``(count, ext, offset, size)``: ``count[j]`` members belong to ``order[j]``; the other
-        lists hold one entry per member, the samples' members one after another in ``order``.
-        Only the requested samples' members are converted to Python objects (a pruned sample
-        costs nothing), and no per-sample tuples or lists are built.
+        The members, flat.
     """
     members = index.members
-    if isinstance(members, MemberTable):
-        first, ext_id, offset, size, extensions = members.arrays
-    else:  # an index parsed from JSON or walked from tar headers: lists of tuples
-        counts = np.fromiter((len(g) for g in members), dtype=np.int64, count=len(members))
-        first = np.zeros(len(members) + 1, dtype=np.int64)
-        np.cumsum(counts, out=first[1:])
-        flat = [m for g in members for m in g]
-        extensions = sorted({m[0] for m in flat})
-        ext_of = {e: j for j, e in enumerate(extensions)}
-        ext_id = np.fromiter((ext_of[m[0]] for m in flat), dtype=np.int64, count=len(flat))
-        offset = np.fromiter((m[1] for m in flat), dtype=np.int64, count=len(flat))
-        size = np.fromiter((m[2] for m in flat), dtype=np.int64, count=len(flat))
-    lo = first[order]
-    count = first[order + 1] - lo
-    total = int(count.sum())
+    if not isinstance(members, MemberTable):  # lists of tuples (an index parsed from JSON or walked from tar headers)
+        first, exts, offsets, sizes = [0], [], [], []
+        for pos in (positions.tolist() if isinstance(positions, np.ndarray) else positions):
+            for ext, offset, size in members[pos]:
+                exts.append(ext)
+                offsets.append(offset)
+                sizes.append(size)
+            first.append(len(exts))
+        return first, exts, offsets, sizes
+    if len(positions) <= _FEW_SAMPLES:
+        rows, ext_col, offset_col, size_col = members.columns()
+        first, exts, offsets, sizes = [0], [], [], []
+        for pos in (positions.tolist() if isinstance(positions, np.ndarray) else positions):
+            a, b = rows[pos], rows[pos + 1]
+            exts += ext_col[a:b]
+            offsets += offset_col[a:b]
+            sizes += size_col[a:b]
+            first.append(len(exts))
+        return first, exts, offsets, sizes
+    order = np.asarray(positions, dtype=np.int64)
+    row_first, ext_id, offset, size, extensions = members.arrays
+    lo = row_first[order]
+    count = row_first[order + 1] - lo
+    ends = np.cumsum(count)
     # row of every member of the chosen samples: each sample's first row plus 0, 1, ... count-1
-    base = np.repeat(lo - (np.cumsum(count) - count), count)
-    rows = base + np.arange(total, dtype=np.int64)
-    names = [extensions[e] for e in ext_id[rows].tolist()]
-    return count.tolist(), names, offset[rows].tolist(), size[rows].tolist()
+    rows = np.repeat(lo - (ends - count), count) + np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+    first = [0]
+    first.extend(ends.tolist())
+    return first, [extensions[e] for e in ext_id[rows].tolist()], offset[rows].tolist(), size[rows].tolist()
+
+
+def samples_from_buffer(
+    shard: ShardFile,
+    positions: Sequence[int],
+    a: int,
+    b: int,
+    lo: int,
+    data: bytes,
+    url: str,
+    members: SampleMembers | None = None,
+    check_header: bool = True,
+    verify: bool | None = None,
+) -> Iterable[dict]:
+    """The samples ``positions[a:b]`` of one read, sliced out of its bytes: the one buffer-to-sample routine.
+
+    Every read of several samples' bytes at once goes through here: a coalesced run
+    (:func:`read_runs`), a sample read whole (:func:`read_sample`), a scheduled request
+    (:func:`~streamprune.readers.scheduler.read_shards_scheduled`), a few samples' members
+    (:func:`~streamprune.keys.read_member_data`). The read's first header is checked against
+    the index (:meth:`ShardFile.check_sample`), each member is sliced into its own ``bytes``
+    (one copy), and with ``shard.verify`` each sample is checked against its checksum before
+    it is yielded.
+
+    Args:
+        shard: The open shard.
+        positions: Sample positions in the shard; ``positions[a:b]`` lie in ``data``, in that order.
+        a: First of them.
+        b: One past the last.
+        lo: Shard offset of ``data[0]`` (the first sample's first header).
+        data: The bytes read (``bytes``: slices are copies the caller may keep; a ``memoryview``,
+            e.g. of a mapped cache file, is copied member by member).
+        url: Value for each sample's ``__url__``.
+        members: :func:`sample_members` of ``positions`` (all of them), when the caller gathered
+            them once for many reads; ``None``: gathered here for ``positions[a:b]``.
+        check_header: Check the first sample's tar header against the index.
+        verify: Check each sample's checksum; ``None``: ``shard.verify`` (``False`` for bytes
+            checked already, e.g. against the kept-bytes cache's digests).
+
+    Returns:
+        The samples in order, ``{"__key__": key, "__url__": url, ext: bytes, ...}``: a tuple
+        for a lone sample, else a generator (so a checksum error is raised after the samples
+        before it have been yielded). The header is checked when this is called.
+
+    Raises:
+        IndexMismatchError: The first header disagrees with the index.
+        ChecksumError: ``shard.verify`` is on and a sample's bytes differ from its checksum.
+    """
+    if members is None:
+        positions = positions[a:b]
+        a, b = 0, len(positions)
+        members = sample_members(shard.index, positions)
+    first, exts, offsets, sizes = members
+    if check_header:
+        m0 = first[a]
+        shard.check_sample(positions[a], data, lo, (exts[m0], offsets[m0], sizes[m0]) if first[a + 1] > m0 else None)
+    verify = shard.verify if verify is None else verify and shard.verify
+    src: Any = data if not isinstance(data, memoryview) else _Copies(data)
+    if b - a > 1:
+        return _slice_samples(shard, positions, a, b, first, exts, offsets, sizes, lo, src, url, verify)
+    # A lone sample (most reads of a pruned shard, every map-style read), sliced here: a generator
+    # and another call cost as much as the slicing of a small sample.
+    pos, m0, m1 = positions[a], first[a], first[b]
+    sample = {"__key__": shard.index.keys[pos], "__url__": url}
+    for m in range(m0, m1):
+        rel = offsets[m] - lo
+        sample[exts[m]] = src[rel : rel + sizes[m]]
+    if verify:
+        shard.check_checksum(pos, [sample[exts[m]] for m in range(m0, m1)])
+    return (sample,)
+
+
+class _Copies:
+    """A memoryview whose slices are ``bytes`` copies (a sample must not pin a mapped file)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+
+    def __getitem__(self, span: slice) -> bytes:
+        return bytes(self.view[span])
+
+
+def _slice_samples(shard: ShardFile, positions: Sequence[int], a: int, b: int, first: Sequence[int], exts: Sequence[str],
+                   offsets: Sequence[int], sizes: Sequence[int], lo: int, data: Any, url: str, verify: bool) -> Iterator[dict]:
+    """:func:`samples_from_buffer`'s samples, one at a time (a checksum error comes after the samples before it)."""
+    keys = shard.index.keys
+    for j in range(a, b):
+        pos = positions[j]
+        sample = {"__key__": keys[pos], "__url__": url}
+        for m in range(first[j], first[j + 1]):
+            rel = offsets[m] - lo
+            sample[exts[m]] = data[rel : rel + sizes[m]]  # bytes slicing: one copy, no memoryview
+        if verify:
+            shard.check_checksum(pos, [sample[exts[m]] for m in range(first[j], first[j + 1])])
+        yield sample
 
 
 def read_runs(
@@ -497,13 +628,13 @@ def read_runs(
     member by member, each straight into its ``bytes`` value (one copy; the run's first header
     is read on its own, 512 bytes, to be checked), and so is a lone sample larger than
     ``max_run_bytes``; any other run, a lone sample included, is read with one positioned
-    read and sliced (fewer system calls). Either way
+    read and sliced by :func:`samples_from_buffer` (fewer system calls). Either way
     only the kept samples' bytes are read, and every read's first tar header is checked
     against the index. When ``shard.verify`` is on, each sample is checked against its
     checksum before it is yielded.
 
     Args:
-        shard: The open shard.
+        shard: The open shard (a local file: positioned reads on its descriptor).
         order: Sample positions to read, in yield order.
         url: Value for each sample's ``__url__``.
         max_run_bytes: Largest single coalesced read.
@@ -534,17 +665,11 @@ def read_runs(
     # as large as the copy itself (see benchmarks/README.md, io, reader rows).
     positions = order.tolist()
     keys = index.keys
-    count, exts, offsets, sizes = _member_columns(index, order)
-    # member_first[j]: where sample order[j]'s members start in the flat lists
-    member_first = [0]
-    for c in count:
-        member_first.append(member_first[-1] + c)
+    members = sample_members(index, order)
+    member_first, exts, offsets, sizes = members
     starts = index.start[order].tolist()
-    run_first = [a for a, _ in runs]
-    run_last = [b - 1 for _, b in runs]
-    run_lo = [starts[a] for a in run_first]
-    run_hi = index.end[order[run_last]].tolist()
-    n_runs = len(runs)
+    run_lo = [starts[a] for a, _ in runs]
+    run_hi = index.end[order[[b - 1 for _, b in runs]]].tolist()
     fd = shard.fd
     path = shard.path
     pread = os.pread  # looked up per call (tests record reads by patching os.pread)
@@ -554,8 +679,7 @@ def read_runs(
     elif readahead is None:
         readahead = ReadAhead(prefetch_bytes)
         readahead.add(shard, run_lo, run_hi)
-    for r in range(n_runs):
-        a, b = runs[r]
+    for r, (a, b) in enumerate(runs):
         lo = run_lo[r]
         hi = run_hi[r]
         if readahead is not None:
@@ -565,11 +689,8 @@ def read_runs(
         if hi - lo > max_run_bytes or hi - lo >= direct_member_bytes * (member_first[b] - m0):
             # large members: one read per member, straight into its value; the run's first
             # header is read on its own (512 bytes, far cheaper than copying the run again)
-            first = positions[a]
-            if check_headers and (not count[a] or offsets[m0] - lo != BLOCK or not _plain_header_matches(
-                pread(fd, BLOCK, lo), f"{keys[first]}.{exts[m0]}", sizes[m0]
-            )):
-                shard.check_sample(first)  # PAX / long names, or a mismatch: the full check decides
+            if check_headers:
+                shard.check_sample(positions[a], None, lo, (exts[m0], offsets[m0], sizes[m0]) if member_first[a + 1] > m0 else None)
             for j in range(a, b):
                 pos = positions[j]
                 key = keys[pos]
@@ -587,20 +708,7 @@ def read_runs(
         data = pread(fd, hi - lo, lo)
         if len(data) != hi - lo:
             raise _short_read(path, keys[positions[a]], len(data), hi - lo, lo)
-        first = positions[a]
-        if check_headers and (not count[a] or offsets[m0] - lo != BLOCK or not _plain_header_matches(
-            data[:BLOCK], f"{keys[first]}.{exts[m0]}", sizes[m0]
-        )):
-            shard.check_sample(first, memoryview(data))
-        for j in range(a, b):
-            pos = positions[j]
-            sample = {"__key__": keys[pos], "__url__": url}
-            for m in range(member_first[j], member_first[j + 1]):
-                rel = offsets[m] - lo
-                sample[exts[m]] = data[rel : rel + sizes[m]]  # bytes slicing: one copy, no memoryview
-            if verify:
-                shard.check_checksum(pos, [sample[exts[m]] for m in range(member_first[j], member_first[j + 1])])
-            yield sample
+        yield from samples_from_buffer(shard, positions, a, b, lo, data, url, members, check_headers)
 
 
 def _short_read(path: str, key: str, got: int, size: int, offset: int) -> IndexMismatchError:
@@ -615,9 +723,10 @@ def read_sample(shard: ShardFile, pos: int, url: str, direct_member_bytes: int =
     """One sample as a webdataset dict, read by the rule :func:`read_runs` applies to a run of one.
 
     For random access (:class:`~streamprune.readers.mapstyle.PrunedMapDataset`): large members
-    (``direct_member_bytes`` or more on average) are read one by one straight into their
-    values, after a 512-byte read of the sample's first header; smaller ones come from one
-    read of the whole sample, sliced. The first header is checked against the index either way.
+    (``direct_member_bytes`` or more on average) of a local shard are read one by one straight
+    into their values, after a 512-byte read of the sample's first header; otherwise (smaller
+    members, or a remote shard: one request) the whole sample is read at once and sliced by
+    :func:`samples_from_buffer`. The first header is checked against the index either way.
 
     Args:
         shard: The open shard.
@@ -635,27 +744,26 @@ def read_sample(shard: ShardFile, pos: int, url: str, direct_member_bytes: int =
     """
     index = shard.index
     key = index.keys[pos]
-    group = index.members[pos]
+    # the sample's member rows, looked up once: (a, b) of the index's own columns when it has them
+    members = index.members
+    if isinstance(members, MemberTable):
+        rows, exts, offsets, sizes = members.columns()
+        first = (rows[pos], rows[pos + 1])
+    else:
+        group = members[pos]
+        exts, offsets, sizes = zip(*group) if group else ((), (), ())
+        first = (0, len(group))
+    m0, m1 = first
     lo = int(index.start[pos])
     hi = int(index.end[pos])
     fd = shard.fd
-    sample: dict = {"__key__": key, "__url__": url}
-    if not group:
-        shard.check_sample(pos)
-    elif fd >= 0 and hi - lo >= direct_member_bytes * len(group):
-        ext, offset, size = group[0]
-        if offset - lo != BLOCK or not _plain_header_matches(os.pread(fd, BLOCK, lo), f"{key}.{ext}", size):
-            shard.check_sample(pos)  # PAX / long names, or a mismatch: the full check decides
-        for ext, offset, size in group:
-            sample[ext] = read_exact(fd, size, offset, shard.path, key)
-    else:
-        # a remote shard (no descriptor) is read the same way: one request for the whole sample
+    if m0 == m1 or fd < 0 or hi - lo < direct_member_bytes * (m1 - m0):
         data = read_exact(fd, hi - lo, lo, shard.path, key) if fd >= 0 else shard.read_range(lo, hi, key)
-        ext, offset, size = group[0]
-        if offset - lo != BLOCK or not _plain_header_matches(data[:BLOCK], f"{key}.{ext}", size):
-            shard.check_sample(pos, memoryview(data))
-        for ext, offset, size in group:
-            sample[ext] = data[offset - lo : offset - lo + size]
+        return next(iter(samples_from_buffer(shard, (pos,), 0, 1, lo, data, url, (first, exts, offsets, sizes))))
+    shard.check_sample(pos, None, lo, (exts[m0], offsets[m0], sizes[m0]))
+    sample: dict = {"__key__": key, "__url__": url}
+    for m in range(m0, m1):
+        sample[exts[m]] = read_exact(fd, sizes[m], offsets[m], shard.path, key)
     if shard.verify:
-        shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
+        shard.check_checksum(pos, [sample[exts[m]] for m in range(m0, m1)])
     return sample

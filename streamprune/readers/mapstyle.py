@@ -57,6 +57,8 @@ class PrunedMapDataset(Dataset):
             at once (``__getitems__``); ``None``: ``fetch``'s (adaptive by default); ``1``: one
             sample at a time.
         fetch: How a batch of remote samples is planned and fetched (as ``PrunedSource``'s ``fetch``).
+        allow_foreign_locations: Accept a manifest from a URL naming files outside its prefix
+            and ``base`` (as ``PrunedSource``).
     """
 
     def __init__(
@@ -70,8 +72,9 @@ class PrunedMapDataset(Dataset):
         storage_options: dict | None = None,
         fetch_depth: int | None = None,
         fetch: FetchPolicy | None = None,
+        allow_foreign_locations: bool = False,
     ) -> None:
-        self.manifest = require_tar(open_manifest(manifest, base, storage_options))
+        self.manifest = require_tar(open_manifest(manifest, base, storage_options, allow_foreign_locations))
         self.mask = open_mask(remote_mask(mask, self.manifest.storage_options), self.manifest)
         self.fetch_depth = fetch_depth
         policy = fetch or DEFAULT_REMOTE_POLICY
@@ -98,14 +101,10 @@ class PrunedMapDataset(Dataset):
             if len(self._files) >= self.max_open_files:
                 oldest = next(iter(self._files))
                 self._files.pop(oldest).close()
-            path = self.manifest.shard_path(k)
-            if storage.is_remote(path):
-                obj = storage.open_object(path, self.manifest.storage_options)
-                shard = ShardFile.from_storage(obj, self.manifest.index(k), verify=self.verify)
-            else:
-                # read-ahead off (POSIX_FADV_RANDOM): with it on, a cold read of one kept sample also
-                # read the pruned samples after it (0.83 of the shards' bytes at r=0.8, not 0.2)
-                shard = ShardFile(path, self.manifest.index(k), fadvise=True, verify=self.verify)
+            # local files: read-ahead off (POSIX_FADV_RANDOM): with it on, a cold read of one kept sample
+            # also read the pruned samples after it (0.83 of the shards' bytes at r=0.8, not 0.2)
+            shard = ShardFile(self.manifest.shard_path(k), self.manifest.index(k), fadvise=True, verify=self.verify,
+                              storage_options=self.manifest.storage_options)
             self._files[k] = shard
         return shard
 

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from ..shardindex import ShardIndex
-from .byterange import ShardFile
+from .byterange import ShardFile, samples_from_buffer
 from .keptcache import KeptCache, ShardCache
 from .planner import Calibrator, Objective, StoreModel, plan_shard, whole_shard_cost
 
@@ -555,18 +555,7 @@ def _cached_samples(opened: _Opened, a: int, b: int, stats: ReadStats) -> Iterat
         yield from _samples(opened, j, j + 1, start, data, verify=False)
 
 
-def _samples(opened: _Opened, a: int, b: int, lo: int, data: bytes | memoryview, verify: bool = True) -> Iterator[dict]:
+def _samples(opened: _Opened, a: int, b: int, lo: int, data: bytes | memoryview, verify: bool = True) -> Iterable[dict]:
     """The samples ``positions[a:b]`` of one fetched request (its bytes start at shard offset ``lo``)."""
-    shard, positions, url = opened.shard, opened.positions, opened.url
-    index = shard.index
-    keys, members, verify = index.keys, index.members, shard.verify and verify
-    view = memoryview(data)
-    shard.check_sample(positions[a], view)
-    for pos in positions[a:b]:
-        sample = {"__key__": keys[pos], "__url__": url}
-        group = members[pos]
-        for ext, offset, size in group:
-            sample[ext] = bytes(view[offset - lo : offset - lo + size])
-        if verify:
-            shard.check_checksum(pos, [sample[ext] for ext, _, _ in group])
-        yield sample
+    return samples_from_buffer(opened.shard, opened.positions, a, b, lo, data, opened.url,
+                               verify=None if verify else False)

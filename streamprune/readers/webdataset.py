@@ -98,6 +98,9 @@ class PrunedSource(ResumableSource, IterableDataset):
             the manifest's directory (``"s3://bucket/prefix"``: the same shards in a bucket).
         storage_options: fsspec options for remote manifests, masks and shards (endpoint,
             profile, ...); credentials otherwise come from each backend's standard configuration.
+        allow_foreign_locations: Accept a manifest from a URL that names shards or indexes
+            outside its own prefix and ``base`` (local paths, ``file://`` URLs, other hosts):
+            refused by default, see :meth:`~streamprune.manifest.Manifest.load`.
         fetch: How remote shards are fetched (requests in flight, coalescing, memory cap);
             default :data:`~streamprune.readers.scheduler.DEFAULT_REMOTE_POLICY`.
         io_depth: Positioned reads in flight for *local* shards (threads); ``1`` (default)
@@ -126,6 +129,7 @@ class PrunedSource(ResumableSource, IterableDataset):
         *,
         base: str | os.PathLike | None = None,
         storage_options: dict | None = None,
+        allow_foreign_locations: bool = False,
         fetch: FetchPolicy | None = None,
         io_depth: int = 1,
         shuffle: bool = False,
@@ -143,7 +147,7 @@ class PrunedSource(ResumableSource, IterableDataset):
     ) -> None:
         super().__init__()
         # A private copy: iterating drops cached indexes, which must not touch the caller's object.
-        self.manifest = copy.copy(require_tar(open_manifest(manifest, base, storage_options)))
+        self.manifest = copy.copy(require_tar(open_manifest(manifest, base, storage_options, allow_foreign_locations)))
         self.manifest.drop_cache()
         self._slot = MaskSlot(self.manifest, open_mask(remote_mask(mask, self.manifest.storage_options), self.manifest), shared=dynamic_masks)
         self.mask = self._slot.mask
@@ -483,6 +487,7 @@ def pruned_tarfile_samples(
     base: str | os.PathLike | None = None,
     storage_options: dict | None = None,
     fetch: FetchPolicy | None = None,
+    allow_foreign_locations: bool = False,
 ):
     """A stage that replaces ``wds.tarfile_to_samples()``: shard URLs in, kept samples out.
 
@@ -499,11 +504,14 @@ def pruned_tarfile_samples(
         base: Where relative shard names resolve (as :class:`PrunedSource`).
         storage_options: fsspec options for remote locations.
         fetch: How remote shards are fetched (as :class:`PrunedSource`).
+        allow_foreign_locations: Accept a manifest from a URL naming files outside its prefix
+            and ``base`` (as :class:`PrunedSource`).
 
     Returns:
         A picklable callable taking an iterator of ``{"url": path}`` dicts (or path strings or URLs).
     """
-    return _TarfileStage(require_tar(open_manifest(manifest, base, storage_options)), mask, fadvise, verify, fetch)
+    manifest = open_manifest(manifest, base, storage_options, allow_foreign_locations)
+    return _TarfileStage(require_tar(manifest), mask, fadvise, verify, fetch)
 
 
 def _location_key(location: str) -> str:

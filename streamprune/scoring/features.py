@@ -306,7 +306,7 @@ def _given(embed: EmbedFn) -> EmbedFn:
 def shard_manifest(m: Manifest, k: int) -> Manifest:
     """A manifest of shard ``k`` alone (its own index cache), so reading one shard costs one shard."""
     return Manifest(root=m.root, shards=[m.shards[k]], classes=list(m.classes), label_ext=m.label_ext, path=m.path, base=m.base,
-                    storage_options=m.storage_options)
+                    storage_options=m.storage_options, allow_foreign_locations=m.allow_foreign_locations)
 
 
 @dataclass

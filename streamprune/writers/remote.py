@@ -20,6 +20,7 @@ import threading
 from typing import Any
 
 from .. import storage
+from ..errors import redact
 from ..indexfile import INDEX_SUFFIX, companion_path
 from ..manifest import MANIFEST_NAME, Manifest
 from ..shardindex import ShardIndex
@@ -139,7 +140,7 @@ class ShardUploader:
             os.unlink(os.path.join(self.local_dir, shard))
         with self._lock:
             self.uploaded.append(shard)
-        log.debug("uploaded %s to %s", shard, self.url)
+        log.debug("uploaded %s to %s", shard, redact(self.url))
 
 
 def upload_dataset(
@@ -219,5 +220,5 @@ def write_shards_to(
         manifest = write_shards(src, tmp, on_shard=upload, **kwargs)
         uploader.finish()
         storage.put_file(os.path.join(tmp, MANIFEST_NAME), storage.join(url, MANIFEST_NAME), storage_options)
-    log.info("uploaded %d shards and the manifest to %s", len(manifest.shards), url)
+    log.info("uploaded %d shards and the manifest to %s", len(manifest.shards), redact(url))
     return Manifest.load(storage.join(url, MANIFEST_NAME), storage_options=storage_options)
