@@ -414,6 +414,24 @@ def machine_info() -> dict:
     return info
 
 
+def git_state(path: str = HERE) -> dict[str, Any]:
+    """The checkout's commit and whether it had uncommitted changes (``{"commit", "dirty"}``; ``None`` outside git).
+
+    ``dirty`` counts tracked files only (``git status --porcelain --untracked-files=no``): a
+    results file being written is not a change to the code measured.
+    """
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
 #: The command recorded in results files, set by the runner (:func:`set_command`).
 _COMMAND: str | None = None
 

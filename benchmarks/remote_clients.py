@@ -1,8 +1,8 @@
 """HTTP client libraries for ranged reads, measured side by side: what the remote reader should use.
 
 Not a registered suite (no targets, no report section): a script behind the client choice in
-the README ("Remote shards"). The remote suite's simulated store
-(:class:`benchmarks.remote_bench.SimStore`, loopback, ``--ttfb-ms`` to first byte,
+the README ("Remote shards"). The Python simulated store
+(:class:`benchmarks.sim_store.SimStore`, loopback, ``--ttfb-ms`` to first byte,
 ``--conn-mbps`` per connection, ``--total-mbps`` in all) serves one ``--object-mb`` object of
 random bytes; each client fetches the same disjoint ranges of ``--range-kb`` KB, one slot in
 every ``1/--keep`` (what a pruned read at r = 1 - keep asks for):
@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import common
-from .remote_bench import SimStore
+from .sim_store import SimStore
 
 __all__ = ["main"]
 
