@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -195,8 +196,11 @@ def _tree_bytes(path: str) -> int:
     return total
 
 
-def _one(job: dict) -> dict:
-    """One run, in the forked child: build the loader, time each epoch, note the log's size after it."""
+def _one(job: dict, beat: Callable[[], None] = lambda: None) -> dict:
+    """One run, in the forked child: build the loader, time each epoch, note the log's size after it.
+
+    ``beat`` is called at each epoch's start and after each batch (the zygote's stall watch).
+    """
     # the heavy imports (torch, webdataset, the readers, their clients) were done by the zygote
     cache_dir = tempfile.mkdtemp(prefix="remote-bench-cache-")
     epochs = []
@@ -204,6 +208,7 @@ def _one(job: dict) -> dict:
         mem = _Memory()
         ds = loader = None
         for epoch in range(job["epochs"]):
+            beat()
             t0 = time.perf_counter()
             if loader is None:  # epoch 1 builds the dataset: manifest, indexes, the peers' index files
                 ds, loader = build(job, cache_dir)
@@ -213,6 +218,7 @@ def _one(job: dict) -> dict:
             first = None
             last, gap = t0, 0.0
             for count, size in loader:
+                beat()
                 now = time.perf_counter()
                 first = now - t0 if first is None else first
                 gap, last = max(gap, now - last), now
@@ -272,22 +278,33 @@ class Zygote:
                 self.proc.wait()
 
 
-def _wait_child(pid: int, read_fd: int, timeout: float) -> str | None:
-    """The child's reply, or ``None`` when it sent none within ``timeout`` s (its process group is then killed)."""
+def _wait_child(pid: int, read_fd: int, beat_fd: int, timeout: float, stall: float) -> str | None:
+    """The child's reply; ``None`` when it sent none within ``timeout`` s, or no beat for ``stall`` s.
+
+    In both cases its process group (the run, its DataLoader workers, ``curl``) is killed.
+    """
     chunks = []
-    deadline = time.monotonic() + timeout
+    start = last_beat = time.monotonic()
+    fds = [read_fd, beat_fd]
     while True:
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([read_fd], [], [], max(left, 0))
+        now = time.monotonic()
+        left = min(start + timeout, last_beat + stall) - now
+        ready, _, _ = select.select(fds, [], [], max(left, 0)) if left > 0 else ([], [], [])
         if not ready:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return None
-        data = os.read(read_fd, 1 << 16)
-        if not data:
-            break
-        chunks.append(data)
+        if beat_fd in ready:
+            if os.read(beat_fd, 1 << 12):
+                last_beat = time.monotonic()
+            else:  # the child closed its end (it is done, or died)
+                fds.remove(beat_fd)
+        if read_fd in ready:
+            data = os.read(read_fd, 1 << 16)
+            if not data:
+                break
+            chunks.append(data)
     os.waitpid(pid, 0)
     # workers or curl processes the run left behind (a reader that does not join them) go too
     with contextlib.suppress(ProcessLookupError):
@@ -322,24 +339,32 @@ def _zygote() -> None:
     for line in sys.stdin:
         job = json.loads(line)
         read_fd, write_fd = os.pipe()
+        beat_read, beat_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
+            os.close(beat_read)
             os.setpgid(0, 0)  # its own process group: a stalled run is killed with its workers
             try:
-                reply = _one(job)
+                reply = _one(job, functools.partial(os.write, beat_write, b"."))
             except BaseException:  # noqa: BLE001 - reported to the parent, which records it
                 reply = {"error": traceback.format_exc()[-3000:]}
             with os.fdopen(write_fd, "w") as fh:
                 fh.write(json.dumps(reply))
             os._exit(0)
         os.close(write_fd)
+        os.close(beat_write)
+        t0 = time.monotonic()
         try:
-            text = _wait_child(pid, read_fd, job["timeout"])
+            text = _wait_child(pid, read_fd, beat_read, job["timeout"], STALL_S)
         finally:
             os.close(read_fd)
+            os.close(beat_read)
         if text is None:
-            text = json.dumps({"error": f"stalled: no result within {job['timeout']:.0f} s (killed)", "stalled": True})
+            took = time.monotonic() - t0
+            why = (f"no result within {job['timeout']:.0f} s" if took >= job["timeout"] - 1 else
+                   f"no batch for {STALL_S:.0f} s (after {took:.0f} s)")
+            text = json.dumps({"error": f"stalled: {why}; killed", "stalled": True})
         out.write((text or json.dumps({"error": "the run's process died without a result"})) + "\n")
         out.flush()
 
@@ -519,23 +544,25 @@ def configs(latencies_ms: Sequence[int], workers: Sequence[int], headline_ms: in
     """Every configuration of one round.
 
     At ``headline_ms`` every arm with every worker count; at the other latencies streamprune's
-    sample masks and class-sorted copy and webdataset, with the most workers only (the
-    latency's effect, at a fraction of the runs: MosaicML and LitData download whole shards, so
-    their epochs depend little on the time to first byte, and they are the slowest runs).
+    sample masks and class-sorted copy at r in CACHE_RATIOS, and webdataset, with the most
+    workers only (the latency's effect, at a fraction of the runs: MosaicML and LitData
+    download whole shards, so their epochs depend little on the time to first byte, and they
+    are the slowest runs).
     """
     out: list[Arm] = []
     for lat in latencies_ms:
         head = lat == headline_ms
         for w in workers if head else [max(workers)]:
+            some = [r for r in ratios if head or r in CACHE_RATIOS]
             if "streamprune" in readers:
-                for r in ratios:
+                for r in some:
                     for level in LEVELS if head else ("sample",):
                         if r == 0 and level == "class":
                             continue
                         two = head and level == "sample" and r in CACHE_RATIOS  # epoch 2 without the cache
                         out.append(Arm("streamprune", r, level, w, lat, 2 if two else 1))
             if "streamprune_sorted" in readers:
-                out.extend(Arm("streamprune_sorted", r, SORTED_LEVEL, w, lat) for r in ratios)
+                out.extend(Arm("streamprune_sorted", r, SORTED_LEVEL, w, lat) for r in some)
             if head and "streamprune_cache" in readers:
                 out.extend(Arm("streamprune_cache", r, "sample", w, lat, 2) for r in CACHE_RATIOS if r in ratios)
             if head and "streamprune_local" in readers:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tarfile
+import time
 import types
 
 import numpy as np
@@ -34,6 +36,7 @@ def test_configs_every_arm_at_the_headline_latency_and_a_subset_elsewhere():
     assert {a.workers for a in other} == {4}
     assert {a.reader for a in other} == {"streamprune", "streamprune_sorted", "wds"}
     assert all(a.epochs == 1 and a.level in ("sample", "class-sorted") for a in other)
+    assert {a.ratio for a in other} == set(remote_bench.CACHE_RATIOS) and len(other) == 7
     assert remote_bench.configs([30], [1], 30, ["wds"]) == [remote_bench.Arm("wds", 0.0, "sample", 1, 30, 1)]
 
 
@@ -173,3 +176,38 @@ def test_a_run_that_missed_the_store_or_stalled_is_not_counted():
     assert remote_bench.run_problem([ok | {"requests": 0}], remote=False) is None  # the local-disk reader
     stalled = remote_bench.run_problem([ok, ok | {"epoch": 2, "max_gap_s": 61.0, "repeated_gets": 1}])
     assert stalled.startswith("stalled: no batch for 61 s in epoch 2") and "1 repeated GETs" in stalled
+
+
+def _fork_child(beats: int, then_sleep: float, reply: bytes):
+    read_fd, write_fd = os.pipe()
+    beat_read, beat_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the run: a few beats, then silence (or its reply)
+        os.setpgid(0, 0)
+        for _ in range(beats):
+            os.write(beat_write, b".")
+        time.sleep(then_sleep)
+        os.write(write_fd, reply)
+        os._exit(0)
+    os.close(write_fd)
+    os.close(beat_write)
+    return pid, read_fd, beat_read
+
+
+def _wait(beats, then_sleep, reply, **kw):
+    pid, read_fd, beat_fd = _fork_child(beats, then_sleep, reply)
+    try:
+        return pid, remote_bench._wait_child(pid, read_fd, beat_fd, **kw)
+    finally:
+        os.close(read_fd)
+        os.close(beat_fd)
+
+
+def test_a_run_without_beats_is_killed_as_stalled_and_a_finished_one_answers():
+    t0 = time.monotonic()
+    pid, got = _wait(2, 30.0, b"late", timeout=60, stall=0.5)
+    assert got is None and time.monotonic() - t0 < 10  # killed at the stall, not after its 30 s sleep
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # already reaped
+    assert _wait(3, 0.2, b'{"epochs": []}', timeout=60, stall=5)[1] == '{"epochs": []}'
+    assert _wait(0, 30.0, b"late", timeout=0.5, stall=60)[1] is None  # beats or not, the whole run has a deadline
