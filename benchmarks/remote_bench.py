@@ -48,8 +48,8 @@ order; speed-ups are taken within a round against the same reader's r = 0 of the
 layout, workers and latency; intervals are min-max over rounds (Target: met only when the
 whole interval clears the goal, inconclusive when it straddles it).
 
-Run:  python -m benchmarks remote            (full: 2 GiB, 10/30/80 ms, 5 rounds; ~40 min, see README)
-      python -m benchmarks remote --quick    (smoke run: 24 MiB, 30 ms, 1 round, < 2 min)
+Run:  python -m benchmarks remote            (full: 1 GiB, 10/30/80 ms, 5 rounds; ~30 min, see README)
+      python -m benchmarks remote --quick    (smoke run: 24 MiB, 30 ms, 1 round, r = 0 and 0.8; < 2 min)
 """
 
 from __future__ import annotations
@@ -675,7 +675,8 @@ def summarize(runs: list[dict]) -> list[dict]:
             gps = [r["gets_per_s"] for r in rs]
             row.update(ranged_gets=int(common.median([r["ranged_gets"] for r in rs])), gets_per_s=common.median(gps),
                        gets_per_s_interval=[min(gps), max(gps)], heads=int(common.median([r["heads"] for r in rs])),
-                       errors=max(r["errors"] for r in rs), cache_bytes=max(r.get("cache_bytes", 0) for r in rs))
+                       errors=max(r["errors"] for r in rs), cache_bytes=max(r.get("cache_bytes", 0) for r in rs),
+                       repeated_gets=max(r.get("repeated_gets", 0) for r in rs))
         if key in ups and ups[key]:
             row.update(speedup=common.median(ups[key]), speedup_interval=[min(ups[key]), max(ups[key])])
         rows.append(row)
