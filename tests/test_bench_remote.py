@@ -211,3 +211,26 @@ def test_a_run_without_beats_is_killed_as_stalled_and_a_finished_one_answers():
         os.waitpid(pid, os.WNOHANG)  # already reaped
     assert _wait(3, 0.2, b'{"epochs": []}', timeout=60, stall=5)[1] == '{"epochs": []}'
     assert _wait(0, 30.0, b"late", timeout=0.5, stall=60)[1] is None  # beats or not, the whole run has a deadline
+
+
+def test_build_turns_the_kept_bytes_cache_on_for_the_cache_arm_only(monkeypatch, tmp_path):
+    import streamprune
+
+    made = []
+
+    class Reader(list):  # a stand-in dataset: what the reader was asked for
+        def __init__(self, manifest, mask=None, **kwargs):
+            super().__init__()
+            made.append((manifest, mask, kwargs))
+
+    monkeypatch.setattr(streamprune, "PrunedWebDataset", Reader)
+    monkeypatch.setenv("S3_ENDPOINT_URL", "unset")
+    job = {"reader": "streamprune_cache", "workers": 0, "endpoint": "http://127.0.0.1:9", "manifest": "http://x/manifest.json",
+           "mask": "m.spmask", "cache_kw": True}
+    remote_bench.build(job, str(tmp_path))
+    remote_bench.build(job | {"reader": "streamprune"}, str(tmp_path))
+    remote_bench.build(job | {"reader": "streamprune", "cache_kw": False}, str(tmp_path))
+    assert made == [("http://x/manifest.json", "m.spmask", {"cache_dir": str(tmp_path)}),
+                    ("http://x/manifest.json", "m.spmask", {"cache_dir": None}),
+                    ("http://x/manifest.json", "m.spmask", {})]
+    assert os.environ["S3_ENDPOINT_URL"] == "http://127.0.0.1:9"  # the run's own latency port, for MosaicML's boto3
