@@ -11,12 +11,14 @@ no queueing limiter for the total of all connections (``limit_rate`` is per conn
 of it would not behave like a store's; the cores of this machine are the real shared limit.
 
 Data: io_bench's synthetic ~120 KB JPEGs (:func:`benchmarks.common.make_jpeg_shards`) in
-``--samples-per-shard`` samples per shard (default 1,536: ~185 MB shards, in the 128-256 MB
-that webdataset's and the streaming libraries' docs recommend) and a class-sorted copy of the
-same images (:func:`make_sorted_copy`, as ``streamprune shard --layout class-sorted``: 20
-coarse classes, written class after class). Masks: random sample-level and class-level masks
-at r = 0.2-0.8 on the shuffled shards (both scatter the kept samples: the data's 1,000 classes
-have ~2 samples per shard), class-level masks on the sorted copy.
+``--samples-per-shard`` samples per shard (default 1 GiB in 8 shards of 1,100: ~134 MB
+shards, in the 128-256 MB that webdataset's and the streaming libraries' docs recommend, 2
+per worker with 4 workers) and a class-sorted copy of the same images
+(:func:`make_sorted_copy`, as ``streamprune shard --layout class-sorted``: 20 coarse classes,
+written class after class). Masks: random sample-level and class-level masks at r = 0.2-0.8
+on the shuffled shards (both scatter the kept samples: the data's 1,000 classes have ~1
+sample per shard), class-level masks on the sorted copy. At the latencies other than the
+headline, only r = 0, 0.4, 0.8 (see :func:`configs`).
 
 Arms (one DataLoader, batch 32, a collate that touches every image's bytes, no decode; 1 and
 4 workers; ``--headline-ms`` is the latency that has every arm and the targets):
