@@ -32,7 +32,7 @@ from typing import Any
 
 from .common import free_port, stop_process, wait_port
 
-__all__ = ["NGINX", "ECHO_MODULE", "NginxStore", "echo_module_available", "summarise_log"]
+__all__ = ["NGINX", "ECHO_MODULE", "NginxStore", "echo_module_available", "read_log", "summarise_log"]
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 #: Debian's libnginx-mod-http-echo installs the module here.
@@ -150,21 +150,40 @@ http {{
             settle: Seconds to wait first (nginx logs a request after its response).
         """
         time.sleep(settle)
-        port = self.ports[name] if name is not None else None
-        out = []
-        with open(self.log) as fh:
-            for line in fh:
-                p, method, uri, status, sent, body, seconds, rng = line.rstrip("\n").split(" ", 7)
-                if port is not None and int(p) != port:
-                    continue
-                out.append({"port": int(p), "method": method, "uri": uri, "status": int(status),
-                            "bytes_sent": int(sent), "body_bytes": int(body), "seconds": float(seconds),
-                            "range": rng.strip('"')})
-        return out
+        return read_log(self.log, self.ports[name] if name is not None else None)
 
     def stop(self) -> None:
         """Stop nginx."""
         stop_process(self.proc)
+
+
+def read_log(path: str, port: int | None = None, start: int = 0, end: int | None = None) -> list[dict[str, Any]]:
+    """The requests logged in ``path`` between byte offsets ``start`` and ``end`` (``None``: to the end).
+
+    A process that reads the store can note the log's size (``os.path.getsize``) at points in
+    its run (nginx writes one line per request when its response is done) and have its
+    requests split at those points, e.g. per epoch.
+
+    Args:
+        path: The access log (:attr:`NginxStore.log`).
+        port: Only requests to this port (one store setting); ``None``: all.
+        start: Byte offset of the first line to read (a line boundary).
+        end: Byte offset after the last line to read (a line boundary); ``None``: the end of the file.
+
+    Returns:
+        One dict per request, as :meth:`NginxStore.log_entries`.
+    """
+    out = []
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        text = fh.read(-1 if end is None else max(0, end - start)).decode()
+    for line in text.splitlines():
+        p, method, uri, status, sent, body, seconds, rng = line.split(" ", 7)
+        if port is not None and int(p) != port:
+            continue
+        out.append({"port": int(p), "method": method, "uri": uri, "status": int(status), "bytes_sent": int(sent),
+                    "body_bytes": int(body), "seconds": float(seconds), "range": rng.strip('"')})
+    return out
 
 
 def summarise_log(entries: list[dict[str, Any]], method: str | None = "GET") -> dict[str, int]:

@@ -89,7 +89,7 @@ def _touch(sample: dict) -> int:
 
 
 def measure(datasets: dict[str, str], epochs: int = 1) -> list[dict[str, Any]]:
-    """Warm epochs per (dataset, ratio, reader) with the streamprune on ``sys.path``; rows of the fastest's times."""
+    """Warm epochs per (dataset, ratio, reader) with the streamprune the interpreter imports; rows of the fastest's times."""
     # imported here: this runs in a worker interpreter whose PYTHONPATH picks the tree measured
     from streamprune.manifest import Manifest
     from streamprune.masks import random_mask

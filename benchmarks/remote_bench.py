@@ -1,269 +1,118 @@
-"""Remote benchmark: pruned reads from a SIMULATED object store on loopback.
+"""Remote benchmark: pruned epochs read from an object store on loopback (nginx), against the peers.
 
-This is a simulation, not a cloud measurement. ``SimStore`` is a threaded Python HTTP server on
-127.0.0.1 (its own process) that serves io_bench's synthetic JPEG shards with HTTP Range
-support and, per request, waits a configurable time to first byte (``--latencies``, ms) before
-the headers, then paces the body through token buckets: ``--conn-mbps`` per TCP connection and
-``--total-mbps`` for all connections together. It counts requests and body bytes sent. The
-same server answers S3 path-style requests (``/bench/<key>``: GET, HEAD, Range), so a
-cache-based peer that speaks only S3 reads the same bytes through the same pacing.
+The store is nginx (:class:`benchmarks.nginx_store.NginxStore`), a native server on 127.0.0.1
+with one port per setting: ``--latencies`` ms to first byte per request (the echo module's
+``echo_sleep``, which waits without blocking nginx) and ``--conn-mbps`` MB/s per connection
+(``limit_rate``). Requests and bytes are counted from nginx's access log, per epoch. The same
+ports answer path-style S3 reads (``GET``/``HEAD /bench/<key>``, signatures ignored), so the
+peers that speak only S3 read the same store. There is no aggregate bandwidth cap: nginx has
+no queueing limiter for the total of all connections (``limit_rate`` is per connection, and
+``limit_conn`` refuses connections rather than sharing bandwidth), and a cap made up in front
+of it would not behave like a store's; the cores of this machine are the real shared limit.
 
-Readers, all through a ``torch.utils.data.DataLoader`` with ``--workers`` (1 and 4) worker
-processes, ``batch_size`` 32 and a collate that touches every image's bytes (no decode: the
-suite measures I/O; decoding would cost the same per kept image in every reader):
+Data: io_bench's synthetic ~120 KB JPEGs (:func:`benchmarks.common.make_jpeg_shards`) in
+``--samples-per-shard`` samples per shard (default 1 GiB in 8 shards of 1,100: ~134 MB
+shards, in the 128-256 MB that webdataset's and the streaming libraries' docs recommend, 2
+per worker with 4 workers) and a class-sorted copy of the same images
+(:func:`make_sorted_copy`, as ``streamprune shard --layout class-sorted``: 20 coarse classes,
+written class after class). Masks: random sample-level and class-level masks at r = 0.2-0.8
+on the shuffled shards (both scatter the kept samples: the data's 1,000 classes have ~1
+sample per shard), class-level masks on the sorted copy. At the latencies other than the
+headline, only r = 0, 0.4, 0.8 (see :func:`configs`).
 
-  wds         plain ``wds.WebDataset("http://.../shard-{000000..N}.tar")``: webdataset's own
-              remote mode (one ``curl`` stream per shard, shards split over workers); r = 0.
-  wds_select  the same with ``.select(lambda s: s["__key__"] in kept)`` (every byte is still
-              streamed; only the kept samples reach the loop).
-  mosaic      MosaicML ``StreamingDataset(remote="s3://bench/mds", local=<fresh dir>)`` over the
-              same images converted once with its own ``MDSWriter`` (default options) and served
-              by the same store; first epoch with a cold local cache (its normal first epoch:
-              it downloads whole shards). r = 0. Skipped when ``streaming`` is not installed.
-  streamprune ``PrunedWebDataset("http://.../manifest.json", mask)`` at r = 0, 0.4, 0.6, 0.8 with
-              sample-level and class-level random masks (local mask files); default
-              ``FetchPolicy`` unless ``--depth`` is given.
+Arms (one DataLoader, batch 32, a collate that touches every image's bytes, no decode; 1 and
+4 workers; ``--headline-ms`` is the latency that has every arm and the targets):
+
+  streamprune        ``PrunedWebDataset("http://.../manifest.json", mask)`` with default reader
+                     settings, r = 0-0.8, sample and class masks. At r in CACHE_RATIOS (sample
+                     masks, headline latency) the run reads 2 epochs of the same dataset object:
+                     the second without a cache.
+  streamprune_sorted the same on the class-sorted copy, its class masks.
+  streamprune_cache  2 epochs of ``PrunedWebDataset(url, mask, cache_dir=<fresh dir>)``, the
+                     kept-bytes cache (only when the reader takes ``cache_dir``; else skipped
+                     and recorded so); its cache's bytes are measured.
+  streamprune_local  the same files and mask read from the local path (the page cache holds
+                     them: the store serves them from it) - the mark for the cache's epoch 2.
+  wds                ``wds.WebDataset([http URLs])``; r = 0.
+  mosaic             MosaicML streaming (``StreamingDataset(remote="s3://bench/mds")``), 2 epochs:
+                     cold, then from its own cache.
+  litdata            LitData (``StreamingDataset("s3://bench/litdata")``), 2 epochs likewise.
+
+The peers' set-up is in :mod:`benchmarks.remote_peers`. A peer's run counts only when nginx's
+log shows its requests on its port and it yields every sample; a run that fails or passes
+``--run-timeout`` is killed and reported (never counted).
 
 Each run is forked from one process that imported the readers once (:class:`Zygote`): a clean
-process per run, without an interpreter start-up that belongs to no reader's epoch.
+process per run, without an interpreter start-up that belongs to no reader's epoch. Epoch 1
+includes building the dataset (manifest and index requests, the peers' index downloads) and
+DataLoader workers. Rounds are paired: every configuration runs once per round, in a shuffled
+order; speed-ups are taken within a round against the same reader's r = 0 of the same
+layout, workers and latency; intervals are min-max over rounds (Target: met only when the
+whole interval clears the goal, inconclusive when it straddles it).
 
-Per run: samples/s, bytes and requests the store served (manifest and index files included),
-peak memory (the largest sum of RSS over the reading process and its DataLoader workers,
-sampled every 50 ms; shared pages count once per process, so workers overstate it) and the
-peak minus the reading process's RSS at the start. Repeats are paired: every configuration
-runs once per round, in a shuffled order, and speed-ups are taken within a round (median over
-rounds, min-max interval).
-
-Run:  python -m benchmarks remote            (full: 512 MiB, 3 latencies, 2 rounds)
-      python -m benchmarks remote --quick    (smoke run on 8 MiB, one latency)
+Run:  python -m benchmarks remote            (full: 1 GiB, 10/30/80 ms, 5 rounds; ~30 min, see README)
+      python -m benchmarks remote --quick    (smoke run: 24 MiB, 30 ms, 1 round, r = 0 and 0.8; < 2 min)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import email.utils
-import http.server
+import functools
+import inspect
 import json
 import logging
 import os
 import random
+import select
 import shutil
-import socket
-import socketserver
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import common
+from .nginx_store import NGINX, NginxStore, echo_module_available, read_log
+from .remote_peers import BUCKET, PEERS
 from .suite import Suite, Target
 
-__all__ = ["SimStore", "RemoteSuite", "run_cli"]
+__all__ = ["Arm", "RemoteSuite", "configs", "evaluate_targets", "predicted", "reader_takes_cache_dir", "run_cli",
+           "summarize", "tables"]
 
 log = logging.getLogger(__name__)
 
-BUCKET = "bench"
-RATIOS = (0.0, 0.4, 0.6, 0.8)
+RATIOS = (0.0, 0.2, 0.4, 0.6, 0.8)
 LEVELS = ("sample", "class")
+#: Sample-mask ratios whose runs read a second epoch (with and without the kept-bytes cache) and have a local-disk twin.
+CACHE_RATIOS = (0.0, 0.4, 0.8)
 #: The class-sorted copy (a subdirectory the store serves): its masks are keyed by this level.
 SORTED = "sorted"
+SORTED_LEVEL = "class-sorted"
 SORTED_CLASSES = 20
-CHUNK = 64 << 10
+BATCH = 32
+#: Seconds a run waits after an epoch before noting the log's size (nginx logs a request once its response is sent).
+SETTLE = 0.2
+#: A run with no batch for this long (from its epoch's start or the batch before) stalled: reported, not counted.
+STALL_S = 30.0
+STREAMPRUNE = ("streamprune", "streamprune_sorted", "streamprune_cache", "streamprune_local")
+READERS = STREAMPRUNE + PEERS
 
 
-# --------------------------------------------------------------------------------------------
-# the simulated object store
+class Arm(NamedTuple):
+    """One configuration: reader, mask (ratio and level), DataLoader workers, store latency and epochs read."""
 
-
-class _Pacer:
-    """A token bucket as a virtual clock: ``rate`` bytes/s with ``burst`` bytes of credit."""
-
-    def __init__(self, rate: float, burst: int = CHUNK) -> None:
-        self.rate = float(rate)
-        self.burst = burst
-        self.t = 0.0
-
-    def take(self, n: int, now: float) -> float:
-        """Reserve ``n`` bytes; the seconds to wait before sending them."""
-        self.t = max(self.t, now - self.burst / self.rate) + n / self.rate
-        return self.t - now
-
-
-def _serve(root: str, conn_rate: float, total_rate: float) -> None:
-    """The store's process: serve ``root`` until killed; print the port first."""
-    state = {"ttfb": 0.0, "requests": 0, "bytes": 0, "head": 0}
-    lock = threading.Lock()
-    total = _Pacer(total_rate)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:  # quiet
-            pass
-
-        def setup(self) -> None:
-            super().setup()
-            # headers and body leave in separate writes: with Nagle on, the body waits for the
-            # client's delayed ACK (~40 ms), a latency on every request that no store has
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.pacer = _Pacer(conn_rate)
-
-        def _file(self) -> str | None:
-            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).lstrip("/")
-            if path.startswith(BUCKET + "/"):
-                path = path[len(BUCKET) + 1 :]
-            full = os.path.normpath(os.path.join(root, path))
-            return full if full.startswith(root) and os.path.isfile(full) else None
-
-        def _control(self) -> bool:
-            parts = urllib.parse.urlsplit(self.path)
-            if not parts.path.startswith("/__"):
-                return False
-            query = dict(urllib.parse.parse_qsl(parts.query))
-            with lock:
-                if parts.path == "/__reset":
-                    state.update(requests=0, bytes=0, head=0)
-                if "ttfb" in query:
-                    state["ttfb"] = float(query["ttfb"])
-                body = json.dumps(state).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return True
-
-        def _headers(self, path: str) -> tuple[int, str]:
-            st = os.stat(path)
-            return st.st_size, f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
-
-        def _missing(self) -> None:
-            body = b"<?xml version='1.0'?><Error><Code>NoSuchKey</Code></Error>"
-            self.send_response(404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_HEAD(self) -> None:
-            if self._control():
-                return
-            with lock:
-                state["requests"] += 1
-                state["head"] += 1
-                ttfb = state["ttfb"]
-            time.sleep(ttfb)
-            path = self._file()
-            if path is None:
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            size, etag = self._headers(path)
-            self.send_response(200)
-            self._common(size, etag, os.path.getmtime(path))
-            self.end_headers()
-
-        def _common(self, length: int, etag: str, mtime: float) -> None:
-            self.send_header("Content-Length", str(length))
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("ETag", etag)
-            self.send_header("Last-Modified", email.utils.formatdate(mtime, usegmt=True))
-
-        def do_GET(self) -> None:
-            if self._control():
-                return
-            with lock:
-                state["requests"] += 1
-                ttfb = state["ttfb"]
-            time.sleep(ttfb)
-            path = self._file()
-            if path is None:
-                self._missing()
-                return
-            size, etag = self._headers(path)
-            lo, hi, status = 0, size, 200
-            rng = self.headers.get("Range")
-            if rng and rng.startswith("bytes="):
-                a, _, b = rng[6:].split(",")[0].partition("-")
-                if a:
-                    lo, hi = int(a), min(size, int(b) + 1) if b else size
-                else:
-                    lo, hi = max(0, size - int(b)), size
-                status = 206
-            self.send_response(status)
-            self._common(hi - lo, etag, os.path.getmtime(path))
-            if status == 206:
-                self.send_header("Content-Range", f"bytes {lo}-{hi - 1}/{size}")
-            self.end_headers()
-            with open(path, "rb") as fh:
-                fh.seek(lo)
-                left = hi - lo
-                while left > 0:
-                    chunk = fh.read(min(CHUNK, left))
-                    now = time.monotonic()
-                    wait = self.pacer.take(len(chunk), now)
-                    with lock:
-                        wait = max(wait, total.take(len(chunk), now))
-                    if wait > 0:
-                        time.sleep(wait)
-                    try:
-                        self.wfile.write(chunk)
-                    except OSError:
-                        return
-                    left -= len(chunk)
-                    with lock:
-                        state["bytes"] += len(chunk)
-
-    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-        daemon_threads = True
-        request_queue_size = 128
-
-    server = Server(("127.0.0.1", 0), Handler)
-    print(server.server_address[1], flush=True)
-    server.serve_forever()
-
-
-class SimStore:
-    """The simulated object store, in a child process: ``url``, ``set_ttfb``, ``reset``, ``stats``, ``stop``."""
-
-    def __init__(self, root: str, conn_rate: float, total_rate: float) -> None:
-        repo = os.path.dirname(common.HERE)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.remote_bench", "--serve", os.path.abspath(root), str(conn_rate), str(total_rate)],
-            cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if not line.strip().isdigit():
-            self.stop()
-            raise RuntimeError(f"the simulated store did not start ({line!r})")
-        self.port = int(line)
-        self.url = f"http://127.0.0.1:{self.port}/{BUCKET}"
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-
-    def _control(self, what: str, **query: Any) -> dict:
-        q = ("?" + urllib.parse.urlencode(query)) if query else ""
-        with urllib.request.urlopen(f"{self.endpoint}/__{what}{q}", timeout=30) as resp:
-            return json.loads(resp.read())
-
-    def set_ttfb(self, seconds: float) -> None:
-        self._control("config", ttfb=seconds)
-
-    def reset(self) -> None:
-        self._control("reset")
-
-    def stats(self) -> dict:
-        return self._control("stats")
-
-    def stop(self) -> None:
-        common.stop_process(self.proc)
+    reader: str
+    ratio: float
+    level: str
+    workers: int
+    latency_ms: int
+    epochs: int = 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,53 +156,87 @@ class _Memory:
         return self.peak, self.start
 
 
-class Setup:
-    """The dataset as served: manifest URL, shard URLs, masks, kept keys, the MDS copy."""
+def reader_takes_cache_dir() -> bool:
+    """Whether streamprune's reader accepts the kept-bytes cache's ``cache_dir`` keyword."""
+    # heavy import, deferred: streamprune's readers (torch)
+    from streamprune import PrunedSource, PrunedWebDataset
 
-    def __init__(self, data_dir: str, store: SimStore, masks: dict, kept_keys: dict, mds: str | None,
-                 zygote: "Zygote | None" = None) -> None:
-        self.zygote = zygote
-        self.data_dir = data_dir
-        self.store = store
-        self.masks = masks
-        self.kept_keys = kept_keys
-        self.mds = mds
+    return any("cache_dir" in inspect.signature(cls.__init__).parameters for cls in (PrunedSource, PrunedWebDataset))
 
 
-def _loader(ds: Any, workers: int) -> Any:
-    # heavy import, deferred: torch (the registry imports every suite)
-    import torch
-
-    return torch.utils.data.DataLoader(ds, batch_size=32, num_workers=workers, collate_fn=_collate,
-                                       persistent_workers=False)
-
-
-def build(reader: str, workers: int, data_dir: str, url: str, mask: str | None, kept: set, cache_dir: str,
-          depth: int | None) -> Any:
-    """The DataLoader of one configuration."""
-    # heavy imports, deferred: webdataset, streamprune's readers (torch)
-    import webdataset as wds
-
+def build(job: dict, cache_dir: str) -> tuple[Any, Any]:
+    """The dataset and DataLoader of one run (``job`` as made by :func:`run_once`)."""
+    # heavy import, deferred: streamprune's readers (torch)
     from streamprune import PrunedWebDataset
-    from streamprune.readers.scheduler import FetchPolicy
 
-    if reader in ("wds", "wds_select"):
-        n = len([f for f in os.listdir(data_dir) if f.endswith(".tar")])
-        ds = wds.WebDataset(f"{url}/shard-{{000000..{n - 1:06d}}}.tar", shardshuffle=False, empty_check=False)
-        if reader == "wds_select":
-            ds = ds.select(lambda x: x["__key__"] in kept)
-        return _loader(ds, workers)
-    if reader == "mosaic":
-        # optional peer: mosaicml-streaming
-        from streaming import StreamingDataset
-        from streaming.base.util import clean_stale_shared_memory
+    from . import remote_peers
 
-        clean_stale_shared_memory()
-        ds = StreamingDataset(remote=f"s3://{BUCKET}/mds", local=cache_dir, shuffle=False, batch_size=32)
-        return _loader(ds, workers)
-    fetch = FetchPolicy(depth=depth) if depth else None
-    where = f"{url}/{SORTED}" if reader == "streamprune_sorted" else url
-    return _loader(PrunedWebDataset(f"{where}/manifest.json", mask, fetch=fetch), workers)
+    reader, workers = job["reader"], job["workers"]
+    # MosaicML's boto3 client takes its endpoint from S3_ENDPOINT_URL: this run's latency port
+    # (this forked process's environment only; its DataLoader workers inherit it)
+    os.environ["S3_ENDPOINT_URL"] = job["endpoint"]
+    if reader == "wds":
+        ds = remote_peers.wds_dataset(job["base_url"], job["shard_names"])
+    elif reader == "mosaic":
+        ds = remote_peers.mosaic_dataset("mds", cache_dir, BATCH)
+    elif reader == "litdata":
+        ds = remote_peers.litdata_dataset("litdata", cache_dir, job["endpoint"])
+    else:
+        kwargs: dict[str, Any] = {}
+        if job["cache_kw"]:  # the reader has a kept-bytes cache: on for the cache arm, off for the others
+            kwargs["cache_dir"] = cache_dir if reader == "streamprune_cache" else None
+        ds = PrunedWebDataset(job["manifest"], job["mask"], **kwargs)
+    return ds, remote_peers.peer_loader(reader, ds, BATCH, workers, _collate)
+
+
+def _tree_bytes(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):  # a file removed meanwhile
+                total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+def _one(job: dict, beat: Callable[[], None] = lambda: None) -> dict:
+    """One run, in the forked child: build the loader, time each epoch, note the log's size after it.
+
+    ``beat`` is called at each epoch's start and after each batch (the zygote's stall watch).
+    """
+    # the heavy imports (torch, webdataset, the readers, their clients) were done by the zygote
+    cache_dir = tempfile.mkdtemp(prefix="remote-bench-cache-")
+    epochs = []
+    try:
+        mem = _Memory()
+        ds = loader = None
+        for epoch in range(job["epochs"]):
+            beat()
+            t0 = time.perf_counter()
+            if loader is None:  # epoch 1 builds the dataset: manifest, indexes, the peers' index files
+                ds, loader = build(job, cache_dir)
+            if hasattr(ds, "set_epoch") and job["reader"].startswith("streamprune"):
+                ds.set_epoch(epoch)
+            samples = nbytes = 0
+            first = None
+            last, gap = t0, 0.0
+            for count, size in loader:
+                beat()
+                now = time.perf_counter()
+                first = now - t0 if first is None else first
+                gap, last = max(gap, now - last), now
+                samples += count
+                nbytes += size
+            seconds = time.perf_counter() - t0
+            if samples != job["want"]:
+                raise RuntimeError(f"epoch {epoch + 1}: {samples} samples, expected {job['want']}")
+            time.sleep(SETTLE)
+            epochs.append({"epoch": epoch + 1, "seconds": seconds, "first_batch_s": first, "max_gap_s": gap, "samples": samples,
+                           "image_bytes": nbytes, "log_end": os.path.getsize(job["log"]),
+                           "cache_bytes": _tree_bytes(cache_dir)})
+        peak, start = mem.done()
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    return {"epochs": epochs, "peak_rss_MiB": peak / 2**20, "peak_over_start_MiB": (peak - start) / 2**20}
 
 
 class Zygote:
@@ -361,31 +244,30 @@ class Zygote:
 
     Each run still starts from a clean process (no fsspec, connection or page state left by
     another run), but not from a cold interpreter: importing torch, webdataset, the readers
-    and their HTTP/S3 clients took most of a run's wall time here (~20 s of ~25 s on a loaded
+    and their HTTP/S3 clients took most of a run's wall time (~20 s of ~25 s on a loaded
     machine), and a training process pays it once, not per epoch. What each epoch does pay
-    stays in the clock: building the dataset (manifest and index requests, MosaicML's index
-    download), DataLoader workers, and every request. The code is imported once, when the
-    suite starts.
+    stays in the clock: building the dataset, DataLoader workers, and every request. A run that
+    passes its ``timeout`` is killed with its process group (workers, ``curl``) and answered
+    as an error.
     """
 
     def __init__(self) -> None:
         repo = os.path.dirname(common.HERE)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.remote_bench", "--zygote"], cwd=repo, env=env,
+        # -W: runpy warns that the package (its registry) imported this module before running it as __main__
+        self.proc = subprocess.Popen([sys.executable, "-W", "ignore::RuntimeWarning:runpy", "-m", "benchmarks.remote_bench",
+                                      "--zygote"], cwd=repo, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def run(self, job: dict) -> dict:
-        """One run in a forked child; its result row, or a RuntimeError with the child's error."""
+        """One run in a forked child: its result, or ``{"error": ...}`` (``"stalled": True`` when it timed out)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"the zygote process died (exit {self.proc.poll()})")
-        reply = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        return reply
+        return json.loads(line)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -398,10 +280,45 @@ class Zygote:
                 self.proc.wait()
 
 
+def _wait_child(pid: int, read_fd: int, beat_fd: int, timeout: float, stall: float) -> str | None:
+    """The child's reply; ``None`` when it sent none within ``timeout`` s, or no beat for ``stall`` s.
+
+    In both cases its process group (the run, its DataLoader workers, ``curl``) is killed.
+    """
+    chunks = []
+    start = last_beat = time.monotonic()
+    fds = [read_fd, beat_fd]
+    while True:
+        now = time.monotonic()
+        left = min(start + timeout, last_beat + stall) - now
+        ready, _, _ = select.select(fds, [], [], max(left, 0)) if left > 0 else ([], [], [])
+        if not ready:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        if beat_fd in ready:
+            if os.read(beat_fd, 1 << 12):
+                last_beat = time.monotonic()
+            else:  # the child closed its end (it is done, or died)
+                fds.remove(beat_fd)
+        if read_fd in ready:
+            data = os.read(read_fd, 1 << 16)
+            if not data:
+                break
+            chunks.append(data)
+    os.waitpid(pid, 0)
+    # workers or curl processes the run left behind (a reader that does not join them) go too
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    return b"".join(chunks).decode()
+
+
 def _zygote() -> None:
     """The zygote's side: import, then for each job line on stdin fork a child that runs it."""
     # heavy imports, done once here so each forked run starts with them loaded
     import traceback
+    import warnings
 
     import torch  # noqa: F401
     import webdataset  # noqa: F401
@@ -409,79 +326,136 @@ def _zygote() -> None:
     import streamprune.readers.webdataset  # noqa: F401
 
     # The HTTP and S3 clients the readers load on first use (fsspec + aiohttp for streamprune,
-    # boto3 for MosaicML): a training process imports them once, not once per epoch.
+    # boto3 for MosaicML and LitData): a training process imports them once, not per epoch.
     with contextlib.suppress(ImportError):  # optional: the remote extra
         import aiohttp  # noqa: F401
         import fsspec.implementations.http  # noqa: F401
     with contextlib.suppress(ImportError):  # optional peer: mosaicml-streaming and its S3 client
         import boto3  # noqa: F401
         import streaming  # noqa: F401
+    with contextlib.suppress(ImportError):  # optional peer: litdata (imports only: no obstore runtime before a fork)
+        import litdata  # noqa: F401
+    # 4 workers on 2 cores is the point of the 4-worker arms: torch's advice against it, once per run, is noise
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
     out = sys.stdout
     for line in sys.stdin:
         job = json.loads(line)
         read_fd, write_fd = os.pipe()
+        beat_read, beat_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
+            os.close(beat_read)
+            os.setpgid(0, 0)  # its own process group: a stalled run is killed with its workers
             try:
-                reply = _one(job)
-            except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
-                reply = {"error": f"{job['reader']} r={job['ratio']} {job['level']} w={job['workers']}: failed\n"
-                                  + traceback.format_exc()[-3000:]}
+                reply = _one(job, functools.partial(os.write, beat_write, b"."))
+            except BaseException:  # noqa: BLE001 - reported to the parent, which records it
+                reply = {"error": traceback.format_exc()[-3000:]}
             with os.fdopen(write_fd, "w") as fh:
                 fh.write(json.dumps(reply))
             os._exit(0)
         os.close(write_fd)
-        with os.fdopen(read_fd) as fh:
-            reply_text = fh.read()
-        os.waitpid(pid, 0)
-        out.write((reply_text or json.dumps({"error": "the run's process died without a result"})) + "\n")
+        os.close(beat_write)
+        t0 = time.monotonic()
+        try:
+            text = _wait_child(pid, read_fd, beat_read, job["timeout"], STALL_S)
+        finally:
+            os.close(read_fd)
+            os.close(beat_read)
+        if text is None:
+            took = time.monotonic() - t0
+            why = (f"no result within {job['timeout']:.0f} s" if took >= job["timeout"] - 1 else
+                   f"no batch for {STALL_S:.0f} s (after {took:.0f} s)")
+            text = json.dumps({"error": f"stalled: {why}; killed", "stalled": True})
+        out.write((text or json.dumps({"error": "the run's process died without a result"})) + "\n")
         out.flush()
 
 
-def run_once(reader: str, ratio: float, level: str, workers: int, latency: float, s: Setup, depth: int | None) -> dict:
-    """One epoch of one configuration, in a fresh process forked from the zygote (clean memory and fsspec state)."""
-    s.store.set_ttfb(latency)
-    s.store.reset()
-    job = {"reader": reader, "ratio": ratio, "level": level, "workers": workers, "latency": latency, "depth": depth,
-           "data_dir": s.data_dir, "url": s.store.url, "mask": s.masks.get((ratio, level)),
-           "want": len(s.kept_keys[(ratio, level)])}
-    row = s.zygote.run(job)
-    st = s.store.stats()
-    row.update(bytes_sent=st["bytes"], requests=st["requests"], head_requests=st["head"],
-               MB_per_s=st["bytes"] / row["seconds"] / 1e6)
-    return row
+# --------------------------------------------------------------------------------------------
+# one run
 
 
-def _one(job: dict) -> dict:
-    """The child's side of :func:`run_once`: build the loader, time the epoch, measure memory."""
-    kept: set = set()
-    if job["reader"] == "wds_select":
-        with open(job["mask"] + ".keys.json") as fh:
-            kept = set(json.load(fh))
-    # the heavy imports (torch, webdataset, the readers, their clients) were done by the zygote
-    cache_dir = tempfile.mkdtemp(prefix="remote-bench-cache-")
-    try:
-        mem = _Memory()
-        t0 = time.perf_counter()
-        loader = build(job["reader"], job["workers"], job["data_dir"], job["url"], job["mask"], kept, cache_dir, job["depth"])
-        samples = nbytes = 0
-        first = None
-        for count, size in loader:
-            if first is None:
-                first = time.perf_counter() - t0
-            samples += count
-            nbytes += size
-        seconds = time.perf_counter() - t0
-        peak, start = mem.done()
-    finally:
-        shutil.rmtree(cache_dir, ignore_errors=True)
-    if samples != job["want"]:
-        raise RuntimeError(f"{job['reader']} r={job['ratio']} {job['level']}: {samples} samples, expected {job['want']}")
-    return {"reader": job["reader"], "ratio": job["ratio"], "level": job["level"], "workers": job["workers"],
-            "latency_ms": round(job["latency"] * 1e3), "seconds": seconds, "first_batch_s": first, "samples": samples,
-            "samples_per_s": samples / seconds, "image_bytes": nbytes, "peak_rss_MiB": peak / 2**20,
-            "peak_over_start_MiB": (peak - start) / 2**20}
+class Setup:
+    """What every run needs: the store, the data's paths and URLs, the masks and their kept samples."""
+
+    def __init__(self, data_dir: str, store: NginxStore, shard_names: list[str], masks: dict, kept: dict,
+                 cache_kw: bool, timeout: float) -> None:
+        self.data_dir = data_dir
+        self.store = store
+        self.shard_names = shard_names
+        self.masks = masks
+        self.kept = kept
+        self.zygote: Zygote | None = None  # started once the setup is complete
+        self.cache_kw = cache_kw
+        self.timeout = timeout
+
+
+def _port_name(latency_ms: int) -> str:
+    return f"t{latency_ms}"
+
+
+def job_for(arm: Arm, s: Setup) -> dict:
+    """The zygote's job for ``arm``: URLs on the arm's latency port, mask, samples expected."""
+    endpoint = s.store.url(_port_name(arm.latency_ms))
+    base = f"{endpoint}/{BUCKET}"
+    if arm.reader == "streamprune_local":
+        manifest = os.path.join(s.data_dir, "manifest.json")
+    elif arm.reader == "streamprune_sorted":
+        manifest = f"{base}/{SORTED}/manifest.json"
+    else:
+        manifest = f"{base}/manifest.json"
+    key = (arm.ratio, arm.level)
+    return {"reader": arm.reader, "ratio": arm.ratio, "level": arm.level, "workers": arm.workers,
+            "latency_ms": arm.latency_ms, "epochs": arm.epochs, "endpoint": endpoint, "base_url": base,
+            "shard_names": s.shard_names, "manifest": manifest, "mask": s.masks.get(key), "want": s.kept[key],
+            "log": s.store.log, "cache_kw": s.cache_kw, "timeout": s.timeout * arm.epochs}
+
+
+def _count(entries: list[dict]) -> dict[str, int]:
+    gets = [e for e in entries if e["method"] == "GET"]
+    return {"requests": len(entries), "gets": len(gets), "ranged_gets": sum(e["range"] not in ("", "-") for e in gets),
+            # the same object and range asked for again: a retry, or a download repeated by another worker
+            "repeated_gets": len(gets) - len({(e["uri"], e["range"]) for e in gets}),
+            "heads": sum(e["method"] == "HEAD" for e in entries), "errors": sum(e["status"] >= 400 for e in entries),
+            "bytes_sent": sum(e["body_bytes"] for e in entries)}
+
+
+def run_once(arm: Arm, s: Setup) -> tuple[list[dict], str | None]:
+    """One run of ``arm`` in a fresh forked process: one row per epoch, or an error (the run is then not counted)."""
+    s.store.clear_log()
+    load = os.getloadavg()[0]
+    assert s.zygote is not None
+    reply = s.zygote.run(job_for(arm, s))
+    if "error" in reply:
+        return [], reply["error"]
+    time.sleep(SETTLE)
+    port = s.store.ports[_port_name(arm.latency_ms)]
+    rows = []
+    start = 0
+    for ep in reply["epochs"]:
+        counts = _count(read_log(s.store.log, port, start, ep["log_end"]))
+        start = ep["log_end"]
+        row = arm._asdict() | {k: v for k, v in ep.items() if k != "log_end"} | counts
+        row.update(samples_per_s=ep["samples"] / ep["seconds"], MB_per_s=counts["bytes_sent"] / ep["seconds"] / 1e6,
+                   gets_per_s=counts["ranged_gets"] / ep["seconds"], peak_rss_MiB=reply["peak_rss_MiB"],
+                   peak_over_start_MiB=reply["peak_over_start_MiB"], load_1min=load)
+        rows.append(row)
+    return rows, run_problem(rows, remote=arm.reader != "streamprune_local")
+
+
+def run_problem(rows: list[dict], remote: bool = True) -> str | None:
+    """Why a finished run must not be counted (``None``: it counts).
+
+    A remote reader whose requests did not reach nginx on its port did not read the store; a
+    run with no batch for :data:`STALL_S` seconds stalled (MosaicML's 60 s read timeout, for one).
+    """
+    if remote and sum(r["requests"] for r in rows) == 0:
+        return "no request reached nginx on its port: the run did not read the store"
+    stalled = [r for r in rows if r["max_gap_s"] >= STALL_S]
+    if stalled:
+        return "; ".join(f"stalled: no batch for {r['max_gap_s']:.0f} s in epoch {r['epoch']} (epoch {r['seconds']:.0f} s, "
+                         f"{r['requests']} requests, {r['repeated_gets']} repeated GETs, {r['errors']} errors)" for r in stalled)
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,15 +470,14 @@ def make_masks(manifest: Any, ratios: Sequence[float], out: str, levels: Sequenc
     masks are ``"class-sorted"``, apart from the main copy's).
 
     Returns:
-        The mask files, their kept key sets, and the fraction of the shards' bytes their kept
-        samples' tar records occupy (per ``(ratio, level)``): samples differ in size and classes
-        in count, so a mask removing a fraction ``r`` of samples keeps about, not exactly,
-        ``1 - r`` of the bytes.
+        The mask files, their kept sample counts, and the fraction of the shards' bytes their
+        kept samples' tar records occupy (per ``(ratio, level)``): samples differ in size and
+        classes in count, so a mask removing a fraction ``r`` of samples keeps about, not
+        exactly, ``1 - r`` of the bytes.
     """
     # heavy import, deferred: streamprune.masks loads numpy-heavy modules
     from streamprune.masks import random_mask
 
-    keys = np.asarray(manifest.keys())
     record = np.concatenate([manifest.index(k).end - manifest.index(k).start for k in range(len(manifest.shards))])
     full = sum(entry.bytes for entry in manifest.shards)
     masks, kept, kept_bytes = {}, {}, {}
@@ -516,10 +489,9 @@ def make_masks(manifest: Any, ratios: Sequence[float], out: str, levels: Sequenc
             name = (key_level or {}).get(level, level)  # the key these masks are filed under
             m = random_mask(manifest, r, level=level, seed=1)
             masks[(r, name)] = m.save(os.path.join(out, f"keep-{name}-{r:g}.spmask"))
-            kept[(r, name)] = set(keys[m.keep].tolist())
+            kept[(r, name)] = int(m.keep.sum())
             kept_bytes[(r, name)] = float(record[m.keep].sum()) / full
-            with open(masks[(r, name)] + ".keys.json", "w") as fh:
-                json.dump(sorted(kept[(r, name)]), fh)
+    manifest.drop_cache()
     return masks, kept, kept_bytes
 
 
@@ -549,7 +521,7 @@ def make_sorted_copy(manifest: Any, data_dir: str, classes: int = SORTED_CLASSES
     Source-class pruning (LM, FM) removes whole classes; when a class's samples sit together
     (a dataset sharded class by class, as many are), a class-level mask keeps long runs and
     a pruned epoch needs few, large requests. io_bench's data has 1,000 classes of ~2 samples
-    scattered over the shards, so its class-level masks are as scattered as sample-level ones.
+    per shard, so its class-level masks are as scattered as sample-level ones.
     """
     # heavy import, deferred: streamprune's writers (torch)
     from streamprune import Manifest, write_shards
@@ -560,85 +532,156 @@ def make_sorted_copy(manifest: Any, data_dir: str, classes: int = SORTED_CLASSES
         return Manifest.load(out)
     shutil.rmtree(out, ignore_errors=True)
     source = _Coarse(manifest, classes)
+    t0 = time.perf_counter()
     write_shards(source, out, samples_per_shard=manifest.shards[0].samples, shuffle=False, layout="class-sorted",
                  checksum=True, progress=False, class_names=source.class_names)
     with open(stamp, "w") as fh:
-        json.dump({"classes": classes, "samples": len(source)}, fh)
-    log(f"wrote the class-sorted copy ({classes} classes) to {out}")
+        json.dump({"classes": classes, "samples": len(source), "seconds": time.perf_counter() - t0}, fh)
+    log(f"wrote the class-sorted copy ({classes} classes) to {out} in {time.perf_counter() - t0:.1f} s")
     return Manifest.load(out)
 
 
-def convert_mds(manifest: Any, data_dir: str, log=print) -> str | None:
-    """The dataset written once with MosaicML's ``MDSWriter`` (default options) to ``data_dir/mds``."""
+def configs(latencies_ms: Sequence[int], workers: Sequence[int], headline_ms: int, readers: Sequence[str],
+            ratios: Sequence[float] = RATIOS) -> list[Arm]:
+    """Every configuration of one round.
+
+    At ``headline_ms`` every arm with every worker count; at the other latencies streamprune's
+    sample masks and class-sorted copy at r in CACHE_RATIOS, and webdataset, with the most
+    workers only (the latency's effect, at a fraction of the runs: MosaicML and LitData
+    download whole shards, so their epochs depend little on the time to first byte, and they
+    are the slowest runs).
+    """
+    out: list[Arm] = []
+    for lat in latencies_ms:
+        head = lat == headline_ms
+        for w in workers if head else [max(workers)]:
+            some = [r for r in ratios if head or r in CACHE_RATIOS]
+            if "streamprune" in readers:
+                for r in some:
+                    for level in LEVELS if head else ("sample",):
+                        if r == 0 and level == "class":
+                            continue
+                        two = head and level == "sample" and r in CACHE_RATIOS  # epoch 2 without the cache
+                        out.append(Arm("streamprune", r, level, w, lat, 2 if two else 1))
+            if "streamprune_sorted" in readers:
+                out.extend(Arm("streamprune_sorted", r, SORTED_LEVEL, w, lat) for r in some)
+            if head and "streamprune_cache" in readers:
+                out.extend(Arm("streamprune_cache", r, "sample", w, lat, 2) for r in CACHE_RATIOS if r in ratios)
+            if head and "streamprune_local" in readers:
+                out.extend(Arm("streamprune_local", r, "sample", w, lat) for r in CACHE_RATIOS if r in ratios)
+            for peer in PEERS if head else ("wds",):
+                if peer in readers:
+                    out.append(Arm(peer, 0.0, "sample", w, lat, 1 if peer == "wds" else 2))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# plan predictions (the fetch planner's, when there is one)
+
+
+def planner() -> tuple[Callable | None, str | None]:
+    """streamprune's epoch predictor (``streamprune.readers.planner.predict_epoch``), or why there is none."""
     try:
-        # optional peer: mosaicml-streaming
-        from streaming import MDSWriter
-    except ImportError:
-        log("mosaicml-streaming is not installed: the mosaic peer is skipped")
+        # optional: the fetch planner may not be part of this checkout
+        from streamprune.readers.planner import predict_epoch
+    except ImportError as exc:
+        return None, f"no predictor: streamprune.readers.planner.predict_epoch cannot be imported ({exc})"
+    return predict_epoch, None
+
+
+def predicted(manifest_url: str, mask: str | None, latency: float, **settings: Any) -> dict | None:
+    """The planner's prediction of one epoch, ``{"requests", "bytes", "seconds"}``, or ``None`` without a planner.
+
+    The hook for ``--plan``'s predictions: calls ``predict_epoch(manifest_url, mask, latency=...,
+    **settings)`` (only the keywords it accepts: ``bandwidth`` bytes/s per connection,
+    ``workers``) and reads ``requests``, ``bytes`` and ``seconds`` from its dict or attributes.
+
+    Args:
+        manifest_url: The manifest as the reader opens it.
+        mask: The mask file (``None``: every sample).
+        latency: Time to first byte per request, seconds.
+        **settings: ``bandwidth`` and ``workers``, passed when the predictor takes them.
+
+    Returns:
+        The prediction, or ``None`` when there is no predictor (:func:`planner` says why).
+    """
+    fn, _reason = planner()
+    if fn is None:
         return None
-    # heavy import, deferred: streamprune's readers (torch)
-    from streamprune import PrunedSource
-
-    out = os.path.join(data_dir, "mds")
-    stamp = os.path.join(out, "converted.json")
-    if os.path.exists(stamp):
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    with MDSWriter(out=out, columns={"__key__": "str", "jpg": "bytes", "cls": "int"}) as writer:
-        for sample in PrunedSource(data_dir):
-            writer.write({"__key__": sample["__key__"], "jpg": sample["jpg"], "cls": int(sample["cls"])})
-    with open(stamp, "w") as fh:
-        json.dump({"seconds": time.perf_counter() - t0}, fh)
-    log(f"converted to MDS in {time.perf_counter() - t0:.1f} s")
-    return out
-
-
-def configs(ratios: Sequence[float], workers: Sequence[int], latencies: Sequence[float], mosaic: bool,
-            sorted_copy: bool = False) -> list[tuple]:
-    """Every (reader, ratio, level, workers, latency) of one round."""
-    out = []
-    top = max(ratios)
-    for lat in latencies:
-        if sorted_copy:  # the class-sorted copy: class-level masks, one worker
-            out.append(("streamprune_sorted", 0.0, "class-sorted", workers[0], lat))
-            out.extend(("streamprune_sorted", r, "class-sorted", workers[0], lat) for r in ratios if r > 0)
-        for w in workers if round(lat * 1e3) == 30 or len(latencies) == 1 else workers[:1]:
-            out.append(("wds", 0.0, "sample", w, lat))
-            out.append(("wds_select", top, "sample", w, lat))
-            if mosaic:
-                out.append(("mosaic", 0.0, "sample", w, lat))
-            for r in ratios:
-                for level in LEVELS:
-                    if r == 0 and level == "class":
-                        continue
-                    out.append(("streamprune", r, level, w, lat))
-    return out
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in {"latency": latency, **settings}.items() if takes_any or k in params}
+    out = fn(manifest_url, mask, **kwargs)
+    get = out.get if isinstance(out, dict) else (lambda k: getattr(out, k, None))
+    values = {k: get(k) for k in ("requests", "bytes", "seconds")}
+    if any(v is None for v in values.values()):
+        raise RuntimeError(f"predict_epoch returned {out!r}: expected requests, bytes and seconds")
+    return {k: float(v) for k, v in values.items()}
 
 
 # --------------------------------------------------------------------------------------------
 # summary and targets
 
 
+def _key(r: dict) -> tuple:
+    return (r["reader"], r["ratio"], r["level"], r["workers"], r["latency_ms"], r.get("epoch", 1))
+
+
+def match(**fields: Any) -> Callable[[dict], bool]:
+    """A test for runs or rows with these field values (``epoch`` 1 where a run has none)."""
+    return lambda r: all((r.get(k, 1) if k == "epoch" else r.get(k)) == v for k, v in fields.items())
+
+
+def paired(runs: list[dict], num: Callable[[dict], Any], den: Callable[[dict], Any]) -> list[float]:
+    """Per round, ``seconds(den run) / seconds(num run)`` for the runs ``num`` and ``den`` select (rounds with both)."""
+    a = {r["round"]: r["seconds"] for r in runs if num(r)}
+    b = {r["round"]: r["seconds"] for r in runs if den(r)}
+    return [b[k] / a[k] for k in sorted(a) if k in b]
+
+
+def speedups(runs: list[dict]) -> dict[tuple, list[float]]:
+    """Epoch 1 of each pruned streamprune/streamprune_sorted configuration: t(its r = 0) / t(r), per round."""
+    out: dict[tuple, list[float]] = {}
+    pruned = {_key(r) for r in runs if r["reader"] in ("streamprune", "streamprune_sorted") and r["ratio"] > 0
+              and r.get("epoch", 1) == 1}
+    for key in sorted(pruned):
+        reader, ratio, level, w, lat, _ = key
+        base_level = SORTED_LEVEL if reader == "streamprune_sorted" else "sample"
+        out[key] = paired(runs, match(reader=reader, ratio=ratio, level=level, workers=w, latency_ms=lat, epoch=1),
+                          match(reader=reader, ratio=0.0, level=base_level, workers=w, latency_ms=lat, epoch=1))
+    return out
+
+
 def summarize(runs: list[dict]) -> list[dict]:
-    """One row per configuration: medians over rounds, min-max intervals."""
+    """One row per configuration and epoch: medians over rounds, min-max intervals, paired speed-ups."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["reader"], r["ratio"], r["level"], r["workers"], r["latency_ms"]), []).append(r)
+        groups.setdefault(_key(r), []).append(r)
+    ups = speedups(runs)
     rows = []
-    for (reader, ratio, level, workers, lat), rs in sorted(groups.items()):
+    for key, rs in sorted(groups.items()):
+        reader, ratio, level, workers, lat, epoch = key
         sps = [r["samples_per_s"] for r in rs]
         first = [r["first_batch_s"] for r in rs if r.get("first_batch_s") is not None]
-        rows.append({"reader": reader, "ratio": ratio, "level": level, "workers": workers, "latency_ms": lat,
-                     "repeats": len(rs), "samples": rs[0]["samples"], "samples_per_s": common.median(sps),
-                     "samples_per_s_interval": [min(sps), max(sps)],
-                     # start-up (imports, manifest, worker fork, first shard) plus the first batch
-                     "first_batch_s": common.median(first) if first else None,
-                     "MB_per_s": common.median([r["MB_per_s"] for r in rs]),
-                     "bytes_sent": int(common.median([r["bytes_sent"] for r in rs])),
-                     "requests": int(common.median([r["requests"] for r in rs])),
-                     "peak_rss_MiB": max(r["peak_rss_MiB"] for r in rs),
-                     "peak_over_start_MiB": max(r["peak_over_start_MiB"] for r in rs)})
+        row = {"reader": reader, "ratio": ratio, "level": level, "workers": workers, "latency_ms": lat, "epoch": epoch,
+               "repeats": len(rs), "samples": rs[0]["samples"], "seconds": common.median([r["seconds"] for r in rs]),
+               "samples_per_s": common.median(sps), "samples_per_s_interval": [min(sps), max(sps)],
+               # start-up (manifest, worker fork, first requests) plus the first batch
+               "first_batch_s": common.median(first) if first else None,
+               "MB_per_s": common.median([r["MB_per_s"] for r in rs]),
+               "bytes_sent": int(common.median([r["bytes_sent"] for r in rs])),
+               "requests": int(common.median([r["requests"] for r in rs])),
+               "peak_rss_MiB": max(r["peak_rss_MiB"] for r in rs),
+               "peak_over_start_MiB": max(r["peak_over_start_MiB"] for r in rs)}
+        if "ranged_gets" in rs[0]:
+            gps = [r["gets_per_s"] for r in rs]
+            row.update(ranged_gets=int(common.median([r["ranged_gets"] for r in rs])), gets_per_s=common.median(gps),
+                       gets_per_s_interval=[min(gps), max(gps)], heads=int(common.median([r["heads"] for r in rs])),
+                       errors=max(r["errors"] for r in rs), cache_bytes=max(r.get("cache_bytes", 0) for r in rs),
+                       repeated_gets=max(r.get("repeated_gets", 0) for r in rs))
+        if key in ups and ups[key]:
+            row.update(speedup=common.median(ups[key]), speedup_interval=[min(ups[key]), max(ups[key])])
+        rows.append(row)
     return rows
 
 
@@ -649,61 +692,76 @@ def _find(rows: list[dict], **kw: Any) -> dict | None:
     return None
 
 
-def paired_speedups(runs: list[dict]) -> dict[tuple, list[float]]:
-    """A streamprune reader's t(r=0) / t(r) within each round, per (ratio, level, workers, latency).
-
-    Each arm is paired with its own r=0 (the class-sorted copy with its own full read).
-    """
-    base = {(r["reader"], r["round"], r["workers"], r["latency_ms"]): r["seconds"] for r in runs
-            if r["reader"].startswith("streamprune") and r["ratio"] == 0}
-    out: dict[tuple, list[float]] = {}
-    for r in runs:
-        if r["reader"].startswith("streamprune") and r["ratio"] > 0:
-            b = base.get((r["reader"], r["round"], r["workers"], r["latency_ms"]))
-            if b:
-                out.setdefault((r["ratio"], r["level"], r["workers"], r["latency_ms"]), []).append(b / r["seconds"])
-    return out
+def _interval(values: list[float]) -> list[float] | None:
+    return values if len(values) > 1 else None
 
 
-def evaluate_targets(rows: list[dict], runs: list[dict], full_bytes: int, conn_mbps: float, total_mbps: float,
-                     command: str) -> list[dict]:
-    """The suite's targets, judged (``Target.check``)."""
+def evaluate_targets(rows: list[dict], runs: list[dict], setup: dict, command: str) -> list[dict]:
+    """The suite's targets at the headline latency, judged (``Target.check``; intervals are min-max over rounds)."""
+    head = setup["headline_ms"]
+    full_bytes = setup["full_bytes"]
+    kept_fraction = {(float(k.split("/")[0]), k.split("/")[1]): v for k, v in setup["kept_bytes_fraction"].items()}
     targets: list[Target] = []
-    for row in rows:
-        if not row["reader"].startswith("streamprune") or row["ratio"] == 0:
+    at = [r for r in rows if r["latency_ms"] == head]
+    for row in at:  # pruned epochs against their own r = 0
+        if row["reader"] not in ("streamprune", "streamprune_sorted") or row["ratio"] == 0 or row["epoch"] != 1:
             continue
-        r = row["ratio"]
-        # the literal goal is (1-r) x 1.05; a random mask keeps about, not exactly, 1-r of the
-        # bytes (sample sizes and class counts vary), so the goal is the mask's own kept bytes x 1.05,
-        # and the row keeps the literal one beside it
-        kept = row.get("kept_bytes_fraction", 1 - r)
-        targets.append(Target.check(
-            f"bytes transferred <= kept bytes x 1.05 (r={r:g}, {row['level']}, {row['workers']} w, "
-            f"{row['latency_ms']} ms; kept {kept:.3f} of the bytes, 1-r = {1 - r:.2f})", row["bytes_sent"] / full_bytes,
-            kept * 1.05, "<=", command=command, ratio=r, level=row["level"], literal_goal=(1 - r) * 1.05))
-    for (r, level, w, lat), values in sorted(paired_speedups(runs).items()):
-        goal = 0.85 / (1 - r)
-        targets.append(Target.check(
-            f"speed-up over its own r=0 >= 0.85/(1-r) ({level}, {w} w, {lat} ms)", common.median(values), goal, ">=",
-            interval=values if len(values) > 1 else None, command=command, ratio=r, level=level))
-    for row in rows:
-        if row["reader"] != "streamprune" or row["ratio"] != 0:
+        r, level, w = row["ratio"], row["level"], row["workers"]
+        values = speedups(runs).get(_key(row), [])
+        if not values:
             continue
-        for peer in ("wds", "mosaic"):
-            other = _find(rows, reader=peer, ratio=0.0, workers=row["workers"], latency_ms=row["latency_ms"])
-            if other is None:
-                continue
-            lo = row["samples_per_s_interval"][0] / other["samples_per_s_interval"][1]
-            hi = row["samples_per_s_interval"][1] / other["samples_per_s_interval"][0]
+        where = f"{level}, {w} w, {head} ms"
+        targets.append(Target.check(f"pruned epoch no slower than the unpruned: speed-up >= 1 ({where})",
+                                    common.median(values), 1.0, ">=", interval=_interval(values), command=command,
+                                    ratio=r, level=level))
+        goal = {"sample": 0.7, SORTED_LEVEL: 0.85}.get(level)
+        if goal is not None:
+            targets.append(Target.check(f"speed-up >= {goal}/(1-r) ({where})", common.median(values), goal / (1 - r), ">=",
+                                        interval=_interval(values), command=command, ratio=r, level=level))
+        # the literal goal is (1-r) x 1.05; a random mask keeps about, not exactly, 1-r of the bytes,
+        # so the goal is the mask's own kept bytes x 1.05 (the row keeps the literal one beside it)
+        kept = kept_fraction.get((r, level), 1 - r)
+        targets.append(Target.check(
+            f"bytes transferred <= kept bytes x 1.05 ({where}; kept {kept:.3f} of the bytes)", row["bytes_sent"] / full_bytes,
+            kept * 1.05, "<=", command=command, ratio=r, level=level, literal_goal=(1 - r) * 1.05))
+    for w in sorted({r["workers"] for r in at}):  # streamprune's full epoch against each peer's first
+        for peer in PEERS:
+            values = paired(runs, match(reader="streamprune", ratio=0.0, level="sample", workers=w, latency_ms=head, epoch=1),
+                            match(reader=peer, workers=w, latency_ms=head, epoch=1))
+            if values:
+                targets.append(Target.check(f"r=0 samples/s >= {peer}'s first epoch ({w} w, {head} ms)",
+                                            common.median(values), 1.0, ">=", interval=_interval(values), command=command))
+    for row in at:  # the kept-bytes cache: epoch 2 against the local reader of the same files and mask
+        if row["reader"] != "streamprune_cache" or row["epoch"] != 2:
+            continue
+        r, w = row["ratio"], row["workers"]
+        values = paired(runs, match(reader="streamprune_cache", ratio=r, level="sample", workers=w, latency_ms=head, epoch=2),
+                        match(reader="streamprune_local", ratio=r, level="sample", workers=w, latency_ms=head, epoch=1))
+        if values:
+            targets.append(Target.check(f"epoch 2 with the cache >= 0.9x the local-disk reader ({w} w, {head} ms)",
+                                        common.median(values), 0.9, ">=", interval=_interval(values), command=command,
+                                        ratio=r, level="sample"))
+        kept = kept_fraction.get((r, "sample"), 1.0) * full_bytes
+        targets.append(Target.check(f"cache bytes <= kept bytes x 1.05 ({w} w, {head} ms)", row["cache_bytes"] / kept, 1.05,
+                                    "<=", command=command, ratio=r, level="sample"))
+    ones = [r for r in at if r["reader"] in ("streamprune", "streamprune_sorted") and r["epoch"] == 1 and r["workers"] == 1
+            and "ranged_gets" in r]
+    if ones:  # the client's request rate: the one-worker run with the most requests, all in one process
+        busiest = max(ones, key=lambda r: r["ranged_gets"])
+        values = [x["gets_per_s"] for x in runs if _key(x) == _key(busiest)]
+        targets.append(Target.check(
+            f"client ranged GETs/s per process >= 2,000 ({busiest['reader']} r={busiest['ratio']:g} {busiest['level']}, "
+            f"1 w, {head} ms: {busiest['ranged_gets']:,} GETs)", common.median(values), 2000.0, ">=",
+            interval=_interval(values), command=command))
+    for p in setup.get("predictions") or []:  # the planner's predictions, when there is a planner
+        row = _find(at, reader=p["reader"], ratio=p["ratio"], level=p["level"], workers=p["workers"], epoch=1)
+        if row is None:
+            continue
+        for what, measured in (("requests", row["requests"]), ("bytes", row["bytes_sent"]), ("seconds", row["seconds"])):
+            error = abs(p[what] / measured - 1) if measured else float("inf")
             targets.append(Target.check(
-                f"r=0 samples/s vs {peer} ({row['workers']} w, {row['latency_ms']} ms)",
-                row["samples_per_s"] / other["samples_per_s"], 1.0, ">=",
-                interval=(lo, hi) if row["repeats"] > 1 and other["repeats"] > 1 else None, command=command))
-    one = _find(rows, reader="streamprune", ratio=0.0, workers=1, latency_ms=30)
-    if one is not None:
-        targets.append(Target.check(
-            f"1 worker, 30 ms, r=0: MB/s >= 60% of the {total_mbps:g} MB/s cap (the total; one connection's is "
-            f"{conn_mbps:g})", one["MB_per_s"] / total_mbps, 0.6, ">=", command=command))
+                f"plan's predicted {what} within 20% of measured ({p['reader']} {p['level']}, {p['workers']} w, {head} ms)",
+                error, 0.2, "<=", command=command, ratio=p["ratio"], level=p["level"], predicted=p[what], measured_value=measured))
     return [t.to_dict() for t in targets]
 
 
@@ -711,29 +769,58 @@ def evaluate_targets(rows: list[dict], runs: list[dict], full_bytes: int, conn_m
 # report
 
 
+def _row_cells(r: dict, f: Callable) -> list:
+    lo_hi = r.get("samples_per_s_interval")
+    sps = f(r["samples_per_s"], 0) + (f" [{lo_hi[0]:,.0f}-{lo_hi[1]:,.0f}]" if lo_hi and r.get("repeats", 1) > 1 else "")
+    up = ""
+    if r.get("speedup") is not None:
+        lo, hi = r["speedup_interval"]
+        up = f"{r['speedup']:.2f}" + (f" [{lo:.2f}-{hi:.2f}]" if r.get("repeats", 1) > 1 else "")
+    pruned = r["reader"].startswith("streamprune") or r["reader"] == "wds_select"
+    return [r["latency_ms"], r["workers"], r["reader"], f"{r['ratio']:g}", r["level"] if pruned else "", r.get("epoch", 1), sps,
+            up, f(r["first_batch_s"], 2) if r.get("first_batch_s") is not None else "", f(r["MB_per_s"], 1),
+            f(r["bytes_sent"] / 1e6, 1), f(r["requests"]), f(r["gets_per_s"], 0) if r.get("gets_per_s") is not None else "",
+            f(r["cache_bytes"] / 1e6, 1) if r.get("cache_bytes") else "", f(r["peak_rss_MiB"], 0)]
+
+
 def tables(results: dict[str, Any]) -> str:
-    """The suite's tables."""
+    """The suite's tables: the headline latency, the other latencies, failed and skipped arms."""
     f = common.fmt_num
     setup = results["setup"]
-    out = [f"SIMULATED object store on loopback (a Python HTTP server in its own process): time to first byte "
-           f"{', '.join(str(x) for x in setup['latencies_ms'])} ms per request, {setup['conn_mbps']:g} MB/s per connection, "
-           f"{setup['total_mbps']:g} MB/s in all; {setup['samples']:,} JPEG samples, {setup['full_bytes'] / 1e6:.1f} MB in "
-           f"{setup['shards']} shards; {setup['rounds']} paired rounds; DataLoader batch 32, no decode.", ""]
-    head = ["latency", "workers", "reader", "r", "level", "samples/s", "1st batch s", "MB/s", "MB sent", "requests",
-            "peak RSS MiB"]
-    rows = []
-    for r in sorted(results["rows"], key=lambda x: (x["latency_ms"], x["workers"], x["reader"] != "streamprune",
-                                                     x["reader"], x["ratio"], x["level"])):
-        rows.append([r["latency_ms"], r["workers"], r["reader"], f"{r['ratio']:g}", r["level"] if r["reader"] in
-                     ("streamprune", "streamprune_sorted", "wds_select") and r["ratio"] else "", f(r["samples_per_s"], 0),
-                     f(r["first_batch_s"], 2) if r.get("first_batch_s") is not None else "", f(r["MB_per_s"], 1),
-                     f(r["bytes_sent"] / 1e6, 1), f(r["requests"]), f(r["peak_rss_MiB"], 0)])
-    out.append(common.markdown_table(head, rows, "rrlllrrrrrr"[:len(head)]))
+    if setup.get("store") == "nginx":
+        out = [f"nginx on loopback (one port per setting; echo_sleep before each response, limit_rate per connection): time "
+               f"to first byte {', '.join(str(x) for x in setup['latencies_ms'])} ms per request, {setup['conn_mbps']:g} MB/s "
+               f"per connection, no aggregate cap; {setup['samples']:,} JPEG samples, {setup['full_bytes'] / 1e6:,.0f} MB in "
+               f"{setup['shards']} shards of {setup['samples_per_shard']:,} samples; {setup['rounds']} paired rounds; DataLoader "
+               f"batch {BATCH}, no decode. Speed-up: t(same reader and layout at r=0) / t, paired within a round. Commit "
+               f"{str(results.get('commit'))[:12]}{' (dirty)' if results.get('dirty') else ''}.", ""]
+    else:  # a results file of the earlier suite, on the Python simulated store
+        out = [f"SIMULATED object store (an earlier version of this suite: a Python HTTP server): time to first byte "
+               f"{', '.join(str(x) for x in setup['latencies_ms'])} ms, {setup['conn_mbps']:g} MB/s per connection, "
+               f"{setup.get('total_mbps', 0):g} MB/s in all; {setup['samples']:,} JPEG samples in {setup['shards']} shards; "
+               f"{setup['rounds']} paired rounds.", ""]
+    head = ["latency", "workers", "reader", "r", "level", "epoch", "samples/s [min-max]", "speed-up [min-max]", "1st batch s",
+            "MB/s", "MB sent", "requests", "ranged GETs/s", "cache MB", "peak RSS MiB"]
+    order = {name: i for i, name in enumerate(READERS)}
+    rows = sorted(results["rows"], key=lambda x: (x["latency_ms"] != setup.get("headline_ms"), x["latency_ms"], x["workers"],
+                                                  order.get(x["reader"], 99), x["reader"], x["ratio"], x["level"],
+                                                  x.get("epoch", 1)))
+    out.append(common.markdown_table(head, [_row_cells(r, f) for r in rows], "rrlllrrrrrrrrrr"))
+    failures = results.get("failures") or []
+    if failures:
+        out += ["", f"Runs that failed or stalled ({len(failures)}; not counted):", ""]
+        out.append(common.markdown_table(
+            ["round", "latency", "workers", "reader", "r", "level", "error"],
+            [[x["round"], x["latency_ms"], x["workers"], x["reader"], f"{x['ratio']:g}", x["level"],
+              x["error"].strip().splitlines()[-1][:160].replace("|", "/")] for x in failures], "rrrlrll"))
+    skipped = results.get("skipped") or []
+    if skipped:
+        out += ["", "Not run:", ""] + [f"- {x['what']}: {x['reason']}" for x in skipped]
     return "\n".join(out)
 
 
 def plot(rows: list[dict], latencies: Sequence[int], path: str) -> None:
-    """samples/s against r, one panel per latency."""
+    """samples/s (epoch 1) against r, one panel per latency."""
     # heavy import, deferred: matplotlib
     import matplotlib
 
@@ -741,26 +828,27 @@ def plot(rows: list[dict], latencies: Sequence[int], path: str) -> None:
     import matplotlib.pyplot as plt  # deferred with matplotlib, after choosing the Agg backend
 
     fig, axes = plt.subplots(1, len(latencies), figsize=(5 * len(latencies), 4), squeeze=False)
+    styles = {1: "-", 4: "--"}
     for ax, lat in zip(axes[0], latencies):
-        for w, style in ((1, "-"), (4, "--")):
-            for level, colour in (("sample", "C0"), ("class", "C1")):
-                pts = sorted((r["ratio"], r["samples_per_s"]) for r in rows if r["reader"] == "streamprune"
-                             and r["latency_ms"] == lat and r["workers"] == w and (r["level"] == level or r["ratio"] == 0))
+        first = [r for r in rows if r["latency_ms"] == lat and r.get("epoch", 1) == 1]
+        for w in sorted({r["workers"] for r in first}):
+            style = styles.get(w, ":")
+            for reader, level, colour in (("streamprune", "sample", "C0"), ("streamprune", "class", "C1"),
+                                          ("streamprune_sorted", SORTED_LEVEL, "C5")):
+                pts = sorted((r["ratio"], r["samples_per_s"]) for r in first if r["reader"] == reader and r["workers"] == w
+                             and (r["level"] == level or (r["ratio"] == 0 and reader == "streamprune_sorted")
+                                  or (r["ratio"] == 0 and level == "class" and r["level"] == "sample")))
                 if pts:
                     ax.plot(*zip(*pts), style, color=colour, marker="o", label=f"streamprune {level}, {w} w")
-            pts = sorted((r["ratio"], r["samples_per_s"]) for r in rows if r["reader"] == "streamprune_sorted"
-                         and r["latency_ms"] == lat and r["workers"] == w)
-            if pts:
-                ax.plot(*zip(*pts), style, color="C5", marker="s", label=f"streamprune, class-sorted copy, {w} w")
-            for reader, colour in (("wds", "C2"), ("wds_select", "C3"), ("mosaic", "C4")):
-                row = next((r for r in rows if r["reader"] == reader and r["latency_ms"] == lat and r["workers"] == w), None)
+            for reader, colour in (("wds", "C2"), ("mosaic", "C4"), ("litdata", "C3")):
+                row = next((r for r in first if r["reader"] == reader and r["workers"] == w), None)
                 if row:
-                    ax.axhline(row["samples_per_s"], ls=style, color=colour, lw=1, label=f"{reader} (r={row['ratio']:g}), {w} w")
-        ax.set_title(f"SIMULATED store, {lat} ms to first byte")
+                    ax.axhline(row["samples_per_s"], ls=style, color=colour, lw=1, label=f"{reader} 1st epoch, {w} w")
+        ax.set_title(f"nginx store, {lat} ms to first byte")
         ax.set_xlabel("ratio removed r")
-        ax.set_ylabel("samples/s")
+        ax.set_ylabel("samples/s (epoch 1)")
         ax.grid(alpha=0.3)
-    fullest = max(axes[0], key=lambda ax: len(ax.get_lines()))  # the panel with the 4-worker lines too
+    fullest = max(axes[0], key=lambda ax: len(ax.get_lines()))
     fullest.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -774,75 +862,150 @@ def plot(rows: list[dict], latencies: Sequence[int], path: str) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The suite's options (``python -m benchmarks remote --help``)."""
     p = common.arg_parser("remote", __doc__.split("\n\n")[0])
-    p.add_argument("--total-mb", type=float, default=512,
-                   help="dataset size in MiB (default 512: an epoch long enough that its start-up is a small part)")
-    p.add_argument("--samples-per-shard", type=int, default=96, help="samples per shard (default 96: ~12 MB shards)")
+    p.add_argument("--total-mb", type=float, default=1024,
+                   help="dataset size in MiB (default 1024: 8 shards, 2 per worker with 4 workers)")
+    p.add_argument("--samples-per-shard", type=int, default=1100, help="samples per shard (default 1100: ~134 MB shards)")
     p.add_argument("--latencies", default="10,30,80", help="time to first byte per request, ms (default 10,30,80)")
+    p.add_argument("--headline-ms", type=int, default=30, help="the latency with every arm, and the targets (default 30)")
     p.add_argument("--conn-mbps", type=float, default=100, help="MB/s per connection (default 100)")
-    p.add_argument("--total-mbps", type=float, default=400, help="MB/s in all (default 400)")
     p.add_argument("--workers", default="1,4", help="DataLoader workers (default 1,4)")
-    p.add_argument("--rounds", type=int, default=2, help="paired rounds (default 2)")
-    p.add_argument("--depth", type=int, default=None, help="streamprune requests in flight (default: FetchPolicy's)")
-    p.add_argument("--no-mosaic", action="store_true", help="skip the MosaicML streaming peer")
-    p.add_argument("--no-sorted", action="store_true", help="skip the class-sorted copy (streamprune_sorted)")
+    p.add_argument("--rounds", type=int, default=5, help="paired rounds (default 5)")
+    p.add_argument("--readers", default=",".join(READERS), help=f"arms to run (default all: {','.join(READERS)})")
+    p.add_argument("--run-timeout", type=float, default=None,
+                   help="seconds an epoch may take before its run is killed (default 60 + 1 s per 20 MB of data)")
     p.add_argument("--seed", type=int, default=0, help="round order seed")
-    p.add_argument("--quick", action="store_true", help="8 MiB, 30 ms, 1 round: a smoke run, not a measurement")
+    p.add_argument("--quick", action="store_true",
+                   help="24 MiB, 30 ms, 1 round, r = 0 and 0.8: every arm once, a smoke run, not a measurement")
     p.add_argument("--resummarize", default=None, metavar="JSON",
                    help="recompute rows and targets of an earlier results file from its runs (no measuring)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.total_mb, args.samples_per_shard, args.latencies, args.rounds = 8, 16, "30", 1
-    args.data_dir = os.path.join(common.DEFAULT_DATA, "remote_jpeg_quick" if args.quick else f"remote_jpeg_{round(args.total_mb)}mb")
+    args.ratios = RATIOS
+    if args.quick:  # every arm once, at r = 0 and 0.8 only
+        args.total_mb, args.samples_per_shard, args.latencies, args.rounds = 24, 64, "30", 1
+        args.headline_ms, args.ratios = 30, (0.0, 0.8)
+    args.data_dir = os.path.join(common.DEFAULT_DATA, "remote_jpeg_quick" if args.quick else
+                                 f"remote_jpeg_{round(args.total_mb)}mb_{args.samples_per_shard}")
     args.out = args.out or (os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS)
+    unknown = set(args.readers.split(",")) - set(READERS)
+    if unknown:
+        p.error(f"--readers: unknown {', '.join(sorted(unknown))}; known: {', '.join(READERS)}")
     return args
+
+
+def prepare(args: argparse.Namespace, readers: list[str], skipped: list[dict]) -> tuple[Any, Any, dict[str, str]]:
+    """The shards, the class-sorted copy and the peers' copies (made once, reused); drops readers that cannot run."""
+    # heavy import, deferred: streamprune.manifest
+    from . import remote_peers
+
+    manifest = common.make_jpeg_shards(args.data_dir, args.total_mb, samples_per_shard=args.samples_per_shard,
+                                       workers=1 if args.quick else 2)
+    shards = [manifest.shard_path(k) for k in range(len(manifest.shards))]
+    sorted_manifest = make_sorted_copy(manifest, args.data_dir) if "streamprune_sorted" in readers else None
+    copies = {}
+    for peer, convert in (("mosaic", remote_peers.convert_mds), ("litdata", remote_peers.convert_litdata)):
+        if peer not in readers:
+            continue
+        missing = remote_peers.installed(peer)
+        if missing:
+            skipped.append({"what": peer, "reason": missing})
+            readers.remove(peer)
+            continue
+        copies[peer] = convert(shards, args.data_dir)
+    return manifest, sorted_manifest, copies
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every configuration; return the results."""
-    # heavy import, deferred: streamprune.manifest
-
     t_start = time.perf_counter()
-    latencies = [float(x) / 1e3 for x in args.latencies.split(",")]
+    load_start = os.getloadavg()
+    git = common.git_revision()
+    if not echo_module_available():
+        raise RuntimeError("the remote suite needs nginx and its echo module (Debian: apt-get install nginx-light "
+                           "libnginx-mod-http-echo)")
+    latencies = [int(x) for x in args.latencies.split(",")]
+    if args.headline_ms not in latencies:
+        raise ValueError(f"--headline-ms {args.headline_ms} is not one of --latencies {args.latencies}")
     workers = [int(x) for x in args.workers.split(",")]
-    manifest = common.make_jpeg_shards(args.data_dir, args.total_mb, samples_per_shard=args.samples_per_shard,
-                                       workers=1 if args.quick else 2)
+    readers = [r for r in READERS if r in args.readers.split(",")]
+    skipped: list[dict] = []
+    manifest, sorted_manifest, _copies = prepare(args, readers, skipped)
+    cache_kw = reader_takes_cache_dir()
+    if "streamprune_cache" in readers and not cache_kw:
+        skipped.append({"what": "streamprune_cache (epoch 2 with the kept-bytes cache)",
+                        "reason": "streamprune's reader has no cache_dir keyword (inspect.signature of PrunedSource and "
+                                  "PrunedWebDataset)"})
+        readers.remove("streamprune_cache")
     full_bytes = sum(os.path.getsize(manifest.shard_path(k)) for k in range(len(manifest.shards)))
-    mds = None if args.no_mosaic else convert_mds(manifest, args.data_dir)
+    timeout = args.run_timeout or 60 + full_bytes / 20e6
+    plan = configs(latencies, workers, args.headline_ms, readers, args.ratios)
     with tempfile.TemporaryDirectory(prefix="remote-bench-") as tmp:
-        masks, kept, kept_bytes = make_masks(manifest, RATIOS, tmp)
-        if not args.no_sorted:
-            sorted_manifest = make_sorted_copy(manifest, args.data_dir)
-            more = make_masks(sorted_manifest, RATIOS, os.path.join(tmp, SORTED), levels=("class",),
-                              key_level={"class": "class-sorted"})
+        masks, kept, kept_bytes = make_masks(manifest, args.ratios, os.path.join(tmp, "masks"))
+        masks[(0.0, "sample")] = None  # r = 0: no mask, every sample
+        if sorted_manifest is not None:
+            more = make_masks(sorted_manifest, args.ratios, os.path.join(tmp, "masks", SORTED), levels=("class",),
+                              key_level={"class": SORTED_LEVEL})
             for have, add in zip((masks, kept, kept_bytes), more):
                 have.update(add)
-            masks[(0.0, "class-sorted")] = None  # its r=0: every sample of the sorted copy
-            kept[(0.0, "class-sorted")] = set(sorted_manifest.keys())
-            kept_bytes[(0.0, "class-sorted")] = 1.0
-        env = {"AWS_ACCESS_KEY_ID": "sim", "AWS_SECRET_ACCESS_KEY": "sim", "AWS_DEFAULT_REGION": "us-east-1"}
-        store = SimStore(args.data_dir, args.conn_mbps * 1e6, args.total_mbps * 1e6)
-        env["S3_ENDPOINT_URL"] = store.endpoint
+            masks[(0.0, SORTED_LEVEL)] = None
+            kept[(0.0, SORTED_LEVEL)] = sorted_manifest.num_samples
+            kept_bytes[(0.0, SORTED_LEVEL)] = 1.0
+        root = os.path.join(tmp, "root")
+        os.makedirs(root)
+        os.symlink(os.path.abspath(args.data_dir), os.path.join(root, BUCKET))  # http://.../bench/<file>, s3://bench/<file>
+        store = NginxStore(root, os.path.join(tmp, "nginx"),
+                           {_port_name(lat): (lat / 1e3, args.conn_mbps * 1e6) for lat in latencies})
+        shard_names = [os.path.basename(manifest.shard_path(k)) for k in range(len(manifest.shards))]
+        s = Setup(args.data_dir, store, shard_names, masks, kept, cache_kw, timeout)
+        predictions, why_no_predictions = [], planner()[1]
+        if why_no_predictions is None:
+            for arm in plan:
+                if arm.latency_ms == args.headline_ms and arm.reader in ("streamprune", "streamprune_sorted"):
+                    job = job_for(arm, s)
+                    try:
+                        p = predicted(job["manifest"], job["mask"], arm.latency_ms / 1e3, bandwidth=args.conn_mbps * 1e6,
+                                      workers=arm.workers)
+                    except Exception as exc:  # noqa: BLE001 - a predictor that fails is reported, not fatal
+                        why_no_predictions = f"predict_epoch failed: {type(exc).__name__}: {exc}"
+                        predictions = []
+                        break
+                    if p is not None:
+                        predictions.append({"reader": arm.reader, "ratio": arm.ratio, "level": arm.level,
+                                            "workers": arm.workers, **p})
+        if why_no_predictions:
+            skipped.append({"what": "plan predictions (requests, bytes, time within 20%)", "reason": why_no_predictions})
+        env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
         saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        zygote = Zygote()
+        runs: list[dict] = []
+        failures: list[dict] = []
+        zygote = None
         try:
-            s = Setup(args.data_dir, store, masks, kept, mds, zygote)
-            plan = configs(RATIOS, workers, latencies, mds is not None, sorted_copy=not args.no_sorted)
-            runs: list[dict] = []
+            os.environ.update(env)  # dummy credentials for the S3 clients; each run sets its own endpoint (build)
+            zygote = s.zygote = Zygote()
             rng = random.Random(args.seed)
             for rnd in range(args.rounds):
                 order = plan[:]
                 rng.shuffle(order)
-                for i, (reader, r, level, w, lat) in enumerate(order):
-                    row = run_once(reader, r, level, w, lat, s, args.depth)
-                    row["round"] = rnd
-                    runs.append(row)
-                    print(f"[{rnd}:{i + 1}/{len(order)}] {reader:11s} r={r:g} {level:6s} w={w} {lat * 1e3:.0f} ms: "
-                          f"{row['samples_per_s']:7.0f} samples/s {row['MB_per_s']:6.1f} MB/s {row['requests']:5d} req "
-                          f"{row['bytes_sent'] / 1e6:6.1f} MB peak {row['peak_rss_MiB']:.0f} MiB", flush=True)
+                t_round = time.perf_counter()
+                for i, arm in enumerate(order):
+                    rows, error = run_once(arm, s)
+                    tag = (f"[{rnd}:{i + 1}/{len(order)}] {arm.reader:18s} r={arm.ratio:g} {arm.level:12s} w={arm.workers} "
+                           f"{arm.latency_ms} ms")
+                    if error is not None:
+                        failures.append(arm._asdict() | {"round": rnd, "error": error})
+                        print(f"{tag}: FAILED {error.strip().splitlines()[-1][:200]}", flush=True)
+                        continue
+                    for row in rows:
+                        row["round"] = rnd
+                        runs.append(row)
+                    print(f"{tag}: " + "; ".join(
+                        f"ep{r['epoch']} {r['samples_per_s']:6.0f} samples/s {r['seconds']:6.2f} s {r['requests']:5d} req "
+                        f"{r['bytes_sent'] / 1e6:7.1f} MB" for r in rows) + f"; peak {rows[0]['peak_rss_MiB']:.0f} MiB", flush=True)
+                print(f"round {rnd + 1}/{args.rounds}: {time.perf_counter() - t_round:.0f} s (load {os.getloadavg()[0]:.1f})",
+                      flush=True)
         finally:
-            zygote.stop()
+            if zygote is not None:
+                zygote.stop()
             store.stop()
             for k, v in saved.items():
                 if v is None:
@@ -850,40 +1013,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     os.environ[k] = v
     command = common.command_line()
-    rows, targets = judge(runs, kept_bytes, full_bytes, args.conn_mbps, args.total_mbps, command)
+    setup = {"store": "nginx", "samples": manifest.num_samples, "shards": len(manifest.shards),
+             "samples_per_shard": args.samples_per_shard, "full_bytes": full_bytes, "latencies_ms": latencies,
+             "headline_ms": args.headline_ms, "conn_mbps": args.conn_mbps, "workers": workers, "rounds": args.rounds,
+             "readers": readers, "ratios": list(args.ratios), "cache_ratios": list(CACHE_RATIOS), "sorted_classes": SORTED_CLASSES,
+             "run_timeout_s": timeout, "reader_cache_dir": cache_kw, "predictions": predictions,
+             "kept_bytes_fraction": {f"{r:g}/{level}": v for (r, level), v in sorted(kept_bytes.items())}}
+    rows = summarize(runs)
     return {
-        "suite": "remote", "command": command, "simulation": True,
-        "setup": {"samples": manifest.num_samples, "shards": len(manifest.shards), "full_bytes": full_bytes,
-                  "latencies_ms": [round(x * 1e3) for x in latencies], "conn_mbps": args.conn_mbps,
-                  "total_mbps": args.total_mbps, "workers": workers, "rounds": args.rounds, "depth": args.depth,
-                  "ratios": list(RATIOS), "mosaic": mds is not None, "sorted_classes": None if args.no_sorted else SORTED_CLASSES,
-                  "kept_bytes_fraction": {f"{r:g}/{level}": v for (r, level), v in sorted(kept_bytes.items())}},
+        "suite": "remote", "command": command, "commit": git["commit"], "dirty": git["dirty"],
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "setup": setup,
         "machine": common.machine_info() | {"packages_remote": common.package_versions(
-            ["fsspec", "aiohttp", "mosaicml-streaming", "boto3"])},
-        "rows": rows, "runs": runs, "targets": targets, "total_seconds": time.perf_counter() - t_start,
-        "speedups": [{"ratio": k[0], "level": k[1], "workers": k[2], "latency_ms": k[3], "values": v}
-                     for k, v in sorted(paired_speedups(runs).items())],
+            ["fsspec", "aiohttp", "obstore", "boto3", "mosaicml-streaming", "litdata"]), "nginx": _nginx_version()},
+        "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
+        "rows": rows, "runs": runs, "failures": failures, "skipped": skipped,
+        "targets": evaluate_targets(rows, runs, setup, command), "total_seconds": time.perf_counter() - t_start,
     }
 
 
-def judge(runs: list[dict], kept_bytes: dict, full_bytes: int, conn_mbps: float, total_mbps: float,
-          command: str) -> tuple[list[dict], list[dict]]:
-    """Rows (medians per configuration, with each mask's kept-bytes fraction) and judged targets."""
-    rows = summarize(runs)
-    for row in rows:
-        if row["reader"].startswith("streamprune") and row["ratio"] > 0:
-            row["kept_bytes_fraction"] = kept_bytes[(row["ratio"], row["level"])]
-    return rows, evaluate_targets(rows, runs, full_bytes, conn_mbps, total_mbps, command)
+def _nginx_version() -> str | None:
+    try:
+        out = subprocess.run([NGINX, "-v"], capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return None
+    return out.stderr.strip() or None
 
 
 def resummarize(path: str) -> dict[str, Any]:
-    """An earlier results file with its rows and targets recomputed from its runs by this code."""
+    """An earlier results file of this suite (nginx store) with its rows and targets recomputed from its runs."""
     with open(path) as fh:
         results = json.load(fh)
-    setup = results["setup"]
-    kept_bytes = {(float(k.split("/")[0]), k.split("/")[1]): v for k, v in setup["kept_bytes_fraction"].items()}
-    results["rows"], results["targets"] = judge(results["runs"], kept_bytes, setup["full_bytes"], setup["conn_mbps"],
-                                                setup["total_mbps"], results["command"])
+    if results.get("setup", {}).get("store") != "nginx":
+        raise ValueError(f"{path}: not a results file of the nginx-store remote suite (no setup.store); rerun it")
+    results["rows"] = summarize(results["runs"])
+    results["targets"] = evaluate_targets(results["rows"], results["runs"], results["setup"], results["command"])
     return results
 
 
@@ -904,14 +1067,12 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 class RemoteSuite(Suite):
-    """``remote``: pruned reads over a SIMULATED object store (latency + bandwidth caps) vs webdataset and MosaicML streaming."""
+    """``remote``: pruned epochs from an nginx store on loopback (latency, per-connection bandwidth) vs webdataset, MosaicML, LitData."""
 
-    name, title = "remote", "Remote shards over a simulated object store (loopback HTTP, latency and bandwidth caps)"
+    name, title = "remote", "Remote shards from an nginx store on loopback (time to first byte, per-connection bandwidth)"
     run, tables = staticmethod(run_cli), staticmethod(tables)
 
 
-if __name__ == "__main__":  # the store's own process (SimStore starts it)
-    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
-        _serve(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
-    elif len(sys.argv) == 2 and sys.argv[1] == "--zygote":
+if __name__ == "__main__":  # the zygote's own process (Zygote starts it)
+    if len(sys.argv) == 2 and sys.argv[1] == "--zygote":
         _zygote()

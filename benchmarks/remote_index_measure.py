@@ -13,7 +13,7 @@ each with the shards one at a time (``workers=1``), on threads (:class:`ThreadEn
 forked processes (:class:`LocalEngine`), against two servers on loopback:
 
 * nginx (``tests/remote_servers.Nginx``; its access log gives the bytes sent), no added latency;
-* the remote suite's simulated store (:class:`benchmarks.remote_bench.SimStore`) with
+* the Python simulated store (:class:`benchmarks.sim_store.SimStore`) with
   ``--ttfb-ms`` to first byte per request and ``--conn-mbps`` per connection.
 
 Times are the median of ``--repeats`` runs. Bytes are response bodies (HEAD requests counted
@@ -42,7 +42,7 @@ from streamprune.remoteindex import index_remote_shards
 from streamprune.writers import write_shards
 
 from . import common
-from .remote_bench import SimStore
+from .sim_store import SimStore
 
 __all__ = ["main"]
 
