@@ -580,27 +580,23 @@ def configs(latencies_ms: Sequence[int], workers: Sequence[int], headline_ms: in
 
 
 def planner() -> tuple[Callable | None, str | None]:
-    """streamprune's epoch predictor (``streamprune.readers.planner.predict_epoch``), or why there is none."""
+    """streamprune's epoch predictor (``streamprune.readers.prediction.predict_epoch``), or why there is none."""
     try:
         # optional: the fetch planner may not be part of this checkout
-        from streamprune.readers.planner import predict_epoch
+        from streamprune.readers.prediction import predict_epoch
     except ImportError as exc:
-        return None, f"no predictor: streamprune.readers.planner.predict_epoch cannot be imported ({exc})"
+        return None, f"no predictor: streamprune.readers.prediction.predict_epoch cannot be imported ({exc})"
     return predict_epoch, None
 
 
-def predicted(manifest_url: str, mask: str | None, latency: float, **settings: Any) -> dict | None:
-    """The planner's prediction of one epoch, ``{"requests", "bytes", "seconds"}``, or ``None`` without a planner.
+def predicted(manifest_url: str, mask: str | None, latency: float, bandwidth: float = 100e6, workers: int = 1) -> dict | None:
+    """What ``streamprune inspect --plan`` predicts for one epoch: ``{"requests", "bytes", "seconds"}``.
 
-    The hook for ``--plan``'s predictions: calls ``predict_epoch(manifest_url, mask, latency=...,
-    **settings)`` (only the keywords it accepts: ``bandwidth`` bytes/s per connection,
-    ``workers``) and reads ``requests``, ``bytes`` and ``seconds`` from its dict or attributes.
-
-    Args:
-        manifest_url: The manifest as the reader opens it.
-        mask: The mask file (``None``: every sample).
-        latency: Time to first byte per request, seconds.
-        **settings: ``bandwidth`` and ``workers``, passed when the predictor takes them.
+    The reader's default model with this store's latency and per-connection bandwidth, the
+    reader's adaptive depth for ``workers`` DataLoader workers (256 requests in flight shared).
+    ``requests`` counts what nginx logs: data requests, each shard's metadata requests and the
+    manifest. ``seconds`` is one process's epoch; with several workers the shards are split
+    among them, so it is divided by ``workers`` (an upper bound on the parallel speed-up).
 
     Returns:
         The prediction, or ``None`` when there is no predictor (:func:`planner` says why).
@@ -608,15 +604,17 @@ def predicted(manifest_url: str, mask: str | None, latency: float, **settings: A
     fn, _reason = planner()
     if fn is None:
         return None
-    params = inspect.signature(fn).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in {"latency": latency, **settings}.items() if takes_any or k in params}
-    out = fn(manifest_url, mask, **kwargs)
-    get = out.get if isinstance(out, dict) else (lambda k: getattr(out, k, None))
-    values = {k: get(k) for k in ("requests", "bytes", "seconds")}
-    if any(v is None for v in values.values()):
-        raise RuntimeError(f"predict_epoch returned {out!r}: expected requests, bytes and seconds")
-    return {k: float(v) for k, v in values.items()}
+    # deferred: streamprune's readers load torch (the registry imports every suite)
+    from streamprune.manifest import Manifest
+    from streamprune.masks import MaskFile
+    from streamprune.readers.planner import store_model
+
+    manifest = Manifest.load(manifest_url)
+    model = store_model(None, latency=latency, conn_bandwidth=bandwidth)
+    out = fn(manifest, MaskFile(mask) if mask else None, model, max_depth=min(128, 256 // max(1, workers)))
+    planned = out["planned"]
+    return {"requests": float(planned["requests"] + planned["metadata_requests"] + 1), "bytes": float(planned["bytes"]),
+            "seconds": planned["seconds"] / max(1, workers)}
 
 
 # --------------------------------------------------------------------------------------------

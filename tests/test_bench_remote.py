@@ -6,7 +6,6 @@ import os
 import sys
 import tarfile
 import time
-import types
 
 import numpy as np
 import pytest
@@ -104,20 +103,27 @@ def test_client_rate_target_takes_the_one_worker_run_with_the_most_requests():
     assert "r=0.6 sample" in target["target"] and target["measured"] == pytest.approx(2500.0) and target["verdict"] == MET
 
 
-def test_predictions_hook_without_and_with_a_planner(monkeypatch):
-    monkeypatch.setitem(sys.modules, "streamprune.readers.planner", None)  # a checkout without the planner
+def test_predictions_hook_without_and_with_a_planner(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "streamprune.readers.prediction", None)  # a checkout without the planner
     assert remote_bench.predicted("http://x/manifest.json", None, 0.03) is None
     assert "cannot be imported" in remote_bench.planner()[1]
-    seen = {}
+    monkeypatch.undo()
+    # the real predictor on a small local dataset: the figures inspect --plan prints, plus the manifest request
+    from streamprune import Manifest
+    from streamprune.masks import random_mask
+    from streamprune.readers.planner import store_model
+    from streamprune.readers.prediction import predict_epoch
+    from streamprune.writers import write_shards
 
-    def predict_epoch(manifest, mask, *, latency, workers):
-        seen.update(manifest=manifest, mask=mask, latency=latency, workers=workers)
-        return {"requests": 12, "bytes": 3000, "seconds": 1.5, "other": 1}
-
-    monkeypatch.setitem(sys.modules, "streamprune.readers.planner", types.SimpleNamespace(predict_epoch=predict_epoch))
-    got = remote_bench.predicted("http://x/manifest.json", "m.spmask", 0.03, bandwidth=1e8, workers=4)
-    assert got == {"requests": 12.0, "bytes": 3000.0, "seconds": 1.5}
-    assert seen == {"manifest": "http://x/manifest.json", "mask": "m.spmask", "latency": 0.03, "workers": 4}  # bandwidth not taken
+    samples = [(f"s{i:04d}", {"bin": bytes([i % 256]) * (3000 + 37 * i)}, i % 3) for i in range(90)]
+    write_shards(samples, tmp_path / "ds", samples_per_shard=30, shuffle=False, progress=False)
+    m = Manifest.load(str(tmp_path / "ds"))
+    mask = random_mask(m, 0.5, level="sample", seed=0).save(str(tmp_path / "keep.spmask"))
+    got = remote_bench.predicted(str(tmp_path / "ds" / "manifest.json"), mask, 0.03, bandwidth=1e8, workers=2)
+    want = predict_epoch(m, random_mask(m, 0.5, level="sample", seed=0), store_model(None, latency=0.03, conn_bandwidth=1e8),
+                         max_depth=128)["planned"]
+    assert got == {"requests": want["requests"] + want["metadata_requests"] + 1, "bytes": want["bytes"],
+                   "seconds": pytest.approx(want["seconds"] / 2)}
     setup = _setup(predictions=[{"reader": "streamprune", "ratio": 0.4, "level": "sample", "workers": 1, "requests": 11,
                                  "bytes": 600, "seconds": 2.0}])
     runs = [_run("streamprune", 0.0, "sample", 2.0, 0), _run("streamprune", 0.4, "sample", 1.0, 0, bytes_sent=600)]
