@@ -23,6 +23,9 @@ __all__ = [
     "ratios_callback",
     "storage_options_option",
     "location_options",
+    "engine_arg",
+    "engine_options",
+    "resume_summary",
 ]
 
 #: Flags that named the model before ``--model`` was the one name for it (kept, hidden).
@@ -152,13 +155,17 @@ def engine_options(fn: Callable) -> Callable:
     return fn
 
 
-def engine_arg(engine: str, ray_address: str | None, workers: int | None = None) -> Engine | None:
-    """The ``engine=`` a library pass takes: ``None`` for ``local`` (its own default), else a Ray engine.
+def engine_arg(
+    engine: str, ray_address: str | None, workers: int | None = None, local_workers: int | None = None
+) -> Engine | None:
+    """The ``engine=`` a library pass takes: for ``local`` its own default (``None``), else a Ray engine.
 
     Args:
         engine: ``local`` or ``ray``.
         ray_address: ``--ray-address``.
         workers: Ray actors (``None``: one per CPU of the cluster).
+        local_workers: For ``local``: return a local engine of this many processes instead of
+            ``None`` (a command that reports what the pass ran reads the engine's reports).
 
     Raises:
         click.UsageError: ``--ray-address`` without ``--engine ray``.
@@ -166,7 +173,15 @@ def engine_arg(engine: str, ray_address: str | None, workers: int | None = None)
     """
     if ray_address and engine != "ray":
         raise click.UsageError("--ray-address needs --engine ray")
-    return None if engine == "local" else make_engine(engine, address=ray_address, workers=workers)
+    if engine == "local":
+        return None if local_workers is None else make_engine("local", workers=local_workers)
+    return make_engine(engine, address=ray_address, workers=workers)
+
+
+def resume_summary(runner: Engine | None, what: str = "shards") -> str | None:
+    """``--resume: ran N, skipped M (already complete) of T shards`` from the pass's report (``None`` when none ran)."""
+    report = runner.last_report if runner is not None else None
+    return None if report is None else f"--resume: {report.summary()} {what}"
 
 
 STORAGE_OPTIONS_HELP = "fsspec options for URLs, as a JSON object (credentials otherwise come from the backend's standard configuration)."

@@ -16,6 +16,7 @@ __all__ = [
     "DuplicateKeyError",
     "CompressedShardError",
     "ChecksumError",
+    "OutputExistsError",
 ]
 
 
@@ -41,6 +42,10 @@ class IndexMismatchError(ManifestError):
 
 class MaskMismatchError(StreamPruneError):
     """A keep mask was made for a different dataset, shard or index."""
+
+
+class OutputExistsError(StreamPruneError):
+    """An output directory (or URL prefix) already holds another dataset, and overwriting it was not asked for."""
 
 
 class LabelError(StreamPruneError):

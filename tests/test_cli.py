@@ -292,3 +292,40 @@ def test_cli_start_up_imports_no_torch():
     code = "import sys, streamprune_cli.main; print(sorted(m for m in ('torch', 'numba', 'webdataset') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_shard_into_another_dataset_refuses_overwrite_replaces_and_resume_says_what_it_skipped(tmp_path, npz_path, caplog):
+    out = tmp_path / "out"
+    _ok(_run("shard", npz_path, out, "--samples-per-shard", "3", "--quiet"))  # 6 shards
+    mask = tmp_path / "m.spmask"
+    _ok(_run("mask", out, "--random", "--ratio", "0.5", "--out", mask))
+    error = _fails_cleanly(_run("shard", npz_path, out, "--samples-per-shard", "9", "--quiet"),
+                           f"{out}: already holds another dataset: {out / 'manifest.json'} (6 shards, 18 samples)", "--overwrite")
+    assert "--resume" in error
+    _ok(_run("inspect", out, "--mask", mask))  # nothing was touched: the mask still holds
+    with caplog.at_level("WARNING"):
+        output = _ok(_run("shard", npz_path, out, "--samples-per-shard", "9", "--overwrite", "--quiet"))
+    assert output.strip() == f"18 samples, 2 shards, 3 classes -> {out / 'manifest.json'}"
+    assert "removed the previous dataset's 6 shard(s) and 12 index file(s)" in caplog.text
+    assert sorted(n for n in os.listdir(out) if n.endswith(".tar")) == ["shard-000000.tar", "shard-000001.tar"]
+    output = _ok(_run("shard", npz_path, out, "--samples-per-shard", "9", "--resume", "--quiet"))
+    assert output.splitlines()[-1] == "--resume: ran 0, skipped 2 (already complete) of 2 shards"
+    os.unlink(out / "shard-000001.tar")
+    output = _ok(_run("shard", npz_path, out, "--samples-per-shard", "9", "--resume", "--quiet"))
+    assert output.splitlines()[-1] == "--resume: ran 1, skipped 1 (already complete) of 2 shards"
+
+
+def test_index_a_directory_indexes_its_tar_shards_in_name_order_and_resume_says_what_it_skipped(tmp_path, tarwriter_shards):
+    (tmp_path / "wds" / "notes.txt").write_text("not a shard")
+    output = _ok(_run("index", tmp_path / "wds", "--out", tmp_path / "idx", "--quiet"))
+    assert output.strip() == f"16 samples in 2 shards -> {tmp_path / 'idx' / 'manifest.json'}"
+    by_files = _ok(_run("index", *reversed(tarwriter_shards), "--out", tmp_path / "files", "--quiet"))
+    assert "16 samples in 2 shards" in by_files
+    m = Manifest.load(tmp_path / "idx")
+    assert [s.name for s in m.shards] == ["../wds/part-0.tar", "../wds/part-1.tar"]  # sorted, whatever order the OS lists
+    assert m.keys() == sorted(Manifest.load(tmp_path / "files").keys())
+    output = _ok(_run("index", tmp_path / "wds", "--out", tmp_path / "idx", "--resume", "--quiet"))
+    assert output.splitlines()[-1] == "--resume: ran 0, skipped 2 (already complete) of 2 shards"
+    (tmp_path / "empty").mkdir()
+    _fails_cleanly(_run("index", tmp_path / "empty", "--out", tmp_path / "x", "--quiet"), str(tmp_path / "empty"), "no *.tar shards")
+    assert "directory" in _ok(_run("index", "--help"))
