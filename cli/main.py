@@ -279,7 +279,7 @@ def inspect(manifest, mask_path, as_json, export_path, scores_file, uids, show_p
     if (scores_file or uids) and not export_path:
         raise click.UsageError("--scores and --uids go with --export")
     m = Manifest.load(manifest, base=base, storage_options=storage_options)
-    mask_file = masks.MaskFile(storage.local_copy(mask_path, storage_options)) if mask_path else None
+    mask_file = masks.MaskFile.open(mask_path, storage_options) if mask_path else None
     info = describe(m, mask_file)
     if show_plan:
         # deferred: streamprune.readers loads torch, which the command line does not import at start-up

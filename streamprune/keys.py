@@ -54,6 +54,7 @@ __all__ = [
     "KeyList",
     "KeyMatch",
     "MissingKeysError",
+    "MissingUidError",
     "export_keys",
     "is_uid",
     "manifest_uids",
@@ -75,6 +76,10 @@ _DEFAULT_COLUMNS = ("key", "uid", "__key__")
 
 class MissingKeysError(StreamPruneError):
     """Ids of a key list are not in the manifest (and missing ids were not allowed)."""
+
+
+class MissingUidError(StreamPruneError):
+    """Uids were asked for, and a sample has none (see :func:`manifest_uids`)."""
 
 
 @dataclass
@@ -475,6 +480,16 @@ def _write_table(path: str, columns: dict[str, list | np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
+def _no_uid(manifest: Manifest, position: int, count: int) -> None:
+    """Raise :class:`MissingUidError` naming the sample at ``position`` (and how many lack a uid)."""
+    k = int(np.searchsorted(manifest.shard_offsets, position, side="right") - 1)
+    key = manifest.index(k).keys[position - int(manifest.shard_offsets[k])]
+    raise MissingUidError(
+        f"{manifest.path}: sample {key!r} (shard {manifest.shards[k].name}) has no uid, and {count - 1} more kept samples "
+        "lack one: a uid is a .uid member, a \"uid\" field of the .json member, or a key of 32 hex digits; export without --uids"
+    )
+
+
 def export_keys(
     manifest: Manifest,
     mask: Mask | None,
@@ -498,10 +513,13 @@ def export_keys(
         scores: A scores file of this manifest: adds each kept sample's score
             (:func:`sample_scores`).
         uids: Add each kept sample's uid (:func:`manifest_uids`; reads only the kept samples'
-            ``uid``/``json`` members).
+            ``uid``/``json`` members). Every kept sample must have one.
 
     Returns:
         ``{"path", "rows", "columns"}``.
+
+    Raises:
+        MissingUidError: ``uids`` and a kept sample has no uid (names the first); nothing is written.
     """
     path = os.fspath(path)
     if mask is not None:
@@ -513,6 +531,8 @@ def export_keys(
     columns: dict[str, list | np.ndarray] = {"key": [all_keys[i] for i in kept.tolist()]}
     if uids:
         columns["uid"] = manifest_uids(manifest, kept)
+        if "" in columns["uid"]:
+            _no_uid(manifest, int(kept[columns["uid"].index("")]), columns["uid"].count(""))
     if scores is not None:
         columns["score"] = sample_scores(manifest, scores)[kept]
     _write_table(path, columns)

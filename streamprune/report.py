@@ -15,7 +15,8 @@ def describe(manifest: Manifest, mask: MaskFile | None = None) -> dict:
 
     Args:
         manifest: The dataset.
-        mask: An opened mask file (checked against the manifest), or ``None``.
+        mask: An opened mask file (checked against the manifest), or ``None``; it is named by
+            its :attr:`~streamprune.masks.MaskFile.location` (a URL as given).
 
     Returns:
         A JSON-ready dict: totals, kept counts, bytes to read, expected speed-up, and
@@ -54,7 +55,7 @@ def describe(manifest: Manifest, mask: MaskFile | None = None) -> dict:
     total_bytes = int(manifest.total_bytes)
     return {
         "manifest": manifest.path,
-        "mask": mask.path if mask is not None else None,
+        "mask": mask.location if mask is not None else None,  # a URL as given, not its local copy
         "provenance": mask.provenance if mask is not None else None,
         "samples": manifest.num_samples,
         "kept": kept,

@@ -329,3 +329,18 @@ def test_index_a_directory_indexes_its_tar_shards_in_name_order_and_resume_says_
     (tmp_path / "empty").mkdir()
     _fails_cleanly(_run("index", tmp_path / "empty", "--out", tmp_path / "x", "--quiet"), str(tmp_path / "empty"), "no *.tar shards")
     assert "directory" in _ok(_run("index", "--help"))
+
+
+def test_inspect_names_a_url_mask_as_given_not_its_local_copy(tmp_path):
+    from streamprune import storage
+
+    manifest_path = _sharded(tmp_path)
+    _ok(_run("mask", manifest_path, "--random", "--ratio", "0.5", "--out", tmp_path / "m.spmask"))
+    url = "memory://edges-inspect/masks/m.spmask"
+    storage.put_file(os.fspath(tmp_path / "m.spmask"), url)
+    table = _ok(_run("inspect", manifest_path, "--mask", url))
+    assert f"mask:     {url}\n" in table
+    assert json.loads(_ok(_run("inspect", manifest_path, "--mask", url, "--json")))["mask"] == url
+    other = tmp_path / "other"
+    _ok(_run("shard", tmp_path / "ds.npz", other, "--samples-per-shard", "20", "--quiet"))
+    _fails_cleanly(_run("inspect", other, "--mask", url), f"Error: {url}: mask was made for manifest {manifest_path}")
