@@ -214,7 +214,7 @@ _ALGEBRA = ("and", "or", "not", "minus")
 @click.option("--minus", "op_minus", is_flag=True, help="Mask algebra: OPERANDS A B, keep what A keeps and B does not.")
 @click.option("--source-manifest", "source_manifests", multiple=True, type=click.Path(exists=True),
               help="Manifest an operand mask was made for, when not MANIFEST (tar vs .beton of one source): it is translated by key. Repeatable.")
-@click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=lambda: "With --scores: " + selectors_help())
+@click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=lambda: selectors_help("the --scores"))
 @selector_options
 @location_options
 @click.option("--out", required=True, type=click.Path(), help="Mask file to write (.spmask).")

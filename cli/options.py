@@ -62,12 +62,17 @@ def model_option(help: str, required: bool = False) -> Callable[[Callable], Call
     return decorate
 
 
+def _flag(param: click.Parameter) -> str:
+    """The flag a user typed for ``param`` (``--ratio``), not its Python name (``ratios``)."""
+    return max(param.opts, key=len) if param.opts else f"--{param.name}"
+
+
 def ratio_callback(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     """Check one ``--ratio`` (fraction removed) and turn a bad one into a usage error naming it."""
     if value is None:
         return value
     try:
-        return check_ratio(value, f"--{param.name}")
+        return check_ratio(value, _flag(param))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -88,7 +93,7 @@ def ratios_callback(ctx: click.Context, param: click.Parameter, values: tuple[st
             except ValueError:
                 raise click.BadParameter(f"{part!r} is not a number") from None
             try:
-                out.append(check_ratio(number, f"--{param.name}"))
+                out.append(check_ratio(number, _flag(param)))
             except ValueError as exc:
                 raise click.BadParameter(str(exc)) from None
     if not out:
@@ -119,11 +124,15 @@ def scoring_methods_help() -> str:
     return f"Scoring method: {', '.join(available_scores())}."
 
 
-def selectors_help() -> str:
-    """Help for ``--selector``: the registered selectors."""
+def selectors_help(scores: str = "scores") -> str:
+    """Help for ``--selector``: the registered selectors.
+
+    Args:
+        scores: What the selector is applied to, as the sentence names it (``the --scores``).
+    """
     names = [n for n in available_selectors() if not n.startswith("test-only")]
     return (
-        f"How scores become a mask: {', '.join(names)} (top: the top of the stored ranking; "
+        f"How {scores} become a mask: {', '.join(names)} (top: the top of the stored ranking; "
         "flexrand/easy/hard/se/sh/ccs need a hardness score such as dlc)."
     )
 

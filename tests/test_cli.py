@@ -344,3 +344,52 @@ def test_inspect_names_a_url_mask_as_given_not_its_local_copy(tmp_path):
     other = tmp_path / "other"
     _ok(_run("shard", tmp_path / "ds.npz", other, "--samples-per-shard", "20", "--quiet"))
     _fails_cleanly(_run("inspect", other, "--mask", url), f"Error: {url}: mask was made for manifest {manifest_path}")
+
+
+def _help(*args):
+    result = CliRunner().invoke(cli, [*args, "--help"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())  # one line: click wraps help at the terminal width
+
+
+def test_help_texts_read_right():
+    score_help = _help("score")
+    assert "--clusters INTEGER fm/semdedup/ssp: number of k-means clusters K [default: fm 1000; semdedup N / 1000, at least 1; " \
+           "ssp the number of classes]." in score_help
+    mask_help = _help("mask")
+    assert "--selector TEXT How the --scores become a mask: " in mask_help and "With --scores: How" not in mask_help
+
+
+def test_ratio_errors_name_the_flag_that_was_typed(tmp_path):
+    manifest_path = _sharded(tmp_path)
+    for command in (("score", manifest_path, "--method", "random-classes", "--ratio", "0.5,1.2", "--out", tmp_path / "s"),
+                    ("mask", manifest_path, "--random", "--ratio", "1.2", "--out", tmp_path / "m.spmask")):
+        error = _fails_cleanly(_run(*command), "--ratio=1.2: must be in [0, 1)")
+        assert "--ratios" not in error
+
+
+def test_bench_help_lists_every_registered_suite():
+    from benchmarks.registry import SUITES
+
+    listed = _help("bench").split("Suites: ", 1)[1].split(".", 1)[0]
+    assert listed.split(", ") == list(SUITES) and len(SUITES) >= 11
+
+
+def test_score_says_which_classes_or_clusters_it_kept(tmp_path, small_dataset):
+    from streamprune.masks import random_mask
+    from streamprune.report import kept_summary
+    from streamprune.scores import ScoreFile
+    from streamprune.selection import mask_from_scores
+
+    output = _ok(_run("score", small_dataset.path, "--method", "random-classes", "--ratio", "0.5", "--out", tmp_path / "s", "-q"))
+    mask = MaskFile(tmp_path / "s" / "random-classes-0.5.spmask")
+    kept = mask.provenance["kept_classes"]
+    assert f"ratio 0.5: kept classes {kept} (20 of 40 samples) -> " in output and len(kept) == 2
+    assert kept_summary(mask) == f"classes {kept} (20 of 40 samples)"
+    assign = np.arange(40) % 25  # 25 clusters of 1 or 2 samples
+    scores = ScoreFile(method="fm", level="cluster", scores=np.arange(25.0)[::-1], ranking=np.arange(25),
+                       manifest_fingerprint=small_dataset.fingerprint, assignments=assign)
+    assert kept_summary(mask_from_scores(small_dataset, scores, 0.6)) == "clusters [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] (20 of 40 samples)"
+    many = kept_summary(mask_from_scores(small_dataset, scores, 0.0))  # more than 20 ids: the rest counted
+    assert many == f"clusters [{', '.join(map(str, range(20)))}, ... 5 more] (40 of 40 samples)"
+    assert kept_summary(random_mask(small_dataset, 0.5)) == "20 of 40 samples"
