@@ -124,9 +124,13 @@ def _what_is_there(manifest_path: str, shards: list[str]) -> str:
             old = Manifest.load(manifest_path)
         except ManifestError:
             return f"already holds another dataset (an unreadable manifest {manifest_path})"
-        return f"already holds another dataset: {manifest_path} ({len(old.shards)} shards, {old.num_samples} samples)"
+        return f"already holds another dataset: {manifest_path} ({_shards(len(old.shards))}, {old.num_samples} samples)"
     return (f"already holds {len(shards)} shard file(s) of another run with no manifest (unfinished, or written with "
             f"other options), e.g. {os.path.basename(shards[0])}")
+
+
+def _shards(n: int) -> str:
+    return f"{n} shard" if n == 1 else f"{n} shards"
 
 
 def _remove_dataset(out_dir: str, own: Sequence[str], records: Sequence[str]) -> tuple[int, int]:

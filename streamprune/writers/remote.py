@@ -186,7 +186,7 @@ def _claim_url(url: str, storage_options: dict | None, overwrite: bool) -> None:
     except ManifestError:
         old = None
     if not overwrite:
-        what = f"{len(old.shards)} shards, {old.num_samples} samples" if old is not None else "unreadable"
+        what = f"{len(old.shards)} shard{'' if len(old.shards) == 1 else 's'}, {old.num_samples} samples" if old is not None else "unreadable"
         raise OutputExistsError(
             f"{url}: already holds another dataset: {manifest_url} ({what}); write to an empty prefix, or pass "
             "--overwrite (overwrite=True) to remove its shards and index files first"
