@@ -418,8 +418,10 @@ def test_overwrite_removes_only_what_is_inside_the_directory(tmp_path, labelled_
     out = tmp_path / "out"
     index_shards([elsewhere.shard_path(k) for k in range(4)], out, progress=False)  # a manifest in out naming ../shards/*.tar
     assert os.path.exists(out / "shard-000000.tar.index.json")
+    os.symlink(elsewhere.shard_path(3), out / "shard-000007.tar")  # a link there: removed itself, not what it points to
     shard_writer(labelled_samples, out, samples_per_shard=40, overwrite=True)
     assert all(os.path.exists(elsewhere.shard_path(k)) for k in range(4))  # not this directory's to remove
+    assert Manifest.load(tmp_path / "shards").num_samples == 40
     assert sorted(n for n in os.listdir(out) if n.endswith(".tar")) == ["shard-000000.tar"]
     assert not os.path.exists(out / "shard-000003.tar.index.json")
 

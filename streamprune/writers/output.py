@@ -141,12 +141,8 @@ def _remove_dataset(out_dir: str, own: Sequence[str], records: Sequence[str]) ->
     """
     shards: set[str] = set()
     indexes: set[str] = set()
-    root = os.path.realpath(out_dir)
-
-    def inside(path: str) -> str | None:
-        real = os.path.realpath(path)
-        return real if os.path.dirname(real) == root or real.startswith(root + os.sep) else None
-
+    root = os.path.abspath(out_dir)
+    # paths are normalised, never resolved: a symbolic link there is removed itself, not what it points to
     try:
         old = Manifest.load(out_dir) if os.path.exists(os.path.join(out_dir, MANIFEST_NAME)) else None
     except ManifestError:
@@ -154,14 +150,14 @@ def _remove_dataset(out_dir: str, own: Sequence[str], records: Sequence[str]) ->
     for entry in old.shards if old is not None else ():
         for path, kind in ((old.resolve(entry.name), shards), (old.resolve(entry.index), indexes),
                            (companion_path(old.resolve(entry.index)), indexes)):
-            real = inside(path)
-            if real is not None and os.path.isfile(real):
-                kind.add(real)
+            path = os.path.abspath(path)
+            if path.startswith(root + os.sep) and (os.path.isfile(path) or os.path.islink(path)):  # shards elsewhere are not this directory's
+                kind.add(path)
     shard_glob, *index_globs = own
-    shards.update(os.path.realpath(p) for p in glob.glob(os.path.join(glob.escape(out_dir), shard_glob)))
+    shards.update(os.path.abspath(p) for p in glob.glob(os.path.join(glob.escape(root), shard_glob)))
     for pattern in index_globs:
-        indexes.update(os.path.realpath(p) for p in glob.glob(os.path.join(glob.escape(out_dir), pattern)))
-    for path in [*shards, *indexes, *(os.path.join(out_dir, r) for r in records)]:
+        indexes.update(os.path.abspath(p) for p in glob.glob(os.path.join(glob.escape(root), pattern)))
+    for path in [*shards, *indexes, *(os.path.join(root, r) for r in records)]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     return len(shards), len(indexes)
