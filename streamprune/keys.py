@@ -44,7 +44,7 @@ import numpy as np
 
 from . import storage
 from .errors import StreamPruneError
-from .manifest import Manifest
+from .manifest import Manifest, ManifestLike, open_manifest
 from .masks import KeepMask, Mask, mask_from_bool
 from .optional import require_pyarrow
 from .scores import ScoreFile
@@ -368,7 +368,7 @@ def match_key_list(manifest: Manifest, keys: KeyList | Iterable[str]) -> KeyMatc
 
 
 def mask_from_key_list(
-    manifest: Manifest,
+    manifest: ManifestLike,
     keys: str | os.PathLike | KeyList | Iterable[str],
     *,
     drop: bool = False,
@@ -378,7 +378,7 @@ def mask_from_key_list(
     """Keep exactly the listed samples (or, with ``drop``, everything but them).
 
     Args:
-        manifest: The dataset.
+        manifest: The dataset: a :class:`Manifest`, or its ``manifest.json`` (path or URL) or directory.
         keys: A key-list file (:func:`read_key_list`), a :class:`KeyList`, or plain keys.
         drop: The list names samples to remove; all others are kept.
         key_column: Column holding the keys, for tables.
@@ -392,6 +392,7 @@ def mask_from_key_list(
     Raises:
         MissingKeysError: Some ids are not in the manifest and ``allow_missing`` is off.
     """
+    manifest = open_manifest(manifest)
     source = None
     if isinstance(keys, (str, os.PathLike)):
         source = os.path.abspath(os.fspath(keys))

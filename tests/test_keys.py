@@ -180,3 +180,9 @@ def test_export_uids_of_samples_without_one_is_an_error_naming_the_first(uid_mem
     r = CliRunner().invoke(cli, ["inspect", small_dataset.path, "--export", str(tmp_path / "e.txt"), "--uids"])
     assert r.exit_code == 1 and f"Error: {small_dataset.path}: sample '{keys[0]}'" in r.output and "Traceback" not in r.output
     assert export_keys(uid_member, None, tmp_path / "u.txt", uids=True)["rows"] == 12  # every sample has one: fine
+
+
+def test_mask_from_key_list_takes_a_manifest_path(small_dataset):
+    keys = small_dataset.keys()
+    for where in (small_dataset.path, small_dataset.root):
+        assert set(np.flatnonzero(mask_from_key_list(where, [keys[2], keys[9]]).keep)) == {2, 9}
