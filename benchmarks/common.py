@@ -211,10 +211,6 @@ def make_jpeg_shards(
         if meta.get("params") == params:
             log(f"reusing data in {out_dir}")
             return Manifest.load(out_dir)
-    if os.path.isdir(out_dir):  # stale shards of other parameters
-        for name in os.listdir(out_dir):
-            if name.startswith("shard-") and name.endswith((".tar", ".tar.index.json")):
-                os.unlink(os.path.join(out_dir, name))
     # Estimate the per-sample size from a few images, then size the dataset to total_mb.
     probe = [len(make_jpeg(i, seed)) for i in range(48)]
     per_sample = float(np.mean(probe)) + 1792  # 2 headers, jpg padding (~256), label block
@@ -230,6 +226,7 @@ def make_jpeg_shards(
         checksum=True,
         progress=False,
         class_names=JpegSource(1, seed).class_names,
+        overwrite=True,  # data of other parameters: its shards and index files go first
     )
     os.sync()
     with open(meta_path, "w") as fh:

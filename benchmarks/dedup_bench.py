@@ -258,7 +258,8 @@ def _target_a(data_dir: str) -> tuple[dict[str, Any], str]:
     test = np.sort(rng.choice(rest, 600, replace=False))
     classes = [FASHION_MNIST_CLASSES[c] for c in FOOTWEAR]
     m = write_shards(ArraySource(t10k.images[keep][train], labels[train], class_names=classes, prefix="a-train-"),
-                     os.path.join(data_dir, "target_a_train"), samples_per_shard=5000, shuffle=False, progress=False)
+                     os.path.join(data_dir, "target_a_train"), samples_per_shard=5000, shuffle=False, progress=False,
+                     overwrite=True)
     as_t = lambda idx: torch.from_numpy(t10k.images[keep][idx][:, None].copy())  # noqa: E731
     arrays = {"x_train": as_t(train), "y_train": torch.from_numpy(labels[train]), "x_test": as_t(test), "y_test": torch.from_numpy(labels[test])}
     return arrays, m.path

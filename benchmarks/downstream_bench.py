@@ -615,7 +615,7 @@ def pretrain_backbone(data_dir: str, cfg: dict, progress: bool) -> dict:
         idx = np.random.default_rng(0).permutation(len(src))[: cfg["pretrain_subset"]]
         src = ArraySource(src.images[idx], src.labels[idx], FASHION_MNIST_CLASSES, prefix="train_")
     t0 = time.perf_counter()
-    write_shards(src, shards, samples_per_shard=5000, workers=2, progress=progress)
+    write_shards(src, shards, samples_per_shard=5000, workers=2, progress=progress, overwrite=True)
     shard_s = time.perf_counter() - t0
     log.info("pretraining %s on %d Fashion-MNIST train images (%d epochs)", ARCH, len(src), cfg["pretrain_epochs"])
     trained = train_surrogate(Manifest.load(shards), ARCH, ckpt, epochs=cfg["pretrain_epochs"], batch_size=128, optimizer="adam",
@@ -663,7 +663,8 @@ def prepare_downstream(data_dir: str, name: str, cfg: dict, progress: bool) -> d
     te = rest if spec["test"] >= len(rest) else train_test_split(rest, train_size=spec["test"], stratify=labels[rest], random_state=0)[0]
     for part, ids in (("train", np.sort(tr)), ("test", np.sort(te))):
         src = ArraySource(images[ids], labels[ids], classes, prefix=f"{name}-{part}-")
-        write_shards(src, out[f"{part}_dir"], samples_per_shard=1000 if name == "fashion-test" else 500, workers=1, progress=progress)
+        write_shards(src, out[f"{part}_dir"], samples_per_shard=1000 if name == "fashion-test" else 500, workers=1, progress=progress,
+                     overwrite=True)
     _mark(root, params)
     return out
 

@@ -154,6 +154,7 @@ def prepare_betons(cfg: BenchConfig) -> dict:
             workers=cfg.write_workers,
             seed=cfg.seed,
             progress=False,
+            overwrite=True,  # a .beton of other parameters: replaced
         )
         os.sync()
         with open(meta_path, "w") as fh:

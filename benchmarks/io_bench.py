@@ -471,7 +471,7 @@ def prepare_beton(ds: Dataset, workers: int, out_dir: str, mask_dir: str) -> tup
         print(f"writing the {ds.samples} JPEGs of {ds.name} as one .beton (JPEG bytes kept as-is) into {out_dir} ...", flush=True)
         t0 = time.perf_counter()
         beton = sp.write_beton(TarSamples(tar), out_dir, shuffle=False, workers=workers, write_mode="jpg", keep_jpeg=True,
-                               page_size=params["page_size"], class_names=tar.classes, progress=False)
+                               page_size=params["page_size"], class_names=tar.classes, progress=False, overwrite=True)
         os.sync()
         with open(meta_path, "w") as fh:
             json.dump({"params": params, "seconds": time.perf_counter() - t0}, fh)

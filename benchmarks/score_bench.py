@@ -415,7 +415,7 @@ def _fashion_shards(work: str) -> tuple[Manifest, Manifest]:
     if os.path.exists(os.path.join(src_dir, "manifest.json")):
         source = Manifest.load(src_dir)
     else:
-        source = write_shards(FASHION, src_dir, samples_per_shard=5000, workers=2, progress=False)
+        source = write_shards(FASHION, src_dir, samples_per_shard=5000, workers=2, progress=False, overwrite=True)
     target = Manifest.load(tgt_dir) if os.path.exists(os.path.join(tgt_dir, "manifest.json")) else footwear_target(FASHION, tgt_dir, progress=False)
     return source, target
 
@@ -430,7 +430,7 @@ def _digits_shards(work: str) -> tuple[Manifest, None]:
     d = load_digits()
     path = os.path.join(work, "digits.npz")
     np.savez(path, images=(d.images * 16).clip(0, 255).astype(np.uint8), labels=d.target)
-    return write_shards(path, src_dir, samples_per_shard=500, progress=False), None
+    return write_shards(path, src_dir, samples_per_shard=500, progress=False, overwrite=True), None
 
 
 def bench_embed(source: Manifest, workers: int, batch_size: int, work: str, dataset: str) -> dict:

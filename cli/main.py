@@ -26,6 +26,7 @@ from .options import (
     location_options,
     model_option,
     ratio_callback,
+    resume_summary,
     selector_kwargs,
     selector_options,
     selectors_help,
@@ -74,17 +75,24 @@ def cli(verbose: bool) -> None:
               help="tar: class-sorted writes class after class (a class-level mask then keeps long runs: few reads or "
                    "requests); beton: page-aware keeps each class together in FFCV pages.")
 @click.option("--no-checksum", is_flag=True, help="Skip SHA-256 of each shard.")
-@click.option("--resume", is_flag=True, help="Keep the shards an interrupted run with the same options finished (checked against their indexes).")
+@click.option("--resume", is_flag=True,
+              help="Keep the shards an interrupted run with the same options finished (checked against their indexes); says how many it skipped.")
+@click.option("--overwrite", is_flag=True,
+              help="OUT may hold another dataset: remove its shards and index files first (by default such an OUT is refused).")
 @engine_options
 @storage_options_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_format, split, fmt, write_mode, max_resolution, layout,
-          no_checksum, resume, engine, ray_address, storage_options, quiet):
+          no_checksum, resume, overwrite, engine, ray_address, storage_options, quiet):
     """Write SRC (image folder tree, IDX, .npz) as indexed webdataset shards (or FFCV .beton files) in OUT.
 
     OUT may be a URL prefix (s3://bucket/ds) for tar shards: each shard and its index is uploaded as
     soon as it is written, while later shards are written, and the manifest last (a failed run
     leaves no manifest there).
+
+    An OUT that holds another dataset (a manifest, or shards of another run) is refused, since
+    writing over it would leave shards the new manifest does not list and invalidate masks made
+    for it: pass --overwrite to replace it, or --resume to finish the same run.
     """
     # Deferred on purpose: the writers import the image codecs and source readers.
     from streamprune.writers import write_beton
@@ -101,22 +109,25 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
         manifest = write_beton(
             src, out, samples_per_file=samples_per_shard, shuffle=shuffle, seed=seed, workers=workers,
             write_mode=write_mode, max_resolution=max_resolution, quality=quality, layout=layout, split=split,
-            checksum=not no_checksum, progress=not quiet,
+            checksum=not no_checksum, progress=not quiet, overwrite=overwrite,
         )
         click.echo(f"{manifest.num_samples} samples, {len(manifest.shards)} .beton file(s), {len(manifest.classes)} classes -> {manifest.path}")
         return
     given = click.get_current_context().get_parameter_source("workers") != click.core.ParameterSource.DEFAULT
-    runner = engine_arg(engine, ray_address, workers if given else None)  # ray: one actor per CPU unless --workers
+    # ray: one actor per CPU unless --workers; local: the engine write_shards would make, so its report can be read
+    runner = engine_arg(engine, ray_address, workers if given else None, local_workers=workers)
     try:
         manifest = write_shards_to(
             src, out, storage_options=storage_options, samples_per_shard=samples_per_shard or 1000,
             shuffle=shuffle, seed=seed, workers=workers, quality=quality, image_format=image_format, split=split,
-            checksum=not no_checksum, progress=not quiet, engine=runner, resume=resume, layout=layout,
+            checksum=not no_checksum, progress=not quiet, engine=runner, resume=resume, layout=layout, overwrite=overwrite,
         )
     finally:
         if runner is not None:
             runner.close()
     click.echo(f"{manifest.num_samples} samples, {len(manifest.shards)} shards, {len(manifest.classes)} classes -> {manifest.path}")
+    if resume:
+        click.echo(resume_summary(runner))
 
 
 @cli.command()
@@ -130,14 +141,16 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
                    "reads only (far fewer bytes; a request per large member, so slower than streaming at high latency).")
 @click.option("--workers", type=click.IntRange(min=1),
               help="Tar shards indexed in parallel processes (or Ray actors; URLs: threads) [default: CPU count; URLs: 8].")
-@click.option("--resume", is_flag=True, help="Keep the index files an interrupted run with the same options wrote (when still newer than their shards).")
+@click.option("--resume", is_flag=True,
+              help="Keep the index files an interrupted run with the same options wrote (when still newer than their shards); says how many it skipped.")
 @engine_options
 @storage_options_option
 @click.option("--quiet", "-q", is_flag=True)
 def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, resume, engine, ray_address, storage_options, quiet):
     """Index existing tar SHARDS or FFCV .beton files written by anyone and write OUT/manifest.json.
 
-    SHARDS may be URLs (s3://, https://, ...) and webdataset brace patterns
+    A directory among SHARDS stands for its *.tar files, sorted by name (or its .beton files
+    when it holds no tar). SHARDS may be URLs (s3://, https://, ...) and webdataset brace patterns
     (shards-{000000..000099}.tar): each is streamed once (with --no-checksum: only its headers
     are read, by ranged requests), several at a time, and its size and ETag recorded.
     """
@@ -162,7 +175,7 @@ def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, 
     # Deferred on purpose: indexing pulls in tqdm and the tar walker, which --help and inspect do not need.
     from streamprune.indexing import index_files
 
-    runner = engine_arg(engine, ray_address, workers)
+    runner = engine_arg(engine, ray_address, workers, local_workers=workers or os.cpu_count() or 1)
     try:
         manifest = index_files(
             list(shards), out, label_ext=None if no_labels else label_ext, label_field=None if no_labels else label_field,
@@ -173,6 +186,8 @@ def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, 
             runner.close()
     kind = ".beton file(s)" if manifest.shards and manifest.shards[0].format == "beton" else "shards"
     click.echo(f"{manifest.num_samples} samples in {len(manifest.shards)} {kind} -> {manifest.path}")
+    if resume and kind == "shards":
+        click.echo(resume_summary(runner))
 
 
 _ALGEBRA = ("and", "or", "not", "minus")
@@ -199,7 +214,7 @@ _ALGEBRA = ("and", "or", "not", "minus")
 @click.option("--minus", "op_minus", is_flag=True, help="Mask algebra: OPERANDS A B, keep what A keeps and B does not.")
 @click.option("--source-manifest", "source_manifests", multiple=True, type=click.Path(exists=True),
               help="Manifest an operand mask was made for, when not MANIFEST (tar vs .beton of one source): it is translated by key. Repeatable.")
-@click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=lambda: "With --scores: " + selectors_help())
+@click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=lambda: selectors_help("the --scores"))
 @selector_options
 @location_options
 @click.option("--out", required=True, type=click.Path(), help="Mask file to write (.spmask).")
@@ -265,7 +280,7 @@ def inspect(manifest, mask_path, as_json, export_path, scores_file, uids, show_p
     if (scores_file or uids) and not export_path:
         raise click.UsageError("--scores and --uids go with --export")
     m = Manifest.load(manifest, base=base, storage_options=storage_options, allow_foreign_locations=allow_foreign_locations)
-    mask_file = masks.MaskFile(storage.local_copy(mask_path, storage_options)) if mask_path else None
+    mask_file = masks.MaskFile.open(mask_path, storage_options) if mask_path else None
     info = describe(m, mask_file)
     if show_plan:
         # deferred: streamprune.readers loads torch, which the command line does not import at start-up

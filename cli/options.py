@@ -23,6 +23,9 @@ __all__ = [
     "ratios_callback",
     "storage_options_option",
     "location_options",
+    "engine_arg",
+    "engine_options",
+    "resume_summary",
 ]
 
 #: Flags that named the model before ``--model`` was the one name for it (kept, hidden).
@@ -59,12 +62,17 @@ def model_option(help: str, required: bool = False) -> Callable[[Callable], Call
     return decorate
 
 
+def _flag(param: click.Parameter) -> str:
+    """The flag a user typed for ``param`` (``--ratio``), not its Python name (``ratios``)."""
+    return max(param.opts, key=len) if param.opts else f"--{param.name}"
+
+
 def ratio_callback(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     """Check one ``--ratio`` (fraction removed) and turn a bad one into a usage error naming it."""
     if value is None:
         return value
     try:
-        return check_ratio(value, f"--{param.name}")
+        return check_ratio(value, _flag(param))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -85,7 +93,7 @@ def ratios_callback(ctx: click.Context, param: click.Parameter, values: tuple[st
             except ValueError:
                 raise click.BadParameter(f"{part!r} is not a number") from None
             try:
-                out.append(check_ratio(number, f"--{param.name}"))
+                out.append(check_ratio(number, _flag(param)))
             except ValueError as exc:
                 raise click.BadParameter(str(exc)) from None
     if not out:
@@ -116,11 +124,15 @@ def scoring_methods_help() -> str:
     return f"Scoring method: {', '.join(available_scores())}."
 
 
-def selectors_help() -> str:
-    """Help for ``--selector``: the registered selectors."""
+def selectors_help(scores: str = "scores") -> str:
+    """Help for ``--selector``: the registered selectors.
+
+    Args:
+        scores: What the selector is applied to, as the sentence names it (``the --scores``).
+    """
     names = [n for n in available_selectors() if not n.startswith("test-only")]
     return (
-        f"How scores become a mask: {', '.join(names)} (top: the top of the stored ranking; "
+        f"How {scores} become a mask: {', '.join(names)} (top: the top of the stored ranking; "
         "flexrand/easy/hard/se/sh/ccs need a hardness score such as dlc)."
     )
 
@@ -152,13 +164,17 @@ def engine_options(fn: Callable) -> Callable:
     return fn
 
 
-def engine_arg(engine: str, ray_address: str | None, workers: int | None = None) -> Engine | None:
-    """The ``engine=`` a library pass takes: ``None`` for ``local`` (its own default), else a Ray engine.
+def engine_arg(
+    engine: str, ray_address: str | None, workers: int | None = None, local_workers: int | None = None
+) -> Engine | None:
+    """The ``engine=`` a library pass takes: for ``local`` its own default (``None``), else a Ray engine.
 
     Args:
         engine: ``local`` or ``ray``.
         ray_address: ``--ray-address``.
         workers: Ray actors (``None``: one per CPU of the cluster).
+        local_workers: For ``local``: return a local engine of this many processes instead of
+            ``None`` (a command that reports what the pass ran reads the engine's reports).
 
     Raises:
         click.UsageError: ``--ray-address`` without ``--engine ray``.
@@ -166,7 +182,15 @@ def engine_arg(engine: str, ray_address: str | None, workers: int | None = None)
     """
     if ray_address and engine != "ray":
         raise click.UsageError("--ray-address needs --engine ray")
-    return None if engine == "local" else make_engine(engine, address=ray_address, workers=workers)
+    if engine == "local":
+        return None if local_workers is None else make_engine("local", workers=local_workers)
+    return make_engine(engine, address=ray_address, workers=workers)
+
+
+def resume_summary(runner: Engine | None, what: str = "shards") -> str | None:
+    """``--resume: ran N, skipped M (already complete) of T shards`` from the pass's report (``None`` when none ran)."""
+    report = runner.last_report if runner is not None else None
+    return None if report is None else f"--resume: {report.summary()} {what}"
 
 
 STORAGE_OPTIONS_HELP = "fsspec options for URLs, as a JSON object (credentials otherwise come from the backend's standard configuration)."

@@ -13,6 +13,7 @@ import click
 
 from streamprune.manifest import open_manifest
 from streamprune.masks import MaskFile
+from streamprune.report import kept_summary
 
 from .options import (
     RegistryHelpOption,
@@ -36,7 +37,8 @@ def method_click_options() -> list[click.Option]:
     """One click option per flag the registered scoring methods declare.
 
     A flag declared by several methods (``--clusters`` by fm and ssp) becomes one option whose
-    help names them all.
+    help names them all, and each method's default when they differ
+    (``[default: fm 1000; semdedup N / 1000, at least 1; ssp the number of classes]``).
     """
     # Deferred on purpose: importing the scoring methods imports torch; `streamprune --help`
     # and the other commands must not pay for it.
@@ -50,8 +52,7 @@ def method_click_options() -> list[click.Option]:
     for flag, entries in by_flag.items():
         option = entries[0][1]
         methods = "/".join(m for m, _ in entries)
-        defaults = {o.describe_default() for _, o in entries}
-        default = defaults.pop() if len(defaults) == 1 else ", ".join(f"{m} {o.describe_default()}" for m, o in entries)
+        default = _defaults_text([(m, o.describe_default()) for m, o in entries])
         help_text = f"{methods}: {option.help}" + (f" [default: {default}]." if default else ".")
         name = _PREFIX + flag[2:].replace("-", "_")
         if option.type is bool:
@@ -60,6 +61,16 @@ def method_click_options() -> list[click.Option]:
             kind = click.Choice(option.choices) if option.choices else option.type
             params.append(click.Option([flag, name], type=kind, default=None, help=help_text))
     return params
+
+
+def _defaults_text(defaults: list[tuple[str, str | None]]) -> str | None:
+    """One default for all methods, else each method's (methods with the same default grouped, ``;`` between)."""
+    by_text: dict[str | None, list[str]] = {}
+    for method, text in defaults:
+        by_text.setdefault(text, []).append(method)
+    if len(by_text) == 1:
+        return next(iter(by_text))
+    return "; ".join(f"{'/'.join(methods)} {text}" for text, methods in by_text.items() if text)
 
 
 def default_selectors_help() -> str:
@@ -145,5 +156,4 @@ def score(source_manifest, method, target, target_split, model, checkpoint, rati
             runner.close()
     click.echo(f"scores -> {r['scores']} ({r['seconds']['score']:.1f} s)")
     for ratio, path in r["masks"].items():
-        kept = r["kept"][ratio] or f"{MaskFile(path).kept} samples"  # sample level: a count, not the items
-        click.echo(f"ratio {ratio:g}: kept {kept} -> {path}")
+        click.echo(f"ratio {ratio:g}: kept {kept_summary(MaskFile(path))} -> {path}")

@@ -21,6 +21,7 @@ from .errors import (
     LabelError,
     ManifestError,
     MaskMismatchError,
+    OutputExistsError,
     StreamPruneError,
     TarFormatError,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "MaskMismatchError",
     "LabelError",
     "DuplicateKeyError",
+    "OutputExistsError",
 ]
 
 

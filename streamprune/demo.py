@@ -84,7 +84,7 @@ def footwear_target(fashion_dir: str, out_dir: str, split: str = "t10k", workers
     full = idx_source(fashion_dir, split=split, class_names=FASHION_MNIST_CLASSES)
     keep = np.isin(full.labels, FOOTWEAR)
     target = ArraySource(full.images[keep], full.labels[keep], class_names=FASHION_MNIST_CLASSES, prefix=f"{split}-")
-    return write_shards(target, out_dir, samples_per_shard=1000, workers=workers, progress=progress)
+    return write_shards(target, out_dir, samples_per_shard=1000, workers=workers, progress=progress, overwrite=True)
 
 
 def _is_fashion_mnist(source: str) -> bool:
@@ -175,7 +175,8 @@ def run_demo(
     shard_dir = os.path.join(out_dir, "shards")
     manifest_path = os.path.join(shard_dir, MANIFEST_NAME)
     start = time.perf_counter()
-    manifest = write_shards(source, shard_dir, samples_per_shard=samples_per_shard, workers=workers, progress=progress)
+    # the demo's own directory: a rerun replaces what the last one wrote
+    manifest = write_shards(source, shard_dir, samples_per_shard=samples_per_shard, workers=workers, progress=progress, overwrite=True)
     timings["shard source"] = time.perf_counter() - start
     summary = ""
     if method == "lm":

@@ -43,7 +43,7 @@ from typing import Any
 from .errors import StreamPruneError
 from .optional import require_ray
 
-__all__ = ["ENGINES", "Engine", "LocalEngine", "MapReport", "RayEngine", "TaskFn", "ThreadEngine", "make_engine", "same_options"]
+__all__ = ["ENGINES", "Engine", "LocalEngine", "MapReport", "RayEngine", "TaskFn", "ThreadEngine", "make_engine", "recorded_options", "same_options"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ class MapReport:
     def total(self) -> int:
         """Tasks in the pass."""
         return len(self.ran) + len(self.skipped)
+
+    def summary(self) -> str:
+        """``"ran N, skipped M (already complete) of T"``: what a resumed pass did, for users."""
+        return f"ran {len(self.ran)}, skipped {len(self.skipped)} (already complete) of {self.total}"
 
 
 class Engine:
@@ -489,6 +493,15 @@ def make_engine(
     raise ValueError(f"unknown engine {name!r}; available: {', '.join(ENGINES)}")
 
 
+def recorded_options(out_dir: str | os.PathLike, name: str) -> Any:
+    """The options a resumable pass recorded in ``out_dir/name`` (``None`` when absent or unreadable)."""
+    try:
+        with open(os.path.join(os.fspath(out_dir), name), "rb") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
 def same_options(out_dir: str, name: str, options: dict[str, Any]) -> bool:
     """Record a resumable pass's options in ``out_dir/name``; return whether the previous run used the same.
 
@@ -496,11 +509,7 @@ def same_options(out_dir: str, name: str, options: dict[str, Any]) -> bool:
     options; the record is a plain write, since a torn file only means the next run does not resume.
     """
     path = os.path.join(out_dir, name)
-    try:
-        with open(path, "rb") as fh:
-            same = json.load(fh) == options
-    except (OSError, ValueError):
-        same = False
+    same = recorded_options(out_dir, name) == options
     if not same:
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(options, fh)

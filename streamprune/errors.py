@@ -22,6 +22,7 @@ __all__ = [
     "ChecksumError",
     "CacheError",
     "UnsafeLocationError",
+    "OutputExistsError",
 ]
 
 #: A URL's userinfo: what follows ``scheme://`` up to the last ``@`` before the host's end.
@@ -76,6 +77,10 @@ class IndexMismatchError(ManifestError):
 
 class MaskMismatchError(StreamPruneError):
     """A keep mask was made for a different dataset, shard or index."""
+
+
+class OutputExistsError(StreamPruneError):
+    """An output directory (or URL prefix) already holds another dataset, and overwriting it was not asked for."""
 
 
 class LabelError(StreamPruneError):

@@ -24,7 +24,7 @@ from .manifest import MANIFEST_NAME, Manifest, build_manifest
 from .shardindex import ShardIndex
 from .tarindex import index_tar
 
-__all__ = ["index_files", "index_shards", "index_betons", "is_beton", "AUTO_LABELS", "DEFAULT_LABEL_EXT"]
+__all__ = ["index_files", "index_shards", "index_betons", "is_beton", "shard_files", "AUTO_LABELS", "DEFAULT_LABEL_EXT"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,34 @@ def is_beton(path: str | os.PathLike) -> bool:
     return os.fspath(path).endswith(".beton") or looks_like_beton(path)
 
 
+def shard_files(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The shard files ``paths`` name: files as given, a directory as its ``*.tar`` files, sorted by name.
+
+    A directory without tar files gives its ``*.beton`` files instead.
+
+    Args:
+        paths: Shard files and directories, in manifest order.
+
+    Returns:
+        The files, a directory's in place of it.
+
+    Raises:
+        ManifestError: A directory holds neither ``*.tar`` nor ``*.beton`` files.
+    """
+    out: list[str] = []
+    for path in map(os.fspath, paths):
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        names = sorted(os.listdir(path))
+        found = [n for n in names if n.endswith(".tar")] or [n for n in names if n.endswith(".beton")]
+        found = [n for n in found if os.path.isfile(os.path.join(path, n))]
+        if not found:
+            raise ManifestError(f"{path}: a directory with no *.tar shards (or .beton files) in it; pass the shard files themselves")
+        out.extend(os.path.join(path, n) for n in found)
+    return out
+
+
 def index_files(
     paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -62,7 +90,8 @@ def index_files(
     """Index tar shards or ``.beton`` files (chosen by content) and write their manifest.
 
     Args:
-        paths: Files to index, in manifest order; all tar or all ``.beton``.
+        paths: Files to index, in manifest order; all tar or all ``.beton``. A directory stands
+            for its ``*.tar`` files sorted by name (see :func:`shard_files`).
         out_dir: Where the sidecars and ``manifest.json`` go.
         label_ext: Tar: extension of the integer label member (every sample must have it),
             ``"auto"`` (see :func:`index_shards`), or ``None`` (unlabelled).
@@ -84,6 +113,7 @@ def index_files(
     """
     if not paths:
         raise ManifestError("no shard files given to index")
+    paths = shard_files(paths)
     kinds = [is_beton(p) for p in paths]
     if any(kinds) and not all(kinds):
         first = os.fspath(paths[kinds.index(True)])
@@ -104,6 +134,8 @@ def _check_names(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike)
         path = os.fspath(path)
         if not os.path.exists(path):
             raise ManifestError(f"{path}: shard not found")
+        if os.path.isdir(path):
+            raise ManifestError(f"{path}: a directory, not a shard file; pass its shards ({os.path.join(path, '*.tar')}) or give it to index_files")
         base = os.path.basename(path)
         if base in seen:
             raise ManifestError(f"{path}: two shards share the file name {base!r}; their index files would clash")

@@ -43,7 +43,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import StreamPruneError
-from .manifest import Manifest
+from .manifest import Manifest, ManifestLike, open_manifest
 from .masks import KeepMask, Mask, mask_from_bool
 from .optional import require_pyarrow
 from .scores import ScoreFile
@@ -53,6 +53,7 @@ __all__ = [
     "KeyList",
     "KeyMatch",
     "MissingKeysError",
+    "MissingUidError",
     "export_keys",
     "is_uid",
     "manifest_uids",
@@ -74,6 +75,10 @@ _DEFAULT_COLUMNS = ("key", "uid", "__key__")
 
 class MissingKeysError(StreamPruneError):
     """Ids of a key list are not in the manifest (and missing ids were not allowed)."""
+
+
+class MissingUidError(StreamPruneError):
+    """Uids were asked for, and a sample has none (see :func:`manifest_uids`)."""
 
 
 @dataclass
@@ -387,7 +392,7 @@ def match_key_list(manifest: Manifest, keys: KeyList | Iterable[str]) -> KeyMatc
 
 
 def mask_from_key_list(
-    manifest: Manifest,
+    manifest: ManifestLike,
     keys: str | os.PathLike | KeyList | Iterable[str],
     *,
     drop: bool = False,
@@ -397,7 +402,7 @@ def mask_from_key_list(
     """Keep exactly the listed samples (or, with ``drop``, everything but them).
 
     Args:
-        manifest: The dataset.
+        manifest: The dataset: a :class:`Manifest`, or its ``manifest.json`` (path or URL) or directory.
         keys: A key-list file (:func:`read_key_list`), a :class:`KeyList`, or plain keys.
         drop: The list names samples to remove; all others are kept.
         key_column: Column holding the keys, for tables.
@@ -411,6 +416,7 @@ def mask_from_key_list(
     Raises:
         MissingKeysError: Some ids are not in the manifest and ``allow_missing`` is off.
     """
+    manifest = open_manifest(manifest)
     source = None
     if isinstance(keys, (str, os.PathLike)):
         source = os.path.abspath(os.fspath(keys))
@@ -499,6 +505,16 @@ def _write_table(path: str, columns: dict[str, list | np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
+def _no_uid(manifest: Manifest, position: int, count: int) -> None:
+    """Raise :class:`MissingUidError` naming the sample at ``position`` (and how many lack a uid)."""
+    k = int(np.searchsorted(manifest.shard_offsets, position, side="right") - 1)
+    key = manifest.index(k).keys[position - int(manifest.shard_offsets[k])]
+    raise MissingUidError(
+        f"{manifest.path}: sample {key!r} (shard {manifest.shards[k].name}) has no uid, and {count - 1} more kept samples "
+        "lack one: a uid is a .uid member, a \"uid\" field of the .json member, or a key of 32 hex digits; export without --uids"
+    )
+
+
 def export_keys(
     manifest: Manifest,
     mask: Mask | None,
@@ -522,10 +538,13 @@ def export_keys(
         scores: A scores file of this manifest: adds each kept sample's score
             (:func:`sample_scores`).
         uids: Add each kept sample's uid (:func:`manifest_uids`; reads only the kept samples'
-            ``uid``/``json`` members).
+            ``uid``/``json`` members). Every kept sample must have one.
 
     Returns:
         ``{"path", "rows", "columns"}``.
+
+    Raises:
+        MissingUidError: ``uids`` and a kept sample has no uid (names the first); nothing is written.
     """
     path = os.fspath(path)
     if mask is not None:
@@ -537,6 +556,8 @@ def export_keys(
     columns: dict[str, list | np.ndarray] = {"key": [all_keys[i] for i in kept.tolist()]}
     if uids:
         columns["uid"] = manifest_uids(manifest, kept)
+        if "" in columns["uid"]:
+            _no_uid(manifest, int(kept[columns["uid"].index("")]), columns["uid"].count(""))
     if scores is not None:
         columns["score"] = sample_scores(manifest, scores)[kept]
     _write_table(path, columns)

@@ -230,6 +230,12 @@ class Manifest:
         self.path = os.path.abspath(path)
         return path
 
+    def __repr__(self) -> str:
+        # One line: the default dataclass repr lists every shard entry (kilobytes for a few shards).
+        where = self.path or self.root
+        base = f", base={self.base!r}" if self.base is not None else ""
+        return f"Manifest({where!r}, shards={len(self.shards)}, samples={self.num_samples}, classes={len(self.classes)}{base})"
+
     @property
     def num_samples(self) -> int:
         """Total number of samples over all shards."""

@@ -10,7 +10,7 @@ On-disk format (``*.spmask``, version 1)::
                   ``bitorder="little"``: bit i of shard k set = sample i of shard k is kept.
 
 Header fields: ``format``, ``version``, ``manifest_fingerprint`` (see
-:attr:`Manifest.fingerprint`), ``num_samples``, ``kept``, ``provenance`` (method, ratio,
+:attr:`Manifest.fingerprint`), ``manifest`` (its path or URL, informational), ``num_samples``, ``kept``, ``provenance`` (method, ratio,
 level, seed, scores, created, ...), ``classes``, ``kept_per_class``, ``total_per_class``,
 ``kept_bytes``, and ``shards``: per shard ``name``, ``samples``, ``kept``, ``kept_bytes``,
 ``index_sha256``, ``offset``, ``nbytes``.
@@ -33,9 +33,10 @@ from typing import Iterable, Protocol, Union, runtime_checkable
 
 import numpy as np
 
+from . import storage
 from .atomic import atomic_open
 from .errors import MaskMismatchError, StreamPruneError
-from .manifest import Manifest
+from .manifest import Manifest, ManifestLike, open_manifest
 from .ratios import check_ratio, kept_count
 
 __all__ = [
@@ -165,6 +166,11 @@ class KeepMask(MaskOperators):
                 f"keep array has shape {self.keep.shape}; the manifest has {self.manifest.num_samples} samples"
             )
 
+    def __repr__(self) -> str:
+        # One line: the default dataclass repr would print the whole manifest and every bit.
+        return (f"KeepMask(manifest={self.manifest.path or self.manifest.root!r}, shards={len(self.manifest.shards)}, "
+                f"samples={self.num_samples}, kept={self.kept}, method={self.provenance.get('method')!r})")
+
     @property
     def kept(self) -> int:
         """Number of kept samples."""
@@ -252,6 +258,7 @@ class KeepMask(MaskOperators):
             "format": MASK_FORMAT,
             "version": MASK_VERSION,
             "manifest_fingerprint": manifest.fingerprint,
+            "manifest": manifest.path,
             "num_samples": manifest.num_samples,
             "kept": self.kept,
             "kept_bytes": int(sizes[self.keep].sum()),
@@ -292,36 +299,57 @@ class MaskFile(MaskOperators):
 
     Args:
         path: Mask file path.
+        location: Where the mask was given from when ``path`` is a local copy of it (a URL);
+            reports and error messages name it. Default: ``path``.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, location: str | None = None) -> None:
         self.path = os.fspath(path)
+        self.location = location or self.path
         try:
             with open(self.path, "rb") as fh:
                 head = fh.read(16)
                 if len(head) < 16 or head[:8] != MAGIC:
-                    raise MaskMismatchError(f"{self.path}: not a streamprune mask file (bad magic)")
+                    raise MaskMismatchError(f"{self.location}: not a streamprune mask file (bad magic)")
                 (length,) = struct.unpack("<Q", head[8:16])
                 if length > os.fstat(fh.fileno()).st_size - 16:
-                    raise MaskMismatchError(f"{self.path}: mask header is truncated (header length {length})")
+                    raise MaskMismatchError(f"{self.location}: mask header is truncated (header length {length})")
                 raw = fh.read(length)
             if len(raw) != length:
-                raise MaskMismatchError(f"{self.path}: mask header is truncated")
+                raise MaskMismatchError(f"{self.location}: mask header is truncated")
             self.header = json.loads(raw)
         except FileNotFoundError:
-            raise MaskMismatchError(f"{self.path}: mask file not found") from None
+            raise MaskMismatchError(f"{self.location}: mask file not found") from None
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply to parse
-            raise MaskMismatchError(f"{self.path}: mask header is not valid JSON ({exc})") from None
+            raise MaskMismatchError(f"{self.location}: mask header is not valid JSON ({exc})") from None
         if not isinstance(self.header, dict) or self.header.get("format") != MASK_FORMAT or self.header.get("version") != MASK_VERSION:
-            raise MaskMismatchError(f"{self.path}: unsupported mask format or version")
+            raise MaskMismatchError(f"{self.location}: unsupported mask format or version")
         problem = _header_problem(self.header, os.path.getsize(self.path) - 16 - length)
         if problem:
-            raise MaskMismatchError(f"{self.path}: malformed mask header: {problem}")
+            raise MaskMismatchError(f"{self.location}: malformed mask header: {problem}")
         self._data_start = 16 + length
         expected = self._data_start + sum((s["nbytes"] + 7) // 8 * 8 for s in self.header["shards"])
         actual = os.path.getsize(self.path)
         if actual != expected:
-            raise MaskMismatchError(f"{self.path}: mask file is {actual} bytes, header describes {expected}")
+            raise MaskMismatchError(f"{self.location}: mask file is {actual} bytes, header describes {expected}")
+
+    @classmethod
+    def open(cls, location: str | os.PathLike, storage_options: dict | None = None) -> "MaskFile":
+        """Open a mask file by path or URL (a URL is downloaded once to a local cache).
+
+        Args:
+            location: Mask file path, or URL (``s3://``, ``https://``, ...).
+            storage_options: fsspec options for a URL.
+
+        Returns:
+            The mask file; its :attr:`location` is ``location`` as given.
+        """
+        location = os.fspath(location)
+        return cls(storage.local_copy(location, storage_options), location=location)
+
+    def __repr__(self) -> str:
+        return (f"MaskFile({self.location!r}, shards={len(self.header['shards'])}, samples={self.num_samples}, "
+                f"kept={self.kept}, method={self.provenance.get('method')!r})")
 
     @property
     def kept(self) -> int:
@@ -359,16 +387,23 @@ class MaskFile(MaskOperators):
         shards = self.header["shards"]
         if len(shards) != len(manifest.shards):
             raise MaskMismatchError(
-                f"{self.path}: mask covers {len(shards)} shards, manifest {manifest.path} has {len(manifest.shards)}"
+                f"{self.location}: {self._made_for(manifest)}: the mask covers {len(shards)} shards, the manifest has "
+                f"{len(manifest.shards)}"
             )
         for k, (mine, theirs) in enumerate(zip(shards, manifest.shards)):
             if mine["samples"] != theirs.samples or mine["index_sha256"] != theirs.index_sha256:
                 raise MaskMismatchError(
-                    f"{self.path}: mask was made for a different index of shard {k} ({theirs.name}): "
-                    f"mask has {mine['samples']} samples / index {mine['index_sha256'][:12]}, manifest has "
-                    f"{theirs.samples} / {theirs.index_sha256[:12]}; the shard was rewritten or re-indexed, "
-                    "make the mask again"
+                    f"{self.location}: {self._made_for(manifest)}: shard {k} ({theirs.name}) differs (mask: "
+                    f"{mine['samples']} samples, index {mine['index_sha256'][:12]}; manifest: {theirs.samples}, "
+                    f"{theirs.index_sha256[:12]}). Another dataset, or this one rewritten or re-indexed since the "
+                    "mask was made: make the mask again (or translate it by key: translate_mask, --source-manifest)"
                 )
+
+    def _made_for(self, manifest: Manifest) -> str:
+        """Which manifest the mask was made for and which it was given (both named, fingerprints shortened)."""
+        recorded = self.header.get("manifest")
+        made_for = f"{recorded} (fingerprint {self.manifest_fingerprint[:12]})" if recorded else f"fingerprint {self.manifest_fingerprint[:12]}"
+        return f"mask was made for manifest {made_for}, not for {manifest.path} (fingerprint {manifest.fingerprint[:12]})"
 
     def shard(self, k: int) -> np.ndarray:
         """Read only shard ``k``'s bits.
@@ -385,7 +420,7 @@ class MaskFile(MaskOperators):
         bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little", count=entry["samples"])
         keep = bits.astype(bool)
         if int(keep.sum()) != entry["kept"]:
-            raise MaskMismatchError(f"{self.path}: shard {k} bitset has {int(keep.sum())} bits set, header says {entry['kept']}")
+            raise MaskMismatchError(f"{self.location}: shard {k} bitset has {int(keep.sum())} bits set, header says {entry['kept']}")
         return keep
 
     def to_bool(self) -> np.ndarray:
@@ -442,11 +477,11 @@ def _provenance(method: str, ratio: float | None, **extra) -> dict:
     return out
 
 
-def mask_from_bool(manifest: Manifest, keep: np.ndarray, method: str = "custom", **provenance) -> KeepMask:
+def mask_from_bool(manifest: ManifestLike, keep: np.ndarray, method: str = "custom", **provenance) -> KeepMask:
     """Build a mask from a boolean array in manifest order.
 
     Args:
-        manifest: The dataset.
+        manifest: The dataset: a :class:`Manifest`, or its ``manifest.json`` (path or URL) or directory.
         keep: One boolean per sample, manifest order.
         method: Name recorded in the provenance.
         **provenance: Further provenance fields (seed, scores, ...).
@@ -454,16 +489,17 @@ def mask_from_bool(manifest: Manifest, keep: np.ndarray, method: str = "custom",
     Returns:
         The mask.
     """
+    manifest = open_manifest(manifest)
     keep = np.asarray(keep, dtype=bool)
     ratio = 1.0 - keep.mean() if len(keep) else 0.0
     return KeepMask(keep, manifest, _provenance(method, round(float(ratio), 6), level="sample", **provenance))
 
 
-def mask_from_keys(manifest: Manifest, keys: Iterable[str], method: str = "keys", strict: bool = True, **provenance) -> KeepMask:
+def mask_from_keys(manifest: ManifestLike, keys: Iterable[str], method: str = "keys", strict: bool = True, **provenance) -> KeepMask:
     """Build a mask that keeps exactly the samples with the given keys.
 
     Args:
-        manifest: The dataset.
+        manifest: The dataset: a :class:`Manifest`, or its ``manifest.json`` (path or URL) or directory.
         keys: Keys to keep.
         method: Name recorded in the provenance.
         strict: Raise if a key is not in the dataset.
@@ -475,6 +511,7 @@ def mask_from_keys(manifest: Manifest, keys: Iterable[str], method: str = "keys"
     Raises:
         KeyError: ``strict`` and some key is unknown (the message names a few).
     """
+    manifest = open_manifest(manifest)
     wanted = set(keys)
     all_keys = manifest.keys()
     keep = np.fromiter((k in wanted for k in all_keys), dtype=bool, count=len(all_keys))
@@ -484,11 +521,11 @@ def mask_from_keys(manifest: Manifest, keys: Iterable[str], method: str = "keys"
     return mask_from_bool(manifest, keep, method=method, **provenance)
 
 
-def mask_from_classes(manifest: Manifest, classes: Iterable[int | str], method: str = "classes", **provenance) -> KeepMask:
+def mask_from_classes(manifest: ManifestLike, classes: Iterable[int | str], method: str = "classes", **provenance) -> KeepMask:
     """Build a class-level mask: every sample of a kept class is kept.
 
     Args:
-        manifest: The dataset.
+        manifest: The dataset: a :class:`Manifest`, or its ``manifest.json`` (path or URL) or directory.
         classes: Kept class ids or class names.
         method: Name recorded in the provenance.
         **provenance: Further provenance fields.
@@ -499,6 +536,7 @@ def mask_from_classes(manifest: Manifest, classes: Iterable[int | str], method: 
     Raises:
         ValueError: A class name or id is unknown.
     """
+    manifest = open_manifest(manifest)
     ids = []
     for c in classes:
         if isinstance(c, str) and not c.lstrip("-").isdigit():
@@ -516,11 +554,11 @@ def mask_from_classes(manifest: Manifest, classes: Iterable[int | str], method: 
     return KeepMask(keep, manifest, _provenance(method, round(ratio, 6), level="class", kept_classes=sorted(set(ids)), **provenance))
 
 
-def random_mask(manifest: Manifest, ratio: float, level: str = "sample", seed: int = 0) -> KeepMask:
+def random_mask(manifest: ManifestLike, ratio: float, level: str = "sample", seed: int = 0) -> KeepMask:
     """Remove a random ``ratio`` of the samples, or of the classes.
 
     Args:
-        manifest: The dataset.
+        manifest: The dataset: a :class:`Manifest`, or its ``manifest.json`` (path or URL) or directory.
         ratio: Fraction removed, in ``[0, 1)``.
         level: ``"sample"`` (remove round(N*ratio) samples) or ``"class"`` (remove
             round(C*ratio) whole classes).
@@ -529,6 +567,7 @@ def random_mask(manifest: Manifest, ratio: float, level: str = "sample", seed: i
     Returns:
         The mask.
     """
+    manifest = open_manifest(manifest)
     ratio = check_ratio(ratio)
     rng = np.random.default_rng(seed)
     if level == "sample":
@@ -547,7 +586,7 @@ def random_mask(manifest: Manifest, ratio: float, level: str = "sample", seed: i
 
 def translate_mask(
     mask: "KeepMask | MaskFile | str | os.PathLike",
-    manifest: Manifest,
+    manifest: ManifestLike,
     source_manifest: "Manifest | str | os.PathLike | None" = None,
     strict: bool = True,
 ) -> KeepMask:
@@ -562,7 +601,7 @@ def translate_mask(
         mask: A :class:`KeepMask` (knows its manifest), or a mask file / :class:`MaskFile`
             (then ``source_manifest`` must be the manifest it was made for, unless it was
             made for ``manifest`` itself).
-        manifest: The manifest to translate to.
+        manifest: The manifest to translate to (or its path or URL).
         source_manifest: The manifest the mask was made for (path or object), for mask files.
         strict: Require both manifests to hold exactly the same keys with the same labels;
             otherwise only the kept keys must exist in ``manifest`` with the same labels
@@ -576,6 +615,7 @@ def translate_mask(
         MaskMismatchError: The mask does not belong to ``source_manifest``, no source manifest
             is known, or a key is missing or labelled differently (the message names one).
     """
+    manifest = open_manifest(manifest)
     if isinstance(mask, (str, os.PathLike)):
         mask = MaskFile(mask)
     if source_manifest is not None and not isinstance(source_manifest, Manifest):
@@ -686,7 +726,7 @@ MASK_OPERATIONS: dict[str, int | None] = {"and": None, "or": None, "not": 1, "mi
 
 
 def _describe_mask(mask: Mask) -> str:
-    where = getattr(mask, "path", None) or (f"in-memory mask of {mask.manifest.path}" if isinstance(mask, KeepMask) else "mask")
+    where = getattr(mask, "location", None) or (f"in-memory mask of {mask.manifest.path}" if isinstance(mask, KeepMask) else "mask")
     return f"{where} (manifest fingerprint {str(mask.manifest_fingerprint)[:12]})"
 
 
@@ -717,7 +757,7 @@ def _operand_bits(mask: Mask, manifest: Manifest, sources: list[Manifest]) -> tu
 def combine_masks(
     operation: str,
     masks: "Iterable[Mask | str | os.PathLike]",
-    manifest: "Manifest | None" = None,
+    manifest: "ManifestLike | None" = None,
     source_manifests: "Iterable[Manifest | str | os.PathLike]" = (),
 ) -> KeepMask:
     """Combine keep masks: ``and`` (kept by all), ``or`` (by any), ``not`` (complement), ``minus``.
@@ -732,7 +772,7 @@ def combine_masks(
     Args:
         operation: ``"and"``, ``"or"`` (two or more masks), ``"not"`` (one), ``"minus"`` (two).
         masks: The operands: :class:`KeepMask`, :class:`MaskFile` or mask file paths.
-        manifest: The manifest of the result; default: that of the first :class:`KeepMask`.
+        manifest: The manifest of the result (or its path or URL); default: that of the first :class:`KeepMask`.
         source_manifests: Manifests (objects or paths) other operands may have been made for.
 
     Returns:
@@ -755,7 +795,9 @@ def combine_masks(
         need = "two or more masks" if arity is None else f"{arity} mask{'s' if arity > 1 else ''}"
         raise ValueError(f"mask operation {operation!r} takes {need}, got {len(operands)}")
     sources = [m if isinstance(m, Manifest) else Manifest.load(m) for m in source_manifests]
-    if manifest is None:
+    if manifest is not None:
+        manifest = open_manifest(manifest)
+    else:
         manifest = next((m.manifest for m in operands if isinstance(m, KeepMask)), None)
     if manifest is None:
         raise MaskMismatchError(

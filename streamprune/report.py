@@ -5,9 +5,31 @@ from __future__ import annotations
 import numpy as np
 
 from .manifest import Manifest
-from .masks import MaskFile
+from .masks import Mask, MaskFile
 
-__all__ = ["describe", "format_report"]
+__all__ = ["describe", "format_report", "kept_summary"]
+
+#: Kept class or cluster ids :func:`kept_summary` lists before eliding the rest.
+MAX_IDS = 20
+
+
+def kept_summary(mask: Mask) -> str:
+    """What a mask keeps, in words: the kept classes or clusters by id for those levels, and the samples.
+
+    Args:
+        mask: A mask (its provenance says the level and, for class or cluster level, the kept ids).
+
+    Returns:
+        ``"clusters [1, 4, 7] (30 of 80 samples)"``, ``"classes [0, 3] (16 of 40 samples)"`` or
+        ``"40 of 80 samples"``; more than :data:`MAX_IDS` ids end in ``..., N more``.
+    """
+    samples = f"{mask.kept} of {mask.num_samples} samples"
+    level = mask.provenance.get("level")
+    ids = mask.provenance.get(f"kept_{level}es" if level == "class" else f"kept_{level}s")
+    if level not in ("class", "cluster") or ids is None:
+        return samples
+    shown = ", ".join(str(i) for i in ids[:MAX_IDS]) + (f", ... {len(ids) - MAX_IDS} more" if len(ids) > MAX_IDS else "")
+    return f"{'classes' if level == 'class' else 'clusters'} [{shown}] ({samples})"
 
 
 def describe(manifest: Manifest, mask: MaskFile | None = None) -> dict:
@@ -15,7 +37,8 @@ def describe(manifest: Manifest, mask: MaskFile | None = None) -> dict:
 
     Args:
         manifest: The dataset.
-        mask: An opened mask file (checked against the manifest), or ``None``.
+        mask: An opened mask file (checked against the manifest), or ``None``; it is named by
+            its :attr:`~streamprune.masks.MaskFile.location` (a URL as given).
 
     Returns:
         A JSON-ready dict: totals, kept counts, bytes to read, expected speed-up, and
@@ -54,7 +77,7 @@ def describe(manifest: Manifest, mask: MaskFile | None = None) -> dict:
     total_bytes = int(manifest.total_bytes)
     return {
         "manifest": manifest.path,
-        "mask": mask.path if mask is not None else None,
+        "mask": mask.location if mask is not None else None,  # a URL as given, not its local copy
         "provenance": mask.provenance if mask is not None else None,
         "samples": manifest.num_samples,
         "kept": kept,

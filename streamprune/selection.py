@@ -67,7 +67,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import MaskMismatchError
-from .manifest import Manifest
+from .manifest import ManifestLike, open_manifest
 from .masks import KeepMask, mask_from_bool, mask_from_classes
 from .ratios import check_ratio, kept_count, round_half_up
 from .registry import Registry
@@ -592,7 +592,7 @@ def select_classes_from_scores(scores: ScoreFile, ratio: float) -> list[int]:
 
 
 def mask_from_scores(
-    manifest: Manifest,
+    manifest: ManifestLike,
     scores: ScoreFile,
     ratio: float,
     selector: str = "top",
@@ -606,7 +606,8 @@ def mask_from_scores(
     (FlexRand, CCS, ...) get the manifest's labels.
 
     Args:
-        manifest: The source dataset (must match the scores' fingerprint).
+        manifest: The source dataset (must match the scores' fingerprint): a :class:`Manifest`, or
+            its ``manifest.json`` (path or URL) or directory.
         scores: The scores.
         ratio: Fraction removed (of classes, clusters or samples, as the level says).
         selector: Registered selector (:mod:`streamprune.selection`); ``top`` keeps the top
@@ -621,6 +622,7 @@ def mask_from_scores(
         MaskMismatchError: The scores belong to another dataset.
         ValueError: Unknown selector or option, or a level the selector does not take.
     """
+    manifest = open_manifest(manifest)
     scores.check(manifest)
     ratio = check_ratio(ratio)
     if scores.level == "sample" and scores.num_items != manifest.num_samples:

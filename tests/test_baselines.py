@@ -173,3 +173,36 @@ def test_grand_method(tmp_path, source, tiny_arch):
     assert s.scores[kept].min() >= s.scores[~kept].max()  # the highest norms are kept
     r2 = _run(source, "grand", tmp_path, "g2", surrogate=tiny_arch, input_size=10, batch_size=7, workers=2)
     assert np.allclose(ScoreFile.load(r2["scores"]).scores, s.scores, rtol=1e-5)
+
+
+def test_grand_grad_strategy_auto_takes_the_loop_on_cpu_and_vmap_gives_the_same_norms(tmp_path, source, tiny_arch, monkeypatch):
+    from click.testing import CliRunner
+
+    from streamprune.scoring import baselines
+    from streamprune_cli.main import cli
+
+    used = []
+    real = baselines.per_sample_grad_norms
+
+    def spy(model, x, y, chunk=16, strategy="vmap"):
+        used.append(strategy)
+        return real(model, x, y, chunk=chunk, strategy=strategy)
+
+    monkeypatch.setattr(baselines, "per_sample_grad_norms", spy)
+    auto = ScoreFile.load(_run(source, "grand", tmp_path, "auto", surrogate=tiny_arch, input_size=10, batch_size=16)["scores"])
+    assert set(used) == {"loop"} and auto.params["grad_strategy"] == "loop"  # auto on the CPU: the faster loop
+    used.clear()
+    vmap = ScoreFile.load(_run(source, "grand", tmp_path, "vmap", surrogate=tiny_arch, input_size=10, batch_size=16,
+                               grad_strategy="vmap")["scores"])
+    assert set(used) == {"vmap"} and vmap.params["grad_strategy"] == "vmap"
+    assert np.allclose(auto.scores, vmap.scores, rtol=1e-5)
+    with pytest.raises(ValueError, match="grad_strategy='scan'"):
+        _run(source, "grand", tmp_path, "bad", surrogate=tiny_arch, input_size=10, grad_strategy="scan")
+
+    used.clear()
+    result = CliRunner().invoke(cli, ["score", source.path, "--method", "grand", "--model", tiny_arch, "--input-size", "10",
+                                      "--grad-strategy", "vmap", "--ratio", "0.5", "--out", str(tmp_path / "cli"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert set(used) == {"vmap"} and ScoreFile.load(str(tmp_path / "cli" / "scores.json")).params["grad_strategy"] == "vmap"
+    help_text = CliRunner().invoke(cli, ["score", "--help"], terminal_width=200).output
+    assert "--grad-strategy [auto|vmap|loop]" in help_text and "grand: per-sample gradients" in help_text

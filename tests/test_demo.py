@@ -49,3 +49,6 @@ def test_demo_lm_needs_fashion_mnist_and_auto_picks_random_for_digits(tmp_path):
     assert result["method"] == "random" and "random-class" in result["mask"]
     assert set(result["timings"]) >= {"shard source", "read all", "read pruned", "total"}
     assert "time per step" in result["report"]
+    again = run_demo(str(tmp_path / "auto"), source=src, ratio=0.5, samples_per_shard=600, progress=False)  # a rerun replaces its shards
+    assert again["method"] == "random" and sorted(n for n in os.listdir(tmp_path / "auto" / "shards") if n.endswith(".tar")) == [
+        f"shard-{k:06d}.tar" for k in range(3)]

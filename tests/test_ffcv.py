@@ -454,3 +454,16 @@ def test_cli_shard_beton_and_index_beton(tmp_path, npz):
     tar = sp.write_shards(npz, tmp_path / "tar", samples_per_shard=64, progress=False)
     result = runner.invoke(cli, ["index", manifest.shard_path(0), tar.shard_path(0), "--out", str(tmp_path / "mixed")])
     assert result.exit_code != 0 and "not both" in result.output
+
+
+@needs_ffcv
+def test_beton_into_a_directory_holding_a_dataset_is_refused_and_overwrite_replaces_it(tmp_path, npz, small_dataset):
+    from streamprune.errors import OutputExistsError
+
+    root = small_dataset.root  # 4 tar shards
+    with pytest.raises(OutputExistsError, match=r"already holds another dataset: .*manifest\.json \(4 shards, 40 samples\)"):
+        sp.write_beton(npz, root, write_mode="raw", page_size=PAGE, progress=False)
+    assert sp.Manifest.load(root).fingerprint == small_dataset.fingerprint  # untouched
+    m = sp.write_beton(npz, root, write_mode="raw", page_size=PAGE, progress=False, overwrite=True)
+    assert [s.format for s in m.shards] == ["beton"]
+    assert not [n for n in os.listdir(root) if ".tar" in n]  # no tar shard or its index left behind

@@ -206,3 +206,24 @@ def test_parquet_without_pyarrow_is_one_clear_error(small_dataset, tmp_path, mon
         read_key_list(tmp_path / "k.parquet")
     with pytest.raises(MissingExtraError, match="pyarrow"):
         export_keys(small_dataset, None, tmp_path / "o.parquet")
+
+
+def test_export_uids_of_samples_without_one_is_an_error_naming_the_first(uid_member, small_dataset, tmp_path):
+    from streamprune.keys import MissingUidError
+
+    keys = small_dataset.keys()
+    with pytest.raises(MissingUidError, match=rf"sample '{keys[0]}' \(shard shard-000000.tar\) has no uid, and 39 more"):
+        export_keys(small_dataset, None, tmp_path / "e.txt", uids=True)
+    assert not (tmp_path / "e.txt").exists()  # no file of empty uids
+    mask = mask_from_key_list(small_dataset, keys[7:9])
+    with pytest.raises(MissingUidError, match=rf"sample '{keys[7]}' .* and 1 more"):  # the first *kept* sample
+        export_keys(small_dataset, mask, tmp_path / "e.txt", uids=True)
+    r = CliRunner().invoke(cli, ["inspect", small_dataset.path, "--export", str(tmp_path / "e.txt"), "--uids"])
+    assert r.exit_code == 1 and f"Error: {small_dataset.path}: sample '{keys[0]}'" in r.output and "Traceback" not in r.output
+    assert export_keys(uid_member, None, tmp_path / "u.txt", uids=True)["rows"] == 12  # every sample has one: fine
+
+
+def test_mask_from_key_list_takes_a_manifest_path(small_dataset):
+    keys = small_dataset.keys()
+    for where in (small_dataset.path, small_dataset.root):
+        assert set(np.flatnonzero(mask_from_key_list(where, [keys[2], keys[9]]).keep)) == {2, 9}

@@ -163,6 +163,8 @@ def test_score_source_is_deterministic_with_an_untrained_surrogate(tmp_path, sou
     assert a.target["num_samples"] == 25 and "t.npz" in a.target["description"]
     assert runs[0]["kept"][0.5] == sorted(a.ranking[:4].tolist())
     assert runs[0]["kept"] == runs[1]["kept"]
+    rerun = score_source(source, "lm", [0.5], tmp_path / "a", target=target_npz, surrogate=tiny_arch, input_size=10, progress=False)
+    assert np.array_equal(ScoreFile.load(rerun["scores"]).ranking, a.ranking)  # OUT/target is sharded again, not refused
     with pytest.raises(ValueError, match="does not take option"):
         score_source(source, "lm", [0.5], tmp_path / "c", target=target_npz, surrogate=tiny_arch, k=3)
     with pytest.raises(ValueError, match="needs a target"):

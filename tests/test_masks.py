@@ -264,3 +264,56 @@ def test_bad_mask_files_raise_mismatch(tmp_path, small_dataset):
         MaskFile(path)
     with pytest.raises(MaskMismatchError, match="not found"):
         MaskFile(tmp_path / "missing.spmask")
+
+
+def _upload_dataset(manifest, url):
+    """Copy a local dataset's files (manifest, shards, index files) under ``url`` (fsspec's in-memory store)."""
+    from streamprune import storage
+
+    for name in os.listdir(manifest.root):
+        storage.put_file(os.path.join(manifest.root, name), f"{url}/{name}")
+    return f"{url}/manifest.json"
+
+
+def test_mask_constructors_take_a_manifest_path_directory_or_url(tmp_path, small_dataset):
+    m = small_dataset
+    url = _upload_dataset(m, "memory://edges-masks/ds")
+    keys = m.keys()
+    for where in (m.path, m.root, url):
+        assert np.array_equal(random_mask(where, 0.5, seed=3).keep, random_mask(m, 0.5, seed=3).keep)
+        assert np.array_equal(random_mask(where, 0.5, level="class", seed=3).keep, random_mask(m, 0.5, level="class", seed=3).keep)
+        assert mask_from_bool(where, np.arange(40) % 3 == 0).kept == 14
+        assert mask_from_keys(where, keys[:5]).kept == 5
+        assert np.array_equal(mask_from_classes(where, ["bee"]).keep, m.labels() == 1)
+    made = random_mask(url, 0.5, seed=3)
+    assert made.manifest.path == url and made.manifest.fingerprint == m.fingerprint
+    MaskFile(made.save(tmp_path / "m.spmask")).check(m)  # a mask of the URL copy is a mask of the same dataset
+
+
+def test_reprs_of_masks_and_manifests_are_one_short_line(tmp_path, sample_factory, shard_writer):
+    m = shard_writer(sample_factory(120), tmp_path / "ds")  # 12 shards: the default reprs printed kilobytes
+    mask = random_mask(m, 0.25, seed=0)
+    mask_file = MaskFile(mask.save(tmp_path / "m.spmask"))
+    expected = {
+        repr(m): f"Manifest({m.path!r}, shards=12, samples=120, classes=4)",
+        repr(mask): f"KeepMask(manifest={m.path!r}, shards=12, samples=120, kept=90, method='random')",
+        repr(mask_file): f"MaskFile({str(tmp_path / 'm.spmask')!r}, shards=12, samples=120, kept=90, method='random')",
+    }
+    for got, want in expected.items():
+        assert got == want and "\n" not in got
+
+
+def test_mask_of_another_dataset_of_the_same_shape_names_both_manifests(tmp_path, sample_factory, shard_writer):
+    ours = shard_writer(sample_factory(40, seed=0), tmp_path / "ours")
+    theirs = shard_writer(sample_factory(40, seed=1, prefix="t"), tmp_path / "theirs")  # same shard names and counts
+    path = random_mask(ours, 0.5).save(tmp_path / "m.spmask")
+    assert MaskFile(path).header["manifest"] == ours.path
+    with pytest.raises(MaskMismatchError) as info:
+        MaskFile(path).check(theirs)
+    message = str(info.value)
+    assert f"made for manifest {ours.path} (fingerprint {ours.fingerprint[:12]})" in message
+    assert f"not for {theirs.path} (fingerprint {theirs.fingerprint[:12]})" in message
+    assert "shard 0 (shard-000000.tar)" in message and "Another dataset" in message
+    other_shape = shard_writer(sample_factory(40, seed=1, prefix="t"), tmp_path / "two", samples_per_shard=20)
+    with pytest.raises(MaskMismatchError, match=rf"made for manifest {ours.path} .* not for {other_shape.path} .* covers 4 shards, the manifest has 2"):
+        MaskFile(path).check(other_shape)

@@ -356,7 +356,7 @@ def test_shard_to_s3_uploads_manifest_last_and_reads_back(dataset, s3, tmp_path,
 
     monkeypatch.setattr(storage, "put_file", failing)
     with pytest.raises(RemoteError, match="injected"):
-        remote_writer.write_shards_to(str(src), url, samples_per_shard=16, progress=False)
+        remote_writer.write_shards_to(str(src), url, samples_per_shard=16, progress=False, overwrite=True)
     assert not storage.exists(url + "/manifest.json")
 
 
@@ -455,7 +455,7 @@ def test_shard_to_s3_failed_shard_upload_names_it_and_leaves_no_manifest(s3, tmp
     samples = [(key, files, label % 3) for key, files, label in make_samples(64, seed=5)]
     with pytest.raises(RemoteError, match=r"shard shard-000001\.tar: .* to s3://bucket/ds/failing/shard-000001\.tar\.index\.json "
                                           r"failed: injected") as info:
-        write_shards_to(samples, url, tmp_dir=str(tmp_path), samples_per_shard=16, shuffle=False, progress=False)
+        write_shards_to(samples, url, tmp_dir=str(tmp_path), samples_per_shard=16, shuffle=False, progress=False, overwrite=True)
     assert info.value.url == url + "/shard-000001.tar.index.json"
     assert not storage.exists(url + "/manifest.json") and "manifest.json" not in puts
     assert os.listdir(tmp_path) == []

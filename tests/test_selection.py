@@ -68,3 +68,11 @@ def test_harder_round_trips_and_old_files_without_it_load(tmp_path, small_datase
     assert ScoreFile.load(tmp_path / "old.json").harder is None
     with pytest.raises(Exception, match="harder 'up'"):
         _sample_scores(small_dataset, np.ones(small_dataset.num_samples), harder="up")
+
+
+def test_mask_from_scores_takes_a_manifest_path_or_directory(small_dataset):
+    scores = _sample_scores(small_dataset, np.arange(small_dataset.num_samples, dtype=float)[::-1])
+    expected = mask_from_scores(small_dataset, scores, 0.5).keep
+    for where in (small_dataset.path, small_dataset.root):
+        mask = mask_from_scores(where, scores, 0.5)
+        assert np.array_equal(mask.keep, expected) and mask.manifest.fingerprint == small_dataset.fingerprint

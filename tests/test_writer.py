@@ -285,7 +285,8 @@ def test_failure_mid_write_leaves_no_complete_looking_shard_or_manifest(tmp_path
         os.unlink(out / name)
     with pytest.raises(RuntimeError, match="sample 25"):
         write_shards(
-            _FailingSource(labelled_samples, 25), out, samples_per_shard=10, shuffle=False, workers=workers, progress=False
+            _FailingSource(labelled_samples, 25), out, samples_per_shard=10, shuffle=False, workers=workers, progress=False,
+            overwrite=True,
         )
     names = os.listdir(out)
     assert "manifest.json" not in names
@@ -361,3 +362,84 @@ write_shards(samples, {str(out)!r}, samples_per_shard=4, shuffle=False, progress
     manifest = write_shards(samples, out, samples_per_shard=4, shuffle=False, progress=False)
     assert manifest.num_samples == 8
     assert sorted(n for n in os.listdir(out) if ".tmp-" in n) == sorted(strangers)
+
+
+def _listing(out_dir) -> dict[str, bytes]:
+    return {n: (out_dir / n).read_bytes() for n in sorted(os.listdir(out_dir))}
+
+
+def test_writing_over_another_dataset_is_refused_and_overwrite_leaves_no_orphan_shard(tmp_path, labelled_samples, shard_writer, caplog):
+    from streamprune.errors import OutputExistsError
+    from streamprune.masks import MaskFile, random_mask
+
+    out = tmp_path / "out"
+    first = shard_writer(labelled_samples, out, samples_per_shard=5)  # 8 shards
+    mask = random_mask(first, 0.5).save(tmp_path / "m.spmask")
+    before = _listing(out)
+    for resume in (False, True):  # other options: --resume cannot continue it either
+        with pytest.raises(OutputExistsError) as info:
+            shard_writer(labelled_samples, out, samples_per_shard=20, resume=resume)
+        message = str(info.value)
+        assert message.startswith(f"{out}: already holds another dataset: {out / 'manifest.json'} (8 shards, 40 samples)")
+        assert "--overwrite" in message and ("other options" in message) == resume
+    assert _listing(out) == before  # refused before anything was touched
+    MaskFile(mask).check(Manifest.load(out))  # the mask made for it still holds
+
+    with caplog.at_level("WARNING", logger="streamprune.writers.output"):
+        second = shard_writer(labelled_samples, out, samples_per_shard=20, overwrite=True)
+    assert "removed the previous dataset's 8 shard(s) and 16 index file(s)" in caplog.text
+    assert [s.name for s in second.shards] == ["shard-000000.tar", "shard-000001.tar"]
+    listed = {n for s in second.shards for n in (s.name, s.index, s.index[: -len(".json")] + ".npz")}
+    assert set(os.listdir(out)) == listed | {"manifest.json", ".streamprune-shard-options.json"}  # no orphan
+    assert sorted(second.keys()) == sorted(k for k, _, _ in labelled_samples)
+
+
+def test_resuming_the_same_run_is_not_refused_and_counts_what_it_skipped(tmp_path, labelled_samples, shard_writer):
+    from streamprune.engine import LocalEngine
+    from streamprune.errors import OutputExistsError
+
+    out = tmp_path / "out"
+    done = shard_writer(labelled_samples, out)
+    engine = LocalEngine(1)
+    again = shard_writer(labelled_samples, out, resume=True, engine=engine)  # a finished run: nothing to write
+    assert (len(engine.last_report.ran), len(engine.last_report.skipped)) == (0, 4)
+    assert [s.to_json() for s in again.shards] == [s.to_json() for s in done.shards]
+    os.unlink(out / "manifest.json")  # an unfinished run: shards 0, 1, 3 written, no manifest yet
+    os.unlink(out / "shard-000002.tar")
+    with pytest.raises(OutputExistsError, match=r"3 shard file\(s\) of another run with no manifest .* --resume"):
+        shard_writer(labelled_samples, out)
+    resumed = shard_writer(labelled_samples, out, resume=True, engine=engine)
+    assert engine.last_report.ran == [2] and engine.last_report.skipped == [0, 1, 3]
+    assert [s.to_json() for s in resumed.shards] == [s.to_json() for s in done.shards]
+
+
+def test_overwrite_removes_only_what_is_inside_the_directory(tmp_path, labelled_samples, shard_writer):
+    elsewhere = shard_writer(labelled_samples, tmp_path / "shards")
+    out = tmp_path / "out"
+    index_shards([elsewhere.shard_path(k) for k in range(4)], out, progress=False)  # a manifest in out naming ../shards/*.tar
+    assert os.path.exists(out / "shard-000000.tar.index.json")
+    os.symlink(elsewhere.shard_path(3), out / "shard-000007.tar")  # a link there: removed itself, not what it points to
+    shard_writer(labelled_samples, out, samples_per_shard=40, overwrite=True)
+    assert all(os.path.exists(elsewhere.shard_path(k)) for k in range(4))  # not this directory's to remove
+    assert Manifest.load(tmp_path / "shards").num_samples == 40
+    assert sorted(n for n in os.listdir(out) if n.endswith(".tar")) == ["shard-000000.tar"]
+    assert not os.path.exists(out / "shard-000003.tar.index.json")
+
+
+def test_writing_to_a_url_holding_a_dataset_is_refused_and_overwrite_removes_its_objects(tmp_path, labelled_samples):
+    from streamprune import storage
+    from streamprune.errors import OutputExistsError
+    from streamprune.writers.remote import write_shards_to
+
+    url = "memory://edges-writer/ds"
+    options = dict(shuffle=False, progress=False, class_names=["ant", "bee", "cat", "dog"], tmp_dir=str(tmp_path))
+    write_shards_to(labelled_samples, url, samples_per_shard=10, **options)
+    assert storage.exists(url + "/shard-000003.tar")
+    with pytest.raises(OutputExistsError, match=rf"{url}: already holds another dataset: {url}/manifest.json \(4 shards, 40 samples\)"):
+        write_shards_to(labelled_samples, url, samples_per_shard=20, **options)
+    assert storage.exists(url + "/manifest.json") and Manifest.load(url).num_samples == 40
+    m = write_shards_to(labelled_samples, url, samples_per_shard=20, overwrite=True, **options)
+    assert len(m.shards) == 2 and m.path == url + "/manifest.json"
+    for k in (2, 3):
+        name = f"{url}/shard-{k:06d}.tar"
+        assert not storage.exists(name) and not storage.exists(name + ".index.json") and not storage.exists(name + ".index.npz")

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import StreamPruneError
-from ..gradnorms import per_sample_grad_norms
+from ..gradnorms import GRAD_STRATEGIES, per_sample_grad_norms, resolve_grad_strategy
 from ..infer import eval_batches
 from ..models import cpu_threads_beside_workers, resolve_device
 from ..scores import ScoreFile, rank_items
@@ -211,33 +211,44 @@ def moderate(request: ScoreRequest, band: str = "global", feature_dir: str | Non
     )
 
 
-@register_score("grand")
-def grand(request: ScoreRequest, grad_chunk: int = 16) -> ScoreFile:
+@register_score(
+    "grand",
+    options=(
+        MethodOption(
+            "grad_strategy", str, "per-sample gradients by torch.func vmap, or one autograd call per sample (loop); auto: vmap "
+            "on CUDA, the loop on a CPU, where it is several times faster", choices=GRAD_STRATEGIES,
+        ),
+    ),
+)
+def grand(request: ScoreRequest, grad_chunk: int = 16, grad_strategy: str = "auto") -> ScoreFile:
     """GraNd: per-sample gradient norm of the surrogate's loss at its checkpoint (keep highest).
 
     Args:
         request: Source, surrogate (its checkpoint is the "early" one) and run settings.
-        grad_chunk: Samples vmapped at once.
+        grad_chunk: Samples vmapped at once (``vmap``).
+        grad_strategy: ``"auto"``, ``"vmap"`` or ``"loop"``
+            (:func:`~streamprune.gradnorms.resolve_grad_strategy`); the norms are the same.
 
     Returns:
         Sample-level scores.
 
     Raises:
-        ValueError: No surrogate.
+        ValueError: No surrogate, or an unknown ``grad_strategy``.
         StreamPruneError: The source has no labels.
     """
     src = request.source
     if src.label_ext is None:
         raise StreamPruneError(f"{src.path}: method 'grand' needs source labels (cross-entropy)")
-    model, info = request.build_surrogate()
     dev = resolve_device(request.device)
+    strategy = resolve_grad_strategy(grad_strategy, dev)  # an unknown one fails before the model is built
+    model, info = request.build_surrogate()
     model = model.to(dev).eval()
     batches = eval_batches(src, input_size=info["input_size"], batch_size=request.batch_size, workers=request.workers, labels=True)
     scores = np.full(src.num_samples, np.nan)
     start = time.perf_counter()
     with cpu_threads_beside_workers(request.workers, dev), tqdm(total=len(batches), desc="grand", unit="sample", disable=not request.progress) as bar:
         for pos, x, y in batches:
-            scores[pos] = per_sample_grad_norms(model, x.to(dev), y.to(dev), chunk=grad_chunk)
+            scores[pos] = per_sample_grad_norms(model, x.to(dev), y.to(dev), chunk=grad_chunk, strategy=strategy)
             bar.update(len(pos))
     if np.isnan(scores).any():
         raise StreamPruneError(f"{src.path}: {int(np.isnan(scores).sum())} samples were not scored")
@@ -245,6 +256,6 @@ def grand(request: ScoreRequest, grad_chunk: int = 16) -> ScoreFile:
     return ScoreFile(
         method="grand", level="sample", higher_is="keep", harder="higher", score_name="grad_norm", scores=scores, ranking=rank_items(scores),
         tiebreak="grad_norm desc, then sample id asc", surrogate=info,
-        params={"class_blind": True, "parameters": "all", "mode": "eval", "grad_chunk": grad_chunk, "seconds": round(seconds, 3)},
+        params={"class_blind": True, "parameters": "all", "mode": "eval", "grad_chunk": grad_chunk, "grad_strategy": strategy, "seconds": round(seconds, 3)},
         **_common(request),
     )

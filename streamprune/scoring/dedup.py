@@ -48,7 +48,7 @@ import numpy as np
 
 from ..errors import StreamPruneError
 from ..keys import read_member_data
-from ..manifest import Manifest
+from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import KeepMask, mask_from_bool
 from ..scores import ScoreFile
 from .features import ArrayStore, ChunkSource, feature_root, surrogate_features
@@ -362,11 +362,12 @@ def exact_dedup(request: ScoreRequest) -> ScoreFile:
     )
 
 
-def mask_from_duplicates(manifest: Manifest, scores: ScoreFile) -> KeepMask:
+def mask_from_duplicates(manifest: ManifestLike, scores: ScoreFile) -> KeepMask:
     """Keep every sample a deduplication scores file does not flag (``extra.duplicate == 0``).
 
     Args:
-        manifest: The dataset (must match the scores).
+        manifest: The dataset (must match the scores): a :class:`Manifest`, or its
+            ``manifest.json`` (path or URL) or directory.
         scores: ``semdedup`` (at its ``eps``) or ``exact-dedup`` scores.
 
     Returns:
@@ -375,6 +376,7 @@ def mask_from_duplicates(manifest: Manifest, scores: ScoreFile) -> KeepMask:
     Raises:
         ValueError: The scores carry no duplicate flags.
     """
+    manifest = open_manifest(manifest)
     scores.check(manifest)
     if "duplicate" not in scores.extra or scores.level != "sample":
         raise ValueError(f"{scores.path or 'scores'}: method {scores.method!r} records no per-sample duplicate flags "

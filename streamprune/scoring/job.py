@@ -64,7 +64,8 @@ def resolve_target(
         return Manifest.load(target)
     out = os.path.join(os.fspath(work_dir), "target")
     log.info("sharding target %s (split %s) into %s", target if isinstance(target, (str, os.PathLike)) else "<samples>", split, out)
-    return write_shards(target, out, split=split, workers=workers, progress=progress, engine=engine)
+    # OUT/target is this pass's own: a rerun replaces the target it sharded last time
+    return write_shards(target, out, split=split, workers=workers, progress=progress, engine=engine, overwrite=True)
 
 
 def score_source(

@@ -21,13 +21,27 @@ from ..kernels import kmeans_accumulate, nearest_centroid
 from .features import ArrayStore, ChunkSource
 from .registry import MethodOption
 
-__all__ = ["KMEANS_OPTIONS", "KMeansResult", "assign", "kmeans", "kmeans_plus_plus", "mean_feature_variance"]
+__all__ = ["KMEANS_OPTIONS", "KMeansResult", "assign", "kmeans", "kmeans_options", "kmeans_plus_plus", "mean_feature_variance"]
 
-#: The k-means options of the methods that cluster features (FM, SSP), declared once.
-KMEANS_OPTIONS = (
-    MethodOption("clusters", int, "number of k-means clusters K", default_help="FM 1000, SSP the class count"),
-    MethodOption("kmeans_iters", int, "maximum k-means (Lloyd) iterations"),
-)
+
+def kmeans_options(clusters_default: str | None = None) -> tuple[MethodOption, ...]:
+    """The k-means options of a method that clusters features (FM, SSP), declared once.
+
+    Args:
+        clusters_default: How the method's default K reads in help texts, when its signature's
+            default is computed (``None`` there); otherwise the signature's default is shown.
+
+    Returns:
+        ``--clusters`` and ``--kmeans-iters``.
+    """
+    return (
+        MethodOption("clusters", int, "number of k-means clusters K", default_help=clusters_default),
+        MethodOption("kmeans_iters", int, "maximum k-means (Lloyd) iterations"),
+    )
+
+
+#: :func:`kmeans_options` with the defaults of the method's signature (FM's K = 1000).
+KMEANS_OPTIONS = kmeans_options()
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ from ..errors import StreamPruneError
 from ..kernels import nearest_centroid
 from ..scores import ScoreFile, rank_items
 from .features import ArrayStore, ChunkSource, feature_root, surrogate_features
-from .kmeans import KMEANS_OPTIONS, kmeans
+from .kmeans import kmeans, kmeans_options
 from .registry import MethodOption, register_score
 from .request import ScoreRequest
 
@@ -355,7 +355,7 @@ def prototype_distances(store: Any, centroids: np.ndarray, distance: str = "eucl
     return idx, dist
 
 
-@register_score("ssp", options=KMEANS_OPTIONS)
+@register_score("ssp", options=kmeans_options("the number of classes"))
 def ssp(
     request: ScoreRequest,
     clusters: int | None = None,

@@ -287,6 +287,7 @@ def write_beton(
     class_names: Sequence[str] | None = None,
     checksum: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Manifest:
     """Write a source as FFCV ``.beton`` files with index sidecars and a manifest.
 
@@ -321,6 +322,9 @@ def write_beton(
         class_names: Class names by label id (overrides the source's).
         checksum: Record each file's SHA-256.
         progress: Show FFCV's progress bar.
+        overwrite: ``out_dir`` may hold another dataset (a manifest, or ``.beton`` files of an
+            unfinished run): its files and index files are removed first (how many is logged);
+            without it such a directory is refused (:class:`OutputExistsError`).
 
     Returns:
         The saved manifest (shards with ``format == "beton"``).
@@ -328,6 +332,7 @@ def write_beton(
     Raises:
         MissingExtraError: FFCV is not installed.
         ValueError: Bad argument.
+        OutputExistsError: ``out_dir`` holds another dataset and ``overwrite`` is off.
         StreamPruneError: Bad source or sample, or a file failed verification.
     """
     ffcv = require_ffcv("writing .beton files")
@@ -351,7 +356,7 @@ def write_beton(
         raise ValueError(f"page_size={page_size}: must be a power of two >= 2 MiB")
     source = open_writer_source(src, split, image_format, quality, class_names)
     n = len(source)
-    out_dir = start_output_dir(out_dir, beton_name(0).replace("000000", "*"))
+    out_dir = start_output_dir(out_dir, beton_name(0).replace("000000", "*"), overwrite=overwrite)
     pairs = [key_label(source, i) for i in range(n)]
     all_keys = [k for k, _ in pairs]
     all_labels = np.asarray([lab for _, lab in pairs], dtype=np.int64)

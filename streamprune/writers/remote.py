@@ -20,7 +20,7 @@ import threading
 from typing import Any
 
 from .. import storage
-from ..errors import redact
+from ..errors import ManifestError, OutputExistsError, redact
 from ..indexfile import INDEX_SUFFIX, companion_path
 from ..manifest import MANIFEST_NAME, Manifest
 from ..shardindex import ShardIndex
@@ -169,12 +169,48 @@ def upload_dataset(
     return Manifest.load(storage.join(url, MANIFEST_NAME), storage_options=storage_options)
 
 
+def _claim_url(url: str, storage_options: dict | None, overwrite: bool) -> None:
+    """Refuse a URL prefix holding a dataset, or (``overwrite``) remove it; the manifest goes first.
+
+    Without a manifest, shards a failed run left are not looked for (listing a prefix is not
+    what every store allows); the new run's objects replace those of the same names.
+
+    Raises:
+        OutputExistsError: A manifest is there and ``overwrite`` is off.
+    """
+    manifest_url = storage.join(url, MANIFEST_NAME)
+    if not storage.exists(manifest_url, storage_options):
+        return
+    try:
+        old = Manifest.load(manifest_url, storage_options=storage_options)
+    except ManifestError:
+        old = None
+    if not overwrite:
+        what = f"{len(old.shards)} shard{'' if len(old.shards) == 1 else 's'}, {old.num_samples} samples" if old is not None else "unreadable"
+        raise OutputExistsError(
+            f"{url}: already holds another dataset: {manifest_url} ({what}); write to an empty prefix, or pass "
+            "--overwrite (overwrite=True) to remove its shards and index files first"
+        )
+    storage.remove(manifest_url, storage_options)  # incomplete from here on
+    removed = {"shard": 0, "index": 0}
+    for entry in old.shards if old is not None else ():
+        for name, kind in ((entry.name, "shard"), (entry.index, "index"), (companion_path(entry.index), "index")):
+            if storage.is_remote(name) or os.path.isabs(name) or name.startswith(".."):
+                continue  # not under this prefix: not this dataset's to remove
+            target = storage.join(url, name)
+            if storage.exists(target, storage_options):
+                storage.remove(target, storage_options)
+                removed[kind] += 1
+    log.warning("%s: --overwrite: removed the previous dataset's %d shard(s) and %d index file(s)", url, removed["shard"], removed["index"])
+
+
 def write_shards_to(
     src: Any,
     url: str,
     storage_options: dict | None = None,
     tmp_dir: str | None = None,
     upload_threads: int = 4,
+    overwrite: bool = False,
     **kwargs: Any,
 ) -> Manifest:
     """:func:`~streamprune.writers.shards.write_shards` to a directory or a URL prefix.
@@ -191,6 +227,10 @@ def write_shards_to(
         storage_options: fsspec options for the URL.
         tmp_dir: Where the local shards are written before upload (default: the system temp dir).
         upload_threads: Shards uploaded at once (for a URL).
+        overwrite: The directory or URL may hold another dataset: it is removed first (for a
+            URL: the manifest, and the shard and index objects it lists under the URL). Without
+            it a manifest there is refused (:class:`~streamprune.errors.OutputExistsError`), so
+            no shard the new manifest does not list is left behind.
         **kwargs: Passed to ``write_shards`` (its ``on_shard`` is called after a shard's upload is queued).
 
     Returns:
@@ -199,12 +239,13 @@ def write_shards_to(
     Raises:
         RemoteError: A shard's upload failed for good (names the shard and URL): the run
             stops, queued uploads are dropped, and no manifest is at the URL.
+        OutputExistsError: A manifest is at the URL (or in the directory) and ``overwrite`` is off.
     """
     if not storage.is_remote(url):
-        return write_shards(src, url, **kwargs)
+        return write_shards(src, url, overwrite=overwrite, **kwargs)
     if kwargs.get("resume"):
         log.warning("resume: shards for a URL are written to a new temporary directory; nothing is resumed")
-    storage.remove(storage.join(url, MANIFEST_NAME), storage_options)  # incomplete until rewritten
+    _claim_url(url, storage_options, overwrite)
     also = kwargs.pop("on_shard", None)
     # exits in reverse: the uploads stop before the directory they read from is removed
     with (

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..atomic import file_sha256
-from ..engine import Engine, make_engine, same_options
+from ..engine import Engine, make_engine, recorded_options, same_options
 from ..errors import ManifestError, StreamPruneError
 from ..indexfile import INDEX_SUFFIX, load_index, save_index
 from ..manifest import Manifest, build_manifest
@@ -109,6 +109,7 @@ def write_shards(
     resume: bool = False,
     on_shard: ShardDone | None = None,
     layout: str = "default",
+    overwrite: bool = False,
 ) -> Manifest:
     """Write a source as webdataset tar shards with per-shard indexes and a manifest.
 
@@ -140,7 +141,8 @@ def write_shards(
             a shard is kept when its index loads and matches the file (size and, with
             ``checksum``, SHA-256) and its first and last keys are the source's. Resuming
             trusts that the source's content did not change between the runs (the options
-            and the source's size are compared; the sample bytes are not re-encoded).
+            and the source's size are compared; the sample bytes are not re-encoded). Shards
+            of a run with other options are another dataset (see ``overwrite``).
         on_shard: Called in this thread as ``on_shard(k, path, index)`` as soon as shard ``k``
             and its index files are complete and verified, in completion order (shards kept by
             ``resume`` first), before the manifest is written; while it runs no further shard
@@ -150,12 +152,17 @@ def write_shards(
             together (shuffled within the class), so a class-level mask keeps long runs and a
             pruned read makes a few large reads or requests; a DataLoader needs
             ``shuffle=True`` on the reader then, since a shard holds one or two classes.
+        overwrite: ``out_dir`` may hold another dataset (a manifest, or shards of a run that is
+            not resumed): its shards and index files are removed first (how many is logged).
+            Without it such a directory is refused, so no shard the new manifest does not list
+            is left behind; ``resume`` with the same options continues the run that is there.
 
     Returns:
         The saved manifest.
 
     Raises:
         ValueError: Bad argument.
+        OutputExistsError: ``out_dir`` holds another dataset and ``overwrite`` is off.
         StreamPruneError: Bad source, or a shard failed verification.
     """
     if samples_per_shard < 1:
@@ -164,15 +171,12 @@ def write_shards(
         raise ValueError(f"workers={workers}: must be at least 1")
     source = open_writer_source(src, split, image_format, quality, class_names)
     n = len(source)
-    out_dir = start_output_dir(out_dir, shard_name(0).replace("000000", "*"))
     if layout not in TAR_LAYOUTS:
         raise ValueError(f"layout={layout!r}: must be one of {', '.join(TAR_LAYOUTS)}")
     labels = np.asarray([key_label(source, i)[1] for i in range(n)]) if layout == "class-sorted" else None
     order = sample_order(n, shuffle, seed, labels)
     chunks = [order[i : i + samples_per_shard] for i in range(0, n, samples_per_shard)]
     names = [shard_name(k) for k in range(len(chunks))]
-    runner = make_engine(engine, workers=workers)
-    tasks = [(out_dir, names[k], chunk, label_ext, checksum) for k, chunk in enumerate(chunks)]
     options = {
         "samples": n, "samples_per_shard": samples_per_shard, "shuffle": shuffle, "seed": seed, "quality": quality,
         "image_format": image_format, "split": split, "label_ext": label_ext, "checksum": bool(checksum),
@@ -180,7 +184,12 @@ def write_shards(
         "class_names": list(class_names) if class_names else None,
         **({"layout": layout} if layout != "default" else {}),  # runs written before layouts still resume
     }
+    same_run = resume and recorded_options(out_dir, WRITE_OPTIONS_NAME) == options
+    out_dir = start_output_dir(out_dir, shard_name(0).replace("000000", "*"), overwrite=overwrite, same_run=same_run,
+                               resume=resume, records=(WRITE_OPTIONS_NAME,))
     resumable = same_options(out_dir, WRITE_OPTIONS_NAME, options) and resume
+    runner = make_engine(engine, workers=workers)
+    tasks = [(out_dir, names[k], chunk, label_ext, checksum) for k, chunk in enumerate(chunks)]
     bar = tqdm(total=n, desc="shard", unit="sample", disable=not progress)
     kept: dict[int, ShardIndex] = {}
 
