@@ -620,18 +620,17 @@ class ShardCache:
         return out
 
     def _verified(self, pos: int) -> memoryview | bytes | None:
-        # no lock: each read below is atomic, and _register sets a row before the chunk number
-        # that points to it; a chunk merged away meanwhile reads as None: look again
-        for _ in range(2):
+        # chunk number and row read together under the lock: a merge registers the new chunk's
+        # rows for positions an older chunk still serves, so a row read apart from its number
+        # could point into the other chunk (wrong bytes, seen with readers on threads)
+        with self._lock:
             number = self._where.item(pos)
             if number < 0:
                 return self._pending.get(pos)
             chunk = self._chunks[number]
-            if chunk is not None:
-                break
-        else:
-            return None
-        row = self._row.item(pos)
+            if chunk is None:
+                return None
+            row = self._row.item(pos)
         data = chunk.sample(row)
         if data is None or self._trust or chunk.verified[row]:
             return data
