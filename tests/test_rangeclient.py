@@ -110,14 +110,21 @@ class ScriptedServer:
             writer.close()
 
     def stop(self):
-        def close():
+        async def shutdown():
             self.server.close()
             for writer in self.writers:  # the client's pooled connections hear of it (FIN), as from a real server
                 writer.close()
-            self.loop.call_soon(self.loop.stop)
+            # Handlers still waiting on a connection end here, not in the garbage collector
+            # ("Task was destroyed but it is pending").
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
 
-        self.loop.call_soon_threadsafe(close)
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
 
 
 def _range_answer(method, headers):
