@@ -42,7 +42,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import StreamPruneError
+from .errors import ArgumentError, MissingKeysError, StreamPruneError
 from .manifest import Manifest, ManifestLike, open_manifest
 from .masks import KeepMask, Mask, mask_from_bool
 from .optional import require_pyarrow
@@ -71,10 +71,6 @@ ARROW_EXTENSIONS = (".parquet", ".arrow", ".feather", ".ipc")
 _HEX = frozenset("0123456789abcdefABCDEF")
 #: Columns tried, in order, when no key column is named.
 _DEFAULT_COLUMNS = ("key", "uid", "__key__")
-
-
-class MissingKeysError(StreamPruneError):
-    """Ids of a key list are not in the manifest (and missing ids were not allowed)."""
 
 
 class MissingUidError(StreamPruneError):
@@ -137,7 +133,7 @@ def uid_pair(uid: str) -> tuple[int, int]:
         ValueError: ``uid`` is not 32 hex digits.
     """
     if not is_uid(uid):
-        raise ValueError(f"{uid!r} is not a 128-bit uid (32 hex digits)")
+        raise ArgumentError(f"{uid!r} is not a 128-bit uid (32 hex digits)")
     return int(uid[:16], 16), int(uid[16:], 16)
 
 
