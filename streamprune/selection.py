@@ -12,7 +12,7 @@ models. Selectors live in a string-keyed registry::
         ...  # return kept item ids
 
 and are used by :func:`select` and :func:`mask_from_scores`
-(``streamprune score --selector NAME`` / ``streamprune mask --scores F --selector NAME``).
+(``streamprune score --selector NAME`` / ``streamprune mask scores MANIFEST F --selector NAME``).
 
 Registered here (``docs/methods.md`` sections 2 and 3; "budget" ``b = 1 - ratio`` is the
 fraction KEPT):

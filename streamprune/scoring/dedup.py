@@ -25,7 +25,7 @@ with the largest ``M``, and the mask at ``ratio = params.ratio_at_eps`` is exact
 deduplication (every duplicate, nothing else: duplicates rank last because their ``M`` is
 larger than every non-duplicate's). ``extra.duplicate`` (1/0 at ``eps``), ``extra.cluster`` and
 ``extra.distance_to_centroid`` are stored; :func:`mask_from_duplicates` (``streamprune mask
---scores F --duplicates``) keeps the non-duplicates.
+scores MANIFEST F --duplicates``) keeps the non-duplicates.
 
 **Exact deduplication** (``exact-dedup``): samples are exact duplicates when they have the same
 member extensions in the same order and byte-identical member data. Candidates are the

@@ -2,7 +2,7 @@
 
 Methods compute scores only; they never write masks. :func:`score_source` saves the scores
 file and derives the masks with :func:`streamprune.selection.mask_from_scores`, the same call
-``streamprune mask --scores`` makes, so a mask made later from the scores file is the mask the
+``streamprune mask scores`` makes, so a mask made later from the scores file is the mask the
 pass wrote.
 """
 
@@ -180,7 +180,7 @@ def score_source(
         try:
             mask = mask_from_scores(src, scores, ratio, selector, seed=seed, **selector_options)
         except ValueError as exc:
-            raise ArgumentError(f"{exc}; the scores are saved in {scores_path} (streamprune mask --scores)") from None
+            raise ArgumentError(f"{exc}; the scores are saved in {scores_path} (streamprune mask scores)") from None
         stem = method if selector == "top" else f"{method}-{selector}"
         masks[ratio] = mask.save(os.path.join(out_dir, f"{stem}-{ratio:g}.spmask"))
         kept[ratio] = list(mask.provenance.get("kept_classes") or mask.provenance.get("kept_clusters") or [])
