@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: What ``mask combine`` does with its masks (the old ``--and``/``--or``/``--not``/``--minus`` flags).
 OPERATIONS = ("and", "or", "not", "minus")
+#: The flags that name a mask's kind in the old form (``mask MANIFEST --random ...``).
+LEGACY_FLAGS = frozenset({"--random", "--scores", "--keys", "--keys-drop", "--classes", "--and", "--or", "--not", "--minus", "--duplicates"})
 #: Where :class:`MaskGroup` leaves the arguments of the old flag form for the group's callback.
 _LEGACY_ARGS = "streamprune.mask.legacy_args"
 
@@ -47,7 +49,10 @@ class MaskGroup(click.Group):
     """The ``mask`` subcommands; arguments that name none (the old flag form) go to :func:`legacy_mask`."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+        # the old form names its kind by a flag; without one, a first word that is no
+        # subcommand is a typo for one ("No such command"), not an old-form manifest
+        old_form = any(a.split("=", 1)[0] in LEGACY_FLAGS for a in args)
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names and old_form:
             ctx.meta[_LEGACY_ARGS] = list(args)
             args = []
         return super().parse_args(ctx, args)

@@ -221,6 +221,9 @@ def test_the_old_mask_flags_are_deprecated_aliases_of_the_subcommands(tmp_path, 
     # an option the chosen selector does not declare is refused, naming it
     result = _run("mask", "scores", manifest_path, scores_path, "--ratio", "0.3", "--gamma", "0.2", "--out", tmp_path / "x.spmask")
     assert result.exit_code == 2 and "--gamma is not an option of --selector top (its options: none)" in result.output
+    # without an old kind flag, a first word that is no subcommand is a typo, not an old-form manifest
+    result = _run("mask", "randm", manifest_path, "--ratio", "0.5", "--out", tmp_path / "x.spmask")
+    assert result.exit_code == 2 and "No such command 'randm'" in result.output
 
 
 def test_mask_ratio_one_fails_with_one_line_error(tmp_path):

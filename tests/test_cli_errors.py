@@ -53,6 +53,7 @@ def test_common_bad_inputs_are_one_line_naming_the_thing_and_exit_1(tmp_path, tw
     manifest, other, mask = two_datasets
     (tmp_path / "keys.txt").write_text("no-such-key\n")
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "junk.npy").write_bytes(b"\x93NUMPY junk")
     shard = sorted(p for p in os.listdir(tmp_path / "data") if p.endswith(".tar"))[0]
     damaged = _damaged_shard(tmp_path, tmp_path / "data" / shard)
     cases = [  # (command, what the one line must name)
@@ -64,6 +65,8 @@ def test_common_bad_inputs_are_one_line_naming_the_thing_and_exit_1(tmp_path, tw
          ["scoring method 'no-such-method'", "available: "]),
         (("mask", "classes", manifest, "zebra", "--out", tmp_path / "x.spmask"), ["class 'zebra'"]),
         (("mask", "keys", manifest, tmp_path / "keys.txt", "--out", tmp_path / "x.spmask"), ["no-such-key", os.fspath(manifest)]),
+        (("mask", "keys", manifest, tmp_path / "junk.npy", "--out", tmp_path / "x.spmask"),
+         [os.fspath(tmp_path / "junk.npy"), "not a readable key list"]),
         (("mask", "random", manifest, "--ratio", "0.5", "--out", tmp_path / "afile" / "x.spmask"),
          [os.fspath(tmp_path / "afile" / "x.spmask"), "cannot write"]),
         (("shard", tmp_path / "ds.npz", tmp_path / "afile" / "out", "--quiet"), [os.fspath(tmp_path / "afile" / "out")]),
@@ -81,6 +84,10 @@ def test_common_bad_inputs_are_one_line_naming_the_thing_and_exit_1(tmp_path, tw
         for needle in needles:
             assert needle in lines[0], (command, needle, lines[0])
     assert not (tmp_path / "x.spmask").exists() and not (tmp_path / "beton" / "manifest.json").exists()
+    # the report is printed before the export fails: the error is still one line, naming the path
+    result = _run("inspect", manifest, "--export", tmp_path / "afile" / "kept.txt")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {tmp_path / 'afile' / 'kept.txt'}: cannot write it")
 
 
 def test_flag_values_click_parses_are_usage_errors_naming_the_flag(tmp_path, two_datasets):
