@@ -9,27 +9,23 @@ import sys
 
 import click
 
-from streamprune import masks, storage
+from streamprune import masks
 from streamprune.errors import StreamPruneError
-from streamprune.keys import export_keys, mask_from_key_list
+from streamprune.keys import export_keys
 from streamprune.manifest import Manifest, open_manifest
 from streamprune.report import describe, format_report
 from streamprune.scores import ScoreFile
-from streamprune.selection import mask_from_scores
 
 from .bench import bench
 from .dynamics import dynamics
+from .mask import mask
 from .options import (
-    RegistryHelpOption,
-    engine_arg,
+    engine_for,
     engine_options,
     location_options,
     model_option,
     ratio_callback,
     resume_summary,
-    selector_kwargs,
-    selector_options,
-    selectors_help,
     storage_options_option,
 )
 from .score import score
@@ -38,16 +34,16 @@ __all__ = ["cli"]
 
 
 class _Group(click.Group):
-    """Turns library input errors into one clear line and exit status 2, not a traceback."""
+    """Turns a user's error (a :class:`StreamPruneError`) into one line naming it and exit status 1.
+
+    Only those: any other exception is a bug (or an environment failure the library did not
+    expect), and its traceback is what a report needs.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (StreamPruneError, KeyError) as exc:
-            raise click.ClickException(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from None
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-        except OSError as exc:  # unreadable or unwritable paths: the message names the file
+        except StreamPruneError as exc:
             raise click.ClickException(str(exc)) from None
 
 
@@ -95,37 +91,18 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
     for it: pass --overwrite to replace it, or --resume to finish the same run.
     """
     # Deferred on purpose: the writers import the image codecs and source readers.
-    from streamprune.writers import write_beton
-    from streamprune.writers.remote import write_shards_to
+    from streamprune.writers import write_dataset
 
-    if fmt == "beton" and storage.is_remote(out):
-        raise click.BadParameter("FFCV .beton files are written to local disk only (FFCV memory-maps them)", param_hint="OUT")
-    if (fmt == "beton") != (layout == "page-aware") and layout != "default":
-        raise click.BadParameter(f"{layout} is a layout for {'tar shards' if layout == 'class-sorted' else '.beton files'}",
-                                 param_hint="--layout")
-    if fmt == "beton" and (engine != "local" or resume):
-        raise click.UsageError("--engine ray and --resume are for tar shards; FFCV writes one .beton file with its own processes")
-    if fmt == "beton":
-        manifest = write_beton(
-            src, out, samples_per_file=samples_per_shard, shuffle=shuffle, seed=seed, workers=workers,
-            write_mode=write_mode, max_resolution=max_resolution, quality=quality, layout=layout, split=split,
-            checksum=not no_checksum, progress=not quiet, overwrite=overwrite,
-        )
-        click.echo(f"{manifest.num_samples} samples, {len(manifest.shards)} .beton file(s), {len(manifest.classes)} classes -> {manifest.path}")
-        return
     given = click.get_current_context().get_parameter_source("workers") != click.core.ParameterSource.DEFAULT
-    # ray: one actor per CPU unless --workers; local: the engine write_shards would make, so its report can be read
-    runner = engine_arg(engine, ray_address, workers if given else None, local_workers=workers)
-    try:
-        manifest = write_shards_to(
-            src, out, storage_options=storage_options, samples_per_shard=samples_per_shard or 1000,
-            shuffle=shuffle, seed=seed, workers=workers, quality=quality, image_format=image_format, split=split,
-            checksum=not no_checksum, progress=not quiet, engine=runner, resume=resume, layout=layout, overwrite=overwrite,
+    # ray: one actor per CPU unless --workers; local with --resume: an engine of our own, whose report says what ran
+    with engine_for(engine, ray_address, workers if given else None, local_workers=workers if resume else None) as runner:
+        manifest = write_dataset(
+            src, out, format=fmt, samples_per_shard=samples_per_shard, shuffle=shuffle, seed=seed, workers=workers, quality=quality,
+            image_format=image_format, split=split, write_mode=write_mode, max_resolution=max_resolution, layout=layout,
+            checksum=not no_checksum, progress=not quiet, engine=runner, resume=resume, overwrite=overwrite, storage_options=storage_options,
         )
-    finally:
-        if runner is not None:
-            runner.close()
-    click.echo(f"{manifest.num_samples} samples, {len(manifest.shards)} shards, {len(manifest.classes)} classes -> {manifest.path}")
+    kind = ".beton file(s)" if fmt == "beton" else "shards"
+    click.echo(f"{manifest.num_samples} samples, {len(manifest.shards)} {kind}, {len(manifest.classes)} classes -> {manifest.path}")
     if resume:
         click.echo(resume_summary(runner))
 
@@ -154,108 +131,19 @@ def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, 
     (shards-{000000..000099}.tar): each is streamed once (with --no-checksum: only its headers
     are read, by ranged requests), several at a time, and its size and ETag recorded.
     """
-    if any(storage.is_remote(s) for s in shards):
-        # Deferred on purpose: remote indexing pulls in fsspec (the optional `remote` extra).
-        from streamprune.remoteindex import DEFAULT_WORKERS, index_remote_shards
-
-        if resume:
-            raise click.UsageError("--resume is for local shards; a URL is indexed again")
-        runner = engine_arg(engine, ray_address, workers)  # local: threads of this process; ray: one task per shard
-        try:
-            manifest = index_remote_shards(
-                list(shards), out, label_ext=None if no_labels else label_ext, checksum=not no_checksum,
-                sample_checksums=not no_checksum, progress=not quiet, storage_options=storage_options,
-                workers=workers or DEFAULT_WORKERS, engine=runner,
-            )
-        finally:
-            if runner is not None:
-                runner.close()
-        click.echo(f"{manifest.num_samples} samples in {len(manifest.shards)} shards -> {manifest.path}")
-        return
     # Deferred on purpose: indexing pulls in tqdm and the tar walker, which --help and inspect do not need.
-    from streamprune.indexing import index_files
+    from streamprune.remoteindex import index_dataset
 
-    runner = engine_arg(engine, ray_address, workers, local_workers=workers or os.cpu_count() or 1)
-    try:
-        manifest = index_files(
-            list(shards), out, label_ext=None if no_labels else label_ext, label_field=None if no_labels else label_field,
-            checksum=not no_checksum, progress=not quiet, workers=workers or os.cpu_count() or 1, engine=runner, resume=resume,
+    # local with --resume: an engine of our own, whose report says what ran
+    with engine_for(engine, ray_address, workers, local_workers=(workers or os.cpu_count() or 1) if resume else None) as runner:
+        manifest = index_dataset(
+            shards, out, label_ext=None if no_labels else label_ext, label_field=None if no_labels else label_field,
+            checksum=not no_checksum, workers=workers, engine=runner, resume=resume, storage_options=storage_options, progress=not quiet,
         )
-    finally:
-        if runner is not None:
-            runner.close()
     kind = ".beton file(s)" if manifest.shards and manifest.shards[0].format == "beton" else "shards"
     click.echo(f"{manifest.num_samples} samples in {len(manifest.shards)} {kind} -> {manifest.path}")
     if resume and kind == "shards":
         click.echo(resume_summary(runner))
-
-
-_ALGEBRA = ("and", "or", "not", "minus")
-
-
-@cli.command()
-@click.argument("manifest")
-@click.argument("operands", nargs=-1, type=click.Path(exists=True))
-@click.option("--random", "use_random", is_flag=True, help="Remove a random fraction.")
-@click.option("--scores", "scores_file", type=click.Path(exists=True), help="Scores file from `streamprune score`: keep its top items.")
-@click.option("--ratio", type=float, callback=ratio_callback, help="Fraction REMOVED, in [0, 1) (with --random or --scores).")
-@click.option("--duplicates", is_flag=True, help="With --scores of semdedup/exact-dedup, instead of --ratio: remove exactly the samples flagged as duplicates.")
-@click.option("--level", type=click.Choice(["sample", "class"]), default="sample", show_default=True, help="For --random.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--keys", "keys_file", type=click.Path(exists=True),
-              help="Keys (or 128-bit uids) to keep: text (one per line), .npy, .parquet/.arrow (see --key-column).")
-@click.option("--keys-drop", "drop_file", type=click.Path(exists=True), help="Like --keys, but the listed samples are removed and all others kept.")
-@click.option("--key-column", help="Column (or .npy field) holding the keys [default: key, else uid, else __key__].")
-@click.option("--allow-missing", is_flag=True, help="Accept listed ids that are not in MANIFEST (by default any is an error); they are reported.")
-@click.option("--classes", help="Comma-separated class ids or names to keep.")
-@click.option("--and", "op_and", is_flag=True, help="Mask algebra: keep what every mask given as OPERANDS keeps (2 or more).")
-@click.option("--or", "op_or", is_flag=True, help="Mask algebra: keep what any of the OPERANDS keeps (2 or more).")
-@click.option("--not", "op_not", is_flag=True, help="Mask algebra: keep what the one OPERAND removes.")
-@click.option("--minus", "op_minus", is_flag=True, help="Mask algebra: OPERANDS A B, keep what A keeps and B does not.")
-@click.option("--source-manifest", "source_manifests", multiple=True, type=click.Path(exists=True),
-              help="Manifest an operand mask was made for, when not MANIFEST (tar vs .beton of one source): it is translated by key. Repeatable.")
-@click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=lambda: selectors_help("the --scores"))
-@selector_options
-@location_options
-@click.option("--out", required=True, type=click.Path(), help="Mask file to write (.spmask).")
-def mask(manifest, operands, use_random, scores_file, ratio, duplicates, level, seed, keys_file, drop_file, key_column, allow_missing, classes,
-         op_and, op_or, op_not, op_minus, source_manifests, selector, gamma, beta, strata, base, storage_options,
-         allow_foreign_locations, out):
-    """Make a keep mask for MANIFEST (path or URL): random, from scores, a key list, kept classes, or mask algebra over OPERANDS.
-
-    Mask algebra: `streamprune mask MANIFEST --and A.spmask B.spmask [C.spmask ...] --out M.spmask`
-    (likewise --or; --not A; --minus A B).
-    """
-    ops = [name for name, on in zip(_ALGEBRA, (op_and, op_or, op_not, op_minus)) if on]
-    chosen = [bool(use_random), bool(scores_file), bool(keys_file), bool(drop_file), bool(classes), bool(ops)]
-    if sum(chosen) != 1 or len(ops) > 1:
-        raise click.UsageError("give exactly one of --random, --scores FILE, --keys FILE, --keys-drop FILE, --classes LIST, --and/--or/--not/--minus")
-    if operands and not ops:
-        raise click.UsageError(f"unexpected arguments {list(operands)}: mask files are operands of --and/--or/--not/--minus only")
-    if duplicates and not scores_file:
-        raise click.UsageError("--duplicates goes with --scores")
-    if (use_random or (scores_file and not duplicates)) and ratio is None:
-        raise click.UsageError("--ratio is required with --random and --scores (or --duplicates with dedup scores)")
-    m = Manifest.load(manifest, base=base, storage_options=storage_options, allow_foreign_locations=allow_foreign_locations)
-    if use_random:
-        result = masks.random_mask(m, ratio, level=level, seed=seed)
-    elif duplicates:
-        # Deferred on purpose: the scoring package imports torch, which the other mask kinds do not need.
-        from streamprune.scoring.dedup import mask_from_duplicates
-
-        result = mask_from_duplicates(m, ScoreFile.load(scores_file))
-    elif scores_file:
-        result = mask_from_scores(m, ScoreFile.load(scores_file), ratio, selector, seed=seed, **selector_kwargs(gamma, beta, strata))
-    elif keys_file or drop_file:
-        result = mask_from_key_list(m, keys_file or drop_file, drop=bool(drop_file), key_column=key_column, allow_missing=allow_missing)
-        p = result.provenance
-        click.echo(f"{p['matched']} of {p['ids']} listed ids found (by {p['matched_by']}), {p['missing']} missing, {p['duplicates']} repeated")
-    elif ops:
-        result = masks.combine_masks(ops[0], operands, manifest=m, source_manifests=source_manifests)
-    else:
-        result = masks.mask_from_classes(m, [c.strip() for c in classes.split(",") if c.strip()])
-    result.save(out)
-    click.echo(f"kept {result.kept} of {m.num_samples} samples -> {out}")
 
 
 @cli.command()
@@ -350,7 +238,7 @@ def train_surrogate(manifest, model, out, epochs, max_steps, mask_path, batch_si
     )
 
 
-for _command in (score, dynamics, bench):
+for _command in (mask, score, dynamics, bench):
     cli.add_command(_command)
 
 

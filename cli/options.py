@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import click
 
 from streamprune.engine import ENGINES, Engine, make_engine
 from streamprune.ratios import check_ratio
+from streamprune.registry import MethodOption
 from streamprune.selection import available_selectors
+from streamprune.selection import selector_options as declared_selector_options
 
 __all__ = [
     "RegistryHelpOption",
@@ -18,12 +21,15 @@ __all__ = [
     "selectors_help",
     "selector_options",
     "selector_kwargs",
+    "declared_click_options",
+    "declared_kwargs",
     "model_option",
     "ratio_callback",
     "ratios_callback",
     "storage_options_option",
     "location_options",
     "engine_arg",
+    "engine_for",
     "engine_options",
     "resume_summary",
 ]
@@ -137,17 +143,100 @@ def selectors_help(scores: str = "scores") -> str:
     )
 
 
+def declared_click_options(declared: Iterable[tuple[str, MethodOption]], prefix: str) -> list[click.Option]:
+    """One click option per flag that registered functions (scoring methods, selectors) declare.
+
+    A flag declared by several (``--clusters`` by fm and ssp) becomes one option whose help
+    names them all, and each one's default when they differ
+    (``[default: fm 1000; semdedup N / 1000, at least 1; ssp the number of classes]``).
+
+    Args:
+        declared: ``(owner name, option)`` pairs, e.g. from ``method_options`` of every method.
+        prefix: Prepended to each parameter's Python name (``method_option_``), so a command
+            tells its declared options apart in ``**kwargs`` (see :func:`declared_kwargs`).
+    """
+    by_flag: dict[str, list[tuple[str, MethodOption]]] = {}
+    for owner, option in declared:
+        by_flag.setdefault(option.cli_flag, []).append((owner, option))
+    params = []
+    for flag, entries in by_flag.items():
+        option = entries[0][1]
+        owners = "/".join(o for o, _ in entries)
+        default = _defaults_text([(o, opt.describe_default()) for o, opt in entries])
+        help_text = f"{owners}: {option.help}" + (f" [default: {default}]." if default else ".")
+        name = prefix + flag[2:].replace("-", "_")
+        if option.type is bool:
+            params.append(click.Option([flag, name], is_flag=True, default=False, help=help_text))
+        else:
+            kind = click.Choice(option.choices) if option.choices else option.type
+            params.append(click.Option([flag, name], type=kind, default=None, help=help_text))
+    return params
+
+
+def _defaults_text(defaults: list[tuple[str, str | None]]) -> str | None:
+    """One default for all owners, else each owner's (owners with the same default grouped, ``;`` between)."""
+    by_text: dict[str | None, list[str]] = {}
+    for owner, text in defaults:
+        by_text.setdefault(text, []).append(owner)
+    if len(by_text) == 1:
+        return next(iter(by_text))
+    return "; ".join(f"{'/'.join(owners)} {text}" for text, owners in by_text.items() if text)
+
+
+def declared_kwargs(declared: Iterable[MethodOption], given: dict[str, Any], prefix: str, owner: str) -> dict[str, Any]:
+    """The options given on the command line with ``prefix`` (see :func:`declared_click_options`),
+    as keyword arguments of the one function that runs (``owner``, e.g. ``--selector ccs``).
+
+    Options not given (``None``, or an unset flag) are left out; ``given`` keeps the others.
+
+    Raises:
+        click.UsageError: An option was given that ``owner`` does not declare.
+    """
+    by_name = {prefix + o.cli_flag[2:].replace("-", "_"): o for o in declared}
+    out = {}
+    for name, value in given.items():
+        if not name.startswith(prefix) or value is None or value is False:
+            continue
+        option = by_name.get(name)
+        if option is None:
+            flag = "--" + name[len(prefix):].replace("_", "-")
+            known = ", ".join(o.cli_flag for o in by_name.values()) or "none"
+            raise click.UsageError(f"{flag} is not an option of {owner} (its options: {known})")
+        out[option.name] = value
+    return out
+
+
+SELECTOR_PREFIX = "selector_option_"
+
+
 def selector_options(fn: Callable) -> Callable:
-    """Add ``--gamma``, ``--beta``, ``--strata`` (selector options) to a command."""
-    fn = click.option("--strata", type=click.IntRange(min=1), help="ccs: number of equal-width score strata [default: 50].")(fn)
-    fn = click.option("--beta", type=float, help="ccs: fraction of ALL samples dropped first, the hardest [default: 0 when keeping >= 50%, rising to 0.3 at 10% kept].")(fn)
-    fn = click.option("--gamma", type=float, help="flexrand: easy fraction of each class [default: 0.5].")(fn)
+    """Add the options the registered selectors declare (``--gamma``, ``--beta``, ``--strata``, ...) to a command.
+
+    The command receives them in ``**kwargs`` (named ``selector_option_<flag>``); pass those
+    to :func:`selector_kwargs`.
+    """
+    declared = [(name, o) for name in available_selectors() if not name.startswith("test-only") for o in declared_selector_options(name)]
+    for param in reversed(declared_click_options(declared, SELECTOR_PREFIX)):
+        fn = click.option(*param.opts, param.name, type=param.type, is_flag=param.is_flag, default=param.default, help=param.help)(fn)
     return fn
 
 
-def selector_kwargs(gamma: float | None, beta: float | None, strata: int | None) -> dict[str, Any]:
-    """The selector options that were given, as ``selector_options`` for the library."""
-    return {k: v for k, v in (("gamma", gamma), ("beta", beta), ("strata", strata)) if v is not None}
+def selector_kwargs(selector: str | None, given: dict[str, Any]) -> dict[str, Any]:
+    """The selector options given on the command line, as ``selector_options`` for the library.
+
+    Args:
+        selector: The selector that runs (``None``: the scoring method's default; then any
+            declared option is passed on, and the library says whether it takes it).
+        given: The command's ``**kwargs``; the selector options are taken out of it.
+
+    Raises:
+        click.UsageError: An option ``selector`` does not declare.
+    """
+    mine = {k: given.pop(k) for k in [k for k in given if k.startswith(SELECTOR_PREFIX)]}
+    if selector is None:
+        every = {o for name in available_selectors() for o in declared_selector_options(name)}
+        return declared_kwargs(every, mine, SELECTOR_PREFIX, "the selectors")
+    return declared_kwargs(declared_selector_options(selector), mine, SELECTOR_PREFIX, f"--selector {selector}")
 
 
 def engine_options(fn: Callable) -> Callable:
@@ -185,6 +274,19 @@ def engine_arg(
     if engine == "local":
         return None if local_workers is None else make_engine("local", workers=local_workers)
     return make_engine(engine, address=ray_address, workers=workers)
+
+
+@contextlib.contextmanager
+def engine_for(
+    engine: str, ray_address: str | None, workers: int | None = None, local_workers: int | None = None
+) -> Iterator[Engine | None]:
+    """:func:`engine_arg` as a ``with`` block: the engine made here is closed on leaving it (``None`` stays ``None``)."""
+    runner = engine_arg(engine, ray_address, workers, local_workers)
+    if runner is None:
+        yield None
+        return
+    with runner:
+        yield runner
 
 
 def resume_summary(runner: Engine | None, what: str = "shards") -> str | None:

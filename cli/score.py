@@ -17,7 +17,9 @@ from streamprune.report import kept_summary
 
 from .options import (
     RegistryHelpOption,
-    engine_arg,
+    declared_click_options,
+    declared_kwargs,
+    engine_for,
     engine_options,
     location_options,
     model_option,
@@ -34,43 +36,12 @@ _PREFIX = "method_option_"
 
 
 def method_click_options() -> list[click.Option]:
-    """One click option per flag the registered scoring methods declare.
-
-    A flag declared by several methods (``--clusters`` by fm and ssp) becomes one option whose
-    help names them all, and each method's default when they differ
-    (``[default: fm 1000; semdedup N / 1000, at least 1; ssp the number of classes]``).
-    """
+    """One click option per flag the registered scoring methods declare (see :func:`declared_click_options`)."""
     # Deferred on purpose: importing the scoring methods imports torch; `streamprune --help`
     # and the other commands must not pay for it.
     from streamprune.scoring import available_scores, method_options
 
-    by_flag: dict[str, list[tuple[str, Any]]] = {}
-    for method in available_scores():
-        for option in method_options(method):
-            by_flag.setdefault(option.cli_flag, []).append((method, option))
-    params = []
-    for flag, entries in by_flag.items():
-        option = entries[0][1]
-        methods = "/".join(m for m, _ in entries)
-        default = _defaults_text([(m, o.describe_default()) for m, o in entries])
-        help_text = f"{methods}: {option.help}" + (f" [default: {default}]." if default else ".")
-        name = _PREFIX + flag[2:].replace("-", "_")
-        if option.type is bool:
-            params.append(click.Option([flag, name], is_flag=True, default=False, help=help_text))
-        else:
-            kind = click.Choice(option.choices) if option.choices else option.type
-            params.append(click.Option([flag, name], type=kind, default=None, help=help_text))
-    return params
-
-
-def _defaults_text(defaults: list[tuple[str, str | None]]) -> str | None:
-    """One default for all methods, else each method's (methods with the same default grouped, ``;`` between)."""
-    by_text: dict[str | None, list[str]] = {}
-    for method, text in defaults:
-        by_text.setdefault(text, []).append(method)
-    if len(by_text) == 1:
-        return next(iter(by_text))
-    return "; ".join(f"{'/'.join(methods)} {text}" for text, methods in by_text.items() if text)
+    return declared_click_options([(m, o) for m in available_scores() for o in method_options(m)], _PREFIX)
 
 
 def default_selectors_help() -> str:
@@ -103,18 +74,7 @@ def method_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
     """
     from streamprune.scoring import method_options  # deferred with method_click_options (torch)
 
-    declared = {_PREFIX + o.cli_flag[2:].replace("-", "_"): o for o in method_options(method)}
-    out = {}
-    for name, value in given.items():
-        if value is None or value is False:
-            continue
-        option = declared.get(name)
-        if option is None:
-            flag = "--" + name[len(_PREFIX):].replace("_", "-")
-            known = ", ".join(o.cli_flag for o in declared.values()) or "none"
-            raise click.UsageError(f"{flag} is not an option of --method {method} (its options: {known})")
-        out[option.name] = value
-    return out
+    return declared_kwargs(method_options(method), given, _PREFIX, f"--method {method}")
 
 
 @click.command(cls=ScoreCommand)
@@ -136,24 +96,20 @@ def method_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
 @engine_options
 @location_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def score(source_manifest, method, target, target_split, model, checkpoint, ratios, out, selector, gamma, beta, strata,
+def score(source_manifest, method, target, target_split, model, checkpoint, ratios, out, selector,
           input_size, batch_size, workers, device, seed, engine, ray_address, base, storage_options,
           allow_foreign_locations, quiet, **given):
     """Score SOURCE_MANIFEST (path or URL) once (for dlc and the training-based scores: the downstream training set being pruned); write OUT/scores.json and a keep mask per ratio."""
     from streamprune.scoring import score_source  # deferred: the scoring methods import torch
 
+    chosen = selector_kwargs(selector, given)
     kwargs = method_kwargs(method, given)
-    runner = engine_arg(engine, ray_address)  # local: the in-process pass; ray: one task per shard
-    try:
+    with engine_for(engine, ray_address) as runner:  # local: the in-process pass; ray: one task per shard
         r = score_source(
             open_manifest(source_manifest, base, storage_options, allow_foreign_locations), method, ratios, out, target=target, target_split=target_split, surrogate=model,
             checkpoint=checkpoint, input_size=input_size, batch_size=batch_size, workers=workers, device=device,
-            seed=seed, progress=not quiet, selector=selector, selector_options=selector_kwargs(gamma, beta, strata),
-            engine=runner, **kwargs,
+            seed=seed, progress=not quiet, selector=selector, selector_options=chosen, engine=runner, **kwargs,
         )
-    finally:
-        if runner is not None:
-            runner.close()
     click.echo(f"scores -> {r['scores']} ({r['seconds']['score']:.1f} s)")
     for ratio, path in r["masks"].items():
         click.echo(f"ratio {ratio:g}: kept {kept_summary(MaskFile(path))} -> {path}")

@@ -15,23 +15,32 @@ from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import (
+    ArgumentError,
+    CacheError,
+    ChecksumError,
     CompressedShardError,
     DuplicateKeyError,
     IndexMismatchError,
     LabelError,
     ManifestError,
     MaskMismatchError,
+    MissingKeysError,
     OutputExistsError,
+    StorageError,
     StreamPruneError,
     TarFormatError,
+    UnknownNameError,
+    UnsafeLocationError,
 )
 
 # public name -> module that defines it
 _LAZY = {
     "Manifest": "manifest",
+    "index_dataset": "remoteindex",
     "index_files": "indexing",
     "index_shards": "indexing",
     "index_betons": "indexing",
+    "write_dataset": "writers",
     "write_shards": "writers",
     "write_beton": "writers",
     "Mask": "masks",
@@ -45,6 +54,7 @@ _LAZY = {
     "translate_mask": "masks",
     "ScoreFile": "scores",
     "mask_from_scores": "selection",
+    "score_source": "scoring",
     "PrunedWebDataset": "readers",
     "PrunedSource": "readers",
     "pruned_tarfile_samples": "readers",
@@ -62,11 +72,18 @@ __all__ = [
     "__version__",
     *_LAZY,
     "StreamPruneError",
+    "ArgumentError",
+    "MissingKeysError",
+    "UnknownNameError",
+    "StorageError",
     "TarFormatError",
     "CompressedShardError",
     "ManifestError",
     "IndexMismatchError",
+    "UnsafeLocationError",
     "MaskMismatchError",
+    "ChecksumError",
+    "CacheError",
     "LabelError",
     "DuplicateKeyError",
     "OutputExistsError",
@@ -104,8 +121,10 @@ if TYPE_CHECKING:  # static tools see the names the lazy table provides
     from .optional import MissingExtraError
     from .readers import KeptSampler, PrunedMapDataset, PrunedSource, PrunedWebDataset, pruned_tarfile_samples
     from .readers.ffcv import pruned_ffcv_loader
+    from .remoteindex import index_dataset
     from .report import describe
     from .schedules import InfoBatch
     from .scores import ScoreFile
+    from .scoring import score_source
     from .selection import mask_from_scores
-    from .writers import write_beton, write_shards
+    from .writers import write_beton, write_dataset, write_shards

@@ -13,6 +13,8 @@ import json
 import os
 from typing import IO, Any, Iterable, Iterator
 
+from .errors import StorageError
+
 __all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "file_sha256", "temp_name", "remove_stale_temps"]
 
 
@@ -41,10 +43,17 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) -
 
     Yields:
         The open temporary file.
+
+    Raises:
+        StorageError: The file cannot be created there (no such directory, no permission);
+            names ``path``.
     """
     path = os.fspath(path)
     tmp = temp_name(path)
-    fh = open(tmp, mode)
+    try:
+        fh = open(tmp, mode)
+    except OSError as exc:  # the user chose the path: say which, as one of our errors
+        raise StorageError(f"{path}: cannot write it ({exc.strerror or exc})") from exc
     try:
         yield fh
         fh.flush()

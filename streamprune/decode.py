@@ -39,7 +39,7 @@ from typing import Any, Union
 
 from PIL import Image
 
-from .errors import StreamPruneError
+from .errors import ArgumentError, StreamPruneError
 from .manifest import IMAGE_EXTENSIONS, Manifest
 
 __all__ = [
@@ -117,7 +117,7 @@ def resolve_decoder(backend: str = "auto") -> str:
     if backend == "auto":
         return available_decoders()[0]
     if backend not in DECODERS:
-        raise ValueError(f"decoder {backend!r}: must be 'auto' or one of {', '.join(DECODERS)}")
+        raise ArgumentError(f"decoder {backend!r}: must be 'auto' or one of {', '.join(DECODERS)}")
     if not _installed(backend):
         raise StreamPruneError(f"decoder {backend!r} is not installed: {FAST_DECODE_HINT}")
     return backend
@@ -160,9 +160,9 @@ class ImageDecoder:
     def __init__(self, backend: str = "auto", *, mode: str = "RGB", size: int | None = None) -> None:
         mode = mode.upper()
         if mode not in MODES:
-            raise ValueError(f"mode={mode!r}: must be one of {', '.join(MODES)}")
+            raise ArgumentError(f"mode={mode!r}: must be one of {', '.join(MODES)}")
         if size is not None and int(size) < 1:
-            raise ValueError(f"size={size}: must be a positive number of pixels")
+            raise ArgumentError(f"size={size}: must be a positive number of pixels")
         self.backend = resolve_decoder(backend)
         self.mode = mode
         self.size = int(size) if size is not None else None

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from .decode import image_key
+from .errors import ArgumentError
 from .manifest import MANIFEST_NAME, Manifest
 from .masks import MaskFile, random_mask
 from .readers import PrunedWebDataset
@@ -169,9 +170,9 @@ def run_demo(
     if method == "auto":
         method = "lm" if _is_fashion_mnist(source) else "random"
     if method not in ("lm", "random"):
-        raise ValueError(f"method={method!r}: must be 'auto', 'lm' or 'random'")
+        raise ArgumentError(f"method={method!r}: must be 'auto', 'lm' or 'random'")
     if method == "lm" and not _is_fashion_mnist(source):
-        raise ValueError(f"the LM demo needs Fashion-MNIST at {FASHION_MNIST_DIR} (its footwear classes are the target), not {source}")
+        raise ArgumentError(f"the LM demo needs Fashion-MNIST at {FASHION_MNIST_DIR} (its footwear classes are the target), not {source}")
     shard_dir = os.path.join(out_dir, "shards")
     manifest_path = os.path.join(shard_dir, MANIFEST_NAME)
     start = time.perf_counter()

@@ -67,7 +67,7 @@ from tqdm.auto import tqdm
 
 from ._version import __version__
 from .atomic import atomic_write_json, temp_name
-from .errors import MaskMismatchError, StreamPruneError
+from .errors import ArgumentError, MaskMismatchError, StreamPruneError
 from .gradnorms import GRAD_STRATEGIES, per_sample_grad_norms, resolve_grad_strategy
 from .infer import eval_batches
 from .jsonfile import read_versioned_json
@@ -159,7 +159,7 @@ def _check_snapshot_epochs(name: str, at: Sequence[int], epochs: int) -> list[in
     out = sorted({int(g) for g in at})
     bad = [g for g in out if not 0 <= g <= epochs]
     if bad:
-        raise ValueError(f"{name}={list(at)}: each must be in 0..{epochs} (0 = before training, e = after epoch e)")
+        raise ArgumentError(f"{name}={list(at)}: each must be in 0..{epochs} (0 = before training, e = after epoch e)")
     return out
 
 
@@ -167,19 +167,19 @@ def _check_arguments(
     epochs: int, batch_size: int, optimizer: str, schedule: str, lr: float | None, grad_chunk: int, grad_strategy: str
 ) -> None:
     if epochs < 1:
-        raise ValueError(f"epochs={epochs}: must be at least 1")
+        raise ArgumentError(f"epochs={epochs}: must be at least 1")
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be at least 1")
+        raise ArgumentError(f"batch_size={batch_size}: must be at least 1")
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r}: must be one of {sorted(OPTIMIZERS)}")
+        raise ArgumentError(f"optimizer={optimizer!r}: must be one of {sorted(OPTIMIZERS)}")
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r}: must be one of {list(SCHEDULES)}")
+        raise ArgumentError(f"schedule={schedule!r}: must be one of {list(SCHEDULES)}")
     if lr is not None and (not math.isfinite(lr) or lr < 0):
-        raise ValueError(f"lr={lr}: must be a finite number >= 0")
+        raise ArgumentError(f"lr={lr}: must be a finite number >= 0")
     if grad_chunk < 1:
-        raise ValueError(f"grad_chunk={grad_chunk}: must be at least 1")
+        raise ArgumentError(f"grad_chunk={grad_chunk}: must be at least 1")
     if grad_strategy not in GRAD_STRATEGIES:
-        raise ValueError(f"grad_strategy={grad_strategy!r}: must be 'auto', 'vmap' or 'loop'")
+        raise ArgumentError(f"grad_strategy={grad_strategy!r}: must be 'auto', 'vmap' or 'loop'")
 
 
 @dataclass
@@ -489,9 +489,9 @@ def record_dynamics(
     grand_at = _check_snapshot_epochs("grand_epochs", grand_epochs, epochs)
     el2n_at = _check_snapshot_epochs("el2n_epochs", el2n_epochs, epochs)
     if int(runs) != runs or runs < 1:
-        raise ValueError(f"runs={runs}: must be a whole number >= 1")
+        raise ArgumentError(f"runs={runs}: must be a whole number >= 1")
     if runs > 1 and not el2n_at:
-        raise ValueError(f"runs={runs}: only the EL2N snapshots use the later runs; give el2n_epochs (e.g. [1, 2]) or runs=1")
+        raise ArgumentError(f"runs={runs}: only the EL2N snapshots use the later runs; give el2n_epochs (e.g. [1, 2]) or runs=1")
     runs = int(runs)
     data = _open_data(manifest, checkpoint, mask, input_size)
     m, n = data.manifest, data.manifest.num_samples
@@ -694,7 +694,7 @@ class Dynamics:
         if epochs is None:
             return self.epochs
         if not 1 <= int(epochs) <= self.epochs:
-            raise ValueError(f"epochs={epochs}: {self.meta_path} records {self.epochs} epoch(s); use 1..{self.epochs}")
+            raise ArgumentError(f"epochs={epochs}: {self.meta_path} records {self.epochs} epoch(s); use 1..{self.epochs}")
         return int(epochs)
 
     def field(self, name: str, epochs: int | None = None) -> np.ndarray:
@@ -711,7 +711,7 @@ class Dynamics:
             ValueError: Unknown field or epoch count.
         """
         if name not in self.fields:
-            raise ValueError(f"{self.meta_path}: no field {name!r}; recorded fields are {self.fields}")
+            raise ArgumentError(f"{self.meta_path}: no field {name!r}; recorded fields are {self.fields}")
         return np.array(self.array[: self._epochs(epochs), :, self.fields.index(name)], dtype=np.float32)
 
     def recorded(self) -> np.ndarray:
@@ -754,7 +754,7 @@ class Dynamics:
             StreamPruneError: No snapshots recorded, or none that early.
         """
         if up_to_epoch is not None and not 0 <= int(up_to_epoch) <= self.epochs:
-            raise ValueError(f"epochs={up_to_epoch}: {self.meta_path} records {self.epochs} epoch(s); use 0..{self.epochs}")
+            raise ArgumentError(f"epochs={up_to_epoch}: {self.meta_path} records {self.epochs} epoch(s); use 0..{self.epochs}")
         if self.el2n_array is None:
             raise StreamPruneError(
                 f"{self.meta_path}: no evaluation-mode EL2N snapshots recorded; run `streamprune dynamics ... --el2n-epochs 1,2`"

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import StreamPruneError
+from .errors import ArgumentError, StreamPruneError
 from .optional import require_ray
 
 __all__ = ["ENGINES", "Engine", "LocalEngine", "MapReport", "RayEngine", "TaskFn", "ThreadEngine", "make_engine", "recorded_options", "same_options"]
@@ -87,6 +87,8 @@ class MapReport:
 
 class Engine:
     """Runs a per-shard function over tasks; subclasses say where.
+
+    A context manager: ``with make_engine("ray") as engine: ...`` closes it on leaving.
 
     Attributes:
         reports: One :class:`MapReport` per :meth:`map` call, oldest first.
@@ -167,6 +169,13 @@ class Engine:
     def close(self) -> None:
         """Release what the engine started (a local Ray instance); nothing by default."""
 
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        # ``with make_engine(...) as engine:`` closes it however the pass ends
+        self.close()
+
 
 # --------------------------------------------------------------------------------------------
 # local processes
@@ -201,7 +210,7 @@ class LocalEngine(Engine):
     def __init__(self, processes: int = 1) -> None:
         super().__init__()
         if processes < 1:
-            raise ValueError(f"workers={processes}: must be at least 1")
+            raise ArgumentError(f"workers={processes}: must be at least 1")
         self.processes = int(processes)
 
     def __repr__(self) -> str:
@@ -265,7 +274,7 @@ class ThreadEngine(Engine):
     def __init__(self, threads: int = 8) -> None:
         super().__init__()
         if threads < 1:
-            raise ValueError(f"workers={threads}: must be at least 1")
+            raise ArgumentError(f"workers={threads}: must be at least 1")
         self.threads = int(threads)
 
     def __repr__(self) -> str:
@@ -375,7 +384,7 @@ class RayEngine(Engine):
         super().__init__()
         require_ray()  # fail at once, naming the extra, not when the first pass starts
         if workers is not None and workers < 1:
-            raise ValueError(f"workers={workers}: must be at least 1")
+            raise ArgumentError(f"workers={workers}: must be at least 1")
         self.address = address
         self.workers = workers
         self.num_cpus = float(num_cpus)
@@ -486,11 +495,11 @@ def make_engine(
     name = engine or "local"
     if name == "local":
         if address:
-            raise ValueError("--ray-address needs --engine ray")
+            raise ArgumentError("--ray-address needs --engine ray")
         return LocalEngine(workers or 1)
     if name == "ray":
         return RayEngine(address, workers, **ray_options)
-    raise ValueError(f"unknown engine {name!r}; available: {', '.join(ENGINES)}")
+    raise ArgumentError(f"unknown engine {name!r}; available: {', '.join(ENGINES)}")
 
 
 def recorded_options(out_dir: str | os.PathLike, name: str) -> Any:

@@ -12,6 +12,10 @@ import re
 __all__ = [
     "redact",
     "StreamPruneError",
+    "ArgumentError",
+    "MissingKeysError",
+    "UnknownNameError",
+    "StorageError",
     "TarFormatError",
     "IndexMismatchError",
     "MaskMismatchError",
@@ -57,6 +61,41 @@ class StreamPruneError(Exception):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*(redact(a) if isinstance(a, str) else a for a in args), **kwargs)
+
+    def __str__(self) -> str:
+        # The message as written, also where a second base (KeyError, OSError) would format it
+        # otherwise (KeyError quotes it; OSError shows errno fields).
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class ArgumentError(StreamPruneError, ValueError):
+    """An argument is out of range, not one of its choices, or does not go with another one.
+
+    Also a :class:`ValueError`, as Python code expects of a bad argument value; the message
+    names the argument (``ratio=1.0: must be in [0, 1)``).
+    """
+
+
+class MissingKeysError(StreamPruneError, KeyError):
+    """Sample keys (or uids, class names) were asked for that the dataset does not have.
+
+    Also a :class:`KeyError`, as Python code expects of a failed lookup; unlike a plain
+    ``KeyError`` its text is the message itself, not its quoted repr.
+    """
+
+
+class UnknownNameError(StreamPruneError, KeyError):
+    """A name looked up in a fixed table is not there: a checksum algorithm an index names that
+    this installation does not have. Also a :class:`KeyError`; its text is the message."""
+
+
+class StorageError(StreamPruneError, OSError):
+    """A file or object cannot be read or written as asked: missing, shorter than its index
+    says, a directory where a file belongs, or refused by the store. Names the path or URL.
+
+    Also an :class:`OSError`. :class:`streamprune.storage.RemoteError` (a URL) and
+    :class:`streamprune.storage.LocalReadError` (a local file) are the two kinds.
+    """
 
 
 class TarFormatError(StreamPruneError):

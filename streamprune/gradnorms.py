@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from .errors import ArgumentError
+
 __all__ = ["GRAD_STRATEGIES", "per_sample_grad_norms", "resolve_grad_strategy"]
 
 #: Ways :func:`per_sample_grad_norms` can compute the norms (``"auto"`` picks one by device).
@@ -36,7 +38,7 @@ def resolve_grad_strategy(strategy: str, device: torch.device) -> str:
         ValueError: Unknown ``strategy``.
     """
     if strategy not in GRAD_STRATEGIES:
-        raise ValueError(f"grad_strategy={strategy!r}: must be 'auto', 'vmap' or 'loop'")
+        raise ArgumentError(f"grad_strategy={strategy!r}: must be 'auto', 'vmap' or 'loop'")
     if strategy != "auto":
         return strategy
     return "vmap" if device.type == "cuda" else "loop"
@@ -95,5 +97,5 @@ def per_sample_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ch
     if strategy == "loop":
         return _loop_norms(model, x, y)
     if strategy != "vmap":
-        raise ValueError(f"strategy={strategy!r}: must be 'vmap' or 'loop'")
+        raise ArgumentError(f"strategy={strategy!r}: must be 'vmap' or 'loop'")
     return _vmap_norms(model, x, y, chunk)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .atomic import file_sha256
 from .betonindex import index_beton, looks_like_beton, save_beton_index
 from .engine import Engine, make_engine, same_options
-from .errors import LabelError, ManifestError
+from .errors import ArgumentError, LabelError, ManifestError
 from .indexfile import INDEX_SUFFIX, companion_path, load_index, save_index
 from .manifest import MANIFEST_NAME, Manifest, build_manifest
 from .shardindex import ShardIndex
@@ -271,7 +271,7 @@ def index_shards(
         LabelError: A sample lacks the label member (see ``label_ext``) or its label is not an integer.
     """
     if workers < 1:
-        raise ValueError(f"workers={workers}: must be at least 1")
+        raise ArgumentError(f"workers={workers}: must be at least 1")
     jobs = _check_names(shards, out_dir)
     runner = make_engine(engine, workers=workers)
     out_dir = _claim_out_dir(out_dir)

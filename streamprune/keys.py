@@ -42,7 +42,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import StreamPruneError
+from .errors import ArgumentError, MissingKeysError, StorageError, StreamPruneError
 from .manifest import Manifest, ManifestLike, open_manifest
 from .masks import KeepMask, Mask, mask_from_bool
 from .optional import require_pyarrow
@@ -71,10 +71,6 @@ ARROW_EXTENSIONS = (".parquet", ".arrow", ".feather", ".ipc")
 _HEX = frozenset("0123456789abcdefABCDEF")
 #: Columns tried, in order, when no key column is named.
 _DEFAULT_COLUMNS = ("key", "uid", "__key__")
-
-
-class MissingKeysError(StreamPruneError):
-    """Ids of a key list are not in the manifest (and missing ids were not allowed)."""
 
 
 class MissingUidError(StreamPruneError):
@@ -137,7 +133,7 @@ def uid_pair(uid: str) -> tuple[int, int]:
         ValueError: ``uid`` is not 32 hex digits.
     """
     if not is_uid(uid):
-        raise ValueError(f"{uid!r} is not a 128-bit uid (32 hex digits)")
+        raise ArgumentError(f"{uid!r} is not a 128-bit uid (32 hex digits)")
     return int(uid[:16], 16), int(uid[16:], 16)
 
 
@@ -229,17 +225,18 @@ def read_key_list(path: str | os.PathLike, key_column: str | None = None) -> Key
         The :class:`KeyList`.
 
     Raises:
-        StreamPruneError: Unreadable layout or no key column.
+        StreamPruneError: Unreadable or damaged file, or no key column.
         MissingExtraError: A parquet/Arrow file without pyarrow installed.
     """
     path = os.fspath(path)
     lower = path.lower()
-    if lower.endswith(".npy"):
-        out = _read_npy(path, key_column)
-    elif lower.endswith(ARROW_EXTENSIONS):
-        out = _read_arrow(path, key_column)
-    else:
-        out = _read_text(path, key_column)
+    reader = _read_npy if lower.endswith(".npy") else _read_arrow if lower.endswith(ARROW_EXTENSIONS) else _read_text
+    try:
+        out = reader(path, key_column)
+    except StreamPruneError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:  # numpy, pyarrow and text decoding raise these for a damaged file
+        raise StreamPruneError(f"{path}: not a readable key list ({type(exc).__name__}: {exc})") from None
     if out.kind == "uid":
         out.ids = [u.lower() for u in out.ids]
     return out
@@ -545,6 +542,7 @@ def export_keys(
 
     Raises:
         MissingUidError: ``uids`` and a kept sample has no uid (names the first); nothing is written.
+        StorageError: ``path`` cannot be written (names it).
     """
     path = os.fspath(path)
     if mask is not None:
@@ -560,5 +558,8 @@ def export_keys(
             _no_uid(manifest, int(kept[columns["uid"].index("")]), columns["uid"].count(""))
     if scores is not None:
         columns["score"] = sample_scores(manifest, scores)[kept]
-    _write_table(path, columns)
+    try:
+        _write_table(path, columns)
+    except OSError as exc:  # the user chose the path: say which, as one of our errors
+        raise StorageError(f"{path}: cannot write it ({exc.strerror or exc})") from exc
     return {"path": path, "rows": len(kept), "columns": list(columns)}

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import storage
 from .atomic import atomic_open
-from .errors import MaskMismatchError, StreamPruneError
+from .errors import ArgumentError, MaskMismatchError, MissingKeysError, StreamPruneError
 from .manifest import Manifest, ManifestLike, open_manifest
 from .ratios import check_ratio, kept_count
 
@@ -509,7 +509,7 @@ def mask_from_keys(manifest: ManifestLike, keys: Iterable[str], method: str = "k
         The mask.
 
     Raises:
-        KeyError: ``strict`` and some key is unknown (the message names a few).
+        MissingKeysError: ``strict`` and some key is unknown (the message names a few; also a ``KeyError``).
     """
     manifest = open_manifest(manifest)
     wanted = set(keys)
@@ -517,7 +517,7 @@ def mask_from_keys(manifest: ManifestLike, keys: Iterable[str], method: str = "k
     keep = np.fromiter((k in wanted for k in all_keys), dtype=bool, count=len(all_keys))
     if strict and int(keep.sum()) != len(wanted):
         missing = sorted(wanted.difference(all_keys))[:5]
-        raise KeyError(f"{len(wanted) - int(keep.sum())} keys are not in {manifest.path}, e.g. {missing}")
+        raise MissingKeysError(f"{len(wanted) - int(keep.sum())} keys are not in {manifest.path}, e.g. {missing}")
     return mask_from_bool(manifest, keep, method=method, **provenance)
 
 
@@ -541,14 +541,14 @@ def mask_from_classes(manifest: ManifestLike, classes: Iterable[int | str], meth
     for c in classes:
         if isinstance(c, str) and not c.lstrip("-").isdigit():
             if c not in manifest.classes:
-                raise ValueError(f"class {c!r} is not one of the manifest's classes")
+                raise ArgumentError(f"class {c!r} is not one of the manifest's classes")
             ids.append(manifest.classes.index(c))
         else:
             ids.append(int(c))
     n = manifest.num_classes
     bad = [i for i in ids if not 0 <= i < n]
     if bad:
-        raise ValueError(f"class ids {bad} are outside 0..{n - 1}")
+        raise ArgumentError(f"class ids {bad} are outside 0..{n - 1}")
     keep = np.isin(manifest.labels(), np.asarray(ids, dtype=np.int64))
     ratio = 1.0 - len(set(ids)) / n if n else 0.0
     return KeepMask(keep, manifest, _provenance(method, round(ratio, 6), level="class", kept_classes=sorted(set(ids)), **provenance))
@@ -581,7 +581,7 @@ def random_mask(manifest: ManifestLike, ratio: float, level: str = "sample", see
         n_keep = kept_count(c, ratio, allow_empty=True)
         kept = np.sort(rng.choice(c, size=n_keep, replace=False))
         return mask_from_classes(manifest, kept.tolist(), method="random", seed=seed)
-    raise ValueError(f"level={level!r}: must be 'sample' or 'class'")
+    raise ArgumentError(f"level={level!r}: must be 'sample' or 'class'")
 
 
 def translate_mask(
@@ -788,12 +788,12 @@ def combine_masks(
             be translated from (the message names both).
     """
     if operation not in MASK_OPERATIONS:
-        raise ValueError(f"mask operation {operation!r}: must be one of {', '.join(MASK_OPERATIONS)}")
+        raise ArgumentError(f"mask operation {operation!r}: must be one of {', '.join(MASK_OPERATIONS)}")
     operands = [as_mask(m) for m in masks]
     arity = MASK_OPERATIONS[operation]
     if (arity is None and len(operands) < 2) or (arity is not None and len(operands) != arity):
         need = "two or more masks" if arity is None else f"{arity} mask{'s' if arity > 1 else ''}"
-        raise ValueError(f"mask operation {operation!r} takes {need}, got {len(operands)}")
+        raise ArgumentError(f"mask operation {operation!r} takes {need}, got {len(operands)}")
     sources = [m if isinstance(m, Manifest) else Manifest.load(m) for m in source_manifests]
     if manifest is not None:
         manifest = open_manifest(manifest)

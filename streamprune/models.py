@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_open, file_sha256
-from .errors import StreamPruneError
+from .errors import ArgumentError, StreamPruneError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -67,20 +67,20 @@ _HEAD_NAMES = ("fc", "classifier", "head", "heads")
 def _load_entry_point(spec: str) -> Callable[..., Any]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"surrogate {spec!r}: an entry point must look like 'package.module:function'")
+        raise ArgumentError(f"surrogate {spec!r}: an entry point must look like 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"surrogate {spec!r}: cannot import module {module_name!r} ({exc})") from None
+        raise ArgumentError(f"surrogate {spec!r}: cannot import module {module_name!r} ({exc})") from None
     obj: Any = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ValueError(f"surrogate {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
+            raise ArgumentError(f"surrogate {spec!r}: module {module_name!r} has no attribute {attr!r}") from None
     if not callable(obj):
         # the user named the wrong thing: a bad value of the spec string, not a type error in our code
-        raise ValueError(f"surrogate {spec!r}: {attr!r} is not callable")  # noqa: TRY004
+        raise ArgumentError(f"surrogate {spec!r}: {attr!r} is not callable")  # noqa: TRY004
     return obj
 
 
@@ -104,11 +104,11 @@ def build_surrogate(arch: str, num_classes: int, checkpoint: str | os.PathLike |
             message names the file).
     """
     if num_classes < 1:
-        raise ValueError(f"num_classes={num_classes}: must be at least 1")
+        raise ArgumentError(f"num_classes={num_classes}: must be at least 1")
     if ":" in arch:
         model = _load_entry_point(arch)(num_classes=num_classes)
         if not isinstance(model, nn.Module):
-            raise ValueError(f"surrogate {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+            raise ArgumentError(f"surrogate {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
     else:
         import torchvision  # deferred: costs ~1 s to import, and entry-point surrogates never need it
 
@@ -116,7 +116,7 @@ def build_surrogate(arch: str, num_classes: int, checkpoint: str | os.PathLike |
             model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
         except ValueError:
             known = ", ".join(torchvision.models.list_models(module=torchvision.models)[:12])
-            raise ValueError(
+            raise ArgumentError(
                 f"surrogate {arch!r}: not a torchvision architecture (e.g. {known}, ...) "
                 "nor an entry point 'package.module:function'"
             ) from None
@@ -182,7 +182,7 @@ def surrogate_transform(
     from torchvision import transforms
 
     if int(input_size) < 8:
-        raise ValueError(f"input_size={input_size}: must be at least 8 pixels")
+        raise ArgumentError(f"input_size={input_size}: must be at least 8 pixels")
     size = int(input_size)
     return transforms.Compose(
         [
@@ -216,7 +216,7 @@ def head_module(model: nn.Module) -> nn.Module:
             return head
     if isinstance(model, nn.Sequential) and len(model):
         return model[-1]
-    raise ValueError(
+    raise ArgumentError(
         f"{type(model).__name__}: cannot find the classifier head; give the model an 'fc' or 'classifier' "
         "attribute, or make it an nn.Sequential whose last module is the head"
     )
@@ -251,7 +251,7 @@ def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     finally:
         handle.remove()
     if not captured:
-        raise ValueError(f"{type(model).__name__}: the classifier head was not called in forward()")
+        raise ArgumentError(f"{type(model).__name__}: the classifier head was not called in forward()")
     feats = captured[-1]
     if feats.ndim == 4:
         feats = feats.mean(dim=(2, 3))
@@ -384,7 +384,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}: CUDA is not available on this machine")
+        raise ArgumentError(f"device={device!r}: CUDA is not available on this machine")
     return dev
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from .errors import ArgumentError
+
 __all__ = ["check_ratio", "kept_count", "round_half_up"]
 
 
@@ -27,7 +29,7 @@ def check_ratio(ratio: float, name: str = "ratio") -> float:
     """
     ratio = float(ratio)
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"{name}={ratio}: must be in [0, 1) (it is the fraction removed; 1 would remove everything)")
+        raise ArgumentError(f"{name}={ratio}: must be in [0, 1) (it is the fraction removed; 1 would remove everything)")
     return ratio
 
 
@@ -58,5 +60,5 @@ def kept_count(n: int, ratio: float, allow_empty: bool = False) -> int:
     ratio = check_ratio(ratio)
     keep = round_half_up(n * (1.0 - ratio))
     if keep < 1 and n > 0 and not allow_empty:
-        raise ValueError(f"ratio={ratio}: keeping round({n} * {1 - ratio:g}) = 0 of {n} items leaves nothing")
+        raise ArgumentError(f"ratio={ratio}: keeping round({n} * {1 - ratio:g}) = 0 of {n} items leaves nothing")
     return keep

@@ -1,4 +1,6 @@
-"""Indexing tar shards that live at URLs (``streamprune index s3://bucket/shards-{000000..000099}.tar``).
+"""Indexing shards wherever they are: :func:`index_dataset`, the one call for paths or URLs
+(local files go to :func:`~streamprune.indexing.index_files`), and tar shards that live at URLs
+(``streamprune index s3://bucket/shards-{000000..000099}.tar``).
 
 With checksums (the default), each shard is read in one sequential streaming pass into a
 temporary local file (its SHA-256 computed on the way), indexed there (header walk and
@@ -28,14 +30,14 @@ from tqdm.auto import tqdm
 
 from . import storage
 from .engine import Engine, ThreadEngine, make_engine
-from .errors import LabelError, ManifestError, redact
+from .errors import ArgumentError, LabelError, ManifestError, redact
 from .indexfile import INDEX_SUFFIX, companion_path, save_index
-from .indexing import AUTO_LABELS, DEFAULT_LABEL_EXT
+from .indexing import AUTO_LABELS, DEFAULT_LABEL_EXT, index_files
 from .manifest import MANIFEST_NAME, Manifest, build_manifest
 from .shardindex import ShardIndex
 from .tarindex import RangedView, index_tar, index_tar_ranges
 
-__all__ = ["index_remote_shards", "shard_name_under", "DEFAULT_WORKERS"]
+__all__ = ["index_dataset", "index_remote_shards", "shard_name_under", "DEFAULT_WORKERS"]
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +140,7 @@ def index_remote_shards(
     if not urls:
         raise ManifestError("no shard URLs given to index")
     if workers < 1:
-        raise ValueError(f"workers={workers}: must be at least 1")
+        raise ArgumentError(f"workers={workers}: must be at least 1")
     for url in urls:
         if url.endswith(".beton"):
             raise ManifestError(
@@ -190,6 +192,60 @@ def index_remote_shards(
     manifest.root = out.rstrip("/")
     manifest.path = redact(storage.join(out, MANIFEST_NAME))
     return manifest
+
+
+def index_dataset(
+    shards: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    label_ext: str | None = AUTO_LABELS,
+    label_field: str | None = "auto",
+    checksum: bool = True,
+    workers: int | None = None,
+    engine: str | Engine | None = None,
+    resume: bool = False,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> Manifest:
+    """Index existing shards (tar or ``.beton``, local paths or URLs) and write their manifest to ``out``.
+
+    Local files (a directory stands for its shards) are indexed by
+    :func:`~streamprune.indexing.index_files`; when any of ``shards`` is a URL (or a brace
+    pattern of URLs), all are indexed as remote tar shards by :func:`index_remote_shards`.
+
+    Args:
+        shards: Paths, directories, URLs or webdataset brace patterns, in manifest order.
+        out: Directory (or, for URLs, URL prefix) for the index sidecars and ``manifest.json``.
+        label_ext: Tar: extension of the integer label member, ``"auto"``, or ``None`` (unlabelled).
+        label_field: ``.beton``: integer field holding the label (``"auto"``), or ``None``.
+        checksum: Record each shard's SHA-256 and per-sample checksums (URLs without it: only
+            the headers are read, by ranged requests).
+        workers: Shards indexed at once (default: local files, the CPU count; URLs, :data:`DEFAULT_WORKERS` threads).
+        engine: Where the per-shard tasks run (``local``, ``ray`` or an :class:`~streamprune.engine.Engine`).
+        resume: Local tar shards: keep the index files an interrupted run wrote.
+        storage_options: fsspec options for URLs.
+        progress: Show a progress bar.
+
+    Returns:
+        The saved manifest.
+
+    Raises:
+        ArgumentError: ``resume`` for URLs (a URL is indexed again).
+        ManifestError: No shards, a missing one, tar and ``.beton`` mixed, ``.beton`` at a URL.
+        TarFormatError: A damaged shard (named).
+    """
+    shards = list(shards)
+    if any(storage.is_remote(s) for s in shards):
+        if resume:
+            raise ArgumentError("resume is for local shards; a URL is indexed again")
+        return index_remote_shards(
+            [os.fspath(s) for s in shards], os.fspath(out), label_ext=label_ext, checksum=checksum, sample_checksums=checksum,
+            progress=progress, storage_options=storage_options, workers=workers or DEFAULT_WORKERS, engine=engine,
+        )
+    return index_files(
+        shards, out, label_ext=label_ext, label_field=label_field, checksum=checksum, progress=progress,
+        workers=workers or os.cpu_count() or 1, engine=engine, resume=resume,
+    )
 
 
 def _auto_labels(indexes: list[ShardIndex]) -> str | None:

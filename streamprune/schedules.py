@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from .errors import StreamPruneError
+from .errors import ArgumentError, StreamPruneError
 from .manifest import Manifest, ManifestLike, open_manifest
 from .masks import KeepMask, Mask, MaskLike, mask_from_bool, open_mask
 
@@ -81,9 +81,9 @@ class InfoBatch:
         initial_scores: np.ndarray | None = None,
     ) -> None:
         if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"ratio={ratio}: must be in [0, 1)")
+            raise ArgumentError(f"ratio={ratio}: must be in [0, 1)")
         if not 0.0 <= delta <= 1.0:
-            raise ValueError(f"delta={delta}: must be in [0, 1]")
+            raise ArgumentError(f"delta={delta}: must be in [0, 1]")
         self.manifest: Manifest = open_manifest(manifest)
         self.epochs = int(epochs)
         self.ratio = float(ratio)
@@ -96,7 +96,7 @@ class InfoBatch:
         if initial_scores is not None:
             initial = np.asarray(initial_scores, dtype=np.float32)
             if initial.shape != (n,):
-                raise ValueError(f"initial_scores has shape {initial.shape}; the manifest has {n} samples")
+                raise ArgumentError(f"initial_scores has shape {initial.shape}; the manifest has {n} samples")
             self.scores[:] = initial
         self.weights = np.ones(n, dtype=np.float32)
         self._epoch: int | None = None  # epoch whose mask and weights are current

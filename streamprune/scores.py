@@ -1,7 +1,7 @@
 """The scores file: what a scoring pass computed, and how to turn it into masks again.
 
 One scoring pass (``streamprune score``) writes ``scores.json``; masks for any further ratio
-are derived from it (``streamprune mask --scores scores.json --ratio R``) without rescoring,
+are derived from it (``streamprune mask scores MANIFEST scores.json --ratio R``) without rescoring,
 and give exactly the masks the pass itself wrote, because the file stores an explicit
 ``ranking`` (most useful item first, ties already broken) next to the raw scores.
 

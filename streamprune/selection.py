@@ -12,7 +12,7 @@ models. Selectors live in a string-keyed registry::
         ...  # return kept item ids
 
 and are used by :func:`select` and :func:`mask_from_scores`
-(``streamprune score --selector NAME`` / ``streamprune mask --scores F --selector NAME``).
+(``streamprune score --selector NAME`` / ``streamprune mask scores MANIFEST F --selector NAME``).
 
 Registered here (``docs/methods.md`` sections 2 and 3; "budget" ``b = 1 - ratio`` is the
 fraction KEPT):
@@ -66,17 +66,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import MaskMismatchError
+from .errors import ArgumentError, MaskMismatchError
 from .manifest import ManifestLike, open_manifest
 from .masks import KeepMask, mask_from_bool, mask_from_classes
 from .ratios import check_ratio, kept_count, round_half_up
-from .registry import Registry
+from .registry import MethodOption, Registry, declare_options
 from .scores import ScoreFile
 
 __all__ = [
     "SelectionContext",
     "SelectorFn",
     "register_selector",
+    "selector_options",
     "get_selector",
     "selector_levels",
     "available_selectors",
@@ -117,20 +118,29 @@ SelectorFn = Callable[..., np.ndarray]
 SELECTORS: Registry[SelectorFn] = Registry("selector")
 
 
-def register_selector(name: str, levels: Sequence[str] = ("sample",)) -> Callable[[SelectorFn], SelectorFn]:
+def register_selector(
+    name: str, levels: Sequence[str] = ("sample",), options: Sequence[MethodOption] = ()
+) -> Callable[[SelectorFn], SelectorFn]:
     """Decorator registering ``fn(scores, ratio, ctx, **options) -> kept item ids``.
 
     Args:
         name: Registry key (what ``--selector`` takes).
         levels: Score levels (``class``, ``cluster``, ``sample``) the selector accepts.
+        options: The options users may set (each a keyword argument of ``fn``; its default is
+            read from the signature); ``mask scores`` and ``score`` build their flags from them.
 
     Returns:
         The decorator; it returns the function unchanged.
 
     Raises:
         ValueError: ``name`` is already registered to another function.
+        TypeError: An option is not a parameter of ``fn``.
     """
-    return SELECTORS.register(name, levels=tuple(levels))
+
+    def decorate(fn: SelectorFn) -> SelectorFn:
+        return SELECTORS.register(name, levels=tuple(levels), options=declare_options(fn, options))(fn)
+
+    return decorate
 
 
 def get_selector(name: str) -> SelectorFn:
@@ -141,6 +151,11 @@ def get_selector(name: str) -> SelectorFn:
 def selector_levels(name: str) -> tuple[str, ...]:
     """Score levels a registered selector accepts."""
     return SELECTORS.meta(name)["levels"]
+
+
+def selector_options(name: str) -> tuple[MethodOption, ...]:
+    """The user-settable options a registered selector declares."""
+    return SELECTORS.meta(name)["options"]
 
 
 def available_selectors() -> list[str]:
@@ -178,15 +193,15 @@ def select(
     levels = selector_levels(selector)
     where = scores.path or "scores"
     if scores.level not in levels:
-        raise ValueError(f"{where}: selector {selector!r} takes {'/'.join(levels)}-level scores, these are {scores.level!r}-level")
+        raise ArgumentError(f"{where}: selector {selector!r} takes {'/'.join(levels)}-level scores, these are {scores.level!r}-level")
     try:
         inspect.signature(fn).bind(scores, ratio, None, **options)
     except TypeError:
-        raise ValueError(f"selector {selector!r} does not take option(s) {sorted(options)}") from None
+        raise ArgumentError(f"selector {selector!r} does not take option(s) {sorted(options)}") from None
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
         if scores.level == "sample" and len(labels) != scores.num_items:
-            raise ValueError(f"{where}: {len(labels)} labels for {scores.num_items} sample scores")
+            raise ArgumentError(f"{where}: {len(labels)} labels for {scores.num_items} sample scores")
     ctx = SelectionContext(
         labels=labels,
         seed=int(seed if seed is not None else (scores.seed if scores.seed is not None else 0)),
@@ -234,7 +249,7 @@ def difficulty(scores: ScoreFile, ctx: SelectionContext, selector: str) -> np.nd
         return np.asarray(scores.scores, dtype=np.float64)
     if ctx.harder == "lower":
         return -np.asarray(scores.scores, dtype=np.float64)
-    raise ValueError(
+    raise ArgumentError(
         f"{scores.path or 'scores'}: selector {selector!r} splits easy from hard samples, but method "
         f"{scores.method!r} is not a hardness score (harder=null); use a hardness score such as dlc or grand, "
         "or a selector that needs none (top, random, class-balanced-random)"
@@ -245,7 +260,7 @@ def _classes(ctx: SelectionContext, n: int) -> list[np.ndarray]:
     """Sample ids of each class, classes in ascending label order (unlabelled: one class)."""
     labels = np.full(n, -1, dtype=np.int64) if ctx.labels is None else np.asarray(ctx.labels, dtype=np.int64)
     if len(labels) != n:
-        raise ValueError(f"{len(labels)} labels for {n} sample scores")
+        raise ArgumentError(f"{len(labels)} labels for {n} sample scores")
     order = np.argsort(labels, kind="stable")
     values, starts = np.unique(labels[order], return_index=True)
     return [np.sort(g) for g in np.split(order, starts[1:])] if len(values) else []
@@ -384,7 +399,7 @@ def flexrand_shares(gamma: float, budget: float) -> tuple[float, float]:
     return budget - h, h
 
 
-@register_selector("flexrand")
+@register_selector("flexrand", options=(MethodOption("gamma", float, "easy fraction of each class"),))
 def flexrand(scores: ScoreFile, ratio: float, ctx: SelectionContext, gamma: float = 0.5) -> np.ndarray:
     """FlexRand (Jiang et al. 2025): per class, random draws from an easy and a hard group.
 
@@ -403,7 +418,7 @@ def flexrand(scores: ScoreFile, ratio: float, ctx: SelectionContext, gamma: floa
     """
     gamma = float(gamma)
     if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"selector 'flexrand': gamma={gamma} must be in [0, 1] (the easy fraction of each class)")
+        raise ArgumentError(f"selector 'flexrand': gamma={gamma} must be in [0, 1] (the easy fraction of each class)")
     d = difficulty(scores, ctx, "flexrand")
     e_share, _ = flexrand_shares(gamma, 1.0 - ratio)
 
@@ -502,7 +517,11 @@ def ccs_beta(budget: float) -> float:
     return round(min(beta, max(0.0, 1.0 - b)), 6)
 
 
-@register_selector("ccs")
+@register_selector("ccs", options=(
+    MethodOption("beta", float, "fraction of ALL samples dropped first, the hardest",
+                 default_help="0 when keeping >= 50%, rising to 0.3 at 10% kept"),
+    MethodOption("strata", int, "number of equal-width score strata"),
+))
 def ccs(scores: ScoreFile, ratio: float, ctx: SelectionContext, beta: float | None = None, strata: int = 50) -> np.ndarray:
     """Coverage-centric selection (Zheng et al., ICLR 2023) over the whole set.
 
@@ -523,9 +542,9 @@ def ccs(scores: ScoreFile, ratio: float, ctx: SelectionContext, beta: float | No
     """
     beta = ccs_beta(1.0 - ratio) if beta is None else float(beta)
     if not 0.0 <= beta < 1.0:
-        raise ValueError(f"selector 'ccs': beta={beta} must be in [0, 1) (the hardest fraction dropped)")
+        raise ArgumentError(f"selector 'ccs': beta={beta} must be in [0, 1) (the hardest fraction dropped)")
     if int(strata) != strata or int(strata) < 1:
-        raise ValueError(f"selector 'ccs': strata={strata} must be a whole number >= 1")
+        raise ArgumentError(f"selector 'ccs': strata={strata} must be a whole number >= 1")
     strata = int(strata)
     d = difficulty(scores, ctx, "ccs")
     n = scores.num_items
@@ -533,7 +552,7 @@ def ccs(scores: ScoreFile, ratio: float, ctx: SelectionContext, beta: float | No
     ordered = _easy_first(d, np.arange(n, dtype=np.int64))
     candidates = ordered[: n - round_half_up(n * beta)]
     if len(candidates) < budget:
-        raise ValueError(
+        raise ArgumentError(
             f"selector 'ccs': beta={beta:g} drops the hardest {n - len(candidates)} of {n} samples, leaving "
             f"{len(candidates)}, fewer than the {budget} to keep at ratio {ratio:g}; lower beta"
         )
@@ -587,7 +606,7 @@ def select_classes_from_scores(scores: ScoreFile, ratio: float) -> list[int]:
         ValueError: The scores are not class-level.
     """
     if scores.level != "class":
-        raise ValueError(f"{scores.path or 'scores'}: level is {scores.level!r}, not 'class'")
+        raise ArgumentError(f"{scores.path or 'scores'}: level is {scores.level!r}, not 'class'")
     return select_items(scores, ratio).tolist()
 
 

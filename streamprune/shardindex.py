@@ -17,6 +17,8 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
+from .errors import UnknownNameError
+
 try:
     import xxhash
 except ImportError:  # a declared dependency; without it indexes fall back to zlib's CRC-32
@@ -71,13 +73,13 @@ def checksum_hasher(algorithm: str) -> Callable[[], SampleHasher]:
     """The hasher factory for an algorithm named in an index.
 
     Raises:
-        KeyError: The algorithm is unknown here (for ``xxh3_64``: ``xxhash`` is not installed).
+        UnknownNameError: The algorithm is unknown here (for ``xxh3_64``: ``xxhash`` is not installed).
     """
     try:
         return CHECKSUM_ALGORITHMS[algorithm]
     except KeyError:
         hint = " (pip install xxhash)" if algorithm.startswith("xxh") else ""
-        raise KeyError(f"checksum algorithm {algorithm!r} is not available{hint}; known: {sorted(CHECKSUM_ALGORITHMS)}") from None
+        raise UnknownNameError(f"checksum algorithm {algorithm!r} is not available{hint}; known: {sorted(CHECKSUM_ALGORITHMS)}") from None
 
 
 def sample_checksum(parts: Iterable[bytes | memoryview], algorithm: str = DEFAULT_CHECKSUM) -> int:

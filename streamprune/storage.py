@@ -47,12 +47,13 @@ from typing import Any, Callable, Iterator
 
 from . import rangeclient
 from .atomic import atomic_write_bytes
-from .errors import IndexMismatchError, StreamPruneError, redact
+from .errors import IndexMismatchError, StorageError, redact
 from .optional import MissingExtraError, require_extra
 
 __all__ = [
     "REMOTE_INSTALL_HINT",
     "RemoteError",
+    "LocalReadError",
     "ObjectChangedError",
     "RetryPolicy",
     "StorageObject",
@@ -90,7 +91,7 @@ PRECONDITION_FAILED = 412
 IF_MATCH_SCHEMES = frozenset({"http", "https", "s3", "s3a"})
 
 
-class RemoteError(StreamPruneError, OSError):
+class RemoteError(StorageError):
     """A remote read or write failed for good: names the URL, byte range and last status."""
 
     def __init__(self, message: str, url: str = "", start: int | None = None, end: int | None = None, status: Any = None):
@@ -99,6 +100,21 @@ class RemoteError(StreamPruneError, OSError):
         self.start = start
         self.end = end
         self.status = status
+
+
+class LocalReadError(StorageError):
+    """A local file is shorter than a read asked for (truncated after it was indexed, or the
+    index is another file's): names the path and the byte range.
+
+    Attributes:
+        url: The file's path.
+        start: First byte asked for.
+        end: One past the last byte asked for.
+    """
+
+    def __init__(self, message: str, url: str = "", start: int | None = None, end: int | None = None):
+        super().__init__(message)
+        self.url, self.start, self.end = url, start, end
 
 
 class ObjectChangedError(RemoteError, IndexMismatchError):
@@ -379,7 +395,7 @@ class LocalObject(StorageObject):
     def read(self, start: int, end: int) -> bytes:
         data = os.pread(self.fd, end - start, start)
         if len(data) != end - start:
-            raise RemoteError(f"{self.url}: bytes {start}-{end}: read {len(data)} of {end - start} (file shorter)",
+            raise LocalReadError(f"{self.url}: bytes {start}-{end}: read {len(data)} of {end - start} (file shorter)",
                               url=self.url, start=start, end=end)
         return data
 

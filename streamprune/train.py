@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .decode import DecoderLike, as_decoder, image_key
-from .errors import StreamPruneError
+from .errors import ArgumentError, StreamPruneError
 from .infer import infer
 from .manifest import ManifestLike, open_manifest
 from .masks import MaskLike
@@ -83,7 +83,7 @@ def make_optimizer(name: str, params: Any, lr: float, weight_decay: float) -> to
         return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer={name!r}: must be one of {sorted(OPTIMIZERS)}")
+    raise ArgumentError(f"optimizer={name!r}: must be one of {sorted(OPTIMIZERS)}")
 
 
 def make_schedule(opt: torch.optim.Optimizer, peak: float, total_steps: int, kind: str = "onecycle") -> torch.optim.lr_scheduler.LRScheduler:
@@ -108,7 +108,7 @@ def make_schedule(opt: torch.optim.Optimizer, peak: float, total_steps: int, kin
         )
     if kind == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
-    raise ValueError(f"schedule={kind!r}: must be one of {list(SCHEDULES)}")
+    raise ArgumentError(f"schedule={kind!r}: must be one of {list(SCHEDULES)}")
 
 
 @dataclass(frozen=True)
@@ -413,13 +413,13 @@ def train_surrogate(
         StreamPruneError: Unlabelled dataset, an empty mask, or no image member.
     """
     if epochs < 1:
-        raise ValueError(f"epochs={epochs}: must be at least 1")
+        raise ArgumentError(f"epochs={epochs}: must be at least 1")
     if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps={max_steps}: must be at least 1")
+        raise ArgumentError(f"max_steps={max_steps}: must be at least 1")
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be at least 1")
+        raise ArgumentError(f"batch_size={batch_size}: must be at least 1")
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r}: must be one of {sorted(OPTIMIZERS)}")
+        raise ArgumentError(f"optimizer={optimizer!r}: must be one of {sorted(OPTIMIZERS)}")
     m = open_manifest(manifest)
     if m.label_ext is None:
         raise StreamPruneError(f"{m.path}: dataset has no labels; a surrogate classifier needs them")

@@ -82,7 +82,7 @@ def test_shard_class_sorted_layout_and_a_layout_of_the_other_format(tmp_path, np
     labels = Manifest.load(tmp_path / "out").labels().tolist()
     assert labels == sorted(labels) and len(set(labels)) == 3
     result = _run("shard", npz_path, tmp_path / "bad", "--layout", "page-aware", "--quiet")
-    assert result.exit_code == 2 and "page-aware is a layout for .beton files" in result.output
+    assert result.exit_code == 1 and "layout='page-aware' is a layout for .beton files" in result.output
     assert not (tmp_path / "bad" / "manifest.json").exists()
 
 
@@ -146,7 +146,7 @@ def _sharded(tmp_path, npz_path=None):
 def test_mask_random_class_level_and_inspect_json(tmp_path):
     manifest_path = _sharded(tmp_path)
     mask_path = tmp_path / "m.spmask"
-    output = _ok(_run("mask", manifest_path, "--random", "--ratio", "0.6", "--level", "class", "--seed", "1", "--out", mask_path))
+    output = _ok(_run("mask", "random", manifest_path, "--ratio", "0.6", "--level", "class", "--seed", "1", "--out", mask_path))
     mf = MaskFile(mask_path)
     manifest = Manifest.load(manifest_path)
     labels = manifest.labels()
@@ -176,26 +176,66 @@ def test_mask_random_class_level_and_inspect_json(tmp_path):
 
 def test_mask_by_classes_and_keys_then_inspect_table(tmp_path):
     manifest_path = _sharded(tmp_path)
-    _ok(_run("mask", manifest_path, "--classes", "0,3", "--out", tmp_path / "c.spmask"))  # no --ratio needed
+    _ok(_run("mask", "classes", manifest_path, "0,3", "--out", tmp_path / "c.spmask"))  # no --ratio needed
     assert MaskFile(tmp_path / "c.spmask").kept == 16
     assert MaskFile(tmp_path / "c.spmask").provenance["kept_classes"] == [0, 3]
     keys = Manifest.load(manifest_path).keys()[:7]
     (tmp_path / "keys.txt").write_text("\n".join(keys) + "\n")
-    _ok(_run("mask", manifest_path, "--keys", tmp_path / "keys.txt", "--out", tmp_path / "k.spmask"))
+    _ok(_run("mask", "keys", manifest_path, tmp_path / "keys.txt", "--out", tmp_path / "k.spmask"))
     assert MaskFile(tmp_path / "k.spmask").kept == 7
     table = _ok(_run("inspect", manifest_path, "--mask", tmp_path / "k.spmask"))
     assert "7 kept of 40" in table
 
 
+def test_the_old_mask_flags_are_deprecated_aliases_of_the_subcommands(tmp_path, caplog):
+    from streamprune.scores import ScoreFile
+
+    manifest_path = _sharded(tmp_path)
+    manifest = Manifest.load(manifest_path)
+    keys = manifest.keys()
+    (tmp_path / "keys.txt").write_text("\n".join(keys[:7]) + "\n")
+    scores = ScoreFile(method="test", level="sample", scores=np.arange(40.0), ranking=np.arange(40)[::-1].copy(), harder="higher",
+                       manifest_fingerprint=manifest.fingerprint)
+    scores_path = scores.save(tmp_path / "scores.json")
+    _ok(_run("mask", "random", manifest_path, "--ratio", "0.5", "--out", tmp_path / "a.spmask"))
+    _ok(_run("mask", "random", manifest_path, "--ratio", "0.25", "--seed", "2", "--out", tmp_path / "b.spmask"))
+    pairs = [  # (subcommand form, old flag form, the subcommand the warning names)
+        (["random", manifest_path, "--ratio", "0.5", "--level", "class", "--seed", "4"],
+         [manifest_path, "--random", "--ratio", "0.5", "--level", "class", "--seed", "4"], "random"),
+        (["scores", manifest_path, scores_path, "--ratio", "0.3", "--selector", "ccs", "--strata", "4"],
+         [manifest_path, "--scores", scores_path, "--ratio", "0.3", "--selector", "ccs", "--strata", "4"], "scores"),
+        (["keys", manifest_path, tmp_path / "keys.txt"], [manifest_path, "--keys", tmp_path / "keys.txt"], "keys"),
+        (["keys", manifest_path, tmp_path / "keys.txt", "--drop"], [manifest_path, "--keys-drop", tmp_path / "keys.txt"], "keys"),
+        (["classes", manifest_path, "1,4"], [manifest_path, "--classes", "1,4"], "classes"),
+        (["combine", manifest_path, "minus", tmp_path / "a.spmask", tmp_path / "b.spmask"],
+         [manifest_path, "--minus", tmp_path / "a.spmask", tmp_path / "b.spmask"], "combine"),
+    ]
+    for k, (new, old, name) in enumerate(pairs):
+        caplog.clear()
+        new_out, old_out = _ok(_run("mask", *new, "--out", tmp_path / f"new{k}.spmask")), _ok(_run("mask", *old, "--out", tmp_path / f"old{k}.spmask"))
+        assert new_out.replace(f"new{k}", f"old{k}") == old_out
+        assert np.array_equal(MaskFile(tmp_path / f"new{k}.spmask").to_bool(), MaskFile(tmp_path / f"old{k}.spmask").to_bool())
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warned) == 1 and "is deprecated" in warned[0] and f"use `streamprune mask {name} MANIFEST ...`" in warned[0], warned
+    assert MaskFile(tmp_path / "new1.spmask").provenance["selector_options"] == {"strata": 4}
+    # an option the chosen selector does not declare is refused, naming it
+    result = _run("mask", "scores", manifest_path, scores_path, "--ratio", "0.3", "--gamma", "0.2", "--out", tmp_path / "x.spmask")
+    assert result.exit_code == 2 and "--gamma is not an option of --selector top (its options: none)" in result.output
+    # without an old kind flag, a first word that is no subcommand is a typo, not an old-form manifest
+    result = _run("mask", "randm", manifest_path, "--ratio", "0.5", "--out", tmp_path / "x.spmask")
+    assert result.exit_code == 2 and "No such command 'randm'" in result.output
+
+
 def test_mask_ratio_one_fails_with_one_line_error(tmp_path):
     manifest_path = _sharded(tmp_path)
-    result = _run("mask", manifest_path, "--random", "--ratio", "1.0", "--out", tmp_path / "m.spmask")
+    result = _run("mask", "random", manifest_path, "--ratio", "1.0", "--out", tmp_path / "m.spmask")
     _fails_cleanly(result, "--ratio", "[0, 1)")
     assert not (tmp_path / "m.spmask").exists()
 
 
-def test_mask_needs_exactly_one_method_and_random_needs_ratio(tmp_path):
+def test_mask_random_needs_ratio_and_the_old_flag_form_needs_exactly_one_method(tmp_path):
     manifest_path = _sharded(tmp_path)
+    _fails_cleanly(_run("mask", "random", manifest_path, "--out", tmp_path / "m.spmask"), "--ratio")
     _fails_cleanly(_run("mask", manifest_path, "--random", "--out", tmp_path / "m.spmask"), "--ratio")
     _fails_cleanly(
         _run("mask", manifest_path, "--random", "--ratio", "0.5", "--classes", "1", "--out", tmp_path / "m.spmask"),
@@ -207,7 +247,7 @@ def test_mask_needs_exactly_one_method_and_random_needs_ratio(tmp_path):
 def test_mask_unknown_key_fails_cleanly(tmp_path):
     manifest_path = _sharded(tmp_path)
     (tmp_path / "keys.txt").write_text("nope\n")
-    result = _run("mask", manifest_path, "--keys", tmp_path / "keys.txt", "--out", tmp_path / "m.spmask")
+    result = _run("mask", "keys", manifest_path, tmp_path / "keys.txt", "--out", tmp_path / "m.spmask")
     _fails_cleanly(result, "nope")
 
 
@@ -236,7 +276,7 @@ def test_index_gzip_shard_fails_saying_to_decompress(tmp_path, tarwriter_shards)
 
 def test_inspect_mask_of_other_dataset_fails_cleanly(tmp_path):
     manifest_path = _sharded(tmp_path)
-    _ok(_run("mask", manifest_path, "--random", "--ratio", "0.5", "--out", tmp_path / "m.spmask"))
+    _ok(_run("mask", "random", manifest_path, "--ratio", "0.5", "--out", tmp_path / "m.spmask"))
     other = tmp_path / "other"
     other.mkdir()
     _ok(_run("shard", tmp_path / "ds.npz", other / "data", "--samples-per-shard", "20", "--quiet"))
@@ -298,7 +338,7 @@ def test_shard_into_another_dataset_refuses_overwrite_replaces_and_resume_says_w
     out = tmp_path / "out"
     _ok(_run("shard", npz_path, out, "--samples-per-shard", "3", "--quiet"))  # 6 shards
     mask = tmp_path / "m.spmask"
-    _ok(_run("mask", out, "--random", "--ratio", "0.5", "--out", mask))
+    _ok(_run("mask", "random", out, "--ratio", "0.5", "--out", mask))
     error = _fails_cleanly(_run("shard", npz_path, out, "--samples-per-shard", "9", "--quiet"),
                            f"{out}: already holds another dataset: {out / 'manifest.json'} (6 shards, 18 samples)", "--overwrite")
     assert "--resume" in error
@@ -358,14 +398,24 @@ def test_help_texts_read_right():
     score_help = _help("score")
     assert "--clusters INTEGER fm/semdedup/ssp: number of k-means clusters K [default: fm 1000; semdedup N / 1000, at least 1; " \
            "ssp the number of classes]." in score_help
-    mask_help = _help("mask")
-    assert "--selector TEXT How the --scores become a mask: " in mask_help and "With --scores: How" not in mask_help
+    # the selectors' options come from their declarations, as the methods' do
+    assert "--gamma FLOAT flexrand: easy fraction of each class [default: 0.5]." in score_help
+    assert "--strata INTEGER ccs: number of equal-width score strata [default: 50]." in score_help
+    mask_help = _help("mask", "scores")
+    assert "--selector TEXT How the SCORES become a mask: " in mask_help and "With --scores: How" not in mask_help
+    assert "--beta FLOAT ccs: fraction of ALL samples dropped first, the hardest [default: 0 when keeping >= 50%, rising to 0.3 " \
+           "at 10% kept]." in mask_help
+    group_help = _help("mask")
+    for sub in ("random", "scores", "keys", "classes", "combine"):
+        assert f" {sub} " in group_help
+    assert "is deprecated" in group_help
 
 
 def test_ratio_errors_name_the_flag_that_was_typed(tmp_path):
     manifest_path = _sharded(tmp_path)
     for command in (("score", manifest_path, "--method", "random-classes", "--ratio", "0.5,1.2", "--out", tmp_path / "s"),
-                    ("mask", manifest_path, "--random", "--ratio", "1.2", "--out", tmp_path / "m.spmask")):
+                    ("mask", "random", manifest_path, "--ratio", "1.2", "--out", tmp_path / "m.spmask"),
+                    ("mask", manifest_path, "--random", "--ratio", "1.2", "--out", tmp_path / "m.spmask")):  # the old form too
         error = _fails_cleanly(_run(*command), "--ratio=1.2: must be in [0, 1)")
         assert "--ratios" not in error
 

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import storage
-from ..errors import IndexMismatchError, StreamPruneError
+from ..errors import ArgumentError, IndexMismatchError, StreamPruneError
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import MaskLike, as_mask, translate_mask
 from ..optional import require_ffcv
@@ -132,7 +132,7 @@ def _order_option(order: Any, distributed: bool):
     elif isinstance(order, str):
         name = order.strip().lower().replace("-", "_")
         if name not in ORDERS:
-            raise ValueError(f"order={order!r}: must be one of {', '.join(ORDERS)} or an ffcv OrderOption")
+            raise ArgumentError(f"order={order!r}: must be one of {', '.join(ORDERS)} or an ffcv OrderOption")
         option = OrderOption[name.upper()]
     else:
         return order  # a custom ffcv TraversalOrder class: FFCV checks it
@@ -234,9 +234,9 @@ def pruned_ffcv_loader(
     if len(indices) == 0:
         raise StreamPruneError(f"{path}: the mask keeps no samples of this file")
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: must be at least 1")
+        raise ArgumentError(f"batch_size={batch_size}: must be at least 1")
     if not readahead and not os_cache:
-        raise ValueError("readahead=False applies to os_cache=True (FFCV's memory map); with os_cache=False FFCV reads whole pages")
+        raise ArgumentError("readahead=False applies to os_cache=True (FFCV's memory map); with os_cache=False FFCV reads whole pages")
     loader = Loader(
         path,
         batch_size=batch_size,

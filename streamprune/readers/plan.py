@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ArgumentError
+
 __all__ = [
     "Segment",
     "EpochPlan",
@@ -82,7 +84,7 @@ def rank_sizes(kept_total: int, world_size: int, uneven: str) -> int:
         return kept_total // world_size
     if uneven == "pad":
         return -(-kept_total // world_size)
-    raise ValueError(f"uneven={uneven!r}: must be 'drop' or 'pad'")
+    raise ArgumentError(f"uneven={uneven!r}: must be 'drop' or 'pad'")
 
 
 def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -146,9 +148,9 @@ def plan_epoch(
         The plan.
     """
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank={rank} is outside 0..{world_size - 1}")
+        raise ArgumentError(f"rank={rank} is outside 0..{world_size - 1}")
     if not 0 <= worker < num_workers:
-        raise ValueError(f"worker={worker} is outside 0..{num_workers - 1}")
+        raise ArgumentError(f"worker={worker} is outside 0..{num_workers - 1}")
     kept_counts = np.asarray(kept_counts, dtype=np.int64)
     order = shard_order(len(kept_counts), seed, epoch, shuffle)
     counts = kept_counts[order]
@@ -270,7 +272,7 @@ def remainder_after(
         ValueError: ``consumed`` has the wrong shape or a count beyond its slice.
     """
     if len(consumed) != world_size or any(len(row) != num_workers for row in consumed):
-        raise ValueError(f"consumed must be {world_size} ranks x {num_workers} workers")
+        raise ArgumentError(f"consumed must be {world_size} ranks x {num_workers} workers")
     n = _length(sequence)
     per_rank = rank_sizes(n, world_size, uneven) if n else 0
     kept_len = min(n, per_rank * world_size)
@@ -279,7 +281,7 @@ def remainder_after(
         for worker, count in enumerate(row):
             lo, hi = slice_bounds(per_rank, rank, worker, num_workers)
             if not 0 <= count <= hi - lo:
-                raise ValueError(f"rank {rank} worker {worker}: consumed {count} of a {hi - lo}-sample slice")
+                raise ArgumentError(f"rank {rank} worker {worker}: consumed {count} of a {hi - lo}-sample slice")
             seen += take_positions(sequence, lo, lo + count)
     return _subtract(take_positions(sequence, 0, kept_len), seen)
 
@@ -291,7 +293,7 @@ def _plan_remainder(
     total = int(counts.sum())
     remainder = [(int(b), int(e)) for b, e in remainder if e > b]
     if any(b < 0 or e > total for b, e in remainder):
-        raise ValueError(f"remainder {remainder[:4]}... is outside the epoch's {total} positions")
+        raise ArgumentError(f"remainder {remainder[:4]}... is outside the epoch's {total} positions")
     n = _length(remainder)
     per_rank = rank_sizes(n, world_size, uneven) if n else 0
     lo, hi = slice_bounds(per_rank, rank, worker, num_workers)

@@ -27,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from .. import storage
-from ..errors import MaskMismatchError, StreamPruneError
+from ..errors import ArgumentError, MaskMismatchError, StreamPruneError
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, kept_counts, open_mask
 from .byterange import READAHEAD_BYTES, ReadAhead, ShardFile, read_runs, run_spans
@@ -156,7 +156,7 @@ class PrunedSource(ResumableSource, IterableDataset):
         self.rank = auto_rank if rank is None else rank
         self.world_size = auto_world if world_size is None else world_size
         if uneven not in ("pad", "drop"):
-            raise ValueError(f"uneven={uneven!r}: must be 'pad' or 'drop'")
+            raise ArgumentError(f"uneven={uneven!r}: must be 'pad' or 'drop'")
         self.shuffle = shuffle
         self.seed = seed
         self.uneven = uneven

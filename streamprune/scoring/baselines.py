@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import StreamPruneError
+from ..errors import ArgumentError, StreamPruneError
 from ..gradnorms import GRAD_STRATEGIES, per_sample_grad_norms, resolve_grad_strategy
 from ..infer import eval_batches
 from ..models import cpu_threads_beside_workers, resolve_device
@@ -68,7 +68,7 @@ def random_classes(request: ScoreRequest) -> ScoreFile:
     src = request.source
     c = src.num_classes
     if c < 1:
-        raise ValueError(f"{src.path}: method 'random-classes' needs a labelled source")
+        raise ArgumentError(f"{src.path}: method 'random-classes' needs a labelled source")
     scores = np.random.default_rng(request.seed).random(c)
     return ScoreFile(
         method="random-classes", level="class", higher_is="keep", score_name="uniform", scores=scores,
@@ -125,11 +125,11 @@ def moderate_scores(store: Any, labels: np.ndarray, chunk_rows: int = 65536, ban
         ValueError: Wrong number of labels or unknown ``band``.
     """
     if band not in ("global", "class"):
-        raise ValueError(f"band={band!r}: must be 'global' (the reference code) or 'class'")
+        raise ArgumentError(f"band={band!r}: must be 'global' (the reference code) or 'class'")
     labels = np.asarray(labels, dtype=np.int64)
     n = store.num_samples
     if len(labels) != n:
-        raise ValueError(f"{len(labels)} labels for {n} feature rows")
+        raise ArgumentError(f"{len(labels)} labels for {n} feature rows")
     groups: dict[int, list[np.ndarray]] = {}
     rows: dict[int, list[np.ndarray]] = {}
     for start, chunk in store.iter_chunks(chunk_rows):
@@ -192,7 +192,7 @@ def moderate(request: ScoreRequest, band: str = "global", feature_dir: str | Non
     """
     src = request.source
     if band not in ("global", "class"):
-        raise ValueError(f"band={band!r}: must be 'global' (the reference code) or 'class'")
+        raise ArgumentError(f"band={band!r}: must be 'global' (the reference code) or 'class'")
     root = feature_root(request, feature_dir)
     store, info = surrogate_features(request, src, root, desc="moderate: source")
     labels = src.labels() if src.label_ext is not None else np.full(src.num_samples, -1, dtype=np.int64)

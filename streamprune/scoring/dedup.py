@@ -25,7 +25,7 @@ with the largest ``M``, and the mask at ``ratio = params.ratio_at_eps`` is exact
 deduplication (every duplicate, nothing else: duplicates rank last because their ``M`` is
 larger than every non-duplicate's). ``extra.duplicate`` (1/0 at ``eps``), ``extra.cluster`` and
 ``extra.distance_to_centroid`` are stored; :func:`mask_from_duplicates` (``streamprune mask
---scores F --duplicates``) keeps the non-duplicates.
+scores MANIFEST F --duplicates``) keeps the non-duplicates.
 
 **Exact deduplication** (``exact-dedup``): samples are exact duplicates when they have the same
 member extensions in the same order and byte-identical member data. Candidates are the
@@ -46,7 +46,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import StreamPruneError
+from ..errors import ArgumentError, StreamPruneError
 from ..keys import read_member_data
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import KeepMask, mask_from_bool
@@ -160,7 +160,7 @@ def semdedup_arrays(
         ValueError: ``eps`` outside ``[0, 2]`` or a bad ``clusters``.
     """
     if not 0.0 <= eps <= 2.0:
-        raise ValueError(f"eps={eps}: must be in [0, 2] (duplicates have cosine similarity > 1 - eps)")
+        raise ArgumentError(f"eps={eps}: must be in [0, 2] (duplicates have cosine similarity > 1 - eps)")
     store = NormalisedStore(ArrayStore(features) if isinstance(features, np.ndarray) else features)
     n = store.num_samples
     km = kmeans(store, clusters, iters=kmeans_iters, seed=seed, chunk_rows=chunk_rows, init_sample=init_sample, progress=progress)
@@ -379,7 +379,7 @@ def mask_from_duplicates(manifest: ManifestLike, scores: ScoreFile) -> KeepMask:
     manifest = open_manifest(manifest)
     scores.check(manifest)
     if "duplicate" not in scores.extra or scores.level != "sample":
-        raise ValueError(f"{scores.path or 'scores'}: method {scores.method!r} records no per-sample duplicate flags "
+        raise ArgumentError(f"{scores.path or 'scores'}: method {scores.method!r} records no per-sample duplicate flags "
                          "(use semdedup or exact-dedup scores)")
     return mask_from_bool(
         manifest, scores.extra["duplicate"] == 0, method=scores.method, selector="duplicates",

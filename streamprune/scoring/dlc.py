@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import StreamPruneError
+from ..errors import ArgumentError, StreamPruneError
 from ..infer import eval_batches
 from ..manifest import Manifest
 from ..models import (
@@ -128,13 +128,13 @@ def level_counts(total: int, levels: int, schedule: str = "geometric", step: flo
         ValueError: Bad ``levels``, ``schedule`` or ``step``.
     """
     if int(levels) != levels or int(levels) < 1:
-        raise ValueError(f"dlc: levels={levels} must be a whole number >= 1")
+        raise ArgumentError(f"dlc: levels={levels} must be a whole number >= 1")
     levels = int(levels)
     if schedule not in SCHEDULES:
-        raise ValueError(f"dlc: schedule={schedule!r} must be one of {', '.join(SCHEDULES)}")
+        raise ArgumentError(f"dlc: schedule={schedule!r} must be one of {', '.join(SCHEDULES)}")
     step = float(step)
     if not 0.0 < step < 1.0:
-        raise ValueError(f"dlc: step={step} must be in (0, 1) (the fraction masked per level)")
+        raise ArgumentError(f"dlc: step={step} must be in (0, 1) (the fraction masked per level)")
     counts = [0]
     if schedule == "geometric":
         remaining = int(total)
@@ -143,7 +143,7 @@ def level_counts(total: int, levels: int, schedule: str = "geometric", step: flo
             counts.append(int(total) - remaining)
     else:
         if (levels - 1) * step > 1.0 + 1e-9:
-            raise ValueError(f"dlc: linear schedule with levels={levels} and step={step} would exceed 100% sparsity")
+            raise ArgumentError(f"dlc: linear schedule with levels={levels} and step={step} would exceed 100% sparsity")
         counts += [min(int(total), round(k * step * total)) for k in range(1, levels)]
     return counts
 
@@ -166,9 +166,9 @@ def removal_levels(
         ValueError: Unknown ``mask``, or more levels than ``int16`` holds.
     """
     if mask not in MASKS:
-        raise ValueError(f"dlc: mask={mask!r} must be one of {', '.join(MASKS)}")
+        raise ArgumentError(f"dlc: mask={mask!r} must be one of {', '.join(MASKS)}")
     if len(counts) >= 2**15:
-        raise ValueError(f"dlc: {len(counts)} levels is too many (at most {2**15 - 1})")
+        raise ArgumentError(f"dlc: {len(counts)} levels is too many (at most {2**15 - 1})")
     flat = torch.cat([w.detach().reshape(-1).float().cpu() for w in weights])
     total = flat.numel()
     if mask == "l1":
@@ -212,7 +212,7 @@ def prunable_weights(model: nn.Module, layers: str = "auto") -> tuple[list[tuple
         ValueError: Unknown ``layers``, or no prunable weight.
     """
     if layers not in LAYERS:
-        raise ValueError(f"dlc: layers={layers!r} must be one of {', '.join(LAYERS)}")
+        raise ArgumentError(f"dlc: layers={layers!r} must be one of {', '.join(LAYERS)}")
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
     if layers == "auto":
         layers = "linear" if _is_transformer(model) or not convs else "conv"
@@ -241,7 +241,7 @@ def prunable_weights(model: nn.Module, layers: str = "auto") -> tuple[list[tuple
             seen.add(id(p))
             unique.append((n, p))
     if not unique:
-        raise ValueError(f"dlc: {type(model).__name__} has no {layers} weights to mask (layers={layers!r})")
+        raise ArgumentError(f"dlc: {type(model).__name__} has no {layers} weights to mask (layers={layers!r})")
     return unique, layers
 
 
@@ -258,7 +258,7 @@ class Embedder:
         from torchvision.models import VisionTransformer
 
         if pool not in POOLS:
-            raise ValueError(f"dlc: pool={pool!r} must be one of {', '.join(POOLS)}")
+            raise ArgumentError(f"dlc: pool={pool!r} must be one of {', '.join(POOLS)}")
         self.model, self.pool = model, pool
         self.vit = isinstance(model, VisionTransformer)
         self.tokens = self.vit
@@ -281,7 +281,7 @@ class Embedder:
         finally:
             handle.remove()
         if not captured:
-            raise ValueError(f"{type(self.model).__name__}: the classifier head was not called in forward()")
+            raise ArgumentError(f"{type(self.model).__name__}: the classifier head was not called in forward()")
         f = captured[-1]
         if self.vit:
             return self._pool_tokens(f, skip_cls=True)
@@ -384,7 +384,7 @@ def dlc_scores(
     """
     t_start = time.perf_counter()
     if not float(eps) > 0:
-        raise ValueError(f"dlc: eps={eps} must be > 0")
+        raise ArgumentError(f"dlc: eps={eps} must be > 0")
     m = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
     labels = np.asarray(m.labels(), dtype=np.int64)
     if m.label_ext is None or (labels < 0).any():
@@ -548,7 +548,7 @@ def dlc(
         StreamPruneError: Unlabelled samples, or an unreadable checkpoint.
     """
     if not request.surrogate:
-        raise ValueError("method 'dlc' needs a pretrained backbone (--surrogate ARCH_OR_ENTRYPOINT, --checkpoint)")
+        raise ArgumentError("method 'dlc' needs a pretrained backbone (--surrogate ARCH_OR_ENTRYPOINT, --checkpoint)")
     src = request.source
     level_counts(1000, levels, schedule, step)  # bad options fail before any model is built
     start = time.perf_counter()

@@ -48,7 +48,7 @@ from .. import models
 from ..atomic import atomic_write_json, temp_name
 from ..decode import resolve_decoder
 from ..engine import Engine, make_engine
-from ..errors import StreamPruneError
+from ..errors import ArgumentError, StreamPruneError
 from ..infer import eval_batches
 from ..manifest import Manifest, open_manifest
 from ..masks import mask_from_bool
@@ -172,7 +172,7 @@ def _to_numpy(out: Any) -> np.ndarray:
         out = out.detach().float().cpu().numpy()
     arr = np.asarray(out)
     if arr.ndim != 2:
-        raise ValueError(f"embed function returned shape {arr.shape}; expected [batch, dim]")
+        raise ArgumentError(f"embed function returned shape {arr.shape}; expected [batch, dim]")
     return arr
 
 
@@ -271,7 +271,7 @@ def embed_manifest(
                 if dim is None:
                     dim = int(feats.shape[1])
                 elif feats.shape[1] != dim:
-                    raise ValueError(f"embed function returned dim {feats.shape[1]}, earlier {dim}")
+                    raise ArgumentError(f"embed function returned dim {feats.shape[1]}, earlier {dim}")
                 shard_ids = np.searchsorted(offsets, pos, side="right") - 1
                 for k in np.unique(shard_ids).tolist():
                     if k not in open_arrays:
@@ -379,7 +379,7 @@ def embed_shard(state: tuple[ShardEmbedder, EmbedFn], k: int) -> dict[str, Any]:
                 if arr is None:
                     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(entry.samples, feats.shape[1]))
                 elif feats.shape[1] != arr.shape[1]:
-                    raise ValueError(f"embed function returned dim {feats.shape[1]}, earlier {arr.shape[1]}")
+                    raise ArgumentError(f"embed function returned dim {feats.shape[1]}, earlier {arr.shape[1]}")
                 arr[pos] = feats.astype(np.float16)
                 filled += len(pos)
         if arr is None or filled != entry.samples:
@@ -417,7 +417,7 @@ def feature_root(request: ScoreRequest, feature_dir: str | os.PathLike | None) -
         return os.fspath(feature_dir)
     out_dir = getattr(request, "out_dir", None)
     if not out_dir:
-        raise ValueError("feature mapping needs a directory for its feature cache (feature_dir=, or run through score_source / --out)")
+        raise ArgumentError("feature mapping needs a directory for its feature cache (feature_dir=, or run through score_source / --out)")
     return os.path.join(os.fspath(out_dir), "features")
 
 
@@ -513,13 +513,13 @@ class ArrayStore(ChunkSource):
     def __init__(self, x: np.ndarray) -> None:
         self.x = np.asarray(x)
         if self.x.ndim != 2:
-            raise ValueError(f"features must be [N, D], got shape {self.x.shape}")
+            raise ArgumentError(f"features must be [N, D], got shape {self.x.shape}")
         self.num_samples, self.dim = int(self.x.shape[0]), int(self.x.shape[1])
 
     def iter_chunks(self, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start row, float32 chunk)`` of at most ``chunk_rows`` rows."""
         if chunk_rows < 1:
-            raise ValueError(f"chunk_rows={chunk_rows}: must be at least 1")
+            raise ArgumentError(f"chunk_rows={chunk_rows}: must be at least 1")
         for start in range(0, self.num_samples, chunk_rows):
             chunk = np.asarray(self.x[start : start + chunk_rows], dtype=np.float32)
             self.record_chunk(len(chunk))
@@ -582,7 +582,7 @@ class FeatureStore(ChunkSource):
             chunk_rows: Largest chunk (chunks never span two shards).
         """
         if chunk_rows < 1:
-            raise ValueError(f"chunk_rows={chunk_rows}: must be at least 1")
+            raise ArgumentError(f"chunk_rows={chunk_rows}: must be at least 1")
         for k in range(len(self.paths)):
             arr = self.shard(k)
             for lo in range(0, arr.shape[0], chunk_rows):

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ArgumentError
 from ..kernels import kmeans_accumulate, nearest_centroid, vote_histogram
 from ..scores import ScoreFile, rank_items
 from .features import ChunkSource, feature_root, surrogate_features
@@ -218,9 +219,9 @@ def fm(
         ValueError: No target, no surrogate, bad K, or no labels for ``fm_over_classes``.
     """
     if request.target is None:
-        raise ValueError("method 'fm' needs a target dataset (--target)")
+        raise ArgumentError("method 'fm' needs a target dataset (--target)")
     if not fm_over_classes and clusters < 1:
-        raise ValueError(f"clusters={clusters}: must be at least 1")
+        raise ArgumentError(f"clusters={clusters}: must be at least 1")
     source = request.source
     root = feature_root(request, feature_dir)
     t0 = time.perf_counter()
@@ -235,7 +236,7 @@ def fm(
     if fm_over_classes:
         labels = source.labels()
         if source.label_ext is None or not len(labels) or labels.max() < 0:
-            raise ValueError(f"{source.path}: fm_over_classes needs source labels; the dataset has none")
+            raise ArgumentError(f"{source.path}: fm_over_classes needs source labels; the dataset has none")
         means, counts = class_means(store, labels, source.num_classes, chunk_rows)
         out = fm_class_scores(
             means, counts, target, list(source.classes) or [str(c) for c in range(source.num_classes)], source.fingerprint,

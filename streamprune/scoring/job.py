@@ -2,7 +2,7 @@
 
 Methods compute scores only; they never write masks. :func:`score_source` saves the scores
 file and derives the masks with :func:`streamprune.selection.mask_from_scores`, the same call
-``streamprune mask --scores`` makes, so a mask made later from the scores file is the mask the
+``streamprune mask scores`` makes, so a mask made later from the scores file is the mask the
 pass wrote.
 """
 
@@ -15,6 +15,7 @@ import time
 from typing import Any, Iterable, Sequence
 
 from ..engine import Engine, make_engine
+from ..errors import ArgumentError
 from ..manifest import MANIFEST_NAME, Manifest
 from ..ratios import check_ratio
 from ..selection import get_selector, mask_from_scores
@@ -135,10 +136,10 @@ def score_source(
     try:
         inspect.signature(fn).bind(None, **options)
     except TypeError:
-        raise ValueError(f"method {method!r} does not take option(s) {sorted(options)}") from None
+        raise ArgumentError(f"method {method!r} does not take option(s) {sorted(options)}") from None
     ratios = [check_ratio(r, "ratio") for r in ratios]
     if not ratios:
-        raise ValueError("give at least one ratio")
+        raise ArgumentError("give at least one ratio")
     runner = None if engine is None and ray_address is None else make_engine(engine or "ray", address=ray_address)
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -179,7 +180,7 @@ def score_source(
         try:
             mask = mask_from_scores(src, scores, ratio, selector, seed=seed, **selector_options)
         except ValueError as exc:
-            raise ValueError(f"{exc}; the scores are saved in {scores_path} (streamprune mask --scores)") from None
+            raise ArgumentError(f"{exc}; the scores are saved in {scores_path} (streamprune mask scores)") from None
         stem = method if selector == "top" else f"{method}-{selector}"
         masks[ratio] = mask.save(os.path.join(out_dir, f"{stem}-{ratio:g}.spmask"))
         kept[ratio] = list(mask.provenance.get("kept_classes") or mask.provenance.get("kept_clusters") or [])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import ArgumentError
 from ..kernels import kmeans_accumulate, nearest_centroid
 from .features import ArrayStore, ChunkSource
 from .registry import MethodOption
@@ -87,7 +88,7 @@ def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndar
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
     if n < k:
-        raise ValueError(f"k-means++ needs at least k={k} points, got {n}")
+        raise ArgumentError(f"k-means++ needs at least k={k} points, got {n}")
     chosen = np.empty(k, dtype=np.int64)
     chosen[0] = rng.integers(n)
     x_sq = np.einsum("ij,ij->i", x, x)
@@ -165,10 +166,10 @@ def _initial_centroids(
     if not isinstance(init, str):
         centroids = np.array(init, dtype=np.float32)
         if centroids.shape != (k, dim):
-            raise ValueError(f"init has shape {centroids.shape}; expected ({k}, {dim})")
+            raise ArgumentError(f"init has shape {centroids.shape}; expected ({k}, {dim})")
         return centroids, None
     if init != "k-means++":
-        raise ValueError(f"init={init!r}: must be 'k-means++' or a [k, D] array")
+        raise ArgumentError(f"init={init!r}: must be 'k-means++' or a [k, D] array")
     used = int(min(n, max(50 * k, 10000) if init_sample is None else max(k, init_sample)))
     # sorted rows keep the subsample's reads sequential through the per-shard cache
     rows = np.sort(rng.choice(n, size=used, replace=False)) if used < n else np.arange(n)
@@ -241,7 +242,7 @@ def kmeans(
         store = ArrayStore(store)
     n = store.num_samples
     if not 1 <= k <= n:
-        raise ValueError(f"clusters={k}: must be between 1 and the number of samples ({n})")
+        raise ArgumentError(f"clusters={k}: must be between 1 and the number of samples ({n})")
     centroids, used_sample = _initial_centroids(store, k, init, init_sample, np.random.default_rng(seed))
     threshold = tol * mean_feature_variance(store, chunk_rows)
     it = 0

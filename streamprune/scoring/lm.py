@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from ..errors import ArgumentError
 from ..infer import infer
 from ..kernels import vote_histogram
 from ..scores import ScoreFile, rank_items
@@ -58,7 +59,7 @@ def label_mapping(logits: np.ndarray, num_classes: int, soft_vote: bool = False)
     """
     logits = np.asarray(logits)
     if logits.ndim != 2 or logits.shape[1] != num_classes:
-        raise ValueError(f"logits have shape {logits.shape}; expected [N, {num_classes}]")
+        raise ArgumentError(f"logits have shape {logits.shape}; expected [N, {num_classes}]")
     top1 = logits.argmax(axis=1)  # ties go to the lower class id
     votes = vote_histogram(top1, num_classes)
     softmax_sum = softmax(logits).sum(axis=0) if len(logits) else np.zeros(num_classes)
@@ -121,7 +122,7 @@ def lm(request: ScoreRequest, soft_vote: bool = False) -> ScoreFile:
         StreamPruneError: The surrogate checkpoint is for other classes.
     """
     if request.target is None:
-        raise ValueError("method 'lm' needs a target dataset (--target)")
+        raise ArgumentError("method 'lm' needs a target dataset (--target)")
     source = request.source
     model, surrogate = request.build_surrogate()
     start = time.perf_counter()

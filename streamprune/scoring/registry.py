@@ -16,12 +16,9 @@ the CLI.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-from ..registry import Registry
+from ..registry import MethodOption, Registry, declare_options
 from ..scores import ScoreFile
 
 __all__ = [
@@ -39,42 +36,6 @@ ScoreFn = Callable[..., ScoreFile]
 
 #: Every registered scoring method, by name.
 SCORES: Registry[ScoreFn] = Registry("scoring method")
-
-
-@dataclass(frozen=True)
-class MethodOption:
-    """One option of a scoring method that users may set.
-
-    Attributes:
-        name: Keyword argument of the method.
-        type: ``int``, ``float``, ``str`` or ``bool`` (a flag).
-        help: What the option does (without the default).
-        flag: Command-line flag without the dashes; default: ``name`` with dashes.
-        choices: Allowed values, for string options.
-        default: Filled in from the method's signature when it is registered.
-        default_help: How to describe the default when it is computed (``None`` in the signature).
-    """
-
-    name: str
-    type: type
-    help: str
-    flag: str | None = None
-    choices: tuple[str, ...] | None = None
-    default: Any = None
-    default_help: str | None = None
-
-    @property
-    def cli_flag(self) -> str:
-        """The command-line flag, with its dashes (``--kmeans-iters``)."""
-        return "--" + (self.flag or self.name.replace("_", "-"))
-
-    def describe_default(self) -> str | None:
-        """The default in words, for help texts (``None`` when there is nothing to say)."""
-        if self.default_help:
-            return self.default_help
-        if self.type is bool:
-            return None if not self.default else "on"
-        return None if self.default is None else str(self.default)
 
 
 def register_score(
@@ -97,15 +58,7 @@ def register_score(
     """
 
     def decorate(fn: ScoreFn) -> ScoreFn:
-        params = inspect.signature(fn).parameters
-        resolved = []
-        for option in options:
-            param = params.get(option.name)
-            if param is None:
-                raise TypeError(f"{fn.__module__}.{fn.__qualname__} declares option {option.name!r} but takes no such argument")
-            default = None if param.default is inspect.Parameter.empty else param.default
-            resolved.append(dataclasses.replace(option, default=default))
-        return SCORES.register(name, options=tuple(resolved), default_selector=default_selector)(fn)
+        return SCORES.register(name, options=declare_options(fn, options), default_selector=default_selector)(fn)
 
     return decorate
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..errors import StreamPruneError
+from ..errors import ArgumentError, StreamPruneError
 from ..manifest import Manifest
 from ..models import DEFAULT_INPUT_SIZE, build_surrogate, checkpoint_info
 
@@ -64,7 +64,7 @@ class ScoreRequest:
             StreamPruneError: The checkpoint was trained on other classes.
         """
         if not self.surrogate:
-            raise ValueError("this scoring method needs a surrogate (--surrogate ARCH_OR_ENTRYPOINT)")
+            raise ArgumentError("this scoring method needs a surrogate (--surrogate ARCH_OR_ENTRYPOINT)")
         info = checkpoint_info(self.checkpoint)
         classes = info.pop("classes", None)
         if classes and self.source.classes and list(classes) != list(self.source.classes):

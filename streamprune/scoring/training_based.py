@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..dynamics import Dynamics, load_dynamics
-from ..errors import StreamPruneError
+from ..errors import ArgumentError, StreamPruneError
 from ..kernels import nearest_centroid
 from ..scores import ScoreFile, rank_items
 from .features import ArrayStore, ChunkSource, feature_root, surrogate_features
@@ -121,7 +121,7 @@ def aum_scores(margin: np.ndarray) -> np.ndarray:
 
 def _open(request: ScoreRequest, method: str, dynamics_dir: str | os.PathLike | None) -> Dynamics:
     if not dynamics_dir:
-        raise ValueError(
+        raise ArgumentError(
             f"method {method!r} needs recorded training dynamics: record them with `streamprune dynamics MANIFEST "
             f"--model ARCH --epochs E --out DIR`, then pass --dynamics DIR (dynamics_dir=DIR)"
         )
@@ -332,7 +332,7 @@ def prototype_distances(store: Any, centroids: np.ndarray, distance: str = "eucl
         ValueError: Unknown ``distance``.
     """
     if distance not in ("euclidean", "cosine"):
-        raise ValueError(f"distance={distance!r}: must be 'euclidean' or 'cosine'")
+        raise ArgumentError(f"distance={distance!r}: must be 'euclidean' or 'cosine'")
     if isinstance(store, np.ndarray):
         store = ArrayStore(store)
     c = np.asarray(centroids, dtype=np.float32)
@@ -386,13 +386,13 @@ def ssp(
         ValueError: No surrogate, bad ``keep``/``distance``, or no K for an unlabelled source.
     """
     if keep not in ("hard", "easy"):
-        raise ValueError(f"keep={keep!r}: must be 'hard' (far from prototypes first) or 'easy'")
+        raise ArgumentError(f"keep={keep!r}: must be 'hard' (far from prototypes first) or 'easy'")
     if distance not in ("euclidean", "cosine"):
-        raise ValueError(f"distance={distance!r}: must be 'euclidean' or 'cosine'")
+        raise ArgumentError(f"distance={distance!r}: must be 'euclidean' or 'cosine'")
     src = request.source
     k = clusters if clusters is not None else src.num_classes
     if not k or k < 1:
-        raise ValueError(f"{src.path}: method 'ssp' needs the number of prototypes (--clusters K); the source has no classes")
+        raise ArgumentError(f"{src.path}: method 'ssp' needs the number of prototypes (--clusters K); the source has no classes")
     root = feature_root(request, feature_dir)
     t0 = time.perf_counter()
     store, info = surrogate_features(request, src, root, desc="ssp: source")

@@ -8,6 +8,8 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from ..errors import ArgumentError
+
 __all__ = ["Sample", "Source", "ListSource", "encode_image"]
 
 Sample = tuple[str, dict[str, bytes], "int | None"]
@@ -62,7 +64,7 @@ def encode_image(array: np.ndarray, fmt: str = "jpg", quality: int = 95) -> byte
     """
     array = np.asarray(array)
     if array.dtype != np.uint8:
-        raise ValueError(f"image array has dtype {array.dtype}; expected uint8")
+        raise ArgumentError(f"image array has dtype {array.dtype}; expected uint8")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     image = Image.fromarray(array)
@@ -74,5 +76,5 @@ def encode_image(array: np.ndarray, fmt: str = "jpg", quality: int = 95) -> byte
     elif fmt == "png":
         image.save(buf, format="PNG")
     else:
-        raise ValueError(f"image format {fmt!r}: must be 'jpg' or 'png'")
+        raise ArgumentError(f"image format {fmt!r}: must be 'jpg' or 'png'")
     return buf.getvalue()

@@ -33,9 +33,10 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from .. import storage
 from ..atomic import file_sha256, temp_name
 from ..betonindex import index_beton, save_beton_index
-from ..errors import StreamPruneError
+from ..errors import ArgumentError, StreamPruneError, redact
 from ..indexfile import INDEX_SUFFIX
 from ..manifest import Manifest, build_manifest
 from ..optional import require_ffcv
@@ -331,29 +332,34 @@ def write_beton(
 
     Raises:
         MissingExtraError: FFCV is not installed.
-        ValueError: Bad argument.
+        ArgumentError: Bad argument, or ``out_dir`` is a URL (FFCV memory-maps its files:
+            they are written to, and read from, local disk only).
         OutputExistsError: ``out_dir`` holds another dataset and ``overwrite`` is off.
         StreamPruneError: Bad source or sample, or a file failed verification.
     """
+    if storage.is_remote(out_dir):
+        raise ArgumentError(f"{redact(os.fspath(out_dir))}: FFCV .beton files are written to local disk only (FFCV memory-maps them)")
+    if layout == "class-sorted":
+        raise ArgumentError("layout='class-sorted' is a layout for tar shards; .beton files take 'page-aware'")
     ffcv = require_ffcv("writing .beton files")
     from ffcv.fields import IntField, RGBImageField  # optional extra, checked by require_ffcv above
 
     if write_mode not in WRITE_MODES:
-        raise ValueError(f"write_mode={write_mode!r}: must be one of {', '.join(WRITE_MODES)}")
+        raise ArgumentError(f"write_mode={write_mode!r}: must be one of {', '.join(WRITE_MODES)}")
     if keep_jpeg and write_mode != "jpg":
-        raise ValueError(f"keep_jpeg=True needs write_mode='jpg', not {write_mode!r}")
+        raise ArgumentError(f"keep_jpeg=True needs write_mode='jpg', not {write_mode!r}")
     if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r}: must be one of {', '.join(LAYOUTS)}")
+        raise ArgumentError(f"layout={layout!r}: must be one of {', '.join(LAYOUTS)}")
     if samples_per_file is not None and samples_per_file < 1:
-        raise ValueError(f"samples_per_file={samples_per_file}: must be at least 1")
+        raise ArgumentError(f"samples_per_file={samples_per_file}: must be at least 1")
     if workers < 1:
-        raise ValueError(f"workers={workers}: must be at least 1")
+        raise ArgumentError(f"workers={workers}: must be at least 1")
     if max_resolution is not None and max_resolution < 1:
-        raise ValueError(f"max_resolution={max_resolution}: must be at least 1")
+        raise ArgumentError(f"max_resolution={max_resolution}: must be at least 1")
     if not 1 <= int(quality) <= 100:
-        raise ValueError(f"quality={quality}: must be in 1..100")
+        raise ArgumentError(f"quality={quality}: must be in 1..100")
     if page_size < (1 << 21) or page_size & (page_size - 1):
-        raise ValueError(f"page_size={page_size}: must be a power of two >= 2 MiB")
+        raise ArgumentError(f"page_size={page_size}: must be a power of two >= 2 MiB")
     source = open_writer_source(src, split, image_format, quality, class_names)
     n = len(source)
     out_dir = start_output_dir(out_dir, beton_name(0).replace("000000", "*"), overwrite=overwrite)

@@ -9,7 +9,7 @@ import os
 from typing import Iterable, Sequence
 
 from ..atomic import remove_stale_temps
-from ..errors import ManifestError, OutputExistsError, StreamPruneError
+from ..errors import ManifestError, OutputExistsError, StorageError, StreamPruneError
 from ..indexfile import INDEX_SUFFIX, companion_path
 from ..manifest import MANIFEST_NAME, Manifest
 from ..sources import Sample, Source, open_source
@@ -89,9 +89,13 @@ def start_output_dir(
 
     Raises:
         OutputExistsError: ``out_dir`` holds another dataset and ``overwrite`` is off.
+        StorageError: ``out_dir`` cannot be created (a file in the way, no permission).
     """
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission: name the directory the user gave
+        raise StorageError(f"{out_dir}: cannot create the output directory ({exc.strerror or exc})") from exc
     own = (shard_pattern, shard_pattern + INDEX_SUFFIX, companion_path(shard_pattern + INDEX_SUFFIX), MANIFEST_NAME)
     for path in remove_stale_temps(out_dir, own):
         log.info("removed %s, left by a run that did not finish", path)

@@ -20,7 +20,7 @@ import threading
 from typing import Any
 
 from .. import storage
-from ..errors import ManifestError, OutputExistsError, redact
+from ..errors import ArgumentError, ManifestError, OutputExistsError, redact
 from ..indexfile import INDEX_SUFFIX, companion_path
 from ..manifest import MANIFEST_NAME, Manifest
 from ..shardindex import ShardIndex
@@ -61,7 +61,7 @@ class ShardUploader:
         delete_uploaded: bool = False,
     ) -> None:
         if threads < 1:
-            raise ValueError(f"upload threads={threads}: must be at least 1")
+            raise ArgumentError(f"upload threads={threads}: must be at least 1")
         self.local_dir = local_dir
         self.url = url
         self.storage_options = storage_options

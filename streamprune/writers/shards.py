@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import file_sha256
 from ..engine import Engine, make_engine, recorded_options, same_options
-from ..errors import ManifestError, StreamPruneError
+from ..errors import ArgumentError, ManifestError, StreamPruneError
 from ..indexfile import INDEX_SUFFIX, load_index, save_index
 from ..manifest import Manifest, build_manifest
 from ..shardindex import ShardIndex
@@ -161,18 +161,20 @@ def write_shards(
         The saved manifest.
 
     Raises:
-        ValueError: Bad argument.
+        ArgumentError: Bad argument (also a ``ValueError``).
         OutputExistsError: ``out_dir`` holds another dataset and ``overwrite`` is off.
         StreamPruneError: Bad source, or a shard failed verification.
     """
     if samples_per_shard < 1:
-        raise ValueError(f"samples_per_shard={samples_per_shard}: must be at least 1")
+        raise ArgumentError(f"samples_per_shard={samples_per_shard}: must be at least 1")
     if workers < 1:
-        raise ValueError(f"workers={workers}: must be at least 1")
+        raise ArgumentError(f"workers={workers}: must be at least 1")
+    if layout == "page-aware":
+        raise ArgumentError("layout='page-aware' is a layout for .beton files; tar shards take 'class-sorted'")
+    if layout not in TAR_LAYOUTS:
+        raise ArgumentError(f"layout={layout!r}: must be one of {', '.join(TAR_LAYOUTS)}")
     source = open_writer_source(src, split, image_format, quality, class_names)
     n = len(source)
-    if layout not in TAR_LAYOUTS:
-        raise ValueError(f"layout={layout!r}: must be one of {', '.join(TAR_LAYOUTS)}")
     labels = np.asarray([key_label(source, i)[1] for i in range(n)]) if layout == "class-sorted" else None
     order = sample_order(n, shuffle, seed, labels)
     chunks = [order[i : i + samples_per_shard] for i in range(0, n, samples_per_shard)]

@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from ..atomic import file_sha256, temp_name
-from ..errors import DuplicateKeyError, LabelError, StreamPruneError
+from ..errors import ArgumentError, DuplicateKeyError, LabelError, StreamPruneError
 from ..shardindex import DEFAULT_CHECKSUM, ShardIndex, checksum_hasher
 from ..tarindex import BLOCK, index_tar, parse_label
 
@@ -111,7 +111,7 @@ class TarShardWriter:
             DuplicateKeyError: ``key`` was already written to this shard.
         """
         if not key or "." in key.rsplit("/", 1)[-1] or key.startswith("__"):
-            raise ValueError(f"sample key {key!r}: keys must be non-empty, have no '.' in the last path part, and not start with '__'")
+            raise ArgumentError(f"sample key {key!r}: keys must be non-empty, have no '.' in the last path part, and not start with '__'")
         if key in self._seen:
             raise DuplicateKeyError(f"{self.path}: sample key {key!r} written twice")
         items = {ext.lower(): bytes(data) for ext, data in files.items()}
@@ -127,13 +127,13 @@ class TarShardWriter:
             items[self.label_ext] = str(int(label)).encode()
         self._seen.add(key)
         if not items:
-            raise ValueError(f"sample {key!r} has no files")
+            raise ArgumentError(f"sample {key!r} has no files")
         start = self._pos
         group: list[tuple[str, int, int]] = []
         h = self._hasher() if self._hasher is not None else None
         for ext in sorted(items):
             if not ext or "/" in ext:
-                raise ValueError(f"sample {key!r}: bad extension {ext!r}")
+                raise ArgumentError(f"sample {key!r}: bad extension {ext!r}")
             data = items[ext]
             name = f"{key}.{ext}".encode("utf-8")
             if len(name) > 100:
