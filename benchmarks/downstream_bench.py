@@ -119,8 +119,8 @@ import numpy as np
 
 from streamprune import Manifest
 
-from . import common
-from .suite import Suite, Target
+from . import mdtable, provenance, resultsfile, stats
+from .suite import Suite, Target, arg_parser
 
 log = logging.getLogger("downstream_bench")
 
@@ -317,11 +317,11 @@ def timing_summary(rounds: Sequence[dict], el2n_epochs: int) -> dict:
     """
     times = pruning_times(rounds, el2n_epochs)
     dlc = times["dlc-flexrand"]
-    seconds = {k: {"median": common.median(v), "runs": [round(x, 3) for x in v]} for k, v in times.items()}
+    seconds = {k: {"median": stats.median(v), "runs": [round(x, 3) for x in v]} for k, v in times.items()}
     ratios = {}
     for k, v in times.items():
         paired = [x / d for x, d in zip(v, dlc) if d > 0]
-        ratios[k] = {"median": common.median(paired), "runs": [round(x, 4) for x in paired]}
+        ratios[k] = {"median": stats.median(paired), "runs": [round(x, 4) for x in paired]}
     return {"seconds": seconds, "ratio_to_dlc": ratios}
 
 
@@ -338,7 +338,7 @@ def cost_model(timing: dict, rounds: Sequence[dict], levels: int, epochs: int, n
     Returns:
         A dict of forwards, seconds per epoch, break-even and 20x epochs.
     """
-    per_epoch = common.median([s for r in rounds for s in r["dynamics"]["seconds_per_epoch"]])
+    per_epoch = stats.median([s for r in rounds for s in r["dynamics"]["seconds_per_epoch"]])
     dlc_s = timing["seconds"]["dlc-flexrand"]["median"]
     return {
         "dlc_eval_forwards": (levels + 1) * n,
@@ -433,7 +433,7 @@ def report_markdown(results: dict) -> str:
             means.append(f"{statistics.fmean(vals):.2f}" if vals else "-")
         means += [f"{diffs['mean']:+.2f}", f"{diffs_cb['mean']:+.2f}"]
         rows.append(means)
-        lines.append(common.markdown_table(headers, rows))
+        lines.append(mdtable.markdown_table(headers, rows))
         full = summary[ds].get(FULL, {}).get("1")
         if full:
             lines.append("")
@@ -462,7 +462,7 @@ def report_markdown(results: dict) -> str:
                 r = timing[ds]["ratio_to_dlc"].get(m)
                 row += [f"{s['median']:.2f}" if s else "-", f"{r['median']:.3g}x" if r else "-"]
             rows.append(row)
-        lines.append(common.markdown_table(headers, rows))
+        lines.append(mdtable.markdown_table(headers, rows))
         lines.append("")
         cm_rows = []
         for ds in ds_names:
@@ -476,7 +476,7 @@ def report_markdown(results: dict) -> str:
             lines.append("Cost model: DLC's eval forwards vs the recording's forward+backward passes; break-even = recording "
                          "epochs at which a training-based method costs as much as DLC.")
             lines.append("")
-            lines.append(common.markdown_table(
+            lines.append(mdtable.markdown_table(
                 ["dataset", "DLC forwards", "recording fwd+bwd", "s / recording epoch", "break-even epochs", "epochs for 20x"], cm_rows
             ))
             lines.append("")
@@ -485,7 +485,7 @@ def report_markdown(results: dict) -> str:
         lines.append("Spearman correlations between the scores of the last timing round:")
         lines.append("")
         names = [n for n in CORRELATIONS if any(n in c for c in corr.values())]
-        lines.append(common.markdown_table(["dataset", *names],
+        lines.append(mdtable.markdown_table(["dataset", *names],
                                            [[datasets.get(ds, {}).get("label", ds), *(f"{c[n]:.2f}" if n in c else "-" for n in names)]
                                             for ds, c in corr.items()]))
         lines.append("")
@@ -589,7 +589,7 @@ def _cached(directory: str, params: dict) -> bool:
 
 
 def _mark(directory: str, params: dict, **extra: Any) -> None:
-    common.write_json(os.path.join(directory, "bench_meta.json"), {"params": params, **extra})
+    resultsfile.write_json(os.path.join(directory, "bench_meta.json"), {"params": params, **extra})
 
 
 def pretrain_backbone(data_dir: str, cfg: dict, progress: bool) -> dict:
@@ -876,9 +876,9 @@ def run(cfg: dict, out_dir: str, progress: bool) -> dict:
     loads.append({"phase": "backbone ready", "load": _load()})
     results: dict[str, Any] = {
         "benchmark": "downstream_bench",
-        "command": common.command_line(),
+        "command": provenance.command_line(),
         "quick": cfg["quick"],
-        "machine": common.machine_info(),
+        "machine": provenance.machine_info(),
         "started": started.isoformat(timespec="seconds"),
         "config": {k: v for k, v in cfg.items() if k != "data_dir"},
         "backbone": {"arch": ARCH, "widths": [16, 32, 64, 128], "input_size": INPUT_SIZE, **{k: v for k, v in backbone.items() if k != "shards"}},
@@ -977,7 +977,7 @@ def config(args: argparse.Namespace) -> dict:
     seeds = list(range(args.seeds if args.seeds else (2 if args.quick else 3)))
     return {
         "quick": bool(args.quick),
-        "data_dir": os.path.abspath(args.data_dir or os.path.join(common.DEFAULT_DATA, "downstream")),
+        "data_dir": os.path.abspath(args.data_dir or os.path.join(resultsfile.DEFAULT_DATA, "downstream")),
         "budgets": budgets,
         "seeds": seeds,
         "datasets": datasets,
@@ -995,7 +995,7 @@ def config(args: argparse.Namespace) -> dict:
 
 def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure (or ``--resummarize``), write ``downstream_bench.json`` and the plot, print the tables; return the results."""
-    p = common.arg_parser("downstream", __doc__.splitlines()[0])
+    p = arg_parser("downstream", __doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny smoke run (< 3 min), results in results/quick/")
     p.add_argument("--budgets", help="comma-separated budgets = fractions KEPT (default 0.1,0.2,...,0.9)")
     p.add_argument("--datasets", help="comma-separated subset of fashion-test,digits")
@@ -1016,10 +1016,10 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
         out_json = args.resummarize
     else:
         cfg = config(args)
-        out_dir = args.out or (os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS)
+        out_dir = args.out or (os.path.join(resultsfile.DEFAULT_RESULTS, "quick") if args.quick else resultsfile.DEFAULT_RESULTS)
         results = finalize(run(cfg, out_dir, progress=not args.quiet))
         out_json = os.path.join(out_dir, "downstream_bench.json")
-    common.write_json(out_json, results)
+    resultsfile.write_json(out_json, results)
     png = plot(results, os.path.splitext(out_json)[0] + ".png")
     print(DownstreamSuite().markdown(results))
     print(f"wrote {out_json} and {png}")

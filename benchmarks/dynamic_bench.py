@@ -55,8 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from . import common
-from .suite import Suite, Target, targets_table
+from . import mdtable, provenance, resultsfile, stats
+from .suite import Suite, Target, arg_parser, targets_table
 
 __all__ = ["DynamicSuite", "report_markdown", "run_cli", "summarize"]
 
@@ -70,7 +70,7 @@ PIXEL_MEAN, PIXEL_STD = 0.286, 0.353  # Fashion-MNIST train pixels
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The suite's options (see the module docstring)."""
-    p = common.arg_parser("dynamic", __doc__.split("\n\n")[0])
+    p = arg_parser("dynamic", __doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=12000, help="class-balanced training subset (default 12000)")
     p.add_argument("--samples-per-shard", type=int, default=2000)
     p.add_argument("--test-samples", type=int, default=None, help="cap on test images (default: all 10,000)")
@@ -82,7 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--data-dir", default=os.path.join(common.DEFAULT_DATA, "dynamic"))
+    p.add_argument("--data-dir", default=os.path.join(resultsfile.DEFAULT_DATA, "dynamic"))
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true", help="3,000 samples, 4 epochs, 2 seeds -> results/quick/")
     p.add_argument("--no-plot", action="store_true")
@@ -92,7 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.samples, args.epochs, args.seeds, args.samples_per_shard = 3000, 4, "0,1", 1000
         args.test_samples = args.test_samples or 2000
     if args.out is None:
-        args.out = os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS
+        args.out = os.path.join(resultsfile.DEFAULT_RESULTS, "quick") if args.quick else resultsfile.DEFAULT_RESULTS
     args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
     return args
 
@@ -250,16 +250,16 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         out["configs"][c] = {
             "accuracy_mean": statistics.mean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
             "seconds_mean": statistics.mean(r["seconds"] for r in rs), "samples_mean": statistics.mean(r["samples"] for r in rs),
-            "time_ratio_median": common.median(ratios), "time_ratios": ratios,
+            "time_ratio_median": stats.median(ratios), "time_ratios": ratios,
             "accuracy_diff_mean": statistics.mean(diffs) if diffs else float("nan"), "accuracy_diffs": diffs,
         }
     full_epochs = [t for s in seeds if ("full", s) in by for t in by[("full", s)]["epoch_seconds"]]
     switches = [t for s in seeds if ("infobatch", s) in by for t in by[("infobatch", s)]["switch_seconds"]]
     sched = [t for s in seeds if ("infobatch", s) in by for t in by[("infobatch", s)]["schedule_seconds"]]
-    epoch = common.median(full_epochs)
+    epoch = stats.median(full_epochs)
     out["switch"] = {
-        "median_seconds": common.median(switches), "max_seconds": max(switches) if switches else float("nan"),
-        "schedule_median_seconds": common.median(sched), "full_epoch_median_seconds": epoch,
+        "median_seconds": stats.median(switches), "max_seconds": max(switches) if switches else float("nan"),
+        "schedule_median_seconds": stats.median(sched), "full_epoch_median_seconds": epoch,
         "max_fraction_of_epoch": (max(switches) / epoch) if switches else float("nan"),
     }
     return out
@@ -291,7 +291,7 @@ def report_markdown(results: dict[str, Any]) -> str:
             continue
         rows.append([c, f"{v['samples_mean']:.0f}", f"{v['seconds_mean']:.1f}", f"{v['time_ratio_median']:.3f}",
                      f"{v['accuracy_mean']:.2f} ± {v['accuracy_std']:.2f}", f"{v['accuracy_diff_mean']:+.2f}"])
-    table = common.markdown_table(
+    table = mdtable.markdown_table(
         ["config", "samples trained", "seconds", "time / full (median)", "test accuracy %", "vs full (points)"], rows, "lrrrrr"
     )
     sw = s["switch"]
@@ -359,7 +359,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary = summarize(runs)
     return {
         "suite": "dynamic", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": common.command_line(), "machine": common.machine_info(),
+        "command": provenance.command_line(), "machine": provenance.machine_info(),
         "config": {k: getattr(args, k) for k in ("samples", "samples_per_shard", "test_samples", "epochs", "batch_size", "lr",
                                                   "ratio", "delta", "workers", "threads")} | {"seeds": args.seed_list},
         "runs": runs, "summary": summary, "targets": evaluate_targets(summary),
@@ -373,7 +373,7 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     results = run(args)
     path = os.path.join(args.out, "dynamic_bench.json")
-    common.write_json(path, results)
+    resultsfile.write_json(path, results)
     if not args.no_plot:
         plot(results, os.path.join(args.out, "dynamic_bench.png"))
     print(report_markdown(results))

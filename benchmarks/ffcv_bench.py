@@ -40,7 +40,7 @@ Run:  python -m benchmarks ffcv            (full, ~10-15 min on 2 cores)
 
 ``run(BenchConfig(...))`` returns the rows as a dict; the FFCV helpers this suite shares with
 ``io_bench.py`` (``ffcv_pipelines``, ``run_epoch``, ``release_mmap``, ``page_stats``,
-``read_ahead_kb``) are in ``common.py``.
+``read_ahead_kb``) are in ``pagecache.py``.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ import numpy as np
 
 import streamprune as sp
 
-from . import common
-from .suite import Suite, Target
+from . import ffcvloop, jpegdata, mdtable, pagecache, provenance, resultsfile, stats
+from .suite import Suite, Target, arg_parser
 
 log = logging.getLogger("ffcv_bench")
 
@@ -80,8 +80,8 @@ ACCESS_LABELS = {
 class BenchConfig:
     """What to run (defaults: the full benchmark)."""
 
-    data_dir: str = os.path.join(common.DEFAULT_DATA, "ffcv_jpeg")
-    out_dir: str = common.DEFAULT_RESULTS
+    data_dir: str = os.path.join(resultsfile.DEFAULT_DATA, "ffcv_jpeg")
+    out_dir: str = resultsfile.DEFAULT_RESULTS
     samples: int = 5200
     classes: int = 10
     quality: int = 95
@@ -102,7 +102,7 @@ class BenchConfig:
 
 
 class BenchSource:
-    """``samples`` synthetic JPEGs (``common.make_jpeg``) over ``classes`` balanced classes."""
+    """``samples`` synthetic JPEGs (``jpegdata.make_jpeg``) over ``classes`` balanced classes."""
 
     def __init__(self, samples: int, classes: int, seed: int) -> None:
         self.samples = samples
@@ -118,7 +118,7 @@ class BenchSource:
 
     def __getitem__(self, i: int):
         key, label = self.key_label(i)
-        return key, {"jpg": common.make_jpeg(i, self.seed)}, label
+        return key, {"jpg": jpegdata.make_jpeg(i, self.seed)}, label
 
 
 def prepare_betons(cfg: BenchConfig) -> dict:
@@ -181,7 +181,7 @@ def run(cfg: BenchConfig) -> dict:
     masks = make_masks(base, cfg)
     paths = {layout: m.shard_path(0) for layout, m in manifests.items()}
     sizes = {layout: os.path.getsize(p) for layout, p in paths.items()}
-    checks = {"eviction": common.check_eviction([paths[cfg.layouts[0]]], sizes[cfg.layouts[0]])}
+    checks = {"eviction": pagecache.check_eviction([paths[cfg.layouts[0]]], sizes[cfg.layouts[0]])}
     log.info("eviction check: cold read %.2f of the file, warm %.4f -> %s",
              checks["eviction"]["cold_fraction"], checks["eviction"]["warm_read_bytes"] / sizes[cfg.layouts[0]],
              "ok" if checks["eviction"]["ok"] else "NOT OK")
@@ -193,7 +193,7 @@ def run(cfg: BenchConfig) -> dict:
             if layout == "page-aware" and level == "sample":
                 continue  # grouping by class cannot help a sample-level random mask
             keep = None if mask is None else sp.translate_mask(mask, manifest).keep
-            stats = common.page_stats(manifest, keep)
+            stats = ffcvloop.page_stats(manifest, keep)
             for access in dict.fromkeys(cfg.access_warm + cfg.access_cold):
                 os_cache, readahead = ACCESS[access]
                 configs.append({
@@ -208,12 +208,12 @@ def run(cfg: BenchConfig) -> dict:
     for i, c in enumerate(configs):
         loader = sp.pruned_ffcv_loader(
             manifests[c["layout"]], c["mask"], batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-            order=c["order"], os_cache=c["os_cache"], readahead=c["readahead"], pipelines=common.ffcv_pipelines(),
+            order=c["order"], os_cache=c["os_cache"], readahead=c["readahead"], pipelines=ffcvloop.ffcv_pipelines(),
             seed=cfg.seed, drop_last=False,
         )
-        common.warm([paths[c["layout"]]])
-        seconds, n, checksum = common.run_epoch(loader)
-        common.release_mmap(loader)
+        pagecache.warm([paths[c["layout"]]])
+        seconds, n, checksum = ffcvloop.run_epoch(loader)
+        ffcvloop.release_mmap(loader)
         labels = manifests[c["layout"]].labels()
         expected = labels if c["keep"] is None else labels[c["keep"]]
         if n != c["kept"] or checksum != int(expected.sum()):
@@ -231,25 +231,25 @@ def run(cfg: BenchConfig) -> dict:
                 c = configs[i]
                 path = paths[c["layout"]]
                 if cache == "warm":
-                    common.warm([path])
+                    pagecache.warm([path])
                 else:
-                    common.evict([path])
+                    pagecache.evict([path])
                 gc.collect()
-                rb0 = common.read_bytes()
-                seconds, n, _ = common.run_epoch(loaders[i])
-                read = common.read_bytes() - rb0
-                common.release_mmap(loaders[i])
+                rb0 = pagecache.read_bytes()
+                seconds, n, _ = ffcvloop.run_epoch(loaders[i])
+                read = pagecache.read_bytes() - rb0
+                ffcvloop.release_mmap(loaders[i])
                 runs.append({"round": rnd, "config": i, "cache": cache, "seconds": seconds, "samples": n, "read_bytes": read})
         log.info("round %d/%d done (%.0f s elapsed)", rnd + 1, cfg.repeats, time.perf_counter() - t_start)
 
     rows = summarize(configs, runs, sizes, cfg)
     targets = evaluate_targets(rows, cfg)
     meta = {
-        "command": common.command_line(),
+        "command": provenance.command_line(),
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("extra",)},
-        "machine": common.machine_info(),
-        "ffcv": common.package_versions(["ffcv", "numba", "opencv-python"]),
-        "read_ahead_kb": common.read_ahead_kb(paths[cfg.layouts[0]]),
+        "machine": provenance.machine_info(),
+        "ffcv": provenance.package_versions(["ffcv", "numba", "opencv-python"]),
+        "read_ahead_kb": pagecache.read_ahead_kb(paths[cfg.layouts[0]]),
         "files": {layout: {"path": paths[layout], "bytes": sizes[layout], "samples": manifests[layout].num_samples}
                   for layout in cfg.layouts},
         "seconds_total": time.perf_counter() - t_start,
@@ -273,10 +273,10 @@ def summarize(configs, runs, sizes, cfg: BenchConfig) -> list[dict]:
                 continue
             b = baseline[(c["layout"], c["access"])]
             speedups = [by[(b, cache, r["round"])]["seconds"] / r["seconds"] for r in mine if (b, cache, r["round"]) in by]
-            seconds = common.median([r["seconds"] for r in mine])
-            read = common.median([r["read_bytes"] for r in mine])
+            seconds = stats.median([r["seconds"] for r in mine])
+            read = stats.median([r["read_bytes"] for r in mine])
             ideal = 1.0 / (1.0 - c["ratio"])
-            speedup = common.median(speedups)
+            speedup = stats.median(speedups)
             rows.append({
                 "layout": c["layout"], "order": c["order"], "level": c["level"], "ratio": c["ratio"],
                 "access": c["access"], "os_cache": c["os_cache"], "readahead": c["readahead"],
@@ -335,7 +335,7 @@ def print_summary(result: dict) -> str:
             f"{r['ideal']:.2f}", f"{r['efficiency']:.2f}", f"{r['read_fraction']:.3f}",
             f"{r['pages_touched']}/{r['pages_total']}", f"{r['kept_data_fraction']:.3f}",
         ])
-    lines.append(common.markdown_table(headers, table, "llllllrrrrrrrrr"))
+    lines.append(mdtable.markdown_table(headers, table, "llllllrrrrrrrrr"))
     lines += ["", "targets:"]
     for t in map(Target.from_dict, result["targets"]):
         d = t.details
@@ -403,7 +403,7 @@ def plot(result: dict, path: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     """The suite's options (``python -m benchmarks ffcv --help``) as a :class:`BenchConfig`."""
-    p = common.arg_parser("ffcv", __doc__.split("\n\n")[0])
+    p = arg_parser("ffcv", __doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=None, help="where the .beton files live (default benchmarks/data/ffcv_jpeg)")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results, results/quick with --quick)")
     p.add_argument("--samples", type=int, default=5200, help="images (default 5200: ~330 MB as FFCV JPEG q95)")
@@ -421,8 +421,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
                       caches=tuple(x.strip() for x in a.caches.split(",") if x.strip()))
     if a.quick:
         cfg.samples, cfg.repeats, cfg.page_size = min(cfg.samples, 600), min(cfg.repeats, 2), 1 << 21
-        cfg.data_dir = os.path.join(common.DEFAULT_DATA, "ffcv_jpeg_quick")
-        cfg.out_dir = os.path.join(common.DEFAULT_RESULTS, "quick")
+        cfg.data_dir = os.path.join(resultsfile.DEFAULT_DATA, "ffcv_jpeg_quick")
+        cfg.out_dir = os.path.join(resultsfile.DEFAULT_RESULTS, "quick")
     if a.data_dir:
         cfg.data_dir = a.data_dir
     if a.out:
@@ -444,7 +444,7 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = run(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
     json_path = os.path.join(cfg.out_dir, "ffcv_bench.json")
-    common.write_json(json_path, result)
+    resultsfile.write_json(json_path, result)
     text = print_summary(result)
     sys.stdout.write(text + "\n")
     if cfg.plot:
@@ -456,7 +456,7 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def tables(results: dict[str, Any]) -> str:
     """Speed-up per (cache, layout, order, access, level) and ratio, and the cold read fractions."""
     rows_in = results["rows"]
-    ratios = [r for r in common.ratios_of(rows_in) if r > 0]
+    ratios = [r for r in mdtable.ratios_of(rows_in) if r > 0]
     groups: dict[tuple, dict[float, dict]] = {}
     for row in rows_in:
         key = (row["cache"], row["layout"], row["order"], row["access"])
@@ -472,12 +472,12 @@ def tables(results: dict[str, Any]) -> str:
         if level == "none" or not any(r in by_ratio for r in ratios):
             continue
         base = by_ratio.get(0.0, {})
-        cells = [cache, f"{layout}, {order}", access, level, common.fmt_num(base.get("samples_per_s"), 0)]
+        cells = [cache, f"{layout}, {order}", access, level, mdtable.fmt_num(base.get("samples_per_s"), 0)]
         cells += ["-" if r not in by_ratio else f"{by_ratio[r]['speedup_vs_r0']:.2f}" for r in ratios]
         cells.append(" / ".join(f"{by_ratio[r]['read_fraction']:.3f}" for r in ratios if r in by_ratio) if cache == "cold" else "-")
         rows.append(cells)
     return ("Epoch-time speed-up t(0)/t(r) (median of repeats); bytes read from storage / file size (cold).\n\n"
-            + common.markdown_table(headers, rows, "llll" + "r" * (len(headers) - 4)))
+            + mdtable.markdown_table(headers, rows, "llll" + "r" * (len(headers) - 4)))
 
 
 class FfcvSuite(Suite):

@@ -69,8 +69,8 @@ from streamprune.shardindex import ShardIndex
 from streamprune.tarindex import BLOCK, index_tar, iter_tar_members, walk_headers
 from streamprune.writers import write_shards
 
-from . import common
-from .suite import Suite, Target, targets_table
+from . import mdtable, provenance, resultsfile
+from .suite import Suite, Target, arg_parser, targets_table
 
 __all__ = [
     "OUTCOMES",
@@ -1032,7 +1032,7 @@ def make_targets(corpus: Corpus, names: Sequence[str] | None = None) -> dict[str
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The suite's options (``python -m benchmarks fuzz --help``)."""
-    p = common.arg_parser("fuzz", __doc__.split("\n\n")[0])
+    p = arg_parser("fuzz", __doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=180.0, help="time budget over all targets (default 180)")
     p.add_argument("--inputs", type=int, default=None, help="stop each target after this many inputs (default: time only)")
     p.add_argument("--targets", default=None, help=f"comma-separated subset of {','.join(TARGETS)},atheris")
@@ -1046,7 +1046,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.seconds = min(args.seconds, 8.0)
     if args.out is None:
-        args.out = os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS
+        args.out = os.path.join(resultsfile.DEFAULT_RESULTS, "quick") if args.quick else resultsfile.DEFAULT_RESULTS
     return args
 
 
@@ -1105,7 +1105,7 @@ def run_atheris(corpus: Corpus, seconds: float, work: str, hang: float) -> dict[
     cmd = [sys.executable, "-c", child, seeds, f"-max_total_time={max(int(seconds), 1)}", "-timeout=0", "-rss_limit_mb=4096", "-max_len=65536",
            f"-artifact_prefix={work}/", "-print_final_stats=1"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(common.HERE), timeout=seconds + 120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(resultsfile.HERE), timeout=seconds + 120)
     elapsed = time.perf_counter() - t0
     out: dict[str, Any] = {"target": "atheris", "seconds": elapsed, "returncode": proc.returncode}
     try:
@@ -1169,7 +1169,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Fuzz (options as :func:`parse_args`), write ``fuzz_bench.json``, print the tables; return the results."""
     args = parse_args(argv)
     t_start = time.perf_counter()
-    machine = common.machine_info()
+    machine = provenance.machine_info()
     wanted = args.targets.split(",") if args.targets else [*TARGETS, "atheris"]
     unknown = [t for t in wanted if t not in TARGETS and t != "atheris"]
     if unknown:
@@ -1203,7 +1203,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ]
     out = {
         "benchmark": "fuzz_bench",
-        "command": common.command_line(),
+        "command": provenance.command_line(),
         "args": {k: v for k, v in vars(args).items() if k != "work"},
         "machine": machine,
         "atheris": "used" if use_atheris else ("not installed" if not atheris_available() else "skipped"),
@@ -1214,7 +1214,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - t_start,
     }
     path = os.path.join(args.out, "fuzz_bench.json")
-    common.write_json(path, out)
+    resultsfile.write_json(path, out)
     print()
     print(tables(out))
     print()
@@ -1228,20 +1228,20 @@ def tables(results: dict[str, Any]) -> str:
     rows, named = [], []
     for row in results["targets_fuzzed"]:
         counts = row.get("counts", {})
-        rows.append([row["target"], common.fmt_num(row.get("inputs", 0)), f"{row.get('seconds', 0):.0f}",
-                     f"{row.get('inputs_per_s', 0):.0f}", *[common.fmt_num(counts.get(k, 0)) for k in OUTCOMES],
+        rows.append([row["target"], mdtable.fmt_num(row.get("inputs", 0)), f"{row.get('seconds', 0):.0f}",
+                     f"{row.get('inputs_per_s', 0):.0f}", *[mdtable.fmt_num(counts.get(k, 0)) for k in OUTCOMES],
                      str(len(row.get("slow", [])))])
         named.append([row["target"], ", ".join(f"{k} {v}" for k, v in row.get("errors", {}).items()) or "-"])
     text = [f"Atheris: {results.get('atheris', '?')}.", "",
-            common.markdown_table(["target", "inputs", "s", "inputs/s", *OUTCOMES, "> 1 s"], rows, "lrrr" + "r" * (len(OUTCOMES) + 1)),
-            "", common.markdown_table(["target", "exceptions raised (named and other)"], named, "ll")]
+            mdtable.markdown_table(["target", "inputs", "s", "inputs/s", *OUTCOMES, "> 1 s"], rows, "lrrr" + "r" * (len(OUTCOMES) + 1)),
+            "", mdtable.markdown_table(["target", "exceptions raised (named and other)"], named, "ll")]
     bug_rows = []
     for row in results["targets_fuzzed"]:
         for bug in row.get("bugs", []):
             bug_rows.append([row["target"], bug["outcome"], bug["exception"], f"`{bug.get('where', '')}`", str(bug.get("count", 1)),
                              f"`{bug['message'][:60]}`", f"`{bug['hex_prefix'][:32]}…`"])
     if bug_rows:
-        text += ["", common.markdown_table(["target", "outcome", "exception", "where", "inputs", "message", "input prefix (hex)"],
+        text += ["", mdtable.markdown_table(["target", "outcome", "exception", "where", "inputs", "message", "input prefix (hex)"],
                                            bug_rows, "llllrll")]
     return "\n".join(text)
 

@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from . import common
-from .suite import Suite, Target, targets_table
+from . import jpegdata, mdtable, pagecache, provenance, resultsfile, stats
+from .suite import Suite, Target, arg_parser, targets_table
 
 GENERATOR_VERSION = 1
 TARGET_MEMBERS_PER_S = 100_000
@@ -61,13 +61,13 @@ TARGET_MEMBERS_PER_S = 100_000
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The suite's options (``python -m benchmarks index --help``)."""
-    p = common.arg_parser("index", __doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=os.path.join(common.DEFAULT_DATA, "index_small"), help="where the small-member shards live")
+    p = arg_parser("index", __doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=os.path.join(resultsfile.DEFAULT_DATA, "index_small"), help="where the small-member shards live")
     p.add_argument("--members", type=int, default=200_000, help="members in the small-member dataset (default 200000)")
     p.add_argument("--shards", type=int, default=8, help="shards in the small-member dataset (default 8)")
     p.add_argument(
         "--jpeg-dir",
-        default=os.path.join(common.DEFAULT_DATA, "io_jpeg_512mb"),
+        default=os.path.join(resultsfile.DEFAULT_DATA, "io_jpeg_512mb"),
         help="io_bench's JPEG shards (skipped if missing, unless --jpeg)",
     )
     p.add_argument("--jpeg", action="store_true", help="generate the JPEG shards if missing (512 MiB, ~30 s)")
@@ -80,10 +80,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.members = min(args.members, 20_000)
         args.shards = min(args.shards, 4)
         args.repeats = min(args.repeats, 2)
-        args.data_dir = os.path.join(common.DEFAULT_DATA, "index_small_quick")
+        args.data_dir = os.path.join(resultsfile.DEFAULT_DATA, "index_small_quick")
         args.jpeg_dir = None
     if args.out is None:
-        args.out = os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS
+        args.out = os.path.join(resultsfile.DEFAULT_RESULTS, "quick") if args.quick else resultsfile.DEFAULT_RESULTS
     return args
 
 
@@ -130,12 +130,12 @@ def count_members(paths) -> int:
 def measure(name: str, fn, paths, repeats: int, members: int) -> dict:
     times = []
     for _ in range(repeats):
-        common.warm(paths)
+        pagecache.warm(paths)
         gc.collect()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    med = common.median(times)
+    med = stats.median(times)
     nbytes = sum(os.path.getsize(p) for p in paths)
     return {
         "mode": name,
@@ -245,7 +245,7 @@ def bench_hashes(repeats: int) -> list[dict]:
                         for _ in range(calls):
                             fn(arg)
                     times.append((time.perf_counter() - t0) / calls)
-                med = common.median(times)
+                med = stats.median(times)
                 row[f"{mode}_GB_per_s"] = size / med / 1e9
                 row[f"{mode}_us"] = med * 1e6
             rows.append(row)
@@ -334,7 +334,7 @@ def bench_sidecars(paths: list[str], work_dir: str, repeats: int) -> dict:
             "json_bytes_per_sample": {"before": os.path.getsize(before_json) / n, "after": os.path.getsize(after_json) / n},
             "companion_bytes_per_sample": {"before": os.path.getsize(companion_path(before_json)) / n,
                                            "after": os.path.getsize(companion_path(after_json)) / n},
-            "load_ms": {mode: common.median(ts) * 1e3 for mode, ts in times.items()},
+            "load_ms": {mode: stats.median(ts) * 1e3 for mode, ts in times.items()},
             # what an epoch start reads per sample: the JSON and the companion (bound by the JSON's
             # digest), or the companion alone when the manifest binds it
             "read_bytes_per_sample": {
@@ -347,10 +347,10 @@ def bench_sidecars(paths: list[str], work_dir: str, repeats: int) -> dict:
     keys_bytes = sum(len(k.encode()) + 1 for k in load_index_keys(paths[0])) / max(per_shard[0]["samples"], 1)
 
     def med(field: str, mode: str) -> float:
-        return common.median([row[field][mode] for row in per_shard])
+        return stats.median([row[field][mode] for row in per_shard])
 
     summary = {
-        "samples_per_shard": common.median([row["samples"] for row in per_shard]),
+        "samples_per_shard": stats.median([row["samples"] for row in per_shard]),
         "key_bytes_per_sample": keys_bytes,
         "json_bytes_per_sample": {m: med("json_bytes_per_sample", m) for m in ("before", "after")},
         "companion_bytes_per_sample": {m: med("companion_bytes_per_sample", m) for m in ("before", "after")},
@@ -375,7 +375,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure (options as :func:`parse_args`), write ``index_bench.json``, print the tables; return the results."""
     args = parse_args(argv)
     t_start = time.perf_counter()
-    machine = common.machine_info()
+    machine = provenance.machine_info()
     print(f"index_bench: {machine['cpu_count']} cores, python {machine['python']}")
     small = make_small_shards(args.data_dir, args.members, args.shards, args.seed)
     hashes = bench_hashes(args.repeats)
@@ -383,14 +383,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = [bench_dataset("small", small, args.data_dir, args.repeats)]
     if args.jpeg_dir:
         if args.jpeg and not os.path.exists(os.path.join(args.jpeg_dir, "manifest.json")):
-            common.make_jpeg_shards(args.jpeg_dir, 512, 1000)
+            jpegdata.make_jpeg_shards(args.jpeg_dir, 512, 1000)
         if os.path.exists(os.path.join(args.jpeg_dir, "manifest.json")):
             from streamprune import Manifest  # deferred: the suite registry imports this module cheaply
 
             m = Manifest.load(args.jpeg_dir)
             jpeg_paths = [m.shard_path(k) for k in range(len(m.shards))]
-            results.append(bench_dataset("jpeg", jpeg_paths, os.path.join(common.DEFAULT_DATA, "index_jpeg_tmp"), args.repeats))
-            shutil.rmtree(os.path.join(common.DEFAULT_DATA, "index_jpeg_tmp"), ignore_errors=True)
+            results.append(bench_dataset("jpeg", jpeg_paths, os.path.join(resultsfile.DEFAULT_DATA, "index_jpeg_tmp"), args.repeats))
+            shutil.rmtree(os.path.join(resultsfile.DEFAULT_DATA, "index_jpeg_tmp"), ignore_errors=True)
         else:
             print(f"no JPEG shards in {args.jpeg_dir}: run io_bench.py first or pass --jpeg")
     targets = []
@@ -406,7 +406,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 ).to_dict())
     out = {
         "benchmark": "index_bench",
-        "command": common.command_line(),
+        "command": provenance.command_line(),
         "args": vars(args),
         "machine": machine,
         "cache": "warm (every shard read completely before each run)",
@@ -417,7 +417,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - t_start,
     }
     path = os.path.join(args.out, "index_bench.json")
-    common.write_json(path, out)
+    resultsfile.write_json(path, out)
     print()
     table = []
     for res in results:
@@ -431,7 +431,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{row['members_per_s'] / 1e3:.1f}k",
                 f"{row['MB_per_s']:.0f}",
             ])
-    print(common.markdown_table(["dataset", "mode", "members", "bytes/member", "t (s)", "members/s", "MB/s"], table, "llrrrrr"))
+    print(mdtable.markdown_table(["dataset", "mode", "members", "bytes/member", "t (s)", "members/s", "MB/s"], table, "llrrrrr"))
     print()
     print(hash_table(hashes))
     print()
@@ -444,7 +444,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def hash_table(rows: list[dict]) -> str:
     """GB/s per checksum candidate and payload size."""
-    return common.markdown_table(
+    return mdtable.markdown_table(
         ["algorithm", "payload", "one call GB/s", "per sample GB/s", "per sample us"],
         [[r["algorithm"], f"{r['payload_bytes']:,d} B", f"{r['one_call_GB_per_s']:.2f}", f"{r['per_sample_GB_per_s']:.2f}",
           f"{r['per_sample_us']:.2f}"] for r in rows], "lrrrr")
@@ -467,7 +467,7 @@ def sidecar_table(sidecars: dict) -> str:
         ]
     return (f"{s['samples_per_shard']:.0f} samples per shard, {s['key_bytes_per_sample']:.1f} key bytes per sample "
             "(before: JSON without checksums, companion v1; after: JSON with checksums, companion v2)\n\n"
-            + common.markdown_table(["", "before", "after"], rows, "lrr"))
+            + mdtable.markdown_table(["", "before", "after"], rows, "lrr"))
 
 
 def tables(results: dict[str, Any]) -> str:
@@ -475,9 +475,9 @@ def tables(results: dict[str, Any]) -> str:
     rows = []
     for ds in results["datasets"]:
         for row in ds["rows"]:
-            rows.append([ds["dataset"], row["mode"], common.fmt_num(row["members"]), f"{row['median_seconds']:.3f}",
+            rows.append([ds["dataset"], row["mode"], mdtable.fmt_num(row["members"]), f"{row['median_seconds']:.3f}",
                          f"{row['members_per_s'] / 1e3:.1f}k"])
-    out = f"Cache: {results.get('cache', 'warm')}.\n\n" + common.markdown_table(
+    out = f"Cache: {results.get('cache', 'warm')}.\n\n" + mdtable.markdown_table(
         ["dataset", "mode", "members", "t (s)", "members/s"], rows, "llrrr")
     if results.get("hashes"):
         out += "\n\nPer-sample checksum candidates:\n\n" + hash_table(results["hashes"])

@@ -33,7 +33,7 @@ keep_jpeg=True, shuffle=False)``, so it holds the very JPEG bytes of the tar mem
 byte for byte, untimed) in the same order, and the tar masks are carried over by key with
 ``translate_mask``. FFCV loaders use ``order="sequential"`` (file order, as the tar readers
 read), ``batch_size`` 64, ``--ffcv-workers`` decode threads (default 1, like the one PIL
-thread of the tar readers) and ``common.ffcv_pipelines()``: ``CenterCropRGBImageDecoder((224,
+thread of the tar readers) and ``ffcvloop.ffcv_pipelines()``: ``CenterCropRGBImageDecoder((224,
 224), 224/256)`` (libjpeg-turbo decode of the whole image, then a centre crop resized to 224)
 + ``ToTensor``. The tar readers' decode is PIL's full-size decode to an RGB image, so the two
 decoders differ; compare FFCV with the tar readers at ratio 0 with that in mind. There is no
@@ -48,7 +48,7 @@ At ratio 0 the webdataset readers have no ``.select`` (nothing to prune); stream
 all-keep mask file. Each (reader, cache, variant, ratio) is an epoch run in this process (no
 DataLoader workers, so ``/proc/self/io`` sees every read):
 
-  cache    ``cold``: every file the reader opens (``common.dataset_files``: each shard, its
+  cache    ``cold``: every file the reader opens (``jpegdata.dataset_files``: each shard, its
            ``.index.json`` sidecar and ``.index.npz`` companion, the manifest; and the mask file)
            is evicted from the page cache (``POSIX_FADV_DONTNEED``) right before the run;
            ``warm``: all of them are read beforehand. Each run records how many files and bytes
@@ -58,7 +58,7 @@ DataLoader workers, so ``/proc/self/io`` sees every read):
            so every kept JPEG is fully decoded; the loop checks each ``jpg`` is a PIL image and
            sums its pixels).
 
-Each run also records what the block device holding the shards did (``common.block_stat``:
+Each run also records what the block device holding the shards did (``pagecache.block_stat``:
 requests completed and merged, bytes, and ``io_ms``, the time it had a request in flight),
 device-wide, so another process's I/O on that disk would count too. Before cold rounds a
 device probe times ``O_DIRECT`` reads (no page cache) at random aligned offsets in the shards,
@@ -110,8 +110,8 @@ from streamprune import Manifest, random_mask
 from streamprune.manifest import ShardEntry
 from streamprune.optional import FFCV_INSTALL_HINT, ffcv_available
 
-from . import common, io_readers
-from .suite import Suite, Target, targets_table
+from . import ffcvloop, io_readers, jpegdata, mdtable, pagecache, provenance, resultsfile, stats
+from .suite import Suite, Target, arg_parser, targets_table
 
 log = logging.getLogger("io_bench")
 
@@ -147,7 +147,7 @@ class Dataset:
     name: str
     manifest_path: str
     urls: list[str]
-    files: dict[str, list[str]]  # common.dataset_files: every file a reader opens, by kind (shards included)
+    files: dict[str, list[str]]  # jpegdata.dataset_files: every file a reader opens, by kind (shards included)
     data_bytes: int
     samples: int
     mask_paths: dict[float, str] = field(default_factory=dict)
@@ -180,7 +180,7 @@ class Dataset:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The suite's options (``python -m benchmarks io --help``)."""
-    p = common.arg_parser("io", __doc__.split("\n\n")[0])
+    p = arg_parser("io", __doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=None, help="where the generated shards live (default benchmarks/data/io_jpeg_<N>mb)")
     p.add_argument("--total-mb", type=float, default=512, help="dataset size in MiB (default 512)")
     p.add_argument(
@@ -248,9 +248,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name}: unknown {sorted(bad)}")
     if args.data_dir is None:
         tag = "quick" if args.quick else f"{round(args.total_mb)}mb"
-        args.data_dir = os.path.join(common.DEFAULT_DATA, f"io_jpeg_{tag}")
+        args.data_dir = os.path.join(resultsfile.DEFAULT_DATA, f"io_jpeg_{tag}")
     if args.out is None:
-        args.out = os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS
+        args.out = os.path.join(resultsfile.DEFAULT_RESULTS, "quick") if args.quick else resultsfile.DEFAULT_RESULTS
     return args
 
 
@@ -259,7 +259,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def prepare_dataset(name: str, manifest, ratios, seed: int, mask_dir: str) -> Dataset:
-    files = common.dataset_files(manifest)
+    files = jpegdata.dataset_files(manifest)
     keys = np.asarray(manifest.keys())
     sizes = manifest.sample_bytes()
     ds = Dataset(
@@ -494,7 +494,7 @@ def prepare_beton(ds: Dataset, workers: int, out_dir: str, mask_dir: str) -> tup
         name=f"beton_{ds.name}",
         manifest_path=beton.path,
         urls=[path],
-        files=common.dataset_files(beton),
+        files=jpegdata.dataset_files(beton),
         data_bytes=os.path.getsize(path),
         samples=int(beton.num_samples),
     )
@@ -507,7 +507,7 @@ def prepare_beton(ds: Dataset, workers: int, out_dir: str, mask_dir: str) -> tup
         bds.kept_bytes[r] = int(sizes[translated.keep].sum())
         if bds.kept[r] != ds.kept[r]:
             raise AssertionError(f"translated mask at r={r}: kept {bds.kept[r]}, tar mask kept {ds.kept[r]}")
-        bds.pages[r] = common.page_stats(beton, translated.keep)
+        bds.pages[r] = ffcvloop.page_stats(beton, translated.keep)
     beton.drop_cache()
     return bds, beton, checks
 
@@ -520,11 +520,11 @@ def build_ffcv_loaders(bds: Dataset, beton, readers, ratios, workers: int) -> di
         for r in ratios:
             loader = sp.pruned_ffcv_loader(
                 beton, bds.masks[r], batch_size=FFCV_BATCH, num_workers=workers, order=FFCV_ORDER,
-                os_cache=FFCV_READERS[reader], pipelines=common.ffcv_pipelines(), drop_last=False,
+                os_cache=FFCV_READERS[reader], pipelines=ffcvloop.ffcv_pipelines(), drop_last=False,
             )
-            common.warm(bds.all_files(r))
-            _, n, checksum = common.run_epoch(loader)
-            common.release_mmap(loader)
+            pagecache.warm(bds.all_files(r))
+            _, n, checksum = ffcvloop.run_epoch(loader)
+            ffcvloop.release_mmap(loader)
             expected = int(labels[bds.masks[r].keep].sum())
             if n != bds.kept[r] or checksum != expected:
                 raise AssertionError(f"{reader} r={r}: {n} samples (label sum {checksum}), expected {bds.kept[r]} ({expected})")
@@ -594,9 +594,9 @@ def consume_decode(pipe) -> tuple[int, int, int]:
 
 
 def run_ffcv_epoch(loader, expected_label_sum: int, where: str) -> tuple[int, int, int]:
-    """One epoch of an FFCV loader (``common.run_epoch``); drops its memory map afterwards."""
-    _, n, checksum = common.run_epoch(loader)
-    common.release_mmap(loader)  # a live map would keep the pages cached for the next cold run
+    """One epoch of an FFCV loader (``ffcvloop.run_epoch``); drops its memory map afterwards."""
+    _, n, checksum = ffcvloop.run_epoch(loader)
+    ffcvloop.release_mmap(loader)  # a live map would keep the pages cached for the next cold run
     if checksum != expected_label_sum:
         raise AssertionError(f"{where}: label sum {checksum}, expected {expected_label_sum}")
     return n, 0, n * FFCV_IMAGE_SIDE * FFCV_IMAGE_SIDE
@@ -605,13 +605,13 @@ def run_ffcv_epoch(loader, expected_label_sum: int, where: str) -> tuple[int, in
 def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset, ffcv_loaders: dict | None = None) -> dict:
     files = ds.all_files(ratio)
     if cache == "cold":
-        common.evict(files)
+        pagecache.evict(files)
     else:
-        common.warm(files)
+        pagecache.warm(files)
     gc.collect()
     consume = consume_decode if variant == "decode" else consume_raw
-    dev0 = common.block_stat(ds.urls[0])
-    io0 = common.proc_io()
+    dev0 = pagecache.block_stat(ds.urls[0])
+    io0 = pagecache.proc_io()
     c0 = time.process_time()
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -627,8 +627,8 @@ def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset, f
             n, nbytes, pixels = consume(pipe)
     seconds = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    io1 = common.proc_io()
-    dev1 = common.block_stat(ds.urls[0])
+    io1 = pagecache.proc_io()
+    dev1 = pagecache.block_stat(ds.urls[0])
     if n != ds.kept[ratio]:
         raise AssertionError(f"{reader} {cache} {variant} r={ratio}: {n} samples, expected {ds.kept[ratio]}")
     return {
@@ -654,7 +654,7 @@ def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset, f
 
 
 def device_delta(before: dict | None, after: dict | None) -> dict:
-    """What the block device did between two ``common.block_stat`` readings (device-wide)."""
+    """What the block device did between two ``pagecache.block_stat`` readings (device-wide)."""
     if before is None or after is None:
         return {}
     return {
@@ -716,7 +716,7 @@ def device_probe(paths: Sequence[str], depth: int = IO_DEPTH, rounds: int = 3, s
     finally:
         for fd in fds:
             os.close(fd)
-    per = {key: common.median(v) for key, v in times.items()}
+    per = {key: stats.median(v) for key, v in times.items()}
     xs = np.array(sizes, dtype=np.float64)
     ys = np.array([per[(size, 1)] for size in sizes])
     slope, intercept = np.polyfit(xs, ys, 1)
@@ -810,10 +810,10 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
             cpu_paired = [base[r["round"]]["cpu_seconds"] / r["cpu_seconds"] for r in reps if r["round"] in base and r["cpu_seconds"] > 0]
             info = ds_info[reps[0]["dataset"]]
             ideal = 1.0 / (1.0 - ratio)
-            speedup = common.median(paired)
-            t_med = common.median([r["seconds"] for r in reps])
-            t0_med = common.median([r["seconds"] for r in base.values()]) if base else float("nan")
-            rb = common.median([r["read_bytes"] for r in reps])
+            speedup = stats.median(paired)
+            t_med = stats.median([r["seconds"] for r in reps])
+            t0_med = stats.median([r["seconds"] for r in base.values()]) if base else float("nan")
+            rb = stats.median([r["read_bytes"] for r in reps])
             rows.append({
                 "reader": reader,
                 "cache": cache,
@@ -824,8 +824,8 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
                 "repeats": len(reps),
                 "samples": reps[0]["samples"],
                 "median_seconds": t_med,
-                "median_samples_per_s": common.median([r["samples_per_s"] for r in reps]),
-                "median_cpu_seconds": common.median([r["cpu_seconds"] for r in reps]),
+                "median_samples_per_s": stats.median([r["samples_per_s"] for r in reps]),
+                "median_cpu_seconds": stats.median([r["cpu_seconds"] for r in reps]),
                 "median_read_bytes": rb,
                 "read_fraction_of_data": rb / info["data_bytes"],
                 "kept_fraction_of_data_bytes": info["kept_bytes"][str(ratio)] / info["data_bytes"],
@@ -835,7 +835,7 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
                 "speedup_of_medians": t0_med / t_med,
                 "ideal_speedup": ideal,
                 "speedup_over_ideal": speedup / ideal,
-                "cpu_speedup": common.median(cpu_paired),
+                "cpu_speedup": stats.median(cpu_paired),
                 "cpu_speedup_min": min(cpu_paired) if cpu_paired else float("nan"),
                 "cpu_speedup_max": max(cpu_paired) if cpu_paired else float("nan"),
             })
@@ -843,10 +843,10 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
                 rows[-1]["ffcv_page_fraction"] = info["pages"][str(ratio)]["page_fraction"]
             if all("device_reads" in r for r in reps):
                 for name in ("device_reads", "device_read_merges", "device_read_bytes", "device_busy_ms"):
-                    rows[-1]["median_" + name] = common.median([r[name] for r in reps])
+                    rows[-1]["median_" + name] = stats.median([r[name] for r in reps])
                 busy = [base[r["round"]]["device_busy_ms"] / r["device_busy_ms"] for r in reps
                         if r["round"] in base and "device_busy_ms" in base[r["round"]] and r["device_busy_ms"] > 0]
-                rows[-1]["device_busy_ratio"] = common.median(busy) if busy else float("nan")
+                rows[-1]["device_busy_ratio"] = stats.median(busy) if busy else float("nan")
     for row in rows:
         if row["ratio"] != 0.0:
             continue
@@ -860,7 +860,7 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
                 other = {r["round"]: r for r in theirs[inv] if r["ratio"] == 0.0}
                 rel = [other[r["round"]]["seconds"] / r["seconds"] for r in mine[inv] if r["ratio"] == 0.0 and r["round"] in other]
                 row[name + "_invocation"] = inv
-            row[name] = common.median(rel) if rel else float("nan")
+            row[name] = stats.median(rel) if rel else float("nan")
             row[name + "_min"] = min(rel) if rel else float("nan")
             row[name + "_max"] = max(rel) if rel else float("nan")
     rows.sort(key=lambda r: (VARIANTS.index(r["variant"]), CACHES.index(r["cache"]), READERS.index(r["reader"]), r["ratio"]))
@@ -956,11 +956,11 @@ def print_summary(rows, targets, meta):
                     f"{r['median_read_bytes'] / 2**20:.1f}",
                     f"{r['read_fraction_of_data']:.3f}",
                     _ratio(rel),
-                    common.fmt_num(r["median_device_reads"], 0) if "median_device_reads" in r else "",
+                    mdtable.fmt_num(r["median_device_reads"], 0) if "median_device_reads" in r else "",
                     _ratio(r.get("device_busy_ratio")),
                     _ratio(r.get("device_model_speedup")),
                 ])
-            print(common.markdown_table(
+            print(mdtable.markdown_table(
                 ["reader", "ratio", "samples", "t (s)", "samples/s", "speed-up [min-max]", "ideal", "/ideal", "cpu speed-up", "read MiB", "read frac",
                  "vs wds @0", "device reqs", "device busy ratio", "device model"],
                 table,
@@ -970,7 +970,7 @@ def print_summary(rows, targets, meta):
         ff = meta.get("ffcv", {})
         print(f"\n## decode at r=0: FFCV against the tar readers, paired time ratios (FFCV: {ff.get('decoder', '?')}, "
               f"{ff.get('num_workers', '?')} decode thread(s); tar readers: PIL full-size decode to RGB, 1 thread; the decoders differ)")
-        print(common.markdown_table(
+        print(mdtable.markdown_table(
             ["reader", "cache", "samples/s", "vs wds_after", "vs streamprune"],
             [[r["reader"], r["cache"], f"{r['median_samples_per_s']:.0f}", _ratio(r.get("samples_per_s_vs_webdataset")),
               _ratio(r.get("samples_per_s_vs_streamprune"))] for r in ffcv_rows],
@@ -1071,7 +1071,7 @@ def decode_inputs(args: argparse.Namespace) -> tuple[list[bytes], str]:
     """The first ``--decode-samples`` JPEGs of io_bench's dataset, in memory (reading is not timed).
 
     From the generated shards when ``--data-dir`` holds them; else made by the same generator
-    (``common.make_jpeg(i, seed)``, the bytes ``JpegSource`` writes as sample ``i``), so the
+    (``jpegdata.make_jpeg(i, seed)``, the bytes ``JpegSource`` writes as sample ``i``), so the
     rows do not need the whole dataset generated.
     """
     n = args.decode_samples
@@ -1084,7 +1084,7 @@ def decode_inputs(args: argparse.Namespace) -> tuple[list[bytes], str]:
             if len(jpegs) == n:
                 break
         return jpegs, f"first {len(jpegs)} samples of {args.data_dir}"
-    return [common.make_jpeg(i, args.seed) for i in range(n)], f"common.make_jpeg(i, seed={args.seed}) for i < {n} (the dataset's first samples)"
+    return [jpegdata.make_jpeg(i, args.seed) for i in range(n)], f"jpegdata.make_jpeg(i, seed={args.seed}) for i < {n} (the dataset's first samples)"
 
 
 def decode_configs(sizes: Sequence[int]) -> list[tuple[str, int | None]]:
@@ -1143,8 +1143,8 @@ def decoder_rows(jpegs: Sequence[bytes], configs, repeats: int, seed: int = 0) -
         mine = [r for r in runs if r["decoder"] == backend and r["size"] == size]
         per_core = [r["samples_per_cpu_s"] for r in mine]
         rows.append({"decoder": backend, "size": size, "rounds": len(mine),
-                     "samples_per_s_per_core": common.median(per_core), "per_core_min": min(per_core), "per_core_max": max(per_core),
-                     "samples_per_wall_s": common.median([r["samples_per_wall_s"] for r in mine]),
+                     "samples_per_s_per_core": stats.median(per_core), "per_core_min": min(per_core), "per_core_max": max(per_core),
+                     "samples_per_wall_s": stats.median([r["samples_per_wall_s"] for r in mine]),
                      "mean_output_pixels": mine[0]["mean_output_pixels"]})
     return runs, rows
 
@@ -1173,8 +1173,8 @@ def decoder_equivalence(jpegs: Sequence[bytes], configs, n: int = 50) -> list[di
 def run_decoder_rows(args: argparse.Namespace) -> dict[str, Any]:
     """``--only decode``: measure the decoder rows, write ``OUT/io_decode.json``, print the table."""
     t_start = time.perf_counter()
-    machine = common.machine_info()
-    machine["packages"].update(common.package_versions(["simplejpeg", "PyTurboJPEG"]))
+    machine = provenance.machine_info()
+    machine["packages"].update(provenance.package_versions(["simplejpeg", "PyTurboJPEG"]))
     sizes = [int(x) for x in args.decode_sizes.split(",") if x.strip()]
     if args.quick:
         args.decode_samples = min(args.decode_samples, 100)
@@ -1188,10 +1188,10 @@ def run_decoder_rows(args: argparse.Namespace) -> dict[str, Any]:
     from streamprune.decode import resolve_decoder  # deferred: the library loads only when measuring
 
     results = {
-        "suite": "io", "part": "decoder rows", "command": common.command_line(), "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "suite": "io", "part": "decoder rows", "command": provenance.command_line(), "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": machine, "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
         "data": {"source": source, "samples": len(jpegs), "mean_jpeg_bytes": float(np.mean([len(j) for j in jpegs])),
-                 "sides_px": "256-320 (common.make_jpeg), 4:4:4, quality 95"},
+                 "sides_px": "256-320 (jpegdata.make_jpeg), 4:4:4, quality 95"},
         "auto_decoder": resolve_decoder("auto"),
         "timed": "decoding every JPEG to a PIL image (sized rows: resized to shorter side `size`) in this thread, "
                  "bytes already in memory; per core = samples / thread CPU seconds, median over interleaved rounds",
@@ -1199,7 +1199,7 @@ def run_decoder_rows(args: argparse.Namespace) -> dict[str, Any]:
         "equivalence": equivalence, "summary": rows, "runs": runs, "total_seconds": time.perf_counter() - t_start,
     }
     path = os.path.join(args.out, "io_decode.json")
-    common.write_json(path, results)
+    resultsfile.write_json(path, results)
     print(decode_table(results))
     print(f"\nwrote {path} ({results['total_seconds']:.0f} s)")
     return results
@@ -1209,11 +1209,11 @@ def decode_table(results: dict[str, Any]) -> str:
     """The decoder rows as a markdown table."""
     eq = {(e["decoder"], e["size"]): e["mean_abs_diff"] for e in results["equivalence"]}
     headers = ["decoder", "size", "samples/s per core", "[min-max]", "wall samples/s", "mean |diff| vs PIL (levels)"]
-    rows = [[r["decoder"], "full" if r["size"] is None else r["size"], common.fmt_num(r["samples_per_s_per_core"], 0),
-             f"{r['per_core_min']:.0f}-{r['per_core_max']:.0f}", common.fmt_num(r["samples_per_wall_s"], 0),
+    rows = [[r["decoder"], "full" if r["size"] is None else r["size"], mdtable.fmt_num(r["samples_per_s_per_core"], 0),
+             f"{r['per_core_min']:.0f}-{r['per_core_max']:.0f}", mdtable.fmt_num(r["samples_per_wall_s"], 0),
              f"{eq.get((r['decoder'], r['size']), float('nan')):.2f}"] for r in results["summary"]]
     return (f"JPEG decode, one core ({results['data']['samples']} JPEGs, mean {results['data']['mean_jpeg_bytes'] / 1e3:.0f} KB); "
-            f"auto = {results['auto_decoder']}\n\n" + common.markdown_table(headers, rows, "llrrrr"))
+            f"auto = {results['auto_decoder']}\n\n" + mdtable.markdown_table(headers, rows, "llrrrr"))
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -1235,10 +1235,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return io_readers.run_reader_rows(args, prepare_dataset)
 
     t_start = time.perf_counter()
-    machine = common.machine_info()
+    machine = provenance.machine_info()
     print(f"io_bench: {machine['cpu_count']} cores, python {machine['python']}, webdataset {machine['packages']['webdataset']}")
-    manifest = common.make_jpeg_shards(args.data_dir, args.total_mb, args.samples_per_shard, args.seed, args.workers)
-    jpeg = common.jpeg_sizes(manifest)
+    manifest = jpegdata.make_jpeg_shards(args.data_dir, args.total_mb, args.samples_per_shard, args.seed, args.workers)
+    jpeg = jpegdata.jpeg_sizes(manifest)
     data = {
         "dir": os.path.abspath(args.data_dir),
         "samples": int(manifest.num_samples),
@@ -1290,7 +1290,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         beton_ds = bds.name
         print(f"beton: {bds.data_bytes / 2**20:.1f} MiB, the same {bds.samples} JPEGs byte for byte (sha256 {beton_checks['jpeg_sha256'][:12]}), "
               f"masks translated by key; FFCV pages touched at r=" + ", ".join(f"{r:g}: {bds.pages[r]['page_fraction']:.2f}" for r in args.ratios))
-        ffcv_eviction = common.check_eviction(bds.urls, bds.data_bytes)
+        ffcv_eviction = pagecache.check_eviction(bds.urls, bds.data_bytes)
         print(f"eviction check (.beton): cold read fetched {ffcv_eviction['cold_fraction']:.3f} of the file, warm "
               f"{ffcv_eviction['warm_read_bytes'] / 2**20:.1f} MiB -> {'OK' if ffcv_eviction['ok'] else 'NOT WORKING'}")
         t0 = time.perf_counter()
@@ -1301,7 +1301,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "file": bds.urls[0],
             "file_bytes": bds.data_bytes,
             "page_size": 1 << 23,
-            "read_ahead_kb": common.read_ahead_kb(bds.urls[0]),
+            "read_ahead_kb": pagecache.read_ahead_kb(bds.urls[0]),
             "written_with": "write_beton(TarSamples(tar manifest), write_mode='jpg', keep_jpeg=True, shuffle=False)",
             "checks": beton_checks,
             "eviction_check": ffcv_eviction,
@@ -1309,7 +1309,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "batch_size": FFCV_BATCH,
             "drop_last": False,
             "num_workers": args.ffcv_workers,
-            "decoder": f"CenterCropRGBImageDecoder(({FFCV_IMAGE_SIDE}, {FFCV_IMAGE_SIDE}), 224/256) + ToTensor (common.ffcv_pipelines())",
+            "decoder": f"CenterCropRGBImageDecoder(({FFCV_IMAGE_SIDE}, {FFCV_IMAGE_SIDE}), 224/256) + ToTensor (ffcvloop.ffcv_pipelines())",
             "decoder_note": "tar readers decode with PIL at full size (256-320 px) to an RGB image; FFCV decodes with libjpeg-turbo, "
                             "then centre-crops and resizes to 224: the decoders differ",
             "raw_variant": FFCV_NO_RAW,
@@ -1322,7 +1322,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
 
     all_files = sorted({f for ds in datasets.values() for r in args.ratios for f in ds.all_files(r)})
-    eviction = common.check_eviction(datasets["full"].urls, datasets["full"].data_bytes)
+    eviction = pagecache.check_eviction(datasets["full"].urls, datasets["full"].data_bytes)
     print(f"eviction check: cold full read fetched {eviction['cold_read_bytes'] / 2**20:.1f} MiB of {eviction['file_bytes'] / 2**20:.1f} MiB "
           f"({eviction['cold_MBps']:.0f} MB/s), warm re-read fetched {eviction['warm_read_bytes'] / 2**20:.1f} MiB ({eviction['warm_MBps']:.0f} MB/s)"
           f" -> {'OK' if eviction['ok'] else 'NOT WORKING: cold numbers are not cold'}")
@@ -1334,7 +1334,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else:
             print(f"device probe (O_DIRECT, random offsets): {probe['fixed_us_per_request']:.0f} us per request + "
                   f"{probe['MBps']:.0f} MB/s; 1 MiB reads {IO_DEPTH} at a time: {probe['depth_speedup_1MiB']:.2f}x the throughput of one at a time")
-    common.warm(all_files)
+    pagecache.warm(all_files)
     verification = [verify_same_samples(datasets["full"], r) for r in args.ratios if r > 0][:1]
     print(f"verified streamprune == webdataset+select (keys, order, bytes) at ratio {verification[0]['ratio'] if verification else '-'}")
 
@@ -1377,7 +1377,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ds_info[name]["pages"] = {str(r): v for r, v in ds.pages.items()}
     this = {
         "id": invocation,
-        "command": common.command_line(),
+        "command": provenance.command_line(),
         "args": {k: v for k, v in vars(args).items()},
         "readers": args.readers,
         "caches": args.caches,
@@ -1437,7 +1437,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "ratio_0": "webdataset readers have no .select at ratio 0; streamprune reads the all-keep mask file",
             "decode": ".decode('pil'): PIL Image.open + load() + convert('RGB') per jpg; FFCV: see ffcv.decoder",
             "merge": "rows come from the latest invocation that ran their (reader, cache, variant); see invocations",
-            "device": "median_device_*: deltas of the shards' block device counters over the run (common.block_stat; device-wide); "
+            "device": "median_device_*: deltas of the shards' block device counters over the run (pagecache.block_stat; device-wide); "
                       "device_busy_ratio: io_ms(ratio 0)/io_ms(ratio r), paired per round, median; device_model_speedup: "
                       "(requests x fixed cost + bytes / bandwidth) at ratio 0 over the same at ratio r, with device_probe's line",
         },
@@ -1445,7 +1445,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     this["total_seconds"] = meta["total_seconds"] = time.perf_counter() - t_start
     os.makedirs(args.out, exist_ok=True)
-    common.write_json(json_path, {**meta, "summary": rows, "targets": targets, "runs": runs})
+    resultsfile.write_json(json_path, {**meta, "summary": rows, "targets": targets, "runs": runs})
     print_summary(rows, targets, meta)
     if not args.no_plot:
         png = os.path.join(args.out, "io_bench.png")
@@ -1468,8 +1468,8 @@ def resummarize(path: str, no_plot: bool = False) -> dict[str, Any]:
     add_device_model(rows, saved.get("device_probe"))
     saved["summary"] = rows
     saved["targets"] = evaluate_targets(rows, sorted({r["ratio"] for r in rows}))
-    saved["resummarized"] = {"command": common.command_line(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    common.write_json(path, saved)
+    saved["resummarized"] = {"command": provenance.command_line(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    resultsfile.write_json(path, saved)
     print_summary(rows, saved["targets"], saved)
     if not no_plot:
         png = os.path.join(os.path.dirname(os.path.abspath(path)), "io_bench.png")
@@ -1528,7 +1528,7 @@ def merge_previous(path: str, runs: list[dict], this: dict, ds_info: dict) -> tu
 def tables(results: dict[str, Any]) -> str:
     """Speed-up per (variant, cache, reader) and ratio, and the cold read fractions."""
     summary = results["summary"]
-    ratios = [r for r in common.ratios_of(summary) if r > 0]
+    ratios = [r for r in mdtable.ratios_of(summary) if r > 0]
     groups: dict[tuple, dict[float, dict]] = {}
     for row in summary:
         groups.setdefault((row["variant"], row["cache"], row["reader"]), {})[float(row["ratio"])] = row
@@ -1538,7 +1538,7 @@ def tables(results: dict[str, Any]) -> str:
     rows = []
     for (variant, cache, reader), by_ratio in groups.items():
         base = by_ratio.get(0.0, {})
-        cells = [f"{variant}, {cache}", reader, common.fmt_num(base.get("median_samples_per_s"), 0)]
+        cells = [f"{variant}, {cache}", reader, mdtable.fmt_num(base.get("median_samples_per_s"), 0)]
         for r in ratios:
             row = by_ratio.get(r)
             cells.append("-" if row is None else f"{row['speedup']:.2f} [{row['speedup_min']:.2f}-{row['speedup_max']:.2f}]")
@@ -1547,7 +1547,7 @@ def tables(results: dict[str, Any]) -> str:
         rows.append(cells)
     rows.append(["ideal 1/(1-r)", "", ""] + [f"{1 / (1 - r):.2f}" for r in ratios] + [" / ".join(f"{1 - r:.1f}" for r in ratios)])
     return ("Epoch-time speed-up t(0)/t(r), paired within a round, median [min-max]; bytes read from storage / data size (cold).\n\n"
-            + common.markdown_table(headers, rows, "ll" + "r" * (len(headers) - 2)))
+            + mdtable.markdown_table(headers, rows, "ll" + "r" * (len(headers) - 2)))
 
 
 class IoSuite(Suite):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from . import common
+from . import provenance
 from .dedup_bench import DedupSuite
 from .downstream_bench import DownstreamSuite
 from .dynamic_bench import DynamicSuite
@@ -52,8 +52,8 @@ def run_suite(suite: Suite, argv: Sequence[str], invoked_as: str = "python -m be
     Returns:
         The results the suite wrote.
     """
-    common.set_command(f"{invoked_as} {suite.name}", argv)
+    provenance.set_command(f"{invoked_as} {suite.name}", argv)
     try:
         return suite.run(list(argv))
     finally:
-        common.clear_command()
+        provenance.clear_command()

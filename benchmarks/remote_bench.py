@@ -10,7 +10,7 @@ no queueing limiter for the total of all connections (``limit_rate`` is per conn
 ``limit_conn`` refuses connections rather than sharing bandwidth), and a cap made up in front
 of it would not behave like a store's; the cores of this machine are the real shared limit.
 
-Data: io_bench's synthetic ~120 KB JPEGs (:func:`benchmarks.common.make_jpeg_shards`) in
+Data: io_bench's synthetic ~120 KB JPEGs (:func:`benchmarks.jpegdata.make_jpeg_shards`) in
 ``--samples-per-shard`` samples per shard (default 1 GiB in 8 shards of 1,100: ~134 MB
 shards, in the 128-256 MB that webdataset's and the streaming libraries' docs recommend, 2
 per worker with 4 workers) and a class-sorted copy of the same images
@@ -77,10 +77,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import common
+from . import jpegdata, mdtable, provenance, resultsfile, stats
 from .nginx_store import NGINX, NginxStore, echo_module_available, read_log
 from .remote_peers import BUCKET, PEERS
-from .suite import Suite, Target
+from .suite import Suite, Target, arg_parser
 
 __all__ = ["Arm", "RemoteSuite", "configs", "evaluate_targets", "predicted", "reader_takes_cache_dir", "run_cli",
            "summarize", "tables"]
@@ -252,7 +252,7 @@ class Zygote:
     """
 
     def __init__(self) -> None:
-        repo = os.path.dirname(common.HERE)
+        repo = os.path.dirname(resultsfile.HERE)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
         # -W: runpy warns that the package (its registry) imported this module before running it as __main__
         self.proc = subprocess.Popen([sys.executable, "-W", "ignore::RuntimeWarning:runpy", "-m", "benchmarks.remote_bench",
@@ -662,23 +662,23 @@ def summarize(runs: list[dict]) -> list[dict]:
         sps = [r["samples_per_s"] for r in rs]
         first = [r["first_batch_s"] for r in rs if r.get("first_batch_s") is not None]
         row = {"reader": reader, "ratio": ratio, "level": level, "workers": workers, "latency_ms": lat, "epoch": epoch,
-               "repeats": len(rs), "samples": rs[0]["samples"], "seconds": common.median([r["seconds"] for r in rs]),
-               "samples_per_s": common.median(sps), "samples_per_s_interval": [min(sps), max(sps)],
+               "repeats": len(rs), "samples": rs[0]["samples"], "seconds": stats.median([r["seconds"] for r in rs]),
+               "samples_per_s": stats.median(sps), "samples_per_s_interval": [min(sps), max(sps)],
                # start-up (manifest, worker fork, first requests) plus the first batch
-               "first_batch_s": common.median(first) if first else None,
-               "MB_per_s": common.median([r["MB_per_s"] for r in rs]),
-               "bytes_sent": int(common.median([r["bytes_sent"] for r in rs])),
-               "requests": int(common.median([r["requests"] for r in rs])),
+               "first_batch_s": stats.median(first) if first else None,
+               "MB_per_s": stats.median([r["MB_per_s"] for r in rs]),
+               "bytes_sent": int(stats.median([r["bytes_sent"] for r in rs])),
+               "requests": int(stats.median([r["requests"] for r in rs])),
                "peak_rss_MiB": max(r["peak_rss_MiB"] for r in rs),
                "peak_over_start_MiB": max(r["peak_over_start_MiB"] for r in rs)}
         if "ranged_gets" in rs[0]:
             gps = [r["gets_per_s"] for r in rs]
-            row.update(ranged_gets=int(common.median([r["ranged_gets"] for r in rs])), gets_per_s=common.median(gps),
-                       gets_per_s_interval=[min(gps), max(gps)], heads=int(common.median([r["heads"] for r in rs])),
+            row.update(ranged_gets=int(stats.median([r["ranged_gets"] for r in rs])), gets_per_s=stats.median(gps),
+                       gets_per_s_interval=[min(gps), max(gps)], heads=int(stats.median([r["heads"] for r in rs])),
                        errors=max(r["errors"] for r in rs), cache_bytes=max(r.get("cache_bytes", 0) for r in rs),
                        repeated_gets=max(r.get("repeated_gets", 0) for r in rs))
         if key in ups and ups[key]:
-            row.update(speedup=common.median(ups[key]), speedup_interval=[min(ups[key]), max(ups[key])])
+            row.update(speedup=stats.median(ups[key]), speedup_interval=[min(ups[key]), max(ups[key])])
         rows.append(row)
     return rows
 
@@ -710,11 +710,11 @@ def evaluate_targets(rows: list[dict], runs: list[dict], setup: dict, command: s
             continue
         where = f"{level}, {w} w, {head} ms"
         targets.append(Target.check(f"pruned epoch no slower than the unpruned: speed-up >= 1 ({where})",
-                                    common.median(values), 1.0, ">=", interval=_interval(values), command=command,
+                                    stats.median(values), 1.0, ">=", interval=_interval(values), command=command,
                                     ratio=r, level=level))
         goal = {"sample": 0.7, SORTED_LEVEL: 0.85}.get(level)
         if goal is not None:
-            targets.append(Target.check(f"speed-up >= {goal}/(1-r) ({where})", common.median(values), goal / (1 - r), ">=",
+            targets.append(Target.check(f"speed-up >= {goal}/(1-r) ({where})", stats.median(values), goal / (1 - r), ">=",
                                         interval=_interval(values), command=command, ratio=r, level=level))
         # the literal goal is (1-r) x 1.05; a random mask keeps about, not exactly, 1-r of the bytes,
         # so the goal is the mask's own kept bytes x 1.05 (the row keeps the literal one beside it)
@@ -728,7 +728,7 @@ def evaluate_targets(rows: list[dict], runs: list[dict], setup: dict, command: s
                             match(reader=peer, workers=w, latency_ms=head, epoch=1))
             if values:
                 targets.append(Target.check(f"r=0 samples/s >= {peer}'s first epoch ({w} w, {head} ms)",
-                                            common.median(values), 1.0, ">=", interval=_interval(values), command=command))
+                                            stats.median(values), 1.0, ">=", interval=_interval(values), command=command))
     for row in at:  # the kept-bytes cache: epoch 2 against the local reader of the same files and mask
         if row["reader"] != "streamprune_cache" or row["epoch"] != 2:
             continue
@@ -737,7 +737,7 @@ def evaluate_targets(rows: list[dict], runs: list[dict], setup: dict, command: s
                         match(reader="streamprune_local", ratio=r, level="sample", workers=w, latency_ms=head, epoch=1))
         if values:
             targets.append(Target.check(f"epoch 2 with the cache >= 0.9x the local-disk reader ({w} w, {head} ms)",
-                                        common.median(values), 0.9, ">=", interval=_interval(values), command=command,
+                                        stats.median(values), 0.9, ">=", interval=_interval(values), command=command,
                                         ratio=r, level="sample"))
         kept = kept_fraction.get((r, "sample"), 1.0) * full_bytes
         targets.append(Target.check(f"cache bytes <= kept bytes x 1.05 ({w} w, {head} ms)", row["cache_bytes"] / kept, 1.05,
@@ -749,7 +749,7 @@ def evaluate_targets(rows: list[dict], runs: list[dict], setup: dict, command: s
         values = [x["gets_per_s"] for x in runs if _key(x) == _key(busiest)]
         targets.append(Target.check(
             f"client ranged GETs/s per process >= 2,000 ({busiest['reader']} r={busiest['ratio']:g} {busiest['level']}, "
-            f"1 w, {head} ms: {busiest['ranged_gets']:,} GETs)", common.median(values), 2000.0, ">=",
+            f"1 w, {head} ms: {busiest['ranged_gets']:,} GETs)", stats.median(values), 2000.0, ">=",
             interval=_interval(values), command=command))
     for p in setup.get("predictions") or []:  # the planner's predictions, when there is a planner
         row = _find(at, reader=p["reader"], ratio=p["ratio"], level=p["level"], workers=p["workers"], epoch=1)
@@ -783,7 +783,7 @@ def _row_cells(r: dict, f: Callable) -> list:
 
 def tables(results: dict[str, Any]) -> str:
     """The suite's tables: the headline latency, the other latencies, failed and skipped arms."""
-    f = common.fmt_num
+    f = mdtable.fmt_num
     setup = results["setup"]
     if setup.get("store") == "nginx":
         out = [f"nginx on loopback (one port per setting; echo_sleep before each response, limit_rate per connection): time "
@@ -803,11 +803,11 @@ def tables(results: dict[str, Any]) -> str:
     rows = sorted(results["rows"], key=lambda x: (x["latency_ms"] != setup.get("headline_ms"), x["latency_ms"], x["workers"],
                                                   order.get(x["reader"], 99), x["reader"], x["ratio"], x["level"],
                                                   x.get("epoch", 1)))
-    out.append(common.markdown_table(head, [_row_cells(r, f) for r in rows], "rrlllrrrrrrrrrr"))
+    out.append(mdtable.markdown_table(head, [_row_cells(r, f) for r in rows], "rrlllrrrrrrrrrr"))
     failures = results.get("failures") or []
     if failures:
         out += ["", f"Runs that failed or stalled ({len(failures)}; not counted):", ""]
-        out.append(common.markdown_table(
+        out.append(mdtable.markdown_table(
             ["round", "latency", "workers", "reader", "r", "level", "error"],
             [[x["round"], x["latency_ms"], x["workers"], x["reader"], f"{x['ratio']:g}", x["level"],
               x["error"].strip().splitlines()[-1][:160].replace("|", "/")] for x in failures], "rrrlrll"))
@@ -859,7 +859,7 @@ def plot(rows: list[dict], latencies: Sequence[int], path: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The suite's options (``python -m benchmarks remote --help``)."""
-    p = common.arg_parser("remote", __doc__.split("\n\n")[0])
+    p = arg_parser("remote", __doc__.split("\n\n")[0])
     p.add_argument("--total-mb", type=float, default=1024,
                    help="dataset size in MiB (default 1024: 8 shards, 2 per worker with 4 workers)")
     p.add_argument("--samples-per-shard", type=int, default=1100, help="samples per shard (default 1100: ~134 MB shards)")
@@ -882,9 +882,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.quick:  # every arm once, at r = 0 and 0.8 only
         args.total_mb, args.samples_per_shard, args.latencies, args.rounds = 24, 64, "30", 1
         args.headline_ms, args.ratios = 30, (0.0, 0.8)
-    args.data_dir = os.path.join(common.DEFAULT_DATA, "remote_jpeg_quick" if args.quick else
+    args.data_dir = os.path.join(resultsfile.DEFAULT_DATA, "remote_jpeg_quick" if args.quick else
                                  f"remote_jpeg_{round(args.total_mb)}mb_{args.samples_per_shard}")
-    args.out = args.out or (os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS)
+    args.out = args.out or (os.path.join(resultsfile.DEFAULT_RESULTS, "quick") if args.quick else resultsfile.DEFAULT_RESULTS)
     unknown = set(args.readers.split(",")) - set(READERS)
     if unknown:
         p.error(f"--readers: unknown {', '.join(sorted(unknown))}; known: {', '.join(READERS)}")
@@ -896,7 +896,7 @@ def prepare(args: argparse.Namespace, readers: list[str], skipped: list[dict]) -
     # heavy import, deferred: streamprune.manifest
     from . import remote_peers
 
-    manifest = common.make_jpeg_shards(args.data_dir, args.total_mb, samples_per_shard=args.samples_per_shard,
+    manifest = jpegdata.make_jpeg_shards(args.data_dir, args.total_mb, samples_per_shard=args.samples_per_shard,
                                        workers=1 if args.quick else 2)
     shards = [manifest.shard_path(k) for k in range(len(manifest.shards))]
     sorted_manifest = make_sorted_copy(manifest, args.data_dir) if "streamprune_sorted" in readers else None
@@ -917,7 +917,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every configuration; return the results."""
     t_start = time.perf_counter()
     load_start = os.getloadavg()
-    git = common.git_revision()
+    git = provenance.git_revision()
     if not echo_module_available():
         raise RuntimeError("the remote suite needs nginx and its echo module (Debian: apt-get install nginx-light "
                            "libnginx-mod-http-echo)")
@@ -1010,7 +1010,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-    command = common.command_line()
+    command = provenance.command_line()
     setup = {"store": "nginx", "samples": manifest.num_samples, "shards": len(manifest.shards),
              "samples_per_shard": args.samples_per_shard, "full_bytes": full_bytes, "latencies_ms": latencies,
              "headline_ms": args.headline_ms, "conn_mbps": args.conn_mbps, "workers": workers, "rounds": args.rounds,
@@ -1021,7 +1021,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "suite": "remote", "command": command, "commit": git["commit"], "dirty": git["dirty"],
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "setup": setup,
-        "machine": common.machine_info() | {"packages_remote": common.package_versions(
+        "machine": provenance.machine_info() | {"packages_remote": provenance.package_versions(
             ["fsspec", "aiohttp", "obstore", "boto3", "mosaicml-streaming", "litdata"]), "nginx": _nginx_version()},
         "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
         "rows": rows, "runs": runs, "failures": failures, "skipped": skipped,
@@ -1055,7 +1055,7 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = resummarize(args.resummarize) if args.resummarize else run(args)
     os.makedirs(args.out, exist_ok=True)
     path = args.resummarize or os.path.join(args.out, "remote_bench.json")
-    common.write_json(path, results)
+    resultsfile.write_json(path, results)
     with contextlib.suppress(ImportError):  # no matplotlib: no plot
         plot(results["rows"], results["setup"]["latencies_ms"], os.path.splitext(path)[0] + ".png")
     suite = RemoteSuite()

@@ -20,7 +20,7 @@ import shlex
 import subprocess
 from typing import Any
 
-from . import common
+from . import mdtable, resultsfile
 from .registry import SUITES
 from .suite import MET, Suite
 
@@ -128,7 +128,7 @@ def list_table(suites: dict[str, Suite] | None = None) -> str:
     for suite in (SUITES if suites is None else suites).values():
         full, quick = suite_status(suite), suite_status(suite, quick=True)
         rows.append([suite.name, full[1] or full[0], quick[1] or quick[0], suite.title])
-    return common.markdown_table(["suite", "latest results", "latest --quick", "what"], rows, "llll")
+    return mdtable.markdown_table(["suite", "latest results", "latest --quick", "what"], rows, "llll")
 
 
 def _readme_anchor(suite: Suite) -> str | None:
@@ -213,7 +213,7 @@ def render_report(quick: bool = False, link_prefix: str = "benchmarks/", suites:
     for suite in suites.values():
         status, date, verdict = suite_status(suite, quick)
         rows.append([f"[{suite.name}](#{_slug(suite)})", suite.title, status, date, verdict])
-    lines += [common.markdown_table(["suite", "what", "status", "date", "targets"], rows, "lllll"), ""]
+    lines += [mdtable.markdown_table(["suite", "what", "status", "date", "targets"], rows, "lllll"), ""]
     for suite in suites.values():
         lines += [render_suite(suite, quick=quick, link_prefix=link_prefix), ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -240,7 +240,7 @@ def write_report(out: str | None = None, quick: bool = False, suites: dict[str, 
         The path written.
     """
     if out is None:
-        folder = os.path.join(common.DEFAULT_RESULTS, "quick") if quick else os.path.dirname(HERE)
+        folder = os.path.join(resultsfile.DEFAULT_RESULTS, "quick") if quick else os.path.dirname(HERE)
         os.makedirs(folder, exist_ok=True)
         out = os.path.join(folder, "BENCHMARKS.md")
     prefix = os.path.relpath(bench_dir, os.path.dirname(os.path.abspath(out))).replace(os.sep, "/").rstrip("/") + "/"

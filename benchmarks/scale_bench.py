@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from . import common
-from .suite import Suite, Target, targets_table
+from . import mdtable, pagecache, provenance, resultsfile, stats
+from .suite import Suite, Target, arg_parser, targets_table
 
 ENGINES = ("local-1", "local-2", "ray-1", "ray-2")
 TARGET_SPEEDUP = 1.7
@@ -48,7 +48,7 @@ TARGET_OVERHEAD = 0.10
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The suite's options (``python -m benchmarks scale --help``)."""
-    p = common.arg_parser("scale", __doc__.split("\n\n")[0])
+    p = arg_parser("scale", __doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=16_000, help="images in the embedding set (default 16000)")
     p.add_argument("--shards", type=int, default=32, help="shards of the embedding set (default 32)")
     p.add_argument("--members", type=int, default=400_000, help="tar members in the index set (default 400000)")
@@ -61,7 +61,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.samples, args.shards, args.members, args.index_shards, args.repeats = 1200, 6, 20_000, 4, 1
     if args.out is None:
-        args.out = os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS
+        args.out = os.path.join(resultsfile.DEFAULT_RESULTS, "quick") if args.quick else resultsfile.DEFAULT_RESULTS
     return args
 
 
@@ -144,7 +144,7 @@ def run_pass(name: str, fn, engines: dict, repeats: int) -> dict[str, Any]:
     return {
         "pass": name,
         "seconds": times,
-        "median_seconds": {e: common.median(t) for e, t in times.items()},
+        "median_seconds": {e: stats.median(t) for e, t in times.items()},
         "range_seconds": {e: [min(t), max(t)] for e, t in times.items()},
     }
 
@@ -152,7 +152,7 @@ def run_pass(name: str, fn, engines: dict, repeats: int) -> dict[str, Any]:
 def paired(res: dict, num: str, den: str) -> tuple[float, list[float]]:
     """Median and [min, max] of the per-round ratio ``num / den`` (paired by round)."""
     ratios = [a / b for a, b in zip(res["seconds"][num], res["seconds"][den])]
-    return common.median(ratios), [min(ratios), max(ratios)]
+    return stats.median(ratios), [min(ratios), max(ratios)]
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -168,15 +168,15 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from .nets import SURROGATE_ENTRY_POINT  # deferred: imports torch
 
     t_start = time.perf_counter()
-    machine = common.machine_info()
+    machine = provenance.machine_info()
     load_before = os.getloadavg()
     print(f"scale_bench: {machine['cpu_count']} cores, load {load_before[0]:.1f}, ray {ray.__version__}")
     tag = "quick" if args.quick else "full"
-    data = os.path.join(common.DEFAULT_DATA, f"scale_{tag}")
+    data = os.path.join(resultsfile.DEFAULT_DATA, f"scale_{tag}")
     m = make_embed_set(os.path.join(data, "embed"), args.samples, args.shards, args.seed)
     tars = make_small_shards(os.path.join(data, "index"), args.members, args.index_shards, args.seed)
     work = os.path.join(data, "work")
-    root = os.path.dirname(common.HERE)
+    root = os.path.dirname(resultsfile.HERE)
     path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
@@ -198,7 +198,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         index_shards(tars, out, label_ext="cls", checksum=True, progress=False, engine=engine)
 
     try:
-        common.warm([m.shard_path(k) for k in range(len(m.shards))] + tars)
+        pagecache.warm([m.shard_path(k) for k in range(len(m.shards))] + tars)
         print("warm-up (not timed)")
         embed(engines["ray-2"])
         index(engines["ray-2"])
@@ -230,7 +230,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                            interval=s["range"], **{"pass": "embed"}).to_dict())
     out = {
         "benchmark": "scale_bench",
-        "command": common.command_line(),
+        "command": provenance.command_line(),
         "args": vars(args),
         "machine": machine,
         "load_before": load_before,
@@ -247,7 +247,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - t_start,
     }
     path = os.path.join(args.out, "scale_bench.json")
-    common.write_json(path, out)
+    resultsfile.write_json(path, out)
     plot(out, os.path.splitext(path)[0] + ".png")
     print()
     print(tables(out))
@@ -296,8 +296,8 @@ def tables(results: dict[str, Any]) -> str:
     )
     return "\n\n".join([
         head,
-        common.markdown_table(["pass", "engine", "median s", "range s"], rows, "llrr"),
-        common.markdown_table(["pass", "ratio (paired per round)", "median", "range"], ratio_rows, "llrr"),
+        mdtable.markdown_table(["pass", "engine", "median s", "range s"], rows, "llrr"),
+        mdtable.markdown_table(["pass", "ratio (paired per round)", "median", "range"], ratio_rows, "llrr"),
     ])
 
 

@@ -54,8 +54,8 @@ from streamprune.atomic import atomic_write_json
 from streamprune.manifest import Manifest, ShardEntry
 from streamprune.writers import write_shards
 
-from . import common
-from .suite import Suite, Target
+from . import mdtable, provenance, resultsfile, stats
+from .suite import Suite, Target, arg_parser
 
 log = logging.getLogger("score_bench")
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -77,13 +77,13 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> di
     runs = [a / b for a, b in zip(numerator, denominator)]
     if not runs:
         return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "runs": [], "n": 0, "coverage": 0.0}
-    return {"median": common.median(runs), "min": min(runs), "max": max(runs), "runs": [round(r, 4) for r in runs],
+    return {"median": stats.median(runs), "min": min(runs), "max": max(runs), "runs": [round(r, 4) for r in runs],
             "n": len(runs), "coverage": 1.0 - 2.0 ** (1 - len(runs))}
 
 
 def spread(times: Sequence[float]) -> dict[str, Any]:
     """Median, min, max and the runs of a list of times."""
-    return {"median": common.median(times), "min": min(times), "max": max(times), "runs": [round(t, 4) for t in times]}
+    return {"median": stats.median(times), "min": min(times), "max": max(times), "runs": [round(t, 4) for t in times]}
 
 
 # ------------------------------------------------------------------------------------------ b
@@ -597,7 +597,7 @@ def merged_parts(earlier: dict[str, Any]) -> dict[str, Any]:
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure the parts not skipped (``python -m benchmarks score --help``), write ``score_bench.json`` and the plot."""
-    ap = common.arg_parser("score", __doc__)
+    ap = arg_parser("score", __doc__)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--d", type=int, default=512)
@@ -611,8 +611,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--skip", default="", help="Comma-separated parts to skip (a,b,c,d).")
     ap.add_argument("--merge", action="store_true", help="Keep the skipped parts' results from the existing JSON.")
     ap.add_argument("--quick", action="store_true", help="Small sizes (smoke test); results under results/quick.")
-    ap.add_argument("--work", default=os.path.join(common.DEFAULT_DATA, "score"))
-    ap.add_argument("--out", default=common.DEFAULT_RESULTS)
+    ap.add_argument("--work", default=os.path.join(resultsfile.DEFAULT_DATA, "score"))
+    ap.add_argument("--out", default=resultsfile.DEFAULT_RESULTS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.quick:
@@ -620,8 +620,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.out = os.path.join(args.out, "quick")
     skip = set(filter(None, args.skip.split(",")))
     os.makedirs(args.work, exist_ok=True)
-    command = common.command_line()
-    res: dict = {"benchmark": "score_bench", "command": command, "machine": common.machine_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    command = provenance.command_line()
+    res: dict = {"benchmark": "score_bench", "command": command, "machine": provenance.machine_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out_json = os.path.join(args.out, "score_bench.json")
     if args.merge and os.path.exists(out_json):  # keep the parts skipped now from an earlier run, each with its command
         with open(out_json) as fh:
@@ -658,7 +658,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     res["targets"] = [t.to_dict() for t in score_targets(res)]
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     os.makedirs(args.out, exist_ok=True)
-    common.write_json(out_json, res)
+    resultsfile.write_json(out_json, res)
     plot(res, os.path.join(args.out, "score_bench.png"))
     return res
 
@@ -714,7 +714,7 @@ def kernel_table(k: dict[str, Any]) -> str:
             f"÷ Numba = the arm's time / Numba's in the same repeat (> 1: Numba faster), median [min-max]; "
             f"{k['interval']}. Inertia = sum of squared distances to the updated centroids, computed for every arm by the same "
             f"function (÷ Numba's); before the iteration it was {k['inertia_at_init']:.6g}.")
-    table = common.markdown_table(["arm", "assignment", "update", "one iteration", "assignment ÷ Numba", "iteration ÷ Numba",
+    table = mdtable.markdown_table(["arm", "assignment", "update", "one iteration", "assignment ÷ Numba", "iteration ÷ Numba",
                                    "inertia (÷ Numba)"], rows, "lrrrrrr")
     return f"{head}\n\n{table}"
 
@@ -737,7 +737,7 @@ def tables(results: dict[str, Any]) -> str:
         rows.append([f"(d) LM: surrogate training ({lm['surrogate_train_steps']} steps) + scoring = total",
                      (f"{lm['surrogate_train_seconds']:.1f} s + {lm['lm_score_seconds']:.1f} s = {lm['lm_total_seconds']:.1f} s "
                       f"= {100 * lm['total_fraction_of_epoch']:.1f}% of an epoch (scoring alone {100 * lm['score_fraction_of_epoch']:.1f}%)")])
-    parts = [common.markdown_table(["measure", "value"], rows, "ll")] if rows else []
+    parts = [mdtable.markdown_table(["measure", "value"], rows, "ll")] if rows else []
     k = results.get("kernels") or {}
     if k.get("arms"):
         parts.append(kernel_table(k))

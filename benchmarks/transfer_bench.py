@@ -98,8 +98,8 @@ import numpy as np
 
 from streamprune import MaskFile
 
-from . import common
-from .suite import Suite, Target, targets_table
+from . import mdtable, provenance, resultsfile, stats
+from .suite import Suite, Target, arg_parser, targets_table
 
 __all__ = [
     "METHODS",
@@ -145,8 +145,8 @@ DATA_VERSION = 1
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments (``--quick`` shrinks everything for a smoke run)."""
-    p = common.arg_parser("transfer", __doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=os.path.join(common.DEFAULT_DATA, "transfer"), help="shards, targets, scores and masks")
+    p = arg_parser("transfer", __doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=os.path.join(resultsfile.DEFAULT_DATA, "transfer"), help="shards, targets, scores and masks")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one round each (default 0,1,2)")
     p.add_argument("--ratios", default="0.4,0.6,0.8", help="fractions REMOVED besides 0 (default 0.4,0.6,0.8)")
@@ -181,7 +181,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.source_samples = 4000 if args.source_samples is None else args.source_samples
         args.samples_per_shard = 1000
     if args.out is None:
-        args.out = os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS
+        args.out = os.path.join(resultsfile.DEFAULT_RESULTS, "quick") if args.quick else resultsfile.DEFAULT_RESULTS
     args.seed_list = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     args.ratio_list = sorted({float(r) for r in str(args.ratios).split(",") if r.strip()} - {0.0})
     args.method_list = [m.strip() for m in str(args.methods).split(",") if m.strip()]
@@ -670,9 +670,9 @@ def summarize(runs: Sequence[dict], ratios: Sequence[float], methods: Sequence[s
                    if s in base and "cpu_seconds" in cur[s]["pretrain"] and "cpu_seconds" in base[s]["pretrain"]]
             time_rows.append({
                 "method": method, "ratio": ratio, "seeds": len(pairs),
-                "cpu_ratio_median": common.median(cpu) if cpu else None,
+                "cpu_ratio_median": stats.median(cpu) if cpu else None,
                 "kept_fraction": float(np.mean([cur[s]["kept_fraction"] for s in cur])),
-                "time_ratio_median": common.median(pairs), "time_ratio_min": min(pairs, default=float("nan")),
+                "time_ratio_median": stats.median(pairs), "time_ratio_min": min(pairs, default=float("nan")),
                 "time_ratio_max": max(pairs, default=float("nan")), "budget": 1.0 - ratio, "limit": TIME_SLACK * (1.0 - ratio),
             })
     acc_rows = []
@@ -710,7 +710,7 @@ def summarize(runs: Sequence[dict], ratios: Sequence[float], methods: Sequence[s
     return {
         "time": time_rows,
         "accuracy": acc_rows,
-        "unpruned_seconds_median": common.median([base[s]["pretrain"]["seconds"] for s in sorted(base)]),
+        "unpruned_seconds_median": stats.median([base[s]["pretrain"]["seconds"] for s in sorted(base)]),
         "fixed_cost_fit": fixed_cost_fit(runs, ratios),
     }
 
@@ -827,7 +827,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         rows.append(row)
     rows.append(["ideal 1-r"] + [f"{1 - r:.3f}" for r in ratios])
     rows.append([f"limit {TIME_SLACK:g} x (1-r)"] + [f"{TIME_SLACK * (1 - r):.3f}" for r in ratios])
-    lines.append(common.markdown_table(headers, rows))
+    lines.append(mdtable.markdown_table(headers, rows))
     if any(t.get("cpu_ratio_median") is not None for t in summary["time"]):
         lines.append("")
         lines.append("CPU time of the same loops (main process + loader worker), median of the paired ratio to unpruned: "
@@ -840,7 +840,7 @@ def report_markdown(results: dict[str, Any]) -> str:
                 t = next((x for x in summary["time"] if x["method"] == method and abs(x["ratio"] - r) < 1e-9), None)
                 row.append("-" if t is None or t.get("cpu_ratio_median") is None else f"{t['cpu_ratio_median']:.3f}")
             rows.append(row)
-        lines.append(common.markdown_table(headers, rows))
+        lines.append(mdtable.markdown_table(headers, rows))
     fit = summary.get("fixed_cost_fit") or fixed_cost_fit(results.get("runs") or [], ratios)
     if fit.get("wall"):
         w, c = fit["wall"], fit.get("cpu")
@@ -875,7 +875,7 @@ def report_markdown(results: dict[str, Any]) -> str:
                 rows.append(row)
             if scratch is not None:
                 rows.append(["no pretraining", f"{scratch['mean']:.2f} ± {scratch['std']:.2f}"] + [""] * len(ratios))
-            lines.append(common.markdown_table(headers, rows, "l" + "r" * (len(headers) - 1)))
+            lines.append(mdtable.markdown_table(headers, rows, "l" + "r" * (len(headers) - 1)))
     return "\n".join(lines)
 
 
@@ -960,8 +960,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     progress = not args.quiet
     started = _dt.datetime.now(_dt.timezone.utc)
     t_start = time.perf_counter()
-    machine = common.machine_info()
-    machine["packages"].update(common.package_versions(["torchvision", "scikit-learn", "numba"]))
+    machine = provenance.machine_info()
+    machine["packages"].update(provenance.package_versions(["torchvision", "scikit-learn", "numba"]))
     work = os.path.join(args.data_dir, "run-quick" if args.quick else "run")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
@@ -1026,7 +1026,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary = summarize(runs, args.ratio_list, args.method_list)
     results = {
         "benchmark": "transfer_bench",
-        "command": common.command_line(),
+        "command": provenance.command_line(),
         "date": started.isoformat(timespec="seconds"),
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,
@@ -1069,7 +1069,7 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cfg = results["config"]
         results["summary"] = summarize(results["runs"], cfg["ratios"], cfg["methods"])
         results["targets"] = evaluate_targets(results["summary"], cfg["ratios"])
-        common.write_json(args.plot_only, results)
+        resultsfile.write_json(args.plot_only, results)
         if not args.no_plot:
             plot(results, os.path.splitext(args.plot_only)[0] + ".png")
         print(report_markdown(results))
@@ -1077,7 +1077,7 @@ def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = run(args)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "transfer_bench.json")
-    common.write_json(path, results)
+    resultsfile.write_json(path, results)
     if not args.no_plot:
         plot(results, os.path.join(args.out, "transfer_bench.png"))
     print(report_markdown(results))

@@ -22,12 +22,12 @@ class EchoSuite(Suite):
     title = "Echo: records its arguments"
 
     def run(self, argv):
-        from benchmarks import common
+        from benchmarks import provenance, resultsfile
 
         quick = "--quick" in argv
-        results = {"command": common.command_line(), "date": "2026-03-04T05:06:07+00:00", "args": list(argv),
+        results = {"command": provenance.command_line(), "date": "2026-03-04T05:06:07+00:00", "args": list(argv),
                    "targets": [Target.check("args: " + " ".join(argv), len(argv), 1, ">=").to_dict()]}
-        common.write_json(self.results_path(quick), results)
+        resultsfile.write_json(self.results_path(quick), results)
         return results
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import common, io_readers
+from benchmarks import io_readers, resultsfile
 from benchmarks.io_bench import IoSuite
 
 
@@ -41,7 +41,7 @@ def test_io_suite_renders_the_reader_rows_after_its_own(tmp_path):
              "targets": io_readers.evaluate_targets(rows, "python -m benchmarks io --only readers"),
              "data": {"samples": 10, "data_bytes": 100 << 20, "shards": 1},
              "wids": {"open": {"cold": {"seconds": 0.5, "read_bytes": 100 << 20}}}}
-    common.write_json(str(tmp_path / io_readers.RESULTS_NAME), saved)
+    resultsfile.write_json(str(tmp_path / io_readers.RESULTS_NAME), saved)
     suite = IoSuite(str(tmp_path))
     io_results = {"command": "python -m benchmarks io", "summary": [], "targets": []}
     text = suite.markdown(io_results)
