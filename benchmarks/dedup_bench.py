@@ -56,10 +56,10 @@ from typing import Any
 
 import numpy as np
 
-from . import mdtable, provenance, resultsfile
-from .suite import Suite, Target, arg_parser, targets_table
+from . import mdtable, provenance
+from .suite import Suite, Target
 
-__all__ = ["DedupSuite", "KINDS", "planted_metrics", "report_markdown", "run_cli"]
+__all__ = ["DedupSuite", "KINDS", "planted_metrics", "report_markdown"]
 
 log = logging.getLogger("dedup_bench")
 
@@ -69,11 +69,9 @@ KINDS = ("jpeg-q50", "hflip", "crop", "exact")
 EPS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = arg_parser("dedup", __doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="a smoke run, written to results/quick/")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The suite's own options (the base adds ``--quick``, ``--out``, ``--seed``, ``--data-dir``, ...)."""
     p.add_argument("--quiet", action="store_true", help="warnings only")
-    p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
     p.add_argument("--base", type=int, default=8000, help="base images (class-balanced subset of Fashion-MNIST train)")
     p.add_argument("--copies", type=int, default=150, help="planted copies per kind")
     p.add_argument("--clusters", type=int, default=20, help="SemDeDup k-means clusters")
@@ -84,11 +82,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--scale-rows", type=int, default=100_000, help="synthetic rows for the SemDeDup scaling measurement")
-    p.add_argument("--data-dir", default=os.path.join(resultsfile.DEFAULT_DATA, "dedup"))
-    args = p.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> argparse.Namespace:
+    """``--quick`` sizes and the parsed lists."""
     if args.quick:
         args.base, args.copies, args.surrogate_steps, args.seeds, args.scale_rows, args.epochs = 2000, 40, 40, "0", 40_000, 2
-    args.out = args.out or os.path.join(resultsfile.DEFAULT_RESULTS, *(["quick"] if args.quick else []))
     args.eps_list = [float(e) for e in args.eps.split(",")]
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     return args
@@ -405,22 +404,20 @@ def report_markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run, write the JSON, print the tables; return the results."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    results = run(args)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "dedup_bench.json")
-    resultsfile.write_json(path, results)
-    print(report_markdown(results))
-    print()
-    print(targets_table([Target.from_dict(t) for t in results["targets"]]))
-    print(f"\n{results['total_seconds']:.0f} s -> {path}")
-    return results
-
-
 class DedupSuite(Suite):
     """``dedup``: SemDeDup precision/recall on planted duplicates, its cost, exact dedup, reduced transfer."""
+
     name, title = "dedup", "Deduplication: SemDeDup and exact dedup on planted duplicates"
-    run, tables = staticmethod(run_cli), staticmethod(report_markdown)
+    data_name = "dedup"
+    measures = ("streamprune/scoring/dedup.py", "streamprune/scoring/kmeans.py", "streamprune/scoring/features.py",
+                "streamprune/kernels.py")
+    tables = staticmethod(report_markdown)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The dedup options (:func:`add_arguments`)."""
+        add_arguments(parser)
+
+    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Plant duplicates, run SemDeDup and exact dedup, the reduced transfer (:func:`run`)."""
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+        return run(configure(args))

@@ -13,6 +13,7 @@ from .ffcv_bench import FfcvSuite
 from .fuzz_bench import FuzzSuite
 from .index_bench import IndexSuite
 from .io_bench import IoSuite
+from .records import RECORDS
 from .remote_bench import RemoteSuite
 from .scale_bench import ScaleSuite
 from .score_bench import ScoreSuite
@@ -21,11 +22,12 @@ from .transfer_bench import TransferSuite
 
 __all__ = ["SUITES", "get_suite", "run_suite"]
 
-#: Every suite by name, in the order of BENCHMARKS.md.
+#: Every suite by name, in the order of BENCHMARKS.md: the measured suites, then the results of
+#: measurement modules of their own (:mod:`benchmarks.records`, not runnable from here).
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
-              DedupSuite(), ScaleSuite(), RemoteSuite())
+              DedupSuite(), ScaleSuite(), RemoteSuite(), *(record() for record in RECORDS))
 }
 
 

@@ -18,6 +18,7 @@ import datetime as _dt
 import os
 import shlex
 import subprocess
+from dataclasses import dataclass
 from typing import Any
 
 from . import mdtable, resultsfile
@@ -26,6 +27,10 @@ from .suite import MET, Suite
 
 __all__ = [
     "NOT_RUN",
+    "Stale",
+    "check",
+    "check_text",
+    "commit_line",
     "display_command",
     "list_table",
     "machine_line",
@@ -37,6 +42,8 @@ __all__ = [
 ]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: The repository root (``benchmarks/`` is a folder of a source checkout).
+ROOT = os.path.dirname(HERE)
 NOT_RUN = "not run yet"
 
 
@@ -88,6 +95,33 @@ def machine_line(machine: dict[str, Any] | None) -> str:
     if machine.get("platform"):
         parts.append(machine["platform"])
     return ", ".join(parts)
+
+
+def _git(*args: str, cwd: str = ROOT) -> str | None:
+    """``git args`` in the repository; its stripped output, or ``None`` when git fails."""
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def file_commit(path: str) -> str | None:
+    """The last commit that changed ``path`` (a results file), or ``None`` (not committed, no git)."""
+    return _git("log", "-1", "--format=%H", "--", os.path.abspath(path)) or None
+
+
+def commit_line(suite: Suite, results: dict[str, Any], path: str) -> str:
+    """The commit a results file was measured at, as shown in the report.
+
+    ``abc1234`` (``, dirty`` when the tree had uncommitted changes); for older files that
+    recorded none, the commit that last changed the results file, which the run predates.
+    """
+    commit, dirty = suite.commit(results)
+    if commit:
+        return f"`{commit[:10]}`" + (" (uncommitted changes in the tree)" if dirty else "")
+    committed = file_commit(path)
+    return "not recorded" + (f" (the results file was last committed in `{committed[:10]}`)" if committed else "")
 
 
 def display_command(command: str) -> str:
@@ -142,8 +176,9 @@ def _readme_anchor(suite: Suite) -> str | None:
     return f"{suite.name}_benchpy" if want in headings else None
 
 
-def render_suite(suite: Suite, quick: bool = False, link_prefix: str = "benchmarks/", heading: str = "##") -> str:
-    """One suite's section: title, status, command, machine, date, its markdown, plot, analysis link.
+def render_suite(suite: Suite, quick: bool = False, link_prefix: str = "benchmarks/", heading: str = "##",
+                 path: str | None = None) -> str:
+    """One suite's section: title, status, command, commit, machine, date, its markdown, plot, analysis link.
 
     Args:
         suite: The suite.
@@ -151,21 +186,24 @@ def render_suite(suite: Suite, quick: bool = False, link_prefix: str = "benchmar
         link_prefix: Path of ``benchmarks/`` relative to the document's location, for link targets
             (text always names paths from the repository root).
         heading: Markdown heading marker of the section.
+        path: Render this results file instead of the suite's latest (``--resummarise``, ``--out``).
 
     Returns:
         Markdown text.
     """
     lines = [f"{heading} {suite.name}: {suite.title}", ""]
-    path = suite.results_path(quick)
+    path = path or suite.results_path(quick)
     rel = os.path.relpath(path, os.path.dirname(suite.results_dir)).replace(os.sep, "/")
-    results = suite.results(quick)
+    results = resultsfile.load_json(path)
     if results is None:
         flag = " --quick" if quick else ""
-        lines.append(f"*{NOT_RUN}* (no `benchmarks/{rel}`). Run `python -m benchmarks {suite.name}{flag}` "
-                     f"or `streamprune bench {suite.name}{flag}`.")
+        how = (f"Run `python -m benchmarks {suite.name}{flag}` or `streamprune bench {suite.name}{flag}`." if suite.runnable
+               else f"Its results come from `{suite.how}`.")
+        lines.append(f"*{NOT_RUN}* (no `benchmarks/{rel}`). {how}")
         return "\n".join(lines)
     command = suite.command(results)
     lines.append(f"- command: `{display_command(command)}`" if command else "- command: not recorded")
+    lines.append(f"- commit: {commit_line(suite, results, path)}")
     lines.append(f"- machine: {machine_line(_meta(results, 'machine'))}")
     lines.append(f"- date: {suite_date(results, path)}")
     lines.append(f"- results: [`benchmarks/{rel}`]({link_prefix}{rel})")
@@ -250,3 +288,82 @@ def write_report(out: str | None = None, quick: bool = False, suites: dict[str, 
         fh.write(text)
     os.replace(tmp, out)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# --report --check: results older than the code they measure
+
+
+@dataclass(frozen=True)
+class Stale:
+    """A suite whose results may not describe the current code.
+
+    Attributes:
+        suite: The suite's name.
+        results: The results file, from the repository root.
+        commit: The commit the results record (``None``: not recorded).
+        reason: Why, in words (which measured paths changed since, and in which commit).
+    """
+
+    suite: str
+    results: str
+    commit: str | None
+    reason: str
+
+
+def _is_ancestor(older: str, newer: str) -> bool:
+    return _git("merge-base", "--is-ancestor", older, newer) is not None
+
+
+def check_suite(suite: Suite, quick: bool = False, repo: str = ROOT) -> Stale | None:
+    """Whether ``suite``'s latest results predate a change to a path it measures.
+
+    The results are fresh when the last commit that changed any of :attr:`Suite.measures`
+    (``git log -1 -- PATHS``) is an ancestor of (or is) the commit the results record. Results
+    that record no commit, or a commit this repository does not have, cannot be shown fresh
+    and are stale; a suite without results is not.
+
+    Args:
+        suite: The suite.
+        quick: Check the ``--quick`` results.
+        repo: The repository root.
+
+    Returns:
+        ``None`` when fresh (or not run), else a :class:`Stale`.
+    """
+    path = suite.results_path(quick)
+    try:
+        results = resultsfile.load_json(path)
+    except ValueError as exc:
+        return Stale(suite.name, os.path.relpath(path, repo), None, str(exc))
+    if results is None:
+        return None
+    rel = os.path.relpath(path, repo)
+    if not suite.measures:
+        return Stale(suite.name, rel, None, "the suite declares no measured paths (Suite.measures)")
+    commit, _dirty = suite.commit(results)
+    if not commit:
+        return Stale(suite.name, rel, None, "the results record no commit: rerun the suite")
+    if _git("cat-file", "-e", f"{commit}^{{commit}}", cwd=repo) is None:
+        return Stale(suite.name, rel, commit, f"commit {commit[:10]} is not in this repository")
+    last = _git("log", "-1", "--format=%H", "--", *suite.measures, cwd=repo)
+    if not last or _is_ancestor(last, commit):
+        return None
+    changed = _git("diff", "--name-only", commit, last, "--", *suite.measures, cwd=repo) or ""
+    names = ", ".join(changed.split()) or "the measured paths"
+    return Stale(suite.name, rel, commit, f"{names} changed after {commit[:10]} (last in {last[:10]})")
+
+
+def check(suites: dict[str, Suite] | None = None, quick: bool = False, repo: str = ROOT) -> list[Stale]:
+    """Every suite whose results predate a change to what it measures (:func:`check_suite`)."""
+    found = (check_suite(s, quick, repo) for s in (SUITES if suites is None else suites).values())
+    return [s for s in found if s is not None]
+
+
+def check_text(stale: list[Stale]) -> str:
+    """The :func:`check` result in words, one suite a line."""
+    if not stale:
+        return "every suite's results are at least as new as the code it measures"
+    lines = [f"{len(stale)} suite(s) with results older than the code they measure:"]
+    lines += [f"  {s.suite} ({s.results}): {s.reason}" for s in stale]
+    return "\n".join(lines)

@@ -43,6 +43,7 @@ __all__ = [
     "median",
     "paired_by_round",
     "paired_ratio",
+    "ratio_of",
     "verdict",
 ]
 
@@ -154,6 +155,21 @@ def paired_ratio(numerator: Sequence[float | None], denominator: Sequence[float 
         return Ratio(float("nan"), float("nan"), float("nan"), (), failed, method)
     low, high = bootstrap_interval(runs) if method == "bootstrap" else (min(runs), max(runs))
     return Ratio(median(runs), low, high, tuple(runs), failed, method)
+
+
+def ratio_of(runs: Sequence[float], failed: int = 0) -> Ratio:
+    """A :class:`Ratio` from per-round ratios already taken (as older results files store them).
+
+    Args:
+        runs: The per-round ratios, in round order (``None``/NaN entries count as failed).
+        failed: Further rounds known to have failed.
+
+    Returns:
+        The ratio, min-max interval.
+    """
+    kept = [float(r) for r in runs if not _missing(r)]
+    out = paired_ratio(kept, [1.0] * len(kept))
+    return Ratio(out.median, out.low, out.high, out.runs, failed + len(runs) - len(kept), out.method)
 
 
 def paired_by_round(numerator: Mapping[Hashable, float | None], denominator: Mapping[Hashable, float | None],

@@ -147,6 +147,8 @@ class Target:
             details.setdefault("rounds", paired.n)
             if paired.failed:
                 details["not_counted"] = paired.failed
+        if rounds is not None:
+            details.setdefault("rounds", rounds)
         lo_hi = None if interval is None or not len(interval) else (float(min(interval)), float(max(interval)))
         if not valid:
             verdict = MISSED
@@ -293,9 +295,13 @@ class Suite:
     #: ``False`` for results written by a measurement module of its own (``python -m benchmarks.X``),
     #: which the report renders and checks but ``python -m benchmarks NAME`` cannot run.
     runnable: bool = True
+    #: For a suite that is not :attr:`runnable`: the command that writes its results.
+    how: str = ""
 
     def __init__(self, results_dir: str | None = None) -> None:
         self.results_dir = results_dir or resultsfile.DEFAULT_RESULTS
+        #: The results file the last :meth:`run` wrote (``None`` before one).
+        self.last_written: str | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -376,7 +382,10 @@ class Suite:
 
         Raises:
             FileNotFoundError: ``--resummarise`` names no file.
+            RuntimeError: The suite is not :attr:`runnable`.
         """
+        if not self.runnable:
+            raise RuntimeError(f"suite {self.name!r} is not run by python -m benchmarks: its results come from `{self.how}`")
         args = self.parse(argv)
         if args.resummarise:
             path = args.resummarise
@@ -390,6 +399,7 @@ class Suite:
             results = self.summarise({**origin, **results, "quick": bool(args.quick)})
             path = self.results_path(out=args.out)
         resultsfile.write_json(path, results)
+        self.last_written = path
         if self.has_plot and not args.no_plot:
             self.plot(results, os.path.splitext(path)[0] + ".png")
         return results
