@@ -77,8 +77,7 @@ Run:  python -m benchmarks io            (full, ~15-25 min)
       python -m benchmarks io --quick    (smoke run on tiny data)
       python -m benchmarks io --readers streamprune,ffcv_oscache,ffcv_pages --variants decode --merge
                                                (rerun some readers, keep the other rows of results/io_bench.json)
-      python -m benchmarks io --only decode   (decoder rows alone: JPEG decode samples/s per core per
-                                               decoder, full and reduced size; writes results/io_decode.json)
+      python -m benchmarks io_decode          (the decoder rows, a suite of their own: benchmarks/decode_bench.py)
       python -m benchmarks io --only readers  (reader rows alone: raw kept samples with PrunedWebDataset,
                                                PrunedMapDataset and wids, warm and cold, at every ratio;
                                                writes results/io_readers.json, see benchmarks/io_readers.py)
@@ -111,7 +110,7 @@ from streamprune.manifest import ShardEntry
 from streamprune.optional import FFCV_INSTALL_HINT, ffcv_available
 
 from . import ffcvloop, io_readers, jpegdata, mdtable, pagecache, provenance, resultsfile, stats
-from .suite import Suite, Target, arg_parser, targets_table
+from .suite import Suite, Target
 
 log = logging.getLogger("io_bench")
 
@@ -178,10 +177,8 @@ class Dataset:
         return [p for paths in self.files.values() for p in paths] + [self.mask_paths[ratio]]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The suite's options (``python -m benchmarks io --help``)."""
-    p = arg_parser("io", __doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=None, help="where the generated shards live (default benchmarks/data/io_jpeg_<N>mb)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The suite's own options (``python -m benchmarks io --help``; ``--data-dir`` defaults to benchmarks/data/io_jpeg_<N>mb)."""
     p.add_argument("--total-mb", type=float, default=512, help="dataset size in MiB (default 512)")
     p.add_argument(
         "--samples-per-shard",
@@ -212,22 +209,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the rows of OUT/io_bench.json for the (reader, cache, variant) not run now (same data required)",
     )
-    p.add_argument("--only", choices=["decode", "readers"], default=None,
-                   help="decode: run only the decoder rows (see decoder_rows); readers: only the reader rows (io_readers.py)")
-    p.add_argument("--decode-samples", type=int, default=1000, help="--only decode: JPEGs decoded per config and round (default 1000)")
-    p.add_argument("--decode-sizes", default="128,32", help="--only decode: sizes of the reduced-size rows (default 128,32)")
-    p.add_argument("--seed", type=int, default=0, help="data and mask seed")
+    p.add_argument("--only", choices=["readers"], default=None,
+                   help="readers: only the reader rows (io_readers.py, results/io_readers.json); the decoder rows are the "
+                        "io_decode suite")
     p.add_argument("--workers", type=int, default=2, help="processes generating shards")
-    p.add_argument("--quick", action="store_true", help="tiny data and 2 rounds: a smoke run, not a measurement")
-    p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("--plot-only", metavar="JSON", help="only redraw the PNG (next to JSON) from an earlier io_bench.json")
-    p.add_argument(
-        "--resummarize",
-        metavar="JSON",
-        help="recompute the summary and targets of an earlier io_bench.json from its stored runs (no measuring), rewrite it and its PNG",
-    )
-    args = p.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> argparse.Namespace:
+    """``--quick`` sizes, the parsed lists (unknown readers, caches or variants are a usage error) and the data folder."""
     if args.quick:
         args.total_mb = min(args.total_mb, 24)
         args.samples_per_shard = min(args.samples_per_shard, 50)
@@ -245,12 +234,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name, values, allowed in (("readers", args.readers, READERS), ("caches", args.caches, CACHES), ("variants", args.variants, VARIANTS)):
         bad = set(values) - set(allowed)
         if bad:
-            p.error(f"--{name}: unknown {sorted(bad)}")
+            raise SystemExit(f"python -m benchmarks io: --{name}: unknown {sorted(bad)}; expected some of {', '.join(allowed)}")
     if args.data_dir is None:
         tag = "quick" if args.quick else f"{round(args.total_mb)}mb"
         args.data_dir = os.path.join(resultsfile.DEFAULT_DATA, f"io_jpeg_{tag}")
-    if args.out is None:
-        args.out = os.path.join(resultsfile.DEFAULT_RESULTS, "quick") if args.quick else resultsfile.DEFAULT_RESULTS
     return args
 
 
@@ -804,13 +791,16 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
             groups.setdefault(r["ratio"], []).append(r)
         for ratio, reps in groups.items():
             base = {r["round"]: r for r in groups.get(0.0, [])}
-            paired = [base[r["round"]]["seconds"] / r["seconds"] for r in reps if r["round"] in base]
+            mine = {r["round"]: r for r in reps}
+            paired = stats.paired_by_round({k: b["seconds"] for k, b in base.items()}, {k: r["seconds"] for k, r in mine.items()},
+                                           rounds=sorted(mine))
             # CPU time of the whole process (all threads): far less disturbed by other jobs' load
             # than wall time when the epoch is CPU-bound (decode); it leaves out I/O waits
-            cpu_paired = [base[r["round"]]["cpu_seconds"] / r["cpu_seconds"] for r in reps if r["round"] in base and r["cpu_seconds"] > 0]
+            cpu_paired = stats.paired_by_round({k: b["cpu_seconds"] for k, b in base.items()},
+                                               {k: r["cpu_seconds"] for k, r in mine.items()}, rounds=sorted(mine))
             info = ds_info[reps[0]["dataset"]]
             ideal = 1.0 / (1.0 - ratio)
-            speedup = stats.median(paired)
+            speedup = paired.median
             t_med = stats.median([r["seconds"] for r in reps])
             t0_med = stats.median([r["seconds"] for r in base.values()]) if base else float("nan")
             rb = stats.median([r["read_bytes"] for r in reps])
@@ -830,14 +820,15 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
                 "read_fraction_of_data": rb / info["data_bytes"],
                 "kept_fraction_of_data_bytes": info["kept_bytes"][str(ratio)] / info["data_bytes"],
                 "speedup": speedup,
-                "speedup_min": min(paired) if paired else float("nan"),
-                "speedup_max": max(paired) if paired else float("nan"),
+                "speedup_min": paired.low,
+                "speedup_max": paired.high,
+                "speedup_rounds": paired.n,
                 "speedup_of_medians": t0_med / t_med,
                 "ideal_speedup": ideal,
                 "speedup_over_ideal": speedup / ideal,
-                "cpu_speedup": stats.median(cpu_paired),
-                "cpu_speedup_min": min(cpu_paired) if cpu_paired else float("nan"),
-                "cpu_speedup_max": max(cpu_paired) if cpu_paired else float("nan"),
+                "cpu_speedup": cpu_paired.median,
+                "cpu_speedup_min": cpu_paired.low,
+                "cpu_speedup_max": cpu_paired.high,
             })
             if "pages" in info and str(ratio) in info["pages"]:
                 rows[-1]["ffcv_page_fraction"] = info["pages"][str(ratio)]["page_fraction"]
@@ -854,15 +845,15 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
             mine = by_config.get((row["reader"], row["cache"], row["variant"]), {})
             theirs = by_config.get((ref, row["cache"], row["variant"]), {})
             shared = [inv for inv in mine if inv in theirs]
-            rel = []
+            rel = stats.paired_ratio([], [])
             if shared:
                 inv = max(shared, key=rank.__getitem__)
-                other = {r["round"]: r for r in theirs[inv] if r["ratio"] == 0.0}
-                rel = [other[r["round"]]["seconds"] / r["seconds"] for r in mine[inv] if r["ratio"] == 0.0 and r["round"] in other]
+                other = {r["round"]: r["seconds"] for r in theirs[inv] if r["ratio"] == 0.0}
+                own = {r["round"]: r["seconds"] for r in mine[inv] if r["ratio"] == 0.0}
+                rel = stats.paired_by_round(other, own, rounds=sorted(own))
                 row[name + "_invocation"] = inv
-            row[name] = stats.median(rel) if rel else float("nan")
-            row[name + "_min"] = min(rel) if rel else float("nan")
-            row[name + "_max"] = max(rel) if rel else float("nan")
+            row[name], row[name + "_min"], row[name + "_max"] = rel.median, rel.low, rel.high
+            row[name + "_rounds"] = rel.n
     rows.sort(key=lambda r: (VARIANTS.index(r["variant"]), CACHES.index(r["cache"]), READERS.index(r["reader"]), r["ratio"]))
     return rows
 
@@ -885,8 +876,9 @@ def _interval(row: dict, key: str) -> tuple[float, float] | None:
 def evaluate_targets(rows: list[dict], ratios: Sequence[float]) -> list[dict]:
     """The suite's targets on the summary rows, as stored in the JSON (:meth:`Target.to_dict`).
 
-    A speed-up or ratio target carries the min-max of its paired ratio over rounds, so its
-    verdict is inconclusive when that range straddles the threshold.
+    A speed-up or ratio target carries the min-max of its paired ratio over rounds and their
+    number (:mod:`benchmarks.stats`): met only when the whole range clears the threshold over
+    at least ``stats.MIN_ROUNDS`` rounds, inconclusive when it straddles it.
     """
     out: list[Target] = []
     pruned = [x for x in ratios if x > 0]
@@ -897,7 +889,8 @@ def evaluate_targets(rows: list[dict], ratios: Sequence[float]) -> list[dict]:
             need = factor * row["ideal_speedup"]
             who = "" if reader == "streamprune" else f"{reader} "
             out.append(Target.check(f"{who}{cache} {variant} speed-up at r={r:g} >= {factor:g} x 1/(1-r) = {need:.2f}",
-                                    row["speedup"], need, interval=_interval(row, "speedup"), repeats=row["repeats"]))
+                                    row["speedup"], need, interval=_interval(row, "speedup"), repeats=row["repeats"],
+                                    rounds=row.get("speedup_rounds", row["repeats"])))
         return row
 
     for r in pruned:
@@ -913,7 +906,8 @@ def evaluate_targets(rows: list[dict], ratios: Sequence[float]) -> list[dict]:
             row = find(rows, reader="streamprune", cache=cache, variant=variant, ratio=0.0)
             if row and not math.isnan(row.get("samples_per_s_vs_webdataset", math.nan)):  # nan: wds_after not run
                 out.append(Target.check(f"{cache} {variant} r=0: streamprune samples/s {text}", row["samples_per_s_vs_webdataset"], goal,
-                                        interval=_interval(row, "samples_per_s_vs_webdataset")))
+                                        interval=_interval(row, "samples_per_s_vs_webdataset"),
+                                        rounds=row.get("samples_per_s_vs_webdataset_rounds")))
     # ffcv_bench's warm target, checked here on io_bench's data: sample-level masks, file order
     for reader in FFCV_READERS:
         for r in pruned:
@@ -926,20 +920,21 @@ def _ratio(value) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
-def print_summary(rows, targets, meta):
-    print()
-    print(f"data: {meta['data']['samples']} samples, {meta['data']['data_bytes'] / 2**20:.1f} MiB in "
+def detail_tables(rows: list[dict], meta: dict[str, Any]) -> str:
+    """Every row in full, per variant and cache, and FFCV against the tar readers at r=0 (markdown)."""
+    out: list[str] = []
+    out.append(f"data: {meta['data']['samples']} samples, {meta['data']['data_bytes'] / 2**20:.1f} MiB in "
           f"{meta['data']['shards']} shards, mean JPEG {meta['data']['mean_jpeg_bytes'] / 1e3:.1f} KB")
     if meta["data"].get("decode_subset"):
         sub = meta["data"]["decode_subset"]
-        print(f"decode variant on a subset: first {sub['shards']} shards, {sub['samples']} samples, {sub['data_bytes'] / 2**20:.1f} MiB")
+        out.append(f"decode variant on a subset: first {sub['shards']} shards, {sub['samples']} samples, {sub['data_bytes'] / 2**20:.1f} MiB")
     for variant in VARIANTS:
         for cache in CACHES:
             sel = [r for r in rows if r["variant"] == variant and r["cache"] == cache]
             if not sel:
                 continue
             reps = sorted({r["repeats"] for r in sel})
-            print(f"\n## {variant}, {cache} cache  (median of {'/'.join(map(str, reps))} rounds; speed-up = t(r=0)/t(r), paired per round)")
+            out.append(f"\n{variant}, {cache} cache  (median of {'/'.join(map(str, reps))} rounds; speed-up = t(r=0)/t(r), paired per round)")
             table = []
             for r in sel:
                 rel = r.get("samples_per_s_vs_webdataset")
@@ -960,7 +955,7 @@ def print_summary(rows, targets, meta):
                     _ratio(r.get("device_busy_ratio")),
                     _ratio(r.get("device_model_speedup")),
                 ])
-            print(mdtable.markdown_table(
+            out.append("\n" + mdtable.markdown_table(
                 ["reader", "ratio", "samples", "t (s)", "samples/s", "speed-up [min-max]", "ideal", "/ideal", "cpu speed-up", "read MiB", "read frac",
                  "vs wds @0", "device reqs", "device busy ratio", "device model"],
                 table,
@@ -968,16 +963,15 @@ def print_summary(rows, targets, meta):
     ffcv_rows = [r for r in rows if r["reader"] in FFCV_READERS and r["ratio"] == 0.0]
     if ffcv_rows:
         ff = meta.get("ffcv", {})
-        print(f"\n## decode at r=0: FFCV against the tar readers, paired time ratios (FFCV: {ff.get('decoder', '?')}, "
+        out.append(f"\ndecode at r=0: FFCV against the tar readers, paired time ratios (FFCV: {ff.get('decoder', '?')}, "
               f"{ff.get('num_workers', '?')} decode thread(s); tar readers: PIL full-size decode to RGB, 1 thread; the decoders differ)")
-        print(mdtable.markdown_table(
+        out.append("\n" + mdtable.markdown_table(
             ["reader", "cache", "samples/s", "vs wds_after", "vs streamprune"],
             [[r["reader"], r["cache"], f"{r['median_samples_per_s']:.0f}", _ratio(r.get("samples_per_s_vs_webdataset")),
               _ratio(r.get("samples_per_s_vs_streamprune"))] for r in ffcv_rows],
         ))
-        print(f"FFCV raw variant: {FFCV_NO_RAW}")
-    print("\n## targets")
-    print(targets_table([Target.from_dict(t) for t in targets]))
+        out.append(f"\nFFCV raw variant: {FFCV_NO_RAW}")
+    return "\n".join(out)
 
 
 def _repeats(rows, variant: str) -> str:
@@ -1061,176 +1055,9 @@ def plot(rows, ratios, path, meta):
 # --------------------------------------------------------------------------------------------
 
 
-# --------------------------------------------------------------------------------------------
-# decoder rows (--only decode): JPEG decode cost per core, per decoder, full and reduced size
-
-DECODE_REFERENCE = "pil+Resize"  # what the loaders did before streamprune.decode: PIL full decode, then Resize(size)
-
-
-def decode_inputs(args: argparse.Namespace) -> tuple[list[bytes], str]:
-    """The first ``--decode-samples`` JPEGs of io_bench's dataset, in memory (reading is not timed).
-
-    From the generated shards when ``--data-dir`` holds them; else made by the same generator
-    (``jpegdata.make_jpeg(i, seed)``, the bytes ``JpegSource`` writes as sample ``i``), so the
-    rows do not need the whole dataset generated.
-    """
-    n = args.decode_samples
-    if os.path.exists(os.path.join(args.data_dir, "manifest.json")):
-        import streamprune as sp  # deferred: like the rest of this module, the library loads only when measuring
-
-        jpegs = []
-        for sample in sp.PrunedSource(args.data_dir, shuffle=False, rank=0, world_size=1):
-            jpegs.append(sample["jpg"])
-            if len(jpegs) == n:
-                break
-        return jpegs, f"first {len(jpegs)} samples of {args.data_dir}"
-    return [jpegdata.make_jpeg(i, args.seed) for i in range(n)], f"jpegdata.make_jpeg(i, seed={args.seed}) for i < {n} (the dataset's first samples)"
-
-
-def decode_configs(sizes: Sequence[int]) -> list[tuple[str, int | None]]:
-    """(decoder, size) of every row: each installed backend at full size and at each size, and the reference."""
-    from streamprune.decode import available_decoders  # deferred: the library loads only when measuring
-
-    return [(b, s) for b in available_decoders() for s in (None, *sizes)] + [(DECODE_REFERENCE, s) for s in sizes]
-
-
-def make_decode_fn(backend: str, size: int | None):
-    """A function ``bytes -> PIL.Image`` for one row."""
-    # deferred: the library and torchvision load only when measuring
-    from torchvision import transforms
-
-    from streamprune.decode import image_decoder
-
-    if backend == DECODE_REFERENCE:
-        full, resize = image_decoder("pil"), transforms.Resize(size, antialias=True)
-        return lambda data: resize(full.decode(data))
-    return image_decoder(backend, size=size).decode
-
-
-def decoder_rows(jpegs: Sequence[bytes], configs, repeats: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Decode every JPEG with every config, interleaved over ``repeats`` shuffled rounds.
-
-    Each run decodes all of ``jpegs`` in this thread (the decoders start no threads), so
-    samples per CPU-second of this thread (``time.thread_time``) is samples/s on one core,
-    whatever else the machine runs; wall-clock samples/s is recorded beside it.
-
-    Returns:
-        ``(runs, rows)``: one dict per run, and per config the medians over rounds.
-    """
-    fns = {c: make_decode_fn(*c) for c in configs}
-    for fn in fns.values():  # warm-up, untimed: imports, library loading, first allocations
-        fn(jpegs[0])
-    runs = []
-    rng = random.Random(seed)
-    for rnd in range(repeats):
-        order = list(configs)
-        rng.shuffle(order)
-        for backend, size in order:
-            fn = fns[(backend, size)]
-            gc.collect()
-            c0, w0 = time.thread_time(), time.perf_counter()
-            pixels = 0
-            for data in jpegs:
-                image = fn(data)
-                pixels += image.size[0] * image.size[1]
-            cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
-            runs.append({"decoder": backend, "size": size, "round": rnd, "samples": len(jpegs), "cpu_s": cpu, "wall_s": wall,
-                         "samples_per_cpu_s": len(jpegs) / cpu, "samples_per_wall_s": len(jpegs) / wall,
-                         "mean_output_pixels": pixels / len(jpegs)})
-        print(f"decode round {rnd + 1}/{repeats} (load avg {os.getloadavg()[0]:.1f})", flush=True)
-    rows = []
-    for backend, size in configs:
-        mine = [r for r in runs if r["decoder"] == backend and r["size"] == size]
-        per_core = [r["samples_per_cpu_s"] for r in mine]
-        rows.append({"decoder": backend, "size": size, "rounds": len(mine),
-                     "samples_per_s_per_core": stats.median(per_core), "per_core_min": min(per_core), "per_core_max": max(per_core),
-                     "samples_per_wall_s": stats.median([r["samples_per_wall_s"] for r in mine]),
-                     "mean_output_pixels": mine[0]["mean_output_pixels"]})
-    return runs, rows
-
-
-def decoder_equivalence(jpegs: Sequence[bytes], configs, n: int = 50) -> list[dict]:
-    """Per config, mean absolute pixel difference (grey levels of 255) from the PIL reference on ``n`` images.
-
-    Full-size rows compare with PIL's full decode; sized rows with PIL's full decode resized
-    by torchvision's ``Resize(size)`` (the reference row). Untimed.
-    """
-    refs = {size: make_decode_fn("pil", None) if size is None else make_decode_fn(DECODE_REFERENCE, size) for _, size in configs}
-    out = []
-    for backend, size in configs:
-        fn = make_decode_fn(backend, size)
-        diffs = []
-        for data in jpegs[:n]:
-            got, want = fn(data), refs[size](data)
-            if got.size != want.size or got.mode != want.mode:
-                raise AssertionError(f"{backend} size={size}: {got.mode} {got.size}, PIL gives {want.mode} {want.size}")
-            diffs.append(float(np.abs(np.asarray(got, np.float32) - np.asarray(want, np.float32)).mean()))
-        out.append({"decoder": backend, "size": size, "images": len(diffs), "mean_abs_diff": float(np.mean(diffs)),
-                    "max_image_mean_abs_diff": float(max(diffs))})
-    return out
-
-
-def run_decoder_rows(args: argparse.Namespace) -> dict[str, Any]:
-    """``--only decode``: measure the decoder rows, write ``OUT/io_decode.json``, print the table."""
-    t_start = time.perf_counter()
-    machine = provenance.machine_info()
-    machine["packages"].update(provenance.package_versions(["simplejpeg", "PyTurboJPEG"]))
-    sizes = [int(x) for x in args.decode_sizes.split(",") if x.strip()]
-    if args.quick:
-        args.decode_samples = min(args.decode_samples, 100)
-    jpegs, source = decode_inputs(args)
-    configs = decode_configs(sizes)
-    print(f"decoder rows: {len(jpegs)} JPEGs (mean {np.mean([len(j) for j in jpegs]) / 1e3:.1f} KB) from {source}; "
-          f"{len(configs)} configs x {args.repeats} rounds", flush=True)
-    equivalence = decoder_equivalence(jpegs, configs)
-    load_start = os.getloadavg()
-    runs, rows = decoder_rows(jpegs, configs, args.repeats, args.seed)
-    from streamprune.decode import resolve_decoder  # deferred: the library loads only when measuring
-
-    results = {
-        "suite": "io", "part": "decoder rows", "command": provenance.command_line(), "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": machine, "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
-        "data": {"source": source, "samples": len(jpegs), "mean_jpeg_bytes": float(np.mean([len(j) for j in jpegs])),
-                 "sides_px": "256-320 (jpegdata.make_jpeg), 4:4:4, quality 95"},
-        "auto_decoder": resolve_decoder("auto"),
-        "timed": "decoding every JPEG to a PIL image (sized rows: resized to shorter side `size`) in this thread, "
-                 "bytes already in memory; per core = samples / thread CPU seconds, median over interleaved rounds",
-        "reference": f"{DECODE_REFERENCE}: image_decoder('pil') full decode, then torchvision Resize(size, antialias=True)",
-        "equivalence": equivalence, "summary": rows, "runs": runs, "total_seconds": time.perf_counter() - t_start,
-    }
-    path = os.path.join(args.out, "io_decode.json")
-    resultsfile.write_json(path, results)
-    print(decode_table(results))
-    print(f"\nwrote {path} ({results['total_seconds']:.0f} s)")
-    return results
-
-
-def decode_table(results: dict[str, Any]) -> str:
-    """The decoder rows as a markdown table."""
-    eq = {(e["decoder"], e["size"]): e["mean_abs_diff"] for e in results["equivalence"]}
-    headers = ["decoder", "size", "samples/s per core", "[min-max]", "wall samples/s", "mean |diff| vs PIL (levels)"]
-    rows = [[r["decoder"], "full" if r["size"] is None else r["size"], mdtable.fmt_num(r["samples_per_s_per_core"], 0),
-             f"{r['per_core_min']:.0f}-{r['per_core_max']:.0f}", mdtable.fmt_num(r["samples_per_wall_s"], 0),
-             f"{eq.get((r['decoder'], r['size']), float('nan')):.2f}"] for r in results["summary"]]
-    return (f"JPEG decode, one core ({results['data']['samples']} JPEGs, mean {results['data']['mean_jpeg_bytes'] / 1e3:.0f} KB); "
-            f"auto = {results['auto_decoder']}\n\n" + mdtable.markdown_table(headers, rows, "llrrrr"))
-
-
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure (options as :func:`parse_args`), write ``io_bench.json`` and the plot, print the tables; return the results."""
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure (options as :func:`add_arguments`, after :func:`configure`); the results with summary and targets."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    if args.plot_only:
-        with open(args.plot_only) as fh:
-            saved = json.load(fh)
-        png = os.path.join(os.path.dirname(os.path.abspath(args.plot_only)), "io_bench.png")
-        plot(saved["summary"], sorted({r["ratio"] for r in saved["summary"]}), png, saved)
-        print(f"wrote {png}")
-        return saved
-    if args.resummarize:
-        return resummarize(args.resummarize, args.no_plot)
-    if args.only == "decode":
-        return run_decoder_rows(args)
     if args.only == "readers":
         return io_readers.run_reader_rows(args, prepare_dataset)
 
@@ -1444,23 +1271,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "total_seconds": None,
     }
     this["total_seconds"] = meta["total_seconds"] = time.perf_counter() - t_start
-    os.makedirs(args.out, exist_ok=True)
-    resultsfile.write_json(json_path, {**meta, "summary": rows, "targets": targets, "runs": runs})
-    print_summary(rows, targets, meta)
-    if not args.no_plot:
-        png = os.path.join(args.out, "io_bench.png")
-        plot(rows, sorted({r["ratio"] for r in rows}), png, meta)
-        print(f"\nwrote {json_path} and {png}")
-    else:
-        print(f"\nwrote {json_path}")
-    print(f"total {meta['total_seconds']:.0f} s")
     return {**meta, "summary": rows, "targets": targets, "runs": runs}
 
 
-def resummarize(path: str, no_plot: bool = False) -> dict[str, Any]:
-    """Recompute ``summary`` and ``targets`` of a saved ``io_bench.json`` from its runs."""
-    with open(path) as fh:
-        saved = json.load(fh)
+def resummarize(saved: dict[str, Any]) -> dict[str, Any]:
+    """Recompute ``summary`` and ``targets`` of io_bench results from their runs (measures nothing)."""
+    saved = dict(saved)
     invocations = saved.get("invocations") or [{"id": "earlier"}]
     for r in saved["runs"]:
         r.setdefault("invocation", invocations[-1]["id"])
@@ -1468,13 +1284,6 @@ def resummarize(path: str, no_plot: bool = False) -> dict[str, Any]:
     add_device_model(rows, saved.get("device_probe"))
     saved["summary"] = rows
     saved["targets"] = evaluate_targets(rows, sorted({r["ratio"] for r in rows}))
-    saved["resummarized"] = {"command": provenance.command_line(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    resultsfile.write_json(path, saved)
-    print_summary(rows, saved["targets"], saved)
-    if not no_plot:
-        png = os.path.join(os.path.dirname(os.path.abspath(path)), "io_bench.png")
-        plot(rows, sorted({r["ratio"] for r in rows}), png, saved)
-        print(f"\nwrote {path} and {png}")
     return saved
 
 
@@ -1557,14 +1366,41 @@ class IoSuite(Suite):
     table and targets follow io_bench's own.
     """
     name, title = "io", "I/O: pruned vs unpruned reads (tar shards)"
-    run = staticmethod(run)
+    has_plot = True
+    also_reads = (io_readers.RESULTS_NAME,)
+    measures = ("streamprune/readers/byterange.py", "streamprune/readers/webdataset.py", "streamprune/readers/mapstyle.py",
+                "streamprune/readers/ffcv.py", "streamprune/readers/plan.py", "streamprune/readers/scheduler.py",
+                "streamprune/masks.py", "streamprune/indexfile.py", "streamprune/shardindex.py")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The io options (:func:`add_arguments`)."""
+        add_arguments(parser)
+
+    def output_name(self, args: argparse.Namespace) -> str:
+        """``io_readers`` for ``--only readers`` (its own results file), else ``io_bench``."""
+        return os.path.splitext(io_readers.RESULTS_NAME)[0] if args.only == "readers" else self.stem
+
+    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The epochs of every (reader, cache, variant, ratio) in interleaved rounds (:func:`run`)."""
+        return run(configure(args))
+
+    def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Summary and targets from the stored runs (the reader rows' file is summarised when measured)."""
+        if results.get("part") == "reader rows" or "runs" not in results or "datasets" not in results:
+            return results
+        return resummarize(results)
+
+    def plot(self, results: dict[str, Any], path: str) -> None:
+        """Speed-up against ratio per reader (:func:`plot`; none for the reader rows)."""
+        if results.get("summary") and "variant" in results["summary"][0]:
+            plot(results["summary"], sorted({r["ratio"] for r in results["summary"]}), path, results)
 
     def _reader_rows(self, results: dict[str, Any]) -> dict[str, Any] | None:
         return io_readers.load(self.results_dir, quick=bool((results.get("args") or {}).get("quick")))
 
     def tables(self, results: dict[str, Any]) -> str:
-        """io_bench's table, then the reader rows' (when they have been run)."""
-        text = tables(results)
+        """io_bench's table, every row in full, then the reader rows' (when they have been run)."""
+        text = tables(results) + "\n\n" + detail_tables(results["summary"], results)
         rows = self._reader_rows(results)
         return text if rows is None else text + "\n\n" + io_readers.readers_table(rows)
 

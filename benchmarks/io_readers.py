@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from . import jpegdata, mdtable, pagecache, provenance, resultsfile, stats
-from .suite import Target, targets_table
+from .suite import Target
 
 READER_ROWS = ("streamprune", "streamprune_verify", "streamprune_map", "wids")
 READER_ROW_LABELS = {
@@ -236,7 +236,7 @@ def evaluate_targets(rows: list[dict], command: str | None = None) -> list[dict]
 
 
 def run_reader_rows(args: argparse.Namespace, prepare_dataset) -> dict[str, Any]:
-    """``--only readers``: measure, write ``OUT/io_readers.json``, print the tables.
+    """``--only readers``: measure; the results (the io suite writes them to ``OUT/io_readers.json``).
 
     Args:
         args: io_bench's parsed options (data, ratios, ``raw_repeats``, caches, seed, out, quick).
@@ -332,12 +332,6 @@ def run_reader_rows(args: argparse.Namespace, prepare_dataset) -> dict[str, Any]
                    "read_fraction_of_data": "median /proc/self/io read_bytes / the shards' bytes"},
         "summary": rows, "targets": targets, "runs": runs, "total_seconds": time.perf_counter() - t_start,
     }
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, RESULTS_NAME)
-    resultsfile.write_json(path, results)
-    print(readers_table(results))
-    print("\n" + targets_table([Target.from_dict(t) for t in targets]))
-    print(f"\nwrote {path} ({results['total_seconds']:.0f} s)")
     return results
 
 

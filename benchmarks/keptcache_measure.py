@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,18 +54,6 @@ from . import pagecache, provenance, resultsfile
 __all__ = ["main"]
 
 DATASET_ID = "keptcache-measure"
-
-
-def _git_commit() -> str:
-    """The checkout's commit, with ``+dirty`` when files differ from it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 def _samples(shards: int, samples: int, sample_kb: int, seed: int = 0) -> list:
@@ -219,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(f"speed relative to pread ({stat}: pread seconds / reader seconds):", json.dumps(ratios[stat]))
         print("space:", json.dumps(space))
         print("fill (epoch 1 writes):", json.dumps(fill))
-        results = {"command": provenance.command_line(), "commit": _git_commit(), "machine": provenance.machine_info(),
+        results = {**provenance.provenance(),
                    "setup": vars(args) | {"kept_samples": int(sum(map(len, kept))), "shard_bytes": [os.path.getsize(x) for x in paths]},
                    "rows": rows, "speed_vs_pread": ratios, "space": space, "fill": fill}
         resultsfile.write_json(args.out, results)

@@ -103,6 +103,9 @@ def command_line() -> str:
     """How this run was invoked, to reproduce it: ``python -m benchmarks NAME ARGS`` (no interpreter path)."""
     if _COMMAND is not None:
         return _COMMAND
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if os.path.dirname(script) == HERE and script.endswith(".py"):  # python -m benchmarks.X (or python benchmarks/X.py)
+        return " ".join(["python", "-m", f"benchmarks.{os.path.basename(script)[:-3]}", *(shlex.quote(a) for a in sys.argv[1:])])
     return " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
 
 

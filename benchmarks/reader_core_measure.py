@@ -265,8 +265,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             row["current_over_baseline_min"] = row["current"]["min_s"] / row["baseline"]["min_s"]
             row["current_over_baseline_p25"] = row["current"]["p25_s"] / row["baseline"]["p25_s"]
         loads.append(os.getloadavg())
-    results = {"command": provenance.command_line(), "setup": vars(args) | {"datasets": datasets},
-               "commits": {name: _commit(path) for name, path in trees.items()}, "machine": provenance.machine_info(),
+    # the commit of this checkout (the harness), and of each measured tree
+    results = {**provenance.provenance(), "setup": vars(args) | {"datasets": datasets},
+               "commits": {name: _commit(path) for name, path in trees.items()},
                "loadavg": loads, "rows": rows,
                "micro": {"baseline": list(trees)[0], "current": list(trees)[-1], "rows": micro}}
     resultsfile.write_json(args.out, results)

@@ -34,8 +34,10 @@ class _Record(Suite):
     def tables(self, results: dict[str, Any]) -> str:
         """The ``rows`` of the results file as a table (and ``micro`` rows where there are any)."""
         parts = [mdtable.rows_table(results.get("rows") or [], self.skip)]
-        if results.get("micro"):
-            parts.append("Micro rows (one process, CPU time):\n\n" + mdtable.rows_table(results["micro"], self.skip))
+        micro = results.get("micro")
+        micro = micro.get("rows") if isinstance(micro, dict) else micro
+        if micro:
+            parts.append("Micro rows (one process, CPU time):\n\n" + mdtable.rows_table(micro, self.skip))
         return "\n\n".join(p for p in parts if p)
 
 

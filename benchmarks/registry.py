@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import provenance
+from .decode_bench import DecodeSuite
 from .dedup_bench import DedupSuite
 from .downstream_bench import DownstreamSuite
 from .dynamic_bench import DynamicSuite
@@ -26,7 +27,7 @@ __all__ = ["SUITES", "get_suite", "run_suite"]
 #: measurement modules of their own (:mod:`benchmarks.records`, not runnable from here).
 SUITES: dict[str, Suite] = {
     s.name: s
-    for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
+    for s in (IoSuite(), DecodeSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
               DedupSuite(), ScaleSuite(), RemoteSuite(), *(record() for record in RECORDS))
 }
 

@@ -292,9 +292,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         q, c = r["requests_per_s"], r["client_cpu_ms_per_request"]
         print(f"| {r['ttfb_ms']:g} | {r['depth']} | {r['client']} | {q['median']:.0f} [{q['min']:.0f}-{q['max']:.0f}] | "
               f"{c['median']:.3f} [{c['min']:.3f}-{c['max']:.3f}] |")
-    results = {"command": provenance.command_line(), "revision": revision, "store": "nginx (benchmarks.nginx_store)",
-               "setup": vars(args), "settings": settings,
-               "machine": provenance.machine_info() | {"packages_remote": provenance.package_versions(["fsspec", "aiohttp", "obstore", "uvloop"])},
+    results = {**provenance.provenance(packages_remote=["fsspec", "aiohttp", "obstore", "uvloop"]), **revision,
+               "store": "nginx (benchmarks.nginx_store)", "setup": vars(args), "settings": settings,
                "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "rows": rows}
     resultsfile.write_json(args.out, results)
     return results

@@ -152,8 +152,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         print("|---|---|---|---:|---:|---:|---:|")
         for r in rows:
             print(f"| {r['server']} | {r['mode']} | {r['engine']} | {r['shards']} | {r['seconds']:.3f} | {r['requests']} | {r['bytes']:,} |")
-        resultsfile.write_json(args.out, {"command": provenance.command_line(), "setup": vars(args) | {"shard_bytes": sizes[0]},
-                                     "machine": provenance.machine_info(), "rows": rows})
+        resultsfile.write_json(args.out, {**provenance.provenance(), "setup": vars(args) | {"shard_bytes": sizes[0]}, "rows": rows})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

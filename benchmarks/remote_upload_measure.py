@@ -105,8 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     for r in rows:
         print(r["source"] + ": " + ", ".join(f"{arm} {r[arm]['median_s']:.2f} s" for arm in arms))
-    results = {"command": provenance.command_line(), "setup": vars(args), "machine": provenance.machine_info(),
-               "loadavg": os.getloadavg(), "rows": rows}
+    results = {**provenance.provenance(), "setup": vars(args), "loadavg": os.getloadavg(), "rows": rows}
     resultsfile.write_json(args.out, results)
     return results
 

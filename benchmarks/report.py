@@ -35,9 +35,11 @@ __all__ = [
     "list_table",
     "machine_line",
     "render_report",
+    "render_other",
     "render_suite",
     "suite_date",
     "suite_status",
+    "unclaimed_files",
     "write_report",
 ]
 
@@ -254,7 +256,59 @@ def render_report(quick: bool = False, link_prefix: str = "benchmarks/", suites:
     lines += [mdtable.markdown_table(["suite", "what", "status", "date", "targets"], rows, "lllll"), ""]
     for suite in suites.values():
         lines += [render_suite(suite, quick=quick, link_prefix=link_prefix), ""]
+    others = unclaimed_files(suites, quick)
+    if others:
+        lines += ["## Other results files", "",
+                  "Results files no suite above reads (runs kept beside a suite's latest, or notes), with their provenance.", ""]
+        lines += [render_other(path, suites, link_prefix) + "\n" for path in others]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def unclaimed_files(suites: dict[str, Suite] | None = None, quick: bool = False) -> list[str]:
+    """The results JSON files (``results/``, its subfolders but ``quick/``) that no suite renders."""
+    suites = SUITES if suites is None else suites
+    if not suites:
+        return []
+    root = next(iter(suites.values())).results_dir
+    root = os.path.join(root, "quick") if quick else root
+    claimed = set()
+    for s in suites.values():
+        claimed.add(os.path.abspath(s.results_path(quick)))
+        claimed.update(os.path.abspath(os.path.join(os.path.dirname(s.results_path(quick)), n)) for n in s.also_reads)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if quick or d != "quick")
+        found += [os.path.join(folder, f) for f in sorted(files) if f.endswith(".json")]
+    return [p for p in found if os.path.abspath(p) not in claimed]
+
+
+def render_other(path: str, suites: dict[str, Suite], link_prefix: str = "benchmarks/") -> str:
+    """A results file no suite claims: its provenance, and the tables of the suite that wrote it, when it names one."""
+    some = next(iter(suites.values()))
+    rel = os.path.relpath(path, os.path.dirname(some.results_dir)).replace(os.sep, "/")
+    try:
+        results = resultsfile.load_json(path) or {}
+    except ValueError as exc:
+        return f"### `benchmarks/{rel}`\n\n*unreadable: {exc}*"
+    writer = suites.get(str(results.get("suite"))) if results.get("suite") else None
+    command = _meta(results, "command")
+    lines = [f"### `benchmarks/{rel}`", "",
+             f"- command: `{display_command(command)}`" if command else "- command: not recorded",
+             f"- commit: {commit_line(writer or some, results, path)}",
+             f"- machine: {machine_line(_meta(results, 'machine'))}",
+             f"- date: {suite_date(results, path)}",
+             f"- results: [`benchmarks/{rel}`]({link_prefix}{rel})"]
+    if isinstance(results.get("note"), str):
+        lines += ["", results["note"]]
+    if writer is not None:
+        try:
+            body = writer.markdown(results)
+        except Exception as exc:  # noqa: BLE001 - a results file of another shape must not break the whole report
+            body = f"*(tables could not be rendered from this results file: {type(exc).__name__}: {exc})*"
+        lines += ["", f"Written by the {writer.name} suite:", "", body]
+    else:
+        lines += ["", "Keys: " + ", ".join(f"`{k}`" for k in results)]
+    return "\n".join(lines).rstrip()
 
 
 def _slug(suite: Suite) -> str:

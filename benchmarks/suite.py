@@ -297,6 +297,8 @@ class Suite:
     runnable: bool = True
     #: For a suite that is not :attr:`runnable`: the command that writes its results.
     how: str = ""
+    #: Further results files (names beside the suite's own) that its tables read.
+    also_reads: tuple[str, ...] = ()
 
     def __init__(self, results_dir: str | None = None) -> None:
         self.results_dir = results_dir or resultsfile.DEFAULT_RESULTS
@@ -330,6 +332,10 @@ class Suite:
     def tables(self, results: dict[str, Any]) -> str:
         """The suite's own tables as markdown (none by default)."""
         return ""
+
+    def output_name(self, args: argparse.Namespace) -> str:
+        """The results file stem for these options (default :attr:`stem`; a suite with parts may pick another)."""
+        return self.stem
 
     # ---------------------------------------------------------------- what the base owns
 
@@ -397,7 +403,7 @@ class Suite:
             origin = provenance.provenance()  # before measuring: the code that ran, not the code at the end
             results = self.measure(args)
             results = self.summarise({**origin, **results, "quick": bool(args.quick)})
-            path = self.results_path(out=args.out)
+            path = os.path.join(args.out, f"{self.output_name(args)}.json")
         resultsfile.write_json(path, results)
         self.last_written = path
         if self.has_plot and not args.no_plot:
@@ -418,11 +424,13 @@ class Suite:
 
     def commit(self, results: dict[str, Any]) -> tuple[str | None, bool | None]:
         """The recorded git commit and dirty flag of ``results`` (``None`` where not recorded)."""
-        commit = _recorded(results, "commit")
-        if commit is None and isinstance(_recorded(results, "revision"), dict):
-            commit = _recorded(results, "revision").get("commit")
-            return commit, _recorded(results, "revision").get("dirty")
-        return commit, _recorded(results, "dirty")
+        commit, dirty = _recorded(results, "commit"), _recorded(results, "dirty")
+        revision = _recorded(results, "revision")
+        if commit is None and isinstance(revision, dict):  # remote_clients before provenance()
+            commit, dirty = revision.get("commit"), revision.get("dirty")
+        if isinstance(commit, str) and commit.endswith("+dirty"):  # keptcache's older "sha+dirty"
+            commit, dirty = commit[: -len("+dirty")], True
+        return commit, dirty
 
     def targets(self, results: dict[str, Any]) -> list[Target]:
         """The suite's targets judged on ``results`` (by default the ``targets`` list stored in them)."""
