@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -13,14 +12,6 @@ from benchmarks.io_bench import Dataset
 from streamprune.kernels import nearest_centroid
 from streamprune.manifest import Manifest
 from streamprune.writers import write_shards
-
-
-def test_paired_ratio_pairs_by_repeat_and_states_its_coverage():
-    r = score_bench.paired_ratio([2.0, 6.0, 3.0], [1.0, 2.0, 3.0])
-    assert r["runs"] == [2.0, 3.0, 1.0]
-    assert (r["median"], r["min"], r["max"], r["n"]) == (2.0, 1.0, 3.0, 3)
-    assert r["coverage"] == pytest.approx(0.75)  # 1 - 2^(1-n)
-    assert math.isnan(score_bench.paired_ratio([], [])["median"])
 
 
 def test_numpy_baseline_uses_the_kernels_formula_and_agrees_with_it():
