@@ -42,7 +42,7 @@ __all__ = ["INCONCLUSIVE", "MET", "MISSED", "Suite", "Target", "arg_parser", "ta
 #: Keys of a stored target that :class:`Target` reads into its own fields (the rest go to ``details``).
 _FIELDS = ("target", "measured", "value", "goal", "threshold", "comparison", "met", "verdict", "command", "interval")
 #: Details shown in brackets after a target's name in the tables.
-_SHOWN_DETAILS = ("layout", "level", "access", "ratio")
+_SHOWN_DETAILS = ("layout", "level", "access", "ratio", "not_counted")
 
 def _rejudge(verdict: str, measured: Any, threshold: Any, comparison: Any, interval: Any, rounds: Any) -> str:
     """A stored verdict, made stricter when its stored numbers do not support it (never more lenient)."""
