@@ -216,7 +216,7 @@ def render_suite(suite: Suite, quick: bool = False, link_prefix: str = "benchmar
         body = f"*(tables could not be rendered from this results file: {type(exc).__name__}: {exc})*"
     if body:
         lines += [body.rstrip(), ""]
-    plot = suite.plot_path(quick)
+    plot = os.path.splitext(path)[0] + ".png"
     if os.path.isfile(plot):
         prel = os.path.relpath(plot, os.path.dirname(suite.results_dir)).replace(os.sep, "/")
         lines += [f"![{suite.name} plot]({link_prefix}{prel})", ""]
@@ -365,8 +365,8 @@ class Stale:
     reason: str
 
 
-def _is_ancestor(older: str, newer: str) -> bool:
-    return _git("merge-base", "--is-ancestor", older, newer) is not None
+def _is_ancestor(older: str, newer: str, repo: str = ROOT) -> bool:
+    return _git("merge-base", "--is-ancestor", older, newer, cwd=repo) is not None
 
 
 def check_suite(suite: Suite, quick: bool = False, repo: str = ROOT) -> Stale | None:
@@ -401,7 +401,7 @@ def check_suite(suite: Suite, quick: bool = False, repo: str = ROOT) -> Stale | 
     if _git("cat-file", "-e", f"{commit}^{{commit}}", cwd=repo) is None:
         return Stale(suite.name, rel, commit, f"commit {commit[:10]} is not in this repository")
     last = _git("log", "-1", "--format=%H", "--", *suite.measures, cwd=repo)
-    if not last or _is_ancestor(last, commit):
+    if not last or _is_ancestor(last, commit, repo):
         return None
     changed = _git("diff", "--name-only", commit, last, "--", *suite.measures, cwd=repo) or ""
     names = ", ".join(changed.split()) or "the measured paths"
