@@ -922,6 +922,8 @@ def _ratio(value) -> str:
 
 def detail_tables(rows: list[dict], meta: dict[str, Any]) -> str:
     """Every row in full, per variant and cache, and FFCV against the tar readers at r=0 (markdown)."""
+    if not rows:
+        return ""
     out: list[str] = []
     out.append(f"data: {meta['data']['samples']} samples, {meta['data']['data_bytes'] / 2**20:.1f} MiB in "
           f"{meta['data']['shards']} shards, mean JPEG {meta['data']['mean_jpeg_bytes'] / 1e3:.1f} KB")
@@ -1400,7 +1402,7 @@ class IoSuite(Suite):
 
     def tables(self, results: dict[str, Any]) -> str:
         """io_bench's table, every row in full, then the reader rows' (when they have been run)."""
-        text = tables(results) + "\n\n" + detail_tables(results["summary"], results)
+        text = "\n\n".join(p for p in (tables(results), detail_tables(results["summary"], results)) if p)
         rows = self._reader_rows(results)
         return text if rows is None else text + "\n\n" + io_readers.readers_table(rows)
 

@@ -205,14 +205,17 @@ def summarize(runs: list[dict], data_bytes: int, kept_bytes: dict) -> list[dict]
         plain = by.get(("streamprune", cache, ratio), {})
         if reader == "streamprune_verify" and plain:
             # the cost of verification: t(verify) / t(plain), paired per round
-            cost = [r["seconds"] / plain[k]["seconds"] for k, r in reps.items() if k in plain]
-            row.update({"verify_cost": stats.median(cost), "verify_cost_min": min(cost), "verify_cost_max": max(cost)})
+            cost = stats.paired_by_round({k: r["seconds"] for k, r in reps.items()}, {k: p["seconds"] for k, p in plain.items()},
+                                         rounds=sorted(reps))
+            row.update({"verify_cost": cost.median, "verify_cost_min": cost.low, "verify_cost_max": cost.high})
         ref = by.get(("wids", cache, ratio), {})
         if reader != "wids" and ref:
-            rel = [ref[k]["seconds"] / r["seconds"] for k, r in reps.items() if k in ref]
-            cpu = [ref[k]["cpu_seconds"] / r["cpu_seconds"] for k, r in reps.items() if k in ref and r["cpu_seconds"] > 0]
-            row.update({"vs_wids": stats.median(rel), "vs_wids_min": min(rel), "vs_wids_max": max(rel),
-                        "cpu_vs_wids": stats.median(cpu), "cpu_vs_wids_min": min(cpu), "cpu_vs_wids_max": max(cpu)})
+            rel = stats.paired_by_round({k: w["seconds"] for k, w in ref.items()}, {k: r["seconds"] for k, r in reps.items()},
+                                        rounds=sorted(reps))
+            cpu = stats.paired_by_round({k: w["cpu_seconds"] for k, w in ref.items()}, {k: r["cpu_seconds"] for k, r in reps.items()},
+                                        rounds=sorted(reps))
+            row.update({"vs_wids": rel.median, "vs_wids_min": rel.low, "vs_wids_max": rel.high, "vs_wids_rounds": rel.n,
+                        "cpu_vs_wids": cpu.median, "cpu_vs_wids_min": cpu.low, "cpu_vs_wids_max": cpu.high})
         rows.append(row)
     return rows
 
@@ -225,7 +228,7 @@ def evaluate_targets(rows: list[dict], command: str | None = None) -> list[dict]
         if row and "vs_wids" in row:
             out.append(Target.check(f"{reader} warm raw kept samples at r={TARGET_RATIO:g}: samples/s >= {TARGET_VS_WIDS:g} x wids",
                                     row["vs_wids"], TARGET_VS_WIDS, interval=(row["vs_wids_min"], row["vs_wids_max"]),
-                                    command=command, repeats=row["repeats"]))
+                                    command=command, repeats=row["repeats"], rounds=row.get("vs_wids_rounds", row["repeats"])))
     for reader in ("streamprune", "streamprune_map"):
         for row in rows:
             if row["reader"] == reader and row["cache"] == "cold" and row["ratio"] > 0:
