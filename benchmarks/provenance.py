@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-__all__ = ["clear_command", "command_line", "git_revision", "machine_info", "package_versions", "provenance", "set_command"]
+__all__ = ["clear_command", "command_line", "file_history", "git_revision", "machine_info", "package_versions", "provenance", "set_command"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -107,6 +107,17 @@ def command_line() -> str:
     if os.path.dirname(script) == HERE and script.endswith(".py"):  # python -m benchmarks.X (or python benchmarks/X.py)
         return " ".join(["python", "-m", f"benchmarks.{os.path.basename(script)[:-3]}", *(shlex.quote(a) for a in sys.argv[1:])])
     return " ".join(["python", *(shlex.quote(a) for a in sys.argv)])
+
+
+def file_history(path: str) -> dict[str, str | None]:
+    """The last commit that changed ``path`` and its date: ``{"commit", "date"}`` (``None`` where git has none)."""
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%H %cI", "--", os.path.abspath(path)],
+                             cwd=os.path.dirname(os.path.abspath(path)), capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "date": None}
+    words = out.stdout.split()
+    return {"commit": words[0], "date": words[1]} if out.returncode == 0 and len(words) == 2 else {"commit": None, "date": None}
 
 
 def provenance(**extra_packages: Sequence[str]) -> dict[str, Any]:

@@ -58,10 +58,13 @@ def _meta(results: dict[str, Any], key: str) -> Any:
 
 def suite_date(results: dict[str, Any], path: str) -> str:
     """When the results were produced: the file's own date field, else git, else the file's mtime."""
-    for key in ("date", "finished", "started"):
+    for key in ("date", "finished", "started", "at"):
         value = _meta(results, key)
         if isinstance(value, str) and value:
             return value
+    before = results.get("results_file")
+    if isinstance(before, dict) and before.get("date"):  # kept by a re-summary, which rewrote the file
+        return before["date"] + " (commit date of the results file)"
     try:
         out = subprocess.run(
             ["git", "log", "-1", "--format=%cI", "--", os.path.basename(path)], cwd=os.path.dirname(path) or ".",
@@ -122,7 +125,8 @@ def commit_line(suite: Suite, results: dict[str, Any], path: str) -> str:
     commit, dirty = suite.commit(results)
     if commit:
         return f"`{commit[:10]}`" + (" (uncommitted changes in the tree)" if dirty else "")
-    committed = file_commit(path)
+    before = results.get("results_file") if isinstance(results.get("results_file"), dict) else {}
+    committed = before.get("commit") or file_commit(path)  # before a re-summary rewrote the file, when it did
     return "not recorded" + (f" (the results file was last committed in `{committed[:10]}`)" if committed else "")
 
 

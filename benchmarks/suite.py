@@ -28,6 +28,7 @@ entries of existing results files.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import os
 import sys
 from collections.abc import Sequence
@@ -398,7 +399,12 @@ class Suite:
             results = resultsfile.load_json(path)
             if results is None:
                 raise FileNotFoundError(f"--resummarise {path}: no such results file")
+            if not _recorded(results, "commit") and not _recorded(results, "results_file"):
+                # an older file that recorded no commit or date: keep what git knows of it before it is rewritten
+                results["results_file"] = provenance.file_history(path)
             results = self.summarise(results)
+            results["resummarised"] = {**provenance.git_revision(), "command": provenance.command_line(),
+                                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         else:
             origin = provenance.provenance()  # before measuring: the code that ran, not the code at the end
             results = self.measure(args)
