@@ -778,10 +778,6 @@ def evaluate_targets(summary: dict[str, Any], ratios: Sequence[float], related: 
 # tables and plot
 
 
-def _fmt_ratio(r: float | None) -> str:
-    return "-" if r is None else f"{r:g}"
-
-
 def report_markdown(results: dict[str, Any]) -> str:
     """The benchmark's tables as markdown, from a results file's content (used by BENCHMARKS.md)."""
     summary = results["summary"]
