@@ -6,10 +6,11 @@ Run from the repository root::
     python -m benchmarks io --quick             # a smoke run of one suite (its own options follow its name)
     python -m benchmarks transfer --seeds 0,1   # a suite with its options
     python -m benchmarks --report               # regenerate BENCHMARKS.md from benchmarks/results/*.json
+    python -m benchmarks --report --check       # exit 1 when results predate the code they measure
 
-``streamprune bench`` runs the same code. Every suite implements :class:`benchmarks.suite.Suite`
-and is registered by name in :data:`benchmarks.registry.SUITES`; goals are
-:class:`benchmarks.suite.Target` objects.
+``streamprune bench`` runs the same code. Every suite follows the template
+:class:`benchmarks.suite.Suite` and is registered by name in :data:`benchmarks.registry.SUITES`;
+goals are :class:`benchmarks.suite.Target` objects judged by :mod:`benchmarks.stats`.
 """
 
 from __future__ import annotations

@@ -11,11 +11,14 @@ from .registry import SUITES, get_suite, run_suite
 USAGE = """usage: python -m benchmarks [NAME ...] [--quick] [SUITE OPTIONS ...] [-- ARGS ...]
        python -m benchmarks --list
        python -m benchmarks [NAME ...] --report [--quick] [--output FILE | --stdout]
+       python -m benchmarks --report --check [--quick]
 
 Runs the suites NAME (in order), passing them every other option (--quick included; everything
 after `--` verbatim), and prints their tables; without NAME prints the latest tables of every
 suite. --list shows the suites and the dates of their latest results; --report rewrites
-BENCHMARKS.md (--quick: benchmarks/results/quick/BENCHMARKS.md) from the results files.
+BENCHMARKS.md (--quick: benchmarks/results/quick/BENCHMARKS.md) from the results files;
+--report --check writes nothing and exits 1 listing the suites whose results predate a change to
+the code they measure (each suite declares its paths; the results record their commit).
 `python -m benchmarks NAME --help` shows a suite's own options. Suites: """
 
 
@@ -32,7 +35,8 @@ def split_names(args: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def _take_options(rest: list[str]) -> tuple[dict[str, object], list[str]]:
     """Pull this runner's own options out of ``rest`` (before any ``--``); the remainder goes to the suites."""
-    own: dict[str, object] = {"list": False, "report": False, "stdout": False, "output": None, "quick": False, "help": False}
+    own: dict[str, object] = {"list": False, "report": False, "check": False, "stdout": False, "output": None, "quick": False,
+                              "help": False}
     passthrough: list[str] = []
     i = 0
     while i < len(rest):
@@ -40,7 +44,7 @@ def _take_options(rest: list[str]) -> tuple[dict[str, object], list[str]]:
         if arg == "--":
             passthrough += rest[i + 1:]
             break
-        if arg in ("--list", "--report", "--stdout"):
+        if arg in ("--list", "--report", "--check", "--stdout"):
             own[arg[2:]] = True
         elif arg == "--output" and i + 1 < len(rest):
             own["output"] = rest[i + 1]
@@ -74,6 +78,10 @@ def main(argv: Sequence[str] | None = None, invoked_as: str = "python -m benchma
     if own["list"]:
         print(report.list_table())
         return 0
+    if own["check"]:
+        stale = report.check(quick=bool(own["quick"]))
+        print(report.check_text(stale), file=sys.stderr if stale else sys.stdout)
+        return 1 if stale else 0
     unknown = [n for n in names if n not in SUITES]
     if unknown:
         print(f"unknown benchmark suite(s) {', '.join(unknown)}; available: {', '.join(SUITES)}", file=sys.stderr)
@@ -92,7 +100,7 @@ def main(argv: Sequence[str] | None = None, invoked_as: str = "python -m benchma
         except Exception as exc:  # noqa: BLE001 - one failing suite must not stop the others
             failed.append(f"{name} ({type(exc).__name__}: {exc})")
             continue
-        print(report.render_suite(suite, quick=bool(own["quick"]), link_prefix=""))
+        print(report.render_suite(suite, quick=bool(own["quick"]), link_prefix="", path=suite.last_written))
         print()
     if not names and not own["report"]:
         print(report.render_report(quick=bool(own["quick"]), link_prefix=""))

@@ -56,10 +56,10 @@ from typing import Any
 
 import numpy as np
 
-from . import common
-from .suite import Suite, Target, targets_table
+from . import mdtable, provenance
+from .suite import Suite, Target
 
-__all__ = ["DedupSuite", "KINDS", "planted_metrics", "report_markdown", "run_cli"]
+__all__ = ["DedupSuite", "KINDS", "planted_metrics", "report_markdown"]
 
 log = logging.getLogger("dedup_bench")
 
@@ -69,11 +69,9 @@ KINDS = ("jpeg-q50", "hflip", "crop", "exact")
 EPS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = common.arg_parser("dedup", __doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="a smoke run, written to results/quick/")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The suite's own options (the base adds ``--quick``, ``--out``, ``--seed``, ``--data-dir``, ...)."""
     p.add_argument("--quiet", action="store_true", help="warnings only")
-    p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
     p.add_argument("--base", type=int, default=8000, help="base images (class-balanced subset of Fashion-MNIST train)")
     p.add_argument("--copies", type=int, default=150, help="planted copies per kind")
     p.add_argument("--clusters", type=int, default=20, help="SemDeDup k-means clusters")
@@ -84,11 +82,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--scale-rows", type=int, default=100_000, help="synthetic rows for the SemDeDup scaling measurement")
-    p.add_argument("--data-dir", default=os.path.join(common.DEFAULT_DATA, "dedup"))
-    args = p.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> argparse.Namespace:
+    """``--quick`` sizes and the parsed lists."""
     if args.quick:
         args.base, args.copies, args.surrogate_steps, args.seeds, args.scale_rows, args.epochs = 2000, 40, 40, "0", 40_000, 2
-    args.out = args.out or os.path.join(common.DEFAULT_RESULTS, *(["quick"] if args.quick else []))
     args.eps_list = [float(e) for e in args.eps.split(",")]
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     return args
@@ -360,34 +359,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "probe_std": {c: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for c, v in acc.items()},
         "paired_difference_mean": float(np.mean(diffs)), "paired_differences": diffs,
     }
-    best = max(rows, key=lambda r: (r["recall"] if r["precision"] >= 0.9 else -1, r["precision"]))
-    targets = [
-        Target.check("exact dedup finds every planted byte-identical copy (recall)", exact["recall"], 1.0, ">=").to_dict(),
-        Target.check("exact dedup removes nothing else (precision)", exact["precision"], 1.0, ">=").to_dict(),
-        Target.check(f"SemDeDup recall at precision >= 0.9 (eps {best['eps']:g})", best["recall"], 0.5, ">=").to_dict(),
-    ]
     return {
-        "benchmark": "dedup_bench", "command": common.command_line(), "date": started.isoformat(timespec="seconds"),
-        "machine": common.machine_info(), "load_avg_at_end": os.getloadavg(),
+        "benchmark": "dedup_bench", "command": provenance.command_line(), "date": started.isoformat(timespec="seconds"),
+        "machine": provenance.machine_info(), "load_avg_at_end": os.getloadavg(),
         "config": {k: v for k, v in vars(args).items() if k not in ("eps", "seeds")},
         "setup": {"samples": n, "base": planted["base"], "copies_per_kind": planted["copies_per_kind"], "kinds": list(KINDS),
                   "shard_seconds": shard_s, "surrogate_seconds": surrogate_s, "surrogate_train_accuracy": trained["train_accuracy"]},
         "semdedup": rows, "semdedup_timing": timing, "exact": exact, "transfer": transfer, "transfer_runs": runs,
-        "targets": targets, "total_seconds": round(time.perf_counter() - t_start, 1),
+        "total_seconds": round(time.perf_counter() - t_start, 1),
     }
+
+
+def dedup_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Exact dedup's recall and precision on the planted copies; SemDeDup's best recall at precision >= 0.9."""
+    rows, exact = results["semdedup"], results["exact"]
+    best = max(rows, key=lambda r: (r["recall"] if r["precision"] >= 0.9 else -1, r["precision"]))
+    return [
+        Target.check("exact dedup finds every planted byte-identical copy (recall)", exact["recall"], 1.0, ">=").to_dict(),
+        Target.check("exact dedup removes nothing else (precision)", exact["precision"], 1.0, ">=").to_dict(),
+        Target.check(f"SemDeDup recall at precision >= 0.9 (eps {best['eps']:g})", best["recall"], 0.5, ">=").to_dict(),
+    ]
 
 
 def report_markdown(results: dict[str, Any]) -> str:
     """The suite's tables."""
-    f = common.fmt_num
+    f = mdtable.fmt_num
     rows = [[f(r["eps"], 4), r["removed"], r["true_positives"], f(r["precision"]), f(r["recall"])]
             + [f(r["recall_by_kind"].get(k, float("nan"))) for k in KINDS] for r in results["semdedup"]]
     out = [f"SemDeDup on {results['setup']['samples']:,} samples ({results['setup']['copies_per_kind']} planted copies per kind, "
            f"K={results['semdedup_timing']['clusters']}):", "",
-           common.markdown_table(["eps", "removed", "true pos.", "precision", "recall"] + [f"recall {k}" for k in KINDS], rows)]
+           mdtable.markdown_table(["eps", "removed", "true pos.", "precision", "recall"] + [f"recall {k}" for k in KINDS], rows)]
     t = results["semdedup_timing"]
     out += ["", "Time per million samples (extrapolated from the measured runs, not measured at 1M):", "",
-            common.markdown_table(["step", "measured on", "seconds", "s per 1M (extrapolated)"], [
+            mdtable.markdown_table(["step", "measured on", "seconds", "s per 1M (extrapolated)"], [
                 ["embedding (surrogate, CPU)", f"{t['samples']:,}", f(t["embed_seconds"]), f(t["embed_per_million_extrapolated"])],
                 ["SemDeDup (k-means + walk)", f"{t['samples']:,} (K={t['clusters']})", f(t["dedup_seconds"]), f(t["dedup_per_million_extrapolated"])],
                 ["SemDeDup (k-means + walk)", f"{t['scale_rows']:,} synthetic (K={t['scale_clusters']})", f(t["scale_dedup_seconds"]),
@@ -399,28 +403,30 @@ def report_markdown(results: dict[str, Any]) -> str:
             f"copies; {e['candidates']} candidates, {e['collisions']} checksum collisions, {e['bytes_read']:,} bytes read."]
     tr = results["transfer"]
     out += ["", f"Transfer (reduced; target A probe accuracy, %): LM r={tr['lm_ratio']:g} vs LM AND SemDeDup eps={tr['eps']:g}", "",
-            common.markdown_table(["config", "kept", "probe mean", "std"], [
+            mdtable.markdown_table(["config", "kept", "probe mean", "std"], [
                 [c, tr["kept"][c], f(tr["probe_mean"][c], 2), f(tr["probe_std"][c], 2)] for c in tr["kept"]]),
             "", f"Paired difference (LM AND SemDeDup minus LM): {tr['paired_difference_mean']:+.2f} points."]
     return "\n".join(out)
 
 
-def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run, write the JSON, print the tables; return the results."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    results = run(args)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "dedup_bench.json")
-    common.write_json(path, results)
-    print(report_markdown(results))
-    print()
-    print(targets_table([Target.from_dict(t) for t in results["targets"]]))
-    print(f"\n{results['total_seconds']:.0f} s -> {path}")
-    return results
-
-
 class DedupSuite(Suite):
     """``dedup``: SemDeDup precision/recall on planted duplicates, its cost, exact dedup, reduced transfer."""
+
     name, title = "dedup", "Deduplication: SemDeDup and exact dedup on planted duplicates"
-    run, tables = staticmethod(run_cli), staticmethod(report_markdown)
+    data_name = "dedup"
+    measures = ("streamprune/scoring/dedup.py", "streamprune/scoring/kmeans.py", "streamprune/scoring/features.py",
+                "streamprune/kernels.py")
+    tables = staticmethod(report_markdown)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The dedup options (:func:`add_arguments`)."""
+        add_arguments(parser)
+
+    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Plant duplicates, run SemDeDup and exact dedup, the reduced transfer (:func:`run`)."""
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+        return run(configure(args))
+
+    def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
+        """The targets from the stored SemDeDup rows and exact-dedup counts (:func:`dedup_targets`)."""
+        return {**results, "targets": dedup_targets(results)}

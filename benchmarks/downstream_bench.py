@@ -119,7 +119,7 @@ import numpy as np
 
 from streamprune import Manifest
 
-from . import common
+from . import mdtable, provenance, resultsfile, stats
 from .suite import Suite, Target
 
 log = logging.getLogger("downstream_bench")
@@ -313,15 +313,13 @@ def timing_summary(rounds: Sequence[dict], el2n_epochs: int) -> dict:
 
     Returns:
         ``{"seconds": {method: {"median", "runs"}}, "ratio_to_dlc": {method: {"median",
-        "runs"}}}``; ratio = the method's time / DLC's time (> 1: DLC is faster).
+        "runs", ...}}}`` (:meth:`benchmarks.stats.Ratio.to_dict`); ratio = the method's time / DLC's
+        time (> 1: DLC is faster), paired within a round.
     """
     times = pruning_times(rounds, el2n_epochs)
     dlc = times["dlc-flexrand"]
-    seconds = {k: {"median": common.median(v), "runs": [round(x, 3) for x in v]} for k, v in times.items()}
-    ratios = {}
-    for k, v in times.items():
-        paired = [x / d for x, d in zip(v, dlc) if d > 0]
-        ratios[k] = {"median": common.median(paired), "runs": [round(x, 4) for x in paired]}
+    seconds = {k: {"median": stats.median(v), "runs": [round(x, 3) for x in v]} for k, v in times.items()}
+    ratios = {k: stats.paired_ratio(v, dlc).to_dict() for k, v in times.items()}
     return {"seconds": seconds, "ratio_to_dlc": ratios}
 
 
@@ -338,7 +336,7 @@ def cost_model(timing: dict, rounds: Sequence[dict], levels: int, epochs: int, n
     Returns:
         A dict of forwards, seconds per epoch, break-even and 20x epochs.
     """
-    per_epoch = common.median([s for r in rounds for s in r["dynamics"]["seconds_per_epoch"]])
+    per_epoch = stats.median([s for r in rounds for s in r["dynamics"]["seconds_per_epoch"]])
     dlc_s = timing["seconds"]["dlc-flexrand"]["median"]
     return {
         "dlc_eval_forwards": (levels + 1) * n,
@@ -370,10 +368,13 @@ def evaluate_targets(summary: dict, timing: dict, labels: dict[str, str] | None 
         ratio = timing[ds]["ratio_to_dlc"]
         vals = {m: ratio[m]["median"] for m in TRAINING_BASED if m in ratio}
         worst = min(vals.values()) if vals else float("nan")
+        # the slowest-to-beat method's range: [min of the lows, min of the highs] over the methods, paired rounds
+        runs = [stats.ratio_of(ratio[m]["runs"]) for m in TRAINING_BASED if m in ratio]
+        interval = (min(r.low for r in runs), min(r.high for r in runs)) if runs and min(r.n for r in runs) > 1 else None
         out.append(Target.check(
             f"{labels.get(ds, ds)}: DLC pruning time >= 20x lower than each training-based method", worst, 20.0, ">=",
             shown=", ".join(f"{METHODS[m][0]} {v:.2f}x" for m, v in vals.items()) + f" (min {worst:.2f}x)",
-            goal=">= 20x", valid=bool(vals),
+            goal=">= 20x", valid=bool(vals), interval=interval, rounds=min(r.n for r in runs) if runs else None,
         ))
     diffs = differences(summary)
     for ds in _ordered(diffs, labels):
@@ -433,7 +434,7 @@ def report_markdown(results: dict) -> str:
             means.append(f"{statistics.fmean(vals):.2f}" if vals else "-")
         means += [f"{diffs['mean']:+.2f}", f"{diffs_cb['mean']:+.2f}"]
         rows.append(means)
-        lines.append(common.markdown_table(headers, rows))
+        lines.append(mdtable.markdown_table(headers, rows))
         full = summary[ds].get(FULL, {}).get("1")
         if full:
             lines.append("")
@@ -462,7 +463,7 @@ def report_markdown(results: dict) -> str:
                 r = timing[ds]["ratio_to_dlc"].get(m)
                 row += [f"{s['median']:.2f}" if s else "-", f"{r['median']:.3g}x" if r else "-"]
             rows.append(row)
-        lines.append(common.markdown_table(headers, rows))
+        lines.append(mdtable.markdown_table(headers, rows))
         lines.append("")
         cm_rows = []
         for ds in ds_names:
@@ -476,7 +477,7 @@ def report_markdown(results: dict) -> str:
             lines.append("Cost model: DLC's eval forwards vs the recording's forward+backward passes; break-even = recording "
                          "epochs at which a training-based method costs as much as DLC.")
             lines.append("")
-            lines.append(common.markdown_table(
+            lines.append(mdtable.markdown_table(
                 ["dataset", "DLC forwards", "recording fwd+bwd", "s / recording epoch", "break-even epochs", "epochs for 20x"], cm_rows
             ))
             lines.append("")
@@ -485,7 +486,7 @@ def report_markdown(results: dict) -> str:
         lines.append("Spearman correlations between the scores of the last timing round:")
         lines.append("")
         names = [n for n in CORRELATIONS if any(n in c for c in corr.values())]
-        lines.append(common.markdown_table(["dataset", *names],
+        lines.append(mdtable.markdown_table(["dataset", *names],
                                            [[datasets.get(ds, {}).get("label", ds), *(f"{c[n]:.2f}" if n in c else "-" for n in names)]
                                             for ds, c in corr.items()]))
         lines.append("")
@@ -589,7 +590,7 @@ def _cached(directory: str, params: dict) -> bool:
 
 
 def _mark(directory: str, params: dict, **extra: Any) -> None:
-    common.write_json(os.path.join(directory, "bench_meta.json"), {"params": params, **extra})
+    resultsfile.write_json(os.path.join(directory, "bench_meta.json"), {"params": params, **extra})
 
 
 def pretrain_backbone(data_dir: str, cfg: dict, progress: bool) -> dict:
@@ -876,9 +877,9 @@ def run(cfg: dict, out_dir: str, progress: bool) -> dict:
     loads.append({"phase": "backbone ready", "load": _load()})
     results: dict[str, Any] = {
         "benchmark": "downstream_bench",
-        "command": common.command_line(),
+        "command": provenance.command_line(),
         "quick": cfg["quick"],
-        "machine": common.machine_info(),
+        "machine": provenance.machine_info(),
         "started": started.isoformat(timespec="seconds"),
         "config": {k: v for k, v in cfg.items() if k != "data_dir"},
         "backbone": {"arch": ARCH, "widths": [16, 32, 64, 128], "input_size": INPUT_SIZE, **{k: v for k, v in backbone.items() if k != "shards"}},
@@ -977,7 +978,7 @@ def config(args: argparse.Namespace) -> dict:
     seeds = list(range(args.seeds if args.seeds else (2 if args.quick else 3)))
     return {
         "quick": bool(args.quick),
-        "data_dir": os.path.abspath(args.data_dir or os.path.join(common.DEFAULT_DATA, "downstream")),
+        "data_dir": os.path.abspath(args.data_dir or os.path.join(resultsfile.DEFAULT_DATA, "downstream")),
         "budgets": budgets,
         "seeds": seeds,
         "datasets": datasets,
@@ -993,40 +994,40 @@ def config(args: argparse.Namespace) -> dict:
     }
 
 
-def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure (or ``--resummarize``), write ``downstream_bench.json`` and the plot, print the tables; return the results."""
-    p = common.arg_parser("downstream", __doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny smoke run (< 3 min), results in results/quick/")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The suite's own options (``--data-dir``: the cache for shards and checkpoints)."""
     p.add_argument("--budgets", help="comma-separated budgets = fractions KEPT (default 0.1,0.2,...,0.9)")
     p.add_argument("--datasets", help="comma-separated subset of fashion-test,digits")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3; quick 2)")
     p.add_argument("--rounds", type=int, help="timing rounds (default 3; quick 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the evaluation finetunes (default 1)")
     p.add_argument("--no-extra-rows", action="store_true", help="skip the dlc-k10 / dlc-w0 timing rows")
-    p.add_argument("--data-dir", help="cache for shards and checkpoints (default benchmarks/data/downstream)")
-    p.add_argument("--out", help="results directory (default benchmarks/results, or results/quick with --quick)")
-    p.add_argument("--resummarize", metavar="JSON", help="recompute summary, targets and plot from a results file; measure nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("streamprune").setLevel(logging.WARNING)
-    if args.resummarize:
-        with open(args.resummarize) as fh:
-            results = finalize(json.load(fh))
-        out_json = args.resummarize
-    else:
-        cfg = config(args)
-        out_dir = args.out or (os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS)
-        results = finalize(run(cfg, out_dir, progress=not args.quiet))
-        out_json = os.path.join(out_dir, "downstream_bench.json")
-    common.write_json(out_json, results)
-    png = plot(results, os.path.splitext(out_json)[0] + ".png")
-    print(DownstreamSuite().markdown(results))
-    print(f"wrote {out_json} and {png}")
-    return results
 
 
 class DownstreamSuite(Suite):
     """``downstream``: finetuning accuracy on pruned target subsets, and each method's pruning time."""
     name, title = "downstream", "Downstream pruning (target subsets)"
-    run, tables = staticmethod(run_cli), staticmethod(report_markdown)
+    data_name = "downstream"
+    has_plot = True
+    measures = ("streamprune/scoring/dlc.py", "streamprune/scoring/training_based.py", "streamprune/scoring/baselines.py",
+                "streamprune/selection.py", "streamprune/dynamics.py", "streamprune/train.py")
+    tables = staticmethod(report_markdown)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The downstream options (:func:`add_arguments`)."""
+        add_arguments(parser)
+
+    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Score, prune and finetune every method at every budget (:func:`run`)."""
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        logging.getLogger("streamprune").setLevel(logging.WARNING)
+        return run(config(args), args.out, progress=not args.quiet)
+
+    def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Summary, differences, timing and targets from the raw records (:func:`finalize`)."""
+        return finalize(dict(results))
+
+    def plot(self, results: dict[str, Any], path: str) -> None:
+        """Accuracy against budget per method (:func:`plot`)."""
+        plot(results, path)

@@ -33,7 +33,7 @@ keep_jpeg=True, shuffle=False)``, so it holds the very JPEG bytes of the tar mem
 byte for byte, untimed) in the same order, and the tar masks are carried over by key with
 ``translate_mask``. FFCV loaders use ``order="sequential"`` (file order, as the tar readers
 read), ``batch_size`` 64, ``--ffcv-workers`` decode threads (default 1, like the one PIL
-thread of the tar readers) and ``common.ffcv_pipelines()``: ``CenterCropRGBImageDecoder((224,
+thread of the tar readers) and ``ffcvloop.ffcv_pipelines()``: ``CenterCropRGBImageDecoder((224,
 224), 224/256)`` (libjpeg-turbo decode of the whole image, then a centre crop resized to 224)
 + ``ToTensor``. The tar readers' decode is PIL's full-size decode to an RGB image, so the two
 decoders differ; compare FFCV with the tar readers at ratio 0 with that in mind. There is no
@@ -48,7 +48,7 @@ At ratio 0 the webdataset readers have no ``.select`` (nothing to prune); stream
 all-keep mask file. Each (reader, cache, variant, ratio) is an epoch run in this process (no
 DataLoader workers, so ``/proc/self/io`` sees every read):
 
-  cache    ``cold``: every file the reader opens (``common.dataset_files``: each shard, its
+  cache    ``cold``: every file the reader opens (``jpegdata.dataset_files``: each shard, its
            ``.index.json`` sidecar and ``.index.npz`` companion, the manifest; and the mask file)
            is evicted from the page cache (``POSIX_FADV_DONTNEED``) right before the run;
            ``warm``: all of them are read beforehand. Each run records how many files and bytes
@@ -58,7 +58,7 @@ DataLoader workers, so ``/proc/self/io`` sees every read):
            so every kept JPEG is fully decoded; the loop checks each ``jpg`` is a PIL image and
            sums its pixels).
 
-Each run also records what the block device holding the shards did (``common.block_stat``:
+Each run also records what the block device holding the shards did (``pagecache.block_stat``:
 requests completed and merged, bytes, and ``io_ms``, the time it had a request in flight),
 device-wide, so another process's I/O on that disk would count too. Before cold rounds a
 device probe times ``O_DIRECT`` reads (no page cache) at random aligned offsets in the shards,
@@ -77,8 +77,7 @@ Run:  python -m benchmarks io            (full, ~15-25 min)
       python -m benchmarks io --quick    (smoke run on tiny data)
       python -m benchmarks io --readers streamprune,ffcv_oscache,ffcv_pages --variants decode --merge
                                                (rerun some readers, keep the other rows of results/io_bench.json)
-      python -m benchmarks io --only decode   (decoder rows alone: JPEG decode samples/s per core per
-                                               decoder, full and reduced size; writes results/io_decode.json)
+      python -m benchmarks io_decode          (the decoder rows, a suite of their own: benchmarks/decode_bench.py)
       python -m benchmarks io --only readers  (reader rows alone: raw kept samples with PrunedWebDataset,
                                                PrunedMapDataset and wids, warm and cold, at every ratio;
                                                writes results/io_readers.json, see benchmarks/io_readers.py)
@@ -110,8 +109,8 @@ from streamprune import Manifest, random_mask
 from streamprune.manifest import ShardEntry
 from streamprune.optional import FFCV_INSTALL_HINT, ffcv_available
 
-from . import common, io_readers
-from .suite import Suite, Target, targets_table
+from . import ffcvloop, io_readers, jpegdata, mdtable, pagecache, provenance, resultsfile, stats
+from .suite import Suite, Target
 
 log = logging.getLogger("io_bench")
 
@@ -147,7 +146,7 @@ class Dataset:
     name: str
     manifest_path: str
     urls: list[str]
-    files: dict[str, list[str]]  # common.dataset_files: every file a reader opens, by kind (shards included)
+    files: dict[str, list[str]]  # jpegdata.dataset_files: every file a reader opens, by kind (shards included)
     data_bytes: int
     samples: int
     mask_paths: dict[float, str] = field(default_factory=dict)
@@ -178,10 +177,8 @@ class Dataset:
         return [p for paths in self.files.values() for p in paths] + [self.mask_paths[ratio]]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The suite's options (``python -m benchmarks io --help``)."""
-    p = common.arg_parser("io", __doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=None, help="where the generated shards live (default benchmarks/data/io_jpeg_<N>mb)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The suite's own options (``python -m benchmarks io --help``; ``--data-dir`` defaults to benchmarks/data/io_jpeg_<N>mb)."""
     p.add_argument("--total-mb", type=float, default=512, help="dataset size in MiB (default 512)")
     p.add_argument(
         "--samples-per-shard",
@@ -212,22 +209,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the rows of OUT/io_bench.json for the (reader, cache, variant) not run now (same data required)",
     )
-    p.add_argument("--only", choices=["decode", "readers"], default=None,
-                   help="decode: run only the decoder rows (see decoder_rows); readers: only the reader rows (io_readers.py)")
-    p.add_argument("--decode-samples", type=int, default=1000, help="--only decode: JPEGs decoded per config and round (default 1000)")
-    p.add_argument("--decode-sizes", default="128,32", help="--only decode: sizes of the reduced-size rows (default 128,32)")
-    p.add_argument("--seed", type=int, default=0, help="data and mask seed")
+    p.add_argument("--only", choices=["readers"], default=None,
+                   help="readers: only the reader rows (io_readers.py, results/io_readers.json); the decoder rows are the "
+                        "io_decode suite")
     p.add_argument("--workers", type=int, default=2, help="processes generating shards")
-    p.add_argument("--quick", action="store_true", help="tiny data and 2 rounds: a smoke run, not a measurement")
-    p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("--plot-only", metavar="JSON", help="only redraw the PNG (next to JSON) from an earlier io_bench.json")
-    p.add_argument(
-        "--resummarize",
-        metavar="JSON",
-        help="recompute the summary and targets of an earlier io_bench.json from its stored runs (no measuring), rewrite it and its PNG",
-    )
-    args = p.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> argparse.Namespace:
+    """``--quick`` sizes, the parsed lists (unknown readers, caches or variants are a usage error) and the data folder."""
     if args.quick:
         args.total_mb = min(args.total_mb, 24)
         args.samples_per_shard = min(args.samples_per_shard, 50)
@@ -245,12 +234,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name, values, allowed in (("readers", args.readers, READERS), ("caches", args.caches, CACHES), ("variants", args.variants, VARIANTS)):
         bad = set(values) - set(allowed)
         if bad:
-            p.error(f"--{name}: unknown {sorted(bad)}")
+            raise SystemExit(f"python -m benchmarks io: --{name}: unknown {sorted(bad)}; expected some of {', '.join(allowed)}")
     if args.data_dir is None:
         tag = "quick" if args.quick else f"{round(args.total_mb)}mb"
-        args.data_dir = os.path.join(common.DEFAULT_DATA, f"io_jpeg_{tag}")
-    if args.out is None:
-        args.out = os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS
+        args.data_dir = os.path.join(resultsfile.DEFAULT_DATA, f"io_jpeg_{tag}")
     return args
 
 
@@ -259,7 +246,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def prepare_dataset(name: str, manifest, ratios, seed: int, mask_dir: str) -> Dataset:
-    files = common.dataset_files(manifest)
+    files = jpegdata.dataset_files(manifest)
     keys = np.asarray(manifest.keys())
     sizes = manifest.sample_bytes()
     ds = Dataset(
@@ -494,7 +481,7 @@ def prepare_beton(ds: Dataset, workers: int, out_dir: str, mask_dir: str) -> tup
         name=f"beton_{ds.name}",
         manifest_path=beton.path,
         urls=[path],
-        files=common.dataset_files(beton),
+        files=jpegdata.dataset_files(beton),
         data_bytes=os.path.getsize(path),
         samples=int(beton.num_samples),
     )
@@ -507,7 +494,7 @@ def prepare_beton(ds: Dataset, workers: int, out_dir: str, mask_dir: str) -> tup
         bds.kept_bytes[r] = int(sizes[translated.keep].sum())
         if bds.kept[r] != ds.kept[r]:
             raise AssertionError(f"translated mask at r={r}: kept {bds.kept[r]}, tar mask kept {ds.kept[r]}")
-        bds.pages[r] = common.page_stats(beton, translated.keep)
+        bds.pages[r] = ffcvloop.page_stats(beton, translated.keep)
     beton.drop_cache()
     return bds, beton, checks
 
@@ -520,11 +507,11 @@ def build_ffcv_loaders(bds: Dataset, beton, readers, ratios, workers: int) -> di
         for r in ratios:
             loader = sp.pruned_ffcv_loader(
                 beton, bds.masks[r], batch_size=FFCV_BATCH, num_workers=workers, order=FFCV_ORDER,
-                os_cache=FFCV_READERS[reader], pipelines=common.ffcv_pipelines(), drop_last=False,
+                os_cache=FFCV_READERS[reader], pipelines=ffcvloop.ffcv_pipelines(), drop_last=False,
             )
-            common.warm(bds.all_files(r))
-            _, n, checksum = common.run_epoch(loader)
-            common.release_mmap(loader)
+            pagecache.warm(bds.all_files(r))
+            _, n, checksum = ffcvloop.run_epoch(loader)
+            ffcvloop.release_mmap(loader)
             expected = int(labels[bds.masks[r].keep].sum())
             if n != bds.kept[r] or checksum != expected:
                 raise AssertionError(f"{reader} r={r}: {n} samples (label sum {checksum}), expected {bds.kept[r]} ({expected})")
@@ -594,9 +581,9 @@ def consume_decode(pipe) -> tuple[int, int, int]:
 
 
 def run_ffcv_epoch(loader, expected_label_sum: int, where: str) -> tuple[int, int, int]:
-    """One epoch of an FFCV loader (``common.run_epoch``); drops its memory map afterwards."""
-    _, n, checksum = common.run_epoch(loader)
-    common.release_mmap(loader)  # a live map would keep the pages cached for the next cold run
+    """One epoch of an FFCV loader (``ffcvloop.run_epoch``); drops its memory map afterwards."""
+    _, n, checksum = ffcvloop.run_epoch(loader)
+    ffcvloop.release_mmap(loader)  # a live map would keep the pages cached for the next cold run
     if checksum != expected_label_sum:
         raise AssertionError(f"{where}: label sum {checksum}, expected {expected_label_sum}")
     return n, 0, n * FFCV_IMAGE_SIDE * FFCV_IMAGE_SIDE
@@ -605,13 +592,13 @@ def run_ffcv_epoch(loader, expected_label_sum: int, where: str) -> tuple[int, in
 def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset, ffcv_loaders: dict | None = None) -> dict:
     files = ds.all_files(ratio)
     if cache == "cold":
-        common.evict(files)
+        pagecache.evict(files)
     else:
-        common.warm(files)
+        pagecache.warm(files)
     gc.collect()
     consume = consume_decode if variant == "decode" else consume_raw
-    dev0 = common.block_stat(ds.urls[0])
-    io0 = common.proc_io()
+    dev0 = pagecache.block_stat(ds.urls[0])
+    io0 = pagecache.proc_io()
     c0 = time.process_time()
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -627,8 +614,8 @@ def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset, f
             n, nbytes, pixels = consume(pipe)
     seconds = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    io1 = common.proc_io()
-    dev1 = common.block_stat(ds.urls[0])
+    io1 = pagecache.proc_io()
+    dev1 = pagecache.block_stat(ds.urls[0])
     if n != ds.kept[ratio]:
         raise AssertionError(f"{reader} {cache} {variant} r={ratio}: {n} samples, expected {ds.kept[ratio]}")
     return {
@@ -654,7 +641,7 @@ def run_once(reader: str, cache: str, variant: str, ratio: float, ds: Dataset, f
 
 
 def device_delta(before: dict | None, after: dict | None) -> dict:
-    """What the block device did between two ``common.block_stat`` readings (device-wide)."""
+    """What the block device did between two ``pagecache.block_stat`` readings (device-wide)."""
     if before is None or after is None:
         return {}
     return {
@@ -716,7 +703,7 @@ def device_probe(paths: Sequence[str], depth: int = IO_DEPTH, rounds: int = 3, s
     finally:
         for fd in fds:
             os.close(fd)
-    per = {key: common.median(v) for key, v in times.items()}
+    per = {key: stats.median(v) for key, v in times.items()}
     xs = np.array(sizes, dtype=np.float64)
     ys = np.array([per[(size, 1)] for size in sizes])
     slope, intercept = np.polyfit(xs, ys, 1)
@@ -804,16 +791,19 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
             groups.setdefault(r["ratio"], []).append(r)
         for ratio, reps in groups.items():
             base = {r["round"]: r for r in groups.get(0.0, [])}
-            paired = [base[r["round"]]["seconds"] / r["seconds"] for r in reps if r["round"] in base]
+            mine = {r["round"]: r for r in reps}
+            paired = stats.paired_by_round({k: b["seconds"] for k, b in base.items()}, {k: r["seconds"] for k, r in mine.items()},
+                                           rounds=sorted(mine))
             # CPU time of the whole process (all threads): far less disturbed by other jobs' load
             # than wall time when the epoch is CPU-bound (decode); it leaves out I/O waits
-            cpu_paired = [base[r["round"]]["cpu_seconds"] / r["cpu_seconds"] for r in reps if r["round"] in base and r["cpu_seconds"] > 0]
+            cpu_paired = stats.paired_by_round({k: b["cpu_seconds"] for k, b in base.items()},
+                                               {k: r["cpu_seconds"] for k, r in mine.items()}, rounds=sorted(mine))
             info = ds_info[reps[0]["dataset"]]
             ideal = 1.0 / (1.0 - ratio)
-            speedup = common.median(paired)
-            t_med = common.median([r["seconds"] for r in reps])
-            t0_med = common.median([r["seconds"] for r in base.values()]) if base else float("nan")
-            rb = common.median([r["read_bytes"] for r in reps])
+            speedup = paired.median
+            t_med = stats.median([r["seconds"] for r in reps])
+            t0_med = stats.median([r["seconds"] for r in base.values()]) if base else float("nan")
+            rb = stats.median([r["read_bytes"] for r in reps])
             rows.append({
                 "reader": reader,
                 "cache": cache,
@@ -824,29 +814,30 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
                 "repeats": len(reps),
                 "samples": reps[0]["samples"],
                 "median_seconds": t_med,
-                "median_samples_per_s": common.median([r["samples_per_s"] for r in reps]),
-                "median_cpu_seconds": common.median([r["cpu_seconds"] for r in reps]),
+                "median_samples_per_s": stats.median([r["samples_per_s"] for r in reps]),
+                "median_cpu_seconds": stats.median([r["cpu_seconds"] for r in reps]),
                 "median_read_bytes": rb,
                 "read_fraction_of_data": rb / info["data_bytes"],
                 "kept_fraction_of_data_bytes": info["kept_bytes"][str(ratio)] / info["data_bytes"],
                 "speedup": speedup,
-                "speedup_min": min(paired) if paired else float("nan"),
-                "speedup_max": max(paired) if paired else float("nan"),
+                "speedup_min": paired.low,
+                "speedup_max": paired.high,
+                "speedup_rounds": paired.n,
                 "speedup_of_medians": t0_med / t_med,
                 "ideal_speedup": ideal,
                 "speedup_over_ideal": speedup / ideal,
-                "cpu_speedup": common.median(cpu_paired),
-                "cpu_speedup_min": min(cpu_paired) if cpu_paired else float("nan"),
-                "cpu_speedup_max": max(cpu_paired) if cpu_paired else float("nan"),
+                "cpu_speedup": cpu_paired.median,
+                "cpu_speedup_min": cpu_paired.low,
+                "cpu_speedup_max": cpu_paired.high,
             })
             if "pages" in info and str(ratio) in info["pages"]:
                 rows[-1]["ffcv_page_fraction"] = info["pages"][str(ratio)]["page_fraction"]
             if all("device_reads" in r for r in reps):
                 for name in ("device_reads", "device_read_merges", "device_read_bytes", "device_busy_ms"):
-                    rows[-1]["median_" + name] = common.median([r[name] for r in reps])
+                    rows[-1]["median_" + name] = stats.median([r[name] for r in reps])
                 busy = [base[r["round"]]["device_busy_ms"] / r["device_busy_ms"] for r in reps
                         if r["round"] in base and "device_busy_ms" in base[r["round"]] and r["device_busy_ms"] > 0]
-                rows[-1]["device_busy_ratio"] = common.median(busy) if busy else float("nan")
+                rows[-1]["device_busy_ratio"] = stats.median(busy) if busy else float("nan")
     for row in rows:
         if row["ratio"] != 0.0:
             continue
@@ -854,15 +845,15 @@ def summarize(runs: list[dict], ds_info: dict[str, dict], invocations: list[str]
             mine = by_config.get((row["reader"], row["cache"], row["variant"]), {})
             theirs = by_config.get((ref, row["cache"], row["variant"]), {})
             shared = [inv for inv in mine if inv in theirs]
-            rel = []
+            rel = stats.paired_ratio([], [])
             if shared:
                 inv = max(shared, key=rank.__getitem__)
-                other = {r["round"]: r for r in theirs[inv] if r["ratio"] == 0.0}
-                rel = [other[r["round"]]["seconds"] / r["seconds"] for r in mine[inv] if r["ratio"] == 0.0 and r["round"] in other]
+                other = {r["round"]: r["seconds"] for r in theirs[inv] if r["ratio"] == 0.0}
+                own = {r["round"]: r["seconds"] for r in mine[inv] if r["ratio"] == 0.0}
+                rel = stats.paired_by_round(other, own, rounds=sorted(own))
                 row[name + "_invocation"] = inv
-            row[name] = common.median(rel) if rel else float("nan")
-            row[name + "_min"] = min(rel) if rel else float("nan")
-            row[name + "_max"] = max(rel) if rel else float("nan")
+            row[name], row[name + "_min"], row[name + "_max"] = rel.median, rel.low, rel.high
+            row[name + "_rounds"] = rel.n
     rows.sort(key=lambda r: (VARIANTS.index(r["variant"]), CACHES.index(r["cache"]), READERS.index(r["reader"]), r["ratio"]))
     return rows
 
@@ -885,8 +876,9 @@ def _interval(row: dict, key: str) -> tuple[float, float] | None:
 def evaluate_targets(rows: list[dict], ratios: Sequence[float]) -> list[dict]:
     """The suite's targets on the summary rows, as stored in the JSON (:meth:`Target.to_dict`).
 
-    A speed-up or ratio target carries the min-max of its paired ratio over rounds, so its
-    verdict is inconclusive when that range straddles the threshold.
+    A speed-up or ratio target carries the min-max of its paired ratio over rounds and their
+    number (:mod:`benchmarks.stats`): met only when the whole range clears the threshold over
+    at least ``stats.MIN_ROUNDS`` rounds, inconclusive when it straddles it.
     """
     out: list[Target] = []
     pruned = [x for x in ratios if x > 0]
@@ -897,7 +889,8 @@ def evaluate_targets(rows: list[dict], ratios: Sequence[float]) -> list[dict]:
             need = factor * row["ideal_speedup"]
             who = "" if reader == "streamprune" else f"{reader} "
             out.append(Target.check(f"{who}{cache} {variant} speed-up at r={r:g} >= {factor:g} x 1/(1-r) = {need:.2f}",
-                                    row["speedup"], need, interval=_interval(row, "speedup"), repeats=row["repeats"]))
+                                    row["speedup"], need, interval=_interval(row, "speedup"), repeats=row["repeats"],
+                                    rounds=row.get("speedup_rounds", row["repeats"])))
         return row
 
     for r in pruned:
@@ -913,7 +906,8 @@ def evaluate_targets(rows: list[dict], ratios: Sequence[float]) -> list[dict]:
             row = find(rows, reader="streamprune", cache=cache, variant=variant, ratio=0.0)
             if row and not math.isnan(row.get("samples_per_s_vs_webdataset", math.nan)):  # nan: wds_after not run
                 out.append(Target.check(f"{cache} {variant} r=0: streamprune samples/s {text}", row["samples_per_s_vs_webdataset"], goal,
-                                        interval=_interval(row, "samples_per_s_vs_webdataset")))
+                                        interval=_interval(row, "samples_per_s_vs_webdataset"),
+                                        rounds=row.get("samples_per_s_vs_webdataset_rounds")))
     # ffcv_bench's warm target, checked here on io_bench's data: sample-level masks, file order
     for reader in FFCV_READERS:
         for r in pruned:
@@ -926,20 +920,23 @@ def _ratio(value) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
-def print_summary(rows, targets, meta):
-    print()
-    print(f"data: {meta['data']['samples']} samples, {meta['data']['data_bytes'] / 2**20:.1f} MiB in "
+def detail_tables(rows: list[dict], meta: dict[str, Any]) -> str:
+    """Every row in full, per variant and cache, and FFCV against the tar readers at r=0 (markdown)."""
+    if not rows:
+        return ""
+    out: list[str] = []
+    out.append(f"data: {meta['data']['samples']} samples, {meta['data']['data_bytes'] / 2**20:.1f} MiB in "
           f"{meta['data']['shards']} shards, mean JPEG {meta['data']['mean_jpeg_bytes'] / 1e3:.1f} KB")
     if meta["data"].get("decode_subset"):
         sub = meta["data"]["decode_subset"]
-        print(f"decode variant on a subset: first {sub['shards']} shards, {sub['samples']} samples, {sub['data_bytes'] / 2**20:.1f} MiB")
+        out.append(f"decode variant on a subset: first {sub['shards']} shards, {sub['samples']} samples, {sub['data_bytes'] / 2**20:.1f} MiB")
     for variant in VARIANTS:
         for cache in CACHES:
             sel = [r for r in rows if r["variant"] == variant and r["cache"] == cache]
             if not sel:
                 continue
             reps = sorted({r["repeats"] for r in sel})
-            print(f"\n## {variant}, {cache} cache  (median of {'/'.join(map(str, reps))} rounds; speed-up = t(r=0)/t(r), paired per round)")
+            out.append(f"\n{variant}, {cache} cache  (median of {'/'.join(map(str, reps))} rounds; speed-up = t(r=0)/t(r), paired per round)")
             table = []
             for r in sel:
                 rel = r.get("samples_per_s_vs_webdataset")
@@ -956,11 +953,11 @@ def print_summary(rows, targets, meta):
                     f"{r['median_read_bytes'] / 2**20:.1f}",
                     f"{r['read_fraction_of_data']:.3f}",
                     _ratio(rel),
-                    common.fmt_num(r["median_device_reads"], 0) if "median_device_reads" in r else "",
+                    mdtable.fmt_num(r["median_device_reads"], 0) if "median_device_reads" in r else "",
                     _ratio(r.get("device_busy_ratio")),
                     _ratio(r.get("device_model_speedup")),
                 ])
-            print(common.markdown_table(
+            out.append("\n" + mdtable.markdown_table(
                 ["reader", "ratio", "samples", "t (s)", "samples/s", "speed-up [min-max]", "ideal", "/ideal", "cpu speed-up", "read MiB", "read frac",
                  "vs wds @0", "device reqs", "device busy ratio", "device model"],
                 table,
@@ -968,16 +965,15 @@ def print_summary(rows, targets, meta):
     ffcv_rows = [r for r in rows if r["reader"] in FFCV_READERS and r["ratio"] == 0.0]
     if ffcv_rows:
         ff = meta.get("ffcv", {})
-        print(f"\n## decode at r=0: FFCV against the tar readers, paired time ratios (FFCV: {ff.get('decoder', '?')}, "
+        out.append(f"\ndecode at r=0: FFCV against the tar readers, paired time ratios (FFCV: {ff.get('decoder', '?')}, "
               f"{ff.get('num_workers', '?')} decode thread(s); tar readers: PIL full-size decode to RGB, 1 thread; the decoders differ)")
-        print(common.markdown_table(
+        out.append("\n" + mdtable.markdown_table(
             ["reader", "cache", "samples/s", "vs wds_after", "vs streamprune"],
             [[r["reader"], r["cache"], f"{r['median_samples_per_s']:.0f}", _ratio(r.get("samples_per_s_vs_webdataset")),
               _ratio(r.get("samples_per_s_vs_streamprune"))] for r in ffcv_rows],
         ))
-        print(f"FFCV raw variant: {FFCV_NO_RAW}")
-    print("\n## targets")
-    print(targets_table([Target.from_dict(t) for t in targets]))
+        out.append(f"\nFFCV raw variant: {FFCV_NO_RAW}")
+    return "\n".join(out)
 
 
 def _repeats(rows, variant: str) -> str:
@@ -1061,184 +1057,17 @@ def plot(rows, ratios, path, meta):
 # --------------------------------------------------------------------------------------------
 
 
-# --------------------------------------------------------------------------------------------
-# decoder rows (--only decode): JPEG decode cost per core, per decoder, full and reduced size
-
-DECODE_REFERENCE = "pil+Resize"  # what the loaders did before streamprune.decode: PIL full decode, then Resize(size)
-
-
-def decode_inputs(args: argparse.Namespace) -> tuple[list[bytes], str]:
-    """The first ``--decode-samples`` JPEGs of io_bench's dataset, in memory (reading is not timed).
-
-    From the generated shards when ``--data-dir`` holds them; else made by the same generator
-    (``common.make_jpeg(i, seed)``, the bytes ``JpegSource`` writes as sample ``i``), so the
-    rows do not need the whole dataset generated.
-    """
-    n = args.decode_samples
-    if os.path.exists(os.path.join(args.data_dir, "manifest.json")):
-        import streamprune as sp  # deferred: like the rest of this module, the library loads only when measuring
-
-        jpegs = []
-        for sample in sp.PrunedSource(args.data_dir, shuffle=False, rank=0, world_size=1):
-            jpegs.append(sample["jpg"])
-            if len(jpegs) == n:
-                break
-        return jpegs, f"first {len(jpegs)} samples of {args.data_dir}"
-    return [common.make_jpeg(i, args.seed) for i in range(n)], f"common.make_jpeg(i, seed={args.seed}) for i < {n} (the dataset's first samples)"
-
-
-def decode_configs(sizes: Sequence[int]) -> list[tuple[str, int | None]]:
-    """(decoder, size) of every row: each installed backend at full size and at each size, and the reference."""
-    from streamprune.decode import available_decoders  # deferred: the library loads only when measuring
-
-    return [(b, s) for b in available_decoders() for s in (None, *sizes)] + [(DECODE_REFERENCE, s) for s in sizes]
-
-
-def make_decode_fn(backend: str, size: int | None):
-    """A function ``bytes -> PIL.Image`` for one row."""
-    # deferred: the library and torchvision load only when measuring
-    from torchvision import transforms
-
-    from streamprune.decode import image_decoder
-
-    if backend == DECODE_REFERENCE:
-        full, resize = image_decoder("pil"), transforms.Resize(size, antialias=True)
-        return lambda data: resize(full.decode(data))
-    return image_decoder(backend, size=size).decode
-
-
-def decoder_rows(jpegs: Sequence[bytes], configs, repeats: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Decode every JPEG with every config, interleaved over ``repeats`` shuffled rounds.
-
-    Each run decodes all of ``jpegs`` in this thread (the decoders start no threads), so
-    samples per CPU-second of this thread (``time.thread_time``) is samples/s on one core,
-    whatever else the machine runs; wall-clock samples/s is recorded beside it.
-
-    Returns:
-        ``(runs, rows)``: one dict per run, and per config the medians over rounds.
-    """
-    fns = {c: make_decode_fn(*c) for c in configs}
-    for fn in fns.values():  # warm-up, untimed: imports, library loading, first allocations
-        fn(jpegs[0])
-    runs = []
-    rng = random.Random(seed)
-    for rnd in range(repeats):
-        order = list(configs)
-        rng.shuffle(order)
-        for backend, size in order:
-            fn = fns[(backend, size)]
-            gc.collect()
-            c0, w0 = time.thread_time(), time.perf_counter()
-            pixels = 0
-            for data in jpegs:
-                image = fn(data)
-                pixels += image.size[0] * image.size[1]
-            cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
-            runs.append({"decoder": backend, "size": size, "round": rnd, "samples": len(jpegs), "cpu_s": cpu, "wall_s": wall,
-                         "samples_per_cpu_s": len(jpegs) / cpu, "samples_per_wall_s": len(jpegs) / wall,
-                         "mean_output_pixels": pixels / len(jpegs)})
-        print(f"decode round {rnd + 1}/{repeats} (load avg {os.getloadavg()[0]:.1f})", flush=True)
-    rows = []
-    for backend, size in configs:
-        mine = [r for r in runs if r["decoder"] == backend and r["size"] == size]
-        per_core = [r["samples_per_cpu_s"] for r in mine]
-        rows.append({"decoder": backend, "size": size, "rounds": len(mine),
-                     "samples_per_s_per_core": common.median(per_core), "per_core_min": min(per_core), "per_core_max": max(per_core),
-                     "samples_per_wall_s": common.median([r["samples_per_wall_s"] for r in mine]),
-                     "mean_output_pixels": mine[0]["mean_output_pixels"]})
-    return runs, rows
-
-
-def decoder_equivalence(jpegs: Sequence[bytes], configs, n: int = 50) -> list[dict]:
-    """Per config, mean absolute pixel difference (grey levels of 255) from the PIL reference on ``n`` images.
-
-    Full-size rows compare with PIL's full decode; sized rows with PIL's full decode resized
-    by torchvision's ``Resize(size)`` (the reference row). Untimed.
-    """
-    refs = {size: make_decode_fn("pil", None) if size is None else make_decode_fn(DECODE_REFERENCE, size) for _, size in configs}
-    out = []
-    for backend, size in configs:
-        fn = make_decode_fn(backend, size)
-        diffs = []
-        for data in jpegs[:n]:
-            got, want = fn(data), refs[size](data)
-            if got.size != want.size or got.mode != want.mode:
-                raise AssertionError(f"{backend} size={size}: {got.mode} {got.size}, PIL gives {want.mode} {want.size}")
-            diffs.append(float(np.abs(np.asarray(got, np.float32) - np.asarray(want, np.float32)).mean()))
-        out.append({"decoder": backend, "size": size, "images": len(diffs), "mean_abs_diff": float(np.mean(diffs)),
-                    "max_image_mean_abs_diff": float(max(diffs))})
-    return out
-
-
-def run_decoder_rows(args: argparse.Namespace) -> dict[str, Any]:
-    """``--only decode``: measure the decoder rows, write ``OUT/io_decode.json``, print the table."""
-    t_start = time.perf_counter()
-    machine = common.machine_info()
-    machine["packages"].update(common.package_versions(["simplejpeg", "PyTurboJPEG"]))
-    sizes = [int(x) for x in args.decode_sizes.split(",") if x.strip()]
-    if args.quick:
-        args.decode_samples = min(args.decode_samples, 100)
-    jpegs, source = decode_inputs(args)
-    configs = decode_configs(sizes)
-    print(f"decoder rows: {len(jpegs)} JPEGs (mean {np.mean([len(j) for j in jpegs]) / 1e3:.1f} KB) from {source}; "
-          f"{len(configs)} configs x {args.repeats} rounds", flush=True)
-    equivalence = decoder_equivalence(jpegs, configs)
-    load_start = os.getloadavg()
-    runs, rows = decoder_rows(jpegs, configs, args.repeats, args.seed)
-    from streamprune.decode import resolve_decoder  # deferred: the library loads only when measuring
-
-    results = {
-        "suite": "io", "part": "decoder rows", "command": common.command_line(), "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": machine, "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
-        "data": {"source": source, "samples": len(jpegs), "mean_jpeg_bytes": float(np.mean([len(j) for j in jpegs])),
-                 "sides_px": "256-320 (common.make_jpeg), 4:4:4, quality 95"},
-        "auto_decoder": resolve_decoder("auto"),
-        "timed": "decoding every JPEG to a PIL image (sized rows: resized to shorter side `size`) in this thread, "
-                 "bytes already in memory; per core = samples / thread CPU seconds, median over interleaved rounds",
-        "reference": f"{DECODE_REFERENCE}: image_decoder('pil') full decode, then torchvision Resize(size, antialias=True)",
-        "equivalence": equivalence, "summary": rows, "runs": runs, "total_seconds": time.perf_counter() - t_start,
-    }
-    path = os.path.join(args.out, "io_decode.json")
-    common.write_json(path, results)
-    print(decode_table(results))
-    print(f"\nwrote {path} ({results['total_seconds']:.0f} s)")
-    return results
-
-
-def decode_table(results: dict[str, Any]) -> str:
-    """The decoder rows as a markdown table."""
-    eq = {(e["decoder"], e["size"]): e["mean_abs_diff"] for e in results["equivalence"]}
-    headers = ["decoder", "size", "samples/s per core", "[min-max]", "wall samples/s", "mean |diff| vs PIL (levels)"]
-    rows = [[r["decoder"], "full" if r["size"] is None else r["size"], common.fmt_num(r["samples_per_s_per_core"], 0),
-             f"{r['per_core_min']:.0f}-{r['per_core_max']:.0f}", common.fmt_num(r["samples_per_wall_s"], 0),
-             f"{eq.get((r['decoder'], r['size']), float('nan')):.2f}"] for r in results["summary"]]
-    return (f"JPEG decode, one core ({results['data']['samples']} JPEGs, mean {results['data']['mean_jpeg_bytes'] / 1e3:.0f} KB); "
-            f"auto = {results['auto_decoder']}\n\n" + common.markdown_table(headers, rows, "llrrrr"))
-
-
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure (options as :func:`parse_args`), write ``io_bench.json`` and the plot, print the tables; return the results."""
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure (options as :func:`add_arguments`, after :func:`configure`); the results with summary and targets."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    if args.plot_only:
-        with open(args.plot_only) as fh:
-            saved = json.load(fh)
-        png = os.path.join(os.path.dirname(os.path.abspath(args.plot_only)), "io_bench.png")
-        plot(saved["summary"], sorted({r["ratio"] for r in saved["summary"]}), png, saved)
-        print(f"wrote {png}")
-        return saved
-    if args.resummarize:
-        return resummarize(args.resummarize, args.no_plot)
-    if args.only == "decode":
-        return run_decoder_rows(args)
     if args.only == "readers":
         return io_readers.run_reader_rows(args, prepare_dataset)
 
     t_start = time.perf_counter()
-    machine = common.machine_info()
+    machine = provenance.machine_info()
     print(f"io_bench: {machine['cpu_count']} cores, python {machine['python']}, webdataset {machine['packages']['webdataset']}")
-    manifest = common.make_jpeg_shards(args.data_dir, args.total_mb, args.samples_per_shard, args.seed, args.workers)
-    jpeg = common.jpeg_sizes(manifest)
+    manifest = jpegdata.make_jpeg_shards(args.data_dir, args.total_mb, args.samples_per_shard, args.seed, args.workers)
+    jpeg = jpegdata.jpeg_sizes(manifest)
     data = {
         "dir": os.path.abspath(args.data_dir),
         "samples": int(manifest.num_samples),
@@ -1290,7 +1119,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         beton_ds = bds.name
         print(f"beton: {bds.data_bytes / 2**20:.1f} MiB, the same {bds.samples} JPEGs byte for byte (sha256 {beton_checks['jpeg_sha256'][:12]}), "
               f"masks translated by key; FFCV pages touched at r=" + ", ".join(f"{r:g}: {bds.pages[r]['page_fraction']:.2f}" for r in args.ratios))
-        ffcv_eviction = common.check_eviction(bds.urls, bds.data_bytes)
+        ffcv_eviction = pagecache.check_eviction(bds.urls, bds.data_bytes)
         print(f"eviction check (.beton): cold read fetched {ffcv_eviction['cold_fraction']:.3f} of the file, warm "
               f"{ffcv_eviction['warm_read_bytes'] / 2**20:.1f} MiB -> {'OK' if ffcv_eviction['ok'] else 'NOT WORKING'}")
         t0 = time.perf_counter()
@@ -1301,7 +1130,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "file": bds.urls[0],
             "file_bytes": bds.data_bytes,
             "page_size": 1 << 23,
-            "read_ahead_kb": common.read_ahead_kb(bds.urls[0]),
+            "read_ahead_kb": pagecache.read_ahead_kb(bds.urls[0]),
             "written_with": "write_beton(TarSamples(tar manifest), write_mode='jpg', keep_jpeg=True, shuffle=False)",
             "checks": beton_checks,
             "eviction_check": ffcv_eviction,
@@ -1309,7 +1138,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "batch_size": FFCV_BATCH,
             "drop_last": False,
             "num_workers": args.ffcv_workers,
-            "decoder": f"CenterCropRGBImageDecoder(({FFCV_IMAGE_SIDE}, {FFCV_IMAGE_SIDE}), 224/256) + ToTensor (common.ffcv_pipelines())",
+            "decoder": f"CenterCropRGBImageDecoder(({FFCV_IMAGE_SIDE}, {FFCV_IMAGE_SIDE}), 224/256) + ToTensor (ffcvloop.ffcv_pipelines())",
             "decoder_note": "tar readers decode with PIL at full size (256-320 px) to an RGB image; FFCV decodes with libjpeg-turbo, "
                             "then centre-crops and resizes to 224: the decoders differ",
             "raw_variant": FFCV_NO_RAW,
@@ -1322,7 +1151,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
 
     all_files = sorted({f for ds in datasets.values() for r in args.ratios for f in ds.all_files(r)})
-    eviction = common.check_eviction(datasets["full"].urls, datasets["full"].data_bytes)
+    eviction = pagecache.check_eviction(datasets["full"].urls, datasets["full"].data_bytes)
     print(f"eviction check: cold full read fetched {eviction['cold_read_bytes'] / 2**20:.1f} MiB of {eviction['file_bytes'] / 2**20:.1f} MiB "
           f"({eviction['cold_MBps']:.0f} MB/s), warm re-read fetched {eviction['warm_read_bytes'] / 2**20:.1f} MiB ({eviction['warm_MBps']:.0f} MB/s)"
           f" -> {'OK' if eviction['ok'] else 'NOT WORKING: cold numbers are not cold'}")
@@ -1334,7 +1163,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else:
             print(f"device probe (O_DIRECT, random offsets): {probe['fixed_us_per_request']:.0f} us per request + "
                   f"{probe['MBps']:.0f} MB/s; 1 MiB reads {IO_DEPTH} at a time: {probe['depth_speedup_1MiB']:.2f}x the throughput of one at a time")
-    common.warm(all_files)
+    pagecache.warm(all_files)
     verification = [verify_same_samples(datasets["full"], r) for r in args.ratios if r > 0][:1]
     print(f"verified streamprune == webdataset+select (keys, order, bytes) at ratio {verification[0]['ratio'] if verification else '-'}")
 
@@ -1377,7 +1206,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ds_info[name]["pages"] = {str(r): v for r, v in ds.pages.items()}
     this = {
         "id": invocation,
-        "command": common.command_line(),
+        "command": provenance.command_line(),
         "args": {k: v for k, v in vars(args).items()},
         "readers": args.readers,
         "caches": args.caches,
@@ -1437,30 +1266,19 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "ratio_0": "webdataset readers have no .select at ratio 0; streamprune reads the all-keep mask file",
             "decode": ".decode('pil'): PIL Image.open + load() + convert('RGB') per jpg; FFCV: see ffcv.decoder",
             "merge": "rows come from the latest invocation that ran their (reader, cache, variant); see invocations",
-            "device": "median_device_*: deltas of the shards' block device counters over the run (common.block_stat; device-wide); "
+            "device": "median_device_*: deltas of the shards' block device counters over the run (pagecache.block_stat; device-wide); "
                       "device_busy_ratio: io_ms(ratio 0)/io_ms(ratio r), paired per round, median; device_model_speedup: "
                       "(requests x fixed cost + bytes / bandwidth) at ratio 0 over the same at ratio r, with device_probe's line",
         },
         "total_seconds": None,
     }
     this["total_seconds"] = meta["total_seconds"] = time.perf_counter() - t_start
-    os.makedirs(args.out, exist_ok=True)
-    common.write_json(json_path, {**meta, "summary": rows, "targets": targets, "runs": runs})
-    print_summary(rows, targets, meta)
-    if not args.no_plot:
-        png = os.path.join(args.out, "io_bench.png")
-        plot(rows, sorted({r["ratio"] for r in rows}), png, meta)
-        print(f"\nwrote {json_path} and {png}")
-    else:
-        print(f"\nwrote {json_path}")
-    print(f"total {meta['total_seconds']:.0f} s")
     return {**meta, "summary": rows, "targets": targets, "runs": runs}
 
 
-def resummarize(path: str, no_plot: bool = False) -> dict[str, Any]:
-    """Recompute ``summary`` and ``targets`` of a saved ``io_bench.json`` from its runs."""
-    with open(path) as fh:
-        saved = json.load(fh)
+def resummarize(saved: dict[str, Any]) -> dict[str, Any]:
+    """Recompute ``summary`` and ``targets`` of io_bench results from their runs (measures nothing)."""
+    saved = dict(saved)
     invocations = saved.get("invocations") or [{"id": "earlier"}]
     for r in saved["runs"]:
         r.setdefault("invocation", invocations[-1]["id"])
@@ -1468,13 +1286,6 @@ def resummarize(path: str, no_plot: bool = False) -> dict[str, Any]:
     add_device_model(rows, saved.get("device_probe"))
     saved["summary"] = rows
     saved["targets"] = evaluate_targets(rows, sorted({r["ratio"] for r in rows}))
-    saved["resummarized"] = {"command": common.command_line(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    common.write_json(path, saved)
-    print_summary(rows, saved["targets"], saved)
-    if not no_plot:
-        png = os.path.join(os.path.dirname(os.path.abspath(path)), "io_bench.png")
-        plot(rows, sorted({r["ratio"] for r in rows}), png, saved)
-        print(f"\nwrote {path} and {png}")
     return saved
 
 
@@ -1528,7 +1339,7 @@ def merge_previous(path: str, runs: list[dict], this: dict, ds_info: dict) -> tu
 def tables(results: dict[str, Any]) -> str:
     """Speed-up per (variant, cache, reader) and ratio, and the cold read fractions."""
     summary = results["summary"]
-    ratios = [r for r in common.ratios_of(summary) if r > 0]
+    ratios = [r for r in mdtable.ratios_of(summary) if r > 0]
     groups: dict[tuple, dict[float, dict]] = {}
     for row in summary:
         groups.setdefault((row["variant"], row["cache"], row["reader"]), {})[float(row["ratio"])] = row
@@ -1538,7 +1349,7 @@ def tables(results: dict[str, Any]) -> str:
     rows = []
     for (variant, cache, reader), by_ratio in groups.items():
         base = by_ratio.get(0.0, {})
-        cells = [f"{variant}, {cache}", reader, common.fmt_num(base.get("median_samples_per_s"), 0)]
+        cells = [f"{variant}, {cache}", reader, mdtable.fmt_num(base.get("median_samples_per_s"), 0)]
         for r in ratios:
             row = by_ratio.get(r)
             cells.append("-" if row is None else f"{row['speedup']:.2f} [{row['speedup_min']:.2f}-{row['speedup_max']:.2f}]")
@@ -1547,7 +1358,7 @@ def tables(results: dict[str, Any]) -> str:
         rows.append(cells)
     rows.append(["ideal 1/(1-r)", "", ""] + [f"{1 / (1 - r):.2f}" for r in ratios] + [" / ".join(f"{1 - r:.1f}" for r in ratios)])
     return ("Epoch-time speed-up t(0)/t(r), paired within a round, median [min-max]; bytes read from storage / data size (cold).\n\n"
-            + common.markdown_table(headers, rows, "ll" + "r" * (len(headers) - 2)))
+            + mdtable.markdown_table(headers, rows, "ll" + "r" * (len(headers) - 2)))
 
 
 class IoSuite(Suite):
@@ -1557,14 +1368,41 @@ class IoSuite(Suite):
     table and targets follow io_bench's own.
     """
     name, title = "io", "I/O: pruned vs unpruned reads (tar shards)"
-    run = staticmethod(run)
+    has_plot = True
+    also_reads = (io_readers.RESULTS_NAME,)
+    measures = ("streamprune/readers/byterange.py", "streamprune/readers/webdataset.py", "streamprune/readers/mapstyle.py",
+                "streamprune/readers/ffcv.py", "streamprune/readers/plan.py", "streamprune/readers/scheduler.py",
+                "streamprune/masks.py", "streamprune/indexfile.py", "streamprune/shardindex.py")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The io options (:func:`add_arguments`)."""
+        add_arguments(parser)
+
+    def output_name(self, args: argparse.Namespace) -> str:
+        """``io_readers`` for ``--only readers`` (its own results file), else ``io_bench``."""
+        return os.path.splitext(io_readers.RESULTS_NAME)[0] if args.only == "readers" else self.stem
+
+    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The epochs of every (reader, cache, variant, ratio) in interleaved rounds (:func:`run`)."""
+        return run(configure(args))
+
+    def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Summary and targets from the stored runs (the reader rows' file is summarised when measured)."""
+        if results.get("part") == "reader rows" or "runs" not in results or "datasets" not in results:
+            return results
+        return resummarize(results)
+
+    def plot(self, results: dict[str, Any], path: str) -> None:
+        """Speed-up against ratio per reader (:func:`plot`; none for the reader rows)."""
+        if results.get("summary") and "variant" in results["summary"][0]:
+            plot(results["summary"], sorted({r["ratio"] for r in results["summary"]}), path, results)
 
     def _reader_rows(self, results: dict[str, Any]) -> dict[str, Any] | None:
         return io_readers.load(self.results_dir, quick=bool((results.get("args") or {}).get("quick")))
 
     def tables(self, results: dict[str, Any]) -> str:
-        """io_bench's table, then the reader rows' (when they have been run)."""
-        text = tables(results)
+        """io_bench's table, every row in full, then the reader rows' (when they have been run)."""
+        text = "\n\n".join(p for p in (tables(results), detail_tables(results["summary"], results)) if p)
         rows = self._reader_rows(results)
         return text if rows is None else text + "\n\n" + io_readers.readers_table(rows)
 

@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from . import common
-from .suite import Target, load_json, targets_table
+from . import jpegdata, mdtable, pagecache, provenance, resultsfile, stats
+from .suite import Target
 
 READER_ROWS = ("streamprune", "streamprune_verify", "streamprune_map", "wids")
 READER_ROW_LABELS = {
@@ -93,15 +93,15 @@ class WidsArm:
         with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # it prints its configuration; nothing to report
             self.ds = wids.ShardListDataset(desc_path, base=shard_dir + "/", cache_dir=shard_dir, transformations=[], lru_size=max(10, len(manifest.shards)))
-        self.version = getattr(wids, "__version__", common.package_versions(["wids"])["wids"])
+        self.version = getattr(wids, "__version__", provenance.package_versions(["wids"])["wids"])
 
     def open_all(self) -> dict:
         """Touch one sample of every shard: wids indexes each shard (tar header walk) on first access."""
-        io0 = common.proc_io()
+        io0 = pagecache.proc_io()
         t0 = time.perf_counter()
         for off in self.offsets[:-1].tolist():
             self.ds[int(off)]
-        return {"seconds": time.perf_counter() - t0, "read_bytes": common.proc_io()["read_bytes"] - io0["read_bytes"]}
+        return {"seconds": time.perf_counter() - t0, "read_bytes": pagecache.proc_io()["read_bytes"] - io0["read_bytes"]}
 
     def release_pages(self) -> None:
         """Unmap the pages wids's memory maps hold, so that evicting the files empties the cache."""
@@ -162,11 +162,11 @@ def run_once(reader: str, cache: str, ratio: float, ds, kept_global: dict, wids_
     if cache == "cold":
         if wids_arm is not None:
             wids_arm.release_pages()
-        common.evict(files)
+        pagecache.evict(files)
     else:
-        common.warm(files)
+        pagecache.warm(files)
     gc.collect()
-    io0 = common.proc_io()
+    io0 = pagecache.proc_io()
     c0 = time.process_time()
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -179,7 +179,7 @@ def run_once(reader: str, cache: str, ratio: float, ds, kept_global: dict, wids_
             n, nbytes = wids_arm.read(kept_global[ratio])  # type: ignore[union-attr]
     seconds = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    io1 = common.proc_io()
+    io1 = pagecache.proc_io()
     if n != ds.kept[ratio]:
         raise AssertionError(f"{reader} {cache} r={ratio}: {n} samples, expected {ds.kept[ratio]}")
     return {"reader": reader, "cache": cache, "ratio": ratio, "seconds": seconds, "cpu_seconds": cpu, "samples": n,
@@ -195,24 +195,27 @@ def summarize(runs: list[dict], data_bytes: int, kept_bytes: dict) -> list[dict]
         by.setdefault((r["reader"], r["cache"], r["ratio"]), {})[r["round"]] = r
     for (reader, cache, ratio), reps in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][2], READER_ROWS.index(kv[0][0]))):
         values = list(reps.values())
-        rb = common.median([r["read_bytes"] for r in values])
+        rb = stats.median([r["read_bytes"] for r in values])
         row = {"reader": reader, "cache": cache, "ratio": ratio, "repeats": len(values), "samples": values[0]["samples"],
-               "median_seconds": common.median([r["seconds"] for r in values]),
-               "median_cpu_seconds": common.median([r["cpu_seconds"] for r in values]),
-               "median_samples_per_s": common.median([r["samples_per_s"] for r in values]),
+               "median_seconds": stats.median([r["seconds"] for r in values]),
+               "median_cpu_seconds": stats.median([r["cpu_seconds"] for r in values]),
+               "median_samples_per_s": stats.median([r["samples_per_s"] for r in values]),
                "median_read_bytes": rb, "read_fraction_of_data": rb / data_bytes,
                "kept_fraction_of_data_bytes": kept_bytes[ratio] / data_bytes}
         plain = by.get(("streamprune", cache, ratio), {})
         if reader == "streamprune_verify" and plain:
             # the cost of verification: t(verify) / t(plain), paired per round
-            cost = [r["seconds"] / plain[k]["seconds"] for k, r in reps.items() if k in plain]
-            row.update({"verify_cost": common.median(cost), "verify_cost_min": min(cost), "verify_cost_max": max(cost)})
+            cost = stats.paired_by_round({k: r["seconds"] for k, r in reps.items()}, {k: p["seconds"] for k, p in plain.items()},
+                                         rounds=sorted(reps))
+            row.update({"verify_cost": cost.median, "verify_cost_min": cost.low, "verify_cost_max": cost.high})
         ref = by.get(("wids", cache, ratio), {})
         if reader != "wids" and ref:
-            rel = [ref[k]["seconds"] / r["seconds"] for k, r in reps.items() if k in ref]
-            cpu = [ref[k]["cpu_seconds"] / r["cpu_seconds"] for k, r in reps.items() if k in ref and r["cpu_seconds"] > 0]
-            row.update({"vs_wids": common.median(rel), "vs_wids_min": min(rel), "vs_wids_max": max(rel),
-                        "cpu_vs_wids": common.median(cpu), "cpu_vs_wids_min": min(cpu), "cpu_vs_wids_max": max(cpu)})
+            rel = stats.paired_by_round({k: w["seconds"] for k, w in ref.items()}, {k: r["seconds"] for k, r in reps.items()},
+                                        rounds=sorted(reps))
+            cpu = stats.paired_by_round({k: w["cpu_seconds"] for k, w in ref.items()}, {k: r["cpu_seconds"] for k, r in reps.items()},
+                                        rounds=sorted(reps))
+            row.update({"vs_wids": rel.median, "vs_wids_min": rel.low, "vs_wids_max": rel.high, "vs_wids_rounds": rel.n,
+                        "cpu_vs_wids": cpu.median, "cpu_vs_wids_min": cpu.low, "cpu_vs_wids_max": cpu.high})
         rows.append(row)
     return rows
 
@@ -225,7 +228,7 @@ def evaluate_targets(rows: list[dict], command: str | None = None) -> list[dict]
         if row and "vs_wids" in row:
             out.append(Target.check(f"{reader} warm raw kept samples at r={TARGET_RATIO:g}: samples/s >= {TARGET_VS_WIDS:g} x wids",
                                     row["vs_wids"], TARGET_VS_WIDS, interval=(row["vs_wids_min"], row["vs_wids_max"]),
-                                    command=command, repeats=row["repeats"]))
+                                    command=command, repeats=row["repeats"], rounds=row.get("vs_wids_rounds", row["repeats"])))
     for reader in ("streamprune", "streamprune_map"):
         for row in rows:
             if row["reader"] == reader and row["cache"] == "cold" and row["ratio"] > 0:
@@ -236,16 +239,16 @@ def evaluate_targets(rows: list[dict], command: str | None = None) -> list[dict]
 
 
 def run_reader_rows(args: argparse.Namespace, prepare_dataset) -> dict[str, Any]:
-    """``--only readers``: measure, write ``OUT/io_readers.json``, print the tables.
+    """``--only readers``: measure; the results (the io suite writes them to ``OUT/io_readers.json``).
 
     Args:
         args: io_bench's parsed options (data, ratios, ``raw_repeats``, caches, seed, out, quick).
         prepare_dataset: io_bench's ``prepare_dataset`` (the masks of its other rows).
     """
     t_start = time.perf_counter()
-    machine = common.machine_info()
-    machine["packages"].update(common.package_versions(["wids"]))
-    manifest = common.make_jpeg_shards(args.data_dir, args.total_mb, args.samples_per_shard, args.seed, args.workers)
+    machine = provenance.machine_info()
+    machine["packages"].update(provenance.package_versions(["wids"]))
+    manifest = jpegdata.make_jpeg_shards(args.data_dir, args.total_mb, args.samples_per_shard, args.seed, args.workers)
     ds = prepare_dataset("full", manifest, args.ratios, args.seed, os.path.join(args.data_dir, "masks"))
     kept_global = {r: np.flatnonzero(ds.masks[r].keep).tolist() for r in args.ratios}
     readers = list(READER_ROWS)
@@ -260,7 +263,7 @@ def run_reader_rows(args: argparse.Namespace, prepare_dataset) -> dict[str, Any]
         print("wids not installed: its rows are skipped (pip install wids)", file=sys.stderr)
     if wids_arm is not None:
         wids_arm.release_pages()
-        common.evict(ds.all_files(0.0) + [wids_arm.desc_path])
+        pagecache.evict(ds.all_files(0.0) + [wids_arm.desc_path])
         cold_open = wids_arm.open_all()
         wids_meta = {"version": wids_arm.version, "descriptor": wids_arm.desc_path,
                      "dataset": "wids.ShardListDataset(descriptor, base=<shard dir>, cache_dir=<shard dir>, transformations=[], "
@@ -311,7 +314,7 @@ def run_reader_rows(args: argparse.Namespace, prepare_dataset) -> dict[str, Any]
             runs.append(res)
         print(f"round {rnd + 1}/{rounds}: {len(todo)} runs in {time.perf_counter() - t_round:.1f} s (load avg {os.getloadavg()[0]:.1f})",
               flush=True)
-    command = common.command_line()
+    command = provenance.command_line()
     rows = summarize(runs, ds.data_bytes, ds.kept_bytes)
     targets = evaluate_targets(rows, command)
     results = {
@@ -332,12 +335,6 @@ def run_reader_rows(args: argparse.Namespace, prepare_dataset) -> dict[str, Any]
                    "read_fraction_of_data": "median /proc/self/io read_bytes / the shards' bytes"},
         "summary": rows, "targets": targets, "runs": runs, "total_seconds": time.perf_counter() - t_start,
     }
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, RESULTS_NAME)
-    common.write_json(path, results)
-    print(readers_table(results))
-    print("\n" + targets_table([Target.from_dict(t) for t in targets]))
-    print(f"\nwrote {path} ({results['total_seconds']:.0f} s)")
     return results
 
 
@@ -353,7 +350,7 @@ def readers_table(results: dict[str, Any]) -> str:
                "t(verify) / t(plain)"]
     rows = []
     for r in results["summary"]:
-        rows.append([r["cache"], f"{r['ratio']:g}", r["reader"], r["samples"], common.fmt_num(r["median_samples_per_s"], 0),
+        rows.append([r["cache"], f"{r['ratio']:g}", r["reader"], r["samples"], mdtable.fmt_num(r["median_samples_per_s"], 0),
                      f"{r['median_seconds']:.3f}", f"{r['median_cpu_seconds']:.3f}", _rel(r, "vs_wids"), _rel(r, "cpu_vs_wids"),
                      f"{r['read_fraction_of_data']:.3f}" if r["cache"] == "cold" else "-", _rel(r, "verify_cost")])
     opened = (results.get("wids") or {}).get("open", {}).get("cold")
@@ -362,10 +359,10 @@ def readers_table(results: dict[str, Any]) -> str:
     d = results["data"]
     return (f"Reader rows (raw kept samples; {d['samples']} samples, {d['data_bytes'] / 2**20:.0f} MiB in {d['shards']} shards; "
             f"median of {results['rounds']} interleaved rounds{note}). vs wids = t(wids)/t(reader), paired per round, median [min-max].\n\n"
-            + common.markdown_table(headers, rows, "lrlrrrrrrrr"))
+            + mdtable.markdown_table(headers, rows, "lrlrrrrrrrr"))
 
 
 def load(results_dir: str, quick: bool = False) -> dict[str, Any] | None:
     """The latest ``io_readers.json`` (``None`` when the rows have not been run)."""
-    return load_json(os.path.join(results_dir, *(["quick"] if quick else []), RESULTS_NAME))
+    return resultsfile.load_json(os.path.join(results_dir, *(["quick"] if quick else []), RESULTS_NAME))
 

@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,23 +49,11 @@ from streamprune.shardindex import ShardIndex
 from streamprune.tarindex import index_tar
 from streamprune.writers import write_shards
 
-from . import common
+from . import pagecache, provenance, resultsfile
 
 __all__ = ["main"]
 
 DATASET_ID = "keptcache-measure"
-
-
-def _git_commit() -> str:
-    """The checkout's commit, with ``+dirty`` when files differ from it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 def _samples(shards: int, samples: int, sample_kb: int, seed: int = 0) -> list:
@@ -134,10 +121,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of each shard pruned (not cached, not read)")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--dir", default=None, help="where to write shards and cache (default: a temporary directory)")
-    p.add_argument("--out", default=os.path.join(common.DEFAULT_RESULTS, "keptcache.json"), help="results JSON")
+    p.add_argument("--out", default=os.path.join(resultsfile.DEFAULT_RESULTS, "keptcache.json"), help="results JSON")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
-    common.set_command("python -m benchmarks.keptcache_measure", argv)
+    provenance.set_command("python -m benchmarks.keptcache_measure", argv)
     tmp = tempfile.mkdtemp(prefix="streamprune-keptcache-", dir=args.dir)
     try:
         data, cache_dir = os.path.join(tmp, "data"), os.path.join(tmp, "cache")
@@ -176,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         }
         rows = []
         for mode in ("warm", "cold"):
-            before = (lambda: None) if mode == "warm" else (lambda: common.evict(files))
+            before = (lambda: None) if mode == "warm" else (lambda: pagecache.evict(files))
             for order_name in ("sorted", "shuffled"):
                 if order_name == "sorted":
                     orders = [k.tolist() for k in kept]
@@ -184,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     orders = [rng.permutation(k).tolist() for k in kept]
                 names = [name for name in readers if mode == "warm" or name != "cache-reused"]
                 if mode == "warm":
-                    common.warm(files)
+                    pagecache.warm(files)
                     readers["cache-reused"](orders)  # its first pass maps and checks; the timed ones are later epochs
                 else:
                     reused.close()  # unmapped, so the pages can be dropped
@@ -219,13 +206,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(f"speed relative to pread ({stat}: pread seconds / reader seconds):", json.dumps(ratios[stat]))
         print("space:", json.dumps(space))
         print("fill (epoch 1 writes):", json.dumps(fill))
-        results = {"command": common.command_line(), "commit": _git_commit(), "machine": common.machine_info(),
+        results = {**provenance.provenance(),
                    "setup": vars(args) | {"kept_samples": int(sum(map(len, kept))), "shard_bytes": [os.path.getsize(x) for x in paths]},
                    "rows": rows, "speed_vs_pread": ratios, "space": space, "fill": fill}
-        common.write_json(args.out, results)
+        resultsfile.write_json(args.out, results)
         return results
     finally:
-        common.clear_command()
+        provenance.clear_command()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

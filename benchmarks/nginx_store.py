@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .common import free_port, stop_process, wait_port
+from .servers import free_port, stop_process, wait_port
 
 __all__ = ["NGINX", "ECHO_MODULE", "NginxStore", "echo_module_available", "read_log", "summarise_log"]
 

@@ -16,7 +16,7 @@ reader before its timed one):
              kept indices (``read_sample``);
 
 over two datasets: ``jpeg``, ``--jpeg-mb`` MiB of ~120 KB synthetic JPEG samples
-(``benchmarks.common.make_jpeg_shards``: members of that size are read one by one into their
+(``benchmarks.jpegdata.make_jpeg_shards``: members of that size are read one by one into their
 values), and ``small``, ``--small-mb`` MiB of 6-10 KB samples (coalesced runs, sliced), each at
 ``r = 0`` and ``r = 0.8`` (``random_mask(..., level="sample", seed=1)``). Every bytes value's
 length is touched. Times: wall and CPU (``time.process_time``: less sensitive to other jobs
@@ -225,12 +225,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(json.dumps(rows))
         return {}
     # deferred: the worker mode above must not import this tree's streamprune
-    from . import common
+    from . import jpegdata, provenance, resultsfile, stats
 
-    common.set_command("python -m benchmarks.reader_core_measure", sys.argv[1:] if argv is None else argv)
+    provenance.set_command("python -m benchmarks.reader_core_measure", sys.argv[1:] if argv is None else argv)
 
     trees = dict(t.split("=", 1) for t in args.tree) or {"this": os.getcwd()}
-    manifest = common.make_jpeg_shards(os.path.join(args.data, "jpeg"), args.jpeg_mb, log=lambda *a: print(*a, file=sys.stderr))
+    manifest = jpegdata.make_jpeg_shards(os.path.join(args.data, "jpeg"), args.jpeg_mb, log=lambda *a: print(*a, file=sys.stderr))
     datasets = {"jpeg": os.path.dirname(manifest.path), "small": make_small_shards(os.path.join(args.data, "small"), args.small_mb)}
     script = os.path.abspath(__file__)
     runs: dict[str, list[list[dict]]] = {name: [] for name in trees}
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             wall = [r[j]["wall_s"] for r in per_round]
             cpu = [r[j]["cpu_s"] for r in per_round]
             rows.append({"tree": name, **{k: first[k] for k in ("dataset", "ratio", "reader", "samples", "bytes")},
-                         "wall_s_median": common.median(wall), "cpu_s_median": common.median(cpu),
+                         "wall_s_median": stats.median(wall), "cpu_s_median": stats.median(cpu),
                          "wall_s": wall, "cpu_s": cpu})
     micro = []
     if len(trees) >= 2 and args.micro_repeats > 0:
@@ -265,11 +265,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             row["current_over_baseline_min"] = row["current"]["min_s"] / row["baseline"]["min_s"]
             row["current_over_baseline_p25"] = row["current"]["p25_s"] / row["baseline"]["p25_s"]
         loads.append(os.getloadavg())
-    results = {"command": common.command_line(), "setup": vars(args) | {"datasets": datasets},
-               "commits": {name: _commit(path) for name, path in trees.items()}, "machine": common.machine_info(),
+    # the commit of this checkout (the harness), and of each measured tree
+    results = {**provenance.provenance(), "setup": vars(args) | {"datasets": datasets},
+               "commits": {name: _commit(path) for name, path in trees.items()},
                "loadavg": loads, "rows": rows,
                "micro": {"baseline": list(trees)[0], "current": list(trees)[-1], "rows": micro}}
-    common.write_json(args.out, results)
+    resultsfile.write_json(args.out, results)
     for row in rows:
         print(f"{row['tree']:>8} {row['dataset']:>6} r={row['ratio']:.1f} {row['reader']:>9}: "
               f"wall {row['wall_s_median'] * 1e3:7.1f} ms (min {min(row['wall_s']) * 1e3:7.1f})  "

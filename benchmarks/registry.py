@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from . import common
+from . import provenance
+from .decode_bench import DecodeSuite
 from .dedup_bench import DedupSuite
 from .downstream_bench import DownstreamSuite
 from .dynamic_bench import DynamicSuite
@@ -13,6 +14,7 @@ from .ffcv_bench import FfcvSuite
 from .fuzz_bench import FuzzSuite
 from .index_bench import IndexSuite
 from .io_bench import IoSuite
+from .records import RECORDS
 from .remote_bench import RemoteSuite
 from .scale_bench import ScaleSuite
 from .score_bench import ScoreSuite
@@ -21,11 +23,12 @@ from .transfer_bench import TransferSuite
 
 __all__ = ["SUITES", "get_suite", "run_suite"]
 
-#: Every suite by name, in the order of BENCHMARKS.md.
+#: Every suite by name, in the order of BENCHMARKS.md: the measured suites, then the results of
+#: measurement modules of their own (:mod:`benchmarks.records`, not runnable from here).
 SUITES: dict[str, Suite] = {
     s.name: s
-    for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
-              DedupSuite(), ScaleSuite(), RemoteSuite())
+    for s in (IoSuite(), DecodeSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
+              DedupSuite(), ScaleSuite(), RemoteSuite(), *(record() for record in RECORDS))
 }
 
 
@@ -52,8 +55,8 @@ def run_suite(suite: Suite, argv: Sequence[str], invoked_as: str = "python -m be
     Returns:
         The results the suite wrote.
     """
-    common.set_command(f"{invoked_as} {suite.name}", argv)
+    provenance.set_command(f"{invoked_as} {suite.name}", argv)
     try:
         return suite.run(list(argv))
     finally:
-        common.clear_command()
+        provenance.clear_command()

@@ -10,7 +10,7 @@ no queueing limiter for the total of all connections (``limit_rate`` is per conn
 ``limit_conn`` refuses connections rather than sharing bandwidth), and a cap made up in front
 of it would not behave like a store's; the cores of this machine are the real shared limit.
 
-Data: io_bench's synthetic ~120 KB JPEGs (:func:`benchmarks.common.make_jpeg_shards`) in
+Data: io_bench's synthetic ~120 KB JPEGs (:func:`benchmarks.jpegdata.make_jpeg_shards`) in
 ``--samples-per-shard`` samples per shard (default 1 GiB in 8 shards of 1,100: ~134 MB
 shards, in the 128-256 MB that webdataset's and the streaming libraries' docs recommend, 2
 per worker with 4 workers) and a class-sorted copy of the same images
@@ -77,12 +77,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import common
+from . import jpegdata, mdtable, provenance, resultsfile, stats
 from .nginx_store import NGINX, NginxStore, echo_module_available, read_log
 from .remote_peers import BUCKET, PEERS
 from .suite import Suite, Target
 
-__all__ = ["Arm", "RemoteSuite", "configs", "evaluate_targets", "predicted", "reader_takes_cache_dir", "run_cli",
+__all__ = ["Arm", "RemoteSuite", "configs", "evaluate_targets", "predicted", "reader_takes_cache_dir",
            "summarize", "tables"]
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ class Zygote:
     """
 
     def __init__(self) -> None:
-        repo = os.path.dirname(common.HERE)
+        repo = os.path.dirname(resultsfile.HERE)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
         # -W: runpy warns that the package (its registry) imported this module before running it as __main__
         self.proc = subprocess.Popen([sys.executable, "-W", "ignore::RuntimeWarning:runpy", "-m", "benchmarks.remote_bench",
@@ -630,14 +630,26 @@ def match(**fields: Any) -> Callable[[dict], bool]:
     return lambda r: all((r.get(k, 1) if k == "epoch" else r.get(k)) == v for k, v in fields.items())
 
 
-def paired(runs: list[dict], num: Callable[[dict], Any], den: Callable[[dict], Any]) -> list[float]:
-    """Per round, ``seconds(den run) / seconds(num run)`` for the runs ``num`` and ``den`` select (rounds with both)."""
+def paired(runs: list[dict], num: Callable[[dict], Any], den: Callable[[dict], Any],
+           rounds: Sequence[int] | None = None) -> stats.Ratio:
+    """Per round, ``seconds(den run) / seconds(num run)`` for the runs ``num`` and ``den`` select.
+
+    Args:
+        runs: The runs that completed (a failed or stalled run is in ``failures``, not here).
+        num: Selects the arm whose speed is measured.
+        den: Selects the arm it is compared with.
+        rounds: The rounds that were run (default: those either arm has); a round missing on
+            either side is not counted, and counted in the ratio's ``failed``.
+
+    Returns:
+        The paired ratio (:mod:`benchmarks.stats`).
+    """
     a = {r["round"]: r["seconds"] for r in runs if num(r)}
     b = {r["round"]: r["seconds"] for r in runs if den(r)}
-    return [b[k] / a[k] for k in sorted(a) if k in b]
+    return stats.paired_by_round(b, a, rounds=sorted(set(a) | set(b)) if rounds is None else rounds)
 
 
-def speedups(runs: list[dict]) -> dict[tuple, list[float]]:
+def speedups(runs: list[dict]) -> dict[tuple, stats.Ratio]:
     """Epoch 1 of each pruned streamprune/streamprune_sorted configuration: t(its r = 0) / t(r), per round."""
     out: dict[tuple, list[float]] = {}
     pruned = {_key(r) for r in runs if r["reader"] in ("streamprune", "streamprune_sorted") and r["ratio"] > 0
@@ -662,23 +674,23 @@ def summarize(runs: list[dict]) -> list[dict]:
         sps = [r["samples_per_s"] for r in rs]
         first = [r["first_batch_s"] for r in rs if r.get("first_batch_s") is not None]
         row = {"reader": reader, "ratio": ratio, "level": level, "workers": workers, "latency_ms": lat, "epoch": epoch,
-               "repeats": len(rs), "samples": rs[0]["samples"], "seconds": common.median([r["seconds"] for r in rs]),
-               "samples_per_s": common.median(sps), "samples_per_s_interval": [min(sps), max(sps)],
+               "repeats": len(rs), "samples": rs[0]["samples"], "seconds": stats.median([r["seconds"] for r in rs]),
+               "samples_per_s": stats.median(sps), "samples_per_s_interval": [min(sps), max(sps)],
                # start-up (manifest, worker fork, first requests) plus the first batch
-               "first_batch_s": common.median(first) if first else None,
-               "MB_per_s": common.median([r["MB_per_s"] for r in rs]),
-               "bytes_sent": int(common.median([r["bytes_sent"] for r in rs])),
-               "requests": int(common.median([r["requests"] for r in rs])),
+               "first_batch_s": stats.median(first) if first else None,
+               "MB_per_s": stats.median([r["MB_per_s"] for r in rs]),
+               "bytes_sent": int(stats.median([r["bytes_sent"] for r in rs])),
+               "requests": int(stats.median([r["requests"] for r in rs])),
                "peak_rss_MiB": max(r["peak_rss_MiB"] for r in rs),
                "peak_over_start_MiB": max(r["peak_over_start_MiB"] for r in rs)}
         if "ranged_gets" in rs[0]:
             gps = [r["gets_per_s"] for r in rs]
-            row.update(ranged_gets=int(common.median([r["ranged_gets"] for r in rs])), gets_per_s=common.median(gps),
-                       gets_per_s_interval=[min(gps), max(gps)], heads=int(common.median([r["heads"] for r in rs])),
+            row.update(ranged_gets=int(stats.median([r["ranged_gets"] for r in rs])), gets_per_s=stats.median(gps),
+                       gets_per_s_interval=[min(gps), max(gps)], heads=int(stats.median([r["heads"] for r in rs])),
                        errors=max(r["errors"] for r in rs), cache_bytes=max(r.get("cache_bytes", 0) for r in rs),
                        repeated_gets=max(r.get("repeated_gets", 0) for r in rs))
-        if key in ups and ups[key]:
-            row.update(speedup=common.median(ups[key]), speedup_interval=[min(ups[key]), max(ups[key])])
+        if key in ups and ups[key].n:
+            row.update(speedup=ups[key].median, speedup_interval=[ups[key].low, ups[key].high], speedup_rounds=ups[key].n)
         rows.append(row)
     return rows
 
@@ -690,14 +702,11 @@ def _find(rows: list[dict], **kw: Any) -> dict | None:
     return None
 
 
-def _interval(values: list[float]) -> list[float] | None:
-    return values if len(values) > 1 else None
-
-
 def evaluate_targets(rows: list[dict], runs: list[dict], setup: dict, command: str) -> list[dict]:
     """The suite's targets at the headline latency, judged (``Target.check``; intervals are min-max over rounds)."""
     head = setup["headline_ms"]
     full_bytes = setup["full_bytes"]
+    rounds = list(range(setup["rounds"])) if setup.get("rounds") else None  # a peer's failed or stalled round: not counted
     kept_fraction = {(float(k.split("/")[0]), k.split("/")[1]): v for k, v in setup["kept_bytes_fraction"].items()}
     targets: list[Target] = []
     at = [r for r in rows if r["latency_ms"] == head]
@@ -705,17 +714,16 @@ def evaluate_targets(rows: list[dict], runs: list[dict], setup: dict, command: s
         if row["reader"] not in ("streamprune", "streamprune_sorted") or row["ratio"] == 0 or row["epoch"] != 1:
             continue
         r, level, w = row["ratio"], row["level"], row["workers"]
-        values = speedups(runs).get(_key(row), [])
-        if not values:
+        values = speedups(runs).get(_key(row))
+        if values is None or not values.n:
             continue
         where = f"{level}, {w} w, {head} ms"
         targets.append(Target.check(f"pruned epoch no slower than the unpruned: speed-up >= 1 ({where})",
-                                    common.median(values), 1.0, ">=", interval=_interval(values), command=command,
-                                    ratio=r, level=level))
+                                    None, 1.0, ">=", paired=values, command=command, ratio=r, level=level))
         goal = {"sample": 0.7, SORTED_LEVEL: 0.85}.get(level)
         if goal is not None:
-            targets.append(Target.check(f"speed-up >= {goal}/(1-r) ({where})", common.median(values), goal / (1 - r), ">=",
-                                        interval=_interval(values), command=command, ratio=r, level=level))
+            targets.append(Target.check(f"speed-up >= {goal}/(1-r) ({where})", None, goal / (1 - r), ">=",
+                                        paired=values, command=command, ratio=r, level=level))
         # the literal goal is (1-r) x 1.05; a random mask keeps about, not exactly, 1-r of the bytes,
         # so the goal is the mask's own kept bytes x 1.05 (the row keeps the literal one beside it)
         kept = kept_fraction.get((r, level), 1 - r)
@@ -725,20 +733,19 @@ def evaluate_targets(rows: list[dict], runs: list[dict], setup: dict, command: s
     for w in sorted({r["workers"] for r in at}):  # streamprune's full epoch against each peer's first
         for peer in PEERS:
             values = paired(runs, match(reader="streamprune", ratio=0.0, level="sample", workers=w, latency_ms=head, epoch=1),
-                            match(reader=peer, workers=w, latency_ms=head, epoch=1))
-            if values:
+                            match(reader=peer, workers=w, latency_ms=head, epoch=1), rounds)
+            if values.n or values.failed:
                 targets.append(Target.check(f"r=0 samples/s >= {peer}'s first epoch ({w} w, {head} ms)",
-                                            common.median(values), 1.0, ">=", interval=_interval(values), command=command))
+                                            None, 1.0, ">=", paired=values, command=command))
     for row in at:  # the kept-bytes cache: epoch 2 against the local reader of the same files and mask
         if row["reader"] != "streamprune_cache" or row["epoch"] != 2:
             continue
         r, w = row["ratio"], row["workers"]
         values = paired(runs, match(reader="streamprune_cache", ratio=r, level="sample", workers=w, latency_ms=head, epoch=2),
                         match(reader="streamprune_local", ratio=r, level="sample", workers=w, latency_ms=head, epoch=1))
-        if values:
+        if values.n:
             targets.append(Target.check(f"epoch 2 with the cache >= 0.9x the local-disk reader ({w} w, {head} ms)",
-                                        common.median(values), 0.9, ">=", interval=_interval(values), command=command,
-                                        ratio=r, level="sample"))
+                                        None, 0.9, ">=", paired=values, command=command, ratio=r, level="sample"))
         kept = kept_fraction.get((r, "sample"), 1.0) * full_bytes
         targets.append(Target.check(f"cache bytes <= kept bytes x 1.05 ({w} w, {head} ms)", row["cache_bytes"] / kept, 1.05,
                                     "<=", command=command, ratio=r, level="sample"))
@@ -749,8 +756,8 @@ def evaluate_targets(rows: list[dict], runs: list[dict], setup: dict, command: s
         values = [x["gets_per_s"] for x in runs if _key(x) == _key(busiest)]
         targets.append(Target.check(
             f"client ranged GETs/s per process >= 2,000 ({busiest['reader']} r={busiest['ratio']:g} {busiest['level']}, "
-            f"1 w, {head} ms: {busiest['ranged_gets']:,} GETs)", common.median(values), 2000.0, ">=",
-            interval=_interval(values), command=command))
+            f"1 w, {head} ms: {busiest['ranged_gets']:,} GETs)", stats.median(values), 2000.0, ">=",
+            interval=(min(values), max(values)) if len(values) > 1 else None, rounds=len(values), command=command))
     for p in setup.get("predictions") or []:  # the planner's predictions, when there is a planner
         row = _find(at, reader=p["reader"], ratio=p["ratio"], level=p["level"], workers=p["workers"], epoch=1)
         if row is None:
@@ -783,7 +790,7 @@ def _row_cells(r: dict, f: Callable) -> list:
 
 def tables(results: dict[str, Any]) -> str:
     """The suite's tables: the headline latency, the other latencies, failed and skipped arms."""
-    f = common.fmt_num
+    f = mdtable.fmt_num
     setup = results["setup"]
     if setup.get("store") == "nginx":
         out = [f"nginx on loopback (one port per setting; echo_sleep before each response, limit_rate per connection): time "
@@ -803,11 +810,11 @@ def tables(results: dict[str, Any]) -> str:
     rows = sorted(results["rows"], key=lambda x: (x["latency_ms"] != setup.get("headline_ms"), x["latency_ms"], x["workers"],
                                                   order.get(x["reader"], 99), x["reader"], x["ratio"], x["level"],
                                                   x.get("epoch", 1)))
-    out.append(common.markdown_table(head, [_row_cells(r, f) for r in rows], "rrlllrrrrrrrrrr"))
+    out.append(mdtable.markdown_table(head, [_row_cells(r, f) for r in rows], "rrlllrrrrrrrrrr"))
     failures = results.get("failures") or []
     if failures:
         out += ["", f"Runs that failed or stalled ({len(failures)}; not counted):", ""]
-        out.append(common.markdown_table(
+        out.append(mdtable.markdown_table(
             ["round", "latency", "workers", "reader", "r", "level", "error"],
             [[x["round"], x["latency_ms"], x["workers"], x["reader"], f"{x['ratio']:g}", x["level"],
               x["error"].strip().splitlines()[-1][:160].replace("|", "/")] for x in failures], "rrrlrll"))
@@ -857,9 +864,8 @@ def plot(rows: list[dict], latencies: Sequence[int], path: str) -> None:
 # run
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The suite's options (``python -m benchmarks remote --help``)."""
-    p = common.arg_parser("remote", __doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The suite's own options (``python -m benchmarks remote --help``; ``--seed`` orders the rounds)."""
     p.add_argument("--total-mb", type=float, default=1024,
                    help="dataset size in MiB (default 1024: 8 shards, 2 per worker with 4 workers)")
     p.add_argument("--samples-per-shard", type=int, default=1100, help="samples per shard (default 1100: ~134 MB shards)")
@@ -871,23 +877,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--readers", default=",".join(READERS), help=f"arms to run (default all: {','.join(READERS)})")
     p.add_argument("--run-timeout", type=float, default=None,
                    help="seconds an epoch may take before its run is killed (default 60 + 1 s per 20 MB of data)")
-    p.add_argument("--seed", type=int, default=0, help="round order seed")
-    p.add_argument("--quick", action="store_true",
-                   help="24 MiB, 30 ms, 1 round, r = 0 and 0.8: every arm once, a smoke run, not a measurement")
-    p.add_argument("--resummarize", default=None, metavar="JSON",
-                   help="recompute rows and targets of an earlier results file from its runs (no measuring)")
-    p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick)")
-    args = p.parse_args(argv)
+
+
+
+def configure(args: argparse.Namespace) -> argparse.Namespace:
+    """``--quick`` (24 MiB, 30 ms, 1 round, r = 0 and 0.8: every arm once), the data folder; unknown readers are a usage error."""
     args.ratios = RATIOS
     if args.quick:  # every arm once, at r = 0 and 0.8 only
         args.total_mb, args.samples_per_shard, args.latencies, args.rounds = 24, 64, "30", 1
         args.headline_ms, args.ratios = 30, (0.0, 0.8)
-    args.data_dir = os.path.join(common.DEFAULT_DATA, "remote_jpeg_quick" if args.quick else
-                                 f"remote_jpeg_{round(args.total_mb)}mb_{args.samples_per_shard}")
-    args.out = args.out or (os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS)
+    args.data_dir = args.data_dir or os.path.join(resultsfile.DEFAULT_DATA, "remote_jpeg_quick" if args.quick else
+                                                  f"remote_jpeg_{round(args.total_mb)}mb_{args.samples_per_shard}")
     unknown = set(args.readers.split(",")) - set(READERS)
     if unknown:
-        p.error(f"--readers: unknown {', '.join(sorted(unknown))}; known: {', '.join(READERS)}")
+        raise SystemExit(f"python -m benchmarks remote: --readers: unknown {', '.join(sorted(unknown))}; known: {', '.join(READERS)}")
     return args
 
 
@@ -896,7 +899,7 @@ def prepare(args: argparse.Namespace, readers: list[str], skipped: list[dict]) -
     # heavy import, deferred: streamprune.manifest
     from . import remote_peers
 
-    manifest = common.make_jpeg_shards(args.data_dir, args.total_mb, samples_per_shard=args.samples_per_shard,
+    manifest = jpegdata.make_jpeg_shards(args.data_dir, args.total_mb, samples_per_shard=args.samples_per_shard,
                                        workers=1 if args.quick else 2)
     shards = [manifest.shard_path(k) for k in range(len(manifest.shards))]
     sorted_manifest = make_sorted_copy(manifest, args.data_dir) if "streamprune_sorted" in readers else None
@@ -917,7 +920,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every configuration; return the results."""
     t_start = time.perf_counter()
     load_start = os.getloadavg()
-    git = common.git_revision()
+    git = provenance.git_revision()
     if not echo_module_available():
         raise RuntimeError("the remote suite needs nginx and its echo module (Debian: apt-get install nginx-light "
                            "libnginx-mod-http-echo)")
@@ -1010,7 +1013,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-    command = common.command_line()
+    command = provenance.command_line()
     setup = {"store": "nginx", "samples": manifest.num_samples, "shards": len(manifest.shards),
              "samples_per_shard": args.samples_per_shard, "full_bytes": full_bytes, "latencies_ms": latencies,
              "headline_ms": args.headline_ms, "conn_mbps": args.conn_mbps, "workers": workers, "rounds": args.rounds,
@@ -1021,7 +1024,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "suite": "remote", "command": command, "commit": git["commit"], "dirty": git["dirty"],
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "setup": setup,
-        "machine": common.machine_info() | {"packages_remote": common.package_versions(
+        "machine": provenance.machine_info() | {"packages_remote": provenance.package_versions(
             ["fsspec", "aiohttp", "obstore", "boto3", "mosaicml-streaming", "litdata"]), "nginx": _nginx_version()},
         "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
         "rows": rows, "runs": runs, "failures": failures, "skipped": skipped,
@@ -1037,38 +1040,45 @@ def _nginx_version() -> str | None:
     return out.stderr.strip() or None
 
 
-def resummarize(path: str) -> dict[str, Any]:
-    """An earlier results file of this suite (nginx store) with its rows and targets recomputed from its runs."""
-    with open(path) as fh:
-        results = json.load(fh)
+def resummarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Results of this suite (nginx store) with their rows and targets recomputed from their runs.
+
+    Raises:
+        ValueError: Results of the older simulated-store suite (no ``setup.store``).
+    """
     if results.get("setup", {}).get("store") != "nginx":
-        raise ValueError(f"{path}: not a results file of the nginx-store remote suite (no setup.store); rerun it")
-    results["rows"] = summarize(results["runs"])
-    results["targets"] = evaluate_targets(results["rows"], results["runs"], results["setup"], results["command"])
-    return results
-
-
-def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run, write the JSON and plot, print the tables; return the results."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    results = resummarize(args.resummarize) if args.resummarize else run(args)
-    os.makedirs(args.out, exist_ok=True)
-    path = args.resummarize or os.path.join(args.out, "remote_bench.json")
-    common.write_json(path, results)
-    with contextlib.suppress(ImportError):  # no matplotlib: no plot
-        plot(results["rows"], results["setup"]["latencies_ms"], os.path.splitext(path)[0] + ".png")
-    suite = RemoteSuite()
-    print(suite.markdown(results))
-    print(f"\n{results['total_seconds']:.0f} s -> {path}")
-    return results
+        raise ValueError("not a results file of the nginx-store remote suite (no setup.store); rerun it")
+    rows = summarize(results["runs"])
+    return {**results, "rows": rows, "targets": evaluate_targets(rows, results["runs"], results["setup"], results["command"])}
 
 
 class RemoteSuite(Suite):
     """``remote``: pruned epochs from an nginx store on loopback (latency, per-connection bandwidth) vs webdataset, MosaicML, LitData."""
 
     name, title = "remote", "Remote shards from an nginx store on loopback (time to first byte, per-connection bandwidth)"
-    run, tables = staticmethod(run_cli), staticmethod(tables)
+    has_plot = True
+    measures = ("streamprune/readers/webdataset.py", "streamprune/readers/scheduler.py", "streamprune/readers/planner.py",
+                "streamprune/readers/byterange.py", "streamprune/readers/keptcache.py", "streamprune/readers/cachechunk.py",
+                "streamprune/rangeclient.py", "streamprune/storage.py")
+    tables = staticmethod(tables)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The remote options (:func:`add_arguments`)."""
+        add_arguments(parser)
+
+    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Every arm in paired rounds against nginx (:func:`run`)."""
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        return run(configure(args))
+
+    def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Rows and targets from the stored runs (:func:`resummarize`)."""
+        return resummarize(results)
+
+    def plot(self, results: dict[str, Any], path: str) -> None:
+        """Samples/s against latency per reader (:func:`plot`; none without matplotlib)."""
+        with contextlib.suppress(ImportError):
+            plot(results["rows"], results["setup"]["latencies_ms"], path)
 
 
 if __name__ == "__main__":  # the zygote's own process (Zygote starts it)

@@ -51,7 +51,7 @@ from typing import Any
 
 from streamprune import rangeclient, storage
 
-from . import common
+from . import provenance, resultsfile
 from .nginx_store import NginxStore, echo_module_available
 
 __all__ = ["main", "clients"]
@@ -227,12 +227,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     p.add_argument("--conn-mbps", type=float, default=100.0, help="MB/s per connection where the latency is > 0")
     p.add_argument("--clients", default="", help="only these clients (comma-separated; default all installed)")
-    p.add_argument("--out", default=os.path.join(common.DEFAULT_RESULTS, "remote_clients.json"))
+    p.add_argument("--out", default=os.path.join(resultsfile.DEFAULT_RESULTS, "remote_clients.json"))
     args = p.parse_args(argv)
     ttfbs = [float(x) for x in args.ttfb_ms.split(",")]
     if any(t > 0 for t in ttfbs) and not echo_module_available():
         raise SystemExit("nginx's echo module is missing (apt-get install nginx-light libnginx-mod-http-echo)")
-    data = os.path.join(common.DEFAULT_DATA, "remote_clients")
+    data = os.path.join(resultsfile.DEFAULT_DATA, "remote_clients")
     name = f"random-{args.object_mib}mib.bin"
     path = os.path.join(data, name)
     size = args.object_mib << 20
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = {f"t{t:g}": (t / 1e3, args.conn_mbps * 1e6 if t > 0 else None) for t in ttfbs}
     workdir = tempfile.mkdtemp(prefix="streamprune-clients-")
     store = NginxStore(data, workdir, settings=settings)
-    revision = common.git_revision()
+    revision = provenance.git_revision()
     load_start = os.getloadavg()
     rows = []
     try:
@@ -292,14 +292,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         q, c = r["requests_per_s"], r["client_cpu_ms_per_request"]
         print(f"| {r['ttfb_ms']:g} | {r['depth']} | {r['client']} | {q['median']:.0f} [{q['min']:.0f}-{q['max']:.0f}] | "
               f"{c['median']:.3f} [{c['min']:.3f}-{c['max']:.3f}] |")
-    results = {"command": common.command_line(), "revision": revision, "store": "nginx (benchmarks.nginx_store)",
-               "setup": vars(args), "settings": settings,
-               "machine": common.machine_info() | {"packages_remote": common.package_versions(["fsspec", "aiohttp", "obstore", "uvloop"])},
+    results = {**provenance.provenance(packages_remote=["fsspec", "aiohttp", "obstore", "uvloop"]), **revision,
+               "store": "nginx (benchmarks.nginx_store)", "setup": vars(args), "settings": settings,
                "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "rows": rows}
-    common.write_json(args.out, results)
+    resultsfile.write_json(args.out, results)
     return results
 
 
 if __name__ == "__main__":
-    common.set_command("python -m benchmarks.remote_clients", sys.argv[1:])
+    provenance.set_command("python -m benchmarks.remote_clients", sys.argv[1:])
     main()

@@ -41,7 +41,7 @@ from streamprune.engine import Engine, LocalEngine, ThreadEngine
 from streamprune.remoteindex import index_remote_shards
 from streamprune.writers import write_shards
 
-from . import common
+from . import provenance, resultsfile
 from .sim_store import SimStore
 
 __all__ = ["main"]
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     p.add_argument("--workers", type=int, default=8, help="threads / processes of the parallel runs")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--servers", default="nginx,sim", help="comma-separated: nginx, sim")
-    p.add_argument("--out", default=os.path.join(common.DEFAULT_RESULTS, "remote_index.json"), help="results JSON")
+    p.add_argument("--out", default=os.path.join(resultsfile.DEFAULT_RESULTS, "remote_index.json"), help="results JSON")
     args = p.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="streamprune-rindex-bench-")
     rows: list[dict] = []
@@ -152,8 +152,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         print("|---|---|---|---:|---:|---:|---:|")
         for r in rows:
             print(f"| {r['server']} | {r['mode']} | {r['engine']} | {r['shards']} | {r['seconds']:.3f} | {r['requests']} | {r['bytes']:,} |")
-        common.write_json(args.out, {"command": common.command_line(), "setup": vars(args) | {"shard_bytes": sizes[0]},
-                                     "machine": common.machine_info(), "rows": rows})
+        resultsfile.write_json(args.out, {**provenance.provenance(), "setup": vars(args) | {"shard_bytes": sizes[0]}, "rows": rows})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

@@ -37,7 +37,7 @@ from streamprune.manifest import MANIFEST_NAME
 from streamprune.writers import write_shards
 from streamprune.writers.remote import write_shards_to
 
-from . import common
+from . import provenance, resultsfile, servers
 
 __all__ = ["main"]
 
@@ -60,9 +60,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--samples-per-shard", type=int, default=150)
-    p.add_argument("--out", default=os.path.join(common.DEFAULT_RESULTS, "remote_upload.json"))
+    p.add_argument("--out", default=os.path.join(resultsfile.DEFAULT_RESULTS, "remote_upload.json"))
     args = p.parse_args(argv)
-    port = common.free_port()
+    port = servers.free_port()
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     os.environ.update(env)
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="upload-measure-src-")
     rows = []
     try:
-        common.wait_port(port, timeout=20.0)
+        servers.wait_port(port, timeout=20.0)
         # optional: the S3 test stack (dev extra)
         import boto3
         import s3fs
@@ -101,13 +101,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     s3.rm(url, recursive=True)  # moto holds objects in memory: every run starts alike
             rows.append({"source": source, **{arm: {"median_s": statistics.median(t), "runs_s": t} for arm, t in times.items()}})
     finally:
-        common.stop_process(server)
+        servers.stop_process(server)
         shutil.rmtree(work, ignore_errors=True)
     for r in rows:
         print(r["source"] + ": " + ", ".join(f"{arm} {r[arm]['median_s']:.2f} s" for arm in arms))
-    results = {"command": common.command_line(), "setup": vars(args), "machine": common.machine_info(),
-               "loadavg": os.getloadavg(), "rows": rows}
-    common.write_json(args.out, results)
+    results = {**provenance.provenance(), "setup": vars(args), "loadavg": os.getloadavg(), "rows": rows}
+    resultsfile.write_json(args.out, results)
     return results
 
 

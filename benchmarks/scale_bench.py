@@ -33,36 +33,25 @@ import pickle
 import resource
 import shutil
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from . import common
-from .suite import Suite, Target, targets_table
+from . import mdtable, pagecache, provenance, resultsfile, stats
+from .suite import Suite, Target
 
 ENGINES = ("local-1", "local-2", "ray-1", "ray-2")
 TARGET_SPEEDUP = 1.7
 TARGET_OVERHEAD = 0.10
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The suite's options (``python -m benchmarks scale --help``)."""
-    p = common.arg_parser("scale", __doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The suite's own options (``python -m benchmarks scale --help``)."""
     p.add_argument("--samples", type=int, default=16_000, help="images in the embedding set (default 16000)")
     p.add_argument("--shards", type=int, default=32, help="shards of the embedding set (default 32)")
     p.add_argument("--members", type=int, default=400_000, help="tar members in the index set (default 400000)")
     p.add_argument("--index-shards", type=int, default=16, help="shards of the index set (default 16)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5, median reported)")
-    p.add_argument("--quick", action="store_true", help="tiny data, 1 repeat: a smoke run")
-    p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.samples, args.shards, args.members, args.index_shards, args.repeats = 1200, 6, 20_000, 4, 1
-    if args.out is None:
-        args.out = os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS
-    return args
 
 
 def make_embed_set(out_dir: str, samples: int, shards: int, seed: int):
@@ -144,20 +133,15 @@ def run_pass(name: str, fn, engines: dict, repeats: int) -> dict[str, Any]:
     return {
         "pass": name,
         "seconds": times,
-        "median_seconds": {e: common.median(t) for e, t in times.items()},
+        "median_seconds": {e: stats.median(t) for e, t in times.items()},
         "range_seconds": {e: [min(t), max(t)] for e, t in times.items()},
     }
 
 
-def paired(res: dict, num: str, den: str) -> tuple[float, list[float]]:
-    """Median and [min, max] of the per-round ratio ``num / den`` (paired by round)."""
-    ratios = [a / b for a, b in zip(res["seconds"][num], res["seconds"][den])]
-    return common.median(ratios), [min(ratios), max(ratios)]
-
-
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure (options as :func:`parse_args`), write ``scale_bench.json`` and its plot; return the results."""
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure (options as :func:`add_arguments`); the results, summarised by :func:`summarise`."""
+    if args.quick:
+        args.samples, args.shards, args.members, args.index_shards, args.repeats = 1200, 6, 20_000, 4, 1
     import ray  # the ray extra: this suite measures the Ray engine
 
     # deferred: the scoring modules and the nets import torch, not wanted when the registry is listed
@@ -168,15 +152,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from .nets import SURROGATE_ENTRY_POINT  # deferred: imports torch
 
     t_start = time.perf_counter()
-    machine = common.machine_info()
+    machine = provenance.machine_info()
     load_before = os.getloadavg()
     print(f"scale_bench: {machine['cpu_count']} cores, load {load_before[0]:.1f}, ray {ray.__version__}")
-    tag = "quick" if args.quick else "full"
-    data = os.path.join(common.DEFAULT_DATA, f"scale_{tag}")
+    data = args.data_dir or os.path.join(resultsfile.DEFAULT_DATA, f"scale_{'quick' if args.quick else 'full'}")
     m = make_embed_set(os.path.join(data, "embed"), args.samples, args.shards, args.seed)
     tars = make_small_shards(os.path.join(data, "index"), args.members, args.index_shards, args.seed)
     work = os.path.join(data, "work")
-    root = os.path.dirname(common.HERE)
+    root = os.path.dirname(resultsfile.HERE)
     path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
@@ -198,7 +181,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         index_shards(tars, out, label_ext="cls", checksum=True, progress=False, engine=engine)
 
     try:
-        common.warm([m.shard_path(k) for k in range(len(m.shards))] + tars)
+        pagecache.warm([m.shard_path(k) for k in range(len(m.shards))] + tars)
         print("warm-up (not timed)")
         embed(engines["ray-2"])
         index(engines["ray-2"])
@@ -211,26 +194,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    targets = []
-    for res in results:
-        res["ratios"] = {}
-        for n in ("1", "2"):
-            med, rng = paired(res, f"ray-{n}", f"local-{n}")
-            res["ratios"][f"ray_over_local_{n}"] = {"median": med, "range": rng}
-            targets.append(Target.check(
-                f"{res['pass']}: Ray overhead over local at {n} worker(s) <= 10%", round(med - 1, 3), TARGET_OVERHEAD, "<=",
-                interval=[rng[0] - 1, rng[1] - 1], **{"pass": res["pass"]},
-            ).to_dict())
-        for kind in ("ray", "local"):
-            med, rng = paired(res, f"{kind}-1", f"{kind}-2")
-            res["ratios"][f"speedup_{kind}"] = {"median": med, "range": rng}
-        if res["pass"] == "embed":
-            s = res["ratios"]["speedup_ray"]
-            targets.insert(0, Target.check("embed: Ray 2 workers >= 1.7x Ray 1 worker", round(s["median"], 3), TARGET_SPEEDUP,
-                                           interval=s["range"], **{"pass": "embed"}).to_dict())
     out = {
         "benchmark": "scale_bench",
-        "command": common.command_line(),
+        "command": provenance.command_line(),
         "args": vars(args),
         "machine": machine,
         "load_before": load_before,
@@ -243,18 +209,32 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "summary_bytes_per_task": summaries,
         "driver_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "passes": results,
-        "targets": targets,
         "total_seconds": time.perf_counter() - t_start,
     }
-    path = os.path.join(args.out, "scale_bench.json")
-    common.write_json(path, out)
-    plot(out, os.path.splitext(path)[0] + ".png")
-    print()
-    print(tables(out))
-    print()
-    print(targets_table([Target.from_dict(t) for t in targets]))
-    print(f"\nwrote {path}  (total {out['total_seconds']:.0f} s)")
     return out
+
+
+def summarise(out: dict[str, Any]) -> dict[str, Any]:
+    """Paired ratios per pass (Ray over local, 2 workers over 1) and the targets, from the stored seconds."""
+    results = [dict(p) for p in out["passes"]]
+    targets = []
+    for res in results:
+        res["ratios"] = {}
+        for n in ("1", "2"):
+            ratio = stats.paired_ratio(res["seconds"][f"ray-{n}"], res["seconds"][f"local-{n}"])
+            res["ratios"][f"ray_over_local_{n}"] = {"median": ratio.median, "range": [ratio.low, ratio.high], "rounds": ratio.n}
+            targets.append(Target.check(
+                f"{res['pass']}: Ray overhead over local at {n} worker(s) <= 10%", round(ratio.median - 1, 3), TARGET_OVERHEAD, "<=",
+                interval=[ratio.low - 1, ratio.high - 1], rounds=ratio.n, **{"pass": res["pass"]},
+            ).to_dict())
+        for kind in ("ray", "local"):
+            ratio = stats.paired_ratio(res["seconds"][f"{kind}-1"], res["seconds"][f"{kind}-2"])
+            res["ratios"][f"speedup_{kind}"] = {"median": ratio.median, "range": [ratio.low, ratio.high], "rounds": ratio.n}
+        if res["pass"] == "embed":
+            s = res["ratios"]["speedup_ray"]
+            targets.insert(0, Target.check("embed: Ray 2 workers >= 1.7x Ray 1 worker", round(s["median"], 3), TARGET_SPEEDUP,
+                                           interval=s["range"], rounds=s["rounds"], **{"pass": "embed"}).to_dict())
+    return {**out, "passes": results, "targets": targets}
 
 
 def plot(res: dict, path: str) -> None:
@@ -296,12 +276,30 @@ def tables(results: dict[str, Any]) -> str:
     )
     return "\n\n".join([
         head,
-        common.markdown_table(["pass", "engine", "median s", "range s"], rows, "llrr"),
-        common.markdown_table(["pass", "ratio (paired per round)", "median", "range"], ratio_rows, "llrr"),
+        mdtable.markdown_table(["pass", "engine", "median s", "range s"], rows, "llrr"),
+        mdtable.markdown_table(["pass", "ratio (paired per round)", "median", "range"], ratio_rows, "llrr"),
     ])
 
 
 class ScaleSuite(Suite):
     """``scale``: the local engine vs Ray at 1 and 2 workers on the embedding and index passes."""
     name, title = "scale", "Scale-out: local processes vs Ray"
-    run, tables = staticmethod(run), staticmethod(tables)
+    has_plot = True
+    measures = ("streamprune/engine.py", "streamprune/scoring/features.py", "streamprune/indexing.py")
+    tables = staticmethod(tables)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The scale options (:func:`add_arguments`)."""
+        add_arguments(parser)
+
+    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Both passes on every engine, interleaved rounds (:func:`run`)."""
+        return run(args)
+
+    def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Ratios and targets from the stored seconds (:func:`summarise`)."""
+        return summarise(results)
+
+    def plot(self, results: dict[str, Any], path: str) -> None:
+        """Seconds per engine and pass (:func:`plot`)."""
+        plot(results, path)

@@ -36,6 +36,7 @@ Run:  python -m benchmarks score                 (1M x 512, K=1000, 5 repeats; ~
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -54,36 +55,16 @@ from streamprune.atomic import atomic_write_json
 from streamprune.manifest import Manifest, ShardEntry
 from streamprune.writers import write_shards
 
-from . import common
+from . import mdtable, provenance, stats
 from .suite import Suite, Target
 
 log = logging.getLogger("score_bench")
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
-def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, Any]:
-    """The per-repeat ratio ``numerator[i] / denominator[i]`` of two arms timed in the same repeat.
-
-    Args:
-        numerator: One arm's times, one per repeat.
-        denominator: The other arm's times, in the same repeats.
-
-    Returns:
-        ``{"median", "min", "max", "runs", "n", "coverage"}``. Over ``n`` paired repeats the
-        min-max range covers the true median ratio with probability ``1 - 2**(1-n)``
-        (distribution-free: each repeat falls below the median with probability 1/2), stored as
-        ``coverage``.
-    """
-    runs = [a / b for a, b in zip(numerator, denominator)]
-    if not runs:
-        return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "runs": [], "n": 0, "coverage": 0.0}
-    return {"median": common.median(runs), "min": min(runs), "max": max(runs), "runs": [round(r, 4) for r in runs],
-            "n": len(runs), "coverage": 1.0 - 2.0 ** (1 - len(runs))}
-
-
 def spread(times: Sequence[float]) -> dict[str, Any]:
     """Median, min, max and the runs of a list of times."""
-    return {"median": common.median(times), "min": min(times), "max": max(times), "runs": [round(t, 4) for t in times]}
+    return {"median": stats.median(times), "min": min(times), "max": max(times), "runs": [round(t, 4) for t in times]}
 
 
 # ------------------------------------------------------------------------------------------ b
@@ -307,9 +288,9 @@ def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_r
     for name, entry in out["arms"].items():
         if name != "numba":
             if times[name]["assign"]:
-                entry["assign_vs_numba"] = paired_ratio(times[name]["assign"], times["numba"]["assign"])
+                entry["assign_vs_numba"] = stats.paired_ratio(times[name]["assign"], times["numba"]["assign"]).to_dict()
             if "iteration_s" in entry:
-                entry["iteration_vs_numba"] = paired_ratio(times[name]["total"], times["numba"]["total"])
+                entry["iteration_vs_numba"] = stats.paired_ratio(times[name]["total"], times["numba"]["total"]).to_dict()
                 entry["inertia_vs_numba"] = entry["inertia"] / nb["inertia"]
     if faiss is not None:
         out["faiss"] = {"version": faiss.__version__, "init": "the same initial centroids as every other arm (init_centroids)",
@@ -595,9 +576,8 @@ def merged_parts(earlier: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure the parts not skipped (``python -m benchmarks score --help``), write ``score_bench.json`` and the plot."""
-    ap = common.arg_parser("score", __doc__)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The suite's own options (``python -m benchmarks score --help``; ``--data-dir`` is the work folder)."""
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--d", type=int, default=512)
@@ -610,18 +590,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--skip", default="", help="Comma-separated parts to skip (a,b,c,d).")
     ap.add_argument("--merge", action="store_true", help="Keep the skipped parts' results from the existing JSON.")
-    ap.add_argument("--quick", action="store_true", help="Small sizes (smoke test); results under results/quick.")
-    ap.add_argument("--work", default=os.path.join(common.DEFAULT_DATA, "score"))
-    ap.add_argument("--out", default=common.DEFAULT_RESULTS)
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure the parts not skipped (options as :func:`add_arguments`); the results, targets judged."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.quick:
         args.n, args.k, args.repeats, args.train_steps = 20000, 100, 3, 5
-        args.out = os.path.join(args.out, "quick")
+    args.work = args.data_dir
     skip = set(filter(None, args.skip.split(",")))
     os.makedirs(args.work, exist_ok=True)
-    command = common.command_line()
-    res: dict = {"benchmark": "score_bench", "command": command, "machine": common.machine_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    command = provenance.command_line()
+    res: dict = {"benchmark": "score_bench", "command": command, "machine": provenance.machine_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out_json = os.path.join(args.out, "score_bench.json")
     if args.merge and os.path.exists(out_json):  # keep the parts skipped now from an earlier run, each with its command
         with open(out_json) as fh:
@@ -657,9 +637,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             res[key]["measured_by"] = command
     res["targets"] = [t.to_dict() for t in score_targets(res)]
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    os.makedirs(args.out, exist_ok=True)
-    common.write_json(out_json, res)
-    plot(res, os.path.join(args.out, "score_bench.png"))
     return res
 
 
@@ -682,7 +659,8 @@ def score_targets(results: dict[str, Any]) -> list[Target]:
         ratio = (arms.get(name) or {}).get("assign_vs_numba")
         if ratio:
             out.append(Target.check(label, round(ratio["median"], 2), threshold, ">=", interval=(ratio["min"], ratio["max"]),
-                                    command=command, repeats=ratio["n"], coverage=round(ratio["coverage"], 3)))
+                                    command=command, repeats=ratio["n"], rounds=ratio["n"],
+                                    coverage=round(stats.coverage(ratio["n"]), 3)))
     f = results.get("fm_rss") or {}
     if f:
         gb = f["peak_rss_bytes"] / 1e9
@@ -714,7 +692,7 @@ def kernel_table(k: dict[str, Any]) -> str:
             f"÷ Numba = the arm's time / Numba's in the same repeat (> 1: Numba faster), median [min-max]; "
             f"{k['interval']}. Inertia = sum of squared distances to the updated centroids, computed for every arm by the same "
             f"function (÷ Numba's); before the iteration it was {k['inertia_at_init']:.6g}.")
-    table = common.markdown_table(["arm", "assignment", "update", "one iteration", "assignment ÷ Numba", "iteration ÷ Numba",
+    table = mdtable.markdown_table(["arm", "assignment", "update", "one iteration", "assignment ÷ Numba", "iteration ÷ Numba",
                                    "inertia (÷ Numba)"], rows, "lrrrrrr")
     return f"{head}\n\n{table}"
 
@@ -737,7 +715,7 @@ def tables(results: dict[str, Any]) -> str:
         rows.append([f"(d) LM: surrogate training ({lm['surrogate_train_steps']} steps) + scoring = total",
                      (f"{lm['surrogate_train_seconds']:.1f} s + {lm['lm_score_seconds']:.1f} s = {lm['lm_total_seconds']:.1f} s "
                       f"= {100 * lm['total_fraction_of_epoch']:.1f}% of an epoch (scoring alone {100 * lm['score_fraction_of_epoch']:.1f}%)")])
-    parts = [common.markdown_table(["measure", "value"], rows, "ll")] if rows else []
+    parts = [mdtable.markdown_table(["measure", "value"], rows, "ll")] if rows else []
     k = results.get("kernels") or {}
     if k.get("arms"):
         parts.append(kernel_table(k))
@@ -753,4 +731,24 @@ class ScoreSuite(Suite):
     """``score``: embedding throughput, k-means kernels, FM peak memory, LM scoring vs a pretraining epoch."""
 
     name, title = "score", "Scoring costs (embedding, k-means kernels, FM memory, LM)"
-    run, targets, tables = staticmethod(run), staticmethod(score_targets), staticmethod(tables)
+    data_name = "score"
+    has_plot = True
+    measures = ("streamprune/kernels.py", "streamprune/scoring/kmeans.py", "streamprune/scoring/fm.py", "streamprune/scoring/lm.py",
+                "streamprune/scoring/features.py", "streamprune/infer.py")
+    targets, tables = staticmethod(score_targets), staticmethod(tables)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The score options (:func:`add_arguments`)."""
+        add_arguments(parser)
+
+    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The parts not skipped (:func:`run`)."""
+        return run(args)
+
+    def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
+        """The targets, judged again on the stored parts."""
+        return {**results, "targets": [t.to_dict() for t in score_targets(results)]}
+
+    def plot(self, results: dict[str, Any], path: str) -> None:
+        """Kernel times and memory (:func:`plot`)."""
+        plot(results, path)

@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from . import common
+from . import resultsfile, servers
 
 __all__ = ["BUCKET", "SimStore"]
 
@@ -187,7 +187,7 @@ class SimStore:
     """The simulated object store, in a child process: ``url``, ``set_ttfb``, ``reset``, ``stats``, ``stop``."""
 
     def __init__(self, root: str, conn_rate: float, total_rate: float) -> None:
-        repo = os.path.dirname(common.HERE)
+        repo = os.path.dirname(resultsfile.HERE)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.sim_store", "--serve", os.path.abspath(root), str(conn_rate), str(total_rate)],
@@ -215,7 +215,7 @@ class SimStore:
         return self._control("stats")
 
     def stop(self) -> None:
-        common.stop_process(self.proc)
+        servers.stop_process(self.proc)
 
 
 if __name__ == "__main__":  # the store's own process (SimStore starts it)

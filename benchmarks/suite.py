@@ -1,48 +1,72 @@
-"""The one interface every benchmark suite implements, and the shared :class:`Target` type.
+"""The one interface every benchmark suite implements: :class:`Suite`, a template, and :class:`Target`.
 
-A suite is a :class:`Suite` subclass instance registered by name in
-:data:`benchmarks.registry.SUITES`:
+A suite is a :class:`Suite` subclass registered by name in :data:`benchmarks.registry.SUITES`. It
+declares what is its own and the base does the rest:
 
-* :attr:`Suite.name` (``io``) and :attr:`Suite.title`; its results are
-  ``benchmarks/results/<name>_bench.json`` (``--quick``: ``results/quick/``) and, when the suite
-  draws one, the plot ``<name>_bench.png`` next to it;
-* :meth:`Suite.run` ``(argv) -> results``: measures (``argv`` are the suite's own command-line
-  options, ``--quick`` among them), writes the JSON (and plot) and returns the results dict;
-* :meth:`Suite.results` loads the latest JSON (``None`` if the suite has not run);
-* :meth:`Suite.targets` ``(results) -> list[Target]``: the verdicts, read from the ``targets``
-  list stored in the JSON by default;
-* :meth:`Suite.markdown` ``(results) -> str``: the suite's tables (:meth:`Suite.tables`) followed
-  by its targets table; ``report.py`` adds the heading, command, machine, date, plot and links.
+* :attr:`Suite.name`, :attr:`Suite.title`, :attr:`Suite.measures` (the repository paths whose
+  changes make its results stale: ``python -m benchmarks --report --check``);
+* :meth:`Suite.add_arguments` (its own options), :meth:`Suite.measure` ``(args) -> results``,
+  :meth:`Suite.summarise` ``(results) -> results`` (medians, ratios and targets from the stored
+  runs, so that a re-summary measures nothing), :meth:`Suite.plot` and :meth:`Suite.tables`.
+
+The base owns the options every suite takes (``--quick``, ``--out``, ``--seed``, ``--data-dir``,
+``--no-plot``, ``--resummarise JSON``; ``--resummarize`` and ``--plot-only`` are accepted as
+aliases), the results paths (``benchmarks/results/<stem>.json``, ``--quick``: ``results/quick/``;
+the plot ``<stem>.png`` beside it), the provenance every results file records (command, git commit
+and dirty flag, machine, date: :mod:`benchmarks.provenance`), writing (atomic) and the markdown
+that ``python -m benchmarks`` prints and ``--report`` collects. Statistics come from
+:mod:`benchmarks.stats`.
 
 A :class:`Target` is one goal of a suite: the measured value, the threshold and the comparison,
-a verdict (``met``, ``missed``, or ``inconclusive`` when the measured interval straddles the
-threshold) and the command that reproduces it. Suites build them with :meth:`Target.check` and
-store :meth:`Target.to_dict` in their JSON; :meth:`Target.from_dict` also reads the older
-``{"target", "measured" | "value", "goal", "met"}`` entries of existing results files.
+a verdict (``met`` only when the whole measured interval clears the threshold, ``inconclusive``
+when it straddles it, ``missed`` otherwise) and the command that reproduces it. Suites build
+them with :meth:`Target.check` and store :meth:`Target.to_dict` in their JSON;
+:meth:`Target.from_dict` also reads the older ``{"target", "measured" | "value", "goal", "met"}``
+entries of existing results files.
 """
 
 from __future__ import annotations
 
-import json
-import operator
+import argparse
+import datetime as _dt
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import common
+from . import mdtable, provenance, resultsfile, stats
+from .stats import INCONCLUSIVE, MET, MISSED
 
-__all__ = ["INCONCLUSIVE", "MET", "MISSED", "Suite", "Target", "load_json", "targets_table"]
+__all__ = ["INCONCLUSIVE", "MET", "MISSED", "Suite", "Target", "arg_parser", "targets_table"]
 
-MET = "met"
-MISSED = "missed"
-INCONCLUSIVE = "inconclusive"
-
-_COMPARE: dict[str, Callable[[Any, Any], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 #: Keys of a stored target that :class:`Target` reads into its own fields (the rest go to ``details``).
 _FIELDS = ("target", "measured", "value", "goal", "threshold", "comparison", "met", "verdict", "command", "interval")
 #: Details shown in brackets after a target's name in the tables.
-_SHOWN_DETAILS = ("layout", "level", "access", "ratio")
+_SHOWN_DETAILS = ("layout", "level", "access", "ratio", "not_counted")
+
+def _rejudge(verdict: str, measured: Any, threshold: Any, comparison: Any, interval: Any, rounds: Any) -> str:
+    """A stored verdict, made stricter when its stored numbers do not support it (never more lenient)."""
+    if verdict != MET or comparison not in stats.COMPARE or not isinstance(threshold, (int, float)):
+        return verdict
+    if not isinstance(measured, (int, float)) or isinstance(measured, bool):
+        return verdict
+    lo_hi = interval if isinstance(interval, (list, tuple)) and len(interval) == 2 else None
+    return stats.verdict(threshold, comparison, measured, lo_hi, rounds if isinstance(rounds, int) else None)
+
+
+def arg_parser(suite: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser of a suite's options, shown as ``python -m benchmarks SUITE``.
+
+    Args:
+        suite: The suite's name.
+        description: The help text above the options (kept as written).
+
+    Returns:
+        The parser, to which the suite adds its options.
+    """
+    return argparse.ArgumentParser(prog=f"python -m benchmarks {suite}", description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 @dataclass
@@ -86,6 +110,8 @@ class Target:
         shown: str | None = None,
         goal: str | None = None,
         valid: bool = True,
+        rounds: int | None = None,
+        paired: stats.Ratio | None = None,
         **details: Any,
     ) -> Target:
         """A target with its verdict computed from the measurement.
@@ -95,12 +121,16 @@ class Target:
             measured: The measured value (a NaN is never met).
             threshold: The goal's value.
             comparison: ``">="``, ``"<="``, ``">"`` or ``"<"``.
-            interval: ``(low, high)`` of the measurement over repeats; when the threshold lies
-                strictly inside it the verdict is :data:`INCONCLUSIVE`.
+            interval: ``(low, high)`` of the measurement over repeats; the verdict is
+                :data:`MET` only when all of it clears the threshold (:func:`benchmarks.stats.verdict`).
             command: The command that reproduces the measurement.
             shown: Text shown instead of the measured value.
             goal: Text shown instead of ``comparison threshold``.
             valid: ``False`` when the measurement is missing (the verdict is then :data:`MISSED`).
+            rounds: Rounds behind ``interval`` (fewer than :data:`benchmarks.stats.MIN_ROUNDS`: never met).
+            paired: A paired :class:`~benchmarks.stats.Ratio`: gives ``measured`` (when ``None``),
+                ``interval`` and ``rounds``; rounds it could not count (a failed or stalled run)
+                are stored as ``not_counted``, and a ratio with no counted round is inconclusive.
             **details: Extra fields stored with the target.
 
         Returns:
@@ -109,15 +139,24 @@ class Target:
         Raises:
             ValueError: Unknown comparison.
         """
-        if comparison not in _COMPARE:
-            raise ValueError(f"comparison {comparison!r}: expected one of {', '.join(_COMPARE)}")
-        lo_hi = None if interval is None else (float(min(interval)), float(max(interval)))
+        if comparison not in stats.COMPARE:
+            raise ValueError(f"comparison {comparison!r}: expected one of {', '.join(stats.COMPARE)}")
+        if paired is not None:
+            measured = paired.median if measured is None else measured
+            interval = paired.interval if interval is None else interval
+            rounds = paired.n if rounds is None else rounds
+            details.setdefault("rounds", paired.n)
+            if paired.failed:
+                details["not_counted"] = paired.failed
+        if rounds is not None:
+            details.setdefault("rounds", rounds)
+        lo_hi = None if interval is None or not len(interval) else (float(min(interval)), float(max(interval)))
         if not valid:
             verdict = MISSED
-        elif lo_hi is not None and lo_hi[0] < threshold < lo_hi[1]:
-            verdict = INCONCLUSIVE
+        elif paired is not None and paired.n == 0:
+            verdict = INCONCLUSIVE  # every round failed or stalled: nothing was measured
         else:
-            verdict = MET if bool(_COMPARE[comparison](measured, threshold)) else MISSED
+            verdict = stats.verdict(threshold, comparison, measured, lo_hi, rounds)
         return cls(name, measured, threshold, comparison, verdict, command, lo_hi, shown, goal, dict(details))
 
     @classmethod
@@ -129,7 +168,9 @@ class Target:
             command: The command to record when the entry names none (the results' command).
 
         Returns:
-            The target; its verdict is the stored one (``met`` True/False/None -> met/missed/inconclusive).
+            The target. Its verdict is the stored one (``met`` True/False/None -> met/missed/inconclusive),
+            made stricter where the stored numbers show it: a stored ``met`` whose interval does not
+            wholly clear the threshold is judged again by :func:`benchmarks.stats.verdict`.
         """
         if "measured" in data and "value" in data:  # text to show and the number behind it
             measured, shown = data["value"], str(data["measured"])
@@ -141,6 +182,7 @@ class Target:
         if verdict not in (MET, MISSED, INCONCLUSIVE):
             verdict = {True: MET, False: MISSED}.get(data.get("met"), INCONCLUSIVE)
         interval = data.get("interval")
+        verdict = _rejudge(verdict, measured, threshold, data.get("comparison"), interval, data.get("rounds"))
         return cls(
             name=str(data.get("target", "?")),
             measured=measured,
@@ -166,13 +208,13 @@ class Target:
             return self.goal
         if self.threshold is None:
             return ""
-        value = common.fmt_num(self.threshold)
+        value = mdtable.fmt_num(self.threshold)
         return f"{self.comparison} {value}" if self.comparison else value
 
     @property
     def measured_text(self) -> str:
         """The measured value as shown (with its interval when known)."""
-        text = self.shown if self.shown is not None else common.fmt_num(self.measured)
+        text = self.shown if self.shown is not None else mdtable.fmt_num(self.measured)
         if self.interval is not None and self.shown is None:
             text += f" [{self.interval[0]:.3g}-{self.interval[1]:.3g}]"
         return text
@@ -219,73 +261,160 @@ def targets_table(targets: Sequence[Target]) -> str:
     numeric = all(t.shown is None and isinstance(t.measured, (int, float)) for t in targets)
     m = "r" if numeric else "l"  # long text measurements read better left-aligned
     if goals:
-        return common.markdown_table(["target", "measured", "goal", "verdict"], rows, f"l{m}rl")
-    return common.markdown_table(["target", "measured", "verdict"], rows, f"l{m}l")
+        return mdtable.markdown_table(["target", "measured", "goal", "verdict"], rows, f"l{m}rl")
+    return mdtable.markdown_table(["target", "measured", "verdict"], rows, f"l{m}l")
 
-
-def load_json(path: str) -> dict[str, Any] | None:
-    """The results object in ``path``, or ``None`` when the file does not exist.
-
-    Raises:
-        ValueError: The file is not a JSON object (the message names the file).
-    """
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")  # noqa: TRY004 - callers catch ValueError
-    return data
 
 
 class Suite:
-    """A benchmark suite: run it, load its results, judge its targets, render its tables.
+    """A benchmark suite: a template whose subclasses declare their options, measurement, summary and plot.
 
-    Subclasses set :attr:`name` and :attr:`title` and implement :meth:`run`; they override
-    :meth:`tables` (and :meth:`targets`, when the JSON stores none) to render their results. A
-    suite module binds its own functions, e.g. ``run = staticmethod(run_cli)``.
+    Subclasses set :attr:`name`, :attr:`title` and :attr:`measures` and implement
+    :meth:`measure`; they override :meth:`add_arguments`, :meth:`summarise`, :meth:`plot`
+    (with :attr:`has_plot`), :meth:`tables` and, when the JSON stores no targets,
+    :meth:`targets`. :meth:`run` is the same for every suite.
 
     Args:
         results_dir: Where the results JSON files are (default ``benchmarks/results``).
     """
 
-    #: The suite's name (``io``); its results file is ``<name>_bench.json``.
+    #: The suite's name (``io``), as given to ``python -m benchmarks``.
     name: str = ""
     #: One-line description.
     title: str = ""
+    #: Results file stem (default ``<name>_bench``): ``<stem>.json`` and ``<stem>.png``.
+    results_name: str | None = None
+    #: Repository paths (files or folders) whose code the suite measures: results older than
+    #: their last change are stale (``--report --check``).
+    measures: tuple[str, ...] = ()
+    #: Help text of the suite's options (default: the first paragraph of its module's docstring).
+    description: str | None = None
+    #: Folder under ``benchmarks/data`` that ``--data-dir`` defaults to (``None``: the suite keeps no data).
+    data_name: str | None = None
+    #: Whether the suite draws a plot (``--no-plot`` skips it).
+    has_plot: bool = False
+    #: ``False`` for results written by a measurement module of its own (``python -m benchmarks.X``),
+    #: which the report renders and checks but ``python -m benchmarks NAME`` cannot run.
+    runnable: bool = True
+    #: For a suite that is not :attr:`runnable`: the command that writes its results.
+    how: str = ""
+    #: Further results files (names beside the suite's own) that its tables read.
+    also_reads: tuple[str, ...] = ()
 
     def __init__(self, results_dir: str | None = None) -> None:
-        self.results_dir = results_dir or common.DEFAULT_RESULTS
+        self.results_dir = results_dir or resultsfile.DEFAULT_RESULTS
+        #: The results file the last :meth:`run` wrote (``None`` before one).
+        self.last_written: str | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
+    # ---------------------------------------------------------------- what a suite declares
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the suite's own options to ``parser`` (the base's are already there)."""
+
+    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Measure; return the results (runs, setup; the base adds provenance, then :meth:`summarise`).
+
+        Args:
+            args: The parsed options: the base's (``quick``, ``out``, ``seed``, ``data_dir``,
+                ``no_plot``) and the suite's own.
+        """
+        raise NotImplementedError(f"suite {self.name!r} cannot be run: its results come from a module of its own")
+
+    def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Recompute the summary and targets from the stored runs (measures nothing; default: as they are)."""
+        return results
+
+    def plot(self, results: dict[str, Any], path: str) -> None:
+        """Draw the plot of ``results`` to ``path`` (suites with :attr:`has_plot`)."""
+
+    def tables(self, results: dict[str, Any]) -> str:
+        """The suite's own tables as markdown (none by default)."""
+        return ""
+
+    def output_name(self, args: argparse.Namespace) -> str:
+        """The results file stem for these options (default :attr:`stem`; a suite with parts may pick another)."""
+        return self.stem
+
+    # ---------------------------------------------------------------- what the base owns
+
     @property
     def stem(self) -> str:
         """File name stem of the results and plot (``io_bench``)."""
-        return f"{self.name}_bench"
+        return self.results_name or f"{self.name}_bench"
 
-    def results_path(self, quick: bool = False) -> str:
-        """The results JSON of a full or ``--quick`` run."""
-        return os.path.join(self.results_dir, *(["quick"] if quick else []), f"{self.stem}.json")
+    def results_path(self, quick: bool = False, out: str | None = None) -> str:
+        """The results JSON of a full or ``--quick`` run (in ``out`` when given)."""
+        folder = out or os.path.join(self.results_dir, *(["quick"] if quick else []))
+        return os.path.join(folder, f"{self.stem}.json")
 
-    def plot_path(self, quick: bool = False) -> str:
+    def plot_path(self, quick: bool = False, out: str | None = None) -> str:
         """The plot next to the results JSON (it may not exist)."""
-        return os.path.splitext(self.results_path(quick))[0] + ".png"
+        return os.path.splitext(self.results_path(quick, out))[0] + ".png"
+
+    def parser(self) -> argparse.ArgumentParser:
+        """The suite's argument parser: the base's options, then :meth:`add_arguments`'s."""
+        doc = self.description or (sys.modules[type(self).__module__].__doc__ or self.title).split("\n\n")[0]
+        p = arg_parser(self.name, doc)
+        base = p.add_argument_group("options of every suite")
+        base.add_argument("--quick", action="store_true", help="a smoke run (small sizes), written to results/quick/")
+        base.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
+        base.add_argument("--seed", type=int, default=0, help="base seed of data, masks and round order (default 0)")
+        default_data = os.path.join(resultsfile.DEFAULT_DATA, self.data_name) if self.data_name else None
+        base.add_argument("--data-dir", default=default_data,
+                          help=f"where generated data is kept between runs (default {default_data or 'the suite decides'})")
+        base.add_argument("--no-plot", action="store_true", help="do not draw the plot")
+        base.add_argument("--resummarise", "--resummarize", "--plot-only", dest="resummarise", metavar="JSON", default=None,
+                          help="measure nothing: recompute the summary and targets of a results file from its runs, rewrite it "
+                               "and its plot (--resummarize and --plot-only are the same option)")
+        self.add_arguments(p)
+        return p
+
+    def parse(self, argv: Sequence[str]) -> argparse.Namespace:
+        """Parse ``argv``; ``args.out`` is resolved to the results directory."""
+        args = self.parser().parse_args(list(argv))
+        args.out = args.out or os.path.join(self.results_dir, *(["quick"] if args.quick else []))
+        return args
 
     def run(self, argv: Sequence[str]) -> dict[str, Any]:
-        """Measure: parse the suite's options ``argv``, write the results JSON (+ plot), return the results.
+        """Measure (or re-summarise), record provenance, write the results JSON atomically, draw the plot.
 
         Args:
             argv: The suite's command-line options (``--quick`` for a smoke run to ``results/quick/``).
 
         Returns:
             The results dict as written.
+
+        Raises:
+            FileNotFoundError: ``--resummarise`` names no file.
+            RuntimeError: The suite is not :attr:`runnable`.
         """
-        raise NotImplementedError(f"suite {self.name!r} cannot be run")
+        if not self.runnable:
+            raise RuntimeError(f"suite {self.name!r} is not run by python -m benchmarks: its results come from `{self.how}`")
+        args = self.parse(argv)
+        if args.resummarise:
+            path = args.resummarise
+            results = resultsfile.load_json(path)
+            if results is None:
+                raise FileNotFoundError(f"--resummarise {path}: no such results file")
+            if not _recorded(results, "commit") and not _recorded(results, "results_file"):
+                # an older file that recorded no commit or date: keep what git knows of it before it is rewritten
+                results["results_file"] = provenance.file_history(path)
+            results = self.summarise(results)
+            results["resummarised"] = {**provenance.git_revision(), "command": provenance.command_line(),
+                                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        else:
+            origin = provenance.provenance()  # before measuring: the code that ran, not the code at the end
+            results = self.measure(args)
+            results = self.summarise({**origin, **results, "quick": bool(args.quick)})
+            path = os.path.join(args.out, f"{self.output_name(args)}.json")
+        resultsfile.write_json(path, results)
+        self.last_written = path
+        if self.has_plot and not args.no_plot:
+            self.plot(results, os.path.splitext(path)[0] + ".png")
+        return results
 
     def results(self, quick: bool = False) -> dict[str, Any] | None:
         """The latest results (``None`` if the suite has not run).
@@ -293,23 +422,26 @@ class Suite:
         Raises:
             ValueError: The results file is not a JSON object.
         """
-        return load_json(self.results_path(quick))
+        return resultsfile.load_json(self.results_path(quick))
 
     def command(self, results: dict[str, Any]) -> str | None:
         """The command that produced ``results``, as recorded (``command`` or ``meta.command``)."""
-        command = results.get("command")
-        if command is None and isinstance(results.get("meta"), dict):
-            command = results["meta"].get("command")
-        return command
+        return _recorded(results, "command")
+
+    def commit(self, results: dict[str, Any]) -> tuple[str | None, bool | None]:
+        """The recorded git commit and dirty flag of ``results`` (``None`` where not recorded)."""
+        commit, dirty = _recorded(results, "commit"), _recorded(results, "dirty")
+        revision = _recorded(results, "revision")
+        if commit is None and isinstance(revision, dict):  # remote_clients before provenance()
+            commit, dirty = revision.get("commit"), revision.get("dirty")
+        if isinstance(commit, str) and commit.endswith("+dirty"):  # keptcache's older "sha+dirty"
+            commit, dirty = commit[: -len("+dirty")], True
+        return commit, dirty
 
     def targets(self, results: dict[str, Any]) -> list[Target]:
         """The suite's targets judged on ``results`` (by default the ``targets`` list stored in them)."""
         command = self.command(results)
         return [Target.from_dict(t, command) for t in results.get("targets") or [] if isinstance(t, dict)]
-
-    def tables(self, results: dict[str, Any]) -> str:
-        """The suite's own tables as markdown (none by default)."""
-        return ""
 
     def markdown(self, results: dict[str, Any]) -> str:
         """The suite's tables, then ``Targets: N of M met.`` and the targets table.
@@ -329,3 +461,11 @@ class Suite:
             met = sum(t.verdict == MET for t in targets)
             parts.append(f"Targets: {met} of {len(targets)} met.\n\n{targets_table(targets)}")
         return "\n\n".join(parts)
+
+
+def _recorded(results: dict[str, Any], key: str) -> Any:
+    """``results[key]``, else ``results["meta"][key]`` (older files), else ``None``."""
+    if key in results:
+        return results[key]
+    meta = results.get("meta")
+    return meta.get(key) if isinstance(meta, dict) else None

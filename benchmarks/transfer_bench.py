@@ -98,8 +98,8 @@ import numpy as np
 
 from streamprune import MaskFile
 
-from . import common
-from .suite import Suite, Target, targets_table
+from . import mdtable, provenance, stats
+from .suite import Suite, Target
 
 __all__ = [
     "METHODS",
@@ -107,7 +107,6 @@ __all__ = [
     "digits_images",
     "evaluate_targets",
     "report_markdown",
-    "run_cli",
     "split_per_class",
     "summarize",
 ]
@@ -143,11 +142,8 @@ DATA_VERSION = 1
 # arguments
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line arguments (``--quick`` shrinks everything for a smoke run)."""
-    p = common.arg_parser("transfer", __doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=os.path.join(common.DEFAULT_DATA, "transfer"), help="shards, targets, scores and masks")
-    p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The suite's own options (``--data-dir``: shards, targets, scores and masks)."""
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one round each (default 0,1,2)")
     p.add_argument("--ratios", default="0.4,0.6,0.8", help="fractions REMOVED besides 0 (default 0.4,0.6,0.8)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"scoring methods (default {','.join(METHODS)})")
@@ -165,11 +161,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune-lr", type=float, default=1e-3, help="finetuning learning rate (default 1e-3)")
     p.add_argument("--source-samples", type=int, default=None, help="use a class-balanced subset of the source (default: all 60,000)")
     p.add_argument("--samples-per-shard", type=int, default=5000, help="source shard size (default 5000)")
-    p.add_argument("--quick", action="store_true", help="4,000 source images, 2 seeds, small targets: a smoke run -> results/quick/")
-    p.add_argument("--no-plot", action="store_true", help="do not draw transfer_bench.png")
-    p.add_argument("--plot-only", metavar="JSON", help="re-summarise a results file's runs, rewrite it with the plot, print the tables; run nothing")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> argparse.Namespace:
+    """``--quick`` (4,000 source images, 2 seeds, small targets) and the parsed lists; bad values are usage errors."""
     if args.quick:
         args.seeds = "0,1"
         args.epochs = 1
@@ -180,19 +176,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.finetune_steps = 20
         args.source_samples = 4000 if args.source_samples is None else args.source_samples
         args.samples_per_shard = 1000
-    if args.out is None:
-        args.out = os.path.join(common.DEFAULT_RESULTS, "quick") if args.quick else common.DEFAULT_RESULTS
     args.seed_list = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     args.ratio_list = sorted({float(r) for r in str(args.ratios).split(",") if r.strip()} - {0.0})
     args.method_list = [m.strip() for m in str(args.methods).split(",") if m.strip()]
     for m in args.method_list:
         if m not in METHODS:
-            p.error(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
+            raise SystemExit(f"python -m benchmarks transfer: --methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
     for r in args.ratio_list:
         if not 0.0 < r < 1.0:
-            p.error(f"--ratios: {r} is not a fraction removed in (0, 1)")
+            raise SystemExit(f"python -m benchmarks transfer: --ratios: {r} is not a fraction removed in (0, 1)")
     if not args.seed_list:
-        p.error("--seeds: give at least one seed")
+        raise SystemExit("python -m benchmarks transfer: --seeds: give at least one seed")
     return args
 
 
@@ -663,17 +657,18 @@ def summarize(runs: Sequence[dict], ratios: Sequence[float], methods: Sequence[s
     for method in methods:
         for ratio in ratios:
             cur = _runs_by_seed(runs, method, ratio)
-            pairs = [cur[s]["pretrain"]["seconds"] / base[s]["pretrain"]["seconds"] for s in sorted(cur) if s in base]
             if not cur:
                 continue
+            pairs = stats.paired_by_round({s: r["pretrain"]["seconds"] for s, r in cur.items()},
+                                          {s: r["pretrain"]["seconds"] for s, r in base.items()}, rounds=sorted(cur))
             cpu = [cur[s]["pretrain"]["cpu_seconds"] / base[s]["pretrain"]["cpu_seconds"] for s in sorted(cur)
                    if s in base and "cpu_seconds" in cur[s]["pretrain"] and "cpu_seconds" in base[s]["pretrain"]]
             time_rows.append({
-                "method": method, "ratio": ratio, "seeds": len(pairs),
-                "cpu_ratio_median": common.median(cpu) if cpu else None,
+                "method": method, "ratio": ratio, "seeds": pairs.n,
+                "cpu_ratio_median": stats.median(cpu) if cpu else None,
                 "kept_fraction": float(np.mean([cur[s]["kept_fraction"] for s in cur])),
-                "time_ratio_median": common.median(pairs), "time_ratio_min": min(pairs, default=float("nan")),
-                "time_ratio_max": max(pairs, default=float("nan")), "budget": 1.0 - ratio, "limit": TIME_SLACK * (1.0 - ratio),
+                "time_ratio_median": pairs.median, "time_ratio_min": pairs.low,
+                "time_ratio_max": pairs.high, "budget": 1.0 - ratio, "limit": TIME_SLACK * (1.0 - ratio),
             })
     acc_rows = []
     targets = sorted({t for r in runs for t in r.get("downstream", {})})
@@ -710,7 +705,7 @@ def summarize(runs: Sequence[dict], ratios: Sequence[float], methods: Sequence[s
     return {
         "time": time_rows,
         "accuracy": acc_rows,
-        "unpruned_seconds_median": common.median([base[s]["pretrain"]["seconds"] for s in sorted(base)]),
+        "unpruned_seconds_median": stats.median([base[s]["pretrain"]["seconds"] for s in sorted(base)]),
         "fixed_cost_fit": fixed_cost_fit(runs, ratios),
     }
 
@@ -740,9 +735,11 @@ def evaluate_targets(summary: dict[str, Any], ratios: Sequence[float], related: 
             continue
         worst = max(rows, key=lambda r: r["time_ratio_median"])
         limit = TIME_SLACK * (1.0 - ratio)
+        # every method must clear the limit: the range of the largest ratio is [max of the lows, max of the highs]
+        interval = (max(r["time_ratio_min"] for r in rows), max(r["time_ratio_max"] for r in rows))
         out.append(Target.check(
             f"pretraining time at r={ratio:g} <= {TIME_SLACK:g} x (1-r) = {limit:.3f} of unpruned (every method)",
-            worst["time_ratio_median"], limit, "<=",
+            worst["time_ratio_median"], limit, "<=", interval=interval, rounds=min(r["seeds"] for r in rows),
             shown=f"worst {worst['time_ratio_median']:.3f} ({worst['method']}); "
                   + ", ".join(f"{r['method']} {r['time_ratio_median']:.3f}" for r in rows),
         ))
@@ -779,10 +776,6 @@ def evaluate_targets(summary: dict[str, Any], ratios: Sequence[float], related: 
 
 # --------------------------------------------------------------------------------------------
 # tables and plot
-
-
-def _fmt_ratio(r: float | None) -> str:
-    return "-" if r is None else f"{r:g}"
 
 
 def report_markdown(results: dict[str, Any]) -> str:
@@ -827,7 +820,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         rows.append(row)
     rows.append(["ideal 1-r"] + [f"{1 - r:.3f}" for r in ratios])
     rows.append([f"limit {TIME_SLACK:g} x (1-r)"] + [f"{TIME_SLACK * (1 - r):.3f}" for r in ratios])
-    lines.append(common.markdown_table(headers, rows))
+    lines.append(mdtable.markdown_table(headers, rows))
     if any(t.get("cpu_ratio_median") is not None for t in summary["time"]):
         lines.append("")
         lines.append("CPU time of the same loops (main process + loader worker), median of the paired ratio to unpruned: "
@@ -840,7 +833,7 @@ def report_markdown(results: dict[str, Any]) -> str:
                 t = next((x for x in summary["time"] if x["method"] == method and abs(x["ratio"] - r) < 1e-9), None)
                 row.append("-" if t is None or t.get("cpu_ratio_median") is None else f"{t['cpu_ratio_median']:.3f}")
             rows.append(row)
-        lines.append(common.markdown_table(headers, rows))
+        lines.append(mdtable.markdown_table(headers, rows))
     fit = summary.get("fixed_cost_fit") or fixed_cost_fit(results.get("runs") or [], ratios)
     if fit.get("wall"):
         w, c = fit["wall"], fit.get("cpu")
@@ -875,7 +868,7 @@ def report_markdown(results: dict[str, Any]) -> str:
                 rows.append(row)
             if scratch is not None:
                 rows.append(["no pretraining", f"{scratch['mean']:.2f} ± {scratch['std']:.2f}"] + [""] * len(ratios))
-            lines.append(common.markdown_table(headers, rows, "l" + "r" * (len(headers) - 1)))
+            lines.append(mdtable.markdown_table(headers, rows, "l" + "r" * (len(headers) - 1)))
     return "\n".join(lines)
 
 
@@ -947,7 +940,7 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the whole benchmark; return the results dict (also written to ``args.out``)."""
+    """Run the whole benchmark; return the results dict (the suite base writes it)."""
     # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
     from tqdm.auto import tqdm
@@ -960,8 +953,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     progress = not args.quiet
     started = _dt.datetime.now(_dt.timezone.utc)
     t_start = time.perf_counter()
-    machine = common.machine_info()
-    machine["packages"].update(common.package_versions(["torchvision", "scikit-learn", "numba"]))
+    machine = provenance.machine_info()
+    machine["packages"].update(provenance.package_versions(["torchvision", "scikit-learn", "numba"]))
     work = os.path.join(args.data_dir, "run-quick" if args.quick else "run")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
@@ -1026,7 +1019,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary = summarize(runs, args.ratio_list, args.method_list)
     results = {
         "benchmark": "transfer_bench",
-        "command": common.command_line(),
+        "command": provenance.command_line(),
         "date": started.isoformat(timespec="seconds"),
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,
@@ -1059,35 +1052,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def run_cli(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run (or ``--plot-only`` redraw), write JSON + PNG, print the tables; return the results."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    if args.plot_only:
-        with open(args.plot_only) as fh:
-            results = json.load(fh)
-        cfg = results["config"]
-        results["summary"] = summarize(results["runs"], cfg["ratios"], cfg["methods"])
-        results["targets"] = evaluate_targets(results["summary"], cfg["ratios"])
-        common.write_json(args.plot_only, results)
-        if not args.no_plot:
-            plot(results, os.path.splitext(args.plot_only)[0] + ".png")
-        print(report_markdown(results))
-        return results
-    results = run(args)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "transfer_bench.json")
-    common.write_json(path, results)
-    if not args.no_plot:
-        plot(results, os.path.join(args.out, "transfer_bench.png"))
-    print(report_markdown(results))
-    print()
-    print(targets_table([Target.from_dict(t) for t in results["targets"]]))
-    print(f"\n{len(results['runs'])} runs in {results['total_seconds']:.0f} s -> {path}")
-    return results
-
-
 class TransferSuite(Suite):
     """``transfer``: pretraining wall time and downstream accuracy after pruning the source."""
     name, title = "transfer", "Transfer: pruned pretraining speed and downstream accuracy"
-    run, tables = staticmethod(run_cli), staticmethod(report_markdown)
+    data_name = "transfer"
+    has_plot = True
+    measures = ("streamprune/scoring/lm.py", "streamprune/scoring/fm.py", "streamprune/scoring/kmeans.py", "streamprune/selection.py",
+                "streamprune/readers/webdataset.py", "streamprune/train.py", "streamprune/masks.py")
+    tables = staticmethod(report_markdown)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The transfer options (:func:`add_arguments`)."""
+        add_arguments(parser)
+
+    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Score, prune, pretrain and finetune every config for every seed (:func:`run`)."""
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+        return run(configure(args))
+
+    def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Summary and targets from the stored runs."""
+        cfg = results["config"]
+        summary = summarize(results["runs"], cfg["ratios"], cfg["methods"])
+        return {**results, "summary": summary, "targets": evaluate_targets(summary, cfg["ratios"])}
+
+    def plot(self, results: dict[str, Any], path: str) -> None:
+        """Time and accuracy against ratio per method (:func:`plot`)."""
+        plot(results, path)

@@ -17,8 +17,8 @@ import socket
 import threading
 import time
 
-from benchmarks.common import free_port, stop_process, wait_port
 from benchmarks.nginx_store import NGINX, NginxStore
+from benchmarks.servers import free_port, stop_process, wait_port
 
 __all__ = ["NGINX", "Nginx", "FaultProxy", "free_port", "wait_port", "stop_process"]
 

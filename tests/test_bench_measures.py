@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
 import pytest
 
-from benchmarks import common, downstream_bench, io_bench, score_bench, transfer_bench
+from benchmarks import downstream_bench, io_bench, jpegdata, pagecache, score_bench, transfer_bench
 from benchmarks.io_bench import Dataset
 from streamprune.kernels import nearest_centroid
 from streamprune.manifest import Manifest
 from streamprune.writers import write_shards
-
-
-def test_paired_ratio_pairs_by_repeat_and_states_its_coverage():
-    r = score_bench.paired_ratio([2.0, 6.0, 3.0], [1.0, 2.0, 3.0])
-    assert r["runs"] == [2.0, 3.0, 1.0]
-    assert (r["median"], r["min"], r["max"], r["n"]) == (2.0, 1.0, 3.0, 3)
-    assert r["coverage"] == pytest.approx(0.75)  # 1 - 2^(1-n)
-    assert math.isnan(score_bench.paired_ratio([], [])["median"])
 
 
 def test_numpy_baseline_uses_the_kernels_formula_and_agrees_with_it():
@@ -79,7 +70,7 @@ def test_dataset_files_list_every_file_a_reader_opens(tmp_path):
     np.savez(tmp_path / "src.npz", images=images, labels=np.arange(6) % 2)
     manifest = write_shards(str(tmp_path / "src.npz"), str(tmp_path / "shards"), samples_per_shard=3, progress=False)
     manifest = Manifest.load(manifest.path)
-    files = common.dataset_files(manifest)
+    files = jpegdata.dataset_files(manifest)
     assert [len(files[k]) for k in ("shards", "index_json", "index_npz", "manifest")] == [2, 2, 2, 1]
     assert all(p.endswith(".index.npz") for p in files["index_npz"])
     ds = Dataset(name="t", manifest_path=manifest.path, urls=files["shards"], files=files, data_bytes=0, samples=6)
@@ -158,10 +149,10 @@ def test_device_model_charges_each_request_its_fixed_cost():
 def test_block_stat_counts_a_cold_read(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(os.urandom(1 << 20))
-    before = common.block_stat(str(path))
+    before = pagecache.block_stat(str(path))
     if before is None:
         pytest.skip("no block device counters for this file system")
-    common.evict([str(path)])
-    common.warm([str(path)])
-    delta = io_bench.device_delta(before, common.block_stat(str(path)))
+    pagecache.evict([str(path)])
+    pagecache.warm([str(path)])
+    delta = io_bench.device_delta(before, pagecache.block_stat(str(path)))
     assert delta["device_reads"] >= 1 and delta["device_read_bytes"] >= 1 << 20

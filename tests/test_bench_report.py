@@ -129,7 +129,10 @@ def test_evaluate_targets_verdicts():
     assert len(time) == 3
     # fm at 1.1-1.12 x ideal stays under 1.15 at 0.4/0.6; moderate's 1.25 x ideal at 0.8 misses and is named
     by_ratio = {t["target"].split("r=")[1].split(" ")[0]: t for t in time}
-    assert by_ratio["0.4"]["met"] and by_ratio["0.6"]["met"]
+    # under the limit over every seed, but 3 seeds are fewer than stats.MIN_ROUNDS: inconclusive, never met
+    for r in ("0.4", "0.6"):
+        t = by_ratio[r]
+        assert t["verdict"] == "inconclusive" and t["rounds"] == 3 and t["interval"][1] <= t["threshold"]
     assert not by_ratio["0.8"]["met"] and by_ratio["0.8"]["measured"].startswith("worst 0.25")
     assert "(moderate)" in by_ratio["0.8"]["measured"]
 
@@ -148,7 +151,8 @@ def test_evaluate_targets_verdicts():
     # lm beats random-classes at every ratio by >= 1 point; fm is below random-samples at 0.6
     assert find("lm probe on target A >= random-classes")["met"]
     assert not find("fm finetune on target A >= random-samples")["met"]
-    assert all(t["met"] in (True, False) for t in targets.values())
+    # accuracy targets (no interval) are met or missed; only the time targets over 3 seeds are inconclusive
+    assert all(t["met"] in (True, False) for name, t in targets.items() if not name.startswith("pretraining time"))
 
 
 def test_split_per_class_counts_and_disjointness():
@@ -225,9 +229,9 @@ def test_report_renders_transfer_tables_and_not_run_yet(tmp_path):
     cell = f"{row['mean']:.2f} ± {row['std']:.2f} ({row['delta_vs_unpruned_mean']:+.2f}; {row['delta_vs_random-classes']:+.2f} / {row['delta_vs_random-samples']:+.2f})"
     assert cell in section
     assert "**A: footwear, finetune**" in section and "**B: digits, probe**" in section
-    missed = sum(1 for t in results["targets"] if not t["met"])
-    assert f"Targets: {len(results['targets']) - missed} of {len(results['targets'])} met." in section
-    assert section.count("**missed**") == missed
+    met = sum(1 for t in results["targets"] if t["verdict"] == "met")
+    assert f"Targets: {met} of {len(results['targets'])} met." in section
+    assert section.count("**missed**") == sum(1 for t in results["targets"] if t["verdict"] == "missed")
     # a suite without results
     assert "*not run yet* (no `benchmarks/results/io_bench.json`). Run `python -m benchmarks io`" in text
     overview = text.split("## ")[0]

@@ -58,14 +58,21 @@ def test_targets_table_columns_and_verdicts():
 
 
 def test_registry_is_a_dict_of_suites_by_name():
-    assert list(registry.SUITES) == ["io", "index", "ffcv", "score", "downstream", "transfer", "fuzz", "dynamic", "dedup", "scale", "remote"]
+    assert list(registry.SUITES) == ["io", "io_decode", "index", "ffcv", "score", "downstream", "transfer", "fuzz", "dynamic", "dedup",
+                                     "scale", "remote", "io_cold", "keptcache", "reader_core", "remote_clients", "remote_index",
+                                     "remote_upload"]
+    root = os.path.dirname(BENCH)
     for name, suite in registry.SUITES.items():
         assert isinstance(suite, Suite) and suite.name == name and suite.title
-        assert suite.results_path().endswith(os.path.join("benchmarks", "results", f"{name}_bench.json"))
-        assert suite.results_path(quick=True).endswith(os.path.join("results", "quick", f"{name}_bench.json"))
-        assert type(suite).run is not Suite.run  # every registered suite can run
+        assert suite.results_path().startswith(os.path.join(BENCH, "results") + os.sep)
+        assert suite.results_path(quick=True).startswith(os.path.join(BENCH, "results", "quick") + os.sep)
+        assert suite.measures and all(os.path.exists(os.path.join(root, p)) for p in suite.measures), name  # for --check
+        if suite.runnable:
+            assert type(suite).measure is not Suite.measure, name  # every runnable suite measures
+        else:
+            assert suite.how.startswith("python -m benchmarks"), name
     assert registry.get_suite("io") is registry.SUITES["io"]
-    with pytest.raises(KeyError, match="unknown benchmark suite 'nosuch'; available: io, index"):
+    with pytest.raises(KeyError, match="unknown benchmark suite 'nosuch'; available: io, io_decode"):
         registry.get_suite("nosuch")
 
 

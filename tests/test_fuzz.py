@@ -1,8 +1,8 @@
 """Fuzzing the readers: every mutated input reads correctly or raises a named StreamPruneError.
 
-Hypothesis draws the mutations (what ``benchmarks/fuzz_bench.py`` draws from a seeded Random in
-its longer runs: ``python -m benchmarks fuzz``) and shrinks a failing one; each input runs under
-a watchdog, so a hang fails the test instead of stalling it. The tests at the end pin the bugs
+Hypothesis draws the mutations (what ``tests/fuzzer.py`` draws from a seeded Random in its
+longer runs: ``python -m tests.fuzzer`` or ``python -m benchmarks fuzz``) and shrinks a failing
+one; each input runs under a watchdog, so a hang fails the test instead of stalling it. The tests at the end pin the bugs
 the fuzzer found.
 """
 
@@ -13,10 +13,10 @@ import os
 import struct
 
 import pytest
+from fuzzer import build_corpus, extended_header, fix_checksum, make_targets, run_one
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.fuzz_bench import build_corpus, extended_header, fix_checksum, make_targets, run_one
 from streamprune.errors import ManifestError, MaskMismatchError, TarFormatError
 from streamprune.indexfile import load_index
 from streamprune.manifest import Manifest

@@ -1,0 +1,108 @@
+"""Results files written by measurement modules of their own, as suites the report renders and checks.
+
+These measurements are scripts behind single numbers in the documents (``python -m
+benchmarks.keptcache_measure`` and the like): they set no targets and are not run by
+``python -m benchmarks NAME``, but their results files are published like a suite's, so
+each is a :class:`~benchmarks.suite.Suite` here with ``runnable = False``: its title, the
+results file, the command that makes it (:attr:`~benchmarks.suite.Suite.how`) and the code it
+measures, for ``--report`` (with the commit) and ``--report --check``.
+
+``io_cold`` is the io suite run on the cold-cache readers alone into ``results/io_cold/``; it is
+rendered with the io suite's tables.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import mdtable
+from .io_bench import IoSuite
+from .suite import Suite
+
+__all__ = ["RECORDS", "IoColdRecord", "KeptcacheRecord", "ReaderCoreRecord", "RemoteClientsRecord", "RemoteIndexRecord",
+           "RemoteUploadRecord"]
+
+
+class _Record(Suite):
+    """A results file written by a measurement module; its tables are its rows."""
+
+    runnable = False
+    #: Row keys not shown (per-round lists are dropped by :func:`~benchmarks.mdtable.rows_table` anyway).
+    skip: tuple[str, ...] = ()
+
+    def tables(self, results: dict[str, Any]) -> str:
+        """The ``rows`` of the results file as a table (and ``micro`` rows where there are any)."""
+        parts = [mdtable.rows_table(results.get("rows") or [], self.skip)]
+        micro = results.get("micro")
+        micro = micro.get("rows") if isinstance(micro, dict) else micro
+        if micro:
+            parts.append("Micro rows (one process, CPU time):\n\n" + mdtable.rows_table(micro, self.skip))
+        return "\n\n".join(p for p in parts if p)
+
+
+class KeptcacheRecord(_Record):
+    """``keptcache``: serving cached kept samples against ``pread`` from a local shard."""
+
+    name, title = "keptcache", "Kept-bytes cache: cached kept samples vs pread from a local shard (no targets)"
+    results_name = "keptcache"
+    how = "python -m benchmarks.keptcache_measure"
+    measures = ("streamprune/readers/keptcache.py", "streamprune/readers/cachechunk.py")
+
+
+class ReaderCoreRecord(_Record):
+    """``reader_core``: warm local reads through the reader core, two source trees side by side."""
+
+    name, title = "reader_core", "Reader core: warm local reads, two source trees side by side (no targets)"
+    results_name = "reader_core"
+    how = "python -m benchmarks.reader_core_measure --tree before=PATH --tree after=."
+    measures = ("streamprune/readers/byterange.py", "streamprune/readers/scheduler.py", "streamprune/readers/webdataset.py",
+                "streamprune/readers/mapstyle.py")
+
+
+class RemoteClientsRecord(_Record):
+    """``remote_clients``: HTTP clients for ranged reads against nginx."""
+
+    name, title = "remote_clients", "HTTP clients for ranged reads against nginx (no targets)"
+    results_name = "remote_clients"
+    how = "python -m benchmarks.remote_clients"
+    measures = ("streamprune/rangeclient.py", "streamprune/storage.py")
+
+
+class RemoteIndexRecord(_Record):
+    """``remote_index``: remote indexing, streaming pass vs ranged header walk."""
+
+    name, title = "remote_index", "Remote indexing: streaming pass vs ranged header walk (no targets)"
+    results_name = "remote_index"
+    how = "python -m benchmarks.remote_index_measure"
+    measures = ("streamprune/remoteindex.py", "streamprune/tarindex.py", "streamprune/engine.py", "streamprune/rangeclient.py")
+
+
+class RemoteUploadRecord(_Record):
+    """``remote_upload``: shards uploaded as they are finished vs write-all-then-upload."""
+
+    name, title = "remote_upload", "Upload while sharding vs write-then-upload (no targets)"
+    results_name = "remote_upload"
+    how = "python -m benchmarks.remote_upload_measure"
+    measures = ("streamprune/writers/remote.py", "streamprune/writers/shards.py", "streamprune/writers/tar.py")
+
+
+class IoColdRecord(IoSuite):
+    """``io_cold``: the io suite on cold-cache readers, in ``results/io_cold/``."""
+
+    name, title = "io_cold", "I/O, cold cache: streamprune against the kept-range replays (io suite, own run)"
+    runnable = False
+    how = "python -m benchmarks io --out benchmarks/results/io_cold (options as recorded)"
+
+    def results_path(self, quick: bool = False, out: str | None = None) -> str:
+        """``results/io_cold/io_bench.json`` (``quick/io_cold/`` for smoke runs)."""
+        folder = out or os.path.join(self.results_dir, *(["quick"] if quick else []), "io_cold")
+        return os.path.join(folder, "io_bench.json")
+
+    def _reader_rows(self, results: dict[str, Any]) -> dict[str, Any] | None:
+        return None  # the reader rows belong to the io suite's own run
+
+
+#: The record suites, in report order.
+RECORDS: tuple[type[Suite], ...] = (IoColdRecord, KeptcacheRecord, ReaderCoreRecord, RemoteClientsRecord, RemoteIndexRecord,
+                                    RemoteUploadRecord)
