@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import storage
-from .errors import IndexMismatchError, LabelError, ManifestError, StreamPruneError, redact
+from .errors import CompressedShardError, IndexMismatchError, LabelError, ManifestError, StreamPruneError, redact
 from .sampleformats import RAW_MEMBER, check_layout, decode_fields, field_names, sample_decoder
 from .shardindex import DEFAULT_CHECKSUM, MemberTable, ShardIndex, sample_checksum
 
@@ -246,6 +246,14 @@ def index_foreign_shard(
             head = obj.read(0, min(size, 4 * (shard.samples + 2)))
     offsets = _offsets(head, shard, shown)
     _check_offsets(offsets, size, shown)
+    if fmt == "litdata" and len(offsets) > 1 and int(np.diff(offsets).min()) < 4 * len(shard.layout.get("data_format") or ()):
+        # an item holds at least its leaves' uint32 size header; shorter items mean the rows
+        # live elsewhere (LitData's Arrow row footer, written when compression was asked for)
+        raise CompressedShardError(
+            f"{shown}: LitData chunk whose offset table points at empty items: its samples are stored in a (compressed) "
+            "Arrow footer, not at byte ranges, so it cannot be pruned by byte range. Rewrite it without compression "
+            "(litdata.optimize(..., compression=None)) to read it pruned in place"
+        )
     n = shard.samples
     start, end = offsets[:-1].copy(), offsets[1:].copy()
     keys = [str(shard.first + i) for i in range(n)]

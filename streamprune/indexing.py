@@ -15,9 +15,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import storage
 from .atomic import file_sha256
 from .betonindex import index_beton, looks_like_beton, save_beton_index
-from . import storage
 from .engine import Engine, ThreadEngine, make_engine, same_options
 from .errors import LabelError, ManifestError, redact
 from .foreignindex import index_foreign_shard, open_foreign_dataset, require_foreign
@@ -26,7 +26,7 @@ from .manifest import MANIFEST_NAME, Manifest, build_manifest
 from .shardindex import ShardIndex
 from .tarindex import index_tar
 
-__all__ = ["index_files", "index_shards", "index_betons", "index_foreign", "is_beton", "shard_files", "AUTO_LABELS", "DEFAULT_LABEL_EXT"]
+__all__ = ["index_files", "index_shards", "index_betons", "index_foreign", "is_foreign", "is_beton", "shard_files", "AUTO_LABELS", "DEFAULT_LABEL_EXT"]
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,16 @@ def index_files(
     engine: str | Engine | None = None,
     resume: bool = False,
 ) -> Manifest:
-    """Index tar shards or ``.beton`` files (chosen by content) and write their manifest.
+    """Index tar shards, ``.beton`` files or an MDS/LitData dataset (chosen by content) and write their manifest.
 
     Args:
         paths: Files to index, in manifest order; all tar or all ``.beton``. A directory stands
-            for its ``*.tar`` files sorted by name (see :func:`shard_files`).
+            for its ``*.tar`` files sorted by name (see :func:`shard_files`). One MDS or LitData
+            ``index.json``, or a directory holding one, is that dataset (see :func:`index_foreign`).
         out_dir: Where the sidecars and ``manifest.json`` go.
         label_ext: Tar: extension of the integer label member (every sample must have it),
             ``"auto"`` (see :func:`index_shards`), or ``None`` (unlabelled).
-        label_field: ``.beton``: integer field holding the label (``"auto"``), or ``None``.
+        label_field: ``.beton``, MDS, LitData: field holding the integer label (``"auto"``), or ``None``.
         checksum: Record each file's SHA-256 (reads every byte once).
         classes: Class names by label id.
         progress: Show a progress bar.
@@ -115,11 +116,10 @@ def index_files(
     """
     if not paths:
         raise ManifestError("no shard files given to index")
-    if len(paths) == 1 and _is_foreign(paths[0]):
+    if len(paths) == 1 and is_foreign(paths[0]):
         return index_foreign(
-            paths[0], out_dir, label_field=None if label_ext is None or label_field is None else
-            ("auto" if label_ext == AUTO_LABELS else label_ext), checksum=checksum, classes=classes, progress=progress,
-            sample_checksums=sample_checksums,
+            paths[0], out_dir, label_field=label_field, checksum=checksum, classes=classes, progress=progress,
+            sample_checksums=sample_checksums, workers=workers, engine=engine,
         )
     paths = shard_files(paths)
     kinds = [is_beton(p) for p in paths]
@@ -348,11 +348,11 @@ def index_betons(
     return manifest
 
 
-def _is_foreign(location: str | os.PathLike) -> bool:
-    """Whether ``location`` is a local MDS or LitData ``index.json`` or a directory holding one."""
+def is_foreign(location: str | os.PathLike) -> bool:
+    """Whether ``location`` names an MDS or LitData dataset: a local ``index.json`` of one (or its directory), or a URL ending in ``index.json``."""
     location = os.fspath(location)
     if storage.is_remote(location):
-        return False
+        return storage.basename(location) == "index.json"
     path = location if os.path.basename(location) == "index.json" else os.path.join(location, "index.json")
     return os.path.isfile(path) and open_foreign_dataset(path) is not None
 

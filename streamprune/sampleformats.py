@@ -89,16 +89,18 @@ def _mds_decoder(layout: dict) -> Callable[[bytes], dict]:
 
 def _litdata_decoder(config: dict) -> Callable[[bytes], Any]:
     # deferred: the optional peer package, imported only for LitData datasets
+    from litdata.streaming import serializers as lit_serializers
+    from litdata.streaming.config import treespec_loads
     from litdata.streaming.item_loader import PyTreeLoader
-    from litdata.streaming.serializers import _get_serializers
-    from litdata.utilities._pytree import treespec_loads
 
     config = copy.deepcopy(config)
     if config.get("data_spec") is not None:
         config["data_spec"] = treespec_loads(config["data_spec"])
     loader = PyTreeLoader()
     # no chunk list: the loader only needs the config to deserialize one item
-    loader.setup(config, [], _get_serializers(None))
+    # litdata builds its default serializer table only in this helper (what its own readers
+    # call); the version is pinned in the `formats` extra
+    loader.setup(config, [], lit_serializers._get_serializers(None))
     return loader.deserialize
 
 
