@@ -61,13 +61,11 @@ class PrunedDataModule(pl.LightningDataModule):
 
     def state_dict(self):
         # saved in the trainer's checkpoint: a resume on another dataset or mask is refused
-        source = self.ds.source
-        return {"manifest": source.manifest.fingerprint, "mask": source._slot.digest(), "kept": source.kept}
+        return {"binding": self.ds.source.binding()}
 
     def load_state_dict(self, state):
-        source = self.ds.source
-        if (state["manifest"], state["mask"]) != (source.manifest.fingerprint, source._slot.digest()):
-            raise MaskMismatchError("the checkpoint was trained on another manifest or mask")
+        if state["binding"] != self.ds.source.binding():
+            raise MaskMismatchError(f"the checkpoint was trained on {state['binding']}, not {self.ds.source.binding()}")
 
 
 class Recorder(pl.LightningModule):

@@ -218,6 +218,14 @@ class PrunedSource(ResumableSource, IterableDataset):
         self._sync_mask()
         return Binding(self.manifest.fingerprint, self._slot.digest(), self.kept)
 
+    def binding(self) -> dict:
+        """The manifest fingerprint, mask digest and kept count this source reads.
+
+        What a trainer's checkpoint records (e.g. a ``LightningDataModule.state_dict``) so that
+        a resume on another dataset or mask is refused (see docs/recipes.md).
+        """
+        return self._binding().to_dict()
+
     def __len__(self) -> int:
         """Samples this rank yields per epoch (the kept count split over ranks)."""
         plan = plan_epoch(self.kept_counts, rank=self.rank, world_size=self.world_size, uneven=self.uneven)
