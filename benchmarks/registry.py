@@ -10,6 +10,7 @@ from .dedup_bench import DedupSuite
 from .downstream_bench import DownstreamSuite
 from .dynamic_bench import DynamicSuite
 from .ffcv_bench import FfcvSuite
+from .formats_bench import FormatsSuite
 from .fuzz_bench import FuzzSuite
 from .index_bench import IndexSuite
 from .io_bench import IoSuite
@@ -25,7 +26,7 @@ __all__ = ["SUITES", "get_suite", "run_suite"]
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
-              DedupSuite(), ScaleSuite(), RemoteSuite())
+              DedupSuite(), ScaleSuite(), RemoteSuite(), FormatsSuite())
 }
 
 

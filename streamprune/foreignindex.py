@@ -247,12 +247,14 @@ def index_foreign_shard(
     offsets = _offsets(head, shard, shown)
     _check_offsets(offsets, size, shown)
     if fmt == "litdata" and len(offsets) > 1 and int(np.diff(offsets).min()) < 4 * len(shard.layout.get("data_format") or ()):
-        # an item holds at least its leaves' uint32 size header; shorter items mean the rows
-        # live elsewhere (LitData's Arrow row footer, written when compression was asked for)
+        # an item holds at least its leaves' uint32 size header; shorter items mean the rows live
+        # in LitData's Arrow row footer (written when no field is an image, array or tensor, and
+        # for compressed chunks): one IPC block for the whole chunk, no per-sample byte ranges
         raise CompressedShardError(
-            f"{shown}: LitData chunk whose offset table points at empty items: its samples are stored in a (compressed) "
-            "Arrow footer, not at byte ranges, so it cannot be pruned by byte range. Rewrite it without compression "
-            "(litdata.optimize(..., compression=None)) to read it pruned in place"
+            f"{shown}: LitData chunk whose offset table points at empty items: its rows are stored together in an Arrow "
+            "footer (LitData writes chunks this way when compressed, and when no field is an image, array or tensor), "
+            "not at per-sample byte ranges, so it cannot be pruned by byte range. streamprune reads chunks written "
+            "with compression=None whose samples include an image, numpy array or tensor field"
         )
     n = shard.samples
     start, end = offsets[:-1].copy(), offsets[1:].copy()
