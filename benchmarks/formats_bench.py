@@ -109,13 +109,12 @@ def _measure(files: list[str], epoch_fn, cold: bool) -> dict[str, Any]:
 
 
 def _peer_dataset(fmt: str, src: str, keep: int | None) -> Any:
-    # deferred: the peers are the optional `formats` extra
     if fmt == "mds":
-        from streaming import Stream, StreamingDataset
+        from streaming import Stream, StreamingDataset  # deferred: the peers are the optional `formats` extra
 
         return StreamingDataset(streams=[Stream(local=src, choose=keep)] if keep else None, local=None if keep else src,
                                 shuffle=False, batch_size=1)
-    import litdata
+    import litdata  # deferred: the peers are the optional `formats` extra
 
     return litdata.StreamingDataset(input_dir=src, subsample=1.0 if keep is None else keep / _count(src))
 
