@@ -236,6 +236,11 @@ def test_remote_reads_equal_local(fmt, indexed, mds_dir, lit_dir, tmp_path):
         assert all(e.name.startswith("http") for e in remote.shards)
         mask = random_mask(remote, 0.6, level="sample", seed=4)
         got = list(PrunedSource(str(tmp_path / "sp"), mask))  # remote: verified against the sample checksums
+        # the kept-bytes cache: a second epoch served from local disk gives the same samples
+        cached = PrunedSource(str(tmp_path / "sp"), mask, cache_dir=str(tmp_path / "cache"))
+        first, second = list(cached), list(cached)
+        assert cached.read_stats.cached_samples == len(second) > 0
+        assert [s["__key__"] for s in first] == [s["__key__"] for s in second] == [s["__key__"] for s in got]
         local_mask = random_mask(Manifest.load(indexed[fmt]), 0.6, level="sample", seed=4)
         want = list(PrunedSource(indexed[fmt], local_mask))
         assert [s["__key__"] for s in got] == [s["__key__"] for s in want]
@@ -244,3 +249,24 @@ def test_remote_reads_equal_local(fmt, indexed, mds_dir, lit_dir, tmp_path):
             assert set(fa) == set(fb) and all(_same(fa[k], fb[k]) for k in fb)
     finally:
         server.stop()
+
+
+def test_cli_index_of_a_dataset_directory_and_its_index_json(mds_dir, lit_dir, tmp_path):
+    # deferred: the CLI module is only needed here
+    from click.testing import CliRunner
+
+    from streamprune_cli.main import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["index", mds_dir, "--out", str(tmp_path / "a"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert f"{N} samples" in result.output and "mds shards" in result.output
+    assert Manifest.load(str(tmp_path / "a")).label_ext == "cls"
+    result = runner.invoke(cli, ["index", os.path.join(lit_dir, "index.json"), "--out", str(tmp_path / "b"), "--no-labels", "-q"])
+    assert result.exit_code == 0, result.output
+    assert Manifest.load(str(tmp_path / "b")).label_ext is None
+    # the keys are positions: a key list of positions is a mask
+    (tmp_path / "keep.txt").write_text("3\n17\n42\n")
+    result = runner.invoke(cli, ["mask", str(tmp_path / "b"), "--keys", str(tmp_path / "keep.txt"), "--out", str(tmp_path / "k.spmask")])
+    assert result.exit_code == 0, result.output
+    assert [s["__key__"] for s in PrunedSource(str(tmp_path / "b"), str(tmp_path / "k.spmask"))] == ["3", "17", "42"]
