@@ -29,7 +29,10 @@ from typing import Any, Callable
 from .errors import CompressedShardError, StreamPruneError
 from .optional import require_extra
 
-__all__ = ["FOREIGN_FORMATS", "RAW_MEMBER", "sample_decoder", "decode_fields", "field_names", "check_layout"]
+__all__ = ["FOREIGN_FORMATS", "RAW_MEMBER", "sample_decoder", "decode_fields", "field_names", "image_fields", "check_layout"]
+
+#: Encodings (MDS) and serializers (LitData ``data_format``) whose decoded value is a PIL image.
+IMAGE_ENCODINGS = ("pil", "jpeg", "png", "jpg", "webp")
 
 #: Shard formats read through a decoder here (``tar`` samples are member dicts as stored).
 FOREIGN_FORMATS = ("mds", "litdata")
@@ -132,6 +135,16 @@ def field_names(fmt: str, layout: dict) -> list[str]:
     except (ValueError, TypeError, KeyError, IndexError):
         pass
     return []
+
+
+def image_fields(fmt: str, layout: dict) -> list[str]:
+    """The fields whose decoded value is an image (MDS ``pil``/``jpeg``/``png`` columns; LitData ``pil``/``jpeg`` leaves)."""
+    if fmt == "mds":
+        pairs = zip(layout.get("column_names") or [], layout.get("column_encodings") or [])
+    else:
+        # a flat dict's leaves are flattened in the order of its keys, which data_format follows
+        pairs = zip(field_names(fmt, layout), layout.get("data_format") or [])
+    return [name for name, enc in pairs if str(enc).split(":", 1)[0].lower() in IMAGE_ENCODINGS]
 
 
 def check_layout(fmt: str, layout: dict, shard: str) -> None:

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -270,3 +271,23 @@ def test_cli_index_of_a_dataset_directory_and_its_index_json(mds_dir, lit_dir, t
     result = runner.invoke(cli, ["mask", str(tmp_path / "b"), "--keys", str(tmp_path / "keep.txt"), "--out", str(tmp_path / "k.spmask")])
     assert result.exit_code == 0, result.output
     assert [s["__key__"] for s in PrunedSource(str(tmp_path / "b"), str(tmp_path / "k.spmask"))] == ["3", "17", "42"]
+
+
+@pytest.mark.parametrize("fmt", ["mds", "litdata"])
+def test_scoring_inference_reads_image_and_label_fields(fmt, indexed):
+    # deferred: the inference module loads the model stack, only this test needs it
+    from streamprune.infer import eval_batches
+
+    m = Manifest.load(indexed[fmt])
+    mask = random_mask(m, 0.5, level="sample", seed=6)
+    batches = eval_batches(indexed[fmt], mask, transform=lambda img: torch.from_numpy(np.asarray(img).copy()), batch_size=7)
+    positions, images, labels = [], [], []
+    for pos, x, y in batches:
+        positions += pos.tolist()
+        images.append(x)
+        labels += y.tolist()
+    kept = np.flatnonzero(np.concatenate([mask.shard(k) for k in range(len(m.shards))])).tolist()
+    assert positions == kept
+    assert labels == [p % 4 for p in kept]
+    first = torch.cat(images)[0].numpy()
+    assert np.array_equal(first, np.asarray(_image(kept[0])))
