@@ -291,3 +291,27 @@ def test_scoring_inference_reads_image_and_label_fields(fmt, indexed):
     assert labels == [p % 4 for p in kept]
     first = torch.cat(images)[0].numpy()
     assert np.array_equal(first, np.asarray(_image(kept[0])))
+
+
+def test_pruned_tarfile_stage_decodes_foreign_shards(indexed):
+    # deferred: the stage is only used here
+    from streamprune.readers.webdataset import pruned_tarfile_samples
+
+    m = Manifest.load(indexed["mds"])
+    mask = random_mask(m, 0.5, level="sample", seed=7)
+    stage = pruned_tarfile_samples(indexed["mds"], mask)
+    got = list(stage(m.shard_path(k) for k in reversed(range(len(m.shards)))))  # shards in the caller's order
+    want = {s["__key__"]: s for s in PrunedSource(indexed["mds"], mask)}
+    assert sorted(s["__key__"] for s in got) == sorted(want)
+    for s in got:
+        assert s["text"] == want[s["__key__"]]["text"] == f"sample {s['__key__']}"
+
+
+@pytest.mark.parametrize("fmt", ["mds", "litdata"])
+def test_dataloader_workers_decode_in_their_processes(fmt, indexed):
+    source = PrunedSource(indexed[fmt], shuffle=True, seed=1)
+    loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=2)
+    got = list(loader)
+    assert sorted(int(s["__key__"]) for s in got) == list(range(N))
+    label = "cls" if fmt == "mds" else "label"
+    assert all(s[label] == int(s["__key__"]) % 4 for s in got)
