@@ -78,6 +78,10 @@ _SAME_MASK: Any = object()
 class PrunedSource(ResumableSource, IterableDataset):
     """Kept samples of a sharded dataset, read by byte range.
 
+    Shards are tar shards (samples are ``{"__key__", "__url__", ext: bytes}``) or, indexed in
+    place, MosaicML MDS shards and LitData chunks (samples are the format's own fields, decoded
+    by its own decoder, plus ``__key__`` and ``__url__``; see :mod:`streamprune.sampleformats`).
+
     Args:
         manifest: Manifest path or object.
         mask: Keep mask (path, :class:`MaskFile`, :class:`KeepMask`), or ``None`` for all.
