@@ -11,6 +11,7 @@ from .dedup_bench import DedupSuite
 from .downstream_bench import DownstreamSuite
 from .dynamic_bench import DynamicSuite
 from .ffcv_bench import FfcvSuite
+from .formats_bench import FormatsSuite
 from .fuzz_bench import FuzzSuite
 from .index_bench import IndexSuite
 from .io_bench import IoSuite
@@ -28,7 +29,7 @@ __all__ = ["SUITES", "get_suite", "run_suite"]
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (IoSuite(), DecodeSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
-              DedupSuite(), ScaleSuite(), RemoteSuite(), *(record() for record in RECORDS))
+              DedupSuite(), ScaleSuite(), RemoteSuite(), FormatsSuite(), *(record() for record in RECORDS))
 }
 
 

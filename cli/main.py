@@ -112,7 +112,7 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
 @click.option("--out", required=True, type=click.Path(), help="Directory (or URL prefix) for the index sidecars and manifest.json.")
 @click.option("--label-ext", default="auto", show_default=True, help="Extension of the integer label member (auto: .cls when every sample has one, no labels when none has).")
 @click.option("--no-labels", is_flag=True, help="The shards carry no labels.")
-@click.option("--label-field", default="auto", show_default=True, help=".beton: integer field holding the label (auto: 'label', else the only IntField).")
+@click.option("--label-field", default="auto", show_default=True, help=".beton: integer field holding the label (auto: 'label', else the only IntField); MDS/LitData: the field (auto: 'cls', else 'label', when present).")
 @click.option("--no-checksum", is_flag=True,
               help="Skip SHA-256 of each shard (headers only: much faster); URLs: also no per-sample checksums, headers walked with ranged "
                    "reads only (far fewer bytes; a request per large member, so slower than streaming at high latency).")
@@ -124,7 +124,11 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
 @storage_options_option
 @click.option("--quiet", "-q", is_flag=True)
 def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, resume, engine, ray_address, storage_options, quiet):
-    """Index existing tar SHARDS or FFCV .beton files written by anyone and write OUT/manifest.json.
+    """Index existing tar SHARDS, FFCV .beton files or an MDS/LitData dataset and write OUT/manifest.json.
+
+    An MDS or LitData dataset is given as its index.json (a path or URL) or, locally, its
+    directory: each shard's own offset table gives the samples' byte ranges; keys are global
+    sample positions ("0", "1", ...), as the format's own StreamingDataset numbers them.
 
     A directory among SHARDS stands for its *.tar files, sorted by name (or its .beton files
     when it holds no tar). SHARDS may be URLs (s3://, https://, ...) and webdataset brace patterns
@@ -140,7 +144,8 @@ def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, 
             shards, out, label_ext=None if no_labels else label_ext, label_field=None if no_labels else label_field,
             checksum=not no_checksum, workers=workers, engine=runner, resume=resume, storage_options=storage_options, progress=not quiet,
         )
-    kind = ".beton file(s)" if manifest.shards and manifest.shards[0].format == "beton" else "shards"
+    fmt = manifest.shards[0].format if manifest.shards else "tar"
+    kind = {"beton": ".beton file(s)", "tar": "shards"}.get(fmt, f"{fmt} shards")
     click.echo(f"{manifest.num_samples} samples in {len(manifest.shards)} {kind} -> {manifest.path}")
     if resume and kind == "shards":
         click.echo(resume_summary(runner))

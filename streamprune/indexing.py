@@ -15,16 +15,18 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import storage
 from .atomic import file_sha256
 from .betonindex import index_beton, looks_like_beton, save_beton_index
-from .engine import Engine, make_engine, same_options
-from .errors import ArgumentError, LabelError, ManifestError
+from .engine import Engine, ThreadEngine, make_engine, same_options
+from .errors import ArgumentError, LabelError, ManifestError, redact
+from .foreignindex import index_foreign_shard, open_foreign_dataset, require_foreign
 from .indexfile import INDEX_SUFFIX, companion_path, load_index, save_index
 from .manifest import MANIFEST_NAME, Manifest, build_manifest
 from .shardindex import ShardIndex
 from .tarindex import index_tar
 
-__all__ = ["index_files", "index_shards", "index_betons", "is_beton", "shard_files", "AUTO_LABELS", "DEFAULT_LABEL_EXT"]
+__all__ = ["index_files", "index_shards", "index_betons", "index_foreign", "is_foreign", "is_beton", "shard_files", "AUTO_LABELS", "DEFAULT_LABEL_EXT"]
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +89,16 @@ def index_files(
     engine: str | Engine | None = None,
     resume: bool = False,
 ) -> Manifest:
-    """Index tar shards or ``.beton`` files (chosen by content) and write their manifest.
+    """Index tar shards, ``.beton`` files or an MDS/LitData dataset (chosen by content) and write their manifest.
 
     Args:
         paths: Files to index, in manifest order; all tar or all ``.beton``. A directory stands
-            for its ``*.tar`` files sorted by name (see :func:`shard_files`).
+            for its ``*.tar`` files sorted by name (see :func:`shard_files`). One MDS or LitData
+            ``index.json``, or a directory holding one, is that dataset (see :func:`index_foreign`).
         out_dir: Where the sidecars and ``manifest.json`` go.
         label_ext: Tar: extension of the integer label member (every sample must have it),
             ``"auto"`` (see :func:`index_shards`), or ``None`` (unlabelled).
-        label_field: ``.beton``: integer field holding the label (``"auto"``), or ``None``.
+        label_field: ``.beton``, MDS, LitData: field holding the integer label (``"auto"``), or ``None``.
         checksum: Record each file's SHA-256 (reads every byte once).
         classes: Class names by label id.
         progress: Show a progress bar.
@@ -113,6 +116,11 @@ def index_files(
     """
     if not paths:
         raise ManifestError("no shard files given to index")
+    if len(paths) == 1 and is_foreign(paths[0]):
+        return index_foreign(
+            paths[0], out_dir, label_field=label_field, checksum=checksum, classes=classes, progress=progress,
+            sample_checksums=sample_checksums, workers=workers, engine=engine,
+        )
     paths = shard_files(paths)
     kinds = [is_beton(p) for p in paths]
     if any(kinds) and not all(kinds):
@@ -338,3 +346,94 @@ def index_betons(
     manifest.label_ext = labelled[0] if labelled and len(set(labelled)) == 1 else None
     manifest.save()
     return manifest
+
+
+def is_foreign(location: str | os.PathLike) -> bool:
+    """Whether ``location`` names an MDS or LitData dataset: a local ``index.json`` of one (or its directory), or a URL ending in ``index.json``."""
+    location = os.fspath(location)
+    if storage.is_remote(location):
+        return storage.basename(location) == "index.json"
+    path = location if os.path.basename(location) == "index.json" else os.path.join(location, "index.json")
+    return os.path.isfile(path) and open_foreign_dataset(path) is not None
+
+
+def _foreign_task(state: Any, job: tuple) -> ShardIndex:
+    """The per-shard task of :func:`index_foreign`: index one shard, write its sidecar."""
+    fmt, shard, name, label_field, checksum, sample_checksums, storage_options, index_path = job
+    index = index_foreign_shard(fmt, shard, name, label_field=label_field, checksum=checksum,
+                                sample_checksums=sample_checksums, storage_options=storage_options)
+    save_index(index, index_path)
+    return index
+
+
+def index_foreign(
+    location: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    label_field: str | None = "auto",
+    checksum: bool = True,
+    classes: list[str] | None = None,
+    progress: bool = True,
+    sample_checksums: bool = True,
+    storage_options: dict | None = None,
+    workers: int = 1,
+    engine: str | Engine | None = None,
+) -> Manifest:
+    """Index a MosaicML MDS or LitData dataset in place (local or at a URL) and write its manifest.
+
+    The format is detected from the dataset's ``index.json``; each shard's offset table gives
+    every sample's byte range (see :mod:`~streamprune.foreignindex`: keys are global
+    positions). Shards are not copied: the manifest names them where they are (relative to
+    ``out_dir`` when local, as URLs when remote).
+
+    Args:
+        location: The dataset's ``index.json``, or the directory or URL prefix holding it.
+        out_dir: Local directory for the index sidecars and ``manifest.json``.
+        label_field: Field holding integer labels; ``"auto"``: ``cls`` or ``label`` when the
+            dataset has such a field, else none; ``None``: no labels.
+        checksum: Record each shard's SHA-256 and check the digests ``index.json`` records.
+        classes: Class names by label id.
+        progress: Show a progress bar.
+        sample_checksums: Record per-sample checksums (readers verify remote samples with them).
+        storage_options: fsspec options for a URL.
+        workers: Shards indexed at once (threads for a URL, processes for local files).
+        engine: Where the per-shard tasks run (see :func:`index_shards`).
+
+    Returns:
+        The saved manifest.
+
+    Raises:
+        StreamPruneError: No MDS or LitData ``index.json`` at ``location``.
+        CompressedShardError: A shard is compressed or encrypted (names it; says how to fix it).
+        IndexMismatchError: A shard disagrees with ``index.json`` (size, count, recorded digest).
+        LabelError: The label field is missing or not an integer.
+    """
+    dataset = require_foreign(location, storage_options)
+    field_name = dataset.label_field(label_field)
+    out_dir = _claim_out_dir(out_dir)
+    names = [storage.basename(s.location) for s in dataset.shards]
+    if len(set(names)) != len(names):
+        raise ManifestError(f"{redact(dataset.index_json)}: two shards share a file name; their index files would clash")
+    rels = [s.location if storage.is_remote(s.location) else os.path.relpath(os.path.abspath(s.location), os.path.abspath(out_dir))
+            for s in dataset.shards]
+    for rel in rels:
+        if redact(rel) != rel:
+            raise ManifestError(f"{rel}: the manifest would record this URL with its credentials; give them in storage_options")
+    tasks = [(dataset.format, shard, rel, field_name, checksum, sample_checksums, storage_options,
+              os.path.join(out_dir, name + INDEX_SUFFIX)) for shard, rel, name in zip(dataset.shards, rels, names)]
+    remote = storage.is_remote(dataset.index_json)
+    # threads for shards at URLs: their time is spent waiting on the network
+    runner = make_engine(engine, workers=workers) if engine is not None or not remote else ThreadEngine(max(workers, 4))
+    with tqdm(total=len(tasks), desc="index", unit="shard", disable=not progress) as bar:
+        indexes = runner.map(_foreign_task, tasks, on_result=lambda k, _: bar.update(1), desc="index")
+    entries = [(index, rel, name + INDEX_SUFFIX) for index, rel, name in zip(indexes, rels, names)]
+    manifest = build_manifest(out_dir, entries, classes=classes, label_ext=field_name)
+    for entry, shard in zip(manifest.shards, dataset.shards):
+        entry.format = dataset.format
+        entry.layout = shard.layout
+    manifest.label_ext = field_name
+    manifest.save()
+    log.info("indexed %s dataset %s: %d shards, %d samples", dataset.format, redact(dataset.index_json), len(tasks),
+             manifest.num_samples)
+    return manifest
+

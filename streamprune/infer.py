@@ -32,6 +32,7 @@ from .models import (
     surrogate_transform,
 )
 from .readers import PrunedWebDataset
+from .sampleformats import FOREIGN_FORMATS, image_fields
 
 __all__ = ["EvalBatches", "eval_batches", "infer"]
 
@@ -77,6 +78,29 @@ class EvalBatches:
             yield self.positions(batch[0]), batch[1], (batch[2] if self.labelled else None)
 
 
+def _foreign_image_field(m: Any) -> str:
+    """The first image field of an MDS/LitData manifest (an error naming its fields when it has none)."""
+    entry = m.shards[0]
+    names = image_fields(entry.format, entry.layout)
+    if not names:
+        raise StreamPruneError(f"{m.path or m.root}: no image field in the {entry.format} samples (fields: "
+                               f"{', '.join(entry.layout.get('column_names') or []) or 'see the dataset index.json'})")
+    return names[0]
+
+
+class _FieldTuple:
+    """An MDS/LitData sample -> ``(key, transform(RGB image)[, label])`` (picklable, for DataLoader workers)."""
+
+    def __init__(self, image: str, label: str | None, transform: Callable[[Any], Any]) -> None:
+        self.image, self.label, self.transform = image, label, transform
+
+    def __call__(self, sample: dict) -> tuple:
+        image = self.transform(sample[self.image].convert("RGB"))
+        if self.label is None:
+            return sample["__key__"], image
+        return sample["__key__"], image, int(sample[self.label])
+
+
 def eval_batches(
     manifest: ManifestLike,
     mask: MaskLike = None,
@@ -113,6 +137,12 @@ def eval_batches(
     ds = PrunedWebDataset(manifest, mask, shuffle=False, rank=0, world_size=1)
     m = ds.source.manifest
     labelled = m.label_ext is not None if labels is None else bool(labels)
+    if m.shards and m.shards[0].format in FOREIGN_FORMATS:
+        # MDS/LitData samples arrive decoded by their format's own decoder: an image field, the label field
+        loader = torch.utils.data.DataLoader(
+            ds.map(_FieldTuple(_foreign_image_field(m), m.label_ext if labelled else None, transform or surrogate_transform(input_size))),
+            batch_size=batch_size, num_workers=workers)
+        return EvalBatches(ds, loader, labelled, {key: i for i, key in enumerate(m.keys())})
     image = image_key(m)
     # the default transform's first resize goes down to input_size: a decode that stops at that size loses nothing it keeps
     images = as_decoder(decoder, size=input_size if transform is None else None)

@@ -9,7 +9,9 @@ Format (``manifest.json``, UTF-8 JSON, version 1)::
                  "samples": n, "bytes": b, "sha256": "<hex or empty>",
                  "index_sha256": "<hex>"}, ...]}
 
-A shard entry may add ``"format": "beton"`` (an FFCV file); without it a shard is a tar. It
+A shard entry may add ``"format": "beton"`` (an FFCV file), ``"mds"`` (a MosaicML MDS shard) or
+``"litdata"`` (a LitData chunk), with ``"layout"``, the format's description of how the
+samples are encoded (see :mod:`.sampleformats`); without it a shard is a tar. It
 may add ``"companion_sha256"``: the digest of the index's binary companion
 (``<index>.npz``), so that a reader loads the companion alone, checked against the manifest,
 without reading the JSON sidecar at all.
@@ -57,7 +59,7 @@ __all__ = ["ShardEntry", "Manifest", "ManifestLike", "open_manifest", "build_man
 MANIFEST_FORMAT = "streamprune-manifest"
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-SHARD_FORMATS = ("tar", "beton")
+SHARD_FORMATS = ("tar", "beton", "mds", "litdata")
 #: Member extensions that hold an encoded image, in the order a loader prefers them when a
 #: sample has several (``jpg`` first, as webdataset datasets usually name their images).
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
@@ -79,6 +81,7 @@ class ShardEntry:
     index_sha256: str
     format: str = "tar"
     companion_sha256: str = ""
+    layout: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """Return the JSON form (optional fields left out when they hold their default)."""
@@ -87,6 +90,8 @@ class ShardEntry:
             del out["format"]
         if not out.get("companion_sha256"):
             out.pop("companion_sha256", None)
+        if not out.get("layout"):
+            out.pop("layout", None)
         return out
 
 
@@ -357,6 +362,8 @@ class Manifest:
                 f"{path}: index has {len(index)} samples / {index.shard_bytes} bytes, manifest says "
                 f"{entry.samples} / {entry.bytes} for shard {entry.name}"
             )
+        if entry.format != "tar":
+            index.format = entry.format
         if cache:
             self._indexes[k] = index
         return index
@@ -417,6 +424,7 @@ _ENTRY_FIELDS = {
     "index_sha256": (str, "must be a hex digest or empty"),
     "format": (str, f"must be one of {', '.join(SHARD_FORMATS)}"),
     "companion_sha256": (str, "must be a hex digest or empty"),
+    "layout": (dict, "must be an object (the format's sample layout)"),
 }
 
 

@@ -32,7 +32,7 @@ from . import storage
 from .engine import Engine, ThreadEngine, make_engine
 from .errors import ArgumentError, LabelError, ManifestError, redact
 from .indexfile import INDEX_SUFFIX, companion_path, save_index
-from .indexing import AUTO_LABELS, DEFAULT_LABEL_EXT, index_files
+from .indexing import AUTO_LABELS, DEFAULT_LABEL_EXT, index_files, index_foreign
 from .manifest import MANIFEST_NAME, Manifest, build_manifest
 from .shardindex import ShardIndex
 from .tarindex import RangedView, index_tar, index_tar_ranges
@@ -235,6 +235,10 @@ def index_dataset(
         TarFormatError: A damaged shard (named).
     """
     shards = list(shards)
+    if len(shards) == 1 and storage.is_remote(shards[0]) and storage.basename(os.fspath(shards[0])) == "index.json":
+        # An MDS or LitData dataset at a URL (a local one is detected by index_files).
+        return index_foreign(os.fspath(shards[0]), out, label_field=label_field, checksum=checksum, sample_checksums=checksum,
+                             progress=progress, storage_options=storage_options, workers=workers or 8, engine=engine)
     if any(storage.is_remote(s) for s in shards):
         if resume:
             raise ArgumentError("resume is for local shards; a URL is indexed again")

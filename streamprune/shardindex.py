@@ -187,6 +187,9 @@ class ShardIndex:
             whose readers do not verify).
         checksum_algorithm: The algorithm of ``checksums`` (a key of
             :data:`CHECKSUM_ALGORITHMS`), ``""`` when there are none.
+        format: The shard's format as the manifest records it (``"tar"``; ``"mds"`` or
+            ``"litdata"``: each sample is one member, the sample's bytes, with no tar headers
+            to check). Not saved in the sidecar: set from the manifest entry on load.
     """
 
     shard: str
@@ -200,6 +203,7 @@ class ShardIndex:
     extra: dict = field(default_factory=dict)
     checksums: np.ndarray | None = None
     checksum_algorithm: str = ""
+    format: str = "tar"
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -15,6 +15,7 @@ from .. import storage
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, open_mask
 from .byterange import ShardFile, read_sample
+from .fields import FieldDecoder
 from .maskslot import ALL_KEPT
 from .scheduler import DEFAULT_REMOTE_POLICY, FetchPolicy, ShardRead, read_shards_scheduled
 from .state import STATE_FORMAT, STATE_VERSION, Binding, ResumableSampler, counted
@@ -88,6 +89,8 @@ class PrunedMapDataset(Dataset):
         self.verify = verify
         self._files: dict[int, ShardFile] = {}
         self._pid = os.getpid()
+        # MDS and LitData samples are returned as their format's fields (tar samples as stored)
+        self._fields = FieldDecoder(self.manifest)
 
     def __len__(self) -> int:
         return len(self.kept_global)
@@ -120,6 +123,8 @@ class PrunedMapDataset(Dataset):
         # large members are read one by one straight into their values, small ones in one read
         # of the sample; the sample's first header is checked against the index either way
         sample = read_sample(shard, pos, shard.path)
+        if self._fields.active:
+            sample = self._fields.decode(sample, k)
         return self.transform(sample) if self.transform is not None else sample
 
     def __getitems__(self, indices: Sequence[int]) -> list:
@@ -151,6 +156,8 @@ class PrunedMapDataset(Dataset):
         stream = read_shards_scheduled(reads, policy)
         got = {(k, pos): next(stream) for k, read in zip(by_shard, reads) for pos in read.order.tolist()}
         stream.close()
+        if self._fields.active:
+            got = {loc: self._fields.decode(sample, loc[0]) for loc, sample in got.items()}
         out = [dict(got[loc]) if located.count(loc) > 1 else got[loc] for loc in located]
         return [self.transform(s) for s in out] if self.transform is not None else out
 

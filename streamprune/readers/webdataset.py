@@ -31,6 +31,7 @@ from ..errors import ArgumentError, MaskMismatchError, StreamPruneError
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import Mask, MaskLike, kept_counts, open_mask
 from .byterange import READAHEAD_BYTES, ReadAhead, ShardFile, read_runs, run_spans
+from .fields import FieldDecoder
 from .keptcache import KeptCache
 from .maskslot import MaskSlot
 from .plan import Segment, plan_epoch, within_shard_order
@@ -45,12 +46,16 @@ __all__ = [
 ]
 
 
+#: Shard formats these readers read by byte range (MDS and LitData samples decoded to their fields).
+BYTE_RANGE_FORMATS = ("tar", "mds", "litdata")
+
+
 def require_tar(manifest: Manifest) -> Manifest:
-    """Return ``manifest`` if all its shards are tar shards; a clear error for ``.beton`` files."""
+    """Return ``manifest`` if the readers read all its shards (tar, MDS, LitData); a clear error for ``.beton`` files."""
     for entry in manifest.shards:
-        if entry.format != "tar":
+        if entry.format not in BYTE_RANGE_FORMATS:
             raise StreamPruneError(
-                f"{manifest.path}: shard {entry.name} is a {entry.format} file; the tar readers read tar shards only "
+                f"{manifest.path}: shard {entry.name} is a {entry.format} file; these readers read tar, MDS and LitData shards "
                 "(load .beton files with streamprune.pruned_ffcv_loader)"
             )
     return manifest
@@ -72,6 +77,10 @@ _SAME_MASK: Any = object()
 
 class PrunedSource(ResumableSource, IterableDataset):
     """Kept samples of a sharded dataset, read by byte range.
+
+    Shards are tar shards (samples are ``{"__key__", "__url__", ext: bytes}``) or, indexed in
+    place, MosaicML MDS shards and LitData chunks (samples are the format's own fields, decoded
+    by its own decoder, plus ``__key__`` and ``__url__``; see :mod:`streamprune.sampleformats`).
 
     Args:
         manifest: Manifest path or object.
@@ -149,6 +158,8 @@ class PrunedSource(ResumableSource, IterableDataset):
         # A private copy: iterating drops cached indexes, which must not touch the caller's object.
         self.manifest = copy.copy(require_tar(open_manifest(manifest, base, storage_options, allow_foreign_locations)))
         self.manifest.drop_cache()
+        # MDS and LitData samples leave as their format's fields (tar samples pass through)
+        self._fields = FieldDecoder(self.manifest)
         self._slot = MaskSlot(self.manifest, open_mask(remote_mask(mask, self.manifest.storage_options), self.manifest), shared=dynamic_masks)
         self.mask = self._slot.mask
         self.kept_counts = kept_counts(self.manifest, self.mask)
@@ -211,6 +222,14 @@ class PrunedSource(ResumableSource, IterableDataset):
         self._sync_mask()
         return Binding(self.manifest.fingerprint, self._slot.digest(), self.kept)
 
+    def binding(self) -> dict:
+        """The manifest fingerprint, mask digest and kept count this source reads.
+
+        What a trainer's checkpoint records (e.g. a ``LightningDataModule.state_dict``) so that
+        a resume on another dataset or mask is refused (see docs/recipes.md).
+        """
+        return self._binding().to_dict()
+
     def __len__(self) -> int:
         """Samples this rank yields per epoch (the kept count split over ranks)."""
         plan = plan_epoch(self.kept_counts, rank=self.rank, world_size=self.world_size, uneven=self.uneven)
@@ -251,7 +270,7 @@ class PrunedSource(ResumableSource, IterableDataset):
             return raise_on_first(segments)
         self._armed = None
         self._position = position
-        return counted(self._read(segments, position.epoch), position)
+        return counted(self._fields.stream(self._read(segments, position.epoch)), position)
 
     def _read(self, segments: list, epoch: int) -> Iterator[dict]:
         """The kept samples of ``segments``, in order.
@@ -529,8 +548,12 @@ class _TarfileStage:
         self.verify = verify
         self.fetch = fetch
         self.by_path = {_location_key(manifest.shard_path(k)): k for k in range(len(manifest.shards))}
+        self.fields = FieldDecoder(manifest)
 
     def __call__(self, urls: Iterable[Any]) -> Iterator[dict]:
+        return self.fields.stream(self._samples(urls))
+
+    def _samples(self, urls: Iterable[Any]) -> Iterator[dict]:
         located = (self._locate(item) for item in urls)
         # consecutive remote shards form one scheduled stream (requests in flight across shards)
         for remote, group in itertools.groupby(located, key=lambda item: storage.is_remote(item[0])):
@@ -547,6 +570,7 @@ class _TarfileStage:
         k = self.by_path.get(_location_key(url))
         if k is None:
             raise MaskMismatchError(f"{url}: shard is not in manifest {self.manifest.path}")
+        self.fields.bind(url, k)
         return url, k
 
     def _kept(self, k: int) -> np.ndarray:
