@@ -1,0 +1,237 @@
+"""What the manifest needs from one shard, and the duplicate-key check over key hashes.
+
+A per-shard pass (``index``, ``shard``) returns a :class:`ShardSummary`: the shard's counts,
+sizes, digests and label counts, a few dozen bytes whatever the shard holds. Everything that
+grows with the samples stays on disk beside the index sidecar: the index itself, and a
+*key-hash* file (``<index stem>.keyhash.npy``: the 8-byte hash of every key, sorted). The
+driver never holds a shard's index, let alone every key of the dataset.
+
+:func:`find_duplicate_key` finds a key that occurs twice with the key-hash files alone: the
+64-bit hash space is cut into ranges of at most ``chunk`` hashes in all, and for each range
+every shard's slice (a binary search in its sorted file, memory-mapped) is gathered and sorted;
+equal neighbours are candidates. A candidate is confirmed by loading the (two) shards'
+indexes and comparing the keys themselves, so a hash collision (likely somewhere past 10^9
+keys) is never reported as a duplicate. Memory is ``O(chunk + shards)``, not ``O(N)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .atomic import atomic_open, file_sha256
+from .indexfile import companion_path
+from .shardindex import ShardIndex
+
+__all__ = [
+    "KEYHASH_SUFFIX",
+    "ShardSummary",
+    "find_duplicate_key",
+    "key_hashes",
+    "keyhash_path",
+    "summarize_index",
+    "write_keyhashes",
+]
+
+#: Suffix of a shard's key-hash file, replacing the index sidecar's ``.json``.
+KEYHASH_SUFFIX = ".keyhash.npy"
+#: Hashes gathered and sorted at once by :func:`find_duplicate_key` (8 + 4 bytes each).
+DEFAULT_CHUNK = 1 << 22
+
+
+@dataclass
+class ShardSummary:
+    """One shard as a per-shard pass reports it to the driver: what the manifest records.
+
+    Attributes:
+        shard: Shard name as the manifest records it.
+        index: Index sidecar name as the manifest records it.
+        samples: Samples in the shard.
+        shard_bytes: Size of the shard file.
+        sha256: The shard file's digest (``""`` when not computed).
+        index_sha256: The index sidecar's digest.
+        companion_sha256: The index companion's digest (``""`` without one).
+        label_counts: Samples per label id ``0..max label`` (``int64``; empty when unlabelled).
+        unlabelled: Samples with label ``-1``.
+        first_unlabelled: Key of the first unlabelled sample, for error messages, else ``None``.
+        keyhash: Path of the shard's sorted key-hash file.
+    """
+
+    shard: str
+    index: str
+    samples: int
+    shard_bytes: int
+    sha256: str
+    index_sha256: str
+    companion_sha256: str
+    label_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    unlabelled: int = 0
+    first_unlabelled: str | None = None
+    keyhash: str = ""
+
+    def __len__(self) -> int:
+        return self.samples
+
+    @property
+    def max_label(self) -> int:
+        """The largest label in the shard (``-1`` when none)."""
+        return len(self.label_counts) - 1
+
+
+def key_hashes(keys: Sequence[str]) -> np.ndarray:
+    """The 8-byte hash of each key (BLAKE2b, little-endian ``uint64``), in the keys' order.
+
+    Args:
+        keys: Sample keys.
+
+    Returns:
+        ``uint64[len(keys)]``.
+    """
+    blob = b"".join(hashlib.blake2b(k.encode("utf-8", "surrogatepass"), digest_size=8).digest() for k in keys)
+    return np.frombuffer(blob, dtype="<u8").astype(np.uint64)
+
+
+def keyhash_path(index_path: str | os.PathLike) -> str:
+    """The key-hash file beside an index sidecar (``x.index.json`` -> ``x.index.keyhash.npy``)."""
+    path = os.fspath(index_path)
+    return (path[: -len(".json")] if path.endswith(".json") else path) + KEYHASH_SUFFIX
+
+
+def write_keyhashes(hashes: np.ndarray, path: str | os.PathLike) -> str:
+    """Save key hashes sorted, atomically, as a ``.npy`` file (memory-mapped by the duplicate check).
+
+    Args:
+        hashes: ``uint64`` key hashes in any order.
+        path: Destination.
+
+    Returns:
+        The path written.
+    """
+    path = os.fspath(path)
+    with atomic_open(path, "wb", fsync=False) as fh:
+        np.save(fh, np.sort(np.asarray(hashes, dtype=np.uint64)))
+    return path
+
+
+def summarize_index(index: ShardIndex, index_path: str | os.PathLike, shard_name: str, index_name: str) -> ShardSummary:
+    """Summarise a shard whose index is saved at ``index_path``; write its key-hash file beside it.
+
+    Runs where the index was made (an engine task), so only the summary travels to the driver.
+
+    Args:
+        index: The shard's index (its ``sha256`` set when checksums are used).
+        index_path: Where the index sidecar is saved.
+        shard_name: The shard's name in the manifest.
+        index_name: The index sidecar's name in the manifest.
+
+    Returns:
+        The summary.
+    """
+    index_path = os.fspath(index_path)
+    labels = np.asarray(index.labels, dtype=np.int64)
+    labelled = labels[labels >= 0]
+    unlabelled = int(len(labels) - len(labelled))
+    first = index.keys[int(np.argmax(labels < 0))] if unlabelled else None
+    counts = np.bincount(labelled).astype(np.int64) if len(labelled) else np.zeros(0, dtype=np.int64)
+    companion = companion_path(index_path)
+    return ShardSummary(
+        shard=shard_name,
+        index=index_name,
+        samples=len(index),
+        shard_bytes=int(index.shard_bytes),
+        sha256=index.sha256,
+        index_sha256=file_sha256(index_path),
+        companion_sha256=file_sha256(companion) if os.path.exists(companion) else "",
+        label_counts=counts,
+        unlabelled=unlabelled,
+        first_unlabelled=first,
+        keyhash=write_keyhashes(key_hashes(index.keys), keyhash_path(index_path)),
+    )
+
+
+def _bucket_bits(total: int, chunk: int) -> int:
+    """Top hash bits that cut ``total`` uniformly spread hashes into ranges of about ``chunk`` at most."""
+    bits = 0
+    while bits < 32 and total >> bits > chunk:
+        bits += 1
+    return bits
+
+
+def find_duplicate_key(
+    summaries: Sequence[ShardSummary],
+    index_of: Callable[[int], ShardIndex],
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[str, str, str] | None:
+    """A key that occurs twice in the shards, found from their key-hash files.
+
+    Args:
+        summaries: The shards, in manifest order (their ``keyhash`` files written).
+        index_of: Loads shard ``k``'s index (only to confirm a candidate: twice per hash match).
+        chunk: Hashes gathered and sorted at once (memory: about 12 bytes each).
+
+    Returns:
+        ``(key, first shard, second shard)`` in manifest order (the same shard twice for a key
+        repeated within one shard), or ``None`` when every key is distinct.
+    """
+    total = sum(s.samples for s in summaries)
+    bits = _bucket_bits(total, max(1, int(chunk)))
+    shift = np.uint64(64 - bits) if bits else None
+    for bucket in range(1 << bits):
+        lo = np.uint64(bucket << (64 - bits)) if bits else np.uint64(0)
+        parts, owners = [], []
+        for k, summary in enumerate(summaries):
+            if not summary.samples:
+                continue
+            hashes = np.load(summary.keyhash, mmap_mode="r")
+            if bits:
+                i0 = int(np.searchsorted(hashes, lo, side="left"))
+                i1 = len(hashes) if bucket == (1 << bits) - 1 else int(np.searchsorted(hashes, lo + (np.uint64(1) << shift), side="left"))
+            else:
+                i0, i1 = 0, len(hashes)
+            if i1 > i0:
+                parts.append(np.array(hashes[i0:i1]))
+                owners.append(np.full(i1 - i0, k, dtype=np.int32))
+            del hashes
+        if not parts:
+            continue
+        values = np.concatenate(parts)
+        shards = np.concatenate(owners)
+        del parts, owners
+        order = np.lexsort((shards, values))
+        values, shards = values[order], shards[order]
+        same = np.flatnonzero(values[1:] == values[:-1])
+        if not len(same):
+            continue
+        found = _confirm(np.unique(values[same]), values, shards, summaries, index_of)
+        if found is not None:
+            return found
+    return None
+
+
+def _confirm(
+    candidates: np.ndarray, values: np.ndarray, shards: np.ndarray, summaries: Sequence[ShardSummary],
+    index_of: Callable[[int], ShardIndex],
+) -> tuple[str, str, str] | None:
+    """The first candidate hash whose keys really repeat (a hash collision of distinct keys is not).
+
+    Returns at the first confirmed key, so a dataset indexed twice over loads two indexes, not all.
+    """
+    loaded: dict[int, tuple[list[str], np.ndarray]] = {}
+    for h in candidates:
+        lo, hi = int(np.searchsorted(values, h, side="left")), int(np.searchsorted(values, h, side="right"))
+        seen: dict[str, int] = {}
+        for k in sorted(set(shards[lo:hi].tolist())):
+            if k not in loaded:
+                keys = index_of(k).keys
+                loaded[k] = (keys, key_hashes(keys))
+            keys, hashes = loaded[k]
+            for pos in np.flatnonzero(hashes == h):
+                key = keys[int(pos)]
+                if key in seen:
+                    return key, summaries[seen[key]].shard, summaries[k].shard
+                seen[key] = k
+    return None
