@@ -20,6 +20,7 @@ straddles the threshold is "inconclusive".
 
 Run:  python -m benchmarks scale          (~6-8 min on 2 cores)
       python -m benchmarks scale --quick
+      python -m benchmarks scale --sim    (the simulation at N = 1e6..1e7: benchmarks/scale_sim.py)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from . import common
+from . import common, scale_sim
 from .suite import Suite, Target, targets_table
 
 ENGINES = ("local-1", "local-2", "ray-1", "ray-2")
@@ -57,7 +58,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny data, 1 repeat: a smoke run")
     p.add_argument("--out", default=None, help="results directory (default benchmarks/results, or results/quick with --quick)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sim", action="store_true",
+                   help="the simulation instead: synthetic manifests and masks at --sizes, driver and per-rank costs fitted against N")
+    p.add_argument("--sizes", default="1e6,3e6,1e7", help="--sim: sample counts, comma-separated (default 1e6,3e6,1e7)")
+    p.add_argument("--sim-workers", type=int, default=2, help="--sim: processes generating the synthetic shards (default 2)")
     args = p.parse_args(argv)
+    args.sizes = [int(float(x)) for x in args.sizes.split(",") if x]
     if args.quick:
         args.samples, args.shards, args.members, args.index_shards, args.repeats = 1200, 6, 20_000, 4, 1
     if args.out is None:
@@ -158,6 +164,8 @@ def paired(res: dict, num: str, den: str) -> tuple[float, list[float]]:
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure (options as :func:`parse_args`), write ``scale_bench.json`` and its plot; return the results."""
     args = parse_args(argv)
+    if args.sim:
+        return run_sim(args)
     import ray  # the ray extra: this suite measures the Ray engine
 
     # deferred: the scoring modules and the nets import torch, not wanted when the registry is listed
@@ -257,6 +265,31 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return out
 
 
+def run_sim(args: argparse.Namespace) -> dict[str, Any]:
+    """``--sim``: the simulation of :mod:`benchmarks.scale_sim`; writes ``scale_sim.json`` and its log-log plot."""
+    t_start = time.perf_counter()
+    load_before = os.getloadavg()
+    work = os.path.join(common.DEFAULT_DATA, "scale_sim")
+    res = scale_sim.simulate(args.sizes, work, args.seed, args.sim_workers)
+    out = {
+        "benchmark": "scale_sim",
+        "command": common.command_line(),
+        "args": vars(args),
+        "machine": common.machine_info(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        **res,
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    path = os.path.join(args.out, "scale_sim.json")
+    common.write_json(path, out)
+    scale_sim.plot(out, os.path.splitext(path)[0] + ".png")
+    print()
+    print(scale_sim.tables(out))
+    print(f"\nwrote {path}  (total {out['total_seconds']:.0f} s)")
+    return out
+
+
 def plot(res: dict, path: str) -> None:
     """Median seconds per engine and pass, with the [min, max] range over rounds."""
     import matplotlib  # plotting only; the dev extra
@@ -278,7 +311,9 @@ def plot(res: dict, path: str) -> None:
 
 
 def tables(results: dict[str, Any]) -> str:
-    """Seconds per pass and engine, and the paired ratios."""
+    """Seconds per pass and engine, and the paired ratios (or the simulation's tables)."""
+    if results.get("benchmark") == "scale_sim":
+        return scale_sim.tables(results)
     rows = []
     for p in results["passes"]:
         for e in ENGINES:
