@@ -39,8 +39,8 @@ __all__ = [
 
 #: Suffix of a shard's key-hash file, replacing the index sidecar's ``.json``.
 KEYHASH_SUFFIX = ".keyhash.npy"
-#: Hashes gathered and sorted at once by :func:`find_duplicate_key` (8 + 4 bytes each).
-DEFAULT_CHUNK = 1 << 22
+#: Hashes gathered and sorted at once by :func:`find_duplicate_key` (about 16 bytes each at the peak: 256 MB).
+DEFAULT_CHUNK = 1 << 24
 
 
 @dataclass
@@ -161,6 +161,21 @@ def _bucket_bits(total: int, chunk: int) -> int:
     return bits
 
 
+def _slices(summaries: Sequence[ShardSummary], bits: int, bucket: int):
+    """Each non-empty shard's hashes in hash range ``bucket`` (of ``2**bits``): ``(shard, array)``, one file open at a time."""
+    lo = np.uint64(bucket << (64 - bits)) if bits else np.uint64(0)
+    last = bucket == (1 << bits) - 1
+    for k, summary in enumerate(summaries):
+        if not summary.samples:
+            continue
+        hashes = np.load(summary.keyhash, mmap_mode="r")
+        i0 = int(np.searchsorted(hashes, lo, side="left")) if bits else 0
+        i1 = len(hashes) if last else int(np.searchsorted(hashes, lo + (np.uint64(1) << np.uint64(64 - bits)), side="left"))
+        if i1 > i0:
+            yield k, np.array(hashes[i0:i1])
+        del hashes  # unmapped before the next shard's file is opened
+
+
 def find_duplicate_key(
     summaries: Sequence[ShardSummary],
     index_of: Callable[[int], ShardIndex],
@@ -168,10 +183,16 @@ def find_duplicate_key(
 ) -> tuple[str, str, str] | None:
     """A key that occurs twice in the shards, found from their key-hash files.
 
+    For each hash range, the shards' slices are gathered and sorted (about 16 bytes per hash
+    in the range, at most ``chunk`` hashes: memory constant in N); equal neighbours are
+    candidates, whose shards are found by a second scan of that range (only when there are
+    any) and confirmed against the keys. Each range opens every shard's file once, so the
+    time grows as ``N * shards / chunk``: a larger ``chunk`` trades memory for fewer opens.
+
     Args:
         summaries: The shards, in manifest order (their ``keyhash`` files written).
         index_of: Loads shard ``k``'s index (only to confirm a candidate: twice per hash match).
-        chunk: Hashes gathered and sorted at once (memory: about 12 bytes each).
+        chunk: Hashes gathered and sorted at once.
 
     Returns:
         ``(key, first shard, second shard)`` in manifest order (the same shard twice for a key
@@ -179,41 +200,30 @@ def find_duplicate_key(
     """
     total = sum(s.samples for s in summaries)
     bits = _bucket_bits(total, max(1, int(chunk)))
-    shift = np.uint64(64 - bits) if bits else None
     for bucket in range(1 << bits):
-        lo = np.uint64(bucket << (64 - bits)) if bits else np.uint64(0)
-        parts, owners = [], []
-        for k, summary in enumerate(summaries):
-            if not summary.samples:
-                continue
-            hashes = np.load(summary.keyhash, mmap_mode="r")
-            if bits:
-                i0 = int(np.searchsorted(hashes, lo, side="left"))
-                i1 = len(hashes) if bucket == (1 << bits) - 1 else int(np.searchsorted(hashes, lo + (np.uint64(1) << shift), side="left"))
-            else:
-                i0, i1 = 0, len(hashes)
-            if i1 > i0:
-                parts.append(np.array(hashes[i0:i1]))
-                owners.append(np.full(i1 - i0, k, dtype=np.int32))
-            del hashes
+        parts = [part for _, part in _slices(summaries, bits, bucket)]
         if not parts:
             continue
         values = np.concatenate(parts)
-        shards = np.concatenate(owners)
-        del parts, owners
-        order = np.lexsort((shards, values))
-        values, shards = values[order], shards[order]
+        del parts
+        values.sort()
         same = np.flatnonzero(values[1:] == values[:-1])
         if not len(same):
             continue
-        found = _confirm(np.unique(values[same]), values, shards, summaries, index_of)
+        candidates = np.unique(values[same])
+        del values
+        owners: dict[int, list[int]] = {}
+        for k, part in _slices(summaries, bits, bucket):
+            for h in part[np.isin(part, candidates)].tolist():
+                owners.setdefault(h, []).append(k)
+        found = _confirm(candidates, owners, summaries, index_of)
         if found is not None:
             return found
     return None
 
 
 def _confirm(
-    candidates: np.ndarray, values: np.ndarray, shards: np.ndarray, summaries: Sequence[ShardSummary],
+    candidates: np.ndarray, owners: dict[int, list[int]], summaries: Sequence[ShardSummary],
     index_of: Callable[[int], ShardIndex],
 ) -> tuple[str, str, str] | None:
     """The first candidate hash whose keys really repeat (a hash collision of distinct keys is not).
@@ -221,15 +231,14 @@ def _confirm(
     Returns at the first confirmed key, so a dataset indexed twice over loads two indexes, not all.
     """
     loaded: dict[int, tuple[list[str], np.ndarray]] = {}
-    for h in candidates:
-        lo, hi = int(np.searchsorted(values, h, side="left")), int(np.searchsorted(values, h, side="right"))
+    for h in candidates.tolist():
         seen: dict[str, int] = {}
-        for k in sorted(set(shards[lo:hi].tolist())):
+        for k in sorted(set(owners.get(h, []))):
             if k not in loaded:
                 keys = index_of(k).keys
                 loaded[k] = (keys, key_hashes(keys))
             keys, hashes = loaded[k]
-            for pos in np.flatnonzero(hashes == h):
+            for pos in np.flatnonzero(hashes == np.uint64(h)):
                 key = keys[int(pos)]
                 if key in seen:
                     return key, summaries[seen[key]].shard, summaries[k].shard
