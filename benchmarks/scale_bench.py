@@ -62,6 +62,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="the simulation instead: synthetic manifests and masks at --sizes, driver and per-rank costs fitted against N")
     p.add_argument("--sizes", default="1e6,3e6,1e7", help="--sim: sample counts, comma-separated (default 1e6,3e6,1e7)")
     p.add_argument("--sim-workers", type=int, default=2, help="--sim: processes generating the synthetic shards (default 2)")
+    p.add_argument("--dup-chunk", type=int, default=1 << 20,
+                   help="--sim: hashes the duplicate-key check sorts at once (default 2^20, below the library's 2^24, so "
+                        "that its cap is reached within N <= 1e7; 0: the library's default)")
     args = p.parse_args(argv)
     args.sizes = [int(float(x)) for x in args.sizes.split(",") if x]
     if args.quick:
@@ -270,7 +273,7 @@ def run_sim(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     load_before = os.getloadavg()
     work = os.path.join(common.DEFAULT_DATA, "scale_sim")
-    res = scale_sim.simulate(args.sizes, work, args.seed, args.sim_workers)
+    res = scale_sim.simulate(args.sizes, work, args.seed, args.sim_workers, args.dup_chunk)
     out = {
         "benchmark": "scale_sim",
         "command": common.command_line(),

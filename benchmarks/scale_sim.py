@@ -158,8 +158,8 @@ def run_step(step: str, data: str) -> dict[str, Any]:
     from streamprune.engine import LocalEngine
     from streamprune.manifest import Manifest, manifest_from_summaries
     from streamprune.masks import MaskFile, kept_counts
-    from streamprune.shardmask import CombineMasks, write_mask_by_shard
-    from streamprune.topk import top_mask_by_shard
+    from streamprune.shardmask import CombineMasks, write_mask_by_shard  # deferred, as above
+    from streamprune.topk import top_mask_by_shard  # deferred, as above
 
     if step == "kmeans":
         from streamprune.scoring.kmeans import kmeans_by_shard  # deferred: torch, for this step only
@@ -172,7 +172,8 @@ def run_step(step: str, data: str) -> dict[str, Any]:
             summaries = pickle.load(fh)
         base = _rss()
         t0 = time.perf_counter()
-        manifest_from_summaries(data, summaries, label_ext="cls").save()
+        chunk = int(os.environ.get("SCALE_SIM_DUP_CHUNK", "0")) or None
+        manifest_from_summaries(data, summaries, label_ext="cls", chunk=chunk).save()
         seconds = time.perf_counter() - t0
     else:
         manifest = Manifest.load(data) if step not in ("rank", "worker") else None
@@ -193,7 +194,8 @@ def run_step(step: str, data: str) -> dict[str, Any]:
             out["kept"] = mask.kept
         elif step == "kmeans":
             counts = np.array([s.samples for s in manifest.shards])
-            result = kmeans_by_shard(SeededFeatures(counts, 3), 16, engine=engine, iters=2, tol=0.0, init_sample=20_000)
+            result = kmeans_by_shard(SeededFeatures(counts, 3), 16, engine=engine, iters=2, tol=0.0, init_sample=20_000,
+                                     assignments_dir=os.path.join(data, "assignments"))
             seconds = (time.perf_counter() - t0) / result.iterations  # the init and final assignment pass included, spread
             out["iterations"] = result.iterations
         elif step in ("rank", "worker"):
@@ -241,8 +243,13 @@ def fit(ns: list[int], ys: list[float]) -> dict[str, float]:
     return {"slope": float(slope), "at_1e9": float(10 ** (icept + slope * 9)), "at_1e10": float(10 ** (icept + slope * 10))}
 
 
-def simulate(sizes: list[int], work: str, seed: int, workers: int) -> dict[str, Any]:
-    """Generate each size, measure every step, fit; returns the results."""
+def simulate(sizes: list[int], work: str, seed: int, workers: int, dup_chunk: int = 0) -> dict[str, Any]:
+    """Generate each size, measure every step, fit; returns the results.
+
+    ``dup_chunk``: hashes the duplicate-key check sorts at once (0: the library's default),
+    smaller than the default so that its memory cap is reached within the measured sizes.
+    """
+    os.environ["SCALE_SIM_DUP_CHUNK"] = str(dup_chunk)
     rows: dict[str, list[dict[str, Any]]] = {s: [] for s in STEPS}
     loads = []
     for n in sizes:
@@ -269,7 +276,7 @@ def simulate(sizes: list[int], work: str, seed: int, workers: int) -> dict[str, 
         peak_1e9_linear = hi["rss_peak"] + max(per_sample, 0.0) * (10**9 - hi["n"])
         summary[step] = {"time": time_fit, "memory": mem_fit, "bytes_per_extra_sample": per_sample,
                          "peak_at_1e9_fit": peak_1e9, "peak_at_1e9_linear": peak_1e9_linear, "largest_peak": hi["rss_peak"]}
-    return {"sizes": sizes, "per_shard": PER_SHARD, "steps": rows, "fits": summary, "load": loads}
+    return {"sizes": sizes, "per_shard": PER_SHARD, "dup_chunk": dup_chunk, "steps": rows, "fits": summary, "load": loads}
 
 
 def verdicts(res: dict[str, Any]) -> list[list[str]]:

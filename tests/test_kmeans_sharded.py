@@ -33,3 +33,16 @@ def test_sharded_kmeans_equals_single_process_for_the_same_seed(processes):
 def test_sharded_kmeans_checks_k():
     with pytest.raises(ValueError, match="clusters=0"):
         kmeans_by_shard(ShardedArray(np.zeros((4, 2)), np.array([0, 4])), 0)
+
+
+def test_assignments_written_per_shard_equal_the_returned_ones(tmp_path):
+    from streamprune.scoring.kmeans import assignment_path
+
+    x = _blobs(600, 4, 3, seed=9)
+    offsets = np.array([0, 250, 250, 600])
+    store = ShardedArray(x, offsets)
+    kept = kmeans_by_shard(store, 3, iters=5, seed=1)
+    written = kmeans_by_shard(store, 3, iters=5, seed=1, assignments_dir=str(tmp_path / "a"))
+    assert len(written.assignments) == 0 and np.array_equal(written.counts, kept.counts)
+    ids = np.concatenate([np.load(assignment_path(str(tmp_path / "a"), s)) for s in (0, 2)])
+    assert np.array_equal(ids, kept.assignments)

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_open
 from ..engine import make_engine
 from ..kernels import kmeans_accumulate, nearest_centroid
 from .features import ArrayStore, ChunkSource
 from .registry import MethodOption
 
-__all__ = ["KMEANS_OPTIONS", "KMeansResult", "ShardedArray", "assign", "kmeans", "kmeans_by_shard", "kmeans_options", "kmeans_plus_plus", "mean_feature_variance"]
+__all__ = ["KMEANS_OPTIONS", "KMeansResult", "ShardedArray", "assign", "assignment_path", "kmeans", "kmeans_by_shard", "kmeans_options", "kmeans_plus_plus", "mean_feature_variance"]
 
 
 def kmeans_options(clusters_default: str | None = None) -> tuple[MethodOption, ...]:
@@ -302,7 +304,7 @@ def _shard_chunks(store, k: int, chunk_rows: int):
 
 def _moments_task(state, k: int) -> tuple[int, np.ndarray, np.ndarray]:
     """Shard ``k``'s row count, mean and sum of squared deviations (float64), merged on the driver."""
-    store, _, chunk_rows = state
+    store, _, chunk_rows, _ = state
     n, mean, m2 = 0, np.zeros(store.dim), np.zeros(store.dim)
     for chunk in _shard_chunks(store, k, chunk_rows):
         n, mean, m2 = _merge_moments((n, mean, m2), _moments(chunk))
@@ -327,7 +329,7 @@ def _merge_moments(a, b):
 
 def _lloyd_task(state, k: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Shard ``k``'s share of a Lloyd step: float64 sums and counts per cluster, and its inertia."""
-    store, centroids, chunk_rows = state
+    store, centroids, chunk_rows, _ = state
     sums = np.zeros(centroids.shape, dtype=np.float64)
     counts = np.zeros(len(centroids), dtype=np.int64)
     inertia = 0.0
@@ -338,19 +340,30 @@ def _lloyd_task(state, k: int) -> tuple[np.ndarray, np.ndarray, float]:
     return sums, counts, inertia
 
 
-def _assign_task(state, k: int) -> tuple[int, np.ndarray, float]:
-    """Shard ``k``'s cluster ids against the final centroids, and its inertia."""
-    store, centroids, chunk_rows = state
+def _assign_task(state, k: int) -> tuple[int, np.ndarray | None, float, np.ndarray]:
+    """Shard ``k``'s cluster ids against the final centroids (or written to its file), its inertia and cluster sizes."""
+    store, centroids, chunk_rows, out_dir = state
     parts, inertia = [], 0.0
     for chunk in _shard_chunks(store, k, chunk_rows):
         idx, d = nearest_centroid(chunk, centroids)
         parts.append(np.asarray(idx, dtype=np.int64))
         inertia += float(d.sum(dtype=np.float64))
-    return k, np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64), inertia
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    counts = np.bincount(ids, minlength=len(centroids)).astype(np.int64)
+    if out_dir is None:
+        return k, ids, inertia, counts
+    with atomic_open(assignment_path(out_dir, k), "wb", fsync=False) as fh:
+        np.save(fh, ids.astype(np.int32 if len(centroids) < 2**31 else np.int64))
+    return k, None, inertia, counts
 
 
-def _state(store, centroids, chunk_rows):
-    return store, centroids, chunk_rows
+def assignment_path(out_dir: str, k: int) -> str:
+    """Where :func:`kmeans_by_shard` writes shard ``k``'s cluster ids (``assignments_dir``)."""
+    return os.path.join(out_dir, f"assignments-{k:07d}.npy")
+
+
+def _state(store, centroids, chunk_rows, out_dir=None):
+    return store, centroids, chunk_rows, out_dir
 
 
 def kmeans_by_shard(
@@ -365,6 +378,7 @@ def kmeans_by_shard(
     tol: float = 1e-4,
     chunk_rows: int = 65536,
     seed: int = 0,
+    assignments_dir: str | None = None,
 ) -> KMeansResult:
     """:func:`kmeans`, with every pass over the features run as engine tasks, one per feature shard.
 
@@ -381,9 +395,12 @@ def kmeans_by_shard(
         engine: ``"local"`` / ``None``, ``"ray"`` or an :class:`~streamprune.engine.Engine`.
         workers: Local processes when ``engine`` is a name.
         iters, init, init_sample, tol, chunk_rows, seed: As :func:`kmeans`.
+        assignments_dir: Each task writes its shard's cluster ids there (:func:`assignment_path`)
+            and the result's ``assignments`` is empty: nothing of size N reaches the driver.
+            ``None``: the ids come back into ``assignments`` (N x 8 bytes on the driver).
 
     Returns:
-        The :class:`KMeansResult` (assignments in manifest order).
+        The :class:`KMeansResult` (assignments in manifest order, unless written to ``assignments_dir``).
     """
     n = store.num_samples
     if not 1 <= k <= n:
@@ -420,15 +437,20 @@ def kmeans_by_shard(
         log.debug("k-means (sharded) iteration %d: inertia %.6g, shift %.3g", it, inertia[0], shift)
         if shift <= threshold:
             break
-    assignments = np.empty(n, dtype=np.int64)
+    assignments = np.empty(n if assignments_dir is None else 0, dtype=np.int64)
     total = [0.0]
+    sizes = np.zeros(k, dtype=np.int64)
 
     def place(_: int, part) -> None:
-        s, ids, inertia = part
-        assignments[store.offsets[s] : store.offsets[s] + len(ids)] = ids
+        s, ids, inertia, counts = part
+        if ids is not None:
+            assignments[store.offsets[s] : store.offsets[s] + len(ids)] = ids
         total[0] += inertia
+        sizes[:] += counts
 
-    runner.map(_assign_task, shards, setup=functools.partial(_state, store, centroids, chunk_rows), on_result=place,
-               desc="kmeans-assign", keep_results=False)
-    counts = np.bincount(assignments, minlength=k).astype(np.int64)
+    if assignments_dir is not None:
+        os.makedirs(assignments_dir, exist_ok=True)
+    runner.map(_assign_task, shards, setup=functools.partial(_state, store, centroids, chunk_rows, assignments_dir),
+               on_result=place, desc="kmeans-assign", keep_results=False)
+    counts = sizes
     return KMeansResult(centroids, assignments, total[0], it, counts, used_sample)
