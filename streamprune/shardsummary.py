@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from .atomic import atomic_open, file_sha256
+from .engine import make_engine
 from .indexfile import companion_path
 from .shardindex import ShardIndex
 
@@ -41,6 +45,8 @@ __all__ = [
 KEYHASH_SUFFIX = ".keyhash.npy"
 #: Hashes gathered and sorted at once by :func:`find_duplicate_key` (about 16 bytes each at the peak: 256 MB).
 DEFAULT_CHUNK = 1 << 24
+#: Shards whose key-hash files one merge task of :func:`find_duplicate_key` merges.
+DEFAULT_GROUP = 128
 
 
 @dataclass
@@ -161,38 +167,52 @@ def _bucket_bits(total: int, chunk: int) -> int:
     return bits
 
 
-def _slices(summaries: Sequence[ShardSummary], bits: int, bucket: int):
-    """Each non-empty shard's hashes in hash range ``bucket`` (of ``2**bits``): ``(shard, array)``, one file open at a time."""
+def _slices(files: Sequence[str | None], bits: int, bucket: int):
+    """Each file's sorted hashes in hash range ``bucket`` (of ``2**bits``): ``(file number, array)``, one open at a time."""
     lo = np.uint64(bucket << (64 - bits)) if bits else np.uint64(0)
     last = bucket == (1 << bits) - 1
-    for k, summary in enumerate(summaries):
-        if not summary.samples:
+    for k, path in enumerate(files):
+        if path is None:
             continue
-        hashes = np.load(summary.keyhash, mmap_mode="r")
+        hashes = np.load(path, mmap_mode="r")
         i0 = int(np.searchsorted(hashes, lo, side="left")) if bits else 0
         i1 = len(hashes) if last else int(np.searchsorted(hashes, lo + (np.uint64(1) << np.uint64(64 - bits)), side="left"))
         if i1 > i0:
             yield k, np.array(hashes[i0:i1])
-        del hashes  # unmapped before the next shard's file is opened
+        del hashes  # unmapped before the next file is opened
+
+
+def _merge_group(state: Any, job: tuple[list[str], str]) -> str:
+    """One engine task of the duplicate check: the sorted hashes of a group of shards, merged into one file."""
+    paths, out = job
+    merged = np.concatenate([np.load(p) for p in paths]) if paths else np.zeros(0, dtype=np.uint64)
+    merged.sort()
+    return write_keyhashes(merged, out)
 
 
 def find_duplicate_key(
     summaries: Sequence[ShardSummary],
     index_of: Callable[[int], ShardIndex],
     chunk: int = DEFAULT_CHUNK,
+    group: int = DEFAULT_GROUP,
+    engine: Any = None,
 ) -> tuple[str, str, str] | None:
     """A key that occurs twice in the shards, found from their key-hash files.
 
-    For each hash range, the shards' slices are gathered and sorted (about 16 bytes per hash
-    in the range, at most ``chunk`` hashes: memory constant in N); equal neighbours are
-    candidates, whose shards are found by a second scan of that range (only when there are
-    any) and confirmed against the keys. Each range opens every shard's file once, so the
-    time grows as ``N * shards / chunk``: a larger ``chunk`` trades memory for fewer opens.
+    First the shards' files are merged ``group`` at a time into sorted group files (engine
+    tasks; memory ``group x samples per shard x 16`` bytes each), so the second phase opens
+    ``shards / group`` files per hash range rather than every shard's. Then, for each hash
+    range, the groups' slices are gathered and sorted (about 16 bytes per hash in the range, at
+    most ``chunk`` hashes: memory constant in N); equal neighbours are candidates, whose shards
+    are found by scanning that range of the candidate groups' shards (only when there are
+    any), and confirmed against the keys.
 
     Args:
         summaries: The shards, in manifest order (their ``keyhash`` files written).
         index_of: Loads shard ``k``'s index (only to confirm a candidate: twice per hash match).
         chunk: Hashes gathered and sorted at once.
+        group: Shards merged into one group file.
+        engine: Where the merge tasks run (``None``: this process).
 
     Returns:
         ``(key, first shard, second shard)`` in manifest order (the same shard twice for a key
@@ -200,26 +220,40 @@ def find_duplicate_key(
     """
     total = sum(s.samples for s in summaries)
     bits = _bucket_bits(total, max(1, int(chunk)))
-    for bucket in range(1 << bits):
-        parts = [part for _, part in _slices(summaries, bits, bucket)]
-        if not parts:
-            continue
-        values = np.concatenate(parts)
-        del parts
-        values.sort()
-        same = np.flatnonzero(values[1:] == values[:-1])
-        if not len(same):
-            continue
-        candidates = np.unique(values[same])
-        del values
-        owners: dict[int, list[int]] = {}
-        for k, part in _slices(summaries, bits, bucket):
-            for h in part[np.isin(part, candidates)].tolist():
-                owners.setdefault(h, []).append(k)
-        found = _confirm(candidates, owners, summaries, index_of)
-        if found is not None:
-            return found
-    return None
+    members = [[k for k in range(g, min(g + group, len(summaries))) if summaries[k].samples]
+               for g in range(0, len(summaries), max(1, int(group)))]
+    work = tempfile.mkdtemp(prefix=".keyhash-merge-", dir=os.path.dirname(os.path.abspath(summaries[0].keyhash)) if summaries else None)
+    try:
+        jobs = [([summaries[k].keyhash for k in m], os.path.join(work, f"group-{g:07d}.npy")) for g, m in enumerate(members)]
+        if len(members) > 1:
+            make_engine(engine).map(_merge_group, jobs, desc="duplicate-keys", keep_results=False)
+            files: list[str | None] = [out if m else None for (_, out), m in zip(jobs, members)]
+        else:  # one group: its shards' files are read as they are
+            files, members = [s.keyhash if s.samples else None for s in summaries], [[k] for k in range(len(summaries))]
+        for bucket in range(1 << bits):
+            parts = [part for _, part in _slices(files, bits, bucket)]
+            if not parts:
+                continue
+            values = np.concatenate(parts)
+            del parts
+            values.sort()
+            same = np.flatnonzero(values[1:] == values[:-1])
+            if not len(same):
+                continue
+            candidates = np.unique(values[same])
+            del values
+            groups = [g for g, part in _slices(files, bits, bucket) if np.isin(part, candidates).any()]
+            shards = [k for g in groups for k in members[g]]
+            owners: dict[int, list[int]] = {}
+            for j, part in _slices([summaries[k].keyhash for k in shards], bits, bucket):
+                for h in part[np.isin(part, candidates)].tolist():
+                    owners.setdefault(h, []).append(shards[j])
+            found = _confirm(candidates, owners, summaries, index_of)
+            if found is not None:
+                return found
+        return None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _confirm(

@@ -60,7 +60,8 @@ def test_summary_carries_what_the_manifest_needs_and_writes_sorted_hashes(tmp_pa
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
-def test_duplicate_check_agrees_with_a_plain_count_on_random_key_sets(tmp_path, chunk):
+@pytest.mark.parametrize("group", [1, 2, 128])
+def test_duplicate_check_agrees_with_a_plain_count_on_random_key_sets(tmp_path, chunk, group):
     rng = np.random.default_rng(chunk)
     for trial in range(6):
         root = tmp_path / f"t{trial}"
@@ -71,7 +72,7 @@ def test_duplicate_check_agrees_with_a_plain_count_on_random_key_sets(tmp_path, 
             flat = rng.permutation(pool)[:200].tolist()
             shards = [flat[i * 40 : (i + 1) * 40] for i in range(5)]
         summaries, indexes = _saved(root, shards)
-        found = find_duplicate_key(summaries, indexes.__getitem__, chunk=chunk)
+        found = find_duplicate_key(summaries, indexes.__getitem__, chunk=chunk, group=group)
         dups = _reference(shards)
         if not dups:
             assert found is None
