@@ -21,7 +21,7 @@ from .errors import LabelError, ManifestError
 from .indexfile import INDEX_SUFFIX, companion_path, load_index, save_index
 from .manifest import MANIFEST_NAME, Manifest, build_manifest, manifest_from_summaries
 from .shardindex import ShardIndex
-from .shardsummary import ShardSummary, summarize_index
+from .shardsummary import ClassCounts, ShardSummary, summarize_index
 from .tarindex import index_tar
 
 __all__ = ["index_files", "index_shards", "index_betons", "is_beton", "shard_files", "AUTO_LABELS", "DEFAULT_LABEL_EXT"]
@@ -282,19 +282,25 @@ def index_shards(
     options = {"label_ext": label_ext, "checksum": bool(checksum), "sample_checksums": bool(sample_checksums)}
     resumable = same_options(out_dir, INDEX_OPTIONS_NAME, options) and resume
     with tqdm(total=len(jobs), desc="index", unit="shard", disable=not progress) as bar:
+        counted = ClassCounts()  # each shard's label counts added up as it arrives, not held per shard
+
+        def arrived(k: int, summary: ShardSummary) -> None:
+            counted.fold(summary)
+            bar.update(1)
+
         summaries: list[ShardSummary | None] = runner.map(
             _index_task, tasks, done=(lambda k: _index_is_current(tasks[k])) if resumable else None,
-            on_result=lambda k, _: bar.update(1), desc="index",
+            on_result=arrived, desc="index",
         )
         for k, summary in enumerate(summaries):
             if summary is None:  # kept from the previous run: summarised here, one index at a time
                 index_path = tasks[k][4]
-                summaries[k] = summarize_index(load_index(index_path), index_path, jobs[k][1], jobs[k][2])
+                summaries[k] = counted.fold(summarize_index(load_index(index_path), index_path, jobs[k][1], jobs[k][2]))
                 bar.update(1)
     done = [s for s in summaries if s is not None]
     if label_ext == AUTO_LABELS:
         label_ext = _settle_auto_labels(done)
-    manifest = manifest_from_summaries(out_dir, done, classes=classes, label_ext=label_ext)
+    manifest = manifest_from_summaries(out_dir, done, classes=classes, label_ext=label_ext, class_counts=counted.total)
     manifest.save()
     return manifest
 

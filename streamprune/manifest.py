@@ -519,6 +519,7 @@ def manifest_from_summaries(
     label_ext: str | None = "cls",
     index_of: Callable[[int], ShardIndex] | None = None,
     chunk: int | None = None,
+    class_counts: np.ndarray | None = None,
 ) -> Manifest:
     """Assemble a manifest from per-shard summaries, checking keys are distinct by their hashes.
 
@@ -533,6 +534,8 @@ def manifest_from_summaries(
         index_of: Loads shard ``k``'s index to confirm a hash match (default: its saved sidecar).
         chunk: Hashes the duplicate check sorts at once (default
             :data:`~streamprune.shardsummary.DEFAULT_CHUNK`).
+        class_counts: Samples per label, when the summaries' own counts were folded into a
+            total as they arrived (:class:`~streamprune.shardsummary.ClassCounts`).
 
     Returns:
         The manifest (not yet saved).
@@ -557,7 +560,10 @@ def manifest_from_summaries(
     for s in summaries:
         if s.max_label >= len(classes):
             raise ManifestError(f"shard {s.shard}: label {s.max_label} is out of range for {len(classes)} classes")
-        counts[: len(s.label_counts)] += s.label_counts
+        if s.label_counts is not None:
+            counts[: len(s.label_counts)] += s.label_counts
+    if class_counts is not None:
+        counts[: len(class_counts)] += np.asarray(class_counts, dtype=np.int64)
     shards = [
         ShardEntry(
             name=s.shard, index=s.index, samples=int(s.samples), bytes=int(s.shard_bytes), sha256=s.sha256,

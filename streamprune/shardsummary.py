@@ -33,6 +33,7 @@ from .shardindex import ShardIndex
 
 __all__ = [
     "KEYHASH_SUFFIX",
+    "ClassCounts",
     "ShardSummary",
     "find_duplicate_key",
     "key_hashes",
@@ -61,10 +62,12 @@ class ShardSummary:
         sha256: The shard file's digest (``""`` when not computed).
         index_sha256: The index sidecar's digest.
         companion_sha256: The index companion's digest (``""`` without one).
-        label_counts: Samples per label id ``0..max label`` (``int64``; empty when unlabelled).
+        label_counts: Samples per label id ``0..max label`` (``int64``; empty when unlabelled;
+            ``None`` once folded into a :class:`ClassCounts` total).
         unlabelled: Samples with label ``-1``.
         first_unlabelled: Key of the first unlabelled sample, for error messages, else ``None``.
         keyhash: Path of the shard's sorted key-hash file.
+        max_label: The largest label in the shard (``-1`` when none).
     """
 
     shard: str
@@ -74,18 +77,36 @@ class ShardSummary:
     sha256: str
     index_sha256: str
     companion_sha256: str
-    label_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    label_counts: np.ndarray | None = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     unlabelled: int = 0
     first_unlabelled: str | None = None
     keyhash: str = ""
+    max_label: int = -1
 
     def __len__(self) -> int:
         return self.samples
 
-    @property
-    def max_label(self) -> int:
-        """The largest label in the shard (``-1`` when none)."""
-        return len(self.label_counts) - 1
+
+class ClassCounts:
+    """Class counts added up as summaries arrive, each summary's own counts then dropped.
+
+    A shard's label counts are ``classes x 8`` bytes (8 KB for 1000 classes): held for every
+    shard, they would grow with shards x classes. Folded as each task finishes
+    (``on_result``), the driver holds one total.
+    """
+
+    def __init__(self) -> None:
+        self.total = np.zeros(0, dtype=np.int64)
+
+    def fold(self, summary: ShardSummary) -> ShardSummary:
+        """Add ``summary``'s label counts to the total and drop them from it (``label_counts = None``)."""
+        counts = summary.label_counts
+        if counts is not None:
+            if len(counts) > len(self.total):
+                self.total = np.concatenate([self.total, np.zeros(len(counts) - len(self.total), dtype=np.int64)])
+            self.total[: len(counts)] += counts
+            summary.label_counts = None
+        return summary
 
 
 def key_hashes(keys: Sequence[str]) -> np.ndarray:
@@ -156,6 +177,7 @@ def summarize_index(index: ShardIndex, index_path: str | os.PathLike, shard_name
         unlabelled=unlabelled,
         first_unlabelled=first,
         keyhash=write_keyhashes(key_hashes(index.keys), keyhash_path(index_path)),
+        max_label=len(counts) - 1,
     )
 
 

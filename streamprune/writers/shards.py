@@ -16,7 +16,7 @@ from ..errors import ManifestError, StreamPruneError
 from ..indexfile import INDEX_SUFFIX, load_index, save_index
 from ..manifest import Manifest, manifest_from_summaries
 from ..shardindex import ShardIndex
-from ..shardsummary import ShardSummary, summarize_index
+from ..shardsummary import ClassCounts, ShardSummary, summarize_index
 from ..sources import Sample, Source
 from .order import key_label, sample_order
 from .output import open_writer_source, start_output_dir
@@ -199,7 +199,10 @@ def write_shards(
     bar = tqdm(total=n, desc="shard", unit="sample", disable=not progress)
     kept: dict[int, ShardSummary] = {}
 
+    counted = ClassCounts()  # each shard's label counts added up as it arrives, not held per shard
+
     def finished(k: int, summary: ShardSummary) -> None:
+        counted.fold(summary)
         bar.update(len(chunks[k]))
         if on_shard is not None:
             on_shard(k, os.path.join(out_dir, names[k]), summary)
@@ -222,7 +225,8 @@ def write_shards(
         _set_source(None)  # type: ignore[arg-type]
         bar.close()
     names_in = list(class_names) if class_names else list(getattr(source, "class_names", []) or []) or None
-    manifest = manifest_from_summaries(out_dir, [s for s in summaries if s is not None], classes=names_in, label_ext=label_ext)
+    manifest = manifest_from_summaries(out_dir, [s for s in summaries if s is not None], classes=names_in, label_ext=label_ext,
+                                       class_counts=counted.total)
     if manifest.num_samples != n:
         raise StreamPruneError(f"{out_dir}: {manifest.num_samples} samples in the shards, {n} in the source")
     manifest.save()
