@@ -554,6 +554,8 @@ def manifest_from_summaries(
         key, first, second = found
         raise DuplicateKeyError(f"sample key {key!r} occurs in both {first} and {second}")
     max_label = max((s.max_label for s in summaries), default=-1)
+    if class_counts is not None:
+        max_label = max(max_label, len(class_counts) - 1)
     if classes is None:
         classes = [str(c) for c in range(max_label + 1)]
     counts = np.zeros(len(classes), dtype=np.int64)
@@ -563,6 +565,8 @@ def manifest_from_summaries(
         if s.label_counts is not None:
             counts[: len(s.label_counts)] += s.label_counts
     if class_counts is not None:
+        if len(class_counts) > len(classes):
+            raise ManifestError(f"label {len(class_counts) - 1} is out of range for {len(classes)} classes")
         counts[: len(class_counts)] += np.asarray(class_counts, dtype=np.int64)
     shards = [
         ShardEntry(

@@ -115,3 +115,19 @@ def test_manifest_from_summaries_counts_classes_and_names_the_duplicate(tmp_path
     summaries, _ = _saved(dup_root, [["a", "b"], ["c", "a"]])
     with pytest.raises(DuplicateKeyError, match=r"'a' occurs in both s0.tar and s1.tar"):
         manifest_from_summaries(str(dup_root), summaries, chunk=1)  # confirmed from the saved sidecars
+
+
+def test_folded_class_counts_give_the_same_manifest(tmp_path):
+    from streamprune.shardsummary import ClassCounts
+
+    labels = [[0, 4], [1, 1, 3]]
+    summaries, _ = _saved(tmp_path, [["a", "b"], ["c", "d", "e"]], labels=labels)
+    plain = manifest_from_summaries(str(tmp_path), summaries)
+    counted = ClassCounts()
+    for s in summaries:
+        counted.fold(s)
+    assert all(s.label_counts is None for s in summaries)
+    folded = manifest_from_summaries(str(tmp_path), summaries, class_counts=counted.total)
+    assert folded.class_counts == plain.class_counts == [1, 2, 0, 1, 1] and folded.classes == plain.classes
+    with pytest.raises(Exception, match="out of range"):
+        manifest_from_summaries(str(tmp_path), summaries, classes=["x", "y"], class_counts=counted.total)
