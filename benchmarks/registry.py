@@ -18,6 +18,7 @@ from .io_bench import IoSuite
 from .records import RECORDS
 from .remote_bench import RemoteSuite
 from .scale_bench import ScaleSuite
+from .scale_sim import ScaleSimSuite
 from .score_bench import ScoreSuite
 from .suite import Suite
 from .transfer_bench import TransferSuite
@@ -29,7 +30,7 @@ __all__ = ["SUITES", "get_suite", "run_suite"]
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (IoSuite(), DecodeSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
-              DedupSuite(), ScaleSuite(), RemoteSuite(), FormatsSuite(), *(record() for record in RECORDS))
+              DedupSuite(), ScaleSuite(), ScaleSimSuite(), RemoteSuite(), FormatsSuite(), *(record() for record in RECORDS))
 }
 
 

@@ -20,6 +20,7 @@ straddles the threshold is "inconclusive".
 
 Run:  python -m benchmarks scale          (~6-8 min on 2 cores)
       python -m benchmarks scale --quick
+      python -m benchmarks scale_sim      (the simulation at N = 1e6..1e7: benchmarks/scale_sim.py)
 """
 
 from __future__ import annotations

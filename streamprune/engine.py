@@ -118,6 +118,7 @@ class Engine:
         on_result: Callable[[int, Any], None] | None = None,
         desc: str = "tasks",
         gpu: bool = False,
+        keep_results: bool = True,
     ) -> list[Any]:
         """Run ``fn(state, tasks[i])`` for every unfinished task; return the summaries.
 
@@ -132,9 +133,11 @@ class Engine:
                 ahead), so a slow ``on_result`` slows the pass instead of piling up outputs.
             desc: Name of the pass, for the report and the log.
             gpu: The pass can use a GPU (a Ray actor then asks for one when the cluster has GPUs).
+            keep_results: Hold every summary for the returned list; ``False`` for a pass whose
+                ``on_result`` reduces them (a histogram per shard), so the driver holds one at a time.
 
         Returns:
-            ``summaries[i]`` for every task; ``None`` for skipped ones.
+            ``summaries[i]`` for every task; ``None`` for skipped ones (and for all without ``keep_results``).
 
         Raises:
             Exception: The first error a task raised, re-raised as itself.
@@ -149,7 +152,8 @@ class Engine:
         results: list[Any] = [None] * len(tasks)
 
         def deliver(i: int, summary: Any) -> None:
-            results[i] = summary
+            if keep_results:
+                results[i] = summary
             report.ran.append(i)
             if on_result is not None:
                 on_result(i, summary)

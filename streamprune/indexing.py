@@ -12,7 +12,6 @@ import logging
 import os
 from typing import Any, Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from . import storage
@@ -22,8 +21,9 @@ from .engine import Engine, ThreadEngine, make_engine, same_options
 from .errors import ArgumentError, LabelError, ManifestError, redact
 from .foreignindex import index_foreign_shard, open_foreign_dataset, require_foreign
 from .indexfile import INDEX_SUFFIX, companion_path, load_index, save_index
-from .manifest import MANIFEST_NAME, Manifest, build_manifest
+from .manifest import MANIFEST_NAME, Manifest, build_manifest, manifest_from_summaries
 from .shardindex import ShardIndex
+from .shardsummary import ClassCounts, ShardSummary, summarize_index
 from .tarindex import index_tar
 
 __all__ = ["index_files", "index_shards", "index_betons", "index_foreign", "is_foreign", "is_beton", "shard_files", "AUTO_LABELS", "DEFAULT_LABEL_EXT"]
@@ -176,9 +176,13 @@ def _index_tar_file(
     return index
 
 
-def _index_task(state: Any, job: tuple[str, str, str | None, bool, str, bool]) -> ShardIndex:
-    """The per-shard task of :func:`index_shards`: index one tar, write its sidecar, return the index."""
-    return _index_tar_file(*job)
+def _index_task(state: Any, job: tuple[str, str, str | None, bool, str, bool]) -> ShardSummary:
+    """The per-shard task of :func:`index_shards`: index one tar, write its sidecars, return its summary.
+
+    Only the summary travels back: the driver's memory grows with the shards, not the samples.
+    """
+    index = _index_tar_file(*job)
+    return summarize_index(index, job[4], job[1], os.path.basename(job[4]))
 
 
 def _index_is_current(job: tuple[str, str, str | None, bool, str, bool]) -> bool:
@@ -204,7 +208,7 @@ def _index_is_current(job: tuple[str, str, str | None, bool, str, bool]) -> bool
     )
 
 
-def _settle_auto_labels(indexes: Sequence[ShardIndex]) -> str | None:
+def _settle_auto_labels(summaries: Sequence[ShardSummary]) -> str | None:
     """Decide what ``label_ext="auto"`` found: every sample labelled, none, or an error for some.
 
     Returns:
@@ -213,8 +217,8 @@ def _settle_auto_labels(indexes: Sequence[ShardIndex]) -> str | None:
     Raises:
         LabelError: Some samples have the label member and others do not (names the first without).
     """
-    labelled = sum(int((index.labels >= 0).sum()) for index in indexes)
-    total = sum(len(index) for index in indexes)
+    total = sum(s.samples for s in summaries)
+    labelled = total - sum(s.unlabelled for s in summaries)
     if labelled == total:
         return DEFAULT_LABEL_EXT
     if labelled == 0:
@@ -223,10 +227,9 @@ def _settle_auto_labels(indexes: Sequence[ShardIndex]) -> str | None:
             DEFAULT_LABEL_EXT,
         )
         return None
-    index = next(ix for ix in indexes if (ix.labels < 0).any())
-    key = index.keys[int(np.argmax(index.labels < 0))]
+    summary = next(s for s in summaries if s.unlabelled)
     raise LabelError(
-        f"{index.shard}: sample {key!r} has no .{DEFAULT_LABEL_EXT} member, but {labelled} of {total} samples have one; "
+        f"{summary.shard}: sample {summary.first_unlabelled!r} has no .{DEFAULT_LABEL_EXT} member, but {labelled} of {total} samples have one; "
         "label every sample, or index without labels (--no-labels)"
     )
 
@@ -287,18 +290,25 @@ def index_shards(
     options = {"label_ext": label_ext, "checksum": bool(checksum), "sample_checksums": bool(sample_checksums)}
     resumable = same_options(out_dir, INDEX_OPTIONS_NAME, options) and resume
     with tqdm(total=len(jobs), desc="index", unit="shard", disable=not progress) as bar:
-        indexes: list[ShardIndex | None] = runner.map(
+        counted = ClassCounts()  # each shard's label counts added up as it arrives, not held per shard
+
+        def arrived(k: int, summary: ShardSummary) -> None:
+            counted.fold(summary)
+            bar.update(1)
+
+        summaries: list[ShardSummary | None] = runner.map(
             _index_task, tasks, done=(lambda k: _index_is_current(tasks[k])) if resumable else None,
-            on_result=lambda k, _: bar.update(1), desc="index",
+            on_result=arrived, desc="index",
         )
-        for k, index in enumerate(indexes):
-            if index is None:  # kept from the previous run
-                indexes[k] = load_index(tasks[k][4])
+        for k, summary in enumerate(summaries):
+            if summary is None:  # kept from the previous run: summarised here, one index at a time
+                index_path = tasks[k][4]
+                summaries[k] = counted.fold(summarize_index(load_index(index_path), index_path, jobs[k][1], jobs[k][2]))
                 bar.update(1)
-    entries = [(index, rel, index_name) for index, (_, rel, index_name) in zip(indexes, jobs) if index is not None]
+    done = [s for s in summaries if s is not None]
     if label_ext == AUTO_LABELS:
-        label_ext = _settle_auto_labels([index for index, _, _ in entries])
-    manifest = build_manifest(out_dir, entries, classes=classes, label_ext=label_ext)
+        label_ext = _settle_auto_labels(done)
+    manifest = manifest_from_summaries(out_dir, done, classes=classes, label_ext=label_ext, class_counts=counted.total)
     manifest.save()
     return manifest
 

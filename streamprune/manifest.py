@@ -42,19 +42,21 @@ import datetime as _dt
 import hashlib
 import os
 import urllib.parse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Union
 
 import numpy as np
 
 from . import storage
-from .atomic import atomic_write_json, file_sha256
+from .atomic import atomic_write_json
 from .errors import DuplicateKeyError, IndexMismatchError, ManifestError, UnsafeLocationError, redact
-from .indexfile import companion_path, load_index
+from .indexfile import load_index
 from .jsonfile import read_versioned_json
 from .shardindex import ShardIndex
+from .shardsummary import ShardSummary, find_duplicate_key, summarize_index
 
-__all__ = ["ShardEntry", "Manifest", "ManifestLike", "open_manifest", "build_manifest", "MANIFEST_NAME", "IMAGE_EXTENSIONS"]
+__all__ = ["ShardEntry", "Manifest", "ManifestLike", "open_manifest", "build_manifest", "manifest_from_summaries", "MANIFEST_NAME", "IMAGE_EXTENSIONS"]
 
 MANIFEST_FORMAT = "streamprune-manifest"
 MANIFEST_VERSION = 1
@@ -491,7 +493,10 @@ def build_manifest(
     classes: list[str] | None = None,
     label_ext: str | None = "cls",
 ) -> Manifest:
-    """Assemble a manifest from shard indexes that are already saved.
+    """Assemble a manifest from shard indexes that are already saved (writes their key-hash files).
+
+    For a few shards held in memory (``.beton`` files, remote indexing); per-shard passes
+    summarise each shard where it was indexed and call :func:`manifest_from_summaries`.
 
     Args:
         root: Directory the manifest will live in.
@@ -505,41 +510,79 @@ def build_manifest(
 
     Raises:
         DuplicateKeyError: A key occurs in two shards.
+        ManifestError: A label is out of range for ``classes``.
     """
     root = os.fspath(root)
-    seen: dict[str, str] = {}
-    shards: list[ShardEntry] = []
-    max_label = -1
-    for index, shard_name, index_name in entries:
-        for key in index.keys:
-            other = seen.get(key)
-            if other is not None:
-                raise DuplicateKeyError(f"sample key {key!r} occurs in both {other} and {shard_name}")
-            seen[key] = shard_name
-        if len(index):
-            max_label = max(max_label, int(index.labels.max()))
-        index_file = index_name if os.path.isabs(index_name) else os.path.join(root, index_name)
-        shards.append(
-            ShardEntry(
-                name=shard_name,
-                index=index_name,
-                samples=len(index),
-                bytes=int(index.shard_bytes),
-                sha256=index.sha256,
-                index_sha256=file_sha256(index_file),
-                companion_sha256=file_sha256(companion) if os.path.exists(companion := companion_path(index_file)) else "",
-            )
-        )
+    summaries = [
+        summarize_index(index, index_name if os.path.isabs(index_name) else os.path.join(root, index_name), shard_name, index_name)
+        for index, shard_name, index_name in entries
+    ]
+    return manifest_from_summaries(root, summaries, classes=classes, label_ext=label_ext, index_of=lambda k: entries[k][0])
+
+
+def manifest_from_summaries(
+    root: str | os.PathLike,
+    summaries: Sequence[ShardSummary],
+    classes: list[str] | None = None,
+    label_ext: str | None = "cls",
+    index_of: Callable[[int], ShardIndex] | None = None,
+    chunk: int | None = None,
+    class_counts: np.ndarray | None = None,
+) -> Manifest:
+    """Assemble a manifest from per-shard summaries, checking keys are distinct by their hashes.
+
+    Memory grows with the number of shards, not samples: the duplicate-key check reads the
+    shards' key-hash files a hash range at a time (:func:`~streamprune.shardsummary.find_duplicate_key`).
+
+    Args:
+        root: Directory the manifest will live in.
+        summaries: Per shard, in manifest order.
+        classes: Class names by label id; default ``["0", ..., str(max label)]``.
+        label_ext: Label member extension, or ``None`` for unlabelled data.
+        index_of: Loads shard ``k``'s index to confirm a hash match (default: its saved sidecar).
+        chunk: Hashes the duplicate check sorts at once (default
+            :data:`~streamprune.shardsummary.DEFAULT_CHUNK`).
+        class_counts: Samples per label, when the summaries' own counts were folded into a
+            total as they arrived (:class:`~streamprune.shardsummary.ClassCounts`).
+
+    Returns:
+        The manifest (not yet saved).
+
+    Raises:
+        DuplicateKeyError: A key occurs in two shards (or twice in one).
+        ManifestError: A label is out of range for ``classes``.
+    """
+    root = os.fspath(root)
+    if index_of is None:
+        def index_of(k: int) -> ShardIndex:
+            name = summaries[k].index
+            return load_index(name if os.path.isabs(name) else os.path.join(root, name))
+    found = find_duplicate_key(summaries, index_of, **({} if chunk is None else {"chunk": chunk}))
+    if found is not None:
+        key, first, second = found
+        raise DuplicateKeyError(f"sample key {key!r} occurs in both {first} and {second}")
+    max_label = max((s.max_label for s in summaries), default=-1)
+    if class_counts is not None:
+        max_label = max(max_label, len(class_counts) - 1)
     if classes is None:
         classes = [str(c) for c in range(max_label + 1)]
     counts = np.zeros(len(classes), dtype=np.int64)
-    for index, _, _ in entries:
-        labels = index.labels[index.labels >= 0]
-        if len(labels) and labels.max() >= len(classes):
-            raise ManifestError(
-                f"shard {index.shard}: label {int(labels.max())} is out of range for {len(classes)} classes"
-            )
-        counts += np.bincount(labels, minlength=len(classes))
+    for s in summaries:
+        if s.max_label >= len(classes):
+            raise ManifestError(f"shard {s.shard}: label {s.max_label} is out of range for {len(classes)} classes")
+        if s.label_counts is not None:
+            counts[: len(s.label_counts)] += s.label_counts
+    if class_counts is not None:
+        if len(class_counts) > len(classes):
+            raise ManifestError(f"label {len(class_counts) - 1} is out of range for {len(classes)} classes")
+        counts[: len(class_counts)] += np.asarray(class_counts, dtype=np.int64)
+    shards = [
+        ShardEntry(
+            name=s.shard, index=s.index, samples=int(s.samples), bytes=int(s.shard_bytes), sha256=s.sha256,
+            index_sha256=s.index_sha256, companion_sha256=s.companion_sha256,
+        )
+        for s in summaries
+    ]
     return Manifest(
         root=root,
         shards=shards,

@@ -389,7 +389,7 @@ def test_writing_over_another_dataset_is_refused_and_overwrite_leaves_no_orphan_
         second = shard_writer(labelled_samples, out, samples_per_shard=20, overwrite=True)
     assert "removed the previous dataset's 8 shard(s) and 16 index file(s)" in caplog.text
     assert [s.name for s in second.shards] == ["shard-000000.tar", "shard-000001.tar"]
-    listed = {n for s in second.shards for n in (s.name, s.index, s.index[: -len(".json")] + ".npz")}
+    listed = {n for s in second.shards for n in (s.name, s.index, s.index[: -len(".json")] + ".npz", s.index[: -len(".json")] + ".keyhash.npy")}
     assert set(os.listdir(out)) == listed | {"manifest.json", ".streamprune-shard-options.json"}  # no orphan
     assert sorted(second.keys()) == sorted(k for k, _, _ in labelled_samples)
 

@@ -562,7 +562,8 @@ class _TarfileStage:
                                                  self.fetch or DEFAULT_REMOTE_POLICY)
                 continue
             for url, k in group:
-                with ShardFile(url, self.manifest.index(k), fadvise=self.fadvise, verify=self.verify) as shard:
+                # not cached: a worker holds the index of the shard it reads, not of every shard it has read
+                with ShardFile(url, self.manifest.index(k, cache=False), fadvise=self.fadvise, verify=self.verify) as shard:
                     yield from read_runs(shard, self._kept(k), url)
 
     def _locate(self, item: Any) -> tuple[str, int]:

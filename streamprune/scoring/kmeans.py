@@ -11,18 +11,22 @@ float64 sums. The stopping rule is scikit-learn's, so a result can be checked ag
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_open
+from ..engine import make_engine
 from ..errors import ArgumentError
 from ..kernels import kmeans_accumulate, nearest_centroid
 from .features import ArrayStore, ChunkSource
 from .registry import MethodOption
 
-__all__ = ["KMEANS_OPTIONS", "KMeansResult", "assign", "kmeans", "kmeans_options", "kmeans_plus_plus", "mean_feature_variance"]
+__all__ = ["KMEANS_OPTIONS", "KMeansResult", "ShardedArray", "assign", "assignment_path", "kmeans", "kmeans_by_shard", "kmeans_options", "kmeans_plus_plus", "mean_feature_variance"]
 
 
 def kmeans_options(clusters_default: str | None = None) -> tuple[MethodOption, ...]:
@@ -259,3 +263,195 @@ def kmeans(
     assignments, inertia = assign(store, centroids, chunk_rows)
     counts = np.bincount(assignments, minlength=k).astype(np.int64)
     return KMeansResult(centroids, assignments, inertia, it, counts, used_sample)
+
+
+# --- the same k-means as engine tasks over feature shards ------------------------------------
+
+
+class ShardedArray(ChunkSource):
+    """An in-memory ``[N, D]`` array cut into shards at ``offsets`` (what :class:`~.features.FeatureStore` offers).
+
+    Args:
+        x: The features.
+        offsets: Each shard's first row, plus ``N`` at the end.
+    """
+
+    def __init__(self, x: np.ndarray, offsets: np.ndarray) -> None:
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.num_samples, self.dim = self.x.shape
+
+    def shard(self, k: int) -> np.ndarray:
+        """Shard ``k``'s rows."""
+        return self.x[self.offsets[k] : self.offsets[k + 1]]
+
+    def iter_chunks(self, chunk_rows: int = 65536):
+        """Chunks in row order, never spanning two shards."""
+        for k in range(len(self.offsets) - 1):
+            arr = self.shard(k)
+            for lo in range(0, len(arr), chunk_rows):
+                yield int(self.offsets[k] + lo), arr[lo : lo + chunk_rows]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows."""
+        return self.x[np.asarray(rows, dtype=np.int64)]
+
+
+def _shard_chunks(store, k: int, chunk_rows: int):
+    arr = store.shard(k)
+    for lo in range(0, arr.shape[0], chunk_rows):
+        yield np.asarray(arr[lo : lo + chunk_rows], dtype=np.float32)
+
+
+def _moments_task(state, k: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """Shard ``k``'s row count, mean and sum of squared deviations (float64), merged on the driver."""
+    store, _, chunk_rows, _ = state
+    n, mean, m2 = 0, np.zeros(store.dim), np.zeros(store.dim)
+    for chunk in _shard_chunks(store, k, chunk_rows):
+        n, mean, m2 = _merge_moments((n, mean, m2), _moments(chunk))
+    return n, mean, m2
+
+
+def _moments(chunk: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    c = chunk.astype(np.float64)
+    mean = c.mean(axis=0)
+    return len(c), mean, ((c - mean) ** 2).sum(axis=0)
+
+
+def _merge_moments(a, b):
+    """Chan et al.'s pairwise merge of ``(n, mean, m2)``."""
+    (na, ma, sa), (nb, mb, sb) = a, b
+    if nb == 0:
+        return a
+    total = na + nb
+    delta = mb - ma
+    return total, ma + delta * (nb / total), sa + sb + delta**2 * (na * nb / total)
+
+
+def _lloyd_task(state, k: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Shard ``k``'s share of a Lloyd step: float64 sums and counts per cluster, and its inertia."""
+    store, centroids, chunk_rows, _ = state
+    sums = np.zeros(centroids.shape, dtype=np.float64)
+    counts = np.zeros(len(centroids), dtype=np.int64)
+    inertia = 0.0
+    for chunk in _shard_chunks(store, k, chunk_rows):
+        idx, d = nearest_centroid(chunk, centroids)
+        kmeans_accumulate(chunk, idx, sums, counts)
+        inertia += float(d.sum(dtype=np.float64))
+    return sums, counts, inertia
+
+
+def _assign_task(state, k: int) -> tuple[int, np.ndarray | None, float, np.ndarray]:
+    """Shard ``k``'s cluster ids against the final centroids (or written to its file), its inertia and cluster sizes."""
+    store, centroids, chunk_rows, out_dir = state
+    parts, inertia = [], 0.0
+    for chunk in _shard_chunks(store, k, chunk_rows):
+        idx, d = nearest_centroid(chunk, centroids)
+        parts.append(np.asarray(idx, dtype=np.int64))
+        inertia += float(d.sum(dtype=np.float64))
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    counts = np.bincount(ids, minlength=len(centroids)).astype(np.int64)
+    if out_dir is None:
+        return k, ids, inertia, counts
+    with atomic_open(assignment_path(out_dir, k), "wb", fsync=False) as fh:
+        np.save(fh, ids.astype(np.int32 if len(centroids) < 2**31 else np.int64))
+    return k, None, inertia, counts
+
+
+def assignment_path(out_dir: str, k: int) -> str:
+    """Where :func:`kmeans_by_shard` writes shard ``k``'s cluster ids (``assignments_dir``)."""
+    return os.path.join(out_dir, f"assignments-{k:07d}.npy")
+
+
+def _state(store, centroids, chunk_rows, out_dir=None):
+    return store, centroids, chunk_rows, out_dir
+
+
+def kmeans_by_shard(
+    store,
+    k: int,
+    *,
+    engine=None,
+    workers: int = 1,
+    iters: int = 20,
+    init: str | np.ndarray = "k-means++",
+    init_sample: int | None = None,
+    tol: float = 1e-4,
+    chunk_rows: int = 65536,
+    seed: int = 0,
+    assignments_dir: str | None = None,
+) -> KMeansResult:
+    """:func:`kmeans`, with every pass over the features run as engine tasks, one per feature shard.
+
+    Each task reads its shard's features where it runs and returns the K x D float64 sums, the
+    counts and the inertia; the driver adds them up (one at a time: ``keep_results=False``) and
+    moves the centroids, so the features never travel through the driver. Initialisation
+    (the seeded subsample and k-means++) and the stopping rule are :func:`kmeans`'s, so for
+    the same data and seed the result is the same up to float rounding of the sums' order.
+
+    Args:
+        store: A :class:`~.features.FeatureStore` or :class:`ShardedArray` (picklable;
+            ``shard(k)``, ``offsets``, ``take``).
+        k: Number of clusters.
+        engine: ``"local"`` / ``None``, ``"ray"`` or an :class:`~streamprune.engine.Engine`.
+        workers: Local processes when ``engine`` is a name.
+        iters, init, init_sample, tol, chunk_rows, seed: As :func:`kmeans`.
+        assignments_dir: Each task writes its shard's cluster ids there (:func:`assignment_path`)
+            and the result's ``assignments`` is empty: nothing of size N reaches the driver.
+            ``None``: the ids come back into ``assignments`` (N x 8 bytes on the driver).
+
+    Returns:
+        The :class:`KMeansResult` (assignments in manifest order, unless written to ``assignments_dir``).
+    """
+    n = store.num_samples
+    if not 1 <= k <= n:
+        raise ValueError(f"clusters={k}: must be between 1 and the number of samples ({n})")
+    runner = make_engine(engine, workers=workers)
+    shards = [s for s in range(len(store.offsets) - 1) if store.offsets[s + 1] > store.offsets[s]]
+    centroids, used_sample = _initial_centroids(store, k, init, init_sample, np.random.default_rng(seed))
+    moments = [0, np.zeros(store.dim), np.zeros(store.dim)]
+
+    def merge(_: int, part) -> None:
+        moments[:] = _merge_moments(tuple(moments), part)
+
+    runner.map(_moments_task, shards, setup=functools.partial(_state, store, None, chunk_rows), on_result=merge,
+               desc="kmeans-variance", keep_results=False)
+    threshold = tol * (float(moments[2].mean() / moments[0]) if moments[0] and store.dim else 0.0)
+    it = 0
+    for it in range(1, iters + 1):
+        sums = np.zeros((k, store.dim), dtype=np.float64)
+        counts = np.zeros(k, dtype=np.int64)
+        inertia = [0.0]
+
+        def add(_: int, part, sums=sums, counts=counts, inertia=inertia) -> None:
+            sums += part[0]
+            counts += part[1]
+            inertia[0] += part[2]
+
+        runner.map(_lloyd_task, shards, setup=functools.partial(_state, store, centroids, chunk_rows), on_result=add,
+                   desc="kmeans-step", keep_results=False)
+        new = centroids.copy()
+        nonempty = counts > 0
+        new[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
+        shift = float(((new.astype(np.float64) - centroids) ** 2).sum())
+        centroids = new
+        log.debug("k-means (sharded) iteration %d: inertia %.6g, shift %.3g", it, inertia[0], shift)
+        if shift <= threshold:
+            break
+    assignments = np.empty(n if assignments_dir is None else 0, dtype=np.int64)
+    total = [0.0]
+    sizes = np.zeros(k, dtype=np.int64)
+
+    def place(_: int, part) -> None:
+        s, ids, inertia, counts = part
+        if ids is not None:
+            assignments[store.offsets[s] : store.offsets[s] + len(ids)] = ids
+        total[0] += inertia
+        sizes[:] += counts
+
+    if assignments_dir is not None:
+        os.makedirs(assignments_dir, exist_ok=True)
+    runner.map(_assign_task, shards, setup=functools.partial(_state, store, centroids, chunk_rows, assignments_dir),
+               on_result=place, desc="kmeans-assign", keep_results=False)
+    counts = sizes
+    return KMeansResult(centroids, assignments, total[0], it, counts, used_sample)

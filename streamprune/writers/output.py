@@ -12,6 +12,7 @@ from ..atomic import remove_stale_temps
 from ..errors import ManifestError, OutputExistsError, StorageError, StreamPruneError
 from ..indexfile import INDEX_SUFFIX, companion_path
 from ..manifest import MANIFEST_NAME, Manifest
+from ..shardsummary import keyhash_path
 from ..sources import Sample, Source, open_source
 
 __all__ = ["open_writer_source", "start_output_dir"]
@@ -97,7 +98,7 @@ def start_output_dir(
     except OSError as exc:  # a file in the way, no permission: name the directory the user gave
         raise StorageError(f"{out_dir}: cannot create the output directory ({exc.strerror or exc})") from exc
     own = (shard_pattern, shard_pattern + INDEX_SUFFIX, companion_path(shard_pattern + INDEX_SUFFIX), MANIFEST_NAME)
-    for path in remove_stale_temps(out_dir, own):
+    for path in remove_stale_temps(out_dir, (*own, keyhash_path(shard_pattern + INDEX_SUFFIX))):
         log.info("removed %s, left by a run that did not finish", path)
     manifest_path = os.path.join(out_dir, MANIFEST_NAME)
     found = sorted(glob.glob(os.path.join(glob.escape(out_dir), shard_pattern)))
@@ -161,7 +162,9 @@ def _remove_dataset(out_dir: str, own: Sequence[str], records: Sequence[str]) ->
     shards.update(os.path.abspath(p) for p in glob.glob(os.path.join(glob.escape(root), shard_glob)))
     for pattern in index_globs:
         indexes.update(os.path.abspath(p) for p in glob.glob(os.path.join(glob.escape(root), pattern)))
-    for path in [*shards, *indexes, *(os.path.join(root, r) for r in records)]:
+    # key-hash files are derived from the index sidecars (not counted): they go with them
+    derived = {keyhash_path(p) for p in indexes if p.endswith(".json")}
+    for path in [*shards, *indexes, *derived, *(os.path.join(root, r) for r in records)]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     return len(shards), len(indexes)

@@ -14,8 +14,9 @@ from ..atomic import file_sha256
 from ..engine import Engine, make_engine, recorded_options, same_options
 from ..errors import ArgumentError, ManifestError, StreamPruneError
 from ..indexfile import INDEX_SUFFIX, load_index, save_index
-from ..manifest import Manifest, build_manifest
+from ..manifest import Manifest, manifest_from_summaries
 from ..shardindex import ShardIndex
+from ..shardsummary import ClassCounts, ShardSummary, summarize_index
 from ..sources import Sample, Source
 from .order import key_label, sample_order
 from .output import open_writer_source, start_output_dir
@@ -29,8 +30,8 @@ TAR_LAYOUTS = ("default", "class-sorted")
 log = logging.getLogger(__name__)
 
 _SOURCE: Source | None = None
-#: ``on_shard(k, path, index)``: shard ``k`` (at ``path``) and its index files are complete and verified.
-ShardDone = Callable[[int, str, ShardIndex], None]
+#: ``on_shard(k, path, summary)``: shard ``k`` (at ``path``) and its index files are complete and verified.
+ShardDone = Callable[[int, str, ShardSummary], None]
 #: What a shard-writing run was asked to do, in its output directory: a resumed run keeps finished shards only under the same options.
 WRITE_OPTIONS_NAME = ".streamprune-shard-options.json"
 
@@ -66,9 +67,13 @@ def _use_source(source: Source) -> Source:
     return source
 
 
-def _write_task(state: Any, job: tuple[str, str, np.ndarray, str | None, bool]) -> ShardIndex:
-    """The per-shard task of :func:`write_shards`: write one shard and its index, return the index."""
-    return _write_one(*job)
+def _write_task(state: Any, job: tuple[str, str, np.ndarray, str | None, bool]) -> ShardSummary:
+    """The per-shard task of :func:`write_shards`: write one shard and its index files, return its summary.
+
+    Only the summary travels back: the driver's memory grows with the shards, not the samples.
+    """
+    out_dir, name = job[0], job[1]
+    return summarize_index(_write_one(*job), os.path.join(out_dir, name) + INDEX_SUFFIX, name, name + INDEX_SUFFIX)
 
 
 def _shard_is_complete(source: Source, job: tuple[str, str, np.ndarray, str | None, bool]) -> bool:
@@ -143,7 +148,8 @@ def write_shards(
             trusts that the source's content did not change between the runs (the options
             and the source's size are compared; the sample bytes are not re-encoded). Shards
             of a run with other options are another dataset (see ``overwrite``).
-        on_shard: Called in this thread as ``on_shard(k, path, index)`` as soon as shard ``k``
+        on_shard: Called in this thread as ``on_shard(k, path, summary)`` (a
+            :class:`~streamprune.shardsummary.ShardSummary`: ``shard``, ``shard_bytes``, ...) as soon as shard ``k``
             and its index files are complete and verified, in completion order (shards kept by
             ``resume`` first), before the manifest is written; while it runs no further shard
             is started (a few per worker may be under way), and an error it raises stops the
@@ -193,32 +199,36 @@ def write_shards(
     runner = make_engine(engine, workers=workers)
     tasks = [(out_dir, names[k], chunk, label_ext, checksum) for k, chunk in enumerate(chunks)]
     bar = tqdm(total=n, desc="shard", unit="sample", disable=not progress)
-    kept: dict[int, ShardIndex] = {}
+    kept: dict[int, ShardSummary] = {}
 
-    def finished(k: int, index: ShardIndex) -> None:
+    counted = ClassCounts()  # each shard's label counts added up as it arrives, not held per shard
+
+    def finished(k: int, summary: ShardSummary) -> None:
+        counted.fold(summary)
         bar.update(len(chunks[k]))
         if on_shard is not None:
-            on_shard(k, os.path.join(out_dir, names[k]), index)
+            on_shard(k, os.path.join(out_dir, names[k]), summary)
 
     _set_source(source)
     try:
         if resumable:  # the previous run's verified shards are complete now: reported before new ones are written
             for k in range(len(tasks)):
                 if _shard_is_complete(source, tasks[k]):
-                    kept[k] = load_index(os.path.join(out_dir, names[k]) + INDEX_SUFFIX)
+                    index_path = os.path.join(out_dir, names[k]) + INDEX_SUFFIX
+                    kept[k] = summarize_index(load_index(index_path), index_path, names[k], names[k] + INDEX_SUFFIX)
                     finished(k, kept[k])
         # each worker's setup makes the source the one _write_one reads (a local process gets it by fork)
-        indexes: list[ShardIndex | None] = runner.map(
+        summaries: list[ShardSummary | None] = runner.map(
             _write_task, tasks, setup=functools.partial(_use_source, source),
             done=(lambda k: k in kept) if resumable else None, on_result=finished, desc="shard",
         )
-        indexes = [kept.get(k, index) for k, index in enumerate(indexes)]
+        summaries = [kept.get(k, summary) for k, summary in enumerate(summaries)]
     finally:
         _set_source(None)  # type: ignore[arg-type]
         bar.close()
     names_in = list(class_names) if class_names else list(getattr(source, "class_names", []) or []) or None
-    entries = [(index, names[k], names[k] + INDEX_SUFFIX) for k, index in enumerate(indexes) if index is not None]
-    manifest = build_manifest(out_dir, entries, classes=names_in, label_ext=label_ext)
+    manifest = manifest_from_summaries(out_dir, [s for s in summaries if s is not None], classes=names_in, label_ext=label_ext,
+                                       class_counts=counted.total)
     if manifest.num_samples != n:
         raise StreamPruneError(f"{out_dir}: {manifest.num_samples} samples in the shards, {n} in the source")
     manifest.save()
