@@ -27,8 +27,9 @@ Each input runs under a watchdog (``--hang-seconds``, default 5 s); inputs slowe
 are reported. Outcomes: ``ok`` (read, invariants hold), ``named`` (a StreamPruneError),
 ``other`` (any other exception: a bug), ``wrong`` (read without error but the result breaks an
 invariant: a bug), ``hang`` (watchdog fired: a bug), and for the index companion ``stale``
-(only the binary companion was damaged and the index loaded differs from the JSON's: the
-companion carries no checksum of its arrays). Each bug is recorded with its input seed (rerun
+(only the binary companion was damaged and the index loaded differs from the JSON's: a bug,
+since the companion's digest covers its meta and columns and a damaged one must be refused
+with a named error). Each bug is recorded with its input seed (rerun
 with ``--seed``), the mutations applied and a hex prefix of the input.
 
 Run:  python -m benchmarks fuzz            (default 180 s over all targets)
@@ -85,9 +86,9 @@ __all__ = [
     "run_one",
 ]
 
-#: Outcome kinds, in table order; ``other``, ``wrong`` and ``hang`` are bugs.
+#: Outcome kinds, in table order; ``stale``, ``other``, ``wrong`` and ``hang`` are bugs.
 OUTCOMES = ("ok", "named", "stale", "other", "wrong", "hang")
-BUGS = ("other", "wrong", "hang")
+BUGS = ("stale", "other", "wrong", "hang")
 SLOW_SECONDS = 1.0
 HEX_PREFIX = 96
 
@@ -704,7 +705,7 @@ def run_one(check: Callable[[FuzzInput], None], inp: FuzzInput, hang_seconds: fl
     except WrongResult as exc:
         return Outcome("wrong", "WrongResult", str(exc)[:500], time.perf_counter() - t0, traceback.format_exc(limit=-4), _where(exc))
     except StaleCompanion as exc:
-        return Outcome("stale", "StaleCompanion", str(exc)[:300], time.perf_counter() - t0)
+        return Outcome("stale", "StaleCompanion", str(exc)[:300], time.perf_counter() - t0, traceback.format_exc(limit=-4), _where(exc))
     except Exception as exc:  # noqa: BLE001 - any other exception is the bug being looked for
         return Outcome("other", type(exc).__name__, str(exc)[:300], time.perf_counter() - t0, traceback.format_exc(limit=-6),
                        _where(exc))
@@ -1198,7 +1199,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bugs = sum(row["counts"].get(k, 0) for row in rows for k in BUGS)
     slow = sum(len(row.get("slow", [])) for row in rows)
     targets = [
-        Target.check("inputs ending in an unnamed exception, a wrong result or a hang", bugs, 0, "<=").to_dict(),
+        Target.check("inputs ending in a damaged companion used, an unnamed exception, a wrong result or a hang", bugs, 0, "<=").to_dict(),
         Target.check(f"inputs taking more than {SLOW_SECONDS:g} s", slow, 0, "<=").to_dict(),
     ]
     out = {
@@ -1207,7 +1208,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "args": {k: v for k, v in vars(args).items() if k != "work"},
         "machine": machine,
         "atheris": "used" if use_atheris else ("not installed" if not atheris_available() else "skipped"),
-        "outcomes": {"ok": "read, invariants hold", "named": "a StreamPruneError", "stale": "damaged companion used",
+        "outcomes": {"ok": "read, invariants hold", "named": "a StreamPruneError", "stale": "damaged companion used (bug)",
                      "other": "another exception (bug)", "wrong": "read, invariant broken (bug)", "hang": "watchdog (bug)"},
         "targets_fuzzed": rows,
         "targets": targets,
