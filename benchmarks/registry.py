@@ -7,6 +7,7 @@ from typing import Any
 
 from . import common
 from .dedup_bench import DedupSuite
+from .dlc_bench import DlcSuite
 from .downstream_bench import DownstreamSuite
 from .dynamic_bench import DynamicSuite
 from .ffcv_bench import FfcvSuite
@@ -24,7 +25,7 @@ __all__ = ["SUITES", "get_suite", "run_suite"]
 #: Every suite by name, in the order of BENCHMARKS.md.
 SUITES: dict[str, Suite] = {
     s.name: s
-    for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
+    for s in (IoSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), DlcSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
               DedupSuite(), ScaleSuite(), RemoteSuite())
 }
 

@@ -154,6 +154,84 @@ def lloyd_update(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray) -> 
     return out
 
 
+#: faiss-cpu's SIMD levels, best first, with the /proc/cpuinfo flags each needs (faiss.loader's rule).
+FAISS_LEVELS = (("avx512", ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")), ("avx2", ("avx2", "fma", "f16c", "popcnt")))
+
+
+def cpu_faiss_level(flags: set[str]) -> str:
+    """The best faiss SIMD level the CPU supports: ``avx512``, ``avx2`` or ``generic``."""
+    for level, needs in FAISS_LEVELS:
+        if all(f in flags for f in needs):
+            return level
+    return "generic"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:  # not Linux: let faiss.loader decide alone
+        pass
+    return set()
+
+
+def load_faiss() -> tuple[Any, dict[str, Any]]:
+    """Import faiss-cpu with the build that matches this CPU, and say which one runs.
+
+    faiss-cpu wheels up to 1.14 ship separate ``swigfaiss``, ``swigfaiss_avx2`` and
+    ``swigfaiss_avx512`` modules and ``faiss.loader`` picks one (``FAISS_OPT_LEVEL`` overrides
+    it); from 1.15 one module carries every level and dispatches at run time (compile options
+    ``DD``, ``faiss.SIMDConfig``): the loader then logs that the AVX2 module is missing although
+    the AVX2 kernels run. This sets ``FAISS_OPT_LEVEL`` to the CPU's best level when unset,
+    selects that level in a dynamic-dispatch build, and records the outcome.
+
+    Returns:
+        ``(faiss module or None, build record)``; the record has ``cpu_level``, ``loaded_module``,
+        ``compile_options``, ``dynamic_dispatch``, ``active_level`` and ``matches_cpu``.
+    """
+    cpu_level = cpu_faiss_level(_cpu_flags())
+    os.environ.setdefault("FAISS_OPT_LEVEL", cpu_level)
+    messages: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    loader_log = logging.getLogger("faiss.loader")
+    handler, old_level = _Keep(), loader_log.level
+    loader_log.addHandler(handler)
+    loader_log.setLevel(logging.DEBUG)
+    try:  # optional extra: the faiss arm runs only when faiss-cpu is installed
+        import faiss
+    except ImportError:
+        return None, {"skipped": "faiss not installed (pip install faiss-cpu)", "cpu_level": cpu_level}
+    finally:
+        loader_log.removeHandler(handler)
+        loader_log.setLevel(old_level)
+    loaded = [m for m in ("faiss.swigfaiss_avx512_spr", "faiss.swigfaiss_avx512", "faiss.swigfaiss_avx2", "faiss.swigfaiss") if m in sys.modules]
+    record: dict[str, Any] = {"version": faiss.__version__, "cpu_level": cpu_level, "FAISS_OPT_LEVEL": os.environ["FAISS_OPT_LEVEL"],
+                              "loaded_module": loaded[0] if loaded else None, "compile_options": faiss.get_compile_options().strip(),
+                              "loader_log": messages}
+    config = getattr(faiss, "SIMDConfig", None)
+    if config is not None and config.has_dynamic_dispatch():
+        record["dynamic_dispatch"] = True
+        best = config.auto_detect_simd_level()
+        if config.get_level() != best:
+            config.set_level(best)
+        record["active_level"] = str(config.get_level_name()).lower()
+    else:
+        record["dynamic_dispatch"] = False
+        module = record["loaded_module"] or ""
+        record["active_level"] = "avx512" if "avx512" in module else ("avx2" if "avx2" in module else "generic")
+    record["matches_cpu"] = record["active_level"].startswith(cpu_level)
+    if not record["matches_cpu"]:
+        log.warning("faiss runs its %s kernels on a CPU that supports %s: its times understate faiss", record["active_level"], cpu_level)
+    return faiss, record
+
+
+
 def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_rows: int) -> dict[str, Any]:
     """Part b: one Lloyd iteration (assignment, then update) per arm, all arms interleaved in each repeat.
 
@@ -184,10 +262,7 @@ def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_r
 
     from streamprune.kernels import kmeans_accumulate, nearest_centroid
 
-    try:  # optional extra: the faiss arm runs only when faiss-cpu is installed
-        import faiss
-    except ImportError:
-        faiss = None
+    faiss, faiss_build = load_faiss()
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, d), dtype=np.float32)
@@ -313,9 +388,10 @@ def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_r
                 entry["inertia_vs_numba"] = entry["inertia"] / nb["inertia"]
     if faiss is not None:
         out["faiss"] = {"version": faiss.__version__, "init": "the same initial centroids as every other arm (init_centroids)",
-                        "note": "faiss splits empty clusters after the update; the other arms keep an empty cluster's centroid"}
+                        "note": "faiss splits empty clusters after the update; the other arms keep an empty cluster's centroid",
+                        "build": faiss_build}
     else:
-        out["faiss"] = {"skipped": "faiss not installed (pip install faiss-cpu)"}
+        out["faiss"] = faiss_build
     return out
 
 
@@ -716,6 +792,12 @@ def kernel_table(k: dict[str, Any]) -> str:
             f"function (÷ Numba's); before the iteration it was {k['inertia_at_init']:.6g}.")
     table = common.markdown_table(["arm", "assignment", "update", "one iteration", "assignment ÷ Numba", "iteration ÷ Numba",
                                    "inertia (÷ Numba)"], rows, "lrrrrrr")
+    build = (k.get("faiss") or {}).get("build")
+    if build:
+        table += (f"\n\nfaiss {build['version']}: {build['active_level']} kernels "
+                  f"({'dynamic dispatch' if build['dynamic_dispatch'] else build['loaded_module']}; compile options "
+                  f"`{build['compile_options']}`) on a CPU whose best level is {build['cpu_level']}"
+                  f"{'' if build['matches_cpu'] else ': NOT the build that matches the CPU'}.")
     return f"{head}\n\n{table}"
 
 
