@@ -189,3 +189,11 @@ def test_plot_writes_a_png(db, tmp_path):
     path = db.plot(_results(db), str(tmp_path / "downstream.png"))
     with open(path, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_el2n_time_is_its_own_multi_run_recording_when_there_is_one(db):
+    r = _round(2.0, 9.0, [2.0, 2.0, 2.0, 2.0])
+    r["el2n_dynamics"] = {"wall": 7.5, "runs": 5, "epochs": 2, "el2n_epochs": [2]}
+    t = db.pruning_times([r], el2n_epochs=2)
+    assert t["el2n"] == pytest.approx([7.5 + 0.1])  # the EL2N recording + its score, not the main recording's epochs
+    assert t["forgetting"] == pytest.approx([9.0 + 0.2])

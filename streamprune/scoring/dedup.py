@@ -405,15 +405,8 @@ def exact_dedup(request: ScoreRequest) -> ScoreFile:
         request: The source (no surrogate, no target).
 
     Returns:
-        The scores (``params``: ``eps``, ``eps_chosen_by``, ``target_ratio``, ``duplicates``, ...).
-
-    Raises:
-        ValueError: Both ``eps`` and ``target_ratio`` given, or either out of range.
+        The scores.
     """
-    if eps is not None and target_ratio is not None:
-        raise ValueError(f"semdedup: give eps ({eps}) or target_ratio ({target_ratio}), not both")
-    if target_ratio is not None and not 0.0 <= target_ratio <= 1.0:
-        raise ValueError(f"target_ratio={target_ratio}: must be in [0, 1] (the fraction of samples marked duplicate)")
     source = request.source
     t0 = time.perf_counter()
     dup_of, stats = exact_duplicates(source)
