@@ -35,7 +35,7 @@ product's reader (``PrunedWebDataset`` + ``surrogate_transform(28)``, manifest o
 in-memory tensor, and a subset is an index into it; the scoring passes themselves all read the
 shards through the reader. Test accuracy is the top-1 accuracy on the whole test part.
 
-**Methods** (``docs/methods.md`` sections 2-3; scores computed once per dataset, deterministic;
+**Methods** (``docs/methods.md`` sections 3-5; scores computed once per dataset, deterministic;
 the selection, the head initialisation and the data order use the seed 0, 1, 2):
 
 ================  =======================================================================

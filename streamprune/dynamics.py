@@ -1,6 +1,6 @@
 """Training dynamics: finetune on the (pruned) shards and record every sample's statistics per epoch.
 
-EL2N, forgetting, AUM and GraNd (``docs/methods.md`` section 3) are functions of how each
+EL2N, forgetting, AUM and GraNd (``docs/methods.md`` section 4) are functions of how each
 sample behaves while a model trains. :func:`record_dynamics` trains a classifier through
 :class:`~streamprune.readers.PrunedWebDataset` (shuffled, ``set_epoch`` every epoch) and, from
 the *training* forward pass of each batch (the logits the optimizer step is computed from, as

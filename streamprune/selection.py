@@ -14,7 +14,7 @@ models. Selectors live in a string-keyed registry::
 and are used by :func:`select` and :func:`mask_from_scores`
 (``streamprune score --selector NAME`` / ``streamprune mask --scores F --selector NAME``).
 
-Registered here (``docs/methods.md`` sections 2 and 3; "budget" ``b = 1 - ratio`` is the
+Registered here (``docs/methods.md`` section 5; "budget" ``b = 1 - ratio`` is the
 fraction KEPT):
 
 * ``top`` (the default, every level): the first ``round(n * b)`` items of the stored ranking.

@@ -1,4 +1,4 @@
-"""Training-based baseline scores (``docs/methods.md`` section 3), all per sample.
+"""Training-based baseline scores (``docs/methods.md`` section 4), all per sample.
 
 From a recording of :func:`streamprune.dynamics.record_dynamics` (option ``dynamics_dir``,
 ``streamprune score --dynamics DIR``; ``epochs`` / ``--dynamics-epochs N`` uses the first N
