@@ -232,7 +232,8 @@ def load_faiss() -> tuple[Any, dict[str, Any]]:
 
 
 
-def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_rows: int) -> dict[str, Any]:
+def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_rows: int,
+                  only: Sequence[str] | None = None) -> dict[str, Any]:
     """Part b: one Lloyd iteration (assignment, then update) per arm, all arms interleaved in each repeat.
 
     Arms (same data, same initial centroids): Numba (``kernels.nearest_centroid`` +
@@ -252,6 +253,7 @@ def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_r
         repeats: Interleaved repeats.
         numpy_rows: Rows the NumPy broadcast arm is timed on.
         cdist_rows: Rows the ``torch.cdist`` arm is timed on.
+        only: Arms to run (``numba`` always runs: every ratio is paired with it); default all.
 
     Returns:
         The ``kernels`` part of the results.
@@ -321,6 +323,8 @@ def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_r
         faiss.omp_set_num_threads(threads)
         arms["faiss"] = faiss_arm
     arms.update(numpy_broadcast=broadcast_arm, torch_cdist=cdist_arm)
+    if only:
+        arms = {name: fn for name, fn in arms.items() if name == "numba" or name in only}
     scale = {"numpy_broadcast": n / np_rows, "torch_cdist": n / cd_rows}  # slice arms, extrapolated linearly to N
     names = list(arms)
     times: dict[str, dict[str, list[float]]] = {a: {"total": [], "assign": [], "update": []} for a in names}
@@ -671,6 +675,31 @@ def merged_parts(earlier: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def merge_arms(earlier: dict[str, Any], new: dict[str, Any], earlier_command: str, command: str) -> dict[str, Any]:
+    """Part b with the arms just rerun replaced and the others kept from ``earlier``, each arm saying who measured it.
+
+    Numba runs in both runs; its row is the new one (the rerun arms' ratios are paired with
+    it), the kept arms' ratios stay paired with the earlier run's Numba times. The earlier
+    run's configuration must match (N, K, D).
+
+    Raises:
+        ValueError: The two runs measured different sizes.
+    """
+    if any(earlier.get(key) != new.get(key) for key in ("N", "K", "D")):
+        raise ValueError(f"--arms --merge: the stored part b is N={earlier.get('N')} K={earlier.get('K')} D={earlier.get('D')}, "
+                         f"this run N={new['N']} K={new['K']} D={new['D']}: rerun every arm or use the same sizes")
+    arms = {}
+    for name, entry in earlier["arms"].items():
+        arms[name] = {**entry, "measured_by": entry.get("measured_by") or earlier_command}
+    for name, entry in new["arms"].items():
+        arms[name] = {**entry, "measured_by": command}
+    merged = {**earlier, **{k: v for k, v in new.items() if k != "arms"}, "arms": arms}
+    merged["faiss"] = new.get("faiss") if "faiss" in new["arms"] else earlier.get("faiss")
+    merged["timing"] = (new["timing"] + "; arms measured by different commands are marked per arm (measured_by), and a kept "
+                        "arm's ratios are paired with the Numba times of its own run")
+    return merged
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure the parts not skipped (``python -m benchmarks score --help``), write ``score_bench.json`` and the plot."""
     ap = common.arg_parser("score", __doc__)
@@ -685,6 +714,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--skip", default="", help="Comma-separated parts to skip (a,b,c,d).")
+    ap.add_argument("--arms", default="", help="Part b: only these arms (numba always runs); with --merge the other arms' "
+                    "rows are kept from the existing JSON, each marked with the command that measured it.")
     ap.add_argument("--merge", action="store_true", help="Keep the skipped parts' results from the existing JSON.")
     ap.add_argument("--quick", action="store_true", help="Small sizes (smoke test); results under results/quick.")
     ap.add_argument("--work", default=os.path.join(common.DEFAULT_DATA, "score"))
@@ -699,9 +730,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     command = common.command_line()
     res: dict = {"benchmark": "score_bench", "command": command, "machine": common.machine_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out_json = os.path.join(args.out, "score_bench.json")
+    earlier_kernels, earlier_command = None, None
     if args.merge and os.path.exists(out_json):  # keep the parts skipped now from an earlier run, each with its command
         with open(out_json) as fh:
             earlier = json.load(fh)
+        earlier_kernels, earlier_command = earlier.get("kernels"), (earlier.get("kernels") or {}).get("measured_by") or earlier.get("command")
         res = {**{PARTS[p]: v for p, v in ((p, merged_parts(earlier).get(PARTS[p])) for p in skip if p in PARTS) if v},
                "earlier_command": plain_command(earlier.get("command")), **res}
     fashion = os.path.isdir(FASHION)
@@ -722,7 +755,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         res["lm_vs_epoch"].update(lm_cost(res["lm_vs_epoch"]))
     if "b" not in skip:
         log.info("b: kernels at N=%d K=%d D=%d", args.n, args.k, args.d)
-        res["kernels"] = bench_kernels(args.n, args.k, args.d, args.repeats, args.numpy_rows, args.cdist_rows)
+        only = [a for a in args.arms.split(",") if a] if args.arms else None
+        res["kernels"] = bench_kernels(args.n, args.k, args.d, args.repeats, args.numpy_rows, args.cdist_rows, only)
+        if only and args.merge and isinstance(earlier_kernels, dict) and earlier_kernels.get("arms"):
+            res["kernels"] = merge_arms(earlier_kernels, res["kernels"], plain_command(earlier_command) or "", command)
     if "c" not in skip:
         n = args.fm_n or args.n
         log.info("c: FM peak RSS at %d x %d", n, args.d)
@@ -792,6 +828,10 @@ def kernel_table(k: dict[str, Any]) -> str:
             f"function (÷ Numba's); before the iteration it was {k['inertia_at_init']:.6g}.")
     table = common.markdown_table(["arm", "assignment", "update", "one iteration", "assignment ÷ Numba", "iteration ÷ Numba",
                                    "inertia (÷ Numba)"], rows, "lrrrrrr")
+    numba_by = (arms.get("numba") or {}).get("measured_by")
+    kept = [f"{ARM_LABELS.get(n, n)} (`{a['measured_by']}`)" for n, a in arms.items() if a.get("measured_by") and a["measured_by"] != numba_by]
+    if kept:
+        table += "\n\nRows kept from an earlier run (their ratios paired with that run's Numba): " + "; ".join(kept) + "."
     build = (k.get("faiss") or {}).get("build")
     if build:
         table += (f"\n\nfaiss {build['version']}: {build['active_level']} kernels "

@@ -59,3 +59,17 @@ def test_statement_says_not_reproduced_when_no_interval_clears_zero():
 ])
 def test_faiss_level_is_the_best_the_cpu_supports(flags, level):
     assert score_bench.cpu_faiss_level(flags) == level
+
+
+def test_merge_arms_replaces_the_rerun_arms_and_marks_who_measured_each():
+    earlier = {"N": 10, "K": 2, "D": 3, "timing": "t", "faiss": {"version": "old"},
+               "arms": {"numba": {"iteration_s": 1}, "faiss": {"iteration_s": 9}, "numpy_mm": {"iteration_s": 4}}}
+    new = {"N": 10, "K": 2, "D": 3, "timing": "t", "faiss": {"version": "new", "build": {"active_level": "avx2"}},
+           "arms": {"numba": {"iteration_s": 2}, "faiss": {"iteration_s": 3}}}
+    out = score_bench.merge_arms(earlier, new, "old cmd", "new cmd")
+    assert out["arms"]["faiss"] == {"iteration_s": 3, "measured_by": "new cmd"}
+    assert out["arms"]["numba"]["measured_by"] == "new cmd"
+    assert out["arms"]["numpy_mm"] == {"iteration_s": 4, "measured_by": "old cmd"}
+    assert out["faiss"]["build"]["active_level"] == "avx2"
+    with pytest.raises(ValueError, match="N=10 K=2 D=3, this run N=20"):
+        score_bench.merge_arms(earlier, {**new, "N": 20}, "old cmd", "new cmd")
