@@ -177,7 +177,7 @@ def prepare_targets(data_dir: str, cfg: dict, progress: bool) -> dict[str, dict[
 
     from streamprune import write_shards
     from streamprune.sources import idx_source
-    from streamprune.sources.arrays import FASHION_MNIST_CLASSES, ArraySource
+    from streamprune.sources.arrays import FASHION_MNIST_CLASSES, ArraySource  # deferred with the block above
 
     src = idx_source(FASHION, split="t10k")
     images, labels = src.images, np.asarray(src.labels, dtype=np.int64)
@@ -248,7 +248,12 @@ def accuracy_runs(targets: dict[str, dict[str, Any]], backbone_ckpt: str, cfg: d
     from streamprune.scoring.scores_file import ScoreFile
     from streamprune.selection import select
 
-    from .downstream_bench import decode_all, finetune_accuracy, head_init_state, write_init_checkpoint
+    from .downstream_bench import (  # helpers that import torch
+        decode_all,
+        finetune_accuracy,
+        head_init_state,
+        write_init_checkpoint,
+    )
 
     test = Manifest.load(targets["test"]["dir"])
     x_test, y_test = decode_all(test)
@@ -355,7 +360,7 @@ def run(cfg: dict, progress: bool) -> dict[str, Any]:
 
     from streamprune import Manifest
 
-    from .downstream_bench import head_init_state, write_init_checkpoint
+    from .downstream_bench import head_init_state, write_init_checkpoint  # helpers that import torch
 
     torch.set_num_threads(cfg["threads"])
     t_start = time.perf_counter()
