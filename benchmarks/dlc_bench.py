@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from . import common
-from .downstream_bench import ARCH, FASHION, INPUT_SIZE, pretrain_backbone
+from .finetune import ARCH, FASHION, INPUT_SIZE, cache_matches, pretrain_backbone
 from .suite import Suite, Target
 
 log = logging.getLogger("dlc_bench")
@@ -162,14 +162,6 @@ def extrapolate(epoch_s: float, snapshot_s: float, dlc_s: float, protocols: dict
 # measuring
 
 
-def _cached(directory: str, params: dict) -> bool:
-    path = os.path.join(directory, "bench_meta.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as fh:
-        return json.load(fh).get("params") == params
-
-
 def prepare_targets(data_dir: str, cfg: dict, progress: bool) -> dict[str, dict[str, Any]]:
     """Shard the clean and the noisy downstream-train parts and the (clean) test part, cached."""
     # optional extra: scikit-learn; streamprune's writers load PIL and webdataset (heavy, only when the suite runs)
@@ -191,7 +183,7 @@ def prepare_targets(data_dir: str, cfg: dict, progress: bool) -> dict[str, dict[
     for name, (ids, y, flips) in parts.items():
         params = {"name": name, "train": cfg["train"], "test": cfg["test"], "noise": cfg["noise"], "version": 1}
         root = os.path.join(data_dir, f"{name}-{cfg['train']}-{cfg['test']}")
-        if not (_cached(root, params) and os.path.exists(os.path.join(root, "manifest.json"))):
+        if not (cache_matches(root, params) and os.path.exists(os.path.join(root, "manifest.json"))):
             write_shards(ArraySource(images[ids], y, FASHION_MNIST_CLASSES, prefix=f"dlc-{name.replace('.', 'p')}-"), root, samples_per_shard=1000,
                          workers=1, progress=progress, overwrite=True)
             common.write_json(os.path.join(root, "bench_meta.json"), {"params": params})
@@ -248,7 +240,7 @@ def accuracy_runs(targets: dict[str, dict[str, Any]], backbone_ckpt: str, cfg: d
     from streamprune.scoring.scores_file import ScoreFile
     from streamprune.selection import select
 
-    from .downstream_bench import (  # helpers that import torch
+    from .finetune import (  # helpers that import torch
         decode_all,
         finetune_accuracy,
         head_init_state,
@@ -360,7 +352,7 @@ def run(cfg: dict, progress: bool) -> dict[str, Any]:
 
     from streamprune import Manifest
 
-    from .downstream_bench import head_init_state, write_init_checkpoint  # helpers that import torch
+    from .finetune import head_init_state, write_init_checkpoint  # helpers that import torch
 
     torch.set_num_threads(cfg["threads"])
     t_start = time.perf_counter()

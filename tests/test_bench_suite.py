@@ -58,7 +58,7 @@ def test_targets_table_columns_and_verdicts():
 
 
 def test_registry_is_a_dict_of_suites_by_name():
-    assert list(registry.SUITES) == ["io", "index", "ffcv", "score", "downstream", "transfer", "fuzz", "dynamic", "dedup", "scale", "remote"]
+    assert list(registry.SUITES) == ["io", "index", "ffcv", "score", "downstream", "dlc", "transfer", "fuzz", "dynamic", "dedup", "scale", "remote"]
     for name, suite in registry.SUITES.items():
         assert isinstance(suite, Suite) and suite.name == name and suite.title
         assert suite.results_path().endswith(os.path.join("benchmarks", "results", f"{name}_bench.json"))
