@@ -35,7 +35,7 @@ product's reader (``PrunedWebDataset`` + ``surrogate_transform(28)``, manifest o
 in-memory tensor, and a subset is an index into it; the scoring passes themselves all read the
 shards through the reader. Test accuracy is the top-1 accuracy on the whole test part.
 
-**Methods** (``docs/methods.md`` sections 2-3; scores computed once per dataset, deterministic;
+**Methods** (``docs/methods.md`` sections 3-5; scores computed once per dataset, deterministic;
 the selection, the head initialisation and the data order use the seed 0, 1, 2):
 
 ================  =======================================================================
@@ -43,22 +43,29 @@ the selection, the head initialisation and the data order use the seed 0, 1, 2):
                   backbone) + ``flexrand`` selector, gamma 0.5 (class-wise)
 ``random``        uniform over the whole set (``random`` selector)
 ``cb-random``     class-balanced random (``class-balanced-random`` selector)
-``el2n``          ``el2n`` from the recording's first ``E // 2`` epochs (fashion-test 2,
-                  digits 5): the first epoch's in-training statistics include the phase where
-                  the new head is still random, so one epoch alone is mostly data-order
-                  noise; ``top`` selector = keep the highest (hardest), class-blind
+``el2n``          ``el2n`` as Paul et al. define it: evaluation-mode snapshots of
+                  ``--el2n-runs`` independent runs (default 5; the paper 10), each trained
+                  ``E // 2`` epochs (fashion-test 2, digits 5) from the same start and
+                  scored at its end; ``top`` selector = keep the highest (hardest),
+                  class-blind
 ``forgetting``    ``forgetting`` over all E recorded epochs, ``top`` = keep the most forgotten
                   (never learned first), class-blind
-``moderate``      ``moderate`` on the backbone's features, ``top`` = the middle band of each class
-``ccs``           ``aum`` over all E epochs + ``ccs`` selector (50 strata, class-blind) with
-                  beta(b) = 0 for budgets b >= 50% and 0.3 * (0.5 - b) / 0.4 below (0.075 at
-                  40%, 0.15 at 30%, 0.225 at 20%, 0.3 at 10% kept), the doc's "0 at high
-                  budgets, ~0.3 at 90% pruning"
+``moderate``      ``moderate`` on the backbone's features, ``top`` = the middle band of the
+                  distances over the whole set (the default global band, as the reference code)
+``ccs``           ``aum`` (logit margins) over all E epochs + ``ccs`` selector (50 strata,
+                  class-blind) with streamprune's default beta rule (0 for budgets b >= 50%,
+                  0.3 * (0.5 - b) / 0.4 below: 0.3 at 10% kept), NOT the paper's per-dataset
+                  beta search (``docs/methods.md`` section 5)
 ================  =======================================================================
 
-The training-based scores (EL2N, forgetting, AUM) come from ONE ``record_dynamics`` recording
-on the full train part with exactly the finetune recipe above (seed 0: the head of seed 0,
-E epochs = the fixed step count). A full-data run at budget 100% ("full", 3 seeds) is
+Forgetting and AUM come from ONE ``record_dynamics`` recording on the full train part with
+exactly the finetune recipe above (seed 0: the head of seed 0, E epochs = the fixed step
+count). EL2N comes from a second recording of ``--el2n-runs`` runs (seeds 0, 1, ...: data
+order and, the backbone being fixed, nothing else), each ``E // 2`` epochs of the same recipe,
+with an evaluation-mode EL2N snapshot after its last epoch (``el2n_epochs=[E // 2]``).
+Deviation: the paper scores a checkpoint early in a long schedule (epoch 20 of 200); here each
+run's one-cycle schedule spans its ``E // 2`` epochs, so the snapshot is taken after the
+learning rate has annealed. A full-data run at budget 100% ("full", 3 seeds) is
 reported as a reference.
 
 **Pruning time** (wall seconds, measured in ``--rounds`` rounds, each running every timed
@@ -68,9 +75,8 @@ within a round, then the median):
 * DLC: ``score_source(method="dlc", selector="flexrand")`` (two streaming passes through the
   reader, K + 1 = 51 eval forwards per sample, plus the mask), ``workers=1`` (one decode
   worker; the library then runs torch on cores - 1 = 1 thread);
-* EL2N: the recording's set-up plus its first ``E // 2`` epochs (the run is the same up to
-  there: the one-cycle schedule is fixed in advance, so EL2N could stop training there),
-  plus ``score_source(method="el2n")``;
+* EL2N: the whole EL2N recording (``--el2n-runs`` runs of ``E // 2`` epochs and their
+  snapshot passes) plus ``score_source(method="el2n")``;
 * forgetting, CCS: the whole recording (``record_dynamics``, ``workers=1``) plus their
   ``score_source`` (forgetting / aum + ccs);
 * Moderate: ``score_source(method="moderate")`` (one feature pass through the reader, no cache
@@ -104,7 +110,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import logging
 import math
 import os
@@ -120,13 +125,22 @@ import numpy as np
 from streamprune import Manifest
 
 from . import mdtable, provenance, resultsfile, stats
+from .finetune import (  # shared with the DLC suite (benchmarks/finetune.py)
+    ARCH,
+    FASHION,
+    INPUT_SIZE,
+    cache_matches,
+    decode_all,
+    finetune_accuracy,
+    head_init_state,
+    mark_cache,
+    pretrain_backbone,
+    write_init_checkpoint,
+)
 from .suite import Suite, Target
 
 log = logging.getLogger("downstream_bench")
 
-FASHION = "/usr/share/datasets/fashion-mnist"
-ARCH = "benchmarks.nets:small_cnn"  # = nets.ENTRY_POINT (not imported here: nets imports torch)
-INPUT_SIZE = 28
 
 #: Accuracy methods in table order: name -> (label, score method, selector).
 METHODS: dict[str, tuple[str, str, str]] = {
@@ -177,35 +191,6 @@ def selector_options(method: str, budget: float) -> dict[str, Any]:
     if method == "ccs":
         return {"beta": ccs_beta(budget), "strata": 50}
     return {}
-
-
-def batch_stream(kept: np.ndarray, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
-    """``steps`` batches of exactly ``batch_size`` ids: consecutive slices of seeded permutations.
-
-    Every permutation is a pass over ``kept``; passes are concatenated, so a batch may span two
-    passes (and a subset smaller than a batch repeats within one).
-
-    Args:
-        kept: Kept sample ids (at least one).
-        batch_size: Samples per step.
-        steps: Optimizer steps.
-        seed: Seed of the permutations.
-
-    Returns:
-        The batches.
-    """
-    kept = np.asarray(kept, dtype=np.int64)
-    if not len(kept):
-        raise ValueError("batch_stream: no kept samples")
-    rng = np.random.default_rng(seed)
-    need = batch_size * steps
-    passes = []
-    have = 0
-    while have < need:
-        passes.append(kept[rng.permutation(len(kept))])
-        have += len(kept)
-    flat = np.concatenate(passes)[:need]
-    return [flat[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -288,7 +273,10 @@ def pruning_times(rounds: Sequence[dict], el2n_epochs: int) -> dict[str, list[fl
         dyn = r["dynamics"]
         epochs = list(dyn["seconds_per_epoch"])
         dyn_wall = float(dyn["wall"])
-        el2n_part = dyn_wall - float(sum(epochs[el2n_epochs:]))  # set-up + the epochs EL2N reads
+        if "el2n_dynamics" in r:  # its own multi-run recording with eval-mode snapshots
+            el2n_part = float(r["el2n_dynamics"]["wall"])
+        else:  # older results: the training-pass fallback read the main recording's first epochs
+            el2n_part = dyn_wall - float(sum(epochs[el2n_epochs:]))  # set-up + the epochs EL2N reads
         rows = {
             "dlc-flexrand": r["dlc"],
             "random": r["random-samples"],
@@ -581,52 +569,6 @@ def _load() -> tuple[float, float, float]:
     return tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[return-value]
 
 
-def _cached(directory: str, params: dict) -> bool:
-    meta = os.path.join(directory, "bench_meta.json")
-    if not os.path.exists(meta):
-        return False
-    with open(meta) as fh:
-        return json.load(fh).get("params") == params
-
-
-def _mark(directory: str, params: dict, **extra: Any) -> None:
-    resultsfile.write_json(os.path.join(directory, "bench_meta.json"), {"params": params, **extra})
-
-
-def pretrain_backbone(data_dir: str, cfg: dict, progress: bool) -> dict:
-    """Shard Fashion-MNIST TRAIN and train the backbone on it (cached)."""
-    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
-    from streamprune import Manifest, write_shards
-    from streamprune.models import checkpoint_info
-    from streamprune.sources import idx_source
-    from streamprune.sources.arrays import FASHION_MNIST_CLASSES, ArraySource  # deferred with the rest of this block
-    from streamprune.train import train_surrogate  # heavy: torch
-
-    params = {"arch": ARCH, "subset": cfg["pretrain_subset"], "epochs": cfg["pretrain_epochs"], "batch_size": 128,
-              "optimizer": "adam", "input_size": INPUT_SIZE, "seed": 0, "version": 1}
-    root = os.path.join(data_dir, "pretrain" + ("-quick" if cfg["quick"] else ""))
-    shards = os.path.join(root, "fashion_train")
-    ckpt = os.path.join(root, "backbone.pt")
-    if _cached(root, params) and os.path.exists(ckpt) and os.path.exists(os.path.join(shards, "manifest.json")):
-        log.info("reusing the pretrained backbone %s", ckpt)
-        with open(os.path.join(root, "bench_meta.json")) as fh:
-            return {**json.load(fh)["trained"], "checkpoint": ckpt, "cached": True, "shards": shards}
-    src = idx_source(FASHION, split="train")
-    if cfg["pretrain_subset"]:
-        idx = np.random.default_rng(0).permutation(len(src))[: cfg["pretrain_subset"]]
-        src = ArraySource(src.images[idx], src.labels[idx], FASHION_MNIST_CLASSES, prefix="train_")
-    t0 = time.perf_counter()
-    write_shards(src, shards, samples_per_shard=5000, workers=2, progress=progress, overwrite=True)
-    shard_s = time.perf_counter() - t0
-    log.info("pretraining %s on %d Fashion-MNIST train images (%d epochs)", ARCH, len(src), cfg["pretrain_epochs"])
-    trained = train_surrogate(Manifest.load(shards), ARCH, ckpt, epochs=cfg["pretrain_epochs"], batch_size=128, optimizer="adam",
-                              input_size=INPUT_SIZE, workers=1, seed=0, progress=progress)
-    trained = {k: v for k, v in trained.items() if k != "checkpoint"}
-    trained.update(images=len(src), shard_seconds=round(shard_s, 2), sha256=checkpoint_info(ckpt)["checkpoint_sha256"])
-    _mark(root, params, trained=trained)
-    return {**trained, "checkpoint": ckpt, "cached": False, "shards": shards}
-
-
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     # optional extra: scikit-learn, only this path needs it
     from PIL import Image
@@ -651,7 +593,7 @@ def prepare_downstream(data_dir: str, name: str, cfg: dict, progress: bool) -> d
     params = {"name": name, "train": spec["train"], "test": spec["test"], "seed": 0, "version": 1}
     root = os.path.join(data_dir, f"{name}-{spec['train']}-{spec['test']}")
     out = {"train_dir": os.path.join(root, "train"), "test_dir": os.path.join(root, "test")}
-    if _cached(root, params) and all(os.path.exists(os.path.join(d, "manifest.json")) for d in out.values()):
+    if cache_matches(root, params) and all(os.path.exists(os.path.join(d, "manifest.json")) for d in out.values()):
         return out
     if name == "fashion-test":
         src = idx_source(FASHION, split="t10k")
@@ -666,96 +608,8 @@ def prepare_downstream(data_dir: str, name: str, cfg: dict, progress: bool) -> d
         src = ArraySource(images[ids], labels[ids], classes, prefix=f"{name}-{part}-")
         write_shards(src, out[f"{part}_dir"], samples_per_shard=1000 if name == "fashion-test" else 500, workers=1, progress=progress,
                      overwrite=True)
-    _mark(root, params)
+    mark_cache(root, params)
     return out
-
-
-def decode_all(manifest: Any) -> tuple[Any, np.ndarray]:
-    """Every sample of a manifest through the reader and the eval transform, in manifest order.
-
-    Returns:
-        ``(float32 tensor [N, 3, 28, 28], int64 labels [N])``.
-    """
-    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
-    import torch
-
-    from streamprune.models import surrogate_transform
-    from streamprune.readers import PrunedWebDataset
-
-    ds = PrunedWebDataset(manifest, None, shuffle=False, rank=0, world_size=1)
-    position_of = {k: i for i, k in enumerate(ds.source.manifest.keys())}
-    pipe = ds.decode("pil").to_tuple("__key__", "jpg;png", "cls").map_tuple(str, surrogate_transform(INPUT_SIZE), int)
-    n = ds.source.manifest.num_samples
-    x = torch.empty(n, 3, INPUT_SIZE, INPUT_SIZE)
-    y = np.full(n, -1, dtype=np.int64)
-    for key, img, label in pipe:
-        i = position_of[key]
-        x[i] = img
-        y[i] = label
-    if (y < 0).any():
-        raise RuntimeError(f"{ds.source.manifest.path}: {int((y < 0).sum())} samples were not decoded")
-    return x, y
-
-
-def head_init_state(backbone_ckpt: str, num_classes: int, seed: int) -> dict:
-    """State dict of the backbone with a new, seeded head for ``num_classes`` classes."""
-    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
-    import torch
-
-    from streamprune.models import build_surrogate, head_module, load_checkpoint
-
-    torch.manual_seed(seed)
-    fresh = build_surrogate(ARCH, num_classes)
-    head_names = {n for n, p in fresh.named_parameters() if any(p is q for q in head_module(fresh).parameters())}
-    pre = load_checkpoint(backbone_ckpt)["state_dict"]
-    state = fresh.state_dict()
-    for k, v in pre.items():
-        if k not in head_names:
-            state[k] = v.clone()
-    return state
-
-
-def write_init_checkpoint(path: str, state: dict, num_classes: int, classes: list[str], backbone: str, seed: int) -> str:
-    """The downstream starting point (backbone + new head) as a streamprune checkpoint."""
-    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
-    from streamprune.models import build_surrogate, save_checkpoint
-
-    model = build_surrogate(ARCH, num_classes)
-    model.load_state_dict(state)
-    return save_checkpoint(path, model, ARCH, num_classes, input_size=INPUT_SIZE, classes=classes, backbone=os.path.abspath(backbone), head_seed=seed)
-
-
-def finetune_accuracy(state: dict, num_classes: int, x: Any, y: np.ndarray, kept: np.ndarray, x_test: Any, y_test: np.ndarray,
-                      cfg: dict, steps: int, seed: int) -> float:
-    """Finetune from ``state`` on ``x[kept]`` for ``steps`` steps; top-1 test accuracy in percent."""
-    # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
-    import torch
-    import torch.nn.functional as F
-
-    from streamprune.models import build_surrogate
-    from streamprune.train import make_optimizer, make_schedule  # heavy: torch
-
-    torch.manual_seed(seed)
-    model = build_surrogate(ARCH, num_classes)
-    model.load_state_dict(state)
-    opt = make_optimizer("sgd", model.parameters(), cfg["lr"], cfg["weight_decay"])
-    sched = make_schedule(opt, cfg["lr"], steps, "onecycle")
-    yt = torch.as_tensor(y)
-    model.train()
-    for idx in batch_stream(kept, cfg["batch_size"], steps, seed):
-        ii = torch.as_tensor(idx)
-        loss = F.cross_entropy(model(x[ii]), yt[ii])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for lo in range(0, len(y_test), 1000):
-            pred = model(x_test[lo : lo + 1000]).argmax(1).numpy()
-            correct += int((pred == y_test[lo : lo + 1000]).sum())
-    return 100.0 * correct / len(y_test)
 
 
 def timing_round(name: str, info: dict, cfg: dict, work: str, order_seed: int, progress: bool) -> tuple[dict, dict]:
@@ -791,13 +645,24 @@ def timing_round(name: str, info: dict, cfg: dict, work: str, order_seed: int, p
                               workers=1, seed=0, progress=progress)
         rec["dynamics"] = {"wall": round(time.perf_counter() - t0, 4), "seconds_per_epoch": out["seconds_per_epoch"],
                            "train_accuracy": out["train_accuracy"]}
-        run_score("el2n", "el2n", "top", {}, dynamics_dir=ddir, epochs=info["el2n_epochs"])
         run_score("forgetting", "forgetting", "top", {}, dynamics_dir=ddir)
         run_score("aum", "aum", "ccs", {"beta": 0.0, "strata": 50}, dynamics_dir=ddir)
+
+    def el2n_snapshots_and_score() -> None:
+        # Paul et al.'s EL2N: eval-mode snapshots of several independent runs, early in training
+        ddir = os.path.join(work, "el2n-dynamics")
+        t0 = time.perf_counter()
+        out = record_dynamics(train, ARCH, ddir, epochs=info["el2n_epochs"], checkpoint=ckpt, batch_size=cfg["batch_size"], lr=cfg["lr"],
+                              optimizer="sgd", weight_decay=cfg["weight_decay"], schedule="onecycle", input_size=INPUT_SIZE,
+                              workers=1, seed=0, el2n_epochs=[info["el2n_epochs"]], runs=cfg["el2n_runs"], progress=progress)
+        rec["el2n_dynamics"] = {"wall": round(time.perf_counter() - t0, 4), "runs": out["runs"], "epochs": out["epochs"],
+                                "el2n_epochs": out["el2n_epochs"]}
+        run_score("el2n", "el2n", "top", {}, dynamics_dir=ddir)
 
     configs = {
         "dlc": lambda: run_score("dlc", "dlc", "flexrand", {"gamma": 0.5}, levels=cfg["levels"]),
         "dynamics": dynamics_and_scores,
+        "el2n-dynamics": el2n_snapshots_and_score,
         "moderate": lambda: run_score("moderate", "moderate", "top", {}),
         "random-samples": lambda: run_score("random-samples", "random-samples", "random", {}),
     }
@@ -987,6 +852,7 @@ def config(args: argparse.Namespace) -> dict:
         "lr": 0.05,
         "weight_decay": 5e-4,
         "rounds": args.rounds if args.rounds else (1 if args.quick else 3),
+        "el2n_runs": args.el2n_runs if args.el2n_runs else (2 if args.quick else 5),
         "extra_rows": [] if args.no_extra_rows else list(EXTRA_ROWS),
         "threads": args.threads,
         "pretrain_subset": 6000 if args.quick else 0,
@@ -1000,6 +866,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datasets", help="comma-separated subset of fashion-test,digits")
     p.add_argument("--seeds", type=int, help="number of seeds (default 3; quick 2)")
     p.add_argument("--rounds", type=int, help="timing rounds (default 3; quick 1)")
+    p.add_argument("--el2n-runs", type=int, help="independent runs EL2N's eval-mode snapshots average (default 5; quick 2; the paper 10)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the evaluation finetunes (default 1)")
     p.add_argument("--no-extra-rows", action="store_true", help="skip the dlc-k10 / dlc-w0 timing rows")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

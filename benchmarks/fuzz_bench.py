@@ -89,7 +89,7 @@ class FuzzSuite(Suite):
             "benchmark": "fuzz_bench",
             "args": {k: v for k, v in vars(args).items() if k != "work"},
             "atheris": report["atheris"],
-            "outcomes": {"ok": "read, invariants hold", "named": "a StreamPruneError", "stale": "damaged companion used",
+            "outcomes": {"ok": "read, invariants hold", "named": "a StreamPruneError", "stale": "damaged companion used (bug)",
                          "other": "another exception (bug)", "wrong": "read, invariant broken (bug)", "hang": "watchdog (bug)"},
             "bug_outcomes": list(fuzzer().BUGS), "slow_seconds": fuzzer().SLOW_SECONDS,
             "targets_fuzzed": report["targets_fuzzed"],
@@ -103,6 +103,6 @@ class FuzzSuite(Suite):
         slow = sum(len(row.get("slow", [])) for row in rows)
         slow_seconds = results.get("slow_seconds", 1.0)
         return {**results, "targets": [
-            Target.check("inputs ending in an unnamed exception, a wrong result or a hang", bugs, 0, "<=").to_dict(),
+            Target.check("inputs ending in a damaged companion used, an unnamed exception, a wrong result or a hang", bugs, 0, "<=").to_dict(),
             Target.check(f"inputs taking more than {slow_seconds:g} s", slow, 0, "<=").to_dict(),
         ]}

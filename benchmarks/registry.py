@@ -8,6 +8,7 @@ from typing import Any
 from . import provenance
 from .decode_bench import DecodeSuite
 from .dedup_bench import DedupSuite
+from .dlc_bench import DlcSuite
 from .downstream_bench import DownstreamSuite
 from .dynamic_bench import DynamicSuite
 from .ffcv_bench import FfcvSuite
@@ -29,7 +30,7 @@ __all__ = ["SUITES", "get_suite", "run_suite"]
 #: measurement modules of their own (:mod:`benchmarks.records`, not runnable from here).
 SUITES: dict[str, Suite] = {
     s.name: s
-    for s in (IoSuite(), DecodeSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
+    for s in (IoSuite(), DecodeSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), DlcSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
               DedupSuite(), ScaleSuite(), ScaleSimSuite(), RemoteSuite(), FormatsSuite(), *(record() for record in RECORDS))
 }
 

@@ -135,7 +135,86 @@ def lloyd_update(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray) -> 
     return out
 
 
-def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_rows: int) -> dict[str, Any]:
+#: faiss-cpu's SIMD levels, best first, with the /proc/cpuinfo flags each needs (faiss.loader's rule).
+FAISS_LEVELS = (("avx512", ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")), ("avx2", ("avx2", "fma", "f16c", "popcnt")))
+
+
+def cpu_faiss_level(flags: set[str]) -> str:
+    """The best faiss SIMD level the CPU supports: ``avx512``, ``avx2`` or ``generic``."""
+    for level, needs in FAISS_LEVELS:
+        if all(f in flags for f in needs):
+            return level
+    return "generic"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:  # not Linux: let faiss.loader decide alone
+        pass
+    return set()
+
+
+def load_faiss() -> tuple[Any, dict[str, Any]]:
+    """Import faiss-cpu with the build that matches this CPU, and say which one runs.
+
+    faiss-cpu wheels up to 1.14 ship separate ``swigfaiss``, ``swigfaiss_avx2`` and
+    ``swigfaiss_avx512`` modules and ``faiss.loader`` picks one (``FAISS_OPT_LEVEL`` overrides
+    it); from 1.15 one module carries every level and dispatches at run time (compile options
+    ``DD``, ``faiss.SIMDConfig``): the loader then logs that the AVX2 module is missing although
+    the AVX2 kernels run. This sets ``FAISS_OPT_LEVEL`` to the CPU's best level when unset,
+    selects that level in a dynamic-dispatch build, and records the outcome.
+
+    Returns:
+        ``(faiss module or None, build record)``; the record has ``cpu_level``, ``loaded_module``,
+        ``compile_options``, ``dynamic_dispatch``, ``active_level`` and ``matches_cpu``.
+    """
+    cpu_level = cpu_faiss_level(_cpu_flags())
+    os.environ.setdefault("FAISS_OPT_LEVEL", cpu_level)
+    messages: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    loader_log = logging.getLogger("faiss.loader")
+    handler, old_level = _Keep(), loader_log.level
+    loader_log.addHandler(handler)
+    loader_log.setLevel(logging.DEBUG)
+    try:  # optional extra: the faiss arm runs only when faiss-cpu is installed
+        import faiss
+    except ImportError:
+        return None, {"skipped": "faiss not installed (pip install faiss-cpu)", "cpu_level": cpu_level}
+    finally:
+        loader_log.removeHandler(handler)
+        loader_log.setLevel(old_level)
+    loaded = [m for m in ("faiss.swigfaiss_avx512_spr", "faiss.swigfaiss_avx512", "faiss.swigfaiss_avx2", "faiss.swigfaiss") if m in sys.modules]
+    record: dict[str, Any] = {"version": faiss.__version__, "cpu_level": cpu_level, "FAISS_OPT_LEVEL": os.environ["FAISS_OPT_LEVEL"],
+                              "loaded_module": loaded[0] if loaded else None, "compile_options": faiss.get_compile_options().strip(),
+                              "loader_log": messages}
+    config = getattr(faiss, "SIMDConfig", None)
+    if config is not None and config.has_dynamic_dispatch():
+        record["dynamic_dispatch"] = True
+        best = config.auto_detect_simd_level()
+        if config.get_level() != best:
+            config.set_level(best)
+        record["active_level"] = str(config.get_level_name()).lower()
+    else:
+        record["dynamic_dispatch"] = False
+        module = record["loaded_module"] or ""
+        record["active_level"] = "avx512" if "avx512" in module else ("avx2" if "avx2" in module else "generic")
+    record["matches_cpu"] = record["active_level"].startswith(cpu_level)
+    if not record["matches_cpu"]:
+        log.warning("faiss runs its %s kernels on a CPU that supports %s: its times understate faiss", record["active_level"], cpu_level)
+    return faiss, record
+
+
+
+def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_rows: int,
+                  only: Sequence[str] | None = None) -> dict[str, Any]:
     """Part b: one Lloyd iteration (assignment, then update) per arm, all arms interleaved in each repeat.
 
     Arms (same data, same initial centroids): Numba (``kernels.nearest_centroid`` +
@@ -155,6 +234,7 @@ def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_r
         repeats: Interleaved repeats.
         numpy_rows: Rows the NumPy broadcast arm is timed on.
         cdist_rows: Rows the ``torch.cdist`` arm is timed on.
+        only: Arms to run (``numba`` always runs: every ratio is paired with it); default all.
 
     Returns:
         The ``kernels`` part of the results.
@@ -165,10 +245,7 @@ def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_r
 
     from streamprune.kernels import kmeans_accumulate, nearest_centroid
 
-    try:  # optional extra: the faiss arm runs only when faiss-cpu is installed
-        import faiss
-    except ImportError:
-        faiss = None
+    faiss, faiss_build = load_faiss()
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, d), dtype=np.float32)
@@ -227,6 +304,8 @@ def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_r
         faiss.omp_set_num_threads(threads)
         arms["faiss"] = faiss_arm
     arms.update(numpy_broadcast=broadcast_arm, torch_cdist=cdist_arm)
+    if only:
+        arms = {name: fn for name, fn in arms.items() if name == "numba" or name in only}
     scale = {"numpy_broadcast": n / np_rows, "torch_cdist": n / cd_rows}  # slice arms, extrapolated linearly to N
     names = list(arms)
     times: dict[str, dict[str, list[float]]] = {a: {"total": [], "assign": [], "update": []} for a in names}
@@ -294,9 +373,10 @@ def bench_kernels(n: int, k: int, d: int, repeats: int, numpy_rows: int, cdist_r
                 entry["inertia_vs_numba"] = entry["inertia"] / nb["inertia"]
     if faiss is not None:
         out["faiss"] = {"version": faiss.__version__, "init": "the same initial centroids as every other arm (init_centroids)",
-                        "note": "faiss splits empty clusters after the update; the other arms keep an empty cluster's centroid"}
+                        "note": "faiss splits empty clusters after the update; the other arms keep an empty cluster's centroid",
+                        "build": faiss_build}
     else:
-        out["faiss"] = {"skipped": "faiss not installed (pip install faiss-cpu)"}
+        out["faiss"] = faiss_build
     return out
 
 
@@ -576,6 +656,31 @@ def merged_parts(earlier: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def merge_arms(earlier: dict[str, Any], new: dict[str, Any], earlier_command: str, command: str) -> dict[str, Any]:
+    """Part b with the arms just rerun replaced and the others kept from ``earlier``, each arm saying who measured it.
+
+    Numba runs in both runs; its row is the new one (the rerun arms' ratios are paired with
+    it), the kept arms' ratios stay paired with the earlier run's Numba times. The earlier
+    run's configuration must match (N, K, D).
+
+    Raises:
+        ValueError: The two runs measured different sizes.
+    """
+    if any(earlier.get(key) != new.get(key) for key in ("N", "K", "D")):
+        raise ValueError(f"--arms --merge: the stored part b is N={earlier.get('N')} K={earlier.get('K')} D={earlier.get('D')}, "
+                         f"this run N={new['N']} K={new['K']} D={new['D']}: rerun every arm or use the same sizes")
+    arms = {}
+    for name, entry in earlier["arms"].items():
+        arms[name] = {**entry, "measured_by": entry.get("measured_by") or earlier_command}
+    for name, entry in new["arms"].items():
+        arms[name] = {**entry, "measured_by": command}
+    merged = {**earlier, **{k: v for k, v in new.items() if k != "arms"}, "arms": arms}
+    merged["faiss"] = new.get("faiss") if "faiss" in new["arms"] else earlier.get("faiss")
+    merged["timing"] = (new["timing"] + "; arms measured by different commands are marked per arm (measured_by), and a kept "
+                        "arm's ratios are paired with the Numba times of its own run")
+    return merged
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The suite's own options (``python -m benchmarks score --help``; ``--data-dir`` is the work folder)."""
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -589,6 +694,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--skip", default="", help="Comma-separated parts to skip (a,b,c,d).")
+    ap.add_argument("--arms", default="", help="Part b: only these arms (numba always runs); with --merge the other arms' "
+                    "rows are kept from the existing JSON, each marked with the command that measured it.")
     ap.add_argument("--merge", action="store_true", help="Keep the skipped parts' results from the existing JSON.")
 
 
@@ -603,9 +710,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     command = provenance.command_line()
     res: dict = {"benchmark": "score_bench", "command": command, "machine": provenance.machine_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out_json = os.path.join(args.out, "score_bench.json")
+    earlier_kernels, earlier_command = None, None
     if args.merge and os.path.exists(out_json):  # keep the parts skipped now from an earlier run, each with its command
         with open(out_json) as fh:
             earlier = json.load(fh)
+        earlier_kernels, earlier_command = earlier.get("kernels"), (earlier.get("kernels") or {}).get("measured_by") or earlier.get("command")
         res = {**{PARTS[p]: v for p, v in ((p, merged_parts(earlier).get(PARTS[p])) for p in skip if p in PARTS) if v},
                "earlier_command": plain_command(earlier.get("command")), **res}
     fashion = os.path.isdir(FASHION)
@@ -626,7 +735,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["lm_vs_epoch"].update(lm_cost(res["lm_vs_epoch"]))
     if "b" not in skip:
         log.info("b: kernels at N=%d K=%d D=%d", args.n, args.k, args.d)
-        res["kernels"] = bench_kernels(args.n, args.k, args.d, args.repeats, args.numpy_rows, args.cdist_rows)
+        only = [a for a in args.arms.split(",") if a] if args.arms else None
+        res["kernels"] = bench_kernels(args.n, args.k, args.d, args.repeats, args.numpy_rows, args.cdist_rows, only)
+        if only and args.merge and isinstance(earlier_kernels, dict) and earlier_kernels.get("arms"):
+            res["kernels"] = merge_arms(earlier_kernels, res["kernels"], plain_command(earlier_command) or "", command)
     if "c" not in skip:
         n = args.fm_n or args.n
         log.info("c: FM peak RSS at %d x %d", n, args.d)
@@ -694,6 +806,16 @@ def kernel_table(k: dict[str, Any]) -> str:
             f"function (÷ Numba's); before the iteration it was {k['inertia_at_init']:.6g}.")
     table = mdtable.markdown_table(["arm", "assignment", "update", "one iteration", "assignment ÷ Numba", "iteration ÷ Numba",
                                    "inertia (÷ Numba)"], rows, "lrrrrrr")
+    numba_by = (arms.get("numba") or {}).get("measured_by")
+    kept = [f"{ARM_LABELS.get(n, n)} (`{a['measured_by']}`)" for n, a in arms.items() if a.get("measured_by") and a["measured_by"] != numba_by]
+    if kept:
+        table += "\n\nRows kept from an earlier run (their ratios paired with that run's Numba): " + "; ".join(kept) + "."
+    build = (k.get("faiss") or {}).get("build")
+    if build:
+        table += (f"\n\nfaiss {build['version']}: {build['active_level']} kernels "
+                  f"({'dynamic dispatch' if build['dynamic_dispatch'] else build['loaded_module']}; compile options "
+                  f"`{build['compile_options']}`) on a CPU whose best level is {build['cpu_level']}"
+                  f"{'' if build['matches_cpu'] else ': NOT the build that matches the CPU'}.")
     return f"{head}\n\n{table}"
 
 

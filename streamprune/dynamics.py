@@ -1,6 +1,6 @@
 """Training dynamics: finetune on the (pruned) shards and record every sample's statistics per epoch.
 
-EL2N, forgetting, AUM and GraNd (``docs/methods.md`` section 3) are functions of how each
+EL2N, forgetting, AUM and GraNd (``docs/methods.md`` section 4) are functions of how each
 sample behaves while a model trains. :func:`record_dynamics` trains a classifier through
 :class:`~streamprune.readers.PrunedWebDataset` (shuffled, ``set_epoch`` every epoch) and, from
 the *training* forward pass of each batch (the logits the optimizer step is computed from, as
@@ -9,9 +9,11 @@ forgetting and AUM are defined), stores per sample and epoch:
 ============  ==============================================================
 ``correct``   1.0 if ``argmax_k f(x)_k == y`` else 0.0
 ``p_true``    ``p_y``, the softmax probability of the true class
-``margin``    ``p_y - max_{k != y} p_k`` (AUM's per-epoch term; ``p_y`` when C = 1)
+``margin``    ``p_y - max_{k != y} p_k`` (AUM's probability variant; ``p_y`` when C = 1)
 ``loss``      ``-log p_y`` (cross-entropy)
 ``el2n``      ``||softmax(f(x)) - onehot(y)||_2`` (not derivable from ``p_y`` alone)
+``logit_margin`` ``z_y - max_{k != y} z_k`` of the logits ``z`` (AUM's term as Pleiss et
+              al. define it; ``z_y`` when C = 1)
 ============  ==============================================================
 
 Optionally, at chosen epochs (``0`` = at initialisation, ``e`` = after ``e`` epochs of
@@ -111,11 +113,12 @@ log = logging.getLogger(__name__)
 
 DYNAMICS_FORMAT = "streamprune-dynamics"
 #: Version 2 added the evaluation-mode EL2N snapshots (``el2n.npy``, the sidecar's ``el2n``,
-#: ``runs`` and ``seeds``); version-1 recordings (none of these) still load.
-DYNAMICS_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: ``runs`` and ``seeds``); version 3 the ``logit_margin`` field (AUM on logits). Older
+#: recordings still load; they lack what was added since.
+DYNAMICS_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 #: Per-sample, per-epoch quantities stored in ``dynamics.npy`` (last axis, in this order).
-FIELDS = ("correct", "p_true", "margin", "loss", "el2n")
+FIELDS = ("correct", "p_true", "margin", "loss", "el2n", "logit_margin")
 DYNAMICS_ARRAY = "dynamics.npy"
 GRAND_ARRAY = "grand.npy"
 EL2N_ARRAY = "el2n.npy"
@@ -137,16 +140,19 @@ def batch_statistics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     logp = F.log_softmax(z, dim=1)
     p = logp.exp()
     p_true = p.gather(1, y[:, None])[:, 0]
+    z_true = z.gather(1, y[:, None])[:, 0]
     if z.shape[1] > 1:
         others = p.scatter(1, y[:, None], float("-inf"))
         margin = p_true - others.max(dim=1).values
+        logit_margin = z_true - z.scatter(1, y[:, None], float("-inf")).max(dim=1).values
     else:  # a single class has no competitor
         margin = p_true.clone()
+        logit_margin = z_true.clone()
     onehot = F.one_hot(y, z.shape[1]).to(p.dtype)
     el2n = torch.linalg.vector_norm(p - onehot, dim=1)
     loss = -logp.gather(1, y[:, None])[:, 0]
     correct = (z.argmax(dim=1) == y).to(p.dtype)
-    return torch.stack([correct, p_true, margin, loss, el2n], dim=1)
+    return torch.stack([correct, p_true, margin, loss, el2n, logit_margin], dim=1)
 
 
 def _kept_bool(mask: Mask | None, manifest: Manifest) -> np.ndarray:

@@ -22,8 +22,12 @@ NUL-separated UTF-8 blob, all in one ``columns`` array, tagged with the SHA-256 
 was made from (layout: FORMATS.md). Parsing the JSON costs ~2 us per sample, every epoch, in every
 DataLoader worker, whatever the mask keeps; the companion loads in a fraction of that and
 builds member tuples only for the samples actually read. The JSON stays the index: its bytes
-are still read and checked against the manifest, and a companion that is missing, unreadable,
-or made from other JSON bytes is ignored (the JSON is parsed instead).
+are still read and checked against the manifest; a companion that is missing, of another
+version, or made from other JSON bytes (a cache left from before the JSON changed) is ignored
+and the JSON is parsed instead. A companion whose own digest (``digest``: BLAKE2b over its
+meta and columns) does not match, or that cannot be read at all, is damaged: loading it is an
+:class:`~streamprune.errors.IndexMismatchError` naming the file, never a silently different
+index and never silently skipped (storage that damages one file damages others).
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ INDEX_SUFFIX = ".index.json"
 #: Hex digits of each checksum algorithm's digest, as the JSON stores it (zero-padded).
 _HEX_DIGITS = {"xxh3_64": 16, "crc32": 8}
 COMPANION_FORMAT = "streamprune-index-companion"
-COMPANION_VERSION = 2
+#: Version 3: ``digest`` covers the meta as well as the columns (version 2 covered only the
+#: columns, so a damaged meta field such as ``shard_bytes`` or ``extensions`` loaded silently).
+COMPANION_VERSION = 3
 
 
 def index_path_for(shard_path: str | os.PathLike) -> str:
@@ -254,12 +260,26 @@ def _save_companion(index: ShardIndex, path: str, json_sha256: str) -> None:
         "checksum": index.checksum_algorithm if index.checksums is not None else "",
         **_object_field(index),
         "columns": layout,
-        # the meta names the JSON it was made from; this digest covers the columns themselves,
-        # so a damaged companion is never used in the JSON's place
-        "columns_blake2b": hashlib.blake2b(b"".join(chunks), digest_size=16).hexdigest(),
     }
+    columns = b"".join(chunks)
+    # the digest covers every meta field and the columns, so no damaged byte is ever used
+    meta["digest"] = _companion_digest(meta, columns)
     with atomic_open(path, "wb", fsync=False) as fh:
-        np.savez(fh, meta=np.array(json.dumps(meta)), columns=np.frombuffer(b"".join(chunks), dtype=np.uint8))
+        np.savez(fh, meta=np.array(json.dumps(meta)), columns=np.frombuffer(columns, dtype=np.uint8))
+
+
+def _companion_digest(meta: dict, columns: bytes) -> str:
+    """BLAKE2b-128 of the meta's canonical JSON (without ``digest``) followed by the column bytes."""
+    fields = {k: v for k, v in meta.items() if k != "digest"}
+    h = hashlib.blake2b(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8"), digest_size=16)
+    h.update(columns)
+    return h.hexdigest()
+
+
+def _damaged(name: str, why: str) -> IndexMismatchError:
+    return IndexMismatchError(
+        f"{name}: index companion is damaged ({why}); delete it to read the JSON index, or re-run `streamprune index`"
+    )
 
 
 _COMPANION_ARRAYS = ("keys", "labels", "start_gap", "member_count", "member_ext", "member_gap", "member_size")
@@ -281,52 +301,65 @@ def _load_bound_companion(path: str, expected_sha256: str, storage_options: dict
         return None
     if hashlib.sha256(raw).hexdigest() != expected_sha256:
         return None  # rewritten since the manifest: the JSON decides (and is checked against it)
-    return _load_companion(io.BytesIO(raw), None)
+    return _load_companion(io.BytesIO(raw), None, path)
 
 
-def _load_companion(path: str | io.BytesIO, json_sha256: str | None) -> ShardIndex | None:
-    """The index from the binary companion, or ``None`` when it cannot be trusted.
+def _load_companion(source: str | io.BytesIO, json_sha256: str | None, name: str | None = None) -> ShardIndex | None:
+    """The index from the binary companion; ``None`` when it is absent or a stale cache.
 
     Args:
-        path: The companion file (or its bytes).
+        source: The companion file (or its bytes).
         json_sha256: Digest of the JSON sidecar it must have been made from; ``None`` when the
             caller has already checked the companion's own digest against the manifest.
+        name: The companion's path or URL, for messages (default: ``source`` when a path).
+
+    Returns:
+        The index, or ``None`` when the file is missing, of another format or version, or made
+        from other JSON bytes: then the JSON is the index.
+
+    Raises:
+        IndexMismatchError: The companion is damaged: unreadable, its digest does not match its
+            meta and columns, or its fields are inconsistent.
     """
+    name = name or (source if isinstance(source, str) else "index companion")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(source, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
+            if not isinstance(meta, dict):
+                raise ValueError("meta is not a JSON object")
             if meta.get("format") != COMPANION_FORMAT or meta.get("version") != COMPANION_VERSION:
-                return None  # another version (v1: int64 columns) is a stale cache: the JSON is read
-            if json_sha256 is not None and meta.get("json_sha256") != json_sha256:
-                return None  # made from other JSON bytes: stale
+                return None  # another version (v1, v2: other columns) is a stale cache: the JSON is read
             data = z["columns"]
-        if hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest() != meta.get("columns_blake2b"):
-            return None  # columns changed after writing (damage): the JSON is the index
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure to parse the npz is damage
+        raise _damaged(name, f"unreadable: {type(exc).__name__}: {str(exc)[:80]}") from None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 1:
+        raise _damaged(name, "its columns are not a uint8 vector")
+    if _companion_digest(meta, data.tobytes()) != meta.get("digest"):
+        raise _damaged(name, "its digest does not match its meta and columns")
+    if json_sha256 is not None and meta.get("json_sha256") != json_sha256:
+        return None  # made from other JSON bytes: a stale cache, the JSON is the index
+    try:
         names = _COMPANION_ARRAYS + (("checksums",) if meta.get("checksum") else ())
         layout = {c["name"]: c for c in meta["columns"]}
         arrays = {}
-        for name in names:
-            c = layout[name]
+        for column in names:
+            c = layout[column]
             dtype = np.dtype(c["dtype"])
             if dtype.kind not in "iu" or c["offset"] % 8:
-                raise ValueError(f"column {name!r}: dtype {dtype} at offset {c['offset']}")
-            arrays[name] = np.frombuffer(data, dtype=dtype, count=c["length"], offset=c["offset"])
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # a damaged cache must never stop a read: the JSON is the index
-        log.debug("%s: ignoring unreadable index companion (%s)", path, exc)
-        return None
-    try:
-        return _companion_index(meta, arrays, path)
-    except Exception as exc:  # noqa: BLE001 - wrong types or values in the cache: the JSON is the index
-        log.debug("%s: ignoring inconsistent index companion (%s)", path, exc)
-        return None
+                raise ValueError(f"column {column!r}: dtype {dtype} at offset {c['offset']}")
+            arrays[column] = np.frombuffer(data, dtype=dtype, count=c["length"], offset=c["offset"])
+        index = _companion_index(meta, arrays)
+    except Exception as exc:  # noqa: BLE001 - a digest-valid companion with bad fields: a writer bug
+        raise _damaged(name, f"inconsistent fields: {exc}") from None
+    return index
 
 
-def _companion_index(meta: dict, arrays: dict, path: str) -> ShardIndex | None:
+def _companion_index(meta: dict, arrays: dict) -> ShardIndex:
+    """The :class:`ShardIndex` a companion's meta and columns describe (``ValueError`` if inconsistent)."""
     if not (isinstance(meta["shard"], str) and all(isinstance(e, str) for e in meta.get("extensions") or [])):
-        log.debug("%s: ignoring index companion with fields of the wrong type", path)
-        return None
+        raise ValueError("fields of the wrong type")
     n = int(meta.get("num_samples", -1))
     m = int(meta.get("num_members", -1))
     extensions = list(meta.get("extensions") or [])
@@ -340,12 +373,10 @@ def _companion_index(meta: dict, arrays: dict, path: str) -> ShardIndex | None:
         and (checksums is None or len(checksums) == n)
         and all(a.dtype.kind in "iu" for a in arrays.values())
     ):
-        log.debug("%s: ignoring inconsistent index companion", path)
-        return None
+        raise ValueError("column lengths do not match the counts")
     keys = arrays["keys"].tobytes().decode("utf-8").split("\0") if n else []
     if len(keys) != n:
-        log.debug("%s: ignoring inconsistent index companion", path)
-        return None
+        raise ValueError(f"{len(keys)} keys for {n} samples")
     start, end, first, offset = _layout_from_gaps(arrays["start_gap"], count, arrays["member_gap"], arrays["member_size"])
     obj = meta.get("object")
     return ShardIndex(
@@ -411,7 +442,8 @@ def load_index(
 
     Raises:
         ManifestError: The file is missing or not a streamprune index.
-        IndexMismatchError: The file's digest differs from ``expected_sha256``.
+        IndexMismatchError: The file's digest differs from ``expected_sha256``, or its binary
+            companion is damaged (the message names the companion).
     """
     path = os.fspath(path)
     if companion_sha256:
@@ -432,7 +464,7 @@ def load_index(
         )
     if storage.is_remote(path):
         try:
-            fast = _load_companion(io.BytesIO(_read(companion_path(path), storage_options)), digest)
+            fast = _load_companion(io.BytesIO(_read(companion_path(path), storage_options)), digest, companion_path(path))
         except OSError:
             fast = None
     else:

@@ -14,7 +14,7 @@ models. Selectors live in a string-keyed registry::
 and are used by :func:`select` and :func:`mask_from_scores`
 (``streamprune score --selector NAME`` / ``streamprune mask scores MANIFEST F --selector NAME``).
 
-Registered here (``docs/methods.md`` sections 2 and 3; "budget" ``b = 1 - ratio`` is the
+Registered here (``docs/methods.md`` section 5; "budget" ``b = 1 - ratio`` is the
 fraction KEPT):
 
 * ``top`` (the default, every level): the first ``round(n * b)`` items of the stored ranking.
@@ -28,14 +28,17 @@ fraction KEPT):
   class's quota (``round(n * h)`` up to rounding) uniformly from H.
 * ``se`` / ``sh``: per class, the whole easiest / hardest ``round(n * b / 2)`` plus the rest of
   the quota drawn uniformly from the remaining samples of the class.
-* ``ccs`` (coverage-centric selection, Zheng et al. 2023; options ``beta`` (default: the
-  paper's per-ratio rule, :func:`ccs_beta`), ``strata`` = 50): over the WHOLE set, as in the paper (classes are not looked at): drop the
+* ``ccs`` (coverage-centric selection, Zheng et al. 2023; options ``beta`` (default:
+  streamprune's rule :func:`ccs_beta`, NOT the paper's procedure, which searches beta per
+  dataset and ratio: :func:`ccs_beta_search`), ``strata`` = 50): over the WHOLE set, as in the paper (classes are not looked at): drop the
   hardest ``round(N * beta)`` samples, split the rest into ``strata`` equal-width score
   strata, and visit the strata from the smallest to the largest, each giving
   ``min(size, floor(remaining budget / remaining strata))`` samples drawn uniformly inside it
   (empty strata do not count; equal-sized strata are visited in a seeded random order).
-  The paper tunes ``beta`` per dataset and ratio (``methods.md``: about 0.3 at 90% pruning,
-  none at low rates); the default follows that rule, ``beta=0`` is pure stratified coverage.
+  The paper picks ``beta`` per dataset and ratio by a search (its reference code's CIFAR-10
+  example: 0.3 at 90% pruning); the default only interpolates between that anchor and no
+  cutoff at low rates (``docs/methods.md``, section 5); ``beta=0`` is pure stratified
+  coverage.
 
 Rules shared by the class-wise selectors (``class-balanced-random``, ``easy``, ``hard``,
 ``flexrand``, ``se``, ``sh``):
@@ -88,6 +91,7 @@ __all__ = [
     "flexrand_shares",
     "ccs_strata",
     "ccs_beta",
+    "ccs_beta_search",
     "select_items",
     "select_classes_from_scores",
     "mask_from_scores",
@@ -499,12 +503,14 @@ def ccs_strata(values: np.ndarray, strata: int) -> np.ndarray:
 
 
 def ccs_beta(budget: float) -> float:
-    """CCS's hard-cutoff fraction beta for a budget (fraction KEPT), the default of ``ccs``.
+    """streamprune's default hard-cutoff fraction beta of ``ccs`` for a budget (fraction KEPT).
 
-    The paper removes no hard samples at low pruning rates and ``beta = 0.3`` at 90% pruning
-    (its CIFAR-10 setting, also the reference code's example); between those anchors beta
-    grows linearly: 0 for budgets of 50% and more, up to 0.3 at 10% kept, and never so large
-    that fewer than the budget remain (``beta <= 1 - budget``).
+    NOT the paper's procedure: Zheng et al. choose beta per dataset and pruning rate by a
+    search (:func:`ccs_beta_search`). This rule only interpolates between two published
+    CIFAR-10 anchors, no cutoff at low pruning rates and ``beta = 0.3`` at 90% pruning (the
+    reference code's example), so that ``ccs`` works without a search: 0 for budgets of 50% and
+    more, growing linearly to 0.3 at 10% kept, and never so large that fewer than the budget
+    remain (``beta <= 1 - budget``).
 
     Args:
         budget: Fraction of samples kept, ``1 - ratio``.
@@ -530,7 +536,8 @@ def ccs(scores: ScoreFile, ratio: float, ctx: SelectionContext, beta: float | No
         ratio: Fraction removed.
         ctx: Seed and the hardness direction (labels are not used, as in the paper).
         beta: Fraction of ALL samples dropped first, the hardest ones, in ``[0, 1)``;
-            ``None``: the paper's per-ratio rule, :func:`ccs_beta` of the budget.
+            ``None``: streamprune's interpolation :func:`ccs_beta` of the budget (not the
+            paper's search: :func:`ccs_beta_search`).
         strata: Number of equal-width score strata (at least 1).
 
     Returns:
@@ -571,6 +578,58 @@ def ccs(scores: ScoreFile, ratio: float, ctx: SelectionContext, beta: float | No
         kept.append(_draw(rng, members[s], take))
         left -= take
     return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+
+
+#: Candidate betas of :func:`ccs_beta_search` (the paper's appendix searches a grid like this).
+CCS_BETA_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def ccs_beta_search(
+    scores: ScoreFile,
+    ratio: float,
+    evaluate: Callable[[np.ndarray], float],
+    betas: Sequence[float] = CCS_BETA_GRID,
+    *,
+    labels: np.ndarray | None = None,
+    seed: int | None = None,
+    strata: int = 50,
+) -> dict[str, Any]:
+    """CCS's beta as the paper chooses it: the candidate whose subset scores best on held-out data.
+
+    For each candidate ``beta`` (those that leave at least the budget), build the ``ccs``
+    subset at ``ratio`` and call ``evaluate(kept ids)``, the caller's held-out measure (e.g.
+    train on the subset, return accuracy on a held-out split); the best wins, ties to the
+    smaller beta. Pass the result as ``beta=`` to ``ccs`` (``--beta``) at that ratio.
+
+    Args:
+        scores: Sample-level hardness scores (AUM in the paper).
+        ratio: Fraction removed.
+        evaluate: Kept sample ids -> held-out score, higher is better.
+        betas: Candidates, each in ``[0, 1)``.
+        labels: Per-sample labels (unused by ``ccs``; passed through to :func:`select`).
+        seed: Seed of the strata draws (default: the scores file's).
+        strata: Number of strata.
+
+    Returns:
+        ``{"beta": best, "results": {beta: score}, "skipped": [betas leaving fewer than the budget]}``.
+
+    Raises:
+        ValueError: No candidate leaves enough samples.
+    """
+    results: dict[float, float] = {}
+    skipped: list[float] = []
+    n = scores.num_items
+    need = kept_count(n, check_ratio(ratio))
+    for beta in betas:
+        if n - round_half_up(n * float(beta)) < need:
+            skipped.append(float(beta))
+            continue
+        kept = select(scores, ratio, "ccs", labels=labels, seed=seed, beta=float(beta), strata=strata)
+        results[float(beta)] = float(evaluate(kept))
+    if not results:
+        raise ValueError(f"ccs_beta_search: every candidate beta {list(betas)} leaves fewer than the {need} samples to keep at ratio {ratio:g}")
+    best = max(sorted(results), key=lambda b: results[b])  # max keeps the first of equals: the smaller beta
+    return {"beta": best, "results": results, "skipped": skipped}
 
 
 # --- from scores to masks ---------------------------------------------------------------

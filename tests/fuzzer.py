@@ -27,8 +27,9 @@ Each input runs under a watchdog (``hang`` seconds, default 5); inputs slower th
 reported. Outcomes: ``ok`` (read, invariants hold), ``named`` (a StreamPruneError), ``other``
 (any other exception: a bug), ``wrong`` (read without error but the result breaks an
 invariant: a bug), ``hang`` (watchdog fired: a bug), and for the index companion ``stale``
-(only the binary companion was damaged and the index loaded differs from the JSON's: the
-companion carries no checksum of its arrays). Each bug is recorded with its input seed, the
+(only the binary companion was damaged and the index loaded differs from the JSON's: a bug,
+since the companion's digest covers its meta and columns and a damaged one must be refused
+with a named error). Each bug is recorded with its input seed, the
 mutations applied and a hex prefix of the input.
 
 It lives beside the tests: ``tests/test_fuzz.py`` drives the same mutators and checks through
@@ -91,9 +92,9 @@ __all__ = [
 #: The repository root: the atheris child process imports this module from there.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: Outcome kinds, in table order; ``other``, ``wrong`` and ``hang`` are bugs.
+#: Outcome kinds, in table order; ``stale``, ``other``, ``wrong`` and ``hang`` are bugs.
 OUTCOMES = ("ok", "named", "stale", "other", "wrong", "hang")
-BUGS = ("other", "wrong", "hang")
+BUGS = ("stale", "other", "wrong", "hang")
 SLOW_SECONDS = 1.0
 HEX_PREFIX = 96
 
@@ -710,7 +711,7 @@ def run_one(check: Callable[[FuzzInput], None], inp: FuzzInput, hang_seconds: fl
     except WrongResult as exc:
         return Outcome("wrong", "WrongResult", str(exc)[:500], time.perf_counter() - t0, traceback.format_exc(limit=-4), _where(exc))
     except StaleCompanion as exc:
-        return Outcome("stale", "StaleCompanion", str(exc)[:300], time.perf_counter() - t0)
+        return Outcome("stale", "StaleCompanion", str(exc)[:300], time.perf_counter() - t0, traceback.format_exc(limit=-4), _where(exc))
     except Exception as exc:  # noqa: BLE001 - any other exception is the bug being looked for
         return Outcome("other", type(exc).__name__, str(exc)[:300], time.perf_counter() - t0, traceback.format_exc(limit=-6),
                        _where(exc))

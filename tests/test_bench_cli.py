@@ -58,7 +58,7 @@ def test_bench_list_on_the_repository():
     result = _run("--list")
     assert result.exit_code == 0, result.output
     names = [line.split("|")[1].strip() for line in result.output.splitlines()[2:] if line.startswith("|")]
-    assert names == list(registry.SUITES) and {"io", "io_decode", "fuzz", "remote", "formats", "keptcache", "remote_upload"} <= set(names)
+    assert names == list(registry.SUITES) and {"io", "io_decode", "dlc", "fuzz", "remote", "formats", "keptcache", "remote_upload"} <= set(names)
     transfer = next(line for line in result.output.splitlines() if line.startswith("| transfer "))
     assert "2026-" in transfer and "Transfer: pruned pretraining speed" in transfer
 

@@ -88,6 +88,37 @@ def test_semdedup_method_scores_and_masks(tmp_path, small_dataset, monkeypatch):
     assert np.array_equal(MaskFile(same["masks"][0.5]).to_bool(), m.keep)  # ratio_at_eps gives the eps mask
 
 
+def test_eps_for_ratio_marks_that_fraction_as_duplicates():
+    m = np.array([0.2, 0.99, 0.5, 0.97, -1.0, 0.9, 0.3, 0.8])
+    eps = dedup_module.eps_for_ratio(m, 0.25)  # 2 of 8: the two largest, 0.99 and 0.97
+    assert eps == pytest.approx(1 - 0.9) and int((m > 1 - eps).sum()) == 2
+    assert int((m > 1 - dedup_module.eps_for_ratio(m, 0.0)).sum()) == 0
+    assert int((m > 1 - dedup_module.eps_for_ratio(m, 1.0)).sum()) == 7  # a cluster's first member (M = -1) never is
+    tied = np.array([0.5, 0.5, 0.5, 0.1])
+    assert int((tied > 1 - dedup_module.eps_for_ratio(tied, 0.5)).sum()) == 0  # ties at the threshold stay: fewer, never more
+    with pytest.raises(ValueError, match="target_ratio=1.5"):
+        dedup_module.eps_for_ratio(m, 1.5)
+
+
+def test_semdedup_default_threshold_is_the_target_ratio_and_more_than_half_warns(tmp_path, small_dataset, monkeypatch, caplog):
+    n = small_dataset.num_samples
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(n, 8)).astype(np.float32)
+    feats[n // 2 :] = feats[: n // 2] + 1e-4
+    monkeypatch.setattr(dedup_module, "surrogate_features", lambda req, m, root, desc="": (ArrayStore(feats), {"arch": "test"}))
+    r = score_source(small_dataset, "semdedup", [0.25], tmp_path / "o", progress=False, clusters=3)
+    s = ScoreFile.load(r["scores"])
+    assert s.params["eps_chosen_by"] == "target_ratio" and s.params["target_ratio"] == dedup_module.DEFAULT_TARGET_RATIO
+    assert s.params["duplicates"] <= round(n * 0.5) and s.params["duplicates"] == int((np.asarray(s.scores) > 1 - s.params["eps"]).sum())
+    r = score_source(small_dataset, "semdedup", [0.25], tmp_path / "o2", progress=False, clusters=3, target_ratio=0.1)
+    assert ScoreFile.load(r["scores"]).params["duplicates"] == round(n * 0.1)
+    with caplog.at_level("WARNING", logger="streamprune.scoring.dedup"):
+        score_source(small_dataset, "semdedup", [0.25], tmp_path / "o3", progress=False, clusters=3, eps=2.0)
+    assert "more than half" in caplog.text
+    with pytest.raises(ValueError, match="not both"):
+        score_source(small_dataset, "semdedup", [0.25], tmp_path / "o4", progress=False, clusters=3, eps=0.1, target_ratio=0.1)
+
+
 @pytest.fixture
 def with_copies(tmp_path, shard_writer, sample_factory):
     samples = sample_factory(30)

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from benchmarks import downstream_bench
+from benchmarks import downstream_bench, finetune
 from benchmarks.registry import SUITES
 
 
@@ -126,19 +126,19 @@ def test_ccs_beta_rule(db):
 @pytest.mark.parametrize("n_kept", [7, 50, 123])
 def test_batch_stream_gives_full_batches_of_kept_samples_evenly(db, n_kept):
     kept = np.sort(np.random.default_rng(0).choice(1000, n_kept, replace=False))
-    batches = db.batch_stream(kept, batch_size=20, steps=30, seed=5)
+    batches = finetune.batch_stream(kept, batch_size=20, steps=30, seed=5)
     assert len(batches) == 30 and all(len(b) == 20 for b in batches)
     flat = np.concatenate(batches)
     assert np.isin(flat, kept).all()
     counts = np.array([(flat == k).sum() for k in kept])
     # whole passes over the subset: every sample is used the same number of times, +-1
     assert counts.max() - counts.min() <= 1
-    again = db.batch_stream(kept, batch_size=20, steps=30, seed=5)
+    again = finetune.batch_stream(kept, batch_size=20, steps=30, seed=5)
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
-    other = db.batch_stream(kept, batch_size=20, steps=30, seed=6)
+    other = finetune.batch_stream(kept, batch_size=20, steps=30, seed=6)
     assert not all(np.array_equal(a, b) for a, b in zip(batches, other))
     with pytest.raises(ValueError):
-        db.batch_stream(np.zeros(0, dtype=np.int64), 20, 3, 0)
+        finetune.batch_stream(np.zeros(0, dtype=np.int64), 20, 3, 0)
 
 
 def _results(db) -> dict:
@@ -189,3 +189,11 @@ def test_plot_writes_a_png(db, tmp_path):
     path = db.plot(_results(db), str(tmp_path / "downstream.png"))
     with open(path, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_el2n_time_is_its_own_multi_run_recording_when_there_is_one(db):
+    r = _round(2.0, 9.0, [2.0, 2.0, 2.0, 2.0])
+    r["el2n_dynamics"] = {"wall": 7.5, "runs": 5, "epochs": 2, "el2n_epochs": [2]}
+    t = db.pruning_times([r], el2n_epochs=2)
+    assert t["el2n"] == pytest.approx([7.5 + 0.1])  # the EL2N recording + its score, not the main recording's epochs
+    assert t["forgetting"] == pytest.approx([9.0 + 0.2])

@@ -77,6 +77,7 @@ def _reference(model, images, labels, manifest):
         "margin": p_y - other.max(1),
         "loss": -np.log(p_y),
         "el2n": np.sqrt(((p - np.eye(C)[y]) ** 2).sum(1)),
+        "logit_margin": z[rows, y] - np.where(np.eye(C)[y] > 0, -np.inf, z).max(1),  # shift-invariant: z minus its max is fine
     }
     return ref, x, torch.as_tensor(y)
 
@@ -282,7 +283,7 @@ def test_el2n_snapshots_equal_an_eval_mode_forward_pass_of_the_model_at_that_epo
     # eval mode is not the training pass: BatchNorm on batch statistics, weights moving in the epoch
     assert not np.allclose(snaps[0, 2], dyn.field("el2n")[1], atol=1e-3)
     meta = json.loads((tmp_path / "dyn" / DYNAMICS_META).read_text())
-    assert meta["version"] == 2 and meta["runs"] == 1 and meta["seeds"] == [2]
+    assert meta["version"] == 3 and meta["runs"] == 1 and meta["seeds"] == [2]
     assert meta["el2n"]["epochs"] == [0, 1, 2] and meta["el2n"]["mode"] == "eval" and meta["el2n"]["array"] == "el2n.npy"
     assert sorted(os.listdir(tmp_path / "dyn")) == ["dynamics.json", "dynamics.npy", "el2n.npy"]
     assert dyn.el2n_snapshots(0)[1] == [0]

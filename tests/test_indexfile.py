@@ -1,5 +1,6 @@
 """The index sidecar's binary companion: same index as the JSON, ignored whenever it is not
-made from the JSON bytes on disk, and member lists that behave like lists."""
+made from the JSON bytes on disk, refused (named error) when damaged, and member lists that
+behave like lists."""
 
 import json
 import os
@@ -59,27 +60,52 @@ def test_a_companion_made_from_other_json_bytes_is_ignored(tmp_path, small_datas
         load_index(path, expected_sha256=m.shards[0].index_sha256)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong-count"])
-def test_a_damaged_companion_is_ignored(small_dataset, damage):
+def _rewrite_meta(c, edit):
+    """Rewrite the companion ``c`` with ``edit(meta)`` applied, its columns and digest unchanged."""
+    with np.load(c) as z:
+        meta, columns = json.loads(str(z["meta"])), z["columns"]
+    edit(meta)
+    np.savez(c, meta=np.array(json.dumps(meta)), columns=columns)
+
+
+def _shard_bytes_plus_one(meta):
+    meta["shard_bytes"] += 1
+
+
+def _start_gap_shorter(meta):
+    for column in meta["columns"]:
+        if column["name"] == "start_gap":
+            column["length"] -= 1
+
+
+def _extensions_swapped(meta):
+    meta["extensions"] = meta["extensions"][::-1]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong-count", "shard-bytes", "extensions", "column-bit"])
+def test_a_damaged_companion_is_refused_naming_the_file(small_dataset, damage):
+    """Damage anywhere in the companion, meta fields included (which version 2 did not cover:
+    such a companion loaded silently as a different index), is an error naming the companion."""
     m = small_dataset
     path = m.resolve(m.shards[1].index)
     c = companion_path(path)
-    reference = _json_only(path)
     if damage == "garbage":
         open(c, "wb").write(b"not an npz at all")
     elif damage == "truncated":
         data = open(c, "rb").read()
         open(c, "wb").write(data[: len(data) // 2])
-    else:
+    elif damage == "column-bit":
         with np.load(c) as z:
-            meta, columns = json.loads(str(z["meta"])), z["columns"]
-        for column in meta["columns"]:
-            if column["name"] == "start_gap":
-                column["length"] -= 1
-        np.savez(c, meta=np.array(json.dumps(meta)), columns=columns)
-    got = load_index(path, expected_sha256=m.shards[1].index_sha256)
-    assert isinstance(got.members, list)  # parsed from the JSON
-    _same(got, reference)
+            meta, columns = str(z["meta"]), z["columns"].copy()
+        columns[len(columns) // 2] ^= 0x01
+        np.savez(c, meta=np.array(meta), columns=columns)
+    else:
+        edit = {"wrong-count": _start_gap_shorter, "shard-bytes": _shard_bytes_plus_one, "extensions": _extensions_swapped}[damage]
+        _rewrite_meta(c, edit)
+    with pytest.raises(IndexMismatchError, match=r"index\.npz: index companion is damaged"):
+        load_index(path, expected_sha256=m.shards[1].index_sha256)
+    os.unlink(c)  # what the message says to do: the JSON is then the index
+    assert isinstance(load_index(path, expected_sha256=m.shards[1].index_sha256).members, list)
 
 
 def test_member_table_behaves_like_the_list_of_member_lists():
@@ -134,7 +160,7 @@ def test_compact_companion_round_trips_unicode_long_keys_and_pax_headers(tmp_pat
     path = str(tmp_path / "u.tar.index.json")
     _round_trip(index, path)
     meta, arrays = _companion_arrays(path)
-    assert meta["version"] == 2 and meta["checksum"] == "xxh3_64"
+    assert meta["version"] == 3 and meta["checksum"] == "xxh3_64"
     assert arrays["member_gap"].max() > 1  # PAX path records before long names: more than one header block
     assert arrays["labels"].dtype == np.int8 and arrays["member_size"].dtype == np.uint16
 
@@ -202,7 +228,7 @@ def test_an_index_whose_ranges_are_not_a_tar_layout_gets_no_companion(tmp_path):
 
 def test_an_old_version_1_companion_is_ignored_and_rebuilt(tmp_path, small_dataset):
     """A companion in the version-1 layout (int64 columns, written by hand as FORMATS.md documents it)
-    is not used, even when made from the same JSON bytes; re-indexing replaces it with version 2."""
+    is not used, even when made from the same JSON bytes; re-indexing replaces it with version 3."""
     import hashlib  # local: only this test hashes a sidecar by hand
 
     m = small_dataset
@@ -225,7 +251,7 @@ def test_an_old_version_1_companion_is_ignored_and_rebuilt(tmp_path, small_datas
     _same(got, reference)
     assert got.checksums.tolist() == reference.checksums.tolist()
     again = index_shards([m.shard_path(0)], m.root, progress=False, label_ext="cls")
-    assert _companion_arrays(path)[0]["version"] == 2
+    assert _companion_arrays(path)[0]["version"] == 3
     assert isinstance(load_index(again.resolve(again.shards[0].index)).members, MemberTable)
 
 
@@ -251,14 +277,18 @@ def test_a_damaged_companion_is_never_the_index(tmp_path, small_dataset):
     path = m.resolve(m.shards[0].index)
     expected = _json_only(path)
     comp = companion_path(path)
-    raw = bytearray(open(comp, "rb").read())
+    pristine = open(comp, "rb").read()
+    raw = bytearray(pristine)
     raw[len(raw) // 2] ^= 0xFF  # a flipped bit inside the columns
     open(comp, "wb").write(bytes(raw))
-    # bound to the manifest: its digest no longer matches, the JSON (checked) is the index
-    _same(Manifest.load(m.path).index(0), expected)
-    # not bound (no manifest digest): the columns' own digest catches it, the JSON is the index
-    _same(load_index(path, expected_sha256=m.shards[0].index_sha256), expected)
-    # and old manifests without the field load as before
+    # bound to the manifest: its digest no longer matches; not bound: its own digest catches it;
+    # either way an error names the companion, never a silently different index
+    with pytest.raises(IndexMismatchError, match="index companion is damaged"):
+        Manifest.load(m.path).index(0)
+    with pytest.raises(IndexMismatchError, match="index companion is damaged"):
+        load_index(path, expected_sha256=m.shards[0].index_sha256)
+    # and old manifests without the field load as before (the intact companion)
+    open(comp, "wb").write(pristine)
     obj = json.load(open(m.path))
     for s in obj["shards"]:
         s.pop("companion_sha256", None)

@@ -41,13 +41,13 @@ def source(tmp_path):
     return write_shards(str(tmp_path / "s.npz"), tmp_path / "source", samples_per_shard=3, image_format="png", progress=False)
 
 
-def write_recording(directory, manifest, array, grand=None, grand_epochs=(), el2n=None, el2n_epochs=()):
+def write_recording(directory, manifest, array, grand=None, grand_epochs=(), el2n=None, el2n_epochs=(), fields=None):
     """A recording written by hand to the layout FORMATS.md documents (version 1; version 2 with ``el2n``)."""
     os.makedirs(directory, exist_ok=True)
     np.save(os.path.join(directory, "dynamics.npy"), array.astype(np.float32))
     meta = {
         "format": "streamprune-dynamics", "version": 1, "array": "dynamics.npy", "dtype": "float32",
-        "shape": list(array.shape), "fields": ["correct", "p_true", "margin", "loss", "el2n"],
+        "shape": list(array.shape), "fields": fields or ["correct", "p_true", "margin", "loss", "el2n"],
         "epochs": array.shape[0], "epochs_done": array.shape[0], "num_samples": array.shape[1],
         "manifest": manifest.path, "manifest_fingerprint": manifest.fingerprint, "mask": None,
         "model": {"arch": "resnet18", "checkpoint": None, "checkpoint_sha256": None, "num_classes": 2, "input_size": 32},
@@ -145,9 +145,23 @@ def test_forgetting_counts_transitions_and_never_learned_is_most_forgotten(tmp_p
     np.testing.assert_array_equal(other.scores, s.scores)  # the seed only breaks ties
 
 
+def test_aum_is_on_logits_and_an_old_recording_without_them_is_refused(tmp_path, source, synthetic):
+    d, arr, _ = synthetic  # version 1: the five fields, no logit margins
+    with pytest.raises(StreamPruneError, match="recorded without logit margins.*--aum-margin probability"):
+        _score(source, "aum", tmp_path, "l", dynamics_dir=d)
+    rng = np.random.default_rng(2)
+    six = np.concatenate([arr, rng.uniform(-5, 5, (E, N, 1)).astype(np.float32)], axis=2)
+    d6 = write_recording(tmp_path / "dyn6", source, six, fields=["correct", "p_true", "margin", "loss", "el2n", "logit_margin"])
+    _, s = _score(source, "aum", tmp_path, "l6", dynamics_dir=d6)
+    np.testing.assert_allclose(s.scores, six[..., 5].astype(float).sum(0), rtol=1e-6)
+    assert s.variant == "logit" and s.params["aum_margin"] == "logit"
+    _, p = _score(source, "aum", tmp_path, "p6", dynamics_dir=d6, margin="probability")
+    np.testing.assert_allclose(p.scores, six[..., 2].astype(float).sum(0), rtol=1e-6)
+
+
 def test_aum_sums_margins_and_keeps_the_lowest(tmp_path, source, synthetic):
     d, arr, _ = synthetic
-    r, s = _score(source, "aum", tmp_path, "a", ratios=(0.25, 0.5), dynamics_dir=d)
+    r, s = _score(source, "aum", tmp_path, "a", ratios=(0.25, 0.5), dynamics_dir=d, margin="probability")
     ref = np.array([sum(float(arr[e, i, 2]) for e in range(E)) for i in range(N)])
     np.testing.assert_allclose(s.scores, ref, rtol=1e-6)
     assert s.harder == "lower" and s.higher_is == "prune"

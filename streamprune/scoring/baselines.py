@@ -1,4 +1,4 @@
-"""Class-blind source-pruning baselines (``docs/methods.md`` sections 1 and 3).
+"""Class-blind source-pruning baselines (``docs/methods.md`` section 2).
 
 Zhang et al. compare LM/FM against these, applied without looking at the target:
 

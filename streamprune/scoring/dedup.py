@@ -19,6 +19,14 @@ definitions; in short:
    The first member of a cluster has no predecessor: ``M = -1``;
 5. a sample is a duplicate when ``M_j > 1 - eps``.
 
+The threshold: ``eps`` (``--eps``) sets it directly; otherwise ``target_ratio`` (``--target-ratio``,
+default :data:`DEFAULT_TARGET_RATIO` = 0.5) picks the eps that marks that fraction of the source
+as duplicates (:func:`eps_for_ratio`), which is how the paper states its operating points (the
+fraction of LAION-440M kept; its headline keeps 50%). A fixed eps has no meaning independent of
+the embedding: with a small supervised surrogate most cosine similarities exceed 0.95, and the
+earlier default eps = 0.05 flagged 8,206 of 8,600 samples of the planted-duplicate benchmark.
+A run that flags more than half of the source logs a warning.
+
 The score is ``M`` (``higher_is = "prune"``: the most similar to an earlier member are
 removed first; ``harder = null``), so the mask at ratio r removes the ``round(N r)`` samples
 with the largest ``M``, and the mask at ``ratio = params.ratio_at_eps`` is exactly the eps
@@ -57,7 +65,9 @@ from .registry import MethodOption, register_score
 from .request import ScoreRequest
 
 __all__ = [
+    "DEFAULT_TARGET_RATIO",
     "NormalisedStore",
+    "eps_for_ratio",
     "exact_dedup",
     "exact_duplicates",
     "mask_from_duplicates",
@@ -67,6 +77,37 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: SemDeDup's default: the eps that marks half the source as duplicates (the paper's headline
+#: LAION-440M operating point keeps 50%).
+DEFAULT_TARGET_RATIO = 0.5
+
+
+def eps_for_ratio(max_similarity: np.ndarray, target_ratio: float) -> float:
+    """The eps at which ``round(N * target_ratio)`` samples are duplicates (``M > 1 - eps``), or fewer on ties.
+
+    Args:
+        max_similarity: ``M`` of every sample (:func:`max_earlier_similarity` within clusters).
+        target_ratio: Fraction of the source to mark as duplicates, in ``[0, 1]``.
+
+    Returns:
+        eps = ``1 - t`` where ``t`` is the ``(k + 1)``-th largest ``M``; samples tied at ``t`` are
+        not duplicates, so ties can only make fewer than ``k``. Rounding can make a cosine
+        similarity exceed 1 by a few ulps, so eps may be slightly negative (not clipped: clipping
+        would flag every such sample).
+
+    Raises:
+        ValueError: ``target_ratio`` outside ``[0, 1]``.
+    """
+    if not 0.0 <= target_ratio <= 1.0:
+        raise ValueError(f"target_ratio={target_ratio}: must be in [0, 1] (the fraction of samples marked duplicate)")
+    m = np.sort(np.asarray(max_similarity, dtype=np.float64))[::-1]
+    n = len(m)
+    k = min(int(np.floor(n * target_ratio + 0.5)), n)
+    if n == 0:
+        return 0.0
+    threshold = m[k] if k < n else -1.0  # every M >= -1: at k = n, M > -1 leaves only first members out
+    return float(1.0 - threshold)
 
 
 class NormalisedStore(ChunkSource):
@@ -202,14 +243,17 @@ def _common(request: ScoreRequest) -> dict[str, Any]:
     "semdedup",
     options=(
         MethodOption("eps", float, "SemDeDup threshold: a sample whose cosine similarity to a member ranked before it in its "
-                     "cluster exceeds 1 - eps is a duplicate"),
+                     "cluster exceeds 1 - eps is a duplicate", default_help="chosen by --target-ratio"),
+        MethodOption("target_ratio", float, "SemDeDup: choose eps so that this fraction of the source is marked duplicate "
+                     "(not with --eps)", default_help="0.5, the paper's headline operating point"),
         MethodOption("clusters", int, "number of k-means clusters K", default_help="N / 1000, at least 1"),
         MethodOption("kmeans_iters", int, "maximum k-means (Lloyd) iterations"),
     ),
 )
 def semdedup(
     request: ScoreRequest,
-    eps: float = 0.05,
+    eps: float | None = None,
+    target_ratio: float | None = None,
     clusters: int | None = None,
     kmeans_iters: int = 20,
     feature_dir: str | None = None,
@@ -220,7 +264,9 @@ def semdedup(
 
     Args:
         request: Source, surrogate and run settings (no target).
-        eps: Duplicate threshold (``M > 1 - eps``).
+        eps: Duplicate threshold (``M > 1 - eps``); default: chosen by ``target_ratio``.
+        target_ratio: Fraction of the source to mark duplicate, which picks eps
+            (:func:`eps_for_ratio`); default :data:`DEFAULT_TARGET_RATIO` when ``eps`` is not given.
         clusters: K (default ``max(1, round(N / 1000))``, capped at N).
         kmeans_iters: Maximum Lloyd iterations.
         feature_dir: Feature cache (default ``OUT/features``, shared with FM and Moderate).
@@ -228,8 +274,15 @@ def semdedup(
         init_sample: Rows k-means++ is seeded on.
 
     Returns:
-        The scores.
+        The scores (``params``: ``eps``, ``eps_chosen_by``, ``target_ratio``, ``duplicates``, ...).
+
+    Raises:
+        ValueError: Both ``eps`` and ``target_ratio`` given, or either out of range.
     """
+    if eps is not None and target_ratio is not None:
+        raise ValueError(f"semdedup: give eps ({eps}) or target_ratio ({target_ratio}), not both")
+    if target_ratio is not None and not 0.0 <= target_ratio <= 1.0:
+        raise ValueError(f"target_ratio={target_ratio}: must be in [0, 1] (the fraction of samples marked duplicate)")
     source = request.source
     n = source.num_samples
     k = int(clusters) if clusters is not None else max(1, round(n / 1000))
@@ -239,12 +292,20 @@ def semdedup(
     store, info = surrogate_features(request, source, root, desc="semdedup: embed")
     embed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    r = semdedup_arrays(store, k, eps, kmeans_iters=kmeans_iters, seed=request.seed, chunk_rows=chunk_rows,
+    r = semdedup_arrays(store, k, 0.0 if eps is None else eps, kmeans_iters=kmeans_iters, seed=request.seed, chunk_rows=chunk_rows,
                         init_sample=init_sample, progress=request.progress)
     dedup_s = time.perf_counter() - t0
     max_sim = r["max_similarity"]
+    chosen_by = "eps" if eps is not None else "target_ratio"
+    if eps is None:  # M does not depend on eps: the threshold is picked afterwards
+        target_ratio = DEFAULT_TARGET_RATIO if target_ratio is None else float(target_ratio)
+        eps = eps_for_ratio(max_sim, target_ratio)
+        r["duplicate"] = np.asarray(max_sim, dtype=np.float64) > 1.0 - eps  # float64: a float32 compare would round the threshold
     ids = np.arange(n, dtype=np.int64)
     dups = int(r["duplicate"].sum())
+    if n and dups > n / 2:
+        log.warning("%s: SemDeDup at eps=%g marks %d of %d samples (%.0f%%) as duplicates, more than half; with this embedding "
+                    "that is rarely duplication: check --eps or pass --target-ratio", source.path, eps, dups, n, 100.0 * dups / n)
     return ScoreFile(
         method="semdedup", variant="reference", level="sample", higher_is="prune", harder=None,
         score_name="max_similarity_to_earlier", scores=max_sim, ranking=np.lexsort((ids, max_sim)).astype(np.int64),
@@ -253,7 +314,7 @@ def semdedup(
                "distance_to_centroid": r["distance"]},
         surrogate=info,
         params={
-            "eps": eps, "clusters": k, "kmeans_iters": kmeans_iters, "iterations_run": r["kmeans"].iterations,
+            "eps": eps, "eps_chosen_by": chosen_by, "target_ratio": target_ratio if chosen_by == "target_ratio" else None, "clusters": k, "kmeans_iters": kmeans_iters, "iterations_run": r["kmeans"].iterations,
             "duplicates": dups, "ratio_at_eps": dups / n if n else 0.0, "walk": "distance to centroid desc (keep_hard)",
             "removed_if": "max cosine similarity to any earlier member of its cluster > 1 - eps",
             "feature_dir": os.path.abspath(root), "embed_seconds": round(embed_s, 3), "dedup_seconds": round(dedup_s, 3),

@@ -1,6 +1,6 @@
 """Distorting-based learning complexity (DLC): a training-free hardness score per sample.
 
-Jiang et al., ICLR 2025 (``docs/methods.md`` section 2). The dataset scored is the downstream
+Jiang et al., ICLR 2025 (``docs/methods.md`` section 3). The dataset scored is the downstream
 (finetuning) training set being pruned; the backbone is a pretrained model whose head and
 classes generally differ from the dataset's (only its pooled penultimate features are used).
 

@@ -1,4 +1,4 @@
-"""Training-based baseline scores (``docs/methods.md`` section 3), all per sample.
+"""Training-based baseline scores (``docs/methods.md`` section 4), all per sample.
 
 From a recording of :func:`streamprune.dynamics.record_dynamics` (option ``dynamics_dir``,
 ``streamprune score --dynamics DIR``; ``epochs`` / ``--dynamics-epochs N`` uses the first N
@@ -15,8 +15,10 @@ recorded epochs):
   most forgotten: it scores ``E + 1``, above any attainable count (at most ``floor(E / 2)``).
   Harder = higher; kept first; ties (frequent: counts are small integers) broken by a seeded
   uniform draw, then sample id.
-* ``aum`` (Pleiss et al., 2020): sum over epochs of ``p_y - max_{k != y} p_k``. Low AUM = hard
-  (or mislabelled): ``harder = "lower"``, and the ``top`` selector keeps the lowest first
+* ``aum`` (Pleiss et al., 2020): sum over epochs of the logit margin ``z_y - max_{k != y} z_k``
+  (the paper's definition; ``margin="probability"``, ``--aum-margin probability``: of
+  ``p_y - max_{k != y} p_k``, the variant CCS's reference code ranks by). Low AUM = hard (or
+  mislabelled): ``harder = "lower"``, and the ``top`` selector keeps the lowest first
   (``higher_is = "prune"``), like the other hardness scores. CCS (Zheng et al.) consumes
   this score through its stratified selector.
 * ``grand-dyn``: GraNd from the gradient norms recorded during the same run
@@ -57,6 +59,7 @@ from .registry import MethodOption, register_score
 from .request import ScoreRequest
 
 __all__ = [
+    "AUM_MARGINS",
     "DEFAULT_EL2N_EPOCHS",
     "aum",
     "aum_scores",
@@ -108,10 +111,11 @@ def forgetting_scores(correct: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def aum_scores(margin: np.ndarray) -> np.ndarray:
-    """Area under the margin: sum over epochs of ``p_y - max_{k != y} p_k``.
+    """Area under the margin: the sum over epochs of the per-epoch margins.
 
     Args:
-        margin: ``[E, N]`` per-epoch margins.
+        margin: ``[E, N]`` per-epoch margins (logit margins ``z_y - max_{k != y} z_k`` for the
+            paper's AUM, probability margins for the variant).
 
     Returns:
         ``float64[N]``.
@@ -240,28 +244,49 @@ def forgetting(request: ScoreRequest, dynamics_dir: str | None = None, epochs: i
     )
 
 
-@register_score("aum", options=DYNAMICS_OPTIONS)
-def aum(request: ScoreRequest, dynamics_dir: str | None = None, epochs: int | None = None) -> ScoreFile:
-    """AUM: summed margin ``p_y - max_{k != y} p_k`` (low = hard; the lowest are kept first).
+#: AUM's margin variants: the recorded field each sums.
+AUM_MARGINS = {"logit": "logit_margin", "probability": "margin"}
+
+
+@register_score(
+    "aum",
+    options=DYNAMICS_OPTIONS + (
+        MethodOption("margin", str, "AUM over logit margins (Pleiss et al.) or probability margins (CCS's reference code)",
+                     flag="aum-margin", choices=tuple(AUM_MARGINS)),
+    ),
+)
+def aum(request: ScoreRequest, dynamics_dir: str | None = None, epochs: int | None = None, margin: str = "logit") -> ScoreFile:
+    """AUM: summed margin, by default of the logits ``z_y - max_{k != y} z_k`` (low = hard; the lowest are kept first).
 
     Args:
         request: Source dataset.
         dynamics_dir: Recording of :func:`~streamprune.dynamics.record_dynamics`.
         epochs: Leading epochs summed (default: all recorded).
+        margin: ``"logit"`` (Pleiss et al.'s definition) or ``"probability"``
+            (``p_y - max_{k != y} p_k``, the variant CCS's reference code uses).
 
     Returns:
-        Sample-level scores, ``harder="lower"``, ``higher_is="prune"``.
+        Sample-level scores, ``harder="lower"``, ``higher_is="prune"``, ``variant`` = ``margin``.
 
     Raises:
-        ValueError: No ``dynamics_dir``, or ``epochs`` out of range.
-        StreamPruneError: Bad or incomplete recording, or one for another manifest.
+        ValueError: No ``dynamics_dir``, unknown ``margin``, or ``epochs`` out of range.
+        StreamPruneError: Bad or incomplete recording, one for another manifest, or (for
+            ``margin="logit"``) a recording made before logit margins were recorded.
     """
+    if margin not in AUM_MARGINS:
+        raise ValueError(f"margin={margin!r}: must be one of {', '.join(AUM_MARGINS)}")
     dyn = _open(request, "aum", dynamics_dir)
+    field = AUM_MARGINS[margin]
+    if field not in dyn.fields:
+        raise StreamPruneError(
+            f"{dyn.meta_path}: recorded without logit margins (dynamics format version {dyn.meta.get('version')}); AUM as Pleiss et al. "
+            "define it needs them: record the dynamics again, or use the probability-margin variant (--aum-margin probability)"
+        )
     e = dyn.epochs if epochs is None else int(epochs)
-    scores = aum_scores(dyn.field("margin", e))
+    scores = aum_scores(dyn.field(field, e))
     return ScoreFile(
-        method="aum", level="sample", higher_is="prune", harder="lower", score_name="area_under_margin", scores=scores,
-        ranking=rank_items(-scores), tiebreak="aum asc, then sample id asc", **_fields(request, dyn, e),
+        method="aum", variant=margin, level="sample", higher_is="prune", harder="lower", score_name="area_under_margin", scores=scores,
+        ranking=rank_items(-scores), tiebreak="aum asc, then sample id asc", **_fields(request, dyn, e, aum_margin=margin),
     )
 
 
