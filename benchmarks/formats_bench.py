@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import shutil
 import time
@@ -82,8 +83,12 @@ def build(args: argparse.Namespace) -> dict[str, str]:
                 writer.write({"data": _payload(i, args.sample_bytes), "cls": i % 10})
     if not os.path.exists(os.path.join(lit, "index.json")):
         shutil.rmtree(lit, ignore_errors=True)
-        litdata.optimize(fn=_Rows(args.sample_bytes), inputs=list(range(args.samples)), output_dir=lit,
-                         chunk_bytes=args.shard_bytes, num_workers=1)
+        method = multiprocessing.get_start_method(allow_none=True)  # optimize forces "spawn" process-wide
+        try:
+            litdata.optimize(fn=_Rows(args.sample_bytes), inputs=list(range(args.samples)), output_dir=lit,
+                             chunk_bytes=args.shard_bytes, num_workers=1)
+        finally:
+            multiprocessing.set_start_method(method, force=True)
     out = {"mds": mds, "litdata": lit}
     for fmt, src in list(out.items()):
         sp = os.path.join(root, f"sp-{fmt}")

@@ -8,6 +8,7 @@ equal theirs sample for sample.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
 
@@ -60,7 +61,13 @@ def mds_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def lit_dir(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("lit") / "data")
-    litdata.optimize(fn=_litdata_row, inputs=list(range(N)), output_dir=out, chunk_bytes=20_000, num_workers=1)
+    # litdata.optimize forces the process-wide start method to "spawn"; put it back, or every later
+    # test's DataLoader workers would need picklable arguments
+    method = multiprocessing.get_start_method(allow_none=True)
+    try:
+        litdata.optimize(fn=_litdata_row, inputs=list(range(N)), output_dir=out, chunk_bytes=20_000, num_workers=1)
+    finally:
+        multiprocessing.set_start_method(method, force=True)
     return out
 
 
