@@ -198,7 +198,7 @@ _ALGEBRA = ("and", "or", "not", "minus")
 @click.argument("operands", nargs=-1, type=click.Path(exists=True))
 @click.option("--random", "use_random", is_flag=True, help="Remove a random fraction.")
 @click.option("--scores", "scores_file", type=click.Path(exists=True), help="Scores file from `streamprune score`: keep its top items.")
-@click.option("--ratio", type=float, callback=ratio_callback, help="Fraction REMOVED, in [0, 1) (with --random or --scores).")
+@click.option("--ratio", type=float, callback=ratio_callback, help="Ratio: the fraction REMOVED, in [0, 1); 1 - ratio is kept (with --random or --scores).")
 @click.option("--duplicates", is_flag=True, help="With --scores of semdedup/exact-dedup, instead of --ratio: remove exactly the samples flagged as duplicates.")
 @click.option("--level", type=click.Choice(["sample", "class"]), default="sample", show_default=True, help="For --random.")
 @click.option("--seed", default=0, show_default=True)
@@ -212,8 +212,8 @@ _ALGEBRA = ("and", "or", "not", "minus")
 @click.option("--or", "op_or", is_flag=True, help="Mask algebra: keep what any of the OPERANDS keeps (2 or more).")
 @click.option("--not", "op_not", is_flag=True, help="Mask algebra: keep what the one OPERAND removes.")
 @click.option("--minus", "op_minus", is_flag=True, help="Mask algebra: OPERANDS A B, keep what A keeps and B does not.")
-@click.option("--source-manifest", "source_manifests", multiple=True, type=click.Path(exists=True),
-              help="Manifest an operand mask was made for, when not MANIFEST (tar vs .beton of one source): it is translated by key. Repeatable.")
+@click.option("--mask-manifest", "--source-manifest", "source_manifests", multiple=True, type=click.Path(exists=True),
+              help="Manifest an operand mask was made for, when not MANIFEST (tar vs .beton of one dataset): it is translated by key. Repeatable. (--source-manifest: its older name.)")
 @click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=lambda: selectors_help("the --scores"))
 @selector_options
 @location_options
