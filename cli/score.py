@@ -139,7 +139,7 @@ def method_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
 def score(source_manifest, method, target, target_split, model, checkpoint, ratios, out, selector, gamma, beta, strata,
           input_size, batch_size, workers, device, seed, engine, ray_address, base, storage_options,
           allow_foreign_locations, quiet, **given):
-    """Score the dataset to prune at MANIFEST (path or URL) once: the source (for dlc, the target itself); write OUT/scores.json and a keep mask per ratio."""
+    """Score the dataset to prune at MANIFEST (path or URL) once: the source (for dlc and the training-based scores, often the target itself); write OUT/scores.json and a keep mask per ratio."""
     from streamprune.scoring import score_source  # deferred: the scoring methods import torch
 
     kwargs = method_kwargs(method, given)
