@@ -153,7 +153,7 @@ def mask_classes(manifest, classes, base, storage_options, allow_foreign_locatio
 @click.argument("manifest")
 @click.argument("operation", type=click.Choice(OPERATIONS))
 @click.argument("masks_given", metavar="MASKS...", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--source-manifest", "source_manifests", multiple=True, type=click.Path(exists=True),
+@click.option("--mask-manifest", "--source-manifest", "source_manifests", multiple=True, type=click.Path(exists=True),
               help="Manifest a mask was made for, when not MANIFEST (tar vs .beton of one source): it is translated by key. Repeatable.")
 @location_options
 @_out_option
@@ -181,7 +181,7 @@ def mask_combine(manifest, operation, masks_given, source_manifests, base, stora
 @click.option("--or", "op_or", is_flag=True)
 @click.option("--not", "op_not", is_flag=True)
 @click.option("--minus", "op_minus", is_flag=True)
-@click.option("--source-manifest", "source_manifests", multiple=True, type=click.Path(exists=True))
+@click.option("--mask-manifest", "--source-manifest", "source_manifests", multiple=True, type=click.Path(exists=True))
 @click.option("--selector", default="top")
 @selector_options
 @location_options

@@ -78,13 +78,13 @@ def method_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command(cls=ScoreCommand)
-@click.argument("source_manifest")
+@click.argument("source_manifest", metavar="MANIFEST")
 @click.option("--method", default="lm", show_default=True, cls=RegistryHelpOption, help_fn=scoring_methods_help)
 @click.option("--target", type=click.Path(exists=True), help="Target training set: a manifest (or its directory), or anything `shard` accepts (sharded into OUT/target).")
 @click.option("--target-split", default="train", show_default=True, help="IDX split of the target to shard.")
 @model_option("Model: torchvision architecture or package.module:function (the surrogate, or DLC's backbone).")
 @click.option("--checkpoint", type=click.Path(exists=True), help="Model checkpoint (default: untrained, seeded).")
-@click.option("--ratio", "ratios", multiple=True, required=True, callback=ratios_callback, help="Fraction REMOVED; repeat or separate with commas: --ratio 0.4,0.6,0.8.")
+@click.option("--ratio", "ratios", multiple=True, required=True, callback=ratios_callback, help="Ratio: the fraction REMOVED (1 - ratio is kept); repeat or separate with commas: --ratio 0.4,0.6,0.8.")
 @click.option("--out", required=True, type=click.Path(), help="Directory for scores.json and one mask per ratio.")
 @click.option("--selector", cls=RegistryHelpOption, help_fn=lambda: selectors_help() + default_selectors_help())
 @selector_options
@@ -99,7 +99,7 @@ def method_kwargs(method: str, given: dict[str, Any]) -> dict[str, Any]:
 def score(source_manifest, method, target, target_split, model, checkpoint, ratios, out, selector,
           input_size, batch_size, workers, device, seed, engine, ray_address, base, storage_options,
           allow_foreign_locations, quiet, **given):
-    """Score SOURCE_MANIFEST (path or URL) once (for dlc and the training-based scores: the downstream training set being pruned); write OUT/scores.json and a keep mask per ratio."""
+    """Score the dataset to prune at MANIFEST (path or URL) once: the source (for dlc and the training-based scores, often the target itself); write OUT/scores.json and a keep mask per ratio."""
     from streamprune.scoring import score_source  # deferred: the scoring methods import torch
 
     chosen = selector_kwargs(selector, given)

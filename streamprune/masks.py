@@ -274,12 +274,14 @@ class KeepMask(MaskOperators):
         """Write the mask atomically and verify it by reading it back.
 
         Args:
-            path: Destination file (conventionally ``*.spmask``).
+            path: Destination file (conventionally ``*.spmask``); its directory is created
+                if missing, as ``score --out`` creates its own.
 
         Returns:
             The path written.
         """
         path = os.fspath(path)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         header = self.header()
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         bounds = self.manifest.shard_offsets
@@ -589,6 +591,8 @@ def translate_mask(
     manifest: ManifestLike,
     source_manifest: "Manifest | str | os.PathLike | None" = None,
     strict: bool = True,
+    *,
+    mask_manifest: "Manifest | str | os.PathLike | None" = None,
 ) -> KeepMask:
     """Carry a keep mask over to another manifest of the same samples, matching by key.
 
@@ -599,10 +603,12 @@ def translate_mask(
 
     Args:
         mask: A :class:`KeepMask` (knows its manifest), or a mask file / :class:`MaskFile`
-            (then ``source_manifest`` must be the manifest it was made for, unless it was
+            (then ``mask_manifest`` must be the manifest it was made for, unless it was
             made for ``manifest`` itself).
         manifest: The manifest to translate to (or its path or URL).
-        source_manifest: The manifest the mask was made for (path or object), for mask files.
+        source_manifest: The older name of ``mask_manifest``.
+        mask_manifest: The manifest the mask was made for (path or object), for mask files;
+            the name ``pruned_ffcv_loader`` and ``streamprune mask --mask-manifest`` use.
         strict: Require both manifests to hold exactly the same keys with the same labels;
             otherwise only the kept keys must exist in ``manifest`` with the same labels
             (its other samples are not kept).
@@ -612,9 +618,14 @@ def translate_mask(
         provenance gains ``translated_from`` (the source fingerprint).
 
     Raises:
-        MaskMismatchError: The mask does not belong to ``source_manifest``, no source manifest
-            is known, or a key is missing or labelled differently (the message names one).
+        MaskMismatchError: The mask does not belong to ``mask_manifest``, no manifest it was
+            made for is known, or a key is missing or labelled differently (the message names one).
+        ValueError: Both ``mask_manifest`` and ``source_manifest`` given.
     """
+    if mask_manifest is not None:
+        if source_manifest is not None:
+            raise ValueError("give mask_manifest or its older name source_manifest, not both")
+        source_manifest = mask_manifest
     manifest = open_manifest(manifest)
     if isinstance(mask, (str, os.PathLike)):
         mask = MaskFile(mask)
@@ -759,6 +770,8 @@ def combine_masks(
     masks: "Iterable[Mask | str | os.PathLike]",
     manifest: "ManifestLike | None" = None,
     source_manifests: "Iterable[Manifest | str | os.PathLike]" = (),
+    *,
+    mask_manifests: "Iterable[Manifest | str | os.PathLike]" = (),
 ) -> KeepMask:
     """Combine keep masks: ``and`` (kept by all), ``or`` (by any), ``not`` (complement), ``minus``.
 
@@ -767,13 +780,15 @@ def combine_masks(
     (:func:`translate_mask`, strict: both manifests hold the same keys with the same labels,
     e.g. the tar and the ``.beton`` version of one source). A :class:`KeepMask` knows its
     manifest and is translated automatically; a mask file of another manifest is translated
-    when that manifest is among ``source_manifests``, and refused otherwise.
+    when that manifest is among ``mask_manifests``, and refused otherwise.
 
     Args:
         operation: ``"and"``, ``"or"`` (two or more masks), ``"not"`` (one), ``"minus"`` (two).
         masks: The operands: :class:`KeepMask`, :class:`MaskFile` or mask file paths.
         manifest: The manifest of the result (or its path or URL); default: that of the first :class:`KeepMask`.
-        source_manifests: Manifests (objects or paths) other operands may have been made for.
+        source_manifests: The older name of ``mask_manifests`` (both may be given: all are used).
+        mask_manifests: Manifests (objects or paths) other operands may have been made for
+            (``streamprune mask --mask-manifest``).
 
     Returns:
         A :class:`KeepMask` over ``manifest``. Its provenance: ``method`` and ``operation`` (the
@@ -794,7 +809,7 @@ def combine_masks(
     if (arity is None and len(operands) < 2) or (arity is not None and len(operands) != arity):
         need = "two or more masks" if arity is None else f"{arity} mask{'s' if arity > 1 else ''}"
         raise ArgumentError(f"mask operation {operation!r} takes {need}, got {len(operands)}")
-    sources = [m if isinstance(m, Manifest) else Manifest.load(m) for m in source_manifests]
+    sources = [m if isinstance(m, Manifest) else Manifest.load(m) for m in [*source_manifests, *mask_manifests]]
     if manifest is not None:
         manifest = open_manifest(manifest)
     else:

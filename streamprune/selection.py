@@ -14,8 +14,8 @@ models. Selectors live in a string-keyed registry::
 and are used by :func:`select` and :func:`mask_from_scores`
 (``streamprune score --selector NAME`` / ``streamprune mask scores MANIFEST F --selector NAME``).
 
-Registered here (``docs/methods.md`` section 5; "budget" ``b = 1 - ratio`` is the
-fraction KEPT):
+Registered here (``docs/methods.md`` section 5; the kept fraction ``b = 1 - ratio``,
+where the ratio is the fraction REMOVED; the papers call ``b`` the budget):
 
 * ``top`` (the default, every level): the first ``round(n * b)`` items of the stored ranking.
 * ``random``: ``round(N * b)`` samples uniformly over the whole set (seeded; any score).
@@ -33,7 +33,7 @@ fraction KEPT):
   dataset and ratio: :func:`ccs_beta_search`), ``strata`` = 50): over the WHOLE set, as in the paper (classes are not looked at): drop the
   hardest ``round(N * beta)`` samples, split the rest into ``strata`` equal-width score
   strata, and visit the strata from the smallest to the largest, each giving
-  ``min(size, floor(remaining budget / remaining strata))`` samples drawn uniformly inside it
+  ``min(size, floor(samples still to keep / remaining strata))`` samples drawn uniformly inside it
   (empty strata do not count; equal-sized strata are visited in a seeded random order).
   The paper picks ``beta`` per dataset and ratio by a search (its reference code's CIFAR-10
   example: 0.3 at 90% pruning); the default only interpolates between that anchor and no
@@ -275,16 +275,16 @@ def class_quotas(sizes: Sequence[int], ratio: float) -> np.ndarray:
 
     Args:
         sizes: Class sizes ``n_c``.
-        ratio: Fraction REMOVED (budget ``b = 1 - ratio``).
+        ratio: Fraction REMOVED (kept fraction ``b = 1 - ratio``).
 
     Returns:
         ``int64`` quota per class; each is ``floor(n_c * b)`` or ``ceil(n_c * b)``, and they sum
         to :func:`~streamprune.ratios.kept_count` of the total.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
-    budget = 1.0 - ratio
+    kept_fraction = 1.0 - ratio
     total = kept_count(int(sizes.sum()), ratio)
-    exact = sizes * budget
+    exact = sizes * kept_fraction
     floors = np.minimum(np.floor(exact + 1e-9).astype(np.int64), sizes)
     remainder = np.maximum(exact - floors, 0.0)
     extra = total - int(floors.sum())
@@ -386,21 +386,21 @@ def hard(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
     return _per_class(scores, ratio, ctx, lambda ids, q, rng: _hard_first(d, ids)[:q])
 
 
-def flexrand_shares(gamma: float, budget: float) -> tuple[float, float]:
-    """FlexRand's easy and hard shares ``(e, h)`` of a class for budget ``b`` (fraction kept).
+def flexrand_shares(gamma: float, kept_fraction: float) -> tuple[float, float]:
+    """FlexRand's easy and hard shares ``(e, h)`` of a class for the kept fraction ``b = 1 - ratio``.
 
     Args:
         gamma: Fraction of each class in the easy group, in ``[0, 1]``.
-        budget: Fraction kept, in ``(0, 1]``.
+        kept_fraction: Fraction kept, in ``(0, 1]``.
 
     Returns:
-        ``(e, h)`` with ``e + h = budget``.
+        ``(e, h)`` with ``e + h = kept_fraction``.
     """
     if gamma <= 0.5:
-        e = min(gamma, budget / 2)
-        return e, budget - e
-    h = min(1.0 - gamma, budget / 2)
-    return budget - h, h
+        e = min(gamma, kept_fraction / 2)
+        return e, kept_fraction - e
+    h = min(1.0 - gamma, kept_fraction / 2)
+    return kept_fraction - h, h
 
 
 @register_selector("flexrand", options=(MethodOption("gamma", float, "easy fraction of each class"),))
@@ -412,7 +412,7 @@ def flexrand(scores: ScoreFile, ratio: float, ctx: SelectionContext, gamma: floa
         ratio: Fraction removed.
         ctx: Labels, seed and the hardness direction.
         gamma: Fraction of each class in the easy group E, in ``[0, 1]`` (the paper tunes it in
-            {0.45, 0.5, 0.55}; small values help at very small budgets).
+            {0.45, 0.5, 0.55}; small values help at very small kept fractions).
 
     Returns:
         Kept sample ids.
@@ -442,11 +442,11 @@ def flexrand(scores: ScoreFile, ratio: float, ctx: SelectionContext, gamma: floa
 
 def _whole_half_plus_random(scores: ScoreFile, ratio: float, ctx: SelectionContext, name: str, hardest: bool) -> np.ndarray:
     d = difficulty(scores, ctx, name)
-    budget = 1.0 - ratio
+    kept_fraction = 1.0 - ratio
 
     def pick(ids: np.ndarray, quota: int, rng: np.random.Generator) -> np.ndarray:
         ordered = _hard_first(d, ids) if hardest else _easy_first(d, ids)
-        k_top = min(round_half_up(len(ids) * budget / 2), quota)
+        k_top = min(round_half_up(len(ids) * kept_fraction / 2), quota)
         return np.concatenate([ordered[:k_top], _draw(rng, ordered[k_top:], quota - k_top)])
 
     return _per_class(scores, ratio, ctx, pick)
@@ -502,23 +502,23 @@ def ccs_strata(values: np.ndarray, strata: int) -> np.ndarray:
     return np.clip(bins, 0, strata - 1)
 
 
-def ccs_beta(budget: float) -> float:
-    """streamprune's default hard-cutoff fraction beta of ``ccs`` for a budget (fraction KEPT).
+def ccs_beta(kept_fraction: float) -> float:
+    """streamprune's default hard-cutoff fraction beta of ``ccs`` for a kept fraction (``1 - ratio``).
 
     NOT the paper's procedure: Zheng et al. choose beta per dataset and pruning rate by a
     search (:func:`ccs_beta_search`). This rule only interpolates between two published
     CIFAR-10 anchors, no cutoff at low pruning rates and ``beta = 0.3`` at 90% pruning (the
-    reference code's example), so that ``ccs`` works without a search: 0 for budgets of 50% and
-    more, growing linearly to 0.3 at 10% kept, and never so large that fewer than the budget
-    remain (``beta <= 1 - budget``).
+    reference code's example), so that ``ccs`` works without a search: 0 for kept fractions of
+    50% and more, growing linearly to 0.3 at 10% kept, and never so large that fewer than the
+    kept fraction remain (``beta <= 1 - kept_fraction``).
 
     Args:
-        budget: Fraction of samples kept, ``1 - ratio``.
+        kept_fraction: Fraction of samples kept, ``1 - ratio``.
 
     Returns:
         beta, rounded to 6 decimals.
     """
-    b = float(budget)
+    b = float(kept_fraction)
     beta = 0.0 if b >= 0.5 else 0.3 * (0.5 - b) / 0.4
     return round(min(beta, max(0.0, 1.0 - b)), 6)
 
@@ -536,15 +536,15 @@ def ccs(scores: ScoreFile, ratio: float, ctx: SelectionContext, beta: float | No
         ratio: Fraction removed.
         ctx: Seed and the hardness direction (labels are not used, as in the paper).
         beta: Fraction of ALL samples dropped first, the hardest ones, in ``[0, 1)``;
-            ``None``: streamprune's interpolation :func:`ccs_beta` of the budget (not the
-            paper's search: :func:`ccs_beta_search`).
+            ``None``: streamprune's interpolation :func:`ccs_beta` of the kept fraction (not
+            the paper's search: :func:`ccs_beta_search`).
         strata: Number of equal-width score strata (at least 1).
 
     Returns:
         Kept sample ids.
 
     Raises:
-        ValueError: Bad ``beta``/``strata``, ``beta`` leaves fewer samples than the budget, or
+        ValueError: Bad ``beta``/``strata``, ``beta`` leaves fewer samples than are to be kept, or
             the score has no hardness direction.
     """
     beta = ccs_beta(1.0 - ratio) if beta is None else float(beta)
@@ -555,21 +555,21 @@ def ccs(scores: ScoreFile, ratio: float, ctx: SelectionContext, beta: float | No
     strata = int(strata)
     d = difficulty(scores, ctx, "ccs")
     n = scores.num_items
-    budget = kept_count(n, ratio)
+    to_keep = kept_count(n, ratio)
     ordered = _easy_first(d, np.arange(n, dtype=np.int64))
     candidates = ordered[: n - round_half_up(n * beta)]
-    if len(candidates) < budget:
+    if len(candidates) < to_keep:
         raise ArgumentError(
             f"selector 'ccs': beta={beta:g} drops the hardest {n - len(candidates)} of {n} samples, leaving "
-            f"{len(candidates)}, fewer than the {budget} to keep at ratio {ratio:g}; lower beta"
+            f"{len(candidates)}, fewer than the {to_keep} to keep at ratio {ratio:g}; lower beta"
         )
     bins = ccs_strata(d[candidates], strata)
     members = [candidates[bins == s] for s in range(strata)]
     members = [m for m in members if len(m)]
     rng = np.random.default_rng(ctx.seed)
     kept = []
-    left = budget
-    # smallest stratum first; equal sizes in a seeded random order, so that a budget smaller
+    left = to_keep
+    # smallest stratum first; equal sizes in a seeded random order, so that a number to keep smaller
     # than the number of strata (floor() gives the first strata visited nothing) does not
     # always favour the same end of the score range
     tiebreak = rng.permutation(len(members))

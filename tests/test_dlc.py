@@ -284,3 +284,17 @@ def test_cli_dlc_with_flexrand_masks_rederived_identically(tmp_path, dataset):
     assert bad.exit_code != 0 and "beta=1.5" in bad.output
     helptext = runner.invoke(cli, ["score", "--help"]).output
     assert "dlc" in helptext and "flexrand" in helptext and "ccs" in helptext
+
+
+def test_score_source_takes_the_cli_names_model_and_dlc_mask(tmp_path, dataset):
+    m, _, _ = dataset
+    kw = dict(input_size=12, progress=False, levels=4, step=0.1, seed=3)
+    old = ScoreFile.load(score_source(m, "dlc", [0.5], tmp_path / "old", surrogate=CNN, mask="random", **kw)["scores"])
+    new = ScoreFile.load(score_source(m, "dlc", [0.5], tmp_path / "new", model=CNN, dlc_mask="random", dlc_step=0.1,
+                                      **{k: v for k, v in kw.items() if k != "step"})["scores"])
+    assert new.params["mask"] == "random" and new.surrogate["arch"] == CNN
+    np.testing.assert_allclose(new.scores, old.scores, rtol=1e-6)
+    with pytest.raises(ValueError, match="model=.* and surrogate=.* are two names of one option"):
+        score_source(m, "dlc", [0.5], tmp_path / "x", model=CNN, surrogate=VIT, **kw)
+    with pytest.raises(ValueError, match="mask='l1' and dlc_mask='random' are two names of one option"):
+        score_source(m, "dlc", [0.5], tmp_path / "y", model=CNN, mask="l1", dlc_mask="random", **kw)

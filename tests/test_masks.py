@@ -317,3 +317,21 @@ def test_mask_of_another_dataset_of_the_same_shape_names_both_manifests(tmp_path
     other_shape = shard_writer(sample_factory(40, seed=1, prefix="t"), tmp_path / "two", samples_per_shard=20)
     with pytest.raises(MaskMismatchError, match=rf"made for manifest {ours.path} .* not for {other_shape.path} .* covers 4 shards, the manifest has 2"):
         MaskFile(path).check(other_shape)
+
+
+
+def test_save_creates_the_directory_and_translate_takes_mask_manifest(tmp_path, small_dataset, labelled_samples, shard_writer):
+    from streamprune.masks import combine_masks, translate_mask
+
+    other = shard_writer(labelled_samples, tmp_path / "other", samples_per_shard=20)  # same keys, another manifest
+    path = random_mask(other, 0.5, seed=1).save(tmp_path / "new" / "dir" / "m.spmask")
+    kept_keys = {k for k, keep in zip(other.keys(), MaskFile(path).to_bool()) if keep}
+    assert len(kept_keys) == 20
+    translated = translate_mask(path, small_dataset, mask_manifest=other)
+    assert {k for k, keep in zip(small_dataset.keys(), translated.to_bool()) if keep} == kept_keys
+    with pytest.raises(MaskMismatchError):
+        translate_mask(path, small_dataset)
+    with pytest.raises(ValueError, match="mask_manifest or its older name source_manifest"):
+        translate_mask(path, small_dataset, other, mask_manifest=other)
+    both = combine_masks("and", [path, translated], manifest=small_dataset, mask_manifests=[other])
+    assert both.kept == 20

@@ -10,7 +10,8 @@ Zhang et al., NeurIPS 2023 (``docs/methods.md`` section 1), for sources without 
 3. each target training sample votes for its nearest centroid (Euclidean distance, indexed
    by **cluster**: the released script's argmin over an array indexed by target sample is not
    reproduced);
-4. the ``round(K * budget)`` clusters with most votes are kept, each with all its members.
+4. the ``round(K * (1 - ratio))`` clusters (the kept fraction) with most votes are kept, each
+   with all its members.
    Ties (clusters without votes are frequent) are broken by the summed inverse Euclidean
    distance of all target samples to the centroid (higher first, the analogue of LM's summed
    softmax), then by cluster id (lower first).

@@ -20,7 +20,7 @@ from ..manifest import MANIFEST_NAME, Manifest
 from ..ratios import check_ratio
 from ..selection import get_selector, mask_from_scores
 from ..writers import write_shards
-from .registry import default_selector, get_score
+from .registry import default_selector, get_score, method_options
 from .request import ScoreRequest
 
 __all__ = ["SCORES_NAME", "resolve_target", "score_source"]
@@ -69,6 +69,23 @@ def resolve_target(
     return write_shards(target, out, split=split, workers=workers, progress=progress, engine=engine, overwrite=True)
 
 
+def _one_of(name: str, value: Any, alias: str, alias_value: Any) -> Any:
+    """``value``, or ``alias_value`` when only the alias was given; both is an error unless equal."""
+    if value is not None and alias_value is not None and value != alias_value:
+        raise ValueError(f"{name}={value!r} and {alias}={alias_value!r} are two names of one option: give one")
+    return alias_value if value is None else value
+
+
+def _keyword_names(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Options given under their command-line names (``dlc_mask``) renamed to the method's keywords (``mask``)."""
+    out = dict(options)
+    for option in method_options(method):
+        cli_name = option.cli_flag[2:].replace("-", "_")
+        if cli_name != option.name and cli_name in out:
+            out[option.name] = _one_of(option.name, out.get(option.name), cli_name, out.pop(cli_name))
+    return out
+
+
 def score_source(
     source: str | os.PathLike | Manifest,
     method: str,
@@ -77,6 +94,7 @@ def score_source(
     *,
     target: str | os.PathLike | Manifest | Iterable | None = None,
     target_split: str = "train",
+    model: str | None = None,
     surrogate: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     input_size: int | None = None,
@@ -103,8 +121,10 @@ def score_source(
         out_dir: Output directory (created).
         target: Target training set (see :func:`resolve_target`), for methods that need one.
         target_split: IDX split to shard when ``target`` is an IDX directory.
-        surrogate: Surrogate architecture or entry point, for methods that need one.
-        checkpoint: Surrogate checkpoint (``None``: untrained, seeded).
+        model: The model a method scores with (the CLI's ``--model``): the surrogate's
+            architecture or entry point for LM/FM/..., DLC's backbone.
+        surrogate: The older name of ``model``, still accepted.
+        checkpoint: The model's checkpoint (``None``: untrained, seeded).
         input_size: Network input side (default: the checkpoint's, else 32).
         batch_size: Samples per forward pass.
         workers: DataLoader workers (and shard writers for the target).
@@ -120,16 +140,19 @@ def score_source(
             task per shard (:mod:`streamprune.engine`). The scores and masks are computed
             here from the per-shard outputs: selection ranks all samples at once.
         ray_address: Ray cluster address for ``engine="ray"`` (``None``: Ray's default).
-        **options: Method options (``soft_vote=True`` for LM).
+        **options: Method options (``soft_vote=True`` for LM), under their keyword names or their
+            command-line names (``dlc_mask="random"`` as ``--dlc-mask random``, same as ``mask=``).
 
     Returns:
         ``{"scores": path, "masks": {ratio: path}, "kept": {ratio: kept item ids},
         "target": target manifest path or None, "seconds": {"target", "score", "masks"}}``.
 
     Raises:
-        ValueError: Unknown method or option, or a bad ratio.
+        ValueError: Unknown method or option, an option given under both its names, or a bad ratio.
     """
     fn = get_score(method)
+    surrogate = _one_of("model", model, "surrogate", surrogate)
+    options = _keyword_names(method, options)
     selector = selector or default_selector(method)
     get_selector(selector)  # an unknown selector fails before the (long) scoring pass
     selector_options = dict(selector_options or {})
