@@ -118,13 +118,13 @@ from typing import Any
 import numpy as np
 
 from streamprune import Manifest
+from streamprune.sources import FASHION_MNIST_DIR
 
 from . import common
 from .suite import Suite, Target
 
 log = logging.getLogger("downstream_bench")
 
-FASHION = "/usr/share/datasets/fashion-mnist"
 ARCH = "benchmarks.nets:small_cnn"  # = nets.ENTRY_POINT (not imported here: nets imports torch)
 INPUT_SIZE = 28
 
@@ -610,7 +610,7 @@ def pretrain_backbone(data_dir: str, cfg: dict, progress: bool) -> dict:
         log.info("reusing the pretrained backbone %s", ckpt)
         with open(os.path.join(root, "bench_meta.json")) as fh:
             return {**json.load(fh)["trained"], "checkpoint": ckpt, "cached": True, "shards": shards}
-    src = idx_source(FASHION, split="train")
+    src = idx_source(FASHION_MNIST_DIR, split="train")
     if cfg["pretrain_subset"]:
         idx = np.random.default_rng(0).permutation(len(src))[: cfg["pretrain_subset"]]
         src = ArraySource(src.images[idx], src.labels[idx], FASHION_MNIST_CLASSES, prefix="train_")
@@ -653,7 +653,7 @@ def prepare_downstream(data_dir: str, name: str, cfg: dict, progress: bool) -> d
     if _cached(root, params) and all(os.path.exists(os.path.join(d, "manifest.json")) for d in out.values()):
         return out
     if name == "fashion-test":
-        src = idx_source(FASHION, split="t10k")
+        src = idx_source(FASHION_MNIST_DIR, split="t10k")
         images, labels, classes = src.images, src.labels, FASHION_MNIST_CLASSES
     else:
         images, labels = _digits_arrays()

@@ -41,8 +41,7 @@ from .features import feature_root, surrogate_features
 from .registry import MethodOption, register_score
 from .request import ScoreRequest
 
-# per_sample_grad_norms moved to streamprune.gradnorms; it stays importable from here.
-__all__ = ["grand", "moderate", "moderate_scores", "per_sample_grad_norms", "random_classes", "random_samples"]
+__all__ = ["grand", "moderate", "moderate_scores", "random_classes", "random_samples"]
 
 log = logging.getLogger(__name__)
 
