@@ -13,7 +13,8 @@ from PIL import Image
 
 import streamprune.dynamics as dynamics_module
 from streamprune import MaskMismatchError, StreamPruneError, mask_from_bool
-from streamprune.dynamics import DYNAMICS_META, FIELDS, load_dynamics, record_dynamics
+from streamprune.dynamics import record_dynamics
+from streamprune.dynamicsfile import DYNAMICS_META, FIELDS, load_dynamics
 from streamprune.models import build_surrogate, save_checkpoint, surrogate_transform
 from streamprune.scoring import score_source
 from streamprune.scoring.scores_file import ScoreFile

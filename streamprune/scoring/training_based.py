@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dynamics import Dynamics, load_dynamics
+from ..dynamicsfile import Dynamics, load_dynamics
 from ..errors import StreamPruneError
 from ..kernels import nearest_centroid
 from ..scores import ScoreFile
