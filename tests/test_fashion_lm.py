@@ -18,7 +18,8 @@ from streamprune.sources import FASHION_MNIST_DIR
 from streamprune.train import evaluate_surrogate
 from streamprune.writers import write_shards
 
-pytestmark = pytest.mark.slow
+# the first test to run also pays for the shared demo run (shard 60,000 images, train a resnet18)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def test_lm_keeps_the_footwear_classes_for_a_footwear_target(tmp_path, fashion):

@@ -256,6 +256,7 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # when run alone it also pays for the shared demo run
 def test_fm_on_fashion_mnist_keeps_footwear_clusters(tmp_path, fashion):
     """FM with the session's surrogate on a class-balanced 10,000-image subset of the train split.
 
