@@ -118,6 +118,18 @@ class DynamicsArrays:
 
 @contextlib.contextmanager
 def temporary_arrays(out_dir: str, epochs: int, num_samples: int, grand_snapshots: int, el2n_shape: tuple[int, int]) -> Iterator[DynamicsArrays]:
+    """Open :class:`DynamicsArrays` for a recording; whatever was not committed is deleted on exit.
+
+    Args:
+        out_dir: The recording's directory.
+        epochs: Epochs recorded (first axis of ``dynamics.npy``).
+        num_samples: Samples of the manifest.
+        grand_snapshots: Rows of ``grand.npy`` (0: none).
+        el2n_shape: ``(runs, snapshots)`` of ``el2n.npy`` (0 snapshots: none).
+
+    Yields:
+        The open arrays.
+    """
     arrays = DynamicsArrays(out_dir, epochs, num_samples, grand_snapshots, el2n_shape)
     try:
         arrays.open()
