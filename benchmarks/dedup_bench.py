@@ -56,6 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from streamprune.sources import FASHION_MNIST_DIR
+
 from . import mdtable, provenance
 from .suite import Suite, Target
 
@@ -63,7 +65,6 @@ __all__ = ["DedupSuite", "KINDS", "planted_metrics", "report_markdown"]
 
 log = logging.getLogger("dedup_bench")
 
-FASHION = "/usr/share/datasets/fashion-mnist"
 FOOTWEAR = (5, 7, 9)
 KINDS = ("jpeg-q50", "hflip", "crop", "exact")
 EPS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
@@ -127,7 +128,7 @@ def build_source(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from streamprune.sources import FASHION_MNIST_CLASSES, idx_source
     from streamprune.writers import write_shards
 
-    full = idx_source(FASHION, split="train")
+    full = idx_source(FASHION_MNIST_DIR, split="train")
     rng = np.random.default_rng(0)
     per_class = args.base // 10
     base = np.sort(np.concatenate([rng.choice(np.flatnonzero(full.labels == c), per_class, replace=False) for c in range(10)]))
@@ -248,7 +249,7 @@ def _target_a(data_dir: str) -> tuple[dict[str, Any], str]:
     from streamprune.sources import FASHION_MNIST_CLASSES, ArraySource, idx_source
     from streamprune.writers import write_shards
 
-    t10k = idx_source(FASHION, split="t10k")
+    t10k = idx_source(FASHION_MNIST_DIR, split="t10k")
     keep = np.flatnonzero(np.isin(t10k.labels, FOOTWEAR))
     labels = np.searchsorted(np.array(FOOTWEAR), t10k.labels[keep])
     rng = np.random.default_rng(0)

@@ -123,11 +123,11 @@ from typing import Any
 import numpy as np
 
 from streamprune import Manifest
+from streamprune.sources import FASHION_MNIST_DIR
 
 from . import mdtable, provenance, resultsfile, stats
 from .finetune import (  # shared with the DLC suite (benchmarks/finetune.py)
     ARCH,
-    FASHION,
     INPUT_SIZE,
     cache_matches,
     decode_all,
@@ -596,7 +596,7 @@ def prepare_downstream(data_dir: str, name: str, cfg: dict, progress: bool) -> d
     if cache_matches(root, params) and all(os.path.exists(os.path.join(d, "manifest.json")) for d in out.values()):
         return out
     if name == "fashion-test":
-        src = idx_source(FASHION, split="t10k")
+        src = idx_source(FASHION_MNIST_DIR, split="t10k")
         images, labels, classes = src.images, src.labels, FASHION_MNIST_CLASSES
     else:
         images, labels = _digits_arrays()

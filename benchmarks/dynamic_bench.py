@@ -55,6 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from streamprune.sources import FASHION_MNIST_DIR
+
 from . import mdtable, provenance, stats
 from .suite import Suite, Target
 
@@ -62,7 +64,6 @@ __all__ = ["DynamicSuite", "report_markdown", "summarize"]
 
 log = logging.getLogger("dynamic_bench")
 
-FASHION = "/usr/share/datasets/fashion-mnist"
 DATA_VERSION = 1
 CONFIGS = ("full", "infobatch", "static")
 PIXEL_MEAN, PIXEL_STD = 0.286, 0.353  # Fashion-MNIST train pixels
@@ -112,7 +113,7 @@ def prepare(data_dir: str, samples: int, samples_per_shard: int) -> str:
             if json.load(fh).get("params") == params:
                 return manifest
     shutil.rmtree(out, ignore_errors=True)
-    full = idx_source(FASHION, split="train")
+    full = idx_source(FASHION_MNIST_DIR, split="train")
     rng = np.random.default_rng(0)
     per = samples // 10
     idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(full.labels == c), size=per, replace=False) for c in range(10)]))
@@ -139,7 +140,7 @@ def load_test(limit: int | None):
 
     from streamprune.sources import idx_source
 
-    test = idx_source(FASHION, split="t10k")
+    test = idx_source(FASHION_MNIST_DIR, split="t10k")
     images, labels = test.images, test.labels
     if limit is not None and limit < len(labels):
         keep = np.random.default_rng(1).choice(len(labels), size=limit, replace=False)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from streamprune.sources import FASHION_MNIST_DIR
+
 from . import resultsfile
 
 __all__ = ["ARCH", "FASHION", "INPUT_SIZE", "batch_stream", "cache_matches", "decode_all", "finetune_accuracy", "head_init_state",
@@ -24,7 +26,7 @@ __all__ = ["ARCH", "FASHION", "INPUT_SIZE", "batch_stream", "cache_matches", "de
 
 log = logging.getLogger("downstream_bench")
 
-FASHION = "/usr/share/datasets/fashion-mnist"
+FASHION = FASHION_MNIST_DIR  # the one location: streamprune.sources
 ARCH = "benchmarks.nets:small_cnn"  # = nets.ENTRY_POINT (not imported here: nets imports torch)
 INPUT_SIZE = 28
 

@@ -53,13 +53,13 @@ import numpy as np
 
 from streamprune.atomic import atomic_write_json
 from streamprune.manifest import Manifest, ShardEntry
+from streamprune.sources import FASHION_MNIST_DIR
 from streamprune.writers import write_shards
 
 from . import mdtable, provenance, stats
 from .suite import Suite, Target
 
 log = logging.getLogger("score_bench")
-FASHION = "/usr/share/datasets/fashion-mnist"
 
 
 def spread(times: Sequence[float]) -> dict[str, Any]:
@@ -476,8 +476,8 @@ def _fashion_shards(work: str) -> tuple[Manifest, Manifest]:
     if os.path.exists(os.path.join(src_dir, "manifest.json")):
         source = Manifest.load(src_dir)
     else:
-        source = write_shards(FASHION, src_dir, samples_per_shard=5000, workers=2, progress=False, overwrite=True)
-    target = Manifest.load(tgt_dir) if os.path.exists(os.path.join(tgt_dir, "manifest.json")) else footwear_target(FASHION, tgt_dir, progress=False)
+        source = write_shards(FASHION_MNIST_DIR, src_dir, samples_per_shard=5000, workers=2, progress=False, overwrite=True)
+    target = Manifest.load(tgt_dir) if os.path.exists(os.path.join(tgt_dir, "manifest.json")) else footwear_target(FASHION_MNIST_DIR, tgt_dir, progress=False)
     return source, target
 
 
@@ -717,7 +717,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         earlier_kernels, earlier_command = earlier.get("kernels"), (earlier.get("kernels") or {}).get("measured_by") or earlier.get("command")
         res = {**{PARTS[p]: v for p, v in ((p, merged_parts(earlier).get(PARTS[p])) for p in skip if p in PARTS) if v},
                "earlier_command": plain_command(earlier.get("command")), **res}
-    fashion = os.path.isdir(FASHION)
+    fashion = os.path.isdir(FASHION_MNIST_DIR)
     if "a" not in skip or "d" not in skip:
         source, target = _fashion_shards(args.work) if fashion else _digits_shards(args.work)
     if "a" not in skip:

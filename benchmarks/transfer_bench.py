@@ -97,6 +97,7 @@ from typing import Any
 import numpy as np
 
 from streamprune import MaskFile
+from streamprune.sources import FASHION_MNIST_DIR
 
 from . import mdtable, provenance, stats
 from .suite import Suite, Target
@@ -113,7 +114,6 @@ __all__ = [
 
 log = logging.getLogger("transfer_bench")
 
-FASHION = "/usr/share/datasets/fashion-mnist"
 #: Fashion-MNIST's footwear classes (Sandal, Sneaker, Ankle boot): target A.
 FOOTWEAR = (5, 7, 9)
 METHODS = ("lm", "fm", "random-classes", "random-samples", "moderate")
@@ -250,7 +250,7 @@ def prepare_source(data_dir: str, samples: int | None, samples_per_shard: int) -
 
     tag = "full" if samples is None else f"n{samples}"
     out = os.path.join(data_dir, f"source-{tag}")
-    params = {"version": DATA_VERSION, "samples": samples, "samples_per_shard": samples_per_shard, "source": FASHION}
+    params = {"version": DATA_VERSION, "samples": samples, "samples_per_shard": samples_per_shard, "source": FASHION_MNIST_DIR}
     meta = os.path.join(out, "bench_meta.json")
     manifest = os.path.join(out, "manifest.json")
     if os.path.exists(meta) and os.path.exists(manifest):
@@ -259,9 +259,9 @@ def prepare_source(data_dir: str, samples: int | None, samples_per_shard: int) -
                 log.info("reusing source shards in %s", out)
                 return manifest
     shutil.rmtree(out, ignore_errors=True)
-    src = FASHION
+    src = FASHION_MNIST_DIR
     if samples is not None:
-        full = idx_source(FASHION, split="train")
+        full = idx_source(FASHION_MNIST_DIR, split="train")
         keep = _stratified_subset(full.labels, samples)
         os.makedirs(data_dir, exist_ok=True)
         src = os.path.join(data_dir, f"source-{tag}.npz")
@@ -283,7 +283,7 @@ def prepare_targets(data_dir: str, shots: int, test_limit: int | None) -> dict[s
 
     out = os.path.join(data_dir, f"targets-s{shots}-t{test_limit or 'all'}")
     shutil.rmtree(out, ignore_errors=True)
-    t10k = idx_source(FASHION, split="t10k")
+    t10k = idx_source(FASHION_MNIST_DIR, split="t10k")
     keep = np.isin(t10k.labels, FOOTWEAR)
     a_images = t10k.images[keep]
     a_labels = np.searchsorted(np.array(FOOTWEAR), t10k.labels[keep])
@@ -458,7 +458,8 @@ def pretrain(
     from torch import nn
 
     from streamprune import PrunedWebDataset
-    from streamprune.readers.webdataset import kept_counts, open_manifest, open_mask  # heavy: torch, webdataset
+    from streamprune.manifest import open_manifest  # deferred with the pass's other streamprune imports
+    from streamprune.masks import kept_counts, open_mask  # deferred with the pass's other streamprune imports
 
     from .nets import pretrain_cnn  # heavy: torch
 

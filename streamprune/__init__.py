@@ -48,7 +48,7 @@ _LAZY = {
     "MaskFile": "masks",
     "open_mask": "masks",
     "mask_from_bool": "masks",
-    "mask_from_keys": "masks",
+    "mask_from_keys": "keys",
     "mask_from_classes": "masks",
     "random_mask": "masks",
     "translate_mask": "masks",
@@ -106,6 +106,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static tools see the names the lazy table provides
     from .decode import ImageDecoder, image_decoder
     from .indexing import index_betons, index_files, index_shards
+    from .keys import mask_from_keys
     from .manifest import Manifest
     from .masks import (
         KeepMask,
@@ -113,7 +114,6 @@ if TYPE_CHECKING:  # static tools see the names the lazy table provides
         MaskFile,
         mask_from_bool,
         mask_from_classes,
-        mask_from_keys,
         open_mask,
         random_mask,
         translate_mask,

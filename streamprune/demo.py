@@ -24,7 +24,7 @@ from .readers import PrunedWebDataset
 from .report import describe, format_report
 from .scores import ScoreFile
 from .scoring import score_source
-from .sources import FASHION_MNIST_CLASSES, ArraySource, idx_source
+from .sources import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, ArraySource, idx_source
 from .train import train_surrogate
 from .writers import write_shards
 
@@ -32,7 +32,6 @@ __all__ = ["default_source", "footwear_target", "run_demo", "FOOTWEAR"]
 
 log = logging.getLogger(__name__)
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 #: Fashion-MNIST's footwear classes: Sandal, Sneaker, Ankle boot.
 FOOTWEAR = (5, 7, 9)
 

@@ -58,6 +58,7 @@ __all__ = [
     "is_uid",
     "manifest_uids",
     "mask_from_key_list",
+    "mask_from_keys",
     "match_key_list",
     "read_key_list",
     "read_member_data",
@@ -388,7 +389,7 @@ def match_key_list(manifest: Manifest, keys: KeyList | Iterable[str]) -> KeyMatc
     return KeyMatch(ids, positions, duplicates, by)
 
 
-def mask_from_key_list(
+def mask_from_keys(
     manifest: ManifestLike,
     keys: str | os.PathLike | KeyList | Iterable[str],
     *,
@@ -396,7 +397,7 @@ def mask_from_key_list(
     key_column: str | None = None,
     allow_missing: bool = False,
 ) -> KeepMask:
-    """Keep exactly the listed samples (or, with ``drop``, everything but them).
+    """Keep exactly the listed samples (or, with ``drop``, everything but them): the one "mask from keys".
 
     Args:
         manifest: The dataset: a :class:`Manifest`, or its ``manifest.json`` (path or URL) or directory.
@@ -436,6 +437,11 @@ def mask_from_key_list(
         missing_examples=missing[:5], matched_by=match.matched_by,
     )
 
+
+
+#: The name :func:`mask_from_keys` had before it became the only "mask from keys"; documented
+#: in ``docs/deduplication.md``, so it stays.
+mask_from_key_list = mask_from_keys
 
 # --- export --------------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import storage
 from .atomic import atomic_open
-from .errors import ArgumentError, MaskMismatchError, MissingKeysError, StreamPruneError
+from .errors import ArgumentError, MaskMismatchError, StreamPruneError
 from .manifest import Manifest, ManifestLike, open_manifest
 from .ratios import check_ratio, kept_count
 
@@ -49,10 +49,8 @@ __all__ = [
     "bits_digest",
     "packed_shard_bits",
     "kept_counts",
-    "check_ratio",
     "random_mask",
     "mask_from_bool",
-    "mask_from_keys",
     "mask_from_classes",
     "translate_mask",
     "MaskOperators",
@@ -495,32 +493,6 @@ def mask_from_bool(manifest: ManifestLike, keep: np.ndarray, method: str = "cust
     keep = np.asarray(keep, dtype=bool)
     ratio = 1.0 - keep.mean() if len(keep) else 0.0
     return KeepMask(keep, manifest, _provenance(method, round(float(ratio), 6), level="sample", **provenance))
-
-
-def mask_from_keys(manifest: ManifestLike, keys: Iterable[str], method: str = "keys", strict: bool = True, **provenance) -> KeepMask:
-    """Build a mask that keeps exactly the samples with the given keys.
-
-    Args:
-        manifest: The dataset: a :class:`Manifest`, or its ``manifest.json`` (path or URL) or directory.
-        keys: Keys to keep.
-        method: Name recorded in the provenance.
-        strict: Raise if a key is not in the dataset.
-        **provenance: Further provenance fields.
-
-    Returns:
-        The mask.
-
-    Raises:
-        MissingKeysError: ``strict`` and some key is unknown (the message names a few; also a ``KeyError``).
-    """
-    manifest = open_manifest(manifest)
-    wanted = set(keys)
-    all_keys = manifest.keys()
-    keep = np.fromiter((k in wanted for k in all_keys), dtype=bool, count=len(all_keys))
-    if strict and int(keep.sum()) != len(wanted):
-        missing = sorted(wanted.difference(all_keys))[:5]
-        raise MissingKeysError(f"{len(wanted) - int(keep.sum())} keys are not in {manifest.path}, e.g. {missing}")
-    return mask_from_bool(manifest, keep, method=method, **provenance)
 
 
 def mask_from_classes(manifest: ManifestLike, classes: Iterable[int | str], method: str = "classes", **provenance) -> KeepMask:

@@ -12,7 +12,7 @@ each epoch's mask to the reader at the epoch boundary::
 
 The statistics come from the training itself (``fit(on_batch=...)``: each batch's per-sample
 losses with their manifest positions) or from a dynamics recording
-(:func:`streamprune.dynamics.load_dynamics`, field ``loss``) through ``initial_scores``.
+(:func:`streamprune.dynamicsfile.load_dynamics`, field ``loss``) through ``initial_scores``.
 
 :class:`InfoBatch` (Qin et al., "InfoBatch: Lossless Training Speed Up by Unbiased Dynamic
 Data Pruning", ICLR 2024) is the worked example; its definition is in ``docs/methods-dynamic.md``.

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +136,57 @@ class ScoreFile:
         if self.assignments is not None:
             self.assignments = np.asarray(self.assignments, dtype=np.int64)
         self.validate()
+
+    @classmethod
+    def ranked(
+        cls,
+        method: str,
+        level: str,
+        scores: Any,
+        *,
+        higher_is: str,
+        score_name: str,
+        ties: Sequence[tuple[str, Any]] = (),
+        **fields: Any,
+    ) -> "ScoreFile":
+        """The one way a scoring method builds its scores: ranking and tie-break text derived.
+
+        Items are ranked by ``scores`` in the direction ``higher_is`` gives (``"keep"``:
+        highest first; ``"prune"``: lowest first), ties by each of ``ties`` in turn (highest
+        first), the remaining ties by item id (lowest first). ``tiebreak`` says exactly that,
+        from ``score_name``, the tie keys' names and ``level``, so the words cannot drift
+        from the order.
+
+        Args:
+            method: Scoring method name.
+            level: ``"class"``, ``"cluster"`` or ``"sample"``.
+            scores: Primary score per item.
+            higher_is: ``"keep"`` or ``"prune"``.
+            score_name: What ``scores`` measures.
+            ties: ``(name, values)`` tie keys, applied in order, each "higher first" (store
+                ``values`` in ``extra`` under ``name`` to make the ranking reproducible from the file).
+            **fields: Further :class:`ScoreFile` fields (not ``ranking`` or ``tiebreak``).
+
+        Returns:
+            The (validated, unsaved) scores.
+
+        Raises:
+            TypeError: ``ranking`` or ``tiebreak`` given.
+            StreamPruneError: Inconsistent fields (see :meth:`validate`).
+        """
+        for derived in ("ranking", "tiebreak"):
+            if derived in fields:
+                raise TypeError(f"ScoreFile.ranked derives {derived!r}; do not pass it")
+        if higher_is not in ("keep", "prune"):
+            raise StreamPruneError(f"scores of {method!r}: higher_is {higher_is!r} must be 'keep' or 'prune'")
+        values = np.asarray(scores, dtype=np.float64)
+        primary = values if higher_is == "keep" else -values
+        ranking = rank_items(primary, *(np.asarray(v, dtype=np.float64) for _, v in ties))
+        words = [f"{score_name} {'desc' if higher_is == 'keep' else 'asc'}", *(f"{name} desc" for name, _ in ties), f"{level} id asc"]
+        return cls(
+            method=method, level=level, scores=values, ranking=ranking, higher_is=higher_is, score_name=score_name,
+            tiebreak=", then ".join(words), **fields,
+        )
 
     @property
     def num_items(self) -> int:

@@ -46,6 +46,7 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "BatchOutput",
+    "TrainConfig",
     "EpochStats",
     "FitResult",
     "evaluate_surrogate",
@@ -109,6 +110,86 @@ def make_schedule(opt: torch.optim.Optimizer, peak: float, total_steps: int, kin
     if kind == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
     raise ArgumentError(f"schedule={kind!r}: must be one of {list(SCHEDULES)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a classifier is trained: checked once, and the one place its optimizer and schedule are built.
+
+    :func:`train_surrogate` and :func:`streamprune.dynamics.record_dynamics` both build one
+    from their arguments (with their own defaults: Adam for a surrogate, SGD for dynamics).
+
+    Attributes:
+        epochs: Passes over the (kept) samples.
+        batch_size: Samples per optimizer step.
+        optimizer: ``"adam"`` (AdamW) or ``"sgd"`` (Nesterov momentum 0.9).
+        lr: Peak learning rate; ``None``: the optimizer's default (:data:`OPTIMIZERS`).
+        weight_decay: Weight decay.
+        schedule: ``"onecycle"`` or ``"constant"`` (:func:`make_schedule`).
+        max_steps: Stop after this many optimizer steps (``None``: no cap).
+
+    Raises:
+        ValueError: A bad value, naming the argument.
+    """
+
+    epochs: int = 1
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float | None = None
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ArgumentError(f"epochs={self.epochs}: must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ArgumentError(f"max_steps={self.max_steps}: must be at least 1")
+        if self.batch_size < 1:
+            raise ArgumentError(f"batch_size={self.batch_size}: must be at least 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise ArgumentError(f"optimizer={self.optimizer!r}: must be one of {sorted(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ArgumentError(f"schedule={self.schedule!r}: must be one of {list(SCHEDULES)}")
+        if self.lr is not None and (not math.isfinite(self.lr) or self.lr < 0):
+            raise ArgumentError(f"lr={self.lr}: must be a finite number >= 0")
+
+    @property
+    def peak_lr(self) -> float:
+        """The peak learning rate: ``lr``, else the optimizer's default."""
+        return OPTIMIZERS[self.optimizer] if self.lr is None else float(self.lr)
+
+    def total_steps(self, samples: int) -> int:
+        """Optimizer steps of a run over ``samples`` kept samples: ``epochs * ceil(samples / batch_size)``, capped by ``max_steps``.
+
+        Args:
+            samples: Samples per epoch.
+
+        Returns:
+            The step count the schedule spans.
+        """
+        steps = self.epochs * math.ceil(samples / self.batch_size)
+        return steps if self.max_steps is None else min(self.max_steps, steps)
+
+    def build(self, params: Any, samples: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The optimizer over ``params`` and its per-step schedule over :meth:`total_steps`.
+
+        Args:
+            params: Model parameters.
+            samples: Samples per epoch.
+
+        Returns:
+            ``(optimizer, schedule)``.
+        """
+        opt = make_optimizer(self.optimizer, params, self.peak_lr, self.weight_decay)
+        return opt, make_schedule(opt, self.peak_lr, self.total_steps(samples), self.schedule)
+
+    def describe(self, samples: int) -> dict[str, Any]:
+        """The settings as recorded beside a result (name, lr, weight decay, schedule, batch size, steps)."""
+        return {
+            "name": self.optimizer, "lr": self.peak_lr, "weight_decay": self.weight_decay, "schedule": self.schedule,
+            "batch_size": self.batch_size, "steps": self.total_steps(samples),
+        }
 
 
 @dataclass(frozen=True)
@@ -412,14 +493,9 @@ def train_surrogate(
         ValueError: Bad argument.
         StreamPruneError: Unlabelled dataset, an empty mask, or no image member.
     """
-    if epochs < 1:
-        raise ArgumentError(f"epochs={epochs}: must be at least 1")
-    if max_steps is not None and max_steps < 1:
-        raise ArgumentError(f"max_steps={max_steps}: must be at least 1")
-    if batch_size < 1:
-        raise ArgumentError(f"batch_size={batch_size}: must be at least 1")
-    if optimizer not in OPTIMIZERS:
-        raise ArgumentError(f"optimizer={optimizer!r}: must be one of {sorted(OPTIMIZERS)}")
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay, max_steps=max_steps,
+    )
     m = open_manifest(manifest)
     if m.label_ext is None:
         raise StreamPruneError(f"{m.path}: dataset has no labels; a surrogate classifier needs them")
@@ -434,12 +510,8 @@ def train_surrogate(
     )
     if len(ds) == 0:
         raise StreamPruneError(f"{m.path}: the mask keeps no samples to train on")
-    total_steps = epochs * math.ceil(len(ds) / batch_size)
-    if max_steps is not None:
-        total_steps = min(max_steps, total_steps)
-    peak = OPTIMIZERS[optimizer] if lr is None else float(lr)
-    opt = make_optimizer(optimizer, model.parameters(), peak, weight_decay)
-    sched = make_schedule(opt, peak, total_steps, "onecycle")
+    total_steps = config.total_steps(len(ds))
+    opt, sched = config.build(model.parameters(), len(ds))
     with cpu_threads_beside_workers(workers, dev):
         run = fit(
             model, loader, epochs=epochs, optimizer=opt, schedule=sched, device=dev, max_steps=total_steps,
@@ -465,7 +537,7 @@ def train_surrogate(
         manifest_fingerprint=m.fingerprint,
         mask=os.path.abspath(os.fspath(mask)) if isinstance(mask, (str, os.PathLike)) else None,
         optimizer=optimizer,
-        lr=peak,
+        lr=config.peak_lr,
         batch_size=batch_size,
         seed=seed,
         **summary,

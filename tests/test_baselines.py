@@ -5,30 +5,19 @@ import pytest
 import torch
 from torch import nn
 
+from streamprune.gradnorms import per_sample_grad_norms
 from streamprune.masks import MaskFile
 from streamprune.scoring import score_source
-from streamprune.scoring.baselines import moderate_scores, per_sample_grad_norms
+from streamprune.scoring.baselines import moderate_scores
 from streamprune.scoring.features import ArrayStore, FeatureStore
 from streamprune.scoring.scores_file import ScoreFile, rank_items
 from streamprune.writers import write_shards
 
-TINY_MODULE = '''
-from torch import nn
-
-
-def tiny(num_classes):
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(4, num_classes)
-    )
-'''
-
 
 @pytest.fixture
-def tiny_arch(tmp_path, monkeypatch):
-    (tmp_path / "sp_tiny_base.py").write_text(TINY_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "sp_tiny_base:tiny"
+def tiny_arch():
+    """A tiny surrogate with BatchNorm (:func:`tiny_models.tiny_bn`)."""
+    return "tiny_models:tiny_bn"
 
 
 @pytest.fixture

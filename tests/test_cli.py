@@ -439,8 +439,8 @@ def test_score_says_which_classes_or_clusters_it_kept(tmp_path, small_dataset):
     assert f"ratio 0.5: kept classes {kept} (20 of 40 samples) -> " in output and len(kept) == 2
     assert kept_summary(mask) == f"classes {kept} (20 of 40 samples)"
     assign = np.arange(40) % 25  # 25 clusters of 1 or 2 samples
-    scores = ScoreFile(method="fm", level="cluster", scores=np.arange(25.0)[::-1], ranking=np.arange(25),
-                       manifest_fingerprint=small_dataset.fingerprint, assignments=assign)
+    scores = ScoreFile.ranked("fm", "cluster", np.arange(25.0)[::-1], higher_is="keep", score_name="votes",
+                              manifest_fingerprint=small_dataset.fingerprint, assignments=assign)
     assert kept_summary(mask_from_scores(small_dataset, scores, 0.6)) == "clusters [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] (20 of 40 samples)"
     many = kept_summary(mask_from_scores(small_dataset, scores, 0.0))  # more than 20 ids: the rest counted
     assert many == f"clusters [{', '.join(map(str, range(20)))}, ... 5 more] (40 of 40 samples)"

@@ -34,13 +34,6 @@ FAST = [b for b in BACKENDS if b != "pil"]
 # libjpeg-turbo's integer IDCT is exact across builds; allow rounding differences of other libjpeg builds
 MEAN_ABS_TOLERANCE = 1.0
 
-TINY_MODULE = '''
-from torch import nn
-
-
-def tiny(num_classes):
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
-'''
 
 
 def picture(width: int = 300, height: int = 260, seed: int = 0, mode: str = "RGB") -> Image.Image:
@@ -205,11 +198,6 @@ def image_samples(ext: str, n: int = 24, classes: int = 3) -> list:
     return out
 
 
-@pytest.fixture
-def tiny_arch(tmp_path, monkeypatch):
-    (tmp_path / "sp_decode_tiny.py").write_text(TINY_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "sp_decode_tiny:tiny"
 
 
 @pytest.mark.parametrize("ext", ["jpeg", "webp"])

@@ -23,8 +23,8 @@ from streamprune.scoring.scores_file import ScoreFile
 from streamprune.writers import write_shards
 from streamprune_cli.main import cli
 
-CNN = "_dlc_models:tiny_cnn"
-VIT = "_dlc_models:tiny_vit"
+CNN = "tiny_models:tiny_cnn"
+VIT = "tiny_models:tiny_vit"
 
 
 def _images(n=36, classes=3, side=10, seed=0):

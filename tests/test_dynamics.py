@@ -13,7 +13,8 @@ from PIL import Image
 
 import streamprune.dynamics as dynamics_module
 from streamprune import MaskMismatchError, StreamPruneError, mask_from_bool
-from streamprune.dynamics import DYNAMICS_META, FIELDS, load_dynamics, record_dynamics
+from streamprune.dynamics import record_dynamics
+from streamprune.dynamicsfile import DYNAMICS_META, FIELDS, load_dynamics
 from streamprune.models import build_surrogate, save_checkpoint, surrogate_transform
 from streamprune.scoring import score_source
 from streamprune.scoring.scores_file import ScoreFile
@@ -21,23 +22,13 @@ from streamprune.writers import write_shards
 
 # No BatchNorm: with lr=0 the model is then exactly the same function in train and eval mode,
 # whatever the batch composition, so a direct forward pass must reproduce the recording.
-TINY_MODULE = '''
-from torch import nn
-
-
-def tiny(num_classes):
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, num_classes)
-    )
-'''
 N, C, SIDE = 30, 3, 8
 
 
 @pytest.fixture
-def tiny_arch(tmp_path, monkeypatch):
-    (tmp_path / "sp_tiny_dyn.py").write_text(TINY_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "sp_tiny_dyn:tiny"
+def tiny_arch():
+    """No BatchNorm: with lr=0 a direct forward pass reproduces the recording (:func:`tiny_models.tiny_pool2`)."""
+    return "tiny_models:tiny_pool2"
 
 
 @pytest.fixture
@@ -231,23 +222,12 @@ def test_bad_arguments(tmp_path, data, tiny_arch):
 
 # With BatchNorm, train and eval mode give different outputs: an eval-mode snapshot must
 # match an eval-mode forward pass of the weights (and running statistics) of that moment.
-BN_MODULE = '''
-from torch import nn
-
-
-def tiny_bn(num_classes):
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-        nn.Linear(24, num_classes)
-    )
-'''
 
 
 @pytest.fixture
-def bn_arch(tmp_path, monkeypatch):
-    (tmp_path / "sp_tiny_dyn_bn.py").write_text(BN_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "sp_tiny_dyn_bn:tiny_bn"
+def bn_arch():
+    """BatchNorm: train and eval mode differ (:func:`tiny_models.tiny_pool2_bn`)."""
+    return "tiny_models:tiny_pool2_bn"
 
 
 def _capture_snapshot_states(monkeypatch):

@@ -30,30 +30,19 @@ from streamprune.writers import write_shards
 from streamprune_cli.main import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_MODULE = """
-from torch import nn
-
-
-def tiny(num_classes):
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
-"""
-ARCH = "sp_tiny_engine:tiny"
+ARCH = "tiny_models:tiny"  # tests/ is on the workers' PYTHONPATH
 
 
 @pytest.fixture(scope="module")
-def ray_engine(tmp_path_factory):
+def ray_engine():
     """A Ray engine of 2 workers on one local instance for the module (shut down at the end)."""
     ray = pytest.importorskip("ray")
-    mods = tmp_path_factory.mktemp("mods")
-    (mods / "sp_tiny_engine.py").write_text(TINY_MODULE)
-    sys.path.insert(0, str(mods))
-    path = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), str(mods), os.environ.get("PYTHONPATH", "")])
+    path = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     try:
         yield RayEngine(workers=2)
     finally:
         ray.shutdown()
-        sys.path.remove(str(mods))
 
 
 def _npz(path, n, seed, label=None):

@@ -22,7 +22,7 @@ from streamprune.errors import (
     TarFormatError,
 )
 from streamprune.indexfile import save_index
-from streamprune.masks import check_ratio
+from streamprune.ratios import check_ratio
 from streamprune.tarindex import index_tar, iter_tar_members
 from streamprune.writers import TarShardWriter, write_shards
 

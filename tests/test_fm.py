@@ -21,18 +21,10 @@ from streamprune.scoring.features import (
 from streamprune.scoring.fm import fm_cluster_scores, fm_votes, kmeans, kmeans_plus_plus
 from streamprune.scoring.kmeans import mean_feature_variance
 from streamprune.scoring.scores_file import ScoreFile, mask_from_scores
+from streamprune.sources import FASHION_MNIST_DIR
 from streamprune.writers import write_shards
 from streamprune_cli.main import cli
 
-TINY_MODULE = '''
-from torch import nn
-
-
-def tiny(num_classes):
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes)
-    )
-'''
 N_CLASSES = 4
 
 
@@ -81,11 +73,6 @@ def blobs(tmp_path):
     return write_shards(_npz(tmp_path / "s.npz", 80, 0), tmp_path / "source", samples_per_shard=10, image_format="png", shuffle=False, progress=False)
 
 
-@pytest.fixture
-def tiny_arch(tmp_path, monkeypatch):
-    (tmp_path / "sp_tiny_fm.py").write_text(TINY_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "sp_tiny_fm:tiny"
 
 
 IDENT = {"features": "pixels", "version": 1}
@@ -266,20 +253,28 @@ def test_cli_fm(tmp_path, tiny_arch):
     assert r.exit_code != 0 and "--clusters is not an option of --method lm" in r.output
 
 
-FASHION = "/usr/share/datasets/fashion-mnist"
+FASHION = FASHION_MNIST_DIR
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(FASHION), reason=f"{FASHION} not installed")
-def test_fm_on_fashion_mnist_keeps_footwear_clusters(tmp_path):
-    from streamprune.demo import FOOTWEAR, footwear_target
-    from streamprune.train import train_surrogate
+@pytest.mark.timeout(3600)  # when run alone it also pays for the shared demo run
+def test_fm_on_fashion_mnist_keeps_footwear_clusters(tmp_path, fashion):
+    """FM with the session's surrogate on a class-balanced 10,000-image subset of the train split.
 
-    source = write_shards(FASHION, tmp_path / "train", samples_per_shard=5000, workers=2, progress=False)
-    target = footwear_target(FASHION, str(tmp_path / "target"), progress=False)
-    trained = train_surrogate(source, "resnet18", tmp_path / "surrogate.pt", max_steps=150, input_size=32, workers=1, progress=False)
+    1,000 images per class keep the footwear at 30% of the source, as in the full split,
+    while embedding a sixth of the images.
+    """
+    from streamprune.demo import FOOTWEAR
+    from streamprune.sources import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, ArraySource, idx_source
+
+    full = idx_source(FASHION_MNIST_DIR, split="train")
+    rng = np.random.default_rng(0)
+    pick = np.sort(np.concatenate([rng.choice(np.flatnonzero(full.labels == c), 1000, replace=False) for c in range(10)]))
+    subset = ArraySource(full.images[pick], full.labels[pick], class_names=FASHION_MNIST_CLASSES, prefix="train-")
+    source = write_shards(subset, tmp_path / "train", samples_per_shard=2500, workers=2, progress=False)
+    assert np.bincount(source.labels()).tolist() == [1000] * 10
     r = score_source(
-        source, "fm", [0.8], tmp_path / "fm", target=target, surrogate="resnet18", checkpoint=trained["checkpoint"],
+        source, "fm", [0.8], tmp_path / "fm", target=fashion.target, surrogate="resnet18", checkpoint=fashion.checkpoint,
         workers=1, progress=False, clusters=30,
     )
     scores = ScoreFile.load(r["scores"])

@@ -20,7 +20,7 @@ from streamprune.keys import (
     uid_pair,
 )
 from streamprune.masks import MaskFile, random_mask
-from streamprune.scores import ScoreFile, rank_items
+from streamprune.scores import ScoreFile
 from streamprune_cli.main import cli
 
 
@@ -155,7 +155,7 @@ def test_parquet_key_column_and_uids(uid_member, tmp_path):
 
 def _scores(manifest):
     s = np.linspace(0, 1, manifest.num_samples)
-    return ScoreFile(method="x", level="sample", scores=s, ranking=rank_items(s), manifest_fingerprint=manifest.fingerprint)
+    return ScoreFile.ranked("x", "sample", s, higher_is="keep", score_name="x", manifest_fingerprint=manifest.fingerprint)
 
 
 @pytest.mark.parametrize("ext", [".txt", ".npy", ".parquet", ".arrow"])

@@ -12,23 +12,6 @@ from streamprune.scoring.scores_file import ScoreFile, kept_count, select_classe
 from streamprune.writers import write_shards
 from streamprune_cli.main import cli
 
-TINY_MODULE = '''
-from torch import nn
-
-
-def tiny(num_classes):
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes)
-    )
-'''
-
-
-@pytest.fixture
-def tiny_arch(tmp_path, monkeypatch):
-    (tmp_path / "sp_tiny_lm.py").write_text(TINY_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "sp_tiny_lm:tiny"
-
 
 def _npz(path, n, classes, seed):
     rng = np.random.default_rng(seed)

@@ -21,7 +21,8 @@ from streamprune import (
     random_mask,
 )
 from streamprune.errors import MaskMismatchError
-from streamprune.masks import check_ratio
+from streamprune.keys import MissingKeysError, mask_from_key_list
+from streamprune.ratios import check_ratio
 from streamprune.writers import TarShardWriter
 
 
@@ -127,9 +128,10 @@ def test_mask_from_keys_keeps_exactly_those_keys(small_dataset):
     mask = mask_from_keys(small_dataset, wanted)
     assert {k for k, kept in zip(keys, mask.keep) if kept} == wanted
     assert mask.provenance["method"] == "keys"
-    with pytest.raises(KeyError, match="not-a-key"):
+    with pytest.raises(MissingKeysError, match="not-a-key"):
         mask_from_keys(small_dataset, wanted | {"not-a-key"})
-    assert mask_from_keys(small_dataset, wanted | {"not-a-key"}, strict=False).kept == 3
+    assert mask_from_keys(small_dataset, wanted | {"not-a-key"}, allow_missing=True).kept == 3
+    assert mask_from_key_list is mask_from_keys  # the documented old name
 
 
 def test_mask_from_classes_by_id_and_by_name(small_dataset):

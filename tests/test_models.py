@@ -17,29 +17,6 @@ from streamprune.models import (
 )
 from streamprune.train import evaluate_surrogate, train_surrogate
 
-TINY_MODULE = '''
-import torch
-from torch import nn
-
-
-def tiny(num_classes):
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes)
-    )
-
-
-def not_a_model(num_classes):
-    return "nope"
-'''
-
-
-@pytest.fixture
-def tiny_arch(tmp_path, monkeypatch):
-    """A tiny surrogate as an entry point, importable as ``sp_tiny_models:tiny``."""
-    (tmp_path / "sp_tiny_models.py").write_text(TINY_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "sp_tiny_models:tiny"
-
 
 def _image_npz(path, n=60, classes=3, size=12, seed=0):
     """Images whose mean brightness depends on the class (learnable in a few steps)."""
@@ -94,9 +71,9 @@ def test_bad_surrogate_names_give_clear_errors(tiny_arch):
     with pytest.raises(ValueError, match="cannot import module"):
         build_surrogate("no_such_module_xyz:f", 3)
     with pytest.raises(ValueError, match="has no attribute"):
-        build_surrogate("sp_tiny_models:missing", 3)
+        build_surrogate("tiny_models:missing", 3)
     with pytest.raises(ValueError, match="not a torch.nn.Module"):
-        build_surrogate("sp_tiny_models:not_a_model", 3)
+        build_surrogate("tiny_models:not_a_model", 3)
 
 
 @pytest.mark.parametrize("mode, size", [("L", (28, 28)), ("RGB", (224, 224)), ("RGBA", (40, 30)), ("P", (50, 64))])

@@ -34,9 +34,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamprune.sources import FASHION_MNIST_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST = FASHION_MNIST_DIR
 #: README text -> what the test runs instead (same command, smaller work).
 SMALLER = {
     "--max-steps 100": "--max-steps 2",

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -16,13 +17,11 @@ def _class_scores(manifest, **kw):
     votes = np.array([2.0, 0.0, 2.0, 0.0])
     soft = np.array([0.9, 0.3, 1.1, 0.3])
     fields = dict(
-        method="lm",
+        higher_is="keep",
+        score_name="votes",
+        ties=[("softmax_sum", soft)],
         variant="hard-vote",
-        level="class",
-        scores=votes,
         extra={"votes": votes, "softmax_sum": soft},
-        ranking=rank_items(votes, soft),
-        tiebreak="votes desc, then softmax_sum desc, then class id asc",
         manifest_fingerprint=manifest.fingerprint,
         items=list(manifest.classes),
         manifest=manifest.path,
@@ -33,12 +32,31 @@ def _class_scores(manifest, **kw):
         params={"soft_vote": False},
     )
     fields.update(kw)
-    return ScoreFile(**fields)
+    return ScoreFile.ranked("lm", "class", votes, **fields)
 
 
 def test_rank_items_breaks_ties_by_later_keys_then_id():
     assert rank_items(np.array([1, 3, 3, 1])).tolist() == [1, 2, 0, 3]
     assert rank_items(np.array([1, 3, 3, 1]), np.array([0, 1, 2, 0])).tolist() == [2, 1, 0, 3]
+
+
+def test_ranked_derives_the_ranking_and_its_words_from_the_direction_and_tie_keys():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 3, 60).astype(float)  # many ties
+    tie = rng.integers(0, 2, 60).astype(float)
+    for higher_is, sign in (("keep", -1), ("prune", 1)):
+        made = ScoreFile.ranked("toy", "sample", scores, higher_is=higher_is, score_name="s", ties=[("t", tie)], manifest_fingerprint="f" * 16)
+        # independent reference: Python's stable sort on (primary in the kept direction, tie desc, id asc)
+        expected = sorted(range(60), key=lambda i: (sign * scores[i], -tie[i], i))
+        assert made.ranking.tolist() == expected
+        assert made.tiebreak == f"s {'desc' if higher_is == 'keep' else 'asc'}, then t desc, then sample id asc"
+        assert made.higher_is == higher_is
+    plain = ScoreFile.ranked("toy", "class", [1.0, 2.0, 2.0], higher_is="keep", score_name="votes", manifest_fingerprint="f" * 16)
+    assert plain.ranking.tolist() == [1, 2, 0] and plain.tiebreak == "votes desc, then class id asc"
+    with pytest.raises(TypeError, match="derives 'ranking'"):
+        ScoreFile.ranked("toy", "class", [1.0], higher_is="keep", score_name="v", ranking=[0], manifest_fingerprint="f" * 16)
+    with pytest.raises(StreamPruneError, match="higher_is"):
+        ScoreFile.ranked("toy", "class", [1.0], higher_is="up", score_name="v", manifest_fingerprint="f" * 16)
 
 
 def test_round_trip_keeps_every_field(tmp_path, small_dataset):
@@ -66,7 +84,7 @@ def test_selection_follows_the_stored_ranking(small_dataset):
     # classes 1 and 3 tie on both keys: the class id decides
     assert select_classes_from_scores(scores, 0.25) == [0, 1, 2]
     # an explicit ranking in the file wins over re-sorting (any tie order the scorer chose)
-    other = _class_scores(small_dataset, ranking=[0, 2, 3, 1])
+    other = dataclasses.replace(_class_scores(small_dataset), ranking=[0, 2, 3, 1])
     assert select_classes_from_scores(other, 0.75) == [0]
     assert select_classes_from_scores(other, 0.25) == [0, 2, 3]
 
@@ -82,18 +100,15 @@ def test_mask_from_class_scores(small_dataset):
 def test_cluster_and_sample_level_masks(small_dataset):
     n = small_dataset.num_samples
     assign = np.arange(n) % 5
-    cluster = ScoreFile(
-        method="fm", level="cluster", scores=[5, 4, 3, 2, 1], ranking=[0, 1, 2, 3, 4],
-        manifest_fingerprint=small_dataset.fingerprint, assignments=assign,
+    cluster = ScoreFile.ranked(
+        "fm", "cluster", [5, 4, 3, 2, 1], higher_is="keep", score_name="votes", manifest_fingerprint=small_dataset.fingerprint, assignments=assign,
     )
+    assert cluster.ranking.tolist() == [0, 1, 2, 3, 4]
     mask = mask_from_scores(small_dataset, cluster, 0.6)
     assert np.array_equal(mask.keep, np.isin(assign, [0, 1]))
     assert mask.provenance["kept_clusters"] == [0, 1] and mask.provenance["level"] == "cluster"
     values = np.linspace(0, 1, n)
-    sample = ScoreFile(
-        method="x", level="sample", scores=values, ranking=rank_items(values),
-        manifest_fingerprint=small_dataset.fingerprint,
-    )
+    sample = ScoreFile.ranked("x", "sample", values, higher_is="keep", score_name="x", manifest_fingerprint=small_dataset.fingerprint)
     mask = mask_from_scores(small_dataset, sample, 0.75)
     assert mask.kept == n // 4 and mask.keep[-(n // 4):].all()
 
@@ -139,4 +154,4 @@ def test_missing_and_invalid_json(tmp_path):
 
 def test_non_finite_scores_are_refused(small_dataset):
     with pytest.raises(StreamPruneError, match="finite"):
-        _class_scores(small_dataset, scores=[np.nan, 0, 1, 2], ranking=[3, 2, 1, 0], extra={})
+        dataclasses.replace(_class_scores(small_dataset), scores=[np.nan, 0, 1, 2], ranking=[3, 2, 1, 0], extra={})

@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from streamprune.scoring.scores_file import ScoreFile, mask_from_scores, rank_items
+from streamprune.scoring.scores_file import ScoreFile, mask_from_scores
 from streamprune.selection import available_selectors, get_selector, register_selector, select, selector_levels
 
 
 def _sample_scores(manifest, values, harder="higher"):
     values = np.asarray(values, dtype=np.float64)
-    return ScoreFile(
-        method="toy", level="sample", higher_is="keep", harder=harder, scores=values, ranking=rank_items(values),
+    return ScoreFile.ranked(
+        "toy", "sample", values, higher_is="keep", score_name="toy", harder=harder,
         manifest_fingerprint=manifest.fingerprint, manifest=manifest.path, num_samples=manifest.num_samples, seed=4,
     )
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamprune.scoring.scores_file import ScoreFile, kept_count, rank_items
+from streamprune.scoring.scores_file import ScoreFile, kept_count
 from streamprune.selection import ccs_beta, ccs_beta_search, class_quotas, flexrand_shares, select
 
 HARDNESS = ["easy", "hard", "flexrand", "se", "sh", "ccs"]
@@ -16,10 +16,7 @@ CLASSWISE = ["class-balanced-random", "easy", "hard", "flexrand", "se", "sh"]
 
 def _scores(values, harder="higher", seed=3):
     values = np.asarray(values, dtype=np.float64)
-    return ScoreFile(
-        method="toy", level="sample", higher_is="keep", harder=harder, scores=values, ranking=rank_items(values),
-        manifest_fingerprint="f" * 16, seed=seed,
-    )
+    return ScoreFile.ranked("toy", "sample", values, higher_is="keep", score_name="toy", harder=harder, manifest_fingerprint="f" * 16, seed=seed)
 
 
 def _per_class_counts(kept, labels):

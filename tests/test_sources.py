@@ -15,6 +15,7 @@ from PIL import Image
 from streamprune.errors import LabelError, StreamPruneError
 from streamprune.sources import (
     FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
     FolderSource,
     ListSource,
     idx_source,
@@ -23,8 +24,6 @@ from streamprune.sources import (
     read_idx,
 )
 from streamprune.writers import write_shards
-
-FASHION = "/usr/share/datasets/fashion-mnist"
 
 
 def _image_bytes(seed: int, fmt: str, size=(12, 9)) -> bytes:
@@ -255,13 +254,13 @@ def test_open_source_rejects_missing_and_unknown_paths(tmp_path):
     assert isinstance(open_source([("k", {"txt": b"x"}, 0)]), ListSource)
 
 
-@pytest.mark.skipif(not os.path.isdir(FASHION), reason="Fashion-MNIST not installed")
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason="Fashion-MNIST not installed")
 def test_fashion_mnist_t10k_header_counts():
-    images = read_idx(os.path.join(FASHION, "t10k-images-idx3-ubyte.gz"))
-    labels = read_idx(os.path.join(FASHION, "t10k-labels-idx1-ubyte.gz"))
+    images = read_idx(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz"))
+    labels = read_idx(os.path.join(FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))
     assert images.shape == (10000, 28, 28)
     assert labels.shape == (10000,)
     assert np.bincount(labels).tolist() == [1000] * 10
-    source = idx_source(FASHION, split="t10k")
+    source = idx_source(FASHION_MNIST_DIR, split="t10k")
     assert len(source) == 10000
     assert source.class_names == FASHION_MNIST_CLASSES

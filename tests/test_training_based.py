@@ -216,22 +216,12 @@ def test_prototype_distances_match_numpy():
     np.testing.assert_allclose(d, 1 - cos.max(1), rtol=1e-5, atol=1e-6)
 
 
-TINY_MODULE = '''
-from torch import nn
-
-
-def tiny(num_classes):
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, num_classes)
-    )
-'''
 
 
 @pytest.fixture
-def tiny_arch(tmp_path, monkeypatch):
-    (tmp_path / "sp_tiny_tb.py").write_text(TINY_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "sp_tiny_tb:tiny"
+def tiny_arch():
+    """A tiny surrogate with 24 pooled features (:func:`tiny_models.tiny_pool2`)."""
+    return "tiny_models:tiny_pool2"
 
 
 def test_ssp_scores_are_distances_to_prototypes_of_the_cached_features(tmp_path, source, tiny_arch):

@@ -3,7 +3,7 @@
 from .byterange import ShardFile, plan_runs, read_runs
 from .mapstyle import KeptSampler, PrunedMapDataset
 from .plan import EpochPlan, Segment, plan_epoch
-from .webdataset import PrunedSource, PrunedWebDataset, open_mask, pruned_tarfile_samples
+from .webdataset import PrunedSource, PrunedWebDataset, pruned_tarfile_samples
 
 __all__ = [
     "PrunedSource",
@@ -17,5 +17,4 @@ __all__ = [
     "plan_epoch",
     "EpochPlan",
     "Segment",
-    "open_mask",
 ]

@@ -36,20 +36,14 @@ from ..errors import ArgumentError, StreamPruneError
 from ..gradnorms import GRAD_STRATEGIES, per_sample_grad_norms, resolve_grad_strategy
 from ..infer import eval_batches
 from ..models import cpu_threads_beside_workers, resolve_device
-from ..scores import ScoreFile, rank_items
+from ..scores import ScoreFile
 from .features import feature_root, surrogate_features
 from .registry import MethodOption, register_score
 from .request import ScoreRequest
 
-# per_sample_grad_norms moved to streamprune.gradnorms; it stays importable from here.
-__all__ = ["grand", "moderate", "moderate_scores", "per_sample_grad_norms", "random_classes", "random_samples"]
+__all__ = ["grand", "moderate", "moderate_scores", "random_classes", "random_samples"]
 
 log = logging.getLogger(__name__)
-
-
-def _common(request: ScoreRequest) -> dict[str, Any]:
-    src = request.source
-    return {"manifest": src.path, "num_samples": src.num_samples, "manifest_fingerprint": src.fingerprint, "seed": request.seed}
 
 
 @register_score("random-classes")
@@ -70,10 +64,9 @@ def random_classes(request: ScoreRequest) -> ScoreFile:
     if c < 1:
         raise ArgumentError(f"{src.path}: method 'random-classes' needs a labelled source")
     scores = np.random.default_rng(request.seed).random(c)
-    return ScoreFile(
-        method="random-classes", level="class", higher_is="keep", score_name="uniform", scores=scores,
-        ranking=rank_items(scores), tiebreak="uniform desc, then id asc",
-        items=list(src.classes) or [str(i) for i in range(c)], params={"class_blind": True}, **_common(request),
+    return request.score_file(
+        "random-classes", "class", scores, higher_is="keep", score_name="uniform",
+        items=list(src.classes) or [str(i) for i in range(c)], params={"class_blind": True},
     )
 
 
@@ -89,10 +82,7 @@ def random_samples(request: ScoreRequest) -> ScoreFile:
     """
     n = request.source.num_samples
     scores = np.random.default_rng(request.seed).random(n)
-    return ScoreFile(
-        method="random-samples", level="sample", higher_is="keep", score_name="uniform", scores=scores,
-        ranking=rank_items(scores), tiebreak="uniform desc, then id asc", params={"class_blind": True}, **_common(request),
-    )
+    return request.score_file("random-samples", "sample", scores, higher_is="keep", score_name="uniform", params={"class_blind": True})
 
 
 def moderate_scores(store: Any, labels: np.ndarray, chunk_rows: int = 65536, band: str = "global") -> dict[str, np.ndarray]:
@@ -198,16 +188,15 @@ def moderate(request: ScoreRequest, band: str = "global", feature_dir: str | Non
     labels = src.labels() if src.label_ext is not None else np.full(src.num_samples, -1, dtype=np.int64)
     m = moderate_scores(store, labels, chunk_rows, band=band)
     where = "source" if band == "global" else "class"
-    return ScoreFile(
-        method="moderate", variant=f"band-{band}", level="sample", higher_is="keep", score_name=f"-|{where} rank quantile - 0.5|",
-        scores=m["score"], extra={"distance_to_class_median": m["distance"], f"{where}_quantile": m["quantile"]},
-        ranking=rank_items(m["score"], m["rank_first"]),
-        tiebreak="score desc, then the smaller distance first (mirrored ranks), then sample id asc", surrogate=info,
+    # rank_first: of two mirrored ranks (equal score), the smaller distance first
+    return request.score_file(
+        "moderate", "sample", m["score"], higher_is="keep", score_name=f"-|{where} rank quantile - 0.5|", ties=[("rank_first", m["rank_first"])],
+        variant=f"band-{band}", surrogate=info,
+        extra={"distance_to_class_median": m["distance"], f"{where}_quantile": m["quantile"], "rank_first": m["rank_first"]},
         params={
             "class_blind": True, "feature_dir": os.path.abspath(root), "median": "coordinate-wise, per class",
             "distance": "euclidean to the sample's class median", "band": band,
         },
-        **_common(request),
     )
 
 
@@ -253,9 +242,7 @@ def grand(request: ScoreRequest, grad_chunk: int = 16, grad_strategy: str = "aut
     if np.isnan(scores).any():
         raise StreamPruneError(f"{src.path}: {int(np.isnan(scores).sum())} samples were not scored")
     seconds = time.perf_counter() - start
-    return ScoreFile(
-        method="grand", level="sample", higher_is="keep", harder="higher", score_name="grad_norm", scores=scores, ranking=rank_items(scores),
-        tiebreak="grad_norm desc, then sample id asc", surrogate=info,
+    return request.score_file(
+        "grand", "sample", scores, higher_is="keep", score_name="grad_norm", harder="higher", surrogate=info,
         params={"class_blind": True, "parameters": "all", "mode": "eval", "grad_chunk": grad_chunk, "grad_strategy": strategy, "seconds": round(seconds, 3)},
-        **_common(request),
     )

@@ -234,11 +234,6 @@ def semdedup_arrays(
     }
 
 
-def _common(request: ScoreRequest) -> dict[str, Any]:
-    src = request.source
-    return {"manifest": src.path, "num_samples": src.num_samples, "manifest_fingerprint": src.fingerprint, "seed": request.seed}
-
-
 @register_score(
     "semdedup",
     options=(
@@ -301,15 +296,12 @@ def semdedup(
         target_ratio = DEFAULT_TARGET_RATIO if target_ratio is None else float(target_ratio)
         eps = eps_for_ratio(max_sim, target_ratio)
         r["duplicate"] = np.asarray(max_sim, dtype=np.float64) > 1.0 - eps  # float64: a float32 compare would round the threshold
-    ids = np.arange(n, dtype=np.int64)
     dups = int(r["duplicate"].sum())
     if n and dups > n / 2:
         log.warning("%s: SemDeDup at eps=%g marks %d of %d samples (%.0f%%) as duplicates, more than half; with this embedding "
                     "that is rarely duplication: check --eps or pass --target-ratio", source.path, eps, dups, n, 100.0 * dups / n)
-    return ScoreFile(
-        method="semdedup", variant="reference", level="sample", higher_is="prune", harder=None,
-        score_name="max_similarity_to_earlier", scores=max_sim, ranking=np.lexsort((ids, max_sim)).astype(np.int64),
-        tiebreak="max_similarity_to_earlier asc, then id asc",
+    return request.score_file(
+        "semdedup", "sample", max_sim, higher_is="prune", score_name="max_similarity_to_earlier", variant="reference", harder=None,
         extra={"duplicate": r["duplicate"].astype(np.float64), "cluster": r["assignments"].astype(np.float64),
                "distance_to_centroid": r["distance"]},
         surrogate=info,
@@ -319,7 +311,6 @@ def semdedup(
             "removed_if": "max cosine similarity to any earlier member of its cluster > 1 - eps",
             "feature_dir": os.path.abspath(root), "embed_seconds": round(embed_s, 3), "dedup_seconds": round(dedup_s, 3),
         },
-        **_common(request),
     )
 
 
@@ -411,15 +402,12 @@ def exact_dedup(request: ScoreRequest) -> ScoreFile:
     t0 = time.perf_counter()
     dup_of, stats = exact_duplicates(source)
     keep = (dup_of < 0).astype(np.float64)
-    ids = np.arange(len(keep), dtype=np.int64)
     n = len(keep)
-    return ScoreFile(
-        method="exact-dedup", level="sample", higher_is="keep", harder=None, score_name="first_occurrence",
-        scores=keep, ranking=np.lexsort((ids, -keep)).astype(np.int64), tiebreak="kept first, then id asc",
+    return request.score_file(
+        "exact-dedup", "sample", keep, higher_is="keep", score_name="first_occurrence", harder=None,
         extra={"duplicate": 1.0 - keep, "duplicate_of": dup_of.astype(np.float64)},
         params={**stats, "ratio_at_eps": stats["duplicates"] / n if n else 0.0, "seconds": round(time.perf_counter() - t0, 3),
                 "identical_if": "same member extensions in order and byte-identical member data"},
-        **_common(request),
     )
 
 

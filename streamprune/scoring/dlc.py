@@ -84,7 +84,7 @@ from ..models import (
     load_checkpoint,
     resolve_device,
 )
-from ..scores import ScoreFile, rank_items
+from ..scores import ScoreFile
 from .registry import MethodOption, register_score
 from .request import ScoreRequest
 
@@ -566,22 +566,16 @@ def dlc(
     wall = time.perf_counter() - start
     log.info("dlc: %d samples, %d levels in %.1f s", src.num_samples, levels, wall)
     scores = out["dlc"]
-    return ScoreFile(
-        method="dlc",
-        variant=f"{schedule}-{mask}",
-        level="sample",
+    return request.score_file(
+        "dlc",
+        "sample",
+        scores,
         higher_is="keep",
-        harder="higher",
         score_name="mean prototype-classifier loss over masking levels",
-        scores=scores,
+        variant=f"{schedule}-{mask}",
+        harder="higher",
         extra={"loss_unmasked": out["loss_unmasked"]},
-        ranking=rank_items(scores),
-        tiebreak="dlc desc, then sample id asc",
-        manifest=src.path,
-        manifest_fingerprint=src.fingerprint,
-        num_samples=src.num_samples,
         surrogate={**info, "arch": request.surrogate, "input_size": input_size, "num_classes": head},
-        seed=request.seed,
         params={
             "levels": int(levels),
             "schedule": schedule,

@@ -116,9 +116,6 @@ def fm_votes(target: np.ndarray, centroids: np.ndarray, valid: np.ndarray | None
     return {"votes": votes, "inv_dist_sum": inv, "ranking": rank_items(votes, inv)}
 
 
-_TIEBREAK = "votes desc, then summed inverse Euclidean distance of all target samples desc, then id asc"
-
-
 def fm_cluster_scores(
     km: KMeansResult,
     target_features: np.ndarray,
@@ -137,16 +134,16 @@ def fm_cluster_scores(
         The (unsaved) scores; ``assignments`` holds each source sample's cluster id.
     """
     v = fm_votes(target_features, km.centroids)
-    return ScoreFile(
-        method="fm",
-        variant="kmeans",
-        level="cluster",
+    return ScoreFile.ranked(
+        "fm",
+        "cluster",
+        v["votes"],
         higher_is="keep",
         score_name="votes",
-        scores=v["votes"],
+        # inv_dist_sum: the summed inverse Euclidean distance of all target samples
+        ties=[("inv_dist_sum", v["inv_dist_sum"])],
+        variant="kmeans",
         extra={"inv_dist_sum": v["inv_dist_sum"], "cluster_size": km.counts.astype(np.float64)},
-        ranking=v["ranking"],
-        tiebreak=_TIEBREAK,
         assignments=km.assignments,
         items=[f"cluster{j}" for j in range(len(km.counts))],
         manifest_fingerprint=manifest_fingerprint,
@@ -169,16 +166,15 @@ def fm_class_scores(means: np.ndarray, counts: np.ndarray, target_features: np.n
         The (unsaved) scores.
     """
     v = fm_votes(target_features, means, valid=np.asarray(counts) > 0)
-    return ScoreFile(
-        method="fm",
-        variant="over-classes",
-        level="class",
+    return ScoreFile.ranked(
+        "fm",
+        "class",
+        v["votes"],
         higher_is="keep",
         score_name="votes",
-        scores=v["votes"],
+        ties=[("inv_dist_sum", v["inv_dist_sum"])],
+        variant="over-classes",
         extra={"inv_dist_sum": v["inv_dist_sum"]},
-        ranking=v["ranking"],
-        tiebreak=_TIEBREAK,
         items=list(classes),
         manifest_fingerprint=manifest_fingerprint,
         **fields,

@@ -88,16 +88,15 @@ def lm_scores(
     """
     result = label_mapping(logits, len(source_classes), soft_vote=soft_vote)
     primary, secondary = ("softmax_sum", "votes") if soft_vote else ("votes", "softmax_sum")
-    return ScoreFile(
-        method="lm",
-        variant="soft-vote" if soft_vote else "hard-vote",
-        level="class",
+    return ScoreFile.ranked(
+        "lm",
+        "class",
+        result[primary],
         higher_is="keep",
         score_name=primary,
-        scores=result[primary],
+        ties=[(secondary, result[secondary])],
+        variant="soft-vote" if soft_vote else "hard-vote",
         extra={"votes": result["votes"], "softmax_sum": result["softmax_sum"]},
-        ranking=result["ranking"],
-        tiebreak=f"{primary} desc, then {secondary} desc, then class id asc",
         manifest_fingerprint=manifest_fingerprint,
         items=list(source_classes),
         **fields,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from ..errors import ArgumentError, StreamPruneError
 from ..manifest import Manifest
 from ..models import DEFAULT_INPUT_SIZE, build_surrogate, checkpoint_info
+from ..scores import ScoreFile
 
 __all__ = ["ScoreRequest"]
 
@@ -91,3 +93,32 @@ class ScoreRequest:
             "classes": list(self.target.classes),
             "description": self.target_description,
         }
+
+    def score_file(
+        self, method: str, level: str, scores: Any, *, higher_is: str, score_name: str,
+        ties: Sequence[tuple[str, Any]] = (), **fields: Any,
+    ) -> ScoreFile:
+        """The scores of a method run on this request, bound to its source.
+
+        :meth:`ScoreFile.ranked <streamprune.scores.ScoreFile.ranked>` with the source's
+        ``manifest``, ``num_samples`` and ``manifest_fingerprint`` and the request's ``seed``
+        filled in (a method may pass its own ``seed``, e.g. the one a recording was made with).
+
+        Args:
+            method: Scoring method name.
+            level: ``"class"``, ``"cluster"`` or ``"sample"``.
+            scores: Primary score per item.
+            higher_is: ``"keep"`` (highest kept first) or ``"prune"`` (lowest kept first).
+            score_name: What ``scores`` measures.
+            ties: ``(name, values)`` tie keys, in order, each "higher first".
+            **fields: Further :class:`~streamprune.scores.ScoreFile` fields.
+
+        Returns:
+            The (unsaved) scores, ranking and tie-break text derived.
+        """
+        src = self.source
+        fields.setdefault("seed", self.seed)
+        return ScoreFile.ranked(
+            method, level, scores, higher_is=higher_is, score_name=score_name, ties=ties,
+            manifest=src.path, num_samples=src.num_samples, manifest_fingerprint=src.fingerprint, **fields,
+        )

@@ -49,10 +49,10 @@ from typing import Any
 
 import numpy as np
 
-from ..dynamics import Dynamics, load_dynamics
+from ..dynamicsfile import Dynamics, load_dynamics
 from ..errors import ArgumentError, StreamPruneError
 from ..kernels import nearest_centroid
-from ..scores import ScoreFile, rank_items
+from ..scores import ScoreFile
 from .features import ArrayStore, ChunkSource, feature_root, surrogate_features
 from .kmeans import kmeans, kmeans_options
 from .registry import MethodOption, register_score
@@ -135,11 +135,7 @@ def _open(request: ScoreRequest, method: str, dynamics_dir: str | os.PathLike | 
 
 
 def _fields(request: ScoreRequest, dyn: Dynamics, epochs_used: int, **params: Any) -> dict[str, Any]:
-    src = request.source
     return {
-        "manifest": src.path,
-        "num_samples": src.num_samples,
-        "manifest_fingerprint": src.fingerprint,
         "seed": int(dyn.meta.get("seed", request.seed)),
         "surrogate": dict(dyn.meta.get("model") or {}),
         "params": {
@@ -209,9 +205,8 @@ def el2n(request: ScoreRequest, dynamics_dir: str | None = None, epochs: int | N
         )
         scores = el2n_scores(dyn.field("el2n", e))
         params = {"el2n_source": "training forward pass (fallback: the recording has no eval-mode snapshots)", "mode": "train", "runs": 1}
-    return ScoreFile(
-        method="el2n", level="sample", higher_is="keep", harder="higher", score_name="mean_el2n", scores=scores,
-        ranking=rank_items(scores), tiebreak="mean_el2n desc, then sample id asc", **_fields(request, dyn, e, **params),
+    return request.score_file(
+        "el2n", "sample", scores, higher_is="keep", score_name="mean_el2n", harder="higher", **_fields(request, dyn, e, **params),
     )
 
 
@@ -236,10 +231,9 @@ def forgetting(request: ScoreRequest, dynamics_dir: str | None = None, epochs: i
     e = dyn.epochs if epochs is None else int(epochs)
     f = forgetting_scores(dyn.field("correct", e))
     draw = np.random.default_rng(request.seed).random(request.source.num_samples)
-    return ScoreFile(
-        method="forgetting", level="sample", higher_is="keep", harder="higher", score_name="forgetting_events", scores=f["score"],
+    return request.score_file(
+        "forgetting", "sample", f["score"], higher_is="keep", score_name="forgetting_events", ties=[("tiebreak_uniform", draw)], harder="higher",
         extra={"events": f["events"], "never_learned": f["never_learned"], "tiebreak_uniform": draw},
-        ranking=rank_items(f["score"], draw), tiebreak="forgetting desc, then a seeded uniform draw desc, then sample id asc",
         **_fields(request, dyn, e, never_learned_score=e + 1, tiebreak_seed=request.seed),
     )
 
@@ -284,9 +278,9 @@ def aum(request: ScoreRequest, dynamics_dir: str | None = None, epochs: int | No
         )
     e = dyn.epochs if epochs is None else int(epochs)
     scores = aum_scores(dyn.field(field, e))
-    return ScoreFile(
-        method="aum", variant=margin, level="sample", higher_is="prune", harder="lower", score_name="area_under_margin", scores=scores,
-        ranking=rank_items(-scores), tiebreak="aum asc, then sample id asc", **_fields(request, dyn, e, aum_margin=margin),
+    return request.score_file(
+        "aum", "sample", scores, higher_is="prune", score_name="area_under_margin", harder="lower", variant=margin,
+        **_fields(request, dyn, e, aum_margin=margin),
     )
 
 
@@ -311,9 +305,8 @@ def grand_dyn(request: ScoreRequest, dynamics_dir: str | None = None, epochs: in
     if np.isnan(norms).any():
         raise StreamPruneError(f"{dyn.meta_path}: gradient norms are missing for {int(np.isnan(norms).any(0).sum())} samples")
     scores = norms.astype(np.float64).mean(axis=0)
-    return ScoreFile(
-        method="grand-dyn", level="sample", higher_is="keep", harder="higher", score_name="mean_grad_norm", scores=scores,
-        ranking=rank_items(scores), tiebreak="mean_grad_norm desc, then sample id asc",
+    return request.score_file(
+        "grand-dyn", "sample", scores, higher_is="keep", score_name="mean_grad_norm", harder="higher",
         **_fields(request, dyn, max(at), grand_epochs=at, mode=(dyn.meta.get("grand") or {}).get("mode")),
     )
 
@@ -427,11 +420,9 @@ def ssp(
     km = kmeans(space, int(k), iters=kmeans_iters, init_sample=init_sample, chunk_rows=chunk_rows, seed=request.seed, progress=request.progress)
     cluster, dist = prototype_distances(store, km.centroids, distance, chunk_rows)
     hard = keep == "hard"
-    return ScoreFile(
-        method="ssp", variant=f"keep-{keep}", level="sample", higher_is="keep" if hard else "prune", harder="higher",
-        score_name=f"{distance}_distance_to_nearest_prototype", scores=dist, extra={"cluster": cluster.astype(np.float64)},
-        ranking=rank_items(dist if hard else -dist), tiebreak=f"distance {'desc' if hard else 'asc'}, then sample id asc",
-        manifest=src.path, num_samples=src.num_samples, manifest_fingerprint=src.fingerprint, seed=request.seed, surrogate=info,
+    return request.score_file(
+        "ssp", "sample", dist, higher_is="keep" if hard else "prune", score_name=f"{distance}_distance_to_nearest_prototype",
+        variant=f"keep-{keep}", harder="higher", extra={"cluster": cluster.astype(np.float64)}, surrogate=info,
         params={
             "class_blind": True, "clusters": int(k), "kmeans_iters": kmeans_iters, "iterations_run": km.iterations,
             "inertia": km.inertia, "keep": keep, "distance": distance, "feature_dir": os.path.abspath(root),

@@ -6,7 +6,7 @@ import os
 from typing import Iterable, Sequence
 
 from ..errors import StreamPruneError
-from .arrays import FASHION_MNIST_CLASSES, ArraySource, idx_source, npz_source, read_idx
+from .arrays import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, ArraySource, idx_source, npz_source, read_idx
 from .base import ListSource, Sample, Source, encode_image
 from .folder import FolderSource
 
@@ -22,6 +22,7 @@ __all__ = [
     "read_idx",
     "encode_image",
     "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
 ]
 
 

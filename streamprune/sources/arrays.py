@@ -13,7 +13,11 @@ import numpy as np
 from ..errors import LabelError, StreamPruneError
 from .base import Sample, encode_image
 
-__all__ = ["ArraySource", "read_idx", "idx_source", "npz_source", "FASHION_MNIST_CLASSES"]
+__all__ = ["ArraySource", "read_idx", "idx_source", "npz_source", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR"]
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs Fashion-MNIST (IDX files): the one
+#: place the demo, the tests and the benchmarks look for it.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
