@@ -35,7 +35,7 @@ import numpy as np
 
 from . import storage
 from .atomic import atomic_open
-from .errors import ArgumentError, MaskMismatchError, StreamPruneError
+from .errors import ArgumentError, MaskMismatchError, StorageError, StreamPruneError
 from .manifest import Manifest, ManifestLike, open_manifest
 from .ratios import check_ratio, kept_count
 
@@ -279,7 +279,10 @@ class KeepMask(MaskOperators):
             The path written.
         """
         path = os.fspath(path)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission: the user chose the path
+            raise StorageError(f"{path}: cannot write it ({exc.strerror or exc})") from exc
         header = self.header()
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         bounds = self.manifest.shard_offsets

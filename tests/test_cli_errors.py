@@ -126,8 +126,9 @@ def test_a_bug_shows_its_traceback(tmp_path, two_datasets, monkeypatch):
 
 
 def test_user_errors_are_streamprune_errors_with_the_python_base_convention_expects(tmp_path, two_datasets):
+    from streamprune.keys import mask_from_keys
     from streamprune.manifest import Manifest
-    from streamprune.masks import mask_from_keys, random_mask
+    from streamprune.masks import random_mask
     from streamprune.shardindex import checksum_hasher
     from streamprune.storage import LocalObject, LocalReadError, RemoteError
 
@@ -137,7 +138,7 @@ def test_user_errors_are_streamprune_errors_with_the_python_base_convention_expe
     assert isinstance(info.value, ValueError)
     with pytest.raises(MissingKeysError) as info:
         mask_from_keys(manifest, ["no-such-key"])
-    assert isinstance(info.value, KeyError) and str(info.value).startswith("1 keys are not in ")  # the message, not its repr
+    assert isinstance(info.value, KeyError) and str(info.value).startswith("1 of 1 ids in the key list are not in ")  # the message, not its repr
     with pytest.raises(KeyError) as info:
         checksum_hasher("no-such-hash")
     assert isinstance(info.value, StreamPruneError) and str(info.value).startswith("checksum algorithm 'no-such-hash'")
