@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import temp_name
-from .errors import MaskMismatchError, StreamPruneError
+from .errors import ArgumentError, MaskMismatchError, StreamPruneError
 from .jsonfile import read_versioned_json
 from .manifest import ManifestLike, open_manifest
 
@@ -211,7 +211,7 @@ class Dynamics:
         if epochs is None:
             return self.epochs
         if not 1 <= int(epochs) <= self.epochs:
-            raise ValueError(f"epochs={epochs}: {self.meta_path} records {self.epochs} epoch(s); use 1..{self.epochs}")
+            raise ArgumentError(f"epochs={epochs}: {self.meta_path} records {self.epochs} epoch(s); use 1..{self.epochs}")
         return int(epochs)
 
     def field(self, name: str, epochs: int | None = None) -> np.ndarray:
@@ -225,10 +225,10 @@ class Dynamics:
             ``float32[epochs, N]`` (a copy; NaN for unrecorded samples).
 
         Raises:
-            ValueError: Unknown field or epoch count.
+            ArgumentError: Unknown field or epoch count (also a ``ValueError``).
         """
         if name not in self.fields:
-            raise ValueError(f"{self.meta_path}: no field {name!r}; recorded fields are {self.fields}")
+            raise ArgumentError(f"{self.meta_path}: no field {name!r}; recorded fields are {self.fields}")
         return np.array(self.array[: self._epochs(epochs), :, self.fields.index(name)], dtype=np.float32)
 
     def recorded(self) -> np.ndarray:
@@ -267,11 +267,11 @@ class Dynamics:
             ``(float32[runs, S, N] EL2N, their epochs)``.
 
         Raises:
-            ValueError: ``up_to_epoch`` outside ``0 .. epochs``.
+            ArgumentError: ``up_to_epoch`` outside ``0 .. epochs`` (also a ``ValueError``).
             StreamPruneError: No snapshots recorded, or none that early.
         """
         if up_to_epoch is not None and not 0 <= int(up_to_epoch) <= self.epochs:
-            raise ValueError(f"epochs={up_to_epoch}: {self.meta_path} records {self.epochs} epoch(s); use 0..{self.epochs}")
+            raise ArgumentError(f"epochs={up_to_epoch}: {self.meta_path} records {self.epochs} epoch(s); use 0..{self.epochs}")
         if self.el2n_array is None:
             raise StreamPruneError(
                 f"{self.meta_path}: no evaluation-mode EL2N snapshots recorded; run `streamprune dynamics ... --el2n-epochs 1,2`"
