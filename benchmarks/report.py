@@ -256,7 +256,7 @@ def render_report(quick: bool = False, link_prefix: str = "benchmarks/", suites:
     rows = []
     for suite in suites.values():
         status, date, verdict = suite_status(suite, quick)
-        rows.append([f"[{suite.name}](#{_slug(suite)})", suite.title, status, date, verdict])
+        rows.append([f"[{suite.name}](#{section_anchor(suite)})", suite.title, status, date, verdict])
     lines += [mdtable.markdown_table(["suite", "what", "status", "date", "targets"], rows, "lllll"), ""]
     for suite in suites.values():
         lines += [render_suite(suite, quick=quick, link_prefix=link_prefix), ""]
@@ -315,7 +315,8 @@ def render_other(path: str, suites: dict[str, Suite], link_prefix: str = "benchm
     return "\n".join(lines).rstrip()
 
 
-def _slug(suite: Suite) -> str:
+def section_anchor(suite: Suite) -> str:
+    """The anchor of ``suite``'s section in BENCHMARKS.md (GitHub's slug of its heading)."""
     text = f"{suite.name}: {suite.title}".lower()
     out = "".join(c for c in text if c.isalnum() or c in " -_")
     return out.replace(" ", "-")

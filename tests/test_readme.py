@@ -138,6 +138,11 @@ def test_headline_table_is_computed_from_the_results_files():
     text = README.read_text()
     table = text.split("<!-- headline:start -->\n", 1)[1].split("<!-- headline:end -->", 1)[0]
     assert table.strip() == headline_table(), "README's headline table differs from benchmarks/results: paste `python -m benchmarks.headline`"
+    # every row's link lands on a section of BENCHMARKS.md
+    headings = [line.lstrip("#").strip() for line in (README.parent / "BENCHMARKS.md").read_text().splitlines() if line.startswith("## ")]
+    slugs = {"".join(c for c in h.lower() if c.isalnum() or c in " -_").replace(" ", "-") for h in headings}
+    anchors = re.findall(r"\(BENCHMARKS\.md#([^)]+)\)", table)
+    assert len(anchors) == 7 and set(anchors) <= slugs, set(anchors) - slugs
 
 
 def test_examples_write_each_output_once():
