@@ -116,8 +116,10 @@ def _ci_command() -> str:
 def _quiet_flags_removed(command: str) -> str:
     """``.ci/run``'s command without the flags and redirect that only silence it."""
     command = command.replace(" >/dev/null", "")
-    command = re.sub(r" -qq?(?= )", "", command)
-    return re.sub(r" +", " ", command).strip()
+    # only apt-get's and pip's -q/-qq: pytest's -q is in the README's command too
+    parts = [re.sub(r" -qq?(?= )", "", part + " ") if part.split()[0] in ("apt-get", "pip") else part
+             for part in command.split(" && ")]
+    return re.sub(r" +", " ", " && ".join(p.strip() for p in parts)).strip()
 
 
 def test_setup_commands_are_the_ones_ci_runs():
@@ -125,6 +127,9 @@ def test_setup_commands_are_the_ones_ci_runs():
     assert len(setup) == 2, "README should start with exactly two set-up commands"
     demo, tests = (b.code.strip() for b in setup)
     assert tests == _quiet_flags_removed(_ci_command())
+    assert tests.endswith('python -m pytest -q -n auto -m "not slow"'), "the README's tests: the default tier, in minutes"
+    # CI runs the slow tier (real-data scale) after the README's command
+    assert (ROOT / ".ci" / "run").read_text().rstrip().splitlines()[-1].startswith("python -m pytest -q -m slow")
     assert demo.startswith("apt-get update && apt-get install -y dataset-fashion-mnist && pip install -e . && ")
     assert "dataset-fashion-mnist" in tests.split("&&")[1].split()  # the dataset the demo and the README test use
     assert demo.endswith("streamprune demo --out /tmp/streamprune-demo")
