@@ -82,6 +82,61 @@ def test_folder_keys_that_collide_after_sanitising_are_rejected(tmp_path):
         FolderSource(tmp_path)
 
 
+def test_folder_class_folders_that_collide_after_sanitising_are_rejected(tmp_path):
+    for name in ("a b", "a_b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.png").write_bytes(_image_bytes(1, "PNG"))
+    with pytest.raises(StreamPruneError, match="same key prefix 'a_b'"):
+        FolderSource(tmp_path)
+
+
+def _tree_of(root, per_class: dict[str, int]) -> None:
+    for name, count in per_class.items():
+        (root / name / "deep").mkdir(parents=True)
+        for i in range(count):  # half in a sub-folder, names that sort differently as strings and numbers
+            (root / name / ("deep" if i % 2 else "") / f"{i}.png").write_bytes(b"%d" % i)
+
+
+def test_folder_order_is_class_then_sorted_path_as_a_brute_force_walk_gives(tmp_path):
+    _tree_of(tmp_path, {"b": 12, "a": 7, "a-b": 3})
+    source = FolderSource(tmp_path)
+    expected = []
+    for label, name in enumerate(sorted(os.listdir(tmp_path))):
+        for dirpath, _, filenames in sorted(os.walk(tmp_path / name)):
+            expected += [(os.path.relpath(os.path.join(dirpath, f), tmp_path), label) for f in sorted(filenames)]
+    got = [(source.key_label(i), source[i]) for i in range(len(source))]
+    assert [(key, label) for (key, label), _ in got] == [(rel.rsplit(".", 1)[0], label) for rel, label in expected]
+    assert [data["png"] for _, (_, data, _) in got] == [(tmp_path / rel).read_bytes() for rel, _ in expected]
+    assert source.labels().tolist() == [label for _, label in expected]
+
+
+def test_folder_source_pickles_class_counts_not_file_lists(tmp_path):
+    """What a shard task carries does not grow with the files: the counts, not a listing."""
+    import pickle
+
+    small, large = tmp_path / "s", tmp_path / "l"
+    _tree_of(small, {"a": 2, "b": 2})
+    _tree_of(large, {"a": 300, "b": 300})
+    sources = [FolderSource(small), FolderSource(large)]
+    for source in sources:
+        [source[i] for i in range(len(source))]  # every class listed in this process
+    sizes = [len(pickle.dumps(source)) for source in sources]
+    assert sizes[0] == sizes[1]
+    copy = pickle.loads(pickle.dumps(sources[1]))
+    assert [copy.key_label(i) for i in (0, 299, 300, 599)] == [sources[1].key_label(i) for i in (0, 299, 300, 599)]
+
+
+def test_folder_tree_changed_after_opening_names_the_class_folder(tmp_path):
+    _tree_of(tmp_path, {"a": 4, "b": 4})
+    source = FolderSource(tmp_path)
+    (tmp_path / "b" / "extra.png").write_bytes(b"new")
+    assert source[0][0] == "a/0"  # class a is unchanged
+    with pytest.raises(StreamPruneError, match=r"b: 5 images now, 4 when the source was opened"):
+        source[4]
+    with pytest.raises(IndexError):
+        source[8]
+
+
 def test_folder_without_class_folders_or_images_is_rejected(tmp_path):
     (tmp_path / "flat.png").write_bytes(_image_bytes(1, "PNG"))
     with pytest.raises(StreamPruneError, match="no class sub-folders"):

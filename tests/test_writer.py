@@ -443,3 +443,16 @@ def test_writing_to_a_url_holding_a_dataset_is_refused_and_overwrite_removes_its
     for k in (2, 3):
         name = f"{url}/shard-{k:06d}.tar"
         assert not storage.exists(name) and not storage.exists(name + ".index.json") and not storage.exists(name + ".index.npz")
+
+
+@pytest.mark.parametrize("n", [1, 17, 5000])
+def test_write_order_is_numpys_seeded_permutation_in_four_bytes_a_sample(n):
+    from streamprune.writers.order import sample_order
+
+    order = sample_order(n, shuffle=True, seed=7)
+    assert order.dtype == np.uint32  # the driver's one array over every sample
+    assert order.tolist() == np.random.default_rng(7).permutation(n).tolist()  # shards written before stay the same
+    labels = np.random.default_rng(1).integers(-1, 3, n)
+    grouped = sample_order(n, shuffle=True, seed=7, labels=labels)
+    reference = sorted(range(n), key=lambda j: labels[order[j]])  # stable: shuffled order within a class
+    assert grouped.tolist() == [int(order[j]) for j in reference]

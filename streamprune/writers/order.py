@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..sources import ArraySource, FolderSource, ListSource, Source
+from ..sources import ArraySource, ListSource, Source
 
-__all__ = ["key_label", "sample_order"]
+__all__ = ["key_label", "sample_order", "source_labels"]
 
 
 def key_label(source: Source, i: int) -> tuple[str, int]:
@@ -25,8 +25,6 @@ def key_label(source: Source, i: int) -> tuple[str, int]:
         key, label = fast(i)
     elif isinstance(source, ArraySource):
         key, label = f"{source.prefix}{i:08d}", int(source.labels[i])
-    elif isinstance(source, FolderSource):
-        key, _, label = source.files[i]
     elif isinstance(source, ListSource):
         key, _, label = source.samples[i]
     else:
@@ -34,8 +32,21 @@ def key_label(source: Source, i: int) -> tuple[str, int]:
     return key, -1 if label is None else int(label)
 
 
+def source_labels(source: Source) -> np.ndarray:
+    """Every sample's label (``-1``: unlabelled) as ``int32``, without reading images when possible."""
+    labels = getattr(source, "labels", None)
+    if callable(labels):  # a folder source knows its labels from its class counts
+        return np.asarray(labels(), dtype=np.int32)
+    if isinstance(source, ArraySource):
+        return np.asarray(source.labels, dtype=np.int32)
+    return np.fromiter((key_label(source, i)[1] for i in range(len(source))), dtype=np.int32, count=len(source))
+
+
 def sample_order(n: int, shuffle: bool, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
     """Source positions in write order.
+
+    The positions are ``uint32`` while ``n`` fits (4 bytes a sample on the driver that plans
+    the run, half of ``int64``); the shuffle is the same permutation either way.
 
     Args:
         n: Samples in the source.
@@ -47,7 +58,9 @@ def sample_order(n: int, shuffle: bool, seed: int, labels: np.ndarray | None = N
     Returns:
         A permutation of ``range(n)``.
     """
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    order = np.arange(n, dtype=np.uint32 if n <= np.iinfo(np.uint32).max else np.int64)
+    if shuffle:
+        np.random.default_rng(seed).shuffle(order)  # Generator.permutation(n) is exactly this shuffle of arange(n)
     if labels is not None:
         order = order[np.argsort(np.asarray(labels)[order], kind="stable")]
     return order

@@ -18,7 +18,7 @@ from ..manifest import Manifest, manifest_from_summaries
 from ..shardindex import ShardIndex
 from ..shardsummary import ClassCounts, ShardSummary, summarize_index
 from ..sources import Sample, Source
-from .order import key_label, sample_order
+from .order import sample_order, source_labels
 from .output import open_writer_source, start_output_dir
 from .tar import TarShardWriter
 
@@ -181,7 +181,7 @@ def write_shards(
         raise ArgumentError(f"layout={layout!r}: must be one of {', '.join(TAR_LAYOUTS)}")
     source = open_writer_source(src, split, image_format, quality, class_names)
     n = len(source)
-    labels = np.asarray([key_label(source, i)[1] for i in range(n)]) if layout == "class-sorted" else None
+    labels = source_labels(source) if layout == "class-sorted" else None
     order = sample_order(n, shuffle, seed, labels)
     chunks = [order[i : i + samples_per_shard] for i in range(0, n, samples_per_shard)]
     names = [shard_name(k) for k in range(len(chunks))]
