@@ -304,6 +304,19 @@ def _load_bound_companion(path: str, expected_sha256: str, storage_options: dict
     return _load_companion(io.BytesIO(raw), None, path)
 
 
+_warned_old_companion = False
+
+
+def _warn_old_companion(name: str, version: object) -> None:
+    """Say once per process that companions of another version make every shard parse its JSON."""
+    global _warned_old_companion
+    if not _warned_old_companion:
+        _warned_old_companion = True
+        log.warning("%s: index companion version %s, this version reads %d: the JSON sidecar is parsed instead "
+                    "(slower; remote reads make 2 more requests a shard). Re-run `streamprune index` on the "
+                    "dataset to write current companions (said once per process)", name, version, COMPANION_VERSION)
+
+
 def _load_companion(source: str | io.BytesIO, json_sha256: str | None, name: str | None = None) -> ShardIndex | None:
     """The index from the binary companion; ``None`` when it is absent or a stale cache.
 
@@ -328,6 +341,7 @@ def _load_companion(source: str | io.BytesIO, json_sha256: str | None, name: str
             if not isinstance(meta, dict):
                 raise ValueError("meta is not a JSON object")
             if meta.get("format") != COMPANION_FORMAT or meta.get("version") != COMPANION_VERSION:
+                _warn_old_companion(name, meta.get("version"))
                 return None  # another version (v1, v2: other columns) is a stale cache: the JSON is read
             data = z["columns"]
     except FileNotFoundError:

@@ -226,7 +226,7 @@ def test_an_index_whose_ranges_are_not_a_tar_layout_gets_no_companion(tmp_path):
     assert got.checksums is None
 
 
-def test_an_old_version_1_companion_is_ignored_and_rebuilt(tmp_path, small_dataset):
+def test_an_old_version_1_companion_is_ignored_and_rebuilt(tmp_path, small_dataset, caplog, monkeypatch):
     """A companion in the version-1 layout (int64 columns, written by hand as FORMATS.md documents it)
     is not used, even when made from the same JSON bytes; re-indexing replaces it with version 3."""
     import hashlib  # local: only this test hashes a sidecar by hand
@@ -246,7 +246,13 @@ def test_an_old_version_1_companion_is_ignored_and_rebuilt(tmp_path, small_datas
                  member_first=np.concatenate([[0], np.cumsum([len(g) for g in reference.members])]).astype(np.int64),
                  member_ext=np.array([exts.index(r[0]) for r in rows], np.int32),
                  member_offset=np.array([r[1] for r in rows], np.int64), member_size=np.array([r[2] for r in rows], np.int64))
-    got = load_index(path, expected_sha256=m.shards[0].index_sha256)
+    monkeypatch.setattr("streamprune.indexfile._warned_old_companion", False)
+    with caplog.at_level("WARNING", logger="streamprune.indexfile"):
+        got = load_index(path, expected_sha256=m.shards[0].index_sha256)
+        load_index(path, expected_sha256=m.shards[0].index_sha256)
+    # the user learns why reads got slower, and how to fix it, once
+    warned = [r.getMessage() for r in caplog.records if "index companion version 1" in r.getMessage()]
+    assert len(warned) == 1 and "Re-run `streamprune index`" in warned[0] and companion_path(path) in warned[0]
     assert isinstance(got.members, list)  # the JSON was parsed: the old companion was not trusted
     _same(got, reference)
     assert got.checksums.tolist() == reference.checksums.tolist()
