@@ -209,11 +209,11 @@ def time_costs(train_dir: str, init_ckpt: str, cfg: dict, work: str, progress: b
         rec = record_dynamics(train, ARCH, os.path.join(work, "dynamics"), epochs=2, checkpoint=init_ckpt, batch_size=cfg["batch_size"],
                               lr=cfg["lr"], optimizer="sgd", weight_decay=cfg["weight_decay"], schedule="onecycle", input_size=INPUT_SIZE,
                               workers=1, seed=0, el2n_epochs=[2], progress=progress)
-        with open(rec["meta"]) as fh:
+        with open(rec.files.meta) as fh:
             snapshot_s = float(np.sum(json.load(fh)["el2n"]["seconds"]))
-        rounds.append({"dlc_seconds": round(dlc_s, 3), "epoch_seconds": [round(s, 3) for s in rec["seconds_per_epoch"]],
+        rounds.append({"dlc_seconds": round(dlc_s, 3), "epoch_seconds": [round(s, 3) for s in rec.training.epoch_seconds],
                        "snapshot_seconds": round(snapshot_s, 3), "load": list(os.getloadavg())})
-        log.info("cost round %d: DLC %.1f s, epoch %s s, snapshot %.1f s", r + 1, dlc_s, rec["seconds_per_epoch"], snapshot_s)
+        log.info("cost round %d: DLC %.1f s, epoch %s s, snapshot %.1f s", r + 1, dlc_s, rec.training.epoch_seconds, snapshot_s)
     shutil.rmtree(work, ignore_errors=True)
     return rounds
 

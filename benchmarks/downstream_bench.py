@@ -643,8 +643,8 @@ def timing_round(name: str, info: dict, cfg: dict, work: str, order_seed: int, p
         out = record_dynamics(train, ARCH, ddir, epochs=info["epochs"], checkpoint=ckpt, batch_size=cfg["batch_size"], lr=cfg["lr"],
                               optimizer="sgd", weight_decay=cfg["weight_decay"], schedule="onecycle", input_size=INPUT_SIZE,
                               workers=1, seed=0, progress=progress)
-        rec["dynamics"] = {"wall": round(time.perf_counter() - t0, 4), "seconds_per_epoch": out["seconds_per_epoch"],
-                           "train_accuracy": out["train_accuracy"]}
+        rec["dynamics"] = {"wall": round(time.perf_counter() - t0, 4), "seconds_per_epoch": out.training.epoch_seconds,
+                           "train_accuracy": out.training.train_accuracy}
         run_score("forgetting", "forgetting", "top", {}, dynamics_dir=ddir)
         run_score("aum", "aum", "ccs", {"beta": 0.0, "strata": 50}, dynamics_dir=ddir)
 
@@ -655,8 +655,8 @@ def timing_round(name: str, info: dict, cfg: dict, work: str, order_seed: int, p
         out = record_dynamics(train, ARCH, ddir, epochs=info["el2n_epochs"], checkpoint=ckpt, batch_size=cfg["batch_size"], lr=cfg["lr"],
                               optimizer="sgd", weight_decay=cfg["weight_decay"], schedule="onecycle", input_size=INPUT_SIZE,
                               workers=1, seed=0, el2n_epochs=[info["el2n_epochs"]], runs=cfg["el2n_runs"], progress=progress)
-        rec["el2n_dynamics"] = {"wall": round(time.perf_counter() - t0, 4), "runs": out["runs"], "epochs": out["epochs"],
-                                "el2n_epochs": out["el2n_epochs"]}
+        rec["el2n_dynamics"] = {"wall": round(time.perf_counter() - t0, 4), "runs": out.runs, "epochs": out.epochs,
+                                "el2n_epochs": list(out.el2n_epochs)}
         run_score("el2n", "el2n", "top", {}, dynamics_dir=ddir)
 
     configs = {

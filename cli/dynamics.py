@@ -60,7 +60,8 @@ def dynamics(manifest, model, checkpoint, epochs, out, mask_path, batch_size, lr
         device=device, seed=seed, grand_epochs=grand_epochs, el2n_epochs=el2n_epochs, runs=runs, grad_strategy=grad_strategy,
         progress=not quiet,
     )
-    for e, (s, loss, acc) in enumerate(zip(r["seconds_per_epoch"], r["train_loss"], r["train_accuracy"]), 1):
+    t = r.training
+    for e, (s, loss, acc) in enumerate(zip(t.epoch_seconds, t.train_loss, t.train_accuracy), 1):
         click.echo(f"epoch {e}: train loss {loss:.4f}, train accuracy {acc:.4f}, {s:.1f} s")
-    runs_note = f" x {r['runs']} runs" if r["runs"] > 1 else ""
-    click.echo(f"recorded {r['recorded']} of {r['num_samples']} samples x {r['epochs']} epochs{runs_note} -> {r['dir']}")
+    runs_note = f" x {r.runs} runs" if r.runs > 1 else ""
+    click.echo(f"recorded {r.recorded} of {r.num_samples} samples x {r.epochs} epochs{runs_note} -> {r.files.directory}")

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from streamprune import masks
-from streamprune.keys import mask_from_key_list
+from streamprune.keys import mask_from_keys
 from streamprune.manifest import Manifest, open_manifest
 from streamprune.scores import ScoreFile
 from streamprune.selection import mask_from_scores
@@ -132,7 +132,7 @@ def mask_scores(manifest, scores_file, ratio, duplicates, selector, seed, base, 
 def mask_keys(manifest, keys_file, drop, key_column, allow_missing, base, storage_options, allow_foreign_locations, out):
     """Keep the samples a key list names: KEYS (keys or 128-bit uids) as text (one per line), .npy or .parquet/.arrow."""
     m = _opened(manifest, base, storage_options, allow_foreign_locations)
-    result = mask_from_key_list(m, keys_file, drop=drop, key_column=key_column, allow_missing=allow_missing)
+    result = mask_from_keys(m, keys_file, drop=drop, key_column=key_column, allow_missing=allow_missing)
     p = result.provenance
     click.echo(f"{p['matched']} of {p['ids']} listed ids found (by {p['matched_by']}), {p['missing']} missing, {p['duplicates']} repeated")
     _saved(result, m, out)

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Iterator
 import click
 
 from streamprune.engine import ENGINES, Engine, make_engine
+from streamprune.errors import ArgumentError
 from streamprune.ratios import check_ratio
 from streamprune.registry import MethodOption
 from streamprune.selection import available_selectors
@@ -79,7 +80,7 @@ def ratio_callback(ctx: click.Context, param: click.Parameter, value: float | No
         return value
     try:
         return check_ratio(value, _flag(param))
-    except ValueError as exc:
+    except ArgumentError as exc:
         raise click.BadParameter(str(exc)) from None
 
 
@@ -100,7 +101,7 @@ def ratios_callback(ctx: click.Context, param: click.Parameter, values: tuple[st
                 raise click.BadParameter(f"{part!r} is not a number") from None
             try:
                 out.append(check_ratio(number, _flag(param)))
-            except ValueError as exc:
+            except ArgumentError as exc:
                 raise click.BadParameter(str(exc)) from None
     if not out:
         raise click.BadParameter("give at least one ratio")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import errors as _errors
 from ._version import __version__
 from .errors import (
     ArgumentError,
@@ -68,26 +69,8 @@ _LAZY = {
     "MissingExtraError": "optional",
 }
 
-__all__ = [
-    "__version__",
-    *_LAZY,
-    "StreamPruneError",
-    "ArgumentError",
-    "MissingKeysError",
-    "UnknownNameError",
-    "StorageError",
-    "TarFormatError",
-    "CompressedShardError",
-    "ManifestError",
-    "IndexMismatchError",
-    "UnsafeLocationError",
-    "MaskMismatchError",
-    "ChecksumError",
-    "CacheError",
-    "LabelError",
-    "DuplicateKeyError",
-    "OutputExistsError",
-]
+#: every error class of the contract (``errors.__all__`` is their one list; ``redact`` stays in ``errors``)
+__all__ = ["__version__", *_LAZY, *(name for name in _errors.__all__ if name != "redact")]
 
 
 def __getattr__(name: str) -> Any:

@@ -63,7 +63,9 @@ from .dynamicsfile import (
     EL2N_ARRAY,
     FIELDS,
     GRAND_ARRAY,
+    Dynamics,
     DynamicsArrays,
+    load_dynamics,
     remove_stale_temps,
     temporary_arrays,
 )
@@ -88,9 +90,59 @@ from .train import (
     training_loader,
 )
 
-__all__ = ["batch_statistics", "record_dynamics"]
+__all__ = ["RecordedFiles", "Recording", "batch_statistics", "record_dynamics"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecordedFiles:
+    """The files a recording wrote (their format: :mod:`streamprune.dynamicsfile`).
+
+    Attributes:
+        directory: The output directory.
+        meta: ``dynamics.json``, the sidecar.
+        array: ``dynamics.npy``, the training pass's :data:`FIELDS` per epoch and sample.
+        grand: ``grand.npy``, or ``None`` when no ``grand_epochs`` were asked for.
+        el2n: ``el2n.npy``, or ``None`` when no ``el2n_epochs`` were asked for.
+    """
+
+    directory: str
+    meta: str
+    array: str
+    grand: str | None = None
+    el2n: str | None = None
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What :func:`record_dynamics` did: where it wrote, what it recorded, how training went.
+
+    Attributes:
+        files: The files written.
+        epochs: Training epochs recorded (per run).
+        num_samples: Samples in the manifest (a row each; pruned ones are NaN).
+        recorded: Samples trained on and recorded (those the mask keeps).
+        runs: Independent training runs.
+        grand_epochs: Epochs of the GraNd snapshots, sorted (empty: none).
+        el2n_epochs: Epochs of the EL2N snapshots, sorted (empty: none).
+        training: The first run's :class:`~streamprune.train.FitResult` (per-epoch seconds,
+            loss and accuracy of the recorded trajectory).
+    """
+
+    files: RecordedFiles
+    epochs: int
+    num_samples: int
+    recorded: int
+    runs: int
+    grand_epochs: tuple[int, ...]
+    el2n_epochs: tuple[int, ...]
+    training: FitResult
+
+    def load(self, manifest: ManifestLike | None = None) -> Dynamics:
+        """The recording, read back (:func:`~streamprune.dynamicsfile.load_dynamics`)."""
+        return load_dynamics(self.files.directory, manifest)
+
 
 def batch_statistics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The :data:`FIELDS` of each sample of a batch, from its logits and labels.
@@ -325,7 +377,7 @@ def record_dynamics(
     grad_chunk: int = 16,
     grad_strategy: str = "auto",
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Recording:
     """Finetune a classifier on a sharded dataset and record per-sample training dynamics.
 
     Training reads the kept samples through :class:`~streamprune.readers.PrunedWebDataset`
@@ -371,12 +423,10 @@ def record_dynamics(
         progress: Show progress bars.
 
     Returns:
-        ``{"dir", "meta", "array", "grand_array", "el2n_array", "epochs", "num_samples",
-        "recorded", "seconds_per_epoch", "train_loss", "train_accuracy", "grand_epochs",
-        "el2n_epochs", "runs"}`` (the per-epoch lists are the first run's).
+        The :class:`Recording`: its files, counts, snapshot epochs and the first run's training.
 
     Raises:
-        ValueError: Bad argument.
+        ArgumentError: Bad argument (also a ``ValueError``).
         StreamPruneError: Unlabelled dataset, empty mask, a label outside the classes, a
             checkpoint trained on other classes, or a sample not read exactly once per epoch.
     """
@@ -452,22 +502,14 @@ def record_dynamics(
     log.info(
         "recorded %d run(s) of %d epochs of %d samples in %.1f s -> %s", runs, epochs, recorded, sum(sum(f.epoch_seconds) for f in fits), out_dir
     )
-    return {
-        "dir": out_dir,
-        "meta": arrays.meta_path,
-        "array": arrays.final,
-        "grand_array": arrays.final_grand if grand_at else None,
-        "el2n_array": arrays.final_el2n if el2n_at else None,
-        "epochs": epochs,
-        "num_samples": n,
-        "recorded": recorded,
-        "seconds_per_epoch": first.epoch_seconds,
-        "train_loss": first.train_loss,
-        "train_accuracy": first.train_accuracy,
-        "grand_epochs": grand_at,
-        "el2n_epochs": el2n_at,
-        "runs": runs,
-    }
+    return Recording(
+        files=RecordedFiles(
+            directory=out_dir, meta=arrays.meta_path, array=arrays.final, grand=arrays.final_grand if grand_at else None,
+            el2n=arrays.final_el2n if el2n_at else None,
+        ),
+        epochs=epochs, num_samples=n, recorded=recorded, runs=runs, grand_epochs=tuple(grand_at), el2n_epochs=tuple(el2n_at),
+        training=first,
+    )
 
 
 def _sidecar(

@@ -245,17 +245,11 @@ class Dynamics:
             ``(float32[G, N] norms, their epochs)``.
 
         Raises:
+            ArgumentError: ``up_to_epoch`` outside ``0 .. epochs`` (also a ``ValueError``).
             StreamPruneError: No gradient norms were recorded, or none that early.
         """
-        if self.grand_array is None:
-            raise StreamPruneError(
-                f"{self.meta_path}: no per-sample gradient norms recorded; run `streamprune dynamics ... --grand-epochs 1,2`"
-            )
-        at = self.grand_epochs
-        rows = [i for i, e in enumerate(at) if up_to_epoch is None or e <= int(up_to_epoch)]
-        if not rows:
-            raise StreamPruneError(f"{self.meta_path}: gradient norms were recorded at epochs {at}, none at or before {up_to_epoch}")
-        return np.array(self.grand_array[rows], dtype=np.float32), [at[i] for i in rows]
+        rows, at = self._snapshots(self.grand_array, self.grand_epochs, up_to_epoch, "per-sample gradient norms", "grand")
+        return np.array(self.grand_array[rows], dtype=np.float32), at
 
     def el2n_snapshots(self, up_to_epoch: int | None = None) -> tuple[np.ndarray, list[int]]:
         """Evaluation-mode EL2N of every run, at the snapshot epochs ``<= up_to_epoch``.
@@ -270,17 +264,19 @@ class Dynamics:
             ArgumentError: ``up_to_epoch`` outside ``0 .. epochs`` (also a ``ValueError``).
             StreamPruneError: No snapshots recorded, or none that early.
         """
+        cols, at = self._snapshots(self.el2n_array, self.el2n_epochs, up_to_epoch, "evaluation-mode EL2N snapshots", "el2n")
+        return np.array(self.el2n_array[:, cols], dtype=np.float32), at
+
+    def _snapshots(self, array: np.ndarray | None, at: list[int], up_to_epoch: int | None, what: str, flag: str) -> tuple[list[int], list[int]]:
+        """Positions and epochs of the snapshots of one kind taken at epochs ``<= up_to_epoch`` (checked)."""
         if up_to_epoch is not None and not 0 <= int(up_to_epoch) <= self.epochs:
             raise ArgumentError(f"epochs={up_to_epoch}: {self.meta_path} records {self.epochs} epoch(s); use 0..{self.epochs}")
-        if self.el2n_array is None:
-            raise StreamPruneError(
-                f"{self.meta_path}: no evaluation-mode EL2N snapshots recorded; run `streamprune dynamics ... --el2n-epochs 1,2`"
-            )
-        at = self.el2n_epochs
-        cols = [i for i, e in enumerate(at) if up_to_epoch is None or e <= int(up_to_epoch)]
-        if not cols:
-            raise StreamPruneError(f"{self.meta_path}: EL2N snapshots were taken at epochs {at}, none at or before {up_to_epoch}")
-        return np.array(self.el2n_array[:, cols], dtype=np.float32), [at[i] for i in cols]
+        if array is None:
+            raise StreamPruneError(f"{self.meta_path}: no {what} recorded; run `streamprune dynamics ... --{flag}-epochs 1,2`")
+        chosen = [i for i, e in enumerate(at) if up_to_epoch is None or e <= int(up_to_epoch)]
+        if not chosen:
+            raise StreamPruneError(f"{self.meta_path}: {what} were taken at epochs {at}, none at or before {up_to_epoch}")
+        return chosen, [at[i] for i in chosen]
 
     def require_recorded(self, method: str) -> None:
         """Raise unless every sample of the manifest has recorded dynamics.

@@ -200,6 +200,13 @@ def _call_local(fn: TaskFn, task: Any) -> Any:
     return fn(_LOCAL_STATE, task)
 
 
+def _worker_count(workers: int) -> int:
+    """``workers`` (processes, threads or actors) as an int, checked: the ``--workers`` every engine takes."""
+    if workers < 1:
+        raise ArgumentError(f"workers={workers}: must be at least 1")
+    return int(workers)
+
+
 class LocalEngine(Engine):
     """Tasks in this process (``processes=1``) or in forked worker processes.
 
@@ -213,9 +220,7 @@ class LocalEngine(Engine):
 
     def __init__(self, processes: int = 1) -> None:
         super().__init__()
-        if processes < 1:
-            raise ArgumentError(f"workers={processes}: must be at least 1")
-        self.processes = int(processes)
+        self.processes = _worker_count(processes)
 
     def __repr__(self) -> str:
         return f"LocalEngine(processes={self.processes})"
@@ -277,9 +282,7 @@ class ThreadEngine(Engine):
 
     def __init__(self, threads: int = 8) -> None:
         super().__init__()
-        if threads < 1:
-            raise ArgumentError(f"workers={threads}: must be at least 1")
-        self.threads = int(threads)
+        self.threads = _worker_count(threads)
 
     def __repr__(self) -> str:
         return f"ThreadEngine(threads={self.threads})"
@@ -387,10 +390,8 @@ class RayEngine(Engine):
     ) -> None:
         super().__init__()
         require_ray()  # fail at once, naming the extra, not when the first pass starts
-        if workers is not None and workers < 1:
-            raise ArgumentError(f"workers={workers}: must be at least 1")
         self.address = address
-        self.workers = workers
+        self.workers = None if workers is None else _worker_count(workers)
         self.num_cpus = float(num_cpus)
         self.num_gpus = num_gpus
         self.max_retries = int(max_retries)

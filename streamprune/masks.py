@@ -399,7 +399,7 @@ class MaskFile(MaskOperators):
                     f"{self.location}: {self._made_for(manifest)}: shard {k} ({theirs.name}) differs (mask: "
                     f"{mine['samples']} samples, index {mine['index_sha256'][:12]}; manifest: {theirs.samples}, "
                     f"{theirs.index_sha256[:12]}). Another dataset, or this one rewritten or re-indexed since the "
-                    "mask was made: make the mask again (or translate it by key: translate_mask, --source-manifest)"
+                    "mask was made: make the mask again (or translate it by key: translate_mask, --mask-manifest)"
                 )
 
     def _made_for(self, manifest: Manifest) -> str:
@@ -564,10 +564,8 @@ def random_mask(manifest: ManifestLike, ratio: float, level: str = "sample", see
 def translate_mask(
     mask: "KeepMask | MaskFile | str | os.PathLike",
     manifest: ManifestLike,
-    source_manifest: "Manifest | str | os.PathLike | None" = None,
-    strict: bool = True,
-    *,
     mask_manifest: "Manifest | str | os.PathLike | None" = None,
+    strict: bool = True,
 ) -> KeepMask:
     """Carry a keep mask over to another manifest of the same samples, matching by key.
 
@@ -581,7 +579,6 @@ def translate_mask(
             (then ``mask_manifest`` must be the manifest it was made for, unless it was
             made for ``manifest`` itself).
         manifest: The manifest to translate to (or its path or URL).
-        source_manifest: The older name of ``mask_manifest``.
         mask_manifest: The manifest the mask was made for (path or object), for mask files;
             the name ``pruned_ffcv_loader`` and ``streamprune mask --mask-manifest`` use.
         strict: Require both manifests to hold exactly the same keys with the same labels;
@@ -595,31 +592,26 @@ def translate_mask(
     Raises:
         MaskMismatchError: The mask does not belong to ``mask_manifest``, no manifest it was
             made for is known, or a key is missing or labelled differently (the message names one).
-        ValueError: Both ``mask_manifest`` and ``source_manifest`` given.
     """
-    if mask_manifest is not None:
-        if source_manifest is not None:
-            raise ValueError("give mask_manifest or its older name source_manifest, not both")
-        source_manifest = mask_manifest
     manifest = open_manifest(manifest)
     if isinstance(mask, (str, os.PathLike)):
         mask = MaskFile(mask)
-    if source_manifest is not None and not isinstance(source_manifest, Manifest):
-        source_manifest = Manifest.load(source_manifest)
+    if mask_manifest is not None and not isinstance(mask_manifest, Manifest):
+        mask_manifest = Manifest.load(mask_manifest)
     if isinstance(mask, MaskFile):
         if mask.header.get("manifest_fingerprint") == manifest.fingerprint:
             return mask.load(manifest)
-        if source_manifest is None:
+        if mask_manifest is None:
             raise MaskMismatchError(
                 f"{mask.path}: mask was made for another manifest (fingerprint "
                 f"{str(mask.header.get('manifest_fingerprint'))[:12]}, not {manifest.fingerprint[:12]} of "
                 f"{manifest.path}); give the manifest it was made for to translate it by sample key"
             )
-        mask = mask.load(source_manifest)
+        mask = mask.load(mask_manifest)
     elif not isinstance(mask, KeepMask):
         raise TypeError(f"mask must be a path, MaskFile or KeepMask, not {type(mask).__name__}")
-    elif source_manifest is not None and source_manifest.fingerprint != mask.manifest.fingerprint:
-        raise MaskMismatchError(f"in-memory mask was made for {mask.manifest.path}, not for {source_manifest.path}")
+    elif mask_manifest is not None and mask_manifest.fingerprint != mask.manifest.fingerprint:
+        raise MaskMismatchError(f"in-memory mask was made for {mask.manifest.path}, not for {mask_manifest.path}")
     source = mask.manifest
     if source.fingerprint == manifest.fingerprint:
         return mask
@@ -727,11 +719,11 @@ def _operand_bits(mask: Mask, manifest: Manifest, sources: list[Manifest]) -> tu
     if source is None:
         raise MaskMismatchError(
             f"masks of different manifests: {_describe_mask(mask)} was not made for {manifest.path} (fingerprint "
-            f"{manifest.fingerprint[:12]}); give the manifest it was made for (source_manifests= / --source-manifest) "
+            f"{manifest.fingerprint[:12]}); give the manifest it was made for (mask_manifests= / --mask-manifest) "
             "to translate it by sample key"
         )
     try:
-        translated = translate_mask(mask, manifest, source_manifest=source)
+        translated = translate_mask(mask, manifest, mask_manifest=source)
     except MaskMismatchError as exc:
         raise MaskMismatchError(
             f"masks of different manifests cannot be combined: {_describe_mask(mask)} (manifest {source.path}) and "

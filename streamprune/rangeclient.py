@@ -58,6 +58,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ._version import __version__
+from .errors import ArgumentError
 
 __all__ = [
     "Limits",
@@ -122,14 +123,14 @@ def configure(max_connections: int | None = None, connect_timeout: float | None 
         idle_seconds: Oldest idle connection reused.
 
     Raises:
-        ValueError: A limit that is not positive.
+        ArgumentError: A limit that is not positive.
     """
     global _LIMITS
     changes = {k: v for k, v in (("max_connections", max_connections), ("connect_timeout", connect_timeout),
                                  ("read_timeout", read_timeout), ("idle_seconds", idle_seconds)) if v is not None}
     for name, value in changes.items():
         if not value > 0:
-            raise ValueError(f"rangeclient.configure: {name}={value!r} must be positive")
+            raise ArgumentError(f"rangeclient.configure: {name}={value!r} must be positive")
     _LIMITS = replace(_LIMITS, **changes)
     runtime = _RUNTIME
     if runtime is not None and runtime.pid == os.getpid() and "max_connections" in changes:

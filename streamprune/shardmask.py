@@ -27,7 +27,7 @@ import numpy as np
 
 from .atomic import atomic_open, temp_name
 from .engine import Engine, make_engine
-from .errors import StreamPruneError
+from .errors import ArgumentError, StreamPruneError
 from .manifest import Manifest
 from .masks import MAGIC, MASK_FORMAT, MASK_VERSION, MaskFile, packed_shard_bits
 from .shardindex import ShardIndex
@@ -168,9 +168,9 @@ class CombineMasks:
 
     def __init__(self, paths: list[str], op: str) -> None:
         if op not in self.OPS:
-            raise ValueError(f"op={op!r}: must be one of {', '.join(self.OPS)}")
+            raise ArgumentError(f"op={op!r}: must be one of {', '.join(self.OPS)}")
         if (op == "not") != (len(paths) == 1) or not paths:
-            raise ValueError(f"op={op!r} takes {'one mask' if op == 'not' else 'two or more masks'}, got {len(paths)}")
+            raise ArgumentError(f"op={op!r} takes {'one mask' if op == 'not' else 'two or more masks'}, got {len(paths)}")
         self.paths = [os.fspath(p) for p in paths]
         self.op = op
         self._opened: list[MaskFile] | None = None

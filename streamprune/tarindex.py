@@ -93,6 +93,20 @@ def _parse_number(field_bytes: bytes, shard: str, offset: int) -> int:
         ) from None
 
 
+def _plain_octal(field_bytes: bytes) -> int:
+    """A numeric header field in the common form (octal digits), or -1 for anything else.
+
+    Anything else (base-256, not octal) is for :func:`_parse_number`, which accepts or raises.
+    """
+    if field_bytes[:1] in _BASE256:
+        return -1
+    text = field_bytes.split(b"\0", 1)[0].strip(b" ")
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        return -1
+
+
 def _parse_pax(payload: bytes, shard: str, offset: int) -> dict[str, str]:
     records: dict[str, str] = {}
     pos = 0
@@ -162,16 +176,16 @@ def walk_headers(mm: mmap.mmap, file_size: int, shard: str) -> Iterator[TarMembe
     Raises:
         TarFormatError: A corrupt, truncated or unsupported header (named by byte offset).
     """
-    # Hot loop: the common case (octal fields, unsigned checksum) is parsed inline; anything
-    # else (base-256 numbers, bad octal, signed or wrong checksums) goes through
-    # _parse_number / _verify_checksum, which accept or raise exactly as before.
+    # Hot loop: the common case (octal fields, unsigned checksum) takes the short path
+    # (_plain_octal, the Adler-32 byte sum); anything else (base-256 numbers, bad octal, signed
+    # or wrong checksums) goes through _parse_number / _verify_checksum, which accept or raise.
     pos = 0
     long_name: str | None = None
     pax: dict[str, str] = {}
     pending_start: int | None = None
     zero_block = bytes(BLOCK)
     adler32 = zlib.adler32
-    base256 = _BASE256
+    octal = _plain_octal
     extended = _EXTENDED
     regular = _REGULAR
     while pos + BLOCK <= file_size:
@@ -183,23 +197,11 @@ def walk_headers(mm: mmap.mmap, file_size: int, shard: str) -> Iterator[TarMembe
         # Byte sum of the header: the low 16 bits of Adler-32 are 1 + the byte sum mod 65521,
         # exact for 256 bytes (at most 65280), so two halves give the exact sum.
         field = header[148:156]
-        stored = -1
-        if field[:1] not in base256:
-            text = field.split(b"\0", 1)[0].strip(b" ")
-            try:
-                stored = int(text, 8) if text else 0
-            except ValueError:
-                stored = -1
+        stored = octal(field)
         if stored < 0 or stored != (adler32(header[:256]) & 0xFFFF) + (adler32(header[256:]) & 0xFFFF) - 2 - sum(field) + 256:
             _verify_checksum(header, shard, pos)
         field = header[124:136]
-        size = -1
-        if field[:1] not in base256:
-            text = field.split(b"\0", 1)[0].strip(b" ")
-            try:
-                size = int(text, 8) if text else 0
-            except ValueError:
-                size = -1
+        size = octal(field)
         if size < 0:
             size = _parse_number(field, shard, pos)
             if size < 0:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .engine import Engine, make_engine
+from .errors import ArgumentError
 from .manifest import Manifest
 from .masks import MaskFile
 from .ratios import kept_count
@@ -156,7 +157,7 @@ def find_cut(
     firsts = np.concatenate([[0], np.cumsum(counts)])[:-1]
     total = int(counts.sum())
     if not 0 <= k <= total:
-        raise ValueError(f"k={k}: must be within 0..{total}")
+        raise ArgumentError(f"k={k}: must be within 0..{total}")
     if k == 0 or k == total:
         return Cut(0, 0, np.zeros(0, dtype=np.int64), k, everything=k == total)
     runner = make_engine(engine, workers=workers)

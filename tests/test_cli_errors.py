@@ -148,3 +148,21 @@ def test_user_errors_are_streamprune_errors_with_the_python_base_convention_expe
         obj.read(5, 20)
     assert isinstance(info.value, StorageError) and isinstance(info.value, OSError) and not isinstance(info.value, RemoteError)
     assert (info.value.url, info.value.start, info.value.end) == (os.fspath(short), 5, 20)
+
+
+def test_bad_arguments_of_the_library_calls_are_argument_errors():
+    """Arguments a caller gives (not bugs): each is an ArgumentError, so also the ValueError callers catch."""
+    from streamprune import rangeclient
+    from streamprune.shardmask import CombineMasks
+    from streamprune.topk import find_cut
+
+    cases = [
+        (lambda: rangeclient.configure(max_connections=0), "max_connections=0 must be positive"),
+        (lambda: CombineMasks(["a.spmask"], "xor"), "op='xor': must be one of"),
+        (lambda: CombineMasks(["a.spmask"], "and"), "op='and' takes two or more masks, got 1"),
+        (lambda: find_cut([2, 3], lambda k: np.zeros(0), 6), "k=6: must be within 0..5"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ArgumentError, match=message) as info:
+            call()
+        assert isinstance(info.value, ValueError)

@@ -77,8 +77,8 @@ def test_lr0_recording_equals_direct_forward_in_manifest_order(tmp_path, data, t
     m, images, labels = data
     ckpt, model = start_checkpoint
     r = record_dynamics(m, tiny_arch, tmp_path / "dyn", epochs=2, checkpoint=ckpt, lr=0.0, batch_size=4, workers=0, seed=3, progress=False)
-    assert r["recorded"] == N and r["epochs"] == 2
-    dyn = load_dynamics(tmp_path / "dyn", m)
+    assert r.recorded == N and r.epochs == 2 and r.num_samples == N and r.runs == 1
+    dyn = r.load(m)
     assert dyn.fields == list(FIELDS) and dyn.array.shape == (2, N, len(FIELDS)) and dyn.array.dtype == np.float32
     ref, _, _ = _reference(model, images, labels, m)
     assert 0 < ref["correct"].sum() < N  # the check below sees both outcomes
@@ -102,7 +102,7 @@ def test_mask_gives_nan_rows_and_workers_read_each_sample_once(tmp_path, data, t
     keep[5] = True
     mask_path = mask_from_bool(m, keep).save(tmp_path / "k.spmask")
     r = record_dynamics(m, tiny_arch, tmp_path / "dyn", epochs=1, checkpoint=ckpt, mask=mask_path, lr=0.0, batch_size=3, workers=2, progress=False)
-    assert r["recorded"] == keep.sum()
+    assert r.recorded == keep.sum() and r.num_samples == N
     dyn = load_dynamics(tmp_path / "dyn")
     assert np.array_equal(dyn.recorded(), keep)
     assert np.isnan(dyn.array[0][~keep]).all() and not np.isnan(dyn.array[0][keep]).any()
@@ -132,7 +132,7 @@ def test_grand_epochs_equal_a_per_sample_autograd_loop(tmp_path, data, tiny_arch
         m, tiny_arch, tmp_path / "dyn", epochs=1, checkpoint=ckpt, lr=0.0, batch_size=8, grand_epochs=[1, 0], grad_chunk=5,
         grad_strategy=strategy, progress=False,
     )
-    assert r["grand_epochs"] == [0, 1]
+    assert r.grand_epochs == (0, 1) and r.files.grand == str(tmp_path / "dyn" / "grand.npy") and r.files.el2n is None
     dyn = load_dynamics(tmp_path / "dyn", m)
     _, x, y = _reference(model, images, labels, m)
     expected = _grad_norm_loop(model, x, y)
@@ -151,12 +151,12 @@ def test_training_changes_the_model_and_sidecar_summarises_the_array(tmp_path, d
     dyn = load_dynamics(tmp_path / "dyn", m)
     loss = dyn.field("loss")
     assert not np.allclose(loss[0], loss[2])  # the weights moved
-    np.testing.assert_allclose(r["train_loss"], loss.mean(1), rtol=1e-5)
-    np.testing.assert_allclose(r["train_accuracy"], dyn.field("correct").mean(1), rtol=1e-6)
+    np.testing.assert_allclose(r.training.train_loss, loss.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(r.training.train_accuracy, dyn.field("correct").mean(1), rtol=1e-6)
     p = dyn.field("p_true")
     assert np.all((p >= 0) & (p <= 1)) and np.allclose(dyn.field("loss"), -np.log(p), rtol=1e-4, atol=1e-5)
     r2 = record_dynamics(m, tiny_arch, tmp_path / "dyn2", epochs=3, optimizer="adam", lr=0.05, batch_size=5, seed=1, progress=False)
-    assert np.array_equal(np.load(r["array"]), np.load(r2["array"]))  # same seed, same recording
+    assert np.array_equal(np.load(r.files.array), np.load(r2.files.array))  # same seed, same recording
 
 
 def test_recording_is_bound_to_its_manifest_and_missing_files_are_named(tmp_path, data, tiny_arch):
@@ -250,7 +250,7 @@ def test_el2n_snapshots_equal_an_eval_mode_forward_pass_of_the_model_at_that_epo
         m, bn_arch, tmp_path / "dyn", epochs=2, optimizer="adam", lr=0.05, batch_size=8, seed=2, el2n_epochs=[2, 0, 1], input_size=SIDE,
         progress=False,
     )
-    assert r["el2n_epochs"] == [0, 1, 2] and r["runs"] == 1 and sorted(states) == [(0, 0), (0, 1), (0, 2)]
+    assert r.el2n_epochs == (0, 1, 2) and r.runs == 1 and r.files.el2n == str(tmp_path / "dyn" / "el2n.npy") and sorted(states) == [(0, 0), (0, 1), (0, 2)]
     dyn = load_dynamics(tmp_path / "dyn", m)
     snaps, at = dyn.el2n_snapshots()
     assert at == [0, 1, 2] and snaps.shape == (1, 3, N) and dyn.runs == 1
@@ -275,7 +275,7 @@ def test_runs_are_independent_seeds_and_the_el2n_score_is_their_mean(tmp_path, d
     m, _, _ = data
     common = {"epochs": 2, "optimizer": "adam", "lr": 0.05, "batch_size": 8, "el2n_epochs": [1, 2], "input_size": SIDE, "progress": False}
     r = record_dynamics(m, bn_arch, tmp_path / "two", seed=3, runs=2, **common)
-    assert r["runs"] == 2
+    assert r.runs == 2
     two = load_dynamics(tmp_path / "two", m)
     snaps, at = two.el2n_snapshots()
     assert snaps.shape == (2, 2, N) and two.runs == 2 and two.meta["seeds"] == [3, 4]

@@ -367,7 +367,7 @@ def test_a_mask_made_on_the_tar_manifest_drives_the_beton_loader(tmp_path, npz, 
                 assert sorted(keys[loader.kept_indices.astype(np.int64)].tolist()) == want
                 labels = np.concatenate([np.asarray(b[0]).ravel() for b in loader])
                 assert sorted(labels.tolist()) == sorted(tar.labels()[mask.keep].tolist())
-            translated = sp.translate_mask(path, target, source_manifest=tar)
+            translated = sp.translate_mask(path, target, mask_manifest=tar)
             assert sorted(keys[translated.keep].tolist()) == want
             assert translated.provenance["translated_from"] == tar.fingerprint
         with pytest.raises(MaskMismatchError, match="made for another manifest"):

@@ -13,7 +13,7 @@ from streamprune.keys import (
     MissingKeysError,
     export_keys,
     manifest_uids,
-    mask_from_key_list,
+    mask_from_keys,
     read_key_list,
     read_member_data,
     uid_hex,
@@ -98,11 +98,11 @@ def test_text_keys_keep_and_drop(small_dataset, tmp_path):
     keys = small_dataset.keys()
     path = tmp_path / "k.txt"
     path.write_text("\n".join([keys[3], "  " + keys[0] + " ", "", keys[3]]) + "\n")
-    m = mask_from_key_list(small_dataset, path)
+    m = mask_from_keys(small_dataset, path)
     assert set(np.flatnonzero(m.keep)) == {0, 3}
     p = m.provenance
     assert (p["method"], p["ids"], p["duplicates"], p["missing"], p["matched_by"]) == ("keys", 2, 1, 0, "key")
-    d = mask_from_key_list(small_dataset, path, drop=True)
+    d = mask_from_keys(small_dataset, path, drop=True)
     assert d.kept == small_dataset.num_samples - 2 and d.provenance["method"] == "keys-drop"
 
 
@@ -110,33 +110,33 @@ def test_missing_keys_are_an_error_unless_allowed(small_dataset, tmp_path):
     path = tmp_path / "k.txt"
     path.write_text(small_dataset.keys()[1] + "\nnope\n")
     with pytest.raises(MissingKeysError, match="1 of 2 ids .* e.g. \\['nope'\\]"):
-        mask_from_key_list(small_dataset, path)
-    m = mask_from_key_list(small_dataset, path, allow_missing=True)
+        mask_from_keys(small_dataset, path)
+    m = mask_from_keys(small_dataset, path, allow_missing=True)
     assert m.kept == 1 and m.provenance["missing"] == 1 and m.provenance["missing_examples"] == ["nope"]
 
 
 def test_npy_strings_and_uint64_uid_pairs(uid_keyed, tmp_path):
     keys = uid_keyed.keys()
     np.save(tmp_path / "s.npy", np.array([keys[2], keys[5].upper()]))
-    m = mask_from_key_list(uid_keyed, tmp_path / "s.npy")  # the upper-case one is found as a uid
+    m = mask_from_keys(uid_keyed, tmp_path / "s.npy")  # the upper-case one is found as a uid
     assert set(np.flatnonzero(m.keep)) == {2, 5} and m.provenance["matched_by"] == "key+uid"
     pairs = np.array([uid_pair(keys[i]) for i in (1, 7, 11)], dtype=np.dtype("u8,u8"))  # DataComp subset layout
     np.save(tmp_path / "u.npy", pairs)
     assert read_key_list(tmp_path / "u.npy").kind == "uid"
-    m = mask_from_key_list(uid_keyed, tmp_path / "u.npy")
+    m = mask_from_keys(uid_keyed, tmp_path / "u.npy")
     assert set(np.flatnonzero(m.keep)) == {1, 7, 11} and m.provenance["matched_by"] == "uid"
     np.save(tmp_path / "u2.npy", np.array([uid_pair(keys[4])], dtype=np.uint64))  # [N, 2] uint64
-    assert set(np.flatnonzero(mask_from_key_list(uid_keyed, tmp_path / "u2.npy").keep)) == {4}
+    assert set(np.flatnonzero(mask_from_keys(uid_keyed, tmp_path / "u2.npy").keep)) == {4}
 
 
 def test_uids_from_uid_and_json_members(uid_member, tmp_path):
     assert manifest_uids(uid_member) == [_uid(i) for i in range(12)]
     assert manifest_uids(uid_member, [9, 2]) == [_uid(9), _uid(2)]
     np.save(tmp_path / "u.npy", np.array([uid_pair(_uid(i)) for i in (0, 9)], dtype=np.uint64))
-    m = mask_from_key_list(uid_member, tmp_path / "u.npy")
+    m = mask_from_keys(uid_member, tmp_path / "u.npy")
     assert set(np.flatnonzero(m.keep)) == {0, 9}
     (tmp_path / "t.txt").write_text(_uid(3) + "\n")  # a text list of uids: not keys, so looked up as uids
-    assert set(np.flatnonzero(mask_from_key_list(uid_member, tmp_path / "t.txt").keep)) == {3}
+    assert set(np.flatnonzero(mask_from_keys(uid_member, tmp_path / "t.txt").keep)) == {3}
 
 
 def test_parquet_key_column_and_uids(uid_member, tmp_path):
@@ -145,12 +145,12 @@ def test_parquet_key_column_and_uids(uid_member, tmp_path):
 
     pq.write_table(pa.table({"id": ["k001", "k004"], "x": [1, 2]}), tmp_path / "k.parquet")
     with pytest.raises(Exception, match="no key column"):
-        mask_from_key_list(uid_member, tmp_path / "k.parquet")
-    m = mask_from_key_list(uid_member, tmp_path / "k.parquet", key_column="id")
+        mask_from_keys(uid_member, tmp_path / "k.parquet")
+    m = mask_from_keys(uid_member, tmp_path / "k.parquet", key_column="id")
     assert set(np.flatnonzero(m.keep)) == {1, 4} and m.provenance["key_column"] == "id"
     raw = pa.array([bytes.fromhex(_uid(10))], type=pa.binary(16))
     pq.write_table(pa.table({"uid": raw}), tmp_path / "u.parquet")
-    assert set(np.flatnonzero(mask_from_key_list(uid_member, tmp_path / "u.parquet").keep)) == {10}
+    assert set(np.flatnonzero(mask_from_keys(uid_member, tmp_path / "u.parquet").keep)) == {10}
 
 
 def _scores(manifest):
@@ -173,7 +173,7 @@ def test_export_round_trips(uid_member, tmp_path, ext):
     assert out["columns"] == ["key", "uid", "score"]
     assert read_key_list(full).ids == [keys[i] for i in kept]
     assert read_key_list(full, key_column="uid").ids == [_uid(i) for i in kept]
-    assert np.array_equal(mask_from_key_list(uid_member, full).keep, mask.keep)
+    assert np.array_equal(mask_from_keys(uid_member, full).keep, mask.keep)
 
 
 def test_cli_keys_and_export(small_dataset, tmp_path):
@@ -215,7 +215,7 @@ def test_export_uids_of_samples_without_one_is_an_error_naming_the_first(uid_mem
     with pytest.raises(MissingUidError, match=rf"sample '{keys[0]}' \(shard shard-000000.tar\) has no uid, and 39 more"):
         export_keys(small_dataset, None, tmp_path / "e.txt", uids=True)
     assert not (tmp_path / "e.txt").exists()  # no file of empty uids
-    mask = mask_from_key_list(small_dataset, keys[7:9])
+    mask = mask_from_keys(small_dataset, keys[7:9])
     with pytest.raises(MissingUidError, match=rf"sample '{keys[7]}' .* and 1 more"):  # the first *kept* sample
         export_keys(small_dataset, mask, tmp_path / "e.txt", uids=True)
     r = CliRunner().invoke(cli, ["inspect", small_dataset.path, "--export", str(tmp_path / "e.txt"), "--uids"])
@@ -223,7 +223,7 @@ def test_export_uids_of_samples_without_one_is_an_error_naming_the_first(uid_mem
     assert export_keys(uid_member, None, tmp_path / "u.txt", uids=True)["rows"] == 12  # every sample has one: fine
 
 
-def test_mask_from_key_list_takes_a_manifest_path(small_dataset):
+def test_mask_from_keys_takes_a_manifest_path(small_dataset):
     keys = small_dataset.keys()
     for where in (small_dataset.path, small_dataset.root):
-        assert set(np.flatnonzero(mask_from_key_list(where, [keys[2], keys[9]]).keep)) == {2, 9}
+        assert set(np.flatnonzero(mask_from_keys(where, [keys[2], keys[9]]).keep)) == {2, 9}

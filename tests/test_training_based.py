@@ -117,6 +117,8 @@ def test_el2n_averages_the_eval_mode_snapshots_over_runs_and_epochs(tmp_path, so
     np.testing.assert_allclose(s0.scores, np.arange(N) + 5.0)
     with pytest.raises(ValueError, match="records 5 epoch"):
         _score(source, "el2n", tmp_path, "x", dynamics_dir=d, epochs=6)
+    with pytest.raises(ValueError, match="records 5 epoch"):  # GraNd's epochs are checked as EL2N's are
+        _score(source, "grand-dyn", tmp_path, "x", dynamics_dir=d, epochs=6)
     late = write_recording(tmp_path / "late", source, arr, el2n=el2n[:, 2:], el2n_epochs=[3])
     with pytest.raises(StreamPruneError, match=r"EL2N snapshots were taken at epochs \[3\], none at or before 2"):
         _score(source, "el2n", tmp_path, "x", dynamics_dir=late, epochs=2)
@@ -184,6 +186,8 @@ def test_dynamics_methods_refuse_missing_partial_or_foreign_recordings(tmp_path,
         _score(source, "aum", tmp_path, "x")
     with pytest.raises(ValueError, match="records 5 epoch"):
         _score(source, "el2n", tmp_path, "x", dynamics_dir=d, epochs=6)
+    with pytest.raises(ValueError, match="records 5 epoch"):  # GraNd's epochs are checked as EL2N's are
+        _score(source, "grand-dyn", tmp_path, "x", dynamics_dir=d, epochs=6)
     partial = arr.copy()
     partial[:, [1, 4]] = np.nan
     p = write_recording(tmp_path / "partial", source, partial)

@@ -76,7 +76,7 @@ def keep_array(mask: MaskLike, manifest: ManifestLike, mask_manifest: ManifestLi
     if mask.manifest_fingerprint == manifest.fingerprint:
         mask.check(manifest)
         return mask.to_bool()
-    return translate_mask(mask, manifest, source_manifest=mask_manifest).keep
+    return translate_mask(mask, manifest, mask_manifest=mask_manifest).keep
 
 
 def kept_indices(

@@ -163,22 +163,31 @@ def plan_epoch(
     # and over `total / dropped` epochs every kept sample is skipped about equally often.
     dropped = total - per_rank * world_size if uneven == "drop" else 0
     start = (epoch * dropped) % total if dropped else 0
-    lo_rank = rank * per_rank
-    lo = lo_rank + worker * per_rank // num_workers
-    hi = lo_rank + (worker + 1) * per_rank // num_workers
+    lo, hi = slice_bounds(per_rank, rank, worker, num_workers)
     segments: list[Segment] = []
     if total and hi > lo:
-        cum = np.concatenate([[0], np.cumsum(counts)])
-        # Positions past the end wrap around: that is the padding.
-        pos = lo
-        while pos < hi:
-            wrapped = (pos + start) % total
-            j = int(np.searchsorted(cum, wrapped, side="right")) - 1
-            begin = wrapped - int(cum[j])
-            take = min(int(counts[j]) - begin, hi - pos)
-            segments.append(Segment(int(order[j]), begin, begin + take))
-            pos += take
+        _cut_segments(segments, order, counts, np.concatenate([[0], np.cumsum(counts)]), lo, hi, start)
     return EpochPlan(segments=segments, total=hi - lo, per_rank=per_rank)
+
+
+def _cut_segments(
+    segments: list[Segment], order: np.ndarray, counts: np.ndarray, cum: np.ndarray, lo: int, hi: int, start: int = 0,
+) -> None:
+    """Append the shard segments of sequence positions ``[lo, hi)`` (a range may span several shards).
+
+    Position ``p`` is sample ``(p + start) mod total`` of the epoch's order (``counts`` kept
+    samples per shard, in shard order ``order``; ``cum`` their running sum from 0): positions
+    past the end wrap around, which is the padding.
+    """
+    total = int(cum[-1])
+    pos = lo
+    while pos < hi:
+        wrapped = (pos + start) % total
+        j = int(np.searchsorted(cum, wrapped, side="right")) - 1
+        begin = wrapped - int(cum[j])
+        take = min(int(counts[j]) - begin, hi - pos)
+        segments.append(Segment(int(order[j]), begin, begin + take))
+        pos += take
 
 
 def slice_bounds(per_rank: int, rank: int, worker: int, num_workers: int) -> tuple[int, int]:
@@ -300,13 +309,7 @@ def _plan_remainder(
     cum = np.concatenate([[0], np.cumsum(counts)])
     segments: list[Segment] = []
     for b, e in take_positions(remainder, lo, hi):
-        pos = b
-        while pos < e:  # an interval of sequence positions may span several shards
-            j = int(np.searchsorted(cum, pos, side="right")) - 1
-            begin = pos - int(cum[j])
-            take = min(int(counts[j]) - begin, e - pos)
-            segments.append(Segment(int(order[j]), begin, begin + take))
-            pos += take
+        _cut_segments(segments, order, counts, cum, b, e)  # remainder positions are inside the epoch: no wrap
     return EpochPlan(segments=segments, total=hi - lo, per_rank=per_rank)
 
 

@@ -55,7 +55,7 @@ from ..errors import StreamPruneError
 from ..shardindex import ShardIndex
 
 __all__ = [
-    "StoreModel", "STORE_PRESETS", "store_model", "Calibrator", "ShardPlan", "plan_shard", "whole_shard_cost",
+    "StoreModel", "STORE_PRESETS", "store_model", "Calibrator", "ShardPlan", "plan_shard", "whole_shard_cost", "cut_requests",
     "Objective",
 ]
 
@@ -234,8 +234,18 @@ class ShardPlan:
     candidate: str
 
 
-def _cuts(lo: list[int], hi: list[int], join: list[bool], max_request: int) -> list[tuple[int, int, int, int]]:
-    """Requests from per-sample spans: consecutive samples share one while joined and under ``max_request``."""
+def cut_requests(lo: list[int], hi: list[int], join: list[bool], max_request: int) -> list[tuple[int, int, int, int]]:
+    """Requests from per-sample spans: consecutive samples share one while joined and under ``max_request``.
+
+    Args:
+        lo: Each sample's first byte, in yield order.
+        hi: Each sample's end byte (exclusive).
+        join: ``join[k]``: sample ``k + 1`` may share sample ``k``'s request.
+        max_request: Largest request, bytes (a single sample may exceed it).
+
+    Returns:
+        Per request ``(first, last_exclusive, lo, hi)``.
+    """
     n = len(lo)
     out: list[tuple[int, int, int, int]] = []
     first, a, b = 0, lo[0], hi[0]
@@ -263,7 +273,7 @@ def whole_shard_cost(index: ShardIndex, max_request: int) -> tuple[int, int]:
         return 0, 0
     lo, hi = index.start.tolist(), index.end.tolist()
     join = [True] * (n - 1)
-    requests = _cuts(lo, hi, join, max_request)
+    requests = cut_requests(lo, hi, join, max_request)
     return len(requests), sum(b - a for _, _, a, b in requests)
 
 
@@ -271,7 +281,7 @@ def _whole_candidate(index: ShardIndex, order: np.ndarray, max_request: int) -> 
     """The unpruned plan's pieces that hold kept samples, trimmed to them (``order`` ascending on disk only)."""
     n_all = len(index)
     lo_all, hi_all = index.start.tolist(), index.end.tolist()
-    pieces = _cuts(lo_all, hi_all, [True] * (n_all - 1), max_request)
+    pieces = cut_requests(lo_all, hi_all, [True] * (n_all - 1), max_request)
     piece_of = np.empty(n_all, dtype=np.int64)
     for j, (a, b, _, _) in enumerate(pieces):
         piece_of[a:b] = j
@@ -365,7 +375,7 @@ def plan_shard(index: ShardIndex, order: np.ndarray, model: StoreModel, depth: f
         k = best[1]
         join = np.zeros(max(0, n - 1), dtype=bool)
         join[by_size[:k]] = True
-        requests = _cuts(starts.tolist(), ends.tolist(), join.tolist(), max_request)
+        requests = cut_requests(starts.tolist(), ends.tolist(), join.tolist(), max_request)
         plans.append((score(*_summary(requests, free)), "runs", requests))
     if n > 1 and bool(np.all(gaps >= 0)):
         whole = _whole_candidate(index, order, max_request)
@@ -375,7 +385,7 @@ def plan_shard(index: ShardIndex, order: np.ndarray, model: StoreModel, depth: f
                 plans.append((score(r, b, billed), "whole", whole))
     if not plans:  # the cap ruled out every merge: one request per kept run, no waste
         join = (gaps == 0).tolist()
-        requests = _cuts(starts.tolist(), ends.tolist(), join, max_request)
+        requests = cut_requests(starts.tolist(), ends.tolist(), join, max_request)
         plans.append((score(*_summary(requests, free)), "runs", requests))
     key, name, requests = min(plans, key=lambda p: p[0][:2])
     count, nbytes, billed = _summary(requests, free)

@@ -35,7 +35,7 @@ import numpy as np
 from ..shardindex import ShardIndex
 from .byterange import ShardFile, samples_from_buffer
 from .keptcache import KeptCache, ShardCache
-from .planner import Calibrator, Objective, StoreModel, plan_shard, whole_shard_cost
+from .planner import Calibrator, Objective, StoreModel, cut_requests, plan_shard, whole_shard_cost
 
 __all__ = [
     "CacheBinding", "FetchPolicy", "ShardRead", "ReadStats", "plan_fetches", "read_shards_scheduled",
@@ -133,17 +133,7 @@ def plan_fetches(index: ShardIndex, order: np.ndarray, policy: FetchPolicy, mode
         by_size = candidates[np.argsort(gaps[candidates], kind="stable")]
         taken = by_size[np.cumsum(gaps[by_size]) <= budget]
         join[taken] = True
-    out: list[tuple[int, int, int, int]] = []
-    s, e, j = starts.tolist(), ends.tolist(), join.tolist()
-    first, lo, hi = 0, s[0], e[0]
-    for k in range(1, n):
-        if j[k - 1] and e[k] - lo <= policy.max_request:
-            hi = e[k]
-            continue
-        out.append((first, k, lo, hi))
-        first, lo, hi = k, s[k], e[k]
-    out.append((first, n, lo, hi))
-    return out
+    return cut_requests(starts.tolist(), ends.tolist(), join.tolist(), policy.max_request)
 
 
 @dataclass

@@ -97,10 +97,10 @@ def eps_for_ratio(max_similarity: np.ndarray, target_ratio: float) -> float:
         would flag every such sample).
 
     Raises:
-        ValueError: ``target_ratio`` outside ``[0, 1]``.
+        ArgumentError: ``target_ratio`` outside ``[0, 1]``.
     """
     if not 0.0 <= target_ratio <= 1.0:
-        raise ValueError(f"target_ratio={target_ratio}: must be in [0, 1] (the fraction of samples marked duplicate)")
+        raise ArgumentError(f"target_ratio={target_ratio}: must be in [0, 1] (the fraction of samples marked duplicate)")
     m = np.sort(np.asarray(max_similarity, dtype=np.float64))[::-1]
     n = len(m)
     k = min(int(np.floor(n * target_ratio + 0.5)), n)
@@ -272,12 +272,12 @@ def semdedup(
         The scores (``params``: ``eps``, ``eps_chosen_by``, ``target_ratio``, ``duplicates``, ...).
 
     Raises:
-        ValueError: Both ``eps`` and ``target_ratio`` given, or either out of range.
+        ArgumentError: Both ``eps`` and ``target_ratio`` given, or either out of range.
     """
     if eps is not None and target_ratio is not None:
-        raise ValueError(f"semdedup: give eps ({eps}) or target_ratio ({target_ratio}), not both")
+        raise ArgumentError(f"semdedup: give eps ({eps}) or target_ratio ({target_ratio}), not both")
     if target_ratio is not None and not 0.0 <= target_ratio <= 1.0:
-        raise ValueError(f"target_ratio={target_ratio}: must be in [0, 1] (the fraction of samples marked duplicate)")
+        raise ArgumentError(f"target_ratio={target_ratio}: must be in [0, 1] (the fraction of samples marked duplicate)")
     source = request.source
     n = source.num_samples
     k = int(clusters) if clusters is not None else max(1, round(n / 1000))

@@ -72,7 +72,7 @@ def resolve_target(
 def _one_of(name: str, value: Any, alias: str, alias_value: Any) -> Any:
     """``value``, or ``alias_value`` when only the alias was given; both is an error unless equal."""
     if value is not None and alias_value is not None and value != alias_value:
-        raise ValueError(f"{name}={value!r} and {alias}={alias_value!r} are two names of one option: give one")
+        raise ArgumentError(f"{name}={value!r} and {alias}={alias_value!r} are two names of one option: give one")
     return alias_value if value is None else value
 
 

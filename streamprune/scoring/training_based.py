@@ -268,7 +268,7 @@ def aum(request: ScoreRequest, dynamics_dir: str | None = None, epochs: int | No
             ``margin="logit"``) a recording made before logit margins were recorded.
     """
     if margin not in AUM_MARGINS:
-        raise ValueError(f"margin={margin!r}: must be one of {', '.join(AUM_MARGINS)}")
+        raise ArgumentError(f"margin={margin!r}: must be one of {', '.join(AUM_MARGINS)}")
     dyn = _open(request, "aum", dynamics_dir)
     field = AUM_MARGINS[margin]
     if field not in dyn.fields:
