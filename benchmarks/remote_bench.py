@@ -38,6 +38,23 @@ Arms (one DataLoader, batch 32, a collate that touches every image's bytes, no d
                      cold, then from its own cache.
   litdata            LitData (``StreamingDataset("s3://bench/litdata")``), 2 epochs likewise.
 
+MDS and LitData read in place (``--readers formats``; headline latency, 2 epochs each, r = 0
+and 0.8, same files and store for streamprune and the peer):
+
+  streamprune_mds     ``PrunedWebDataset`` over streamprune's index of MosaicML's own MDS copy
+                      (``bench/mds``), indexed through the store (``index_foreign(http://.../mds)``,
+                      served beside it), random sample masks; its second epoch reads the store again.
+  mosaic_subset       MosaicML over the same files, a subset of the same size chosen its own way
+                      (``Stream(choose=k)``); ``mosaic`` is the same files in full.
+  streamprune_litdata the same over a LitData copy whose images are uint8 arrays (``bench/litdata_array``:
+                      the ``litdata`` copy of bytes and ints is stored as one Arrow footer per chunk, which
+                      has no per-sample byte ranges to read).
+  litdata_array       LitData over that copy in full; ``litdata_subset`` with ``subsample=0.2``.
+
+Their targets: streamprune's r = 0.8 epoch transfers <= 0.25 of the shards' bytes, and is no
+slower than the peer's full epoch and its own subset's, epoch 1 against epoch 1 and epoch 2
+against epoch 2 (paired per round). A run of only these arms writes ``remote_formats_bench.json``.
+
 The peers' set-up is in :mod:`benchmarks.remote_peers`. A peer's run counts only when nginx's
 log shows its requests on its port and it yields every sample; a run that fails or passes
 ``--run-timeout`` is killed and reported (never counted).
@@ -52,6 +69,8 @@ whole interval clears the goal, inconclusive when it straddles it).
 
 Run:  python -m benchmarks remote            (full: 1 GiB, 10/30/80 ms, 5 rounds; ~30 min, see README)
       python -m benchmarks remote --quick    (smoke run: 24 MiB, 30 ms, 1 round, r = 0 and 0.8; < 2 min)
+      python -m benchmarks remote --readers formats --latencies 30 --workers 4   (MDS and LitData only, 5 rounds)
+      python -m benchmarks remote --quick --readers formats --workers 4        (their smoke run, ~2 min)
 """
 
 from __future__ import annotations
@@ -1210,6 +1229,11 @@ class RemoteSuite(Suite):
         """Every arm in paired rounds against nginx (:func:`run`)."""
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         return run(configure(args))
+
+    def output_name(self, args: argparse.Namespace) -> str:
+        """``remote_formats_bench`` for a run of only the MDS and LitData arms (``--readers formats``), so that it
+        does not replace the whole suite's results; else ``remote_bench``."""
+        return "remote_formats_bench" if set(args.readers.split(",")) <= set(FORMATS_GROUP) else self.stem
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """Rows and targets from the stored runs (:func:`resummarize`)."""

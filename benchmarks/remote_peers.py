@@ -19,6 +19,10 @@ same images) from the same nginx store as streamprune:
   client options that do not allow plain ``http://``; the store is plain HTTP on loopback (a
   real endpoint is HTTPS), so :func:`litdata_dataset` adds ``allow_http`` to those options and
   changes nothing else. Its second epoch reads the chunks it cached.
+* The MDS and LitData arms (``--readers formats``): MosaicML over the same MDS copy, in full or
+  a subset of its choosing (``Stream(choose=k)``); LitData over a second copy with the images as
+  uint8 arrays (:func:`convert_litdata_array`: the only layout LitData stores at per-sample byte
+  ranges, so the one streamprune reads in place), in full or ``subsample=``.
 
 Conversions are cached next to the shards (a stamp file marks a finished one), like the shards.
 """
