@@ -41,9 +41,11 @@ Arms (one DataLoader, batch 32, a collate that touches every image's bytes, no d
 MDS and LitData read in place (``--readers formats``; headline latency, 2 epochs each, r = 0
 and 0.8, same files and store for streamprune and the peer):
 
-  streamprune_mds     ``PrunedWebDataset`` over streamprune's index of MosaicML's own MDS copy
-                      (``bench/mds``), indexed through the store (``index_foreign(http://.../mds)``,
-                      served beside it), random sample masks; its second epoch reads the store again.
+  streamprune_mds     ``PrunedWebDataset(..., cache_dir=<fresh dir>)`` over streamprune's index of
+                      MosaicML's own MDS copy (``bench/mds``), indexed through the store
+                      (``index_foreign(http://.../mds)``, served beside it), random sample masks. Like
+                      the peers, it caches what it downloads (the kept-bytes cache), so its second
+                      epoch reads local disk, as theirs do.
   mosaic_subset       MosaicML over the same files, a subset of the same size chosen its own way
                       (``Stream(choose=k)``); ``mosaic`` is the same files in full.
   streamprune_litdata the same over a LitData copy whose images are uint8 arrays (``bench/litdata_array``:
@@ -143,6 +145,7 @@ FORMATS = (ForeignFormat("mds", "mds", "streamprune_mds", "mosaic", "mosaic_subs
                          "subsample=1-r"))
 #: The ratios of the format arms (r = 0 and the issue's r = 0.8).
 FORMAT_RATIOS = (0.0, 0.8)
+FORMAT_SP = tuple(f.streamprune for f in FORMATS)
 FORMAT_READERS = tuple(r for f in FORMATS for r in (f.streamprune, f.subset)) + ("litdata_array",)
 READERS = STREAMPRUNE + PEERS + FORMAT_READERS
 #: ``--readers formats``: the MDS and LitData arms, with MosaicML's full reader of the same MDS files.
@@ -234,8 +237,9 @@ def build(job: dict, cache_dir: str) -> tuple[Any, Any]:
         ds = remote_peers.litdata_dataset(LITDATA_ARRAY, cache_dir, job["endpoint"], subsample=1 - job["ratio"])
     else:
         kwargs: dict[str, Any] = {}
-        if job["cache_kw"]:  # the reader has a kept-bytes cache: on for the cache arm, off for the others
-            kwargs["cache_dir"] = cache_dir if reader == "streamprune_cache" else None
+        if job["cache_kw"]:  # the reader has a kept-bytes cache: on for the cache arm and the format arms (whose peers
+            # cache what they download), off for the others
+            kwargs["cache_dir"] = cache_dir if reader in ("streamprune_cache", *FORMAT_SP) else None
         ds = PrunedWebDataset(job["manifest"], job["mask"], **kwargs)
     return ds, remote_peers.peer_loader(reader, ds, BATCH, workers, _collate)
 
