@@ -38,6 +38,25 @@ Arms (one DataLoader, batch 32, a collate that touches every image's bytes, no d
                      cold, then from its own cache.
   litdata            LitData (``StreamingDataset("s3://bench/litdata")``), 2 epochs likewise.
 
+MDS and LitData read in place (``--readers formats``; headline latency, 2 epochs each, r = 0
+and 0.8, same files and store for streamprune and the peer):
+
+  streamprune_mds     ``PrunedWebDataset(..., cache_dir=<fresh dir>)`` over streamprune's index of
+                      MosaicML's own MDS copy (``bench/mds``), indexed through the store
+                      (``index_foreign(http://.../mds)``, served beside it), random sample masks. Like
+                      the peers, it caches what it downloads (the kept-bytes cache), so its second
+                      epoch reads local disk, as theirs do.
+  mosaic_subset       MosaicML over the same files, a subset of the same size chosen its own way
+                      (``Stream(choose=k)``); ``mosaic`` is the same files in full.
+  streamprune_litdata the same over a LitData copy whose images are uint8 arrays (``bench/litdata_array``:
+                      the ``litdata`` copy of bytes and ints is stored as one Arrow footer per chunk, which
+                      has no per-sample byte ranges to read).
+  litdata_array       LitData over that copy in full; ``litdata_subset`` with ``subsample=0.2``.
+
+Their targets: streamprune's r = 0.8 epoch transfers <= 0.25 of the shards' bytes, and is no
+slower than the peer's full epoch and its own subset's, epoch 1 against epoch 1 and epoch 2
+against epoch 2 (paired per round). A run of only these arms writes ``remote_formats_bench.json``.
+
 The peers' set-up is in :mod:`benchmarks.remote_peers`. A peer's run counts only when nginx's
 log shows its requests on its port and it yields every sample; a run that fails or passes
 ``--run-timeout`` is killed and reported (never counted).
@@ -52,6 +71,8 @@ whole interval clears the goal, inconclusive when it straddles it).
 
 Run:  python -m benchmarks remote            (full: 1 GiB, 10/30/80 ms, 5 rounds; ~30 min, see README)
       python -m benchmarks remote --quick    (smoke run: 24 MiB, 30 ms, 1 round, r = 0 and 0.8; < 2 min)
+      python -m benchmarks remote --readers formats --latencies 30 --workers 4   (MDS and LitData only, 5 rounds)
+      python -m benchmarks remote --quick --readers formats --workers 4        (their smoke run, ~2 min)
 """
 
 from __future__ import annotations
@@ -79,7 +100,7 @@ import numpy as np
 
 from . import jpegdata, mdtable, provenance, resultsfile, stats
 from .nginx_store import NGINX, NginxStore, echo_module_available, read_log
-from .remote_peers import BUCKET, PEERS
+from .remote_peers import BUCKET, LITDATA_ARRAY, PEERS
 from .suite import Suite, Target
 
 __all__ = ["Arm", "RemoteSuite", "configs", "evaluate_targets", "predicted", "reader_takes_cache_dir",
@@ -95,13 +116,42 @@ CACHE_RATIOS = (0.0, 0.4, 0.8)
 SORTED = "sorted"
 SORTED_LEVEL = "class-sorted"
 SORTED_CLASSES = 20
+#: The store's folder (beside the bucket) of streamprune's indexes of the MDS and LitData copies.
+SPINDEX = "spindex"
 BATCH = 32
 #: Seconds a run waits after an epoch before noting the log's size (nginx logs a request once its response is sent).
 SETTLE = 0.2
 #: A run with no batch for this long (from its epoch's start or the batch before) stalled: reported, not counted.
 STALL_S = 30.0
 STREAMPRUNE = ("streamprune", "streamprune_sorted", "streamprune_cache", "streamprune_local")
-READERS = STREAMPRUNE + PEERS
+
+
+class ForeignFormat(NamedTuple):
+    """One peer's own format read in place: streamprune's arm, the peer's full and own-subset arms, on the same files."""
+
+    name: str  # the arms' level, the masks' key and the streamprune index's folder
+    folder: str  # the copy under the bucket
+    streamprune: str
+    peer: str  # the peer reading every sample (its first epoch downloads, its second reads its own cache)
+    subset: str  # the peer reading a subset it selects its own way
+    how: str  # the peer's option that selects it
+
+
+#: MDS and LitData shards read pruned in place, against MosaicML's and LitData's own readers of the same files.
+#: LitData's ``litdata`` arm reads a copy of only bytes and ints, which LitData stores as one Arrow footer per
+#: chunk (not at per-sample ranges), so the format arms use the copy with the images as uint8 arrays.
+FORMATS = (ForeignFormat("mds", "mds", "streamprune_mds", "mosaic", "mosaic_subset", "Stream(choose=k)"),
+           ForeignFormat("litdata", LITDATA_ARRAY, "streamprune_litdata", "litdata_array", "litdata_subset",
+                         "subsample=1-r"))
+#: The ratios of the format arms (r = 0 and the issue's r = 0.8).
+FORMAT_RATIOS = (0.0, 0.8)
+FORMAT_SP = tuple(f.streamprune for f in FORMATS)
+FORMAT_READERS = tuple(r for f in FORMATS for r in (f.streamprune, f.subset)) + ("litdata_array",)
+READERS = STREAMPRUNE + PEERS + FORMAT_READERS
+#: ``--readers formats``: the MDS and LitData arms, with MosaicML's full reader of the same MDS files.
+FORMATS_GROUP = ("streamprune_mds", "mosaic", "mosaic_subset", "streamprune_litdata", "litdata_array", "litdata_subset")
+#: Each format arm's format.
+FORMAT_OF = {r: f for f in FORMATS for r in (f.streamprune, f.subset)} | {"litdata_array": FORMATS[1]}
 
 
 class Arm(NamedTuple):
@@ -181,10 +231,15 @@ def build(job: dict, cache_dir: str) -> tuple[Any, Any]:
         ds = remote_peers.mosaic_dataset("mds", cache_dir, BATCH)
     elif reader == "litdata":
         ds = remote_peers.litdata_dataset("litdata", cache_dir, job["endpoint"])
+    elif reader == "mosaic_subset":
+        ds = remote_peers.mosaic_dataset("mds", cache_dir, BATCH, choose=job["want"])
+    elif reader in ("litdata_array", "litdata_subset"):
+        ds = remote_peers.litdata_dataset(LITDATA_ARRAY, cache_dir, job["endpoint"], subsample=1 - job["ratio"])
     else:
         kwargs: dict[str, Any] = {}
-        if job["cache_kw"]:  # the reader has a kept-bytes cache: on for the cache arm, off for the others
-            kwargs["cache_dir"] = cache_dir if reader == "streamprune_cache" else None
+        if job["cache_kw"]:  # the reader has a kept-bytes cache: on for the cache arm and the format arms (whose peers
+            # cache what they download), off for the others
+            kwargs["cache_dir"] = cache_dir if reader in ("streamprune_cache", *FORMAT_SP) else None
         ds = PrunedWebDataset(job["manifest"], job["mask"], **kwargs)
     return ds, remote_peers.peer_loader(reader, ds, BATCH, workers, _collate)
 
@@ -214,6 +269,8 @@ def _one(job: dict, beat: Callable[[], None] = lambda: None) -> dict:
             t0 = time.perf_counter()
             if loader is None:  # epoch 1 builds the dataset: manifest, indexes, the peers' index files
                 ds, loader = build(job, cache_dir)
+                if job["want"] is None:  # a subset the peer sizes itself (LitData's subsample): its own length
+                    job["want"] = len(ds)
             if hasattr(ds, "set_epoch") and job["reader"].startswith("streamprune"):
                 ds.set_epoch(epoch)
             samples = nbytes = 0
@@ -402,12 +459,16 @@ def job_for(arm: Arm, s: Setup) -> dict:
         manifest = os.path.join(s.data_dir, "manifest.json")
     elif arm.reader == "streamprune_sorted":
         manifest = f"{base}/{SORTED}/manifest.json"
+    elif arm.reader in FORMAT_OF:  # streamprune's index of the peer's own files, served beside them
+        manifest = f"{endpoint}/{SPINDEX}/{arm.level}/manifest.json"
     else:
         manifest = f"{base}/manifest.json"
     key = (arm.ratio, arm.level)
+    want = None if arm.reader == "litdata_subset" else s.kept[key]
     return {"reader": arm.reader, "ratio": arm.ratio, "level": arm.level, "workers": arm.workers,
             "latency_ms": arm.latency_ms, "epochs": arm.epochs, "endpoint": endpoint, "base_url": base,
-            "shard_names": s.shard_names, "manifest": manifest, "mask": s.masks.get(key), "want": s.kept[key],
+            "shard_names": s.shard_names, "manifest": manifest, "mask": s.masks.get(key) if arm.reader.startswith("streamprune") else None,
+            "want": want,
             "log": s.store.log, "cache_kw": s.cache_kw, "timeout": s.timeout * arm.epochs}
 
 
@@ -572,6 +633,14 @@ def configs(latencies_ms: Sequence[int], workers: Sequence[int], headline_ms: in
             for peer in PEERS if head else ("wds",):
                 if peer in readers:
                     out.append(Arm(peer, 0.0, "sample", w, lat, 1 if peer == "wds" else 2))
+            for f in FORMATS if head else ():  # first and second epochs, as the peers' own
+                kept = [r for r in FORMAT_RATIOS if r in ratios]
+                if f.streamprune in readers:
+                    out.extend(Arm(f.streamprune, r, f.name, w, lat, 2) for r in kept)
+                if f.peer in FORMAT_READERS and f.peer in readers:
+                    out.append(Arm(f.peer, 0.0, f.name, w, lat, 2))
+                if f.subset in readers:
+                    out.extend(Arm(f.subset, r, f.name, w, lat, 2) for r in kept if r > 0)
     return out
 
 
@@ -650,13 +719,13 @@ def paired(runs: list[dict], num: Callable[[dict], Any], den: Callable[[dict], A
 
 
 def speedups(runs: list[dict]) -> dict[tuple, stats.Ratio]:
-    """Epoch 1 of each pruned streamprune/streamprune_sorted configuration: t(its r = 0) / t(r), per round."""
+    """Epoch 1 of each pruned streamprune configuration (tar, class-sorted, MDS, LitData): t(its r = 0) / t(r), per round."""
     out: dict[tuple, list[float]] = {}
-    pruned = {_key(r) for r in runs if r["reader"] in ("streamprune", "streamprune_sorted") and r["ratio"] > 0
-              and r.get("epoch", 1) == 1}
+    readers = ("streamprune", "streamprune_sorted", *(f.streamprune for f in FORMATS))
+    pruned = {_key(r) for r in runs if r["reader"] in readers and r["ratio"] > 0 and r.get("epoch", 1) == 1}
     for key in sorted(pruned):
         reader, ratio, level, w, lat, _ = key
-        base_level = SORTED_LEVEL if reader == "streamprune_sorted" else "sample"
+        base_level = {"streamprune": "sample", "streamprune_sorted": SORTED_LEVEL}.get(reader, level)
         out[key] = paired(runs, match(reader=reader, ratio=ratio, level=level, workers=w, latency_ms=lat, epoch=1),
                           match(reader=reader, ratio=0.0, level=base_level, workers=w, latency_ms=lat, epoch=1))
     return out
@@ -730,8 +799,11 @@ def evaluate_targets(rows: list[dict], runs: list[dict], setup: dict, command: s
         targets.append(Target.check(
             f"bytes transferred <= kept bytes x 1.05 ({where}; kept {kept:.3f} of the bytes)", row["bytes_sent"] / full_bytes,
             kept * 1.05, "<=", command=command, ratio=r, level=level, literal_goal=(1 - r) * 1.05))
+    ran = setup.get("readers", READERS)  # arms left out of a run (--readers) have no target
     for w in sorted({r["workers"] for r in at}):  # streamprune's full epoch against each peer's first
         for peer in PEERS:
+            if peer not in ran or "streamprune" not in ran:
+                continue
             values = paired(runs, match(reader="streamprune", ratio=0.0, level="sample", workers=w, latency_ms=head, epoch=1),
                             match(reader=peer, workers=w, latency_ms=head, epoch=1), rounds)
             if values.n or values.failed:
@@ -758,6 +830,7 @@ def evaluate_targets(rows: list[dict], runs: list[dict], setup: dict, command: s
             f"client ranged GETs/s per process >= 2,000 ({busiest['reader']} r={busiest['ratio']:g} {busiest['level']}, "
             f"1 w, {head} ms: {busiest['ranged_gets']:,} GETs)", stats.median(values), 2000.0, ">=",
             interval=(min(values), max(values)) if len(values) > 1 else None, rounds=len(values), command=command))
+    targets += format_targets(at, runs, setup, command, rounds)
     for p in setup.get("predictions") or []:  # the planner's predictions, when there is a planner
         row = _find(at, reader=p["reader"], ratio=p["ratio"], level=p["level"], workers=p["workers"], epoch=1)
         if row is None:
@@ -768,6 +841,45 @@ def evaluate_targets(rows: list[dict], runs: list[dict], setup: dict, command: s
                 f"plan's predicted {what} within 20% of measured ({p['reader']} {p['level']}, {p['workers']} w, {head} ms)",
                 error, 0.2, "<=", command=command, ratio=p["ratio"], level=p["level"], predicted=p[what], measured_value=measured))
     return [t.to_dict() for t in targets]
+
+
+def format_targets(at: list[dict], runs: list[dict], setup: dict, command: str, rounds: Sequence[int] | None) -> list[Target]:
+    """The MDS and LitData targets at the headline latency (rows ``at``): bytes, and epochs against the peer's own.
+
+    streamprune's pruned epoch (r = 0.8) moves at most 0.25 of the shards' bytes, and is no
+    slower than the peer's full epoch and than the peer's own subset, epoch 1 against epoch 1
+    and epoch 2 against epoch 2 (the peer's second epoch reads the shards it cached; streamprune's
+    reads the store again); streamprune's full epoch against the peer's. Speed is t(peer) / t(streamprune),
+    paired within a round: a round either arm failed or stalled in is reported, not counted.
+    """
+    out: list[Target] = []
+    r = max(FORMAT_RATIOS)
+    for f in FORMATS:
+        total = (setup.get("format_bytes") or {}).get(f.name)
+        for w in sorted({x["workers"] for x in at if x["reader"] == f.streamprune}):
+            where = f"{w} w, {setup['headline_ms']} ms"
+            row = _find(at, reader=f.streamprune, ratio=r, workers=w, epoch=1)
+            if row is not None and total:
+                # a random mask keeps about, not exactly, 1 - r of the bytes: the row says how much it kept
+                kept = (setup.get("kept_bytes_fraction") or {}).get(f"{r:g}/{f.name}")
+                each = [x["bytes_sent"] / total for x in runs if _key(x) == _key(row)]
+                out.append(Target.check(f"{f.name}: bytes transferred at r={r:g} <= 0.25 of the shards ({where}"
+                                        + (f"; kept {kept:.3f} of the bytes)" if kept is not None else ")"),
+                                        row["bytes_sent"] / total, 0.25, "<=", command=command, ratio=r, level=f.name,
+                                        interval=(min(each), max(each)) if len(each) > 1 else None, rounds=len(each),
+                                        kept_bytes_fraction=kept))
+            pairs = [(r, f.peer, 0.0, "full", e) for e in (1, 2)] + [(r, f.subset, r, f"own subset ({f.how})", e) for e in (1, 2)]
+            pairs.append((0.0, f.peer, 0.0, "full", 1))
+            for ours, peer, theirs, what, epoch in pairs:
+                values = paired(runs, match(reader=f.streamprune, ratio=ours, workers=w, latency_ms=setup["headline_ms"],
+                                            epoch=epoch),
+                                match(reader=peer, ratio=theirs, workers=w, latency_ms=setup["headline_ms"], epoch=epoch), rounds)
+                if values.n or values.failed:
+                    nth = "first" if epoch == 1 else "second"
+                    out.append(Target.check(f"{f.name}: streamprune r={ours:g} epoch {epoch} no slower than {peer}'s {what} {nth} "
+                                            f"epoch: t({peer}) / t(streamprune) >= 1 ({where})", None, 1.0, ">=",
+                                            paired=values, command=command, ratio=ours, level=f.name))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -874,7 +986,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conn-mbps", type=float, default=100, help="MB/s per connection (default 100)")
     p.add_argument("--workers", default="1,4", help="DataLoader workers (default 1,4)")
     p.add_argument("--rounds", type=int, default=5, help="paired rounds (default 5)")
-    p.add_argument("--readers", default=",".join(READERS), help=f"arms to run (default all: {','.join(READERS)})")
+    p.add_argument("--readers", default=",".join(READERS),
+                   help=f"arms to run (default all: {','.join(READERS)}); 'formats' stands for the MDS and LitData arms "
+                        f"({','.join(FORMATS_GROUP)})")
     p.add_argument("--run-timeout", type=float, default=None,
                    help="seconds an epoch may take before its run is killed (default 60 + 1 s per 20 MB of data)")
 
@@ -888,6 +1002,7 @@ def configure(args: argparse.Namespace) -> argparse.Namespace:
         args.headline_ms, args.ratios = 30, (0.0, 0.8)
     args.data_dir = args.data_dir or os.path.join(resultsfile.DEFAULT_DATA, "remote_jpeg_quick" if args.quick else
                                                   f"remote_jpeg_{round(args.total_mb)}mb_{args.samples_per_shard}")
+    args.readers = ",".join(x for name in args.readers.split(",") for x in (FORMATS_GROUP if name == "formats" else (name,)))
     unknown = set(args.readers.split(",")) - set(READERS)
     if unknown:
         raise SystemExit(f"python -m benchmarks remote: --readers: unknown {', '.join(sorted(unknown))}; known: {', '.join(READERS)}")
@@ -904,16 +1019,56 @@ def prepare(args: argparse.Namespace, readers: list[str], skipped: list[dict]) -
     shards = [manifest.shard_path(k) for k in range(len(manifest.shards))]
     sorted_manifest = make_sorted_copy(manifest, args.data_dir) if "streamprune_sorted" in readers else None
     copies = {}
-    for peer, convert in (("mosaic", remote_peers.convert_mds), ("litdata", remote_peers.convert_litdata)):
-        if peer not in readers:
+    for peer, copy, convert, users in (
+            ("mosaic", "mds", remote_peers.convert_mds, ("mosaic", *FORMAT_READERS[:2])),
+            ("litdata", "litdata", remote_peers.convert_litdata, ("litdata",)),
+            ("litdata", LITDATA_ARRAY, remote_peers.convert_litdata_array, FORMAT_READERS[2:])):
+        mine = [r for r in users if r in readers]
+        if not mine:
             continue
         missing = remote_peers.installed(peer)
         if missing:
-            skipped.append({"what": peer, "reason": missing})
-            readers.remove(peer)
+            skipped.append({"what": ", ".join(mine), "reason": missing})
+            for r in mine:
+                readers.remove(r)
             continue
-        copies[peer] = convert(shards, args.data_dir)
+        copies[copy] = convert(shards, args.data_dir)
     return manifest, sorted_manifest, copies
+
+
+def index_formats(store: NginxStore, endpoint: str, readers: Sequence[str], ratios: Sequence[float], out: str,
+                  masks_dir: str) -> tuple[dict, dict, dict, dict[str, int]]:
+    """streamprune's indexes of the MDS and LitData copies, made through the store, and their masks.
+
+    Each copy is indexed at its URL (``streamprune index http://.../bench/mds``: its ``index.json``
+    and each shard's offset table by ranged reads, each shard's digest read once) into
+    ``out/<format>`` (a folder the store serves beside the bucket: the runs read the manifest
+    and the index files from the store, as the peers read their ``index.json``).
+
+    Returns:
+        Masks, kept counts and kept-bytes fractions keyed ``(ratio, format)`` (as
+        :func:`make_masks`), and each format's shard bytes.
+    """
+    # heavy import, deferred: streamprune's indexing (numpy, the readers' storage)
+    from streamprune.indexing import index_foreign
+
+    masks: dict = {}
+    kept: dict = {}
+    kept_bytes: dict = {}
+    shard_bytes: dict[str, int] = {}
+    for f in FORMATS:
+        if not any(FORMAT_OF[r] is f for r in readers if r in FORMAT_OF):
+            continue
+        t0 = time.perf_counter()
+        manifest = index_foreign(f"{endpoint}/{BUCKET}/{f.folder}", os.path.join(out, f.name), progress=False, workers=4)
+        log.warning("indexed the %s copy through the store in %.1f s", f.name, time.perf_counter() - t0)
+        m, k, b = make_masks(manifest, [r for r in FORMAT_RATIOS if r in ratios], os.path.join(masks_dir, f.name),
+                             levels=("sample",), key_level={"sample": f.name})
+        masks |= m | {(0.0, f.name): None}
+        kept |= k
+        kept_bytes |= b
+        shard_bytes[f.name] = sum(entry.bytes for entry in manifest.shards)
+    return masks, kept, kept_bytes, shard_bytes
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -956,6 +1111,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         os.symlink(os.path.abspath(args.data_dir), os.path.join(root, BUCKET))  # http://.../bench/<file>, s3://bench/<file>
         store = NginxStore(root, os.path.join(tmp, "nginx"),
                            {_port_name(lat): (lat / 1e3, args.conn_mbps * 1e6) for lat in latencies})
+        # the MDS and LitData copies' indexes name their shards' URLs on the headline port, where their arms run
+        more_masks, more_kept, more_bytes, format_bytes = index_formats(
+            store, store.url(_port_name(args.headline_ms)), readers, args.ratios, os.path.join(root, SPINDEX),
+            os.path.join(tmp, "masks"))
+        masks |= more_masks
+        kept |= more_kept
+        kept_bytes |= more_bytes
         shard_names = [os.path.basename(manifest.shard_path(k)) for k in range(len(manifest.shards))]
         s = Setup(args.data_dir, store, shard_names, masks, kept, cache_kw, timeout)
         predictions, why_no_predictions = [], planner()[1]
@@ -1019,6 +1181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              "headline_ms": args.headline_ms, "conn_mbps": args.conn_mbps, "workers": workers, "rounds": args.rounds,
              "readers": readers, "ratios": list(args.ratios), "cache_ratios": list(CACHE_RATIOS), "sorted_classes": SORTED_CLASSES,
              "run_timeout_s": timeout, "reader_cache_dir": cache_kw, "predictions": predictions,
+             "format_bytes": format_bytes,
              "kept_bytes_fraction": {f"{r:g}/{level}": v for (r, level), v in sorted(kept_bytes.items())}}
     rows = summarize(runs)
     return {
@@ -1070,6 +1233,11 @@ class RemoteSuite(Suite):
         """Every arm in paired rounds against nginx (:func:`run`)."""
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         return run(configure(args))
+
+    def output_name(self, args: argparse.Namespace) -> str:
+        """``remote_formats_bench`` for a run of only the MDS and LitData arms (``--readers formats``), so that it
+        does not replace the whole suite's results; else ``remote_bench``."""
+        return "remote_formats_bench" if set(args.readers.split(",")) <= set(FORMATS_GROUP) else self.stem
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """Rows and targets from the stored runs (:func:`resummarize`)."""

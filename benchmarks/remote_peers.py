@@ -19,6 +19,10 @@ same images) from the same nginx store as streamprune:
   client options that do not allow plain ``http://``; the store is plain HTTP on loopback (a
   real endpoint is HTTPS), so :func:`litdata_dataset` adds ``allow_http`` to those options and
   changes nothing else. Its second epoch reads the chunks it cached.
+* The MDS and LitData arms (``--readers formats``): MosaicML over the same MDS copy, in full or
+  a subset of its choosing (``Stream(choose=k)``); LitData over a second copy with the images as
+  uint8 arrays (:func:`convert_litdata_array`: the only layout LitData stores at per-sample byte
+  ranges, so the one streamprune reads in place), in full or ``subsample=``.
 
 Conversions are cached next to the shards (a stamp file marks a finished one), like the shards.
 """
@@ -35,8 +39,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["BUCKET", "PEERS", "convert_litdata", "convert_mds", "installed", "litdata_dataset", "mosaic_dataset",
-           "peer_loader", "tar_samples", "wds_dataset"]
+__all__ = ["BUCKET", "LITDATA_ARRAY", "PEERS", "convert_litdata", "convert_litdata_array", "convert_mds", "installed",
+           "litdata_dataset", "mosaic_dataset", "peer_loader", "tar_samples", "wds_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ BUCKET = "bench"
 PEERS = ("wds", "mosaic", "litdata")
 #: The Python package (distribution) each optional peer needs.
 PACKAGES = {"mosaic": ("streaming", "mosaicml-streaming"), "litdata": ("litdata", "litdata")}
+#: The LitData copy whose images are uint8 arrays (the one streamprune can read by byte range), under the bucket.
+LITDATA_ARRAY = "litdata_array"
 
 
 def installed(peer: str) -> str | None:
@@ -88,6 +94,16 @@ def litdata_samples(shard: str) -> Iterator[dict[str, Any]]:
         yield {"__key__": s["__key__"], "jpg": s["jpg"], "cls": int(s["cls"])}
 
 
+def litdata_array_samples(shard: str) -> Iterator[dict[str, Any]]:
+    """As :func:`litdata_samples`, with each image as a uint8 array (``optimize`` then stores every sample at its own
+    byte range; a dataset of only bytes, strings and ints goes to one Arrow footer per chunk instead)."""
+    # heavy import, deferred: numpy (the module is imported by the suite registry)
+    import numpy as np
+
+    for s in tar_samples(shard):
+        yield {"__key__": s["__key__"], "jpg": np.frombuffer(s["jpg"], dtype=np.uint8), "cls": int(s["cls"])}
+
+
 def _stamped(out: str) -> bool:
     return os.path.exists(os.path.join(out, "converted.json"))
 
@@ -116,12 +132,13 @@ def convert_mds(shards: list[str], data_dir: str) -> str:
     return out
 
 
-def convert_litdata(shards: list[str], data_dir: str, workers: int = 2) -> str:
-    """The shards' images written once with ``litdata.optimize(chunk_bytes="64MB")`` to ``data_dir/litdata``."""
+def convert_litdata(shards: list[str], data_dir: str, workers: int = 2, arrays: bool = False) -> str:
+    """The shards' images written once with ``litdata.optimize(chunk_bytes="64MB")`` to ``data_dir/litdata``
+    (``arrays``: as uint8 arrays, to ``data_dir/litdata_array``)."""
     # optional peer: litdata
     import litdata
 
-    out = os.path.join(data_dir, "litdata")
+    out = os.path.join(data_dir, LITDATA_ARRAY if arrays else "litdata")
     if _stamped(out):
         return out
     shutil.rmtree(out, ignore_errors=True)
@@ -130,13 +147,18 @@ def convert_litdata(shards: list[str], data_dir: str, workers: int = 2) -> str:
     # the suite forks its runs, so the method in force before is put back
     method = multiprocessing.get_start_method(allow_none=True)
     try:
-        litdata.optimize(fn=litdata_samples, inputs=shards, output_dir=out, chunk_bytes="64MB",
+        litdata.optimize(fn=litdata_array_samples if arrays else litdata_samples, inputs=shards, output_dir=out, chunk_bytes="64MB",
                          num_workers=min(workers, len(shards)))
     finally:
         multiprocessing.set_start_method(method, force=True)
     _stamp(out, time.perf_counter() - t0)
     log.warning("converted to LitData chunks in %.1f s", time.perf_counter() - t0)
     return out
+
+
+def convert_litdata_array(shards: list[str], data_dir: str, workers: int = 2) -> str:
+    """:func:`convert_litdata` with the images as uint8 arrays, to ``data_dir/litdata_array``."""
+    return convert_litdata(shards, data_dir, workers, arrays=True)
 
 
 def wds_dataset(base_url: str, shard_names: list[str]) -> Any:
@@ -147,21 +169,29 @@ def wds_dataset(base_url: str, shard_names: list[str]) -> Any:
     return wds.WebDataset([f"{base_url}/{name}" for name in shard_names], shardshuffle=False, empty_check=False)
 
 
-def mosaic_dataset(prefix: str, local: str, batch_size: int) -> Any:
+def mosaic_dataset(prefix: str, local: str, batch_size: int, choose: int | None = None) -> Any:
     """MosaicML ``StreamingDataset`` of ``s3://<BUCKET>/<prefix>`` with a fresh local cache ``local``.
 
     The endpoint comes from ``S3_ENDPOINT_URL`` (set by the suite, with dummy credentials).
+    ``choose``: a subset of that many samples, selected MosaicML's own way (``Stream(choose=...)``,
+    its documented per-stream sampling; ``sampling_method="balanced"`` by default).
     """
     # optional peer: mosaicml-streaming
-    from streaming import StreamingDataset
+    from streaming import Stream, StreamingDataset
     from streaming.base.util import clean_stale_shared_memory
 
     clean_stale_shared_memory()  # a run killed for stalling leaves its shared memory behind
+    if choose is not None:
+        return StreamingDataset(streams=[Stream(remote=f"s3://{BUCKET}/{prefix}", local=local, choose=choose)],
+                                shuffle=False, batch_size=batch_size)
     return StreamingDataset(remote=f"s3://{BUCKET}/{prefix}", local=local, shuffle=False, batch_size=batch_size)
 
 
-def litdata_dataset(prefix: str, cache_dir: str, endpoint: str) -> Any:
-    """LitData ``StreamingDataset`` of ``s3://<BUCKET>/<prefix>`` through ``endpoint``, cached in ``cache_dir``."""
+def litdata_dataset(prefix: str, cache_dir: str, endpoint: str, subsample: float = 1.0) -> Any:
+    """LitData ``StreamingDataset`` of ``s3://<BUCKET>/<prefix>`` through ``endpoint``, cached in ``cache_dir``.
+
+    ``subsample``: the fraction of the samples it reads, selected LitData's own way (its ``subsample=`` option).
+    """
     # optional peer: litdata
     import litdata
     import litdata.streaming.downloader as downloader
@@ -169,13 +199,13 @@ def litdata_dataset(prefix: str, cache_dir: str, endpoint: str) -> Any:
     # its obstore client options are fixed in the module; plain http is allowed for the
     # loopback store only (see the module docstring)
     downloader._OBSTORE_CLIENT_OPTIONS = dict(downloader._OBSTORE_CLIENT_OPTIONS, allow_http="true")
-    return litdata.StreamingDataset(f"s3://{BUCKET}/{prefix}", cache_dir=cache_dir,
+    return litdata.StreamingDataset(f"s3://{BUCKET}/{prefix}", cache_dir=cache_dir, subsample=subsample,
                                     storage_options={"endpoint_url": endpoint})
 
 
 def peer_loader(peer: str, ds: Any, batch_size: int, workers: int, collate: Callable) -> Any:
     """The DataLoader each peer's docs use: LitData's own ``StreamingDataLoader``, else PyTorch's."""
-    if peer == "litdata":
+    if peer.startswith("litdata"):
         # optional peer: litdata
         from litdata import StreamingDataLoader
 

@@ -113,6 +113,9 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
 @click.option("--label-ext", default="auto", show_default=True, help="Extension of the integer label member (auto: .cls when every sample has one, no labels when none has).")
 @click.option("--no-labels", is_flag=True, help="The shards carry no labels.")
 @click.option("--label-field", default="auto", show_default=True, help=".beton: integer field holding the label (auto: 'label', else the only IntField); MDS/LitData: the field (auto: 'cls', else 'label', when present).")
+@click.option("--key-field", default=None,
+              help="MDS/LitData: field whose value is each sample's key (e.g. uid, so that DataComp uid lists given to 'mask keys' "
+                   "match by key); default: keys are global sample positions. Every sample is read and decoded once.")
 @click.option("--no-checksum", is_flag=True,
               help="Skip SHA-256 of each shard (headers only: much faster); URLs: also no per-sample checksums, headers walked with ranged "
                    "reads only (far fewer bytes; a request per large member, so slower than streaming at high latency).")
@@ -123,12 +126,13 @@ def shard(src, out, samples_per_shard, shuffle, seed, workers, quality, image_fo
 @engine_options
 @storage_options_option
 @click.option("--quiet", "-q", is_flag=True)
-def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, resume, engine, ray_address, storage_options, quiet):
+def index(shards, out, label_ext, no_labels, label_field, key_field, no_checksum, workers, resume, engine, ray_address, storage_options, quiet):
     """Index existing tar SHARDS, FFCV .beton files or an MDS/LitData dataset and write OUT/manifest.json.
 
     An MDS or LitData dataset is given as its index.json (a path or URL) or, locally, its
     directory: each shard's own offset table gives the samples' byte ranges; keys are global
-    sample positions ("0", "1", ...), as the format's own StreamingDataset numbers them.
+    sample positions ("0", "1", ...), as the format's own StreamingDataset numbers them, or with
+    --key-field the value of that column (e.g. a DataComp uid), so that key and uid lists match it.
 
     A directory among SHARDS stands for its *.tar files, sorted by name (or its .beton files
     when it holds no tar). SHARDS may be URLs (s3://, https://, ...) and webdataset brace patterns
@@ -143,6 +147,7 @@ def index(shards, out, label_ext, no_labels, label_field, no_checksum, workers, 
         manifest = index_dataset(
             shards, out, label_ext=None if no_labels else label_ext, label_field=None if no_labels else label_field,
             checksum=not no_checksum, workers=workers, engine=runner, resume=resume, storage_options=storage_options, progress=not quiet,
+            key_field=key_field,
         )
     fmt = manifest.shards[0].format if manifest.shards else "tar"
     kind = {"beton": ".beton file(s)", "tar": "shards"}.get(fmt, f"{fmt} shards")

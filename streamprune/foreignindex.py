@@ -11,10 +11,13 @@ member (extension ``mds`` or ``litdata``) spanning its byte range.
 the shards in the order ``index.json`` lists them, samples in shard order, which is the
 sample id the format's own reader gives (``StreamingDataset[i]``, LitData's
 ``StreamingDataset[i]``). They stay valid as long as ``index.json`` is not rewritten.
+With ``key_field`` (``streamprune index --key-field uid``) a sample's key is instead the value of
+that field (a string, UTF-8 bytes or an integer in decimal: DataComp's 32-hex-digit uids, for
+one), read from every sample at indexing time; keys must then be distinct (the manifest checks).
 
 The data is read once, sequentially, only when something needs it: per-sample checksums,
-the shard's SHA-256 and the hashes the format recorded (MDS ``raw_data.hashes``), or labels
-(decoded with the format's own decoder, :mod:`.sampleformats`).
+the shard's SHA-256 and the hashes the format recorded (MDS ``raw_data.hashes``), labels or
+keys from a field (decoded with the format's own decoder, :mod:`.sampleformats`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import storage
-from .errors import CompressedShardError, IndexMismatchError, LabelError, ManifestError, StreamPruneError, redact
+from .errors import ArgumentError, CompressedShardError, IndexMismatchError, LabelError, ManifestError, StreamPruneError, redact
 from .sampleformats import RAW_MEMBER, check_layout, decode_fields, field_names, sample_decoder
 from .shardindex import DEFAULT_CHECKSUM, MemberTable, ShardIndex, sample_checksum
 
@@ -85,6 +88,18 @@ class ForeignDataset:
             return next((n for n in LABEL_FIELDS if n in names), None)
         if requested is not None and names and requested not in names:
             raise LabelError(f"{self.index_json}: no field {requested!r} to take labels from; fields: {', '.join(names)}")
+        return requested
+
+    def key_field(self, requested: str | None) -> str | None:
+        """The field keys come from (``None``: keys are global positions).
+
+        Raises:
+            ArgumentError: ``requested`` is not one of the dataset's fields.
+        """
+        names = field_names(self.format, self.shards[0].layout) if self.shards else []
+        if requested is not None and names and requested not in names:
+            raise ArgumentError(f"{self.index_json}: no field {requested!r} to take keys from (--key-field); "
+                                f"fields: {', '.join(names)}")
         return requested
 
 
@@ -204,6 +219,24 @@ def _label(value: Any, field_name: str, key: str, name: str) -> int:
                      "(a non-negative integer); name the label field with --label-field, or index with --no-labels")
 
 
+def _key(value: Any, field_name: str, position: int, name: str) -> str:
+    """A sample's key from its ``field_name`` value: a string as it is, bytes as UTF-8, an integer in decimal."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            value = None
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
+        value = str(int(value))
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ArgumentError(f"{name}: sample {position} (global position): field {field_name!r} holds {value!r}, not a key "
+                        "(a non-empty string, UTF-8 bytes or an integer); name another field with --key-field, or leave "
+                        "it out for position keys")
+
+
 def index_foreign_shard(
     fmt: str,
     shard: ForeignShard,
@@ -213,6 +246,7 @@ def index_foreign_shard(
     checksum: bool = True,
     sample_checksums: bool = True,
     storage_options: dict | None = None,
+    key_field: str | None = None,
 ) -> ShardIndex:
     """Index one MDS shard or LitData chunk from its offset table.
 
@@ -224,20 +258,23 @@ def index_foreign_shard(
         checksum: Record the shard's SHA-256 and check the digests ``index.json`` records.
         sample_checksums: Record each sample's checksum (its bytes, :func:`~streamprune.shardindex.sample_checksum`).
         storage_options: fsspec options for a URL.
+        key_field: Field whose value is each sample's key (e.g. DataComp's ``uid``); ``None``:
+            keys are global positions. The shard is then read whole, each sample decoded.
 
     Returns:
-        The index: one member per sample, keys its global positions.
+        The index: one member per sample, keys its global positions (or its ``key_field``).
 
     Raises:
         IndexMismatchError: The shard disagrees with ``index.json`` (size, count, digest) or its table is invalid.
         LabelError: A sample's label field is not a non-negative integer.
+        ArgumentError: A sample's key field is empty or not a string, bytes or integer.
     """
     shown = redact(shard.location)
     with storage.open_object(shard.location, storage_options) as obj:
         size, etag = obj.size, obj.etag
         if fmt == "mds" and shard.size >= 0 and size != shard.size:
             raise IndexMismatchError(f"{shown}: {size} bytes, index.json says {shard.size}")
-        need_data = checksum or sample_checksums or label_field is not None
+        need_data = checksum or sample_checksums or label_field is not None or key_field is not None
         if need_data:
             data = obj.read(0, size)
             head = data
@@ -268,14 +305,19 @@ def index_foreign_shard(
         if sample_checksums:
             checksums = np.fromiter((sample_checksum((view[a:b],), DEFAULT_CHECKSUM) for a, b in zip(start.tolist(), end.tolist())),
                                     dtype=np.uint64, count=n)
-        if label_field is not None:
+        if label_field is not None or key_field is not None:
             decode = sample_decoder(fmt, shard.layout)
             member = RAW_MEMBER[fmt]
             for i, (a, b) in enumerate(zip(start.tolist(), end.tolist())):
-                fields = decode_fields(fmt, decode, {"__key__": keys[i], "__url__": "", member: data[a:b]})
-                if label_field not in fields:
-                    raise LabelError(f"{shown}: sample {keys[i]} (global position) has no field {label_field!r}")
-                labels[i] = _label(fields[label_field], label_field, keys[i], shown)
+                position = keys[i]
+                fields = decode_fields(fmt, decode, {"__key__": position, "__url__": "", member: data[a:b]})
+                for wanted in (label_field, key_field):
+                    if wanted is not None and wanted not in fields:
+                        raise LabelError(f"{shown}: sample {position} (global position) has no field {wanted!r}")
+                if label_field is not None:
+                    labels[i] = _label(fields[label_field], label_field, position, shown)
+                if key_field is not None:
+                    keys[i] = _key(fields[key_field], key_field, shard.first + i, shown)
     members = MemberTable(np.arange(n + 1, dtype=np.int64), np.zeros(n, dtype=np.int64), start, end - start, [RAW_MEMBER[fmt]])
     index = ShardIndex(
         shard=name, shard_bytes=size, keys=keys, labels=labels, start=start, end=end, members=members,

@@ -88,6 +88,7 @@ def index_files(
     sample_checksums: bool = True,
     engine: str | Engine | None = None,
     resume: bool = False,
+    key_field: str | None = None,
 ) -> Manifest:
     """Index tar shards, ``.beton`` files or an MDS/LitData dataset (chosen by content) and write their manifest.
 
@@ -107,20 +108,25 @@ def index_files(
         engine: Where tar shards are indexed (see :func:`index_shards`); ``.beton`` files are
             indexed in this process.
         resume: Tar: keep index sidecars a previous run finished (see :func:`index_shards`).
+        key_field: MDS, LitData: field holding each sample's key (see :func:`index_foreign`).
 
     Returns:
         The saved manifest.
 
     Raises:
         ManifestError: No files, a missing file, or tar and ``.beton`` files mixed.
+        ArgumentError: ``key_field`` for tar shards or ``.beton`` files (their keys are their own).
     """
     if not paths:
         raise ManifestError("no shard files given to index")
     if len(paths) == 1 and is_foreign(paths[0]):
         return index_foreign(
             paths[0], out_dir, label_field=label_field, checksum=checksum, classes=classes, progress=progress,
-            sample_checksums=sample_checksums, workers=workers, engine=engine,
+            sample_checksums=sample_checksums, workers=workers, engine=engine, key_field=key_field,
         )
+    if key_field is not None:
+        raise ArgumentError(f"key_field={key_field!r} (--key-field) is for MDS and LitData datasets; {os.fspath(paths[0])} is "
+                            "not one (tar and .beton samples carry their own keys)")
     paths = shard_files(paths)
     kinds = [is_beton(p) for p in paths]
     if any(kinds) and not all(kinds):
@@ -369,9 +375,9 @@ def is_foreign(location: str | os.PathLike) -> bool:
 
 def _foreign_task(state: Any, job: tuple) -> ShardIndex:
     """The per-shard task of :func:`index_foreign`: index one shard, write its sidecar."""
-    fmt, shard, name, label_field, checksum, sample_checksums, storage_options, index_path = job
+    fmt, shard, name, label_field, checksum, sample_checksums, storage_options, index_path, key_field = job
     index = index_foreign_shard(fmt, shard, name, label_field=label_field, checksum=checksum,
-                                sample_checksums=sample_checksums, storage_options=storage_options)
+                                sample_checksums=sample_checksums, storage_options=storage_options, key_field=key_field)
     save_index(index, index_path)
     return index
 
@@ -388,6 +394,7 @@ def index_foreign(
     storage_options: dict | None = None,
     workers: int = 1,
     engine: str | Engine | None = None,
+    key_field: str | None = None,
 ) -> Manifest:
     """Index a MosaicML MDS or LitData dataset in place (local or at a URL) and write its manifest.
 
@@ -408,18 +415,23 @@ def index_foreign(
         storage_options: fsspec options for a URL.
         workers: Shards indexed at once (threads for a URL, processes for local files).
         engine: Where the per-shard tasks run (see :func:`index_shards`).
+        key_field: Field whose value is each sample's key (e.g. ``uid``, so that DataComp uid
+            lists match by key); ``None``: keys are global positions. Every sample is read.
 
     Returns:
         The saved manifest.
 
     Raises:
         StreamPruneError: No MDS or LitData ``index.json`` at ``location``.
+        ArgumentError: ``key_field`` is not a field, or a sample's value is not a key.
+        DuplicateKeyError: Two samples have the same ``key_field`` value.
         CompressedShardError: A shard is compressed or encrypted (names it; says how to fix it).
         IndexMismatchError: A shard disagrees with ``index.json`` (size, count, recorded digest).
         LabelError: The label field is missing or not an integer.
     """
     dataset = require_foreign(location, storage_options)
     field_name = dataset.label_field(label_field)
+    key_field = dataset.key_field(key_field)
     out_dir = _claim_out_dir(out_dir)
     names = [storage.basename(s.location) for s in dataset.shards]
     if len(set(names)) != len(names):
@@ -430,7 +442,7 @@ def index_foreign(
         if redact(rel) != rel:
             raise ManifestError(f"{rel}: the manifest would record this URL with its credentials; give them in storage_options")
     tasks = [(dataset.format, shard, rel, field_name, checksum, sample_checksums, storage_options,
-              os.path.join(out_dir, name + INDEX_SUFFIX)) for shard, rel, name in zip(dataset.shards, rels, names)]
+              os.path.join(out_dir, name + INDEX_SUFFIX), key_field) for shard, rel, name in zip(dataset.shards, rels, names)]
     remote = storage.is_remote(dataset.index_json)
     # threads for shards at URLs: their time is spent waiting on the network
     runner = make_engine(engine, workers=workers) if engine is not None or not remote else ThreadEngine(max(workers, 4))

@@ -206,6 +206,7 @@ def index_dataset(
     resume: bool = False,
     storage_options: dict | None = None,
     progress: bool = True,
+    key_field: str | None = None,
 ) -> Manifest:
     """Index existing shards (tar or ``.beton``, local paths or URLs) and write their manifest to ``out``.
 
@@ -225,12 +226,14 @@ def index_dataset(
         resume: Local tar shards: keep the index files an interrupted run wrote.
         storage_options: fsspec options for URLs.
         progress: Show a progress bar.
+        key_field: MDS, LitData: field holding each sample's key, e.g. ``uid`` (default: keys are
+            global positions; see :func:`~streamprune.indexing.index_foreign`).
 
     Returns:
         The saved manifest.
 
     Raises:
-        ArgumentError: ``resume`` for URLs (a URL is indexed again).
+        ArgumentError: ``resume`` for URLs (a URL is indexed again); ``key_field`` for tar or ``.beton``.
         ManifestError: No shards, a missing one, tar and ``.beton`` mixed, ``.beton`` at a URL.
         TarFormatError: A damaged shard (named).
     """
@@ -238,8 +241,12 @@ def index_dataset(
     if len(shards) == 1 and storage.is_remote(shards[0]) and storage.basename(os.fspath(shards[0])) == "index.json":
         # An MDS or LitData dataset at a URL (a local one is detected by index_files).
         return index_foreign(os.fspath(shards[0]), out, label_field=label_field, checksum=checksum, sample_checksums=checksum,
-                             progress=progress, storage_options=storage_options, workers=workers or 8, engine=engine)
+                             progress=progress, storage_options=storage_options, workers=workers or 8, engine=engine,
+                             key_field=key_field)
     if any(storage.is_remote(s) for s in shards):
+        if key_field is not None:
+            raise ArgumentError(f"key_field={key_field!r} (--key-field) is for MDS and LitData datasets (give the URL of "
+                                "their index.json); tar samples carry their own keys")
         if resume:
             raise ArgumentError("resume is for local shards; a URL is indexed again")
         return index_remote_shards(
@@ -248,7 +255,7 @@ def index_dataset(
         )
     return index_files(
         shards, out, label_ext=label_ext, label_field=label_field, checksum=checksum, progress=progress,
-        workers=workers or os.cpu_count() or 1, engine=engine, resume=resume,
+        workers=workers or os.cpu_count() or 1, engine=engine, resume=resume, key_field=key_field,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tarfile
@@ -29,7 +30,13 @@ def test_configs_every_arm_at_the_headline_latency_and_a_subset_elsewhere():
         assert sum(a.reader == "streamprune" for a in mine) == 9
         assert sum(a.reader == "streamprune_sorted" for a in mine) == 5
         assert {a.ratio for a in mine if a.reader in ("streamprune_cache", "streamprune_local")} == set(remote_bench.CACHE_RATIOS)
-        assert {a.reader for a in mine if a.epochs == 2} == {"streamprune", "streamprune_cache", "mosaic", "litdata"}
+        assert {a.reader for a in mine if a.epochs == 2} == {"streamprune", "streamprune_cache", "mosaic", "litdata",
+                                                             *remote_bench.FORMAT_READERS}
+        # MDS and LitData in place: streamprune at r = 0 and 0.8, the peer over all of the same files, and its own subset
+        formats = {(a.reader, a.ratio, a.level) for a in mine if a.level in ("mds", "litdata")}
+        assert formats == {("streamprune_mds", 0.0, "mds"), ("streamprune_mds", 0.8, "mds"), ("mosaic_subset", 0.8, "mds"),
+                           ("streamprune_litdata", 0.0, "litdata"), ("streamprune_litdata", 0.8, "litdata"),
+                           ("litdata_array", 0.0, "litdata"), ("litdata_subset", 0.8, "litdata")}
         twice = {(a.ratio, a.level) for a in mine if a.reader == "streamprune" and a.epochs == 2}
         assert twice == {(r, "sample") for r in remote_bench.CACHE_RATIOS}  # epoch 2 without the cache, the cache arm's twin
     assert {a.workers for a in other} == {4}
@@ -37,6 +44,37 @@ def test_configs_every_arm_at_the_headline_latency_and_a_subset_elsewhere():
     assert all(a.epochs == 1 and a.level in ("sample", "class-sorted") for a in other)
     assert {a.ratio for a in other} == set(remote_bench.CACHE_RATIOS) and len(other) == 7
     assert remote_bench.configs([30], [1], 30, ["wds"]) == [remote_bench.Arm("wds", 0.0, "sample", 1, 30, 1)]
+
+
+def test_formats_group_and_targets_pair_streamprune_with_the_peers_own_epochs():
+    args = remote_bench.configure(argparse.Namespace(quick=True, readers="formats", data_dir="x", total_mb=1, samples_per_shard=1,
+                                                     latencies="30", rounds=1, headline_ms=30))
+    assert args.readers.split(",") == list(remote_bench.FORMATS_GROUP)
+    runs = []
+    for k in range(2):
+        runs += [_run("streamprune_mds", 0.8, "mds", 1.0, k, bytes_sent=200 + 50 * k), _run("streamprune_mds", 0.0, "mds", 2.0, k),
+                 _run("streamprune_mds", 0.8, "mds", 1.0, k, epoch=2), _run("mosaic", 0.0, "sample", 4.0, k),
+                 _run("mosaic", 0.0, "sample", 0.5, k, epoch=2), _run("mosaic_subset", 0.8, "mds", 3.0 + k, k)]
+    runs.append(_run("mosaic_subset", 0.8, "mds", 0.9, 0, epoch=2))  # its round 1 failed: reported, not counted
+    rows = remote_bench.summarize(runs)
+    setup = _setup(rounds=2, readers=list(remote_bench.FORMATS_GROUP), format_bytes={"mds": 1000},
+                   kept_bytes_fraction={"0.8/mds": 0.2})
+    targets = {t["target"]: t for t in remote_bench.evaluate_targets(rows, runs, setup, "cmd")}
+    assert not any("wds" in name or "litdata" in name for name in targets)  # arms not run: no target
+    size = targets["mds: bytes transferred at r=0.8 <= 0.25 of the shards (1 w, 30 ms; kept 0.200 of the bytes)"]
+    assert size["interval"] == [0.2, 0.25] and size["verdict"] == INCONCLUSIVE  # two rounds: never met
+    first = targets["mds: streamprune r=0.8 epoch 1 no slower than mosaic's full first epoch: t(mosaic) / t(streamprune) >= 1 "
+                    "(1 w, 30 ms)"]
+    assert first["interval"] == [4.0, 4.0]
+    second = targets["mds: streamprune r=0.8 epoch 2 no slower than mosaic's full second epoch: t(mosaic) / t(streamprune) >= 1 "
+                     "(1 w, 30 ms)"]
+    assert second["measured"] == pytest.approx(0.5) and second["verdict"] == MISSED
+    own = next(t for name, t in targets.items() if "own subset" in name and "epoch 1" in name)
+    assert own["interval"] == [3.0, 4.0]
+    own2 = next(t for name, t in targets.items() if "own subset" in name and "epoch 2" in name)
+    assert own2["measured"] == pytest.approx(0.9) and own2["not_counted"] == 1
+    pruned = next(r for r in rows if r["reader"] == "streamprune_mds" and r["ratio"] == 0.8 and r["epoch"] == 1)
+    assert pruned["speedup"] == 2.0  # against its own r = 0 on the same files
 
 
 def _run(reader, ratio, level, seconds, rnd, workers=1, latency=30, epoch=1, **extra):
