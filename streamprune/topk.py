@@ -11,8 +11,11 @@ them by key, then id, as :func:`~streamprune.scores.rank_items` does: the kept s
 key above the bin plus the first ones of the bin. At most four histogram passes; memory on
 the driver is one histogram and ``gather`` candidates, not N.
 
-The kept set is exactly ``rank_items(scores)[:k]`` (higher first, id ascending among ties),
-so it equals today's ``top`` for any scores file whose ranking breaks ties by id alone.
+The kept set is exactly ``rank_items(scores)[:k]`` (higher first, id ascending among ties).
+Given a scores file's stored ``ranking`` (which may break ties by further keys, e.g. FM's
+``inv_dist_sum``), the samples tied with the ``k``-th score are taken from it instead: the
+ranking follows the scores, so with ``g`` samples scoring above the ``k``-th, ``ranking[g:k]``
+are exactly the tied samples it keeps, and the kept set is ``ranking[:k]``'s without sorting.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from .ratios import kept_count
 from .shardindex import ShardIndex
 from .shardmask import write_mask_by_shard
 
-__all__ = ["Cut", "ShardScores", "ArrayScores", "find_cut", "score_keys", "top_mask_by_shard"]
+__all__ = ["Cut", "CutKeep", "ShardScores", "ArrayScores", "find_cut", "score_keys", "top_mask_by_shard"]
 
 #: ``scores(k) -> float64[samples of shard k]``, picklable.
 ShardScores = Callable[[int], np.ndarray]
@@ -137,6 +140,7 @@ def find_cut(
     engine: str | Engine | None = None,
     workers: int = 1,
     gather: int = DEFAULT_GATHER,
+    ranking: np.ndarray | None = None,
 ) -> Cut:
     """Find the kept set's boundary with histogram passes over the shards (no global sort).
 
@@ -148,6 +152,8 @@ def find_cut(
         engine: Where the per-shard passes run (``"local"`` / ``None``, ``"ray"``, an engine).
         workers: Local processes when ``engine`` is a name.
         gather: Candidates gathered on the driver for the exact last step.
+        ranking: A stored ranking of all samples (most useful first, following the scores):
+            ties with the ``k``-th score are kept in its order, not by id (see the module).
 
     Returns:
         The cut.
@@ -183,11 +189,23 @@ def find_cut(
     keys = np.concatenate([f[0] for f in found]) if found else np.zeros(0, dtype=np.uint64)
     ids = np.concatenate([f[1] for f in found]) if found else np.zeros(0, dtype=np.int64)
     order = np.lexsort((ids, ~keys))  # larger key first, then id ascending
-    return Cut(depth, prefix, np.sort(ids[order[:need]]), k)
+    if ranking is None:
+        return Cut(depth, prefix, np.sort(ids[order[:need]]), k)
+    kth = keys[order[need - 1]]
+    above = keys > kth  # in the bin, above the k-th score: kept whatever the tie order
+    first_tied = k - need + int(above.sum())  # samples scoring above the k-th, in the whole set
+    return Cut(depth, prefix, np.sort(np.concatenate([ids[above], np.asarray(ranking[first_tied:k], dtype=np.int64)])), k)
 
 
-class _CutKeep:
-    """Keep bits of shard ``k`` under a cut (picklable, for :func:`~streamprune.shardmask.write_mask_by_shard`)."""
+class CutKeep:
+    """Keep bits of shard ``k`` under a cut (picklable, for :func:`~streamprune.shardmask.write_mask_by_shard`).
+
+    Args:
+        cut: The cut (:func:`find_cut`).
+        scores: Picklable ``scores(k)`` per shard.
+        higher_is: ``"keep"`` or ``"prune"``.
+        firsts: Global id of each shard's first sample.
+    """
 
     def __init__(self, cut: Cut, scores: ShardScores, higher_is: str, firsts: np.ndarray) -> None:
         self.cut, self.scores, self.higher_is, self.firsts = cut, scores, higher_is, firsts
@@ -206,6 +224,7 @@ def top_mask_by_shard(
     engine: str | Engine | None = None,
     workers: int = 1,
     gather: int = DEFAULT_GATHER,
+    ranking: np.ndarray | None = None,
 ) -> MaskFile:
     """The ``top`` mask at ``ratio``: find the cut by histograms, then each task writes its shard's bits.
 
@@ -219,6 +238,7 @@ def top_mask_by_shard(
         engine: Where the passes run.
         workers: Local processes when ``engine`` is a name.
         gather: See :func:`find_cut`.
+        ranking: See :func:`find_cut` (a scores file's stored ranking: its tie order).
 
     Returns:
         The written mask.
@@ -226,7 +246,7 @@ def top_mask_by_shard(
     counts = np.fromiter((s.samples for s in manifest.shards), dtype=np.int64, count=len(manifest.shards))
     k = kept_count(int(counts.sum()), ratio)
     runner = make_engine(engine, workers=workers)
-    cut = find_cut(counts, scores, k, higher_is, engine=runner, gather=gather)
+    cut = find_cut(counts, scores, k, higher_is, engine=runner, gather=gather, ranking=ranking)
     firsts = np.concatenate([[0], np.cumsum(counts)])[:-1]
     record = {**(provenance or {}), "selector": "top", "requested_ratio": ratio, "ratio": ratio}
-    return write_mask_by_shard(manifest, _CutKeep(cut, scores, higher_is, firsts), path, record, engine=runner)
+    return write_mask_by_shard(manifest, CutKeep(cut, scores, higher_is, firsts), path, record, engine=runner)

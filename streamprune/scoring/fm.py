@@ -134,20 +134,19 @@ def fm_cluster_scores(
         The (unsaved) scores; ``assignments`` holds each source sample's cluster id.
     """
     v = fm_votes(target_features, km.centroids)
+    return _voted(
+        "cluster", v, variant="kmeans", extra={"cluster_size": km.counts.astype(np.float64)}, assignments=km.assignments,
+        items=[f"cluster{j}" for j in range(len(km.counts))], manifest_fingerprint=manifest_fingerprint, **fields,
+    )
+
+
+def _voted(level: str, v: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None, **fields: Any) -> ScoreFile:
+    """FM's scores from :func:`fm_votes`: votes, ties by ``inv_dist_sum`` (stored in ``extra``, so the ranking is reproducible)."""
     return ScoreFile.ranked(
-        "fm",
-        "cluster",
-        v["votes"],
-        higher_is="keep",
-        score_name="votes",
+        "fm", level, v["votes"], higher_is="keep", score_name="votes",
         # inv_dist_sum: the summed inverse Euclidean distance of all target samples
         ties=[("inv_dist_sum", v["inv_dist_sum"])],
-        variant="kmeans",
-        extra={"inv_dist_sum": v["inv_dist_sum"], "cluster_size": km.counts.astype(np.float64)},
-        assignments=km.assignments,
-        items=[f"cluster{j}" for j in range(len(km.counts))],
-        manifest_fingerprint=manifest_fingerprint,
-        **fields,
+        extra={"inv_dist_sum": v["inv_dist_sum"], **(extra or {})}, **fields,
     )
 
 
@@ -166,19 +165,7 @@ def fm_class_scores(means: np.ndarray, counts: np.ndarray, target_features: np.n
         The (unsaved) scores.
     """
     v = fm_votes(target_features, means, valid=np.asarray(counts) > 0)
-    return ScoreFile.ranked(
-        "fm",
-        "class",
-        v["votes"],
-        higher_is="keep",
-        score_name="votes",
-        ties=[("inv_dist_sum", v["inv_dist_sum"])],
-        variant="over-classes",
-        extra={"inv_dist_sum": v["inv_dist_sum"]},
-        items=list(classes),
-        manifest_fingerprint=manifest_fingerprint,
-        **fields,
-    )
+    return _voted("class", v, variant="over-classes", items=list(classes), manifest_fingerprint=manifest_fingerprint, **fields)
 
 
 @register_score(
