@@ -33,7 +33,7 @@ from ..errors import ArgumentError
 from ..kernels import kmeans_accumulate, nearest_centroid, vote_histogram
 from ..scores import ScoreFile, rank_items
 from .features import ChunkSource, feature_root, surrogate_features
-from .kmeans import KMEANS_OPTIONS, KMeansResult, assign, kmeans, kmeans_plus_plus
+from .kmeans import KMEANS_OPTIONS, KMeansResult, assign, cluster_features, kmeans, kmeans_plus_plus
 from .registry import MethodOption, register_score
 from .request import ScoreRequest
 
@@ -227,7 +227,8 @@ def fm(
             params={"fm_over_classes": True, "feature_dir": os.path.abspath(root), "embed_seconds": round(embed_s, 3)}, **common,
         )
     else:
-        km = kmeans(store, clusters, iters=kmeans_iters, init_sample=init_sample, chunk_rows=chunk_rows, seed=request.seed, progress=request.progress)
+        km = cluster_features(store, clusters, engine=request.engine, iters=kmeans_iters, init_sample=init_sample, chunk_rows=chunk_rows,
+                              seed=request.seed, progress=request.progress)
         out = fm_cluster_scores(
             km, target, source.fingerprint,
             params={
