@@ -366,31 +366,35 @@ def class_balanced_random(scores: ScoreFile, ratio: float, ctx: SelectionContext
     return _per_class(scores, ratio, ctx, lambda ids, q, rng: _draw(rng, ids, q))
 
 
-def _quota_selector(name: str, hardest: bool) -> SelectorFn:
-    """Register top-k easy (``hardest=False``) or top-k hard: each class's quota of its easiest / hardest samples."""
-    which = "hardest" if hardest else "easiest"
+def _quota_extreme(scores: ScoreFile, ratio: float, ctx: SelectionContext, name: str, hardest: bool) -> np.ndarray:
+    """Each class's quota of its easiest (or hardest) samples, ties by id ascending."""
+    d = difficulty(scores, ctx, name)
     first = _hard_first if hardest else _easy_first
+    return _per_class(scores, ratio, ctx, lambda ids, q, rng: first(d, ids)[:q])
 
-    def select_quota(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
-        d = difficulty(scores, ctx, name)
-        return _per_class(scores, ratio, ctx, lambda ids, q, rng: first(d, ids)[:q])
 
-    select_quota.__name__ = select_quota.__qualname__ = name
-    select_quota.__doc__ = f"""Top-k {'hard' if hardest else 'easy'}: each class's quota of its {which} samples (ties: lower id first).
+def _sided_selector(name: str, hardest: bool, pick: Callable[..., np.ndarray], summary: str) -> SelectorFn:
+    """Register one side of a per-class selector pair whose easy and hard forms differ only in the end they keep."""
+
+    def selector(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
+        return pick(scores, ratio, ctx, name, hardest)
+
+    selector.__name__ = selector.__qualname__ = name
+    selector.__doc__ = f"""{summary}
 
     Args:
         scores: Sample-level hardness scores.
         ratio: Fraction removed.
-        ctx: Labels and the hardness direction.
+        ctx: Labels, seed and the hardness direction.
 
     Returns:
         Kept sample ids.
     """
-    return register_selector(name)(select_quota)
+    return register_selector(name)(selector)
 
 
-easy = _quota_selector("easy", hardest=False)
-hard = _quota_selector("hard", hardest=True)
+easy = _sided_selector("easy", False, _quota_extreme, "Top-k easy: each class's quota of its easiest samples (ties: lower id first).")
+hard = _sided_selector("hard", True, _quota_extreme, "Top-k hard: each class's quota of its hardest samples (ties: lower id first).")
 
 
 def flexrand_shares(gamma: float, kept_fraction: float) -> tuple[float, float]:
@@ -459,34 +463,10 @@ def _whole_half_plus_random(scores: ScoreFile, ratio: float, ctx: SelectionConte
     return _per_class(scores, ratio, ctx, pick)
 
 
-@register_selector("se")
-def se(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
-    """FlexRand ablation "se": per class the whole easiest ``b/2``, plus ``b/2`` random from the rest.
-
-    Args:
-        scores: Sample-level hardness scores.
-        ratio: Fraction removed.
-        ctx: Labels, seed and the hardness direction.
-
-    Returns:
-        Kept sample ids.
-    """
-    return _whole_half_plus_random(scores, ratio, ctx, "se", hardest=False)
-
-
-@register_selector("sh")
-def sh(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
-    """FlexRand ablation "sh": per class the whole hardest ``b/2``, plus ``b/2`` random from the rest.
-
-    Args:
-        scores: Sample-level hardness scores.
-        ratio: Fraction removed.
-        ctx: Labels, seed and the hardness direction.
-
-    Returns:
-        Kept sample ids.
-    """
-    return _whole_half_plus_random(scores, ratio, ctx, "sh", hardest=True)
+se = _sided_selector("se", False, _whole_half_plus_random,
+                    'FlexRand ablation "se": per class the whole easiest ``b/2``, plus ``b/2`` random from the rest.')
+sh = _sided_selector("sh", True, _whole_half_plus_random,
+                    'FlexRand ablation "sh": per class the whole hardest ``b/2``, plus ``b/2`` random from the rest.')
 
 
 def ccs_strata(values: np.ndarray, strata: int) -> np.ndarray:
