@@ -83,16 +83,17 @@ def test_top_mask_equals_the_argsort_mask(tmp_path, uneven_dataset, higher_is, w
             assert mine == {k: v for k, v in in_memory.provenance.items() if k != "created"}
 
 
+@pytest.mark.parametrize("tie_order", ["random", "id"])
 @pytest.mark.parametrize("gather", [1, 4, 1 << 20])
 @pytest.mark.parametrize("higher_is", ["keep", "prune"])
-def test_cut_with_a_stored_ranking_keeps_its_tie_order(gather, higher_is):
-    """Histogram passes (small ``gather`` forces them) with a ranking whose ties are not by id."""
-    rng = np.random.default_rng(gather)
+def test_cut_with_a_stored_ranking_keeps_its_tie_order(gather, higher_is, tie_order):
+    """Histogram passes (small ``gather`` forces them, and tie groups larger than it) with a stored ranking."""
+    rng = np.random.default_rng(gather + len(tie_order))
     for trial in range(30):
         counts = rng.integers(0, 30, size=int(rng.integers(1, 7)))
         n = int(counts.sum())
         scores = _random_scores(rng, n, trial % 4)
-        tie = rng.random(n)  # ties in the score broken in a random order, not by id
+        tie = rng.random(n) if tie_order == "random" else None  # ties in the score broken in a random order, or by id
         ranking = _argsort_ranking(scores, higher_is, tie)
         offsets = np.concatenate([[0], np.cumsum(counts)])
         for k in sorted({0, n, n // 3, int(rng.integers(0, n + 1)), max(n - 1, 0), min(1, n)}):
