@@ -773,7 +773,7 @@ def _top_mask(manifest: Manifest, scores: ScoreFile, ratio: float, provenance: d
     if scores.level == "class":
         n_classes = manifest.num_classes
         record = provenance_record(scores.method, round(1.0 - len(items) / n_classes, 6) if n_classes else 0.0, level="class",
-                             kept_classes=items.tolist(), **provenance)
+                                   kept_classes=items.tolist(), **provenance)
         keep = _ItemKeep(items)
     else:
         record = provenance_record(scores.method, ratio, level="cluster", kept_clusters=items.tolist(), **provenance)
