@@ -4,7 +4,7 @@ A synthetic dataset per size N (shards of 10^4 samples): index sidecars and key-
 written as the index pass writes them, but of samples that have no payload (shard objects are
 sparse files of the right size); labels over 1000 classes; scores and features from seeded
 generators per shard. Each step runs in a fresh process, which reports its wall time and its
-peak RSS (``ru_maxrss``) and the RSS before the step (after imports):
+peak RSS (``VmHWM``) and the RSS before the step (after imports):
 
   manifest  the driver's part of ``index`` / ``shard``: the per-shard summaries (what the
             tasks return) into the manifest, with the duplicate-key check over the key-hash files;
@@ -22,8 +22,17 @@ extrapolation to 10^9 and 10^10 come from the fit, the bytes per extra sample fr
 largest and smallest sizes. Steps' tasks run in the measured process (``LocalEngine(1)``), so
 "driver" memory here includes one task's working set: an upper bound.
 
+Virtual mode (``--virtual``, for N = 1e8 and beyond on one machine): the shard objects are
+size-only (the manifest's byte counts; no file), and the index sidecars are not kept: each is
+written once to be summarised (its digest is what the manifest records), then removed, and the
+steps regenerate a shard's index from the seed where the library would read the sidecar
+(:class:`VirtualManifest`). On disk only the key-hash files stay (8 bytes per sample) and the
+masks (1 bit); the steps' memory is what it is with sidecars, their time has the regeneration
+in place of the sidecar's parse (about the same: both build the same Python lists).
+
 Run:  python -m benchmarks scale_sim                       (N = 1e6, 3e6, 1e7)
       python -m benchmarks scale_sim --sizes 1e6,1e7,1e8   (1e8: ~15 GB of index files, hours on 2 cores)
+      python -m benchmarks scale_sim --virtual --sizes 1e6,1e7,1e8 --data-dir DIR   (1e8: ~1 GB on disk)
 """
 
 from __future__ import annotations
@@ -41,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from .suite import Suite
+if __package__:  # run as a script (one step in a fresh process, see _measure), the file needs no suite and has no package
+    from .suite import Suite
 
 STEPS = ("manifest", "mask", "algebra", "select", "kmeans", "rank", "worker")
 PER_SHARD = 10_000
@@ -71,32 +81,86 @@ def _fake_index(k: int, n: int, seed: int):
 
 
 def _make_shard(state, job):
-    """One shard: sparse shard file, index sidecar + companion, key-hash file; returns the summary."""
-    from streamprune.indexfile import save_index  # deferred: see _fake_index
+    """One shard: sparse shard file, index sidecar + companion, key-hash file; returns the summary.
+
+    Virtual: no shard file, and the sidecar and companion removed once summarised (the key-hash file stays).
+    """
+    from streamprune.indexfile import companion_path, save_index  # deferred: see _fake_index
     from streamprune.shardsummary import summarize_index
 
-    root, k, n, seed = job
+    root, k, n, seed, virtual = job
     index = _fake_index(k, n, seed)
     shard = os.path.join(root, index.shard)
-    with open(shard, "wb") as fh:
-        fh.truncate(index.shard_bytes)
+    if not virtual:
+        with open(shard, "wb") as fh:
+            fh.truncate(index.shard_bytes)
     path = shard + ".index.json"
     save_index(index, path)
-    return summarize_index(index, path, index.shard, index.shard + ".index.json")
+    summary = summarize_index(index, path, index.shard, index.shard + ".index.json")
+    if virtual:
+        for name in (path, companion_path(path)):
+            if os.path.exists(name):
+                os.unlink(name)
+    return summary
 
 
-def generate(root: str, n: int, seed: int, workers: int) -> str:
+def _virtual_manifest_class():
+    """:class:`VirtualManifest`, defined on first use (the library is imported by the steps only)."""
+    from streamprune.manifest import Manifest  # deferred: see _fake_index
+
+    class VirtualManifest(Manifest):
+        """A manifest whose shard indexes are regenerated from the seed (virtual mode): no sidecar is read."""
+
+        seed = 0
+
+        def index(self, k: int, cache: bool = True):
+            cached = self._indexes.get(k)
+            if cached is not None:
+                return cached
+            index = _fake_index(k, self.shards[k].samples, self.seed)
+            if cache:
+                self._indexes[k] = index
+            return index
+
+    return VirtualManifest
+
+
+def _virtual_seed(data: str) -> int | None:
+    """The generator's seed of a virtual dataset (its ``virtual.json``), ``None`` for one with sidecars."""
+    marker = os.path.join(data, "virtual.json")
+    if not os.path.exists(marker):
+        return None
+    with open(marker) as fh:
+        return int(json.load(fh)["seed"])
+
+
+def _load_manifest(data: str):
+    """The dataset's manifest: the library's, or in virtual mode one that regenerates its indexes."""
+    from streamprune.manifest import Manifest  # deferred: see _fake_index
+
+    seed = _virtual_seed(data)
+    if seed is None:
+        return Manifest.load(data)
+    manifest = _virtual_manifest_class().load(data)
+    manifest.seed = seed
+    return manifest
+
+
+def generate(root: str, n: int, seed: int, workers: int, virtual: bool = False) -> str:
     """The dataset of ``n`` samples under ``root`` (reused when complete); returns its directory."""
     from streamprune.engine import LocalEngine  # deferred: see _fake_index
 
-    out = os.path.join(root, f"n{n}")
+    out = os.path.join(root, f"n{n}" + ("-virtual" if virtual else ""))
     done = os.path.join(out, "summaries.pkl")
     if os.path.exists(done):
         return out
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
+    if virtual:
+        with open(os.path.join(out, "virtual.json"), "w") as fh:
+            json.dump({"seed": seed}, fh)
     shards = -(-n // PER_SHARD)
-    jobs = [(out, k, min(PER_SHARD, n - k * PER_SHARD), seed) for k in range(shards)]
+    jobs = [(out, k, min(PER_SHARD, n - k * PER_SHARD), seed, virtual) for k in range(shards)]
     summaries = LocalEngine(workers).map(_make_shard, jobs, desc="generate")
     with open(done + ".tmp", "wb") as fh:
         pickle.dump(summaries, fh)
@@ -151,7 +215,20 @@ class SeededFeatures:
 
 
 def _rss() -> int:
-    """Peak RSS of this process so far, bytes."""
+    """Peak RSS of this process so far, bytes: Linux's ``VmHWM``, else ``ru_maxrss``.
+
+    Not ``ru_maxrss`` where ``VmHWM`` exists: Linux carries a forking parent's peak into the
+    child's ``ru_maxrss`` across ``exec``, so a step started by ``python -m benchmarks`` (torch
+    imported, ~0.5 GB) would report the runner's peak, not its own; ``VmHWM`` is the new
+    process image's.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -159,7 +236,7 @@ def run_step(step: str, data: str) -> dict[str, Any]:
     """Run one step on the dataset in ``data``; return seconds, RSS before and peak."""
     # deferred (see _fake_index); the scoring and readers packages only by the steps that use them (torch)
     from streamprune.engine import LocalEngine
-    from streamprune.manifest import Manifest, manifest_from_summaries
+    from streamprune.manifest import manifest_from_summaries
     from streamprune.masks import MaskFile, kept_counts
     from streamprune.shardmask import CombineMasks, write_mask_by_shard  # deferred, as above
     from streamprune.shardsummary import ClassCounts  # deferred, as above
@@ -180,10 +257,13 @@ def run_step(step: str, data: str) -> dict[str, Any]:
         counted = ClassCounts()  # as index_shards does: each summary's label counts folded as it arrives
         for summary in summaries:
             counted.fold(summary)
-        manifest_from_summaries(data, summaries, label_ext="cls", chunk=chunk, class_counts=counted.total).save()
+        seed = _virtual_seed(data)
+        # virtual: a hash match is confirmed against the regenerated index, as the sidecar is gone
+        index_of = None if seed is None else (lambda k: _fake_index(k, summaries[k].samples, seed))
+        manifest_from_summaries(data, summaries, label_ext="cls", index_of=index_of, chunk=chunk, class_counts=counted.total).save()
         seconds = time.perf_counter() - t0
     else:
-        manifest = Manifest.load(data) if step not in ("rank", "worker") else None
+        manifest = _load_manifest(data) if step not in ("rank", "worker") else None
         base = _rss()
         t0 = time.perf_counter()
         if step == "mask":
@@ -206,7 +286,7 @@ def run_step(step: str, data: str) -> dict[str, Any]:
             seconds = (time.perf_counter() - t0) / result.iterations  # the init and final assignment pass included, spread
             out["iterations"] = result.iterations
         elif step in ("rank", "worker"):
-            manifest = Manifest.load(data)
+            manifest = _load_manifest(data)
             mask = MaskFile(os.path.join(data, "top.spmask"))
             mask.check(manifest)
             counts = kept_counts(manifest, mask)
@@ -250,7 +330,7 @@ def fit(ns: list[int], ys: list[float]) -> dict[str, float]:
     return {"slope": float(slope), "at_1e9": float(10 ** (icept + slope * 9)), "at_1e10": float(10 ** (icept + slope * 10))}
 
 
-def simulate(sizes: list[int], work: str, seed: int, workers: int, dup_chunk: int = 0) -> dict[str, Any]:
+def simulate(sizes: list[int], work: str, seed: int, workers: int, dup_chunk: int = 0, virtual: bool = False) -> dict[str, Any]:
     """Generate each size, measure every step, fit; returns the results.
 
     ``dup_chunk``: hashes the duplicate-key check sorts at once (0: the library's default),
@@ -261,7 +341,7 @@ def simulate(sizes: list[int], work: str, seed: int, workers: int, dup_chunk: in
     loads = []
     for n in sizes:
         t0 = time.perf_counter()
-        data = generate(work, n, seed, workers)
+        data = generate(work, n, seed, workers, virtual)
         print(f"scale_sim: N={n:.0e} generated in {time.perf_counter() - t0:.0f} s", flush=True)
         for step in STEPS:
             loads.append(os.getloadavg()[0])
@@ -283,7 +363,8 @@ def simulate(sizes: list[int], work: str, seed: int, workers: int, dup_chunk: in
         peak_1e9_linear = hi["rss_peak"] + max(per_sample, 0.0) * (10**9 - hi["n"])
         summary[step] = {"time": time_fit, "memory": mem_fit, "bytes_per_extra_sample": per_sample,
                          "peak_at_1e9_fit": peak_1e9, "peak_at_1e9_linear": peak_1e9_linear, "largest_peak": hi["rss_peak"]}
-    return {"sizes": sizes, "per_shard": PER_SHARD, "dup_chunk": dup_chunk, "steps": rows, "fits": summary, "load": loads}
+    return {"sizes": sizes, "per_shard": PER_SHARD, "dup_chunk": dup_chunk, "virtual": virtual, "steps": rows, "fits": summary,
+            "load": loads}
 
 
 def verdicts(res: dict[str, Any]) -> list[list[str]]:
@@ -355,6 +436,7 @@ def tables(res: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     print(json.dumps(run_step(sys.argv[1], sys.argv[2])))
+    sys.exit(0)  # the suite below is not defined in a step's process
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -394,6 +476,9 @@ class ScaleSimSuite(Suite):
         parser.add_argument("--dup-chunk", type=int, default=1 << 20,
                             help="hashes the duplicate-key check sorts at once (default 2^20, below the library's 2^24, so that "
                                  "its cap is reached within N <= 1e7; 0: the library's default)")
+        parser.add_argument("--virtual", action="store_true",
+                            help="size-only shards and no index sidecars kept (indexes regenerated from the seed): ~9 bytes "
+                                 "per sample on disk, for N = 1e8 (see the module docstring)")
 
     def measure(self, args: argparse.Namespace) -> dict[str, Any]:
         """Generate each size, measure each step in its own process, fit (:func:`simulate`)."""
@@ -402,7 +487,7 @@ class ScaleSimSuite(Suite):
             sizes = [100_000, 300_000]
         work = args.data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "scale_sim")
         load_before = os.getloadavg()
-        res = simulate(sizes, work, args.seed, args.sim_workers, args.dup_chunk)
+        res = simulate(sizes, work, args.seed, args.sim_workers, args.dup_chunk, args.virtual)
         return {"benchmark": "scale_sim", "load_before": load_before, "load_after": os.getloadavg(), **res}
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:

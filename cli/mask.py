@@ -19,7 +19,16 @@ from streamprune.manifest import Manifest, open_manifest
 from streamprune.scores import ScoreFile
 from streamprune.selection import mask_from_scores
 
-from .options import RegistryHelpOption, location_options, ratio_callback, selector_kwargs, selector_options, selectors_help
+from .options import (
+    RegistryHelpOption,
+    engine_for,
+    engine_options,
+    location_options,
+    ratio_callback,
+    selector_kwargs,
+    selector_options,
+    selectors_help,
+)
 
 __all__ = ["mask", "MaskGroup", "legacy_mask"]
 
@@ -104,10 +113,16 @@ def mask_random(manifest, ratio, level, seed, base, storage_options, allow_forei
 @click.option("--selector", default="top", show_default=True, cls=RegistryHelpOption, help_fn=lambda: selectors_help("the SCORES"))
 @selector_options
 @click.option("--seed", default=0, show_default=True, help="Seed of the selectors that draw at random.")
+@engine_options
 @location_options
 @_out_option
-def mask_scores(manifest, scores_file, ratio, duplicates, selector, seed, base, storage_options, allow_foreign_locations, out, **given):
-    """Keep what a scores file (from `streamprune score`) ranks on top: SCORES through --selector at --ratio."""
+def mask_scores(manifest, scores_file, ratio, duplicates, selector, seed, engine, ray_address, base, storage_options,
+                allow_foreign_locations, out, **given):
+    """Keep what a scores file (from `streamprune score`) ranks on top: SCORES through --selector at --ratio.
+
+    With the `top` selector the mask is written shard by shard (one task per shard, on --engine)
+    and nothing sorts all the scores.
+    """
     if duplicates == (ratio is not None):
         raise click.UsageError("--ratio is required (or --duplicates, instead of it, with dedup scores)")
     m = _opened(manifest, base, storage_options, allow_foreign_locations)
@@ -118,7 +133,9 @@ def mask_scores(manifest, scores_file, ratio, duplicates, selector, seed, base, 
 
         _saved(mask_from_duplicates(m, scores), m, out)
     else:
-        _saved(mask_from_scores(m, scores, ratio, selector, seed=seed, **selector_kwargs(selector, given)), m, out)
+        with engine_for(engine, ray_address) as runner:
+            written = mask_from_scores(m, scores, ratio, selector, seed=seed, out=out, engine=runner, **selector_kwargs(selector, given))
+        click.echo(f"kept {written.kept} of {m.num_samples} samples -> {out}")
 
 
 @mask.command("keys")

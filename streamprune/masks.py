@@ -29,7 +29,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Union, runtime_checkable
+from typing import Any, Iterable, Protocol, Union, runtime_checkable
 
 import numpy as np
 
@@ -52,6 +52,7 @@ __all__ = [
     "random_mask",
     "mask_from_bool",
     "mask_from_classes",
+    "provenance_record",
     "translate_mask",
     "MaskOperators",
     "MASK_OPERATIONS",
@@ -474,7 +475,8 @@ def _header_problem(header: dict, data_bytes: int) -> str | None:
     return None
 
 
-def _provenance(method: str, ratio: float | None, **extra) -> dict:
+def provenance_record(method: str, ratio: float | None, **extra: Any) -> dict:
+    """A mask's provenance: ``method`` and ``ratio``, then the ``extra`` fields that are not ``None``."""
     out = {"method": method, "ratio": ratio}
     out.update({k: v for k, v in extra.items() if v is not None})
     return out
@@ -495,7 +497,7 @@ def mask_from_bool(manifest: ManifestLike, keep: np.ndarray, method: str = "cust
     manifest = open_manifest(manifest)
     keep = np.asarray(keep, dtype=bool)
     ratio = 1.0 - keep.mean() if len(keep) else 0.0
-    return KeepMask(keep, manifest, _provenance(method, round(float(ratio), 6), level="sample", **provenance))
+    return KeepMask(keep, manifest, provenance_record(method, round(float(ratio), 6), level="sample", **provenance))
 
 
 def mask_from_classes(manifest: ManifestLike, classes: Iterable[int | str], method: str = "classes", **provenance) -> KeepMask:
@@ -528,7 +530,7 @@ def mask_from_classes(manifest: ManifestLike, classes: Iterable[int | str], meth
         raise ArgumentError(f"class ids {bad} are outside 0..{n - 1}")
     keep = np.isin(manifest.labels(), np.asarray(ids, dtype=np.int64))
     ratio = 1.0 - len(set(ids)) / n if n else 0.0
-    return KeepMask(keep, manifest, _provenance(method, round(ratio, 6), level="class", kept_classes=sorted(set(ids)), **provenance))
+    return KeepMask(keep, manifest, provenance_record(method, round(ratio, 6), level="class", kept_classes=sorted(set(ids)), **provenance))
 
 
 def random_mask(manifest: ManifestLike, ratio: float, level: str = "sample", seed: int = 0) -> KeepMask:
@@ -552,7 +554,7 @@ def random_mask(manifest: ManifestLike, ratio: float, level: str = "sample", see
         n_keep = kept_count(n, ratio, allow_empty=True)
         keep = np.zeros(n, dtype=bool)
         keep[rng.choice(n, size=n_keep, replace=False)] = True
-        return KeepMask(keep, manifest, _provenance("random", ratio, level="sample", seed=seed))
+        return KeepMask(keep, manifest, provenance_record("random", ratio, level="sample", seed=seed))
     if level == "class":
         c = manifest.num_classes
         n_keep = kept_count(c, ratio, allow_empty=True)

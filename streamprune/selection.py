@@ -69,12 +69,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .engine import Engine, make_engine
 from .errors import ArgumentError, MaskMismatchError
-from .manifest import ManifestLike, open_manifest
-from .masks import KeepMask, mask_from_bool, mask_from_classes
+from .manifest import Manifest, ManifestLike, open_manifest
+from .masks import KeepMask, Mask, MaskFile, mask_from_bool, mask_from_classes, provenance_record
 from .ratios import check_ratio, kept_count, round_half_up
 from .registry import MethodOption, Registry, declare_options
 from .scores import ScoreFile
+from .shardindex import ShardIndex
+from .shardmask import write_mask_by_shard
+from .topk import ArrayScores, CutKeep, find_cut, score_keys
 
 __all__ = [
     "SelectionContext",
@@ -193,15 +197,8 @@ def select(
         ValueError: Unknown selector or option, a level the selector does not take, or a bad ratio.
     """
     ratio = check_ratio(ratio)
-    fn = get_selector(selector)
-    levels = selector_levels(selector)
+    fn = _checked_selector(scores, ratio, selector, options)
     where = scores.path or "scores"
-    if scores.level not in levels:
-        raise ArgumentError(f"{where}: selector {selector!r} takes {'/'.join(levels)}-level scores, these are {scores.level!r}-level")
-    try:
-        inspect.signature(fn).bind(scores, ratio, None, **options)
-    except TypeError:
-        raise ArgumentError(f"selector {selector!r} does not take option(s) {sorted(options)}") from None
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
         if scores.level == "sample" and len(labels) != scores.num_items:
@@ -215,6 +212,21 @@ def select(
     if len(kept) and (kept[0] < 0 or kept[-1] >= scores.num_items):
         raise AssertionError(f"selector {selector!r} returned item ids outside 0..{scores.num_items - 1}")
     return kept
+
+
+def _checked_selector(scores: ScoreFile, ratio: float, selector: str, options: dict[str, Any]) -> SelectorFn:
+    """The registered selector, once it takes these scores' level and ``options`` (else ``ArgumentError``)."""
+    fn = get_selector(selector)
+    levels = selector_levels(selector)
+    if scores.level not in levels:
+        raise ArgumentError(
+            f"{scores.path or 'scores'}: selector {selector!r} takes {'/'.join(levels)}-level scores, these are {scores.level!r}-level"
+        )
+    try:
+        inspect.signature(fn).bind(scores, ratio, None, **options)
+    except TypeError:
+        raise ArgumentError(f"selector {selector!r} does not take option(s) {sorted(options)}") from None
+    return fn
 
 
 @register_selector("top", levels=("class", "cluster", "sample"))
@@ -354,36 +366,35 @@ def class_balanced_random(scores: ScoreFile, ratio: float, ctx: SelectionContext
     return _per_class(scores, ratio, ctx, lambda ids, q, rng: _draw(rng, ids, q))
 
 
-@register_selector("easy")
-def easy(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
-    """Top-k easy: each class's quota of its easiest samples.
+def _quota_extreme(scores: ScoreFile, ratio: float, ctx: SelectionContext, name: str, hardest: bool) -> np.ndarray:
+    """Each class's quota of its easiest (or hardest) samples, ties by id ascending."""
+    d = difficulty(scores, ctx, name)
+    first = _hard_first if hardest else _easy_first
+    return _per_class(scores, ratio, ctx, lambda ids, q, rng: first(d, ids)[:q])
+
+
+def _sided_selector(name: str, hardest: bool, pick: Callable[..., np.ndarray], summary: str) -> SelectorFn:
+    """Register one side of a per-class selector pair whose easy and hard forms differ only in the end they keep."""
+
+    def selector(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
+        return pick(scores, ratio, ctx, name, hardest)
+
+    selector.__name__ = selector.__qualname__ = name
+    selector.__doc__ = f"""{summary}
 
     Args:
         scores: Sample-level hardness scores.
         ratio: Fraction removed.
-        ctx: Labels and the hardness direction.
+        ctx: Labels, seed and the hardness direction.
 
     Returns:
         Kept sample ids.
     """
-    d = difficulty(scores, ctx, "easy")
-    return _per_class(scores, ratio, ctx, lambda ids, q, rng: _easy_first(d, ids)[:q])
+    return register_selector(name)(selector)
 
 
-@register_selector("hard")
-def hard(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
-    """Top-k hard: each class's quota of its hardest samples.
-
-    Args:
-        scores: Sample-level hardness scores.
-        ratio: Fraction removed.
-        ctx: Labels and the hardness direction.
-
-    Returns:
-        Kept sample ids.
-    """
-    d = difficulty(scores, ctx, "hard")
-    return _per_class(scores, ratio, ctx, lambda ids, q, rng: _hard_first(d, ids)[:q])
+easy = _sided_selector("easy", False, _quota_extreme, "Top-k easy: each class's quota of its easiest samples (ties: lower id first).")
+hard = _sided_selector("hard", True, _quota_extreme, "Top-k hard: each class's quota of its hardest samples (ties: lower id first).")
 
 
 def flexrand_shares(gamma: float, kept_fraction: float) -> tuple[float, float]:
@@ -452,34 +463,10 @@ def _whole_half_plus_random(scores: ScoreFile, ratio: float, ctx: SelectionConte
     return _per_class(scores, ratio, ctx, pick)
 
 
-@register_selector("se")
-def se(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
-    """FlexRand ablation "se": per class the whole easiest ``b/2``, plus ``b/2`` random from the rest.
-
-    Args:
-        scores: Sample-level hardness scores.
-        ratio: Fraction removed.
-        ctx: Labels, seed and the hardness direction.
-
-    Returns:
-        Kept sample ids.
-    """
-    return _whole_half_plus_random(scores, ratio, ctx, "se", hardest=False)
-
-
-@register_selector("sh")
-def sh(scores: ScoreFile, ratio: float, ctx: SelectionContext) -> np.ndarray:
-    """FlexRand ablation "sh": per class the whole hardest ``b/2``, plus ``b/2`` random from the rest.
-
-    Args:
-        scores: Sample-level hardness scores.
-        ratio: Fraction removed.
-        ctx: Labels, seed and the hardness direction.
-
-    Returns:
-        Kept sample ids.
-    """
-    return _whole_half_plus_random(scores, ratio, ctx, "sh", hardest=True)
+se = _sided_selector("se", False, _whole_half_plus_random,
+                    'FlexRand ablation "se": per class the whole easiest ``b/2``, plus ``b/2`` random from the rest.')
+sh = _sided_selector("sh", True, _whole_half_plus_random,
+                    'FlexRand ablation "sh": per class the whole hardest ``b/2``, plus ``b/2`` random from the rest.')
 
 
 def ccs_strata(values: np.ndarray, strata: int) -> np.ndarray:
@@ -675,13 +662,24 @@ def mask_from_scores(
     ratio: float,
     selector: str = "top",
     seed: int | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    engine: str | Engine | None = None,
+    workers: int = 1,
     **options: Any,
-) -> KeepMask:
+) -> Mask:
     """The keep mask a scores file gives at ``ratio`` with a selector.
 
     Class level keeps every sample of the kept classes; cluster level every member of the
     kept clusters; sample level the kept samples themselves. Class-wise sample selectors
     (FlexRand, CCS, ...) get the manifest's labels.
+
+    ``top`` on sample scores sorts nothing: the kept set's boundary is found from per-shard
+    histograms of the scores (:func:`~streamprune.topk.find_cut`), the samples tied with the
+    last kept score taken in the stored ranking's order, so the kept set is the ranking's
+    first ``round(N * (1 - ratio))``. With ``out``, every level's ``top`` mask is written shard
+    by shard, each engine task writing its shard's bits (:mod:`streamprune.shardmask`); other
+    selectors select in memory and save the mask there.
 
     Args:
         manifest: The source dataset (must match the scores' fingerprint): a :class:`Manifest`, or
@@ -691,10 +689,14 @@ def mask_from_scores(
         selector: Registered selector (:mod:`streamprune.selection`); ``top`` keeps the top
             of the stored ranking.
         seed: Seed for random selectors (default: the scores' seed).
+        out: Mask file to write (``*.spmask``); ``None``: return the mask in memory.
+        engine: Where the per-shard passes run (``"local"`` / ``None``, ``"ray"``, an engine).
+        workers: Local processes when ``engine`` is a name.
         **options: Selector options.
 
     Returns:
-        The mask, with provenance naming the method, selector, ratio and the scores file.
+        The mask, with provenance naming the method, selector, ratio and the scores file: a
+        :class:`KeepMask`, or the written :class:`MaskFile` when ``out`` is given.
 
     Raises:
         MaskMismatchError: The scores belong to another dataset.
@@ -709,8 +711,6 @@ def mask_from_scores(
         raise MaskMismatchError(
             f"{scores.path or 'scores'}: {len(scores.assignments)} cluster assignments, {manifest.num_samples} samples"
         )
-    labels = np.asarray(manifest.labels(), dtype=np.int64) if scores.level == "sample" else None
-    kept = select(scores, ratio, selector, labels=labels, seed=seed, **options)
     provenance = {
         "scores": os.path.abspath(scores.path) if scores.path else None,
         "variant": scores.variant,
@@ -719,13 +719,67 @@ def mask_from_scores(
         "selector": selector,
         "selector_options": dict(options),
     }
+    if selector == "top":
+        _checked_selector(scores, ratio, selector, options)
+        return _top_mask(manifest, scores, ratio, provenance, out, make_engine(engine, workers=workers))
+    labels = np.asarray(manifest.labels(), dtype=np.int64) if scores.level == "sample" else None
+    kept = select(scores, ratio, selector, labels=labels, seed=seed, **options)
     if scores.level == "class":
-        return mask_from_classes(manifest, kept.tolist(), method=scores.method, **provenance)
-    if scores.level == "cluster":
-        keep = np.isin(scores.assignments, kept)
-        out = mask_from_bool(manifest, keep, method=scores.method, **provenance)
-        out.provenance.update(level="cluster", ratio=ratio, kept_clusters=kept.tolist())
-        return out
-    keep = np.zeros(manifest.num_samples, dtype=bool)
-    keep[kept] = True
-    return mask_from_bool(manifest, keep, method=scores.method, **provenance)
+        mask = mask_from_classes(manifest, kept.tolist(), method=scores.method, **provenance)
+    elif scores.level == "cluster":
+        mask = mask_from_bool(manifest, np.isin(scores.assignments, kept), method=scores.method, **provenance)
+        mask.provenance.update(level="cluster", ratio=ratio, kept_clusters=kept.tolist())
+    else:
+        keep = np.zeros(manifest.num_samples, dtype=bool)
+        keep[kept] = True
+        mask = mask_from_bool(manifest, keep, method=scores.method, **provenance)
+    return mask if out is None else MaskFile(mask.save(out))
+
+
+class _ItemKeep:
+    """Shard ``k``'s keep bits: its samples whose class (or cluster) is kept (picklable, for an engine task).
+
+    Args:
+        kept: Kept class or cluster ids, ascending.
+        assignments: Each sample's cluster id in manifest order (cluster level), or ``None``:
+            the shard index's labels are the items (class level).
+        offsets: ``manifest.shard_offsets`` (cluster level).
+    """
+
+    def __init__(self, kept: np.ndarray, assignments: np.ndarray | None = None, offsets: np.ndarray | None = None) -> None:
+        self.kept, self.assignments, self.offsets = kept, assignments, offsets
+
+    def __call__(self, k: int, index: ShardIndex) -> np.ndarray:
+        if self.assignments is None:
+            return np.isin(np.asarray(index.labels, dtype=np.int64), self.kept)
+        return np.isin(self.assignments[self.offsets[k] : self.offsets[k + 1]], self.kept)
+
+
+def _top_mask(manifest: Manifest, scores: ScoreFile, ratio: float, provenance: dict[str, Any], out: str | os.PathLike | None,
+              engine: Engine) -> Mask:
+    """Selector ``top``'s mask: kept items from the ranking (class, cluster) or a histogram cut (sample)."""
+    n = scores.num_items
+    kept = kept_count(n, ratio)
+    if scores.level == "sample":
+        counts = np.fromiter((s.samples for s in manifest.shards), dtype=np.int64, count=len(manifest.shards))
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        source = ArrayScores(scores.scores, offsets)
+        cut = find_cut(counts, source, kept, scores.higher_is, engine=engine, ranking=scores.ranking)
+        record = provenance_record(scores.method, round(1.0 - kept / n, 6) if n else 0.0, level="sample", **provenance)
+        if out is None:
+            return KeepMask(cut.keep(score_keys(scores.scores, scores.higher_is), 0), manifest, record)
+        return write_mask_by_shard(manifest, CutKeep(cut, source, scores.higher_is, offsets[:-1]), out, record, engine=engine)
+    items = np.sort(scores.ranking[:kept])  # a ranking of classes or clusters: small
+    if scores.level == "class":
+        n_classes = manifest.num_classes
+        record = provenance_record(scores.method, round(1.0 - len(items) / n_classes, 6) if n_classes else 0.0, level="class",
+                                   kept_classes=items.tolist(), **provenance)
+        keep = _ItemKeep(items)
+    else:
+        record = provenance_record(scores.method, ratio, level="cluster", kept_clusters=items.tolist(), **provenance)
+        keep = _ItemKeep(items, scores.assignments, manifest.shard_offsets)
+    if out is None:
+        if scores.level == "class":
+            return KeepMask(np.isin(manifest.labels(), items), manifest, record)
+        return KeepMask(np.isin(scores.assignments, items), manifest, record)
+    return write_mask_by_shard(manifest, keep, out, record, engine=engine)

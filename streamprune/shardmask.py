@@ -27,7 +27,7 @@ import numpy as np
 
 from .atomic import atomic_open, temp_name
 from .engine import Engine, make_engine
-from .errors import ArgumentError, StreamPruneError
+from .errors import ArgumentError, StorageError, StreamPruneError
 from .manifest import Manifest
 from .masks import MAGIC, MASK_FORMAT, MASK_VERSION, MaskFile, packed_shard_bits
 from .shardindex import ShardIndex
@@ -102,8 +102,13 @@ def write_mask_by_shard(
 
     Raises:
         StreamPruneError: ``keep`` returned the wrong number of bits for a shard.
+        StorageError: ``path``'s directory cannot be created.
     """
     path = os.fspath(path)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # as KeepMask.save: the user chose the path
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot write it ({exc.strerror or exc})") from exc
     nbytes, offsets = bit_offsets(manifest)
     data_path = temp_name(path) + ".bits"
     with open(data_path, "wb") as fh:

@@ -9,10 +9,15 @@ and finds the bin that holds the ``k``-th key. Once that bin holds at most ``gat
 (or all 64 bits are fixed), a last pass gathers them (key, global id) and the driver orders
 them by key, then id, as :func:`~streamprune.scores.rank_items` does: the kept set is every
 key above the bin plus the first ones of the bin. At most four histogram passes; memory on
-the driver is one histogram and ``gather`` candidates, not N.
+the driver is one histogram and ``gather`` candidates, not N. A group of equal scores larger
+than ``gather`` (all 64 bits fixed) is not gathered: a count pass finds the shard holding its
+``k``-th member, and the cut keeps the group's members below that id (:attr:`Cut.below`).
 
-The kept set is exactly ``rank_items(scores)[:k]`` (higher first, id ascending among ties),
-so it equals today's ``top`` for any scores file whose ranking breaks ties by id alone.
+The kept set is exactly ``rank_items(scores)[:k]`` (higher first, id ascending among ties).
+Given a scores file's stored ``ranking`` (which may break ties by further keys, e.g. FM's
+``inv_dist_sum``), the samples tied with the ``k``-th score are taken from it instead: the
+ranking follows the scores, so with ``g`` samples scoring above the ``k``-th, ``ranking[g:k]``
+are exactly the tied samples it keeps, and the kept set is ``ranking[:k]``'s without sorting.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from .ratios import kept_count
 from .shardindex import ShardIndex
 from .shardmask import write_mask_by_shard
 
-__all__ = ["Cut", "ShardScores", "ArrayScores", "find_cut", "score_keys", "top_mask_by_shard"]
+__all__ = ["Cut", "CutKeep", "ShardScores", "ArrayScores", "find_cut", "score_keys", "top_mask_by_shard"]
 
 #: ``scores(k) -> float64[samples of shard k]``, picklable.
 ShardScores = Callable[[int], np.ndarray]
@@ -64,6 +69,9 @@ class Cut:
         ties: Global ids kept from that bin, ascending.
         k: Samples kept.
         everything: Every sample is kept (``k`` is the total).
+        below: With all 64 bits fixed (every key in the bin equal), the bin's samples with a
+            global id below this are kept too: a tie group kept by id, whatever its size,
+            without listing it (``-1``: none).
     """
 
     depth: int
@@ -71,6 +79,7 @@ class Cut:
     ties: np.ndarray
     k: int
     everything: bool = False
+    below: int = -1
 
     def keep(self, keys: np.ndarray, first_id: int) -> np.ndarray:
         """The keep bits of one shard's keys (global ids from ``first_id``)."""
@@ -82,6 +91,9 @@ class Cut:
             out = (keys >> np.uint64(64 - self.depth)) > np.uint64(self.prefix)
         lo, hi = np.searchsorted(self.ties, [first_id, first_id + len(keys)])
         out[self.ties[lo:hi] - first_id] = True
+        if self.below > first_id:
+            head = min(self.below - first_id, len(keys))
+            out[:head] |= keys[:head] == np.uint64(self.prefix)
         return out
 
 
@@ -121,6 +133,13 @@ def _histogram_task(state: tuple[ShardScores, str], job: tuple[int, int, int]) -
     return np.bincount(bins, minlength=1 << BITS)
 
 
+def _count_task(state: tuple[ShardScores, str], job: tuple[int, int]) -> tuple[int, int]:
+    """How many of shard ``k``'s keys equal ``key`` (a full 64-bit key)."""
+    scores, higher_is = state
+    k, key = job
+    return k, int((score_keys(scores(k), higher_is) == np.uint64(key)).sum())
+
+
 def _gather_task(state: tuple[ShardScores, str], job: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Shard ``k``'s keys under ``prefix`` with their global ids."""
     scores, higher_is = state
@@ -138,6 +157,7 @@ def find_cut(
     engine: str | Engine | None = None,
     workers: int = 1,
     gather: int = DEFAULT_GATHER,
+    ranking: np.ndarray | None = None,
 ) -> Cut:
     """Find the kept set's boundary with histogram passes over the shards (no global sort).
 
@@ -149,6 +169,8 @@ def find_cut(
         engine: Where the per-shard passes run (``"local"`` / ``None``, ``"ray"``, an engine).
         workers: Local processes when ``engine`` is a name.
         gather: Candidates gathered on the driver for the exact last step.
+        ranking: A stored ranking of all samples (most useful first, following the scores):
+            ties with the ``k``-th score are kept in its order, not by id (see the module).
 
     Returns:
         The cut.
@@ -178,17 +200,54 @@ def find_cut(
         need -= int(above[b])
         in_bin = int(hist[b])
         depth, prefix = depth + BITS, (prefix << BITS) | b
+    if in_bin > gather:  # all 64 bits fixed: one tie group larger than gather, kept in id (or ranking) order
+        return _cut_in_tie_group(counts, firsts, shards, runner, setup, prefix, need, in_bin, k, ranking)
     found: list[tuple[np.ndarray, np.ndarray]] = []
     runner.map(_gather_task, [(s, depth, prefix, int(firsts[s])) for s in shards], setup=setup,
                on_result=lambda _, r: found.append(r) if len(r[0]) else None, desc="select-gather", keep_results=False)
     keys = np.concatenate([f[0] for f in found]) if found else np.zeros(0, dtype=np.uint64)
     ids = np.concatenate([f[1] for f in found]) if found else np.zeros(0, dtype=np.int64)
     order = np.lexsort((ids, ~keys))  # larger key first, then id ascending
-    return Cut(depth, prefix, np.sort(ids[order[:need]]), k)
+    if ranking is None:
+        return Cut(depth, prefix, np.sort(ids[order[:need]]), k)
+    kth = keys[order[need - 1]]
+    above = keys > kth  # in the bin, above the k-th score: kept whatever the tie order
+    first_tied = k - need + int(above.sum())  # samples scoring above the k-th, in the whole set
+    return Cut(depth, prefix, np.sort(np.concatenate([ids[above], np.asarray(ranking[first_tied:k], dtype=np.int64)])), k)
 
 
-class _CutKeep:
-    """Keep bits of shard ``k`` under a cut (picklable, for :func:`~streamprune.shardmask.write_mask_by_shard`)."""
+def _cut_in_tie_group(counts: np.ndarray, firsts: np.ndarray, shards: list[int], runner: Engine, setup: Any, key: int,
+                      need: int, size: int, k: int, ranking: np.ndarray | None) -> Cut:
+    """The cut inside one group of ``size`` equal keys: its first ``need`` samples by id, as a bound (``Cut.below``).
+
+    With a stored ranking whose order in the group is not by id, its ``need`` first ids are listed instead.
+    """
+    if ranking is not None:
+        group = ranking[k - need : k - need + size]  # the ranking follows the scores: the group is one run of it
+        if np.any(np.diff(group) < 0):  # the file breaks these ties by another key
+            return Cut(64, key, np.sort(np.asarray(group[:need], dtype=np.int64)), k)
+        return Cut(64, key, np.zeros(0, dtype=np.int64), k, below=int(group[need - 1]) + 1)
+    per_shard = np.zeros(len(counts), dtype=np.int64)
+
+    def add(_: int, r: tuple[int, int]) -> None:
+        per_shard[r[0]] = r[1]
+
+    runner.map(_count_task, [(s, key) for s in shards], setup=setup, on_result=add, desc="select-ties", keep_results=False)
+    s = int(np.searchsorted(np.cumsum(per_shard), need))  # the shard that holds the need-th tied sample
+    left = need - int(per_shard[:s].sum())
+    _, ids = _gather_task(setup(), (s, 64, key, int(firsts[s])))
+    return Cut(64, key, np.zeros(0, dtype=np.int64), k, below=int(ids[left - 1]) + 1)
+
+
+class CutKeep:
+    """Keep bits of shard ``k`` under a cut (picklable, for :func:`~streamprune.shardmask.write_mask_by_shard`).
+
+    Args:
+        cut: The cut (:func:`find_cut`).
+        scores: Picklable ``scores(k)`` per shard.
+        higher_is: ``"keep"`` or ``"prune"``.
+        firsts: Global id of each shard's first sample.
+    """
 
     def __init__(self, cut: Cut, scores: ShardScores, higher_is: str, firsts: np.ndarray) -> None:
         self.cut, self.scores, self.higher_is, self.firsts = cut, scores, higher_is, firsts
@@ -207,6 +266,7 @@ def top_mask_by_shard(
     engine: str | Engine | None = None,
     workers: int = 1,
     gather: int = DEFAULT_GATHER,
+    ranking: np.ndarray | None = None,
 ) -> MaskFile:
     """The ``top`` mask at ``ratio``: find the cut by histograms, then each task writes its shard's bits.
 
@@ -220,6 +280,7 @@ def top_mask_by_shard(
         engine: Where the passes run.
         workers: Local processes when ``engine`` is a name.
         gather: See :func:`find_cut`.
+        ranking: See :func:`find_cut` (a scores file's stored ranking: its tie order).
 
     Returns:
         The written mask.
@@ -227,7 +288,7 @@ def top_mask_by_shard(
     counts = np.fromiter((s.samples for s in manifest.shards), dtype=np.int64, count=len(manifest.shards))
     k = kept_count(int(counts.sum()), ratio)
     runner = make_engine(engine, workers=workers)
-    cut = find_cut(counts, scores, k, higher_is, engine=runner, gather=gather)
+    cut = find_cut(counts, scores, k, higher_is, engine=runner, gather=gather, ranking=ranking)
     firsts = np.concatenate([[0], np.cumsum(counts)])[:-1]
     record = {**(provenance or {}), "selector": "top", "requested_ratio": ratio, "ratio": ratio}
-    return write_mask_by_shard(manifest, _CutKeep(cut, scores, higher_is, firsts), path, record, engine=runner)
+    return write_mask_by_shard(manifest, CutKeep(cut, scores, higher_is, firsts), path, record, engine=runner)

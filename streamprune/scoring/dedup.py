@@ -50,7 +50,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -59,8 +59,8 @@ from ..keys import read_member_data
 from ..manifest import Manifest, ManifestLike, open_manifest
 from ..masks import KeepMask, mask_from_bool
 from ..scores import ScoreFile
-from .features import ArrayStore, ChunkSource, feature_root, surrogate_features
-from .kmeans import kmeans
+from .features import ArrayStore, ChunkSource, RowTransform, feature_root, surrogate_features
+from .kmeans import cluster_features
 from .registry import MethodOption, register_score
 from .request import ScoreRequest
 
@@ -110,16 +110,12 @@ def eps_for_ratio(max_similarity: np.ndarray, target_ratio: float) -> float:
     return float(1.0 - threshold)
 
 
-class NormalisedStore(ChunkSource):
+class NormalisedStore(RowTransform):
     """Rows of another chunked feature source, each scaled to unit L2 norm (zero rows stay zero).
 
     Args:
         inner: The features (:class:`~.features.FeatureStore`, :class:`~.features.ArrayStore`).
     """
-
-    def __init__(self, inner: ChunkSource) -> None:
-        self.inner = inner
-        self.num_samples, self.dim = inner.num_samples, inner.dim
 
     @staticmethod
     def normalise(x: np.ndarray) -> np.ndarray:
@@ -128,15 +124,7 @@ class NormalisedStore(ChunkSource):
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         return x / np.where(norms > 0, norms, 1.0)
 
-    def iter_chunks(self, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start row, normalised float32 chunk)``."""
-        for start, chunk in self.inner.iter_chunks(chunk_rows):
-            self.record_chunk(len(chunk))
-            yield start, self.normalise(chunk)
-
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        """The given rows, normalised."""
-        return self.normalise(self.inner.take(rows))
+    transform = normalise
 
 
 def max_earlier_similarity(x: np.ndarray, block: int = 1024) -> np.ndarray:
@@ -179,6 +167,7 @@ def semdedup_arrays(
     chunk_rows: int = 65536,
     init_sample: int | None = None,
     progress: bool = False,
+    engine: Any = None,
 ) -> dict[str, Any]:
     """SemDeDup over features (the module docstring's steps 1-5), without any files.
 
@@ -191,6 +180,7 @@ def semdedup_arrays(
         chunk_rows: Rows read at a time.
         init_sample: Rows k-means++ is seeded on.
         progress: k-means progress bar.
+        engine: Run k-means as engine tasks over the feature shards (:func:`~.kmeans.cluster_features`).
 
     Returns:
         ``{"max_similarity": float64[N], "duplicate": bool[N], "assignments": int64[N],
@@ -204,7 +194,8 @@ def semdedup_arrays(
         raise ArgumentError(f"eps={eps}: must be in [0, 2] (duplicates have cosine similarity > 1 - eps)")
     store = NormalisedStore(ArrayStore(features) if isinstance(features, np.ndarray) else features)
     n = store.num_samples
-    km = kmeans(store, clusters, iters=kmeans_iters, seed=seed, chunk_rows=chunk_rows, init_sample=init_sample, progress=progress)
+    km = cluster_features(store, clusters, engine=engine, iters=kmeans_iters, seed=seed, chunk_rows=chunk_rows, init_sample=init_sample,
+                          progress=progress)
     centroids = NormalisedStore.normalise(km.centroids).astype(np.float64)
     assign = km.assignments
     distance = np.empty(n, dtype=np.float64)
@@ -288,7 +279,7 @@ def semdedup(
     embed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     r = semdedup_arrays(store, k, 0.0 if eps is None else eps, kmeans_iters=kmeans_iters, seed=request.seed, chunk_rows=chunk_rows,
-                        init_sample=init_sample, progress=request.progress)
+                        init_sample=init_sample, progress=request.progress, engine=request.engine)
     dedup_s = time.perf_counter() - t0
     max_sim = r["max_similarity"]
     chosen_by = "eps" if eps is not None else "target_ratio"

@@ -503,6 +503,45 @@ class ChunkSource:
         return out
 
 
+class RowTransform(ChunkSource):
+    """Rows of another chunked source, each passed through :meth:`transform` (e.g. scaled to unit norm).
+
+    It is sharded when its source is (``shard(k)`` and ``offsets``, as :class:`FeatureStore`),
+    so k-means can run on it as engine tasks (:func:`~.kmeans.kmeans_by_shard`).
+
+    Args:
+        inner: The features (:class:`FeatureStore`, :class:`ArrayStore`, ...).
+    """
+
+    def __init__(self, inner: ChunkSource) -> None:
+        self.inner = inner
+        self.num_samples, self.dim = inner.num_samples, inner.dim
+
+    @staticmethod
+    def transform(x: np.ndarray) -> np.ndarray:  # pragma: no cover
+        """The transformed float32 rows."""
+        raise NotImplementedError
+
+    @property
+    def offsets(self) -> np.ndarray | None:
+        """The source's shard offsets (``None``: not sharded)."""
+        return getattr(self.inner, "offsets", None)
+
+    def shard(self, k: int) -> np.ndarray:
+        """Shard ``k``'s rows, transformed."""
+        return self.transform(np.asarray(self.inner.shard(k), dtype=np.float32))
+
+    def iter_chunks(self, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start row, transformed float32 chunk)``."""
+        for start, chunk in self.inner.iter_chunks(chunk_rows):
+            self.record_chunk(len(chunk))
+            yield start, self.transform(chunk)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows, transformed."""
+        return self.transform(self.inner.take(rows))
+
+
 class ArrayStore(ChunkSource):
     """An in-memory ``[N, D]`` array behind the chunked-reading interface (tests, small data).
 

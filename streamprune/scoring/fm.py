@@ -33,7 +33,7 @@ from ..errors import ArgumentError
 from ..kernels import kmeans_accumulate, nearest_centroid, vote_histogram
 from ..scores import ScoreFile, rank_items
 from .features import ChunkSource, feature_root, surrogate_features
-from .kmeans import KMEANS_OPTIONS, KMeansResult, assign, kmeans, kmeans_plus_plus
+from .kmeans import KMEANS_OPTIONS, KMeansResult, assign, cluster_features, kmeans, kmeans_plus_plus
 from .registry import MethodOption, register_score
 from .request import ScoreRequest
 
@@ -134,20 +134,19 @@ def fm_cluster_scores(
         The (unsaved) scores; ``assignments`` holds each source sample's cluster id.
     """
     v = fm_votes(target_features, km.centroids)
+    return _voted(
+        "cluster", v, variant="kmeans", extra={"cluster_size": km.counts.astype(np.float64)}, assignments=km.assignments,
+        items=[f"cluster{j}" for j in range(len(km.counts))], manifest_fingerprint=manifest_fingerprint, **fields,
+    )
+
+
+def _voted(level: str, v: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None, **fields: Any) -> ScoreFile:
+    """FM's scores from :func:`fm_votes`: votes, ties by ``inv_dist_sum`` (stored in ``extra``, so the ranking is reproducible)."""
     return ScoreFile.ranked(
-        "fm",
-        "cluster",
-        v["votes"],
-        higher_is="keep",
-        score_name="votes",
+        "fm", level, v["votes"], higher_is="keep", score_name="votes",
         # inv_dist_sum: the summed inverse Euclidean distance of all target samples
         ties=[("inv_dist_sum", v["inv_dist_sum"])],
-        variant="kmeans",
-        extra={"inv_dist_sum": v["inv_dist_sum"], "cluster_size": km.counts.astype(np.float64)},
-        assignments=km.assignments,
-        items=[f"cluster{j}" for j in range(len(km.counts))],
-        manifest_fingerprint=manifest_fingerprint,
-        **fields,
+        extra={"inv_dist_sum": v["inv_dist_sum"], **(extra or {})}, **fields,
     )
 
 
@@ -166,19 +165,7 @@ def fm_class_scores(means: np.ndarray, counts: np.ndarray, target_features: np.n
         The (unsaved) scores.
     """
     v = fm_votes(target_features, means, valid=np.asarray(counts) > 0)
-    return ScoreFile.ranked(
-        "fm",
-        "class",
-        v["votes"],
-        higher_is="keep",
-        score_name="votes",
-        ties=[("inv_dist_sum", v["inv_dist_sum"])],
-        variant="over-classes",
-        extra={"inv_dist_sum": v["inv_dist_sum"]},
-        items=list(classes),
-        manifest_fingerprint=manifest_fingerprint,
-        **fields,
-    )
+    return _voted("class", v, variant="over-classes", items=list(classes), manifest_fingerprint=manifest_fingerprint, **fields)
 
 
 @register_score(
@@ -240,7 +227,8 @@ def fm(
             params={"fm_over_classes": True, "feature_dir": os.path.abspath(root), "embed_seconds": round(embed_s, 3)}, **common,
         )
     else:
-        km = kmeans(store, clusters, iters=kmeans_iters, init_sample=init_sample, chunk_rows=chunk_rows, seed=request.seed, progress=request.progress)
+        km = cluster_features(store, clusters, engine=request.engine, iters=kmeans_iters, init_sample=init_sample, chunk_rows=chunk_rows,
+                              seed=request.seed, progress=request.progress)
         out = fm_cluster_scores(
             km, target, source.fingerprint,
             params={

@@ -26,7 +26,7 @@ from ..kernels import kmeans_accumulate, nearest_centroid
 from .features import ArrayStore, ChunkSource
 from .registry import MethodOption
 
-__all__ = ["KMEANS_OPTIONS", "KMeansResult", "ShardedArray", "assign", "assignment_path", "kmeans", "kmeans_by_shard", "kmeans_options", "kmeans_plus_plus", "mean_feature_variance"]
+__all__ = ["KMEANS_OPTIONS", "KMeansResult", "ShardedArray", "assign", "assignment_path", "cluster_features", "kmeans", "kmeans_by_shard", "kmeans_options", "kmeans_plus_plus", "mean_feature_variance"]
 
 
 def kmeans_options(clusters_default: str | None = None) -> tuple[MethodOption, ...]:
@@ -190,10 +190,38 @@ def _lloyd_step(store: ChunkSource, centroids: np.ndarray, chunk_rows: int) -> t
         idx, d = nearest_centroid(chunk, centroids)
         kmeans_accumulate(chunk, idx, sums, counts)
         inertia += float(d.sum(dtype=np.float64))
+    return _moved(centroids, sums, counts), inertia, int((counts == 0).sum())
+
+
+def _moved(centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The Lloyd update: each non-empty cluster's mean (float32); an empty one keeps its centroid."""
     new = centroids.copy()
     nonempty = counts > 0
     new[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
-    return new, inertia, int((~nonempty).sum())
+    return new
+
+
+def _lloyd(centroids: np.ndarray, threshold: float, iters: int, step, progress: bool = False) -> tuple[np.ndarray, int]:
+    """Lloyd iterations until the squared centroid shift is at most ``threshold`` (scikit-learn's rule).
+
+    ``step(centroids) -> (new centroids, inertia before the update, empty clusters)`` is one
+    pass over the features: in this process (:func:`kmeans`) or as engine tasks (:func:`kmeans_by_shard`).
+
+    Returns:
+        ``(final centroids, iterations run)``.
+    """
+    it = 0
+    with tqdm(total=iters, desc="k-means", unit="iter", disable=not progress) as bar:
+        for it in range(1, iters + 1):
+            new, inertia, empty = step(centroids)
+            shift = float(((new.astype(np.float64) - centroids) ** 2).sum())
+            centroids = new
+            bar.update(1)
+            bar.set_postfix(inertia=f"{inertia:.4g}", empty=empty, refresh=False)
+            log.debug("k-means iteration %d: inertia %.6g (before update), shift %.3g", it, inertia, shift)
+            if shift <= threshold:
+                break
+    return centroids, it
 
 
 def kmeans(
@@ -249,17 +277,7 @@ def kmeans(
         raise ArgumentError(f"clusters={k}: must be between 1 and the number of samples ({n})")
     centroids, used_sample = _initial_centroids(store, k, init, init_sample, np.random.default_rng(seed))
     threshold = tol * mean_feature_variance(store, chunk_rows)
-    it = 0
-    with tqdm(total=iters, desc="k-means", unit="iter", disable=not progress) as bar:
-        for it in range(1, iters + 1):
-            new, inertia, empty = _lloyd_step(store, centroids, chunk_rows)
-            shift = float(((new.astype(np.float64) - centroids) ** 2).sum())
-            centroids = new
-            bar.update(1)
-            bar.set_postfix(inertia=f"{inertia:.4g}", empty=empty, refresh=False)
-            log.debug("k-means iteration %d: inertia %.6g (before update), shift %.3g", it, inertia, shift)
-            if shift <= threshold:
-                break
+    centroids, it = _lloyd(centroids, threshold, iters, lambda c: _lloyd_step(store, c, chunk_rows), progress)
     assignments, inertia = assign(store, centroids, chunk_rows)
     counts = np.bincount(assignments, minlength=k).astype(np.int64)
     return KMeansResult(centroids, assignments, inertia, it, counts, used_sample)
@@ -380,6 +398,7 @@ def kmeans_by_shard(
     chunk_rows: int = 65536,
     seed: int = 0,
     assignments_dir: str | None = None,
+    progress: bool = False,
 ) -> KMeansResult:
     """:func:`kmeans`, with every pass over the features run as engine tasks, one per feature shard.
 
@@ -395,7 +414,7 @@ def kmeans_by_shard(
         k: Number of clusters.
         engine: ``"local"`` / ``None``, ``"ray"`` or an :class:`~streamprune.engine.Engine`.
         workers: Local processes when ``engine`` is a name.
-        iters, init, init_sample, tol, chunk_rows, seed: As :func:`kmeans`.
+        iters, init, init_sample, tol, chunk_rows, seed, progress: As :func:`kmeans`.
         assignments_dir: Each task writes its shard's cluster ids there (:func:`assignment_path`)
             and the result's ``assignments`` is empty: nothing of size N reaches the driver.
             ``None``: the ids come back into ``assignments`` (N x 8 bytes on the driver).
@@ -417,27 +436,22 @@ def kmeans_by_shard(
     runner.map(_moments_task, shards, setup=functools.partial(_state, store, None, chunk_rows), on_result=merge,
                desc="kmeans-variance", keep_results=False)
     threshold = tol * (float(moments[2].mean() / moments[0]) if moments[0] and store.dim else 0.0)
-    it = 0
-    for it in range(1, iters + 1):
+
+    def step(centroids: np.ndarray) -> tuple[np.ndarray, float, int]:
         sums = np.zeros((k, store.dim), dtype=np.float64)
         counts = np.zeros(k, dtype=np.int64)
         inertia = [0.0]
 
-        def add(_: int, part, sums=sums, counts=counts, inertia=inertia) -> None:
-            sums += part[0]
-            counts += part[1]
+        def add(_: int, part) -> None:
+            sums[:] += part[0]
+            counts[:] += part[1]
             inertia[0] += part[2]
 
         runner.map(_lloyd_task, shards, setup=functools.partial(_state, store, centroids, chunk_rows), on_result=add,
                    desc="kmeans-step", keep_results=False)
-        new = centroids.copy()
-        nonempty = counts > 0
-        new[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
-        shift = float(((new.astype(np.float64) - centroids) ** 2).sum())
-        centroids = new
-        log.debug("k-means (sharded) iteration %d: inertia %.6g, shift %.3g", it, inertia[0], shift)
-        if shift <= threshold:
-            break
+        return _moved(centroids, sums, counts), inertia[0], int((counts == 0).sum())
+
+    centroids, it = _lloyd(centroids, threshold, iters, step, progress)
     assignments = np.empty(n if assignments_dir is None else 0, dtype=np.int64)
     total = [0.0]
     sizes = np.zeros(k, dtype=np.int64)
@@ -455,3 +469,23 @@ def kmeans_by_shard(
                on_result=place, desc="kmeans-assign", keep_results=False)
     counts = sizes
     return KMeansResult(centroids, assignments, total[0], it, counts, used_sample)
+
+
+def cluster_features(store: ChunkSource | np.ndarray, k: int, *, engine=None, **options) -> KMeansResult:
+    """The k-means a method runs (FM, SSP, SemDeDup): as engine tasks when it has an engine and sharded features.
+
+    Args:
+        store: The features; sharded when it has ``offsets`` and ``shard(k)`` (a
+            :class:`~.features.FeatureStore`, or a :class:`~.features.RowTransform` of one).
+        k: Number of clusters.
+        engine: The scoring request's engine: ``None`` runs :func:`kmeans` in this process;
+            otherwise, with sharded features, :func:`kmeans_by_shard` on it (the same result
+            for the same data and seed, to float rounding).
+        **options: :func:`kmeans`'s options (``iters``, ``init_sample``, ``chunk_rows``, ``seed``, ``progress``).
+
+    Returns:
+        The :class:`KMeansResult`.
+    """
+    if engine is None or getattr(store, "offsets", None) is None:
+        return kmeans(store, k, **options)
+    return kmeans_by_shard(store, k, engine=engine, **options)

@@ -53,8 +53,8 @@ from ..dynamicsfile import Dynamics, load_dynamics
 from ..errors import ArgumentError, StreamPruneError
 from ..kernels import nearest_centroid
 from ..scores import ScoreFile
-from .features import ArrayStore, ChunkSource, feature_root, surrogate_features
-from .kmeans import kmeans, kmeans_options
+from .features import ArrayStore, RowTransform, feature_root, surrogate_features
+from .kmeans import cluster_features, kmeans_options
 from .registry import MethodOption, register_score
 from .request import ScoreRequest
 
@@ -311,27 +311,13 @@ def grand_dyn(request: ScoreRequest, dynamics_dir: str | None = None, epochs: in
     )
 
 
-class _UnitRows(ChunkSource):
+class _UnitRows(RowTransform):
     """Rows of a chunked feature source scaled to unit Euclidean norm (zero rows stay zero)."""
 
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.num_samples, self.dim = store.num_samples, store.dim
-
     @staticmethod
-    def _unit(x: np.ndarray) -> np.ndarray:
+    def transform(x: np.ndarray) -> np.ndarray:
         norm = np.sqrt((x.astype(np.float64) ** 2).sum(axis=1, keepdims=True))
         return (x / np.maximum(norm, 1e-12)).astype(np.float32)
-
-    def iter_chunks(self, chunk_rows: int = 65536):
-        """Yield ``(start row, unit-norm float32 chunk)``."""
-        for start, chunk in self.store.iter_chunks(chunk_rows):
-            self.record_chunk(len(chunk))
-            yield start, self._unit(chunk)
-
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        """The given rows, unit-normalised."""
-        return self._unit(self.store.take(rows))
 
 
 def prototype_distances(store: Any, centroids: np.ndarray, distance: str = "euclidean", chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -356,7 +342,7 @@ def prototype_distances(store: Any, centroids: np.ndarray, distance: str = "eucl
     c = np.asarray(centroids, dtype=np.float32)
     if distance == "cosine":
         store = _UnitRows(store)
-        c = _UnitRows._unit(c)
+        c = _UnitRows.transform(c)
     idx = np.empty(store.num_samples, dtype=np.int64)
     dist = np.empty(store.num_samples, dtype=np.float64)
     c64 = c.astype(np.float64)
@@ -417,7 +403,8 @@ def ssp(
     embed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     space = _UnitRows(store) if distance == "cosine" else store
-    km = kmeans(space, int(k), iters=kmeans_iters, init_sample=init_sample, chunk_rows=chunk_rows, seed=request.seed, progress=request.progress)
+    km = cluster_features(space, int(k), engine=request.engine, iters=kmeans_iters, init_sample=init_sample, chunk_rows=chunk_rows,
+                          seed=request.seed, progress=request.progress)
     cluster, dist = prototype_distances(store, km.centroids, distance, chunk_rows)
     hard = keep == "hard"
     return request.score_file(
