@@ -27,7 +27,7 @@ from streamprune.foreignindex import require_foreign
 from streamprune.indexing import index_foreign
 from streamprune.masks import random_mask
 
-from . import pagecache, provenance
+from . import pagecache, provenance, stats
 from .mdtable import fmt_num, markdown_table
 from .suite import Suite, Target
 
@@ -41,13 +41,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="warnings only")
     p.add_argument("--samples", type=int, default=20_000, help="samples per dataset")
     p.add_argument("--sample-bytes", type=int, default=110_000, help="payload bytes per sample (JPEG-sized)")
+    p.add_argument("--rounds", type=int, default=5, help="paired rounds of every arm (default 5)")
     p.add_argument("--shard-bytes", type=int, default=64 << 20, help="MDS size_limit and LitData chunk_bytes (both default to 64 MiB)")
 
 
 def configure(args: argparse.Namespace) -> argparse.Namespace:
     """``--quick`` sizes."""
     if args.quick:
-        args.samples, args.sample_bytes, args.shard_bytes = 1500, 40_000, 8 << 20
+        args.samples, args.sample_bytes, args.shard_bytes, args.rounds = 1500, 40_000, 8 << 20, 2
     return args
 
 
@@ -127,56 +128,110 @@ def _count(src: str) -> int:
     return sum(s.samples for s in require_foreign(src).shards)
 
 
-def _rows_for(fmt: str, src: str, manifest: str) -> list[dict[str, Any]]:
+#: The arms of one format: (reader, selection, ratio); streamprune with a random per-sample mask
+#: against the peer's full data and the subset it selects its own way (same kept count).
+ARMS = (("streamprune", "all", 0.0), ("streamprune", "random mask", RATIO), ("peer", "all", 0.0), ("peer", "own subset", RATIO))
+
+
+def _arm_dataset(fmt: str, arm: tuple[str, str, float], src: str, manifest: str, mask: Any, keep: int) -> Any:
+    reader, selection, _ = arm
+    if reader == "streamprune":
+        return PrunedSource(manifest, mask if selection == "random mask" else None)
+    return _peer_dataset(fmt, src, keep if selection == "own subset" else None)
+
+
+def _round_rows(fmt: str, src: str, manifest: str, round_no: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """One round of a format: every arm, in a seeded order, for a cold first epoch and a warm second."""
     files = _files(src)
     total = sum(os.path.getsize(f) for f in files)
-    n = _count(src)
-    keep = int(round(n * (1 - RATIO)))
+    keep = int(round(_count(src) * (1 - RATIO)))
+    mask = random_mask(Manifest.load(manifest), RATIO, level="sample", seed=0)
     rows = []
-
-    def add(reader: str, selection: str, ratio: float, make) -> None:
-        ds = make()
+    for a in rng.permutation(len(ARMS)).tolist():  # arms interleaved, a new order each round: drift is shared
+        reader, selection, ratio = ARMS[a]
+        ds = _arm_dataset(fmt, ARMS[a], src, manifest, mask, keep)
         for epoch, cold in ((1, True), (2, False)):
             m = _measure(files, lambda ds=ds: sum(1 for _ in ds), cold)
-            rows.append({"format": fmt, "reader": reader, "selection": selection, "ratio": ratio, "epoch": epoch, **m,
-                         "read_fraction": m["read_bytes"] / total, "dataset_bytes": total})
-            log.info("%s %s %s epoch %d: %.2f s, %d samples, %.3f of the bytes", fmt, reader, selection, epoch, m["seconds"],
-                     m["samples"], m["read_bytes"] / total)
-
-    add("streamprune", "all", 0.0, lambda: PrunedSource(manifest))
-    mask = random_mask(Manifest.load(manifest), RATIO, level="sample", seed=0)
-    add("streamprune", "random mask", RATIO, lambda: PrunedSource(manifest, mask))
-    add("peer", "all", 0.0, lambda: _peer_dataset(fmt, src, None))
-    add("peer", "own subset (choose)" if fmt == "mds" else "own subset (subsample)", RATIO, lambda: _peer_dataset(fmt, src, keep))
+            rows.append({"format": fmt, "round": round_no, "reader": reader, "selection": selection, "ratio": ratio,
+                         "epoch": epoch, **m, "read_fraction": m["read_bytes"] / total, "dataset_bytes": total})
+            log.info("round %d %s %s %s epoch %d: %.2f s, %d samples, %.3f of the bytes", round_no, fmt, reader, selection,
+                     epoch, m["seconds"], m["samples"], m["read_bytes"] / total)
     return rows
 
 
+def _arm_values(rows: list[dict[str, Any]], fmt: str, reader: str, selection: str, epoch: int, key: str) -> list[float | None]:
+    """``key`` of one arm and epoch, one value per round in round order (``None`` where the round lacks it)."""
+    by_round = {r["round"]: r[key] for r in rows
+                if (r["format"], r["reader"], r["selection"], r["epoch"]) == (fmt, reader, selection, epoch)}
+    rounds = sorted({r["round"] for r in rows})
+    return [by_round.get(k) for k in rounds]
+
+
+def formats_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per format, arm and epoch: the median and min-max over rounds of seconds and bytes read."""
+    out = []
+    for fmt in sorted({r["format"] for r in rows}):
+        for reader, selection, ratio in ARMS:
+            for epoch in (1, 2):
+                seconds = [v for v in _arm_values(rows, fmt, reader, selection, epoch, "seconds") if v is not None]
+                fraction = [v for v in _arm_values(rows, fmt, reader, selection, epoch, "read_fraction") if v is not None]
+                samples = _arm_values(rows, fmt, reader, selection, epoch, "samples")
+                if seconds:
+                    out.append({"format": fmt, "reader": reader, "selection": selection, "ratio": ratio, "epoch": epoch,
+                                "rounds": len(seconds), "samples": samples[0], "seconds": float(np.median(seconds)),
+                                "seconds_min": min(seconds), "seconds_max": max(seconds),
+                                "read_fraction": float(np.median(fraction)), "read_fraction_max": max(fraction)})
+    return out
+
+
+def formats_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bytes at r=0.8 (every round) and streamprune's pruned epochs against the peer's, paired per round."""
+    command = "python -m benchmarks formats"
+    targets = []
+    for fmt in sorted({r["format"] for r in rows}):
+        fractions = [v for v in _arm_values(rows, fmt, "streamprune", "random mask", 1, "read_fraction") if v is not None]
+        targets.append(Target.check(f"{fmt}: cold bytes read at r={RATIO} (fraction of the dataset) <= 0.25",
+                                    float(np.median(fractions)), 0.25, "<=", interval=(min(fractions), max(fractions)),
+                                    rounds=len(fractions), command=command, format=fmt).to_dict())
+        ours = {e: _arm_values(rows, fmt, "streamprune", "random mask", e, "seconds") for e in (1, 2)}
+        for selection, what in (("all", "full data"), ("own subset", "its own subset")):
+            for epoch in (1, 2):
+                peer = _arm_values(rows, fmt, "peer", selection, epoch, "seconds")
+                state = "cold" if epoch == 1 else "warm"
+                ratio = stats.paired_ratio(peer, ours[epoch])
+                targets.append(Target.check(
+                    f"{fmt}: pruned epoch {epoch} ({state}) at r={RATIO} no slower than the peer's on {what}: t(peer) / t(streamprune) >= 1",
+                    None, 1.0, ">=", paired=ratio, command=command, format=fmt, epoch=epoch).to_dict())
+    return targets
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Build (or reuse) both datasets, then ``--rounds`` rounds of every arm of both formats."""
     t0 = time.perf_counter()
     paths = build(args)
+    rng = np.random.default_rng([args.seed, 0xF0])
     rows = []
-    for fmt in ("mds", "litdata"):
-        rows += _rows_for(fmt, paths[fmt], paths[f"sp-{fmt}"])
-    targets = []
-    for fmt in ("mds", "litdata"):
-        ours = next(r for r in rows if r["format"] == fmt and r["reader"] == "streamprune" and r["ratio"] == RATIO and r["epoch"] == 1)
-        targets.append(Target.check(f"{fmt}: cold bytes read at r={RATIO} (fraction of the dataset) <= 0.25", ours["read_fraction"],
-                                    0.25, "<=").to_dict())
-    return {"setup": {"samples": args.samples, "sample_bytes": args.sample_bytes, "ratio": RATIO, "quick": args.quick},
-            "rows": rows, "targets": targets,
+    for round_no in range(args.rounds):
+        for fmt in ("mds", "litdata"):
+            rows += _round_rows(fmt, paths[fmt], paths[f"sp-{fmt}"], round_no, rng)
+    return {"setup": {"samples": args.samples, "sample_bytes": args.sample_bytes, "ratio": RATIO, "rounds": args.rounds,
+                      "quick": args.quick},
+            "rows": rows, "summary": formats_summary(rows), "targets": formats_targets(rows),
             "versions": provenance.package_versions(["mosaicml-streaming", "litdata", "torch"]),
             "total_seconds": time.perf_counter() - t0}
 
 
 def report_markdown(results: dict[str, Any]) -> str:
-    """The suite's table."""
+    """The suite's table: per format, arm and epoch, medians and min-max over the rounds."""
     f = fmt_num
     s = results["setup"]
-    rows = [[r["format"], r["reader"], r["selection"], r["epoch"], r["samples"], f(r["seconds"]), f(r["read_fraction"])]
-            for r in results["rows"]]
+    summary = results.get("summary") or formats_summary(results["rows"])
+    rows = [[r["format"], r["reader"], r["selection"], r["epoch"], r["samples"],
+             f"{f(r['seconds'])} [{f(r['seconds_min'])}-{f(r['seconds_max'])}]", f(r["read_fraction"])] for r in summary]
     return "\n".join([
         f"{s['samples']:,} samples of {s['sample_bytes']:,} bytes per format, local disk, one process, no DataLoader workers; "
-        "epoch 1 cold (files evicted), epoch 2 warm.", "",
+        f"epoch 1 cold (files evicted), epoch 2 warm; median [min-max] over {s.get('rounds', 1)} round(s), arms interleaved. "
+        "The peer's own subset: streaming's `Stream(choose=k)`, LitData's `subsample=k/N`, k the mask's kept count.", "",
         markdown_table(["format", "reader", "selection", "epoch", "samples", "seconds", "bytes read / dataset"], rows)])
 
 
@@ -196,3 +251,7 @@ class FormatsSuite(Suite):
         """Write both datasets, index them, read them both ways (:func:`run`)."""
         logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
         return run(configure(args))
+
+    def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
+        """The summary and targets from the stored rows (:func:`formats_summary`, :func:`formats_targets`)."""
+        return {**results, "summary": formats_summary(results["rows"]), "targets": formats_targets(results["rows"])}
