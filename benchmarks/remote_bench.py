@@ -1060,16 +1060,9 @@ class RemoteSuite(Suite):
     measures = ("streamprune/readers/webdataset.py", "streamprune/readers/scheduler.py", "streamprune/readers/planner.py",
                 "streamprune/readers/byterange.py", "streamprune/readers/keptcache.py", "streamprune/readers/cachechunk.py",
                 "streamprune/rangeclient.py", "streamprune/storage.py")
+    add_arguments, configure, measurement = staticmethod(add_arguments), staticmethod(configure), staticmethod(run)
     tables = staticmethod(tables)
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The remote options (:func:`add_arguments`)."""
-        add_arguments(parser)
-
-    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
-        """Every arm in paired rounds against nginx (:func:`run`)."""
-        logging.basicConfig(level=logging.WARNING, format="%(message)s")
-        return run(configure(args))
+    log_level = logging.WARNING
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """Rows and targets from the stored runs (:func:`resummarize`)."""
