@@ -65,14 +65,12 @@ __all__ = ["DedupSuite", "KINDS", "planted_metrics", "report_markdown"]
 
 log = logging.getLogger("dedup_bench")
 
-FOOTWEAR = (5, 7, 9)
 KINDS = ("jpeg-q50", "hflip", "crop", "exact")
 EPS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The suite's own options (the base adds ``--quick``, ``--out``, ``--seed``, ``--data-dir``, ...)."""
-    p.add_argument("--quiet", action="store_true", help="warnings only")
     p.add_argument("--base", type=int, default=8000, help="base images (class-balanced subset of Fashion-MNIST train)")
     p.add_argument("--copies", type=int, default=150, help="planted copies per kind")
     p.add_argument("--clusters", type=int, default=20, help="SemDeDup k-means clusters")
@@ -246,6 +244,7 @@ def _target_a(data_dir: str) -> tuple[dict[str, Any], str]:
     # heavy import (torch, streamprune writers), loaded only when this runs: the registry imports every suite
     import torch
 
+    from streamprune.demo import FOOTWEAR  # target A: the demo's footwear classes
     from streamprune.sources import FASHION_MNIST_CLASSES, ArraySource, idx_source
     from streamprune.writers import write_shards
 
@@ -417,16 +416,8 @@ class DedupSuite(Suite):
     data_name = "dedup"
     measures = ("streamprune/scoring/dedup.py", "streamprune/scoring/kmeans.py", "streamprune/scoring/features.py",
                 "streamprune/kernels.py")
+    add_arguments, configure, measurement = staticmethod(add_arguments), staticmethod(configure), staticmethod(run)
     tables = staticmethod(report_markdown)
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The dedup options (:func:`add_arguments`)."""
-        add_arguments(parser)
-
-    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
-        """Plant duplicates, run SemDeDup and exact dedup, the reduced transfer (:func:`run`)."""
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-        return run(configure(args))
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """The targets from the stored SemDeDup rows and exact-dedup counts (:func:`dedup_targets`)."""

@@ -468,7 +468,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, help="cost rounds (default 3; quick 1)")
     p.add_argument("--no-clean", action="store_true", help="skip the clean-target control runs (the cost part still uses the clean target)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 class DlcSuite(Suite):
@@ -477,16 +476,11 @@ class DlcSuite(Suite):
     name, title = "dlc", "DLC cost and FlexRand gain"
     measures = ("streamprune/scoring/dlc.py", "streamprune/selection.py", "streamprune/scoring/training_based.py",
                 "streamprune/dynamics.py")
-    tables = staticmethod(report_markdown)
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The dlc options (:func:`add_arguments`)."""
-        add_arguments(parser)
+    add_arguments, tables = staticmethod(add_arguments), staticmethod(report_markdown)
+    log_format, quiet_loggers = "%(asctime)s %(name)s: %(message)s", ("streamprune",)
 
     def measure(self, args: argparse.Namespace) -> dict[str, Any]:
         """Cost rounds, then the accuracy runs on the noisy target (:func:`run`)."""
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-        logging.getLogger("streamprune").setLevel(logging.WARNING)
         return run(config(args), progress=not args.quiet)
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:

@@ -869,7 +869,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--el2n-runs", type=int, help="independent runs EL2N's eval-mode snapshots average (default 5; quick 2; the paper 10)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the evaluation finetunes (default 1)")
     p.add_argument("--no-extra-rows", action="store_true", help="skip the dlc-k10 / dlc-w0 timing rows")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 class DownstreamSuite(Suite):
@@ -879,16 +878,11 @@ class DownstreamSuite(Suite):
     has_plot = True
     measures = ("streamprune/scoring/dlc.py", "streamprune/scoring/training_based.py", "streamprune/scoring/baselines.py",
                 "streamprune/selection.py", "streamprune/dynamics.py", "streamprune/train.py")
-    tables = staticmethod(report_markdown)
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The downstream options (:func:`add_arguments`)."""
-        add_arguments(parser)
+    add_arguments, tables = staticmethod(add_arguments), staticmethod(report_markdown)
+    log_format, quiet_loggers = "%(asctime)s %(name)s: %(message)s", ("streamprune",)
 
     def measure(self, args: argparse.Namespace) -> dict[str, Any]:
         """Score, prune and finetune every method at every budget (:func:`run`)."""
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-        logging.getLogger("streamprune").setLevel(logging.WARNING)
         return run(config(args), args.out, progress=not args.quiet)
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:

@@ -82,7 +82,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quiet", "-q", action="store_true")
 
 
 def configure(args: argparse.Namespace) -> argparse.Namespace:
@@ -373,16 +372,8 @@ class DynamicSuite(Suite):
     has_plot = True
     measures = ("streamprune/schedules.py", "streamprune/train.py", "streamprune/readers/maskslot.py",
                 "streamprune/readers/webdataset.py")
+    add_arguments, configure, measurement = staticmethod(add_arguments), staticmethod(configure), staticmethod(run)
     tables = staticmethod(report_markdown)
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The dynamic options (:func:`add_arguments`)."""
-        add_arguments(parser)
-
-    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
-        """Train every config for every seed (:func:`run`)."""
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-        return run(configure(args))
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """The summary and targets from the stored runs."""

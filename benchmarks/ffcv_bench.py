@@ -462,15 +462,8 @@ class FfcvSuite(Suite):
     name, title = "ffcv", "FFCV backend: pruned .beton loading"
     has_plot = True
     measures = ("streamprune/readers/ffcv.py", "streamprune/betonindex.py", "streamprune/writers/beton.py", "streamprune/masks.py")
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The ffcv options (:func:`add_arguments`)."""
-        add_arguments(parser)
-
-    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
-        """Every layout, access and cache at every ratio, interleaved rounds (:func:`run`)."""
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-        return run(config(args))
+    add_arguments, configure, measurement = staticmethod(add_arguments), staticmethod(config), staticmethod(run)
+    log_format = "%(asctime)s %(message)s"
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """The targets from the stored rows (:func:`evaluate_targets`)."""

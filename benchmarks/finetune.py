@@ -5,6 +5,8 @@
 reader; ``head_init_state`` / ``write_init_checkpoint`` give the backbone a new seeded head;
 ``finetune_accuracy`` trains for a fixed number of steps on a subset (``batch_stream``) and
 returns the test accuracy. The recipe is documented in ``benchmarks/downstream_bench.py``.
+``train_steps`` and ``accuracy_percent`` are its training loop and its test, which the transfer
+suite's finetune shares.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -21,8 +24,8 @@ from streamprune.sources import FASHION_MNIST_DIR
 
 from . import resultsfile
 
-__all__ = ["ARCH", "FASHION", "INPUT_SIZE", "batch_stream", "cache_matches", "decode_all", "finetune_accuracy", "head_init_state",
-           "mark_cache", "pretrain_backbone", "write_init_checkpoint"]
+__all__ = ["ARCH", "FASHION", "INPUT_SIZE", "accuracy_percent", "batch_stream", "cache_matches", "decode_all", "finetune_accuracy",
+           "head_init_state", "mark_cache", "pretrain_backbone", "train_steps", "write_init_checkpoint"]
 
 log = logging.getLogger("downstream_bench")
 
@@ -168,7 +171,6 @@ def finetune_accuracy(state: dict, num_classes: int, x: Any, y: np.ndarray, kept
     """Finetune from ``state`` on ``x[kept]`` for ``steps`` steps; top-1 test accuracy in percent."""
     # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
     import torch
-    import torch.nn.functional as F
 
     from streamprune.models import build_surrogate
     from streamprune.train import make_optimizer, make_schedule  # heavy: torch
@@ -178,19 +180,54 @@ def finetune_accuracy(state: dict, num_classes: int, x: Any, y: np.ndarray, kept
     model.load_state_dict(state)
     opt = make_optimizer("sgd", model.parameters(), cfg["lr"], cfg["weight_decay"])
     sched = make_schedule(opt, cfg["lr"], steps, "onecycle")
-    yt = torch.as_tensor(y)
+    train_steps(model, opt, sched, x, torch.as_tensor(y), batch_stream(kept, cfg["batch_size"], steps, seed))
+    return accuracy_percent(model, x_test, y_test, chunk=1000)
+
+
+def train_steps(model: Any, opt: Any, sched: Any, x: Any, y: Any, batches: Iterable[Any]) -> None:
+    """Train ``model`` one step per batch of row ids: cross-entropy on ``x[ids]``, ``y[ids]``; ``sched`` steps after ``opt``.
+
+    Args:
+        model: The classifier (left in training mode).
+        opt: Its optimizer.
+        sched: Its learning-rate schedule.
+        x: Training inputs (a tensor).
+        y: Training labels (an int64 tensor).
+        batches: Row ids of each step (arrays or tensors), read as they are needed.
+    """
+    # heavy import, deferred: torch, and the registry imports every suite
+    import torch
+    import torch.nn.functional as F
+
     model.train()
-    for idx in batch_stream(kept, cfg["batch_size"], steps, seed):
-        ii = torch.as_tensor(idx)
-        loss = F.cross_entropy(model(x[ii]), yt[ii])
+    for ids in batches:
+        ii = torch.as_tensor(ids)
+        loss = F.cross_entropy(model(x[ii]), y[ii])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+
+
+def accuracy_percent(model: Any, x_test: Any, y_test: Any, chunk: int, transform: Callable[[Any], Any] | None = None) -> float:
+    """Top-1 accuracy (percent) of ``model`` in eval mode on ``x_test``, ``chunk`` rows per forward pass.
+
+    Args:
+        model: The classifier (left in eval mode).
+        x_test: Test inputs (a tensor).
+        y_test: Test labels (an array or a tensor).
+        chunk: Rows per forward pass.
+        transform: Applied to each chunk of inputs before the forward pass (``None``: as they are).
+    """
+    # heavy import, deferred: torch, and the registry imports every suite
+    import torch
+
+    labels = torch.as_tensor(y_test)
     model.eval()
     correct = 0
     with torch.no_grad():
-        for lo in range(0, len(y_test), 1000):
-            pred = model(x_test[lo : lo + 1000]).argmax(1).numpy()
-            correct += int((pred == y_test[lo : lo + 1000]).sum())
-    return 100.0 * correct / len(y_test)
+        for lo in range(0, len(labels), chunk):
+            inputs = x_test[lo : lo + chunk]
+            pred = model(inputs if transform is None else transform(inputs)).argmax(1)
+            correct += int((pred == labels[lo : lo + chunk]).sum())
+    return 100.0 * correct / len(labels)

@@ -38,7 +38,6 @@ RATIO = 0.8
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The suite's own options (the base adds ``--quick``, ``--out``, ``--seed``, ``--data-dir``, ...)."""
-    p.add_argument("--quiet", action="store_true", help="warnings only")
     p.add_argument("--samples", type=int, default=20_000, help="samples per dataset")
     p.add_argument("--sample-bytes", type=int, default=110_000, help="payload bytes per sample (JPEG-sized)")
     p.add_argument("--rounds", type=int, default=5, help="paired rounds of every arm (default 5)")
@@ -241,16 +240,8 @@ class FormatsSuite(Suite):
     name, title = "formats", "MDS and LitData in place: streamprune pruned reads vs the peers' own readers"
     data_name = "formats"
     measures = ("streamprune/foreignindex.py", "streamprune/sampleformats.py", "streamprune/readers")
+    add_arguments, configure, measurement = staticmethod(add_arguments), staticmethod(configure), staticmethod(run)
     tables = staticmethod(report_markdown)
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The formats options (:func:`add_arguments`)."""
-        add_arguments(parser)
-
-    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
-        """Write both datasets, index them, read them both ways (:func:`run`)."""
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-        return run(configure(args))
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """The summary and targets from the stored rows (:func:`formats_summary`, :func:`formats_targets`)."""

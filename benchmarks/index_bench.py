@@ -469,15 +469,8 @@ class IndexSuite(Suite):
     data_name = "index_small"
     measures = ("streamprune/tarindex.py", "streamprune/indexing.py", "streamprune/indexfile.py", "streamprune/shardindex.py",
                 "streamprune/kernels.py")
+    add_arguments, configure, measurement = staticmethod(add_arguments), staticmethod(configure), staticmethod(run)
     tables = staticmethod(tables)
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The index options (:func:`add_arguments`)."""
-        add_arguments(parser)
-
-    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
-        """Members/s per mode and dataset, checksums, sidecars (:func:`run`)."""
-        return run(configure(args))
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """The targets from the stored rows (:func:`index_targets`)."""

@@ -1059,7 +1059,6 @@ def plot(rows, ratios, path, meta):
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure (options as :func:`add_arguments`, after :func:`configure`); the results with summary and targets."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.only == "readers":
         return io_readers.run_reader_rows(args, prepare_dataset)
 
@@ -1373,18 +1372,12 @@ class IoSuite(Suite):
     measures = ("streamprune/readers/byterange.py", "streamprune/readers/webdataset.py", "streamprune/readers/mapstyle.py",
                 "streamprune/readers/ffcv.py", "streamprune/readers/plan.py", "streamprune/readers/scheduler.py",
                 "streamprune/masks.py", "streamprune/indexfile.py", "streamprune/shardindex.py")
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The io options (:func:`add_arguments`)."""
-        add_arguments(parser)
+    add_arguments, configure, measurement = staticmethod(add_arguments), staticmethod(configure), staticmethod(run)
+    log_format = "%(levelname)s %(name)s: %(message)s"
 
     def output_name(self, args: argparse.Namespace) -> str:
         """``io_readers`` for ``--only readers`` (its own results file), else ``io_bench``."""
         return os.path.splitext(io_readers.RESULTS_NAME)[0] if args.only == "readers" else self.stem
-
-    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
-        """The epochs of every (reader, cache, variant, ratio) in interleaved rounds (:func:`run`)."""
-        return run(configure(args))
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """Summary and targets from the stored runs (the reader rows' file is summarised when measured)."""

@@ -20,16 +20,28 @@ from . import mdtable
 from .io_bench import IoSuite
 from .suite import Suite
 
-__all__ = ["RECORDS", "IoColdRecord", "KeptcacheRecord", "ReaderCoreRecord", "RemoteClientsRecord", "RemoteIndexRecord",
-           "RemoteUploadRecord"]
+__all__ = ["RECORDS", "IoColdRecord", "MeasuredRecord"]
 
 
-class _Record(Suite):
-    """A results file written by a measurement module; its tables are its rows."""
+class MeasuredRecord(Suite):
+    """The results file of a measurement module: its title, command and measured code; its tables are its rows.
+
+    Args:
+        name: The suite's name, also the results file's stem (``<name>.json``).
+        title: One-line description.
+        how: The command that writes the results.
+        measures: Repository paths whose changes make the results stale.
+        results_dir: Where the results JSON files are (default ``benchmarks/results``).
+    """
 
     runnable = False
     #: Row keys not shown (per-round lists are dropped by :func:`~benchmarks.mdtable.rows_table` anyway).
     skip: tuple[str, ...] = ()
+
+    def __init__(self, name: str, title: str, how: str, measures: tuple[str, ...], results_dir: str | None = None) -> None:
+        super().__init__(results_dir)
+        self.name = self.results_name = name
+        self.title, self.how, self.measures = title, how, measures
 
     def tables(self, results: dict[str, Any]) -> str:
         """The ``rows`` of the results file as a table (and ``micro`` rows where there are any)."""
@@ -39,52 +51,6 @@ class _Record(Suite):
         if micro:
             parts.append("Micro rows (one process, CPU time):\n\n" + mdtable.rows_table(micro, self.skip))
         return "\n\n".join(p for p in parts if p)
-
-
-class KeptcacheRecord(_Record):
-    """``keptcache``: serving cached kept samples against ``pread`` from a local shard."""
-
-    name, title = "keptcache", "Kept-bytes cache: cached kept samples vs pread from a local shard (no targets)"
-    results_name = "keptcache"
-    how = "python -m benchmarks.keptcache_measure"
-    measures = ("streamprune/readers/keptcache.py", "streamprune/readers/cachechunk.py")
-
-
-class ReaderCoreRecord(_Record):
-    """``reader_core``: warm local reads through the reader core, two source trees side by side."""
-
-    name, title = "reader_core", "Reader core: warm local reads, two source trees side by side (no targets)"
-    results_name = "reader_core"
-    how = "python -m benchmarks.reader_core_measure --tree before=PATH --tree after=."
-    measures = ("streamprune/readers/byterange.py", "streamprune/readers/scheduler.py", "streamprune/readers/webdataset.py",
-                "streamprune/readers/mapstyle.py")
-
-
-class RemoteClientsRecord(_Record):
-    """``remote_clients``: HTTP clients for ranged reads against nginx."""
-
-    name, title = "remote_clients", "HTTP clients for ranged reads against nginx (no targets)"
-    results_name = "remote_clients"
-    how = "python -m benchmarks.remote_clients"
-    measures = ("streamprune/rangeclient.py", "streamprune/storage.py")
-
-
-class RemoteIndexRecord(_Record):
-    """``remote_index``: remote indexing, streaming pass vs ranged header walk."""
-
-    name, title = "remote_index", "Remote indexing: streaming pass vs ranged header walk (no targets)"
-    results_name = "remote_index"
-    how = "python -m benchmarks.remote_index_measure"
-    measures = ("streamprune/remoteindex.py", "streamprune/tarindex.py", "streamprune/engine.py", "streamprune/rangeclient.py")
-
-
-class RemoteUploadRecord(_Record):
-    """``remote_upload``: shards uploaded as they are finished vs write-all-then-upload."""
-
-    name, title = "remote_upload", "Upload while sharding vs write-then-upload (no targets)"
-    results_name = "remote_upload"
-    how = "python -m benchmarks.remote_upload_measure"
-    measures = ("streamprune/writers/remote.py", "streamprune/writers/shards.py", "streamprune/writers/tar.py")
 
 
 class IoColdRecord(IoSuite):
@@ -104,5 +70,20 @@ class IoColdRecord(IoSuite):
 
 
 #: The record suites, in report order.
-RECORDS: tuple[type[Suite], ...] = (IoColdRecord, KeptcacheRecord, ReaderCoreRecord, RemoteClientsRecord, RemoteIndexRecord,
-                                    RemoteUploadRecord)
+RECORDS: tuple[Suite, ...] = (
+    IoColdRecord(),
+    MeasuredRecord("keptcache", "Kept-bytes cache: cached kept samples vs pread from a local shard (no targets)",
+                   "python -m benchmarks.keptcache_measure",
+                   ("streamprune/readers/keptcache.py", "streamprune/readers/cachechunk.py")),
+    MeasuredRecord("reader_core", "Reader core: warm local reads, two source trees side by side (no targets)",
+                   "python -m benchmarks.reader_core_measure --tree before=PATH --tree after=.",
+                   ("streamprune/readers/byterange.py", "streamprune/readers/scheduler.py", "streamprune/readers/webdataset.py",
+                    "streamprune/readers/mapstyle.py")),
+    MeasuredRecord("remote_clients", "HTTP clients for ranged reads against nginx (no targets)", "python -m benchmarks.remote_clients",
+                   ("streamprune/rangeclient.py", "streamprune/storage.py")),
+    MeasuredRecord("remote_index", "Remote indexing: streaming pass vs ranged header walk (no targets)",
+                   "python -m benchmarks.remote_index_measure",
+                   ("streamprune/remoteindex.py", "streamprune/tarindex.py", "streamprune/engine.py", "streamprune/rangeclient.py")),
+    MeasuredRecord("remote_upload", "Upload while sharding vs write-then-upload (no targets)", "python -m benchmarks.remote_upload_measure",
+                   ("streamprune/writers/remote.py", "streamprune/writers/shards.py", "streamprune/writers/tar.py")),
+)

@@ -31,7 +31,7 @@ __all__ = ["SUITES", "get_suite", "run_suite"]
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (IoSuite(), DecodeSuite(), IndexSuite(), FfcvSuite(), ScoreSuite(), DownstreamSuite(), DlcSuite(), TransferSuite(), FuzzSuite(), DynamicSuite(),
-              DedupSuite(), ScaleSuite(), ScaleSimSuite(), RemoteSuite(), FormatsSuite(), *(record() for record in RECORDS))
+              DedupSuite(), ScaleSuite(), ScaleSimSuite(), RemoteSuite(), FormatsSuite(), *RECORDS)
 }
 
 

@@ -1223,16 +1223,9 @@ class RemoteSuite(Suite):
     measures = ("streamprune/readers/webdataset.py", "streamprune/readers/scheduler.py", "streamprune/readers/planner.py",
                 "streamprune/readers/byterange.py", "streamprune/readers/keptcache.py", "streamprune/readers/cachechunk.py",
                 "streamprune/rangeclient.py", "streamprune/storage.py")
+    add_arguments, configure, measurement = staticmethod(add_arguments), staticmethod(configure), staticmethod(run)
     tables = staticmethod(tables)
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The remote options (:func:`add_arguments`)."""
-        add_arguments(parser)
-
-    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
-        """Every arm in paired rounds against nginx (:func:`run`)."""
-        logging.basicConfig(level=logging.WARNING, format="%(message)s")
-        return run(configure(args))
+    log_level = logging.WARNING
 
     def output_name(self, args: argparse.Namespace) -> str:
         """``remote_formats_bench`` for a run of only the MDS and LitData arms (``--readers formats``), so that it

@@ -287,15 +287,7 @@ class ScaleSuite(Suite):
     name, title = "scale", "Scale-out: local processes vs Ray"
     has_plot = True
     measures = ("streamprune/engine.py", "streamprune/scoring/features.py", "streamprune/indexing.py")
-    tables = staticmethod(tables)
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The scale options (:func:`add_arguments`)."""
-        add_arguments(parser)
-
-    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
-        """Both passes on every engine, interleaved rounds (:func:`run`)."""
-        return run(args)
+    add_arguments, measurement, tables = staticmethod(add_arguments), staticmethod(run), staticmethod(tables)
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """Ratios and targets from the stored seconds (:func:`summarise`)."""

@@ -202,13 +202,10 @@ class SeededFeatures:
         return self.means[rng.integers(0, 16, size=n)] + rng.normal(size=(n, self.dim)).astype(np.float32)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        shard_ids = np.searchsorted(self.offsets, rows, side="right") - 1
-        for k in np.unique(shard_ids).tolist():
-            sel = np.flatnonzero(shard_ids == k)
-            out[sel] = self.shard(k)[rows[sel] - self.offsets[k]]
-        return out
+        # heavy import (torch), deferred: the registry imports every suite; the k-means step has it loaded already
+        from streamprune.scoring.features import take_rows
+
+        return take_rows(self.shard, self.offsets, rows, self.dim)
 
 
 # --- one step, in its own process ------------------------------------------------------------

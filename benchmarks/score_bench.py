@@ -701,7 +701,6 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure the parts not skipped (options as :func:`add_arguments`); the results, targets judged."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.quick:
         args.n, args.k, args.repeats, args.train_steps = 20000, 100, 3, 5
     args.work = args.data_dir
@@ -857,15 +856,9 @@ class ScoreSuite(Suite):
     has_plot = True
     measures = ("streamprune/kernels.py", "streamprune/scoring/kmeans.py", "streamprune/scoring/fm.py", "streamprune/scoring/lm.py",
                 "streamprune/scoring/features.py", "streamprune/infer.py")
+    add_arguments, measurement = staticmethod(add_arguments), staticmethod(run)
     targets, tables = staticmethod(score_targets), staticmethod(tables)
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The score options (:func:`add_arguments`)."""
-        add_arguments(parser)
-
-    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
-        """The parts not skipped (:func:`run`)."""
-        return run(args)
+    log_format = "%(asctime)s %(name)s: %(message)s"
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """The targets, judged again on the stored parts."""

@@ -5,13 +5,20 @@ declares what is its own and the base does the rest:
 
 * :attr:`Suite.name`, :attr:`Suite.title`, :attr:`Suite.measures` (the repository paths whose
   changes make its results stale: ``python -m benchmarks --report --check``);
-* :meth:`Suite.add_arguments` (its own options), :meth:`Suite.measure` ``(args) -> results``,
-  :meth:`Suite.summarise` ``(results) -> results`` (medians, ratios and targets from the stored
-  runs, so that a re-summary measures nothing), :meth:`Suite.plot` and :meth:`Suite.tables`.
+* its own options and measurement: most suites name their module-level functions,
+  ``add_arguments = staticmethod(add_arguments)`` (``(parser) -> None``),
+  ``configure = staticmethod(configure)`` (``(args) -> config``: ``--quick`` sizes, parsed lists)
+  and ``measurement = staticmethod(run)`` (``(config) -> results``), which the base's
+  :meth:`Suite.measure` composes; a suite whose measurement takes more than the config overrides
+  :meth:`Suite.measure` ``(args) -> results`` instead;
+* :meth:`Suite.summarise` ``(results) -> results`` (medians, ratios and targets from the stored
+  runs, so that a re-summary measures nothing), :meth:`Suite.plot` and :meth:`Suite.tables`;
+* what differs in its logging, if anything (:attr:`Suite.log_format`, :attr:`Suite.log_level`,
+  :attr:`Suite.quiet_loggers`).
 
 The base owns the options every suite takes (``--quick``, ``--out``, ``--seed``, ``--data-dir``,
-``--no-plot``, ``--resummarise JSON``; ``--resummarize`` and ``--plot-only`` are accepted as
-aliases), the results paths (``benchmarks/results/<stem>.json``, ``--quick``: ``results/quick/``;
+``--no-plot``, ``--quiet``, ``--resummarise JSON``; ``--resummarize`` and ``--plot-only`` are
+accepted as aliases), the logging set-up before a measurement, the results paths (``benchmarks/results/<stem>.json``, ``--quick``: ``results/quick/``;
 the plot ``<stem>.png`` beside it), the provenance every results file records (command, git commit
 and dirty flag, machine, date: :mod:`benchmarks.provenance`), writing (atomic) and the markdown
 that ``python -m benchmarks`` prints and ``--report`` collects. Statistics come from
@@ -29,9 +36,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,10 +277,10 @@ def targets_table(targets: Sequence[Target]) -> str:
 class Suite:
     """A benchmark suite: a template whose subclasses declare their options, measurement, summary and plot.
 
-    Subclasses set :attr:`name`, :attr:`title` and :attr:`measures` and implement
-    :meth:`measure`; they override :meth:`add_arguments`, :meth:`summarise`, :meth:`plot`
-    (with :attr:`has_plot`), :meth:`tables` and, when the JSON stores no targets,
-    :meth:`targets`. :meth:`run` is the same for every suite.
+    Subclasses set :attr:`name`, :attr:`title` and :attr:`measures`, and either
+    :attr:`measurement` (with :meth:`configure`) or :meth:`measure`; they override
+    :meth:`add_arguments`, :meth:`summarise`, :meth:`plot` (with :attr:`has_plot`), :meth:`tables`
+    and, when the JSON stores no targets, :meth:`targets`. :meth:`run` is the same for every suite.
 
     Args:
         results_dir: Where the results JSON files are (default ``benchmarks/results``).
@@ -300,6 +308,15 @@ class Suite:
     how: str = ""
     #: Further results files (names beside the suite's own) that its tables read.
     also_reads: tuple[str, ...] = ()
+    #: The measurement :meth:`measure` calls on :meth:`configure`'s result, ``(config) -> results``
+    #: (a module-level ``run``, set with ``staticmethod``; ``None``: the suite overrides :meth:`measure`).
+    measurement: Callable[[Any], dict[str, Any]] | None = None
+    #: Format of the log lines while measuring (``logging.basicConfig``'s; times as ``%H:%M:%S``).
+    log_format: str = "%(message)s"
+    #: Level of the log lines shown while measuring without ``--quiet`` (with it: warnings only).
+    log_level: int = logging.INFO
+    #: Loggers held at warnings while measuring (``("streamprune",)``: the library's progress lines hidden).
+    quiet_loggers: tuple[str, ...] = ()
 
     def __init__(self, results_dir: str | None = None) -> None:
         self.results_dir = results_dir or resultsfile.DEFAULT_RESULTS
@@ -314,14 +331,22 @@ class Suite:
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the suite's own options to ``parser`` (the base's are already there)."""
 
+    def configure(self, args: argparse.Namespace) -> Any:
+        """The options as :attr:`measurement` takes them (``--quick`` sizes, parsed lists; default: as parsed)."""
+        return args
+
     def measure(self, args: argparse.Namespace) -> dict[str, Any]:
         """Measure; return the results (runs, setup; the base adds provenance, then :meth:`summarise`).
 
+        By default :attr:`measurement` of :meth:`configure`'s result.
+
         Args:
             args: The parsed options: the base's (``quick``, ``out``, ``seed``, ``data_dir``,
-                ``no_plot``) and the suite's own.
+                ``no_plot``, ``quiet``) and the suite's own.
         """
-        raise NotImplementedError(f"suite {self.name!r} cannot be run: its results come from a module of its own")
+        if self.measurement is None:
+            raise NotImplementedError(f"suite {self.name!r} cannot be run: its results come from a module of its own")
+        return self.measurement(self.configure(args))
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """Recompute the summary and targets from the stored runs (measures nothing; default: as they are)."""
@@ -366,6 +391,7 @@ class Suite:
         base.add_argument("--data-dir", default=default_data,
                           help=f"where generated data is kept between runs (default {default_data or 'the suite decides'})")
         base.add_argument("--no-plot", action="store_true", help="do not draw the plot")
+        base.add_argument("--quiet", "-q", action="store_true", help="warnings only, no progress bars")
         base.add_argument("--resummarise", "--resummarize", "--plot-only", dest="resummarise", metavar="JSON", default=None,
                           help="measure nothing: recompute the summary and targets of a results file from its runs, rewrite it "
                                "and its plot (--resummarize and --plot-only are the same option)")
@@ -377,6 +403,12 @@ class Suite:
         args = self.parser().parse_args(list(argv))
         args.out = args.out or os.path.join(self.results_dir, *(["quick"] if args.quick else []))
         return args
+
+    def setup_logging(self, args: argparse.Namespace) -> None:
+        """Log lines while measuring: :attr:`log_level` (``--quiet``: warnings) in :attr:`log_format`."""
+        logging.basicConfig(level=logging.WARNING if args.quiet else self.log_level, format=self.log_format, datefmt="%H:%M:%S")
+        for name in self.quiet_loggers:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     def run(self, argv: Sequence[str]) -> dict[str, Any]:
         """Measure (or re-summarise), record provenance, write the results JSON atomically, draw the plot.
@@ -407,6 +439,7 @@ class Suite:
                                        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         else:
             origin = provenance.provenance()  # before measuring: the code that ran, not the code at the end
+            self.setup_logging(args)
             results = self.measure(args)
             results = self.summarise({**origin, **results, "quick": bool(args.quick)})
             path = os.path.join(args.out, f"{self.output_name(args)}.json")

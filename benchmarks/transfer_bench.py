@@ -91,7 +91,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -100,6 +100,7 @@ from streamprune import MaskFile
 from streamprune.sources import FASHION_MNIST_DIR
 
 from . import mdtable, provenance, stats
+from .finetune import accuracy_percent, train_steps
 from .suite import Suite, Target
 
 __all__ = [
@@ -114,8 +115,6 @@ __all__ = [
 
 log = logging.getLogger("transfer_bench")
 
-#: Fashion-MNIST's footwear classes (Sandal, Sneaker, Ankle boot): target A.
-FOOTWEAR = (5, 7, 9)
 METHODS = ("lm", "fm", "random-classes", "random-samples", "moderate")
 TARGETED = ("lm", "fm")
 RANDOM = ("random-classes", "random-samples")
@@ -161,7 +160,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-lr", type=float, default=1e-3, help="finetuning learning rate (default 1e-3)")
     p.add_argument("--source-samples", type=int, default=None, help="use a class-balanced subset of the source (default: all 60,000)")
     p.add_argument("--samples-per-shard", type=int, default=5000, help="source shard size (default 5000)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
 def configure(args: argparse.Namespace) -> argparse.Namespace:
@@ -278,6 +276,7 @@ def prepare_source(data_dir: str, samples: int | None, samples_per_shard: int) -
 def prepare_targets(data_dir: str, shots: int, test_limit: int | None) -> dict[str, dict[str, Any]]:
     """Write targets A and B (train and test splits) as shards; return their manifests and sizes."""
     # heavy import, deferred: streamprune's readers/models/scoring/writers load torch, numba, webdataset or PIL, and the registry imports every suite
+    from streamprune.demo import FOOTWEAR  # target A: the demo's footwear classes
     from streamprune.sources import FASHION_MNIST_CLASSES, ArraySource, idx_source
     from streamprune.writers import write_shards
 
@@ -551,24 +550,17 @@ def finetune(model, data: dict[str, Any], *, steps: int, batch: int, lr: float, 
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     gen = torch.Generator().manual_seed(seed)
-    x, y = normalise(data["x_train"]), data["y_train"]
-    order = torch.empty(0, dtype=torch.int64)
-    net.train()
-    for _ in range(steps):
-        if len(order) < batch:  # epochs of shuffled order; a short tail starts the next epoch
-            order = torch.cat([order, torch.randperm(len(y), generator=gen)])
-        idx, order = order[:batch], order[batch:]
-        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    net.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(data["y_test"]), 1024):
-            correct += int((net(normalise(data["x_test"][i : i + 1024])).argmax(1) == data["y_test"][i : i + 1024]).sum())
-    return 100.0 * correct / len(data["y_test"])
+
+    def batches() -> Iterator[Any]:  # epochs of shuffled order; a short tail starts the next epoch
+        order = torch.empty(0, dtype=torch.int64)
+        for _ in range(steps):
+            if len(order) < batch:
+                order = torch.cat([order, torch.randperm(len(data["y_train"]), generator=gen)])
+            idx, order = order[:batch], order[batch:]
+            yield idx
+
+    train_steps(net, opt, sched, normalise(data["x_train"]), data["y_train"], batches())
+    return accuracy_percent(net, data["x_test"], data["y_test"], chunk=1024, transform=normalise)
 
 
 def downstream(model, targets: dict[str, dict[str, Any]], args: argparse.Namespace, seed: int) -> dict[str, dict[str, float]]:
@@ -1060,16 +1052,8 @@ class TransferSuite(Suite):
     has_plot = True
     measures = ("streamprune/scoring/lm.py", "streamprune/scoring/fm.py", "streamprune/scoring/kmeans.py", "streamprune/selection.py",
                 "streamprune/readers/webdataset.py", "streamprune/train.py", "streamprune/masks.py")
+    add_arguments, configure, measurement = staticmethod(add_arguments), staticmethod(configure), staticmethod(run)
     tables = staticmethod(report_markdown)
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """The transfer options (:func:`add_arguments`)."""
-        add_arguments(parser)
-
-    def measure(self, args: argparse.Namespace) -> dict[str, Any]:
-        """Score, prune, pretrain and finetune every config for every seed (:func:`run`)."""
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-        return run(configure(args))
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
         """Summary and targets from the stored runs."""

@@ -9,6 +9,7 @@ hook, re-summarising without measuring, the --resummarize/--plot-only aliases, t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import subprocess
@@ -85,6 +86,36 @@ def test_base_options_are_shared_and_the_suites_own_are_added(toy, tmp_path):
         assert toy.parse([alias, "x.json"]).resummarise == "x.json"
     with pytest.raises(SystemExit):
         toy.parse(["--no-such-option"])
+
+
+def _add_rounds(parser):
+    parser.add_argument("--rounds", type=int, default=2)
+
+
+class DeclaredSuite(Suite):
+    """A suite that only declares its module-level functions and what differs in its logging."""
+
+    name, title, measures = "declared", "Declared: module functions composed by the base", ("toy.py",)
+    add_arguments = staticmethod(_add_rounds)
+    configure = staticmethod(lambda args: {"rounds": 10 * args.rounds, "quiet": args.quiet})
+    measurement = staticmethod(lambda config: {"config": config})
+    log_level, log_format, quiet_loggers = logging.DEBUG, "%(name)s %(message)s", ("declared.library",)
+
+
+def test_a_suite_declares_its_functions_and_the_base_owns_quiet_and_logging(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: calls.append(kw))
+    library = logging.getLogger("declared.library")
+    monkeypatch.setattr(library, "level", logging.NOTSET)
+    suite = DeclaredSuite(str(tmp_path))
+    assert suite.run(["--rounds", "3", "--out", str(tmp_path)])["config"] == {"rounds": 30, "quiet": False}
+    assert calls[-1] == {"level": logging.DEBUG, "format": "%(name)s %(message)s", "datefmt": "%H:%M:%S"}
+    assert library.level == logging.WARNING
+    assert suite.run(["-q", "--out", str(tmp_path)])["config"] == {"rounds": 20, "quiet": True}
+    assert calls[-1]["level"] == logging.WARNING  # --quiet: warnings only, whatever the suite's level
+    assert "--quiet" in suite.parser().format_help()
+    with pytest.raises(NotImplementedError, match="cannot be run"):
+        Suite().measure(suite.parse([]))  # no measurement declared, none overridden
 
 
 def test_full_run_then_resummarise_measures_nothing_and_keeps_provenance(toy, tmp_path):

@@ -72,6 +72,7 @@ __all__ = [
     "shard_stem",
     "surrogate_embed",
     "surrogate_features",
+    "take_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -631,15 +632,33 @@ class FeatureStore(ChunkSource):
             del arr  # unmap: mapped pages of finished shards leave the resident set
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """The given global rows (any order) as float32 ``[len(rows), D]``."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        shard_ids = np.searchsorted(self.offsets, rows, side="right") - 1
-        for k in np.unique(shard_ids).tolist():
-            sel = np.flatnonzero(shard_ids == k)
-            arr = self.shard(k)
-            local = rows[sel] - self.offsets[k]
-            order = np.argsort(local, kind="stable")
-            out[sel[order]] = np.asarray(arr[local[order]], dtype=np.float32)
-            del arr
-        return out
+        """The given global rows (any order) as float32 ``[len(rows), D]`` (:func:`take_rows`)."""
+        return take_rows(self.shard, self.offsets, rows, self.dim)
+
+
+def take_rows(shard: Callable[[int], np.ndarray], offsets: np.ndarray, rows: np.ndarray, dim: int) -> np.ndarray:
+    """Global rows (any order) of features stored shard by shard, as float32 ``[len(rows), dim]``.
+
+    Each shard holding a wanted row is read once, its rows in ascending order (sequential reads
+    of a memory-mapped file), and released before the next.
+
+    Args:
+        shard: Shard ``k``'s rows, ``[offsets[k+1] - offsets[k], dim]``.
+        offsets: Each shard's first global row, plus the row count at the end.
+        rows: The global rows wanted.
+        dim: Features per row.
+
+    Returns:
+        The rows, in the order asked.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    shard_ids = np.searchsorted(offsets, rows, side="right") - 1
+    for k in np.unique(shard_ids).tolist():
+        sel = np.flatnonzero(shard_ids == k)
+        arr = shard(k)
+        local = rows[sel] - offsets[k]
+        order = np.argsort(local, kind="stable")
+        out[sel[order]] = np.asarray(arr[local[order]], dtype=np.float32)
+        del arr  # unmap before the next shard is mapped
+    return out
