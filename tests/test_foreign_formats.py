@@ -10,13 +10,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 streaming = pytest.importorskip("streaming")
 litdata = pytest.importorskip("litdata")

@@ -23,14 +23,13 @@ import numpy as np
 import pytest
 import torch
 from _dist_worker import build_dataset
+from builders import ROOT, TESTS_DIR
 
 from streamprune import Manifest, random_mask
 
 pytestmark = pytest.mark.distributed
 
 DEADLINE_S = 120
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 
 
 def free_port() -> int:
@@ -59,7 +58,7 @@ def _start(world, workers, mode, dataset, workdir):
         env["GLOO_SOCKET_IFNAME"] = "lo"
     procs = []
     for rank in range(world):
-        cmd = [sys.executable, os.path.join(HERE, "_resume_worker.py"), str(rank), str(world), str(port),
+        cmd = [sys.executable, os.path.join(TESTS_DIR, "_resume_worker.py"), str(rank), str(world), str(port),
                dataset["manifest"], dataset["mask"], str(workdir), mode, str(workers)]
         log = open(os.path.join(workdir, f"log-{mode}-{rank}.txt"), "w")
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import make_samples
+from builders import make_samples
 
 from streamprune import storage
 from streamprune.errors import IndexMismatchError

@@ -6,11 +6,12 @@ import ast
 import os
 
 import pytest
+from builders import ROOT
 
 from benchmarks import registry
 from benchmarks.suite import INCONCLUSIVE, MET, MISSED, Suite, Target, targets_table
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+BENCH = os.path.join(ROOT, "benchmarks")
 
 
 def test_verdicts_met_missed_and_inconclusive_when_the_interval_straddles_the_threshold():

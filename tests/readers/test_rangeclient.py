@@ -1,6 +1,6 @@
 """The lean client's HTTP, signing and limits, against a small scripted server on 127.0.0.1.
 
-The remote tests (tests/test_remote.py) read shards through it from nginx and moto; these
+The remote tests (tests/readers/test_remote.py) read shards through it from nginx and moto; these
 check what those servers never do: chunked and close-delimited bodies, interim responses,
 keep-alive connections closed while idle, redirects, a server that ignores ``Range``, requests
 in flight at once, and SigV4 signatures against botocore's own signer.

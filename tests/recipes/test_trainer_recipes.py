@@ -1,6 +1,6 @@
 """The trainer recipes of docs/recipes.md, each run for a short epoch: PyTorch Lightning and HF Accelerate.
 
-(Plain torchrun DDP is tests/test_distributed.py: gloo ranks over a 2-worker DataLoader.)
+(Plain torchrun DDP is tests/recipes/test_distributed.py: gloo ranks over a 2-worker DataLoader.)
 """
 
 from __future__ import annotations

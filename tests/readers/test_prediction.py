@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-sys.path.insert(0, os.path.dirname(__file__))
-
 from remote_servers import NGINX, Nginx  # noqa: E402
 
 from streamprune import Manifest, PrunedSource  # noqa: E402

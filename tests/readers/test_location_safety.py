@@ -21,8 +21,8 @@ import pytest
 pytest.importorskip("fsspec")
 pytest.importorskip("aiohttp")
 
+from builders import make_samples  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-from conftest import make_samples  # noqa: E402
 from remote_servers import NGINX, FaultProxy  # noqa: E402
 
 from benchmarks.nginx_store import NginxStore  # noqa: E402

@@ -16,7 +16,7 @@ pytest.importorskip("aiohttp")
 
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
-from conftest import make_samples  # noqa: E402
+from builders import make_samples  # noqa: E402
 from remote_servers import NGINX, FaultProxy, Nginx  # noqa: E402
 
 from streamprune import storage  # noqa: E402

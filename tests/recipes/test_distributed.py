@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pytest
 from _dist_worker import CONFIGS, build_dataset
+from builders import TESTS_DIR
 
 from streamprune import Manifest, mask_from_bool
 
@@ -54,7 +55,7 @@ def job(tmp_path_factory):
     kept_keys = [manifest.keys()[i] for i in np.flatnonzero(keep)]
 
     port = free_port()
-    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_dist_worker.py")
+    worker = os.path.join(TESTS_DIR, "_dist_worker.py")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
