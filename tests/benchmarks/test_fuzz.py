@@ -70,22 +70,11 @@ def test_tar_walker_and_index_tar_on_mutated_tars(targets, data):
     _fuzz_one(targets["tar"], data)
 
 
+@pytest.mark.parametrize("target", ["index", "mask", "manifest"])  # load_index, MaskFile, Manifest.load
 @settings(FUZZ, max_examples=100)
 @given(data=st.data())
-def test_load_index_on_mutated_index_files(targets, data):
-    _fuzz_one(targets["index"], data)
-
-
-@settings(FUZZ, max_examples=100)
-@given(data=st.data())
-def test_mask_file_on_mutated_masks(targets, data):
-    _fuzz_one(targets["mask"], data)
-
-
-@settings(FUZZ, max_examples=100)
-@given(data=st.data())
-def test_manifest_load_on_mutated_manifests(targets, data):
-    _fuzz_one(targets["manifest"], data)
+def test_loading_a_mutated_file(targets, target, data):
+    _fuzz_one(targets[target], data)
 
 
 @settings(FUZZ, max_examples=40)

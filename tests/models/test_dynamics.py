@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from builders import write_grey_images
 from PIL import Image
 
 import streamprune.dynamics as dynamics_module
@@ -33,12 +34,7 @@ def tiny_arch():
 
 @pytest.fixture
 def data(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = np.arange(N) % C
-    images = rng.integers(0, 256, size=(N, SIDE, SIDE), dtype=np.uint8)
-    np.savez(tmp_path / "d.npz", images=images, labels=labels)
-    m = write_shards(str(tmp_path / "d.npz"), tmp_path / "shards", samples_per_shard=7, image_format="png", progress=False)
-    return m, images, labels
+    return write_grey_images(tmp_path, N, C, SIDE, samples_per_shard=7)
 
 
 @pytest.fixture
@@ -162,7 +158,7 @@ def test_training_changes_the_model_and_sidecar_summarises_the_array(tmp_path, d
 def test_recording_is_bound_to_its_manifest_and_missing_files_are_named(tmp_path, data, tiny_arch):
     m, _, _ = data
     record_dynamics(m, tiny_arch, tmp_path / "dyn", epochs=1, batch_size=8, progress=False)
-    other = write_shards(str(tmp_path / "d.npz"), tmp_path / "other", samples_per_shard=10, image_format="png", progress=False)
+    other = write_shards(str(tmp_path / "source.npz"), tmp_path / "other", samples_per_shard=10, image_format="png", progress=False)
     meta = str(tmp_path / "dyn" / DYNAMICS_META)
     with pytest.raises(MaskMismatchError, match="dynamics.json: dynamics were recorded for another dataset") as exc:
         load_dynamics(tmp_path / "dyn", other)

@@ -4,7 +4,6 @@ import torch
 from PIL import Image
 
 from streamprune.errors import StreamPruneError
-from streamprune.infer import infer
 from streamprune.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -15,17 +14,6 @@ from streamprune.models import (
     save_checkpoint,
     surrogate_transform,
 )
-from streamprune.train import evaluate_surrogate, train_surrogate
-
-
-def _image_npz(path, n=60, classes=3, size=12, seed=0):
-    """Images whose mean brightness depends on the class (learnable in a few steps)."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % classes
-    base = (labels * (200 // max(classes - 1, 1)) + 20)[:, None, None]
-    images = np.clip(base + rng.integers(-10, 10, size=(n, size, size)), 0, 255).astype(np.uint8)
-    np.savez(path, images=images, labels=labels)
-    return str(path)
 
 
 @pytest.mark.parametrize(
@@ -126,60 +114,3 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path, tiny_arch):
         build_surrogate(tiny_arch, 3, checkpoint=tmp_path / "junk.pt")
     with pytest.raises(StreamPruneError, match="missing.pt: checkpoint not found"):
         build_surrogate(tiny_arch, 3, checkpoint=tmp_path / "missing.pt")
-
-
-def test_train_surrogate_learns_and_writes_a_loadable_checkpoint(tmp_path, tiny_arch):
-    from streamprune.writers import write_shards
-
-    manifest = write_shards(_image_npz(tmp_path / "x.npz", n=90), tmp_path / "data", samples_per_shard=30, image_format="png", progress=False)
-    result = train_surrogate(
-        manifest, tiny_arch, tmp_path / "ck.pt", epochs=30, batch_size=16, optimizer="adam", lr=0.05,
-        input_size=12, workers=0, progress=False,
-    )
-    assert result["steps"] == 30 * 6 and result["epochs"] == 30 and result["samples"] == 30 * 90
-    ckpt = load_checkpoint(result["checkpoint"])
-    assert ckpt["manifest_fingerprint"] == manifest.fingerprint and ckpt["input_size"] == 12
-    assert ckpt["classes"] == manifest.classes
-    evaluation = evaluate_surrogate(result["checkpoint"], manifest, progress=False)
-    assert evaluation["samples"] == 90
-    assert evaluation["accuracy"] > 0.9, evaluation  # brightness separates the classes
-    capped = train_surrogate(manifest, tiny_arch, tmp_path / "ck2.pt", epochs=5, max_steps=3, batch_size=16, workers=0, progress=False)
-    assert capped["steps"] == 3
-
-
-def test_infer_returns_rows_in_manifest_order_whatever_the_batching(tmp_path, tiny_arch):
-    from streamprune.writers import write_shards
-
-    manifest = write_shards(_image_npz(tmp_path / "x.npz", n=50), tmp_path / "data", samples_per_shard=7, image_format="png", progress=False)
-    torch.manual_seed(0)
-    model = build_surrogate(tiny_arch, 3)
-    a = infer(model, manifest, batch_size=4, workers=0, input_size=12, want_features=True, progress=False)
-    b = infer(model, manifest, batch_size=64, workers=2, input_size=12, progress=False)
-    assert np.array_equal(a["positions"], np.arange(50))
-    assert np.array_equal(a["labels"], manifest.labels())
-    assert a["features"].shape == (50, 4) and a["logits"].shape == (50, 3)
-    assert np.allclose(a["logits"], b["logits"], atol=1e-5)
-
-
-def test_fit_calls_its_hooks_in_order_and_stops_at_max_steps():
-    from streamprune.train import fit
-
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 3)
-    batches = [(["a", "b"], torch.randn(2, 4), torch.tensor([0, 2])), (["c"], torch.randn(1, 4), torch.tensor([1]))]
-    events = []
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    run = fit(
-        model, batches, epochs=3, optimizer=opt, device=torch.device("cpu"), max_steps=5, index_of={"a": 7, "b": 8, "c": 9},
-        on_epoch_start=lambda e: events.append(("start", e)),
-        on_batch=lambda b: events.append(("batch", b.epoch, b.step, b.indices.tolist(), tuple(b.logits.shape), b.losses.requires_grad)),
-        on_epoch_end=lambda s: events.append(("end", s.epoch, s.samples)), progress=False,
-    )
-    assert events == [
-        ("start", 0), ("batch", 0, 1, [7, 8], (2, 3), False), ("batch", 0, 2, [9], (1, 3), False), ("end", 0, 3),
-        ("start", 1), ("batch", 1, 3, [7, 8], (2, 3), False), ("batch", 1, 4, [9], (1, 3), False), ("end", 1, 3),
-        ("start", 2), ("batch", 2, 5, [7, 8], (2, 3), False), ("end", 2, 2),
-    ]
-    assert run.steps == 5 and run.epochs == 3 and run.samples == 8 and len(run.train_loss) == 3
-    with pytest.raises(StreamPruneError, match="sample 'c' has a label outside 0..2"):
-        fit(model, [(["c"], torch.randn(1, 4), torch.tensor([3]))], epochs=1, optimizer=opt, device=torch.device("cpu"), progress=False)

@@ -1,11 +1,16 @@
-"""TrainConfig: the one place a training run's arguments are checked and its optimizer and schedule built."""
+"""The training loop (streamprune.train): TrainConfig, the one place a run's arguments are checked and its
+optimizer and schedule built; train_surrogate; fit and its hooks."""
 
 import math
 
 import pytest
 import torch
+from builders import brightness_npz
 
-from streamprune.train import TrainConfig
+from streamprune.errors import StreamPruneError
+from streamprune.models import load_checkpoint
+from streamprune.train import TrainConfig, evaluate_surrogate, fit, train_surrogate
+from streamprune.writers import write_shards
 
 
 @pytest.mark.parametrize(
@@ -53,3 +58,42 @@ def test_build_gives_the_named_optimizer_and_schedule():
         lrs.append(opt.param_groups[0]["lr"])
     assert int(torch.tensor(lrs).argmax()) + 1 == 14  # the peak at 15% of the steps
     assert max(lrs) == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.01 / 1e4)  # then decays to peak / 1e4
+
+
+def test_train_surrogate_learns_and_writes_a_loadable_checkpoint(tmp_path, tiny_arch):
+    manifest = write_shards(brightness_npz(tmp_path / "x.npz", n=90), tmp_path / "data", samples_per_shard=30, image_format="png", progress=False)
+    result = train_surrogate(
+        manifest, tiny_arch, tmp_path / "ck.pt", epochs=30, batch_size=16, optimizer="adam", lr=0.05,
+        input_size=12, workers=0, progress=False,
+    )
+    assert result["steps"] == 30 * 6 and result["epochs"] == 30 and result["samples"] == 30 * 90
+    ckpt = load_checkpoint(result["checkpoint"])
+    assert ckpt["manifest_fingerprint"] == manifest.fingerprint and ckpt["input_size"] == 12
+    assert ckpt["classes"] == manifest.classes
+    evaluation = evaluate_surrogate(result["checkpoint"], manifest, progress=False)
+    assert evaluation["samples"] == 90
+    assert evaluation["accuracy"] > 0.9, evaluation  # brightness separates the classes
+    capped = train_surrogate(manifest, tiny_arch, tmp_path / "ck2.pt", epochs=5, max_steps=3, batch_size=16, workers=0, progress=False)
+    assert capped["steps"] == 3
+
+
+def test_fit_calls_its_hooks_in_order_and_stops_at_max_steps():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    batches = [(["a", "b"], torch.randn(2, 4), torch.tensor([0, 2])), (["c"], torch.randn(1, 4), torch.tensor([1]))]
+    events = []
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = fit(
+        model, batches, epochs=3, optimizer=opt, device=torch.device("cpu"), max_steps=5, index_of={"a": 7, "b": 8, "c": 9},
+        on_epoch_start=lambda e: events.append(("start", e)),
+        on_batch=lambda b: events.append(("batch", b.epoch, b.step, b.indices.tolist(), tuple(b.logits.shape), b.losses.requires_grad)),
+        on_epoch_end=lambda s: events.append(("end", s.epoch, s.samples)), progress=False,
+    )
+    assert events == [
+        ("start", 0), ("batch", 0, 1, [7, 8], (2, 3), False), ("batch", 0, 2, [9], (1, 3), False), ("end", 0, 3),
+        ("start", 1), ("batch", 1, 3, [7, 8], (2, 3), False), ("batch", 1, 4, [9], (1, 3), False), ("end", 1, 3),
+        ("start", 2), ("batch", 2, 5, [7, 8], (2, 3), False), ("end", 2, 2),
+    ]
+    assert run.steps == 5 and run.epochs == 3 and run.samples == 8 and len(run.train_loss) == 3
+    with pytest.raises(StreamPruneError, match="sample 'c' has a label outside 0..2"):
+        fit(model, [(["c"], torch.randn(1, 4), torch.tensor([3]))], epochs=1, optimizer=opt, device=torch.device("cpu"), progress=False)

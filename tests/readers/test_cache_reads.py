@@ -8,33 +8,23 @@ import os
 import numpy as np
 import pytest
 import torch
-from remote_servers import NGINX, Nginx  # noqa: E402
+from builders import blob_samples
+from remote_servers import Nginx
 
 from streamprune import Manifest, PrunedSource  # noqa: E402
 from streamprune.masks import random_mask  # noqa: E402
 from streamprune.writers import write_shards  # noqa: E402
 
 
-def _samples(n=200, seed=0):
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        yield f"s{i:05d}", {"bin": rng.integers(0, 256, size=int(rng.integers(5_000, 30_000)), dtype=np.uint8).tobytes()}, i % 5
+def _samples(seed=0):
+    return blob_samples(200, (5_000, 30_000), 5, seed=seed)
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache-ds")
-    write_shards(list(_samples()), root / "ds", samples_per_shard=50, shuffle=False, progress=False)
+    write_shards(_samples(), root / "ds", samples_per_shard=50, shuffle=False, progress=False)
     return str(root / "ds")
-
-
-@pytest.fixture(scope="module")
-def nginx(dataset, tmp_path_factory):
-    if not os.path.exists(NGINX):
-        pytest.skip("nginx is not installed")
-    server = Nginx(dataset, str(tmp_path_factory.mktemp("nginx")))
-    yield server
-    server.stop()
 
 
 def _epoch(source) -> list[tuple[str, bytes]]:
@@ -122,7 +112,7 @@ def test_cache_of_another_dataset_never_hits(dataset, nginx, tmp_path):
     cache = tmp_path / "cache"
     _epoch(PrunedSource(dataset, keep, base=nginx.url, cache_dir=cache))
     other = tmp_path / "other"
-    write_shards(list(_samples(seed=9)), other, samples_per_shard=50, shuffle=False, progress=False)
+    write_shards(_samples(seed=9), other, samples_per_shard=50, shuffle=False, progress=False)
     server = Nginx(str(other), str(tmp_path / "ng"))
     try:
         same_shape = random_mask(Manifest.load(str(other)), 0.5, level="sample", seed=3)

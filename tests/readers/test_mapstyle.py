@@ -9,31 +9,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
-from _dist_worker import build_dataset
 from torch.utils.data import DataLoader, RandomSampler
 
-from streamprune import KeptSampler, Manifest, PrunedMapDataset, mask_from_bool, mask_from_classes, random_mask
+from streamprune import KeptSampler, PrunedMapDataset, mask_from_bool, mask_from_classes, random_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_dataset(tmp_path_factory.mktemp("map") / "data", seed=1)
-
-
-@pytest.fixture(scope="module")
-def manifest(built):
-    return Manifest.load(built.manifest_path)
-
-
-@pytest.fixture(scope="module")
-def reference(built):
-    out = list(wds.WebDataset(built.shard_paths, shardshuffle=False))
-    for s in out:
-        s.pop("__local_path__", None)
-    return out
+BUILT = {"seed": 1}  # the dataset of the ``built`` fixture (readers/conftest.py)
 
 
 def _one_shard_empty(manifest, built):

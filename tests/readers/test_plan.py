@@ -12,12 +12,12 @@ import collections
 
 import numpy as np
 import pytest
-from _dist_worker import build_dataset, sample_key
+from _dist_worker import sample_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from streamprune import Manifest, PrunedSource, PrunedWebDataset, mask_from_bool, random_mask
+from streamprune import PrunedSource, PrunedWebDataset, mask_from_bool, random_mask
 from streamprune.readers.plan import Segment, plan_epoch, rank_sizes, shard_order, within_shard_order
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
@@ -111,12 +111,17 @@ def test_divisible_total_covers_every_kept_sample_exactly_once(counts, world, wo
         assert got == want
 
 
+def _plans_and_rank_totals(counts, world, workers, uneven, seed, shuffle):
+    """Every (rank, worker)'s plan, and each rank's kept total (its workers' plans added)."""
+    plans = all_plans(counts, world, workers, uneven, seed=seed, shuffle=shuffle)
+    return plans, [sum(plans[(r, w)].total for w in range(workers)) for r in range(world)]
+
+
 @common
 @given(counts=counts_st, world=st.integers(1, 7), workers=st.integers(1, 3), shuffle=st.booleans())
 def test_drop_gives_floor_without_duplicates(counts, world, workers, shuffle):
     total = sum(counts)
-    plans = all_plans(counts, world, workers, "drop", seed=1, shuffle=shuffle)
-    per_rank = [sum(plans[(r, w)].total for w in range(workers)) for r in range(world)]
+    plans, per_rank = _plans_and_rank_totals(counts, world, workers, "drop", seed=1, shuffle=shuffle)
     assert per_rank == [total // world] * world
     items = [item for plan in plans.values() for item in expand(plan.segments)]
     assert len(items) == len(set(items)) == world * (total // world)
@@ -127,8 +132,7 @@ def test_drop_gives_floor_without_duplicates(counts, world, workers, shuffle):
 @given(counts=counts_st, world=st.integers(1, 7), workers=st.integers(1, 3), shuffle=st.booleans())
 def test_pad_gives_ceil_and_covers_everything(counts, world, workers, shuffle):
     total = sum(counts)
-    plans = all_plans(counts, world, workers, "pad", seed=2, shuffle=shuffle)
-    per_rank = [sum(plans[(r, w)].total for w in range(workers)) for r in range(world)]
+    plans, per_rank = _plans_and_rank_totals(counts, world, workers, "pad", seed=2, shuffle=shuffle)
     assert per_rank == [-(-total // world)] * world
     got = collections.Counter(item for plan in plans.values() for item in expand(plan.segments))
     assert set(got) == {(k, p) for k, n in enumerate(counts) for p in range(n)}
@@ -220,14 +224,7 @@ def test_bad_arguments():
 # the plan as the reader applies it, without torch.distributed (rank and world given)
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_dataset(tmp_path_factory.mktemp("plan") / "data", big_fraction=0.0)
-
-
-@pytest.fixture(scope="module")
-def manifest(built):
-    return Manifest.load(built.manifest_path)
+BUILT = {"big_fraction": 0.0}  # the dataset of the ``built`` fixture (readers/conftest.py)
 
 
 @pytest.fixture(scope="module")

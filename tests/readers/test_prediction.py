@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 
-import numpy as np
 import pytest
+from builders import blob_samples
 from click.testing import CliRunner
-from remote_servers import NGINX, Nginx  # noqa: E402
 
 from streamprune import Manifest, PrunedSource  # noqa: E402
 from streamprune.masks import random_mask  # noqa: E402
@@ -19,26 +17,11 @@ from streamprune.writers import write_shards  # noqa: E402
 from streamprune_cli.main import cli  # noqa: E402
 
 
-def _samples(n=240, seed=0):
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        yield f"s{i:05d}", {"bin": rng.integers(0, 256, size=int(rng.integers(20_000, 60_000)), dtype=np.uint8).tobytes()}, i % 7
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict-ds")
-    write_shards(list(_samples()), root / "ds", samples_per_shard=60, shuffle=False, progress=False)
+    write_shards(blob_samples(240, (20_000, 60_000), 7), root / "ds", samples_per_shard=60, shuffle=False, progress=False)
     return str(root / "ds")
-
-
-@pytest.fixture(scope="module")
-def nginx(dataset, tmp_path_factory):
-    if not os.path.exists(NGINX):
-        pytest.skip("nginx is not installed")
-    server = Nginx(dataset, str(tmp_path_factory.mktemp("nginx")))
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.8])

@@ -9,7 +9,6 @@ in flight at once, and SigV4 signatures against botocore's own signer.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
 import datetime
 import threading
 
@@ -233,6 +232,15 @@ def test_transient_statuses_are_retried_and_counted(server_factory):
     assert obj.requests == 3
 
 
+def _check_peak(server, n, max_connections, peak):
+    """``n`` 10-byte reads submitted at once under ``max_connections``: right bytes, ``peak`` open at most."""
+    rangeclient.configure(max_connections=max_connections)
+    obj = storage.RemoteObject(server.url + "/o")
+    futures = [obj.submit(i, i + 10, None) for i in range(n)]
+    assert all(f.result(60) == DATA[i : i + 10] for i, f in enumerate(futures))
+    assert server.peak == peak
+
+
 def test_at_least_256_requests_in_flight_and_configurable(server_factory):
     # the server answers nothing until `barrier` requests are open at once: a client that keeps fewer in
     # flight waits 30 s and the peak says how many it allowed
@@ -246,18 +254,10 @@ def test_at_least_256_requests_in_flight_and_configurable(server_factory):
     assert server.peak == 256
     previous = rangeclient.limits().max_connections
     try:
-        rangeclient.configure(max_connections=300)
-        server = server_factory(barrier=300)
-        obj = storage.RemoteObject(server.url + "/o")
-        futures = [obj.submit(i, i + 10, None) for i in range(300)]
-        assert all(f.result(60) == DATA[i : i + 10] for i, f in enumerate(futures))
-        assert server.peak == 300
-        rangeclient.configure(max_connections=8)
-        server = server_factory(hold=0.05)
-        obj = storage.RemoteObject(server.url + "/o")
-        futures = [obj.submit(i, i + 10, None) for i in range(40)]
-        assert all(f.result(60) == DATA[i : i + 10] for i, f in enumerate(futures))
-        assert server.peak == 8
+        # raised: all 300 at once (a barrier of 300 holds every answer until 300 are open)
+        _check_peak(server_factory(barrier=300), 300, max_connections=300, peak=300)
+        # lowered: 40 requests, each held a little, never more than 8 open
+        _check_peak(server_factory(hold=0.05), 40, max_connections=8, peak=8)
     finally:
         rangeclient.configure(max_connections=previous)
     with pytest.raises(ValueError, match="max_connections"):
@@ -319,29 +319,6 @@ def test_what_the_lean_client_does_not_map_goes_to_fsspec(monkeypatch):
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     assert rangeclient.target_for("http://host/x") is None  # fsspec's aiohttp and botocore know proxies
-
-
-def test_memory_scheme_submits_on_the_executor():
-    fsspec = pytest.importorskip("fsspec")
-    fs = fsspec.filesystem("memory")
-    fs.pipe_file("/lean-fallback/obj", DATA)
-    obj = storage.RemoteObject("memory://lean-fallback/obj")
-    assert not obj.native_async
-    used = []
-
-    class Recording(cf.ThreadPoolExecutor):
-        def submit(self, fn, *args, **kwargs):
-            used.append(args)
-            return super().submit(fn, *args, **kwargs)
-
-    with Recording(2) as pool:
-        assert obj.submit(7, 700, pool).result() == DATA[7:700]
-    assert used == [(7, 700)]
-    local = storage.LocalObject(__file__)
-    assert not local.native_async
-    with open(__file__, "rb") as fh:
-        assert local.submit(0, 50, cf.ThreadPoolExecutor(1)).result() == fh.read(50)
-    local.close()
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

@@ -40,23 +40,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:User
 # fixtures
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_dataset(tmp_path_factory.mktemp("reader") / "data")
-
-
-@pytest.fixture(scope="module")
-def manifest(built):
-    return Manifest.load(built.manifest_path)
-
-
-@pytest.fixture(scope="module")
-def reference(built):
-    """Every sample as plain webdataset reads it, in archive order."""
-    samples = list(wds.WebDataset(built.shard_paths, shardshuffle=False))
-    for s in samples:
-        s.pop("__local_path__", None)
-    return samples
+# built, manifest, reference: readers/conftest.py (build_dataset's defaults)
 
 
 def _one_shard_empty_mask(manifest, built):

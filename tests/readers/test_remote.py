@@ -51,12 +51,15 @@ def dataset(tmp_path_factory):
     return str(root / "ds")
 
 
-@pytest.fixture(scope="module")
-def nginx(dataset, tmp_path_factory):
+@pytest.fixture
+def nginx_on_a_copy(dataset, tmp_path):
+    """nginx serving a private copy of ``dataset`` (``copy``), for tests that change objects under it; ``(server, copy)``."""
     if not os.path.exists(NGINX):
         pytest.skip("nginx is not installed")
-    server = Nginx(dataset, str(tmp_path_factory.mktemp("nginx")))
-    yield server
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    server = Nginx(str(copy), str(tmp_path / "ng"))
+    yield server, copy
     server.stop()
 
 
@@ -191,25 +194,20 @@ def test_fault_proxy_loses_and_repeats_nothing(dataset, nginx):
 
 
 @needs_nginx
-def test_changed_object_is_detected(dataset, nginx, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(dataset, copy)
-    server = Nginx(str(copy), str(tmp_path / "ng"))
-    try:
-        keep = _mask(dataset, 0.0, "sample")
-        shard = copy / "shard-000001.tar"
-        data = bytearray(shard.read_bytes())
-        index = Manifest.load(dataset).index(1)
-        offset, size = index.members[5][0][1], index.members[5][0][2]
-        data[offset + size // 2] ^= 0xFF  # same size, one byte changed
-        shard.write_bytes(bytes(data))
-        with pytest.raises(ChecksumError, match="shard-000001.tar"):
-            _read(PrunedSource(dataset, keep, base=server.url))  # remote: verified by default
-        shard.write_bytes(bytes(data[:-512]))
-        with pytest.raises(IndexMismatchError, match="bytes but its index describes"):
-            _read(PrunedSource(dataset, keep, base=server.url))
-    finally:
-        server.stop()
+def test_changed_object_is_detected(dataset, nginx_on_a_copy):
+    server, copy = nginx_on_a_copy
+    keep = _mask(dataset, 0.0, "sample")
+    shard = copy / "shard-000001.tar"
+    data = bytearray(shard.read_bytes())
+    index = Manifest.load(dataset).index(1)
+    offset, size = index.members[5][0][1], index.members[5][0][2]
+    data[offset + size // 2] ^= 0xFF  # same size, one byte changed
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="shard-000001.tar"):
+        _read(PrunedSource(dataset, keep, base=server.url))  # remote: verified by default
+    shard.write_bytes(bytes(data[:-512]))
+    with pytest.raises(IndexMismatchError, match="bytes but its index describes"):
+        _read(PrunedSource(dataset, keep, base=server.url))
 
 
 def test_unreachable_server_is_a_clear_error(dataset):
@@ -291,20 +289,15 @@ def test_index_urls_with_brace_pattern_records_etag(dataset, nginx, tmp_path):
 
 
 @needs_nginx
-def test_replaced_object_fails_the_etag_check(dataset, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(dataset, copy)
-    server = Nginx(str(copy), str(tmp_path / "ng"))
-    try:
-        from streamprune.remoteindex import index_remote_shards
+def test_replaced_object_fails_the_etag_check(dataset, nginx_on_a_copy, tmp_path):
+    server, copy = nginx_on_a_copy
+    from streamprune.remoteindex import index_remote_shards
 
-        m = index_remote_shards([server.url + "/shard-{000000..000001}.tar"], str(tmp_path / "idx"), progress=False)
-        shard = copy / "shard-000000.tar"
-        os.utime(shard, (1, 1))  # same bytes, a new ETag (nginx: mtime-size)
-        with pytest.raises(IndexMismatchError, match="ETag"):
-            _read(PrunedSource(m))
-    finally:
-        server.stop()
+    m = index_remote_shards([server.url + "/shard-{000000..000001}.tar"], str(tmp_path / "idx"), progress=False)
+    shard = copy / "shard-000000.tar"
+    os.utime(shard, (1, 1))  # same bytes, a new ETag (nginx: mtime-size)
+    with pytest.raises(IndexMismatchError, match="ETag"):
+        _read(PrunedSource(m))
 
 
 def test_s3_index_writes_manifest_last(dataset, s3):
@@ -465,39 +458,41 @@ def test_shard_to_s3_failed_shard_upload_names_it_and_leaves_no_manifest(s3, tmp
 
 
 @needs_nginx
-def test_object_replaced_mid_epoch_fails_its_if_match(dataset, tmp_path):
+def test_object_replaced_mid_epoch_fails_its_if_match(dataset, nginx_on_a_copy, tmp_path):
     from streamprune.remoteindex import index_remote_shards
     from streamprune.storage import ObjectChangedError
 
-    copy = tmp_path / "copy"
-    shutil.copytree(dataset, copy)
-    server = Nginx(str(copy), str(tmp_path / "ng"))
-    try:
-        m = index_remote_shards([server.url + "/shard-000000.tar"], str(tmp_path / "idx"), progress=False)
-        one_by_one = FetchPolicy(depth=1, max_request=1, max_inflight_bytes=1)  # a request per sample
-        samples = iter(PrunedSource(m, fetch=one_by_one))
-        next(samples)
-        shard = copy / "shard-000000.tar"
-        shard.write_bytes(shard.read_bytes()[::-1])  # replaced: same size, other bytes
-        os.utime(shard, (2_000_000_000, 2_000_000_000))  # nginx's ETag is mtime-size: make sure it moves
-        server.clear_log()
-        with pytest.raises(ObjectChangedError, match=r"shard-000000\.tar.*412 Precondition Failed") as info:
-            list(samples)
-        assert isinstance(info.value, IndexMismatchError)
-        assert [e["status"] for e in server.log_entries() if e["status"] == 412] == [412]  # not retried
-    finally:
-        server.stop()
+    server, copy = nginx_on_a_copy
+    m = index_remote_shards([server.url + "/shard-000000.tar"], str(tmp_path / "idx"), progress=False)
+    one_by_one = FetchPolicy(depth=1, max_request=1, max_inflight_bytes=1)  # a request per sample
+    samples = iter(PrunedSource(m, fetch=one_by_one))
+    next(samples)
+    shard = copy / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[::-1])  # replaced: same size, other bytes
+    os.utime(shard, (2_000_000_000, 2_000_000_000))  # nginx's ETag is mtime-size: make sure it moves
+    server.clear_log()
+    with pytest.raises(ObjectChangedError, match=r"shard-000000\.tar.*412 Precondition Failed") as info:
+        list(samples)
+    assert isinstance(info.value, IndexMismatchError)
+    assert [e["status"] for e in server.log_entries() if e["status"] == 412] == [412]  # not retried
+
+
+def _s3_upload(dataset, shard, key):
+    """One of ``dataset``'s shards put at ``s3://bucket/<key>``; the boto3 client and its bytes."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    with open(os.path.join(dataset, shard), "rb") as fh:
+        data = fh.read()
+    client.put_object(Bucket="bucket", Key=key, Body=data)
+    return client, data
 
 
 def test_s3_object_replaced_after_open_fails_its_if_match(dataset, s3):
-    import boto3
-
     from streamprune.remoteindex import index_remote_shards
     from streamprune.storage import ObjectChangedError
 
-    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-    data = open(os.path.join(dataset, "shard-000000.tar"), "rb").read()
-    client.put_object(Bucket="bucket", Key="replaced/shard-000000.tar", Body=data)
+    client, data = _s3_upload(dataset, "shard-000000.tar", "replaced/shard-000000.tar")
     url = "s3://bucket/replaced/shard-000000.tar"
     m = index_remote_shards([url], "s3://bucket/replaced", progress=False)
     samples = iter(PrunedSource(m, fetch=FetchPolicy(depth=1, max_request=1, max_inflight_bytes=1)))
@@ -812,35 +807,26 @@ def test_http_metadata_equals_fsspec(dataset, nginx):
 
 
 @needs_nginx
-def test_submit_if_match_412_is_object_changed_not_retried(dataset, tmp_path):
+def test_submit_if_match_412_is_object_changed_not_retried(dataset, nginx_on_a_copy, tmp_path):
     from streamprune.storage import ObjectChangedError
 
-    copy = tmp_path / "copy"
-    shutil.copytree(dataset, copy)
-    server = Nginx(str(copy), str(tmp_path / "ng"))
-    try:
-        obj = storage.RemoteObject(server.url + "/shard-000002.tar")
-        obj.expect_etag(obj.etag)
-        assert obj.submit(0, 512, _no_executor()).result() == (copy / "shard-000002.tar").read_bytes()[:512]
-        os.utime(copy / "shard-000002.tar", (2_000_000_000, 2_000_000_000))  # a new ETag
-        server.clear_log()
-        before = obj.requests
-        with pytest.raises(ObjectChangedError, match=r"shard-000002\.tar: bytes 512-1024: .*412 Precondition Failed"):
-            obj.submit(512, 1024, _no_executor()).result()
-        assert obj.requests == before + 1
-        assert [e["status"] for e in server.log_entries()] == [412]
-    finally:
-        server.stop()
+    server, copy = nginx_on_a_copy
+    obj = storage.RemoteObject(server.url + "/shard-000002.tar")
+    obj.expect_etag(obj.etag)
+    assert obj.submit(0, 512, _no_executor()).result() == (copy / "shard-000002.tar").read_bytes()[:512]
+    os.utime(copy / "shard-000002.tar", (2_000_000_000, 2_000_000_000))  # a new ETag
+    server.clear_log()
+    before = obj.requests
+    with pytest.raises(ObjectChangedError, match=r"shard-000002\.tar: bytes 512-1024: .*412 Precondition Failed"):
+        obj.submit(512, 1024, _no_executor()).result()
+    assert obj.requests == before + 1
+    assert [e["status"] for e in server.log_entries()] == [412]
 
 
 def test_s3_submit_if_match_412_is_object_changed(dataset, s3):
-    import boto3
-
     from streamprune.storage import ObjectChangedError
 
-    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-    data = open(os.path.join(dataset, "shard-000003.tar"), "rb").read()
-    client.put_object(Bucket="bucket", Key="lean/replaced.tar", Body=data)
+    client, data = _s3_upload(dataset, "shard-000003.tar", "lean/replaced.tar")
     obj = storage.RemoteObject("s3://bucket/lean/replaced.tar")
     assert obj.native_async
     obj.expect_etag(obj.etag)

@@ -1,4 +1,4 @@
-"""Exact and elastic mid-epoch resume, mask digests, per-epoch mask switches, InfoBatch."""
+"""Exact and elastic mid-epoch resume, mask digests, per-epoch mask switches (InfoBatch: models/test_schedules.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,11 @@ from _dist_worker import build_dataset, sample_key
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from streamprune import (
-    InfoBatch,
     KeptSampler,
     Manifest,
     MaskFile,
     PrunedMapDataset,
     PrunedWebDataset,
-    mask_from_bool,
     random_mask,
 )
 from streamprune.errors import MaskMismatchError, StreamPruneError
@@ -262,53 +260,3 @@ def test_mask_switch_without_workers_and_state_binds_new_mask(data):
     ds.set_epoch(1, mask=other)
     assert sorted(k for k in ds.map(sample_key)) == sorted(data["keys"][other.keep])
     assert ds.state_dict()["mask_digest"] == other.digest()
-
-
-def test_infobatch_schedule(data):
-    m = data["manifest"]
-    n = m.num_samples
-    ib = InfoBatch(m, epochs=8, ratio=0.5, delta=0.875, seed=0)
-    assert ib.anneal_epoch == 7
-    assert ib.mask_for_epoch(0).kept == n  # no losses yet: full data
-    losses = np.linspace(0.0, 1.0, n).astype(np.float32)
-    ib.scores[:] = losses
-    mask = ib.mask_for_epoch(1)
-    well = losses < losses.mean()
-    assert mask.kept == n - round(0.5 * well.sum())
-    assert mask.keep[~well].all()
-    w = ib.loss_weights(1, np.arange(n))
-    assert np.allclose(w[mask.keep & well], 2.0) and np.allclose(w[~well], 1.0)
-    assert ib.mask_for_epoch(1).digest() == mask.digest()  # cached for a resumed epoch
-    state = ib.state_dict()
-    again = InfoBatch(m, epochs=8, seed=0)
-    again.load_state_dict(state)
-    assert again.mask_for_epoch(1).digest() == mask.digest()
-    assert ib.mask_for_epoch(7).kept == n and np.all(ib.loss_weights(7, np.arange(n)) == 1.0)  # annealing
-
-
-def test_infobatch_through_fit(data):
-    from streamprune.train import fit  # deferred: only this test needs the training loop
-
-    m = data["manifest"]
-    index_of = {k: i for i, k in enumerate(m.keys())}
-    ds = PrunedWebDataset(m, shuffle=True, dynamic_masks=True)
-
-    def to_batch(sample):
-        x = torch.frombuffer(bytearray(sample["seg.png"][:64].ljust(64, b"\0")), dtype=torch.uint8).float() / 255
-        return sample["__key__"], x, int(sample["cls"])
-
-    loader = torch.utils.data.DataLoader(ds.map(to_batch), batch_size=16, num_workers=1, persistent_workers=True)
-    model = torch.nn.Linear(64, 6)
-    ib = InfoBatch(m, epochs=4, ratio=0.5, seed=0)
-    seen = []
-    fit(
-        model, loader, epochs=4, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), device=torch.device("cpu"),
-        index_of=index_of, progress=False,
-        on_epoch_start=lambda e: ds.set_epoch(e, mask=ib.mask_for_epoch(e)),
-        on_batch=ib.record, loss_weights=ib.loss_weights,
-        on_epoch_end=lambda stats: (seen.append(stats.samples), ib.sync()),
-    )
-    assert seen[0] == m.num_samples and seen[1] < m.num_samples and seen[3] == m.num_samples
-    assert [h["kept"] for h in ib.history] == seen
-    keep = mask_from_bool(m, np.ones(m.num_samples, dtype=bool))
-    assert keep.digest() != ib.mask_for_epoch(3).digest() or seen[3] == m.num_samples

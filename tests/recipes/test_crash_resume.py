@@ -14,7 +14,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,18 +23,13 @@ import pytest
 import torch
 from _dist_worker import build_dataset
 from builders import ROOT, TESTS_DIR
+from remote_servers import free_port
 
 from streamprune import Manifest, random_mask
 
 pytestmark = pytest.mark.distributed
 
 DEADLINE_S = 120
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

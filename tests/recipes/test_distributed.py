@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 from _dist_worker import CONFIGS, build_dataset
 from builders import TESTS_DIR
+from remote_servers import free_port
 
 from streamprune import Manifest, mask_from_bool
 
@@ -28,12 +28,6 @@ pytestmark = pytest.mark.distributed
 
 WORLD = 2
 DEADLINE_S = 90  # guard against a hang; a healthy run takes ~5-20 s on 2 busy cores
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

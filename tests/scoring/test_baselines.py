@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from builders import write_grey_images
 from torch import nn
 
 from streamprune.gradnorms import per_sample_grad_norms
@@ -11,7 +12,6 @@ from streamprune.scoring import score_source
 from streamprune.scoring.baselines import moderate_scores
 from streamprune.scoring.features import ArrayStore, FeatureStore
 from streamprune.scoring.scores_file import ScoreFile, rank_items
-from streamprune.writers import write_shards
 
 
 @pytest.fixture
@@ -22,11 +22,7 @@ def tiny_arch():
 
 @pytest.fixture
 def source(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = np.arange(60) % 5
-    images = rng.integers(0, 256, size=(60, 10, 10), dtype=np.uint8)
-    np.savez(tmp_path / "s.npz", images=images, labels=labels)
-    return write_shards(str(tmp_path / "s.npz"), tmp_path / "source", samples_per_shard=16, image_format="png", progress=False)
+    return write_grey_images(tmp_path, 60, 5, 10, samples_per_shard=16)[0]
 
 
 def _run(source, method, tmp_path, name, ratios=(0.4, 0.8), **kw):

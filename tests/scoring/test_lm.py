@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+from builders import grey_image_npz
 from click.testing import CliRunner
 
 from streamprune.masks import MaskFile
@@ -14,10 +15,7 @@ from streamprune_cli.main import cli
 
 
 def _npz(path, n, classes, seed):
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % classes
-    images = rng.integers(0, 256, size=(n, 10, 10), dtype=np.uint8)
-    np.savez(path, images=images, labels=labels)
+    grey_image_npz(path, n, classes, 10, seed=seed)
     return str(path)
 
 

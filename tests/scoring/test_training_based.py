@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from builders import write_grey_images
 from click.testing import CliRunner
 
 from streamprune import MaskFile, MaskMismatchError, StreamPruneError
@@ -36,9 +37,7 @@ PATTERNS = np.array(
 
 @pytest.fixture
 def source(tmp_path):
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "s.npz", images=rng.integers(0, 256, size=(N, 8, 8), dtype=np.uint8), labels=np.arange(N) % 2)
-    return write_shards(str(tmp_path / "s.npz"), tmp_path / "source", samples_per_shard=3, image_format="png", progress=False)
+    return write_grey_images(tmp_path, N, 2, 8, samples_per_shard=3)[0]
 
 
 def write_recording(directory, manifest, array, grand=None, grand_epochs=(), el2n=None, el2n_epochs=(), fields=None):
@@ -192,7 +191,7 @@ def test_dynamics_methods_refuse_missing_partial_or_foreign_recordings(tmp_path,
     nog = write_recording(tmp_path / "nog", source, arr)
     with pytest.raises(StreamPruneError, match=r"nog/dynamics\.json: no per-sample gradient norms"):
         _score(source, "grand-dyn", tmp_path, "x", dynamics_dir=nog)
-    other = write_shards(str(tmp_path / "s.npz"), tmp_path / "other", samples_per_shard=4, image_format="png", progress=False)
+    other = write_shards(str(tmp_path / "source.npz"), tmp_path / "other", samples_per_shard=4, image_format="png", progress=False)
     with pytest.raises(MaskMismatchError, match=r"dyn/dynamics\.json: dynamics were recorded for another dataset"):
         _score(other, "el2n", tmp_path, "x", dynamics_dir=d)
     with pytest.raises(StreamPruneError, match=r"empty/dynamics\.json: no training dynamics recorded here"):
