@@ -34,6 +34,7 @@ def test_summary_carries_what_the_manifest_needs_and_writes_sorted_hashes(tmp_pa
     assert len(summary.index_sha256) == 64
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
 @pytest.mark.parametrize("group", [1, 2, 128])
 def test_duplicate_check_agrees_with_a_plain_count_on_random_key_sets(tmp_path, chunk, group):

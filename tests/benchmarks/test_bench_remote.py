@@ -99,6 +99,7 @@ def test_cache_targets_compare_epoch_two_with_the_local_reader_and_kept_bytes():
     assert size["measured"] == pytest.approx(640 / 600) and size["verdict"] == MISSED
 
 
+@pytest.mark.integration
 def test_client_rate_target_takes_the_one_worker_run_with_the_most_requests():
     runs = [_run("streamprune", 0.0, "sample", 1.0, 0), _run("streamprune", 0.6, "sample", 2.0, 0, ranged_gets=5000),
             _run("streamprune", 0.8, "class", 1.0, 0, workers=4, ranged_gets=9000)]
@@ -108,6 +109,7 @@ def test_client_rate_target_takes_the_one_worker_run_with_the_most_requests():
     assert target["verdict"] == INCONCLUSIVE  # one run: a pass is not enough to call it met
 
 
+@pytest.mark.integration
 def test_predictions_hook_without_and_with_a_planner(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "streamprune.readers.prediction", None)  # a checkout without the planner
     assert remote_bench.predicted("http://x/manifest.json", None, 0.03) is None

@@ -185,6 +185,7 @@ def test_suite_markdown_renders_accuracy_time_and_target_tables(db):
     assert len(time_targets) == 2 and all(not t["met"] for t in time_targets)
 
 
+@pytest.mark.integration
 def test_plot_writes_a_png(db, tmp_path):
     path = db.plot(_results(db), str(tmp_path / "downstream.png"))
     with open(path, "rb") as fh:

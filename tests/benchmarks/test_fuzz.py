@@ -64,12 +64,14 @@ def _fuzz_one(target, data) -> None:
     assert outcome.kind in ("ok", "named"), outcome.describe(inp)
 
 
+@pytest.mark.integration
 @FUZZ
 @given(data=st.data())
 def test_tar_walker_and_index_tar_on_mutated_tars(targets, data):
     _fuzz_one(targets["tar"], data)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("target", ["index", "mask", "manifest"])  # load_index, MaskFile, Manifest.load
 @settings(FUZZ, max_examples=100)
 @given(data=st.data())
@@ -77,6 +79,7 @@ def test_loading_a_mutated_file(targets, target, data):
     _fuzz_one(targets[target], data)
 
 
+@pytest.mark.integration
 @settings(FUZZ, max_examples=40)
 @given(data=st.data())
 def test_pruned_webdataset_over_a_mutated_shard(targets, data):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import decode_bench
 from benchmarks.decode_bench import DecodeSuite
 from streamprune.decode import available_decoders
 
 
+@pytest.mark.integration
 def test_only_decode_writes_one_row_per_decoder_and_size(tmp_path):
     args = ["--quick", "--decode-samples", "3", "--decode-sizes", "32", "--repeats", "1",
             "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]

@@ -325,6 +325,7 @@ def test_score_ratio_repeated_or_comma_separated_and_method_options_checked(tmp_
     )
 
 
+@pytest.mark.integration
 def test_cli_start_up_imports_no_torch():
     import subprocess
     import sys

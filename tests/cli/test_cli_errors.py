@@ -102,6 +102,7 @@ def test_flag_values_click_parses_are_usage_errors_naming_the_flag(tmp_path, two
         assert "Traceback" not in result.output
 
 
+@pytest.mark.integration
 def test_a_bug_shows_its_traceback(tmp_path, two_datasets, monkeypatch):
     """A KeyError or ValueError from a bug is not a user's error: it is not turned into one line."""
     import streamprune_cli.main as main

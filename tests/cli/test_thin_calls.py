@@ -58,6 +58,7 @@ def test_write_dataset_refuses_what_the_chosen_writer_cannot_do(tmp_path, npz):
     assert not os.path.exists(tmp_path / "t") and not os.path.exists(tmp_path / "b")  # refused before anything was written
 
 
+@pytest.mark.integration
 def test_index_dataset_indexes_paths_and_urls(tmp_path, npz):
     written = write_shards(npz, os.fspath(tmp_path / "w"), samples_per_shard=10, progress=False)
     local = index_dataset([tmp_path / "w"], tmp_path / "i", workers=1, progress=False)
@@ -86,6 +87,7 @@ class _Counting(Engine):
         self.closed += 1
 
 
+@pytest.mark.integration
 def test_an_engine_is_closed_on_leaving_its_with_block_however_it_ends():
     with _Counting() as engine:
         pass

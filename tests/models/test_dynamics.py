@@ -90,6 +90,7 @@ def test_lr0_recording_equals_direct_forward_in_manifest_order(tmp_path, data, t
     assert sorted(os.listdir(tmp_path / "dyn")) == ["dynamics.json", "dynamics.npy"]
 
 
+@pytest.mark.integration
 def test_mask_gives_nan_rows_and_workers_read_each_sample_once(tmp_path, data, tiny_arch, start_checkpoint):
     m, images, labels = data
     ckpt, model = start_checkpoint
@@ -120,6 +121,7 @@ def _grad_norm_loop(model, x, y):
     return np.array(out)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
 def test_grand_epochs_equal_a_per_sample_autograd_loop(tmp_path, data, tiny_arch, start_checkpoint, strategy):
     m, images, labels = data
@@ -141,6 +143,7 @@ def test_grand_epochs_equal_a_per_sample_autograd_loop(tmp_path, data, tiny_arch
     assert grand_meta["epochs"] == [0, 1] and grand_meta["strategy"] == strategy
 
 
+@pytest.mark.integration
 def test_training_changes_the_model_and_sidecar_summarises_the_array(tmp_path, data, tiny_arch):
     m, _, _ = data
     r = record_dynamics(m, tiny_arch, tmp_path / "dyn", epochs=3, optimizer="adam", lr=0.05, batch_size=5, seed=1, progress=False)
@@ -239,6 +242,7 @@ def _capture_snapshot_states(monkeypatch):
     return states
 
 
+@pytest.mark.integration
 def test_el2n_snapshots_equal_an_eval_mode_forward_pass_of_the_model_at_that_epoch(tmp_path, data, bn_arch, monkeypatch):
     m, images, labels = data
     states = _capture_snapshot_states(monkeypatch)
@@ -267,6 +271,7 @@ def test_el2n_snapshots_equal_an_eval_mode_forward_pass_of_the_model_at_that_epo
         dyn.el2n_snapshots(3)
 
 
+@pytest.mark.integration
 def test_runs_are_independent_seeds_and_the_el2n_score_is_their_mean(tmp_path, data, bn_arch):
     m, _, _ = data
     common = {"epochs": 2, "optimizer": "adam", "lr": 0.05, "batch_size": 8, "el2n_epochs": [1, 2], "input_size": SIDE, "progress": False}

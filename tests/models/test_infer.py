@@ -2,6 +2,7 @@
 evaluation transform's logits."""
 
 import numpy as np
+import pytest
 import torch
 from builders import brightness_npz
 from PIL import Image
@@ -12,6 +13,7 @@ from streamprune.models import build_surrogate, surrogate_transform
 from streamprune.writers import write_shards
 
 
+@pytest.mark.integration
 def test_infer_returns_rows_in_manifest_order_whatever_the_batching(tmp_path, tiny_arch):
     manifest = write_shards(brightness_npz(tmp_path / "x.npz", n=50), tmp_path / "data", samples_per_shard=7, image_format="png", progress=False)
     torch.manual_seed(0)

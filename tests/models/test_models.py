@@ -16,6 +16,7 @@ from streamprune.models import (
 )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "arch, dim", [("resnet18", 512), ("resnet50", 2048), ("mobilenet_v3_small", 576)]
 )

@@ -137,6 +137,7 @@ def test_infobatch_schedule(data):
     assert ib.mask_for_epoch(7).kept == n and np.all(ib.loss_weights(7, np.arange(n)) == 1.0)  # annealing
 
 
+@pytest.mark.integration
 def test_infobatch_through_fit(data):
     m = data["manifest"]
     index_of = {k: i for i, k in enumerate(m.keys())}

@@ -60,6 +60,7 @@ def test_build_gives_the_named_optimizer_and_schedule():
     assert max(lrs) == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.01 / 1e4)  # then decays to peak / 1e4
 
 
+@pytest.mark.integration
 def test_train_surrogate_learns_and_writes_a_loadable_checkpoint(tmp_path, tiny_arch):
     manifest = write_shards(brightness_npz(tmp_path / "x.npz", n=90), tmp_path / "data", samples_per_shard=30, image_format="png", progress=False)
     result = train_surrogate(

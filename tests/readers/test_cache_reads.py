@@ -39,6 +39,7 @@ def _cache_bytes(cache_dir) -> int:
     return sum(os.path.getsize(p) for p in glob.glob(os.path.join(cache_dir, "*", "*", "*.spcache")))
 
 
+@pytest.mark.integration
 def test_second_epoch_reads_the_cache_and_fetches_nothing(dataset, nginx, tmp_path):
     m = Manifest.load(dataset)
     keep = random_mask(m, 0.6, level="sample", seed=2)
@@ -62,6 +63,7 @@ def test_second_epoch_reads_the_cache_and_fetches_nothing(dataset, nginx, tmp_pa
     assert _epoch(again) == want and _tar_gets(nginx) == []
 
 
+@pytest.mark.integration
 def test_a_changed_mask_fetches_only_the_samples_not_cached(dataset, nginx, tmp_path):
     m = Manifest.load(dataset)
     first, second = random_mask(m, 0.5, level="sample", seed=1), random_mask(m, 0.5, level="sample", seed=7)
@@ -87,6 +89,7 @@ def test_a_changed_mask_fetches_only_the_samples_not_cached(dataset, nginx, tmp_
     assert not (fetched_keys & set(keys[second.to_bool() & first.to_bool()].tolist()))
 
 
+@pytest.mark.integration
 def test_damaged_cache_file_is_refetched_never_served(dataset, nginx, tmp_path, caplog):
     m = Manifest.load(dataset)
     keep = random_mask(m, 0.5, level="sample", seed=3)
@@ -106,6 +109,7 @@ def test_damaged_cache_file_is_refetched_never_served(dataset, nginx, tmp_path, 
     assert "invalid" in caplog.text or "digest" in caplog.text
 
 
+@pytest.mark.integration
 def test_cache_of_another_dataset_never_hits(dataset, nginx, tmp_path):
     m = Manifest.load(dataset)
     keep = random_mask(m, 0.5, level="sample", seed=3)
@@ -123,6 +127,7 @@ def test_cache_of_another_dataset_never_hits(dataset, nginx, tmp_path):
         server.stop()
 
 
+@pytest.mark.integration
 def test_dataloader_workers_share_the_cache(dataset, nginx, tmp_path):
     m = Manifest.load(dataset)
     keep = random_mask(m, 0.4, level="sample", seed=5)

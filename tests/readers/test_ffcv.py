@@ -33,18 +33,25 @@ def _images(n: int, h: int = 12, w: int = 16, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
-@pytest.fixture
-def npz(tmp_path):
-    """64 random 12x16 RGB images over 4 classes (label i % 4), as an .npz source."""
-    path = tmp_path / "small.npz"
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    """64 random 12x16 RGB images over 4 classes (label i % 4), as an .npz source (read only: shared by the module)."""
+    path = tmp_path_factory.mktemp("ffcv-src") / "small.npz"
     np.savez(path, images=_images(64), labels=np.arange(64) % 4, class_names=np.array(["a", "b", "c", "d"]))
     return str(path)
 
 
-@pytest.fixture
-def beton(tmp_path, npz):
-    """The .npz written as one raw-pixel .beton file (default layout, seed 0)."""
-    return sp.write_beton(npz, tmp_path / "beton", write_mode="raw", page_size=PAGE, progress=False)
+@pytest.fixture(scope="module")
+def beton(tmp_path_factory, npz):
+    """The .npz written as one raw-pixel .beton file (default layout, seed 0); read only, written once per module
+    (each FFCV write starts its own worker pool)."""
+    return sp.write_beton(npz, tmp_path_factory.mktemp("ffcv") / "beton", write_mode="raw", page_size=PAGE, progress=False)
+
+
+@pytest.fixture(scope="module")
+def beton_contents(beton):
+    """Every image and label of ``beton``, in file order, by FFCV's own sequential loader."""
+    return _load_all(sp.pruned_ffcv_loader(beton, batch_size=64, num_workers=1, order="sequential"))
 
 
 def _load_all(loader):
@@ -119,6 +126,7 @@ def test_manifest_without_format_field_loads_as_tar(small_dataset):
     assert all(s.format == "tar" for s in sp.Manifest.load(small_dataset.path).shards)
 
 
+@pytest.mark.integration
 @needs_ffcv
 def test_samples_per_file_splits_files_and_the_loader_needs_a_file_number(tmp_path, npz):
     manifest = sp.write_beton(npz, tmp_path / "b", samples_per_file=25, write_mode="jpg", page_size=PAGE, progress=False)
@@ -146,6 +154,7 @@ def test_read_beton_agrees_with_ffcv_reader(beton):
     assert looks_like_beton(path) and not looks_like_beton(__file__)
 
 
+@pytest.mark.integration
 @needs_ffcv
 def test_index_of_a_plain_ffcv_file(tmp_path):
     from ffcv.fields import FloatField, IntField, RGBImageField
@@ -185,6 +194,7 @@ def test_index_of_a_plain_ffcv_file(tmp_path):
     assert sorted(np.concatenate([np.asarray(x).ravel() for x in labels]).tolist()) == sorted(ys[np.isin(ys, [0, 3])].tolist())
 
 
+@pytest.mark.integration
 @needs_ffcv
 def test_a_failing_sample_names_its_key_and_leaves_no_file(tmp_path):
     good = io.BytesIO()
@@ -198,6 +208,7 @@ def test_a_failing_sample_names_its_key_and_leaves_no_file(tmp_path):
     assert not os.path.exists(tmp_path / "b" / "manifest.json")
 
 
+@pytest.mark.integration
 @needs_ffcv
 def test_write_modes_and_quality_reach_the_file(tmp_path, npz):
     raw_bytes = 12 * 16 * 3
@@ -228,6 +239,7 @@ def _jpeg(pixels: np.ndarray, **options) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.integration
 @needs_ffcv
 def test_keep_jpeg_stores_the_source_jpeg_bytes_unchanged(tmp_path):
     from ffcv.fields.decoders import SimpleRGBImageDecoder
@@ -276,15 +288,14 @@ def test_keep_jpeg_stores_the_source_jpeg_bytes_unchanged(tmp_path):
 # pruned loading
 
 
+@pytest.mark.integration
 @needs_ffcv
 @pytest.mark.parametrize(
     ("order", "os_cache", "readahead"),
     [("random", True, True), ("quasi_random", False, True), ("sequential", True, True), ("quasi_random", True, False)],
 )
-def test_pruned_loader_yields_exactly_the_kept_samples(beton, order, os_cache, readahead):
-    full_images, full_labels = _load_all(
-        sp.pruned_ffcv_loader(beton, batch_size=64, num_workers=1, order="sequential")
-    )
+def test_pruned_loader_yields_exactly_the_kept_samples(beton, beton_contents, order, os_cache, readahead):
+    full_images, full_labels = beton_contents
     assert len(full_images) == 64
     mask = sp.random_mask(beton, 0.6, seed=2)
     loader = sp.pruned_ffcv_loader(
@@ -305,6 +316,7 @@ def test_pruned_loader_yields_exactly_the_kept_samples(beton, order, os_cache, r
     np.testing.assert_array_equal(loader.kept_indices, kept)
 
 
+@pytest.mark.integration
 @needs_ffcv
 def test_distributed_passes_through_to_ffcv(tmp_path, beton):
     import torch.distributed as dist
@@ -321,6 +333,7 @@ def test_distributed_passes_through_to_ffcv(tmp_path, beton):
         dist.destroy_process_group()
 
 
+@pytest.mark.integration
 @needs_ffcv
 def test_batch_size_and_drop_last_pass_through(beton):
     keep = np.zeros(64, dtype=bool)
@@ -348,6 +361,7 @@ def test_batch_size_and_drop_last_pass_through(beton):
         sp.pruned_ffcv_loader(beton, sp.mask_from_bool(beton, np.zeros(64, dtype=bool)), batch_size=8)
 
 
+@pytest.mark.integration
 @needs_ffcv
 def test_a_mask_made_on_the_tar_manifest_drives_the_beton_loader(tmp_path, npz, beton):
     tar = sp.write_shards(npz, tmp_path / "tar", samples_per_shard=20, progress=False)
@@ -402,6 +416,7 @@ def test_tar_readers_refuse_a_beton_manifest(beton):
 # page-aware layout
 
 
+@pytest.mark.integration
 @needs_ffcv
 def test_page_aware_layout_keeps_classes_together_in_pages(tmp_path):
     n, classes = 640, 4  # 27 KB raw each: 75 per 2 MiB page, a class spans ~2 pages (ImageNet: ~17 of 8 MiB)

@@ -343,6 +343,7 @@ def _killed_writer(cache_dir, path, index, ready):
     sc.commit()
 
 
+@pytest.mark.integration
 def test_a_writer_killed_mid_write_leaves_nothing_read_as_valid(tmp_path):
     paths, indexes = _write(tmp_path, n_shards=1, per_shard=8, size=400_000)  # samples written one by one
     path, index = paths[0], indexes[0]
@@ -390,6 +391,7 @@ def _concurrent_filler(cache_dir, path, index, positions, barrier):
     sc.close()
 
 
+@pytest.mark.integration
 def test_two_processes_filling_one_shard(tmp_path):
     paths, indexes = _write(tmp_path, n_shards=1, per_shard=40, size=20_000)
     path, index = paths[0], indexes[0]

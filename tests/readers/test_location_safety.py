@@ -73,6 +73,7 @@ def _url(store: NginxStore, name: str, port: str = "a") -> str:
     return f"{store.url(port)}/ds/{name}"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("shard0,reason", [
     ("/etc/passwd", "absolute local path"),
     ("file:///etc/passwd", "file:// URL"),
@@ -101,6 +102,7 @@ def test_remote_manifest_naming_foreign_locations_is_refused(served, shard0, rea
     assert open_manifest(url, allow_foreign_locations=True).shards[0].name == shard0
 
 
+@pytest.mark.integration
 def test_a_foreign_index_name_is_refused_too(served):
     _, served_dir, store = served
     url = _url(store, _serve_manifest(served_dir, "evil-index.json", index0="http://10.0.0.1/internal/index.json"))
@@ -108,6 +110,7 @@ def test_a_foreign_index_name_is_refused_too(served):
         Manifest.load(url)
 
 
+@pytest.mark.integration
 def test_relative_and_same_host_names_read_as_before(served):
     local, served_dir, store = served
     expected = _keys_and_bytes(PrunedSource(local))
@@ -121,6 +124,7 @@ def test_relative_and_same_host_names_read_as_before(served):
         assert _keys_and_bytes(PrunedMapDataset(url)) == expected
 
 
+@pytest.mark.integration
 def test_another_host_is_read_with_the_opt_in(served):
     local, served_dir, store = served
     other = _url(store, "shard-000000.tar", port="b")  # the same files behind another origin
@@ -134,6 +138,7 @@ def test_another_host_is_read_with_the_opt_in(served):
     assert _keys_and_bytes(PrunedSource(url, base=store.url("b") + "/ds")) == expected
 
 
+@pytest.mark.integration
 def test_a_local_base_is_trusted_but_not_what_lies_outside_it(served, tmp_path):
     local, served_dir, store = served
     copy = tmp_path / "copy"
@@ -157,6 +162,7 @@ def test_a_local_base_is_trusted_but_not_what_lies_outside_it(served, tmp_path):
         assert _keys_and_bytes(PrunedSource(url, base=str(copy), allow_foreign_locations=True)) == expected
 
 
+@pytest.mark.integration
 def test_a_loaded_manifest_is_checked_again_when_its_base_moves(served, tmp_path):
     local, served_dir, store = served
     outside = os.path.join(local, "shard-000000.tar")
@@ -167,6 +173,7 @@ def test_a_loaded_manifest_is_checked_again_when_its_base_moves(served, tmp_path
     assert open_manifest(m, base=str(tmp_path), allow_foreign_locations=True).shard_path(0) == outside
 
 
+@pytest.mark.integration
 def test_local_manifests_keep_todays_behaviour(served, tmp_path):
     local, _, _ = served
     with open(os.path.join(local, "manifest.json")) as fh:
@@ -178,6 +185,7 @@ def test_local_manifests_keep_todays_behaviour(served, tmp_path):
     assert _keys_and_bytes(PrunedSource(str(tmp_path))) == _keys_and_bytes(PrunedSource(local))
 
 
+@pytest.mark.integration
 def test_the_command_line_refuses_and_opts_in(served):
     _, served_dir, store = served
     from streamprune_cli.main import cli
@@ -211,6 +219,7 @@ def test_redact_replaces_userinfo_only():
     assert redact("/data/a@b/x.tar") == "/data/a@b/x.tar"
 
 
+@pytest.mark.integration
 def test_remote_errors_for_urls_with_credentials_hold_no_secret(served, caplog):
     _, _, store = served
     caplog.set_level(logging.DEBUG, logger="streamprune")
@@ -247,6 +256,7 @@ def test_remote_errors_for_urls_with_credentials_hold_no_secret(served, caplog):
     assert SECRET not in caplog.text
 
 
+@pytest.mark.integration
 def test_written_files_hold_no_storage_options_secrets(tmp_path):
     """``shard SRC s3://...`` and ``index URL`` with secrets in storage_options: no file written holds them."""
     pytest.importorskip("s3fs")
@@ -290,6 +300,7 @@ def test_written_files_hold_no_storage_options_secrets(tmp_path):
         server.stop()
 
 
+@pytest.mark.integration
 def test_index_refuses_to_record_a_shard_url_with_credentials(served, tmp_path):
     _, _, store = served
     from streamprune.remoteindex import index_remote_shards

@@ -149,6 +149,7 @@ def _keys(batch):
     return [s["__key__"] for s in batch]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("batch_size", [None, 8])
 def test_dataloader_workers_with_random_sampler(manifest, built, batch_size):
     mask = random_mask(manifest, 0.4, seed=5)
@@ -180,6 +181,7 @@ def test_sampler_in_order_yields_exactly_the_kept_indices(mask, manifest):
     assert len(sampler) == len(kept)
 
 
+@pytest.mark.integration
 def test_sampler_drives_an_unpruned_map_dataset(manifest, built, reference):
     mask = mask_from_classes(manifest, [2])
     full = PrunedMapDataset(manifest, None)  # i-th item is the i-th sample in manifest order

@@ -65,6 +65,7 @@ def check_segments_valid(counts, plans):
         assert plan.total == sum(s.end - s.begin for s in plan.segments)
 
 
+@pytest.mark.integration
 @common
 @given(
     counts=counts_st,
@@ -99,6 +100,7 @@ def test_plan_matches_model(counts, world, workers, uneven, shuffle, seed, epoch
         assert sum(sizes) == per_rank
 
 
+@pytest.mark.integration
 @common
 @given(counts=counts_st, world=st.integers(1, 6), workers=st.integers(1, 4), shuffle=st.booleans(), seed=st.integers(0, 1000))
 def test_divisible_total_covers_every_kept_sample_exactly_once(counts, world, workers, shuffle, seed):
@@ -117,6 +119,7 @@ def _plans_and_rank_totals(counts, world, workers, uneven, seed, shuffle):
     return plans, [sum(plans[(r, w)].total for w in range(workers)) for r in range(world)]
 
 
+@pytest.mark.integration
 @common
 @given(counts=counts_st, world=st.integers(1, 7), workers=st.integers(1, 3), shuffle=st.booleans())
 def test_drop_gives_floor_without_duplicates(counts, world, workers, shuffle):
@@ -128,6 +131,7 @@ def test_drop_gives_floor_without_duplicates(counts, world, workers, shuffle):
     assert all(0 <= p < counts[k] for k, p in items)
 
 
+@pytest.mark.integration
 @common
 @given(counts=counts_st, world=st.integers(1, 7), workers=st.integers(1, 3), shuffle=st.booleans())
 def test_pad_gives_ceil_and_covers_everything(counts, world, workers, shuffle):
@@ -206,6 +210,7 @@ def test_within_shard_order_changes_with_epoch_seed_and_shard():
     assert not np.array_equal(base, within_shard_order(kept, 1, 0, 3, True))  # shard
 
 
+@pytest.mark.integration
 def test_bad_arguments():
     with pytest.raises(ValueError):
         plan_epoch([3, 4], rank=2, world_size=2)
@@ -269,6 +274,7 @@ def test_ranks_get_equal_shares(manifest, uneven_mask, world, uneven, shuffle):
         assert sum(everything.values()) == world * (-(-n // world))
 
 
+@pytest.mark.integration
 def test_ranks_with_dataloader_workers(manifest, uneven_mask):
     keys = manifest.keys()
     kept = collections.Counter(keys[i] for i in np.flatnonzero(uneven_mask.keep))

@@ -62,6 +62,7 @@ def _check_covers(index: ShardIndex, order: np.ndarray, requests: list) -> None:
     assert served == order.tolist()
 
 
+@pytest.mark.integration
 @settings(max_examples=150, deadline=None)
 @given(shards(), models, st.integers(1, 256), st.sampled_from([64 << 10, 1 << 20, 2 << 20]))
 def test_plan_covers_every_kept_byte_once_and_respects_the_cap(shard, model, depth, max_request):
@@ -78,6 +79,7 @@ def test_plan_covers_every_kept_byte_once_and_respects_the_cap(shard, model, dep
     assert plan.fetched_bytes >= plan.kept_bytes
 
 
+@pytest.mark.integration
 @settings(max_examples=150, deadline=None)
 @given(shards(), models, st.integers(1, 256))
 def test_pruned_plan_never_predicted_slower_than_reading_the_shard_whole(shard, model, depth):
@@ -89,6 +91,7 @@ def test_pruned_plan_never_predicted_slower_than_reading_the_shard_whole(shard, 
     assert plan.seconds <= model.seconds(requests, nbytes, depth) * (1 + 1e-9)
 
 
+@pytest.mark.integration
 @settings(max_examples=150, deadline=None)
 @given(shards(), models, st.integers(1, 256))
 def test_cost_objective_never_pays_more_than_the_time_plan(shard, model, depth):
@@ -99,6 +102,7 @@ def test_cost_objective_never_pays_more_than_the_time_plan(shard, model, depth):
     assert fastest.seconds <= cheapest.seconds * (1 + 1e-9)
 
 
+@pytest.mark.integration
 @settings(max_examples=100, deadline=None)
 @given(shards(), models, st.floats(0.0, 0.5))
 def test_waste_cap_bounds_the_pruned_bytes_fetched(shard, model, cap):
@@ -126,6 +130,7 @@ def _brute_force_seconds(index: ShardIndex, order: np.ndarray, model: StoreModel
     return best
 
 
+@pytest.mark.integration
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(10_000, 300_000), min_size=2, max_size=12), st.data(), models, st.integers(1, 128))
 def test_time_plan_is_close_to_the_brute_force_optimum(sizes, data, model, depth):

@@ -24,6 +24,7 @@ def dataset(tmp_path_factory):
     return str(root / "ds")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.8])
 @pytest.mark.parametrize("model", [StoreModel(), StoreModel(latency=0.2, cpu_per_request=2e-3), StoreModel(latency=0.0)])
 def test_prediction_equals_the_requests_and_bytes_the_reader_sends(dataset, nginx, ratio, model):

@@ -321,6 +321,7 @@ def test_what_the_lean_client_does_not_map_goes_to_fsspec(monkeypatch):
     assert rangeclient.target_for("http://host/x") is None  # fsspec's aiohttp and botocore know proxies
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_both_event_loops_read_the_same_bytes(server_factory, loop):
     import os

@@ -313,6 +313,7 @@ def test_read_ahead_runs_on_into_the_next_shard(mask_40, manifest, built, monkey
         assert first_hint < last_read, f"shard {after}'s first kept run was announced only after shard {k} was read"
 
 
+@pytest.mark.integration
 def test_shards_opened_ahead_are_bounded_and_closed(mask_40, manifest, built, monkeypatch):
     monkeypatch.setattr(wds_reader, "SHARDS_AHEAD", 2)
     shard_paths = {os.path.realpath(p) for p in built.shard_paths}
@@ -454,6 +455,7 @@ def test_batched(mask_40, manifest, built, partial):
     np.testing.assert_array_equal(labels, built.labels[kept])
 
 
+@pytest.mark.integration
 def test_chained_pipeline_through_dataloader(mask_40, manifest, built):
     ds = (
         PrunedWebDataset(manifest, mask_40, shuffle=True, seed=1)
@@ -510,6 +512,7 @@ def test_pruned_tarfile_samples_accepts_plain_urls_and_other_spellings(mask_40, 
         assert all(g[e] == w[e] for e in w if not e.startswith("__"))
 
 
+@pytest.mark.integration
 def test_pruned_tarfile_samples_with_workers(mask_40, manifest, built):
     pipe = wds.DataPipeline(
         wds.SimpleShardList(built.shard_paths),
@@ -549,6 +552,7 @@ def test_dataloader_workers_read_every_kept_sample_once(manifest, built, num_wor
     assert len(got) == len(ds)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("num_workers", [0, 2, 3])
 def test_shuffle_is_deterministic_per_epoch(mask_40, manifest, num_workers):
     want = collections.Counter(kept_keys(mask_40, manifest))
@@ -747,6 +751,7 @@ def test_shard_rewritten_with_same_size_is_caught_by_header_check(dataset_copy, 
         list(PrunedWebDataset(dataset_copy, None))
 
 
+@pytest.mark.integration
 def test_set_epoch_reaches_persistent_workers(mask_40, manifest):
     ds = streamprune.PrunedWebDataset(manifest.path, mask_40, shuffle=True, seed=3)
     loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)

@@ -108,6 +108,7 @@ def _plain_webdataset(dataset, keep):
     return [(s["__key__"], s["bin"], s["txt"]) for s in ds]
 
 
+@pytest.mark.integration
 @needs_nginx
 @pytest.mark.parametrize("ratio,level", [(0.0, "sample"), (0.4, "sample"), (0.8, "sample"), (0.5, "class")])
 def test_http_reads_equal_local_and_plain_webdataset(dataset, nginx, ratio, level):
@@ -120,6 +121,7 @@ def test_http_reads_equal_local_and_plain_webdataset(dataset, nginx, ratio, leve
     assert _read(PrunedSource(dataset, keep, base=nginx.url)) == local
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_http_workers_and_ranks(dataset, nginx, tmp_path):
     keep = _mask(dataset, 0.6, "sample")
@@ -135,6 +137,7 @@ def test_http_workers_and_ranks(dataset, nginx, tmp_path):
         assert got == want and len(got) == len(set(got))
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_http_map_style_and_tarfile_stage(dataset, nginx):
     keep = _mask(dataset, 0.5, "sample")
@@ -149,6 +152,7 @@ def test_http_map_style_and_tarfile_stage(dataset, nginx):
     assert _read(stage(iter(urls))) == _read(PrunedSource(dataset, keep))
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_bytes_sent_never_include_pruned_ranges_beyond_the_waste_cap(dataset, nginx):
     keep = _mask(dataset, 0.7, "sample")
@@ -179,6 +183,7 @@ def test_bytes_sent_never_include_pruned_ranges_beyond_the_waste_cap(dataset, ng
     assert pruned_in_ranges <= policy.max_waste * kept_bytes * 1.0001
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_fault_proxy_loses_and_repeats_nothing(dataset, nginx):
     keep = _mask(dataset, 0.5, "sample")
@@ -193,6 +198,7 @@ def test_fault_proxy_loses_and_repeats_nothing(dataset, nginx):
     assert proxy.counts["503"] > 0 and proxy.counts["dropped"] > 0 and proxy.counts["slow"] > 0
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_changed_object_is_detected(dataset, nginx_on_a_copy):
     server, copy = nginx_on_a_copy
@@ -228,6 +234,7 @@ def test_missing_extra_is_one_error(monkeypatch, dataset):
         Manifest.load("http://127.0.0.1:9/manifest.json")
 
 
+@pytest.mark.integration
 def test_s3_reads_equal_local(dataset, s3):
     keep = _mask(dataset, 0.6, "class")
     local = _read(PrunedSource(dataset, keep))
@@ -237,6 +244,7 @@ def test_s3_reads_equal_local(dataset, s3):
     assert [mapped[i]["__key__"] for i in range(len(mapped))] == [k for k, _, _ in local]
 
 
+@pytest.mark.integration
 def test_s3_bad_credentials_are_a_clear_error(dataset, s3):
     from moto import settings
 
@@ -265,6 +273,7 @@ def test_plan_fetches_coalesces_within_budget(dataset):
     assert [p for a, b, _, _ in plan for p in order[a:b]] == order.tolist()
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_index_urls_with_brace_pattern_records_etag(dataset, nginx, tmp_path):
     from click.testing import CliRunner
@@ -288,6 +297,7 @@ def test_index_urls_with_brace_pattern_records_etag(dataset, nginx, tmp_path):
     assert result.exit_code == 0 and "shard" in result.output.lower(), result.output
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_replaced_object_fails_the_etag_check(dataset, nginx_on_a_copy, tmp_path):
     server, copy = nginx_on_a_copy
@@ -300,6 +310,7 @@ def test_replaced_object_fails_the_etag_check(dataset, nginx_on_a_copy, tmp_path
         _read(PrunedSource(m))
 
 
+@pytest.mark.integration
 def test_s3_index_writes_manifest_last(dataset, s3):
     from streamprune.remoteindex import index_remote_shards
 
@@ -316,6 +327,7 @@ def test_local_reads_with_io_depth_equal_serial(dataset):
     assert _read(PrunedSource(dataset, keep, io_depth=8, shuffle=True)) == _read(PrunedSource(dataset, keep, shuffle=True))
 
 
+@pytest.mark.integration
 def test_shard_to_s3_uploads_manifest_last_and_reads_back(dataset, s3, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
@@ -353,6 +365,7 @@ def test_shard_to_s3_uploads_manifest_last_and_reads_back(dataset, s3, tmp_path,
     assert not storage.exists(url + "/manifest.json")
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_main_process_reads_again_after_forked_workers_exit(dataset, nginx):
     # A forked DataLoader worker used to finalize the parent's inherited fsspec filesystem,
@@ -397,6 +410,7 @@ class _GatedSource:
         return self.samples[i]
 
 
+@pytest.mark.integration
 def test_shard_to_s3_uploads_each_shard_while_later_ones_are_written(s3, tmp_path, monkeypatch):
     import threading
 
@@ -430,6 +444,7 @@ def test_shard_to_s3_uploads_each_shard_while_later_ones_are_written(s3, tmp_pat
     assert _read(PrunedSource(m)) == _read(PrunedSource(local))
 
 
+@pytest.mark.integration
 def test_shard_to_s3_failed_shard_upload_names_it_and_leaves_no_manifest(s3, tmp_path, monkeypatch):
     from streamprune.writers.remote import write_shards_to
 
@@ -457,6 +472,7 @@ def test_shard_to_s3_failed_shard_upload_names_it_and_leaves_no_manifest(s3, tmp
 # --- If-Match: an object replaced after its shard was opened ----------------------------------
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_object_replaced_mid_epoch_fails_its_if_match(dataset, nginx_on_a_copy, tmp_path):
     from streamprune.remoteindex import index_remote_shards
@@ -488,6 +504,7 @@ def _s3_upload(dataset, shard, key):
     return client, data
 
 
+@pytest.mark.integration
 def test_s3_object_replaced_after_open_fails_its_if_match(dataset, s3):
     from streamprune.remoteindex import index_remote_shards
     from streamprune.storage import ObjectChangedError
@@ -527,6 +544,7 @@ def _cli(*args):
     return CliRunner().invoke(cli, [os.fspath(a) for a in args])
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_mask_and_score_read_a_manifest_url_or_a_base(dataset, nginx, tmp_path):
     from streamprune.masks import MaskFile
@@ -562,6 +580,7 @@ def _uid_samples(n=24):
     return out
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_base_serves_the_shards_to_uid_keys_and_exact_dedup(tmp_path):
     from streamprune.scores import ScoreFile
@@ -589,6 +608,7 @@ def test_base_serves_the_shards_to_uid_keys_and_exact_dedup(tmp_path):
         server.stop()
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_train_surrogate_and_dynamics_read_a_manifest_url(tmp_path):
     src = tmp_path / "ds.npz"
@@ -628,6 +648,7 @@ def _big_member_samples(n=30, size=100_000, seed=5):
     return [(f"b{i:04d}", {"bin": rng.bytes(size), "txt": f"sample {i}".encode()}, i % 3) for i in range(n)]
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_no_checksum_index_walks_headers_by_ranged_reads_only(tmp_path):
     from click.testing import CliRunner
@@ -662,6 +683,7 @@ def test_no_checksum_index_walks_headers_by_ranged_reads_only(tmp_path):
         server.stop()
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_ranged_walk_of_small_members_equals_streaming_in_few_requests(dataset, nginx, tmp_path):
     from streamprune.remoteindex import index_remote_shards
@@ -691,6 +713,7 @@ def test_ranged_walk_reads_labels_and_refuses_unlabelled_samples(tmp_path):
         index_tar_ranges(RangedView(lambda a, b: data[a:b], len(data)), "s.tar", label_ext="txt2")
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_parallel_remote_index_equals_serial(dataset, nginx, tmp_path):
     from streamprune.engine import LocalEngine, ThreadEngine
@@ -707,6 +730,7 @@ def test_parallel_remote_index_equals_serial(dataset, nginx, tmp_path):
 # --- FFCV stays local ---------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_remote_beton_is_a_clear_error(tmp_path):
     pytest.importorskip("ffcv")
@@ -732,6 +756,7 @@ def test_remote_beton_is_a_clear_error(tmp_path):
         server.stop()
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_map_style_batch_is_planned_one_request_per_run_of_adjacent_samples(dataset, nginx):
     local = PrunedMapDataset(dataset)
@@ -765,6 +790,7 @@ def _many_ranges(size, count, seed):
     return ranges + [(0, size), (size - 1, size), (0, 1)]
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_submit_many_concurrent_ranges_returns_exactly_the_file_bytes(dataset, nginx):
     name = "shard-000001.tar"
@@ -785,6 +811,7 @@ def test_submit_many_concurrent_ranges_returns_exactly_the_file_bytes(dataset, n
         assert list(pool.map(lambda r: obj.read(*r), ranges[:100])) == [data[a:b] for a, b in ranges[:100]]
 
 
+@pytest.mark.integration
 def test_s3_submit_many_ranges_and_metadata_equal_fsspec(dataset, s3):
     name = "shard-000002.tar"
     data = open(os.path.join(dataset, name), "rb").read()
@@ -799,6 +826,7 @@ def test_s3_submit_many_ranges_and_metadata_equal_fsspec(dataset, s3):
     assert [f.result(120) for f in futures] == [data[a:b] for a, b in ranges]
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_http_metadata_equals_fsspec(dataset, nginx):
     obj = storage.RemoteObject(nginx.url + "/shard-000000.tar")
@@ -806,6 +834,7 @@ def test_http_metadata_equals_fsspec(dataset, nginx):
     assert obj.native_async and obj.size == info["size"] and obj.etag == storage.info_etag(info)
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_submit_if_match_412_is_object_changed_not_retried(dataset, nginx_on_a_copy, tmp_path):
     from streamprune.storage import ObjectChangedError
@@ -823,6 +852,7 @@ def test_submit_if_match_412_is_object_changed_not_retried(dataset, nginx_on_a_c
     assert [e["status"] for e in server.log_entries()] == [412]
 
 
+@pytest.mark.integration
 def test_s3_submit_if_match_412_is_object_changed(dataset, s3):
     from streamprune.storage import ObjectChangedError
 
@@ -837,6 +867,7 @@ def test_s3_submit_if_match_412_is_object_changed(dataset, s3):
     assert obj.requests == 2
 
 
+@pytest.mark.integration
 def test_s3_signatures_are_checked_and_secrets_stay_out_of_messages(dataset, s3, caplog):
     import logging
 
@@ -876,6 +907,7 @@ def _child_reads(obj, ranges, data, queue):
         queue.put(repr(exc))
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_forked_child_reads_while_the_parent_keeps_reading(dataset, nginx):
     import multiprocessing
@@ -918,6 +950,7 @@ def test_forked_child_reads_while_the_parent_keeps_reading(dataset, nginx):
     assert not errors and not reader.is_alive()
 
 
+@pytest.mark.integration
 @needs_nginx
 def test_pickled_remote_object_reads_in_a_spawned_process(dataset, nginx):
     import multiprocessing

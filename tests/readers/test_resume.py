@@ -82,6 +82,7 @@ def _loader(data, workers, persistent=False, epoch=1, **kw):
     return ds, StatefulDataLoader(ds.map(sample_key), batch_size=4, num_workers=workers, persistent_workers=persistent)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("workers,persistent", [(0, False), (1, False), (2, False), (2, True)])
 def test_stateful_dataloader_resumes_exactly(data, workers, persistent):
     ds, loader = _loader(data, workers, persistent)
@@ -149,6 +150,7 @@ def test_shuffle_buffer_is_reported(data):
         ds.load_state_dict(state)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("uneven", ["pad", "drop"])
 def test_elastic_resume_covers_the_unseen_once(data, uneven):
     kept = data["keys"][data["mask"].keep]
@@ -191,6 +193,7 @@ def test_resume_point_needs_every_rank(data):
         ds.resume_point({"something": 1})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("workers,persistent", [(0, False), (2, True)])
 def test_keptsampler_and_map_dataset_resume(data, workers, persistent):
     def make():
@@ -237,6 +240,7 @@ def test_keptsampler_plain_order_unchanged(data):
     assert [list(x) for x in s] == [padded[r * per : (r + 1) * per].tolist() for r in range(3)]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("dynamic", [True, False])
 def test_mask_switch_reaches_persistent_workers(data, dynamic):
     other = random_mask(data["manifest"], 0.6, seed=7)

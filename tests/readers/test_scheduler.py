@@ -77,6 +77,7 @@ def _orders(m: Manifest, seed: int = 0, keep: float = 0.5) -> dict[int, np.ndarr
     return out
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("depth", [1, 3, 16])
 def test_samples_equal_the_serial_reader_in_order(dataset, depth):
     orders = _orders(dataset)

@@ -27,7 +27,7 @@ from remote_servers import free_port
 
 from streamprune import Manifest, random_mask
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.integration]  # gloo ranks as processes
 
 DEADLINE_S = 120
 

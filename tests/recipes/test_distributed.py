@@ -24,7 +24,7 @@ from remote_servers import free_port
 
 from streamprune import Manifest, mask_from_bool
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.integration]  # gloo ranks as processes
 
 WORLD = 2
 DEADLINE_S = 90  # guard against a hang; a healthy run takes ~5-20 s on 2 busy cores

@@ -149,6 +149,7 @@ def test_grad_norms_match_a_per_sample_loop():
         per_sample_grad_norms(model, x, y, strategy="scan")
 
 
+@pytest.mark.integration
 def test_grand_method(tmp_path, source, tiny_arch):
     r = _run(source, "grand", tmp_path, "g", surrogate=tiny_arch, input_size=10, batch_size=16, workers=0)
     s = ScoreFile.load(r["scores"])

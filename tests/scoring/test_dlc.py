@@ -158,6 +158,7 @@ def test_random_masks_are_seeded(dataset):
     assert not np.allclose(a, c) and not np.allclose(a, l1)
 
 
+@pytest.mark.integration
 def test_score_method_is_deterministic_across_batches_and_workers(tmp_path, dataset):
     m, _, _ = dataset
     kw = dict(surrogate=CNN, input_size=12, progress=False, levels=8, step=0.1)

@@ -99,6 +99,7 @@ def test_embed_stores_float16_per_shard_and_reuses_it(tmp_path, blobs):
         FeatureStore(tmp_path / "f", blobs, IDENT)
 
 
+@pytest.mark.integration
 def test_embed_resumes_after_interruption_and_damaged_files(tmp_path, blobs):
     cache = tmp_path / "f"
     failing = CountingEmbed(fail_after=35)
@@ -256,6 +257,7 @@ def test_cli_fm(tmp_path, tiny_arch):
 FASHION = FASHION_MNIST_DIR
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # when run alone it also pays for the shared demo run
 def test_fm_on_fashion_mnist_keeps_footwear_clusters(tmp_path, fashion):

@@ -15,6 +15,7 @@ def _blobs(n: int, dim: int, centres: int, seed: int) -> np.ndarray:
     return (means[rng.integers(0, centres, size=n)] + rng.normal(size=(n, dim))).astype(np.float32)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("processes", [1, 2])
 def test_sharded_kmeans_equals_single_process_for_the_same_seed(processes):
     x = _blobs(1500, 6, 5, seed=processes)

@@ -56,6 +56,7 @@ def test_kept_set_equals_a_global_sort_on_random_scores_with_ties(gather, higher
             assert np.array_equal(_cut_ids(counts, scores, k, higher_is, gather), _brute(scores, k, higher_is)), (trial, k)
 
 
+@pytest.mark.integration
 def test_processes_give_the_same_cut():
     rng = np.random.default_rng(3)
     counts = np.array([50, 0, 70, 30, 64])
@@ -83,6 +84,7 @@ def test_top_mask_by_shard_is_the_mask_of_todays_top_selector(tmp_path, small_da
         ours.check(manifest)
 
 
+@pytest.mark.integration
 def test_mask_algebra_by_shard_equals_in_memory_algebra(tmp_path, small_dataset):
     manifest = small_dataset
     rng = np.random.default_rng(1)

@@ -251,6 +251,7 @@ def _cli(*args):
     return CliRunner().invoke(cli, [os.fspath(a) for a in args])
 
 
+@pytest.mark.integration
 def test_cli_records_dynamics_and_scores_them_end_to_end(tmp_path, source, tiny_arch):
     dyn = tmp_path / "dyn"
     r = _cli("dynamics", source.path, "--model", tiny_arch, "--epochs", "3", "--out", dyn, "--batch-size", "3",

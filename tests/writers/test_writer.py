@@ -198,6 +198,7 @@ def test_same_seed_gives_byte_identical_shards_and_other_seed_another_order(tmp_
     assert sorted(a.keys()) == sorted(c.keys())
 
 
+@pytest.mark.integration
 def test_two_workers_write_the_same_shards_as_one(tmp_path, labelled_samples, shard_writer):
     one = shard_writer(labelled_samples, tmp_path / "one", workers=1, seed=3)
     two = shard_writer(labelled_samples, tmp_path / "two", workers=2, seed=3)
@@ -250,6 +251,7 @@ def test_manifest_records_shards_checksums_classes_and_totals(tmp_path, sample_f
     assert reloaded.labels().tolist().count(0) == 12
 
 
+@pytest.mark.integration
 def test_no_temporary_files_are_left_behind(tmp_path, labelled_samples, shard_writer):
     out = tmp_path / "out"
     shard_writer(labelled_samples, out, workers=2)
@@ -331,6 +333,7 @@ def test_empty_source_and_bad_arguments_are_rejected(tmp_path, labelled_samples)
         write_shards(labelled_samples, tmp_path / "c", workers=0, progress=False)
 
 
+@pytest.mark.integration
 def test_rerun_after_a_killed_shard_run_removes_only_its_own_temporaries(tmp_path):
     import signal
     import subprocess
@@ -394,6 +397,7 @@ def test_writing_over_another_dataset_is_refused_and_overwrite_leaves_no_orphan_
     assert sorted(second.keys()) == sorted(k for k, _, _ in labelled_samples)
 
 
+@pytest.mark.integration
 def test_resuming_the_same_run_is_not_refused_and_counts_what_it_skipped(tmp_path, labelled_samples, shard_writer):
     from streamprune.engine import LocalEngine
     from streamprune.errors import OutputExistsError
