@@ -81,7 +81,7 @@ _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 # ------------------------------------------------------------------------------------------
-# pure helpers (unit-tested in tests/test_dlc_bench.py)
+# pure helpers (unit-tested in tests/benchmarks/test_dlc_bench.py)
 
 
 def t95(df: int) -> float:

@@ -160,7 +160,7 @@ FULL = "full"  # the 100%-budget reference
 
 
 # ------------------------------------------------------------------------------------------
-# pure helpers (unit-tested in tests/test_downstream_bench.py)
+# pure helpers (unit-tested in tests/benchmarks/test_downstream_bench.py)
 
 
 def budget_key(budget: float) -> str:

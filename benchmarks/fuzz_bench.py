@@ -1,6 +1,6 @@
 """``python -m benchmarks fuzz``: a timed run of the readers' fuzzer (``tests/fuzzer.py``) as a suite.
 
-The fuzzer itself lives beside the tests (``tests/test_fuzz.py`` drives its mutators through
+The fuzzer itself lives beside the tests (``tests/benchmarks/test_fuzz.py`` drives its mutators through
 hypothesis; ``python -m tests.fuzzer`` runs a campaign on its own). This suite runs
 :func:`tests.fuzzer.campaign` for ``--seconds`` over every target and records the inputs,
 outcomes, named errors and bugs per target; its targets: no input ends in an unnamed

@@ -1,4 +1,4 @@
-"""One rank of the crash-and-resume test's trainer (``tests/test_crash_resume.py``).
+"""One rank of the crash-and-resume test's trainer (``tests/recipes/test_crash_resume.py``).
 
 ``python _resume_worker.py RANK WORLD PORT MANIFEST MASK WORKDIR MODE WORKERS``
 

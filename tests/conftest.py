@@ -7,29 +7,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
+from builders import CLASSES, make_samples  # noqa: F401  (re-exported: fixtures below use them)
 
 from streamprune.manifest import Manifest, open_manifest
 from streamprune.sources import FASHION_MNIST_DIR
 from streamprune.writers import write_shards
-
-CLASSES = ["ant", "bee", "cat", "dog"]
-
-
-def make_samples(n: int = 40, n_classes: int = 4, seed: int = 0, prefix: str = "s") -> list:
-    """``n`` samples ``(key, {"bin": bytes, "txt": bytes}, label)`` with varied sizes.
-
-    Labels cycle through the classes in order, so an unshuffled dataset is sorted
-    round-robin and every class has ``n // n_classes`` (+1) samples.
-    """
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        size = int(rng.integers(0, 3000))
-        payload = rng.integers(0, 256, size=size, dtype=np.uint8).tobytes()
-        out.append((f"{prefix}{i:05d}", {"bin": payload, "txt": f"sample {i}".encode()}, i % n_classes))
-    return out
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ since the companion's digest covers its meta and columns and a damaged one must 
 with a named error). Each bug is recorded with its input seed, the
 mutations applied and a hex prefix of the input.
 
-It lives beside the tests: ``tests/test_fuzz.py`` drives the same mutators and checks through
+It lives beside the tests: ``tests/benchmarks/test_fuzz.py`` drives the same mutators and checks through
 hypothesis (which shrinks a failing input); a timed campaign runs on its own, from the
 repository root::
 
@@ -100,7 +100,7 @@ HEX_PREFIX = 96
 
 
 # --------------------------------------------------------------------------------------------
-# drawing choices: from a seeded Random (a campaign) or from hypothesis (tests/test_fuzz.py)
+# drawing choices: from a seeded Random (a campaign) or from hypothesis (tests/benchmarks/test_fuzz.py)
 
 
 class RandomDraw:

@@ -1,6 +1,7 @@
 import os
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from streamprune.demo import run_demo
@@ -16,6 +17,7 @@ def _digits_npz(tmp_path):
     return str(path), len(digits.target)
 
 
+@pytest.mark.integration
 def test_demo_reads_exactly_the_kept_classes_and_reports_speedup(tmp_path):
     src, n = _digits_npz(tmp_path)
     result = run_demo(str(tmp_path / "demo"), source=src, ratio=0.6, workers=2, samples_per_shard=300, progress=False)
@@ -29,6 +31,7 @@ def test_demo_reads_exactly_the_kept_classes_and_reports_speedup(tmp_path):
     assert "speed-up" in result["report"] and "kept" in result["report"]
 
 
+@pytest.mark.integration
 def test_demo_cli_prints_report(tmp_path):
     src, _ = _digits_npz(tmp_path)
     out = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "d"), "--source", src, "--ratio", "0.5", "--quiet"])
@@ -37,6 +40,7 @@ def test_demo_cli_prints_report(tmp_path):
     assert os.path.exists(tmp_path / "d" / "shards" / "manifest.json")
 
 
+@pytest.mark.integration
 def test_demo_lm_needs_fashion_mnist_and_auto_picks_random_for_digits(tmp_path):
     import pytest
 

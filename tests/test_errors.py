@@ -282,6 +282,7 @@ def test_all_errors_share_one_base_class():
         assert issubclass(exc, StreamPruneError)
 
 
+@pytest.mark.integration
 def test_parallel_indexing_reports_the_bad_shard_and_leaves_no_manifest(tmp_path, good_tar):
     gz = tmp_path / "bad.tar.gz"
     gz.write_bytes(gzip.compress(good_tar.read_bytes()))

@@ -10,13 +10,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 streaming = pytest.importorskip("streaming")
 litdata = pytest.importorskip("litdata")
@@ -103,6 +100,7 @@ def _fields(sample: dict) -> dict:
     return {k: v for k, v in sample.items() if not k.startswith("__")}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["mds", "litdata"])
 def test_manifest_records_format_keys_labels(fmt, indexed):
     m = Manifest.load(indexed[fmt])
@@ -113,6 +111,7 @@ def test_manifest_records_format_keys_labels(fmt, indexed):
     assert m.label_ext == ("cls" if fmt == "mds" else "label")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["mds", "litdata"])
 def test_unpruned_read_equals_peer_reader(fmt, indexed, mds_dir, lit_dir):
     src = mds_dir if fmt == "mds" else lit_dir
@@ -131,6 +130,7 @@ def test_unpruned_read_equals_peer_reader(fmt, indexed, mds_dir, lit_dir):
         assert all(_same(_fields(mapped[i])[k], peer[i][k]) for k in peer[i])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["mds", "litdata"])
 def test_pruned_read_is_exactly_the_kept_positions_and_reads_little(fmt, indexed, monkeypatch):
     m = Manifest.load(indexed[fmt])
@@ -154,6 +154,7 @@ def test_pruned_read_is_exactly_the_kept_positions_and_reads_little(fmt, indexed
     assert 0 < read[0] <= 0.25 * total, (read[0], total)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["mds", "litdata"])
 def test_ranks_split_the_kept_samples(fmt, indexed):
     m = Manifest.load(indexed[fmt])
@@ -164,6 +165,7 @@ def test_ranks_split_the_kept_samples(fmt, indexed):
     assert set(parts[0]) | set(parts[1]) <= whole and len(parts[0]) == len(parts[1]) >= len(whole) // 2
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["mds", "litdata"])
 def test_resume_mid_epoch(fmt, indexed):
     mask = random_mask(Manifest.load(indexed[fmt]), 0.3, level="sample", seed=3)
@@ -178,6 +180,7 @@ def test_resume_mid_epoch(fmt, indexed):
     assert len(set(first + rest)) == len(first) + len(rest)
 
 
+@pytest.mark.integration
 def test_no_labels_and_named_label_field(mds_dir, tmp_path):
     m = index_foreign(mds_dir, str(tmp_path / "a"), label_field=None, progress=False)
     assert m.label_ext is None and (m.labels() == -1).all()
@@ -210,6 +213,7 @@ def test_compressed_litdata_is_refused_naming_the_chunk(tmp_path):
         index_foreign(out, str(tmp_path / "sp"), progress=False)
 
 
+@pytest.mark.integration
 def test_recorded_hash_mismatch_names_the_shard(mds_dir, tmp_path):
     import shutil
 
@@ -233,6 +237,7 @@ def test_recorded_hash_mismatch_names_the_shard(mds_dir, tmp_path):
         index_foreign(str(tmp_path / "bad" / "index.json"), str(tmp_path / "sp2"), progress=False, checksum=False)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["mds", "litdata"])
 def test_remote_reads_equal_local(fmt, indexed, mds_dir, lit_dir, tmp_path):
     if not os.path.exists(NGINX):
@@ -259,6 +264,7 @@ def test_remote_reads_equal_local(fmt, indexed, mds_dir, lit_dir, tmp_path):
         server.stop()
 
 
+@pytest.mark.integration
 def test_cli_index_of_a_dataset_directory_and_its_index_json(mds_dir, lit_dir, tmp_path):
     # deferred: the CLI module is only needed here
     from click.testing import CliRunner
@@ -280,6 +286,7 @@ def test_cli_index_of_a_dataset_directory_and_its_index_json(mds_dir, lit_dir, t
     assert [s["__key__"] for s in PrunedSource(str(tmp_path / "b"), str(tmp_path / "k.spmask"))] == ["3", "17", "42"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["mds", "litdata"])
 def test_scoring_inference_reads_image_and_label_fields(fmt, indexed):
     # deferred: the inference module loads the model stack, only this test needs it
@@ -300,6 +307,7 @@ def test_scoring_inference_reads_image_and_label_fields(fmt, indexed):
     assert np.array_equal(first, np.asarray(_image(kept[0])))
 
 
+@pytest.mark.integration
 def test_pruned_tarfile_stage_decodes_foreign_shards(indexed):
     # deferred: the stage is only used here
     from streamprune.readers.webdataset import pruned_tarfile_samples
@@ -314,6 +322,7 @@ def test_pruned_tarfile_stage_decodes_foreign_shards(indexed):
         assert s["text"] == want[s["__key__"]]["text"] == f"sample {s['__key__']}"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["mds", "litdata"])
 def test_dataloader_workers_decode_in_their_processes(fmt, indexed):
     source = PrunedSource(indexed[fmt], shuffle=True, seed=1)

@@ -62,6 +62,7 @@ def test_function_local_imports_say_why(path):
     assert not unexplained, f"{path.relative_to(ROOT)}: function-local imports without a comment saying why: {unexplained}"
 
 
+@pytest.mark.integration
 def test_package_and_cli_start_without_heavy_imports():
     code = (
         "import sys, streamprune, streamprune_cli.main; "

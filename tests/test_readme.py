@@ -225,6 +225,7 @@ def _skip_reason(marker: str) -> str | None:
     return None
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_every_readme_block_runs_and_prints_what_it_shows(tmp_path):
     data = _small_fashion_mnist(tmp_path / "fashion-mnist")

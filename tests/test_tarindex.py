@@ -230,6 +230,7 @@ def _check_ranged_walk(path: str, index) -> None:
             assert view.bytes_read == sum(b - a for a, b in reads)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt_name", sorted(FORMATS))
 @SETTINGS
 @given(spec=tar_spec)
@@ -357,6 +358,7 @@ def test_split_key_ext_splits_at_first_dot_of_basename(name, expected):
     assert split_key_ext(name) == expected
 
 
+@pytest.mark.integration
 def test_parallel_index_shards_writes_the_same_index_and_manifest(tmp_path, labelled_samples, shard_writer):
     import json
 

@@ -1,7 +1,7 @@
 """Tiny classifiers for the tests, importable as entry points ``tiny_models:NAME``.
 
 ``tests/`` is on ``sys.path`` when pytest runs (and on the Ray workers' ``PYTHONPATH`` in
-``test_engine.py``), so ``build_surrogate("tiny_models:tiny", C)`` finds them without any
+``tests/test_engine.py``), so ``build_surrogate("tiny_models:tiny", C)`` finds them without any
 test writing a module of its own.
 """
 
