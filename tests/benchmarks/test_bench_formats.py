@@ -6,7 +6,7 @@ from benchmarks.formats_bench import ARMS, formats_summary, formats_targets, rep
 from benchmarks.stats import INCONCLUSIVE, MET, MISSED
 
 
-def _rows(rounds: int, peer_seconds, ours_seconds, fraction=0.21):
+def _rows(rounds: int, peer_seconds, ours_seconds, fraction=0.21, resident=0.0):
     rows = []
     for k in range(rounds):
         for reader, selection, ratio in ARMS:
@@ -19,7 +19,8 @@ def _rows(rounds: int, peer_seconds, ours_seconds, fraction=0.21):
                     seconds = 5.0
                 rows.append({"format": "mds", "round": k, "reader": reader, "selection": selection, "ratio": ratio,
                              "epoch": epoch, "seconds": seconds, "samples": 100, "read_bytes": 0,
-                             "read_fraction": fraction if selection == "random mask" else 1.0, "dataset_bytes": 1})
+                             "read_fraction": fraction if selection == "random mask" else 1.0, "dataset_bytes": 1,
+                             "resident_after_evict": resident if epoch == 1 else None})
     return rows
 
 
@@ -51,4 +52,17 @@ def test_two_rounds_are_never_met_and_the_table_shows_median_and_range():
     assert (peer["seconds"], peer["seconds_min"], peer["seconds_max"], peer["rounds"]) == (2.0, 1.0, 6.0, 3)
     text = report_markdown({"setup": {"samples": 100, "sample_bytes": 10, "rounds": 3}, "rows": rows, "summary": summary})
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| mds")]
-    assert ["mds", "peer", "all", "1", "100", "2.000 [1.000-6.000]", "1.000"] in cells
+    assert ["mds", "peer", "all", "1", "100", "2.000 [1.000-6.000]", "1.000", "0.000"] in cells
+
+
+def test_a_round_whose_eviction_left_pages_cached_is_not_counted_for_bytes():
+    name = "mds: cold bytes read at r=0.8 (fraction of the dataset) <= 0.25"
+    rows = _rows(5, [3.0] * 5, [1.0] * 5, fraction=0.15, resident=0.2)  # low bytes because pages stayed cached
+    target = _by_name(formats_targets(rows))[name]
+    assert target["not_counted"] == 5 and target["verdict"] == MISSED  # nothing cold left to judge
+    rows = [r for r in _rows(5, [3.0] * 5, [1.0] * 5, fraction=0.21)]
+    rows[0]["resident_after_evict"] = 0.5  # round 0's first row: streamprune r=0 epoch 1 is not the judged arm
+    judged = next(r for r in rows if r["round"] == 1 and r["selection"] == "random mask" and r["epoch"] == 1)
+    judged["resident_after_evict"] = 0.5
+    target = _by_name(formats_targets(rows))[name]
+    assert target["not_counted"] == 1 and target["rounds"] == 4 and target["verdict"] == INCONCLUSIVE  # 4 rounds < 5
