@@ -74,6 +74,7 @@ def source(tmp_path_factory):
     return write_shards(_npz(d / "s.npz", 60, 0), d / "shards", samples_per_shard=7, image_format="png", progress=False)
 
 
+@pytest.mark.slow  # starts a Ray runtime: the Ray engine tests run in the slow tier (CI runs it)
 @pytest.mark.integration
 def test_shards_and_index_are_identical_on_both_engines(tmp_path, ray_engine, source):
     src = _npz(tmp_path / "s.npz", 50, 3)
@@ -90,6 +91,7 @@ def test_shards_and_index_are_identical_on_both_engines(tmp_path, ray_engine, so
     _same_manifest(tmp_path / "ix_local", tmp_path / "ix_ray")
 
 
+@pytest.mark.slow  # starts a Ray runtime: the Ray engine tests run in the slow tier (CI runs it)
 @pytest.mark.integration
 def test_features_scores_and_masks_are_identical_on_both_engines(tmp_path, ray_engine, source):
     target = _npz(tmp_path / "t.npz", 12, 1, label=2)
@@ -107,6 +109,7 @@ def test_features_scores_and_masks_are_identical_on_both_engines(tmp_path, ray_e
         assert np.array_equal(MaskFile(runs["inproc"]["masks"][0.5]).to_bool(), MaskFile(runs[name]["masks"][0.5]).to_bool())
 
 
+@pytest.mark.slow  # starts a Ray runtime: the Ray engine tests run in the slow tier (CI runs it)
 @pytest.mark.integration
 def test_a_killed_worker_is_retried_and_the_output_is_unchanged(tmp_path, ray_engine, source):
     from _engine_tasks import DieOnce
@@ -126,6 +129,7 @@ def test_a_killed_worker_is_retried_and_the_output_is_unchanged(tmp_path, ray_en
     _same_files(tmp_path / "dying", tmp_path / "plain")
 
 
+@pytest.mark.slow  # starts a Ray runtime: the Ray engine tests run in the slow tier (CI runs it)
 @pytest.mark.integration
 def test_an_interrupted_embedding_pass_resumes_with_the_remaining_shards(tmp_path, ray_engine, source):
     from _engine_tasks import StopAt
@@ -162,6 +166,7 @@ def _factory(request):
     return functools.partial(surrogate_embed, request)
 
 
+@pytest.mark.slow  # starts a Ray runtime: the Ray engine tests run in the slow tier (CI runs it)
 @pytest.mark.integration
 def test_index_resume_skips_finished_sidecars_and_counts_them(tmp_path, ray_engine, source):
     shards = [source.shard_path(k) for k in range(len(source.shards))]
@@ -177,6 +182,7 @@ def test_index_resume_skips_finished_sidecars_and_counts_them(tmp_path, ray_engi
     assert len(ray_engine.last_report.ran) == 9  # other options: nothing is kept
 
 
+@pytest.mark.slow  # starts a Ray runtime: the Ray engine tests run in the slow tier (CI runs it)
 @pytest.mark.integration
 def test_write_shards_resume_keeps_verified_shards_only(tmp_path, ray_engine):
     src = _npz(tmp_path / "s.npz", 30, 5)
@@ -192,6 +198,7 @@ def test_write_shards_resume_keeps_verified_shards_only(tmp_path, ray_engine):
     _same_files(out, tmp_path / "ref")
 
 
+@pytest.mark.slow  # starts a Ray runtime: the Ray engine tests run in the slow tier (CI runs it)
 @pytest.mark.integration
 def test_bad_input_in_a_task_is_the_same_error_on_both_engines(tmp_path, ray_engine, source):
     bad = tmp_path / "bad.tar"
@@ -206,6 +213,7 @@ def test_bad_input_in_a_task_is_the_same_error_on_both_engines(tmp_path, ray_eng
     assert len({str(e) for e in errors}) == 1 and "bad.tar" in str(errors[0])
 
 
+@pytest.mark.slow  # starts a Ray runtime: the Ray engine tests run in the slow tier (CI runs it)
 @pytest.mark.integration
 def test_cli_index_and_shard_with_ray(tmp_path, ray_engine, source):
     runner = CliRunner()

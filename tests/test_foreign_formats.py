@@ -7,6 +7,7 @@ equal theirs sample for sample.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -14,17 +15,18 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from remote_servers import NGINX, Nginx
 
-streaming = pytest.importorskip("streaming")
-litdata = pytest.importorskip("litdata")
+from streamprune import Manifest, PrunedMapDataset, PrunedSource
+from streamprune.errors import CompressedShardError, IndexMismatchError, LabelError
+from streamprune.indexing import index_files, index_foreign
+from streamprune.masks import random_mask
 
-from PIL import Image  # noqa: E402
-from remote_servers import NGINX, Nginx  # noqa: E402
-
-from streamprune import Manifest, PrunedMapDataset, PrunedSource  # noqa: E402
-from streamprune.errors import CompressedShardError, IndexMismatchError, LabelError  # noqa: E402
-from streamprune.indexing import index_files, index_foreign  # noqa: E402
-from streamprune.masks import random_mask  # noqa: E402
+# the peers are found, not imported, at collection (importing them takes seconds, which every pytest
+# worker would pay); the tests that write or read with them import them where they do
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("streaming") is None or importlib.util.find_spec("litdata") is None,
+                                reason="the peers mosaicml-streaming and litdata are not installed")
 
 N = 60
 
@@ -48,6 +50,8 @@ def _litdata_row(i: int) -> dict:
 @pytest.fixture(scope="module")
 def mds_dir(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("mds") / "data")
+    import streaming  # deferred: see pytestmark
+
     columns = {"data": "bytes", "cls": "int", "text": "str", "image": "png"}
     with streaming.MDSWriter(out=out, columns=columns, size_limit=20_000, hashes=["sha1", "xxh64"]) as writer:
         for i in range(N):
@@ -60,6 +64,8 @@ def lit_dir(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("lit") / "data")
     # litdata.optimize forces the process-wide start method to "spawn"; put it back, or every later
     # test's DataLoader workers would need picklable arguments
+    import litdata  # deferred: see pytestmark
+
     method = multiprocessing.get_start_method(allow_none=True)
     try:
         litdata.optimize(fn=_litdata_row, inputs=list(range(N)), output_dir=out, chunk_bytes=20_000, num_workers=1)
@@ -79,6 +85,9 @@ def indexed(mds_dir, lit_dir, tmp_path_factory) -> dict[str, str]:
 
 
 def _peer_samples(fmt: str, src: str) -> list[dict]:
+    import litdata  # deferred: see pytestmark
+    import streaming
+
     if fmt == "mds":
         ds = streaming.StreamingDataset(local=src, shuffle=False, batch_size=1)
     else:
@@ -191,6 +200,8 @@ def test_no_labels_and_named_label_field(mds_dir, tmp_path):
 
 
 def test_compressed_mds_is_refused_naming_the_shard(tmp_path):
+    import streaming  # deferred: see pytestmark
+
     out = str(tmp_path / "z")
     with streaming.MDSWriter(out=out, columns={"data": "bytes"}, compression="zstd") as writer:
         writer.write({"data": b"x" * 100})

@@ -6,6 +6,7 @@ without it (it hides ``ffcv`` from the import system).
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -19,10 +20,11 @@ import streamprune as sp
 from streamprune.atomic import file_sha256
 from streamprune.betonindex import index_beton, looks_like_beton, read_beton
 from streamprune.errors import MaskMismatchError, StreamPruneError
-from streamprune.optional import MissingExtraError, ffcv_available
+from streamprune.optional import MissingExtraError
 from streamprune_cli.main import cli
 
-needs_ffcv = pytest.mark.skipif(not ffcv_available(), reason="ffcv is not installed (the `ffcv` extra)")
+# find_spec, not an import: importing ffcv takes ~10 s, which every pytest worker would pay at collection
+needs_ffcv = pytest.mark.skipif(importlib.util.find_spec("ffcv") is None, reason="ffcv is not installed (the `ffcv` extra)")
 # numba's dispatcher finalizers complain when FFCV's compiled pipelines are garbage-collected
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

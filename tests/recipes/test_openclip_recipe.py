@@ -9,15 +9,12 @@ import json
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
+from click.testing import CliRunner
+from PIL import Image
 
-open_clip_data = pytest.importorskip("open_clip_train.data")
-
-import webdataset as wds  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from streamprune.openclip import train_num_samples, use_pruned_shards  # noqa: E402
-from streamprune_cli.main import cli  # noqa: E402
+from streamprune.openclip import train_num_samples, use_pruned_shards
+from streamprune_cli.main import cli
 
 SHARDS, PER_SHARD = 4, 25
 
@@ -49,6 +46,8 @@ def pool(tmp_path_factory):
 
 
 def test_openclip_epoch_reads_exactly_the_kept_uids(pool, tmp_path, monkeypatch):
+    # imported here, not at collection: open_clip_train takes ~5 s to import, paid only by this test
+    open_clip_data = pytest.importorskip("open_clip_train.data")
     runner = CliRunner()
     result = runner.invoke(cli, ["index", str(pool), "--out", str(tmp_path / "sp"), "--no-labels", "-q"])
     assert result.exit_code == 0, result.output

@@ -10,14 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-pl = pytest.importorskip("pytorch_lightning")
-accelerate = pytest.importorskip("accelerate")
-
-from streamprune import Manifest, PrunedMapDataset, PrunedWebDataset  # noqa: E402
-from streamprune.errors import MaskMismatchError  # noqa: E402
-from streamprune.masks import random_mask  # noqa: E402
-from streamprune.readers import PrunedSource  # noqa: E402
-from streamprune.writers import write_shards  # noqa: E402
+from streamprune import Manifest, PrunedMapDataset, PrunedWebDataset
+from streamprune.errors import MaskMismatchError
+from streamprune.masks import random_mask
+from streamprune.readers import PrunedSource
+from streamprune.writers import write_shards
 
 N = 120
 
@@ -41,49 +38,60 @@ def _batch(samples):
 # --- PyTorch Lightning: the recipe ------------------------------------------------------------
 
 
-class PrunedDataModule(pl.LightningDataModule):
-    """Kept samples as a LightningDataModule; the epoch seeds the shuffle, the checkpoint binds the dataset."""
+def lightning_recipe() -> tuple[type, type]:
+    """The recipe's data module, and a module that records the keys it trains on.
 
-    def __init__(self, manifest, mask, batch_size=16, seed=0):
-        super().__init__()
-        self.ds = PrunedWebDataset(manifest, mask, shuffle=True, seed=seed)
-        self.batch_size = batch_size
+    Defined once ``pytorch_lightning`` is imported, here rather than at collection: it takes
+    ~10 s to import, which every pytest worker would pay (skipped when it is not installed).
+    """
+    pl = pytest.importorskip("pytorch_lightning")
 
-    def set_epoch(self, epoch):
-        self.ds.set_epoch(epoch)
+    class PrunedDataModule(pl.LightningDataModule):
+        """Kept samples as a LightningDataModule; the epoch seeds the shuffle, the checkpoint binds the dataset."""
 
-    def train_dataloader(self):
-        # called at every epoch's start (reload_dataloaders_every_n_epochs=1), before the loader is
-        # iterated: the reader plans its epoch when iterated, so the epoch must be set here
-        if self.trainer is not None:
-            self.set_epoch(self.trainer.current_epoch)
-        return DataLoader(self.ds, batch_size=self.batch_size, collate_fn=_batch)
+        def __init__(self, manifest, mask, batch_size=16, seed=0):
+            super().__init__()
+            self.ds = PrunedWebDataset(manifest, mask, shuffle=True, seed=seed)
+            self.batch_size = batch_size
 
-    def state_dict(self):
-        # saved in the trainer's checkpoint: a resume on another dataset or mask is refused
-        return {"binding": self.ds.source.binding()}
+        def set_epoch(self, epoch):
+            self.ds.set_epoch(epoch)
 
-    def load_state_dict(self, state):
-        if state["binding"] != self.ds.source.binding():
-            raise MaskMismatchError(f"the checkpoint was trained on {state['binding']}, not {self.ds.source.binding()}")
+        def train_dataloader(self):
+            # called at every epoch's start (reload_dataloaders_every_n_epochs=1), before the loader is
+            # iterated: the reader plans its epoch when iterated, so the epoch must be set here
+            if self.trainer is not None:
+                self.set_epoch(self.trainer.current_epoch)
+            return DataLoader(self.ds, batch_size=self.batch_size, collate_fn=_batch)
 
+        def state_dict(self):
+            # saved in the trainer's checkpoint: a resume on another dataset or mask is refused
+            return {"binding": self.ds.source.binding()}
 
-class Recorder(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 1)
-        self.seen: dict[int, list[str]] = {}
+        def load_state_dict(self, state):
+            if state["binding"] != self.ds.source.binding():
+                raise MaskMismatchError(f"the checkpoint was trained on {state['binding']}, not {self.ds.source.binding()}")
 
-    def training_step(self, batch, batch_idx):
-        keys, x = batch
-        self.seen.setdefault(self.current_epoch, []).extend(keys)
-        return self.layer(x).pow(2).mean()
+    class Recorder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.seen: dict[int, list[str]] = {}
 
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+        def training_step(self, batch, batch_idx):
+            keys, x = batch
+            self.seen.setdefault(self.current_epoch, []).extend(keys)
+            return self.layer(x).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return PrunedDataModule, Recorder
 
 
 def _trainer(tmp_path, epochs):
+    import pytorch_lightning as pl  # deferred: lightning_recipe() has imported it (or skipped)
+
     return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, reload_dataloaders_every_n_epochs=1, default_root_dir=str(tmp_path))
 
@@ -95,6 +103,7 @@ def _epoch_order(manifest, mask, epoch):
 
 
 def test_lightning_epoch_and_resume_from_the_trainer_checkpoint(data, tmp_path):
+    PrunedDataModule, Recorder = lightning_recipe()
     manifest, mask = data
     module = Recorder()
     trainer = _trainer(tmp_path, 1)
@@ -117,6 +126,8 @@ def test_lightning_epoch_and_resume_from_the_trainer_checkpoint(data, tmp_path):
 
 
 def test_accelerate_prepared_loader_splits_kept_samples_over_processes(data):
+    # imported here, not at collection: accelerate imports for seconds, paid only by this test
+    accelerate = pytest.importorskip("accelerate")
     manifest, mask = data
     ds = PrunedMapDataset(manifest, mask)
     kept = [ds[i]["__key__"] for i in range(len(ds))]
