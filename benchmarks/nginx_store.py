@@ -135,8 +135,14 @@ http {{
             name = next(iter(self.ports))
         return f"http://127.0.0.1:{self.ports[name]}"
 
-    def clear_log(self) -> None:
-        """Empty the access log (nginx reopens it on SIGUSR1)."""
+    def clear_log(self, settle: float = 0.1) -> None:
+        """Empty the access log (nginx reopens it on SIGUSR1).
+
+        Args:
+            settle: Seconds to wait first: nginx logs a request after its response, so a request
+                the caller has just finished may be logged after the log was emptied.
+        """
+        time.sleep(settle)
         open(self.log, "w").close()
         os.kill(self.proc.pid, 10)
         time.sleep(0.05)
