@@ -25,8 +25,8 @@ from streamprune.masks import random_mask
 
 # the peers are found, not imported, at collection (importing them takes seconds, which every pytest
 # worker would pay); the tests that write or read with them import them where they do
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("streaming") is None or importlib.util.find_spec("litdata") is None,
-                                reason="the peers mosaicml-streaming and litdata are not installed")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(importlib.util.find_spec("streaming") is None or importlib.util.find_spec("litdata") is None,
+                                reason="the peers mosaicml-streaming and litdata are not installed")]
 
 N = 60
 

@@ -15,7 +15,7 @@ from streamprune.masks import open_mask
 from streamprune_cli.main import cli
 
 # found, not imported, at collection (mosaicml-streaming takes seconds to import, paid by every worker)
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("streaming") is None, reason="mosaicml-streaming is not installed")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(importlib.util.find_spec("streaming") is None, reason="mosaicml-streaming is not installed")]
 
 N = 40
 

@@ -167,6 +167,7 @@ def test_split_per_class_counts_and_disjointness():
         tb.split_per_class(labels, shots=7)
 
 
+@pytest.mark.integration  # imports scikit-learn
 def test_digits_images_resized_to_28():
     images, labels = tb.digits_images()
     assert images.shape == (1797, 28, 28) and images.dtype == np.uint8

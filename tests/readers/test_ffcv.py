@@ -26,7 +26,8 @@ from streamprune_cli.main import cli
 # find_spec, not an import: importing ffcv takes ~10 s, which every pytest worker would pay at collection
 needs_ffcv = pytest.mark.skipif(importlib.util.find_spec("ffcv") is None, reason="ffcv is not installed (the `ffcv` extra)")
 # numba's dispatcher finalizers complain when FFCV's compiled pipelines are garbage-collected
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+              pytest.mark.integration]  # importing ffcv takes ~10 s: out of the edit loop
 
 PAGE = 1 << 21  # FFCV's smallest page keeps test files small
 

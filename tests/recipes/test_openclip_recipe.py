@@ -18,6 +18,9 @@ from streamprune_cli.main import cli
 
 SHARDS, PER_SHARD = 4, 25
 
+# the recipes import their trainer libraries, seconds each: out of the edit loop
+pytestmark = pytest.mark.integration
+
 
 def _uid(i: int) -> tuple[int, int]:
     rng = np.random.default_rng(1000 + i)

@@ -18,6 +18,9 @@ from streamprune.writers import write_shards
 
 N = 120
 
+# the recipes import their trainer libraries, seconds each: out of the edit loop
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -139,6 +139,7 @@ def test_chunk_reader_is_bounded(tmp_path, blobs):
     assert np.array_equal(store.take(rows), store.read_all()[rows])
 
 
+@pytest.mark.integration  # imports scikit-learn
 def test_kmeans_matches_sklearn_inertia_with_the_same_init():
     from sklearn.cluster import KMeans
     from sklearn.datasets import make_blobs
