@@ -64,13 +64,9 @@ def resident_fraction(paths: Iterable[str]) -> float:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_COPY) as mm:
             address = ctypes.addressof(ctypes.c_char.from_buffer(mm))  # private mapping: reading it does not fault pages in
             vec = (ctypes.c_ubyte * pages)()
-            try:
-                if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vec) != 0:
-                    raise OSError(ctypes.get_errno(), f"mincore failed on {path}")
-                resident += sum(b & 1 for b in vec)
-            finally:
-                del vec
-                address = None
+            if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vec) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore failed on {path}")
+            resident += sum(b & 1 for b in vec)
         total += pages
     return resident / total if total else 0.0
 
