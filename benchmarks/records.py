@@ -18,9 +18,10 @@ from typing import Any
 
 from . import mdtable
 from .io_bench import IoSuite
+from .scale_sim import ScaleSimSuite
 from .suite import Suite
 
-__all__ = ["RECORDS", "IoColdRecord", "MeasuredRecord"]
+__all__ = ["RECORDS", "IoColdRecord", "MeasuredRecord", "ScaleSimKeysRecord"]
 
 
 class MeasuredRecord(Suite):
@@ -69,9 +70,28 @@ class IoColdRecord(IoSuite):
         return None  # the reader rows belong to the io suite's own run
 
 
+class ScaleSimKeysRecord(ScaleSimSuite):
+    """``scale_sim_keys``: the scale_sim suite's ``keys`` step alone, in ``results/scale_sim_keys/``.
+
+    The step was added after the full simulation's last run (56 minutes at 10^8 on 2 cores);
+    it is measured on the same virtual datasets, and rendered with the suite's tables.
+    """
+
+    name, title = "scale_sim_keys", "Scale by simulation, the key-list mask step (scale_sim --steps keys, own run)"
+    runnable = False
+    how = "python -m benchmarks scale_sim --virtual --sizes 1e6,1e7,1e8 --steps keys --out benchmarks/results/scale_sim_keys"
+    measures = ("streamprune/keys.py", "streamprune/keytable.py", "streamprune/shardmask.py")
+
+    def results_path(self, quick: bool = False, out: str | None = None) -> str:
+        """``results/scale_sim_keys/scale_sim.json`` (``quick/scale_sim_keys/`` for smoke runs)."""
+        folder = out or os.path.join(self.results_dir, *(["quick"] if quick else []), "scale_sim_keys")
+        return os.path.join(folder, "scale_sim.json")
+
+
 #: The record suites, in report order.
 RECORDS: tuple[Suite, ...] = (
     IoColdRecord(),
+    ScaleSimKeysRecord(),
     MeasuredRecord("keptcache", "Kept-bytes cache: cached kept samples vs pread from a local shard (no targets)",
                    "python -m benchmarks.keptcache_measure",
                    ("streamprune/readers/keptcache.py", "streamprune/readers/cachechunk.py")),

@@ -10,6 +10,8 @@ peak RSS (``VmHWM``) and the RSS before the step (after imports):
             tasks return) into the manifest, with the duplicate-key check over the key-hash files;
   mask      a random mask written shard by shard (``write_mask_by_shard``, tasks in-process);
   algebra   ``a & b`` of two saved masks, shard by shard (``CombineMasks``);
+  keys      a mask from a text key list naming 20% of the samples (``mask_from_keys`` with
+            ``out=``: the list streamed into a digest table, each shard matched by a task);
   select    selector ``top`` at r = 0.8 without a global argsort (``top_mask_by_shard``);
   kmeans    2 Lloyd iterations of ``kmeans_by_shard`` (K = 16, D = 8, tasks in-process);
   rank      one rank's epoch start at 64 ranks x 8 workers: manifest + mask load, and the
@@ -53,11 +55,13 @@ import numpy as np
 if __package__:  # run as a script (one step in a fresh process, see _measure), the file needs no suite and has no package
     from .suite import Suite
 
-STEPS = ("manifest", "mask", "algebra", "select", "kmeans", "rank", "worker")
+STEPS = ("manifest", "mask", "algebra", "keys", "select", "kmeans", "rank", "worker")
 PER_SHARD = 10_000
 CLASSES = 1000
 RANKS, WORKERS = 64, 8
-DRIVER_STEPS = ("manifest", "mask", "algebra", "select", "kmeans")
+DRIVER_STEPS = ("manifest", "mask", "algebra", "keys", "select", "kmeans")
+#: Fraction of the samples a key list names in the ``keys`` step (the kept 20% of r = 0.8).
+LISTED = 0.2
 GB = 1 << 30
 
 
@@ -168,6 +172,20 @@ def generate(root: str, n: int, seed: int, workers: int, virtual: bool = False) 
     return out
 
 
+def key_list(data: str, summaries_or_counts: Any, seed: int) -> str:
+    """The ``keys`` step's list (written once, untimed): :data:`LISTED` of each shard's keys, shard order."""
+    path = os.path.join(data, "listed.txt")
+    if os.path.exists(path):
+        return path
+    counts = [getattr(s, "samples", s) for s in summaries_or_counts]
+    with open(path + ".tmp", "w") as fh:
+        for k, n in enumerate(counts):
+            chosen = np.flatnonzero(np.random.default_rng([seed, k, 17]).random(int(n)) < LISTED)
+            fh.write("".join(f"s{k:07d}/{i:05d}\n" for i in chosen.tolist()))
+    os.replace(path + ".tmp", path)
+    return path
+
+
 class RandomKeep:
     """Shard ``k`` keeps each sample with probability ``p`` (seeded per shard): a random mask."""
 
@@ -233,6 +251,7 @@ def run_step(step: str, data: str) -> dict[str, Any]:
     """Run one step on the dataset in ``data``; return seconds, RSS before and peak."""
     # deferred (see _fake_index); the scoring and readers packages only by the steps that use them (torch)
     from streamprune.engine import LocalEngine
+    from streamprune.keys import mask_from_keys
     from streamprune.manifest import manifest_from_summaries
     from streamprune.masks import MaskFile, kept_counts
     from streamprune.shardmask import CombineMasks, write_mask_by_shard  # deferred, as above
@@ -271,6 +290,13 @@ def run_step(step: str, data: str) -> dict[str, Any]:
             write_mask_by_shard(manifest, CombineMasks([os.path.join(data, "a.spmask"), os.path.join(data, "b.spmask")], "and"),
                                 os.path.join(data, "and.spmask"), {"method": "and"}, engine=engine)
             seconds = time.perf_counter() - t0
+        elif step == "keys":
+            mask = mask_from_keys(manifest, os.path.join(data, "listed.txt"), out=os.path.join(data, "keys.spmask"), engine=engine)
+            seconds = time.perf_counter() - t0
+            p = mask.provenance
+            if p["missing"] or p["duplicates"] or mask.kept != p["ids"]:  # every listed key is one sample
+                raise RuntimeError(f"keys step: {p['ids']} ids, {p['missing']} missing, {p['duplicates']} repeated, kept {mask.kept}")
+            out["kept"] = mask.kept
         elif step == "select":
             counts = np.array([s.samples for s in manifest.shards])
             mask = top_mask_by_shard(manifest, SeededScores(counts, 5), 0.8, os.path.join(data, "top.spmask"), engine=engine)
@@ -327,20 +353,23 @@ def fit(ns: list[int], ys: list[float]) -> dict[str, float]:
     return {"slope": float(slope), "at_1e9": float(10 ** (icept + slope * 9)), "at_1e10": float(10 ** (icept + slope * 10))}
 
 
-def simulate(sizes: list[int], work: str, seed: int, workers: int, dup_chunk: int = 0, virtual: bool = False) -> dict[str, Any]:
-    """Generate each size, measure every step, fit; returns the results.
+def simulate(sizes: list[int], work: str, seed: int, workers: int, dup_chunk: int = 0, virtual: bool = False,
+             steps: tuple[str, ...] = STEPS) -> dict[str, Any]:
+    """Generate each size, measure each of ``steps`` (default every step), fit; returns the results.
 
     ``dup_chunk``: hashes the duplicate-key check sorts at once (0: the library's default),
     smaller than the default so that its memory cap is reached within the measured sizes.
     """
     os.environ["SCALE_SIM_DUP_CHUNK"] = str(dup_chunk)
-    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in STEPS}
+    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in steps}
     loads = []
     for n in sizes:
         t0 = time.perf_counter()
         data = generate(work, n, seed, workers, virtual)
         print(f"scale_sim: N={n:.0e} generated in {time.perf_counter() - t0:.0f} s", flush=True)
-        for step in STEPS:
+        with open(os.path.join(data, "summaries.pkl"), "rb") as fh:
+            key_list(data, pickle.load(fh), seed)
+        for step in steps:
             loads.append(os.getloadavg()[0])
             r = _measure(step, data)
             r["n"] = n
@@ -348,7 +377,7 @@ def simulate(sizes: list[int], work: str, seed: int, workers: int, dup_chunk: in
             print(f"  {step:9s} {r['seconds']:8.2f} s  peak {r['rss_peak'] / 2**20:7.0f} MiB (before {r['rss_before'] / 2**20:6.0f})  "
                   f"load {loads[-1]:.1f}", flush=True)
     summary = {}
-    for step in STEPS:
+    for step in steps:
         ns = [r["n"] for r in rows[step]]
         grown = [max(r["rss_peak"] - r["rss_before"], 1 << 20) for r in rows[step]]
         time_fit = fit(ns, [r["seconds"] for r in rows[step]])
@@ -364,29 +393,36 @@ def simulate(sizes: list[int], work: str, seed: int, workers: int, dup_chunk: in
             "load": loads}
 
 
+def _present(res: dict[str, Any], steps: tuple[str, ...]) -> list[str]:
+    """Those of ``steps`` the results measured (a ``--steps`` run measures some)."""
+    return [s for s in steps if s in res["fits"]]
+
+
 def verdicts(res: dict[str, Any]) -> list[list[str]]:
     """Each target, what was measured and extrapolated, and the verdict."""
     out = []
     fits = res["fits"]
-    for step in DRIVER_STEPS:
+    for step in _present(res, DRIVER_STEPS):
         f = fits[step]
         peak = max(f["peak_at_1e9_fit"], f["peak_at_1e9_linear"])
         out.append([f"{step}: driver peak at 1e9 <= 4 GB", f"{peak / GB:.2f} GB (largest measured {f['largest_peak'] / GB:.2f} GB)",
                     "met" if peak <= 4 * GB else "**missed**"])
         out.append([f"{step}: bytes per extra sample <= 4", f"{f['bytes_per_extra_sample']:.3f}",
                     "met" if f["bytes_per_extra_sample"] <= 4 else "**missed**"])
-    rank = fits["rank"]["time"]
-    out.append(["rank: epoch start at 1e9 <= 1 s", f"{rank['at_1e9']:.3f} s (slope {rank['slope']:.2f})",
-                "met" if rank["at_1e9"] <= 1 else "**missed**"])
-    worker = fits["worker"]
-    last = res["steps"]["worker"][-1]
-    # what the dataset adds to a worker: its peak above the process's start (torch's import, ~0.5 GB, is
-    # there in any DataLoader worker, shared with the parent after fork, and does not grow with N)
-    grown = max(worker["peak_at_1e9_fit"], worker["peak_at_1e9_linear"]) - last["rss_before"]
-    out.append(["worker: memory the dataset adds at 1e9 <= 256 MB",
-                f"{grown / 2**20:.0f} MiB above the worker's start ({last['rss_before'] / 2**20:.0f} MiB with torch imported)",
-                "met" if grown <= 256 * 2**20 else "**missed**"])
-    for step in STEPS:
+    if "rank" in fits:
+        rank = fits["rank"]["time"]
+        out.append(["rank: epoch start at 1e9 <= 1 s", f"{rank['at_1e9']:.3f} s (slope {rank['slope']:.2f})",
+                    "met" if rank["at_1e9"] <= 1 else "**missed**"])
+    if "worker" in fits:
+        worker = fits["worker"]
+        last = res["steps"]["worker"][-1]
+        # what the dataset adds to a worker: its peak above the process's start (torch's import, ~0.5 GB, is
+        # there in any DataLoader worker, shared with the parent after fork, and does not grow with N)
+        grown = max(worker["peak_at_1e9_fit"], worker["peak_at_1e9_linear"]) - last["rss_before"]
+        out.append(["worker: memory the dataset adds at 1e9 <= 256 MB",
+                    f"{grown / 2**20:.0f} MiB above the worker's start ({last['rss_before'] / 2**20:.0f} MiB with torch imported)",
+                    "met" if grown <= 256 * 2**20 else "**missed**"])
+    for step in _present(res, STEPS):
         for what in ("time", "memory"):
             s = fits[step][what]["slope"]
             out.append([f"{step}: {what} slope <= 1.05", f"{s:.2f}", "met" if s <= 1.05 else "**missed**"])
@@ -401,7 +437,7 @@ def plot(res: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt  # after choosing the headless backend
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for step in STEPS:
+    for step in _present(res, STEPS):
         ns = [r["n"] for r in res["steps"][step]]
         a.loglog(ns, [r["seconds"] for r in res["steps"][step]], "o-", label=f"{step} ({res['fits'][step]['time']['slope']:.2f})")
         b.loglog(ns, [max(r["rss_peak"] - r["rss_before"], 1 << 20) / 2**20 for r in res["steps"][step]], "o-",
@@ -420,7 +456,7 @@ def tables(res: dict[str, Any]) -> str:
     from .mdtable import markdown_table  # deferred: keeps the step processes' imports small
 
     rows = [[s, f"{r['n']:.0e}", f"{r['seconds']:.2f}", f"{r['rss_before'] / 2**20:.0f}", f"{r['rss_peak'] / 2**20:.0f}"]
-            for s in STEPS for r in res["steps"][s]]
+            for s in _present(res, STEPS) for r in res["steps"][s]]
     fits = [[s, f"{f['time']['slope']:.2f}", f"{f['time']['at_1e9']:.3g}", f"{f['time']['at_1e10']:.3g}", f"{f['memory']['slope']:.2f}",
              f"{f['bytes_per_extra_sample']:.3f}", f"{max(f['peak_at_1e9_fit'], f['peak_at_1e9_linear']) / GB:.2f}"]
             for s, f in res["fits"].items()]
@@ -441,17 +477,20 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     from .suite import Target  # deferred: keeps the step processes' imports small
 
     fits, out = res["fits"], []
-    for step in DRIVER_STEPS:
+    for step in _present(res, DRIVER_STEPS):
         f = fits[step]
         peak = max(f["peak_at_1e9_fit"], f["peak_at_1e9_linear"])
         out.append(Target.check(f"{step}: driver peak at 1e9 (GB, extrapolated) <= 4", round(peak / GB, 3), 4.0, "<=").to_dict())
         out.append(Target.check(f"{step}: bytes per extra sample <= 4", round(f["bytes_per_extra_sample"], 3), 4.0, "<=").to_dict())
-    out.append(Target.check("rank: epoch start at 1e9 (s, extrapolated) <= 1", round(fits["rank"]["time"]["at_1e9"], 3), 1.0, "<=").to_dict())
-    last = res["steps"]["worker"][-1]
-    grown = max(fits["worker"]["peak_at_1e9_fit"], fits["worker"]["peak_at_1e9_linear"]) - last["rss_before"]
-    out.append(Target.check("worker: memory the dataset adds at 1e9 (MiB, extrapolated) <= 256", round(grown / 2**20, 1), 256.0,
-                            "<=").to_dict())
-    for step in STEPS:
+    if "rank" in fits:
+        out.append(Target.check("rank: epoch start at 1e9 (s, extrapolated) <= 1", round(fits["rank"]["time"]["at_1e9"], 3), 1.0,
+                                "<=").to_dict())
+    if "worker" in fits:
+        last = res["steps"]["worker"][-1]
+        grown = max(fits["worker"]["peak_at_1e9_fit"], fits["worker"]["peak_at_1e9_linear"]) - last["rss_before"]
+        out.append(Target.check("worker: memory the dataset adds at 1e9 (MiB, extrapolated) <= 256", round(grown / 2**20, 1), 256.0,
+                                "<=").to_dict())
+    for step in _present(res, STEPS):
         for what in ("time", "memory"):
             out.append(Target.check(f"{step}: {what} slope <= 1.05", round(fits[step][what]["slope"], 3), 1.05, "<=").to_dict())
     return out
@@ -464,6 +503,7 @@ class ScaleSimSuite(Suite):
     results_name = "scale_sim"
     has_plot = True
     measures = ("streamprune/shardsummary.py", "streamprune/topk.py", "streamprune/shardmask.py", "streamprune/indexing.py",
+                "streamprune/keys.py", "streamprune/keytable.py",
                 "streamprune/masks.py", "streamprune/manifest.py", "streamprune/scoring/kmeans.py", "streamprune/readers")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -473,6 +513,9 @@ class ScaleSimSuite(Suite):
         parser.add_argument("--dup-chunk", type=int, default=1 << 20,
                             help="hashes the duplicate-key check sorts at once (default 2^20, below the library's 2^24, so that "
                                  "its cap is reached within N <= 1e7; 0: the library's default)")
+        parser.add_argument("--steps", default=",".join(STEPS),
+                            help=f"steps to measure, comma-separated (default all: {','.join(STEPS)}); the rank and worker "
+                                 "steps read the select step's mask, every step the manifest step's manifest (kept in --data-dir)")
         parser.add_argument("--virtual", action="store_true",
                             help="size-only shards and no index sidecars kept (indexes regenerated from the seed): ~9 bytes "
                                  "per sample on disk, for N = 1e8 (see the module docstring)")
@@ -484,7 +527,11 @@ class ScaleSimSuite(Suite):
             sizes = [100_000, 300_000]
         work = args.data_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "scale_sim")
         load_before = os.getloadavg()
-        res = simulate(sizes, work, args.seed, args.sim_workers, args.dup_chunk, args.virtual)
+        steps = tuple(x.strip() for x in args.steps.split(",") if x.strip())
+        unknown = sorted(set(steps) - set(STEPS))
+        if unknown:
+            raise SystemExit(f"scale_sim: unknown steps {unknown}; the steps are {', '.join(STEPS)}")
+        res = simulate(sizes, work, args.seed, args.sim_workers, args.dup_chunk, args.virtual, steps)
         return {"benchmark": "scale_sim", "load_before": load_before, "load_after": os.getloadavg(), **res}
 
     def summarise(self, results: dict[str, Any]) -> dict[str, Any]:

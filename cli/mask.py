@@ -144,15 +144,21 @@ def mask_scores(manifest, scores_file, ratio, duplicates, selector, seed, engine
 @click.option("--drop", is_flag=True, help="The listed samples are removed and all others kept (by default they are the ones kept).")
 @click.option("--key-column", help="Column (or .npy field) holding the keys [default: key, else uid, else __key__].")
 @click.option("--allow-missing", is_flag=True, help="Accept listed ids that are not in MANIFEST (by default any is an error); they are reported.")
+@engine_options
 @location_options
 @_out_option
-def mask_keys(manifest, keys_file, drop, key_column, allow_missing, base, storage_options, allow_foreign_locations, out):
-    """Keep the samples a key list names: KEYS (keys or 128-bit uids) as text (one per line), .npy or .parquet/.arrow."""
+def mask_keys(manifest, keys_file, drop, key_column, allow_missing, engine, ray_address, base, storage_options, allow_foreign_locations, out):
+    """Keep the samples a key list names: KEYS (keys or 128-bit uids) as text (one per line), .npy or .parquet/.arrow.
+
+    The list is streamed into a digest table on disk and each shard is matched by a task (on
+    --engine) that writes its bits: neither the list nor the dataset's keys are held at once.
+    """
     m = _opened(manifest, base, storage_options, allow_foreign_locations)
-    result = mask_from_keys(m, keys_file, drop=drop, key_column=key_column, allow_missing=allow_missing)
-    p = result.provenance
+    with engine_for(engine, ray_address) as runner:
+        written = mask_from_keys(m, keys_file, drop=drop, key_column=key_column, allow_missing=allow_missing, out=out, engine=runner)
+    p = written.provenance
     click.echo(f"{p['matched']} of {p['ids']} listed ids found (by {p['matched_by']}), {p['missing']} missing, {p['duplicates']} repeated")
-    _saved(result, m, out)
+    click.echo(f"kept {written.kept} of {m.num_samples} samples -> {out}")
 
 
 @mask.command("classes")

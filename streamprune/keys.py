@@ -37,16 +37,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .atomic import atomic_open, temp_name
+from .engine import Engine
 from .errors import ArgumentError, MissingKeysError, StorageError, StreamPruneError
+from .keytable import KeyTable, TableMatch, build_key_table, id_digests
 from .manifest import Manifest, ManifestLike, open_manifest
-from .masks import KeepMask, Mask, mask_from_bool
+from .masks import MAGIC, KeepMask, Mask, MaskFile, mask_from_bool, provenance_record
 from .optional import require_pyarrow
 from .scores import ScoreFile
+from .shardindex import ShardIndex
+from .shardmask import write_mask_by_shard
 
 __all__ = [
     "ARROW_EXTENSIONS",
@@ -150,68 +158,141 @@ def _strings(values: Iterable[Any]) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _read_npy(path: str, key_column: str | None) -> KeyList:
-    arr = np.load(path, allow_pickle=False)
+#: Ids a key-list reader yields at once (:func:`iter_key_list`).
+KEY_CHUNK = 1 << 20
+
+
+def _npy_chunks(path: str, key_column: str | None, size: int) -> Iterator[KeyList]:
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped: a list as long as the dataset is read a chunk at a time
     names = arr.dtype.names
     if names:
         if len(names) == 2 and all(arr.dtype[n] == np.uint64 for n in names) and key_column is None:
-            return KeyList(_uids_from_pairs(np.stack([arr[names[0]], arr[names[1]]], axis=-1)), "uid", path)
+            for i in range(0, max(len(arr), 1), size):
+                part = arr[i : i + size]
+                yield KeyList(_uids_from_pairs(np.stack([part[names[0]], part[names[1]]], axis=-1)), "uid", path)
+            return
         column = key_column or next((c for c in _DEFAULT_COLUMNS if c in names), None)
         if column not in names:
             raise StreamPruneError(f"{path}: no key column {key_column or _DEFAULT_COLUMNS!r} among fields {list(names)}")
         field = arr[column]
-        if field.dtype == np.uint64 and field.ndim == 2 and field.shape[1] == 2:
-            return KeyList(_uids_from_pairs(field), "uid", path, column)
-        return KeyList(_strings(field.tolist()), "uid" if column == "uid" else "key", path, column)
+        pairs = field.dtype == np.uint64 and field.ndim == 2 and field.shape[1] == 2
+        for i in range(0, max(len(field), 1), size):
+            part = field[i : i + size]
+            if pairs:
+                yield KeyList(_uids_from_pairs(part), "uid", path, column)
+            else:
+                yield KeyList(_strings(part.tolist()), "uid" if column == "uid" else "key", path, column)
+        return
     if arr.ndim == 2 and arr.shape[1] == 2 and arr.dtype == np.uint64:
-        return KeyList(_uids_from_pairs(arr), "uid", path)
+        for i in range(0, max(len(arr), 1), size):
+            yield KeyList(_uids_from_pairs(arr[i : i + size]), "uid", path)
+        return
     if arr.ndim != 1 or arr.dtype.kind not in "USiu":
         raise StreamPruneError(
             f"{path}: a .npy key list must be 1-D strings, [N, 2] uint64 uids or a structured array; got {arr.dtype} {arr.shape}"
         )
-    return KeyList(_strings(arr.tolist()), "key", path)
+    for i in range(0, max(len(arr), 1), size):
+        yield KeyList(_strings(arr[i : i + size].tolist()), "key", path)
 
 
-def _arrow_table(path: str) -> Any:
+def _arrow_batches(path: str, column: str | None, size: int) -> tuple[list[str], Iterator[Any]]:
+    """The file's column names, and record batches of ``column`` (all columns when ``None``)."""
     pa = require_pyarrow(f"reading {path}")
     if path.endswith(".parquet"):
-        return pa.parquet.read_table(path)
+        parquet = pa.parquet.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        wanted = [column] if column in names else None
+        return names, parquet.iter_batches(batch_size=size, columns=wanted)
     with pa.memory_map(path) as source:
         try:
-            return pa.ipc.open_file(source).read_all()
+            table = pa.ipc.open_file(source).read_all()
         except pa.ArrowInvalid:  # the streaming IPC format has no footer
             source.seek(0)
-            return pa.ipc.open_stream(source).read_all()
+            table = pa.ipc.open_stream(source).read_all()
+    return table.column_names, iter(table.to_batches(max_chunksize=size))
 
 
-def _read_arrow(path: str, key_column: str | None) -> KeyList:
+def _arrow_chunks(path: str, key_column: str | None, size: int) -> Iterator[KeyList]:
     pa = require_pyarrow(f"reading {path}")
-    table = _arrow_table(path)
-    names = table.column_names
+    names, _ = _arrow_batches(path, None, 1) if not path.endswith(".parquet") else (pa.parquet.ParquetFile(path).schema_arrow.names, None)
     column = key_column or next((c for c in _DEFAULT_COLUMNS if c in names), None)
     if column not in names:
         raise StreamPruneError(f"{path}: no key column {key_column or _DEFAULT_COLUMNS!r} among columns {names} (--key-column)")
-    col = table.column(column).combine_chunks()
     kind = "uid" if column == "uid" else "key"
-    if pa.types.is_fixed_size_binary(col.type) and col.type.byte_width == 16:
-        return KeyList([bytes(v).hex() for v in col.to_pylist()], "uid", path, column)
-    if (pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type)) and pa.types.is_unsigned_integer(col.type.value_type):
-        return KeyList(_uids_from_pairs(np.asarray(col.to_pylist(), dtype=np.uint64)), "uid", path, column)
-    return KeyList(_strings(col.to_pylist()), kind, path, column)
+    yielded = False
+    for batch in _arrow_batches(path, column, size)[1]:
+        col = batch.column(batch.schema.get_field_index(column))
+        yielded = True
+        if pa.types.is_fixed_size_binary(col.type) and col.type.byte_width == 16:
+            yield KeyList([bytes(v).hex() for v in col.to_pylist()], "uid", path, column)
+        elif (pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type)) and pa.types.is_unsigned_integer(col.type.value_type):
+            yield KeyList(_uids_from_pairs(np.asarray(col.to_pylist(), dtype=np.uint64)), "uid", path, column)
+        else:
+            yield KeyList(_strings(col.to_pylist()), kind, path, column)
+    if not yielded:
+        yield KeyList([], kind, path, column)
 
 
-def _read_text(path: str, key_column: str | None) -> KeyList:
+def _text_chunks(path: str, key_column: str | None, size: int) -> Iterator[KeyList]:
     with open(path, encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
-    if lines and "\t" in lines[0]:
-        header = lines[0].split("\t")
-        column = key_column or next((c for c in _DEFAULT_COLUMNS if c in header), None)
-        if column not in header:
-            raise StreamPruneError(f"{path}: no key column {key_column or _DEFAULT_COLUMNS!r} in the header {header}")
-        j = header.index(column)
-        ids = [row.split("\t")[j].strip() for row in lines[1:] if row.strip()]
-        return KeyList(ids, "uid" if column == "uid" else "key", path, column)
-    return KeyList([s for s in (line.strip() for line in lines) if s], "key", path)
+        head = fh.readline()
+        column, j, kind = None, None, "key"
+        if "\t" in head:
+            header = head.rstrip("\r\n").split("\t")
+            column = key_column or next((c for c in _DEFAULT_COLUMNS if c in header), None)
+            if column not in header:
+                raise StreamPruneError(f"{path}: no key column {key_column or _DEFAULT_COLUMNS!r} in the header {header}")
+            j, kind, pending = header.index(column), ("uid" if column == "uid" else "key"), []
+        else:
+            pending = [head]
+        ids: list[str] = []
+        for line in _lines(pending, fh):
+            if not line.strip():
+                continue
+            ids.append(line.strip() if j is None else line.split("\t")[j].strip())
+            if len(ids) >= size:
+                yield KeyList(ids, kind, path, column)
+                ids = []
+        yield KeyList(ids, kind, path, column)
+
+
+def _lines(first: list[str], rest: Iterable[str]) -> Iterator[str]:
+    yield from first
+    yield from rest
+
+
+def iter_key_list(path: str | os.PathLike, key_column: str | None = None, chunk: int = KEY_CHUNK) -> Iterator[KeyList]:
+    """Read a key list a chunk at a time (see :func:`read_key_list`): memory is a chunk, not the list.
+
+    Args:
+        path: The file.
+        key_column: As for :func:`read_key_list`.
+        chunk: Ids per chunk.
+
+    Yields:
+        :class:`KeyList` chunks in file order (at least one, perhaps empty), all of one ``kind``
+        and ``column``; uids lowercased.
+
+    Raises:
+        StreamPruneError: Unreadable or damaged file, or no key column.
+        MissingExtraError: A parquet/Arrow file without pyarrow installed.
+    """
+    path = os.fspath(path)
+    lower = path.lower()
+    reader = _npy_chunks if lower.endswith(".npy") else _arrow_chunks if lower.endswith(ARROW_EXTENSIONS) else _text_chunks
+    chunks = reader(path, key_column, max(1, int(chunk)))
+    while True:
+        try:
+            out = next(chunks)
+        except StopIteration:
+            return
+        except StreamPruneError:
+            raise
+        except (OSError, ValueError, EOFError, UnicodeDecodeError) as exc:  # numpy, pyarrow and text decoding raise these for a damaged file
+            raise StreamPruneError(f"{path}: not a readable key list ({type(exc).__name__}: {exc})") from None
+        if out.kind == "uid":
+            out.ids = [u.lower() for u in out.ids]
+        yield out
 
 
 def read_key_list(path: str | os.PathLike, key_column: str | None = None) -> KeyList:
@@ -229,18 +310,8 @@ def read_key_list(path: str | os.PathLike, key_column: str | None = None) -> Key
         StreamPruneError: Unreadable or damaged file, or no key column.
         MissingExtraError: A parquet/Arrow file without pyarrow installed.
     """
-    path = os.fspath(path)
-    lower = path.lower()
-    reader = _read_npy if lower.endswith(".npy") else _read_arrow if lower.endswith(ARROW_EXTENSIONS) else _read_text
-    try:
-        out = reader(path, key_column)
-    except StreamPruneError:
-        raise
-    except (OSError, ValueError, EOFError) as exc:  # numpy, pyarrow and text decoding raise these for a damaged file
-        raise StreamPruneError(f"{path}: not a readable key list ({type(exc).__name__}: {exc})") from None
-    if out.kind == "uid":
-        out.ids = [u.lower() for u in out.ids]
-    return out
+    chunks = list(iter_key_list(path, key_column))
+    return KeyList([i for c in chunks for i in c.ids], chunks[0].kind, chunks[0].source, chunks[0].column)
 
 
 # --- uids from the shards ------------------------------------------------------------------
@@ -344,6 +415,43 @@ def manifest_uids(manifest: Manifest, positions: Sequence[int] | np.ndarray | No
     return out
 
 
+def shard_uids(manifest: Manifest, k: int, index: ShardIndex | None = None) -> list[str]:
+    """The uid of each sample of shard ``k`` (as :func:`manifest_uids`), reading only that shard's small members.
+
+    Args:
+        manifest: The dataset.
+        k: Shard number.
+        index: Shard ``k``'s index, when already loaded.
+
+    Returns:
+        One uid per sample of the shard, ``""`` where none.
+    """
+    index = manifest.index(k) if index is None else index
+    base = int(manifest.shard_offsets[k])
+    readable = [base + i for i, members in enumerate(index.members) if any(ext in ("uid", "json") for ext, _, _ in members)]
+    found = {pos - base: _uid_from_members(parts) for pos, parts in read_member_data(manifest, readable, ("uid", "json"))}
+    out = []
+    for i, key in enumerate(index.keys):
+        uid = found.get(i) or (key if is_uid(key) else "")
+        out.append(uid.lower() if is_uid(uid) else uid)
+    return out
+
+
+class ShardIds:
+    """Shard ``k``'s sample ids a key list is matched with: its keys, or its uids (a picklable ``ids_of``).
+
+    Args:
+        manifest: The dataset (for uids, which are read from the shards).
+        by: ``"key"`` or ``"uid"``.
+    """
+
+    def __init__(self, manifest: Manifest, by: str) -> None:
+        self.manifest, self.by = manifest, by
+
+    def __call__(self, k: int, index: ShardIndex) -> list[str]:
+        return list(index.keys) if self.by == "key" else shard_uids(self.manifest, k, index)
+
+
 # --- matching and masks --------------------------------------------------------------------
 
 
@@ -396,8 +504,18 @@ def mask_from_keys(
     drop: bool = False,
     key_column: str | None = None,
     allow_missing: bool = False,
-) -> KeepMask:
+    out: str | os.PathLike | None = None,
+    engine: str | Engine | None = None,
+    workers: int = 1,
+) -> KeepMask | MaskFile:
     """Keep exactly the listed samples (or, with ``drop``, everything but them): the one "mask from keys".
+
+    Without ``out`` the manifest's keys (or uids) and the list are matched in memory. With
+    ``out`` neither is held: the list is streamed into an on-disk digest table
+    (:mod:`streamprune.keytable`) and each engine task matches one shard's samples against it
+    and writes that shard's bits (:mod:`streamprune.shardmask`), so memory does not grow with
+    the dataset or the list. Both keep the same samples; the per-shard path keeps every sample
+    carrying a listed uid, where the in-memory path keeps the first.
 
     Args:
         manifest: The dataset: a :class:`Manifest`, or its ``manifest.json`` (path or URL) or directory.
@@ -405,9 +523,12 @@ def mask_from_keys(
         drop: The list names samples to remove; all others are kept.
         key_column: Column holding the keys, for tables.
         allow_missing: Accept ids that are not in the manifest (still counted and reported).
+        out: Write the mask here (``*.spmask``), shard by shard, and return it opened.
+        engine: With ``out``: where the per-shard tasks run (``"local"`` / ``None``, ``"ray"``, an engine).
+        workers: Local processes when ``engine`` is a name.
 
     Returns:
-        The mask. Provenance: ``method`` (``"keys"`` or ``"keys-drop"``), ``keys_file``,
+        The mask (a :class:`~streamprune.masks.MaskFile` with ``out``). Provenance: ``method`` (``"keys"`` or ``"keys-drop"``), ``keys_file``,
         ``key_column``, ``ids`` (distinct ids in the list), ``duplicates``, ``matched``,
         ``missing`` (count), ``missing_examples`` (up to 5), ``matched_by``.
 
@@ -415,6 +536,9 @@ def mask_from_keys(
         MissingKeysError: Some ids are not in the manifest and ``allow_missing`` is off.
     """
     manifest = open_manifest(manifest)
+    if out is not None:
+        return _mask_by_shard(manifest, keys, os.fspath(out), drop=drop, key_column=key_column, allow_missing=allow_missing,
+                              engine=engine, workers=workers)
     source = None
     if isinstance(keys, (str, os.PathLike)):
         source = os.path.abspath(os.fspath(keys))
@@ -424,10 +548,7 @@ def mask_from_keys(
     match = match_key_list(manifest, keys)
     missing = match.missing
     if missing and not allow_missing:
-        raise MissingKeysError(
-            f"{len(missing)} of {len(match.ids)} ids in {source or 'the key list'} are not in {manifest.path} "
-            f"(matched by {match.matched_by}), e.g. {missing[:5]}; pass --allow-missing (allow_missing=True) to accept them"
-        )
+        raise _missing_error(len(missing), len(match.ids), source, manifest, match.matched_by, missing[:5])
     listed = np.zeros(manifest.num_samples, dtype=bool)
     listed[match.positions[match.positions >= 0]] = True
     return mask_from_bool(
@@ -438,6 +559,119 @@ def mask_from_keys(
     )
 
 
+
+
+def _missing_error(missing: int, ids: int, source: str | None, manifest: Manifest, by: str, examples: list[str]) -> MissingKeysError:
+    return MissingKeysError(
+        f"{missing} of {ids} ids in {source or 'the key list'} are not in {manifest.path} "
+        f"(matched by {by}), e.g. {examples}; pass --allow-missing (allow_missing=True) to accept them"
+    )
+
+
+class _SavedBits:
+    """Shard ``k``'s bits of a saved mask (a picklable ``previous`` for :class:`~streamprune.keytable.TableMatch`)."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self._mask = path, None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_mask": None}
+
+    def __call__(self, k: int) -> np.ndarray:
+        if self._mask is None:
+            self._mask = MaskFile(self.path)
+        return self._mask.shard(k)
+
+
+def _unmatched_uids(chunks: Callable[[], Iterator[KeyList]], table: KeyTable) -> Iterator[tuple[list[str], np.ndarray]]:
+    """The list's uid-looking ids that matched no key, lowercased, each with its position in ``table``."""
+    flags = table.matched()
+    for chunk in chunks():
+        ids = [i for i in chunk.ids if is_uid(i)]
+        if not ids:
+            continue
+        at = table.lookup(*id_digests(ids))
+        left = np.flatnonzero((at >= 0) & (np.asarray(flags[np.maximum(at, 0)]) == 0))
+        if len(left):
+            yield [ids[j].lower() for j in left.tolist()], at[left].astype(np.uint64)
+
+
+def _ids_at(chunks: Callable[[], Iterator[KeyList]], rows: list[int]) -> list[str]:
+    """The ids at list positions ``rows`` (ascending), read again from the list."""
+    wanted, out, seen = set(rows), {}, 0
+    for chunk in chunks():
+        for j in [r - seen for r in rows if seen <= r < seen + len(chunk.ids)]:
+            out[seen + j] = chunk.ids[j]
+        seen += len(chunk.ids)
+        if len(out) == len(wanted):
+            break
+    return [out[r] for r in rows if r in out]
+
+
+def _restamped(draft: str, out: str, provenance: dict[str, Any]) -> MaskFile:
+    """``draft`` with its provenance replaced, written atomically to ``out`` (the bits copied as they are)."""
+    mask = MaskFile(draft)
+    header = {**mask.header, "provenance": {**provenance, "created": mask.header["provenance"].get("created")}}
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    with atomic_open(out, "wb") as fh, open(draft, "rb") as bits:
+        fh.write(MAGIC + struct.pack("<Q", len(raw)) + raw)
+        bits.seek(mask._data_start)
+        shutil.copyfileobj(bits, fh, 1 << 24)
+    return MaskFile(out)
+
+
+def _mask_by_shard(manifest: Manifest, keys: str | os.PathLike | KeyList | Iterable[str], out: str, *, drop: bool,
+                   key_column: str | None, allow_missing: bool, engine: str | Engine | None, workers: int) -> MaskFile:
+    """:func:`mask_from_keys` with ``out``: the list streamed into a digest table, each shard matched by a task."""
+    source = None
+    if isinstance(keys, (str, os.PathLike)):
+        source = os.path.abspath(os.fspath(keys))
+
+        def chunks() -> Iterator[KeyList]:
+            return iter_key_list(source, key_column)
+    else:
+        given = keys if isinstance(keys, KeyList) else KeyList(list(keys))
+        if given.kind == "uid":
+            given = KeyList([i.lower() for i in given.ids], "uid", given.source, given.column)
+        source = os.path.abspath(given.source) if given.source else None
+
+        def chunks() -> Iterator[KeyList]:
+            return iter([given])
+    head = next(chunks())
+    work = temp_name(out) + ".keys"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        table = build_key_table((c.ids for c in chunks()), os.path.join(work, "ids"))
+        by = "uid" if head.kind == "uid" else "key"
+        draft = os.path.join(work, "keys.spmask")
+        write_mask_by_shard(manifest, TableMatch(table, ShardIds(manifest, by), drop=drop), draft, {"method": "keys"},
+                            engine=engine, workers=workers, progress_desc="mask keys")
+        by_key = table.count_matched()
+        matched = by_key
+        if by == "key" and by_key < table.ids:
+            retry = build_key_table(_unmatched_uids(chunks, table), os.path.join(work, "uids"))
+            if retry.ids:
+                again = os.path.join(work, "uids.spmask")
+                match = TableMatch(retry, ShardIds(manifest, "uid"), marks=table, marks_rows=True, drop=drop, previous=_SavedBits(draft))
+                write_mask_by_shard(manifest, match, again, {"method": "keys"}, engine=engine, workers=workers, progress_desc="mask uids")
+                draft, matched = again, table.count_matched()
+                if matched > by_key:
+                    by = "uid" if by_key == 0 else "key+uid"
+        missing = table.ids - matched
+        examples = _ids_at(chunks, table.first_unmatched_rows(5)) if missing else []
+        if missing and not allow_missing:
+            raise _missing_error(missing, table.ids, source, manifest, by, examples)
+        kept = MaskFile(draft).kept
+        ratio = 1.0 - kept / manifest.num_samples if manifest.num_samples else 0.0
+        provenance = provenance_record(
+            "keys-drop" if drop else "keys", round(float(ratio), 6), level="sample", keys_file=source,
+            key_column=head.column or key_column, ids=table.ids, duplicates=table.duplicates, matched=matched, missing=missing,
+            missing_examples=examples, matched_by=by,
+        )
+        return _restamped(draft, out, provenance)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 #: The name :func:`mask_from_keys` had before it became the only "mask from keys"; documented
 #: in ``docs/deduplication.md``, so it stays.

@@ -60,7 +60,7 @@ def test_targets_table_columns_and_verdicts():
 
 def test_registry_is_a_dict_of_suites_by_name():
     assert list(registry.SUITES) == ["io", "io_decode", "index", "ffcv", "score", "downstream", "dlc", "transfer", "fuzz", "dynamic", "dedup",
-                                     "scale", "scale_sim", "remote", "formats", "io_cold", "keptcache", "reader_core", "remote_clients", "remote_index",
+                                     "scale", "scale_sim", "remote", "formats", "io_cold", "scale_sim_keys", "keptcache", "reader_core", "remote_clients", "remote_index",
                                      "remote_upload"]
     root = os.path.dirname(BENCH)
     for name, suite in registry.SUITES.items():
