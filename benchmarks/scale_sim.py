@@ -8,6 +8,10 @@ peak RSS (``VmHWM``) and the RSS before the step (after imports):
 
   manifest  the driver's part of ``index`` / ``shard``: the per-shard summaries (what the
             tasks return) into the manifest, with the duplicate-key check over the key-hash files;
+  order     the ``shard`` writer's order (``WriteOrder``, shuffled) with every shard's positions
+            computed as its task computes them: per shard, as the library does from 2^28
+            samples on (forced at every size here; below 2^28 it holds NumPy's permutation,
+            4 bytes a sample, so that shards written before stay the same);
   mask      a random mask written shard by shard (``write_mask_by_shard``, tasks in-process);
   algebra   ``a & b`` of two saved masks, shard by shard (``CombineMasks``);
   keys      a mask from a text key list naming 20% of the samples (``mask_from_keys`` with
@@ -55,11 +59,11 @@ import numpy as np
 if __package__:  # run as a script (one step in a fresh process, see _measure), the file needs no suite and has no package
     from .suite import Suite
 
-STEPS = ("manifest", "mask", "algebra", "keys", "select", "kmeans", "rank", "worker")
+STEPS = ("manifest", "order", "mask", "algebra", "keys", "select", "kmeans", "rank", "worker")
 PER_SHARD = 10_000
 CLASSES = 1000
 RANKS, WORKERS = 64, 8
-DRIVER_STEPS = ("manifest", "mask", "algebra", "keys", "select", "kmeans")
+DRIVER_STEPS = ("manifest", "order", "mask", "algebra", "keys", "select", "kmeans")
 #: Fraction of the samples a key list names in the ``keys`` step (the kept 20% of r = 0.8).
 LISTED = 0.2
 GB = 1 << 30
@@ -290,6 +294,17 @@ def run_step(step: str, data: str) -> dict[str, Any]:
             write_mask_by_shard(manifest, CombineMasks([os.path.join(data, "a.spmask"), os.path.join(data, "b.spmask")], "and"),
                                 os.path.join(data, "and.spmask"), {"method": "and"}, engine=engine)
             seconds = time.perf_counter() - t0
+        elif step == "order":
+            from streamprune.writers.order import WriteOrder  # deferred, as above
+
+            n = manifest.num_samples
+            order = WriteOrder(n, True, 9, lazy_from=1)
+            check = 0
+            for a in range(0, n, PER_SHARD):
+                check ^= int(np.bitwise_xor.reduce(order.positions(a, min(a + PER_SHARD, n))))
+            seconds = time.perf_counter() - t0
+            if check != (n - 1, 1, n, 0)[(n - 1) % 4]:  # XOR of 0..n-1 in closed form: every position once (necessary, cheap)
+                raise RuntimeError("order step: the positions are not a permutation")
         elif step == "keys":
             mask = mask_from_keys(manifest, os.path.join(data, "listed.txt"), out=os.path.join(data, "keys.spmask"), engine=engine)
             seconds = time.perf_counter() - t0
@@ -503,7 +518,7 @@ class ScaleSimSuite(Suite):
     results_name = "scale_sim"
     has_plot = True
     measures = ("streamprune/shardsummary.py", "streamprune/topk.py", "streamprune/shardmask.py", "streamprune/indexing.py",
-                "streamprune/keys.py", "streamprune/keytable.py",
+                "streamprune/keys.py", "streamprune/keytable.py", "streamprune/writers/order.py",
                 "streamprune/masks.py", "streamprune/manifest.py", "streamprune/scoring/kmeans.py", "streamprune/readers")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -126,6 +126,10 @@ class FolderSource:
         """Every sample's label, from the class counts (no listing)."""
         return np.repeat(np.arange(len(self.class_names), dtype=np.int32), np.diff(self.offsets))
 
+    def class_starts(self) -> np.ndarray:
+        """Each class's first position (classes are ranges in label order), then the number of samples."""
+        return self.offsets.copy()
+
     def __getstate__(self) -> dict[str, Any]:
         # a pickled source (a writer task, a Ray object) carries the counts, not this process's listings
         return {**self.__dict__, "_listed": {}}

@@ -7,7 +7,6 @@ import logging
 import os
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from ..atomic import file_sha256
@@ -18,7 +17,7 @@ from ..manifest import Manifest, manifest_from_summaries
 from ..shardindex import ShardIndex
 from ..shardsummary import ClassCounts, ShardSummary, summarize_index
 from ..sources import Sample, Source
-from .order import sample_order, source_labels
+from .order import WriteOrder, source_labels
 from .output import open_writer_source, start_output_dir
 from .tar import TarShardWriter
 
@@ -30,6 +29,7 @@ TAR_LAYOUTS = ("default", "class-sorted")
 log = logging.getLogger(__name__)
 
 _SOURCE: Source | None = None
+_ORDER: WriteOrder | None = None
 #: ``on_shard(k, path, summary)``: shard ``k`` (at ``path``) and its index files are complete and verified.
 ShardDone = Callable[[int, str, ShardSummary], None]
 #: What a shard-writing run was asked to do, in its output directory: a resumed run keeps finished shards only under the same options.
@@ -41,14 +41,15 @@ def shard_name(k: int, pattern: str = "shard-{:06d}.tar") -> str:
     return pattern.format(k)
 
 
-def _set_source(source: Source) -> None:
-    global _SOURCE
-    _SOURCE = source
+def _set_source(source: Source | None, order: WriteOrder | None = None) -> None:
+    global _SOURCE, _ORDER
+    _SOURCE, _ORDER = source, order
 
 
-def _write_one(out_dir: str, name: str, positions: np.ndarray, label_ext: str | None, checksum: bool) -> ShardIndex:
-    source = _SOURCE
-    assert source is not None
+def _write_one(out_dir: str, name: str, slots: tuple[int, int], label_ext: str | None, checksum: bool) -> ShardIndex:
+    source, order = _SOURCE, _ORDER
+    assert source is not None and order is not None
+    positions = order.positions(*slots)
     path = os.path.join(out_dir, name)
     with TarShardWriter(path, label_ext=label_ext) as writer:
         for i in positions:
@@ -61,13 +62,13 @@ def _write_one(out_dir: str, name: str, positions: np.ndarray, label_ext: str | 
     return index
 
 
-def _use_source(source: Source) -> Source:
-    """A worker's setup: make ``source`` the one :func:`_write_one` reads (once per worker)."""
-    _set_source(source)
+def _use_source(source: Source, order: WriteOrder) -> Source:
+    """A worker's setup: make ``source`` and ``order`` the ones :func:`_write_one` uses (once per worker)."""
+    _set_source(source, order)
     return source
 
 
-def _write_task(state: Any, job: tuple[str, str, np.ndarray, str | None, bool]) -> ShardSummary:
+def _write_task(state: Any, job: tuple[str, str, tuple[int, int], str | None, bool]) -> ShardSummary:
     """The per-shard task of :func:`write_shards`: write one shard and its index files, return its summary.
 
     Only the summary travels back: the driver's memory grows with the shards, not the samples.
@@ -76,14 +77,15 @@ def _write_task(state: Any, job: tuple[str, str, np.ndarray, str | None, bool]) 
     return summarize_index(_write_one(*job), os.path.join(out_dir, name) + INDEX_SUFFIX, name, name + INDEX_SUFFIX)
 
 
-def _shard_is_complete(source: Source, job: tuple[str, str, np.ndarray, str | None, bool]) -> bool:
+def _shard_is_complete(source: Source, order: WriteOrder, job: tuple[str, str, tuple[int, int], str | None, bool]) -> bool:
     """Whether a previous run finished this shard: its index loads and describes this shard file.
 
     The index must name the shard, hold as many samples as the shard should, with the first
     and last keys of its samples in the source, record the file's current size and (when
     checksums are on) the file's SHA-256, so a truncated or replaced shard is written again.
     """
-    out_dir, name, positions, _, checksum = job
+    out_dir, name, slots, _, checksum = job
+    positions = order.positions(*slots)
     path = os.path.join(out_dir, name)
     try:
         index = load_index(path + INDEX_SUFFIX)
@@ -181,23 +183,26 @@ def write_shards(
         raise ArgumentError(f"layout={layout!r}: must be one of {', '.join(TAR_LAYOUTS)}")
     source = open_writer_source(src, split, image_format, quality, class_names)
     n = len(source)
-    labels = source_labels(source) if layout == "class-sorted" else None
-    order = sample_order(n, shuffle, seed, labels)
-    chunks = [order[i : i + samples_per_shard] for i in range(0, n, samples_per_shard)]
-    names = [shard_name(k) for k in range(len(chunks))]
+    # the order is computed per shard from LAZY_FROM samples on (writers/order.py): the driver holds no array over them
+    grouped = layout == "class-sorted"
+    order = WriteOrder(n, shuffle, seed, (lambda: source_labels(source)) if grouped else None,
+                       class_starts=getattr(source, "class_starts", None) if grouped else None)
+    slots = [(i, min(i + samples_per_shard, n)) for i in range(0, n, samples_per_shard)]
+    names = [shard_name(k) for k in range(len(slots))]
     options = {
         "samples": n, "samples_per_shard": samples_per_shard, "shuffle": shuffle, "seed": seed, "quality": quality,
         "image_format": image_format, "split": split, "label_ext": label_ext, "checksum": bool(checksum),
         "source": os.path.abspath(os.fspath(src)) if isinstance(src, (str, os.PathLike)) else type(source).__name__,
         "class_names": list(class_names) if class_names else None,
         **({"layout": layout} if layout != "default" else {}),  # runs written before layouts still resume
+        **({"order": "feistel"} if order.lazy else {}),  # not NumPy's permutation: an older run of this size is not resumed
     }
     same_run = resume and recorded_options(out_dir, WRITE_OPTIONS_NAME) == options
     out_dir = start_output_dir(out_dir, shard_name(0).replace("000000", "*"), overwrite=overwrite, same_run=same_run,
                                resume=resume, records=(WRITE_OPTIONS_NAME,))
     resumable = same_options(out_dir, WRITE_OPTIONS_NAME, options) and resume
     runner = make_engine(engine, workers=workers)
-    tasks = [(out_dir, names[k], chunk, label_ext, checksum) for k, chunk in enumerate(chunks)]
+    tasks = [(out_dir, names[k], slot, label_ext, checksum) for k, slot in enumerate(slots)]
     bar = tqdm(total=n, desc="shard", unit="sample", disable=not progress)
     kept: dict[int, ShardSummary] = {}
 
@@ -205,26 +210,26 @@ def write_shards(
 
     def finished(k: int, summary: ShardSummary) -> None:
         counted.fold(summary)
-        bar.update(len(chunks[k]))
+        bar.update(slots[k][1] - slots[k][0])
         if on_shard is not None:
             on_shard(k, os.path.join(out_dir, names[k]), summary)
 
-    _set_source(source)
+    _set_source(source, order)
     try:
         if resumable:  # the previous run's verified shards are complete now: reported before new ones are written
             for k in range(len(tasks)):
-                if _shard_is_complete(source, tasks[k]):
+                if _shard_is_complete(source, order, tasks[k]):
                     index_path = os.path.join(out_dir, names[k]) + INDEX_SUFFIX
                     kept[k] = summarize_index(load_index(index_path), index_path, names[k], names[k] + INDEX_SUFFIX)
                     finished(k, kept[k])
         # each worker's setup makes the source the one _write_one reads (a local process gets it by fork)
         summaries: list[ShardSummary | None] = runner.map(
-            _write_task, tasks, setup=functools.partial(_use_source, source),
+            _write_task, tasks, setup=functools.partial(_use_source, source, order),
             done=(lambda k: k in kept) if resumable else None, on_result=finished, desc="shard",
         )
         summaries = [kept.get(k, summary) for k, summary in enumerate(summaries)]
     finally:
-        _set_source(None)  # type: ignore[arg-type]
+        _set_source(None)
         bar.close()
     names_in = list(class_names) if class_names else list(getattr(source, "class_names", []) or []) or None
     manifest = manifest_from_summaries(out_dir, [s for s in summaries if s is not None], classes=names_in, label_ext=label_ext,
