@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import report
+from . import readme_blocks, report
 from .registry import SUITES, get_suite, run_suite
 
 USAGE = """usage: python -m benchmarks [NAME ...] [--quick] [SUITE OPTIONS ...] [-- ARGS ...]
@@ -16,9 +16,10 @@ USAGE = """usage: python -m benchmarks [NAME ...] [--quick] [SUITE OPTIONS ...] 
 Runs the suites NAME (in order), passing them every other option (--quick included; everything
 after `--` verbatim), and prints their tables; without NAME prints the latest tables of every
 suite. --list shows the suites and the dates of their latest results; --report rewrites
-BENCHMARKS.md (--quick: benchmarks/results/quick/BENCHMARKS.md) from the results files;
---report --check writes nothing and exits 1 listing the suites whose results predate a change to
-the code they measure (each suite declares its paths; the results record their commit).
+BENCHMARKS.md (--quick: benchmarks/results/quick/BENCHMARKS.md) and the results blocks of
+benchmarks/README.md from the results files; --report --check writes nothing and exits 1 listing
+the suites whose results predate a change to the code they measure (each suite declares its
+paths; the results record their commit) and the README blocks that differ from their files.
 `python -m benchmarks NAME --help` shows a suite's own options. Suites: """
 
 
@@ -81,7 +82,11 @@ def main(argv: Sequence[str] | None = None, invoked_as: str = "python -m benchma
     if own["check"]:
         stale = report.check(quick=bool(own["quick"]))
         print(report.check_text(stale), file=sys.stderr if stale else sys.stdout)
-        return 1 if stale else 0
+        outdated = [] if own["quick"] else readme_blocks.outdated_blocks()
+        if outdated:
+            print(f"benchmarks/README.md: results blocks differ from their results files: {', '.join(outdated)} "
+                  "(python -m benchmarks --report rewrites them)", file=sys.stderr)
+        return 1 if stale or outdated else 0
     unknown = [n for n in names if n not in SUITES]
     if unknown:
         print(f"unknown benchmark suite(s) {', '.join(unknown)}; available: {', '.join(SUITES)}", file=sys.stderr)
@@ -109,6 +114,9 @@ def main(argv: Sequence[str] | None = None, invoked_as: str = "python -m benchma
             print(report.render_report(quick=bool(own["quick"])), end="")
         else:
             print(f"report -> {report.write_report(own['output'], quick=bool(own['quick']))}")
+            if not own["quick"] and not own["output"]:
+                changed = readme_blocks.update_blocks()
+                print(f"benchmarks/README.md results blocks rewritten: {', '.join(changed) or 'none changed'}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1
