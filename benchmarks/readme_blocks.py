@@ -6,6 +6,8 @@ The analyses in ``benchmarks/README.md`` quote a suite's tables between two mark
     ... generated: command, commit, machine, date, the suite's tables and target verdicts ...
     <!-- results:io:end -->
 
+(``results:remote@remote_formats_bench``: the remote suite's tables of that results file.)
+
 ``python -m benchmarks --report`` rewrites every block from the results files (as it rewrites
 BENCHMARKS.md), and ``--report --check`` fails when a block differs from what its results file
 renders, so no table there is typed by hand or left behind by a rerun.
@@ -23,14 +25,22 @@ from .suite import Suite
 __all__ = ["README_PATH", "block_names", "outdated_blocks", "render_block", "update_blocks"]
 
 README_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
-_BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9_]+):start -->\n)(?P<body>.*?)(<!-- results:(?P=name):end -->)", re.S)
+_BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z0-9_@]+):start -->\n)(?P<body>.*?)(<!-- results:(?P=name):end -->)", re.S)
 
 
-def render_block(suite: Suite) -> str:
-    """A block's body: the suite's section as BENCHMARKS.md renders it, without its heading."""
-    text = report.render_suite(suite, link_prefix="", heading="####")
+def render_block(suite: Suite, stem: str | None = None) -> str:
+    """A block's body: the suite's section as BENCHMARKS.md renders it, without its heading.
+
+    Args:
+        suite: The suite.
+        stem: Render the suite's results file ``<stem>.json`` instead of its latest (a block
+            named ``suite@stem``: e.g. ``remote@remote_formats_bench``, a run of some arms).
+    """
+    path = None if stem is None else os.path.join(suite.results_dir, stem + ".json")
+    text = report.render_suite(suite, link_prefix="", heading="####", path=path)
     body = text.split("\n", 2)[2] if text.startswith("####") else text  # the heading line and the blank after it
-    return body.rstrip() + "\n"
+    lines = [line for line in body.rstrip().split("\n") if not line.startswith("Analysis: [benchmarks/README.md")]  # the README itself
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def block_names(text: str) -> list[str]:
@@ -40,10 +50,10 @@ def block_names(text: str) -> list[str]:
 
 def _rendered(text: str, suites: dict[str, Suite]) -> str:
     def body(m: re.Match) -> str:
-        name = m.group("name")
+        name, _, stem = m.group("name").partition("@")
         if name not in suites:
             raise KeyError(f"benchmarks/README.md has a results block for {name!r}, which is no suite")
-        return m.group(1) + render_block(suites[name]) + m.group(4)
+        return m.group(1) + render_block(suites[name], stem or None) + m.group(4)
 
     return _BLOCK.sub(body, text)
 
