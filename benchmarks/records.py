@@ -71,16 +71,18 @@ class IoColdRecord(IoSuite):
 
 
 class ScaleSimKeysRecord(ScaleSimSuite):
-    """``scale_sim_keys``: the scale_sim suite's ``order`` and ``keys`` steps alone, in ``results/scale_sim_keys/``.
+    """``scale_sim_keys``: the scale_sim suite's ``manifest``, ``order`` and ``keys`` steps alone, in ``results/scale_sim_keys/``.
 
-    The steps were added after the full simulation's last run (56 minutes at 10^8 on 2 cores);
-    they are measured on the same virtual datasets, and rendered with the suite's tables.
+    ``order`` and ``keys`` were added after the full simulation's last run (56 minutes at 10^8
+    on 2 cores), and ``manifest`` is rerun with them on a quieter machine (its time slope was
+    measured under uneven load there); on the same virtual datasets, rendered with the suite's tables.
     """
 
-    name, title = "scale_sim_keys", "Scale by simulation, the writer's order and key-list mask steps (scale_sim --steps order,keys, own run)"
+    name, title = "scale_sim_keys", "Scale by simulation, the manifest, writer's order and key-list mask steps (scale_sim --steps manifest,order,keys, own run)"
     runnable = False
-    how = "python -m benchmarks scale_sim --virtual --sizes 1e6,1e7,1e8 --steps order,keys --out benchmarks/results/scale_sim_keys"
-    measures = ("streamprune/keys.py", "streamprune/keytable.py", "streamprune/shardmask.py", "streamprune/writers/order.py")
+    how = "python -m benchmarks scale_sim --virtual --sizes 1e6,1e7,1e8 --steps manifest,order,keys --out benchmarks/results/scale_sim_keys"
+    measures = ("streamprune/keys.py", "streamprune/keytable.py", "streamprune/shardmask.py", "streamprune/writers/order.py",
+                "streamprune/shardsummary.py", "streamprune/manifest.py")
 
     def results_path(self, quick: bool = False, out: str | None = None) -> str:
         """``results/scale_sim_keys/scale_sim.json`` (``quick/scale_sim_keys/`` for smoke runs)."""
