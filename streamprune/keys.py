@@ -638,10 +638,13 @@ def _mask_by_shard(manifest: Manifest, keys: str | os.PathLike | KeyList | Itera
         def chunks() -> Iterator[KeyList]:
             return iter([given])
     head = next(chunks())
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # as KeepMask.save: the user chose the path
+    except OSError as exc:
+        raise StorageError(f"{out}: cannot write it ({exc.strerror or exc})") from exc
     work = temp_name(out) + ".keys"
     shutil.rmtree(work, ignore_errors=True)
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         table = build_key_table((c.ids for c in chunks()), os.path.join(work, "ids"))
         by = "uid" if head.kind == "uid" else "key"
         draft = os.path.join(work, "keys.spmask")

@@ -164,3 +164,11 @@ def test_cli_mask_keys_writes_shard_by_shard(small_dataset, tmp_path):
     assert set(np.flatnonzero(MaskFile(out).to_bool())) == set(range(5))
     res = CliRunner().invoke(cli, ["mask", "keys", small_dataset.path, str(tmp_path / "k.txt"), "--out", str(out), "--ray-address", "x"])
     assert res.exit_code == 2 and "--ray-address needs --engine ray" in res.output
+
+
+def test_an_output_that_cannot_be_written_is_a_storage_error(small_dataset, tmp_path):
+    from streamprune.errors import StorageError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError, match="cannot write it"):
+        mask_from_keys(small_dataset, small_dataset.keys()[:2], out=tmp_path / "file" / "m.spmask")
