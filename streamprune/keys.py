@@ -195,33 +195,51 @@ def _npy_chunks(path: str, key_column: str | None, size: int) -> Iterator[KeyLis
         yield KeyList(_strings(arr[i : i + size].tolist()), "key", path)
 
 
-def _arrow_batches(path: str, column: str | None, size: int) -> tuple[list[str], Iterator[Any]]:
-    """The file's column names, and record batches of ``column`` (all columns when ``None``)."""
+def _arrow_source(path: str) -> tuple[list[str], Callable[[str, int], Iterator[Any]]]:
+    """The file's column names (its schema alone is read), and ``batches(column, size)`` over its rows.
+
+    Parquet goes through ``pyarrow.dataset`` (a file, or a directory of parts as Spark writes
+    ``x.parquet/``); Arrow IPC files are memory-mapped and read a record batch at a time.
+    """
     pa = require_pyarrow(f"reading {path}")
-    if path.endswith(".parquet"):
-        parquet = pa.parquet.ParquetFile(path)
-        names = parquet.schema_arrow.names
-        wanted = [column] if column in names else None
-        return names, parquet.iter_batches(batch_size=size, columns=wanted)
-    with pa.memory_map(path) as source:
+    if path.lower().endswith(".parquet"):
+        import pyarrow.dataset as pads  # deferred: pyarrow is the optional parquet extra
+
+        data = pads.dataset(path, format="parquet")
+        return data.schema.names, lambda column, size: iter(data.to_batches(columns=[column], batch_size=size))
+
+    def opened(source: Any) -> Any:
         try:
-            table = pa.ipc.open_file(source).read_all()
+            return pa.ipc.open_file(source)
         except pa.ArrowInvalid:  # the streaming IPC format has no footer
             source.seek(0)
-            table = pa.ipc.open_stream(source).read_all()
-    return table.column_names, iter(table.to_batches(max_chunksize=size))
+            return pa.ipc.open_stream(source)
+
+    with pa.memory_map(path) as source:
+        names = opened(source).schema.names
+
+    def batches(column: str, size: int) -> Iterator[Any]:
+        with pa.memory_map(path) as source:
+            reader = opened(source)
+            parts = (reader.get_batch(i) for i in range(reader.num_record_batches)) if hasattr(reader, "num_record_batches") else reader
+            for batch in parts:
+                part = batch.select([column])
+                for i in range(0, part.num_rows, size):
+                    yield part.slice(i, size)
+
+    return names, batches
 
 
 def _arrow_chunks(path: str, key_column: str | None, size: int) -> Iterator[KeyList]:
     pa = require_pyarrow(f"reading {path}")
-    names, _ = _arrow_batches(path, None, 1) if not path.endswith(".parquet") else (pa.parquet.ParquetFile(path).schema_arrow.names, None)
+    names, batches = _arrow_source(path)
     column = key_column or next((c for c in _DEFAULT_COLUMNS if c in names), None)
     if column not in names:
         raise StreamPruneError(f"{path}: no key column {key_column or _DEFAULT_COLUMNS!r} among columns {names} (--key-column)")
     kind = "uid" if column == "uid" else "key"
     yielded = False
-    for batch in _arrow_batches(path, column, size)[1]:
-        col = batch.column(batch.schema.get_field_index(column))
+    for batch in batches(column, size):
+        col = batch.column(0)
         yielded = True
         if pa.types.is_fixed_size_binary(col.type) and col.type.byte_width == 16:
             yield KeyList([bytes(v).hex() for v in col.to_pylist()], "uid", path, column)
@@ -237,19 +255,21 @@ def _text_chunks(path: str, key_column: str | None, size: int) -> Iterator[KeyLi
     with open(path, encoding="utf-8") as fh:
         head = fh.readline()
         column, j, kind = None, None, "key"
-        if "\t" in head:
-            header = head.rstrip("\r\n").split("\t")
+        first_lines = head.splitlines()  # the header is the first line by str.splitlines, as before
+        if first_lines and "\t" in first_lines[0]:
+            header = first_lines[0].split("\t")
             column = key_column or next((c for c in _DEFAULT_COLUMNS if c in header), None)
             if column not in header:
                 raise StreamPruneError(f"{path}: no key column {key_column or _DEFAULT_COLUMNS!r} in the header {header}")
-            j, kind, pending = header.index(column), ("uid" if column == "uid" else "key"), []
+            j, kind, pending = header.index(column), ("uid" if column == "uid" else "key"), first_lines[1:]
         else:
             pending = [head]
         ids: list[str] = []
-        for line in _lines(pending, fh):
-            if not line.strip():
-                continue
-            ids.append(line.strip() if j is None else line.split("\t")[j].strip())
+        for raw in _lines(pending, fh):
+            for line in raw.splitlines():  # str.splitlines' line breaks (\x0b, \x85, \u2028, ...), as a whole-file read splits
+                if not line.strip():
+                    continue
+                ids.append(line.strip() if j is None else line.split("\t")[j].strip())
             if len(ids) >= size:
                 yield KeyList(ids, kind, path, column)
                 ids = []
@@ -514,8 +534,10 @@ def mask_from_keys(
     ``out`` neither is held: the list is streamed into an on-disk digest table
     (:mod:`streamprune.keytable`) and each engine task matches one shard's samples against it
     and writes that shard's bits (:mod:`streamprune.shardmask`), so memory does not grow with
-    the dataset or the list. Both keep the same samples; the per-shard path keeps every sample
-    carrying a listed uid, where the in-memory path keeps the first.
+    the dataset or the list. The two keep the same samples and record the same provenance, with
+    one difference: where several samples carry one listed uid, the per-shard path keeps all of
+    them (removes all, with ``drop``) and the in-memory path the first. ``mask keys`` takes the
+    per-shard path.
 
     Args:
         manifest: The dataset: a :class:`Manifest`, or its ``manifest.json`` (path or URL) or directory.
@@ -617,7 +639,10 @@ def _restamped(draft: str, out: str, provenance: dict[str, Any]) -> MaskFile:
         fh.write(MAGIC + struct.pack("<Q", len(raw)) + raw)
         bits.seek(mask._data_start)
         shutil.copyfileobj(bits, fh, 1 << 24)
-    return MaskFile(out)
+    written = MaskFile(out)  # opening checks the size against the header
+    if written.kept != mask.kept or os.path.getsize(out) - written._data_start != os.path.getsize(draft) - mask._data_start:
+        raise StreamPruneError(f"{out}: mask read back differs from the mask written")
+    return written
 
 
 def _mask_by_shard(manifest: Manifest, keys: str | os.PathLike | KeyList | Iterable[str], out: str, *, drop: bool,
@@ -653,7 +678,8 @@ def _mask_by_shard(manifest: Manifest, keys: str | os.PathLike | KeyList | Itera
         by_key = table.count_matched()
         matched = by_key
         if by == "key" and by_key < table.ids:
-            retry = build_key_table(_unmatched_uids(chunks, table), os.path.join(work, "uids"))
+            # every spelling of a uid keeps its own row (a list may hold one uid in two cases: both are found)
+            retry = build_key_table(_unmatched_uids(chunks, table), os.path.join(work, "uids"), unique=False)
             if retry.ids:
                 again = os.path.join(work, "uids.spmask")
                 match = TableMatch(retry, ShardIds(manifest, "uid"), marks=table, marks_rows=True, drop=drop, previous=_SavedBits(draft))

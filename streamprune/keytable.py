@@ -6,7 +6,8 @@ streamed once into a :class:`KeyTable`, a directory of three column files sorted
 (``hi``, ``lo``: the id's 16-byte BLAKE2b digest; ``row``: where the id first occurs in the
 list) plus one byte per distinct id recording whether some sample matched it. Building it sorts
 one of :data:`DEFAULT_BUCKETS` digest ranges at a time (the top byte of ``hi``), so memory is a
-bucket, about ``24 x ids / 256`` bytes, never the list.
+few copies of one bucket (24 bytes an id, ``ids / 256`` ids) and one chunk of the list, never
+the whole list.
 
 Each shard's task (:class:`TableMatch`) digests its own samples' ids (keys or uids), looks them
 up in the memory-mapped table (a binary search, ``log2(ids)`` pages) and sets the matched bytes
@@ -116,6 +117,17 @@ class KeyTable:
                 out[j] = int(first[j]) + int(at[0])
         return out
 
+    def runs(self, positions: np.ndarray) -> np.ndarray:
+        """``positions`` and the positions after each that hold the same digest (``lookup`` gives the first)."""
+        his, los = self.column("hi"), self.column("lo")
+        out = [np.asarray(positions, dtype=np.int64)]
+        step = out[0]
+        while len(step):
+            step = step[step + 1 < self.ids]
+            step = step[(np.asarray(his[step + 1]) == np.asarray(his[step])) & (np.asarray(los[step + 1]) == np.asarray(los[step]))] + 1
+            out.append(step)
+        return np.concatenate(out)
+
     def count_matched(self) -> int:
         """Ids some sample matched."""
         flags = self.matched()
@@ -132,7 +144,7 @@ class KeyTable:
 
 
 def build_key_table(chunks: Iterable[Sequence[str] | tuple[Sequence[str], np.ndarray]], path: str,
-                    buckets: int = DEFAULT_BUCKETS) -> KeyTable:
+                    buckets: int = DEFAULT_BUCKETS, unique: bool = True) -> KeyTable:
     """Stream a key list into a :class:`KeyTable` in the new directory ``path``.
 
     Args:
@@ -140,6 +152,8 @@ def build_key_table(chunks: Iterable[Sequence[str] | tuple[Sequence[str], np.nda
             each id's ``row`` (else its position in the list).
         path: Directory to create (it must not exist).
         buckets: Digest ranges sorted one at a time (a power of two, at most 256).
+        unique: Keep each digest once (its smallest row); ``False`` keeps every record, equal
+            digests next to each other by row (:class:`TableMatch` with ``marks_rows`` marks them all).
 
     Returns:
         The table.
@@ -184,9 +198,10 @@ def build_key_table(chunks: Iterable[Sequence[str] | tuple[Sequence[str], np.nda
             records = np.fromfile(part, dtype=_RECORD)
             os.unlink(part)
             records = records[np.lexsort((records["row"], records["lo"], records["hi"]))]
-            first = np.ones(len(records), dtype=bool)  # an id's first occurrence: the smallest row of its digest
-            first[1:] = (records["hi"][1:] != records["hi"][:-1]) | (records["lo"][1:] != records["lo"][:-1])
-            records = records[first]
+            if unique:
+                first = np.ones(len(records), dtype=bool)  # an id's first occurrence: the smallest row of its digest
+                first[1:] = (records["hi"][1:] != records["hi"][:-1]) | (records["lo"][1:] != records["lo"][:-1])
+                records = records[first]
             ids += len(records)
             for name in _COLUMNS:
                 outs[name].write(np.ascontiguousarray(records[name]).tobytes())
@@ -227,8 +242,8 @@ class TableMatch:
         listed = at >= 0
         if listed.any():
             found = at[listed]
-            if self.marks_rows:
-                found = np.asarray(self.table.column("row")[found]).astype(np.int64)
+            if self.marks_rows:  # every record of a found digest (a table built with unique=False)
+                found = np.asarray(self.table.column("row")[self.table.runs(found)]).astype(np.int64)
             flags = self.marks.matched("r+")
             flags[found] = 1
             flags.flush()

@@ -172,3 +172,29 @@ def test_an_output_that_cannot_be_written_is_a_storage_error(small_dataset, tmp_
     (tmp_path / "file").write_text("x")
     with pytest.raises(StorageError, match="cannot write it"):
         mask_from_keys(small_dataset, small_dataset.keys()[:2], out=tmp_path / "file" / "m.spmask")
+
+
+def test_one_uid_listed_in_two_cases_is_found_twice(uid_member, tmp_path):
+    (tmp_path / "t.txt").write_text(f"{_uid(2).upper()}\n{_uid(2)}\nk005\n")
+    m = _same(uid_member, tmp_path / "t.txt", tmp_path)
+    assert set(np.flatnonzero(m.to_bool())) == {2, 5}
+    assert (m.provenance["ids"], m.provenance["matched"], m.provenance["missing"]) == (3, 3, 0)
+
+
+def test_arrow_ipc_and_a_parquet_directory_read_in_chunks(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    ids = [f"key-{i:03d}" for i in range(30)]
+    feather.write_feather(pa.table({"key": ids, "x": list(range(30))}), tmp_path / "k.feather", chunksize=7)
+    assert [i for c in iter_key_list(tmp_path / "k.feather", chunk=4) for i in c.ids] == ids
+    (tmp_path / "d.parquet").mkdir()  # a directory of parts, as Spark writes one
+    pq.write_table(pa.table({"key": ids[:12]}), tmp_path / "d.parquet" / "part-0.parquet")
+    pq.write_table(pa.table({"key": ids[12:]}), tmp_path / "d.parquet" / "part-1.parquet")
+    assert sorted(read_key_list(tmp_path / "d.parquet").ids) == ids
+
+
+def test_text_lines_split_as_str_splitlines(tmp_path):
+    (tmp_path / "k.txt").write_text("a\u2028b\r\nc\x0bd\n\n e \n", encoding="utf-8")
+    assert read_key_list(tmp_path / "k.txt").ids == "a\u2028b\r\nc\x0bd\n\n e \n".split() == ["a", "b", "c", "d", "e"]

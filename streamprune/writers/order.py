@@ -87,7 +87,7 @@ class FeistelPermutation:
     A balanced Feistel network of :data:`_ROUNDS` rounds over the smallest even number of
     bits that covers ``n`` (a bijection of ``[0, 4^h)``, whatever the round function), with
     cycle walking: a value ``>= n`` is encrypted again until it falls in ``range(n)``, which
-    keeps it a bijection of ``range(n)`` (at most 4x the values are walked, 1.3 steps on average).
+    keeps it a bijection of ``range(n)`` (``4^h / n`` encryptions a position on average, at most 4).
 
     Args:
         n: Size of the range.
