@@ -546,7 +546,8 @@ def mask_from_keys(
         key_column: Column holding the keys, for tables.
         allow_missing: Accept ids that are not in the manifest (still counted and reported).
         out: Write the mask here (``*.spmask``), shard by shard, and return it opened.
-        engine: With ``out``: where the per-shard tasks run (``"local"`` / ``None``, ``"ray"``, an engine).
+        engine: With ``out``: where the per-shard tasks run (``"local"`` / ``None``, ``"ray"``, an
+            engine; its workers must see ``out``'s directory, where the digest table is built).
         workers: Local processes when ``engine`` is a name.
 
     Returns:
@@ -701,6 +702,7 @@ def _mask_by_shard(manifest: Manifest, keys: str | os.PathLike | KeyList | Itera
         return _restamped(draft, out, provenance)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
 
 #: The name :func:`mask_from_keys` had before it became the only "mask from keys"; documented
 #: in ``docs/deduplication.md``, so it stays.
