@@ -79,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--ratio", type=float, default=0.5, help="InfoBatch pruning probability r (default 0.5)")
     p.add_argument("--delta", type=float, default=0.875, help="InfoBatch annealing point (default 0.875)")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="seeds, one round each (default 0-4: fewer than 5 rounds are never 'met')")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
 

@@ -411,7 +411,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The suite's own options (``python -m benchmarks ffcv --help``; ``--data-dir``: the .beton files)."""
     p.add_argument("--samples", type=int, default=5200, help="images (default 5200: ~330 MB as FFCV JPEG q95)")
     p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5: fewer are never 'met', benchmarks/stats.py)")
     p.add_argument("--ratios", default="0.4,0.6,0.8")
     p.add_argument("--caches", default="warm,cold")
 

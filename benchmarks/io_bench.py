@@ -186,7 +186,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1000,
         help="samples per tar shard (default 1000: ~120 MiB shards, like ImageNet's ~1250-sample webdataset shards)",
     )
-    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds for the decode variant (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds for the decode variant (default 5: fewer are never 'met')")
     p.add_argument(
         "--raw-repeats",
         type=int,
