@@ -158,8 +158,8 @@ def _strings(values: Iterable[Any]) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
 
-#: Ids a key-list reader yields at once (:func:`iter_key_list`).
-KEY_CHUNK = 1 << 20
+#: Ids a key-list reader yields at once (:func:`iter_key_list`): ~25 MB of Python strings.
+KEY_CHUNK = 1 << 18
 
 
 def _npy_chunks(path: str, key_column: str | None, size: int) -> Iterator[KeyList]:
@@ -664,6 +664,7 @@ def _mask_by_shard(manifest: Manifest, keys: str | os.PathLike | KeyList | Itera
         def chunks() -> Iterator[KeyList]:
             return iter([given])
     head = next(chunks())
+    head = KeyList([], head.kind, head.source, head.column)  # its kind and column; not a chunk of ids held throughout
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # as KeepMask.save: the user chose the path
     except OSError as exc:

@@ -37,6 +37,11 @@ __all__ = ["DEFAULT_BUCKETS", "KeyTable", "TableMatch", "build_key_table", "id_d
 DEFAULT_BUCKETS = 256
 _RECORD = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("row", "<u8")])
 _COLUMNS = ("hi", "lo", "row")
+#: One ``hi`` value in this many is kept in memory (``fence.u8``): a lookup then reads one block of
+#: ``_FENCE`` values (2 KiB) per id, not a binary search's path through the whole column.
+_FENCE = 256
+#: Ids looked up at once (their blocks are gathered together: ``_BATCH x _FENCE x 8`` bytes).
+_BATCH = 2048
 _META = "table.json"
 _MATCHED = "matched.u1"
 #: Rows scanned at once when the matched bytes are counted.
@@ -95,26 +100,50 @@ class KeyTable:
             return np.zeros(0, dtype=np.uint8)
         return np.memmap(os.path.join(self.path, _MATCHED), dtype=np.uint8, mode=mode, shape=(self.ids,))
 
+    def fence(self) -> np.ndarray:
+        """Every :data:`_FENCE`-th ``hi`` value (``ids / 256 x 8`` bytes), read once per table object."""
+        cached = getattr(self, "_fence", None)
+        if cached is None:
+            path = os.path.join(self.path, "fence.u8")
+            cached = np.fromfile(path, dtype="<u8") if os.path.exists(path) else np.asarray(self.column("hi")[::_FENCE])
+            self._fence = cached
+        return cached
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_fence"}  # each worker reads the fence itself
+
     def lookup(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-        """The table position of each digest, ``-1`` where it is not in the table."""
+        """The table position of each digest (the first of equal ones), ``-1`` where it is not in the table.
+
+        The fence in memory gives each digest its block of :data:`_FENCE` values; only those
+        blocks of the memory-mapped columns are read (one page each), so the pages a lookup
+        maps grow with the digests looked up, not with the table. The mapping ends with the call.
+        """
         out = np.full(len(hi), -1, dtype=np.int64)
         if not self.ids or not len(hi):
             return out
-        his, los = self.column("hi"), self.column("lo")
-        # sorted needles: numpy's binary search keeps the lower bound from the needle before, so one
-        # shard's search paths share their pages; the mapping (and its resident pages) ends with the call
-        order = np.argsort(hi, kind="stable")
-        first, last = np.empty(len(hi), dtype=np.int64), np.empty(len(hi), dtype=np.int64)
-        first[order] = np.searchsorted(his, hi[order], side="left")
-        last[order] = np.searchsorted(his, hi[order], side="right")
-        single = np.flatnonzero(last - first == 1)
-        hit = single[np.asarray(los[first[single]]) == lo[single]]
+        fence, his, los = self.fence(), self.column("hi"), self.column("lo")
+        steps = np.arange(_FENCE, dtype=np.int64)
+        first = np.empty(len(hi), dtype=np.int64)
+        for a in range(0, len(hi), _BATCH):
+            h = hi[a : a + _BATCH]
+            # fence[blk] < h <= fence[blk + 1]: the first value >= h is in block blk or starts block blk + 1
+            blk = np.searchsorted(fence, h, side="left") - 1
+            base = np.maximum(blk, 0) * _FENCE
+            at = np.minimum(base[:, None] + steps, self.ids - 1)
+            below = (np.asarray(his[at]) < h[:, None]) & (base[:, None] + steps < self.ids)
+            first[a : a + _BATCH] = np.where(blk < 0, 0, base + below.sum(axis=1))
+        inside = np.flatnonzero(first < self.ids)
+        same = inside[np.asarray(his[first[inside]]) == hi[inside]]
+        hit = same[np.asarray(los[first[same]]) == lo[same]]
         out[hit] = first[hit]
-        for j in np.flatnonzero(last - first > 1).tolist():  # equal 64-bit halves: a handful at 10^10 ids
-            run = np.asarray(los[first[j] : last[j]])
-            at = np.flatnonzero(run == lo[j])
-            if len(at):
-                out[j] = int(first[j]) + int(at[0])
+        for j in np.setdiff1d(same, hit).tolist():  # equal 64-bit high halves: a handful at 10^10 ids
+            k = int(first[j]) + 1
+            while k < self.ids and int(his[k]) == int(hi[j]):
+                if int(los[k]) == int(lo[j]):
+                    out[j] = k
+                    break
+                k += 1
         return out
 
     def runs(self, positions: np.ndarray) -> np.ndarray:
@@ -189,7 +218,7 @@ def build_key_table(chunks: Iterable[Sequence[str] | tuple[Sequence[str], np.nda
         for fh in handles.values():
             fh.close()
     ids = 0
-    outs = {name: open(os.path.join(path, name + ".u8"), "wb") for name in _COLUMNS}
+    outs = {name: open(os.path.join(path, name + ".u8"), "wb") for name in (*_COLUMNS, "fence")}
     try:
         for b in range(buckets):
             part = os.path.join(parts, f"{b:03d}.rec")
@@ -202,9 +231,11 @@ def build_key_table(chunks: Iterable[Sequence[str] | tuple[Sequence[str], np.nda
                 first = np.ones(len(records), dtype=bool)  # an id's first occurrence: the smallest row of its digest
                 first[1:] = (records["hi"][1:] != records["hi"][:-1]) | (records["lo"][1:] != records["lo"][:-1])
                 records = records[first]
-            ids += len(records)
             for name in _COLUMNS:
                 outs[name].write(np.ascontiguousarray(records[name]).tobytes())
+            fenced = records["hi"][(-ids) % _FENCE :: _FENCE]  # the rows at multiples of _FENCE
+            outs["fence"].write(np.ascontiguousarray(fenced).tobytes())
+            ids += len(records)
     finally:
         for fh in outs.values():
             fh.close()

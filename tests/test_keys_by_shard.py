@@ -198,3 +198,15 @@ def test_arrow_ipc_and_a_parquet_directory_read_in_chunks(tmp_path):
 def test_text_lines_split_as_str_splitlines(tmp_path):
     (tmp_path / "k.txt").write_text("a\u2028b\r\nc\x0bd\n\n e \n", encoding="utf-8")
     assert read_key_list(tmp_path / "k.txt").ids == "a\u2028b\r\nc\x0bd\n\n e \n".split() == ["a", "b", "c", "d", "e"]
+
+
+def test_key_table_lookup_across_fence_blocks_and_batches(tmp_path):
+    """More ids than one fence block and more probes than one batch: the same as a dict."""
+    ids = [f"id{i}" for i in range(0, 20_000, 3)]
+    table = build_key_table([ids], str(tmp_path / "t"))
+    assert len(table.fence()) > 10
+    probe = [f"id{i}" for i in range(20_100)]
+    at = table.lookup(*id_digests(probe))
+    rows = table.column("row")
+    where = {k: r for r, k in enumerate(ids)}
+    assert [int(rows[a]) if a >= 0 else None for a in at] == [where.get(p) for p in probe]
