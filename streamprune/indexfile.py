@@ -431,6 +431,8 @@ def _json_problem(obj: dict) -> str | None:
             isinstance(m, list) and len(m) == 3 and isinstance(m[0], str) and _is_int(m[1]) and _is_int(m[2]) for m in group
         ):
             return f"sample {i}: members must be [extension, offset, size] lists"
+    if "checksums" in obj and not isinstance(obj["checksums"], list):
+        return "'checksums' must be a list of hex strings"
     return None
 
 

@@ -476,7 +476,10 @@ def mutate_json(data: bytes, draw, ops: list[str], max_ops: int = 3) -> bytes:
         if obj is not None:
             for _ in range(draw.int(1, max_ops)):
                 obj = mutate_json_obj(obj, draw, ops)
-            return dump_json(obj, draw)
+            try:
+                return dump_json(obj, draw)
+            except ValueError:  # a mutation put a document inside itself: no file can hold that, so mutate the bytes
+                pass
     for _ in range(draw.int(1, max_ops)):
         data = mutate_bytes(data, draw, ops, block_ops=False)
     return data

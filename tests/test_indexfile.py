@@ -300,3 +300,18 @@ def test_a_damaged_companion_is_never_the_index(tmp_path, small_dataset):
         s.pop("companion_sha256", None)
     json.dump(obj, open(m.path, "w"))
     _same(Manifest.load(m.path).index(0), expected)
+
+
+@pytest.mark.parametrize("value", [9223372036854775807, "abc", {"a": 1}, None])
+def test_a_sidecar_whose_checksums_are_not_a_list_is_refused_naming_the_field(small_dataset, value):
+    """Found by the fuzz suite: an integer there raised a TypeError from len()."""
+    from streamprune.errors import ManifestError
+
+    path = os.path.join(os.path.dirname(small_dataset.path), small_dataset.shards[0].index)
+    obj = json.load(open(path))
+    obj["checksums"] = value
+    os.unlink(companion_path(path)) if os.path.exists(companion_path(path)) else None
+    with open(path, "w") as fh:
+        json.dump(obj, fh)
+    with pytest.raises(ManifestError, match="checksums"):
+        load_index(path)

@@ -198,3 +198,19 @@ def test_damaged_index_companion_is_refused(tmp_path, small_dataset):
         os.unlink(path)
         index = load_index(src)
         assert index.keys == expected.keys and list(index.start) == list(expected.start)
+
+
+def test_a_json_mutation_that_nests_a_document_in_itself_falls_back_to_byte_mutations(monkeypatch):
+    """A cyclic document cannot be a file: the mutator mutates bytes instead of failing the campaign."""
+    from tests import fuzzer
+
+    def cyclic(obj, draw, ops):
+        obj = {"a": 1}
+        obj["self"] = obj
+        return obj
+
+    monkeypatch.setattr(fuzzer, "mutate_json_obj", cyclic)
+    draw = fuzzer.RandomDraw(__import__("random").Random(0))
+    for _ in range(20):
+        out = fuzzer.mutate_json(b'{"k": [1, 2]}', draw, ["flip"])
+        assert isinstance(out, bytes)
