@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -416,10 +417,16 @@ def _get(obj: Any, path: tuple) -> Any:
     return obj
 
 
+def _interesting(draw) -> Any:
+    """One of :data:`INTERESTING_VALUES`, a fresh copy: the same list or dict put in two places (or
+    inside itself, by a later mutation) would make the document a graph with cycles."""
+    return copy.deepcopy(draw.choice(INTERESTING_VALUES))
+
+
 def _variant(draw, value: Any) -> Any:
     kind = draw.int(0, 7)
     if kind <= 2 or value is None:
-        return draw.choice(INTERESTING_VALUES)
+        return _interesting(draw)
     if kind == 3 and isinstance(value, (int, float)) and not isinstance(value, bool):
         return draw.choice((-value, value + 1, value - 1, value * 2**40, float(value), str(value), [value]))
     if kind == 4 and isinstance(value, str):
@@ -431,7 +438,7 @@ def _variant(draw, value: Any) -> Any:
         return {k: value[k] for k in keys[: draw.int(0, len(keys))]} if keys else [value]
     if kind == 7 and _chance(draw, 20):
         return DEEP_MARK
-    return draw.choice(INTERESTING_VALUES)
+    return _interesting(draw)
 
 
 def mutate_json_obj(obj: Any, draw, ops: list[str]) -> Any:
@@ -448,7 +455,7 @@ def mutate_json_obj(obj: Any, draw, ops: list[str]) -> Any:
         del parent[key]
         ops.append(f"delete {list(path)}")
     elif action == 1 and isinstance(parent, dict):
-        parent[draw.choice(("extra", "format", "version", "shards", "keys", "__proto__"))] = draw.choice(INTERESTING_VALUES)
+        parent[draw.choice(("extra", "format", "version", "shards", "keys", "__proto__"))] = _interesting(draw)
         ops.append(f"add a key beside {list(path)}")
     else:
         new = _variant(draw, parent[key])
