@@ -373,7 +373,7 @@ def mutate_tar(data: bytes, draw, ops: list[str], max_ops: int = 3, length_prese
             data = mutate_tar_field(data, draw, ops)
         elif kind < 6 and not length_preserving:
             data = mutate_tar_extended(data, draw, ops)
-        elif length_preserving and kind < 9:
+        elif length_preserving and kind < 9 and data:  # an empty shard has no byte to overwrite
             buf = bytearray(data)
             if kind % 2 and len(buf) >= 2 * BLOCK:  # swap two blocks
                 a, b = (draw.int(0, len(buf) // BLOCK - 1) * BLOCK for _ in range(2))

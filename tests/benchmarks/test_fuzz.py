@@ -214,3 +214,14 @@ def test_a_json_mutation_that_nests_a_document_in_itself_falls_back_to_byte_muta
     for _ in range(20):
         out = fuzzer.mutate_json(b'{"k": [1, 2]}', draw, ["flip"])
         assert isinstance(out, bytes)
+
+
+def test_length_preserving_tar_mutations_of_an_empty_shard_do_not_fail():
+    """An earlier mutation can empty a shard; the next length-preserving one has no byte to overwrite."""
+    import random
+
+    from tests import fuzzer
+
+    draw = fuzzer.RandomDraw(random.Random(1))
+    for _ in range(500):
+        assert isinstance(fuzzer.mutate_tar(b"", draw, [], length_preserving=True), bytes)
