@@ -105,3 +105,9 @@ def saved_summaries(tmp_path, shards: list[list[str]], labels=None) -> tuple[lis
         summaries.append(summarize_index(index, path, f"s{k}.tar", f"s{k}.tar.index.json"))
         indexes.append(index)
     return summaries, indexes
+
+
+def uid_for(i: int) -> str:
+    """A deterministic 128-bit uid (32 hex digits) for sample ``i``, as DataComp writes them."""
+    i = int(i)
+    return f"{(i * 0x9E3779B97F4A7C15) % 2**64:016x}{(i + 7) * 1000003:016x}"

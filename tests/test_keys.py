@@ -22,11 +22,9 @@ from streamprune.keys import (
 from streamprune.masks import MaskFile, random_mask
 from streamprune.scores import ScoreFile
 from streamprune_cli.main import cli
+from tests.builders import uid_for
 
-
-def _uid(i):
-    i = int(i)
-    return f"{(i * 0x9E3779B97F4A7C15) % 2**64:016x}{(i + 7) * 1000003:016x}"
+_uid = uid_for
 
 
 @pytest.fixture
